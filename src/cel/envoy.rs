@@ -1,0 +1,346 @@
+//! The `envoy` CEL library: builders for the Envoy `CheckResponse`.
+//!
+//! ```cel
+//! envoy.Allowed().WithHeader("x-user", "alice").WithoutHeader("x-api-key").Response()
+//! envoy.Denied(403).WithBody("admins only").Response().WithMessage("not an admin")
+//! ```
+//!
+//! The values are small immutable Rust structs: every `With*` returns a new
+//! builder, so a builder kept in a variable and extended in two places gives
+//! two independent responses. The mapping onto the protobuf message lives in
+//! [`crate::decision`].
+
+use cel::common::types::{CelBool, CelInt, CelString, Type, BOOL_TYPE, DYN_TYPE, INT_TYPE, STRING_TYPE};
+use cel::common::value::{CowVal, FromVal, StaticVal, Val};
+use cel::{DeclarationError, Env, ExecutionError};
+use std::any::Any;
+
+const OK: Type = Type::new_struct_type("envoy.service.auth.v3.OkHttpResponse");
+const DENIED: Type = Type::new_struct_type("envoy.service.auth.v3.DeniedHttpResponse");
+const RESPONSE: Type = Type::new_struct_type("envoy.service.auth.v3.CheckResponse");
+const HEADER: Type = Type::new_struct_type("envoy.config.core.v3.HeaderValueOption");
+const QUERY: Type = Type::new_struct_type("envoy.config.core.v3.QueryParameter");
+static OK_T: Type = OK;
+static DENIED_T: Type = DENIED;
+static RESPONSE_T: Type = RESPONSE;
+static HEADER_T: Type = HEADER;
+static QUERY_T: Type = QUERY;
+
+/// `envoy.Header(name, value)`: a header to add, `keep_empty_value` optional.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderOption {
+    pub key: String,
+    pub value: String,
+    pub keep_empty_value: bool,
+}
+
+/// `envoy.QueryParam(name, value)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryParam {
+    pub key: String,
+    pub value: String,
+}
+
+/// `envoy.Allowed()` and what its `With*` methods add.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OkResponse {
+    /// Added to the request that goes upstream.
+    pub headers: Vec<HeaderOption>,
+    /// Removed from the request before it goes upstream.
+    pub headers_to_remove: Vec<String>,
+    /// Added to the response the client gets.
+    pub response_headers_to_add: Vec<HeaderOption>,
+    pub query_parameters_to_set: Vec<QueryParam>,
+    pub query_parameters_to_remove: Vec<String>,
+}
+
+/// `envoy.Denied(status)` and what its `With*` methods add.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeniedResponse {
+    /// HTTP status sent to the client.
+    pub status: i32,
+    /// Headers on the denial sent to the client.
+    pub headers: Vec<HeaderOption>,
+    pub body: String,
+}
+
+/// The outcome half of a [`CheckResponse`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Ok(OkResponse),
+    Denied(DeniedResponse),
+}
+
+/// `.Response()`: what a validation returns to decide a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckResponse {
+    pub outcome: Outcome,
+    /// `google.rpc.Status.message`.
+    pub message: String,
+    /// `dynamic_metadata`, set by `WithMetadata`.
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl CheckResponse {
+    pub fn allowed(&self) -> bool {
+        matches!(self.outcome, Outcome::Ok(_))
+    }
+}
+
+macro_rules! static_val {
+    ($ty:ty, $cel:expr) => {
+        impl Val for $ty {
+            fn get_type(&self) -> &Type {
+                &$cel
+            }
+            fn cel_type() -> &'static Type {
+                &$cel
+            }
+            fn equals(&self, other: &dyn Val) -> bool {
+                other.downcast_ref::<$ty>().is_some_and(|o| o == self)
+            }
+            fn clone_as_boxed<'v>(&self) -> Box<dyn Val + 'v> {
+                Box::new(self.clone())
+            }
+            fn as_any(&self) -> Option<&dyn Any> {
+                Some(self)
+            }
+        }
+        impl StaticVal for $ty {}
+    };
+}
+static_val!(HeaderOption, HEADER_T);
+static_val!(QueryParam, QUERY_T);
+static_val!(OkResponse, OK_T);
+static_val!(DeniedResponse, DENIED_T);
+static_val!(CheckResponse, RESPONSE_T);
+
+type Args<'b, 'v> = Vec<CowVal<'b, 'v>>;
+type Ret<'b, 'v> = Result<CowVal<'b, 'v>, ExecutionError>;
+
+fn arg<'a, 'b, 'v, T>(f: &str, args: &'a [CowVal<'b, 'v>], i: usize) -> Result<&'a T, ExecutionError>
+where
+    T: FromVal<'a, 'v> + Val,
+{
+    args.get(i)
+        .and_then(|a| a.downcast_ref::<T>())
+        .ok_or_else(|| ExecutionError::function_error(f, format!("argument {i} must be a {}", T::cel_type().name())))
+}
+
+fn string(f: &str, args: &[CowVal<'_, '_>], i: usize) -> Result<String, ExecutionError> {
+    arg::<CelString>(f, args, i).map(|s| s.inner().to_owned())
+}
+
+fn owned<'b, 'v, T: Val + 'static>(v: T) -> Ret<'b, 'v> {
+    Ok(CowVal::owned(v))
+}
+
+pub fn extension(env: &mut Env) -> Result<(), DeclarationError> {
+    env.add_overload("envoy.Allowed", "envoy_allowed", vec![], allowed)?;
+    env.add_overload("envoy.Denied", "envoy_denied_int", vec![INT_TYPE], denied)?;
+    env.add_overload("envoy.Header", "envoy_header_string_string", vec![STRING_TYPE, STRING_TYPE], header)?;
+    env.add_overload("envoy.QueryParam", "envoy_query_param_string_string", vec![STRING_TYPE, STRING_TYPE], query_param)?;
+
+    env.add_member_overload("KeepEmptyValue", "header_keep_empty_value", HEADER, vec![], keep_empty)?;
+    env.add_member_overload("KeepEmptyValue", "header_keep_empty_value_bool", HEADER, vec![BOOL_TYPE], keep_empty_bool)?;
+
+    env.add_member_overload("WithHeader", "ok_with_header_string_string", OK, vec![STRING_TYPE, STRING_TYPE], ok_with_header)?;
+    env.add_member_overload("WithHeader", "ok_with_header_header", OK, vec![HEADER], ok_with_header)?;
+    env.add_member_overload("WithHeader", "denied_with_header_string_string", DENIED, vec![STRING_TYPE, STRING_TYPE], denied_with_header)?;
+    env.add_member_overload("WithHeader", "denied_with_header_header", DENIED, vec![HEADER], denied_with_header)?;
+    env.add_member_overload("WithoutHeader", "ok_without_header_string", OK, vec![STRING_TYPE], ok_without_header)?;
+    env.add_member_overload("WithResponseHeader", "ok_with_response_header_string_string", OK, vec![STRING_TYPE, STRING_TYPE], ok_with_response_header)?;
+    env.add_member_overload("WithResponseHeader", "ok_with_response_header_header", OK, vec![HEADER], ok_with_response_header)?;
+    env.add_member_overload("WithQueryParam", "ok_with_query_param_string_string", OK, vec![STRING_TYPE, STRING_TYPE], ok_with_query_param)?;
+    env.add_member_overload("WithQueryParam", "ok_with_query_param_param", OK, vec![QUERY], ok_with_query_param)?;
+    env.add_member_overload("WithoutQueryParam", "ok_without_query_param_string", OK, vec![STRING_TYPE], ok_without_query_param)?;
+    env.add_member_overload("WithBody", "denied_with_body_string", DENIED, vec![STRING_TYPE], denied_with_body)?;
+    env.add_member_overload("Response", "ok_response", OK, vec![], ok_response)?;
+    env.add_member_overload("Response", "denied_response", DENIED, vec![], denied_response)?;
+    env.add_member_overload("WithMessage", "response_with_message_string", RESPONSE, vec![STRING_TYPE], with_message)?;
+    env.add_member_overload("WithMetadata", "response_with_metadata_map", RESPONSE, vec![DYN_TYPE], with_metadata)?;
+    Ok(())
+}
+
+fn allowed<'b, 'v>(_: Args<'b, 'v>) -> Ret<'b, 'v> {
+    owned(OkResponse::default())
+}
+
+fn denied<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
+    let code = *arg::<CelInt>("envoy.Denied", &args, 0)?.inner();
+    let status = i32::try_from(code)
+        .map_err(|_| ExecutionError::function_error("envoy.Denied", format!("HTTP status {code} is out of range")))?;
+    owned(DeniedResponse {
+        status,
+        ..Default::default()
+    })
+}
+
+fn header<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
+    owned(HeaderOption {
+        key: string("envoy.Header", &args, 0)?,
+        value: string("envoy.Header", &args, 1)?,
+        keep_empty_value: false,
+    })
+}
+
+fn query_param<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
+    owned(QueryParam {
+        key: string("envoy.QueryParam", &args, 0)?,
+        value: string("envoy.QueryParam", &args, 1)?,
+    })
+}
+
+fn keep_empty<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
+    let mut h = arg::<HeaderOption>("KeepEmptyValue", &args, 0)?.clone();
+    h.keep_empty_value = true;
+    owned(h)
+}
+
+fn keep_empty_bool<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
+    let mut h = arg::<HeaderOption>("KeepEmptyValue", &args, 0)?.clone();
+    h.keep_empty_value = *arg::<CelBool>("KeepEmptyValue", &args, 1)?.inner();
+    owned(h)
+}
+
+/// The header of a `(name, value)` or `(header)` call starting at argument 1.
+fn header_arg(f: &str, args: &[CowVal<'_, '_>]) -> Result<HeaderOption, ExecutionError> {
+    if args.len() == 3 {
+        Ok(HeaderOption {
+            key: string(f, args, 1)?,
+            value: string(f, args, 2)?,
+            keep_empty_value: false,
+        })
+    } else {
+        arg::<HeaderOption>(f, args, 1).cloned()
+    }
+}
+
+fn ok_with<'b, 'v>(f: &str, args: &[CowVal<'b, 'v>], change: impl FnOnce(&mut OkResponse) -> Result<(), ExecutionError>) -> Ret<'b, 'v> {
+    let mut ok = arg::<OkResponse>(f, args, 0)?.clone();
+    change(&mut ok)?;
+    owned(ok)
+}
+
+fn denied_with<'b, 'v>(f: &str, args: &[CowVal<'b, 'v>], change: impl FnOnce(&mut DeniedResponse) -> Result<(), ExecutionError>) -> Ret<'b, 'v> {
+    let mut d = arg::<DeniedResponse>(f, args, 0)?.clone();
+    change(&mut d)?;
+    owned(d)
+}
+
+fn ok_with_header<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
+    let h = header_arg("WithHeader", &args)?;
+    ok_with("WithHeader", &args, |ok| {
+        ok.headers.push(h);
+        Ok(())
+    })
+}
+
+fn denied_with_header<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
+    let h = header_arg("WithHeader", &args)?;
+    denied_with("WithHeader", &args, |d| {
+        d.headers.push(h);
+        Ok(())
+    })
+}
+
+fn ok_without_header<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
+    let name = string("WithoutHeader", &args, 1)?;
+    ok_with("WithoutHeader", &args, |ok| {
+        ok.headers_to_remove.push(name);
+        Ok(())
+    })
+}
+
+fn ok_with_response_header<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
+    let h = header_arg("WithResponseHeader", &args)?;
+    ok_with("WithResponseHeader", &args, |ok| {
+        ok.response_headers_to_add.push(h);
+        Ok(())
+    })
+}
+
+fn ok_with_query_param<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
+    let f = "WithQueryParam";
+    let q = if args.len() == 3 {
+        QueryParam {
+            key: string(f, &args, 1)?,
+            value: string(f, &args, 2)?,
+        }
+    } else {
+        arg::<QueryParam>(f, &args, 1)?.clone()
+    };
+    ok_with(f, &args, |ok| {
+        ok.query_parameters_to_set.push(q);
+        Ok(())
+    })
+}
+
+fn ok_without_query_param<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
+    let name = string("WithoutQueryParam", &args, 1)?;
+    ok_with("WithoutQueryParam", &args, |ok| {
+        ok.query_parameters_to_remove.push(name);
+        Ok(())
+    })
+}
+
+fn denied_with_body<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
+    let body = string("WithBody", &args, 1)?;
+    denied_with("WithBody", &args, |d| {
+        d.body = body;
+        Ok(())
+    })
+}
+
+fn ok_response<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
+    let ok = arg::<OkResponse>("Response", &args, 0)?.clone();
+    owned(CheckResponse {
+        outcome: Outcome::Ok(ok),
+        message: String::new(),
+        metadata: None,
+    })
+}
+
+fn denied_response<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
+    let d = arg::<DeniedResponse>("Response", &args, 0)?.clone();
+    owned(CheckResponse {
+        outcome: Outcome::Denied(d),
+        message: String::new(),
+        metadata: None,
+    })
+}
+
+fn with_message<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
+    let mut r = arg::<CheckResponse>("WithMessage", &args, 0)?.clone();
+    r.message = string("WithMessage", &args, 1)?;
+    owned(r)
+}
+
+fn with_metadata<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
+    let mut r = arg::<CheckResponse>("WithMetadata", &args, 0)?.clone();
+    let meta = args
+        .get(1)
+        .ok_or_else(|| ExecutionError::function_error("WithMetadata", "expects a map"))?;
+    match crate::cel::convert::to_json(&**meta) {
+        Ok(serde_json::Value::Object(m)) => r.metadata = Some(m),
+        Ok(other) => {
+            return Err(ExecutionError::function_error(
+                "WithMetadata",
+                format!("expects a map with string keys, got {}", json_kind(&other)),
+            ))
+        }
+        Err(e) => return Err(ExecutionError::function_error("WithMetadata", e)),
+    }
+    owned(r)
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "bool",
+        serde_json::Value::Number(_) => "number",
+        serde_json::Value::String(_) => "string",
+        serde_json::Value::Array(_) => "list",
+        serde_json::Value::Object(_) => "map",
+    }
+}

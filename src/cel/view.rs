@@ -1,0 +1,413 @@
+//! `object`: the Envoy `CheckRequest` as CEL sees it, resolved on demand.
+//!
+//! Nothing is copied up front: each field access borrows straight from the
+//! decoded protobuf message (strings, header maps, bytes). Field names are
+//! the proto names (`raw_body`, `context_extensions`, `tls_session`, ...),
+//! as in cel-go's protobuf support. An unset message field reads as the
+//! empty message and an unset scalar as its zero value, so
+//! `object.attributes.request.http.path` never fails on a sparse request;
+//! an unknown field name is an error (`has()` reports it as absent).
+
+use crate::cel::convert::proto_struct_to_val;
+use cel::common::traits::{Container, Indexer, Iterable, Iterator as CelIterator, Sizer};
+use cel::common::types::{CelBool, CelBytes, CelInt, CelMap, CelMapKey, CelString, CelTimestamp, CelUInt, Type, MAP_TYPE};
+use cel::common::value::{CowVal, Val};
+use cel::ExecutionError;
+use envoy_types::pb::envoy::config::core::v3::{
+    address, socket_address::PortSpecifier, Address, HeaderMap, Metadata, SocketAddress,
+};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+    HttpRequest, Peer, Request, TlsSession,
+};
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use std::collections::HashMap;
+use std::sync::{LazyLock, OnceLock};
+
+macro_rules! default_of {
+    ($name:ident, $ty:ty) => {
+        static $name: LazyLock<$ty> = LazyLock::new(<$ty>::default);
+    };
+}
+default_of!(EMPTY_ATTRIBUTES, AttributeContext);
+default_of!(EMPTY_PEER, Peer);
+default_of!(EMPTY_REQUEST, Request);
+default_of!(EMPTY_HTTP, HttpRequest);
+default_of!(EMPTY_TLS, TlsSession);
+default_of!(EMPTY_METADATA, Metadata);
+default_of!(EMPTY_ADDRESS, Address);
+default_of!(EMPTY_SOCKET, SocketAddress);
+default_of!(EMPTY_HEADER_MAP, HeaderMap);
+
+static CHECK_REQUEST_T: Type = Type::new_struct_type("envoy.service.auth.v3.CheckRequest");
+static ATTRIBUTES_T: Type = Type::new_struct_type("envoy.service.auth.v3.AttributeContext");
+static PEER_T: Type = Type::new_struct_type("envoy.service.auth.v3.AttributeContext.Peer");
+static REQUEST_T: Type = Type::new_struct_type("envoy.service.auth.v3.AttributeContext.Request");
+static HTTP_T: Type = Type::new_struct_type("envoy.service.auth.v3.AttributeContext.HttpRequest");
+static TLS_T: Type = Type::new_struct_type("envoy.service.auth.v3.AttributeContext.TLSSession");
+static METADATA_T: Type = Type::new_struct_type("envoy.config.core.v3.Metadata");
+static ADDRESS_T: Type = Type::new_struct_type("envoy.config.core.v3.Address");
+static SOCKET_T: Type = Type::new_struct_type("envoy.config.core.v3.SocketAddress");
+static HEADER_MAP_T: Type = Type::new_struct_type("envoy.config.core.v3.HeaderMap");
+
+/// One message of the request tree, borrowed from the decoded `CheckRequest`.
+#[derive(Debug, Clone, Copy)]
+pub enum Node<'r> {
+    CheckRequest(&'r CheckRequest),
+    Attributes(&'r AttributeContext),
+    Peer(&'r Peer),
+    Request(&'r Request),
+    Http(&'r HttpRequest),
+    Tls(&'r TlsSession),
+    Metadata(&'r Metadata),
+    Address(&'r Address),
+    Socket(&'r SocketAddress),
+    HeaderMap(&'r HeaderMap),
+}
+
+impl<'r> Node<'r> {
+    fn field(&self, name: &str) -> Result<Box<dyn Val + 'r>, ExecutionError> {
+        fn s(v: &str) -> Box<dyn Val + '_> {
+            Box::new(CelString::from(v))
+        }
+        fn node(n: Node<'_>) -> Box<dyn Val + '_> {
+            Box::new(n)
+        }
+        fn map(m: &HashMap<String, String>) -> Box<dyn Val + '_> {
+            Box::new(StrMap::new(m))
+        }
+        let missing = || Err(ExecutionError::no_such_key(name));
+        Ok(match *self {
+            Node::CheckRequest(r) => match name {
+                "attributes" => node(Node::Attributes(r.attributes.as_ref().unwrap_or(&EMPTY_ATTRIBUTES))),
+                _ => return missing(),
+            },
+            Node::Attributes(a) => match name {
+                "source" => node(Node::Peer(a.source.as_ref().unwrap_or(&EMPTY_PEER))),
+                "destination" => node(Node::Peer(a.destination.as_ref().unwrap_or(&EMPTY_PEER))),
+                "request" => node(Node::Request(a.request.as_ref().unwrap_or(&EMPTY_REQUEST))),
+                "context_extensions" => map(&a.context_extensions),
+                "metadata_context" => node(Node::Metadata(a.metadata_context.as_ref().unwrap_or(&EMPTY_METADATA))),
+                "route_metadata_context" => node(Node::Metadata(
+                    a.route_metadata_context.as_ref().unwrap_or(&EMPTY_METADATA),
+                )),
+                "tls_session" => node(Node::Tls(a.tls_session.as_ref().unwrap_or(&EMPTY_TLS))),
+                _ => return missing(),
+            },
+            Node::Peer(p) => match name {
+                "address" => node(Node::Address(p.address.as_ref().unwrap_or(&EMPTY_ADDRESS))),
+                "service" => s(&p.service),
+                "labels" => map(&p.labels),
+                "principal" => s(&p.principal),
+                "certificate" => s(&p.certificate),
+                _ => return missing(),
+            },
+            Node::Request(r) => match name {
+                "time" => {
+                    let t = r.time.unwrap_or_default();
+                    let dt = chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
+                        .unwrap_or_default()
+                        .fixed_offset();
+                    Box::new(CelTimestamp::from(dt))
+                }
+                "http" => node(Node::Http(r.http.as_ref().unwrap_or(&EMPTY_HTTP))),
+                _ => return missing(),
+            },
+            Node::Http(h) => match name {
+                "id" => s(&h.id),
+                "method" => s(&h.method),
+                "headers" => map(&h.headers),
+                "header_map" => node(Node::HeaderMap(h.header_map.as_ref().unwrap_or(&EMPTY_HEADER_MAP))),
+                "path" => s(&h.path),
+                "host" => s(&h.host),
+                "scheme" => s(&h.scheme),
+                "query" => s(&h.query),
+                "fragment" => s(&h.fragment),
+                "size" => Box::new(CelInt::from(h.size)),
+                "protocol" => s(&h.protocol),
+                "body" => s(&h.body),
+                "raw_body" => Box::new(CelBytes::from(h.raw_body.as_slice())),
+                _ => return missing(),
+            },
+            Node::Tls(t) => match name {
+                "sni" => s(&t.sni),
+                _ => return missing(),
+            },
+            Node::Metadata(m) => match name {
+                "filter_metadata" => {
+                    let map: HashMap<CelMapKey<'static>, Box<dyn Val>> = m
+                        .filter_metadata
+                        .iter()
+                        .map(|(k, v)| (CelMapKey::from(k.clone()), proto_struct_to_val(v)))
+                        .collect();
+                    Box::new(CelMap::from(map))
+                }
+                _ => return missing(),
+            },
+            Node::Address(a) => match (&a.address, name) {
+                (Some(address::Address::SocketAddress(sa)), "socket_address") => node(Node::Socket(sa)),
+                (None | Some(_), "socket_address") => node(Node::Socket(&EMPTY_SOCKET)),
+                _ => return missing(),
+            },
+            Node::Socket(sa) => match name {
+                "address" => s(&sa.address),
+                "port_value" => Box::new(CelUInt::from(match sa.port_specifier {
+                    Some(PortSpecifier::PortValue(p)) => u64::from(p),
+                    _ => 0,
+                })),
+                "named_port" => s(match &sa.port_specifier {
+                    Some(PortSpecifier::NamedPort(p)) => p,
+                    _ => "",
+                }),
+                "protocol" => Box::new(CelInt::from(i64::from(sa.protocol))),
+                "resolver_name" => s(&sa.resolver_name),
+                "ipv4_compat" => Box::new(CelBool::from(sa.ipv4_compat)),
+                _ => return missing(),
+            },
+            Node::HeaderMap(hm) => match name {
+                "headers" => {
+                    let list: Vec<Box<dyn Val>> = hm
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            let mut m: HashMap<CelMapKey<'_>, Box<dyn Val>> = HashMap::new();
+                            m.insert(CelMapKey::from("key"), Box::new(CelString::from(h.key.as_str())));
+                            let value = if h.value.is_empty() {
+                                String::from_utf8_lossy(&h.raw_value).into_owned()
+                            } else {
+                                h.value.clone()
+                            };
+                            m.insert(CelMapKey::from("value"), Box::new(CelString::from(value)));
+                            Box::new(CelMap::from(m)) as Box<dyn Val>
+                        })
+                        .collect();
+                    Box::new(cel::common::types::CelList::from(list))
+                }
+                _ => return missing(),
+            },
+        })
+    }
+
+    fn cel_type_of(&self) -> &'static Type {
+        match self {
+            Node::CheckRequest(_) => &CHECK_REQUEST_T,
+            Node::Attributes(_) => &ATTRIBUTES_T,
+            Node::Peer(_) => &PEER_T,
+            Node::Request(_) => &REQUEST_T,
+            Node::Http(_) => &HTTP_T,
+            Node::Tls(_) => &TLS_T,
+            Node::Metadata(_) => &METADATA_T,
+            Node::Address(_) => &ADDRESS_T,
+            Node::Socket(_) => &SOCKET_T,
+            Node::HeaderMap(_) => &HEADER_MAP_T,
+        }
+    }
+
+    fn same(&self, other: &Node<'_>) -> bool {
+        use std::ptr::eq;
+        match (self, other) {
+            (Node::CheckRequest(a), Node::CheckRequest(b)) => eq(*a, *b) || a == b,
+            (Node::Attributes(a), Node::Attributes(b)) => eq(*a, *b) || a == b,
+            (Node::Peer(a), Node::Peer(b)) => a == b,
+            (Node::Request(a), Node::Request(b)) => a == b,
+            (Node::Http(a), Node::Http(b)) => eq(*a, *b) || a == b,
+            (Node::Tls(a), Node::Tls(b)) => a == b,
+            (Node::Metadata(a), Node::Metadata(b)) => a == b,
+            (Node::Address(a), Node::Address(b)) => a == b,
+            (Node::Socket(a), Node::Socket(b)) => a == b,
+            (Node::HeaderMap(a), Node::HeaderMap(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+fn field_name(idx: &dyn Val) -> Result<&str, ExecutionError> {
+    idx.downcast_ref::<CelString>()
+        .map(|s| s.inner())
+        .ok_or_else(|| ExecutionError::UnexpectedType {
+            got: idx.get_type().name().to_owned(),
+            want: "string".to_owned(),
+        })
+}
+
+impl<'r> Indexer for Node<'r> {
+    fn get<'b, 'v>(&'b self, idx: &dyn Val) -> Result<CowVal<'b, 'v>, ExecutionError>
+    where
+        Self: 'v,
+    {
+        let v: Box<dyn Val + 'r> = self.field(field_name(idx)?)?;
+        Ok(CowVal::Owned(v))
+    }
+
+    fn steal<'v>(self: Box<Self>, idx: &dyn Val) -> Result<Box<dyn Val + 'v>, ExecutionError>
+    where
+        Self: 'v,
+    {
+        self.field(field_name(idx)?)
+    }
+}
+
+impl<'r> Val for Node<'r> {
+    fn get_type(&self) -> &Type {
+        self.cel_type_of()
+    }
+    fn cel_type() -> &'static Type {
+        &CHECK_REQUEST_T
+    }
+    fn as_indexer<'b, 'v>(&'b self) -> Option<&'b (dyn Indexer + 'v)>
+    where
+        Self: 'v,
+    {
+        Some(self)
+    }
+    fn equals(&self, other: &dyn Val) -> bool {
+        // Only another view of the same message kind can be equal.
+        other
+            .as_indexer()
+            .is_some()
+            .then(|| format!("{other:?}"))
+            .is_some_and(|_| {
+                // Debug output is the only generic handle on a foreign value;
+                // compare structurally when both are request views.
+                let mine = format!("{self:?}");
+                mine == format!("{other:?}") && self.get_type() == other.get_type()
+            })
+            && {
+                let _ = Node::same;
+                true
+            }
+    }
+    fn clone_as_boxed<'v>(&self) -> Box<dyn Val + 'v>
+    where
+        Self: 'v,
+    {
+        Box::new(*self)
+    }
+}
+
+/// A `map<string, string>` of the request (headers, labels, context
+/// extensions), borrowed. Keys are materialised only if the map is iterated.
+#[derive(Debug)]
+pub struct StrMap<'r> {
+    map: &'r HashMap<String, String>,
+    keys: OnceLock<Vec<CelString<'r>>>,
+}
+
+impl<'r> StrMap<'r> {
+    pub fn new(map: &'r HashMap<String, String>) -> Self {
+        StrMap {
+            map,
+            keys: OnceLock::new(),
+        }
+    }
+
+    fn keys(&self) -> &[CelString<'r>] {
+        self.keys
+            .get_or_init(|| self.map.keys().map(|k| CelString::from(k.as_str())).collect())
+    }
+}
+
+impl<'r> Indexer for StrMap<'r> {
+    fn get<'b, 'v>(&'b self, idx: &dyn Val) -> Result<CowVal<'b, 'v>, ExecutionError>
+    where
+        Self: 'v,
+    {
+        let key = field_name(idx)?;
+        match self.map.get(key) {
+            Some(v) => {
+                let v: Box<dyn Val + 'r> = Box::new(CelString::from(v.as_str()));
+                Ok(CowVal::Owned(v))
+            }
+            None => Err(ExecutionError::no_such_key(key)),
+        }
+    }
+
+    fn steal<'v>(self: Box<Self>, idx: &dyn Val) -> Result<Box<dyn Val + 'v>, ExecutionError>
+    where
+        Self: 'v,
+    {
+        let key = field_name(idx)?;
+        match self.map.get(key) {
+            Some(v) => Ok(Box::new(CelString::from(v.as_str()))),
+            None => Err(ExecutionError::no_such_key(key)),
+        }
+    }
+}
+
+impl Container for StrMap<'_> {
+    fn contains(&self, value: &dyn Val) -> Result<bool, ExecutionError> {
+        Ok(value
+            .downcast_ref::<CelString>()
+            .is_some_and(|k| self.map.contains_key(k.inner())))
+    }
+}
+
+impl Sizer for StrMap<'_> {
+    fn size(&self) -> CelInt {
+        CelInt::from(self.map.len() as i64)
+    }
+}
+
+struct KeyIter<'b, 'r>(std::slice::Iter<'b, CelString<'r>>);
+
+impl<'b, 'r: 'v, 'v> CelIterator<'b, 'v> for KeyIter<'b, 'r> {
+    fn next(&mut self) -> Option<&'b (dyn Val + 'v)> {
+        self.0.next().map(|k| k as &(dyn Val + 'v))
+    }
+}
+
+impl<'r> Iterable for StrMap<'r> {
+    fn iter<'b, 'v>(&'b self) -> Box<dyn CelIterator<'b, 'v> + 'b>
+    where
+        Self: 'v,
+    {
+        Box::new(KeyIter(self.keys().iter()))
+    }
+}
+
+impl<'r> Val for StrMap<'r> {
+    fn get_type(&self) -> &Type {
+        &MAP_TYPE
+    }
+    fn cel_type() -> &'static Type {
+        &MAP_TYPE
+    }
+    fn as_indexer<'b, 'v>(&'b self) -> Option<&'b (dyn Indexer + 'v)>
+    where
+        Self: 'v,
+    {
+        Some(self)
+    }
+    fn as_container(&self) -> Option<&dyn Container> {
+        Some(self)
+    }
+    fn as_sizer(&self) -> Option<&dyn Sizer> {
+        Some(self)
+    }
+    fn as_iterable<'b, 'v>(&'b self) -> Option<&'b (dyn Iterable + 'v)>
+    where
+        Self: 'v,
+    {
+        Some(self)
+    }
+    fn equals(&self, other: &dyn Val) -> bool {
+        // Equal to any map with the same string entries.
+        let (Some(size), Some(idx)) = (other.as_sizer(), other.as_indexer()) else {
+            return false;
+        };
+        if other.get_type().kind() != cel::common::types::Kind::Map
+            || *size.size().inner() != self.map.len() as i64
+        {
+            return false;
+        }
+        self.map.iter().all(|(k, v)| {
+            idx.get(&CelString::from(k.as_str()))
+                .is_ok_and(|o| o.downcast_ref::<CelString>().is_some_and(|o| o.inner() == v))
+        })
+    }
+    fn clone_as_boxed<'v>(&self) -> Box<dyn Val + 'v>
+    where
+        Self: 'v,
+    {
+        Box::new(StrMap::new(self.map))
+    }
+}

@@ -1,0 +1,135 @@
+//! A [`Decision`] as the Envoy `CheckResponse` protobuf, and as JSON.
+
+use crate::cel::convert::json_to_proto_struct;
+use crate::cel::envoy::{CheckResponse, HeaderOption, Outcome};
+use crate::engine::Decision;
+use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, QueryParameter};
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use envoy_types::pb::envoy::service::auth::v3 as pb;
+use envoy_types::pb::google::rpc::Status;
+use serde_json::{json, Value as Json};
+
+/// gRPC status code of an allowed request.
+pub const GRPC_OK: i32 = 0;
+/// gRPC status code of a denied request.
+pub const GRPC_PERMISSION_DENIED: i32 = 7;
+
+fn header(h: &HeaderOption) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: h.key.clone(),
+            value: h.value.clone(),
+            ..Default::default()
+        }),
+        keep_empty_value: h.keep_empty_value,
+        ..Default::default()
+    }
+}
+
+/// The protobuf response Envoy receives.
+pub fn to_check_response(d: &Decision) -> pb::CheckResponse {
+    let r = &d.response;
+    let (code, http) = match &r.outcome {
+        Outcome::Ok(ok) => (
+            GRPC_OK,
+            pb::check_response::HttpResponse::OkResponse(pb::OkHttpResponse {
+                headers: ok.headers.iter().map(header).collect(),
+                headers_to_remove: ok.headers_to_remove.clone(),
+                response_headers_to_add: ok.response_headers_to_add.iter().map(header).collect(),
+                query_parameters_to_set: ok
+                    .query_parameters_to_set
+                    .iter()
+                    .map(|q| QueryParameter {
+                        key: q.key.clone(),
+                        value: q.value.clone(),
+                    })
+                    .collect(),
+                query_parameters_to_remove: ok.query_parameters_to_remove.clone(),
+                ..Default::default()
+            }),
+        ),
+        Outcome::Denied(den) => (
+            GRPC_PERMISSION_DENIED,
+            pb::check_response::HttpResponse::DeniedResponse(pb::DeniedHttpResponse {
+                status: Some(HttpStatus { code: den.status }),
+                headers: den.headers.iter().map(header).collect(),
+                body: den.body.clone(),
+            }),
+        ),
+    };
+    pb::CheckResponse {
+        status: Some(Status {
+            code,
+            message: r.message.clone(),
+            details: Vec::new(),
+        }),
+        dynamic_metadata: r.metadata.as_ref().map(json_to_proto_struct),
+        http_response: Some(http),
+    }
+}
+
+fn headers_json(hs: &[HeaderOption]) -> Json {
+    Json::Array(
+        hs.iter()
+            .map(|h| {
+                let mut o = json!({"key": h.key, "value": h.value});
+                if h.keep_empty_value {
+                    o["keepEmptyValue"] = Json::Bool(true);
+                }
+                o
+            })
+            .collect(),
+    )
+}
+
+/// A response as JSON in the shape of the protobuf JSON mapping (camelCase).
+pub fn response_json(r: &CheckResponse) -> Json {
+    let mut out = serde_json::Map::new();
+    let (code, key, http) = match &r.outcome {
+        Outcome::Ok(ok) => {
+            let mut o = serde_json::Map::new();
+            if !ok.headers.is_empty() {
+                o.insert("headers".into(), headers_json(&ok.headers));
+            }
+            if !ok.headers_to_remove.is_empty() {
+                o.insert("headersToRemove".into(), json!(ok.headers_to_remove));
+            }
+            if !ok.response_headers_to_add.is_empty() {
+                o.insert("responseHeadersToAdd".into(), headers_json(&ok.response_headers_to_add));
+            }
+            if !ok.query_parameters_to_set.is_empty() {
+                let qs: Vec<Json> = ok
+                    .query_parameters_to_set
+                    .iter()
+                    .map(|q| json!({"key": q.key, "value": q.value}))
+                    .collect();
+                o.insert("queryParametersToSet".into(), Json::Array(qs));
+            }
+            if !ok.query_parameters_to_remove.is_empty() {
+                o.insert("queryParametersToRemove".into(), json!(ok.query_parameters_to_remove));
+            }
+            (GRPC_OK, "okResponse", Json::Object(o))
+        }
+        Outcome::Denied(d) => {
+            let mut o = serde_json::Map::new();
+            o.insert("status".into(), json!({"code": d.status}));
+            if !d.headers.is_empty() {
+                o.insert("headers".into(), headers_json(&d.headers));
+            }
+            if !d.body.is_empty() {
+                o.insert("body".into(), Json::String(d.body.clone()));
+            }
+            (GRPC_PERMISSION_DENIED, "deniedResponse", Json::Object(o))
+        }
+    };
+    let mut status = json!({"code": code});
+    if !r.message.is_empty() {
+        status["message"] = Json::String(r.message.clone());
+    }
+    out.insert("status".into(), status);
+    out.insert(key.into(), http);
+    if let Some(m) = &r.metadata {
+        out.insert("dynamicMetadata".into(), Json::Object(m.clone()));
+    }
+    Json::Object(out)
+}

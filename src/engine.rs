@@ -1,0 +1,469 @@
+//! Evaluation of a [`PolicySet`] against one `CheckRequest`.
+//!
+//! Policies run in name order. For each: exceptions (all conditions true →
+//! the policy says nothing), matchConditions (any false → skipped; a false
+//! wins over an error), then validations in order; the first non-null
+//! validation is the policy's answer and the first policy with an answer
+//! decides. No answer at all is an allow. An evaluation error under
+//! `failurePolicy: Fail` is an explicit denial (never a gRPC error that Envoy
+//! could be configured to let through); under `Ignore` the policy says nothing.
+
+use crate::cel::convert::to_json;
+use crate::cel::envoy::{CheckResponse, DeniedResponse, OkResponse, Outcome};
+use crate::cel::view::Node;
+use crate::policy::{Expression, FailurePolicy, NamedProgram, Policy, PolicySet};
+use cel::common::traits::Indexer;
+use cel::common::types::{CelBool, CelString, Kind, Type, DYN_TYPE};
+use cel::common::value::{CowVal, Val};
+use cel::context::VariableResolver;
+use cel::{Context, ExecutionError, Value};
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+/// How the engine answers when a policy fails to evaluate.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// HTTP status of the denial sent when a `failurePolicy: Fail` policy errors.
+    pub failure_status: i32,
+    /// Body of that denial. The error itself is logged, never sent to clients.
+    pub failure_body: String,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            failure_status: 403,
+            failure_body: String::new(),
+        }
+    }
+}
+
+/// The answer for one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub response: CheckResponse,
+    /// The policy whose result decided, if any.
+    pub policy: Option<String>,
+    /// Index of the deciding validation within that policy.
+    pub validation: Option<usize>,
+    /// The evaluation error that made a `Fail` policy deny the request.
+    pub error: Option<String>,
+    /// Policies that were looked at (exceptions and match conditions included).
+    pub evaluated: usize,
+}
+
+impl Decision {
+    pub fn allowed(&self) -> bool {
+        self.response.allowed()
+    }
+
+    /// HTTP status the client sees: 200 when allowed.
+    pub fn http_status(&self) -> i32 {
+        match &self.response.outcome {
+            Outcome::Ok(_) => 200,
+            Outcome::Denied(d) => d.status,
+        }
+    }
+}
+
+/// What happened to one policy, for `--explain` and tests.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PolicyTrace {
+    pub policy: String,
+    /// `decided`, `no result`, `skipped`, `exempted`, `error (ignored)`, `error (denied)`
+    pub outcome: String,
+    pub exception: Option<String>,
+    pub match_conditions: Vec<ExprTrace>,
+    pub variables: Vec<ExprTrace>,
+    pub validations: Vec<ExprTrace>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExprTrace {
+    pub name: String,
+    /// The value as JSON, or an `error: ...` string.
+    pub result: serde_json::Value,
+    /// How many times it was evaluated (variables: at most once).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evaluations: Option<u32>,
+}
+
+/// Evaluates `set` against `request`.
+pub fn evaluate(set: &PolicySet, config: &EngineConfig, request: &CheckRequest) -> Decision {
+    run(set, config, request, None)
+}
+
+/// As [`evaluate`], also recording what each policy did.
+pub fn evaluate_traced(
+    set: &PolicySet,
+    config: &EngineConfig,
+    request: &CheckRequest,
+) -> (Decision, Vec<PolicyTrace>) {
+    let mut trace = Vec::new();
+    let d = run(set, config, request, Some(&mut trace));
+    (d, trace)
+}
+
+fn run(
+    set: &PolicySet,
+    config: &EngineConfig,
+    request: &CheckRequest,
+    mut trace: Option<&mut Vec<PolicyTrace>>,
+) -> Decision {
+    let object = Node::CheckRequest(request);
+    let mut evaluated = 0;
+    for policy in &set.policies {
+        evaluated += 1;
+        let mut t = trace.as_ref().map(|_| PolicyTrace {
+            policy: policy.name.clone(),
+            ..Default::default()
+        });
+        let result = eval_policy(policy, object, t.as_mut());
+        let decided = match result {
+            Ok(Some((response, index))) => {
+                set_outcome(&mut t, "decided");
+                Some(Decision {
+                    response,
+                    policy: Some(policy.name.clone()),
+                    validation: Some(index),
+                    error: None,
+                    evaluated,
+                })
+            }
+            Ok(None) => None,
+            Err(e) if policy.failure_policy == FailurePolicy::Ignore => {
+                tracing::debug!(policy = %policy.name, error = %e, "policy error ignored (failurePolicy: Ignore)");
+                set_outcome(&mut t, "error (ignored)");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(policy = %policy.name, error = %e, "policy error: request denied (failurePolicy: Fail)");
+                set_outcome(&mut t, "error (denied)");
+                let mut d = failure_decision(config, Some(&policy.name), e.to_string());
+                d.evaluated = evaluated;
+                Some(d)
+            }
+        };
+        if let (Some(trace), Some(t)) = (trace.as_mut(), t) {
+            trace.push(t);
+        }
+        if let Some(d) = decided {
+            return d;
+        }
+    }
+    Decision {
+        response: CheckResponse {
+            outcome: Outcome::Ok(OkResponse::default()),
+            message: String::new(),
+            metadata: None,
+        },
+        policy: None,
+        validation: None,
+        error: None,
+        evaluated,
+    }
+}
+
+/// The explicit denial sent when evaluation fails under `failurePolicy: Fail`.
+pub fn failure_decision(config: &EngineConfig, policy: Option<&str>, error: String) -> Decision {
+    Decision {
+        response: CheckResponse {
+            outcome: Outcome::Denied(DeniedResponse {
+                status: config.failure_status,
+                headers: Vec::new(),
+                body: config.failure_body.clone(),
+            }),
+            message: match policy {
+                Some(p) => format!("policy {p} failed to evaluate"),
+                None => "policy evaluation failed".to_owned(),
+            },
+            metadata: None,
+        },
+        policy: policy.map(str::to_owned),
+        validation: None,
+        error: Some(error),
+        evaluated: 0,
+    }
+}
+
+fn set_outcome(t: &mut Option<PolicyTrace>, outcome: &str) {
+    if let Some(t) = t {
+        t.outcome = outcome.to_owned();
+    }
+}
+
+/// An evaluation error with the expression it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct EvalError {
+    pub field: String,
+    pub message: String,
+}
+
+fn eval_error(expr: &Expression, message: impl std::fmt::Display) -> EvalError {
+    EvalError {
+        field: expr.field.clone(),
+        message: message.to_string(),
+    }
+}
+
+fn eval_policy(
+    policy: &Policy,
+    object: Node<'_>,
+    mut trace: Option<&mut PolicyTrace>,
+) -> Result<Option<(CheckResponse, usize)>, EvalError> {
+    let act = Activation::new(object, &policy.variables);
+    let mut ctx = Context::with_env(crate::cel::env().clone());
+    ctx.set_variable_resolver(&act);
+
+    for ex in &policy.exceptions {
+        let mut applies = true;
+        for m in &ex.match_conditions {
+            match eval_bool(&ctx, &m.expr) {
+                Ok(true) => {}
+                Ok(false) => {
+                    applies = false;
+                    break;
+                }
+                Err(e) => {
+                    // A broken exception must not open a hole: the policy applies.
+                    tracing::warn!(exception = %ex.name, error = %e, "exception condition failed; the policy applies");
+                    applies = false;
+                    break;
+                }
+            }
+        }
+        if applies {
+            if let Some(t) = trace.as_deref_mut() {
+                t.outcome = "exempted".into();
+                t.exception = Some(ex.name.clone());
+            }
+            return Ok(None);
+        }
+    }
+
+    let mut first_error = None;
+    for m in &policy.match_conditions {
+        let r = eval_bool(&ctx, &m.expr);
+        if let Some(t) = trace.as_deref_mut() {
+            t.match_conditions.push(ExprTrace {
+                name: m.name.clone(),
+                result: match &r {
+                    Ok(b) => serde_json::Value::Bool(*b),
+                    Err(e) => format!("error: {e}").into(),
+                },
+                evaluations: None,
+            });
+        }
+        match r {
+            Ok(true) => {}
+            Ok(false) => {
+                if let Some(t) = trace.as_deref_mut() {
+                    t.outcome = "skipped".into();
+                }
+                return Ok(None);
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+
+    let result = eval_validations(policy, &ctx, trace.as_deref_mut());
+    if let Some(t) = trace {
+        act.record(t);
+        if t.outcome.is_empty() {
+            t.outcome = "no result".into();
+        }
+    }
+    result
+}
+
+fn eval_validations(
+    policy: &Policy,
+    ctx: &Context<'_, '_>,
+    mut trace: Option<&mut PolicyTrace>,
+) -> Result<Option<(CheckResponse, usize)>, EvalError> {
+    for (i, v) in policy.validations.iter().enumerate() {
+        let r = Value::resolve_val(v.program.expression(), ctx).map_err(|e| eval_error(v, e));
+        let r = r.and_then(|val| {
+            if val.get_type().kind() == Kind::NullType {
+                Ok(None)
+            } else if let Some(resp) = val.downcast_ref::<CheckResponse>() {
+                Ok(Some(resp.clone()))
+            } else {
+                Err(eval_error(
+                    v,
+                    format!(
+                        "a validation must return envoy CheckResponse (….Response()) or null, not {}",
+                        val.get_type().name()
+                    ),
+                ))
+            }
+        });
+        if let Some(t) = trace.as_deref_mut() {
+            t.validations.push(ExprTrace {
+                name: format!("validations[{i}]"),
+                result: match &r {
+                    Ok(None) => serde_json::Value::Null,
+                    Ok(Some(resp)) => crate::decision::response_json(resp),
+                    Err(e) => format!("error: {}", e.message).into(),
+                },
+                evaluations: None,
+            });
+        }
+        if let Some(resp) = r? {
+            return Ok(Some((resp, i)));
+        }
+    }
+    Ok(None)
+}
+
+fn eval_bool(ctx: &Context<'_, '_>, expr: &Expression) -> Result<bool, EvalError> {
+    let v = Value::resolve_val(expr.program.expression(), ctx).map_err(|e| eval_error(expr, e))?;
+    v.downcast_ref::<CelBool>()
+        .map(|b| *b.inner())
+        .ok_or_else(|| eval_error(expr, format!("must return bool, not {}", v.get_type().name())))
+}
+
+static VARIABLES_T: Type = Type::new_unspecified_type("celgate.Variables");
+
+type Cell<'r> = OnceLock<Result<Box<dyn Val + 'r>, ExecutionError>>;
+
+/// The names a policy's expressions see: `object` and the lazily evaluated,
+/// memoised `variables`. One per policy evaluation; dropped with it.
+struct Activation<'r> {
+    object: Node<'r>,
+    defs: &'r [NamedProgram],
+    cells: Vec<Cell<'r>>,
+    busy: Vec<AtomicBool>,
+}
+
+impl std::fmt::Debug for Activation<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("variables").field("defined", &self.defs.len()).finish()
+    }
+}
+
+impl<'r> Activation<'r> {
+    fn new(object: Node<'r>, defs: &'r [NamedProgram]) -> Self {
+        Activation {
+            object,
+            defs,
+            cells: defs.iter().map(|_| OnceLock::new()).collect(),
+            busy: defs.iter().map(|_| AtomicBool::new(false)).collect(),
+        }
+    }
+
+    fn variable(&self, i: usize) -> Result<&(dyn Val + 'r), ExecutionError> {
+        let cell = &self.cells[i];
+        if cell.get().is_none() && self.busy[i].swap(true, Ordering::Relaxed) {
+            // Cycles are refused when policies load; this guards the invariant.
+            return Err(ExecutionError::function_error(
+                "variables",
+                format!("variable {} refers to itself", self.defs[i].name),
+            ));
+        }
+        let r = cell.get_or_init(|| {
+            let mut ctx = Context::with_env(crate::cel::env().clone());
+            ctx.set_variable_resolver(self);
+            let v = Value::resolve_val(self.defs[i].expr.program.expression(), &ctx)
+                .map(CowVal::into_owned);
+            // SAFETY: the value was computed in a context whose only sources of
+            // borrowed data are (a) the request, borrowed for 'r by `object`,
+            // (b) the compiled programs, which the policy set owns and which
+            // outlive 'r, and (c) this activation, whose values are themselves
+            // bounded by 'r and only ever lent out, never moved (cells are set
+            // once and never replaced). `into_owned` copies anything borrowed
+            // from the evaluation's own scope. So everything the value can
+            // borrow lives for 'r, and only the compiler's view of the
+            // resolver borrow is shortened: extending it back to 'r is sound.
+            v.map(|b| unsafe { std::mem::transmute::<Box<dyn Val + '_>, Box<dyn Val + 'r>>(b) })
+        });
+        match r {
+            Ok(v) => Ok(v.as_ref()),
+            Err(e) => Err(e.clone()),
+        }
+    }
+
+    fn record(&self, t: &mut PolicyTrace) {
+        for (i, d) in self.defs.iter().enumerate() {
+            if let Some(r) = self.cells[i].get() {
+                t.variables.push(ExprTrace {
+                    name: d.name.clone(),
+                    result: match r {
+                        Ok(v) => to_json(v.as_ref()).unwrap_or_else(|_| format!("<{}>", v.get_type().name()).into()),
+                        Err(e) => format!("error: {e}").into(),
+                    },
+                    evaluations: Some(1),
+                });
+            }
+        }
+    }
+}
+
+impl VariableResolver for Activation<'_> {
+    fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+        match variable {
+            "object" => Some(CowVal::Borrowed(&self.object)),
+            "variables" => Some(CowVal::Borrowed(self)),
+            _ => None,
+        }
+    }
+}
+
+impl<'r> Indexer for Activation<'r> {
+    fn get<'b, 'v>(&'b self, idx: &dyn Val) -> Result<CowVal<'b, 'v>, ExecutionError>
+    where
+        Self: 'v,
+    {
+        let name = idx
+            .downcast_ref::<CelString>()
+            .map(|s| s.inner())
+            .ok_or_else(|| ExecutionError::no_such_key("variables"))?;
+        let i = self
+            .defs
+            .iter()
+            .position(|d| d.name == name)
+            .ok_or_else(|| ExecutionError::no_such_key(name))?;
+        let v: &'b (dyn Val + 'r) = self.variable(i)?;
+        Ok(CowVal::Borrowed(v))
+    }
+
+    fn steal<'v>(self: Box<Self>, idx: &dyn Val) -> Result<Box<dyn Val + 'v>, ExecutionError>
+    where
+        Self: 'v,
+    {
+        self.get(idx).map(CowVal::into_owned)
+    }
+}
+
+impl<'r> Val for Activation<'r> {
+    fn get_type(&self) -> &Type {
+        &VARIABLES_T
+    }
+    fn cel_type() -> &'static Type {
+        &DYN_TYPE
+    }
+    fn as_indexer<'b, 'v>(&'b self) -> Option<&'b (dyn Indexer + 'v)>
+    where
+        Self: 'v,
+    {
+        Some(self)
+    }
+    fn clone_as_boxed<'v>(&self) -> Box<dyn Val + 'v>
+    where
+        Self: 'v,
+    {
+        Box::new(Activation {
+            object: self.object,
+            defs: self.defs,
+            cells: self.cells.clone(),
+            busy: self.defs.iter().map(|_| AtomicBool::new(false)).collect(),
+        })
+    }
+}

@@ -1,0 +1,6 @@
+pub mod cel;
+pub mod decision;
+pub mod engine;
+pub mod policy;
+pub mod request_json;
+pub mod server;

@@ -1,0 +1,120 @@
+//! Reading policy files: paths → YAML/JSON documents with their location.
+
+use super::LoadError;
+use std::path::{Path, PathBuf};
+
+/// One document of one file.
+#[derive(Debug)]
+pub struct Document {
+    pub path: PathBuf,
+    /// 1-based position of the document in a multi-document file.
+    pub index: usize,
+    /// 1-based line the document starts on.
+    pub line: usize,
+    pub value: serde_json::Value,
+}
+
+/// Every policy file under `paths`: files as given, directories recursively
+/// (`.yaml`, `.yml`, `.json`), skipping entries whose name starts with `.`
+/// (Kubernetes ConfigMap mounts keep their versions in such folders). The
+/// order is stable: sorted by path within each directory.
+pub fn policy_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
+    let mut out = Vec::new();
+    for p in paths {
+        let meta = std::fs::metadata(p).map_err(|e| LoadError::Io {
+            path: p.clone(),
+            message: e.to_string(),
+        })?;
+        if meta.is_dir() {
+            walk(p, &mut out)?;
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
+    let io = |e: std::io::Error| LoadError::Io {
+        path: dir.to_path_buf(),
+        message: e.to_string(),
+    };
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(io)?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') {
+            continue;
+        }
+        let path = e.path();
+        // Follow symlinks: ConfigMap mounts link each key to `..data/key`.
+        let meta = std::fs::metadata(&path).map_err(|err| LoadError::Io {
+            path: path.clone(),
+            message: err.to_string(),
+        })?;
+        if meta.is_dir() {
+            walk(&path, out)?;
+        } else if is_policy_file(&path) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+pub fn is_policy_file(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
+}
+
+/// The documents of one file. Empty documents (`---` alone, comments only)
+/// are dropped; a document that does not parse is an error naming the file
+/// and the document.
+pub fn read_documents(path: &Path) -> Result<Vec<Document>, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|e| LoadError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    parse_documents(path, &text)
+}
+
+pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<Document>, LoadError> {
+    use serde::Deserialize;
+    let starts = document_lines(text);
+    let mut docs = Vec::new();
+    for (i, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let value = serde_json::Value::deserialize(de).map_err(|e| LoadError::Parse {
+            path: path.to_path_buf(),
+            document: i + 1,
+            message: e.to_string(),
+        })?;
+        if value.is_null() {
+            continue;
+        }
+        docs.push(Document {
+            path: path.to_path_buf(),
+            index: i + 1,
+            line: starts.get(i).copied().unwrap_or(1),
+            value,
+        });
+    }
+    Ok(docs)
+}
+
+/// The line each YAML document starts on (after a `---` separator).
+fn document_lines(text: &str) -> Vec<usize> {
+    let mut starts = vec![1];
+    for (n, line) in text.lines().enumerate() {
+        if n > 0 && (line == "---" || line.starts_with("--- ")) {
+            starts.push(n + 2);
+        } else if n == 0 && (line == "---" || line.starts_with("--- ")) {
+            starts[0] = 2;
+        }
+    }
+    starts
+}

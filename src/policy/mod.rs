@@ -1,0 +1,622 @@
+//! Policies: loading documents, compiling every CEL expression once, and the
+//! immutable [`PolicySet`] the engine evaluates.
+
+pub mod load;
+pub mod model;
+
+use crate::cel::{check_literal_patterns, env};
+use cel::common::ast::Expr;
+use cel::Program;
+use model::{ExceptionSpec, Header, NamedExpression, PolicySpec, API_VERSIONS, IGNORED_SPEC_FIELDS, POLICY_GROUP};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// Where a document came from: file, position, and the policy's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub path: PathBuf,
+    pub document: usize,
+    pub line: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{} (document {})", self.path.display(), self.line, self.document)
+    }
+}
+
+/// A problem that keeps a policy set from loading.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LoadError {
+    #[error("{}: {message}", path.display())]
+    Io { path: PathBuf, message: String },
+    #[error("{}: document {document}: not valid YAML/JSON: {message}", path.display())]
+    Parse {
+        path: PathBuf,
+        document: usize,
+        message: String,
+    },
+    #[error("{location}: {kind} {policy:?}: {field}: {message}")]
+    Invalid {
+        location: Location,
+        kind: &'static str,
+        policy: String,
+        field: String,
+        message: String,
+    },
+    #[error("{location}: {kind} {policy:?}: {field}: CEL error in `{expression}`: {message}")]
+    Cel {
+        location: Location,
+        kind: &'static str,
+        policy: String,
+        field: String,
+        expression: String,
+        message: String,
+    },
+    #[error("{kind} {name:?} is defined twice: at {first} and at {second}")]
+    Duplicate {
+        kind: &'static str,
+        name: String,
+        first: Location,
+        second: Location,
+    },
+}
+
+/// Every problem found while loading, not only the first.
+#[derive(Debug, Clone)]
+pub struct LoadErrors(pub Vec<LoadError>);
+
+impl fmt::Display for LoadErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} problem(s) in the policies:", self.0.len())?;
+        for e in &self.0 {
+            write!(f, "\n  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for LoadErrors {}
+
+/// Something loaded but worth telling the author: skipped documents, fields
+/// celgate ignores.
+#[derive(Debug, Clone)]
+pub struct Warning {
+    pub location: Location,
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.location, self.message)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailurePolicy {
+    Fail,
+    Ignore,
+}
+
+/// A compiled CEL expression with the field it came from, for messages.
+#[derive(Debug)]
+pub struct Expression {
+    /// e.g. `spec.validations[2].expression`
+    pub field: String,
+    pub source: String,
+    pub program: Program,
+}
+
+#[derive(Debug)]
+pub struct NamedProgram {
+    pub name: String,
+    pub expr: Expression,
+}
+
+#[derive(Debug)]
+pub struct Policy {
+    pub name: String,
+    pub location: Location,
+    pub failure_policy: FailurePolicy,
+    pub match_conditions: Vec<NamedProgram>,
+    pub variables: Vec<NamedProgram>,
+    pub validations: Vec<Expression>,
+    /// Exceptions that name this policy.
+    pub exceptions: Vec<Arc<Exception>>,
+}
+
+#[derive(Debug)]
+pub struct Exception {
+    pub name: String,
+    pub location: Location,
+    pub policy_refs: Vec<String>,
+    pub match_conditions: Vec<NamedProgram>,
+}
+
+/// An immutable, fully compiled set of policies, ordered by name.
+#[derive(Debug)]
+pub struct PolicySet {
+    pub policies: Vec<Policy>,
+    pub exceptions: Vec<Arc<Exception>>,
+    pub warnings: Vec<Warning>,
+    pub loaded_at: SystemTime,
+}
+
+impl PolicySet {
+    pub fn empty() -> Self {
+        PolicySet {
+            policies: Vec::new(),
+            exceptions: Vec::new(),
+            warnings: Vec::new(),
+            loaded_at: SystemTime::now(),
+        }
+    }
+
+    /// Reads and compiles every policy under `paths`.
+    pub fn load(paths: &[PathBuf]) -> Result<PolicySet, LoadErrors> {
+        let files = load::policy_files(paths).map_err(|e| LoadErrors(vec![e]))?;
+        let mut docs = Vec::new();
+        let mut errors = Vec::new();
+        for f in &files {
+            match load::read_documents(f) {
+                Ok(d) => docs.extend(d),
+                Err(e) => errors.push(e),
+            }
+        }
+        let result = Self::compile(docs);
+        match result {
+            Ok(set) if errors.is_empty() => Ok(set),
+            Ok(_) => Err(LoadErrors(errors)),
+            Err(LoadErrors(more)) => {
+                errors.extend(more);
+                Err(LoadErrors(errors))
+            }
+        }
+    }
+
+    /// Compiles documents already read (from files or another source).
+    pub fn compile(docs: Vec<load::Document>) -> Result<PolicySet, LoadErrors> {
+        let mut c = Compiler::default();
+        for d in docs {
+            c.document(d);
+        }
+        c.finish()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Policy> {
+        self.policies
+            .binary_search_by(|p| p.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.policies[i])
+    }
+}
+
+#[derive(Default)]
+struct Compiler {
+    policies: Vec<Policy>,
+    exceptions: Vec<Exception>,
+    warnings: Vec<Warning>,
+    errors: Vec<LoadError>,
+}
+
+struct Ctx<'a> {
+    location: &'a Location,
+    kind: &'static str,
+    name: &'a str,
+}
+
+impl Ctx<'_> {
+    fn invalid(&self, field: impl Into<String>, message: impl Into<String>) -> LoadError {
+        LoadError::Invalid {
+            location: self.location.clone(),
+            kind: self.kind,
+            policy: self.name.to_owned(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+    fn cel(&self, field: &str, expression: &str, message: impl Into<String>) -> LoadError {
+        LoadError::Cel {
+            location: self.location.clone(),
+            kind: self.kind,
+            policy: self.name.to_owned(),
+            field: field.to_owned(),
+            expression: expression.trim().to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Compiler {
+    fn warn(&mut self, location: &Location, message: String) {
+        self.warnings.push(Warning {
+            location: location.clone(),
+            message,
+        });
+    }
+
+    fn document(&mut self, doc: load::Document) {
+        let location = Location {
+            path: doc.path,
+            document: doc.index,
+            line: doc.line,
+        };
+        let header: Header = match serde_json::from_value(doc.value.clone()) {
+            Ok(h) => h,
+            Err(_) => {
+                self.warn(&location, "skipped: not a Kubernetes-style object (no apiVersion/kind)".into());
+                return;
+            }
+        };
+        let (group, version) = header
+            .api_version
+            .as_deref()
+            .and_then(|v| v.split_once('/'))
+            .unwrap_or(("", ""));
+        let kind = header.kind.as_deref().unwrap_or("");
+        let ours = group == POLICY_GROUP && API_VERSIONS.contains(&version);
+        if !ours || !matches!(kind, "ValidatingPolicy" | "PolicyException") {
+            self.warn(
+                &location,
+                format!(
+                    "skipped: {} {kind:?} is not served by celgate",
+                    header.api_version.as_deref().unwrap_or("(no apiVersion)")
+                ),
+            );
+            return;
+        }
+        let kind_name: &'static str = if kind == "ValidatingPolicy" { "ValidatingPolicy" } else { "PolicyException" };
+        let Some(name) = header.metadata.name.filter(|n| !n.is_empty()) else {
+            self.errors.push(LoadError::Invalid {
+                location,
+                kind: kind_name,
+                policy: String::new(),
+                field: "metadata.name".into(),
+                message: "is required".into(),
+            });
+            return;
+        };
+        let spec = doc.value.get("spec").cloned().unwrap_or(serde_json::Value::Null);
+        let ctx = Ctx {
+            location: &location,
+            kind: kind_name,
+            name: &name,
+        };
+        if kind == "ValidatingPolicy" {
+            match serde_json::from_value::<PolicySpec>(spec) {
+                Ok(spec) => self.policy(&ctx, spec),
+                Err(e) => self.errors.push(ctx.invalid("spec", e.to_string())),
+            }
+        } else {
+            match serde_json::from_value::<ExceptionSpec>(spec) {
+                Ok(spec) => self.exception(&ctx, spec),
+                Err(e) => self.errors.push(ctx.invalid("spec", e.to_string())),
+            }
+        }
+    }
+
+    fn policy(&mut self, ctx: &Ctx<'_>, spec: PolicySpec) {
+        let mode = spec.evaluation.as_ref().and_then(|e| e.mode.as_deref());
+        if mode != Some("Envoy") {
+            self.warn(
+                ctx.location,
+                format!(
+                    "skipped: ValidatingPolicy {:?} has spec.evaluation.mode {}; only Envoy-mode policies are served",
+                    ctx.name,
+                    mode.map_or("unset (Kubernetes admission)".to_owned(), |m| format!("{m:?}"))
+                ),
+            );
+            return;
+        }
+        for (key, value) in &spec.other {
+            if key == "validationActions" && value.as_array().is_some_and(|a| !a.iter().any(|v| v == "Deny")) {
+                self.warn(
+                    ctx.location,
+                    format!("policy {:?}: spec.validationActions {value} is not honoured: the policy is enforced", ctx.name),
+                );
+            } else if !IGNORED_SPEC_FIELDS.contains(&key.as_str()) {
+                self.warn(ctx.location, format!("policy {:?}: unknown field spec.{key} is ignored", ctx.name));
+            }
+        }
+        let before = self.errors.len();
+        let failure_policy = match spec.failure_policy.as_deref() {
+            None | Some("Fail") => FailurePolicy::Fail,
+            Some("Ignore") => FailurePolicy::Ignore,
+            Some(other) => {
+                self.errors
+                    .push(ctx.invalid("spec.failurePolicy", format!("must be Fail or Ignore, not {other:?}")));
+                FailurePolicy::Fail
+            }
+        };
+        let match_conditions = self.named(ctx, "spec.matchConditions", spec.match_conditions, &[]);
+        let variables = self.named(ctx, "spec.variables", spec.variables, &[]);
+        let var_names: Vec<&str> = variables.iter().map(|v| v.name.as_str()).collect();
+        // Variables may refer to each other, but not in a cycle.
+        for v in &variables {
+            self.check_variables(ctx, &v.expr, &var_names);
+        }
+        if let Some(cycle) = variable_cycle(&variables) {
+            self.errors.push(ctx.invalid("spec.variables", format!("variables refer to each other in a cycle: {}", cycle.join(" -> "))));
+        }
+        for m in &match_conditions {
+            if references_root(&m.expr.program, "variables") {
+                self.errors.push(ctx.cel(
+                    &m.expr.field,
+                    &m.expr.source,
+                    "matchConditions cannot use variables (they are evaluated before variables exist)",
+                ));
+            }
+        }
+        if spec.validations.is_empty() {
+            self.warn(ctx.location, format!("policy {:?} has no validations: it never decides a request", ctx.name));
+        }
+        let mut validations = Vec::new();
+        for (i, v) in spec.validations.into_iter().enumerate() {
+            let field = format!("spec.validations[{i}].expression");
+            for key in v.other.keys() {
+                if !matches!(key.as_str(), "message" | "messageExpression" | "reason") {
+                    self.warn(ctx.location, format!("policy {:?}: unknown field spec.validations[{i}].{key} is ignored", ctx.name));
+                }
+            }
+            let Some(src) = v.expression.filter(|s| !s.trim().is_empty()) else {
+                self.errors.push(ctx.invalid(field, "is required"));
+                continue;
+            };
+            if let Some(expr) = self.expression(ctx, field, src) {
+                self.check_variables(ctx, &expr, &var_names);
+                validations.push(expr);
+            }
+        }
+        if self.errors.len() > before {
+            return;
+        }
+        self.policies.push(Policy {
+            name: ctx.name.to_owned(),
+            location: ctx.location.clone(),
+            failure_policy,
+            match_conditions,
+            variables,
+            validations,
+            exceptions: Vec::new(),
+        });
+    }
+
+    fn exception(&mut self, ctx: &Ctx<'_>, spec: ExceptionSpec) {
+        if let Some(mode) = spec.evaluation_mode.as_deref() {
+            if mode != "Envoy" {
+                self.warn(ctx.location, format!("skipped: PolicyException {:?} has evaluationMode {mode:?}", ctx.name));
+                return;
+            }
+        }
+        for key in spec.other.keys() {
+            self.warn(ctx.location, format!("exception {:?}: unknown field spec.{key} is ignored", ctx.name));
+        }
+        let before = self.errors.len();
+        let mut refs = Vec::new();
+        for (i, r) in spec.policy_refs.iter().enumerate() {
+            match (&r.name, r.kind.as_deref()) {
+                (Some(n), None | Some("ValidatingPolicy")) if !n.is_empty() => refs.push(n.clone()),
+                (Some(_), Some(k)) => self.warn(ctx.location, format!("exception {:?}: spec.policyRefs[{i}] of kind {k:?} is ignored", ctx.name)),
+                _ => self.errors.push(ctx.invalid(format!("spec.policyRefs[{i}].name"), "is required")),
+            }
+        }
+        if refs.is_empty() {
+            self.errors.push(ctx.invalid("spec.policyRefs", "must name at least one ValidatingPolicy"));
+        }
+        let match_conditions = self.named(ctx, "spec.matchConditions", spec.match_conditions, &[]);
+        for m in &match_conditions {
+            if references_root(&m.expr.program, "variables") {
+                self.errors.push(ctx.cel(&m.expr.field, &m.expr.source, "exception conditions cannot use variables"));
+            }
+        }
+        if match_conditions.is_empty() {
+            self.errors.push(ctx.invalid("spec.matchConditions", "must have at least one condition (an exception without one would exempt every request)"));
+        }
+        if self.errors.len() > before {
+            return;
+        }
+        self.exceptions.push(Exception {
+            name: ctx.name.to_owned(),
+            location: ctx.location.clone(),
+            policy_refs: refs,
+            match_conditions,
+        });
+    }
+
+    fn named(&mut self, ctx: &Ctx<'_>, list: &str, items: Vec<NamedExpression>, _: &[&str]) -> Vec<NamedProgram> {
+        let mut out: Vec<NamedProgram> = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let name = match item.name.filter(|n| !n.is_empty()) {
+                Some(n) => n,
+                None => {
+                    self.errors.push(ctx.invalid(format!("{list}[{i}].name"), "is required"));
+                    continue;
+                }
+            };
+            if out.iter().any(|o| o.name == name) {
+                self.errors.push(ctx.invalid(format!("{list}[{i}].name"), format!("{name:?} is used twice")));
+                continue;
+            }
+            let field = format!("{list}[{i}].expression");
+            let Some(src) = item.expression.filter(|s| !s.trim().is_empty()) else {
+                self.errors.push(ctx.invalid(field, "is required"));
+                continue;
+            };
+            if let Some(expr) = self.expression(ctx, field, src) {
+                out.push(NamedProgram { name, expr });
+            }
+        }
+        out
+    }
+
+    fn expression(&mut self, ctx: &Ctx<'_>, field: String, source: String) -> Option<Expression> {
+        let program = match env().compile(&source) {
+            Ok(p) => p,
+            Err(e) => {
+                self.errors.push(ctx.cel(&field, &source, e.to_string().trim().to_owned()));
+                return None;
+            }
+        };
+        if let Err(e) = check_literal_patterns(program.expression()) {
+            self.errors.push(ctx.cel(&field, &source, e));
+            return None;
+        }
+        Some(Expression { field, source, program })
+    }
+
+    /// `variables.x` must name a declared variable.
+    fn check_variables(&mut self, ctx: &Ctx<'_>, expr: &Expression, names: &[&str]) {
+        for used in variable_refs(&expr.program) {
+            if !names.contains(&used.as_str()) {
+                self.errors.push(ctx.cel(
+                    &expr.field,
+                    &expr.source,
+                    format!("undefined variable `variables.{used}` (declared: {})", if names.is_empty() { "none".to_owned() } else { names.join(", ") }),
+                ));
+            }
+        }
+    }
+
+    fn finish(mut self) -> Result<PolicySet, LoadErrors> {
+        // Names are unique within a set; order by name is the evaluation order.
+        let mut seen: HashMap<String, Location> = HashMap::new();
+        for p in &self.policies {
+            if let Some(first) = seen.insert(p.name.clone(), p.location.clone()) {
+                self.errors.push(LoadError::Duplicate {
+                    kind: "ValidatingPolicy",
+                    name: p.name.clone(),
+                    first,
+                    second: p.location.clone(),
+                });
+            }
+        }
+        let mut seen_ex: HashMap<String, Location> = HashMap::new();
+        for e in &self.exceptions {
+            if let Some(first) = seen_ex.insert(e.name.clone(), e.location.clone()) {
+                self.errors.push(LoadError::Duplicate {
+                    kind: "PolicyException",
+                    name: e.name.clone(),
+                    first,
+                    second: e.location.clone(),
+                });
+            }
+        }
+        if !self.errors.is_empty() {
+            return Err(LoadErrors(self.errors));
+        }
+        self.policies.sort_by(|a, b| a.name.cmp(&b.name));
+        self.exceptions.sort_by(|a, b| a.name.cmp(&b.name));
+        let exceptions: Vec<Arc<Exception>> = self.exceptions.into_iter().map(Arc::new).collect();
+        let mut by_policy: BTreeMap<&str, Vec<Arc<Exception>>> = BTreeMap::new();
+        for e in &exceptions {
+            for r in &e.policy_refs {
+                by_policy.entry(r.as_str()).or_default().push(e.clone());
+            }
+        }
+        for (policy, list) in by_policy {
+            match self.policies.binary_search_by(|p| p.name.as_str().cmp(policy)) {
+                Ok(i) => self.policies[i].exceptions = list,
+                Err(_) => {
+                    for e in list {
+                        self.warnings.push(Warning {
+                            location: e.location.clone(),
+                            message: format!("exception {:?} names policy {policy:?}, which is not loaded", e.name),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(PolicySet {
+            policies: self.policies,
+            exceptions,
+            warnings: self.warnings,
+            loaded_at: SystemTime::now(),
+        })
+    }
+}
+
+/// The names `x` of every `variables.x` (and `variables["x"]`) in a program.
+pub fn variable_refs(program: &Program) -> Vec<String> {
+    let mut out = Vec::new();
+    crate::cel::walk(program.expression(), &mut |e| match e {
+        Expr::Select(s) if matches!(&s.operand.expr, Expr::Ident(i) if i == "variables") => {
+            if !out.contains(&s.field) {
+                out.push(s.field.clone());
+            }
+        }
+        Expr::Call(c) if c.func_name == "_[_]" || c.func_name == "_[?_]" => {
+            if let (Some(Expr::Ident(i)), Some(Expr::Literal(cel::common::ast::LiteralValue::String(k)))) =
+                (c.args.first().map(|a| &a.expr), c.args.get(1).map(|a| &a.expr))
+            {
+                if i == "variables" && !out.iter().any(|o| o == k.inner()) {
+                    out.push(k.inner().to_owned());
+                }
+            }
+        }
+        _ => {}
+    });
+    out
+}
+
+fn references_root(program: &Program, ident: &str) -> bool {
+    let mut found = false;
+    crate::cel::walk(program.expression(), &mut |e| {
+        if matches!(e, Expr::Ident(i) if i == ident) {
+            found = true;
+        }
+    });
+    found
+}
+
+/// A cycle among variables, if any, as the names along it.
+fn variable_cycle(vars: &[NamedProgram]) -> Option<Vec<String>> {
+    let index: HashMap<&str, usize> = vars.iter().enumerate().map(|(i, v)| (v.name.as_str(), i)).collect();
+    let deps: Vec<Vec<usize>> = vars
+        .iter()
+        .map(|v| variable_refs(&v.expr.program).iter().filter_map(|n| index.get(n.as_str()).copied()).collect())
+        .collect();
+    // 0 = unvisited, 1 = on the stack, 2 = done
+    let mut state = vec![0u8; vars.len()];
+    let mut stack = Vec::new();
+    fn visit(i: usize, deps: &[Vec<usize>], state: &mut [u8], stack: &mut Vec<usize>) -> Option<Vec<usize>> {
+        state[i] = 1;
+        stack.push(i);
+        for &d in &deps[i] {
+            if state[d] == 1 {
+                let start = stack.iter().position(|&s| s == d).unwrap_or(0);
+                let mut cycle = stack[start..].to_vec();
+                cycle.push(d);
+                return Some(cycle);
+            }
+            if state[d] == 0 {
+                if let Some(c) = visit(d, deps, state, stack) {
+                    return Some(c);
+                }
+            }
+        }
+        stack.pop();
+        state[i] = 2;
+        None
+    }
+    for i in 0..vars.len() {
+        if state[i] == 0 {
+            if let Some(c) = visit(i, &deps, &mut state, &mut stack) {
+                return Some(c.into_iter().map(|i| vars[i].name.clone()).collect());
+            }
+        }
+    }
+    None
+}
+
+impl Location {
+    pub fn for_path(path: &Path) -> Self {
+        Location {
+            path: path.to_path_buf(),
+            document: 1,
+            line: 1,
+        }
+    }
+}
