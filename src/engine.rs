@@ -18,7 +18,7 @@ use cel::common::value::{CowVal, Val};
 use cel::context::VariableResolver;
 use cel::{Context, ExecutionError, Value};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 /// How the engine answers when a policy fails to evaluate.
@@ -341,6 +341,8 @@ struct Activation<'r> {
     defs: &'r [NamedProgram],
     cells: Vec<Cell<'r>>,
     busy: Vec<AtomicBool>,
+    /// Evaluations of each variable, for the trace (memoisation keeps it ≤ 1).
+    runs: Vec<AtomicU32>,
 }
 
 impl std::fmt::Debug for Activation<'_> {
@@ -356,6 +358,7 @@ impl<'r> Activation<'r> {
             defs,
             cells: defs.iter().map(|_| OnceLock::new()).collect(),
             busy: defs.iter().map(|_| AtomicBool::new(false)).collect(),
+            runs: defs.iter().map(|_| AtomicU32::new(0)).collect(),
         }
     }
 
@@ -369,6 +372,7 @@ impl<'r> Activation<'r> {
             ));
         }
         let r = cell.get_or_init(|| {
+            self.runs[i].fetch_add(1, Ordering::Relaxed);
             let mut ctx = Context::with_env(crate::cel::env().clone());
             ctx.set_variable_resolver(self);
             let v = Value::resolve_val(self.defs[i].expr.program.expression(), &ctx)
@@ -399,7 +403,7 @@ impl<'r> Activation<'r> {
                         Ok(v) => to_json(v.as_ref()).unwrap_or_else(|_| format!("<{}>", v.get_type().name()).into()),
                         Err(e) => format!("error: {e}").into(),
                     },
-                    evaluations: Some(1),
+                    evaluations: Some(self.runs[i].load(Ordering::Relaxed)),
                 });
             }
         }
@@ -464,6 +468,7 @@ impl<'r> Val for Activation<'r> {
             defs: self.defs,
             cells: self.cells.clone(),
             busy: self.defs.iter().map(|_| AtomicBool::new(false)).collect(),
+            runs: self.defs.iter().map(|_| AtomicU32::new(0)).collect(),
         })
     }
 }

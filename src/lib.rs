@@ -4,3 +4,4 @@ pub mod engine;
 pub mod policy;
 pub mod request_json;
 pub mod server;
+pub mod suite;

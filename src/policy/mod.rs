@@ -257,6 +257,10 @@ impl Compiler {
             .and_then(|v| v.split_once('/'))
             .unwrap_or(("", ""));
         let kind = header.kind.as_deref().unwrap_or("");
+        if crate::suite::is_test_doc(&doc.value) {
+            // Test suites may live beside the policies they test.
+            return;
+        }
         let ours = group == POLICY_GROUP && API_VERSIONS.contains(&version);
         if !ours || !matches!(kind, "ValidatingPolicy" | "PolicyException") {
             self.warn(
@@ -331,8 +335,8 @@ impl Compiler {
                 FailurePolicy::Fail
             }
         };
-        let match_conditions = self.named(ctx, "spec.matchConditions", spec.match_conditions, &[]);
-        let variables = self.named(ctx, "spec.variables", spec.variables, &[]);
+        let match_conditions = self.named(ctx, "spec.matchConditions", spec.match_conditions);
+        let variables = self.named(ctx, "spec.variables", spec.variables);
         let var_names: Vec<&str> = variables.iter().map(|v| v.name.as_str()).collect();
         // Variables may refer to each other, but not in a cycle.
         for v in &variables {
@@ -406,7 +410,7 @@ impl Compiler {
         if refs.is_empty() {
             self.errors.push(ctx.invalid("spec.policyRefs", "must name at least one ValidatingPolicy"));
         }
-        let match_conditions = self.named(ctx, "spec.matchConditions", spec.match_conditions, &[]);
+        let match_conditions = self.named(ctx, "spec.matchConditions", spec.match_conditions);
         for m in &match_conditions {
             if references_root(&m.expr.program, "variables") {
                 self.errors.push(ctx.cel(&m.expr.field, &m.expr.source, "exception conditions cannot use variables"));
@@ -426,7 +430,7 @@ impl Compiler {
         });
     }
 
-    fn named(&mut self, ctx: &Ctx<'_>, list: &str, items: Vec<NamedExpression>, _: &[&str]) -> Vec<NamedProgram> {
+    fn named(&mut self, ctx: &Ctx<'_>, list: &str, items: Vec<NamedExpression>) -> Vec<NamedProgram> {
         let mut out: Vec<NamedProgram> = Vec::new();
         for (i, item) in items.into_iter().enumerate() {
             let name = match item.name.filter(|n| !n.is_empty()) {

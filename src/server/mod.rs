@@ -62,6 +62,20 @@ pub async fn serve(
             addr: http_addr,
             source,
         })?;
+    serve_on(state, grpc_listener, http_listener, shutdown).await
+}
+
+/// As [`serve`], on listeners already bound (tests bind port 0).
+pub async fn serve_on(
+    state: Arc<State>,
+    grpc_listener: tokio::net::TcpListener,
+    http_listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (grpc_addr, http_addr) = (
+        grpc_listener.local_addr().map_err(ServeError::Http)?,
+        http_listener.local_addr().map_err(ServeError::Http)?,
+    );
     tracing::info!(
         grpc = %grpc_listener.local_addr().unwrap_or(grpc_addr),
         http = %http_listener.local_addr().unwrap_or(http_addr),

@@ -1,0 +1,274 @@
+//! Declarative policy test suites: policies + requests + expected decisions.
+//!
+//! ```yaml
+//! apiVersion: celgate.dev/v1alpha1
+//! kind: Test
+//! metadata: { name: api-keys }
+//! policies: [ ../policies ]          # files or dirs, relative to this file
+//! cases:
+//! - name: viewer cannot reach admin
+//!   request: requests/viewer.json    # or an inline CheckRequest object
+//!   expect:
+//!     allowed: false
+//!     status: 403
+//! ```
+//!
+//! Expectations that are given must match exactly; the others are not
+//! checked. See the README for every field.
+
+use crate::engine::{evaluate, Decision, EngineConfig};
+use crate::cel::envoy::{HeaderOption, Outcome};
+use crate::policy::{load, PolicySet};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub const API_VERSION: &str = "celgate.dev/v1alpha1";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestDoc {
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: TestMeta,
+    pub policies: Vec<PathBuf>,
+    /// HTTP status used for `failurePolicy: Fail` denials (default 403).
+    #[serde(default, rename = "failureStatus")]
+    pub failure_status: Option<i32>,
+    pub cases: Vec<Case>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct TestMeta {
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    pub name: String,
+    pub request: serde_json::Value,
+    pub expect: Expect,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Expect {
+    pub allowed: bool,
+    pub status: Option<i32>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub removed_headers: Option<Vec<String>>,
+    pub response_headers: Option<BTreeMap<String, String>>,
+    pub query_params: Option<BTreeMap<String, String>>,
+    pub removed_query_params: Option<Vec<String>>,
+    pub body: Option<String>,
+    pub message: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+    /// The deciding policy; `""` or `null` for "no policy decided".
+    #[serde(default, deserialize_with = "some_value")]
+    pub policy: Option<serde_json::Value>,
+    /// Whether the decision is the denial of a policy that failed to evaluate.
+    pub error: Option<bool>,
+    pub error_contains: Option<String>,
+}
+
+fn some_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
+}
+
+#[derive(Debug)]
+pub struct CaseResult {
+    pub suite: String,
+    pub file: PathBuf,
+    pub case: String,
+    /// Empty when the case passed.
+    pub failures: Vec<String>,
+}
+
+impl CaseResult {
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SuiteError {
+    #[error("{}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+    #[error("{}: policies failed to load:\n{errors}", path.display())]
+    Policies { path: PathBuf, errors: crate::policy::LoadErrors },
+}
+
+/// Every test document under `paths` (files or directories, recursively).
+pub fn find(paths: &[PathBuf]) -> Result<Vec<(PathBuf, TestDoc)>, SuiteError> {
+    let files = load::policy_files(paths).map_err(|e| SuiteError::Invalid {
+        path: PathBuf::from("."),
+        message: e.to_string(),
+    })?;
+    let mut out = Vec::new();
+    for f in files {
+        let docs = load::read_documents(&f).map_err(|e| SuiteError::Invalid {
+            path: f.clone(),
+            message: e.to_string(),
+        })?;
+        for d in docs {
+            if is_test_doc(&d.value) {
+                let doc: TestDoc = serde_json::from_value(d.value).map_err(|e| SuiteError::Invalid {
+                    path: f.clone(),
+                    message: format!("document {}: {e}", d.index),
+                })?;
+                out.push((f.clone(), doc));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether a document is a celgate test suite (and so not a policy).
+pub fn is_test_doc(v: &serde_json::Value) -> bool {
+    v.get("apiVersion").and_then(|a| a.as_str()) == Some(API_VERSION)
+        && v.get("kind").and_then(|k| k.as_str()) == Some("Test")
+}
+
+/// Runs one suite.
+pub fn run(path: &Path, doc: &TestDoc) -> Result<Vec<CaseResult>, SuiteError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let invalid = |message: String| SuiteError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    };
+    if doc.kind != "Test" || doc.api_version != API_VERSION {
+        return Err(invalid(format!("expected apiVersion {API_VERSION}, kind Test")));
+    }
+    if doc.cases.is_empty() {
+        return Err(invalid("a suite needs at least one case".into()));
+    }
+    let policy_paths: Vec<PathBuf> = doc.policies.iter().map(|p| dir.join(p)).collect();
+    let set = PolicySet::load(&policy_paths).map_err(|errors| SuiteError::Policies {
+        path: path.to_path_buf(),
+        errors,
+    })?;
+    let config = EngineConfig {
+        failure_status: doc.failure_status.unwrap_or(403),
+        ..Default::default()
+    };
+    let suite = doc
+        .metadata
+        .name
+        .clone()
+        .unwrap_or_else(|| path.display().to_string());
+    let mut results = Vec::new();
+    for case in &doc.cases {
+        let request = match &case.request {
+            serde_json::Value::String(file) => {
+                let p = dir.join(file);
+                let text = std::fs::read_to_string(&p)
+                    .map_err(|e| invalid(format!("case {:?}: {}: {e}", case.name, p.display())))?;
+                crate::request_json::parse(&text)
+            }
+            v => crate::request_json::from_value(v),
+        }
+        .map_err(|e| invalid(format!("case {:?}: {e}", case.name)))?;
+        let decision = evaluate(&set, &config, &request);
+        results.push(CaseResult {
+            suite: suite.clone(),
+            file: path.to_path_buf(),
+            case: case.name.clone(),
+            failures: compare(&case.expect, &decision),
+        });
+    }
+    Ok(results)
+}
+
+fn header_map(hs: &[HeaderOption]) -> BTreeMap<String, String> {
+    hs.iter().map(|h| (h.key.clone(), h.value.clone())).collect()
+}
+
+/// The differences between what was expected and what was decided.
+pub fn compare(e: &Expect, d: &Decision) -> Vec<String> {
+    let mut f = Vec::new();
+    let mut check = |what: &str, expected: String, got: String| {
+        if expected != got {
+            f.push(format!("{what}: expected {expected}, got {got}"));
+        }
+    };
+    check("allowed", e.allowed.to_string(), d.allowed().to_string());
+    if let Some(s) = e.status {
+        check("status", s.to_string(), d.http_status().to_string());
+    }
+    let (added, removed, resp, qset, qrm, body) = match &d.response.outcome {
+        Outcome::Ok(ok) => (
+            header_map(&ok.headers),
+            ok.headers_to_remove.clone(),
+            header_map(&ok.response_headers_to_add),
+            ok.query_parameters_to_set
+                .iter()
+                .map(|q| (q.key.clone(), q.value.clone()))
+                .collect::<BTreeMap<_, _>>(),
+            ok.query_parameters_to_remove.clone(),
+            String::new(),
+        ),
+        Outcome::Denied(den) => (
+            header_map(&den.headers),
+            Vec::new(),
+            BTreeMap::new(),
+            BTreeMap::new(),
+            Vec::new(),
+            den.body.clone(),
+        ),
+    };
+    if let Some(h) = &e.headers {
+        check("headers", format!("{h:?}"), format!("{added:?}"));
+    }
+    if let Some(r) = &e.removed_headers {
+        check("removedHeaders", format!("{r:?}"), format!("{removed:?}"));
+    }
+    if let Some(h) = &e.response_headers {
+        check("responseHeaders", format!("{h:?}"), format!("{resp:?}"));
+    }
+    if let Some(q) = &e.query_params {
+        check("queryParams", format!("{q:?}"), format!("{qset:?}"));
+    }
+    if let Some(q) = &e.removed_query_params {
+        check("removedQueryParams", format!("{q:?}"), format!("{qrm:?}"));
+    }
+    if let Some(b) = &e.body {
+        check("body", format!("{b:?}"), format!("{body:?}"));
+    }
+    if let Some(m) = &e.message {
+        check("message", format!("{m:?}"), format!("{:?}", d.response.message));
+    }
+    if let Some(m) = &e.metadata {
+        let got = d
+            .response
+            .metadata
+            .clone()
+            .map(serde_json::Value::Object)
+            .unwrap_or(serde_json::Value::Null);
+        check("metadata", m.to_string(), got.to_string());
+    }
+    if let Some(p) = &e.policy {
+        let want = match p {
+            serde_json::Value::Null => String::new(),
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        check(
+            "policy",
+            format!("{want:?}"),
+            format!("{:?}", d.policy.clone().unwrap_or_default()),
+        );
+    }
+    if let Some(err) = e.error {
+        check("error", err.to_string(), d.error.is_some().to_string());
+    }
+    if let Some(sub) = &e.error_contains {
+        let got = d.error.clone().unwrap_or_default();
+        if !got.contains(sub.as_str()) {
+            f.push(format!("error: expected to contain {sub:?}, got {got:?}"));
+        }
+    }
+    f
+}
