@@ -95,7 +95,10 @@ pub fn response_json(r: &CheckResponse) -> Json {
                 o.insert("headersToRemove".into(), json!(ok.headers_to_remove));
             }
             if !ok.response_headers_to_add.is_empty() {
-                o.insert("responseHeadersToAdd".into(), headers_json(&ok.response_headers_to_add));
+                o.insert(
+                    "responseHeadersToAdd".into(),
+                    headers_json(&ok.response_headers_to_add),
+                );
             }
             if !ok.query_parameters_to_set.is_empty() {
                 let qs: Vec<Json> = ok
@@ -106,7 +109,10 @@ pub fn response_json(r: &CheckResponse) -> Json {
                 o.insert("queryParametersToSet".into(), Json::Array(qs));
             }
             if !ok.query_parameters_to_remove.is_empty() {
-                o.insert("queryParametersToRemove".into(), json!(ok.query_parameters_to_remove));
+                o.insert(
+                    "queryParametersToRemove".into(),
+                    json!(ok.query_parameters_to_remove),
+                );
             }
             (GRPC_OK, "okResponse", Json::Object(o))
         }

@@ -327,7 +327,12 @@ fn eval_bool(ctx: &Context<'_, '_>, expr: &Expression) -> Result<bool, EvalError
     let v = Value::resolve_val(expr.program.expression(), ctx).map_err(|e| eval_error(expr, e))?;
     v.downcast_ref::<CelBool>()
         .map(|b| *b.inner())
-        .ok_or_else(|| eval_error(expr, format!("must return bool, not {}", v.get_type().name())))
+        .ok_or_else(|| {
+            eval_error(
+                expr,
+                format!("must return bool, not {}", v.get_type().name()),
+            )
+        })
 }
 
 static VARIABLES_T: Type = Type::new_unspecified_type("celgate.Variables");
@@ -347,7 +352,9 @@ struct Activation<'r> {
 
 impl std::fmt::Debug for Activation<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("variables").field("defined", &self.defs.len()).finish()
+        f.debug_struct("variables")
+            .field("defined", &self.defs.len())
+            .finish()
     }
 }
 
@@ -400,7 +407,8 @@ impl<'r> Activation<'r> {
                 t.variables.push(ExprTrace {
                     name: d.name.clone(),
                     result: match r {
-                        Ok(v) => to_json(v.as_ref()).unwrap_or_else(|_| format!("<{}>", v.get_type().name()).into()),
+                        Ok(v) => to_json(v.as_ref())
+                            .unwrap_or_else(|_| format!("<{}>", v.get_type().name()).into()),
                         Err(e) => format!("error: {e}").into(),
                     },
                     evaluations: Some(self.runs[i].load(Ordering::Relaxed)),

@@ -47,7 +47,12 @@ enum Command {
 struct ServeArgs {
     /// Policy files or directories (recursive; .yaml, .yml, .json; entries starting
     /// with `.` are skipped). Repeat the flag, or separate with commas in the variable.
-    #[arg(long = "policies", env = "CELGATE_POLICIES", value_delimiter = ',', default_value = "policies")]
+    #[arg(
+        long = "policies",
+        env = "CELGATE_POLICIES",
+        value_delimiter = ',',
+        default_value = "policies"
+    )]
     policies: Vec<PathBuf>,
     /// Address of the gRPC server (envoy.service.auth.v3.Authorization).
     #[arg(long, env = "CELGATE_GRPC_ADDR", default_value = "127.0.0.1:9191")]
@@ -66,8 +71,11 @@ struct ServeArgs {
 }
 
 fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).with_context(|| format!("invalid log filter {filter:?}"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("invalid log filter {filter:?}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -94,7 +102,8 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let set = PolicySet::load(&args.policies).map_err(|e| anyhow::anyhow!("{e}"))
+    let set = PolicySet::load(&args.policies)
+        .map_err(|e| anyhow::anyhow!("{e}"))
         .context("refusing to start")?;
     for w in &set.warnings {
         tracing::warn!("{w}");
@@ -113,7 +122,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(server::serve(state, args.grpc_addr, args.http_addr, shutdown_signal()))?;
+    rt.block_on(server::serve(
+        state,
+        args.grpc_addr,
+        args.http_addr,
+        shutdown_signal(),
+    ))?;
     tracing::info!("stopped");
     Ok(())
 }

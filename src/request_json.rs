@@ -8,7 +8,9 @@
 use envoy_types::pb::envoy::config::core::v3::{
     address, socket_address::PortSpecifier, Address, Metadata, SocketAddress,
 };
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request, TlsSession};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+    HttpRequest, Peer, Request, TlsSession,
+};
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use envoy_types::pb::google::protobuf::Timestamp;
 use serde_json::{Map, Value};
@@ -38,7 +40,9 @@ fn err(path: &str, message: impl Into<String>) -> RequestError {
 
 impl<'a> Obj<'a> {
     fn new(path: &str, v: &'a Value) -> R<Self> {
-        let map = v.as_object().ok_or_else(|| err(path, "must be an object"))?;
+        let map = v
+            .as_object()
+            .ok_or_else(|| err(path, "must be an object"))?;
         Ok(Obj {
             path: path.to_owned(),
             map,
@@ -78,7 +82,14 @@ impl<'a> Obj<'a> {
                         Value::Bool(b) => b.to_string(),
                         _ => return Err(err(&format!("{p}.{k}"), "must be a string")),
                     };
-                    Ok((if lower { k.to_ascii_lowercase() } else { k.clone() }, v))
+                    Ok((
+                        if lower {
+                            k.to_ascii_lowercase()
+                        } else {
+                            k.clone()
+                        },
+                        v,
+                    ))
                 })
                 .collect(),
             Some((p, _)) => Err(err(&p, "must be an object of strings")),
@@ -197,7 +208,9 @@ fn request(path: &str, v: &Value) -> R<Request> {
     let mut o = Obj::new(path, v)?;
     let mut r = Request::default();
     if let Some((p, v)) = o.get("time") {
-        let s = v.as_str().ok_or_else(|| err(&p, "must be an RFC 3339 string"))?;
+        let s = v
+            .as_str()
+            .ok_or_else(|| err(&p, "must be an RFC 3339 string"))?;
         let t = chrono::DateTime::parse_from_rfc3339(s).map_err(|e| err(&p, e.to_string()))?;
         r.time = Some(Timestamp {
             seconds: t.timestamp(),
@@ -227,7 +240,9 @@ fn request(path: &str, v: &Value) -> R<Request> {
         }
         if let Some((bp, bv)) = h.get("raw_body") {
             use base64::Engine;
-            let s = bv.as_str().ok_or_else(|| err(&bp, "must be a base64 string"))?;
+            let s = bv
+                .as_str()
+                .ok_or_else(|| err(&bp, "must be a base64 string"))?;
             http.raw_body = base64::engine::general_purpose::STANDARD
                 .decode(s)
                 .map_err(|e| err(&bp, format!("not base64: {e}")))?;

@@ -16,8 +16,8 @@
 //! Expectations that are given must match exactly; the others are not
 //! checked. See the README for every field.
 
-use crate::engine::{evaluate, Decision, EngineConfig};
 use crate::cel::envoy::{HeaderOption, Outcome};
+use crate::engine::{evaluate, Decision, EngineConfig};
 use crate::policy::{load, PolicySet};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -74,7 +74,9 @@ pub struct Expect {
     pub error_contains: Option<String>,
 }
 
-fn some_value<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+fn some_value<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<serde_json::Value>, D::Error> {
     serde_json::Value::deserialize(d).map(Some)
 }
 
@@ -98,7 +100,10 @@ pub enum SuiteError {
     #[error("{}: {message}", path.display())]
     Invalid { path: PathBuf, message: String },
     #[error("{}: policies failed to load:\n{errors}", path.display())]
-    Policies { path: PathBuf, errors: crate::policy::LoadErrors },
+    Policies {
+        path: PathBuf,
+        errors: crate::policy::LoadErrors,
+    },
 }
 
 /// Every test document under `paths` (files or directories, recursively).
@@ -115,10 +120,11 @@ pub fn find(paths: &[PathBuf]) -> Result<Vec<(PathBuf, TestDoc)>, SuiteError> {
         })?;
         for d in docs {
             if is_test_doc(&d.value) {
-                let doc: TestDoc = serde_json::from_value(d.value).map_err(|e| SuiteError::Invalid {
-                    path: f.clone(),
-                    message: format!("document {}: {e}", d.index),
-                })?;
+                let doc: TestDoc =
+                    serde_json::from_value(d.value).map_err(|e| SuiteError::Invalid {
+                        path: f.clone(),
+                        message: format!("document {}: {e}", d.index),
+                    })?;
                 out.push((f.clone(), doc));
             }
         }
@@ -140,7 +146,9 @@ pub fn run(path: &Path, doc: &TestDoc) -> Result<Vec<CaseResult>, SuiteError> {
         message,
     };
     if doc.kind != "Test" || doc.api_version != API_VERSION {
-        return Err(invalid(format!("expected apiVersion {API_VERSION}, kind Test")));
+        return Err(invalid(format!(
+            "expected apiVersion {API_VERSION}, kind Test"
+        )));
     }
     if doc.cases.is_empty() {
         return Err(invalid("a suite needs at least one case".into()));
@@ -183,7 +191,9 @@ pub fn run(path: &Path, doc: &TestDoc) -> Result<Vec<CaseResult>, SuiteError> {
 }
 
 fn header_map(hs: &[HeaderOption]) -> BTreeMap<String, String> {
-    hs.iter().map(|h| (h.key.clone(), h.value.clone())).collect()
+    hs.iter()
+        .map(|h| (h.key.clone(), h.value.clone()))
+        .collect()
 }
 
 /// The differences between what was expected and what was decided.
@@ -238,7 +248,11 @@ pub fn compare(e: &Expect, d: &Decision) -> Vec<String> {
         check("body", format!("{b:?}"), format!("{body:?}"));
     }
     if let Some(m) = &e.message {
-        check("message", format!("{m:?}"), format!("{:?}", d.response.message));
+        check(
+            "message",
+            format!("{m:?}"),
+            format!("{:?}", d.response.message),
+        );
     }
     if let Some(m) = &e.metadata {
         let got = d

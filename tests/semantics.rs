@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 fn run_all(root: &str, min_cases: usize) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(root);
-    let suites = suite::find(&[root.clone()]).unwrap_or_else(|e| panic!("{e}"));
+    let suites = suite::find(std::slice::from_ref(&root)).unwrap_or_else(|e| panic!("{e}"));
     let mut total = 0;
     let mut failed = Vec::new();
     for (path, doc) in &suites {
@@ -15,7 +15,12 @@ fn run_all(root: &str, min_cases: usize) {
         for r in results {
             total += 1;
             if !r.passed() {
-                failed.push(format!("{} / {}:\n    {}", r.file.display(), r.case, r.failures.join("\n    ")));
+                failed.push(format!(
+                    "{} / {}:\n    {}",
+                    r.file.display(),
+                    r.case,
+                    r.failures.join("\n    ")
+                ));
             }
         }
     }

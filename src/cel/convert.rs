@@ -23,15 +23,30 @@ pub fn to_json(v: &dyn Val) -> Result<Json, String> {
         Kind::Boolean => Json::Bool(*v.downcast_ref::<CelBool>().ok_or_else(|| bad(v))?.inner()),
         Kind::Int => Json::from(*v.downcast_ref::<CelInt>().ok_or_else(|| bad(v))?.inner()),
         Kind::UInt => Json::from(*v.downcast_ref::<CelUInt>().ok_or_else(|| bad(v))?.inner()),
-        Kind::Double => serde_json::Number::from_f64(*v.downcast_ref::<CelDouble>().ok_or_else(|| bad(v))?.inner())
-            .map(Json::Number)
-            .unwrap_or(Json::Null),
-        Kind::String => Json::String(v.downcast_ref::<CelString>().ok_or_else(|| bad(v))?.inner().to_owned()),
+        Kind::Double => serde_json::Number::from_f64(
+            *v.downcast_ref::<CelDouble>().ok_or_else(|| bad(v))?.inner(),
+        )
+        .map(Json::Number)
+        .unwrap_or(Json::Null),
+        Kind::String => Json::String(
+            v.downcast_ref::<CelString>()
+                .ok_or_else(|| bad(v))?
+                .inner()
+                .to_owned(),
+        ),
         Kind::Bytes => {
             use base64::Engine;
-            Json::String(base64::engine::general_purpose::STANDARD.encode(v.downcast_ref::<CelBytes>().ok_or_else(|| bad(v))?.inner()))
+            Json::String(
+                base64::engine::general_purpose::STANDARD
+                    .encode(v.downcast_ref::<CelBytes>().ok_or_else(|| bad(v))?.inner()),
+            )
         }
-        Kind::Timestamp => Json::String(v.downcast_ref::<CelTimestamp>().ok_or_else(|| bad(v))?.inner().to_rfc3339()),
+        Kind::Timestamp => Json::String(
+            v.downcast_ref::<CelTimestamp>()
+                .ok_or_else(|| bad(v))?
+                .inner()
+                .to_rfc3339(),
+        ),
         Kind::List => {
             let it = v.as_iterable().ok_or("list without elements")?;
             let mut out = Vec::new();
@@ -64,7 +79,12 @@ pub fn to_json(v: &dyn Val) -> Result<Json, String> {
                 None => Json::Null,
             }
         }
-        _ => return Err(format!("a value of type {} cannot be converted to JSON", ty.name())),
+        _ => {
+            return Err(format!(
+                "a value of type {} cannot be converted to JSON",
+                ty.name()
+            ))
+        }
     })
 }
 

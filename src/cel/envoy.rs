@@ -10,7 +10,9 @@
 //! two independent responses. The mapping onto the protobuf message lives in
 //! [`crate::decision`].
 
-use cel::common::types::{CelBool, CelInt, CelString, Type, BOOL_TYPE, DYN_TYPE, INT_TYPE, STRING_TYPE};
+use cel::common::types::{
+    CelBool, CelInt, CelString, Type, BOOL_TYPE, DYN_TYPE, INT_TYPE, STRING_TYPE,
+};
 use cel::common::value::{CowVal, FromVal, StaticVal, Val};
 use cel::{DeclarationError, Env, ExecutionError};
 use std::any::Any;
@@ -118,13 +120,22 @@ static_val!(CheckResponse, RESPONSE_T);
 type Args<'b, 'v> = Vec<CowVal<'b, 'v>>;
 type Ret<'b, 'v> = Result<CowVal<'b, 'v>, ExecutionError>;
 
-fn arg<'a, 'b, 'v, T>(f: &str, args: &'a [CowVal<'b, 'v>], i: usize) -> Result<&'a T, ExecutionError>
+fn arg<'a, 'b, 'v, T>(
+    f: &str,
+    args: &'a [CowVal<'b, 'v>],
+    i: usize,
+) -> Result<&'a T, ExecutionError>
 where
     T: FromVal<'a, 'v> + Val,
 {
     args.get(i)
         .and_then(|a| a.downcast_ref::<T>())
-        .ok_or_else(|| ExecutionError::function_error(f, format!("argument {i} must be a {}", T::cel_type().name())))
+        .ok_or_else(|| {
+            ExecutionError::function_error(
+                f,
+                format!("argument {i} must be a {}", T::cel_type().name()),
+            )
+        })
 }
 
 fn string(f: &str, args: &[CowVal<'_, '_>], i: usize) -> Result<String, ExecutionError> {
@@ -138,27 +149,133 @@ fn owned<'b, 'v, T: Val + 'static>(v: T) -> Ret<'b, 'v> {
 pub fn extension(env: &mut Env) -> Result<(), DeclarationError> {
     env.add_overload("envoy.Allowed", "envoy_allowed", vec![], allowed)?;
     env.add_overload("envoy.Denied", "envoy_denied_int", vec![INT_TYPE], denied)?;
-    env.add_overload("envoy.Header", "envoy_header_string_string", vec![STRING_TYPE, STRING_TYPE], header)?;
-    env.add_overload("envoy.QueryParam", "envoy_query_param_string_string", vec![STRING_TYPE, STRING_TYPE], query_param)?;
+    env.add_overload(
+        "envoy.Header",
+        "envoy_header_string_string",
+        vec![STRING_TYPE, STRING_TYPE],
+        header,
+    )?;
+    env.add_overload(
+        "envoy.QueryParam",
+        "envoy_query_param_string_string",
+        vec![STRING_TYPE, STRING_TYPE],
+        query_param,
+    )?;
 
-    env.add_member_overload("KeepEmptyValue", "header_keep_empty_value", HEADER, vec![], keep_empty)?;
-    env.add_member_overload("KeepEmptyValue", "header_keep_empty_value_bool", HEADER, vec![BOOL_TYPE], keep_empty_bool)?;
+    env.add_member_overload(
+        "KeepEmptyValue",
+        "header_keep_empty_value",
+        HEADER,
+        vec![],
+        keep_empty,
+    )?;
+    env.add_member_overload(
+        "KeepEmptyValue",
+        "header_keep_empty_value_bool",
+        HEADER,
+        vec![BOOL_TYPE],
+        keep_empty_bool,
+    )?;
 
-    env.add_member_overload("WithHeader", "ok_with_header_string_string", OK, vec![STRING_TYPE, STRING_TYPE], ok_with_header)?;
-    env.add_member_overload("WithHeader", "ok_with_header_header", OK, vec![HEADER], ok_with_header)?;
-    env.add_member_overload("WithHeader", "denied_with_header_string_string", DENIED, vec![STRING_TYPE, STRING_TYPE], denied_with_header)?;
-    env.add_member_overload("WithHeader", "denied_with_header_header", DENIED, vec![HEADER], denied_with_header)?;
-    env.add_member_overload("WithoutHeader", "ok_without_header_string", OK, vec![STRING_TYPE], ok_without_header)?;
-    env.add_member_overload("WithResponseHeader", "ok_with_response_header_string_string", OK, vec![STRING_TYPE, STRING_TYPE], ok_with_response_header)?;
-    env.add_member_overload("WithResponseHeader", "ok_with_response_header_header", OK, vec![HEADER], ok_with_response_header)?;
-    env.add_member_overload("WithQueryParam", "ok_with_query_param_string_string", OK, vec![STRING_TYPE, STRING_TYPE], ok_with_query_param)?;
-    env.add_member_overload("WithQueryParam", "ok_with_query_param_param", OK, vec![QUERY], ok_with_query_param)?;
-    env.add_member_overload("WithoutQueryParam", "ok_without_query_param_string", OK, vec![STRING_TYPE], ok_without_query_param)?;
-    env.add_member_overload("WithBody", "denied_with_body_string", DENIED, vec![STRING_TYPE], denied_with_body)?;
+    env.add_member_overload(
+        "WithHeader",
+        "ok_with_header_string_string",
+        OK,
+        vec![STRING_TYPE, STRING_TYPE],
+        ok_with_header,
+    )?;
+    env.add_member_overload(
+        "WithHeader",
+        "ok_with_header_header",
+        OK,
+        vec![HEADER],
+        ok_with_header,
+    )?;
+    env.add_member_overload(
+        "WithHeader",
+        "denied_with_header_string_string",
+        DENIED,
+        vec![STRING_TYPE, STRING_TYPE],
+        denied_with_header,
+    )?;
+    env.add_member_overload(
+        "WithHeader",
+        "denied_with_header_header",
+        DENIED,
+        vec![HEADER],
+        denied_with_header,
+    )?;
+    env.add_member_overload(
+        "WithoutHeader",
+        "ok_without_header_string",
+        OK,
+        vec![STRING_TYPE],
+        ok_without_header,
+    )?;
+    env.add_member_overload(
+        "WithResponseHeader",
+        "ok_with_response_header_string_string",
+        OK,
+        vec![STRING_TYPE, STRING_TYPE],
+        ok_with_response_header,
+    )?;
+    env.add_member_overload(
+        "WithResponseHeader",
+        "ok_with_response_header_header",
+        OK,
+        vec![HEADER],
+        ok_with_response_header,
+    )?;
+    env.add_member_overload(
+        "WithQueryParam",
+        "ok_with_query_param_string_string",
+        OK,
+        vec![STRING_TYPE, STRING_TYPE],
+        ok_with_query_param,
+    )?;
+    env.add_member_overload(
+        "WithQueryParam",
+        "ok_with_query_param_param",
+        OK,
+        vec![QUERY],
+        ok_with_query_param,
+    )?;
+    env.add_member_overload(
+        "WithoutQueryParam",
+        "ok_without_query_param_string",
+        OK,
+        vec![STRING_TYPE],
+        ok_without_query_param,
+    )?;
+    env.add_member_overload(
+        "WithBody",
+        "denied_with_body_string",
+        DENIED,
+        vec![STRING_TYPE],
+        denied_with_body,
+    )?;
     env.add_member_overload("Response", "ok_response", OK, vec![], ok_response)?;
-    env.add_member_overload("Response", "denied_response", DENIED, vec![], denied_response)?;
-    env.add_member_overload("WithMessage", "response_with_message_string", RESPONSE, vec![STRING_TYPE], with_message)?;
-    env.add_member_overload("WithMetadata", "response_with_metadata_map", RESPONSE, vec![DYN_TYPE], with_metadata)?;
+    env.add_member_overload(
+        "Response",
+        "denied_response",
+        DENIED,
+        vec![],
+        denied_response,
+    )?;
+    env.add_member_overload(
+        "WithMessage",
+        "response_with_message_string",
+        RESPONSE,
+        vec![STRING_TYPE],
+        with_message,
+    )?;
+    env.add_member_overload(
+        "WithMetadata",
+        "response_with_metadata_map",
+        RESPONSE,
+        vec![DYN_TYPE],
+        with_metadata,
+    )?;
     Ok(())
 }
 
@@ -168,8 +285,12 @@ fn allowed<'b, 'v>(_: Args<'b, 'v>) -> Ret<'b, 'v> {
 
 fn denied<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
     let code = *arg::<CelInt>("envoy.Denied", &args, 0)?.inner();
-    let status = i32::try_from(code)
-        .map_err(|_| ExecutionError::function_error("envoy.Denied", format!("HTTP status {code} is out of range")))?;
+    let status = i32::try_from(code).map_err(|_| {
+        ExecutionError::function_error(
+            "envoy.Denied",
+            format!("HTTP status {code} is out of range"),
+        )
+    })?;
     owned(DeniedResponse {
         status,
         ..Default::default()
@@ -216,13 +337,21 @@ fn header_arg(f: &str, args: &[CowVal<'_, '_>]) -> Result<HeaderOption, Executio
     }
 }
 
-fn ok_with<'b, 'v>(f: &str, args: &[CowVal<'b, 'v>], change: impl FnOnce(&mut OkResponse) -> Result<(), ExecutionError>) -> Ret<'b, 'v> {
+fn ok_with<'b, 'v>(
+    f: &str,
+    args: &[CowVal<'b, 'v>],
+    change: impl FnOnce(&mut OkResponse) -> Result<(), ExecutionError>,
+) -> Ret<'b, 'v> {
     let mut ok = arg::<OkResponse>(f, args, 0)?.clone();
     change(&mut ok)?;
     owned(ok)
 }
 
-fn denied_with<'b, 'v>(f: &str, args: &[CowVal<'b, 'v>], change: impl FnOnce(&mut DeniedResponse) -> Result<(), ExecutionError>) -> Ret<'b, 'v> {
+fn denied_with<'b, 'v>(
+    f: &str,
+    args: &[CowVal<'b, 'v>],
+    change: impl FnOnce(&mut DeniedResponse) -> Result<(), ExecutionError>,
+) -> Ret<'b, 'v> {
     let mut d = arg::<DeniedResponse>(f, args, 0)?.clone();
     change(&mut d)?;
     owned(d)

@@ -30,7 +30,8 @@ fn build_env() -> Env {
         .expect("strings extension");
     env.add_extension(cel::extensions::lists)
         .expect("lists extension");
-    env.add_extension(cel::extensions::math).expect("math extension");
+    env.add_extension(cel::extensions::math)
+        .expect("math extension");
     env.add_extension(cel::extensions::encoders)
         .expect("encoders extension");
     env.add_extension(sets::extension).expect("sets extension");

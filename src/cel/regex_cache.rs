@@ -71,9 +71,12 @@ pub fn check_literal_patterns(expr: &cel::IdedExpr) -> Result<(), String> {
         if let Expr::Call(call) = e {
             if call.func_name == "matches" {
                 if let Some(pattern) = call.args.last() {
-                    if let Expr::Literal(cel::common::ast::LiteralValue::String(s)) = &pattern.expr {
+                    if let Expr::Literal(cel::common::ast::LiteralValue::String(s)) = &pattern.expr
+                    {
                         if let Err(e) = Regex::new(s.inner()) {
-                            err.get_or_insert_with(|| format!("invalid regex {:?}: {e}", s.inner()));
+                            err.get_or_insert_with(|| {
+                                format!("invalid regex {:?}: {e}", s.inner())
+                            });
                         }
                     }
                 }

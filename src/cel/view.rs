@@ -10,7 +10,9 @@
 
 use crate::cel::convert::proto_struct_to_val;
 use cel::common::traits::{Container, Indexer, Iterable, Iterator as CelIterator, Sizer};
-use cel::common::types::{CelBool, CelBytes, CelInt, CelMap, CelMapKey, CelString, CelTimestamp, CelUInt, Type, MAP_TYPE};
+use cel::common::types::{
+    CelBool, CelBytes, CelInt, CelMap, CelMapKey, CelString, CelTimestamp, CelUInt, Type, MAP_TYPE,
+};
 use cel::common::value::{CowVal, Val};
 use cel::ExecutionError;
 use envoy_types::pb::envoy::config::core::v3::{
@@ -78,7 +80,9 @@ impl<'r> Node<'r> {
         let missing = || Err(ExecutionError::no_such_key(name));
         Ok(match *self {
             Node::CheckRequest(r) => match name {
-                "attributes" => node(Node::Attributes(r.attributes.as_ref().unwrap_or(&EMPTY_ATTRIBUTES))),
+                "attributes" => node(Node::Attributes(
+                    r.attributes.as_ref().unwrap_or(&EMPTY_ATTRIBUTES),
+                )),
                 _ => return missing(),
             },
             Node::Attributes(a) => match name {
@@ -86,7 +90,9 @@ impl<'r> Node<'r> {
                 "destination" => node(Node::Peer(a.destination.as_ref().unwrap_or(&EMPTY_PEER))),
                 "request" => node(Node::Request(a.request.as_ref().unwrap_or(&EMPTY_REQUEST))),
                 "context_extensions" => map(&a.context_extensions),
-                "metadata_context" => node(Node::Metadata(a.metadata_context.as_ref().unwrap_or(&EMPTY_METADATA))),
+                "metadata_context" => node(Node::Metadata(
+                    a.metadata_context.as_ref().unwrap_or(&EMPTY_METADATA),
+                )),
                 "route_metadata_context" => node(Node::Metadata(
                     a.route_metadata_context.as_ref().unwrap_or(&EMPTY_METADATA),
                 )),
@@ -116,7 +122,9 @@ impl<'r> Node<'r> {
                 "id" => s(&h.id),
                 "method" => s(&h.method),
                 "headers" => map(&h.headers),
-                "header_map" => node(Node::HeaderMap(h.header_map.as_ref().unwrap_or(&EMPTY_HEADER_MAP))),
+                "header_map" => node(Node::HeaderMap(
+                    h.header_map.as_ref().unwrap_or(&EMPTY_HEADER_MAP),
+                )),
                 "path" => s(&h.path),
                 "host" => s(&h.host),
                 "scheme" => s(&h.scheme),
@@ -144,7 +152,9 @@ impl<'r> Node<'r> {
                 _ => return missing(),
             },
             Node::Address(a) => match (&a.address, name) {
-                (Some(address::Address::SocketAddress(sa)), "socket_address") => node(Node::Socket(sa)),
+                (Some(address::Address::SocketAddress(sa)), "socket_address") => {
+                    node(Node::Socket(sa))
+                }
                 (None | Some(_), "socket_address") => node(Node::Socket(&EMPTY_SOCKET)),
                 _ => return missing(),
             },
@@ -170,7 +180,10 @@ impl<'r> Node<'r> {
                         .iter()
                         .map(|h| {
                             let mut m: HashMap<CelMapKey<'_>, Box<dyn Val>> = HashMap::new();
-                            m.insert(CelMapKey::from("key"), Box::new(CelString::from(h.key.as_str())));
+                            m.insert(
+                                CelMapKey::from("key"),
+                                Box::new(CelString::from(h.key.as_str())),
+                            );
                             let value = if h.value.is_empty() {
                                 String::from_utf8_lossy(&h.raw_value).into_owned()
                             } else {
@@ -301,8 +314,12 @@ impl<'r> StrMap<'r> {
     }
 
     fn keys(&self) -> &[CelString<'r>] {
-        self.keys
-            .get_or_init(|| self.map.keys().map(|k| CelString::from(k.as_str())).collect())
+        self.keys.get_or_init(|| {
+            self.map
+                .keys()
+                .map(|k| CelString::from(k.as_str()))
+                .collect()
+        })
     }
 }
 
@@ -400,8 +417,10 @@ impl<'r> Val for StrMap<'r> {
             return false;
         }
         self.map.iter().all(|(k, v)| {
-            idx.get(&CelString::from(k.as_str()))
-                .is_ok_and(|o| o.downcast_ref::<CelString>().is_some_and(|o| o.inner() == v))
+            idx.get(&CelString::from(k.as_str())).is_ok_and(|o| {
+                o.downcast_ref::<CelString>()
+                    .is_some_and(|o| o.inner() == v)
+            })
         })
     }
     fn clone_as_boxed<'v>(&self) -> Box<dyn Val + 'v>

@@ -7,7 +7,10 @@ pub mod model;
 use crate::cel::{check_literal_patterns, env};
 use cel::common::ast::Expr;
 use cel::Program;
-use model::{ExceptionSpec, Header, NamedExpression, PolicySpec, API_VERSIONS, IGNORED_SPEC_FIELDS, POLICY_GROUP};
+use model::{
+    ExceptionSpec, Header, NamedExpression, PolicySpec, API_VERSIONS, IGNORED_SPEC_FIELDS,
+    POLICY_GROUP,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -24,7 +27,13 @@ pub struct Location {
 
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{} (document {})", self.path.display(), self.line, self.document)
+        write!(
+            f,
+            "{}:{} (document {})",
+            self.path.display(),
+            self.line,
+            self.document
+        )
     }
 }
 
@@ -41,7 +50,7 @@ pub enum LoadError {
     },
     #[error("{location}: {kind} {policy:?}: {field}: {message}")]
     Invalid {
-        location: Location,
+        location: Box<Location>,
         kind: &'static str,
         policy: String,
         field: String,
@@ -49,7 +58,7 @@ pub enum LoadError {
     },
     #[error("{location}: {kind} {policy:?}: {field}: CEL error in `{expression}`: {message}")]
     Cel {
-        location: Location,
+        location: Box<Location>,
         kind: &'static str,
         policy: String,
         field: String,
@@ -60,8 +69,8 @@ pub enum LoadError {
     Duplicate {
         kind: &'static str,
         name: String,
-        first: Location,
-        second: Location,
+        first: Box<Location>,
+        second: Box<Location>,
     },
 }
 
@@ -211,7 +220,7 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn invalid(&self, field: impl Into<String>, message: impl Into<String>) -> LoadError {
         LoadError::Invalid {
-            location: self.location.clone(),
+            location: Box::new(self.location.clone()),
             kind: self.kind,
             policy: self.name.to_owned(),
             field: field.into(),
@@ -220,7 +229,7 @@ impl Ctx<'_> {
     }
     fn cel(&self, field: &str, expression: &str, message: impl Into<String>) -> LoadError {
         LoadError::Cel {
-            location: self.location.clone(),
+            location: Box::new(self.location.clone()),
             kind: self.kind,
             policy: self.name.to_owned(),
             field: field.to_owned(),
@@ -247,7 +256,10 @@ impl Compiler {
         let header: Header = match serde_json::from_value(doc.value.clone()) {
             Ok(h) => h,
             Err(_) => {
-                self.warn(&location, "skipped: not a Kubernetes-style object (no apiVersion/kind)".into());
+                self.warn(
+                    &location,
+                    "skipped: not a Kubernetes-style object (no apiVersion/kind)".into(),
+                );
                 return;
             }
         };
@@ -272,10 +284,14 @@ impl Compiler {
             );
             return;
         }
-        let kind_name: &'static str = if kind == "ValidatingPolicy" { "ValidatingPolicy" } else { "PolicyException" };
+        let kind_name: &'static str = if kind == "ValidatingPolicy" {
+            "ValidatingPolicy"
+        } else {
+            "PolicyException"
+        };
         let Some(name) = header.metadata.name.filter(|n| !n.is_empty()) else {
             self.errors.push(LoadError::Invalid {
-                location,
+                location: Box::new(location),
                 kind: kind_name,
                 policy: String::new(),
                 field: "metadata.name".into(),
@@ -283,7 +299,11 @@ impl Compiler {
             });
             return;
         };
-        let spec = doc.value.get("spec").cloned().unwrap_or(serde_json::Value::Null);
+        let spec = doc
+            .value
+            .get("spec")
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
         let ctx = Ctx {
             location: &location,
             kind: kind_name,
@@ -316,13 +336,20 @@ impl Compiler {
             return;
         }
         for (key, value) in &spec.other {
-            if key == "validationActions" && value.as_array().is_some_and(|a| !a.iter().any(|v| v == "Deny")) {
+            if key == "validationActions"
+                && value
+                    .as_array()
+                    .is_some_and(|a| !a.iter().any(|v| v == "Deny"))
+            {
                 self.warn(
                     ctx.location,
                     format!("policy {:?}: spec.validationActions {value} is not honoured: the policy is enforced", ctx.name),
                 );
             } else if !IGNORED_SPEC_FIELDS.contains(&key.as_str()) {
-                self.warn(ctx.location, format!("policy {:?}: unknown field spec.{key} is ignored", ctx.name));
+                self.warn(
+                    ctx.location,
+                    format!("policy {:?}: unknown field spec.{key} is ignored", ctx.name),
+                );
             }
         }
         let before = self.errors.len();
@@ -330,8 +357,10 @@ impl Compiler {
             None | Some("Fail") => FailurePolicy::Fail,
             Some("Ignore") => FailurePolicy::Ignore,
             Some(other) => {
-                self.errors
-                    .push(ctx.invalid("spec.failurePolicy", format!("must be Fail or Ignore, not {other:?}")));
+                self.errors.push(ctx.invalid(
+                    "spec.failurePolicy",
+                    format!("must be Fail or Ignore, not {other:?}"),
+                ));
                 FailurePolicy::Fail
             }
         };
@@ -343,7 +372,13 @@ impl Compiler {
             self.check_variables(ctx, &v.expr, &var_names);
         }
         if let Some(cycle) = variable_cycle(&variables) {
-            self.errors.push(ctx.invalid("spec.variables", format!("variables refer to each other in a cycle: {}", cycle.join(" -> "))));
+            self.errors.push(ctx.invalid(
+                "spec.variables",
+                format!(
+                    "variables refer to each other in a cycle: {}",
+                    cycle.join(" -> ")
+                ),
+            ));
         }
         for m in &match_conditions {
             if references_root(&m.expr.program, "variables") {
@@ -355,14 +390,26 @@ impl Compiler {
             }
         }
         if spec.validations.is_empty() {
-            self.warn(ctx.location, format!("policy {:?} has no validations: it never decides a request", ctx.name));
+            self.warn(
+                ctx.location,
+                format!(
+                    "policy {:?} has no validations: it never decides a request",
+                    ctx.name
+                ),
+            );
         }
         let mut validations = Vec::new();
         for (i, v) in spec.validations.into_iter().enumerate() {
             let field = format!("spec.validations[{i}].expression");
             for key in v.other.keys() {
                 if !matches!(key.as_str(), "message" | "messageExpression" | "reason") {
-                    self.warn(ctx.location, format!("policy {:?}: unknown field spec.validations[{i}].{key} is ignored", ctx.name));
+                    self.warn(
+                        ctx.location,
+                        format!(
+                            "policy {:?}: unknown field spec.validations[{i}].{key} is ignored",
+                            ctx.name
+                        ),
+                    );
                 }
             }
             let Some(src) = v.expression.filter(|s| !s.trim().is_empty()) else {
@@ -391,29 +438,54 @@ impl Compiler {
     fn exception(&mut self, ctx: &Ctx<'_>, spec: ExceptionSpec) {
         if let Some(mode) = spec.evaluation_mode.as_deref() {
             if mode != "Envoy" {
-                self.warn(ctx.location, format!("skipped: PolicyException {:?} has evaluationMode {mode:?}", ctx.name));
+                self.warn(
+                    ctx.location,
+                    format!(
+                        "skipped: PolicyException {:?} has evaluationMode {mode:?}",
+                        ctx.name
+                    ),
+                );
                 return;
             }
         }
         for key in spec.other.keys() {
-            self.warn(ctx.location, format!("exception {:?}: unknown field spec.{key} is ignored", ctx.name));
+            self.warn(
+                ctx.location,
+                format!(
+                    "exception {:?}: unknown field spec.{key} is ignored",
+                    ctx.name
+                ),
+            );
         }
         let before = self.errors.len();
         let mut refs = Vec::new();
         for (i, r) in spec.policy_refs.iter().enumerate() {
             match (&r.name, r.kind.as_deref()) {
                 (Some(n), None | Some("ValidatingPolicy")) if !n.is_empty() => refs.push(n.clone()),
-                (Some(_), Some(k)) => self.warn(ctx.location, format!("exception {:?}: spec.policyRefs[{i}] of kind {k:?} is ignored", ctx.name)),
-                _ => self.errors.push(ctx.invalid(format!("spec.policyRefs[{i}].name"), "is required")),
+                (Some(_), Some(k)) => self.warn(
+                    ctx.location,
+                    format!(
+                        "exception {:?}: spec.policyRefs[{i}] of kind {k:?} is ignored",
+                        ctx.name
+                    ),
+                ),
+                _ => self
+                    .errors
+                    .push(ctx.invalid(format!("spec.policyRefs[{i}].name"), "is required")),
             }
         }
         if refs.is_empty() {
-            self.errors.push(ctx.invalid("spec.policyRefs", "must name at least one ValidatingPolicy"));
+            self.errors
+                .push(ctx.invalid("spec.policyRefs", "must name at least one ValidatingPolicy"));
         }
         let match_conditions = self.named(ctx, "spec.matchConditions", spec.match_conditions);
         for m in &match_conditions {
             if references_root(&m.expr.program, "variables") {
-                self.errors.push(ctx.cel(&m.expr.field, &m.expr.source, "exception conditions cannot use variables"));
+                self.errors.push(ctx.cel(
+                    &m.expr.field,
+                    &m.expr.source,
+                    "exception conditions cannot use variables",
+                ));
             }
         }
         if match_conditions.is_empty() {
@@ -430,18 +502,27 @@ impl Compiler {
         });
     }
 
-    fn named(&mut self, ctx: &Ctx<'_>, list: &str, items: Vec<NamedExpression>) -> Vec<NamedProgram> {
+    fn named(
+        &mut self,
+        ctx: &Ctx<'_>,
+        list: &str,
+        items: Vec<NamedExpression>,
+    ) -> Vec<NamedProgram> {
         let mut out: Vec<NamedProgram> = Vec::new();
         for (i, item) in items.into_iter().enumerate() {
             let name = match item.name.filter(|n| !n.is_empty()) {
                 Some(n) => n,
                 None => {
-                    self.errors.push(ctx.invalid(format!("{list}[{i}].name"), "is required"));
+                    self.errors
+                        .push(ctx.invalid(format!("{list}[{i}].name"), "is required"));
                     continue;
                 }
             };
             if out.iter().any(|o| o.name == name) {
-                self.errors.push(ctx.invalid(format!("{list}[{i}].name"), format!("{name:?} is used twice")));
+                self.errors.push(ctx.invalid(
+                    format!("{list}[{i}].name"),
+                    format!("{name:?} is used twice"),
+                ));
                 continue;
             }
             let field = format!("{list}[{i}].expression");
@@ -460,7 +541,8 @@ impl Compiler {
         let program = match env().compile(&source) {
             Ok(p) => p,
             Err(e) => {
-                self.errors.push(ctx.cel(&field, &source, e.to_string().trim().to_owned()));
+                self.errors
+                    .push(ctx.cel(&field, &source, e.to_string().trim().to_owned()));
                 return None;
             }
         };
@@ -468,7 +550,11 @@ impl Compiler {
             self.errors.push(ctx.cel(&field, &source, e));
             return None;
         }
-        Some(Expression { field, source, program })
+        Some(Expression {
+            field,
+            source,
+            program,
+        })
     }
 
     /// `variables.x` must name a declared variable.
@@ -478,7 +564,14 @@ impl Compiler {
                 self.errors.push(ctx.cel(
                     &expr.field,
                     &expr.source,
-                    format!("undefined variable `variables.{used}` (declared: {})", if names.is_empty() { "none".to_owned() } else { names.join(", ") }),
+                    format!(
+                        "undefined variable `variables.{used}` (declared: {})",
+                        if names.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            names.join(", ")
+                        }
+                    ),
                 ));
             }
         }
@@ -492,8 +585,8 @@ impl Compiler {
                 self.errors.push(LoadError::Duplicate {
                     kind: "ValidatingPolicy",
                     name: p.name.clone(),
-                    first,
-                    second: p.location.clone(),
+                    first: Box::new(first),
+                    second: Box::new(p.location.clone()),
                 });
             }
         }
@@ -503,8 +596,8 @@ impl Compiler {
                 self.errors.push(LoadError::Duplicate {
                     kind: "PolicyException",
                     name: e.name.clone(),
-                    first,
-                    second: e.location.clone(),
+                    first: Box::new(first),
+                    second: Box::new(e.location.clone()),
                 });
             }
         }
@@ -521,13 +614,19 @@ impl Compiler {
             }
         }
         for (policy, list) in by_policy {
-            match self.policies.binary_search_by(|p| p.name.as_str().cmp(policy)) {
+            match self
+                .policies
+                .binary_search_by(|p| p.name.as_str().cmp(policy))
+            {
                 Ok(i) => self.policies[i].exceptions = list,
                 Err(_) => {
                     for e in list {
                         self.warnings.push(Warning {
                             location: e.location.clone(),
-                            message: format!("exception {:?} names policy {policy:?}, which is not loaded", e.name),
+                            message: format!(
+                                "exception {:?} names policy {policy:?}, which is not loaded",
+                                e.name
+                            ),
                         });
                     }
                 }
@@ -546,15 +645,20 @@ impl Compiler {
 pub fn variable_refs(program: &Program) -> Vec<String> {
     let mut out = Vec::new();
     crate::cel::walk(program.expression(), &mut |e| match e {
-        Expr::Select(s) if matches!(&s.operand.expr, Expr::Ident(i) if i == "variables") => {
-            if !out.contains(&s.field) {
-                out.push(s.field.clone());
-            }
+        Expr::Select(s)
+            if matches!(&s.operand.expr, Expr::Ident(i) if i == "variables")
+                && !out.contains(&s.field) =>
+        {
+            out.push(s.field.clone());
         }
         Expr::Call(c) if c.func_name == "_[_]" || c.func_name == "_[?_]" => {
-            if let (Some(Expr::Ident(i)), Some(Expr::Literal(cel::common::ast::LiteralValue::String(k)))) =
-                (c.args.first().map(|a| &a.expr), c.args.get(1).map(|a| &a.expr))
-            {
+            if let (
+                Some(Expr::Ident(i)),
+                Some(Expr::Literal(cel::common::ast::LiteralValue::String(k))),
+            ) = (
+                c.args.first().map(|a| &a.expr),
+                c.args.get(1).map(|a| &a.expr),
+            ) {
                 if i == "variables" && !out.iter().any(|o| o == k.inner()) {
                     out.push(k.inner().to_owned());
                 }
@@ -577,15 +681,29 @@ fn references_root(program: &Program, ident: &str) -> bool {
 
 /// A cycle among variables, if any, as the names along it.
 fn variable_cycle(vars: &[NamedProgram]) -> Option<Vec<String>> {
-    let index: HashMap<&str, usize> = vars.iter().enumerate().map(|(i, v)| (v.name.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = vars
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v.name.as_str(), i))
+        .collect();
     let deps: Vec<Vec<usize>> = vars
         .iter()
-        .map(|v| variable_refs(&v.expr.program).iter().filter_map(|n| index.get(n.as_str()).copied()).collect())
+        .map(|v| {
+            variable_refs(&v.expr.program)
+                .iter()
+                .filter_map(|n| index.get(n.as_str()).copied())
+                .collect()
+        })
         .collect();
     // 0 = unvisited, 1 = on the stack, 2 = done
     let mut state = vec![0u8; vars.len()];
     let mut stack = Vec::new();
-    fn visit(i: usize, deps: &[Vec<usize>], state: &mut [u8], stack: &mut Vec<usize>) -> Option<Vec<usize>> {
+    fn visit(
+        i: usize,
+        deps: &[Vec<usize>],
+        state: &mut [u8],
+        stack: &mut Vec<usize>,
+    ) -> Option<Vec<usize>> {
         state[i] = 1;
         stack.push(i);
         for &d in &deps[i] {

@@ -3,7 +3,9 @@
 use super::State;
 use crate::decision::to_check_response;
 use crate::engine::{self, Decision};
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::{Authorization, AuthorizationServer};
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
+    Authorization, AuthorizationServer,
+};
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -24,17 +26,22 @@ impl AuthzService {
     pub fn decide(&self, request: &CheckRequest) -> Decision {
         let set = self.state.policies.load();
         let config = &self.state.config;
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine::evaluate(&set, config, request)))
-            .unwrap_or_else(|_| {
-                tracing::error!("policy evaluation panicked; request denied");
-                engine::failure_decision(config, None, "internal error during evaluation".into())
-            })
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            engine::evaluate(&set, config, request)
+        }))
+        .unwrap_or_else(|_| {
+            tracing::error!("policy evaluation panicked; request denied");
+            engine::failure_decision(config, None, "internal error during evaluation".into())
+        })
     }
 }
 
 #[tonic::async_trait]
 impl Authorization for AuthzService {
-    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
         let request = request.into_inner();
         let decision = self.decide(&request);
         tracing::debug!(
