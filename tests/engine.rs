@@ -45,7 +45,11 @@ fn variables_are_lazy_and_evaluated_once() {
     let (d, trace) = evaluate_traced(&set, &EngineConfig::default(), &request("/"));
     assert!(d.allowed(), "{d:?}");
     let t = &trace[0];
-    let evaluated: Vec<(&str, Option<u32>)> = t.variables.iter().map(|v| (v.name.as_str(), v.evaluations)).collect();
+    let evaluated: Vec<(&str, Option<u32>)> = t
+        .variables
+        .iter()
+        .map(|v| (v.name.as_str(), v.evaluations))
+        .collect();
     // `user` is referenced four times, `greeting` once; `never` (which would
     // fail) is not referenced and so never runs.
     assert_eq!(evaluated, vec![("user", Some(1)), ("greeting", Some(1))]);
@@ -94,7 +98,10 @@ fn every_problem_is_reported_with_file_policy_and_field() {
     }
     for e in &errors {
         assert!(e.starts_with("dir/broken.yaml:"), "no file in {e}");
-        assert!(e.contains("ValidatingPolicy \"broken\""), "no policy in {e}");
+        assert!(
+            e.contains("ValidatingPolicy \"broken\""),
+            "no policy in {e}"
+        );
     }
 }
 
@@ -107,26 +114,43 @@ fn duplicate_names_across_files_are_refused() {
     };
     let (a, b) = (p("same"), p("same"));
     let errors = compile(&[("a.yaml", &a), ("b.yaml", &b)]).unwrap_err();
-    assert!(matches!(&errors.0[..], [LoadError::Duplicate { name, .. }] if name == "same"), "{errors}");
-    assert!(errors.to_string().contains("a.yaml:1") && errors.to_string().contains("b.yaml:1"), "{errors}");
+    assert!(
+        matches!(&errors.0[..], [LoadError::Duplicate { name, .. }] if name == "same"),
+        "{errors}"
+    );
+    assert!(
+        errors.to_string().contains("a.yaml:1") && errors.to_string().contains("b.yaml:1"),
+        "{errors}"
+    );
 }
 
 #[test]
 fn match_conditions_cannot_use_variables() {
     let text = "apiVersion: policies.kyverno.io/v1\nkind: ValidatingPolicy\nmetadata: { name: m }\nspec:\n  evaluation: { mode: Envoy }\n  matchConditions:\n  - name: c\n    expression: variables.x == 1\n  variables:\n  - name: x\n    expression: '1'\n  validations:\n  - expression: envoy.Allowed().Response()\n";
     let all = load_errors(&[("m.yaml", text)]).join("\n");
-    assert!(all.contains("spec.matchConditions[0].expression") && all.contains("cannot use variables"), "{all}");
+    assert!(
+        all.contains("spec.matchConditions[0].expression") && all.contains("cannot use variables"),
+        "{all}"
+    );
 }
 
 #[test]
 fn broken_yaml_names_the_file_and_document() {
     let text = "apiVersion: v1\nkind: ConfigMap\n---\nkey: [unclosed\n";
-    let err = parse_documents(Path::new("x.yaml"), text).unwrap_err().to_string();
-    assert!(err.starts_with("x.yaml: document 2: not valid YAML/JSON"), "{err}");
+    let err = parse_documents(Path::new("x.yaml"), text)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("x.yaml: document 2: not valid YAML/JSON"),
+        "{err}"
+    );
 }
 
 #[test]
 fn missing_path_is_an_error() {
     let err = PolicySet::load(&["/nonexistent/celgate-policies".into()]).unwrap_err();
-    assert!(err.to_string().contains("/nonexistent/celgate-policies"), "{err}");
+    assert!(
+        err.to_string().contains("/nonexistent/celgate-policies"),
+        "{err}"
+    );
 }

@@ -28,7 +28,10 @@ fn req(path: &str, headers: &[(&str, &str)]) -> CheckRequest {
 fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
@@ -48,7 +51,9 @@ async fn check_over_grpc_and_graceful_shutdown() {
         let _ = stop_rx.await;
     }));
 
-    let mut client = AuthorizationClient::connect(format!("http://{grpc_addr}")).await.unwrap();
+    let mut client = AuthorizationClient::connect(format!("http://{grpc_addr}"))
+        .await
+        .unwrap();
 
     let ok = client
         .check(req("/api/orders", &[("x-api-key", "demo-key-alice")]))
@@ -70,7 +75,11 @@ async fn check_over_grpc_and_graceful_shutdown() {
     assert_eq!(added, vec![("x-user".to_string(), "alice".to_string())]);
     assert_eq!(ok.headers_to_remove, vec!["x-api-key".to_string()]);
 
-    let denied = client.check(req("/api/orders", &[])).await.unwrap().into_inner();
+    let denied = client
+        .check(req("/api/orders", &[]))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(denied.status.as_ref().unwrap().code, 7, "PERMISSION_DENIED");
     let Some(HttpResponse::DeniedResponse(d)) = denied.http_response else {
         panic!("expected a denial")
@@ -79,13 +88,26 @@ async fn check_over_grpc_and_graceful_shutdown() {
     assert_eq!(d.body, "missing api key\n");
 
     // An empty request (no attributes at all) is judged, not rejected.
-    let empty = client.check(CheckRequest::default()).await.unwrap().into_inner();
-    assert!(matches!(empty.http_response, Some(HttpResponse::DeniedResponse(ref d)) if d.status.unwrap().code == 404), "{empty:?}");
+    let empty = client
+        .check(CheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        matches!(empty.http_response, Some(HttpResponse::DeniedResponse(ref d)) if d.status.unwrap().code == 404),
+        "{empty:?}"
+    );
 
-    let (status, body) = tokio::task::spawn_blocking(move || http_get(http_addr, "/readyz")).await.unwrap().unwrap();
+    let (status, body) = tokio::task::spawn_blocking(move || http_get(http_addr, "/readyz"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(status, 200);
     assert!(body.contains("\"policies\":3"), "{body}");
-    let (status, _) = tokio::task::spawn_blocking(move || http_get(http_addr, "/livez")).await.unwrap().unwrap();
+    let (status, _) = tokio::task::spawn_blocking(move || http_get(http_addr, "/livez"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(status, 200);
 
     drop(client);
@@ -98,7 +120,11 @@ async fn check_over_grpc_and_graceful_shutdown() {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
@@ -139,7 +165,10 @@ fn binary_exits_zero_on_sigterm() {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], http_port));
     let start = Instant::now();
     while http_get(addr, "/readyz").map(|r| r.0).ok() != Some(200) {
-        assert!(start.elapsed() < Duration::from_secs(20), "server did not become ready");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "server did not become ready"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let ok = std::process::Command::new("kill")
