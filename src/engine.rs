@@ -423,7 +423,21 @@ impl VariableResolver for Activation<'_> {
         match variable {
             "object" => Some(CowVal::Borrowed(&self.object)),
             "variables" => Some(CowVal::Borrowed(self)),
-            _ => None,
+            // The interpreter first asks for a select chain's whole dotted
+            // name (`object.attributes.request.http.path`); answering it here
+            // skips its prefix-by-prefix resolution, the costliest part of a
+            // field access. Anything not found falls back to that general path.
+            _ => {
+                if let Some(path) = variable.strip_prefix("object.") {
+                    let v: Box<dyn Val + 'b> = self.object.path(path)?;
+                    Some(CowVal::Owned(v))
+                } else if let Some(name) = variable.strip_prefix("variables.") {
+                    let i = self.defs.iter().position(|d| d.name == name)?;
+                    self.variable(i).ok().map(|v| CowVal::Borrowed(v))
+                } else {
+                    None
+                }
+            }
         }
     }
 }

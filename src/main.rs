@@ -153,3 +153,9 @@ async fn shutdown_signal() {
         _ = term => {},
     }
 }
+
+// The request path allocates small, short-lived values (CEL values, boxed
+// fields); mimalloc's thread-local free lists serve those far faster than
+// glibc malloc under concurrency.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

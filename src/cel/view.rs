@@ -66,16 +66,48 @@ pub enum Node<'r> {
     HeaderMap(&'r HeaderMap),
 }
 
+/// A field's value: another message of the tree, or a leaf value.
+pub enum Field<'r> {
+    Node(Node<'r>),
+    Val(Box<dyn Val + 'r>),
+}
+
+impl<'r> Field<'r> {
+    pub fn into_val(self) -> Box<dyn Val + 'r> {
+        match self {
+            Field::Node(n) => Box::new(n),
+            Field::Val(v) => v,
+        }
+    }
+}
+
 impl<'r> Node<'r> {
-    fn field(&self, name: &str) -> Result<Box<dyn Val + 'r>, ExecutionError> {
-        fn s(v: &str) -> Box<dyn Val + '_> {
-            Box::new(CelString::from(v))
+    /// Resolves a dotted path below this message (`attributes.request.http.path`)
+    /// in one go, without the interpreter's per-segment name resolution.
+    /// `None` if any segment is not a field, so the caller can fall back to
+    /// the general path and report the error there.
+    pub fn path(self, path: &str) -> Option<Box<dyn Val + 'r>> {
+        let mut node = self;
+        let mut segments = path.split('.').peekable();
+        while let Some(seg) = segments.next() {
+            match node.field(seg).ok()? {
+                Field::Node(n) if segments.peek().is_some() => node = n,
+                f if segments.peek().is_none() => return Some(f.into_val()),
+                Field::Val(_) | Field::Node(_) => return None,
+            }
         }
-        fn node(n: Node<'_>) -> Box<dyn Val + '_> {
-            Box::new(n)
+        None
+    }
+
+    pub fn field(&self, name: &str) -> Result<Field<'r>, ExecutionError> {
+        fn s(v: &str) -> Field<'_> {
+            Field::Val(Box::new(CelString::from(v)))
         }
-        fn map(m: &HashMap<String, String>) -> Box<dyn Val + '_> {
-            Box::new(StrMap::new(m))
+        fn node(n: Node<'_>) -> Field<'_> {
+            Field::Node(n)
+        }
+        fn map(m: &HashMap<String, String>) -> Field<'_> {
+            Field::Val(Box::new(StrMap::new(m)))
         }
         let missing = || Err(ExecutionError::no_such_key(name));
         Ok(match *self {
@@ -113,7 +145,7 @@ impl<'r> Node<'r> {
                     let dt = chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
                         .unwrap_or_default()
                         .fixed_offset();
-                    Box::new(CelTimestamp::from(dt))
+                    Field::Val(Box::new(CelTimestamp::from(dt)))
                 }
                 "http" => node(Node::Http(r.http.as_ref().unwrap_or(&EMPTY_HTTP))),
                 _ => return missing(),
@@ -130,10 +162,10 @@ impl<'r> Node<'r> {
                 "scheme" => s(&h.scheme),
                 "query" => s(&h.query),
                 "fragment" => s(&h.fragment),
-                "size" => Box::new(CelInt::from(h.size)),
+                "size" => Field::Val(Box::new(CelInt::from(h.size))),
                 "protocol" => s(&h.protocol),
                 "body" => s(&h.body),
-                "raw_body" => Box::new(CelBytes::from(h.raw_body.as_slice())),
+                "raw_body" => Field::Val(Box::new(CelBytes::from(h.raw_body.as_slice()))),
                 _ => return missing(),
             },
             Node::Tls(t) => match name {
@@ -147,7 +179,7 @@ impl<'r> Node<'r> {
                         .iter()
                         .map(|(k, v)| (CelMapKey::from(k.clone()), proto_struct_to_val(v)))
                         .collect();
-                    Box::new(CelMap::from(map))
+                    Field::Val(Box::new(CelMap::from(map)))
                 }
                 _ => return missing(),
             },
@@ -160,17 +192,17 @@ impl<'r> Node<'r> {
             },
             Node::Socket(sa) => match name {
                 "address" => s(&sa.address),
-                "port_value" => Box::new(CelUInt::from(match sa.port_specifier {
+                "port_value" => Field::Val(Box::new(CelUInt::from(match sa.port_specifier {
                     Some(PortSpecifier::PortValue(p)) => u64::from(p),
                     _ => 0,
-                })),
+                }))),
                 "named_port" => s(match &sa.port_specifier {
                     Some(PortSpecifier::NamedPort(p)) => p,
                     _ => "",
                 }),
-                "protocol" => Box::new(CelInt::from(i64::from(sa.protocol))),
+                "protocol" => Field::Val(Box::new(CelInt::from(i64::from(sa.protocol)))),
                 "resolver_name" => s(&sa.resolver_name),
-                "ipv4_compat" => Box::new(CelBool::from(sa.ipv4_compat)),
+                "ipv4_compat" => Field::Val(Box::new(CelBool::from(sa.ipv4_compat))),
                 _ => return missing(),
             },
             Node::HeaderMap(hm) => match name {
@@ -193,7 +225,7 @@ impl<'r> Node<'r> {
                             Box::new(CelMap::from(m)) as Box<dyn Val>
                         })
                         .collect();
-                    Box::new(cel::common::types::CelList::from(list))
+                    Field::Val(Box::new(cel::common::types::CelList::from(list)))
                 }
                 _ => return missing(),
             },
@@ -247,7 +279,7 @@ impl<'r> Indexer for Node<'r> {
     where
         Self: 'v,
     {
-        let v: Box<dyn Val + 'r> = self.field(field_name(idx)?)?;
+        let v: Box<dyn Val + 'r> = self.field(field_name(idx)?)?.into_val();
         Ok(CowVal::Owned(v))
     }
 
@@ -255,7 +287,7 @@ impl<'r> Indexer for Node<'r> {
     where
         Self: 'v,
     {
-        self.field(field_name(idx)?)
+        Ok(self.field(field_name(idx)?)?.into_val())
     }
 }
 

