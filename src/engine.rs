@@ -433,7 +433,7 @@ impl VariableResolver for Activation<'_> {
                     Some(CowVal::Owned(v))
                 } else if let Some(name) = variable.strip_prefix("variables.") {
                     let i = self.defs.iter().position(|d| d.name == name)?;
-                    self.variable(i).ok().map(|v| CowVal::Borrowed(v))
+                    self.variable(i).ok().map(CowVal::Borrowed)
                 } else {
                     None
                 }
