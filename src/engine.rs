@@ -431,9 +431,22 @@ impl VariableResolver for Activation<'_> {
                 if let Some(path) = variable.strip_prefix("object.") {
                     let v: Box<dyn Val + 'b> = self.object.path(path)?;
                     Some(CowVal::Owned(v))
-                } else if let Some(name) = variable.strip_prefix("variables.") {
+                } else if let Some(rest) = variable.strip_prefix("variables.") {
+                    let (name, path) = match rest.split_once('.') {
+                        Some((name, path)) => (name, Some(path)),
+                        None => (rest, None),
+                    };
                     let i = self.defs.iter().position(|d| d.name == name)?;
-                    self.variable(i).ok().map(CowVal::Borrowed)
+                    let v = self.variable(i).ok()?;
+                    match path {
+                        None => Some(CowVal::Borrowed(v)),
+                        // A variable holding part of the request: plain paths
+                        // below it read zero values for unset fields, as on `object`.
+                        Some(path) => {
+                            let v: Box<dyn Val + 'b> = Node::of(v)?.path(path)?;
+                            Some(CowVal::Owned(v))
+                        }
+                    }
                 } else {
                     None
                 }

@@ -39,7 +39,7 @@ fn run_all(root: &str, min_cases: usize) {
 
 #[test]
 fn semantics_cases() {
-    run_all("tests/cases", 3);
+    run_all("tests/cases", 100);
 }
 
 #[test]

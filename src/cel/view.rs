@@ -5,8 +5,9 @@
 //! the proto names (`raw_body`, `context_extensions`, `tls_session`, ...),
 //! as in cel-go's protobuf support. An unset message field reads as the
 //! empty message and an unset scalar as its zero value, so
-//! `object.attributes.request.http.path` never fails on a sparse request;
-//! an unknown field name is an error (`has()` reports it as absent).
+//! `object.attributes.request.http.path` never fails on a sparse request,
+//! while `has()` and `.?` follow protobuf presence (unset or zero = absent),
+//! as in cel-go. An unknown field name is an error.
 
 use crate::cel::convert::proto_struct_to_val;
 use cel::common::traits::{Container, Indexer, Iterable, Iterator as CelIterator, Sizer};
@@ -232,6 +233,103 @@ impl<'r> Node<'r> {
         })
     }
 
+    /// The request message behind a value, if it is one.
+    pub fn of<'a>(v: &'a (dyn Val + 'r)) -> Option<&'a Node<'r>> {
+        node_of(v)
+    }
+}
+
+fn node_of<'a, 'x>(v: &'a (dyn Val + 'x)) -> Option<&'a Node<'x>> {
+    {
+        let t: *const Type = v.get_type();
+        let ours = [
+            &CHECK_REQUEST_T,
+            &ATTRIBUTES_T,
+            &PEER_T,
+            &REQUEST_T,
+            &HTTP_T,
+            &TLS_T,
+            &METADATA_T,
+            &ADDRESS_T,
+            &SOCKET_T,
+            &HEADER_MAP_T,
+        ];
+        if ours.iter().any(|o| std::ptr::eq(*o, t)) {
+            // SAFETY: these type statics are private to this module and
+            // returned by `Node::get_type` alone, so a value reporting one of
+            // them is a `Node`; it borrows the request for the same 'r.
+            Some(unsafe { &*(v as *const (dyn Val + 'x) as *const Node<'x>) })
+        } else {
+            None
+        }
+    }
+}
+
+impl<'r> Node<'r> {
+    /// Protobuf presence, as cel-go reports it for `has()` and `.?`: a message
+    /// field is present when set, a scalar when not its zero value, a map or
+    /// list when not empty. Unknown names are absent.
+    fn is_set(&self, name: &str) -> bool {
+        match *self {
+            Node::CheckRequest(r) => name == "attributes" && r.attributes.is_some(),
+            Node::Attributes(a) => match name {
+                "source" => a.source.is_some(),
+                "destination" => a.destination.is_some(),
+                "request" => a.request.is_some(),
+                "context_extensions" => !a.context_extensions.is_empty(),
+                "metadata_context" => a.metadata_context.is_some(),
+                "route_metadata_context" => a.route_metadata_context.is_some(),
+                "tls_session" => a.tls_session.is_some(),
+                _ => false,
+            },
+            Node::Peer(p) => match name {
+                "address" => p.address.is_some(),
+                "service" => !p.service.is_empty(),
+                "labels" => !p.labels.is_empty(),
+                "principal" => !p.principal.is_empty(),
+                "certificate" => !p.certificate.is_empty(),
+                _ => false,
+            },
+            Node::Request(r) => match name {
+                "time" => r.time.is_some(),
+                "http" => r.http.is_some(),
+                _ => false,
+            },
+            Node::Http(h) => match name {
+                "id" => !h.id.is_empty(),
+                "method" => !h.method.is_empty(),
+                "headers" => !h.headers.is_empty(),
+                "header_map" => h.header_map.is_some(),
+                "path" => !h.path.is_empty(),
+                "host" => !h.host.is_empty(),
+                "scheme" => !h.scheme.is_empty(),
+                "query" => !h.query.is_empty(),
+                "fragment" => !h.fragment.is_empty(),
+                "size" => h.size != 0,
+                "protocol" => !h.protocol.is_empty(),
+                "body" => !h.body.is_empty(),
+                "raw_body" => !h.raw_body.is_empty(),
+                _ => false,
+            },
+            Node::Tls(t) => name == "sni" && !t.sni.is_empty(),
+            Node::Metadata(m) => name == "filter_metadata" && !m.filter_metadata.is_empty(),
+            Node::Address(a) => {
+                name == "socket_address"
+                    && matches!(a.address, Some(address::Address::SocketAddress(_)))
+            }
+            Node::Socket(sa) => match name {
+                "address" => !sa.address.is_empty(),
+                "port_value" => matches!(sa.port_specifier, Some(PortSpecifier::PortValue(_))),
+                "named_port" => matches!(sa.port_specifier, Some(PortSpecifier::NamedPort(_))),
+                "protocol" => sa.protocol != 0,
+                "resolver_name" => !sa.resolver_name.is_empty(),
+                "ipv4_compat" => sa.ipv4_compat,
+                _ => false,
+            },
+            Node::HeaderMap(hm) => name == "headers" && !hm.headers.is_empty(),
+        }
+    }
+
     fn cel_type_of(&self) -> &'static Type {
         match self {
             Node::CheckRequest(_) => &CHECK_REQUEST_T,
@@ -279,7 +377,15 @@ impl<'r> Indexer for Node<'r> {
     where
         Self: 'v,
     {
-        let v: Box<dyn Val + 'r> = self.field(field_name(idx)?)?.into_val();
+        // Field selection through the indexer is what `has()`, `.?` and
+        // selections off computed values use: an unset field is absent
+        // there, as in cel-go. Plain `object.a.b.c` paths are answered by
+        // `Node::path` with zero values instead (see `engine::Activation`).
+        let name = field_name(idx)?;
+        if !self.is_set(name) {
+            return Err(ExecutionError::no_such_key(name));
+        }
+        let v: Box<dyn Val + 'r> = self.field(name)?.into_val();
         Ok(CowVal::Owned(v))
     }
 
@@ -287,7 +393,11 @@ impl<'r> Indexer for Node<'r> {
     where
         Self: 'v,
     {
-        Ok(self.field(field_name(idx)?)?.into_val())
+        let name = field_name(idx)?;
+        if !self.is_set(name) {
+            return Err(ExecutionError::no_such_key(name));
+        }
+        Ok(self.field(name)?.into_val())
     }
 }
 
@@ -305,21 +415,8 @@ impl<'r> Val for Node<'r> {
         Some(self)
     }
     fn equals(&self, other: &dyn Val) -> bool {
-        // Only another view of the same message kind can be equal.
-        other
-            .as_indexer()
-            .is_some()
-            .then(|| format!("{other:?}"))
-            .is_some_and(|_| {
-                // Debug output is the only generic handle on a foreign value;
-                // compare structurally when both are request views.
-                let mine = format!("{self:?}");
-                mine == format!("{other:?}") && self.get_type() == other.get_type()
-            })
-            && {
-                let _ = Node::same;
-                true
-            }
+        // Another view of an equal message of the same kind.
+        node_of(other).is_some_and(|o| self.same(o))
     }
     fn clone_as_boxed<'v>(&self) -> Box<dyn Val + 'v>
     where
