@@ -579,28 +579,12 @@ impl Compiler {
 
     fn finish(mut self) -> Result<PolicySet, LoadErrors> {
         // Names are unique within a set; order by name is the evaluation order.
-        let mut seen: HashMap<String, Location> = HashMap::new();
-        for p in &self.policies {
-            if let Some(first) = seen.insert(p.name.clone(), p.location.clone()) {
-                self.errors.push(LoadError::Duplicate {
-                    kind: "ValidatingPolicy",
-                    name: p.name.clone(),
-                    first: Box::new(first),
-                    second: Box::new(p.location.clone()),
-                });
-            }
-        }
-        let mut seen_ex: HashMap<String, Location> = HashMap::new();
-        for e in &self.exceptions {
-            if let Some(first) = seen_ex.insert(e.name.clone(), e.location.clone()) {
-                self.errors.push(LoadError::Duplicate {
-                    kind: "PolicyException",
-                    name: e.name.clone(),
-                    first: Box::new(first),
-                    second: Box::new(e.location.clone()),
-                });
-            }
-        }
+        let policies = self.policies.iter().map(|p| (&p.name, &p.location));
+        let dup_policies = duplicates("ValidatingPolicy", policies);
+        let exceptions = self.exceptions.iter().map(|e| (&e.name, &e.location));
+        let dup_exceptions = duplicates("PolicyException", exceptions);
+        self.errors
+            .extend(dup_policies.into_iter().chain(dup_exceptions));
         if !self.errors.is_empty() {
             return Err(LoadErrors(self.errors));
         }
@@ -639,6 +623,26 @@ impl Compiler {
             loaded_at: SystemTime::now(),
         })
     }
+}
+
+/// A `Duplicate` error for each name seen more than once.
+fn duplicates<'a>(
+    kind: &'static str,
+    items: impl Iterator<Item = (&'a String, &'a Location)>,
+) -> Vec<LoadError> {
+    let mut seen: HashMap<&str, &Location> = HashMap::new();
+    let mut out = Vec::new();
+    for (name, location) in items {
+        if let Some(first) = seen.insert(name, location) {
+            out.push(LoadError::Duplicate {
+                kind,
+                name: name.clone(),
+                first: Box::new(first.clone()),
+                second: Box::new(location.clone()),
+            });
+        }
+    }
+    out
 }
 
 /// The names `x` of every `variables.x` (and `variables["x"]`) in a program.
