@@ -1,7 +1,10 @@
 pub mod cel;
 pub mod decision;
 pub mod engine;
+pub mod explain;
 pub mod policy;
 pub mod request_json;
 pub mod server;
 pub mod suite;
+pub mod suite_token;
+pub mod validate;

@@ -5,10 +5,12 @@ use anyhow::Context as _;
 use celgate::engine::EngineConfig;
 use celgate::policy::PolicySet;
 use celgate::server::{self, State};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+mod commands;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -18,14 +20,26 @@ use std::process::ExitCode;
     long_about = "Envoy external-authorization server driven by Kyverno-style CEL policies.\n\n\
         celgate serves envoy.service.auth.v3.Authorization over gRPC and decides each request \
         with ValidatingPolicy documents (spec.evaluation.mode: Envoy) written for the Kyverno \
-        Authz Server. Every flag can also be set through the environment variable shown."
+        Authz Server. Every flag can also be set through the environment variable shown.\n\n\
+        The same binary lets policy authors work before a cluster sees a policy: `validate` \
+        reports every problem in a set of policy files, `check` decides one request and \
+        explains why, and `test` runs declarative test suites.",
+    after_long_help = "EXIT STATUS:\n  \
+        0  success (check: the request is allowed)\n  \
+        1  validate: the policies have errors; test: a case failed or a suite could not run; \
+        serve: the server stopped with an error\n  \
+        2  usage error, or input that could not be read (policies that do not load, a bad request file)\n  \
+        3  check: the request is denied by a policy\n  \
+        4  check: the request is denied because a policy with failurePolicy: Fail could not be evaluated"
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `celgate=debug`.
-    #[arg(long, global = true, env = "CELGATE_LOG", default_value = "info")]
-    log: String,
+    /// Default: `info` for serve, `error` for the other commands (their
+    /// output says what matters).
+    #[arg(long, global = true, env = "CELGATE_LOG")]
+    log: Option<String>,
     /// Log format.
     #[arg(long, global = true, env = "CELGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -41,10 +55,53 @@ enum LogFormat {
 enum Command {
     /// Serve Envoy's ext_authz gRPC API with the given policies.
     Serve(ServeArgs),
+    /// Decide one CheckRequest (JSON) and print the CheckResponse (JSON).
+    #[command(
+        long_about = "Decide one CheckRequest and print the CheckResponse as JSON on standard output.\n\n\
+            The request is the protobuf JSON mapping of envoy.service.auth.v3.CheckRequest; both \
+            lowerCamelCase and the original proto field names are accepted, e.g.\n\n  \
+            {\"attributes\": {\"request\": {\"http\": {\"method\": \"GET\", \"path\": \"/admin\", \
+            \"headers\": {\"x-api-key\": \"demo-key-alice\"}}}}}\n\n\
+            Exit status: 0 allowed, 3 denied by a policy, 4 denied because a failurePolicy: Fail \
+            policy could not be evaluated, 2 when the policies or the request cannot be read."
+    )]
+    Check(CheckArgs),
+    /// Parse and compile policies; report every problem with file, line, policy and field.
+    #[command(
+        long_about = "Parse and compile every policy and exception under the given paths and report \
+            every problem, not only the first: file, line (where it can be found), policy name, \
+            field path (e.g. spec.validations[2].expression) and message.\n\n\
+            Warnings name documents that will be skipped (non-Envoy evaluation modes, other kinds), \
+            fields celgate ignores, and mistakes visible without running a request, such as a \
+            validation that always returns a response and so hides the validations after it.\n\n\
+            Exit status: 0 when everything compiles (warnings allowed), 1 on any error."
+    )]
+    Validate(ValidateArgs),
+    /// Run declarative policy test suites (kind: Test) found under the given paths.
+    #[command(
+        long_about = "Find test suites (apiVersion: celgate.dev/v1alpha1, kind: Test) under the \
+            given files and directories and run every case: the suite's policies decide the \
+            case's request and the decision is compared with `expect`. Directories are searched \
+            recursively for YAML/JSON files that mention celgate.dev/, skipping dot-entries and \
+            `target`/`node_modules` folders. The README documents the suite format.\n\n\
+            Exit status: 0 when every case passed, 1 when a case failed or a suite could not \
+            run, 2 when no suite was found."
+    )]
+    Test(TestArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(
+        long_about = "Print a completion script for the given shell on standard output, e.g.\n\n  \
+            celgate completions bash > ~/.local/share/bash-completion/completions/celgate\n  \
+            celgate completions zsh > \"${fpath[1]}/_celgate\"\n  \
+            celgate completions fish > ~/.config/fish/completions/celgate.fish"
+    )]
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff) on standard output: `celgate man | man -l -`.
+    Man,
 }
 
 #[derive(Debug, Args)]
-struct ServeArgs {
+struct PolicyArgs {
     /// Policy files or directories (recursive; .yaml, .yml, .json; entries starting
     /// with `.` are skipped). Repeat the flag, or separate with commas in the variable.
     #[arg(
@@ -54,6 +111,63 @@ struct ServeArgs {
         default_value = "policies"
     )]
     policies: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    policies: PolicyArgs,
+    /// The CheckRequest as JSON: a file, or `-` for standard input.
+    #[arg(long, value_name = "FILE|-")]
+    request: PathBuf,
+    /// Also explain the decision on standard error: policies skipped by
+    /// matchConditions, each validation's result, the variables that were
+    /// evaluated and their values, and which policy decided.
+    #[arg(long)]
+    explain: bool,
+    /// HTTP status of the denial when a failurePolicy: Fail policy cannot be evaluated.
+    #[arg(long, env = "CELGATE_FAILURE_STATUS", default_value_t = 403, value_parser = clap::value_parser!(i32).range(100..=599))]
+    failure_status: i32,
+}
+
+#[derive(Debug, Args)]
+struct ValidateArgs {
+    #[command(flatten)]
+    policies: PolicyArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ValidateOutput::Text)]
+    output: ValidateOutput,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ValidateOutput {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct TestArgs {
+    /// Test suite files or directories to search (default: the current directory).
+    #[arg(value_name = "PATH", default_value = ".")]
+    paths: Vec<PathBuf>,
+    /// Run only the cases whose name contains this text.
+    #[arg(long, value_name = "TEXT")]
+    filter: Option<String>,
+    /// Output format: a readable table, or JUnit XML for CI systems.
+    #[arg(long, value_enum, default_value_t = TestOutput::Table)]
+    output: TestOutput,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum TestOutput {
+    Table,
+    Junit,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    policies: PolicyArgs,
     /// Address of the gRPC server (envoy.service.auth.v3.Authorization).
     #[arg(long, env = "CELGATE_GRPC_ADDR", default_value = "127.0.0.1:9191")]
     grpc_addr: SocketAddr,
@@ -85,15 +199,45 @@ fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = init_logging(&cli.log, cli.log_format) {
+    let default_log = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "error",
+    };
+    if let Err(e) = init_logging(cli.log.as_deref().unwrap_or(default_log), cli.log_format) {
         eprintln!("celgate: {e:#}");
         return ExitCode::from(2);
     }
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
+        Command::Check(args) => commands::check(
+            &args.policies.policies,
+            &args.request,
+            args.explain,
+            args.failure_status,
+        ),
+        Command::Validate(args) => Ok(commands::validate(
+            &args.policies.policies,
+            matches!(args.output, ValidateOutput::Json),
+        )),
+        Command::Test(args) => Ok(commands::test(
+            &args.paths,
+            args.filter.as_deref(),
+            matches!(args.output, TestOutput::Junit),
+        )),
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "celgate", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let man = clap_mangen::Man::new(Cli::command());
+            man.render(&mut std::io::stdout())
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(anyhow::Error::from)
+        }
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("celgate: {e:#}");
             ExitCode::FAILURE
@@ -102,7 +246,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let set = PolicySet::load(&args.policies)
+    let set = PolicySet::load(&args.policies.policies)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("refusing to start")?;
     for w in &set.warnings {

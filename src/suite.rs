@@ -50,6 +50,9 @@ pub struct TestMeta {
 pub struct Case {
     pub name: String,
     pub request: serde_json::Value,
+    /// A JWT minted when the case runs and put into the request.
+    #[serde(default)]
+    pub token: Option<crate::suite_token::TokenSpec>,
     pub expect: Expect,
 }
 
@@ -87,6 +90,7 @@ pub struct CaseResult {
     pub case: String,
     /// Empty when the case passed.
     pub failures: Vec<String>,
+    pub elapsed: std::time::Duration,
 }
 
 impl CaseResult {
@@ -106,15 +110,34 @@ pub enum SuiteError {
     },
 }
 
-/// Every test document under `paths` (files or directories, recursively).
+/// Every test document under `paths`. Files given by name are read as they
+/// are; directories are searched recursively for `.yaml`/`.yml`/`.json`
+/// files that mention `celgate.dev/`, skipping entries whose name starts with
+/// `.` and folders named `target` or `node_modules` (build output).
 pub fn find(paths: &[PathBuf]) -> Result<Vec<(PathBuf, TestDoc)>, SuiteError> {
-    let files = load::policy_files(paths).map_err(|e| SuiteError::Invalid {
-        path: PathBuf::from("."),
-        message: e.to_string(),
-    })?;
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            walk(p, &mut files)?;
+        } else if p.exists() {
+            files.push((p.clone(), true));
+        } else {
+            return Err(SuiteError::Invalid {
+                path: p.clone(),
+                message: "no such file or directory".into(),
+            });
+        }
+    }
     let mut out = Vec::new();
-    for f in files {
-        let docs = load::read_documents(&f).map_err(|e| SuiteError::Invalid {
+    for (f, explicit) in files {
+        let text = std::fs::read_to_string(&f).map_err(|e| SuiteError::Invalid {
+            path: f.clone(),
+            message: e.to_string(),
+        })?;
+        if !explicit && !text.contains("celgate.dev/") {
+            continue;
+        }
+        let docs = load::parse_documents(&f, &text).map_err(|e| SuiteError::Invalid {
             path: f.clone(),
             message: e.to_string(),
         })?;
@@ -130,6 +153,34 @@ pub fn find(paths: &[PathBuf]) -> Result<Vec<(PathBuf, TestDoc)>, SuiteError> {
         }
     }
     Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<(PathBuf, bool)>) -> Result<(), SuiteError> {
+    let io = |e: std::io::Error| SuiteError::Invalid {
+        path: dir.to_path_buf(),
+        message: e.to_string(),
+    };
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(io)?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') {
+            continue;
+        }
+        let path = e.path();
+        if path.is_dir() {
+            if name != "target" && name != "node_modules" {
+                walk(&path, out)?;
+            }
+        } else if load::is_policy_file(&path) {
+            out.push((path, false));
+        }
+    }
+    Ok(())
 }
 
 /// Whether a document is a celgate test suite (and so not a policy).
@@ -179,12 +230,19 @@ pub fn run(path: &Path, doc: &TestDoc) -> Result<Vec<CaseResult>, SuiteError> {
             v => crate::request_json::from_value(v),
         }
         .map_err(|e| invalid(format!("case {:?}: {e}", case.name)))?;
+        let mut request = request;
+        if let Some(spec) = &case.token {
+            crate::suite_token::apply(spec, dir, &mut request)
+                .map_err(|e| invalid(format!("case {:?}: token: {e}", case.name)))?;
+        }
+        let started = std::time::Instant::now();
         let decision = evaluate(&set, &config, &request);
         results.push(CaseResult {
             suite: suite.clone(),
             file: path.to_path_buf(),
             case: case.name.clone(),
             failures: compare(&case.expect, &decision),
+            elapsed: started.elapsed(),
         });
     }
     Ok(results)
@@ -285,4 +343,207 @@ pub fn compare(e: &Expect, d: &Decision) -> Vec<String> {
         }
     }
     f
+}
+
+/// One suite file's run: its cases, or why it could not run.
+#[derive(Debug)]
+pub struct SuiteRun {
+    pub file: PathBuf,
+    pub name: String,
+    pub result: Result<Vec<CaseResult>, SuiteError>,
+}
+
+/// Totals over a set of runs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub passed: usize,
+    pub failed: usize,
+    /// Suites that could not run (invalid file, policies that do not load).
+    pub broken: usize,
+}
+
+impl Totals {
+    pub fn of(runs: &[SuiteRun]) -> Totals {
+        let mut t = Totals::default();
+        for r in runs {
+            match &r.result {
+                Ok(cases) => {
+                    let failed = cases.iter().filter(|c| !c.passed()).count();
+                    t.failed += failed;
+                    t.passed += cases.len() - failed;
+                }
+                Err(_) => t.broken += 1,
+            }
+        }
+        t
+    }
+
+    pub fn ok(&self) -> bool {
+        self.failed == 0 && self.broken == 0
+    }
+}
+
+/// The results as an aligned table, failures with expected vs got under
+/// their case, then a summary line.
+pub fn render_table(runs: &[SuiteRun]) -> String {
+    use std::fmt::Write as _;
+    let width = runs
+        .iter()
+        .map(|r| r.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max("SUITE".len());
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<6}  {:<width$}  CASE", "RESULT", "SUITE");
+    for r in runs {
+        match &r.result {
+            Ok(cases) => {
+                for c in cases {
+                    let mark = if c.passed() { "pass" } else { "FAIL" };
+                    let _ = writeln!(out, "{mark:<6}  {:<width$}  {}", r.name, c.case);
+                    for f in &c.failures {
+                        let _ = writeln!(out, "{:<6}  {:<width$}    {f}", "", "");
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(
+                    out,
+                    "{:<6}  {:<width$}  (suite did not run)",
+                    "ERROR", r.name
+                );
+                for line in e.to_string().lines() {
+                    let _ = writeln!(out, "{:<6}  {:<width$}    {line}", "", "");
+                }
+            }
+        }
+    }
+    let t = Totals::of(runs);
+    let _ = write!(out, "\n{} passed, {} failed", t.passed, t.failed);
+    if t.broken > 0 {
+        let _ = write!(out, ", {} suite(s) could not run", t.broken);
+    }
+    let _ = writeln!(
+        out,
+        " ({} suite{}){}",
+        runs.len(),
+        if runs.len() == 1 { "" } else { "s" },
+        if t.ok() { "" } else { ": FAILED" }
+    );
+    if !t.ok() {
+        let _ = writeln!(out, "\nfailed:");
+        for r in runs {
+            match &r.result {
+                Ok(cases) => {
+                    for c in cases.iter().filter(|c| !c.passed()) {
+                        let _ = writeln!(out, "  {} › {}  ({})", r.name, c.case, r.file.display());
+                    }
+                }
+                Err(_) => {
+                    let _ = writeln!(
+                        out,
+                        "  {}  ({}): suite did not run",
+                        r.name,
+                        r.file.display()
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The results as JUnit XML, for CI systems.
+pub fn render_junit(runs: &[SuiteRun]) -> String {
+    use std::fmt::Write as _;
+    let t = Totals::of(runs);
+    let total_time: f64 = runs
+        .iter()
+        .filter_map(|r| r.result.as_ref().ok())
+        .flatten()
+        .map(|c| c.elapsed.as_secs_f64())
+        .sum();
+    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let _ = writeln!(
+        out,
+        "<testsuites name=\"celgate\" tests=\"{}\" failures=\"{}\" errors=\"{}\" time=\"{total_time:.6}\">",
+        t.passed + t.failed + t.broken,
+        t.failed,
+        t.broken
+    );
+    for r in runs {
+        let name = xml(&r.name);
+        let file = xml(&r.file.display().to_string());
+        match &r.result {
+            Ok(cases) => {
+                let failed = cases.iter().filter(|c| !c.passed()).count();
+                let time: f64 = cases.iter().map(|c| c.elapsed.as_secs_f64()).sum();
+                let _ = writeln!(
+                    out,
+                    "  <testsuite name=\"{name}\" file=\"{file}\" tests=\"{}\" failures=\"{failed}\" errors=\"0\" time=\"{time:.6}\">",
+                    cases.len()
+                );
+                for c in cases {
+                    let case = xml(&c.case);
+                    let time = c.elapsed.as_secs_f64();
+                    if c.passed() {
+                        let _ = writeln!(
+                            out,
+                            "    <testcase name=\"{case}\" classname=\"{name}\" file=\"{file}\" time=\"{time:.6}\"/>"
+                        );
+                    } else {
+                        let _ = writeln!(
+                            out,
+                            "    <testcase name=\"{case}\" classname=\"{name}\" file=\"{file}\" time=\"{time:.6}\">"
+                        );
+                        let _ = writeln!(
+                            out,
+                            "      <failure message=\"{}\">{}</failure>",
+                            xml(c.failures.first().map_or("", String::as_str)),
+                            xml(&c.failures.join("\n"))
+                        );
+                        let _ = writeln!(out, "    </testcase>");
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(
+                    out,
+                    "  <testsuite name=\"{name}\" file=\"{file}\" tests=\"1\" failures=\"0\" errors=\"1\" time=\"0\">"
+                );
+                let _ = writeln!(
+                    out,
+                    "    <testcase name=\"(suite)\" classname=\"{name}\" file=\"{file}\" time=\"0\">"
+                );
+                let msg = e.to_string();
+                let _ = writeln!(
+                    out,
+                    "      <error message=\"{}\">{}</error>",
+                    xml(msg.lines().next().unwrap_or("")),
+                    xml(&msg)
+                );
+                let _ = writeln!(out, "    </testcase>");
+            }
+        }
+        let _ = writeln!(out, "  </testsuite>");
+    }
+    out.push_str("</testsuites>\n");
+    out
+}
+
+fn xml(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\n' => out.push_str("&#10;"),
+            c if (c as u32) < 0x20 && c != '\t' => {}
+            c => out.push(c),
+        }
+    }
+    out
 }

@@ -95,12 +95,23 @@ impl std::error::Error for LoadErrors {}
 #[derive(Debug, Clone)]
 pub struct Warning {
     pub location: Location,
+    /// The policy or exception it concerns, when there is one.
+    pub policy: Option<String>,
+    /// The field it concerns, e.g. `spec.validations[1].expression`.
+    pub field: Option<String>,
     pub message: String,
 }
 
 impl fmt::Display for Warning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.location, self.message)
+        write!(f, "{}: ", self.location)?;
+        if let Some(p) = &self.policy {
+            write!(f, "{p}: ")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, "{field}: ")?;
+        }
+        f.write_str(&self.message)
     }
 }
 
@@ -166,7 +177,16 @@ impl PolicySet {
 
     /// Reads and compiles every policy under `paths`.
     pub fn load(paths: &[PathBuf]) -> Result<PolicySet, LoadErrors> {
-        let files = load::policy_files(paths).map_err(|e| LoadErrors(vec![e]))?;
+        Self::load_report(paths).0
+    }
+
+    /// As [`PolicySet::load`], also returning the warnings when the set does
+    /// not load (a skipped document often explains a missing policy).
+    pub fn load_report(paths: &[PathBuf]) -> (Result<PolicySet, LoadErrors>, Vec<Warning>) {
+        let files = match load::policy_files(paths) {
+            Ok(f) => f,
+            Err(e) => return (Err(LoadErrors(vec![e])), Vec::new()),
+        };
         let mut docs = Vec::new();
         let mut errors = Vec::new();
         for f in &files {
@@ -175,19 +195,24 @@ impl PolicySet {
                 Err(e) => errors.push(e),
             }
         }
-        let result = Self::compile(docs);
-        match result {
+        let (result, warnings) = Self::compile_report(docs);
+        let result = match result {
             Ok(set) if errors.is_empty() => Ok(set),
             Ok(_) => Err(LoadErrors(errors)),
             Err(LoadErrors(more)) => {
                 errors.extend(more);
                 Err(LoadErrors(errors))
             }
-        }
+        };
+        (result, warnings)
     }
 
     /// Compiles documents already read (from files or another source).
     pub fn compile(docs: Vec<load::Document>) -> Result<PolicySet, LoadErrors> {
+        Self::compile_report(docs).0
+    }
+
+    fn compile_report(docs: Vec<load::Document>) -> (Result<PolicySet, LoadErrors>, Vec<Warning>) {
         let mut c = Compiler::default();
         for d in docs {
             c.document(d);
@@ -243,6 +268,17 @@ impl Compiler {
     fn warn(&mut self, location: &Location, message: String) {
         self.warnings.push(Warning {
             location: location.clone(),
+            policy: None,
+            field: None,
+            message,
+        });
+    }
+
+    fn warn_at(&mut self, ctx: &Ctx<'_>, field: impl Into<String>, message: String) {
+        self.warnings.push(Warning {
+            location: ctx.location.clone(),
+            policy: Some(ctx.name.to_owned()),
+            field: Some(field.into()),
             message,
         });
     }
@@ -341,15 +377,13 @@ impl Compiler {
                     .as_array()
                     .is_some_and(|a| !a.iter().any(|v| v == "Deny"))
             {
-                self.warn(
-                    ctx.location,
-                    format!("policy {:?}: spec.validationActions {value} is not honoured: the policy is enforced", ctx.name),
+                self.warn_at(
+                    ctx,
+                    "spec.validationActions",
+                    format!("{value} is not honoured: the policy is enforced"),
                 );
             } else if !IGNORED_SPEC_FIELDS.contains(&key.as_str()) {
-                self.warn(
-                    ctx.location,
-                    format!("policy {:?}: unknown field spec.{key} is ignored", ctx.name),
-                );
+                self.warn_at(ctx, format!("spec.{key}"), unknown_field(key, &SPEC_FIELDS));
             }
         }
         let before = self.errors.len();
@@ -390,12 +424,10 @@ impl Compiler {
             }
         }
         if spec.validations.is_empty() {
-            self.warn(
-                ctx.location,
-                format!(
-                    "policy {:?} has no validations: it never decides a request",
-                    ctx.name
-                ),
+            self.warn_at(
+                ctx,
+                "spec.validations",
+                "is missing or empty: the policy never decides a request".to_owned(),
             );
         }
         let mut validations = Vec::new();
@@ -403,11 +435,12 @@ impl Compiler {
             let field = format!("spec.validations[{i}].expression");
             for key in v.other.keys() {
                 if !matches!(key.as_str(), "message" | "messageExpression" | "reason") {
-                    self.warn(
-                        ctx.location,
-                        format!(
-                            "policy {:?}: unknown field spec.validations[{i}].{key} is ignored",
-                            ctx.name
+                    self.warn_at(
+                        ctx,
+                        format!("spec.validations[{i}].{key}"),
+                        unknown_field(
+                            key,
+                            &["expression", "message", "messageExpression", "reason"],
                         ),
                     );
                 }
@@ -419,6 +452,25 @@ impl Compiler {
             if let Some(expr) = self.expression(ctx, field, src) {
                 self.check_variables(ctx, &expr, &var_names);
                 validations.push(expr);
+            }
+        }
+        if let Some(i) = validations
+            .iter()
+            .position(|v| always_responds(&v.program.expression().expr))
+        {
+            if i + 1 < validations.len() {
+                let later: Vec<&str> = validations[i + 1..]
+                    .iter()
+                    .map(|v| v.field.as_str())
+                    .collect();
+                self.warn_at(
+                    ctx,
+                    validations[i].field.clone(),
+                    format!(
+                        "this validation always returns a response (it can never be null), so {} never run",
+                        later.join(", ")
+                    ),
+                );
             }
         }
         if self.errors.len() > before {
@@ -449,11 +501,17 @@ impl Compiler {
             }
         }
         for key in spec.other.keys() {
-            self.warn(
-                ctx.location,
-                format!(
-                    "exception {:?}: unknown field spec.{key} is ignored",
-                    ctx.name
+            self.warn_at(
+                ctx,
+                format!("spec.{key}"),
+                unknown_field(
+                    key,
+                    &[
+                        "policyRefs",
+                        "matchConditions",
+                        "evaluationMode",
+                        "exceptions",
+                    ],
                 ),
             );
         }
@@ -462,12 +520,10 @@ impl Compiler {
         for (i, r) in spec.policy_refs.iter().enumerate() {
             match (&r.name, r.kind.as_deref()) {
                 (Some(n), None | Some("ValidatingPolicy")) if !n.is_empty() => refs.push(n.clone()),
-                (Some(_), Some(k)) => self.warn(
-                    ctx.location,
-                    format!(
-                        "exception {:?}: spec.policyRefs[{i}] of kind {k:?} is ignored",
-                        ctx.name
-                    ),
+                (Some(_), Some(k)) => self.warn_at(
+                    ctx,
+                    format!("spec.policyRefs[{i}].kind"),
+                    format!("kind {k:?} is ignored: only ValidatingPolicy references are served"),
                 ),
                 _ => self
                     .errors
@@ -577,7 +633,7 @@ impl Compiler {
         }
     }
 
-    fn finish(mut self) -> Result<PolicySet, LoadErrors> {
+    fn finish(mut self) -> (Result<PolicySet, LoadErrors>, Vec<Warning>) {
         // Names are unique within a set; order by name is the evaluation order.
         let policies = self.policies.iter().map(|p| (&p.name, &p.location));
         let dup_policies = duplicates("ValidatingPolicy", policies);
@@ -586,7 +642,7 @@ impl Compiler {
         self.errors
             .extend(dup_policies.into_iter().chain(dup_exceptions));
         if !self.errors.is_empty() {
-            return Err(LoadErrors(self.errors));
+            return (Err(LoadErrors(self.errors)), self.warnings);
         }
         self.policies.sort_by(|a, b| a.name.cmp(&b.name));
         self.exceptions.sort_by(|a, b| a.name.cmp(&b.name));
@@ -607,21 +663,22 @@ impl Compiler {
                     for e in list {
                         self.warnings.push(Warning {
                             location: e.location.clone(),
-                            message: format!(
-                                "exception {:?} names policy {policy:?}, which is not loaded",
-                                e.name
-                            ),
+                            policy: Some(e.name.clone()),
+                            field: Some("spec.policyRefs".into()),
+                            message: format!("names policy {policy:?}, which is not loaded"),
                         });
                     }
                 }
             }
         }
-        Ok(PolicySet {
+        let warnings = self.warnings.clone();
+        let set = PolicySet {
             policies: self.policies,
             exceptions,
             warnings: self.warnings,
             loaded_at: SystemTime::now(),
-        })
+        };
+        (Ok(set), warnings)
     }
 }
 
@@ -671,6 +728,75 @@ pub fn variable_refs(program: &Program) -> Vec<String> {
         _ => {}
     });
     out
+}
+
+/// Fields of a ValidatingPolicy spec celgate reads or knowingly ignores.
+const SPEC_FIELDS: [&str; 12] = [
+    "background",
+    "evaluation",
+    "failurePolicy",
+    "matchConditions",
+    "variables",
+    "validations",
+    "matchConstraints",
+    "validationActions",
+    "auditAnnotations",
+    "webhookConfiguration",
+    "autogen",
+    "admission",
+];
+
+/// "unknown field x is ignored", with the closest known name when it looks
+/// like a typo.
+fn unknown_field(key: &str, known: &[&str]) -> String {
+    let close = known
+        .iter()
+        .map(|k| {
+            (
+                edit_distance(&key.to_ascii_lowercase(), &k.to_ascii_lowercase()),
+                k,
+            )
+        })
+        .filter(|(d, _)| *d <= 2)
+        .min();
+    match close {
+        Some((_, k)) => format!("unknown field, ignored (did you mean {k}?)"),
+        None => "unknown field, ignored".to_owned(),
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Whether an expression can be seen, without running it, to always give a
+/// response and never `null`: a builder chain ending in `.Response()` (or a
+/// `WithMessage`/`WithMetadata` on one), or a conditional whose branches
+/// both do. Anything else might be null, so it is not reported.
+fn always_responds(e: &Expr) -> bool {
+    match e {
+        Expr::Call(c) if c.func_name == "_?_:_" && c.args.len() == 3 => {
+            always_responds(&c.args[1].expr) && always_responds(&c.args[2].expr)
+        }
+        Expr::Call(c) if c.target.is_some() => match c.func_name.as_str() {
+            "Response" => true,
+            "WithMessage" | "WithMetadata" => {
+                c.target.as_ref().is_some_and(|t| always_responds(&t.expr))
+            }
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 fn references_root(program: &Program, ident: &str) -> bool {

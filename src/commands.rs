@@ -1,0 +1,145 @@
+//! The policy authors' commands: `check`, `validate` and `test`.
+//!
+//! Each returns the process exit status; see `celgate --help` for the table.
+
+use celgate::engine::{self, EngineConfig};
+use celgate::policy::PolicySet;
+use celgate::{decision, explain, request_json, suite, validate as report};
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+pub const DENIED: u8 = 3;
+pub const DENIED_BY_ERROR: u8 = 4;
+pub const USAGE: u8 = 2;
+
+/// `celgate check`.
+pub fn check(
+    policies: &[PathBuf],
+    request: &Path,
+    explain: bool,
+    failure_status: i32,
+) -> anyhow::Result<ExitCode> {
+    let set = match PolicySet::load(policies) {
+        Ok(set) => set,
+        Err(e) => {
+            eprintln!("celgate: the policies do not load:\n{e}");
+            return Ok(ExitCode::from(USAGE));
+        }
+    };
+    let text = if request == Path::new("-") {
+        let mut s = String::new();
+        if let Err(e) = std::io::stdin().read_to_string(&mut s) {
+            eprintln!("celgate: reading the request from standard input: {e}");
+            return Ok(ExitCode::from(USAGE));
+        }
+        s
+    } else {
+        match std::fs::read_to_string(request) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("celgate: {}: {e}", request.display());
+                return Ok(ExitCode::from(USAGE));
+            }
+        }
+    };
+    let req = match request_json::parse(&text) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("celgate: {}: not a CheckRequest: {e}", request.display());
+            return Ok(ExitCode::from(USAGE));
+        }
+    };
+    let config = EngineConfig {
+        failure_status,
+        ..Default::default()
+    };
+    let (d, traces) = engine::evaluate_traced(&set, &config, &req);
+    let json = serde_json::to_string_pretty(&decision::response_json(&d.response))?;
+    println!("{json}");
+    if explain {
+        let mut err = std::io::stderr().lock();
+        writeln!(err, "{}", explain::render(&set, &d, &traces).trim_end())?;
+    }
+    Ok(if d.allowed() {
+        ExitCode::SUCCESS
+    } else if d.error.is_some() {
+        ExitCode::from(DENIED_BY_ERROR)
+    } else {
+        ExitCode::from(DENIED)
+    })
+}
+
+/// `celgate validate`.
+pub fn validate(policies: &[PathBuf], json: bool) -> ExitCode {
+    let r = report::validate(policies);
+    if json {
+        match serde_json::to_string_pretty(&r) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("celgate: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", report::render_text(&r));
+    }
+    if r.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `celgate test`.
+pub fn test(paths: &[PathBuf], filter: Option<&str>, junit: bool) -> ExitCode {
+    let found = match suite::find(paths) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("celgate: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    if found.is_empty() {
+        let list: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        eprintln!(
+            "celgate: no test suites (apiVersion: {}, kind: Test) under {}",
+            suite::API_VERSION,
+            list.join(", ")
+        );
+        return ExitCode::from(USAGE);
+    }
+    let mut runs = Vec::new();
+    for (file, mut doc) in found {
+        if let Some(f) = filter {
+            doc.cases.retain(|c| c.name.contains(f));
+            if doc.cases.is_empty() {
+                continue;
+            }
+        }
+        let name = doc
+            .metadata
+            .name
+            .clone()
+            .unwrap_or_else(|| file.display().to_string());
+        let result = suite::run(&file, &doc);
+        runs.push(suite::SuiteRun { file, name, result });
+    }
+    if runs.is_empty() {
+        eprintln!(
+            "celgate: no case matches --filter {:?}",
+            filter.unwrap_or_default()
+        );
+        return ExitCode::from(USAGE);
+    }
+    if junit {
+        print!("{}", suite::render_junit(&runs));
+    } else {
+        print!("{}", suite::render_table(&runs));
+    }
+    if suite::Totals::of(&runs).ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

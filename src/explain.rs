@@ -1,0 +1,110 @@
+//! A readable account of one decision, for `celgate check --explain`.
+
+use crate::engine::{Decision, ExprTrace, PolicyTrace};
+use crate::policy::PolicySet;
+use std::fmt::Write as _;
+
+/// Renders what each policy did and which one decided.
+///
+/// ```text
+/// 3 policies, evaluated in name order:
+///
+/// allow-public-paths: skipped (a matchCondition is false)
+///   matchCondition public-path = false
+/// require-api-key: decided
+///   variable key = "demo-key-bob" (evaluated once)
+///   validations[0] = null
+///   validations[1] = {"okResponse":{...},"status":{"code":0}}
+///
+/// decision: allowed by policy require-api-key, spec.validations[1]
+/// ```
+pub fn render(set: &PolicySet, decision: &Decision, traces: &[PolicyTrace]) -> String {
+    let mut out = String::new();
+    let n = set.policies.len();
+    let _ = writeln!(
+        out,
+        "{n} {}, evaluated in name order:",
+        if n == 1 { "policy" } else { "policies" }
+    );
+    out.push('\n');
+    for t in traces {
+        let outcome = match t.outcome.as_str() {
+            "skipped" => "skipped (a matchCondition is false)".to_owned(),
+            "exempted" => format!(
+                "exempted by PolicyException {}",
+                t.exception.as_deref().unwrap_or("?")
+            ),
+            "no result" => "no result (every validation returned null)".to_owned(),
+            "error (ignored)" => "evaluation error, ignored (failurePolicy: Ignore)".to_owned(),
+            "error (denied)" => "evaluation error, request denied (failurePolicy: Fail)".to_owned(),
+            other => other.to_owned(),
+        };
+        let _ = writeln!(out, "{}: {outcome}", t.policy);
+        if let Some(p) = set.get(&t.policy) {
+            let _ = writeln!(out, "  from {}", p.location);
+        }
+        lines(&mut out, "matchCondition", &t.match_conditions);
+        lines(&mut out, "variable", &t.variables);
+        lines(&mut out, "", &t.validations);
+    }
+    let not_reached: Vec<&str> = set
+        .policies
+        .iter()
+        .skip(traces.len())
+        .map(|p| p.name.as_str())
+        .collect();
+    if !not_reached.is_empty() {
+        let _ = writeln!(
+            out,
+            "not evaluated (an earlier policy decided): {}",
+            not_reached.join(", ")
+        );
+    }
+    out.push('\n');
+    let verdict = if decision.allowed() {
+        "allowed".to_owned()
+    } else {
+        format!("denied with HTTP {}", decision.http_status())
+    };
+    match (&decision.policy, decision.validation, &decision.error) {
+        (Some(p), Some(i), _) => {
+            let _ = writeln!(
+                out,
+                "decision: {verdict} by policy {p}, spec.validations[{i}]"
+            );
+        }
+        (Some(p), None, Some(e)) => {
+            let _ = writeln!(
+                out,
+                "decision: {verdict} because policy {p} failed to evaluate (failurePolicy: Fail): {e}"
+            );
+        }
+        _ => {
+            let _ = writeln!(
+                out,
+                "decision: {verdict}: no policy returned a response, so the request is allowed"
+            );
+        }
+    }
+    out
+}
+
+fn lines(out: &mut String, label: &str, items: &[ExprTrace]) {
+    for e in items {
+        let value = match &e.result {
+            serde_json::Value::String(s) if s.starts_with("error: ") => s.clone(),
+            v => v.to_string(),
+        };
+        let times = match e.evaluations {
+            Some(1) => " (evaluated once)".to_owned(),
+            Some(n) => format!(" (evaluated {n} times)"),
+            None => String::new(),
+        };
+        let name = if label.is_empty() {
+            e.name.clone()
+        } else {
+            format!("{label} {}", e.name)
+        };
+        let _ = writeln!(out, "  {name} = {value}{times}");
+    }
+}

@@ -1,0 +1,345 @@
+//! `celgate validate`: every problem in a set of policy files, with where it is.
+
+use crate::policy::{LoadError, Location, PolicySet, Warning};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// One problem, in a shape meant for both people and tools.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    pub severity: Severity,
+    pub file: Option<PathBuf>,
+    /// 1-based; the line of the field when it can be found, else of the document.
+    pub line: Option<usize>,
+    /// 1-based position of the YAML document in its file.
+    pub document: Option<usize>,
+    pub kind: Option<String>,
+    pub policy: Option<String>,
+    pub field: Option<String>,
+    pub expression: Option<String>,
+    pub message: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    /// Policies that loaded, by name (only when there were no errors).
+    pub policies: Vec<String>,
+    pub errors: usize,
+    pub warnings: usize,
+    pub problems: Vec<Problem>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.errors == 0
+    }
+}
+
+/// Loads and compiles everything under `paths` and reports every problem.
+pub fn validate(paths: &[PathBuf]) -> Report {
+    let mut files = Lines::default();
+    let mut report = Report::default();
+    let (result, warnings) = PolicySet::load_report(paths);
+    match result {
+        Ok(set) => report.policies = set.policies.iter().map(|p| p.name.clone()).collect(),
+        Err(errors) => {
+            for e in &errors.0 {
+                report.problems.push(error(&mut files, e));
+            }
+        }
+    }
+    for w in &warnings {
+        report.problems.push(warning(&mut files, w));
+    }
+    report.problems.sort_by(|a, b| {
+        (&a.file, a.line, a.severity == Severity::Warning).cmp(&(
+            &b.file,
+            b.line,
+            b.severity == Severity::Warning,
+        ))
+    });
+    report.errors = report
+        .problems
+        .iter()
+        .filter(|p| p.severity == Severity::Error)
+        .count();
+    report.warnings = report.problems.len() - report.errors;
+    report
+}
+
+fn warning(files: &mut Lines, w: &Warning) -> Problem {
+    let line = files.find(&w.location, w.field.as_deref(), None);
+    Problem {
+        severity: Severity::Warning,
+        file: Some(w.location.path.clone()),
+        line: Some(line),
+        document: Some(w.location.document),
+        kind: None,
+        policy: w.policy.clone(),
+        field: w.field.clone(),
+        expression: None,
+        message: w.message.clone(),
+    }
+}
+
+fn error(files: &mut Lines, e: &LoadError) -> Problem {
+    let base = Problem {
+        severity: Severity::Error,
+        file: None,
+        line: None,
+        document: None,
+        kind: None,
+        policy: None,
+        field: None,
+        expression: None,
+        message: String::new(),
+    };
+    match e {
+        LoadError::Io { path, message } => Problem {
+            file: Some(path.clone()),
+            message: message.clone(),
+            ..base
+        },
+        LoadError::Parse {
+            path,
+            document,
+            message,
+        } => Problem {
+            file: Some(path.clone()),
+            document: Some(*document),
+            line: yaml_error_line(message),
+            message: format!("not valid YAML/JSON: {message}"),
+            ..base
+        },
+        LoadError::Invalid {
+            location,
+            kind,
+            policy,
+            field,
+            message,
+        } => Problem {
+            file: Some(location.path.clone()),
+            line: Some(files.find(location, Some(field), None)),
+            document: Some(location.document),
+            kind: Some((*kind).to_owned()),
+            policy: Some(policy.clone()).filter(|p| !p.is_empty()),
+            field: Some(field.clone()),
+            message: message.clone(),
+            ..base
+        },
+        LoadError::Cel {
+            location,
+            kind,
+            policy,
+            field,
+            expression,
+            message,
+        } => Problem {
+            file: Some(location.path.clone()),
+            line: Some(files.find(location, Some(field), Some(expression))),
+            document: Some(location.document),
+            kind: Some((*kind).to_owned()),
+            policy: Some(policy.clone()),
+            field: Some(field.clone()),
+            expression: Some(expression.clone()),
+            message: message.clone(),
+            ..base
+        },
+        LoadError::Duplicate {
+            kind,
+            name,
+            first,
+            second,
+        } => Problem {
+            file: Some(second.path.clone()),
+            line: Some(second.line),
+            document: Some(second.document),
+            kind: Some((*kind).to_owned()),
+            policy: Some(name.clone()),
+            field: Some("metadata.name".into()),
+            message: format!("{kind} {name:?} is already defined at {first}"),
+            ..base
+        },
+    }
+}
+
+/// `serde_yaml` messages end in "at line N column M".
+fn yaml_error_line(message: &str) -> Option<usize> {
+    let rest = &message[message.find("at line ")? + "at line ".len()..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// File contents, read once, to find the line of a field.
+#[derive(Default)]
+struct Lines {
+    files: HashMap<PathBuf, Vec<String>>,
+}
+
+impl Lines {
+    /// The line of `field` (or of the expression's first line) within the
+    /// document at `location`; the document's first line when not found.
+    fn find(
+        &mut self,
+        location: &Location,
+        field: Option<&str>,
+        expression: Option<&str>,
+    ) -> usize {
+        let lines = self
+            .files
+            .entry(location.path.clone())
+            .or_insert_with(|| read_lines(&location.path));
+        let start = location.line.saturating_sub(1);
+        let doc_end = lines
+            .iter()
+            .enumerate()
+            .skip(start + 1)
+            .find(|(_, l)| l.as_str() == "---" || l.starts_with("--- "))
+            .map_or(lines.len(), |(i, _)| i);
+        let doc = lines.get(start..doc_end).unwrap_or(&[]);
+        if let Some(first) = expression
+            .and_then(|e| e.lines().map(str::trim).find(|l| !l.is_empty()))
+            .filter(|l| l.len() >= 3)
+        {
+            if let Some(i) = doc.iter().position(|l| l.contains(first)) {
+                return start + i + 1;
+            }
+        }
+        if let Some(f) = field {
+            if let Some(n) = field_line(doc, f) {
+                return start + n + 1;
+            }
+        }
+        location.line
+    }
+}
+
+fn read_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// Follows a field path like `spec.validations[2].expression` through block
+/// YAML by keys and list items, as far as it can.
+fn field_line(doc: &[String], field: &str) -> Option<usize> {
+    let mut from = 0;
+    let mut found = None;
+    for seg in field.split('.') {
+        let (key, index) = match seg.split_once('[') {
+            Some((k, rest)) => (k, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (seg, None),
+        };
+        let i = (from..doc.len()).find(|&i| {
+            let t = doc[i].trim_start().trim_start_matches("- ");
+            t.starts_with(&format!("{key}:")) || t.starts_with(&format!("\"{key}\":"))
+        })?;
+        found = Some(i);
+        from = i + 1;
+        if let Some(n) = index {
+            // The n-th list item after the key, at the first item's indent.
+            let mut items = (from..doc.len()).filter(|&j| doc[j].trim_start().starts_with("- "));
+            let first = items.next()?;
+            let indent = doc[first].len() - doc[first].trim_start().len();
+            let nth = std::iter::once(first)
+                .chain(items.filter(|&j| doc[j].len() - doc[j].trim_start().len() == indent))
+                .nth(n)?;
+            found = Some(nth);
+            from = nth;
+        }
+    }
+    found
+}
+
+/// The report as text for people: one block per problem, then a summary.
+pub fn render_text(r: &Report) -> String {
+    let mut out = String::new();
+    for p in &r.problems {
+        let place = match (&p.file, p.line) {
+            (Some(f), Some(l)) => format!("{}:{l}", f.display()),
+            (Some(f), None) => f.display().to_string(),
+            _ => "(input)".to_owned(),
+        };
+        let sev = match p.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        let _ = write!(out, "{place}: {sev}");
+        if let Some(policy) = &p.policy {
+            let _ = write!(out, ": {} {policy}", p.kind.as_deref().unwrap_or("policy"));
+        }
+        if let Some(field) = &p.field {
+            let _ = write!(out, ": {field}");
+        }
+        let mut lines = p.message.lines();
+        let _ = writeln!(out, ": {}", lines.next().unwrap_or(""));
+        let rest: Vec<&str> = lines.collect();
+        // CEL syntax errors quote the expression themselves.
+        let quoted = rest.iter().any(|l| l.starts_with("| "));
+        for l in rest {
+            let _ = writeln!(out, "    {l}");
+        }
+        if let (Some(e), false) = (&p.expression, quoted) {
+            for l in e.lines() {
+                let _ = writeln!(out, "    | {l}");
+            }
+        }
+    }
+    if r.ok() {
+        let _ = writeln!(
+            out,
+            "ok: {} {} valid, {} warning(s)",
+            r.policies.len(),
+            if r.policies.len() == 1 {
+                "policy"
+            } else {
+                "policies"
+            },
+            r.warnings
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "invalid: {} error(s), {} warning(s)",
+            r.errors, r.warnings
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_list_items_and_keys() {
+        let doc: Vec<String> = "apiVersion: x\nspec:\n  variables:\n  - name: a\n    expression: 1\n  validations:\n  - expression: a\n  - expression: >\n      b\n"
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(field_line(&doc, "spec.validations[1].expression"), Some(7));
+        assert_eq!(field_line(&doc, "spec.validations[0]"), Some(6));
+        assert_eq!(field_line(&doc, "spec.variables[0].expression"), Some(4));
+        assert_eq!(field_line(&doc, "spec.nothing"), None);
+    }
+
+    #[test]
+    fn yaml_line_from_message() {
+        assert_eq!(
+            yaml_error_line("did not find expected key at line 12 column 3"),
+            Some(12)
+        );
+        assert_eq!(yaml_error_line("no position"), None);
+    }
+}
