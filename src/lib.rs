@@ -5,6 +5,7 @@ pub mod explain;
 pub mod policy;
 pub mod request_json;
 pub mod server;
+pub mod sources;
 pub mod suite;
 pub mod suite_token;
 pub mod validate;

@@ -182,6 +182,16 @@ struct ServeArgs {
     /// Body of that denial (the error itself is logged, never sent to the client).
     #[arg(long, env = "CELGATE_FAILURE_BODY", default_value = "")]
     failure_body: String,
+    /// Do not watch the policy paths. By default every change (new, changed,
+    /// renamed or deleted files; ConfigMap `..data` swaps) rebuilds the whole
+    /// set and swaps it in atomically; a change that does not load is logged
+    /// and refused, and the last good set keeps serving.
+    #[arg(long, env = "CELGATE_NO_WATCH")]
+    no_watch: bool,
+    /// Quiet period after a change before reloading, in milliseconds, so a
+    /// burst of writes becomes one reload.
+    #[arg(long, env = "CELGATE_RELOAD_QUIET_MS", default_value_t = 50)]
+    reload_quiet_ms: u64,
 }
 
 fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
@@ -262,6 +272,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             failure_body: args.failure_body,
         },
     );
+    let _watcher = if args.no_watch {
+        None
+    } else {
+        Some(
+            celgate::sources::files::watch(
+                state.clone(),
+                args.policies.policies.clone(),
+                std::time::Duration::from_millis(args.reload_quiet_ms),
+            )
+            .context("watching the policy paths")?,
+        )
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -16,7 +16,8 @@ pub struct Document {
 
 /// Every policy file under `paths`: files as given, directories recursively
 /// (`.yaml`, `.yml`, `.json`), skipping entries whose name starts with `.`
-/// (Kubernetes ConfigMap mounts keep their versions in such folders). The
+/// (Kubernetes ConfigMap mounts keep their versions in such folders; a
+/// directory with a `..data` link is read through it, see [`walk`]). The
 /// order is stable: sorted by path within each directory.
 pub fn policy_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
     let mut out = Vec::new();
@@ -35,6 +36,22 @@ pub fn policy_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
+    // A Kubernetes ConfigMap/Secret mount: the visible entries are links
+    // into `..data`, itself a link the kubelet swaps to a new versioned
+    // folder in one rename. Resolving `..data` once and reading that folder
+    // means one load sees one version, never half of each.
+    let data = dir.join("..data");
+    if std::fs::symlink_metadata(&data).is_ok_and(|m| m.file_type().is_symlink()) {
+        if let Ok(version) = std::fs::canonicalize(&data) {
+            if version.is_dir() {
+                return walk_entries(&version, out);
+            }
+        }
+    }
+    walk_entries(dir, out)
+}
+
+fn walk_entries(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
     let io = |e: std::io::Error| LoadError::Io {
         path: dir.to_path_buf(),
         message: e.to_string(),

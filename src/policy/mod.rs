@@ -146,6 +146,11 @@ pub struct Policy {
     pub validations: Vec<Expression>,
     /// Exceptions that name this policy.
     pub exceptions: Vec<Arc<Exception>>,
+    /// Hash of the policy's document: a reload keeps `loaded_at` of a policy
+    /// whose document did not change.
+    pub digest: u64,
+    /// When this version of the policy was first loaded.
+    pub loaded_at: SystemTime,
 }
 
 #[derive(Debug)]
@@ -154,6 +159,8 @@ pub struct Exception {
     pub location: Location,
     pub policy_refs: Vec<String>,
     pub match_conditions: Vec<NamedProgram>,
+    pub digest: u64,
+    pub loaded_at: SystemTime,
 }
 
 /// An immutable, fully compiled set of policies, ordered by name.
@@ -183,19 +190,28 @@ impl PolicySet {
     /// As [`PolicySet::load`], also returning the warnings when the set does
     /// not load (a skipped document often explains a missing policy).
     pub fn load_report(paths: &[PathBuf]) -> (Result<PolicySet, LoadErrors>, Vec<Warning>) {
+        Self::reload(paths, None)
+    }
+
+    /// As [`PolicySet::load_report`]; policies and exceptions whose documents
+    /// are unchanged since `previous` keep their `loaded_at`.
+    pub fn reload(
+        paths: &[PathBuf],
+        previous: Option<&PolicySet>,
+    ) -> (Result<PolicySet, LoadErrors>, Vec<Warning>) {
         let files = match load::policy_files(paths) {
             Ok(f) => f,
             Err(e) => return (Err(LoadErrors(vec![e])), Vec::new()),
         };
         let mut docs = Vec::new();
         let mut errors = Vec::new();
-        for f in &files {
-            match load::read_documents(f) {
+        for r in par_map(&files, 32, |f| load::read_documents(f)) {
+            match r {
                 Ok(d) => docs.extend(d),
                 Err(e) => errors.push(e),
             }
         }
-        let (result, warnings) = Self::compile_report(docs);
+        let (result, warnings) = Self::compile_report(docs, previous);
         let result = match result {
             Ok(set) if errors.is_empty() => Ok(set),
             Ok(_) => Err(LoadErrors(errors)),
@@ -209,15 +225,68 @@ impl PolicySet {
 
     /// Compiles documents already read (from files or another source).
     pub fn compile(docs: Vec<load::Document>) -> Result<PolicySet, LoadErrors> {
-        Self::compile_report(docs).0
+        Self::compile_report(docs, None).0
     }
 
-    fn compile_report(docs: Vec<load::Document>) -> (Result<PolicySet, LoadErrors>, Vec<Warning>) {
+    fn compile_report(
+        docs: Vec<load::Document>,
+        previous: Option<&PolicySet>,
+    ) -> (Result<PolicySet, LoadErrors>, Vec<Warning>) {
         let mut c = Compiler::default();
-        for d in docs {
-            c.document(d);
+        // Compiling CEL is the costly part of a load: spread the documents
+        // over the cores, then merge in document order.
+        let chunks = chunked(docs);
+        if chunks.len() > 1 {
+            let parts = par_map(&chunks, 2, |chunk| {
+                let mut part = Compiler::default();
+                for d in chunk.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+                    part.document(d);
+                }
+                part
+            });
+            for part in parts {
+                c.policies.extend(part.policies);
+                c.exceptions.extend(part.exceptions);
+                c.warnings.extend(part.warnings);
+                c.errors.extend(part.errors);
+            }
+        } else {
+            for chunk in chunks {
+                for d in chunk.into_inner().unwrap_or_else(|e| e.into_inner()) {
+                    c.document(d);
+                }
+            }
+        }
+        if let Some(p) = previous {
+            for x in &p.policies {
+                c.previous.insert(
+                    ("ValidatingPolicy", x.name.clone()),
+                    (x.digest, x.loaded_at),
+                );
+            }
+            for x in &p.exceptions {
+                c.previous
+                    .insert(("PolicyException", x.name.clone()), (x.digest, x.loaded_at));
+            }
         }
         c.finish()
+    }
+
+    /// Whether `other` holds exactly the same documents (names and digests).
+    pub fn same_documents(&self, other: &PolicySet) -> bool {
+        let p = |s: &PolicySet| -> Vec<(String, u64)> {
+            s.policies
+                .iter()
+                .map(|x| (x.name.clone(), x.digest))
+                .collect()
+        };
+        let e = |s: &PolicySet| -> Vec<(String, u64)> {
+            s.exceptions
+                .iter()
+                .map(|x| (x.name.clone(), x.digest))
+                .collect()
+        };
+        p(self) == p(other) && e(self) == e(other)
     }
 
     pub fn get(&self, name: &str) -> Option<&Policy> {
@@ -230,6 +299,8 @@ impl PolicySet {
 
 #[derive(Default)]
 struct Compiler {
+    /// (kind, name) → (digest, loaded_at) of the set being replaced.
+    previous: HashMap<(&'static str, String), (u64, SystemTime)>,
     policies: Vec<Policy>,
     exceptions: Vec<Exception>,
     warnings: Vec<Warning>,
@@ -237,6 +308,7 @@ struct Compiler {
 }
 
 struct Ctx<'a> {
+    digest: u64,
     location: &'a Location,
     kind: &'static str,
     name: &'a str,
@@ -265,6 +337,13 @@ impl Ctx<'_> {
 }
 
 impl Compiler {
+    fn loaded_at(&self, ctx: &Ctx<'_>) -> SystemTime {
+        match self.previous.get(&(ctx.kind, ctx.name.to_owned())) {
+            Some((d, t)) if *d == ctx.digest => *t,
+            _ => SystemTime::now(),
+        }
+    }
+
     fn warn(&mut self, location: &Location, message: String) {
         self.warnings.push(Warning {
             location: location.clone(),
@@ -341,6 +420,7 @@ impl Compiler {
             .cloned()
             .unwrap_or(serde_json::Value::Null);
         let ctx = Ctx {
+            digest: digest(&doc.value),
             location: &location,
             kind: kind_name,
             name: &name,
@@ -484,6 +564,8 @@ impl Compiler {
             variables,
             validations,
             exceptions: Vec::new(),
+            digest: ctx.digest,
+            loaded_at: self.loaded_at(ctx),
         });
     }
 
@@ -555,6 +637,8 @@ impl Compiler {
             location: ctx.location.clone(),
             policy_refs: refs,
             match_conditions,
+            digest: ctx.digest,
+            loaded_at: self.loaded_at(ctx),
         });
     }
 
@@ -728,6 +812,49 @@ pub fn variable_refs(program: &Program) -> Vec<String> {
         _ => {}
     });
     out
+}
+
+/// Documents split into one chunk per core (one chunk when there are few).
+fn chunked(docs: Vec<load::Document>) -> Vec<std::sync::Mutex<Vec<load::Document>>> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores < 2 || docs.len() < 32 {
+        return vec![std::sync::Mutex::new(docs)];
+    }
+    let size = docs.len().div_ceil(cores);
+    let mut out = Vec::new();
+    let mut it = docs.into_iter().peekable();
+    while it.peek().is_some() {
+        out.push(std::sync::Mutex::new(it.by_ref().take(size).collect()));
+    }
+    out
+}
+
+/// `f` over `items` on up to one thread per core, results in order.
+/// Sequential below `min` items.
+fn par_map<T: Sync, R: Send>(items: &[T], min: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores < 2 || items.len() < min.max(2) {
+        return items.iter().map(&f).collect();
+    }
+    let size = items.len().div_ceil(cores);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .chunks(size)
+            .map(|c| s.spawn(|| c.iter().map(&f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
+}
+
+/// A stable hash of a document (its canonical JSON text).
+fn digest(v: &serde_json::Value) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.to_string().hash(&mut h);
+    h.finish()
 }
 
 /// Fields of a ValidatingPolicy spec celgate reads or knowingly ignores.

@@ -15,6 +15,10 @@ use std::sync::Arc;
 pub struct State {
     pub policies: ArcSwap<PolicySet>,
     pub config: EngineConfig,
+    /// Outcomes of reloads (file watching).
+    pub reload: crate::sources::ReloadStatus,
+    /// Where the policies come from, as shown by `GET /policies`.
+    pub source: String,
 }
 
 impl State {
@@ -22,6 +26,8 @@ impl State {
         Arc::new(State {
             policies: ArcSwap::from_pointee(set),
             config,
+            reload: Default::default(),
+            source: "file".into(),
         })
     }
 }

@@ -1,0 +1,117 @@
+//! Where policies come from while celgate runs, and how a change reaches the
+//! request path: a complete [`PolicySet`] is rebuilt off the request path
+//! and published with one `ArcSwap::store`, so requests in flight finish on
+//! the set they started with and no request ever sees half a change. A change
+//! that does not load leaves the last good set serving.
+
+pub mod files;
+
+use crate::policy::PolicySet;
+use crate::server::State;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+/// A reload that did not load: what was wrong and when.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadFailure {
+    #[serde(with = "rfc3339")]
+    pub at: SystemTime,
+    /// Every problem, each naming file, policy, field and error.
+    pub errors: Vec<String>,
+}
+
+/// Reload outcomes, for `/readyz` and metrics.
+#[derive(Debug, Default)]
+pub struct ReloadStatus {
+    /// Reloads that published a new set.
+    pub applied_total: AtomicU64,
+    /// Reloads that found nothing changed.
+    pub unchanged_total: AtomicU64,
+    /// Reloads refused because the new documents do not load.
+    pub errors_total: AtomicU64,
+    last_error: Mutex<Option<ReloadFailure>>,
+}
+
+impl ReloadStatus {
+    /// The failure of the latest reload, cleared by the next good one.
+    pub fn last_error(&self) -> Option<ReloadFailure> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_error(&self, e: Option<ReloadFailure>) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = e;
+    }
+}
+
+/// What one reload did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    Applied,
+    Unchanged,
+    Failed,
+}
+
+/// Rebuilds the set from `paths` and publishes it when it loads and differs
+/// from the one serving.
+pub fn reload_files(state: &State, paths: &[PathBuf]) -> ReloadOutcome {
+    let started = Instant::now();
+    let previous = state.policies.load_full();
+    let (result, warnings) = PolicySet::reload(paths, Some(&previous));
+    match result {
+        Ok(set) => {
+            state.reload.set_error(None);
+            if set.same_documents(&previous) {
+                state.reload.unchanged_total.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("policy files changed on disk, documents unchanged");
+                return ReloadOutcome::Unchanged;
+            }
+            let new_warnings: Vec<String> = warnings
+                .iter()
+                .map(ToString::to_string)
+                .filter(|w| !previous.warnings.iter().any(|p| p.to_string() == *w))
+                .collect();
+            for w in &new_warnings {
+                tracing::warn!("{w}");
+            }
+            let (policies, exceptions) = (set.policies.len(), set.exceptions.len());
+            state.policies.store(Arc::new(set));
+            state.reload.applied_total.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                policies,
+                exceptions,
+                elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                "policy set reloaded"
+            );
+            ReloadOutcome::Applied
+        }
+        Err(errors) => {
+            state.reload.errors_total.fetch_add(1, Ordering::Relaxed);
+            let list: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+            tracing::error!("policy reload refused, the last good set keeps serving: {errors}");
+            state.reload.set_error(Some(ReloadFailure {
+                at: SystemTime::now(),
+                errors: list,
+            }));
+            ReloadOutcome::Failed
+        }
+    }
+}
+
+pub(crate) mod rfc3339 {
+    use std::time::SystemTime;
+
+    pub fn format(t: SystemTime) -> String {
+        let t: chrono::DateTime<chrono::Utc> = t.into();
+        t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    }
+
+    pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(*t))
+    }
+}
