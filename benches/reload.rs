@@ -58,7 +58,12 @@ fn main() {
     }
     let set = PolicySet::load(&paths).unwrap();
     let state = State::new(set, EngineConfig::default());
-    let _w = celgate::sources::files::watch(state.clone(), paths.clone(), quiet).unwrap();
+    let _w = celgate::sources::files::watch(
+        state.clone(),
+        celgate::sources::Sources::files(paths.clone()),
+        quiet,
+    )
+    .unwrap();
     let req = celgate::request_json::from_value(&serde_json::json!(
         {"attributes": {"request": {"http": {"method": "GET", "path": "/svc0/x"}}}}
     ))

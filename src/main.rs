@@ -5,6 +5,7 @@ use anyhow::Context as _;
 use celgate::engine::EngineConfig;
 use celgate::policy::PolicySet;
 use celgate::server::{self, State};
+use celgate::sources::Sources;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -192,6 +193,19 @@ struct ServeArgs {
     /// burst of writes becomes one reload.
     #[arg(long, env = "CELGATE_RELOAD_QUIET_MS", default_value_t = 50)]
     reload_quiet_ms: u64,
+    /// Also serve ValidatingPolicy (spec.evaluation.mode: Envoy) and
+    /// PolicyException objects of policies.kyverno.io from the Kubernetes API,
+    /// watched cluster-wide (in-cluster config, or the kubeconfig). They combine
+    /// with the files by name. celgate waits for the first complete list before
+    /// it serves. Needs get/list/watch on both resources (deploy/rbac.yaml).
+    #[arg(long, env = "CELGATE_KUBE")]
+    kube: bool,
+    /// API version of policies.kyverno.io to watch.
+    #[arg(long, env = "CELGATE_KUBE_API_VERSION", default_value = "v1alpha1")]
+    kube_api_version: String,
+    /// How long to wait at start-up for the first complete list from Kubernetes.
+    #[arg(long, env = "CELGATE_KUBE_SYNC_TIMEOUT_S", default_value_t = 30)]
+    kube_sync_timeout_s: u64,
 }
 
 fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
@@ -256,7 +270,15 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let set = PolicySet::load(&args.policies.policies)
+    // `--policies ''` (or an empty variable) means no files: Kubernetes only.
+    let paths: Vec<PathBuf> = args
+        .policies
+        .policies
+        .iter()
+        .filter(|p| !p.as_os_str().is_empty())
+        .cloned()
+        .collect();
+    let set = PolicySet::load(&paths)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("refusing to start")?;
     for w in &set.warnings {
@@ -272,22 +294,45 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             failure_body: args.failure_body,
         },
     );
-    let _watcher = if args.no_watch {
+    let sources = Sources::files(paths);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let _kube = if args.kube {
+        let task = rt.block_on(async {
+            let client = celgate::sources::kube::default_client().await?;
+            celgate::sources::kube::start(
+                client,
+                args.kube_api_version.clone(),
+                sources.clone(),
+                state.clone(),
+                std::time::Duration::from_secs(args.kube_sync_timeout_s),
+            )
+            .await
+        })?;
+        if let Some(e) = state.reload.last_error() {
+            anyhow::bail!(
+                "refusing to start: the policies from files and Kubernetes do not load together:\n  - {}",
+                e.errors.join("\n  - ")
+            );
+        }
+        Some(task)
+    } else {
+        None
+    };
+    let _watcher = if args.no_watch || sources.paths.is_empty() {
         None
     } else {
         Some(
             celgate::sources::files::watch(
                 state.clone(),
-                args.policies.policies.clone(),
+                sources.clone(),
                 std::time::Duration::from_millis(args.reload_quiet_ms),
             )
             .context("watching the policy paths")?,
         )
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     rt.block_on(server::serve(
         state,
         args.grpc_addr,

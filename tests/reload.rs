@@ -7,6 +7,7 @@ use celgate::engine::{evaluate, EngineConfig};
 use celgate::policy::PolicySet;
 use celgate::server::{serve_on, State};
 use celgate::sources::files::{watch, FileWatcher};
+use celgate::sources::Sources;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
@@ -39,7 +40,7 @@ fn status(state: &State) -> i32 {
 fn start(paths: &[PathBuf]) -> (Arc<State>, FileWatcher) {
     let set = PolicySet::load(paths).expect("initial set loads");
     let state = State::new(set, EngineConfig::default());
-    let w = watch(state.clone(), paths.to_vec(), QUIET).expect("watch");
+    let w = watch(state.clone(), Sources::files(paths.to_vec()), QUIET).expect("watch");
     (state, w)
 }
 

@@ -17,6 +17,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+/// The pseudo-path of objects read from the Kubernetes API:
+/// `kubernetes:/ValidatingPolicy/<name>`.
+pub const KUBE_PREFIX: &str = "kubernetes:";
+
 /// Where a document came from: file, position, and the policy's name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
@@ -190,13 +194,15 @@ impl PolicySet {
     /// As [`PolicySet::load`], also returning the warnings when the set does
     /// not load (a skipped document often explains a missing policy).
     pub fn load_report(paths: &[PathBuf]) -> (Result<PolicySet, LoadErrors>, Vec<Warning>) {
-        Self::reload(paths, None)
+        Self::reload(paths, Vec::new(), None)
     }
 
-    /// As [`PolicySet::load_report`]; policies and exceptions whose documents
-    /// are unchanged since `previous` keep their `loaded_at`.
+    /// As [`PolicySet::load_report`], with documents from another source
+    /// (Kubernetes) added to those of the files; policies and exceptions
+    /// whose documents are unchanged since `previous` keep their `loaded_at`.
     pub fn reload(
         paths: &[PathBuf],
+        extra: Vec<load::Document>,
         previous: Option<&PolicySet>,
     ) -> (Result<PolicySet, LoadErrors>, Vec<Warning>) {
         let files = match load::policy_files(paths) {
@@ -211,6 +217,7 @@ impl PolicySet {
                 Err(e) => errors.push(e),
             }
         }
+        docs.extend(extra);
         let (result, warnings) = Self::compile_report(docs, previous);
         let result = match result {
             Ok(set) if errors.is_empty() => Ok(set),
@@ -991,6 +998,15 @@ fn variable_cycle(vars: &[NamedProgram]) -> Option<Vec<String>> {
 }
 
 impl Location {
+    /// `kubernetes` for objects from the API server, `file` otherwise.
+    pub fn source(&self) -> &'static str {
+        if self.path.starts_with(KUBE_PREFIX) {
+            "kubernetes"
+        } else {
+            "file"
+        }
+    }
+
     pub fn for_path(path: &Path) -> Self {
         Location {
             path: path.to_path_buf(),

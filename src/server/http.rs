@@ -51,7 +51,7 @@ async fn policies(AxState(state): AxState<Arc<State>>) -> Json<serde_json::Value
         .map(|p| {
             json!({
                 "name": p.name,
-                "source": state.source,
+                "source": p.location.source(),
                 "file": p.location.path.display().to_string(),
                 "document": p.location.document,
                 "line": p.location.line,
@@ -71,7 +71,7 @@ async fn policies(AxState(state): AxState<Arc<State>>) -> Json<serde_json::Value
         .map(|e| {
             json!({
                 "name": e.name,
-                "source": state.source,
+                "source": e.location.source(),
                 "file": e.location.path.display().to_string(),
                 "document": e.location.document,
                 "line": e.location.line,

@@ -17,8 +17,6 @@ pub struct State {
     pub config: EngineConfig,
     /// Outcomes of reloads (file watching).
     pub reload: crate::sources::ReloadStatus,
-    /// Where the policies come from, as shown by `GET /policies`.
-    pub source: String,
 }
 
 impl State {
@@ -27,7 +25,6 @@ impl State {
             policies: ArcSwap::from_pointee(set),
             config,
             reload: Default::default(),
-            source: "file".into(),
         })
     }
 }

@@ -9,7 +9,7 @@
 //! the reload reads every path again and publishes the set only if it
 //! loads and differs.
 
-use super::reload_files;
+use super::{rebuild, Sources};
 use crate::server::State;
 use notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{new_debouncer, DebounceEventResult};
@@ -73,7 +73,7 @@ fn watch_targets(paths: &[PathBuf]) -> Vec<(PathBuf, RecursiveMode)> {
 /// without further events.
 pub fn watch(
     state: Arc<State>,
-    paths: Vec<PathBuf>,
+    sources: Arc<Sources>,
     quiet: Duration,
 ) -> Result<FileWatcher, WatchError> {
     let (tx, rx) = mpsc::channel::<()>();
@@ -96,7 +96,7 @@ pub fn watch(
         }
     })
     .map_err(WatchError::Start)?;
-    for (dir, mode) in watch_targets(&paths) {
+    for (dir, mode) in watch_targets(&sources.paths) {
         debouncer
             .watch(&dir, mode)
             .map_err(|source| WatchError::Watch {
@@ -111,7 +111,7 @@ pub fn watch(
             while rx.recv().is_ok() {
                 // Coalesce whatever else arrived meanwhile into this reload.
                 while rx.try_recv().is_ok() {}
-                reload_files(&state, &paths);
+                rebuild(&state, &sources);
             }
         })
         .map_err(WatchError::Thread)?;

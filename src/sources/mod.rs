@@ -5,10 +5,13 @@
 //! that does not load leaves the last good set serving.
 
 pub mod files;
+pub mod kube;
 
-use crate::policy::PolicySet;
+use crate::policy::load::Document;
+use crate::policy::{PolicySet, KUBE_PREFIX};
 use crate::server::State;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -57,18 +60,71 @@ pub enum ReloadOutcome {
     Failed,
 }
 
-/// Rebuilds the set from `paths` and publishes it when it loads and differs
-/// from the one serving.
-pub fn reload_files(state: &State, paths: &[PathBuf]) -> ReloadOutcome {
+/// Everything the served set is built from: the `--policies` paths and the
+/// objects the Kubernetes source has seen.
+#[derive(Debug, Default)]
+pub struct Sources {
+    pub paths: Vec<PathBuf>,
+    /// (kind, name) → object, from the Kubernetes watch.
+    kube: Mutex<BTreeMap<(String, String), serde_json::Value>>,
+    /// One rebuild at a time, so an older build never lands after a newer.
+    rebuilding: Mutex<()>,
+}
+
+impl Sources {
+    pub fn files(paths: Vec<PathBuf>) -> Arc<Sources> {
+        Arc::new(Sources {
+            paths,
+            ..Default::default()
+        })
+    }
+
+    /// Replaces every Kubernetes object of `kind` (after a list).
+    pub fn kube_replace(&self, kind: &str, objects: Vec<(String, serde_json::Value)>) {
+        let mut k = self.kube.lock().unwrap_or_else(|e| e.into_inner());
+        k.retain(|(kd, _), _| kd != kind);
+        for (name, v) in objects {
+            k.insert((kind.to_owned(), name), v);
+        }
+    }
+
+    pub fn kube_apply(&self, kind: &str, name: String, object: serde_json::Value) {
+        let mut k = self.kube.lock().unwrap_or_else(|e| e.into_inner());
+        k.insert((kind.to_owned(), name), object);
+    }
+
+    pub fn kube_delete(&self, kind: &str, name: &str) {
+        let mut k = self.kube.lock().unwrap_or_else(|e| e.into_inner());
+        k.remove(&(kind.to_owned(), name.to_owned()));
+    }
+
+    fn kube_documents(&self) -> Vec<Document> {
+        let k = self.kube.lock().unwrap_or_else(|e| e.into_inner());
+        k.iter()
+            .map(|((kind, name), v)| Document {
+                path: PathBuf::from(format!("{KUBE_PREFIX}/{kind}/{name}")),
+                index: 1,
+                line: 1,
+                value: v.clone(),
+            })
+            .collect()
+    }
+}
+
+/// Rebuilds the set from every source and publishes it when it loads and
+/// differs from the one serving.
+pub fn rebuild(state: &State, sources: &Sources) -> ReloadOutcome {
+    let _one = sources.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let previous = state.policies.load_full();
-    let (result, warnings) = PolicySet::reload(paths, Some(&previous));
+    let (result, warnings) =
+        PolicySet::reload(&sources.paths, sources.kube_documents(), Some(&previous));
     match result {
         Ok(set) => {
             state.reload.set_error(None);
             if set.same_documents(&previous) {
                 state.reload.unchanged_total.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!("policy files changed on disk, documents unchanged");
+                tracing::debug!("sources changed, policy documents unchanged");
                 return ReloadOutcome::Unchanged;
             }
             let new_warnings: Vec<String> = warnings
