@@ -242,6 +242,37 @@ mod tests {
     }
 
     #[test]
+    fn pem_keys_sign_tokens_their_public_keys_verify() {
+        let keys = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys");
+        for (key, alg, public) in [
+            ("rsa.pem", "RS256", "rsa.pub.pem"),
+            ("rsa.pem", "PS384", "rsa.pub.pem"),
+            ("ec256.pem", "ES256", "ec256.pub.pem"),
+            ("ed25519.pem", "EdDSA", "ed25519.pub.pem"),
+        ] {
+            let s = spec(&format!(
+                "key: {key}\nalg: {alg}\nkid: k\nclaims: {{ sub: bob }}"
+            ));
+            let t = mint(&s, &keys, now()).unwrap_or_else(|e| panic!("{alg}: {e}"));
+            let pem = std::fs::read(keys.join(public)).unwrap();
+            let d = match alg {
+                "ES256" => DecodingKey::from_ec_pem(&pem),
+                "EdDSA" => DecodingKey::from_ed_pem(&pem),
+                _ => DecodingKey::from_rsa_pem(&pem),
+            }
+            .unwrap();
+            let alg = parse_alg(alg).unwrap();
+            let got = jsonwebtoken::decode::<serde_json::Value>(&t, &d, &Validation::new(alg))
+                .unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+            assert_eq!(got.claims["sub"], "bob");
+            assert_eq!(got.header.alg, alg);
+        }
+        // A key of the wrong type for the algorithm is a clear error.
+        let e = mint(&spec("key: ec256.pem\nalg: RS256"), &keys, 0).unwrap_err();
+        assert!(e.to_string().contains("ec256.pem"), "{e}");
+    }
+
+    #[test]
     fn token_lands_in_the_authorization_header() {
         let s = spec("secret: x");
         let mut r = CheckRequest::default();
