@@ -105,11 +105,14 @@ enum Command {
 struct PolicyArgs {
     /// Policy files or directories (recursive; .yaml, .yml, .json; entries starting
     /// with `.` are skipped). Repeat the flag, or separate with commas in the variable.
+    /// `serve --kube --policies ''` serves Kubernetes objects only.
     #[arg(
         long = "policies",
         env = "CELGATE_POLICIES",
         value_delimiter = ',',
-        default_value = "policies"
+        default_value = "policies",
+        // Empty is allowed: `serve --kube --policies ''` reads no files.
+        value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from)
     )]
     policies: Vec<PathBuf>,
 }
@@ -213,7 +216,8 @@ fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
         .with_context(|| format!("invalid log filter {filter:?}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

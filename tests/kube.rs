@@ -174,7 +174,7 @@ async fn handler(
     .into_response()
 }
 
-async fn start_fake() -> (Arc<Fake>, kube::Client) {
+async fn start_fake() -> (Arc<Fake>, kube::Client, String) {
     let (tx, _) = broadcast::channel(1024);
     let fake = Arc::new(Fake {
         store: Mutex::default(),
@@ -188,9 +188,10 @@ async fn start_fake() -> (Arc<Fake>, kube::Client) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+    let url = format!("http://{addr}");
+    let config = kube::Config::new(url.parse().unwrap());
     let client = kube::Client::try_from(config).unwrap();
-    (fake, client)
+    (fake, client, url)
 }
 
 fn policy(name: &str, mode: &str, validation: &str) -> Value {
@@ -238,7 +239,7 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policies_and_exceptions_follow_the_cluster() {
-    let (fake, client) = start_fake().await;
+    let (fake, client, _) = start_fake().await;
     fake.apply(
         "validatingpolicies",
         policy("deny-admin", "Envoy", "object.attributes.request.http.path.startsWith('/admin') ? envoy.Denied(403).Response() : null"),
@@ -404,4 +405,111 @@ async fn start_fails_clearly_without_the_crd() {
     .expect_err("no CRD, no start");
     let msg = err.to_string();
     assert!(msg.contains("policies.kyverno.io/v1alpha1"), "{msg}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.get(9..12)?.parse().ok()?;
+    Some((
+        status,
+        out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned(),
+    ))
+}
+
+fn kubeconfig(dir: &std::path::Path, server: &str) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"{server}\"}}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: u}}\ncurrent-context: fake\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The binary as deployed: `serve --kube` with a kubeconfig, Kubernetes only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_serves_cluster_policies_with_kube_flag() {
+    let (fake, _, server) = start_fake().await;
+    fake.apply(
+        "validatingpolicies",
+        policy("from-cluster", "Envoy", "envoy.Denied(403).Response()"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = kubeconfig(dir.path(), &server);
+    let http_port = free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_celgate"))
+        .args(["serve", "--kube", "--policies", ""])
+        .args(["--grpc-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
+        .env("KUBECONFIG", &config)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let listed = tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        loop {
+            if let Some((200, body)) = http_get(http_port, "/policies") {
+                return body;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "not ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let v: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(v["policies"][0]["name"], "from-cluster", "{v}");
+    assert_eq!(v["policies"][0]["source"], "kubernetes", "{v}");
+    assert_eq!(v["policies"].as_array().unwrap().len(), 1, "no files: {v}");
+
+    // Without the CRD the binary refuses to start, saying what to check.
+    let empty = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = empty.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(empty, axum::Router::new()).await });
+    let config = kubeconfig(dir.path(), &format!("http://{addr}"));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_celgate"))
+            .args([
+                "serve",
+                "--kube",
+                "--policies",
+                "",
+                "--kube-sync-timeout-s",
+                "1",
+            ])
+            .args(["--grpc-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
+            .env("KUBECONFIG", &config)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is the CRD installed"), "{err}");
 }
