@@ -12,6 +12,7 @@ use crate::cel::convert::to_json;
 use crate::cel::envoy::{CheckResponse, DeniedResponse, OkResponse, Outcome};
 use crate::cel::view::Node;
 use crate::policy::{Expression, FailurePolicy, NamedProgram, Policy, PolicySet};
+use crate::telemetry::metrics::PolicyOutcome;
 use cel::common::traits::Indexer;
 use cel::common::types::{CelBool, CelString, Kind, Type, DYN_TYPE};
 use cel::common::value::{CowVal, Val};
@@ -112,6 +113,8 @@ fn run(
     mut trace: Option<&mut Vec<PolicyTrace>>,
 ) -> Decision {
     let object = Node::CheckRequest(request);
+    let metrics = crate::telemetry::metrics::global();
+    let record = metrics.enabled();
     let mut evaluated = 0;
     for policy in &set.policies {
         evaluated += 1;
@@ -119,32 +122,44 @@ fn run(
             policy: policy.name.clone(),
             ..Default::default()
         });
+        let started = record.then(std::time::Instant::now);
         let result = eval_policy(policy, object, t.as_mut());
-        let decided = match result {
-            Ok(Some((response, index))) => {
+        let (outcome, decided) = match result {
+            Ok(PolicyResult::Decided(response, index)) => {
                 set_outcome(&mut t, "decided");
-                Some(Decision {
+                let outcome = if response.allowed() {
+                    PolicyOutcome::Allow
+                } else {
+                    PolicyOutcome::Deny
+                };
+                let d = Decision {
                     response,
                     policy: Some(policy.name.clone()),
                     validation: Some(index),
                     error: None,
                     evaluated,
-                })
+                };
+                (outcome, Some(d))
             }
-            Ok(None) => None,
+            Ok(PolicyResult::NoResult) => (PolicyOutcome::NoResult, None),
+            Ok(PolicyResult::Skipped) => (PolicyOutcome::Skipped, None),
+            Ok(PolicyResult::Exempted) => (PolicyOutcome::Exempted, None),
             Err(e) if policy.failure_policy == FailurePolicy::Ignore => {
                 tracing::debug!(policy = %policy.name, error = %e, "policy error ignored (failurePolicy: Ignore)");
                 set_outcome(&mut t, "error (ignored)");
-                None
+                (PolicyOutcome::Error, None)
             }
             Err(e) => {
                 tracing::warn!(policy = %policy.name, error = %e, "policy error: request denied (failurePolicy: Fail)");
                 set_outcome(&mut t, "error (denied)");
                 let mut d = failure_decision(config, Some(&policy.name), e.to_string());
                 d.evaluated = evaluated;
-                Some(d)
+                (PolicyOutcome::Error, Some(d))
             }
         };
+        if let Some(started) = started {
+            policy.metrics.evaluated(outcome, started.elapsed());
+        }
         if let (Some(trace), Some(t)) = (trace.as_mut(), t) {
             trace.push(t);
         }
@@ -208,11 +223,19 @@ fn eval_error(expr: &Expression, message: impl std::fmt::Display) -> EvalError {
     }
 }
 
+/// What one policy said, short of an error.
+enum PolicyResult {
+    Decided(CheckResponse, usize),
+    NoResult,
+    Skipped,
+    Exempted,
+}
+
 fn eval_policy(
     policy: &Policy,
     object: Node<'_>,
     mut trace: Option<&mut PolicyTrace>,
-) -> Result<Option<(CheckResponse, usize)>, EvalError> {
+) -> Result<PolicyResult, EvalError> {
     let act = Activation::new(object, &policy.variables);
     let mut ctx = Context::with_env(crate::cel::env().clone());
     ctx.set_variable_resolver(&act);
@@ -239,7 +262,7 @@ fn eval_policy(
                 t.outcome = "exempted".into();
                 t.exception = Some(ex.name.clone());
             }
-            return Ok(None);
+            return Ok(PolicyResult::Exempted);
         }
     }
 
@@ -262,7 +285,7 @@ fn eval_policy(
                 if let Some(t) = trace.as_deref_mut() {
                     t.outcome = "skipped".into();
                 }
-                return Ok(None);
+                return Ok(PolicyResult::Skipped);
             }
             Err(e) => {
                 first_error.get_or_insert(e);
@@ -280,7 +303,10 @@ fn eval_policy(
             t.outcome = "no result".into();
         }
     }
-    result
+    Ok(match result? {
+        Some((response, index)) => PolicyResult::Decided(response, index),
+        None => PolicyResult::NoResult,
+    })
 }
 
 fn eval_validations(

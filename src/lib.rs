@@ -8,4 +8,5 @@ pub mod server;
 pub mod sources;
 pub mod suite;
 pub mod suite_token;
+pub mod telemetry;
 pub mod validate;

@@ -105,7 +105,7 @@ enum Command {
 struct PolicyArgs {
     /// Policy files or directories (recursive; .yaml, .yml, .json; entries starting
     /// with `.` are skipped). Repeat the flag, or separate with commas in the variable.
-    /// `serve --kube --policies ''` serves Kubernetes objects only.
+    /// An empty value reads no files (e.g. `serve --kube --policies ''`).
     #[arg(
         long = "policies",
         env = "CELGATE_POLICIES",
@@ -209,20 +209,25 @@ struct ServeArgs {
     /// How long to wait at start-up for the first complete list from Kubernetes.
     #[arg(long, env = "CELGATE_KUBE_SYNC_TIMEOUT_S", default_value_t = 30)]
     kube_sync_timeout_s: u64,
-}
-
-fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .with_context(|| format!("invalid log filter {filter:?}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    Ok(())
+    /// Add an event per evaluated policy (name and outcome) to each decision
+    /// span. Spans are exported only when OTEL_EXPORTER_OTLP_ENDPOINT (or
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set; OTEL_SERVICE_NAME,
+    /// OTEL_TRACES_SAMPLER and the other standard variables apply.
+    #[arg(long, env = "CELGATE_TRACE_POLICIES")]
+    trace_policies: bool,
+    /// Write one JSON line per decision to `stdout` or to this file (appended).
+    /// Bounded and non-blocking: lines are dropped and counted when the writer
+    /// falls behind.
+    #[arg(long, env = "CELGATE_DECISION_LOG", value_name = "stdout|FILE")]
+    decision_log: Option<celgate::telemetry::decision_log::Target>,
+    /// Request headers to include in decision log lines (comma-separated).
+    /// Credential headers (authorization, cookie, x-api-key, ...) are refused.
+    #[arg(long, env = "CELGATE_DECISION_LOG_HEADERS", value_delimiter = ',')]
+    decision_log_headers: Vec<String>,
+    /// Do not record Prometheus metrics on the request path (/metrics then
+    /// shows only the policy set and reload series).
+    #[arg(long, env = "CELGATE_NO_METRICS")]
+    no_metrics: bool,
 }
 
 fn main() -> ExitCode {
@@ -231,12 +236,23 @@ fn main() -> ExitCode {
         Command::Serve(_) => "info",
         _ => "error",
     };
-    if let Err(e) = init_logging(cli.log.as_deref().unwrap_or(default_log), cli.log_format) {
-        eprintln!("celgate: {e:#}");
-        return ExitCode::from(2);
-    }
+    let telemetry = match celgate::telemetry::otel::init(
+        cli.log.as_deref().unwrap_or(default_log),
+        matches!(cli.log_format, LogFormat::Json),
+    ) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("celgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
-        Command::Serve(args) => serve(args).map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => {
+            let r = serve(args, telemetry.exporting()).map(|()| ExitCode::SUCCESS);
+            // Spans still buffered go out before the process ends.
+            telemetry.shutdown();
+            r
+        }
         Command::Check(args) => commands::check(
             &args.policies.policies,
             &args.request,
@@ -273,7 +289,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
+fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
     // `--policies ''` (or an empty variable) means no files: Kubernetes only.
     let paths: Vec<PathBuf> = args
         .policies
@@ -291,11 +307,36 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     for p in &set.policies {
         tracing::info!(policy = %p.name, file = %p.location.path.display(), "policy loaded");
     }
-    let state = State::new(
+    celgate::telemetry::metrics::global().set_enabled(!args.no_metrics);
+    let decision_log = match args.decision_log.clone() {
+        Some(target) => Some(
+            celgate::telemetry::decision_log::DecisionLog::start(
+                target,
+                &args.decision_log_headers,
+            )
+            .context("refusing to start")?,
+        ),
+        None => None,
+    };
+    tracing::info!(
+        traces = if tracing_on {
+            "exported over OTLP"
+        } else {
+            "off (no OTEL_EXPORTER_OTLP_ENDPOINT)"
+        },
+        metrics = !args.no_metrics,
+        decision_log = decision_log.is_some(),
+        "telemetry"
+    );
+    let state = State::with_options(
         set,
         EngineConfig {
             failure_status: args.failure_status,
             failure_body: args.failure_body,
+        },
+        celgate::server::ServeOptions {
+            trace_policies: args.trace_policies,
+            decision_log,
         },
     );
     let sources = Sources::files(paths);

@@ -155,6 +155,8 @@ pub struct Policy {
     pub digest: u64,
     /// When this version of the policy was first loaded.
     pub loaded_at: SystemTime,
+    /// Its metric series (shared by every version of the policy).
+    pub metrics: Arc<crate::telemetry::metrics::PolicyMetrics>,
 }
 
 #[derive(Debug)]
@@ -573,6 +575,7 @@ impl Compiler {
             exceptions: Vec::new(),
             digest: ctx.digest,
             loaded_at: self.loaded_at(ctx),
+            metrics: crate::telemetry::metrics::policy(ctx.name),
         });
     }
 

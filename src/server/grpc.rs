@@ -3,12 +3,16 @@
 use super::State;
 use crate::decision::to_check_response;
 use crate::engine::{self, Decision};
+use crate::telemetry::metrics::{self, DecidedBy};
+use crate::telemetry::otel::DECISION_TARGET;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
     Authorization, AuthorizationServer,
 };
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use std::sync::Arc;
+use std::time::Instant;
 use tonic::{Request, Response, Status};
+use tracing::field::Empty;
 
 #[derive(Debug, Clone)]
 pub struct AuthzService {
@@ -24,15 +28,56 @@ impl AuthzService {
     /// with the failure denial: a request can never take the server down or
     /// slip through.
     pub fn decide(&self, request: &CheckRequest) -> Decision {
+        self.decide_traced(request, false).0
+    }
+
+    /// As [`AuthzService::decide`]; with `trace`, also what each policy did.
+    pub fn decide_traced(
+        &self,
+        request: &CheckRequest,
+        trace: bool,
+    ) -> (Decision, Vec<engine::PolicyTrace>) {
+        let started = Instant::now();
         let set = self.state.policies.load();
         let config = &self.state.config;
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            engine::evaluate(&set, config, request)
-        }))
-        .unwrap_or_else(|_| {
-            tracing::error!("policy evaluation panicked; request denied");
-            engine::failure_decision(config, None, "internal error during evaluation".into())
-        })
+        let mut traces = Vec::new();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if trace {
+                let (d, t) = engine::evaluate_traced(&set, config, request);
+                traces = t;
+                d
+            } else {
+                engine::evaluate(&set, config, request)
+            }
+        }));
+        let metrics = metrics::global();
+        match result {
+            Ok(d) => {
+                if metrics.enabled() {
+                    let policy = d.policy.as_deref().and_then(|p| set.get(p));
+                    let how = match (policy, &d.error) {
+                        (Some(p), None) => DecidedBy::Policy {
+                            policy: &p.metrics,
+                            allowed: d.allowed(),
+                        },
+                        (Some(p), Some(_)) => DecidedBy::Error(&p.metrics),
+                        (None, _) => DecidedBy::Default,
+                    };
+                    metrics.decided(how, started.elapsed());
+                }
+                (d, traces)
+            }
+            Err(_) => {
+                tracing::error!("policy evaluation panicked; request denied");
+                metrics.decided(DecidedBy::Internal, started.elapsed());
+                let d = engine::failure_decision(
+                    config,
+                    None,
+                    "internal error during evaluation".into(),
+                );
+                (d, Vec::new())
+            }
+        }
     }
 }
 
@@ -43,7 +88,34 @@ impl Authorization for AuthzService {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let request = request.into_inner();
-        let decision = self.decide(&request);
+        let span = tracing::info_span!(
+            target: DECISION_TARGET,
+            "ext_authz check",
+            otel.kind = "server",
+            otel.status_code = Empty,
+            decision = Empty,
+            "http.response.status_code" = Empty,
+            "celgate.policy" = Empty,
+            "celgate.validation" = Empty,
+            "celgate.policies_evaluated" = Empty,
+            "celgate.error" = Empty,
+            "http.request.method" = Empty,
+            "url.path" = Empty,
+        );
+        let traced = !span.is_disabled();
+        if traced {
+            join_callers_trace(&span, &request);
+        }
+        let started = Instant::now();
+        let (decision, traces) =
+            self.decide_traced(&request, traced && self.state.options.trace_policies);
+        let took = started.elapsed();
+        if traced {
+            record_span(&span, &request, &decision, &traces);
+        }
+        if let Some(log) = &self.state.options.decision_log {
+            log.record(&request, &decision, took);
+        }
         tracing::debug!(
             allowed = decision.allowed(),
             status = decision.http_status(),
@@ -54,14 +126,126 @@ impl Authorization for AuthzService {
     }
 }
 
+/// Makes `span` a child of the W3C trace context Envoy forwards in the
+/// request headers (`traceparent`, `tracestate`), if any.
+fn join_callers_trace(span: &tracing::Span, request: &CheckRequest) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let Some(headers) = request
+        .attributes
+        .as_ref()
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref())
+        .map(|h| &h.headers)
+    else {
+        return;
+    };
+    if !headers.contains_key("traceparent") {
+        return;
+    }
+    let cx =
+        opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
+    let _ = span.set_parent(cx);
+}
+
+struct HeaderExtractor<'a>(&'a std::collections::HashMap<String, String>);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(String::as_str).collect()
+    }
+}
+
+/// The decision's attributes. Never a header value, a token or an error
+/// message (which may quote request data): the failing field only.
+fn record_span(
+    span: &tracing::Span,
+    request: &CheckRequest,
+    d: &Decision,
+    traces: &[engine::PolicyTrace],
+) {
+    span.record("decision", if d.allowed() { "allow" } else { "deny" });
+    span.record("http.response.status_code", d.http_status());
+    span.record("celgate.policies_evaluated", d.evaluated as i64);
+    if let Some(p) = &d.policy {
+        span.record("celgate.policy", p.as_str());
+    }
+    if let Some(i) = d.validation {
+        span.record("celgate.validation", i as i64);
+    }
+    if let Some(e) = &d.error {
+        span.record(
+            "celgate.error",
+            e.split_once(": ").map_or(e.as_str(), |(f, _)| f),
+        );
+        span.record("otel.status_code", "ERROR");
+    }
+    if let Some(h) = request
+        .attributes
+        .as_ref()
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref())
+    {
+        span.record("http.request.method", h.method.as_str());
+        let path = h.path.split_once('?').map_or(h.path.as_str(), |(p, _)| p);
+        span.record("url.path", path);
+    }
+    for t in traces {
+        tracing::info!(
+            target: DECISION_TARGET,
+            parent: span,
+            policy = %t.policy,
+            outcome = %t.outcome,
+            exception = t.exception.as_deref().unwrap_or(""),
+            "policy evaluated"
+        );
+    }
+}
+
+/// The Envoy protos' file descriptor set (built from `proto/` by build.rs),
+/// for server reflection.
+pub const AUTHZ_DESCRIPTOR: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/authz_descriptor.bin"));
+
 pub async fn serve(
     state: Arc<State>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    // grpc.health.v1: "" and the Authorization service are SERVING until
+    // shutdown starts, so probes and load balancers stop sending first.
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<AuthorizationServer<AuthzService>>()
+        .await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(AUTHZ_DESCRIPTOR)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().map_err(|e| {
+        tracing::error!(error = %e, "reflection descriptors are broken");
+        e
+    });
+    let reflection_v1alpha = reflection().build_v1alpha();
+    let mut router = tonic::transport::Server::builder()
         .add_service(AuthorizationServer::new(AuthzService::new(state)))
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .add_service(health);
+    if let (Ok(v1), Ok(v1alpha)) = (reflection_v1, reflection_v1alpha) {
+        router = router.add_service(v1).add_service(v1alpha);
+    }
+    router
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            reporter
+                .set_not_serving::<AuthorizationServer<AuthzService>>()
+                .await;
+            reporter
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+        })
         .await
 }

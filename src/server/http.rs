@@ -18,6 +18,7 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/policies", get(policies))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -26,10 +27,15 @@ pub fn router(state: Arc<State>) -> Router {
 async fn readyz(AxState(state): AxState<Arc<State>>) -> (StatusCode, Json<serde_json::Value>) {
     let set = state.policies.load();
     let r = &state.reload;
+    let stopping = state.shutting_down.load(Ordering::Relaxed);
     (
-        StatusCode::OK,
+        if stopping {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        },
         Json(json!({
-            "status": "ready",
+            "status": if stopping { "shutting down" } else { "ready" },
             "policies": set.policies.len(),
             "exceptions": set.exceptions.len(),
             "loadedAt": rfc3339::format(set.loaded_at),
@@ -85,6 +91,56 @@ async fn policies(AxState(state): AxState<Arc<State>>) -> Json<serde_json::Value
         "policies": policies,
         "exceptions": exceptions,
     }))
+}
+
+/// Prometheus text exposition: the request-path series of
+/// [`crate::telemetry::metrics`] plus the policy set and reload state.
+async fn metrics(
+    AxState(state): AxState<Arc<State>>,
+) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    use std::fmt::Write as _;
+    let set = state.policies.load();
+    let r = &state.reload;
+    let mut extra = String::new();
+    let _ = write!(
+        extra,
+        "# HELP celgate_policies Policies and exceptions in the set being served.\n\
+         # TYPE celgate_policies gauge\n\
+         celgate_policies{{kind=\"ValidatingPolicy\"}} {}\n\
+         celgate_policies{{kind=\"PolicyException\"}} {}\n\
+         # HELP celgate_policy_set_loaded_timestamp_seconds When the set being served was loaded.\n\
+         # TYPE celgate_policy_set_loaded_timestamp_seconds gauge\n\
+         celgate_policy_set_loaded_timestamp_seconds {}\n\
+         # HELP celgate_policy_reloads_total Reloads, by result: applied (a new set serves), unchanged, error (refused; the last good set serves).\n\
+         # TYPE celgate_policy_reloads_total counter\n\
+         celgate_policy_reloads_total{{result=\"applied\"}} {}\n\
+         celgate_policy_reloads_total{{result=\"unchanged\"}} {}\n\
+         celgate_policy_reloads_total{{result=\"error\"}} {}\n\
+         # HELP celgate_policy_reload_errors_total Reloads refused because the new documents do not load.\n\
+         # TYPE celgate_policy_reload_errors_total counter\n\
+         celgate_policy_reload_errors_total {}\n\
+         # HELP celgate_policy_reload_failing 1 while the latest reload was refused (cleared by the next good one).\n\
+         # TYPE celgate_policy_reload_failing gauge\n\
+         celgate_policy_reload_failing {}\n",
+        set.policies.len(),
+        set.exceptions.len(),
+        set.loaded_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+        r.applied_total.load(Ordering::Relaxed),
+        r.unchanged_total.load(Ordering::Relaxed),
+        r.errors_total.load(Ordering::Relaxed),
+        r.errors_total.load(Ordering::Relaxed),
+        u8::from(r.last_error().is_some()),
+    );
+    extra.push_str(&crate::telemetry::extra_metrics());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::telemetry::metrics::global().render(&extra),
+    )
 }
 
 pub async fn serve(

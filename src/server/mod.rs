@@ -15,16 +15,34 @@ use std::sync::Arc;
 pub struct State {
     pub policies: ArcSwap<PolicySet>,
     pub config: EngineConfig,
+    pub options: ServeOptions,
     /// Outcomes of reloads (file watching).
     pub reload: crate::sources::ReloadStatus,
+    /// Set when shutdown starts: `/readyz` answers 503 from then on.
+    pub shutting_down: std::sync::atomic::AtomicBool,
+}
+
+/// What `serve` adds around decisions.
+#[derive(Debug, Default)]
+pub struct ServeOptions {
+    /// Add an event per evaluated policy to each decision span.
+    pub trace_policies: bool,
+    /// Where decisions are logged, if anywhere.
+    pub decision_log: Option<crate::telemetry::decision_log::DecisionLog>,
 }
 
 impl State {
     pub fn new(set: PolicySet, config: EngineConfig) -> Arc<Self> {
+        Self::with_options(set, config, ServeOptions::default())
+    }
+
+    pub fn with_options(set: PolicySet, config: EngineConfig, options: ServeOptions) -> Arc<Self> {
         Arc::new(State {
             policies: ArcSwap::from_pointee(set),
+            options,
             config,
             reload: Default::default(),
+            shutting_down: Default::default(),
         })
     }
 }
@@ -86,8 +104,11 @@ pub async fn serve_on(
         "celgate serving"
     );
     let (tx, rx) = tokio::sync::watch::channel(false);
+    let flag = state.clone();
     tokio::spawn(async move {
         shutdown.await;
+        flag.shutting_down
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         tracing::info!("shutting down: draining in-flight requests");
         let _ = tx.send(true);
     });

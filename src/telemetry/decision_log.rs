@@ -1,0 +1,213 @@
+//! The decision log: one JSON line per decision, opt-in, to stdout or a file.
+//!
+//! Bounded and non-blocking: Check hands a small record to a channel of fixed
+//! size and never waits; a writer thread formats and writes. When the writer
+//! falls behind (a slow disk) records are dropped and counted
+//! (`celgate_decision_log_dropped_total`), never queued without bound.
+//!
+//! Never secrets: the path is logged without its query string (tokens travel
+//! there too), headers only when allow-listed, and credential headers
+//! (`authorization`, cookies, API keys) cannot be allow-listed at all.
+
+use crate::engine::Decision;
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+use serde::Serialize;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::time::{Duration, SystemTime};
+
+/// Headers that are never written, whatever the allow-list says.
+pub const NEVER_LOGGED: [&str; 7] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "x-auth-token",
+    "x-amz-security-token",
+];
+
+/// Records the writer can fall behind by before records are dropped.
+pub const CAPACITY: usize = 8192;
+
+static WRITTEN: AtomicU64 = AtomicU64::new(0);
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// (written, dropped) since start.
+pub fn counts() -> (u64, u64) {
+    (WRITTEN.load(Relaxed), DROPPED.load(Relaxed))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Stdout,
+    File(PathBuf),
+}
+
+impl std::str::FromStr for Target {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(if s == "stdout" || s == "-" {
+            Target::Stdout
+        } else {
+            Target::File(PathBuf::from(s))
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecisionLogError {
+    #[error("{0}: cannot open the decision log: {1}")]
+    Open(PathBuf, std::io::Error),
+    #[error("header {0:?} carries credentials and is never written to the decision log")]
+    Secret(String),
+    #[error("cannot start the decision log writer: {0}")]
+    Thread(std::io::Error),
+}
+
+/// One line of the log.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    pub id: String,
+    pub time: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub request_id: String,
+    pub method: String,
+    pub host: String,
+    /// Without the query string.
+    pub path: String,
+    pub source: String,
+    pub decision: &'static str,
+    pub status: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation: Option<usize>,
+    /// The field whose evaluation failed (the message is in the server log).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub policies_evaluated: usize,
+    pub latency_us: u64,
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    pub headers: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug)]
+pub struct DecisionLog {
+    tx: SyncSender<Record>,
+    headers: Vec<String>,
+    prefix: String,
+}
+
+impl DecisionLog {
+    /// Opens `target` and starts the writer. `headers` is the allow-list.
+    pub fn start(target: Target, headers: &[String]) -> Result<DecisionLog, DecisionLogError> {
+        let headers: Vec<String> = headers
+            .iter()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect();
+        if let Some(h) = headers.iter().find(|h| NEVER_LOGGED.contains(&h.as_str())) {
+            return Err(DecisionLogError::Secret(h.clone()));
+        }
+        let out: Box<dyn std::io::Write + Send> = match &target {
+            Target::Stdout => Box::new(std::io::stdout()),
+            Target::File(p) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| DecisionLogError::Open(p.clone(), e))?,
+            ),
+        };
+        let (tx, rx) = sync_channel(CAPACITY);
+        std::thread::Builder::new()
+            .name("celgate-decision-log".into())
+            .spawn(move || write_loop(rx, out))
+            .map_err(DecisionLogError::Thread)?;
+        let start = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Ok(DecisionLog {
+            tx,
+            headers,
+            prefix: format!("{:012x}", start & 0xffff_ffff_ffff),
+        })
+    }
+
+    /// Queues the record of one decision; never blocks.
+    pub fn record(&self, request: &CheckRequest, d: &Decision, took: Duration) {
+        let attrs = request.attributes.as_ref();
+        let http = attrs
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref());
+        let path = http.map_or("", |h| h.path.as_str());
+        let path = path.split_once('?').map_or(path, |(p, _)| p);
+        let mut headers = serde_json::Map::new();
+        if let Some(h) = http {
+            for name in &self.headers {
+                if let Some(v) = h.headers.get(name) {
+                    headers.insert(name.clone(), v.clone().into());
+                }
+            }
+        }
+        let source = attrs
+            .and_then(|a| a.source.as_ref())
+            .and_then(|s| s.address.as_ref())
+            .and_then(|a| match &a.address {
+                Some(
+                    envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(s),
+                ) => Some(s.address.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let record = Record {
+            id: format!("{}-{:x}", self.prefix, SEQ.fetch_add(1, Relaxed)),
+            time: crate::sources::rfc3339::format(SystemTime::now()),
+            request_id: http.map_or_else(String::new, |h| h.id.clone()),
+            method: http.map_or_else(String::new, |h| h.method.clone()),
+            host: http.map_or_else(String::new, |h| h.host.clone()),
+            path: path.to_owned(),
+            source,
+            decision: if d.allowed() { "allow" } else { "deny" },
+            status: d.http_status(),
+            policy: d.policy.clone(),
+            validation: d.validation,
+            error: d
+                .error
+                .as_deref()
+                .map(|e| e.split_once(": ").map_or(e, |(f, _)| f).to_owned()),
+            policies_evaluated: d.evaluated,
+            latency_us: took.as_micros() as u64,
+            headers,
+        };
+        match self.tx.try_send(record) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                DROPPED.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}
+
+fn write_loop(rx: Receiver<Record>, out: Box<dyn std::io::Write + Send>) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(r) = next {
+            if serde_json::to_writer(&mut out, &r).is_ok() && out.write_all(b"\n").is_ok() {
+                WRITTEN.fetch_add(1, Relaxed);
+            } else {
+                DROPPED.fetch_add(1, Relaxed);
+            }
+            next = rx.try_recv().ok();
+        }
+        // Nothing else waiting: make the lines visible.
+        let _ = out.flush();
+    }
+    let _ = out.flush();
+}

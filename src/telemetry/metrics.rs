@@ -1,0 +1,338 @@
+//! Prometheus metrics: lock-free counters and histograms on the request
+//! path, rendered in the text exposition format at `GET /metrics`.
+//!
+//! Per-policy series live in a [`PolicyMetrics`] that the compiled policy
+//! holds (looked up by name once, when a set is compiled), so recording is a
+//! few atomic adds with no map lookup or lock. The names of kyverno-authz are
+//! kept where the meaning is the same, so dashboards carry over.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, LazyLock, RwLock};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the latency buckets: 5 µs to 1 s.
+pub const BUCKETS: [f64; 17] = [
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+const BUCKET_NANOS: [u64; 17] = [
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+];
+
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Per bucket (not cumulative); the last slot is +Inf.
+    counts: [AtomicU64; 18],
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let n = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let i = BUCKET_NANOS.iter().position(|&b| n <= b).unwrap_or(17);
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_nanos.fetch_add(n, Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (i, le) in BUCKETS.iter().enumerate() {
+            cumulative += self.counts[i].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
+            );
+        }
+        cumulative += self.counts[17].load(Relaxed);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}"
+        );
+        let sum = self.sum_nanos.load(Relaxed) as f64 / 1e9;
+        let braces = |s: &str| {
+            if s.is_empty() {
+                String::new()
+            } else {
+                format!("{{{s}}}")
+            }
+        };
+        let _ = writeln!(out, "{name}_sum{} {sum}", braces(labels));
+        let _ = writeln!(out, "{name}_count{} {cumulative}", braces(labels));
+    }
+}
+
+/// What one policy did with one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyOutcome {
+    /// Returned an allow.
+    Allow,
+    /// Returned a denial.
+    Deny,
+    /// Every validation returned null.
+    NoResult,
+    /// A matchCondition was false.
+    Skipped,
+    /// A PolicyException applied.
+    Exempted,
+    /// Evaluation failed (denied under Fail, ignored under Ignore).
+    Error,
+}
+
+impl PolicyOutcome {
+    const ALL: [PolicyOutcome; 6] = [
+        PolicyOutcome::Allow,
+        PolicyOutcome::Deny,
+        PolicyOutcome::NoResult,
+        PolicyOutcome::Skipped,
+        PolicyOutcome::Exempted,
+        PolicyOutcome::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyOutcome::Allow => "allow",
+            PolicyOutcome::Deny => "deny",
+            PolicyOutcome::NoResult => "none",
+            PolicyOutcome::Skipped => "skipped",
+            PolicyOutcome::Exempted => "exempted",
+            PolicyOutcome::Error => "error",
+        }
+    }
+}
+
+/// Series of one policy.
+#[derive(Debug, Default)]
+pub struct PolicyMetrics {
+    evaluations: [AtomicU64; 6],
+    duration: Histogram,
+    /// Requests this policy decided: allowed, denied, denied on error.
+    decided: [AtomicU64; 3],
+}
+
+impl PolicyMetrics {
+    #[inline]
+    pub fn evaluated(&self, outcome: PolicyOutcome, took: Duration) {
+        self.evaluations[outcome as usize].fetch_add(1, Relaxed);
+        self.duration.observe(took);
+    }
+
+    pub fn evaluations(&self, outcome: PolicyOutcome) -> u64 {
+        self.evaluations[outcome as usize].load(Relaxed)
+    }
+}
+
+/// How a request was decided, for `authz_decisions_total`.
+#[derive(Debug, Clone, Copy)]
+pub enum DecidedBy<'a> {
+    Policy {
+        policy: &'a PolicyMetrics,
+        allowed: bool,
+    },
+    /// A failurePolicy: Fail policy could not be evaluated.
+    Error(&'a PolicyMetrics),
+    /// No policy answered: allowed.
+    Default,
+    /// Evaluation panicked: denied.
+    Internal,
+}
+
+/// Every series celgate exports.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    enabled: AtomicBool,
+    policies: RwLock<BTreeMap<String, Arc<PolicyMetrics>>>,
+    default_allow: AtomicU64,
+    internal_errors: AtomicU64,
+    decision_duration: Histogram,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
+    enabled: AtomicBool::new(true),
+    ..Default::default()
+});
+
+pub fn global() -> &'static Metrics {
+    &METRICS
+}
+
+/// The series of the policy `name`, created on first use. Called when a set
+/// is compiled, never per request.
+pub fn policy(name: &str) -> Arc<PolicyMetrics> {
+    let m = global();
+    if let Some(p) = m
+        .policies
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(name)
+    {
+        return p.clone();
+    }
+    m.policies
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(name.to_owned())
+        .or_default()
+        .clone()
+}
+
+impl Metrics {
+    /// Whether the request path records (on unless `--metrics=false`).
+    #[inline]
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Relaxed)
+    }
+
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Relaxed);
+    }
+
+    pub fn decided(&self, how: DecidedBy<'_>, took: Duration) {
+        match how {
+            DecidedBy::Policy { policy, allowed } => {
+                policy.decided[usize::from(!allowed)].fetch_add(1, Relaxed);
+            }
+            DecidedBy::Error(p) => {
+                p.decided[2].fetch_add(1, Relaxed);
+            }
+            DecidedBy::Default => {
+                self.default_allow.fetch_add(1, Relaxed);
+            }
+            DecidedBy::Internal => {
+                self.internal_errors.fetch_add(1, Relaxed);
+            }
+        }
+        self.decision_duration.observe(took);
+    }
+
+    /// The text exposition of every series; `extra` is appended (gauges and
+    /// counters owned elsewhere: reloads, caches).
+    pub fn render(&self, extra: &str) -> String {
+        let mut out = String::with_capacity(8192);
+        let policies = self
+            .policies
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        out.push_str("# HELP authz_decisions_total Decisions, by result and by what decided: a policy (source=\"policy\"), no policy (source=\"default\", allowed), an evaluation error under failurePolicy Fail (source=\"error\", denied) or an internal error (source=\"internal\", denied).\n");
+        out.push_str("# TYPE authz_decisions_total counter\n");
+        for (name, p) in &policies {
+            let name = escape(name);
+            for (i, (decision, source)) in
+                [("allow", "policy"), ("deny", "policy"), ("deny", "error")]
+                    .iter()
+                    .enumerate()
+            {
+                let v = p.decided[i].load(Relaxed);
+                if v > 0 {
+                    let _ = writeln!(
+                        out,
+                        "authz_decisions_total{{mode=\"envoy\",decision=\"{decision}\",source=\"{source}\",policy=\"{name}\"}} {v}"
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "authz_decisions_total{{mode=\"envoy\",decision=\"allow\",source=\"default\",policy=\"\"}} {}",
+            self.default_allow.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "authz_decisions_total{{mode=\"envoy\",decision=\"deny\",source=\"internal\",policy=\"\"}} {}",
+            self.internal_errors.load(Relaxed)
+        );
+        out.push_str(
+            "# HELP authz_decision_duration_seconds Time to decide one request (all policies).\n",
+        );
+        out.push_str("# TYPE authz_decision_duration_seconds histogram\n");
+        self.decision_duration
+            .render(&mut out, "authz_decision_duration_seconds", "");
+        out.push_str("# HELP authz_policy_evaluations_total Policy evaluations, by policy and outcome (allow, deny, none, skipped, exempted, error).\n");
+        out.push_str("# TYPE authz_policy_evaluations_total counter\n");
+        for (name, p) in &policies {
+            let name = escape(name);
+            for o in PolicyOutcome::ALL {
+                let _ = writeln!(
+                    out,
+                    "authz_policy_evaluations_total{{policy=\"{name}\",decision=\"{}\"}} {}",
+                    o.as_str(),
+                    p.evaluations(o)
+                );
+            }
+        }
+        out.push_str("# HELP authz_policy_evaluation_duration_seconds Time to evaluate one policy for one request.\n");
+        out.push_str("# TYPE authz_policy_evaluation_duration_seconds histogram\n");
+        for (name, p) in &policies {
+            let labels = format!("policy=\"{}\"", escape(name));
+            p.duration.render(
+                &mut out,
+                "authz_policy_evaluation_duration_seconds",
+                &labels,
+            );
+        }
+        out.push_str(extra);
+        out
+    }
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+pub fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(3));
+        h.observe(Duration::from_micros(30));
+        h.observe(Duration::from_secs(2));
+        let mut out = String::new();
+        h.render(&mut out, "x", "p=\"a\"");
+        assert!(
+            out.contains("x_bucket{p=\"a\",le=\"0.000005\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_bucket{p=\"a\",le=\"0.00005\"} 2\n"),
+            "{out}"
+        );
+        assert!(out.contains("x_bucket{p=\"a\",le=\"1\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{p=\"a\",le=\"+Inf\"} 3\n"), "{out}");
+        assert!(out.contains("x_count{p=\"a\"} 3\n"), "{out}");
+        assert_eq!(h.count(), 3);
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

@@ -1,0 +1,510 @@
+//! Observability of the real binary: OTLP spans joined to the caller's
+//! trace (received by an OTLP collector inside the test), exact `/metrics`
+//! after a known sequence of checks, gRPC health and reflection, and the
+//! decision log — none of which may carry a token or an Authorization value.
+
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const SECRET_TOKEN: &str = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0LXBheWxvYWQ.c2lnbmF0dXJl";
+const SECRET_KEY: &str = "demo-key-alice";
+
+fn repo(p: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.get(9..12)?.parse().ok()?;
+    Some((
+        status,
+        out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned(),
+    ))
+}
+
+struct Server {
+    child: Child,
+    grpc: u16,
+    http: u16,
+}
+
+impl Server {
+    fn start(extra: &[&str], env: &[(&str, String)]) -> Server {
+        let (grpc, http) = (free_port(), free_port());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_celgate"));
+        cmd.args(["serve", "--no-watch", "--policies"])
+            .arg(repo("policies"))
+            .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
+            .args(["--http-addr", &format!("127.0.0.1:{http}")])
+            .args(extra)
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let start = Instant::now();
+        while http_get(http, "/readyz").map(|r| r.0) != Some(200) {
+            assert!(start.elapsed() < Duration::from_secs(20), "not ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Server { child, grpc, http }
+    }
+
+    /// SIGTERM and wait for exit 0.
+    fn stop(mut self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "exit status {status:?}");
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(15), "did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
+    let h: serde_json::Map<String, serde_json::Value> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+        .collect();
+    celgate::request_json::from_value(&serde_json::json!({"attributes": {
+        "source": {"address": {"socketAddress": {"address": "10.1.2.3", "portValue": 5555}}},
+        "request": {"http": {"id": "req-1", "method": method, "host": "api.example", "path": path, "headers": h}}
+    }}))
+    .unwrap()
+}
+
+async fn check(grpc: u16, reqs: Vec<CheckRequest>) -> Vec<i32> {
+    let mut c = AuthorizationClient::connect(format!("http://127.0.0.1:{grpc}"))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for r in reqs {
+        let resp = c.check(r).await.unwrap().into_inner();
+        out.push(resp.status.map(|s| s.code).unwrap_or(-1));
+    }
+    out
+}
+
+#[derive(Default, Clone)]
+struct Collector {
+    spans: Arc<Mutex<Vec<Span>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().unwrap();
+        for rs in request.into_inner().resource_spans {
+            for ss in rs.scope_spans {
+                spans.extend(ss.spans);
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+fn attr(span: &Span, key: &str) -> Option<String> {
+    span.attributes.iter().find(|a| a.key == key).and_then(|a| {
+        a.value.as_ref().and_then(|v| match &v.value {
+            Some(AnyValue::StringValue(s)) => Some(s.clone()),
+            Some(AnyValue::IntValue(i)) => Some(i.to_string()),
+            Some(AnyValue::BoolValue(b)) => Some(b.to_string()),
+            _ => None,
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_join_the_callers_trace_with_decision_attributes_and_no_secrets() {
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let otlp = listener.local_addr().unwrap();
+    let svc = collector.clone();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(svc))
+            .serve_with_incoming(tokio_stream_wrapper(listener))
+            .await
+    });
+    let server = tokio::task::spawn_blocking(move || {
+        Server::start(
+            &["--trace-policies"],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}")),
+                ("OTEL_SERVICE_NAME", "celgate-under-test".into()),
+                ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "00f067aa0ba902b7";
+    let codes = check(
+        server.grpc,
+        vec![request(
+            "POST",
+            "/api/orders?access_token=abc",
+            &[
+                ("traceparent", &format!("00-{trace_id}-{parent}-01")),
+                ("authorization", &format!("Bearer {SECRET_TOKEN}")),
+                ("x-api-key", SECRET_KEY),
+            ],
+        )],
+    )
+    .await;
+    assert_eq!(codes, [0]);
+    // Shutdown flushes what is buffered.
+    tokio::task::spawn_blocking(move || server.stop())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let span = loop {
+        if let Some(s) = collector.spans.lock().unwrap().first().cloned() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no span arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(hex(&span.trace_id), trace_id, "joined the caller's trace");
+    assert_eq!(
+        hex(&span.parent_span_id),
+        parent,
+        "child of the caller's span"
+    );
+    assert_eq!(attr(&span, "decision").as_deref(), Some("allow"));
+    assert_eq!(
+        attr(&span, "http.response.status_code").as_deref(),
+        Some("200")
+    );
+    assert_eq!(
+        attr(&span, "celgate.policy").as_deref(),
+        Some("require-api-key")
+    );
+    assert_eq!(attr(&span, "celgate.validation").as_deref(), Some("2"));
+    assert_eq!(
+        attr(&span, "celgate.policies_evaluated").as_deref(),
+        Some("3")
+    );
+    assert_eq!(attr(&span, "url.path").as_deref(), Some("/api/orders"));
+    let policies: Vec<String> = span
+        .events
+        .iter()
+        .filter_map(|e| {
+            e.attributes
+                .iter()
+                .find(|a| a.key == "policy")
+                .and_then(|a| a.value.as_ref())
+                .and_then(|v| match &v.value {
+                    Some(AnyValue::StringValue(s)) => Some(s.clone()),
+                    _ => None,
+                })
+        })
+        .collect();
+    assert_eq!(
+        policies,
+        [
+            "allow-public-paths",
+            "deny-unlisted-paths",
+            "require-api-key"
+        ]
+    );
+    let dump = format!("{span:?}");
+    for secret in [SECRET_TOKEN, SECRET_KEY, "access_token", "abc\""] {
+        assert!(
+            !dump.contains(secret),
+            "the span carries {secret:?}: {dump}"
+        );
+    }
+}
+
+/// tonic's incoming stream from an already bound listener.
+fn tokio_stream_wrapper(l: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(l)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_exactly_and_health_and_reflection_answer() {
+    let server = tokio::task::spawn_blocking(|| Server::start(&[], &[]))
+        .await
+        .unwrap();
+    let codes = check(
+        server.grpc,
+        vec![
+            request("GET", "/healthz", &[]), // allow-public-paths: allow
+            request("GET", "/admin", &[]),   // deny-unlisted-paths: 404
+            request("GET", "/api/a", &[]),   // require-api-key: 401
+            request("GET", "/api/a", &[("x-api-key", "guess")]), // require-api-key: 403
+            request("GET", "/api/a", &[("x-api-key", SECRET_KEY)]), // require-api-key: allow
+            request("GET", "/api/b", &[("x-api-key", "demo-key-bob")]), // require-api-key: allow
+        ],
+    )
+    .await;
+    assert_eq!(codes, [0, 7, 7, 7, 0, 0]);
+    let http = server.http;
+    let (status, text) = tokio::task::spawn_blocking(move || http_get(http, "/metrics").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let m = |s: &str| metric(&text, s).unwrap_or_else(|| panic!("no series {s}:\n{text}"));
+    let d = |decision: &str, source: &str, policy: &str| {
+        format!("authz_decisions_total{{mode=\"envoy\",decision=\"{decision}\",source=\"{source}\",policy=\"{policy}\"}}")
+    };
+    assert_eq!(m(&d("allow", "policy", "allow-public-paths")), 1.0);
+    assert_eq!(m(&d("deny", "policy", "deny-unlisted-paths")), 1.0);
+    assert_eq!(m(&d("deny", "policy", "require-api-key")), 2.0);
+    assert_eq!(m(&d("allow", "policy", "require-api-key")), 2.0);
+    assert_eq!(m(&d("allow", "default", "")), 0.0);
+    let e = |policy: &str, decision: &str| {
+        format!("authz_policy_evaluations_total{{policy=\"{policy}\",decision=\"{decision}\"}}")
+    };
+    // Name order: every request meets allow-public-paths first.
+    assert_eq!(m(&e("allow-public-paths", "allow")), 1.0);
+    assert_eq!(m(&e("allow-public-paths", "skipped")), 5.0);
+    assert_eq!(m(&e("deny-unlisted-paths", "deny")), 1.0);
+    assert_eq!(m(&e("deny-unlisted-paths", "skipped")), 4.0);
+    assert_eq!(m(&e("require-api-key", "deny")), 2.0);
+    assert_eq!(m(&e("require-api-key", "allow")), 2.0);
+    assert_eq!(m(&e("require-api-key", "error")), 0.0);
+    assert_eq!(m("authz_decision_duration_seconds_count"), 6.0);
+    assert_eq!(
+        m("authz_decision_duration_seconds_bucket{le=\"+Inf\"}"),
+        6.0
+    );
+    assert!(text.contains("authz_decision_duration_seconds_bucket{le=\"0.000005\"}"));
+    assert_eq!(
+        m("authz_policy_evaluation_duration_seconds_count{policy=\"require-api-key\"}"),
+        4.0
+    );
+    assert_eq!(m("celgate_policies{kind=\"ValidatingPolicy\"}"), 3.0);
+    assert_eq!(m("celgate_policy_reload_errors_total"), 0.0);
+    assert!(text.contains("# TYPE authz_decision_duration_seconds histogram"));
+    assert!(!text.contains(SECRET_KEY));
+
+    // grpc.health.v1, for the empty name and the Authorization service.
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", server.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["", "envoy.service.auth.v3.Authorization"] {
+        let r = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status, 1, "{service:?} is SERVING");
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await;
+    assert_eq!(unknown.unwrap_err().code(), tonic::Code::NotFound);
+
+    // Server reflection (v1), as grpcurl uses it.
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let mut refl = ServerReflectionClient::new(channel);
+    let ask = |m: MessageRequest| {
+        tokio_stream_once(ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(m),
+        })
+    };
+    let mut stream = refl
+        .server_reflection_info(ask(MessageRequest::ListServices(String::new())))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("{resp:?}")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in [
+        "envoy.service.auth.v3.Authorization",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+    }
+    let mut stream = refl
+        .server_reflection_info(ask(MessageRequest::FileContainingSymbol(
+            "envoy.service.auth.v3.Authorization".into(),
+        )))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::FileDescriptorResponse(files)) = resp.message_response else {
+        panic!("{resp:?}")
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+    let first = String::from_utf8_lossy(&files.file_descriptor_proto[0]);
+    assert!(first.contains("external_auth.proto"), "{first}");
+    tokio::task::spawn_blocking(move || server.stop())
+        .await
+        .unwrap();
+}
+
+fn tokio_stream_once<T: Send + 'static>(item: T) -> impl futures_util::Stream<Item = T> + Send {
+    futures_util::stream::iter(std::iter::once(item))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decision_log_lines_are_json_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("decisions.jsonl");
+    let arg = log.display().to_string();
+    let server = tokio::task::spawn_blocking(move || {
+        Server::start(
+            &[
+                "--decision-log",
+                &arg,
+                "--decision-log-headers",
+                "user-agent,x-request-id",
+            ],
+            &[],
+        )
+    })
+    .await
+    .unwrap();
+    let codes = check(
+        server.grpc,
+        vec![
+            request(
+                "POST",
+                "/api/orders?token=s3cr3t",
+                &[
+                    ("authorization", &format!("Bearer {SECRET_TOKEN}")),
+                    ("x-api-key", SECRET_KEY),
+                    ("user-agent", "curl/8"),
+                    ("cookie", "session=abc"),
+                ],
+            ),
+            request("GET", "/admin", &[("user-agent", "curl/8")]),
+        ],
+    )
+    .await;
+    assert_eq!(codes, [0, 7]);
+    tokio::task::spawn_blocking(move || server.stop())
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let a = &lines[0];
+    assert_eq!(a["decision"], "allow");
+    assert_eq!(a["status"], 200);
+    assert_eq!(a["policy"], "require-api-key");
+    assert_eq!(a["method"], "POST");
+    assert_eq!(a["host"], "api.example");
+    assert_eq!(a["path"], "/api/orders", "no query string");
+    assert_eq!(a["source"], "10.1.2.3");
+    assert_eq!(a["requestId"], "req-1");
+    assert_eq!(a["headers"], serde_json::json!({"user-agent": "curl/8"}));
+    assert!(a["id"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(a["latencyUs"].is_u64());
+    assert!(a["time"].is_string());
+    assert_ne!(lines[0]["id"], lines[1]["id"]);
+    assert_eq!(lines[1]["status"], 404);
+    assert_eq!(lines[1]["decision"], "deny");
+    for secret in [SECRET_TOKEN, SECRET_KEY, "s3cr3t", "session=abc", "Bearer"] {
+        assert!(!text.contains(secret), "the log carries {secret:?}: {text}");
+    }
+}
+
+#[test]
+fn decision_log_refuses_credential_headers() {
+    let out = Command::new(env!("CARGO_BIN_EXE_celgate"))
+        .args(["serve", "--policies"])
+        .arg(repo("policies"))
+        .args([
+            "--decision-log",
+            "stdout",
+            "--decision-log-headers",
+            "user-agent,Authorization",
+        ])
+        .args(["--grpc-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"authorization\" carries credentials"),
+        "{err}"
+    );
+}
