@@ -95,7 +95,7 @@ impl Indexer for Token {
     {
         let name = key_name(idx)?;
         self.field(name)
-            .map(|v| CowVal::Borrowed(v))
+            .map(CowVal::Borrowed)
             .ok_or_else(|| ExecutionError::no_such_key(name))
     }
 
