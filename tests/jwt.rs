@@ -688,6 +688,31 @@ fn jwks_unknown_kid_and_confusion_are_invalid() {
 }
 
 #[test]
+fn keys_sharing_a_kid_are_told_apart_by_algorithm() {
+    let issuer = Issuer::start(
+        jwks_doc(&[
+            jwk(Algorithm::RS256, "dup", None),
+            jwk(Algorithm::ES256, "dup", None),
+        ]),
+        None,
+    );
+    let url = issuer.url();
+    assert!(valid_with_jwks(
+        &mint(Algorithm::RS256, Some("dup"), &claims()),
+        &url
+    ));
+    assert!(valid_with_jwks(
+        &mint(Algorithm::ES256, Some("dup"), &claims()),
+        &url
+    ));
+    assert!(!valid_with_jwks(
+        &mint(Algorithm::ES384, Some("dup"), &claims()),
+        &url
+    ));
+    assert_eq!(issuer.requests(), 1);
+}
+
+#[test]
 fn rotation_is_picked_up_with_exactly_one_refetch() {
     let issuer = Issuer::start(
         jwks_doc(&[jwk(Algorithm::RS256, "old", None)]),

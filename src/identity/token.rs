@@ -214,36 +214,33 @@ fn verify(token: &str, keys: Keys<'_>, leeway: f64) -> Result<Verified, Fail> {
             }
             k.fingerprint
         }
-        Keys::Set(set) => match header_json.get("kid").and_then(|k| k.as_str()) {
-            Some(kid) => {
-                let newer;
-                let key = match set.by_kid(kid) {
-                    Some(k) => k,
-                    None => {
-                        newer = jwks::refresh_for_kid(set, kid)
-                            .ok_or_else(|| fail(Invalid::UnknownKid))?;
-                        newer.by_kid(kid).ok_or_else(|| fail(Invalid::UnknownKid))?
-                    }
-                };
-                if !key.allows(alg) {
-                    return Err(fail(Invalid::AlgorithmNotAllowed));
+        Keys::Set(set) => {
+            let kid = header_json.get("kid").and_then(|k| k.as_str());
+            let newer;
+            let mut set: &KeySet = set;
+            if let Some(kid) = kid {
+                if set.by_kid(kid).is_none() {
+                    newer =
+                        jwks::refresh_for_kid(set, kid).ok_or_else(|| fail(Invalid::UnknownKid))?;
+                    set = &newer;
                 }
-                if !key.verify(alg, message, s) {
-                    return Err(fail(Invalid::BadSignature));
-                }
-                key.fingerprint
             }
-            None => {
-                let mut candidates = set.keys().iter().filter(|k| k.allows(alg)).peekable();
-                if candidates.peek().is_none() {
-                    return Err(fail(Invalid::AlgorithmNotAllowed));
-                }
-                candidates
-                    .find(|k| k.verify(alg, message, s))
-                    .ok_or_else(|| fail(Invalid::BadSignature))?
-                    .fingerprint
+            // The keys named by `kid` (several may share one), or every key
+            // without `kid`; of those, the ones allowed to verify `alg`.
+            let mut candidates = set
+                .keys()
+                .iter()
+                .filter(|k| kid.is_none() || k.kid.as_deref() == kid)
+                .filter(|k| k.allows(alg))
+                .peekable();
+            if candidates.peek().is_none() {
+                return Err(fail(Invalid::AlgorithmNotAllowed));
             }
-        },
+            candidates
+                .find(|k| k.verify(alg, message, s))
+                .ok_or_else(|| fail(Invalid::BadSignature))?
+                .fingerprint
+        }
     };
 
     let claims = b64(p)
