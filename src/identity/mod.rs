@@ -148,7 +148,7 @@ pub enum IdentityError {
     Fetch { url: String, reason: String },
 }
 
-/// Counters since the process started (or `reset_stats`), for metrics.
+/// Counters since the process started, for metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JwtStats {
     /// HTTP requests made for key sets (all URLs).
