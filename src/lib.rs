@@ -2,6 +2,7 @@ pub mod cel;
 pub mod decision;
 pub mod engine;
 pub mod explain;
+pub mod identity;
 pub mod policy;
 pub mod request_json;
 pub mod server;

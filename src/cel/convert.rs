@@ -99,6 +99,29 @@ fn key_string(k: &dyn Val) -> Result<String, String> {
     }
 }
 
+/// A JSON value as a CEL value (owned). Numbers become `double`, as for a
+/// protobuf `Struct` (which is how cel-go sees JSON, e.g. JWT claims in the
+/// Kyverno Authz Server), so expressions written there work unchanged.
+pub fn json_to_val(v: &Json) -> Box<dyn Val + 'static> {
+    match v {
+        Json::Null => Box::new(CelNull),
+        Json::Bool(b) => Box::new(CelBool::from(*b)),
+        Json::Number(n) => Box::new(CelDouble::from(n.as_f64().unwrap_or(f64::NAN))),
+        Json::String(s) => Box::new(CelString::from(s.clone())),
+        Json::Array(a) => Box::new(CelList::from(a.iter().map(json_to_val).collect::<Vec<_>>())),
+        Json::Object(o) => Box::new(json_object_to_map(o)),
+    }
+}
+
+/// A JSON object as a CEL map with string keys (owned).
+pub fn json_object_to_map(o: &serde_json::Map<String, Json>) -> CelMap<'static> {
+    let map: HashMap<CelMapKey<'static>, Box<dyn Val>> = o
+        .iter()
+        .map(|(k, v)| (CelMapKey::from(k.clone()), json_to_val(v)))
+        .collect();
+    CelMap::from(map)
+}
+
 /// A protobuf `Value` as a CEL value (owned).
 pub fn proto_value_to_val(v: &pbs::Value) -> Box<dyn Val + 'static> {
     use pbs::value::Kind as K;

@@ -2,11 +2,12 @@
 //!
 //! One [`Env`] is built per process: the standard library, the strings, lists,
 //! math and encoders extensions, a sets library, a regex `matches` that caches
-//! compiled patterns, and the `envoy` library. Every function is a plain `fn`,
+//! compiled patterns, the `envoy` library and the `jwt`/`jwks` library. Every function is a plain `fn`,
 //! so the environment is shared read-only by every request.
 
 pub mod convert;
 pub mod envoy;
+pub mod jwt;
 mod regex_cache;
 pub use regex_cache::walk;
 mod sets;
@@ -38,6 +39,7 @@ fn build_env() -> Env {
     env.add_extension(regex_cache::extension)
         .expect("regex extension");
     env.add_extension(envoy::extension).expect("envoy library");
+    env.add_extension(jwt::extension).expect("jwt library");
     env
 }
 
