@@ -55,7 +55,7 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve Envoy's ext_authz gRPC API with the given policies.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Decide one CheckRequest (JSON) and print the CheckResponse (JSON).
     #[command(
         long_about = "Decide one CheckRequest and print the CheckResponse as JSON on standard output.\n\n\
@@ -228,6 +228,68 @@ struct ServeArgs {
     /// shows only the policy set and reload series).
     #[arg(long, env = "CELGATE_NO_METRICS")]
     no_metrics: bool,
+    #[command(flatten)]
+    identity: IdentityArgs,
+}
+
+/// Settings of `jwt.Decode` and `jwks.Fetch`.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Identity (jwt, jwks)")]
+struct IdentityArgs {
+    /// URLs `jwks.Fetch` may fetch: hosts (`issuer.example.com`, `host:port`)
+    /// or URL prefixes (`https://issuer.example.com/keys`). Default: any http(s)
+    /// URL. Policies name the URLs, so whoever writes policies can make celgate
+    /// send GET requests anywhere it can reach (SSRF): set this where policy
+    /// authors are not fully trusted.
+    #[arg(long, env = "CELGATE_JWKS_ALLOWED_URLS", value_delimiter = ',')]
+    jwks_allowed_urls: Vec<String>,
+    /// Limit on DNS + connect + TLS of a JWKS fetch, in milliseconds.
+    #[arg(long, env = "CELGATE_JWKS_CONNECT_TIMEOUT_MS", default_value_t = 2000)]
+    jwks_connect_timeout_ms: u64,
+    /// Limit on a whole JWKS fetch, in milliseconds.
+    #[arg(long, env = "CELGATE_JWKS_TIMEOUT_MS", default_value_t = 5000)]
+    jwks_timeout_ms: u64,
+    /// Key set lifetime when the issuer sends no Cache-Control max-age, in seconds.
+    #[arg(long, env = "CELGATE_JWKS_DEFAULT_TTL_S", default_value_t = 300)]
+    jwks_default_ttl_s: u64,
+    /// Bounds on the issuer's max-age, in seconds.
+    #[arg(long, env = "CELGATE_JWKS_MIN_TTL_S", default_value_t = 60)]
+    jwks_min_ttl_s: u64,
+    #[arg(long, env = "CELGATE_JWKS_MAX_TTL_S", default_value_t = 86400)]
+    jwks_max_ttl_s: u64,
+    /// Least time between two fetches of one JWKS URL (key-rotation refreshes,
+    /// retries), in seconds: unknown `kid`s cannot make celgate hammer the issuer.
+    #[arg(long, env = "CELGATE_JWKS_MIN_REFRESH_S", default_value_t = 10)]
+    jwks_min_refresh_s: u64,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    #[arg(long, env = "CELGATE_JWT_LEEWAY_S", default_value_t = 30)]
+    jwt_leeway_s: u64,
+    /// Verified tokens remembered so a repeated token is verified once (0: off).
+    #[arg(long, env = "CELGATE_JWT_CACHE_SIZE", default_value_t = 10_000)]
+    jwt_cache_size: usize,
+}
+
+impl IdentityArgs {
+    fn config(&self) -> celgate::identity::JwtConfig {
+        use std::time::Duration;
+        celgate::identity::JwtConfig {
+            allowed_jwks_urls: self
+                .jwks_allowed_urls
+                .iter()
+                .map(|u| u.trim().to_owned())
+                .filter(|u| !u.is_empty())
+                .collect(),
+            connect_timeout: Duration::from_millis(self.jwks_connect_timeout_ms),
+            timeout: Duration::from_millis(self.jwks_timeout_ms),
+            leeway: Duration::from_secs(self.jwt_leeway_s),
+            jwks_default_ttl: Duration::from_secs(self.jwks_default_ttl_s),
+            jwks_min_ttl: Duration::from_secs(self.jwks_min_ttl_s),
+            jwks_max_ttl: Duration::from_secs(self.jwks_max_ttl_s),
+            jwks_min_refresh_interval: Duration::from_secs(self.jwks_min_refresh_s),
+            token_cache_size: self.jwt_cache_size,
+            ..Default::default()
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -248,7 +310,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve(args) => {
-            let r = serve(args, telemetry.exporting()).map(|()| ExitCode::SUCCESS);
+            let r = serve(*args, telemetry.exporting()).map(|()| ExitCode::SUCCESS);
             // Spans still buffered go out before the process ends.
             telemetry.shutdown();
             r
@@ -308,6 +370,10 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
         tracing::info!(policy = %p.name, file = %p.location.path.display(), "policy loaded");
     }
     celgate::telemetry::metrics::global().set_enabled(!args.no_metrics);
+    if args.identity.jwks_min_ttl_s > args.identity.jwks_max_ttl_s {
+        anyhow::bail!("--jwks-min-ttl-s must not exceed --jwks-max-ttl-s");
+    }
+    celgate::identity::configure(args.identity.config());
     let decision_log = match args.decision_log.clone() {
         Some(target) => Some(
             celgate::telemetry::decision_log::DecisionLog::start(

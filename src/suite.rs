@@ -37,6 +37,10 @@ pub struct TestDoc {
     /// HTTP status used for `failurePolicy: Fail` denials (default 403).
     #[serde(default, rename = "failureStatus")]
     pub failure_status: Option<i32>,
+    /// JWKS documents standing in for issuers: URL → file relative to the
+    /// suite. `jwks.Fetch(url)` then answers from the file and never fetches.
+    #[serde(default)]
+    pub jwks: BTreeMap<String, PathBuf>,
     pub cases: Vec<Case>,
 }
 
@@ -203,6 +207,13 @@ pub fn run(path: &Path, doc: &TestDoc) -> Result<Vec<CaseResult>, SuiteError> {
     }
     if doc.cases.is_empty() {
         return Err(invalid("a suite needs at least one case".into()));
+    }
+    for (url, file) in &doc.jwks {
+        let p = dir.join(file);
+        let body =
+            std::fs::read(&p).map_err(|e| invalid(format!("jwks {url}: {}: {e}", p.display())))?;
+        crate::identity::jwks::preload(url, &body)
+            .map_err(|e| invalid(format!("jwks {url}: {}: {e}", p.display())))?;
     }
     let policy_paths: Vec<PathBuf> = doc.policies.iter().map(|p| dir.join(p)).collect();
     let set = PolicySet::load(&policy_paths).map_err(|errors| SuiteError::Policies {

@@ -125,6 +125,27 @@ pub fn fetch(url: &str) -> Result<Arc<KeySet>, IdentityError> {
     blocking(|| first_fetch(&entry))
 }
 
+/// Installs the JWKS document `body` as the key set of `url`, fresh for good
+/// and never fetched: for test suites, which name an issuer's URL in their
+/// policies but must not depend on the issuer. Returns the number of keys.
+pub fn preload(url: &str, body: &[u8]) -> Result<usize, String> {
+    let keys = parse(body)?;
+    if keys.is_empty() {
+        return Err("the document holds no usable signing key".into());
+    }
+    let n = keys.len();
+    let entry = entry(url, usize::MAX).map_err(|e| e.to_string())?;
+    entry.next_refresh_ms.store(u64::MAX, Ordering::Relaxed);
+    entry.set.store(Some(Arc::new(KeySet {
+        url: url.into(),
+        keys,
+        source_fingerprint: fingerprint(b"jwks", url.as_bytes()),
+        generation: GENERATION.fetch_add(1, Ordering::Relaxed) + 1,
+        expires_at: Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600),
+    })));
+    Ok(n)
+}
+
 /// The set to use for a token whose `kid` is not in `set`: a newer set that
 /// has it, fetched now if the rate limit allows, else `None`.
 pub(crate) fn refresh_for_kid(set: &KeySet, kid: &str) -> Option<Arc<KeySet>> {

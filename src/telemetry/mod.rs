@@ -6,14 +6,82 @@ pub mod metrics;
 /// when present), appended to `/metrics`.
 pub fn extra_metrics() -> String {
     let (written, dropped) = decision_log::counts();
-    format!(
+    let mut out = identity_metrics();
+    out += &format!(
         "# HELP celgate_decision_log_written_total Decision log lines written.\n\
          # TYPE celgate_decision_log_written_total counter\n\
          celgate_decision_log_written_total {written}\n\
          # HELP celgate_decision_log_dropped_total Decision log lines dropped because the writer fell behind.\n\
          # TYPE celgate_decision_log_dropped_total counter\n\
          celgate_decision_log_dropped_total {dropped}\n"
-    )
+    );
+    out
+}
+
+/// JWKS and verified-token cache series.
+fn identity_metrics() -> String {
+    use std::fmt::Write as _;
+    let s = crate::identity::stats();
+    let mut out = String::new();
+    let mut counter = |name: &str, help: &str, v: u64| {
+        let _ = write!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
+        );
+    };
+    counter(
+        "celgate_jwks_cache_hits_total",
+        "jwks.Fetch answered from a fresh cached key set.",
+        s.jwks_cache_hits,
+    );
+    counter(
+        "celgate_jwks_stale_hits_total",
+        "jwks.Fetch answered from a stale key set while it is refreshed.",
+        s.jwks_stale_hits,
+    );
+    counter(
+        "celgate_jwks_kid_refreshes_refused_total",
+        "Refreshes for an unknown kid refused by the rate limit.",
+        s.jwks_kid_refreshes_refused,
+    );
+    counter(
+        "celgate_jwt_token_cache_hits_total",
+        "Tokens found already verified.",
+        s.token_cache_hits,
+    );
+    counter(
+        "celgate_jwt_token_cache_misses_total",
+        "Tokens whose signature was checked.",
+        s.token_cache_misses,
+    );
+    out.push_str("# HELP celgate_jwks_fetches_total HTTP fetches of a JWKS, by URL.\n# TYPE celgate_jwks_fetches_total counter\n");
+    for u in &s.jwks {
+        let _ = writeln!(
+            out,
+            "celgate_jwks_fetches_total{{url=\"{}\"}} {}",
+            metrics::escape(&u.url),
+            u.fetches
+        );
+    }
+    out.push_str("# HELP celgate_jwks_fetch_errors_total JWKS fetches that failed (the cached keys keep serving), by URL.\n# TYPE celgate_jwks_fetch_errors_total counter\n");
+    for u in &s.jwks {
+        let _ = writeln!(
+            out,
+            "celgate_jwks_fetch_errors_total{{url=\"{}\"}} {}",
+            metrics::escape(&u.url),
+            u.errors
+        );
+    }
+    out.push_str("# HELP celgate_jwks_keys Keys in the cached set, by URL.\n# TYPE celgate_jwks_keys gauge\n");
+    for u in &s.jwks {
+        let _ = writeln!(
+            out,
+            "celgate_jwks_keys{{url=\"{}\"}} {}",
+            metrics::escape(&u.url),
+            u.keys
+        );
+    }
+    out
 }
 pub mod decision_log;
 pub mod otel;
