@@ -450,6 +450,7 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
         args.http_addr,
         shutdown_signal(),
     ))?;
+    celgate::telemetry::decision_log::drain(std::time::Duration::from_secs(2));
     tracing::info!("stopped");
     Ok(())
 }

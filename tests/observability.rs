@@ -60,27 +60,37 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&str], env: &[(&str, String)]) -> Server {
-        let (grpc, http) = (free_port(), free_port());
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_celgate"));
-        cmd.args(["serve", "--no-watch", "--policies"])
-            .arg(repo("policies"))
-            .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
-            .args(["--http-addr", &format!("127.0.0.1:{http}")])
-            .args(extra)
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        for (k, v) in env {
-            cmd.env(k, v);
+        // Ports are picked free but may be taken before celgate binds them
+        // (tests run in parallel): start again on others when it exits.
+        for _ in 0..3 {
+            let (grpc, http) = (free_port(), free_port());
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_celgate"));
+            cmd.args(["serve", "--no-watch", "--policies"])
+                .arg(repo("policies"))
+                .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
+                .args(["--http-addr", &format!("127.0.0.1:{http}")])
+                .args(extra)
+                .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            let mut child = cmd.spawn().unwrap();
+            let start = Instant::now();
+            loop {
+                if http_get(http, "/readyz").map(|r| r.0) == Some(200) {
+                    return Server { child, grpc, http };
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                assert!(start.elapsed() < Duration::from_secs(30), "not ready");
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
-        let child = cmd.spawn().unwrap();
-        let start = Instant::now();
-        while http_get(http, "/readyz").map(|r| r.0) != Some(200) {
-            assert!(start.elapsed() < Duration::from_secs(20), "not ready");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Server { child, grpc, http }
+        panic!("celgate did not start on three pairs of free ports");
     }
 
     /// SIGTERM and wait for exit 0.

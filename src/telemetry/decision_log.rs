@@ -35,6 +35,8 @@ pub const CAPACITY: usize = 8192;
 static WRITTEN: AtomicU64 = AtomicU64::new(0);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 static SEQ: AtomicU64 = AtomicU64::new(0);
+/// One past the sequence number of the last record written and flushed.
+static FLUSHED: AtomicU64 = AtomicU64::new(0);
 
 /// (written, dropped) since start.
 pub fn counts() -> (u64, u64) {
@@ -68,6 +70,14 @@ pub enum DecisionLogError {
     Thread(std::io::Error),
 }
 
+/// What Check hands over: the request path only copies; the writer formats.
+#[derive(Debug)]
+struct Pending {
+    seq: u64,
+    at: SystemTime,
+    record: Record,
+}
+
 /// One line of the log.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -98,9 +108,8 @@ pub struct Record {
 
 #[derive(Debug)]
 pub struct DecisionLog {
-    tx: SyncSender<Record>,
+    tx: SyncSender<Pending>,
     headers: Vec<String>,
-    prefix: String,
 }
 
 impl DecisionLog {
@@ -125,18 +134,16 @@ impl DecisionLog {
             ),
         };
         let (tx, rx) = sync_channel(CAPACITY);
-        std::thread::Builder::new()
-            .name("celgate-decision-log".into())
-            .spawn(move || write_loop(rx, out))
-            .map_err(DecisionLogError::Thread)?;
         let start = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        Ok(DecisionLog {
-            tx,
-            headers,
-            prefix: format!("{:012x}", start & 0xffff_ffff_ffff),
-        })
+        // Ids are unique across restarts: the start time, then a counter.
+        let prefix = format!("{:012x}", start & 0xffff_ffff_ffff);
+        std::thread::Builder::new()
+            .name("celgate-decision-log".into())
+            .spawn(move || write_loop(rx, out, prefix))
+            .map_err(DecisionLogError::Thread)?;
+        Ok(DecisionLog { tx, headers })
     }
 
     /// Queues the record of one decision; never blocks.
@@ -166,8 +173,8 @@ impl DecisionLog {
             })
             .unwrap_or_default();
         let record = Record {
-            id: format!("{}-{:x}", self.prefix, SEQ.fetch_add(1, Relaxed)),
-            time: crate::sources::rfc3339::format(SystemTime::now()),
+            id: String::new(),
+            time: String::new(),
             request_id: http.map_or_else(String::new, |h| h.id.clone()),
             method: http.map_or_else(String::new, |h| h.method.clone()),
             host: http.map_or_else(String::new, |h| h.host.clone()),
@@ -185,7 +192,12 @@ impl DecisionLog {
             latency_us: took.as_micros() as u64,
             headers,
         };
-        match self.tx.try_send(record) {
+        let pending = Pending {
+            seq: SEQ.fetch_add(1, Relaxed),
+            at: SystemTime::now(),
+            record,
+        };
+        match self.tx.try_send(pending) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 DROPPED.fetch_add(1, Relaxed);
@@ -194,11 +206,17 @@ impl DecisionLog {
     }
 }
 
-fn write_loop(rx: Receiver<Record>, out: Box<dyn std::io::Write + Send>) {
+fn write_loop(rx: Receiver<Pending>, out: Box<dyn std::io::Write + Send>, prefix: String) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    // The sequence number of the last record handled, plus one.
+    let mut handled = 0;
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
-        while let Some(r) = next {
+        while let Some(p) = next {
+            handled = p.seq + 1;
+            let mut r = p.record;
+            r.id = format!("{prefix}-{:x}", p.seq);
+            r.time = crate::sources::rfc3339::format(p.at);
             if serde_json::to_writer(&mut out, &r).is_ok() && out.write_all(b"\n").is_ok() {
                 WRITTEN.fetch_add(1, Relaxed);
             } else {
@@ -208,6 +226,18 @@ fn write_loop(rx: Receiver<Record>, out: Box<dyn std::io::Write + Send>) {
         }
         // Nothing else waiting: make the lines visible.
         let _ = out.flush();
+        FLUSHED.store(handled, Relaxed);
     }
     let _ = out.flush();
+}
+
+/// Waits (at most `limit`) until the writer has flushed the last decision
+/// queued so far, so a shutdown loses no line. (Sequence numbers are taken in
+/// order of queueing; a record dropped because the queue was full may make
+/// this wait the whole `limit`.)
+pub fn drain(limit: Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while FLUSHED.load(Relaxed) < SEQ.load(Relaxed) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
