@@ -2,11 +2,13 @@
 //!
 //! One [`Env`] is built per process: the standard library, the strings, lists,
 //! math and encoders extensions, a sets library, a regex `matches` that caches
-//! compiled patterns, and the `envoy` library. Every function is a plain `fn`,
-//! so the environment is shared read-only by every request.
+//! compiled patterns, the `envoy` library and the `mcp` library. Every
+//! function is a plain `fn`, so the environment is shared read-only by every
+//! request (the `mcp` parse cache is per request, see [`mcp::in_request`]).
 
 pub mod convert;
 pub mod envoy;
+pub mod mcp;
 mod regex_cache;
 pub use regex_cache::walk;
 mod sets;
@@ -38,6 +40,7 @@ fn build_env() -> Env {
     env.add_extension(regex_cache::extension)
         .expect("regex extension");
     env.add_extension(envoy::extension).expect("envoy library");
+    env.add_extension(mcp::extension).expect("mcp library");
     env
 }
 
