@@ -110,6 +110,17 @@ fn run(
     set: &PolicySet,
     config: &EngineConfig,
     request: &CheckRequest,
+    trace: Option<&mut Vec<PolicyTrace>>,
+) -> Decision {
+    // The request is visible to `mcp.Parse` (partial-body header, parse
+    // cache) for exactly this evaluation, which runs on this thread.
+    crate::cel::mcp::in_request(request, || run_policies(set, config, request, trace))
+}
+
+fn run_policies(
+    set: &PolicySet,
+    config: &EngineConfig,
+    request: &CheckRequest,
     mut trace: Option<&mut Vec<PolicyTrace>>,
 ) -> Decision {
     let object = Node::CheckRequest(request);
@@ -473,6 +484,11 @@ impl VariableResolver for Activation<'_> {
                             Some(CowVal::Owned(v))
                         }
                     }
+                } else if let Some(name) = variable.strip_prefix("mcp.") {
+                    // `mcp.ToolsCallMethod` and the other method names: the
+                    // cel crate declares no constants, so they are answered
+                    // here, borrowed from a static (no allocation).
+                    crate::cel::mcp::constant(name).map(|c| CowVal::Borrowed(c))
                 } else {
                     None
                 }

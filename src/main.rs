@@ -186,6 +186,10 @@ struct ServeArgs {
     /// Body of that denial (the error itself is logged, never sent to the client).
     #[arg(long, env = "CELGATE_FAILURE_BODY", default_value = "")]
     failure_body: String,
+    /// Largest request body `mcp.Parse` accepts, in bytes; a longer one is an
+    /// evaluation error (so `failurePolicy: Fail` denies it).
+    #[arg(long, env = "CELGATE_MCP_MAX_BODY_BYTES", default_value_t = celgate::cel::mcp::DEFAULT_MAX_BODY_BYTES)]
+    mcp_max_body_bytes: usize,
     /// Do not watch the policy paths. By default every change (new, changed,
     /// renamed or deleted files; ConfigMap `..data` swaps) rebuilds the whole
     /// set and swaps it in atomically; a change that does not load is logged
@@ -360,6 +364,7 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
         .filter(|p| !p.as_os_str().is_empty())
         .cloned()
         .collect();
+    celgate::cel::mcp::configure(args.mcp_max_body_bytes);
     let set = PolicySet::load(&paths)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("refusing to start")?;

@@ -41,6 +41,10 @@ pub struct TestDoc {
     /// suite. `jwks.Fetch(url)` then answers from the file and never fetches.
     #[serde(default)]
     pub jwks: BTreeMap<String, PathBuf>,
+    /// Largest body `mcp.Parse` accepts while this suite runs (the
+    /// `--mcp-max-body-bytes` of `serve`; default 1 MiB).
+    #[serde(default, rename = "mcpMaxBodyBytes")]
+    pub mcp_max_body_bytes: Option<usize>,
     pub cases: Vec<Case>,
 }
 
@@ -247,7 +251,12 @@ pub fn run(path: &Path, doc: &TestDoc) -> Result<Vec<CaseResult>, SuiteError> {
                 .map_err(|e| invalid(format!("case {:?}: token: {e}", case.name)))?;
         }
         let started = std::time::Instant::now();
-        let decision = evaluate(&set, &config, &request);
+        let decision = match doc.mcp_max_body_bytes {
+            Some(limit) => {
+                crate::cel::mcp::with_max_body_bytes(limit, || evaluate(&set, &config, &request))
+            }
+            None => evaluate(&set, &config, &request),
+        };
         results.push(CaseResult {
             suite: suite.clone(),
             file: path.to_path_buf(),

@@ -16,208 +16,24 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::process::Command;
-use std::time::Duration;
-
-use common::{
-    envoy_base_id, free_ports, http_get, http_request, locate_envoy, loopback, query_pairs,
-    repo_root, wait_http_200, ChildGuard, EchoUpstream, HttpResponse,
-};
+use common::{query_pairs, repo_root, upstream_header, Gateway};
 use serde_json::{json, Value};
 
 const GOOD_KEY: &str = "secret-key"; // maps to user "alice" in the policies
 const OTHER_KEY: &str = "other-key"; // maps to user "bob"
 
-/// The binary under test: this crate's `celgate`, or `$CELGATE_BIN` (e.g. a release build).
-fn celgate_bin() -> std::path::PathBuf {
-    std::env::var_os("CELGATE_BIN")
-        .map(Into::into)
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_celgate").into())
-}
-
-/// Everything the test runs. Dropping it stops Envoy, then celgate, then the upstream; if the test
-/// is failing, the servers' logs are printed first.
-struct Harness {
-    envoy: ChildGuard,
-    celgate: ChildGuard,
-    upstream: EchoUpstream,
-    /// Envoy's listener: where the test sends its requests.
-    front: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "----- celgate output -----\n{}\n----- envoy output -----\n{}\n--------------------------",
-                self.celgate.log_tail(),
-                self.envoy.log_tail()
-            );
-        }
-    }
-}
-
-impl Harness {
-    async fn start() -> Harness {
-        let envoy_bin = locate_envoy();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let upstream = EchoUpstream::start().await;
-
-        let ports = free_ports(4);
-        let (grpc_port, http_port, listen_port, admin_port) =
-            (ports[0], ports[1], ports[2], ports[3]);
-
-        // celgate, serving the e2e policies.
-        let mut cmd = Command::new(celgate_bin());
-        cmd.arg("serve")
-            .arg("--policies")
-            .arg(repo_root().join("tests/e2e/policies"))
-            .arg("--grpc-addr")
-            .arg(loopback(grpc_port).to_string())
-            .arg("--http-addr")
-            .arg(loopback(http_port).to_string())
-            // Plain text in the captured log (the level comes from CELGATE_LOG, inherited).
-            .env("NO_COLOR", "1");
-        let mut celgate = ChildGuard::spawn("celgate", cmd, dir.path());
-
-        // Envoy, from the template, started while celgate loads its policies.
-        let template = std::fs::read_to_string(repo_root().join("tests/e2e/envoy.yaml.tmpl"))
-            .expect("read tests/e2e/envoy.yaml.tmpl");
-        let config = template
-            .replace("{{ADMIN_PORT}}", &admin_port.to_string())
-            .replace("{{LISTEN_PORT}}", &listen_port.to_string())
-            .replace("{{UPSTREAM_PORT}}", &upstream.addr.port().to_string())
-            .replace("{{GRPC_PORT}}", &grpc_port.to_string());
-        assert!(
-            !config.contains("{{"),
-            "unfilled placeholder left in the Envoy config:\n{config}"
-        );
-        let config_path = dir.path().join("envoy.yaml");
-        std::fs::write(&config_path, config).expect("write envoy.yaml");
-        let mut cmd = Command::new(&envoy_bin);
-        cmd.arg("-c")
-            .arg(&config_path)
-            .arg("--base-id")
-            .arg(envoy_base_id().to_string())
-            .arg("--concurrency")
-            .arg("1")
-            .arg("-l")
-            .arg("warning");
-        let mut envoy = ChildGuard::spawn("envoy", cmd, dir.path());
-
-        if let Err(e) = wait_http_200(
-            loopback(http_port),
-            "/readyz",
-            Duration::from_secs(15),
-            &mut celgate,
-        )
-        .await
-        {
-            panic!("celgate never became ready: {e}");
-        }
-        if let Err(e) = wait_http_200(
-            loopback(admin_port),
-            "/ready",
-            Duration::from_secs(15),
-            &mut envoy,
-        )
-        .await
-        {
-            panic!("Envoy ({}) never became ready: {e}", envoy_bin.display());
-        }
-
-        Harness {
-            envoy,
-            celgate,
-            upstream,
-            front: loopback(listen_port),
-            _dir: dir,
-        }
-    }
-
-    async fn send(
-        &self,
-        method: &str,
-        target: &str,
-        headers: &[(&str, &str)],
-        body: Option<&[u8]>,
-    ) -> HttpResponse {
-        match body {
-            None if method == "GET" => http_get(self.front, target, headers).await,
-            _ => http_request(self.front, method, target, headers, body).await,
-        }
-        .unwrap_or_else(|e| panic!("{method} {target} through Envoy: {e}"))
-    }
-
-    /// Sends a request that must be allowed: asserts the 200 and that it reached the upstream, and
-    /// returns (the client's response, what the upstream received).
-    async fn allowed(
-        &self,
-        method: &str,
-        target: &str,
-        headers: &[(&str, &str)],
-        body: Option<&[u8]>,
-    ) -> (HttpResponse, Value) {
-        let before = self.upstream.count();
-        let resp = self.send(method, target, headers, body).await;
-        assert_eq!(
-            resp.status,
-            200,
-            "{method} {target} should be allowed; got {} {:?} (headers {:?})",
-            resp.status,
-            resp.text(),
-            resp.headers
-        );
-        assert_eq!(
-            self.upstream.count(),
-            before + 1,
-            "{method} {target} was allowed but did not reach the upstream exactly once"
-        );
-        let seen = resp.json();
-        assert_eq!(
-            Some(&seen),
-            self.upstream.last().as_ref(),
-            "the client should get the upstream's echo back unchanged"
-        );
-        (resp, seen)
-    }
-
-    /// Sends a request that must be denied with `status`: asserts it never reached the upstream.
-    async fn denied(
-        &self,
-        status: u16,
-        method: &str,
-        target: &str,
-        headers: &[(&str, &str)],
-        body: Option<&[u8]>,
-    ) -> HttpResponse {
-        let before = self.upstream.count();
-        let resp = self.send(method, target, headers, body).await;
-        assert_eq!(
-            resp.status,
-            status,
-            "{method} {target} should be denied with {status}; got {} {:?} (headers {:?})",
-            resp.status,
-            resp.text(),
-            resp.headers
-        );
-        assert_eq!(
-            self.upstream.count(),
-            before,
-            "{method} {target} was denied but still reached the upstream"
-        );
-        resp
-    }
-}
-
-/// The header values the upstream saw for `name` (empty if absent).
-fn upstream_header<'a>(seen: &'a Value, name: &str) -> Vec<&'a str> {
-    seen["headers"][name]
-        .as_array()
-        .map(|vs| vs.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default()
+/// Starts celgate on the e2e policies and Envoy from `tests/e2e/envoy.yaml.tmpl`.
+async fn start() -> Gateway {
+    let template = std::fs::read_to_string(repo_root().join("tests/e2e/envoy.yaml.tmpl"))
+        .expect("read tests/e2e/envoy.yaml.tmpl");
+    Gateway::start(&repo_root().join("tests/e2e/policies"), &[], |p| {
+        template
+            .replace("{{ADMIN_PORT}}", &p.admin.to_string())
+            .replace("{{LISTEN_PORT}}", &p.listen.to_string())
+            .replace("{{UPSTREAM_PORT}}", &p.upstream.to_string())
+            .replace("{{GRPC_PORT}}", &p.grpc.to_string())
+    })
+    .await
 }
 
 fn upstream_path(seen: &Value) -> &str {
@@ -226,7 +42,7 @@ fn upstream_path(seen: &Value) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_ext_authz_end_to_end() {
-    let h = Harness::start().await;
+    let h = start().await;
 
     // 1. /public/: allowed without credentials; a-public adds a client response header.
     let (resp, seen) = h.allowed("GET", "/public/hello", &[], None).await;

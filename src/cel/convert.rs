@@ -79,6 +79,14 @@ pub fn to_json(v: &dyn Val) -> Result<Json, String> {
                 None => Json::Null,
             }
         }
+        _ if v.downcast_ref::<crate::cel::mcp::McpRequest>().is_some() => v
+            .downcast_ref::<crate::cel::mcp::McpRequest>()
+            .map(crate::cel::mcp::McpRequest::to_json)
+            .unwrap_or_default(),
+        _ if v.downcast_ref::<crate::cel::mcp::Section>().is_some() => v
+            .downcast_ref::<crate::cel::mcp::Section>()
+            .map(crate::cel::mcp::Section::to_json)
+            .unwrap_or_default(),
         _ => {
             return Err(format!(
                 "a value of type {} cannot be converted to JSON",

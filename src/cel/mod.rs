@@ -2,12 +2,15 @@
 //!
 //! One [`Env`] is built per process: the standard library, the strings, lists,
 //! math and encoders extensions, a sets library, a regex `matches` that caches
-//! compiled patterns, the `envoy` library and the `jwt`/`jwks` library. Every function is a plain `fn`,
-//! so the environment is shared read-only by every request.
+//! compiled patterns, the `envoy` library, the `jwt`/`jwks` library and the
+//! `mcp` library. Every function is a plain `fn`, so the environment is shared
+//! read-only by every request (the `mcp` parse cache is per request, see
+//! [`mcp::in_request`]).
 
 pub mod convert;
 pub mod envoy;
 pub mod jwt;
+pub mod mcp;
 mod regex_cache;
 pub use regex_cache::walk;
 mod sets;
@@ -40,6 +43,7 @@ fn build_env() -> Env {
         .expect("regex extension");
     env.add_extension(envoy::extension).expect("envoy library");
     env.add_extension(jwt::extension).expect("jwt library");
+    env.add_extension(mcp::extension).expect("mcp library");
     env
 }
 

@@ -700,6 +700,21 @@ impl Compiler {
             self.errors.push(ctx.cel(&field, &source, e));
             return None;
         }
+        if let Some(unknown) = unknown_mcp_constant(&program) {
+            self.errors.push(ctx.cel(
+                &field,
+                &source,
+                format!(
+                    "unknown constant `mcp.{unknown}` (known: {})",
+                    crate::cel::mcp::CONSTANTS
+                        .iter()
+                        .map(|(k, _)| *k)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+            return None;
+        }
         Some(Expression {
             field,
             source,
@@ -934,6 +949,24 @@ fn always_responds(e: &Expr) -> bool {
         },
         _ => false,
     }
+}
+
+/// A `mcp.X` read (not a call such as `mcp.Parse(..)`) whose `X` is not one
+/// of the library's constants: a typo that would otherwise only fail, as an
+/// undeclared reference, on the requests that reach it.
+fn unknown_mcp_constant(program: &Program) -> Option<String> {
+    let mut found = None;
+    crate::cel::walk(program.expression(), &mut |e| {
+        if let Expr::Select(s) = e {
+            if matches!(&s.operand.expr, Expr::Ident(i) if i == "mcp")
+                && !crate::cel::mcp::is_constant(&s.field)
+                && found.is_none()
+            {
+                found = Some(s.field.clone());
+            }
+        }
+    });
+    found
 }
 
 fn references_root(program: &Program, ident: &str) -> bool {

@@ -464,3 +464,208 @@ pub fn query_pairs(path_and_query: &str) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// The celgate binary under test: this crate's, or `$CELGATE_BIN` (e.g. a release build).
+pub fn celgate_bin() -> PathBuf {
+    std::env::var_os("CELGATE_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_celgate").into())
+}
+
+/// The loopback ports of one [`Gateway`], for its Envoy config.
+pub struct Ports {
+    pub admin: u16,
+    pub listen: u16,
+    pub upstream: u16,
+    pub grpc: u16,
+}
+
+/// A real Envoy (ext_authz over gRPC) in front of the celgate binary and an [`EchoUpstream`].
+/// Dropping it stops Envoy, then celgate, then the upstream; if the test is failing, the servers'
+/// logs are printed first.
+pub struct Gateway {
+    pub envoy: ChildGuard,
+    pub celgate: ChildGuard,
+    pub upstream: EchoUpstream,
+    /// Envoy's listener: where the test sends its requests.
+    pub front: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "----- celgate output -----\n{}\n----- envoy output -----\n{}\n--------------------------",
+                self.celgate.log_tail(),
+                self.envoy.log_tail()
+            );
+        }
+    }
+}
+
+impl Gateway {
+    /// Starts celgate serving `policies` (plus `celgate_args`) and Envoy with the config `config`
+    /// writes for the chosen ports, and waits until both are ready.
+    pub async fn start(
+        policies: &Path,
+        celgate_args: &[&str],
+        config: impl FnOnce(&Ports) -> String,
+    ) -> Gateway {
+        let envoy_bin = locate_envoy();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let upstream = EchoUpstream::start().await;
+
+        let p = free_ports(4);
+        let ports = Ports {
+            admin: p[0],
+            listen: p[1],
+            upstream: upstream.addr.port(),
+            grpc: p[2],
+        };
+        let http_port = p[3];
+
+        let mut cmd = Command::new(celgate_bin());
+        cmd.arg("serve")
+            .arg("--policies")
+            .arg(policies)
+            .arg("--grpc-addr")
+            .arg(loopback(ports.grpc).to_string())
+            .arg("--http-addr")
+            .arg(loopback(http_port).to_string())
+            .args(celgate_args)
+            // Plain text in the captured log (the level comes from CELGATE_LOG, inherited).
+            .env("NO_COLOR", "1");
+        let mut celgate = ChildGuard::spawn("celgate", cmd, dir.path());
+
+        // Envoy starts while celgate loads its policies.
+        let config = config(&ports);
+        assert!(
+            !config.contains("{{"),
+            "unfilled placeholder left in the Envoy config:\n{config}"
+        );
+        let config_path = dir.path().join("envoy.yaml");
+        std::fs::write(&config_path, config).expect("write envoy.yaml");
+        let mut cmd = Command::new(&envoy_bin);
+        cmd.arg("-c")
+            .arg(&config_path)
+            .arg("--base-id")
+            .arg(envoy_base_id().to_string())
+            .arg("--concurrency")
+            .arg("1")
+            .arg("-l")
+            .arg("warning");
+        let mut envoy = ChildGuard::spawn("envoy", cmd, dir.path());
+
+        if let Err(e) = wait_http_200(
+            loopback(http_port),
+            "/readyz",
+            Duration::from_secs(15),
+            &mut celgate,
+        )
+        .await
+        {
+            panic!("celgate never became ready: {e}");
+        }
+        if let Err(e) = wait_http_200(
+            loopback(ports.admin),
+            "/ready",
+            Duration::from_secs(15),
+            &mut envoy,
+        )
+        .await
+        {
+            panic!("Envoy ({}) never became ready: {e}", envoy_bin.display());
+        }
+
+        Gateway {
+            envoy,
+            celgate,
+            upstream,
+            front: loopback(ports.listen),
+            _dir: dir,
+        }
+    }
+
+    pub async fn send(
+        &self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> HttpResponse {
+        match body {
+            None if method == "GET" => http_get(self.front, target, headers).await,
+            _ => http_request(self.front, method, target, headers, body).await,
+        }
+        .unwrap_or_else(|e| panic!("{method} {target} through Envoy: {e}"))
+    }
+
+    /// Sends a request that must be allowed: asserts the 200 and that it reached the upstream, and
+    /// returns (the client's response, what the upstream received).
+    pub async fn allowed(
+        &self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> (HttpResponse, Value) {
+        let before = self.upstream.count();
+        let resp = self.send(method, target, headers, body).await;
+        assert_eq!(
+            resp.status,
+            200,
+            "{method} {target} should be allowed; got {} {:?} (headers {:?})",
+            resp.status,
+            resp.text(),
+            resp.headers
+        );
+        assert_eq!(
+            self.upstream.count(),
+            before + 1,
+            "{method} {target} was allowed but did not reach the upstream exactly once"
+        );
+        let seen = resp.json();
+        assert_eq!(
+            Some(&seen),
+            self.upstream.last().as_ref(),
+            "the client should get the upstream's echo back unchanged"
+        );
+        (resp, seen)
+    }
+
+    /// Sends a request that must be denied with `status`: asserts it never reached the upstream.
+    pub async fn denied(
+        &self,
+        status: u16,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> HttpResponse {
+        let before = self.upstream.count();
+        let resp = self.send(method, target, headers, body).await;
+        assert_eq!(
+            resp.status,
+            status,
+            "{method} {target} should be denied with {status}; got {} {:?} (headers {:?})",
+            resp.status,
+            resp.text(),
+            resp.headers
+        );
+        assert_eq!(
+            self.upstream.count(),
+            before,
+            "{method} {target} was denied but still reached the upstream"
+        );
+        resp
+    }
+}
+
+/// The header values the upstream saw for `name` (empty if absent).
+pub fn upstream_header<'a>(seen: &'a Value, name: &str) -> Vec<&'a str> {
+    seen["headers"][name]
+        .as_array()
+        .map(|vs| vs.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
