@@ -79,21 +79,12 @@ impl Token {
     }
 }
 
-fn key_name(idx: &dyn Val) -> Result<&str, ExecutionError> {
-    idx.downcast_ref::<CelString>()
-        .map(|s| s.inner())
-        .ok_or_else(|| ExecutionError::UnexpectedType {
-            got: idx.get_type().name().to_owned(),
-            want: "string".to_owned(),
-        })
-}
-
 impl Indexer for Token {
     fn get<'b, 'v>(&'b self, idx: &dyn Val) -> Result<CowVal<'b, 'v>, ExecutionError>
     where
         Self: 'v,
     {
-        let name = key_name(idx)?;
+        let name = super::string_key(idx)?;
         self.field(name)
             .map(CowVal::Borrowed)
             .ok_or_else(|| ExecutionError::no_such_key(name))
@@ -103,7 +94,7 @@ impl Indexer for Token {
     where
         Self: 'v,
     {
-        let name = key_name(idx)?;
+        let name = super::string_key(idx)?;
         self.field(name)
             .map(|v| v.clone_as_boxed())
             .ok_or_else(|| ExecutionError::no_such_key(name))

@@ -668,21 +668,12 @@ impl Section {
     }
 }
 
-fn key_of(idx: &dyn Val) -> Result<&str, ExecutionError> {
-    idx.downcast_ref::<CelString>()
-        .map(|s| s.inner())
-        .ok_or_else(|| ExecutionError::UnexpectedType {
-            got: idx.get_type().name().to_owned(),
-            want: "string".to_owned(),
-        })
-}
-
 impl Indexer for Section {
     fn get<'b, 'v>(&'b self, idx: &dyn Val) -> Result<CowVal<'b, 'v>, ExecutionError>
     where
         Self: 'v,
     {
-        let key = key_of(idx)?;
+        let key = super::string_key(idx)?;
         self.field(key)
             .map(CowVal::Borrowed)
             .ok_or_else(|| ExecutionError::no_such_key(key))
@@ -745,14 +736,14 @@ impl Indexer for Absent {
     where
         Self: 'v,
     {
-        Err(ExecutionError::no_such_key(key_of(idx)?))
+        Err(ExecutionError::no_such_key(super::string_key(idx)?))
     }
 
     fn steal<'v>(self: Box<Self>, idx: &dyn Val) -> Result<Box<dyn Val + 'v>, ExecutionError>
     where
         Self: 'v,
     {
-        Err(ExecutionError::no_such_key(key_of(idx)?))
+        Err(ExecutionError::no_such_key(super::string_key(idx)?))
     }
 }
 
@@ -850,7 +841,7 @@ impl Indexer for McpRequest {
         Self: 'v,
     {
         let p = &self.0;
-        Ok(match key_of(idx)? {
+        Ok(match super::string_key(idx)? {
             "Method" => CowVal::Borrowed(&p.method),
             "ID" => CowVal::Borrowed(p.id.as_ref()),
             "Kind" => CowVal::Borrowed(&p.kind_val),

@@ -50,3 +50,14 @@ fn build_env() -> Env {
 /// Compile-time check of a literal regular expression, so that a policy with
 /// a broken pattern is refused when it loads rather than failing per request.
 pub use regex_cache::check_literal_patterns;
+
+/// The string a map or message is indexed with (`m["k"]`, `m.k`): the key of
+/// every map-like value this crate exposes (request view, JWT, MCP request).
+pub(crate) fn string_key(idx: &dyn cel::common::value::Val) -> Result<&str, cel::ExecutionError> {
+    idx.downcast_ref::<cel::common::types::CelString>()
+        .map(|s| s.inner())
+        .ok_or_else(|| cel::ExecutionError::UnexpectedType {
+            got: idx.get_type().name().to_owned(),
+            want: "string".to_owned(),
+        })
+}

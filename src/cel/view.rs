@@ -363,15 +363,6 @@ impl<'r> Node<'r> {
     }
 }
 
-fn field_name(idx: &dyn Val) -> Result<&str, ExecutionError> {
-    idx.downcast_ref::<CelString>()
-        .map(|s| s.inner())
-        .ok_or_else(|| ExecutionError::UnexpectedType {
-            got: idx.get_type().name().to_owned(),
-            want: "string".to_owned(),
-        })
-}
-
 impl<'r> Indexer for Node<'r> {
     fn get<'b, 'v>(&'b self, idx: &dyn Val) -> Result<CowVal<'b, 'v>, ExecutionError>
     where
@@ -381,7 +372,7 @@ impl<'r> Indexer for Node<'r> {
         // selections off computed values use: an unset field is absent
         // there, as in cel-go. Plain `object.a.b.c` paths are answered by
         // `Node::path` with zero values instead (see `engine::Activation`).
-        let name = field_name(idx)?;
+        let name = super::string_key(idx)?;
         if !self.is_set(name) {
             return Err(ExecutionError::no_such_key(name));
         }
@@ -393,7 +384,7 @@ impl<'r> Indexer for Node<'r> {
     where
         Self: 'v,
     {
-        let name = field_name(idx)?;
+        let name = super::string_key(idx)?;
         if !self.is_set(name) {
             return Err(ExecutionError::no_such_key(name));
         }
@@ -457,7 +448,7 @@ impl<'r> Indexer for StrMap<'r> {
     where
         Self: 'v,
     {
-        let key = field_name(idx)?;
+        let key = super::string_key(idx)?;
         match self.map.get(key) {
             Some(v) => {
                 let v: Box<dyn Val + 'r> = Box::new(CelString::from(v.as_str()));
@@ -471,7 +462,7 @@ impl<'r> Indexer for StrMap<'r> {
     where
         Self: 'v,
     {
-        let key = field_name(idx)?;
+        let key = super::string_key(idx)?;
         match self.map.get(key) {
             Some(v) => Ok(Box::new(CelString::from(v.as_str()))),
             None => Err(ExecutionError::no_such_key(key)),
