@@ -54,34 +54,53 @@ fn identity_metrics() -> String {
         "Tokens whose signature was checked.",
         s.token_cache_misses,
     );
-    out.push_str("# HELP celgate_jwks_fetches_total HTTP fetches of a JWKS, by URL.\n# TYPE celgate_jwks_fetches_total counter\n");
-    for u in &s.jwks {
-        let _ = writeln!(
-            out,
-            "celgate_jwks_fetches_total{{url=\"{}\"}} {}",
-            metrics::escape(&u.url),
-            u.fetches
-        );
-    }
-    out.push_str("# HELP celgate_jwks_fetch_errors_total JWKS fetches that failed (the cached keys keep serving), by URL.\n# TYPE celgate_jwks_fetch_errors_total counter\n");
-    for u in &s.jwks {
-        let _ = writeln!(
-            out,
-            "celgate_jwks_fetch_errors_total{{url=\"{}\"}} {}",
-            metrics::escape(&u.url),
-            u.errors
-        );
-    }
-    out.push_str("# HELP celgate_jwks_keys Keys in the cached set, by URL.\n# TYPE celgate_jwks_keys gauge\n");
-    for u in &s.jwks {
-        let _ = writeln!(
-            out,
-            "celgate_jwks_keys{{url=\"{}\"}} {}",
-            metrics::escape(&u.url),
-            u.keys
-        );
-    }
+    let urls = &s.jwks;
+    per_url(
+        &mut out,
+        urls,
+        "celgate_jwks_fetches_total",
+        "counter",
+        "HTTP fetches of a JWKS, by URL.",
+        |u| u.fetches,
+    );
+    per_url(
+        &mut out,
+        urls,
+        "celgate_jwks_fetch_errors_total",
+        "counter",
+        "JWKS fetches that failed (the cached keys keep serving), by URL.",
+        |u| u.errors,
+    );
+    per_url(
+        &mut out,
+        urls,
+        "celgate_jwks_keys",
+        "gauge",
+        "Keys in the cached set, by URL.",
+        |u| u.keys as u64,
+    );
     out
 }
 pub mod decision_log;
 pub mod otel;
+
+/// One series with a `url` label per JWKS URL.
+fn per_url(
+    out: &mut String,
+    urls: &[crate::identity::JwksUrlStats],
+    name: &str,
+    kind: &str,
+    help: &str,
+    value: impl Fn(&crate::identity::JwksUrlStats) -> u64,
+) {
+    use std::fmt::Write as _;
+    let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+    for u in urls {
+        let _ = writeln!(
+            out,
+            "{name}{{url=\"{}\"}} {}",
+            metrics::escape(&u.url),
+            value(u)
+        );
+    }
+}
