@@ -1,13 +1,15 @@
 //! The real server on ephemeral ports, called with the tonic client; the
 //! binary's start-up refusal and its SIGTERM handling.
 
+mod common;
+
 use celgate::engine::EngineConfig;
 use celgate::policy::PolicySet;
 use celgate::server::{serve_on, State};
+use common::{free_port, get_blocking};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
-use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -22,21 +24,6 @@ fn req(path: &str, headers: &[(&str, &str)]) -> CheckRequest {
         .collect();
     let v = serde_json::json!({"attributes": {"request": {"http": {"method": "GET", "path": path, "headers": h}}}});
     celgate::request_json::from_value(&v).unwrap()
-}
-
-/// A plain HTTP/1.1 GET; returns (status, body).
-fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
-    Ok((status, body))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,13 +85,13 @@ async fn check_over_grpc_and_graceful_shutdown() {
         "{empty:?}"
     );
 
-    let (status, body) = tokio::task::spawn_blocking(move || http_get(http_addr, "/readyz"))
+    let (status, body) = tokio::task::spawn_blocking(move || get_blocking(http_addr, "/readyz"))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(status, 200);
     assert!(body.contains("\"policies\":3"), "{body}");
-    let (status, _) = tokio::task::spawn_blocking(move || http_get(http_addr, "/livez"))
+    let (status, _) = tokio::task::spawn_blocking(move || get_blocking(http_addr, "/livez"))
         .await
         .unwrap()
         .unwrap();
@@ -117,14 +104,6 @@ async fn check_over_grpc_and_graceful_shutdown() {
         .expect("server stops after shutdown")
         .unwrap()
         .expect("clean exit");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]
@@ -164,7 +143,7 @@ fn binary_exits_zero_on_sigterm() {
         .unwrap();
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], http_port));
     let start = Instant::now();
-    while http_get(addr, "/readyz").map(|r| r.0).ok() != Some(200) {
+    while get_blocking(addr, "/readyz").map(|r| r.0).ok() != Some(200) {
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "server did not become ready"

@@ -3,6 +3,9 @@
 //! after a known sequence of checks, gRPC health and reflection, and the
 //! decision log — none of which may carry a token or an Authorization value.
 
+mod common;
+
+use common::{free_port, get_blocking, loopback};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
@@ -13,7 +16,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
-use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -24,32 +26,6 @@ const SECRET_KEY: &str = "demo-key-alice";
 
 fn repo(p: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(p)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let status = out.get(9..12)?.parse().ok()?;
-    Some((
-        status,
-        out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned(),
-    ))
 }
 
 struct Server {
@@ -80,7 +56,7 @@ impl Server {
             let mut child = cmd.spawn().unwrap();
             let start = Instant::now();
             loop {
-                if http_get(http, "/readyz").map(|r| r.0) == Some(200) {
+                if get_blocking(loopback(http), "/readyz").ok().map(|r| r.0) == Some(200) {
                     return Server { child, grpc, http };
                 }
                 if child.try_wait().unwrap().is_some() {
@@ -312,9 +288,10 @@ async fn metrics_count_exactly_and_health_and_reflection_answer() {
     .await;
     assert_eq!(codes, [0, 7, 7, 7, 0, 0]);
     let http = server.http;
-    let (status, text) = tokio::task::spawn_blocking(move || http_get(http, "/metrics").unwrap())
-        .await
-        .unwrap();
+    let (status, text) =
+        tokio::task::spawn_blocking(move || get_blocking(loopback(http), "/metrics").unwrap())
+            .await
+            .unwrap();
     assert_eq!(status, 200);
     let m = |s: &str| metric(&text, s).unwrap_or_else(|| panic!("no series {s}:\n{text}"));
     let d = |decision: &str, source: &str, policy: &str| {

@@ -3,6 +3,8 @@
 //! serving (visible in `/readyz`) and the next good change recovers; under
 //! load, swaps never produce a wrong or mixed answer.
 
+mod common;
+
 use celgate::engine::{evaluate, EngineConfig};
 use celgate::policy::PolicySet;
 use celgate::server::{serve_on, State};
@@ -11,7 +13,6 @@ use celgate::sources::Sources;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -162,20 +163,10 @@ fn configmap_symlink_swap() {
 }
 
 fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value) {
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or("");
+    let (status, body) = common::get_blocking(addr, path).unwrap();
     (
         status,
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
     )
 }
 
