@@ -4,6 +4,8 @@
 //! decisions; non-Envoy policies are left out; a broken object is refused
 //! with the last good set serving.
 
+mod common;
+
 use axum::body::Body;
 use axum::extract::{Path as AxPath, RawQuery, State as AxState};
 use axum::response::IntoResponse;
@@ -12,6 +14,7 @@ use celgate::engine::{evaluate, EngineConfig};
 use celgate::policy::PolicySet;
 use celgate::server::State;
 use celgate::sources::{kube as source, Sources};
+use common::{free_port, get_blocking, loopback};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +34,11 @@ struct Fake {
     store: Mutex<Store>,
     version: AtomicU64,
     lists: Mutex<HashMap<String, u64>>,
-    events: broadcast::Sender<(String, String)>,
+    /// (plural, resourceVersion, line): live watch events.
+    events: broadcast::Sender<(String, u64, String)>,
+    /// The same events, kept so a watch started at a resourceVersion gets
+    /// what happened since, as from a real API server (errors are live only).
+    history: Mutex<Vec<(String, u64, String)>>,
 }
 
 impl Fake {
@@ -40,7 +47,19 @@ impl Fake {
     }
 
     fn emit(&self, plural: &str, event: Value) {
-        let _ = self.events.send((plural.to_owned(), format!("{event}\n")));
+        let line = format!("{event}\n");
+        let rv = event["object"]["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|v| v.parse().ok());
+        // Recorded before it is sent, so a watch that subscribes in between
+        // finds it in the history and skips the live copy.
+        if let Some(rv) = rv {
+            let mut h = self.history.lock().unwrap();
+            h.push((plural.to_owned(), rv, line.clone()));
+        }
+        let _ = self
+            .events
+            .send((plural.to_owned(), rv.unwrap_or(u64::MAX), line));
     }
 
     fn apply(&self, plural: &str, mut obj: Value) {
@@ -127,15 +146,45 @@ async fn handler(
     RawQuery(q): RawQuery,
 ) -> axum::response::Response {
     let watch = q
+        .as_deref()
         .unwrap_or_default()
         .split('&')
         .any(|kv| kv == "watch=true" || kv == "watch=1");
     if watch {
+        let since: u64 = q
+            .as_deref()
+            .unwrap_or_default()
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("resourceVersion="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        // Subscribe first, then replay what happened since `since`; live
+        // events already replayed are skipped by their resourceVersion.
         let rx = fake.events.subscribe();
-        let stream = futures_util::stream::unfold((rx, plural), |(mut rx, plural)| async move {
+        let backlog: Vec<String> = fake
+            .history
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, rv, _)| *p == plural && *rv > since)
+            .map(|(_, _, line)| line.clone())
+            .collect();
+        let last = fake
+            .history
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, rv, _)| *p == plural && *rv > since)
+            .map(|(_, rv, _)| *rv)
+            .max()
+            .unwrap_or(since);
+        let replay =
+            futures_util::stream::iter(backlog.into_iter().map(Ok::<_, std::convert::Infallible>));
+        let live = futures_util::stream::unfold((rx, plural), move |(mut rx, plural)| async move {
             loop {
                 match rx.recv().await {
-                    Ok((p, line)) if p == plural => {
+                    // u64::MAX marks live-only events (410 errors).
+                    Ok((p, rv, line)) if p == plural && (rv > last || rv == u64::MAX) => {
                         return Some((Ok::<_, std::convert::Infallible>(line), (rx, plural)))
                     }
                     Ok(_) => continue,
@@ -144,6 +193,7 @@ async fn handler(
                 }
             }
         });
+        let stream = futures_util::StreamExt::chain(replay, live);
         return (
             [("content-type", "application/json")],
             Body::from_stream(stream),
@@ -181,6 +231,7 @@ async fn start_fake() -> (Arc<Fake>, kube::Client, String) {
         version: AtomicU64::new(100),
         lists: Mutex::default(),
         events: tx,
+        history: Mutex::default(),
     });
     let app = axum::Router::new()
         .route(&format!("{BASE}/{{plural}}"), get(handler))
@@ -407,33 +458,6 @@ async fn start_fails_clearly_without_the_crd() {
     assert!(msg.contains("policies.kyverno.io/v1alpha1"), "{msg}");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let status = out.get(9..12)?.parse().ok()?;
-    Some((
-        status,
-        out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned(),
-    ))
-}
-
 fn kubeconfig(dir: &std::path::Path, server: &str) -> std::path::PathBuf {
     let path = dir.join("kubeconfig");
     std::fs::write(
@@ -469,7 +493,7 @@ async fn binary_serves_cluster_policies_with_kube_flag() {
     let listed = tokio::task::spawn_blocking(move || {
         let start = Instant::now();
         loop {
-            if let Some((200, body)) = http_get(http_port, "/policies") {
+            if let Ok((200, body)) = get_blocking(loopback(http_port), "/policies") {
                 return body;
             }
             assert!(start.elapsed() < Duration::from_secs(20), "not ready");
