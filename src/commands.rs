@@ -1,4 +1,5 @@
-//! The policy authors' commands: `check`, `validate` and `test`.
+//! The policy authors' commands (`check`, `validate`, `test`) and the
+//! container health check (`healthcheck`).
 //!
 //! Each returns the process exit status; see `celgate --help` for the table.
 
@@ -142,4 +143,59 @@ pub fn test(paths: &[PathBuf], filter: Option<&str>, junit: bool) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// `celgate healthcheck`: GET `path` on a running server's HTTP address over
+/// plain HTTP/1.1; 0 on 200, 1 otherwise, with the reason on stderr.
+pub fn healthcheck(
+    addr: std::net::SocketAddr,
+    path: &str,
+    timeout: std::time::Duration,
+) -> ExitCode {
+    match probe(addr, path, timeout) {
+        Ok(200) => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("celgate healthcheck: {path} on {addr} answered {status}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("celgate healthcheck: {path} on {addr}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn probe(
+    mut addr: std::net::SocketAddr,
+    path: &str,
+    timeout: std::time::Duration,
+) -> std::io::Result<u16> {
+    use std::io::{Error, ErrorKind};
+    // A server bound to 0.0.0.0 / :: is reached on loopback.
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = [0u8; 64];
+    let mut n = 0;
+    while n < 12 {
+        match stream.read(&mut head[n..])? {
+            0 => break,
+            m => n += m,
+        }
+    }
+    let line = std::str::from_utf8(&head[..n]).unwrap_or("");
+    line.strip_prefix("HTTP/1.")
+        .and_then(|rest| rest.get(2..5))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| Error::new(ErrorKind::InvalidData, "not an HTTP response"))
 }

@@ -89,6 +89,15 @@ enum Command {
             run, 2 when no suite was found."
     )]
     Test(TestArgs),
+    /// Ask a running server whether it is ready (GET /readyz); exit 0 if so, 1 if not.
+    #[command(
+        long_about = "Ask a running celgate whether it is ready: GET /readyz on its HTTP address. \
+            Exit 0 when it answers 200, 1 otherwise (not ready, shutting down, unreachable). \
+            Meant for container health checks in images that have no shell or curl, e.g. \
+            HEALTHCHECK CMD [\"celgate\", \"healthcheck\"]. Reads CELGATE_HTTP_ADDR like \
+            `serve`; an unspecified address (0.0.0.0, ::) is reached on loopback."
+    )]
+    Healthcheck(HealthcheckArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(
         long_about = "Print a completion script for the given shell on standard output, e.g.\n\n  \
@@ -169,6 +178,19 @@ enum TestOutput {
 }
 
 #[derive(Debug, Args)]
+struct HealthcheckArgs {
+    /// The server's HTTP address (as given to `serve --http-addr`).
+    #[arg(long, env = "CELGATE_HTTP_ADDR", default_value = "127.0.0.1:9192")]
+    http_addr: SocketAddr,
+    /// Path to ask.
+    #[arg(long, default_value = "/readyz")]
+    path: String,
+    /// Give up after this many milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    timeout_ms: u64,
+}
+
+#[derive(Debug, Args)]
 struct ServeArgs {
     #[command(flatten)]
     policies: PolicyArgs,
@@ -190,6 +212,12 @@ struct ServeArgs {
     /// evaluation error (so `failurePolicy: Fail` denies it).
     #[arg(long, env = "CELGATE_MCP_MAX_BODY_BYTES", default_value_t = celgate::cel::mcp::DEFAULT_MAX_BODY_BYTES)]
     mcp_max_body_bytes: usize,
+    /// On SIGTERM/SIGINT, keep answering for this many seconds while `/readyz`
+    /// answers 503 and gRPC health says NOT_SERVING, then drain and stop: load
+    /// balancers and Kubernetes endpoints stop sending first, so no request
+    /// meets a closed port during a rollout.
+    #[arg(long, env = "CELGATE_SHUTDOWN_DELAY_S", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=300))]
+    shutdown_delay_s: u64,
     /// Do not watch the policy paths. By default every change (new, changed,
     /// renamed or deleted files; ConfigMap `..data` swaps) rebuilds the whole
     /// set and swaps it in atomically; a change that does not load is logged
@@ -319,6 +347,11 @@ fn main() -> ExitCode {
             telemetry.shutdown();
             r
         }
+        Command::Healthcheck(args) => Ok(commands::healthcheck(
+            args.http_addr,
+            &args.path,
+            std::time::Duration::from_millis(args.timeout_ms),
+        )),
         Command::Check(args) => commands::check(
             &args.policies.policies,
             &args.request,
@@ -408,6 +441,7 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
         celgate::server::ServeOptions {
             trace_policies: args.trace_policies,
             decision_log,
+            shutdown_delay: std::time::Duration::from_secs(args.shutdown_delay_s),
         },
     );
     let sources = Sources::files(paths);

@@ -5,20 +5,12 @@
 
 mod common;
 
-use common::{free_port, get_blocking, loopback};
+use common::{free_port, get_blocking, hex, loopback, span_attr as attr, Collector};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
-use opentelemetry_proto::tonic::trace::v1::Span;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const SECRET_TOKEN: &str = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0LXBheWxvYWQ.c2lnbmF0dXJl";
@@ -118,50 +110,9 @@ async fn check(grpc: u16, reqs: Vec<CheckRequest>) -> Vec<i32> {
     out
 }
 
-#[derive(Default, Clone)]
-struct Collector {
-    spans: Arc<Mutex<Vec<Span>>>,
-}
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut spans = self.spans.lock().unwrap();
-        for rs in request.into_inner().resource_spans {
-            for ss in rs.scope_spans {
-                spans.extend(ss.spans);
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-fn attr(span: &Span, key: &str) -> Option<String> {
-    span.attributes.iter().find(|a| a.key == key).and_then(|a| {
-        a.value.as_ref().and_then(|v| match &v.value {
-            Some(AnyValue::StringValue(s)) => Some(s.clone()),
-            Some(AnyValue::IntValue(i)) => Some(i.to_string()),
-            Some(AnyValue::BoolValue(b)) => Some(b.to_string()),
-            _ => None,
-        })
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_join_the_callers_trace_with_decision_attributes_and_no_secrets() {
-    let collector = Collector::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let otlp = listener.local_addr().unwrap();
-    let svc = collector.clone();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(svc))
-            .serve_with_incoming(tokio_stream_wrapper(listener))
-            .await
-    });
+    let (collector, otlp) = Collector::start().await;
     let server = tokio::task::spawn_blocking(move || {
         Server::start(
             &["--trace-policies"],
@@ -255,14 +206,6 @@ async fn spans_join_the_callers_trace_with_decision_attributes_and_no_secrets() 
 }
 
 /// tonic's incoming stream from an already bound listener.
-fn tokio_stream_wrapper(l: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(l)
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
@@ -492,6 +435,147 @@ fn decision_log_refuses_credential_headers() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("\"authorization\" carries credentials"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_context_in_grpc_metadata_wins_over_the_request_headers() {
+    // A tracing Envoy puts its ext_authz client span's context in the gRPC
+    // metadata; the checked request's headers carry the client's own.
+    let (collector, otlp) = Collector::start().await;
+    let server = tokio::task::spawn_blocking(move || {
+        Server::start(
+            &[],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}")),
+                ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let (envoy_trace, envoy_span) = ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331");
+    let (client_trace, client_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let mut c = AuthorizationClient::connect(format!("http://127.0.0.1:{}", server.grpc))
+        .await
+        .unwrap();
+    let mut req = tonic::Request::new(request(
+        "GET",
+        "/healthz",
+        &[(
+            "traceparent",
+            &format!("00-{client_trace}-{client_span}-01"),
+        )],
+    ));
+    req.metadata_mut().insert(
+        "traceparent",
+        format!("00-{envoy_trace}-{envoy_span}-01").parse().unwrap(),
+    );
+    c.check(req).await.unwrap();
+    tokio::task::spawn_blocking(move || server.stop())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let span = loop {
+        if let Some(s) = collector.spans.lock().unwrap().first().cloned() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no span arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(hex(&span.trace_id), envoy_trace);
+    assert_eq!(hex(&span.parent_span_id), envoy_span);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_delay_keeps_answering_while_reporting_not_ready() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let server = tokio::task::spawn_blocking(|| Server::start(&["--shutdown-delay-s", "2"], &[]))
+        .await
+        .unwrap();
+    let (grpc, http) = (server.grpc, server.http);
+    let channel = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{grpc}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let serving = |h: &mut HealthClient<tonic::transport::Channel>| {
+        let mut h = h.clone();
+        async move {
+            h.check(HealthCheckRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+        }
+    };
+    assert_eq!(serving(&mut health).await, 1, "SERVING before the signal");
+    let signalled = Instant::now();
+    let ok = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    // Within the delay: not ready, NOT_SERVING, and checks still answered.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let ready = tokio::task::spawn_blocking(move || get_blocking(loopback(http), "/readyz"))
+            .await
+            .unwrap()
+            .unwrap()
+            .0;
+        if ready == 503 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/readyz still {ready}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        serving(&mut health).await,
+        2,
+        "NOT_SERVING during the delay"
+    );
+    assert_eq!(
+        check(grpc, vec![request("GET", "/healthz", &[])]).await,
+        [0]
+    );
+    assert!(signalled.elapsed() < Duration::from_secs(2));
+    // Then it stops on its own, after the delay.
+    let stopped = tokio::task::spawn_blocking(move || server.stop())
+        .await
+        .map(|()| signalled.elapsed());
+    let took = stopped.unwrap();
+    assert!(took >= Duration::from_secs(2), "stopped after {took:?}");
+}
+
+#[test]
+fn healthcheck_command_reports_readiness_for_container_health_checks() {
+    let run = |addr: String| {
+        Command::new(env!("CARGO_BIN_EXE_celgate"))
+            .args(["healthcheck", "--timeout-ms", "500"])
+            .env("CELGATE_HTTP_ADDR", addr)
+            .output()
+            .unwrap()
+    };
+    let server = Server::start(&[], &[]);
+    // The address serve was given, unspecified host included.
+    for addr in [
+        format!("127.0.0.1:{}", server.http),
+        format!("0.0.0.0:{}", server.http),
+    ] {
+        let out = run(addr.clone());
+        assert!(out.status.success(), "{addr}: {out:?}");
+    }
+    let http = server.http;
+    server.stop();
+    let out = run(format!("127.0.0.1:{http}"));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/readyz") && err.contains(&http.to_string()),
         "{err}"
     );
 }

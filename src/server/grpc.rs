@@ -87,7 +87,7 @@ impl Authorization for AuthzService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        let request = request.into_inner();
+        let (metadata, _, request) = request.into_parts();
         let span = tracing::info_span!(
             target: DECISION_TARGET,
             "ext_authz check",
@@ -104,7 +104,7 @@ impl Authorization for AuthzService {
         );
         let traced = !span.is_disabled();
         if traced {
-            join_callers_trace(&span, &request);
+            join_callers_trace(&span, &metadata, &request);
         }
         let started = Instant::now();
         let (decision, traces) =
@@ -126,10 +126,23 @@ impl Authorization for AuthzService {
     }
 }
 
-/// Makes `span` a child of the W3C trace context Envoy forwards in the
-/// request headers (`traceparent`, `tracestate`), if any.
-fn join_callers_trace(span: &tracing::Span, request: &CheckRequest) {
+/// Makes `span` a child of the caller's W3C trace context (`traceparent`,
+/// `tracestate`): first the gRPC metadata, where a tracing Envoy puts the
+/// context of its ext_authz client span, then the checked request's headers
+/// (the client's own context, when Envoy does not trace).
+fn join_callers_trace(
+    span: &tracing::Span,
+    metadata: &tonic::metadata::MetadataMap,
+    request: &CheckRequest,
+) {
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    if metadata.contains_key("traceparent") {
+        let cx = opentelemetry::global::get_text_map_propagator(|p| {
+            p.extract(&MetadataExtractor(metadata))
+        });
+        let _ = span.set_parent(cx);
+        return;
+    }
     let Some(headers) = request
         .attributes
         .as_ref()
@@ -145,6 +158,23 @@ fn join_callers_trace(span: &tracing::Span, request: &CheckRequest) {
     let cx =
         opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
     let _ = span.set_parent(cx);
+}
+
+struct MetadataExtractor<'a>(&'a tonic::metadata::MetadataMap);
+
+impl opentelemetry::propagation::Extractor for MetadataExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .filter_map(|k| match k {
+                tonic::metadata::KeyRef::Ascii(k) => Some(k.as_str()),
+                tonic::metadata::KeyRef::Binary(_) => None,
+            })
+            .collect()
+    }
 }
 
 struct HeaderExtractor<'a>(&'a std::collections::HashMap<String, String>);
@@ -212,7 +242,7 @@ pub const AUTHZ_DESCRIPTOR: &[u8] =
 pub async fn serve(
     state: Arc<State>,
     listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    phase: tokio::sync::watch::Receiver<super::Phase>,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     // grpc.health.v1: "" and the Authorization service are SERVING until
@@ -237,15 +267,25 @@ pub async fn serve(
     if let (Ok(v1), Ok(v1alpha)) = (reflection_v1, reflection_v1alpha) {
         router = router.add_service(v1).add_service(v1alpha);
     }
-    router
-        .serve_with_incoming_shutdown(incoming, async move {
-            shutdown.await;
+    let mut not_ready = phase.clone();
+    tokio::spawn(async move {
+        if not_ready
+            .wait_for(|p| *p >= super::Phase::NotReady)
+            .await
+            .is_ok()
+        {
             reporter
                 .set_not_serving::<AuthorizationServer<AuthzService>>()
                 .await;
             reporter
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
                 .await;
+        }
+    });
+    let mut stop = phase;
+    router
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop.wait_for(|p| *p == super::Phase::Stop).await;
         })
         .await
 }

@@ -29,6 +29,10 @@ pub struct ServeOptions {
     pub trace_policies: bool,
     /// Where decisions are logged, if anywhere.
     pub decision_log: Option<crate::telemetry::decision_log::DecisionLog>,
+    /// How long to keep answering after shutdown starts, while `/readyz`
+    /// says 503 and gRPC health says NOT_SERVING, so load balancers and
+    /// Kubernetes endpoints stop sending before the listeners close.
+    pub shutdown_delay: std::time::Duration,
 }
 
 impl State {
@@ -86,6 +90,15 @@ pub async fn serve(
     serve_on(state, grpc_listener, http_listener, shutdown).await
 }
 
+/// Where shutdown is: serving; not ready but still answering (the
+/// `--shutdown-delay-s` window); stopping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Serving,
+    NotReady,
+    Stop,
+}
+
 /// As [`serve`], on listeners already bound (tests bind port 0).
 pub async fn serve_on(
     state: Arc<State>,
@@ -103,23 +116,29 @@ pub async fn serve_on(
         policies = state.policies.load().policies.len(),
         "celgate serving"
     );
-    let (tx, rx) = tokio::sync::watch::channel(false);
+    let (tx, rx) = tokio::sync::watch::channel(Phase::Serving);
     let flag = state.clone();
     tokio::spawn(async move {
         shutdown.await;
         flag.shutting_down
             .store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = tx.send(Phase::NotReady);
+        let delay = flag.options.shutdown_delay;
+        if !delay.is_zero() {
+            tracing::info!(
+                delay_s = delay.as_secs_f64(),
+                "shutting down: not ready, still answering until the delay ends"
+            );
+            tokio::time::sleep(delay).await;
+        }
         tracing::info!("shutting down: draining in-flight requests");
-        let _ = tx.send(true);
+        let _ = tx.send(Phase::Stop);
     });
     let mut rx_http = rx.clone();
-    let mut rx_grpc = rx;
     let http = http::serve(state.clone(), http_listener, async move {
-        let _ = rx_http.wait_for(|v| *v).await;
+        let _ = rx_http.wait_for(|p| *p == Phase::Stop).await;
     });
-    let grpc = grpc::serve(state, grpc_listener, async move {
-        let _ = rx_grpc.wait_for(|v| *v).await;
-    });
+    let grpc = grpc::serve(state, grpc_listener, rx);
     let (g, h) = tokio::join!(grpc, http);
     g?;
     h.map_err(ServeError::Http)?;

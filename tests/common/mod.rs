@@ -686,3 +686,96 @@ pub fn upstream_header<'a>(seen: &'a Value, name: &str) -> Vec<&'a str> {
         .map(|vs| vs.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default()
 }
+
+/// An OTLP/gRPC trace collector inside the test: keeps every span it receives
+/// with its resource's `service.name`.
+#[derive(Default, Clone)]
+pub struct Collector {
+    pub spans: Arc<Mutex<Vec<opentelemetry_proto::tonic::trace::v1::Span>>>,
+    pub services: Arc<Mutex<Vec<String>>>,
+}
+
+impl Collector {
+    /// Starts receiving on a free loopback port (on the current Tokio runtime).
+    pub async fn start() -> (Collector, SocketAddr) {
+        use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+        let collector = Collector::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let svc = collector.clone();
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(svc))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+                .await
+        });
+        (collector, addr)
+    }
+
+    /// Every span so far, with its service name.
+    pub fn spans_with_service(&self) -> Vec<(String, opentelemetry_proto::tonic::trace::v1::Span)> {
+        let spans = self.spans.lock().unwrap();
+        let services = self.services.lock().unwrap();
+        services
+            .iter()
+            .cloned()
+            .zip(spans.iter().cloned())
+            .collect()
+    }
+}
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for Collector
+{
+    async fn export(
+        &self,
+        request: tonic::Request<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        let mut spans = self.spans.lock().unwrap();
+        let mut services = self.services.lock().unwrap();
+        for rs in request.into_inner().resource_spans {
+            let service = rs
+                .resource
+                .as_ref()
+                .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
+                .and_then(|a| span_value(a.value.as_ref()))
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                services.extend(std::iter::repeat_n(service.clone(), ss.spans.len()));
+                spans.extend(ss.spans);
+            }
+        }
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+fn span_value(v: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> Option<String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+    v.and_then(|v| match &v.value {
+        Some(AnyValue::StringValue(s)) => Some(s.clone()),
+        Some(AnyValue::IntValue(i)) => Some(i.to_string()),
+        Some(AnyValue::BoolValue(b)) => Some(b.to_string()),
+        _ => None,
+    })
+}
+
+/// A span attribute as text (strings, integers, booleans).
+pub fn span_attr(span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|a| a.key == key)
+        .and_then(|a| span_value(a.value.as_ref()))
+}
+
+/// Lowercase hex of an id.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
