@@ -1,0 +1,342 @@
+//! The README's demo, run for real: `examples/local-demo.sh` (Envoy 1.40,
+//! celgate, the echo upstream) and the exact requests of the README's demo
+//! block, each checked against the status the README promises, plus what
+//! the upstream saw and the trace the request left (celgate's decision span
+//! under Envoy's ext_authz span, received by an OTLP collector in the test).
+
+mod common;
+
+use common::{celgate_bin, free_ports, hex, locate_envoy, span_attr, Collector};
+use serde_json::Value;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// One request of the README's demo block.
+#[derive(Debug)]
+struct Example {
+    status: u16,
+    says: String,
+    command: String,
+}
+
+/// The README's demo block: `NAME=value` lines, then `# NNN: text` lines each
+/// followed by one command (continued with a trailing backslash).
+fn readme_examples() -> (Vec<String>, Vec<Example>) {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let start = readme
+        .find("<!-- demo-requests")
+        .expect("README has a demo-requests block");
+    let end = readme.find("<!-- /demo-requests -->").unwrap();
+    let block = &readme[start..end];
+    let body = block
+        .split_once("```sh\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(code, _)| code)
+        .expect("a sh code block inside the markers");
+    let (mut vars, mut examples) = (Vec::new(), Vec::new());
+    let mut pending: Option<(u16, String)> = None;
+    let mut lines = body.lines();
+    while let Some(line) = lines.next() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if let Some(comment) = line.strip_prefix("# ") {
+            let (code, says) = comment.split_once(": ").expect("`# NNN: text`");
+            pending = Some((code.parse().expect("a status"), says.to_string()));
+            continue;
+        }
+        let mut command = line.to_string();
+        while command.ends_with('\\') {
+            command.pop();
+            command.push_str(lines.next().expect("continued line"));
+        }
+        match pending.take() {
+            Some((status, says)) => examples.push(Example {
+                status,
+                says,
+                command,
+            }),
+            None => {
+                assert!(
+                    examples.is_empty() && command.contains('='),
+                    "a command without its `# NNN:` line: {command}"
+                );
+                vars.push(command);
+            }
+        }
+    }
+    (vars, examples)
+}
+
+/// The demo script in its own process group, stopped (the whole group) on drop.
+struct Demo {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Demo {
+    fn output(&self) -> String {
+        std::fs::read_to_string(self.dir.join("script.out")).unwrap_or_default()
+    }
+
+    fn logs(&self) -> String {
+        let mut s = format!("--- script\n{}", self.output());
+        for name in ["celgate", "envoy", "upstream"] {
+            let log =
+                std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
+            let tail = &log[log.len().saturating_sub(3000)..];
+            s.push_str(&format!("\n--- {name}.log\n{tail}"));
+        }
+        s
+    }
+
+    fn signal_group(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([signal, "--", &format!("-{}", self.child.id())])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal_group("-TERM");
+            std::thread::sleep(Duration::from_secs(2));
+            self.signal_group("-KILL");
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn start_demo(dir: &Path, ports: &[u16], otlp: std::net::SocketAddr) -> Demo {
+    let out = std::fs::File::create(dir.join("script.out")).unwrap();
+    let child = Command::new("bash")
+        .arg(repo().join("examples/local-demo.sh"))
+        .env("CELGATE_BIN", celgate_bin())
+        .env("ENVOY", locate_envoy())
+        .env("DEMO_DIR", dir)
+        .env("DEMO_PORT", ports[0].to_string())
+        .env("DEMO_ADMIN_PORT", ports[1].to_string())
+        .env("DEMO_GRPC_PORT", ports[2].to_string())
+        .env("DEMO_HTTP_PORT", ports[3].to_string())
+        .env("DEMO_UPSTREAM_PORT", ports[4].to_string())
+        .env("DEMO_OTLP_ENDPOINT", otlp.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out.try_clone().unwrap()))
+        .stderr(Stdio::from(out))
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut demo = Demo {
+        child,
+        dir: dir.to_path_buf(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !demo.output().contains("celgate demo ready") {
+        if let Some(status) = demo.child.try_wait().unwrap() {
+            panic!(
+                "local-demo.sh exited ({status}) before ready:\n{}",
+                demo.logs()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "local-demo.sh not ready:\n{}",
+            demo.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    demo
+}
+
+/// Runs a README command against the demo's port: (status, headers, body).
+fn run(vars: &[String], command: &str, port: u16) -> (u16, String, String) {
+    let command = command.replace("localhost:8080", &format!("127.0.0.1:{port}"));
+    let script = format!("{}\n{command} -sS --max-time 10", vars.join("\n"));
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("{command}: not an HTTP response: {text}"));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap();
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_demo_requests_answer_as_promised_and_leave_joined_traces() {
+    let (vars, examples) = readme_examples();
+    assert_eq!(vars.len(), 2, "ALICE and BOB");
+    assert_eq!(
+        examples.len(),
+        8,
+        "the README's demo requests: {examples:#?}"
+    );
+
+    let (collector, otlp) = Collector::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(5);
+    let path = dir.path().to_path_buf();
+    let demo = tokio::task::spawn_blocking({
+        let ports = ports.clone();
+        move || start_demo(&path, &ports, otlp)
+    })
+    .await
+    .unwrap();
+    let port = ports[0];
+
+    let mut answers = Vec::new();
+    for ex in &examples {
+        let (vars, command) = (vars.clone(), ex.command.clone());
+        let answer = tokio::task::spawn_blocking(move || run(&vars, &command, port))
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.0,
+            ex.status,
+            "README promises {} ({}) for\n  {}\ngot {answer:?}\n{}",
+            ex.status,
+            ex.says,
+            ex.command,
+            demo.logs()
+        );
+        answers.push(answer);
+    }
+
+    // What the README says beyond the status.
+    let (_, head, _) = &answers[1];
+    assert!(head.contains("www-authenticate: bearer realm=\"celgate-demo\""));
+    let echoed: Value = serde_json::from_str(&answers[2].2).unwrap();
+    assert_eq!(echoed["headers"]["x-user"], "alice");
+    assert_eq!(echoed["headers"]["x-user-roles"], "reader");
+    assert!(
+        echoed["headers"].get("authorization").is_none(),
+        "the token never reaches the upstream: {echoed}"
+    );
+    assert!(answers[3].2.contains("alice may not POST /api/orders"));
+    let echoed: Value = serde_json::from_str(&answers[4].2).unwrap();
+    assert_eq!(echoed["headers"]["x-user"], "bob");
+    assert_eq!(echoed["body"], r#"{"item":"book"}"#, "body intact upstream");
+    let rpc: Value = serde_json::from_str(&answers[5].2).unwrap();
+    assert_eq!(rpc["id"], 1);
+    assert_eq!(
+        rpc["result"]["content"][0]["text"],
+        "ran search_docs for alice"
+    );
+    let rpc: Value = serde_json::from_str(&answers[6].2).unwrap();
+    assert_eq!(
+        rpc,
+        serde_json::json!({"jsonrpc": "2.0", "id": 2,
+            "error": {"code": -32001, "message": "alice may not call delete_repo"}})
+    );
+    assert!(answers[6].1.contains("content-type: application/json"));
+
+    // The denied MCP call's trace: Envoy's ingress span → its ext_authz
+    // client span → celgate's decision span. Envoy flushes every 5 s.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (ingress, egress, decision) = loop {
+        let spans = collector.spans_with_service();
+        let decision = spans.iter().find(|(service, s)| {
+            service == "celgate"
+                && span_attr(s, "celgate.policy").as_deref() == Some("demo-3-mcp-tools")
+                && span_attr(s, "decision").as_deref() == Some("deny")
+        });
+        let parent_of = |child: &opentelemetry_proto::tonic::trace::v1::Span| {
+            spans
+                .iter()
+                .find(|(service, s)| {
+                    service == "envoy"
+                        && s.trace_id == child.trace_id
+                        && s.span_id == child.parent_span_id
+                })
+                .map(|(_, s)| s.clone())
+        };
+        if let Some((_, d)) = decision {
+            if let Some(egress) = parent_of(d) {
+                if let Some(ingress) = parent_of(&egress) {
+                    break (ingress, egress, d.clone());
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no joined trace for the denied MCP call; spans: {:#?}",
+            spans
+                .iter()
+                .map(|(svc, s)| (svc.clone(), s.name.clone(), hex(&s.trace_id)))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        egress.name,
+        "async envoy.service.auth.v3.Authorization.Check egress"
+    );
+    assert_eq!(ingress.name, "ingress");
+    assert_eq!(
+        span_attr(&ingress, "http.status_code").as_deref(),
+        Some("403")
+    );
+    assert_eq!(
+        span_attr(&decision, "http.response.status_code").as_deref(),
+        Some("403")
+    );
+    assert_eq!(span_attr(&decision, "url.path").as_deref(), Some("/mcp"));
+
+    // Ctrl-C (SIGINT to the group, as a terminal sends) stops everything.
+    tokio::task::spawn_blocking(move || {
+        let mut demo = demo;
+        demo.signal_group("-INT");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(s) = demo.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "did not stop:\n{}", demo.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(status.success(), "exit {status}:\n{}", demo.logs());
+        for p in &ports {
+            assert!(
+                std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok(),
+                "port {p} still in use after the demo stopped"
+            );
+        }
+    })
+    .await
+    .unwrap();
+}
+
+#[test]
+fn readme_tokens_are_the_demo_issuers_and_do_not_expire_soon() {
+    let (vars, _) = readme_examples();
+    for var in vars {
+        let (name, token) = var.split_once('=').unwrap();
+        let payload = token.split('.').nth(1).unwrap();
+        use base64::Engine as _;
+        let claims: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(claims["iss"], "https://issuer.demo.celgate.dev/", "{name}");
+        assert_eq!(claims["aud"], "celgate-demo", "{name}");
+        assert!(claims["exp"].as_i64().unwrap() >= 4_102_444_800, "{name}");
+    }
+}
