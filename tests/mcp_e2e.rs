@@ -15,9 +15,8 @@
 
 mod common;
 
-use common::{locate_envoy, repo_root, upstream_header, Gateway};
+use common::{repo_root, upstream_header, Gateway};
 use serde_json::{json, Value};
-use std::process::Command;
 
 const EXAMPLE: &str = "examples/mcp-gateway/envoy.yaml";
 const AUDIENCE: &str = "https://mcp.example.com/mcp";
@@ -205,29 +204,4 @@ async fn mcp_gateway_through_envoy() {
     let mut h = h;
     h.celgate.check_alive().unwrap_or_else(|e| panic!("{e}"));
     h.envoy.check_alive().unwrap_or_else(|e| panic!("{e}"));
-}
-
-/// The shipped Envoy configs are valid for the Envoy the tests run (`envoy --mode validate`).
-#[test]
-fn example_envoy_configs_validate() {
-    let envoy = locate_envoy();
-    for config in [EXAMPLE, "examples/envoy/envoy.yaml"] {
-        let out = Command::new(&envoy)
-            .arg("--mode")
-            .arg("validate")
-            .arg("-c")
-            .arg(repo_root().join(config))
-            .output()
-            .unwrap_or_else(|e| panic!("run {}: {e}", envoy.display()));
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success() && text.contains("OK"),
-            "envoy --mode validate -c {config} failed ({}):\n{text}",
-            out.status
-        );
-    }
 }
