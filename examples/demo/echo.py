@@ -21,6 +21,9 @@ TOOLS = ["search_docs", "create_ticket", "delete_repo"]
 class Echo(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "demo-echo"
+    # Headers and body go out in two writes: without TCP_NODELAY, Nagle and
+    # the peer's delayed ACK add ~40 ms to every keep-alive response.
+    disable_nagle_algorithm = True
 
     def handle_any(self):
         length = int(self.headers.get("content-length") or 0)
@@ -72,11 +75,17 @@ class Echo(BaseHTTPRequestHandler):
         sys.stderr.write("echo: %s %s\n" % (self.address_string(), fmt % args))
 
 
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # socketserver's default backlog of 5 refuses connections when Envoy
+    # opens many at once.
+    request_queue_size = 1024
+
+
 def main():
     arg = sys.argv[1] if len(sys.argv) > 1 else "8000"
     host, _, port = arg.rpartition(":")
-    server = ThreadingHTTPServer((host or "0.0.0.0", int(port)), Echo)
-    server.daemon_threads = True
+    server = Server((host or "0.0.0.0", int(port)), Echo)
     print("echo: listening on %s:%s" % (host or "0.0.0.0", port), flush=True)
     server.serve_forever()
 
