@@ -18,13 +18,12 @@ fn documents(file: &str) -> Vec<Value> {
 
 #[test]
 fn rbac_grants_read_access_to_the_watched_resources_only() {
-    let docs = documents("deploy/rbac.yaml");
+    let docs = documents("deploy/kubernetes/crd-source/rbac.yaml");
     let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
-    assert_eq!(
-        kinds,
-        ["ServiceAccount", "ClusterRole", "ClusterRoleBinding"]
-    );
-    let role = &docs[1];
+    assert_eq!(kinds, ["ClusterRole", "ClusterRoleBinding"]);
+    // The ServiceAccount is the base's.
+    let sa = &documents("deploy/kubernetes/base/serviceaccount.yaml")[0];
+    let role = &docs[0];
     let rules = role["rules"].as_array().unwrap();
     assert_eq!(rules.len(), 1);
     assert_eq!(rules[0]["apiGroups"], serde_json::json!([GROUP]));
@@ -34,12 +33,13 @@ fn rbac_grants_read_access_to_the_watched_resources_only() {
         rules[0]["verbs"],
         serde_json::json!(["get", "list", "watch"])
     );
-    let binding = &docs[2];
+    let binding = &docs[1];
     assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
-    assert_eq!(binding["subjects"][0]["name"], docs[0]["metadata"]["name"]);
+    assert_eq!(binding["subjects"][0]["name"], sa["metadata"]["name"]);
+    let kustomization = &documents("deploy/kubernetes/base/kustomization.yaml")[0];
     assert_eq!(
         binding["subjects"][0]["namespace"],
-        docs[0]["metadata"]["namespace"]
+        kustomization["namespace"]
     );
 }
 
