@@ -232,7 +232,7 @@ struct ServeArgs {
     /// PolicyException objects of policies.kyverno.io from the Kubernetes API,
     /// watched cluster-wide (in-cluster config, or the kubeconfig). They combine
     /// with the files by name. celgate waits for the first complete list before
-    /// it serves. Needs get/list/watch on both resources (deploy/rbac.yaml).
+    /// it serves. Needs get/list/watch on both resources (deploy/kubernetes/crd-source/rbac.yaml).
     #[arg(long, env = "CELGATE_KUBE")]
     kube: bool,
     /// API version of policies.kyverno.io to watch.

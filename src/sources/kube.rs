@@ -5,7 +5,7 @@
 //! for files (a name defined twice is refused like any broken change).
 //!
 //! The CRDs come from Kyverno; `deploy/crds/` holds a copy of their schema
-//! for clusters without Kyverno, and `deploy/rbac.yaml` the ClusterRole.
+//! for clusters without Kyverno, and `deploy/kubernetes/crd-source/rbac.yaml` the ClusterRole.
 
 use super::{rebuild, Sources};
 use crate::server::State;
