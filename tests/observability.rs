@@ -145,14 +145,7 @@ async fn spans_join_the_callers_trace_with_decision_attributes_and_no_secrets() 
     tokio::task::spawn_blocking(move || server.stop())
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let span = loop {
-        if let Some(s) = collector.spans.lock().unwrap().first().cloned() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "no span arrived");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let span = collector.first_span(Duration::from_secs(10)).await;
     assert_eq!(hex(&span.trace_id), trace_id, "joined the caller's trace");
     assert_eq!(
         hex(&span.parent_span_id),
@@ -476,14 +469,7 @@ async fn trace_context_in_grpc_metadata_wins_over_the_request_headers() {
     tokio::task::spawn_blocking(move || server.stop())
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let span = loop {
-        if let Some(s) = collector.spans.lock().unwrap().first().cloned() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "no span arrived");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let span = collector.first_span(Duration::from_secs(10)).await;
     assert_eq!(hex(&span.trace_id), envoy_trace);
     assert_eq!(hex(&span.parent_span_id), envoy_span);
 }

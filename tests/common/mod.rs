@@ -712,6 +712,24 @@ impl Collector {
         (collector, addr)
     }
 
+    /// The first span received, waiting up to `within` for one.
+    pub async fn first_span(
+        &self,
+        within: Duration,
+    ) -> opentelemetry_proto::tonic::trace::v1::Span {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.spans.lock().unwrap().first().cloned() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no span arrived within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Every span so far, with its service name.
     pub fn spans_with_service(&self) -> Vec<(String, opentelemetry_proto::tonic::trace::v1::Span)> {
         let spans = self.spans.lock().unwrap();
