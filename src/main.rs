@@ -333,6 +333,7 @@ fn main() -> ExitCode {
     let telemetry = match celgate::telemetry::otel::init(
         cli.log.as_deref().unwrap_or(default_log),
         matches!(cli.log_format, LogFormat::Json),
+        matches!(cli.command, Command::Serve(_)),
     ) {
         Ok(g) => g,
         Err(e) => {
@@ -487,33 +488,11 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
         state,
         args.grpc_addr,
         args.http_addr,
-        shutdown_signal(),
+        server::signal(),
     ))?;
     celgate::telemetry::decision_log::drain(std::time::Duration::from_secs(2));
     tracing::info!("stopped");
     Ok(())
-}
-
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
 }
 
 // The request path allocates small, short-lived values (CEL values, boxed

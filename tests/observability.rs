@@ -68,13 +68,18 @@ impl Server {
             .status()
             .unwrap();
         assert!(ok.success());
+        self.wait_exit(Duration::from_secs(15));
+    }
+
+    /// Waits for the process to exit 0 on its own.
+    fn wait_exit(&mut self, within: Duration) {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 assert!(status.success(), "exit status {status:?}");
                 return;
             }
-            assert!(start.elapsed() < Duration::from_secs(15), "did not stop");
+            assert!(start.elapsed() < within, "did not stop within {within:?}");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -478,7 +483,7 @@ async fn trace_context_in_grpc_metadata_wins_over_the_request_headers() {
 async fn shutdown_delay_keeps_answering_while_reporting_not_ready() {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
-    let server = tokio::task::spawn_blocking(|| Server::start(&["--shutdown-delay-s", "2"], &[]))
+    let server = tokio::task::spawn_blocking(|| Server::start(&["--shutdown-delay-s", "3"], &[]))
         .await
         .unwrap();
     let (grpc, http) = (server.grpc, server.http);
@@ -506,7 +511,7 @@ async fn shutdown_delay_keeps_answering_while_reporting_not_ready() {
         .unwrap();
     assert!(ok.success());
     // Within the delay: not ready, NOT_SERVING, and checks still answered.
-    let deadline = Instant::now() + Duration::from_secs(1);
+    let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         let ready = tokio::task::spawn_blocking(move || get_blocking(loopback(http), "/readyz"))
             .await
@@ -528,13 +533,37 @@ async fn shutdown_delay_keeps_answering_while_reporting_not_ready() {
         check(grpc, vec![request("GET", "/healthz", &[])]).await,
         [0]
     );
-    assert!(signalled.elapsed() < Duration::from_secs(2));
-    // Then it stops on its own, after the delay.
-    let stopped = tokio::task::spawn_blocking(move || server.stop())
-        .await
-        .map(|()| signalled.elapsed());
-    let took = stopped.unwrap();
-    assert!(took >= Duration::from_secs(2), "stopped after {took:?}");
+    // Then it stops on its own, after the delay (no second signal: that
+    // would end the delay).
+    let took = tokio::task::spawn_blocking(move || {
+        let mut server = server;
+        server.wait_exit(Duration::from_secs(15));
+        signalled.elapsed()
+    })
+    .await
+    .unwrap();
+    assert!(took >= Duration::from_secs(3), "stopped after {took:?}");
+}
+
+#[test]
+fn a_second_signal_ends_the_shutdown_delay() {
+    let mut server = Server::start(&["--shutdown-delay-s", "120"], &[]);
+    let term = |pid: u32| {
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success())
+    };
+    term(server.child.id());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get_blocking(loopback(server.http), "/readyz").unwrap().0 != 503 {
+        assert!(Instant::now() < deadline, "not in the delay");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    term(server.child.id());
+    // Well before the 120 s delay.
+    server.wait_exit(Duration::from_secs(15));
 }
 
 #[test]

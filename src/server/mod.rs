@@ -90,6 +90,28 @@ pub async fn serve(
     serve_on(state, grpc_listener, http_listener, shutdown).await
 }
 
+/// Resolves on SIGINT or SIGTERM.
+pub async fn signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
 /// Where shutdown is: serving; not ready but still answering (the
 /// `--shutdown-delay-s` window); stopping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -127,9 +149,13 @@ pub async fn serve_on(
         if !delay.is_zero() {
             tracing::info!(
                 delay_s = delay.as_secs_f64(),
-                "shutting down: not ready, still answering until the delay ends"
+                "shutting down: not ready, still answering until the delay ends \
+                 (a second SIGINT/SIGTERM stops now)"
             );
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = signal() => tracing::info!("second signal: not waiting for the delay"),
+            }
         }
         tracing::info!("shutting down: draining in-flight requests");
         let _ = tx.send(Phase::Stop);

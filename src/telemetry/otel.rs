@@ -73,8 +73,10 @@ pub fn export_requested() -> bool {
 }
 
 /// Installs the global subscriber: human or JSON logs on stderr filtered by
-/// `filter`, and the OTLP exporter when the environment asks for one.
-pub fn init(filter: &str, json: bool) -> Result<Guard, TelemetryError> {
+/// `filter`, and, when `may_export` (the server) and the environment asks
+/// for one, the OTLP exporter. The other commands never export: a container
+/// health check run every few seconds must not start an exporter each time.
+pub fn init(filter: &str, json: bool, may_export: bool) -> Result<Guard, TelemetryError> {
     // Decision spans are for the exporter, never for the log lines.
     let directives = format!("{filter},{DECISION_TARGET}=off");
     let env_filter = tracing_subscriber::EnvFilter::try_new(&directives).map_err(|e| {
@@ -93,7 +95,7 @@ pub fn init(filter: &str, json: bool) -> Result<Guard, TelemetryError> {
         fmt.with_filter(env_filter).boxed()
     };
     let mut guard = Guard::default();
-    let otel = if export_requested() {
+    let otel = if may_export && export_requested() {
         let provider = provider()?;
         let tracer = provider.tracer("celgate");
         opentelemetry::global::set_text_map_propagator(
