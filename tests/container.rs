@@ -461,8 +461,30 @@ fn shipped_envoy_configs() -> Vec<(String, String)> {
     found
 }
 
+/// Every HttpConnectionManager config in an Envoy bootstrap.
+fn connection_managers(config: &Value) -> Vec<&Value> {
+    fn walk<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
+        match v {
+            Value::Object(m) => {
+                if m.get("@type").and_then(Value::as_str).is_some_and(|t| {
+                    t.ends_with("http_connection_manager.v3.HttpConnectionManager")
+                }) {
+                    out.push(v);
+                }
+                m.values().for_each(|v| walk(v, out));
+            }
+            Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(config, &mut out);
+    assert!(!out.is_empty(), "no HttpConnectionManager");
+    out
+}
+
 #[test]
-fn every_shipped_envoy_config_validates() {
+fn every_shipped_envoy_config_validates_and_normalizes_paths() {
     let envoy = locate_envoy();
     let configs = shipped_envoy_configs();
     let names: Vec<&str> = configs.iter().map(|(n, _)| n.as_str()).collect();
@@ -475,6 +497,15 @@ fn every_shipped_envoy_config_validates() {
     }
     let dir = tempfile::tempdir().unwrap();
     for (i, (name, text)) in configs.iter().enumerate() {
+        for hcm in connection_managers(&yaml(text)) {
+            // Policies match on the path: it must be the one the upstream serves.
+            assert_eq!(hcm["normalize_path"], true, "{name}: normalize_path");
+            assert_eq!(hcm["merge_slashes"], true, "{name}: merge_slashes");
+            assert_eq!(
+                hcm["path_with_escaped_slashes_action"], "UNESCAPE_AND_REDIRECT",
+                "{name}: path_with_escaped_slashes_action"
+            );
+        }
         let path = dir.path().join(format!("{i}.yaml"));
         std::fs::write(&path, text).unwrap();
         let out = Command::new(&envoy)
