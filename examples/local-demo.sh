@@ -16,6 +16,7 @@
 #   DEMO_UPSTREAM_PORT=8000 DEMO_OTLP_PORT=4317   ports on 127.0.0.1
 #   DEMO_OTLP_ENDPOINT=host:port  send spans to your own OTLP/gRPC receiver (a
 #                                 local Jaeger, say) instead of the span printer
+#                                 (an http:// prefix is accepted)
 #   DEMO_DIR=dir       where logs and the generated Envoy config go (default: a new temp dir)
 #   CELGATE_BIN=path   a celgate binary to use instead of `cargo build --release`
 #   ENVOY=path         an Envoy binary to use instead of .venv/bin/envoy
@@ -56,7 +57,12 @@ if [ -z "${CELGATE_BIN:-}" ]; then
   CELGATE_BIN=$REPO/target/release/celgate
 fi
 if [ -n "${DEMO_OTLP_ENDPOINT:-}" ]; then
-  OTLP=$DEMO_OTLP_ENDPOINT
+  # host:port; an OTEL-style http:// prefix is dropped.
+  OTLP=${DEMO_OTLP_ENDPOINT#http://}
+  OTLP=${OTLP%/}
+  case $OTLP in
+    *://* | *[!A-Za-z0-9.:_-]* | *[!0-9]) die "DEMO_OTLP_ENDPOINT: expected host:port, got '$DEMO_OTLP_ENDPOINT'" ;;
+  esac
   SINK_BIN=
 else
   OTLP=127.0.0.1:$OTLP_PORT
@@ -92,6 +98,19 @@ swap "{ address: celgate, port_value: 9191 }" "{ address: 127.0.0.1, port_value:
 swap "{ address: jaeger, port_value: 4317 }" "{ address: $OTLP_HOST, port_value: $OTLP_PORT }"
 
 # --- processes ----------------------------------------------------------------
+# The ports must be free: the compose demo uses the same ones, and a probe
+# answered by another process would make a broken start look ready.
+PORTS="$PORT $ADMIN_PORT $GRPC_PORT $HTTP_PORT $UPSTREAM_PORT"
+[ -n "$SINK_BIN" ] && PORTS="$PORTS $OTLP_PORT"
+for p in $PORTS; do
+  python3 -c 'import socket, sys
+s = socket.socket()
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    sys.exit(1)' "$p" || die "port $p on 127.0.0.1 is in use (is the compose demo running?); set DEMO_*_PORT"
+done
+
 PIDS=()
 stop() {
   trap - EXIT INT TERM
@@ -110,13 +129,18 @@ start() { # name command...
   PIDS+=($!)
 }
 
+all_alive() {
+  local pid
+  for pid in "${PIDS[@]}"; do
+    kill -0 "$pid" 2>/dev/null || return 1
+  done
+}
+
 wait_for() { # what url
   local i
   for i in $(seq 1 300); do
+    all_alive || die "a demo process exited while waiting for $1; logs in $DIR"
     if curl -fs -o /dev/null "$2"; then return 0; fi
-    for pid in "${PIDS[@]}"; do
-      kill -0 "$pid" 2>/dev/null || die "$1 is not ready and a process exited; logs in $DIR"
-    done
     sleep 0.1
   done
   die "$1 not ready after 30 s; logs in $DIR"
@@ -134,6 +158,7 @@ start envoy "$ENVOY" -c "$CONFIG" --concurrency 1 --base-id "$((PORT * 10 + 7))"
 wait_for celgate "http://127.0.0.1:$HTTP_PORT/readyz"
 wait_for envoy "http://127.0.0.1:$ADMIN_PORT/ready"
 wait_for upstream "http://127.0.0.1:$PORT/public/hello"
+all_alive || die "a demo process exited during start-up; logs in $DIR"
 
 cat <<EOF
 
@@ -152,9 +177,7 @@ echo
 echo "Try the requests in the README (\"Demo\"). Ctrl-C stops everything."
 
 # Until a signal, or until one of the processes dies.
-while :; do
-  for pid in "${PIDS[@]}"; do
-    kill -0 "$pid" 2>/dev/null || die "a demo process exited; logs in $DIR"
-  done
+while all_alive; do
   sleep 1
 done
+die "a demo process exited; logs in $DIR"

@@ -20,6 +20,8 @@ fi
 export CELGATE_ENVOY="$PWD/.venv/bin/envoy"
 "$CELGATE_ENVOY" --version
 
+# The local demo's span printer, run by tests/demo.rs.
+cargo build --locked --quiet --example otlp_sink
 echo "==> cargo test"
 # Examples and benches have no tests; clippy --all-targets builds them.
 cargo test --locked --lib --bins --tests "$@"

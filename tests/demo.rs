@@ -1,12 +1,13 @@
 //! The README's demo, run for real: `examples/local-demo.sh` (Envoy 1.40,
-//! celgate, the echo upstream) and the exact requests of the README's demo
-//! block, each checked against the status the README promises, plus what
-//! the upstream saw and the trace the request left (celgate's decision span
-//! under Envoy's ext_authz span, received by an OTLP collector in the test).
+//! celgate, the echo upstream, the span printer) and the exact requests of
+//! the README's demo block, each checked against the status the README
+//! promises, plus what the upstream saw and the trace the request left in
+//! the demo's `traces.log` (celgate's decision span under Envoy's ext_authz
+//! span).
 
 mod common;
 
-use common::{celgate_bin, free_ports, hex, locate_envoy, span_attr, Collector};
+use common::{celgate_bin, free_ports, locate_envoy};
 use serde_json::Value;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -115,7 +116,25 @@ impl Drop for Demo {
     }
 }
 
-fn start_demo(dir: &Path, ports: &[u16], otlp: std::net::SocketAddr) -> Demo {
+/// The span printer (`examples/otlp_sink.rs`), built beside the test
+/// binaries by `./scripts/test.sh` (`cargo build --example otlp_sink`).
+fn sink_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SINK_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = profile_dir.join("examples/otlp_sink");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it with `cargo build --example otlp_sink` \
+         (./scripts/test.sh does), or set SINK_BIN",
+        bin.display()
+    );
+    bin
+}
+
+fn start_demo(dir: &Path, ports: &[u16]) -> Demo {
     let out = std::fs::File::create(dir.join("script.out")).unwrap();
     let child = Command::new("bash")
         .arg(repo().join("examples/local-demo.sh"))
@@ -127,7 +146,9 @@ fn start_demo(dir: &Path, ports: &[u16], otlp: std::net::SocketAddr) -> Demo {
         .env("DEMO_GRPC_PORT", ports[2].to_string())
         .env("DEMO_HTTP_PORT", ports[3].to_string())
         .env("DEMO_UPSTREAM_PORT", ports[4].to_string())
-        .env("DEMO_OTLP_ENDPOINT", otlp.to_string())
+        .env("DEMO_OTLP_PORT", ports[5].to_string())
+        .env("SINK_BIN", sink_bin())
+        .env_remove("DEMO_OTLP_ENDPOINT")
         .stdin(Stdio::null())
         .stdout(Stdio::from(out.try_clone().unwrap()))
         .stderr(Stdio::from(out))
@@ -184,17 +205,16 @@ async fn readme_demo_requests_answer_as_promised_and_leave_joined_traces() {
     assert_eq!(vars.len(), 2, "ALICE and BOB");
     assert_eq!(
         examples.len(),
-        8,
+        9,
         "the README's demo requests: {examples:#?}"
     );
 
-    let (collector, otlp) = Collector::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let ports = free_ports(5);
+    let ports = free_ports(6);
     let path = dir.path().to_path_buf();
     let demo = tokio::task::spawn_blocking({
         let ports = ports.clone();
-        move || start_demo(&path, &ports, otlp)
+        move || start_demo(&path, &ports)
     })
     .await
     .unwrap();
@@ -245,28 +265,34 @@ async fn readme_demo_requests_answer_as_promised_and_leave_joined_traces() {
             "error": {"code": -32001, "message": "alice may not call delete_repo"}})
     );
     assert!(answers[6].1.contains("content-type: application/json"));
+    assert!(answers[8].2.contains("bearer token required"));
 
-    // The denied MCP call's trace: Envoy's ingress span → its ext_authz
-    // client span → celgate's decision span. Envoy flushes every 5 s.
+    // The denied MCP call's trace, as traces.log shows it: Envoy's ingress
+    // span → its ext_authz client span → celgate's decision span. Envoy
+    // flushes every 5 s.
     let deadline = Instant::now() + Duration::from_secs(30);
     let (ingress, egress, decision) = loop {
-        let spans = collector.spans_with_service();
-        let decision = spans.iter().find(|(service, s)| {
-            service == "celgate"
-                && span_attr(s, "celgate.policy").as_deref() == Some("demo-3-mcp-tools")
-                && span_attr(s, "decision").as_deref() == Some("deny")
-        });
-        let parent_of = |child: &opentelemetry_proto::tonic::trace::v1::Span| {
+        let spans: Vec<Value> = std::fs::read_to_string(dir.path().join("traces.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let parent_of = |child: &Value| {
             spans
                 .iter()
-                .find(|(service, s)| {
-                    service == "envoy"
-                        && s.trace_id == child.trace_id
-                        && s.span_id == child.parent_span_id
+                .find(|s| {
+                    s["service"] == "envoy"
+                        && s["trace"] == child["trace"]
+                        && s["span"] == child["parent"]
                 })
-                .map(|(_, s)| s.clone())
+                .cloned()
         };
-        if let Some((_, d)) = decision {
+        let decision = spans.iter().find(|s| {
+            s["service"] == "celgate"
+                && s["attributes"]["celgate.policy"] == "demo-3-mcp-tools"
+                && s["attributes"]["decision"] == "deny"
+        });
+        if let Some(d) = decision {
             if let Some(egress) = parent_of(d) {
                 if let Some(ingress) = parent_of(&egress) {
                     break (ingress, egress, d.clone());
@@ -275,28 +301,23 @@ async fn readme_demo_requests_answer_as_promised_and_leave_joined_traces() {
         }
         assert!(
             Instant::now() < deadline,
-            "no joined trace for the denied MCP call; spans: {:#?}",
+            "no joined trace for the denied MCP call in traces.log:\n{}",
             spans
                 .iter()
-                .map(|(svc, s)| (svc.clone(), s.name.clone(), hex(&s.trace_id)))
+                .map(|s| format!("{} {} {}", s["service"], s["name"], s["trace"]))
                 .collect::<Vec<_>>()
+                .join("\n")
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(
-        egress.name,
+        egress["name"],
         "async envoy.service.auth.v3.Authorization.Check egress"
     );
-    assert_eq!(ingress.name, "ingress");
-    assert_eq!(
-        span_attr(&ingress, "http.status_code").as_deref(),
-        Some("403")
-    );
-    assert_eq!(
-        span_attr(&decision, "http.response.status_code").as_deref(),
-        Some("403")
-    );
-    assert_eq!(span_attr(&decision, "url.path").as_deref(), Some("/mcp"));
+    assert_eq!(ingress["name"], "ingress");
+    assert_eq!(ingress["attributes"]["http.status_code"], "403");
+    assert_eq!(decision["attributes"]["http.response.status_code"], 403);
+    assert_eq!(decision["attributes"]["url.path"], "/mcp");
 
     // Ctrl-C (SIGINT to the group, as a terminal sends) stops everything.
     tokio::task::spawn_blocking(move || {
@@ -311,11 +332,21 @@ async fn readme_demo_requests_answer_as_promised_and_leave_joined_traces() {
             std::thread::sleep(Duration::from_millis(50));
         };
         assert!(status.success(), "exit {status}:\n{}", demo.logs());
-        for p in &ports {
+        // Nothing of the demo is left running.
+        let group = format!("-{}", demo.child.id());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Command::new("kill")
+            .args(["-0", "--", &group])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+        {
             assert!(
-                std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok(),
-                "port {p} still in use after the demo stopped"
+                Instant::now() < deadline,
+                "processes of the demo outlived it"
             );
+            std::thread::sleep(Duration::from_millis(50));
         }
     })
     .await

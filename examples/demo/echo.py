@@ -26,8 +26,7 @@ class Echo(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
 
     def handle_any(self):
-        length = int(self.headers.get("content-length") or 0)
-        body = self.rfile.read(length).decode("utf-8", "replace") if length else ""
+        body = self.read_body().decode("utf-8", "replace")
         seen = {
             "method": self.command,
             "path": self.path,
@@ -45,6 +44,21 @@ class Echo(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(payload)
+
+    def read_body(self):
+        if "chunked" in self.headers.get("transfer-encoding", "").lower():
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    # Trailers, up to the empty line.
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("content-length") or 0)
+        return self.rfile.read(length) if length else b""
 
     @staticmethod
     def mcp(body, seen):
