@@ -9,8 +9,9 @@
 #   docker run --rm -v "$PWD/my-policies:/policies:ro" -p 9191:9191 celgate:0.1.0 serve --policies /policies
 #
 # Health: `celgate healthcheck` (GET /readyz, no shell needed) backs the
-# HEALTHCHECK below; Kubernetes probes use /livez and /readyz on port 9192
-# (deploy/kubernetes).
+# HEALTHCHECK below. It finds the server through CELGATE_HTTP_ADDR: change
+# the HTTP address with that variable, not with `serve --http-addr`.
+# Kubernetes probes use /livez and /readyz on port 9192 (deploy/kubernetes).
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src

@@ -1022,6 +1022,12 @@ fn base_service_and_pdb_select_the_pods_and_name_their_ports() {
         container_port(c, &p["targetPort"]);
     }
 
+    // The headless Service: the same pods, the gRPC port, no cluster IP.
+    let headless = b.get("Service", "celgate-headless");
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+    assert_eq!(headless["spec"]["selector"], svc["spec"]["selector"]);
+    assert_eq!(headless["spec"]["ports"], serde_json::json!([grpc]));
+
     let pdb = b.get("PodDisruptionBudget", "celgate");
     selects(&pdb["spec"]["selector"]["matchLabels"], labels, "PDB");
     assert_eq!(
