@@ -359,6 +359,85 @@ fn dockerfile_builds_with_a_pinned_toolchain_and_runs_non_root_without_a_shell()
     }
 }
 
+#[test]
+fn image_entrypoint_and_environment_alone_serve_and_pass_the_health_check() {
+    // What the image runs, with nothing but the image's environment: the
+    // ENTRYPOINT with CMD's arguments, the Dockerfile's ENV (addresses moved
+    // to free loopback ports, the policies directory to where COPY would put
+    // them), no HOME, no PATH. The HEALTHCHECK command then finds it through
+    // the same environment.
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("etc/celgate/policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    for entry in std::fs::read_dir(repo_root().join("policies")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            std::fs::copy(&path, policies.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let ports = common::free_ports(2);
+    let env: Vec<(String, String)> = dockerfile_env()
+        .into_iter()
+        .map(|(k, v)| match k.as_str() {
+            "CELGATE_POLICIES" => {
+                assert_eq!(v, "/etc/celgate/policies");
+                (k, policies.display().to_string())
+            }
+            "CELGATE_GRPC_ADDR" => (k, format!("0.0.0.0:{}", ports[0])),
+            "CELGATE_HTTP_ADDR" => (k, format!("0.0.0.0:{}", ports[1])),
+            _ => (k, v),
+        })
+        .collect();
+    let stages = dockerfile_stages();
+    let run = stages.last().unwrap();
+    let last = |k: &str| exec_form(&run.iter().rfind(|i| i.keyword == k).unwrap().args);
+    let (entrypoint, cmd) = (last("ENTRYPOINT"), last("CMD"));
+    let health_args = {
+        let h = &run
+            .iter()
+            .rfind(|i| i.keyword == "HEALTHCHECK")
+            .unwrap()
+            .args;
+        exec_form(h.split_once("CMD ").unwrap().1)
+    };
+    let bin = env!("CARGO_BIN_EXE_celgate");
+    let command = |argv: &[String]| {
+        assert_eq!(argv[0], "/usr/local/bin/celgate");
+        let mut c = Command::new(bin);
+        c.args(&argv[1..])
+            .env_clear()
+            .envs(env.clone())
+            .current_dir("/");
+        c
+    };
+    let mut argv = entrypoint.clone();
+    argv.extend(cmd);
+    let mut server = common::ChildGuard::spawn("celgate", command(&argv), dir.path());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        server.check_alive().unwrap_or_else(|e| panic!("{e}"));
+        let out = command(&health_args).output().unwrap();
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health check never passed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            server.log_tail()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // JSON log lines, as the image's CELGATE_LOG_FORMAT says.
+    let log = server.log_tail();
+    let first = log.lines().next().unwrap_or_default();
+    let line: Value = serde_json::from_str(first).unwrap_or_else(|e| panic!("{e}: {first}"));
+    assert!(line["fields"]["message"].is_string(), "{line}");
+    server.stop();
+    // And the health check fails once it is gone.
+    assert!(!command(&health_args).output().unwrap().status.success());
+}
+
 /// A few fields of Cargo.toml, without a TOML dependency.
 mod toml_like {
     pub struct Manifest {
