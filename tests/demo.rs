@@ -134,7 +134,22 @@ fn sink_bin() -> PathBuf {
     bin
 }
 
-fn start_demo(dir: &Path, ports: &[u16]) -> Demo {
+/// Starts the demo on free ports; a port taken between picking and binding
+/// (tests run in parallel) makes the script exit early, so up to three tries
+/// on fresh ports. Returns the demo and its ports.
+fn start_demo(dir: &Path) -> (Demo, Vec<u16>) {
+    let mut last = String::new();
+    for _ in 0..3 {
+        let ports = free_ports(6);
+        match try_start_demo(dir, &ports) {
+            Ok(demo) => return (demo, ports),
+            Err(e) => last = e,
+        }
+    }
+    panic!("local-demo.sh did not start in three tries; the last:\n{last}");
+}
+
+fn try_start_demo(dir: &Path, ports: &[u16]) -> Result<Demo, String> {
     let out = std::fs::File::create(dir.join("script.out")).unwrap();
     let child = Command::new("bash")
         .arg(repo().join("examples/local-demo.sh"))
@@ -162,10 +177,10 @@ fn start_demo(dir: &Path, ports: &[u16]) -> Demo {
     let deadline = Instant::now() + Duration::from_secs(90);
     while !demo.output().contains("celgate demo ready") {
         if let Some(status) = demo.child.try_wait().unwrap() {
-            panic!(
+            return Err(format!(
                 "local-demo.sh exited ({status}) before ready:\n{}",
                 demo.logs()
-            );
+            ));
         }
         assert!(
             Instant::now() < deadline,
@@ -174,7 +189,7 @@ fn start_demo(dir: &Path, ports: &[u16]) -> Demo {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    demo
+    Ok(demo)
 }
 
 /// Runs a README command against the demo's port: (status, headers, body).
@@ -210,14 +225,10 @@ async fn readme_demo_requests_answer_as_promised_and_leave_joined_traces() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let ports = free_ports(6);
     let path = dir.path().to_path_buf();
-    let demo = tokio::task::spawn_blocking({
-        let ports = ports.clone();
-        move || start_demo(&path, &ports)
-    })
-    .await
-    .unwrap();
+    let (demo, ports) = tokio::task::spawn_blocking(move || start_demo(&path))
+        .await
+        .unwrap();
     let port = ports[0];
 
     let mut answers = Vec::new();
