@@ -472,7 +472,12 @@ impl Compiler {
                     format!("{value} is not honoured: the policy is enforced"),
                 );
             } else if !IGNORED_SPEC_FIELDS.contains(&key.as_str()) {
-                self.warn_at(ctx, format!("spec.{key}"), unknown_field(key, &SPEC_FIELDS));
+                let known: Vec<&str> = READ_SPEC_FIELDS
+                    .iter()
+                    .chain(&IGNORED_SPEC_FIELDS)
+                    .copied()
+                    .collect();
+                self.warn_at(ctx, format!("spec.{key}"), unknown_field(key, &known));
             }
         }
         let before = self.errors.len();
@@ -882,20 +887,14 @@ fn digest(v: &serde_json::Value) -> u64 {
     h.finish()
 }
 
-/// Fields of a ValidatingPolicy spec celgate reads or knowingly ignores.
-const SPEC_FIELDS: [&str; 12] = [
-    "background",
+/// Fields of a ValidatingPolicy spec celgate reads (those it knowingly
+/// ignores are `IGNORED_SPEC_FIELDS`).
+const READ_SPEC_FIELDS: [&str; 5] = [
     "evaluation",
     "failurePolicy",
     "matchConditions",
     "variables",
     "validations",
-    "matchConstraints",
-    "validationActions",
-    "auditAnnotations",
-    "webhookConfiguration",
-    "autogen",
-    "admission",
 ];
 
 /// "unknown field x is ignored", with the closest known name when it looks
