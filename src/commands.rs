@@ -145,32 +145,13 @@ pub fn test(paths: &[PathBuf], filter: Option<&str>, junit: bool) -> ExitCode {
     }
 }
 
-/// `celgate healthcheck`: GET `path` on a running server's HTTP address over
-/// plain HTTP/1.1; 0 on 200, 1 otherwise, with the reason on stderr.
+/// `celgate healthcheck`: GET `path` on a running server's HTTP address;
+/// 0 on 200, 1 otherwise, with the reason on stderr.
 pub fn healthcheck(
-    addr: std::net::SocketAddr,
-    path: &str,
-    timeout: std::time::Duration,
-) -> ExitCode {
-    match probe(addr, path, timeout) {
-        Ok(200) => ExitCode::SUCCESS,
-        Ok(status) => {
-            eprintln!("celgate healthcheck: {path} on {addr} answered {status}");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("celgate healthcheck: {path} on {addr}: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn probe(
     mut addr: std::net::SocketAddr,
     path: &str,
     timeout: std::time::Duration,
-) -> std::io::Result<u16> {
-    use std::io::{Error, ErrorKind};
+) -> ExitCode {
     // A server bound to 0.0.0.0 / :: is reached on loopback.
     if addr.ip().is_unspecified() {
         addr.set_ip(match addr {
@@ -178,24 +159,26 @@ fn probe(
             std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
         });
     }
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut head = [0u8; 64];
-    let mut n = 0;
-    while n < 12 {
-        match stream.read(&mut head[n..])? {
-            0 => break,
-            m => n += m,
+    // The same HTTP client as the JWKS fetches, never through a proxy.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .proxy(None)
+        .build()
+        .into();
+    match agent.get(format!("http://{addr}{path}")).call() {
+        Ok(r) if r.status() == 200 => ExitCode::SUCCESS,
+        Ok(r) => {
+            eprintln!(
+                "celgate healthcheck: {path} on {addr} answered {}",
+                r.status().as_u16()
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("celgate healthcheck: {path} on {addr}: {e}");
+            ExitCode::FAILURE
         }
     }
-    let line = std::str::from_utf8(&head[..n]).unwrap_or("");
-    line.strip_prefix("HTTP/1.")
-        .and_then(|rest| rest.get(2..5))
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| Error::new(ErrorKind::InvalidData, "not an HTTP response"))
 }
