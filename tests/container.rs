@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{locate_envoy, repo_root};
+use common::{envoy_cluster_address, files_under, locate_envoy, port_of, repo_root};
 use serde::Deserialize;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -91,28 +91,6 @@ fn mounts(service: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-fn port_of(addr: &str) -> u64 {
-    addr.rsplit(':').next().unwrap().parse().unwrap()
-}
-
-/// `{address, port_value}` of each cluster of an Envoy bootstrap, by name.
-fn envoy_clusters(config: &Value) -> Vec<(String, String, u64)> {
-    config["static_resources"]["clusters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            let sa = &c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-                ["address"]["socket_address"];
-            (
-                c["name"].as_str().unwrap().to_string(),
-                sa["address"].as_str().unwrap().to_string(),
-                sa["port_value"].as_u64().unwrap(),
-            )
-        })
-        .collect()
-}
-
 /// `ENV` values of the Dockerfile's last stage.
 fn dockerfile_env() -> Vec<(String, String)> {
     let text = read("Dockerfile").replace("\\\n", " ");
@@ -190,7 +168,9 @@ fn compose_runs_the_demo_topology_that_local_demo_runs() {
     );
     // Each Envoy cluster reaches a compose service on the port it listens on.
     let celgate = &services["celgate"];
-    for (cluster, host, port) in envoy_clusters(&config) {
+    for cluster in config["static_resources"]["clusters"].as_array().unwrap() {
+        let cluster = cluster["name"].as_str().unwrap();
+        let (host, port) = envoy_cluster_address(&config, cluster);
         assert!(services.contains_key(&host), "{cluster} → {host}");
         let expected = match host.as_str() {
             "celgate" => port_of(&env_of("CELGATE_GRPC_ADDR")),
@@ -335,7 +315,7 @@ fn dockerfile_builds_with_a_pinned_toolchain_and_runs_non_root_without_a_shell()
     assert_eq!(exec_form(cmd), ["/usr/local/bin/celgate", "healthcheck"]);
 
     // Listens where it says, serves the policies it ships.
-    let exposed: Vec<u64> = get(run, "EXPOSE")
+    let exposed: Vec<u16> = get(run, "EXPOSE")
         .iter()
         .flat_map(|e| e.split(' ').map(|p| p.parse().unwrap()).collect::<Vec<_>>())
         .collect();
@@ -497,40 +477,32 @@ fn binary_needs_only_libraries_the_distroless_cc_image_has() {
 /// Every Envoy bootstrap shipped: YAML files under examples/ and deploy/ with
 /// `static_resources`, and such files carried inside ConfigMaps.
 fn shipped_envoy_configs() -> Vec<(String, String)> {
+    let root = repo_root().canonicalize().unwrap();
     let mut found = Vec::new();
-    let mut stack = vec![repo_root().join("examples"), repo_root().join("deploy")];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
+    for path in ["examples", "deploy"]
+        .iter()
+        .flat_map(|d| files_under(&root.join(d)))
+    {
+        if !matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let name = path.strip_prefix(&root).unwrap().display().to_string();
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let Ok(doc) = Value::deserialize(doc) else {
                 continue;
+            };
+            if doc.get("static_resources").is_some() {
+                found.push((name.clone(), text.clone()));
             }
-            if !matches!(
-                path.extension().and_then(|e| e.to_str()),
-                Some("yaml" | "yml")
-            ) {
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).unwrap();
-            let name = path
-                .strip_prefix(repo_root())
-                .unwrap()
-                .display()
-                .to_string();
-            for doc in serde_yaml_ng::Deserializer::from_str(&text) {
-                let Ok(doc) = Value::deserialize(doc) else {
-                    continue;
-                };
-                if doc.get("static_resources").is_some() {
-                    found.push((name.clone(), text.clone()));
-                }
-                if doc["kind"] == "ConfigMap" {
-                    for (key, value) in doc["data"].as_object().into_iter().flatten() {
-                        let inner = value.as_str().unwrap_or("");
-                        if inner.contains("static_resources:") {
-                            found.push((format!("{name} (ConfigMap key {key})"), inner.into()));
-                        }
+            if doc["kind"] == "ConfigMap" {
+                for (key, value) in doc["data"].as_object().into_iter().flatten() {
+                    let inner = value.as_str().unwrap_or("");
+                    if inner.contains("static_resources:") {
+                        found.push((format!("{name} (ConfigMap key {key})"), inner.into()));
                     }
                 }
             }

@@ -7,16 +7,12 @@
 
 mod common;
 
-use common::{celgate_bin, free_ports, locate_envoy};
+use common::{celgate_bin, free_ports, locate_envoy, repo_root};
 use serde_json::Value;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// One request of the README's demo block.
 #[derive(Debug)]
@@ -29,7 +25,7 @@ struct Example {
 /// The README's demo block: `NAME=value` lines, then `# NNN: text` lines each
 /// followed by one command (continued with a trailing backslash).
 fn readme_examples() -> (Vec<String>, Vec<Example>) {
-    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
     let start = readme
         .find("<!-- demo-requests")
         .expect("README has a demo-requests block");
@@ -152,7 +148,7 @@ fn start_demo(dir: &Path) -> (Demo, Vec<u16>) {
 fn try_start_demo(dir: &Path, ports: &[u16]) -> Result<Demo, String> {
     let out = std::fs::File::create(dir.join("script.out")).unwrap();
     let child = Command::new("bash")
-        .arg(repo().join("examples/local-demo.sh"))
+        .arg(repo_root().join("examples/local-demo.sh"))
         .env("CELGATE_BIN", celgate_bin())
         .env("ENVOY", locate_envoy())
         .env("DEMO_DIR", dir)

@@ -20,7 +20,7 @@ mod common;
 
 use celgate::policy::{load, PolicySet};
 use celgate::sources::kube::{GROUP, KINDS};
-use common::repo_root;
+use common::{envoy_cluster_address, files_under, port_of, repo_root};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -478,20 +478,6 @@ fn kustomization_dirs() -> Vec<PathBuf> {
     out
 }
 
-fn all_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path().canonicalize().unwrap();
-        if p.is_dir() {
-            out.extend(all_files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out.sort();
-    out
-}
-
 fn built(dir: &str) -> Build {
     build(&repo_root().join(KUBERNETES).join(dir))
 }
@@ -638,7 +624,7 @@ fn every_kustomization_builds_to_schema_valid_objects_and_uses_every_file() {
         }
         used.extend(b.files);
     }
-    for file in all_files(&repo_root().join(KUBERNETES)) {
+    for file in files_under(&repo_root().join(KUBERNETES)) {
         assert!(
             used.contains(&file),
             "{} is used by no kustomization",
@@ -726,13 +712,6 @@ fn selects(selector: &Value, labels: &Value, what: &str) {
     }
 }
 
-fn port_of(addr: &str) -> i64 {
-    addr.parse::<SocketAddr>()
-        .unwrap_or_else(|e| panic!("{addr}: {e}"))
-        .port()
-        .into()
-}
-
 /// Restricted Pod Security Standard, and more: non-root, read-only root
 /// filesystem, no privilege escalation, no capabilities, RuntimeDefault
 /// seccomp, requests and a memory limit, a pinned image.
@@ -785,7 +764,7 @@ fn assert_hardened_pod(pod: &Value, what: &str) {
 
 /// The files under `policies/` that are policies (not test suites).
 fn bundled_policies() -> BTreeMap<String, PathBuf> {
-    all_files(&repo_root().join("policies"))
+    files_under(&repo_root().join("policies"))
         .into_iter()
         .filter(|p| !p.to_string_lossy().ends_with(".test.yaml"))
         .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), p))
@@ -882,8 +861,9 @@ fn assert_celgate_container(b: &Build, pod: &Value, c: &Value, what: &str) -> St
     );
     assert_policies_config_map(b, POLICIES_CONFIG_MAP);
 
-    let http =
-        port_of(flag(&args, "--http-addr").unwrap_or_else(|| panic!("{what}: no --http-addr")));
+    let http = i64::from(port_of(
+        flag(&args, "--http-addr").unwrap_or_else(|| panic!("{what}: no --http-addr")),
+    ));
     for (probe, paths) in [
         ("startupProbe", &["/livez", "/readyz"][..]),
         ("livenessProbe", &["/livez"][..]),
@@ -1010,13 +990,13 @@ fn base_service_and_pdb_select_the_pods_and_name_their_ports() {
     assert_eq!(grpc["appProtocol"], "grpc");
     assert_eq!(
         container_port(c, &grpc["targetPort"]),
-        port_of(flag(&args, "--grpc-addr").unwrap())
+        i64::from(port_of(flag(&args, "--grpc-addr").unwrap()))
     );
     let http = by_name("http");
     assert_eq!(http["port"], 9192);
     assert_eq!(
         container_port(c, &http["targetPort"]),
-        port_of(flag(&args, "--http-addr").unwrap())
+        i64::from(port_of(flag(&args, "--http-addr").unwrap()))
     );
     for p in ports {
         container_port(c, &p["targetPort"]);
@@ -1151,7 +1131,7 @@ fn crd_copy_defines_both_kinds_with_one_storage_version() {
 fn policy_copies_stay_identical_to_the_bundled_policies() {
     let bundled = bundled_policies();
     let mut copies = 0;
-    for file in all_files(&repo_root().join(KUBERNETES)) {
+    for file in files_under(&repo_root().join(KUBERNETES)) {
         if file.parent().unwrap().file_name().unwrap() != "policies"
             || file.file_name().unwrap() == "kustomization.yaml"
         {
@@ -1184,27 +1164,6 @@ fn policy_copies_stay_identical_to_the_bundled_policies() {
 // ---------------------------------------------------------------------------
 
 /// The `socket_address` of the one endpoint of Envoy cluster `name`.
-fn cluster_address(config: &Value, name: &str) -> (String, i64) {
-    let cluster = config["static_resources"]["clusters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("no Envoy cluster {name}"));
-    let endpoints: Vec<&Value> = cluster["load_assignment"]["endpoints"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|e| e["lb_endpoints"].as_array().into_iter().flatten())
-        .collect();
-    assert_eq!(endpoints.len(), 1, "cluster {name}: one endpoint");
-    let a = &endpoints[0]["endpoint"]["address"]["socket_address"];
-    (
-        a["address"].as_str().unwrap().to_owned(),
-        a["port_value"].as_i64().unwrap(),
-    )
-}
-
 #[test]
 fn sidecar_pod_wires_envoy_to_celgate_and_the_app_on_loopback() {
     let b = built("sidecar");
@@ -1307,7 +1266,7 @@ fn sidecar_pod_wires_envoy_to_celgate_and_the_app_on_loopback() {
     let authz_cluster = authz["grpc_service"]["envoy_grpc"]["cluster_name"]
         .as_str()
         .unwrap();
-    let (host, port) = cluster_address(&config, authz_cluster);
+    let (host, port) = envoy_cluster_address(&config, authz_cluster);
     assert_eq!(
         format!("{host}:{port}"),
         grpc,
@@ -1327,8 +1286,8 @@ fn sidecar_pod_wires_envoy_to_celgate_and_the_app_on_loopback() {
             .as_str()
             .expect("a route to a cluster");
         assert_eq!(
-            cluster_address(&config, cluster),
-            ("127.0.0.1".to_owned(), app_port),
+            envoy_cluster_address(&config, cluster),
+            ("127.0.0.1".to_owned(), u16::try_from(app_port).unwrap()),
             "Envoy routes to the app container's port"
         );
     }

@@ -797,3 +797,48 @@ pub fn span_attr(span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str) 
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// The port of a `host:port` socket address.
+pub fn port_of(addr: &str) -> u16 {
+    addr.parse::<SocketAddr>()
+        .unwrap_or_else(|e| panic!("{addr}: {e}"))
+        .port()
+}
+
+/// Host and port of the only endpoint of cluster `name` in an Envoy
+/// bootstrap (as JSON).
+pub fn envoy_cluster_address(config: &Value, name: &str) -> (String, u16) {
+    let cluster = config["static_resources"]["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no Envoy cluster {name}"));
+    let endpoints: Vec<&Value> = cluster["load_assignment"]["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|e| e["lb_endpoints"].as_array().into_iter().flatten())
+        .collect();
+    assert_eq!(endpoints.len(), 1, "cluster {name}: one endpoint");
+    let a = &endpoints[0]["endpoint"]["address"]["socket_address"];
+    (
+        a["address"].as_str().unwrap().to_owned(),
+        a["port_value"].as_u64().unwrap().try_into().unwrap(),
+    )
+}
+
+/// Every file under `dir`, recursively, as canonical paths, sorted.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let p = e.unwrap().path().canonicalize().unwrap();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
