@@ -232,9 +232,25 @@ struct ServeArgs {
     /// PolicyException objects of policies.kyverno.io from the Kubernetes API,
     /// watched cluster-wide (in-cluster config, or the kubeconfig). They combine
     /// with the files by name. celgate waits for the first complete list before
-    /// it serves. Needs get/list/watch on both resources (deploy/kubernetes/crd-source/rbac.yaml).
+    /// it serves. Each object loads on its own: one that does not keeps its
+    /// last good version serving (or none) and is reported in /readyz,
+    /// /policies and /metrics, without holding back the others or the start.
+    /// Needs get/list/watch on both resources (deploy/kubernetes/crd-source/rbac.yaml).
     #[arg(long, env = "CELGATE_KUBE")]
     kube: bool,
+    /// Namespaces whose PolicyException objects count (comma-separated; `*`
+    /// for every namespace; an empty value for none). Whoever may create a
+    /// PolicyException can switch a policy off for the requests it matches,
+    /// so by default only celgate's own namespace counts: POD_NAMESPACE, else
+    /// the ServiceAccount's namespace file (none outside a pod). Exceptions
+    /// elsewhere are ignored and reported. Files are not affected.
+    #[arg(
+        long,
+        env = "CELGATE_EXCEPTION_NAMESPACES",
+        value_delimiter = ',',
+        value_name = "NAMESPACE,...|*"
+    )]
+    exception_namespaces: Option<Vec<String>>,
     /// API version of policies.kyverno.io to watch.
     #[arg(long, env = "CELGATE_KUBE_API_VERSION", default_value = "v1alpha1")]
     kube_api_version: String,
@@ -445,7 +461,25 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
             shutdown_delay: std::time::Duration::from_secs(args.shutdown_delay_s),
         },
     );
-    let sources = Sources::files(paths);
+    let exception_namespaces = match &args.exception_namespaces {
+        Some(list) => celgate::sources::kube::ExceptionNamespaces::parse(list)?,
+        None => match celgate::sources::kube::own_namespace() {
+            Some(ns) => celgate::sources::kube::ExceptionNamespaces::parse(&[ns])?,
+            None => {
+                if args.kube {
+                    tracing::warn!(
+                        "celgate's own namespace is unknown (no POD_NAMESPACE, no ServiceAccount namespace file): \
+                         PolicyExceptions from Kubernetes are ignored unless --exception-namespaces names their namespaces"
+                    );
+                }
+                celgate::sources::kube::ExceptionNamespaces::None
+            }
+        },
+    };
+    if args.kube {
+        tracing::info!(exception_namespaces = %exception_namespaces, "Kubernetes source");
+    }
+    let sources = Sources::with_kube(paths, exception_namespaces);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -462,11 +496,23 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
             )
             .await
         })?;
+        // Broken Kubernetes objects do not stop the start (they are left out
+        // and reported); only files that stopped loading meanwhile do.
         if let Some(e) = state.reload.last_error() {
             anyhow::bail!(
-                "refusing to start: the policies from files and Kubernetes do not load together:\n  - {}",
+                "refusing to start: the policy files do not load:\n  - {}",
                 e.errors.join("\n  - ")
             );
+        }
+        if let Some(r) = state.reload.kube() {
+            if r.broken + r.ignored > 0 {
+                tracing::warn!(
+                    ok = r.ok,
+                    broken = r.broken,
+                    ignored = r.ignored,
+                    "serving the Kubernetes objects that load; the others are listed in /readyz"
+                );
+            }
         }
         Some(task)
     } else {

@@ -1,8 +1,10 @@
 //! The Kubernetes source against a small fake API server that speaks list
 //! and watch (streamed JSON watch events, bookmarks, `410 Gone` forcing a
 //! relist): policies and exceptions added, modified and deleted change
-//! decisions; non-Envoy policies are left out; a broken object is refused
-//! with the last good set serving.
+//! decisions; non-Envoy policies are left out; PolicyExceptions count only in
+//! the allowed namespaces; each object loads on its own, so a broken one
+//! keeps its last good version (or nothing) and never holds back the others
+//! nor a new process's start.
 
 mod common;
 
@@ -13,6 +15,7 @@ use axum::routing::get;
 use celgate::engine::{evaluate, EngineConfig};
 use celgate::policy::PolicySet;
 use celgate::server::State;
+use celgate::sources::kube::{ExceptionNamespaces, ObjectState};
 use celgate::sources::{kube as source, Sources};
 use common::{free_port, get_blocking, loopback};
 use serde_json::{json, Value};
@@ -261,10 +264,14 @@ fn policy(name: &str, mode: &str, validation: &str) -> Value {
 }
 
 fn exception(name: &str, policy: &str, condition: &str) -> Value {
+    exception_in("team-a", name, policy, condition)
+}
+
+fn exception_in(namespace: &str, name: &str, policy: &str, condition: &str) -> Value {
     json!({
         "apiVersion": "policies.kyverno.io/v1alpha1",
         "kind": "PolicyException",
-        "metadata": {"name": name, "namespace": "team-a"},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "policyRefs": [{"name": policy, "kind": "ValidatingPolicy"}],
             "matchConditions": [{"name": "c", "expression": condition}]
@@ -309,7 +316,7 @@ async fn policies_and_exceptions_follow_the_cluster() {
     .unwrap();
     let paths = vec![dir.path().to_path_buf()];
     let state = State::new(PolicySet::load(&paths).unwrap(), EngineConfig::default());
-    let sources = Sources::files(paths);
+    let sources = Sources::with_kube(paths, ExceptionNamespaces::parse(&["team-a"]).unwrap());
     let _task = source::start(
         client,
         "v1alpha1".into(),
@@ -379,22 +386,30 @@ async fn policies_and_exceptions_follow_the_cluster() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(state.reload.applied_total.load(Ordering::Relaxed), applied);
 
-    // A broken object is refused; the last good set keeps serving.
+    // A broken object is refused on its own; everything else keeps serving.
     fake.apply(
         "validatingpolicies",
         policy("broken", "Envoy", "envoy.Denied(403"),
     );
-    eventually("the broken object is refused", || {
-        state.reload.errors_total.load(Ordering::Relaxed) >= 1
+    eventually("the broken object is reported", || {
+        state.reload.kube().is_some_and(|r| r.broken == 1)
     })
     .await;
-    let err = state.reload.last_error().unwrap().errors.join("\n");
-    assert!(err.contains("kubernetes:/ValidatingPolicy/broken"), "{err}");
-    assert!(err.contains("spec.validations[0].expression"), "{err}");
+    let r = state.reload.kube().unwrap();
+    assert_eq!(r.objects[0].name, "broken");
+    let errors = serde_json::to_string(&r.objects[0].errors).unwrap();
+    assert!(
+        errors.contains("spec.validations[0].expression"),
+        "{errors}"
+    );
+    assert!(
+        state.reload.last_error().is_none(),
+        "not a set-wide failure"
+    );
     assert_eq!(status(&state, "/admin"), 451);
     fake.delete("validatingpolicies", "broken");
-    eventually("deleting it recovers", || {
-        state.reload.last_error().is_none()
+    eventually("deleting it clears the report", || {
+        state.reload.kube().is_some_and(|r| r.broken == 0)
     })
     .await;
 
@@ -432,6 +447,266 @@ async fn policies_and_exceptions_follow_the_cluster() {
         status(&state, "/relisted") == 200
     })
     .await;
+}
+
+/// A state fed by the fake, PolicyExceptions counting in `namespaces`.
+async fn watched(
+    client: kube::Client,
+    paths: Vec<std::path::PathBuf>,
+    namespaces: &[&str],
+) -> (Arc<State>, tokio::task::JoinHandle<()>) {
+    let state = State::new(PolicySet::load(&paths).unwrap(), EngineConfig::default());
+    let sources = Sources::with_kube(paths, ExceptionNamespaces::parse(namespaces).unwrap());
+    let task = source::start(
+        client,
+        "v1alpha1".into(),
+        sources,
+        state.clone(),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("initial sync");
+    (state, task)
+}
+
+fn deny(name: &str, path: &str, code: u16) -> Value {
+    policy(
+        name,
+        "Envoy",
+        &format!(
+            "object.attributes.request.http.path.startsWith('{path}') ? envoy.Denied({code}).Response() : null"
+        ),
+    )
+}
+
+fn report_of(state: &State, name: &str) -> Option<source::ObjectReport> {
+    state
+        .reload
+        .kube()
+        .and_then(|r| r.objects.into_iter().find(|o| o.name == name))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exceptions_count_only_in_the_allowed_namespaces() {
+    let (fake, client, _) = start_fake().await;
+    fake.apply("validatingpolicies", deny("deny-admin", "/admin", 403));
+    // A user of another namespace tries to switch the policy off for everything.
+    fake.apply(
+        "policyexceptions",
+        exception_in("team-a", "escape", "deny-admin", "true"),
+    );
+    let (state, _task) = watched(client, Vec::new(), &["celgate", "ops"]).await;
+    assert_eq!(
+        status(&state, "/admin"),
+        403,
+        "the foreign exception is ignored"
+    );
+    assert_eq!(status(&state, "/admin/health"), 403);
+    assert!(state.policies.load().exceptions.is_empty());
+    let r = state.reload.kube().unwrap();
+    assert_eq!((r.ok, r.broken, r.ignored), (1, 0, 1), "{r:?}");
+    assert_eq!(r.exception_namespaces, "celgate,ops");
+    let o = report_of(&state, "escape").unwrap();
+    assert_eq!(o.state, ObjectState::Ignored);
+    assert_eq!(o.namespace.as_deref(), Some("team-a"));
+    assert_eq!(o.kind, "PolicyException");
+    assert!(!o.serving_last_good_version);
+
+    // One in an allowed namespace applies, beside the ignored one.
+    fake.apply(
+        "policyexceptions",
+        exception_in(
+            "ops",
+            "health",
+            "deny-admin",
+            "object.attributes.request.http.path == '/admin/health'",
+        ),
+    );
+    eventually("the allowed exception applies", || {
+        status(&state, "/admin/health") == 200
+    })
+    .await;
+    assert_eq!(status(&state, "/admin"), 403, "still ignored");
+    let names: Vec<String> = state
+        .policies
+        .load()
+        .exceptions
+        .iter()
+        .map(|e| e.name.clone())
+        .collect();
+    assert_eq!(names, ["ops/health"]);
+
+    // Moving the foreign one's content into an allowed namespace is what it
+    // takes; editing it in place changes nothing.
+    fake.apply(
+        "policyexceptions",
+        exception_in("team-a", "escape", "deny-admin", "1 == 1"),
+    );
+    fake.bookmark("policyexceptions");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(status(&state, "/admin"), 403);
+    assert_eq!(state.reload.kube().unwrap().ignored, 1);
+
+    // The metric.
+    let m = celgate::telemetry::metrics::global().render("");
+    assert!(m.contains("celgate_kube_objects{state=\"ignored\"}"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_namespace_with_a_star_and_none_by_default() {
+    let (fake, client, _) = start_fake().await;
+    fake.apply("validatingpolicies", deny("deny-admin", "/admin", 403));
+    fake.apply(
+        "policyexceptions",
+        exception_in("team-a", "all", "deny-admin", "true"),
+    );
+    let (state, _task) = watched(client.clone(), Vec::new(), &["*"]).await;
+    assert_eq!(status(&state, "/admin"), 200, "`*`: any namespace counts");
+    // The library's default (no namespace known): none count.
+    let state = State::new(PolicySet::empty(), EngineConfig::default());
+    let _task = source::start(
+        client,
+        "v1alpha1".into(),
+        Sources::files(Vec::new()),
+        state.clone(),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status(&state, "/admin"), 403);
+    assert_eq!(state.reload.kube().unwrap().ignored, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_object_holds_back_nothing() {
+    let (fake, client, _) = start_fake().await;
+    fake.apply("validatingpolicies", deny("a-good", "/a", 401));
+    fake.apply("validatingpolicies", deny("b-good", "/b", 402));
+    let (state, _task) = watched(client, Vec::new(), &["celgate"]).await;
+    assert_eq!(status(&state, "/a"), 401);
+    assert_eq!(status(&state, "/b"), 402);
+
+    // A brand-new broken object: absent, reported, nothing else changes.
+    let secret = "'SECRET-IN-EXPRESSION-42'";
+    fake.apply(
+        "validatingpolicies",
+        policy(
+            "c-new-broken",
+            "Envoy",
+            &format!("{secret} == envoy.Denied(403"),
+        ),
+    );
+    eventually("the broken object is reported", || {
+        report_of(&state, "c-new-broken").is_some()
+    })
+    .await;
+    let o = report_of(&state, "c-new-broken").unwrap();
+    assert_eq!(o.state, ObjectState::Broken);
+    assert!(!o.serving_last_good_version, "it never loaded");
+    assert_eq!(o.errors.len(), 1, "{o:?}");
+    assert_eq!(
+        o.errors[0].field.as_deref(),
+        Some("spec.validations[0].expression")
+    );
+    assert_eq!(o.errors[0].error, "cel");
+    let shown = serde_json::to_string(&state.reload.kube()).unwrap();
+    assert!(!shown.contains("SECRET-IN-EXPRESSION"), "{shown}");
+    assert!(state.policies.load().get("c-new-broken").is_none());
+    assert!(state.reload.last_error().is_none());
+
+    // A good object still takes changes after the broken one arrived.
+    fake.apply("validatingpolicies", deny("a-good", "/a", 451));
+    eventually("a change to a good object applies", || {
+        status(&state, "/a") == 451
+    })
+    .await;
+    // And a new good object joins.
+    fake.apply("validatingpolicies", deny("d-new", "/d", 404));
+    eventually("a new good object applies", || status(&state, "/d") == 404).await;
+
+    // A bad update: the last good version keeps serving.
+    fake.apply(
+        "validatingpolicies",
+        policy("b-good", "Envoy", "envoy.Denied(999"),
+    );
+    eventually("the bad update is reported", || {
+        report_of(&state, "b-good").is_some()
+    })
+    .await;
+    let o = report_of(&state, "b-good").unwrap();
+    assert!(o.serving_last_good_version, "{o:?}");
+    assert_eq!(status(&state, "/b"), 402, "the last good version serves");
+    let r = state.reload.kube().unwrap();
+    assert_eq!((r.ok, r.broken, r.ignored), (2, 2, 0), "{r:?}");
+    let m = celgate::telemetry::metrics::global().render("");
+    assert!(m.contains("# TYPE celgate_kube_objects gauge"), "{m}");
+
+    // Both still take good changes afterwards, and the fixed one recovers.
+    fake.apply("validatingpolicies", deny("a-good", "/a", 409));
+    fake.apply("validatingpolicies", deny("b-good", "/b", 418));
+    eventually("the fixed object serves its new version", || {
+        status(&state, "/b") == 418 && status(&state, "/a") == 409
+    })
+    .await;
+    assert!(report_of(&state, "b-good").is_none());
+
+    // A relist (410 Gone) keeps the broken one's state, not re-adding it.
+    fake.gone("validatingpolicies");
+    fake.apply("validatingpolicies", deny("d-new", "/d", 405));
+    eventually("changes flow after the relist", || {
+        status(&state, "/d") == 405
+    })
+    .await;
+    assert!(report_of(&state, "c-new-broken").is_some());
+    assert!(state.policies.load().get("c-new-broken").is_none());
+
+    // Deleted, it leaves the report.
+    fake.delete("validatingpolicies", "c-new-broken");
+    eventually("the deleted broken object leaves the report", || {
+        state
+            .reload
+            .kube()
+            .is_some_and(|r| r.broken == 0 && r.ok == 3)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_a_file_holds_refuses_only_the_kubernetes_object() {
+    let (fake, client, _) = start_fake().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("shared.yaml"),
+        "apiVersion: policies.kyverno.io/v1\nkind: ValidatingPolicy\nmetadata: {name: shared}\nspec:\n  evaluation: {mode: Envoy}\n  validations:\n  - expression: \"object.attributes.request.http.path == '/shared' ? envoy.Denied(418).Response() : null\"\n",
+    )
+    .unwrap();
+    fake.apply("validatingpolicies", deny("shared", "/shared", 403));
+    fake.apply("validatingpolicies", deny("other", "/other", 401));
+    let (state, _task) = watched(client, vec![dir.path().to_path_buf()], &["celgate"]).await;
+    assert_eq!(status(&state, "/shared"), 418, "the file's policy serves");
+    assert_eq!(status(&state, "/other"), 401, "the other object serves");
+    assert!(state.reload.last_error().is_none());
+    let o = report_of(&state, "shared").unwrap();
+    assert_eq!(o.state, ObjectState::Broken);
+    assert_eq!(o.errors[0].error, "nameClash");
+    assert!(
+        o.errors[0]
+            .with
+            .as_deref()
+            .is_some_and(|f| f.ends_with("shared.yaml")),
+        "{o:?}"
+    );
+    fake.apply("validatingpolicies", deny("other", "/other", 402));
+    eventually("the others keep updating", || {
+        status(&state, "/other") == 402
+    })
+    .await;
+    fake.delete("validatingpolicies", "shared");
+    eventually("the clash leaves the report", || {
+        report_of(&state, "shared").is_none()
+    })
+    .await;
+    assert_eq!(status(&state, "/shared"), 418);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -536,4 +811,172 @@ async fn binary_serves_cluster_policies_with_kube_flag() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is the CRD installed"), "{err}");
+}
+
+/// Waits until `path` answers 200 and returns the body.
+async fn get_200(port: u16, path: &'static str, child: &mut common::ChildGuard) -> String {
+    let start = Instant::now();
+    loop {
+        let r = tokio::task::spawn_blocking(move || get_blocking(loopback(port), path))
+            .await
+            .unwrap();
+        if let Ok((200, body)) = r {
+            return body;
+        }
+        if let Err(e) = child.check_alive() {
+            panic!("{e}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{path} not 200: {}",
+            child.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn spawn_server(
+    config: &std::path::Path,
+    log_dir: &std::path::Path,
+    name: &str,
+) -> (common::ChildGuard, u16) {
+    let http_port = free_port();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_celgate"));
+    cmd.args(["serve", "--kube", "--policies", ""])
+        .args(["--grpc-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
+        .env("KUBECONFIG", config)
+        .env("POD_NAMESPACE", "celgate")
+        .env_remove("CELGATE_EXCEPTION_NAMESPACES")
+        .env_remove("KUBERNETES_SERVICE_HOST");
+    (common::ChildGuard::spawn(name, cmd, log_dir), http_port)
+}
+
+fn served(policies: &str) -> Vec<String> {
+    let v: Value = serde_json::from_str(policies).unwrap();
+    v["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A rollout while a broken object exists: the old process keeps the last
+/// good version, and a new process starts, serves every object that loads
+/// and reports the rest, ready all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_process_starts_beside_a_broken_object() {
+    let (fake, _, server) = start_fake().await;
+    fake.apply("validatingpolicies", deny("a-good", "/a", 401));
+    fake.apply("validatingpolicies", deny("b-soon-broken", "/b", 402));
+    let dir = tempfile::tempdir().unwrap();
+    let config = kubeconfig(dir.path(), &server);
+    let (mut old, old_port) = spawn_server(&config, dir.path(), "old");
+    let listed = get_200(old_port, "/policies", &mut old).await;
+    assert_eq!(served(&listed), ["a-good", "b-soon-broken"]);
+
+    // A bad update to one object, and an exception from a user's namespace.
+    fake.apply(
+        "validatingpolicies",
+        policy(
+            "b-soon-broken",
+            "Envoy",
+            "'HIDDEN-TEXT-7' == envoy.Denied(402",
+        ),
+    );
+    fake.apply(
+        "policyexceptions",
+        exception_in("team-a", "escape", "a-good", "true"),
+    );
+    let start = Instant::now();
+    loop {
+        let ready: Value =
+            serde_json::from_str(&get_200(old_port, "/readyz", &mut old).await).unwrap();
+        if ready["kubernetes"]["broken"] == 1 && ready["kubernetes"]["ignored"] == 1 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "{ready}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let listed = get_200(old_port, "/policies", &mut old).await;
+    assert_eq!(
+        served(&listed),
+        ["a-good", "b-soon-broken"],
+        "the old process keeps the last good version"
+    );
+
+    // The new process of the rollout.
+    let (mut new, new_port) = spawn_server(&config, dir.path(), "new");
+    let ready = get_200(new_port, "/readyz", &mut new).await;
+    let listed = get_200(new_port, "/policies", &mut new).await;
+    assert_eq!(served(&listed), ["a-good"], "what loads serves: {listed}");
+    let v: Value = serde_json::from_str(&ready).unwrap();
+    let k = &v["kubernetes"];
+    assert_eq!(
+        (&k["ok"], &k["broken"], &k["ignored"]),
+        (&json!(1), &json!(1), &json!(1)),
+        "{v}"
+    );
+    assert_eq!(k["exceptionNamespaces"], "celgate", "{v}");
+    let broken = k["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["state"] == "broken")
+        .unwrap();
+    assert_eq!(broken["name"], "b-soon-broken");
+    assert_eq!(broken["kind"], "ValidatingPolicy");
+    assert_eq!(broken["servingLastGoodVersion"], false);
+    assert_eq!(
+        broken["errors"][0]["field"],
+        "spec.validations[0].expression"
+    );
+    let ignored = k["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["state"] == "ignored")
+        .unwrap();
+    assert_eq!(
+        (&ignored["namespace"], &ignored["name"]),
+        (&json!("team-a"), &json!("escape"))
+    );
+    assert!(v["lastReloadError"].is_null(), "{v}");
+    let pv: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(
+        pv["kubernetes"], v["kubernetes"],
+        "/policies reports the same"
+    );
+    let metrics = get_200(new_port, "/metrics", &mut new).await;
+    for line in [
+        "celgate_kube_objects{state=\"ok\"} 1",
+        "celgate_kube_objects{state=\"broken\"} 1",
+        "celgate_kube_objects{state=\"ignored\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line}: {metrics}");
+    }
+
+    // The good object still follows the cluster in the new process.
+    fake.apply("validatingpolicies", deny("c-later", "/c", 404));
+    let start = Instant::now();
+    while served(&get_200(new_port, "/policies", &mut new).await) != ["a-good", "c-later"] {
+        assert!(start.elapsed() < Duration::from_secs(15));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    old.stop();
+    new.stop();
+    // The expression's text is in no endpoint and no log line; the ignored
+    // exception is logged once per process.
+    for (name, text) in [
+        ("readyz", ready.as_str()),
+        ("policies", listed.as_str()),
+        ("old log", &old.log_tail()),
+        ("new log", &new.log_tail()),
+    ] {
+        assert!(!text.contains("HIDDEN-TEXT"), "{name}: {text}");
+    }
+    for log in [old.log_tail(), new.log_tail()] {
+        assert_eq!(log.matches("PolicyException ignored").count(), 1, "{log}");
+    }
 }

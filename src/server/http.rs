@@ -23,7 +23,9 @@ pub fn router(state: Arc<State>) -> Router {
 }
 
 /// Ready while a set is served — also after a refused reload, since the
-/// last good set keeps serving; the refusal is in `lastReloadError`.
+/// last good set keeps serving; the refusal is in `lastReloadError`. Also
+/// ready with broken or ignored Kubernetes objects (listed in `kubernetes`):
+/// one bad object a cluster user applies must not take the pods out.
 async fn readyz(AxState(state): AxState<Arc<State>>) -> (StatusCode, Json<serde_json::Value>) {
     let set = state.policies.load();
     let r = &state.reload;
@@ -45,6 +47,7 @@ async fn readyz(AxState(state): AxState<Arc<State>>) -> (StatusCode, Json<serde_
                 "errors": r.errors_total.load(Ordering::Relaxed),
             },
             "lastReloadError": r.last_error(),
+            "kubernetes": r.kube(),
         })),
     )
 }
@@ -90,6 +93,7 @@ async fn policies(AxState(state): AxState<Arc<State>>) -> Json<serde_json::Value
         "loadedAt": rfc3339::format(set.loaded_at),
         "policies": policies,
         "exceptions": exceptions,
+        "kubernetes": state.reload.kube(),
     }))
 }
 

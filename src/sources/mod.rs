@@ -7,11 +7,9 @@
 pub mod files;
 pub mod kube;
 
-use crate::policy::load::Document;
-use crate::policy::{PolicySet, KUBE_PREFIX};
+use crate::policy::{LoadErrors, PolicySet, Warning};
 use crate::server::State;
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,6 +34,8 @@ pub struct ReloadStatus {
     /// Reloads refused because the new documents do not load.
     pub errors_total: AtomicU64,
     last_error: Mutex<Option<ReloadFailure>>,
+    /// The Kubernetes objects by state (with `--kube`, once listed).
+    kube: Mutex<Option<kube::KubeReport>>,
 }
 
 impl ReloadStatus {
@@ -45,6 +45,18 @@ impl ReloadStatus {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// How the Kubernetes objects stand: `None` without `--kube`.
+    pub fn kube(&self) -> Option<kube::KubeReport> {
+        self.kube.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_kube(&self, r: Option<kube::KubeReport>) {
+        if let Some(r) = &r {
+            crate::telemetry::metrics::global().set_kube_objects(r.ok, r.broken, r.ignored);
+        }
+        *self.kube.lock().unwrap_or_else(|e| e.into_inner()) = r;
     }
 
     fn set_error(&self, e: Option<ReloadFailure>) {
@@ -65,8 +77,8 @@ pub enum ReloadOutcome {
 #[derive(Debug, Default)]
 pub struct Sources {
     pub paths: Vec<PathBuf>,
-    /// (kind, name) → object, from the Kubernetes watch.
-    kube: Mutex<BTreeMap<(String, String), serde_json::Value>>,
+    /// The objects from the Kubernetes watch, each compiled on its own.
+    kube: Mutex<kube::Store>,
     /// One rebuild at a time, so an older build never lands after a newer.
     rebuilding: Mutex<()>,
 }
@@ -79,35 +91,56 @@ impl Sources {
         })
     }
 
+    /// Files, and Kubernetes objects with PolicyExceptions counted only in
+    /// `exception_namespaces`.
+    pub fn with_kube(
+        paths: Vec<PathBuf>,
+        exception_namespaces: kube::ExceptionNamespaces,
+    ) -> Arc<Sources> {
+        Arc::new(Sources {
+            paths,
+            kube: Mutex::new(kube::Store::new(exception_namespaces)),
+            ..Default::default()
+        })
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, kube::Store> {
+        self.kube.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Replaces every Kubernetes object of `kind` (after a list).
     pub fn kube_replace(&self, kind: &str, objects: Vec<(String, serde_json::Value)>) {
-        let mut k = self.kube.lock().unwrap_or_else(|e| e.into_inner());
-        k.retain(|(kd, _), _| kd != kind);
-        for (name, v) in objects {
-            k.insert((kind.to_owned(), name), v);
-        }
+        self.store().replace(kind, objects);
     }
 
     pub fn kube_apply(&self, kind: &str, name: String, object: serde_json::Value) {
-        let mut k = self.kube.lock().unwrap_or_else(|e| e.into_inner());
-        k.insert((kind.to_owned(), name), object);
+        self.store().apply(kind, name, object);
     }
 
     pub fn kube_delete(&self, kind: &str, name: &str) {
-        let mut k = self.kube.lock().unwrap_or_else(|e| e.into_inner());
-        k.remove(&(kind.to_owned(), name.to_owned()));
+        self.store().delete(kind, name);
     }
 
-    fn kube_documents(&self) -> Vec<Document> {
-        let k = self.kube.lock().unwrap_or_else(|e| e.into_inner());
-        k.iter()
-            .map(|((kind, name), v)| Document {
-                path: PathBuf::from(format!("{KUBE_PREFIX}/{kind}/{name}")),
-                index: 1,
-                line: 1,
-                value: v.clone(),
-            })
-            .collect()
+    /// Builds the set from the files, all together (any error refuses the
+    /// change), and from each Kubernetes object on its own: broken, clashing
+    /// and ignored objects are left out and reported instead.
+    fn build(
+        &self,
+        state: &State,
+        previous: &PolicySet,
+    ) -> (Result<PolicySet, LoadErrors>, Vec<Warning>) {
+        let docs = kube::prepare(&self.kube);
+        let (mut result, mut warnings) = PolicySet::reload(&self.paths, docs, Some(previous));
+        let clashes = match &result {
+            Err(e) => kube::clashes(&e.0),
+            Ok(_) => Default::default(),
+        };
+        let docs = kube::refuse_clashing(&self.kube, &clashes);
+        if !clashes.is_empty() {
+            (result, warnings) = PolicySet::reload(&self.paths, docs, Some(previous));
+        }
+        state.reload.set_kube(self.store().report());
+        (result, warnings)
     }
 }
 
@@ -117,8 +150,7 @@ pub fn rebuild(state: &State, sources: &Sources) -> ReloadOutcome {
     let _one = sources.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let previous = state.policies.load_full();
-    let (result, warnings) =
-        PolicySet::reload(&sources.paths, sources.kube_documents(), Some(&previous));
+    let (result, warnings) = sources.build(state, &previous);
     match result {
         Ok(set) => {
             state.reload.set_error(None);

@@ -167,6 +167,10 @@ pub struct Metrics {
     default_allow: AtomicU64,
     internal_errors: AtomicU64,
     decision_duration: Histogram,
+    /// Kubernetes objects by state (ok, broken, ignored), once `--kube` has
+    /// listed them.
+    kube_objects: [AtomicU64; 3],
+    kube_on: AtomicBool,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
@@ -207,6 +211,31 @@ impl Metrics {
 
     pub fn set_enabled(&self, on: bool) {
         self.enabled.store(on, Relaxed);
+    }
+
+    /// How many Kubernetes objects load (`ok`), do not (`broken`: their last
+    /// good version, if any, serves) or are ignored (PolicyExceptions
+    /// outside `--exception-namespaces`).
+    pub fn set_kube_objects(&self, ok: usize, broken: usize, ignored: usize) {
+        for (slot, v) in self.kube_objects.iter().zip([ok, broken, ignored]) {
+            slot.store(v as u64, Relaxed);
+        }
+        self.kube_on.store(true, Relaxed);
+    }
+
+    fn render_kube(&self, out: &mut String) {
+        if !self.kube_on.load(Relaxed) {
+            return;
+        }
+        out.push_str("# HELP celgate_kube_objects Kubernetes objects by state: ok (serving), broken (does not load; its last good version serves, if any), ignored (a PolicyException outside --exception-namespaces).\n");
+        out.push_str("# TYPE celgate_kube_objects gauge\n");
+        for (state, v) in ["ok", "broken", "ignored"].iter().zip(&self.kube_objects) {
+            let _ = writeln!(
+                out,
+                "celgate_kube_objects{{state=\"{state}\"}} {}",
+                v.load(Relaxed)
+            );
+        }
     }
 
     pub fn decided(&self, how: DecidedBy<'_>, took: Duration) {
@@ -293,6 +322,7 @@ impl Metrics {
                 &labels,
             );
         }
+        self.render_kube(&mut out);
         out.push_str(extra);
         out
     }
