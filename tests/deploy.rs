@@ -1053,6 +1053,12 @@ fn crd_source_adds_kube_and_a_token_for_a_read_only_service_account() {
     let mut want = strings(&base_c["args"]);
     want.push("--kube".into());
     assert_eq!(strings(&c["args"]), want, "the base's arguments and --kube");
+    // PolicyExceptions count in celgate's own namespace, from the downward API.
+    assert_eq!(
+        c["env"],
+        json!([{"name": "POD_NAMESPACE",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}])
+    );
     assert_eq!(pod["automountServiceAccountToken"], true);
     assert_hardened_pod(pod, "crd-source");
     assert_celgate_container(&b, pod, c, "crd-source");
