@@ -501,6 +501,13 @@ fn short_name(key: &str) -> &str {
 /// Compiles one object alone; a panic in the compiler is that object's
 /// error, not the reload's.
 fn compile_alone(kind: &str, key: &str, value: &serde_json::Value) -> Result<(), Vec<ObjectError>> {
+    if kind == "ValidatingPolicy" && mode(value) != Some("Envoy") {
+        return Err(vec![ObjectError {
+            field: Some("spec.evaluation.mode".into()),
+            error: "invalid",
+            with: None,
+        }]);
+    }
     let doc = Document {
         path: object_path(kind, key),
         index: 1,
@@ -574,12 +581,17 @@ pub async fn default_client() -> Result<Client, KubeError> {
         .map_err(|e| KubeError::Config(e.to_string()))
 }
 
+/// The `spec.evaluation.mode` of an object, if it has one.
+fn mode(v: &serde_json::Value) -> Option<&str> {
+    v.pointer("/spec/evaluation/mode").and_then(|m| m.as_str())
+}
+
 /// Whether a ValidatingPolicy object is one for celgate (Envoy mode);
 /// ordinary admission policies of the cluster are not ours and are left out
-/// quietly.
+/// quietly. A mode that is Envoy but for case or spaces is ours, and
+/// reported as broken rather than dropped.
 fn wanted(kind: &str, v: &serde_json::Value) -> bool {
-    kind != "ValidatingPolicy"
-        || v.pointer("/spec/evaluation/mode").and_then(|m| m.as_str()) == Some("Envoy")
+    kind != "ValidatingPolicy" || mode(v).is_some_and(|m| m.trim().eq_ignore_ascii_case("envoy"))
 }
 
 /// The name an object goes by in the set: `namespace/name` for namespaced
