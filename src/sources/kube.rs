@@ -234,7 +234,19 @@ pub struct KubeReport {
     pub broken: usize,
     pub ignored: usize,
     pub exception_namespaces: String,
+    /// Broken objects first, then ignored ones; at most [`MAX_LISTED`].
     pub objects: Vec<ObjectReport>,
+    /// Objects not listed for that bound.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub omitted: usize,
+}
+
+/// The most objects a report lists: `/readyz` is probed often, and a
+/// cluster may hold many PolicyExceptions of other namespaces.
+pub const MAX_LISTED: usize = 100;
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -489,6 +501,10 @@ impl Store {
                 errors,
             });
         }
+        // Stable: by state, then kind and name as stored.
+        r.objects.sort_by_key(|o| o.state == ObjectState::Ignored);
+        r.omitted = r.objects.len().saturating_sub(MAX_LISTED);
+        r.objects.truncate(MAX_LISTED);
         Some(r)
     }
 }
@@ -811,5 +827,37 @@ mod tests {
         assert_eq!(s.objects[&id].check, Check::Pending);
         s.record(&id, v2.clone(), Ok(()));
         assert_eq!(s.objects[&id].good, Some(v2));
+    }
+
+    #[test]
+    fn the_report_lists_broken_objects_first_and_is_bounded() {
+        let mut s = Store::new(ExceptionNamespaces::None);
+        for i in 0..MAX_LISTED + 5 {
+            let v = serde_json::json!({"metadata": {"namespace": "team-a"}, "i": i});
+            s.apply("PolicyException", format!("team-a/x{i:03}"), v);
+        }
+        let v = serde_json::json!({"spec": {"evaluation": {"mode": "Envoy"}}});
+        s.apply("ValidatingPolicy", "z".into(), v.clone());
+        let id = ("ValidatingPolicy".to_owned(), "z".to_owned());
+        s.record(
+            &id,
+            v,
+            Err(vec![ObjectError {
+                field: None,
+                error: "cel",
+                with: None,
+            }]),
+        );
+        s.replace(
+            "ValidatingPolicy",
+            vec![("z".into(), s.objects[&id].current.clone())],
+        );
+        let r = s.report().unwrap();
+        assert_eq!((r.ok, r.broken, r.ignored), (0, 1, MAX_LISTED + 5));
+        assert_eq!(r.objects.len(), MAX_LISTED);
+        assert_eq!(r.omitted, 6);
+        assert_eq!(r.objects[0].name, "z");
+        assert_eq!(r.objects[0].state, ObjectState::Broken);
+        assert_eq!(r.objects[1].state, ObjectState::Ignored);
     }
 }
