@@ -196,6 +196,9 @@ async fn slow_policy_past_the_deadline_gets_the_failure_denial_and_probes_keep_a
         }));
     }
     tokio::time::sleep(Duration::from_millis(150)).await;
+    let m = http_get(http, "/metrics", &[]).await.unwrap().text();
+    assert_eq!(metric(&m, "celgate_decision_threads"), 2.0, "{m}");
+    assert_eq!(metric(&m, "celgate_decision_threads_busy"), 2.0, "{m}");
     let probes_until = Instant::now() + eval.min(Duration::from_secs(2));
     let mut rounds = 0;
     while Instant::now() < probes_until {

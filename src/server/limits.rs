@@ -27,16 +27,16 @@ use crate::cel::envoy::{CheckResponse, DeniedResponse, HeaderOption, Outcome};
 use crate::engine::{self, Decision, PolicyTrace};
 use crate::telemetry::metrics::{self, DecidedBy};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// Default `--decision-timeout-ms`: below the 0.5 s ext_authz timeout of the
-/// shipped Envoy configurations, so celgate's denial reaches Envoy first.
-pub const DEFAULT_DECISION_TIMEOUT: Duration = Duration::from_millis(300);
+/// Default `--decision-timeout-ms`: below Envoy's default ext_authz timeout
+/// (200 ms), so celgate's denial reaches Envoy before Envoy gives up.
+pub const DEFAULT_DECISION_TIMEOUT: Duration = Duration::from_millis(150);
 /// Default `--max-pending-decisions`.
-pub const DEFAULT_MAX_PENDING: usize = 128;
+pub const DEFAULT_MAX_PENDING: usize = 64;
 /// HTTP status of the overload denial: the server, not the client, is out of
 /// capacity, and 503 is what Envoy's retry policies (`5xx`, `retriable-status-codes`)
 /// and clients treat as "try again, maybe elsewhere".
@@ -107,6 +107,14 @@ pub struct DecisionPool {
 struct Pool {
     tx: SyncSender<Job>,
     threads: usize,
+    load: Arc<Load>,
+}
+
+/// What the pool is doing, for `/metrics`.
+#[derive(Debug, Default)]
+struct Load {
+    queued: AtomicUsize,
+    busy: AtomicUsize,
 }
 
 impl DecisionPool {
@@ -118,19 +126,41 @@ impl DecisionPool {
     pub fn start(&self, limits: &Limits) -> usize {
         self.get(limits).threads
     }
+
+    /// The pool's gauges in the Prometheus text format (nothing before it starts).
+    pub fn render_metrics(&self) -> String {
+        let Some(p) = self.inner.get() else {
+            return String::new();
+        };
+        format!(
+            "# HELP celgate_decision_threads Threads that evaluate policies.\n\
+             # TYPE celgate_decision_threads gauge\n\
+             celgate_decision_threads {}\n\
+             # HELP celgate_decision_threads_busy Evaluation threads running an evaluation (overrunning ones included).\n\
+             # TYPE celgate_decision_threads_busy gauge\n\
+             celgate_decision_threads_busy {}\n\
+             # HELP celgate_decisions_queued Requests waiting for an evaluation thread.\n\
+             # TYPE celgate_decisions_queued gauge\n\
+             celgate_decisions_queued {}\n",
+            p.threads,
+            p.load.busy.load(Ordering::Relaxed),
+            p.load.queued.load(Ordering::Relaxed),
+        )
+    }
 }
 
 impl Pool {
     fn start(limits: &Limits) -> Pool {
         let (tx, rx) = sync_channel::<Job>(limits.max_pending);
         let rx = Arc::new(Mutex::new(rx));
+        let load = Arc::new(Load::default());
         let wanted = limits.thread_count();
         let mut threads = 0;
         for i in 0..wanted {
-            let rx = rx.clone();
+            let (rx, load) = (rx.clone(), load.clone());
             match std::thread::Builder::new()
                 .name(format!("celgate-eval-{i}"))
-                .spawn(move || work(&rx))
+                .spawn(move || work(&rx, &load))
             {
                 Ok(_) => threads += 1,
                 Err(e) => tracing::error!(error = %e, "cannot start an evaluation thread"),
@@ -142,18 +172,21 @@ impl Pool {
             timeout_ms = limits.timeout.as_millis() as u64,
             "decision pool started"
         );
-        Pool { tx, threads }
+        Pool { tx, threads, load }
     }
 }
 
 /// One evaluation thread: runs jobs until the pool is dropped.
-fn work(rx: &Mutex<Receiver<Job>>) {
+fn work(rx: &Mutex<Receiver<Job>>, load: &Load) {
     loop {
         // The lock is held while waiting, not while running a job.
         let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
         let Ok(job) = job else { return };
+        load.queued.fetch_sub(1, Ordering::Relaxed);
+        load.busy.fetch_add(1, Ordering::Relaxed);
         // Jobs catch their own panics; this keeps the thread whatever happens.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+        load.busy.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -199,7 +232,13 @@ pub async fn decide(
             let _ = tx.send(result);
         })
     };
-    match pool.tx.try_send(job) {
+    // Counted before it is sent, so a thread taking it at once never counts below zero.
+    pool.load.queued.fetch_add(1, Ordering::Relaxed);
+    let sent = pool.tx.try_send(job);
+    if sent.is_err() {
+        pool.load.queued.fetch_sub(1, Ordering::Relaxed);
+    }
+    match sent {
         Ok(()) => {}
         Err(TrySendError::Full(_)) => {
             count(DecidedBy::Overload, started);
