@@ -107,12 +107,17 @@ pub struct DecisionPool {
 struct Pool {
     tx: SyncSender<Job>,
     threads: usize,
+    /// Requests admitted at most at once: `threads` + `max_pending`.
+    capacity: usize,
     load: Arc<Load>,
 }
 
-/// What the pool is doing, for `/metrics`.
+/// What the pool is doing.
 #[derive(Debug, Default)]
 struct Load {
+    /// Requests admitted and not yet done (waiting, or running, or skipped
+    /// once their caller is gone): the admission count.
+    admitted: AtomicUsize,
     queued: AtomicUsize,
     busy: AtomicUsize,
 }
@@ -151,10 +156,13 @@ impl DecisionPool {
 
 impl Pool {
     fn start(limits: &Limits) -> Pool {
-        let (tx, rx) = sync_channel::<Job>(limits.max_pending);
+        let wanted = limits.thread_count();
+        // Admission is decided by `Load::admitted`, so that a request is
+        // refused only when every thread is busy and `max_pending` wait; the
+        // channel has room for every admitted request.
+        let (tx, rx) = sync_channel::<Job>(wanted + limits.max_pending);
         let rx = Arc::new(Mutex::new(rx));
         let load = Arc::new(Load::default());
-        let wanted = limits.thread_count();
         let mut threads = 0;
         for i in 0..wanted {
             let (rx, load) = (rx.clone(), load.clone());
@@ -172,7 +180,12 @@ impl Pool {
             timeout_ms = limits.timeout.as_millis() as u64,
             "decision pool started"
         );
-        Pool { tx, threads, load }
+        Pool {
+            tx,
+            threads,
+            capacity: threads + limits.max_pending,
+            load,
+        }
     }
 }
 
@@ -187,6 +200,7 @@ fn work(rx: &Mutex<Receiver<Job>>, load: &Load) {
         // Jobs catch their own panics; this keeps the thread whatever happens.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
         load.busy.fetch_sub(1, Ordering::Relaxed);
+        load.admitted.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -232,26 +246,33 @@ pub async fn decide(
             let _ = tx.send(result);
         })
     };
+    let overloaded = || {
+        count(DecidedBy::Overload, started);
+        OVERLOAD_LOG.warn(|suppressed| {
+            tracing::warn!(
+                max_pending = limits.max_pending,
+                threads = pool.threads,
+                suppressed,
+                "decision queue full: request denied with {OVERLOAD_STATUS} (overload)"
+            )
+        });
+        (overload_decision(), Vec::new())
+    };
+    if pool.load.admitted.fetch_add(1, Ordering::AcqRel) >= pool.capacity {
+        pool.load.admitted.fetch_sub(1, Ordering::AcqRel);
+        return overloaded();
+    }
     // Counted before it is sent, so a thread taking it at once never counts below zero.
     pool.load.queued.fetch_add(1, Ordering::Relaxed);
     let sent = pool.tx.try_send(job);
     if sent.is_err() {
         pool.load.queued.fetch_sub(1, Ordering::Relaxed);
+        pool.load.admitted.fetch_sub(1, Ordering::AcqRel);
     }
     match sent {
         Ok(()) => {}
-        Err(TrySendError::Full(_)) => {
-            count(DecidedBy::Overload, started);
-            OVERLOAD_LOG.warn(|suppressed| {
-                tracing::warn!(
-                    max_pending = limits.max_pending,
-                    threads = pool.threads,
-                    suppressed,
-                    "decision queue full: request denied with {OVERLOAD_STATUS} (overload)"
-                )
-            });
-            return (overload_decision(), Vec::new());
-        }
+        // Cannot happen (the channel has room for every admitted request).
+        Err(TrySendError::Full(_)) => return overloaded(),
         Err(TrySendError::Disconnected(_)) => {
             // Cannot happen while the pool lives; fail closed all the same.
             count(DecidedBy::Internal, started);
