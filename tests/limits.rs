@@ -301,3 +301,29 @@ async fn a_full_queue_gets_the_overload_denial_at_once() {
         .unwrap()
         .unwrap();
 }
+
+/// Nonsense limits are refused at start-up, naming the flag.
+#[test]
+fn serve_refuses_a_zero_deadline_and_documents_the_flags() {
+    let out = std::process::Command::new(celgate_bin())
+        .args(["serve", "--decision-timeout-ms", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--decision-timeout-ms"), "{err}");
+
+    let help = std::process::Command::new(celgate_bin())
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--decision-timeout-ms",
+        "--decision-threads",
+        "--max-pending-decisions",
+        "CELGATE_DECISION_TIMEOUT_MS",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from serve --help");
+    }
+}
