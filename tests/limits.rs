@@ -92,7 +92,10 @@ async fn check(grpc: SocketAddr, r: CheckRequest) -> (CheckResponse, Duration) {
     (resp, t.elapsed())
 }
 
-fn denial(r: &CheckResponse) -> Option<(i32, &str, Vec<(String, String)>)> {
+/// A denial's status, body and headers.
+type Denial<'a> = (i32, &'a str, Vec<(String, String)>);
+
+fn denial(r: &CheckResponse) -> Option<Denial<'_>> {
     match &r.http_response {
         Some(HttpResponse::DeniedResponse(d)) => Some((
             d.status.as_ref().map_or(0, |s| s.code),
