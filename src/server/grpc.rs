@@ -287,8 +287,9 @@ pub async fn serve(
         e
     });
     let reflection_v1alpha = reflection().build_v1alpha();
-    // Explicit bounds (tonic leaves concurrent streams unlimited); the
-    // decision pool bounds the work, see `limits`.
+    // The evaluation threads start before the first request; the HTTP/2
+    // and message limits are explicit (tonic leaves concurrent streams
+    // unlimited). See `limits`.
     let threads = state.pool.start(&state.options.limits);
     tracing::debug!(threads, "evaluation threads ready");
     let authz = AuthorizationServer::new(AuthzService::new(state))
