@@ -218,6 +218,22 @@ struct ServeArgs {
     /// meets a closed port during a rollout.
     #[arg(long, env = "CELGATE_SHUTDOWN_DELAY_S", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=300))]
     shutdown_delay_s: u64,
+    /// Time allowed for one decision, queueing included, in milliseconds. Past
+    /// it the request gets the failure denial (--failure-status, --failure-body)
+    /// at once; the evaluation that overran finishes on its thread and its
+    /// result is discarded. Keep it below the ext_authz filter's timeout in
+    /// Envoy (200 ms unless set; 0.5 s in the shipped configurations).
+    #[arg(long, env = "CELGATE_DECISION_TIMEOUT_MS", default_value_t = celgate::server::limits::DEFAULT_DECISION_TIMEOUT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    decision_timeout_ms: u64,
+    /// Threads that evaluate policies; 0: one per available CPU. Evaluation
+    /// never runs on the threads that serve gRPC health and HTTP probes.
+    #[arg(long, env = "CELGATE_DECISION_THREADS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1024))]
+    decision_threads: u64,
+    /// Requests that may wait for an evaluation thread. When that many are
+    /// waiting, a new request is denied at once with HTTP 503 and
+    /// `retry-after: 1` (the overload denial).
+    #[arg(long, env = "CELGATE_MAX_PENDING_DECISIONS", default_value_t = celgate::server::limits::DEFAULT_MAX_PENDING as u64, value_parser = clap::value_parser!(u64).range(0..=65_536))]
+    max_pending_decisions: u64,
     /// Do not watch the policy paths. By default every change (new, changed,
     /// renamed or deleted files; ConfigMap `..data` swaps) rebuilds the whole
     /// set and swaps it in atomically; a change that does not load is logged
@@ -459,6 +475,11 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
             trace_policies: args.trace_policies,
             decision_log,
             shutdown_delay: std::time::Duration::from_secs(args.shutdown_delay_s),
+            limits: celgate::server::limits::Limits {
+                threads: args.decision_threads as usize,
+                max_pending: args.max_pending_decisions as usize,
+                timeout: std::time::Duration::from_millis(args.decision_timeout_ms),
+            },
         },
     );
     let exception_namespaces = match &args.exception_namespaces {

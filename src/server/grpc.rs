@@ -24,6 +24,10 @@ impl AuthzService {
         AuthzService { state }
     }
 
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+
     /// One decision. A panic anywhere in evaluation is caught and answered
     /// with the failure denial: a request can never take the server down or
     /// slip through.
@@ -36,6 +40,18 @@ impl AuthzService {
         &self,
         request: &CheckRequest,
         trace: bool,
+    ) -> (Decision, Vec<engine::PolicyTrace>) {
+        self.decide_traced_if(request, trace, || true)
+    }
+
+    /// As [`AuthzService::decide_traced`]; the decision is counted in
+    /// `authz_decisions_total` only if `answers()` says it is the answer
+    /// (false when the deadline answered first: see [`super::limits`]).
+    pub fn decide_traced_if(
+        &self,
+        request: &CheckRequest,
+        trace: bool,
+        answers: impl FnOnce() -> bool,
     ) -> (Decision, Vec<engine::PolicyTrace>) {
         let started = Instant::now();
         let set = self.state.policies.load();
@@ -53,7 +69,7 @@ impl AuthzService {
         let metrics = metrics::global();
         match result {
             Ok(d) => {
-                if metrics.enabled() {
+                if answers() && metrics.enabled() {
                     let policy = d.policy.as_deref().and_then(|p| set.get(p));
                     let how = match (policy, &d.error) {
                         (Some(p), None) => DecidedBy::Policy {
@@ -69,7 +85,9 @@ impl AuthzService {
             }
             Err(_) => {
                 tracing::error!("policy evaluation panicked; request denied");
-                metrics.decided(DecidedBy::Internal, started.elapsed());
+                if answers() {
+                    metrics.decided(DecidedBy::Internal, started.elapsed());
+                }
                 let d = engine::failure_decision(
                     config,
                     None,
@@ -88,6 +106,7 @@ impl Authorization for AuthzService {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
+        let request = Arc::new(request);
         let span = tracing::info_span!(
             target: DECISION_TARGET,
             "ext_authz check",
@@ -107,8 +126,12 @@ impl Authorization for AuthzService {
             join_callers_trace(&span, &metadata, &request);
         }
         let started = Instant::now();
-        let (decision, traces) =
-            self.decide_traced(&request, traced && self.state.options.trace_policies);
+        let (decision, traces) = super::limits::decide(
+            self,
+            request.clone(),
+            traced && self.state.options.trace_policies,
+        )
+        .await;
         let took = started.elapsed();
         if traced {
             record_span(&span, &request, &decision, &traces);
@@ -244,7 +267,10 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     phase: tokio::sync::watch::Receiver<super::Phase>,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    use super::limits;
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(limits::TCP_KEEPALIVE));
     // grpc.health.v1: "" and the Authorization service are SERVING until
     // shutdown starts, so probes and load balancers stop sending first.
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -261,8 +287,20 @@ pub async fn serve(
         e
     });
     let reflection_v1alpha = reflection().build_v1alpha();
+    // The evaluation threads start before the first request; the HTTP/2
+    // and message limits are explicit (tonic leaves concurrent streams
+    // unlimited). See `limits`.
+    let threads = state.pool.start(&state.options.limits);
+    tracing::debug!(threads, "evaluation threads ready");
+    let authz = AuthorizationServer::new(AuthzService::new(state))
+        .max_decoding_message_size(limits::MAX_DECODING_MESSAGE_BYTES)
+        .max_encoding_message_size(limits::MAX_ENCODING_MESSAGE_BYTES);
     let mut router = tonic::transport::Server::builder()
-        .add_service(AuthorizationServer::new(AuthzService::new(state)))
+        .max_concurrent_streams(Some(limits::MAX_CONCURRENT_STREAMS))
+        .http2_max_header_list_size(Some(limits::MAX_HEADER_LIST_BYTES))
+        .http2_keepalive_interval(Some(limits::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(limits::KEEPALIVE_TIMEOUT))
+        .add_service(authz)
         .add_service(health);
     if let (Ok(v1), Ok(v1alpha)) = (reflection_v1, reflection_v1alpha) {
         router = router.add_service(v1).add_service(v1alpha);

@@ -138,6 +138,7 @@ async fn metrics(
         u8::from(r.last_error().is_some()),
     );
     extra.push_str(&crate::telemetry::extra_metrics());
+    extra.push_str(&state.pool.render_metrics());
     (
         [(
             axum::http::header::CONTENT_TYPE,

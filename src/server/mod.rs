@@ -2,6 +2,7 @@
 
 pub mod grpc;
 pub mod http;
+pub mod limits;
 
 use crate::engine::EngineConfig;
 use crate::policy::PolicySet;
@@ -20,6 +21,8 @@ pub struct State {
     pub reload: crate::sources::ReloadStatus,
     /// Set when shutdown starts: `/readyz` answers 503 from then on.
     pub shutting_down: std::sync::atomic::AtomicBool,
+    /// The threads that evaluate policies (started on first use).
+    pub pool: limits::DecisionPool,
 }
 
 /// What `serve` adds around decisions.
@@ -33,6 +36,8 @@ pub struct ServeOptions {
     /// says 503 and gRPC health says NOT_SERVING, so load balancers and
     /// Kubernetes endpoints stop sending before the listeners close.
     pub shutdown_delay: std::time::Duration,
+    /// Evaluation threads, queue bound and per-decision deadline.
+    pub limits: limits::Limits,
 }
 
 impl State {
@@ -47,6 +52,7 @@ impl State {
             config,
             reload: Default::default(),
             shutting_down: Default::default(),
+            pool: Default::default(),
         })
     }
 }

@@ -157,6 +157,10 @@ pub enum DecidedBy<'a> {
     Default,
     /// Evaluation panicked: denied.
     Internal,
+    /// No decision within `--decision-timeout-ms`: the failure denial.
+    Timeout,
+    /// The decision queue was full (`--max-pending-decisions`): the overload denial.
+    Overload,
 }
 
 /// Every series celgate exports.
@@ -166,6 +170,8 @@ pub struct Metrics {
     policies: RwLock<BTreeMap<String, Arc<PolicyMetrics>>>,
     default_allow: AtomicU64,
     internal_errors: AtomicU64,
+    timeouts: AtomicU64,
+    overloads: AtomicU64,
     decision_duration: Histogram,
     /// Kubernetes objects by state (ok, broken, ignored), once `--kube` has
     /// listed them.
@@ -252,6 +258,12 @@ impl Metrics {
             DecidedBy::Internal => {
                 self.internal_errors.fetch_add(1, Relaxed);
             }
+            DecidedBy::Timeout => {
+                self.timeouts.fetch_add(1, Relaxed);
+            }
+            DecidedBy::Overload => {
+                self.overloads.fetch_add(1, Relaxed);
+            }
         }
         self.decision_duration.observe(took);
     }
@@ -265,7 +277,7 @@ impl Metrics {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        out.push_str("# HELP authz_decisions_total Decisions, by result and by what decided: a policy (source=\"policy\"), no policy (source=\"default\", allowed), an evaluation error under failurePolicy Fail (source=\"error\", denied) or an internal error (source=\"internal\", denied).\n");
+        out.push_str("# HELP authz_decisions_total Decisions, by result and by what decided: a policy (source=\"policy\"), no policy (source=\"default\", allowed), an evaluation error under failurePolicy Fail (source=\"error\", denied), an internal error (source=\"internal\", denied), the decision deadline (source=\"timeout\", denied) or a full decision queue (source=\"overload\", denied).\n");
         out.push_str("# TYPE authz_decisions_total counter\n");
         for (name, p) in &policies {
             let name = escape(name);
@@ -293,6 +305,13 @@ impl Metrics {
             "authz_decisions_total{{mode=\"envoy\",decision=\"deny\",source=\"internal\",policy=\"\"}} {}",
             self.internal_errors.load(Relaxed)
         );
+        for (source, n) in [("timeout", &self.timeouts), ("overload", &self.overloads)] {
+            let _ = writeln!(
+                out,
+                "authz_decisions_total{{mode=\"envoy\",decision=\"deny\",source=\"{source}\",policy=\"\"}} {}",
+                n.load(Relaxed)
+            );
+        }
         out.push_str(
             "# HELP authz_decision_duration_seconds Time to decide one request (all policies).\n",
         );

@@ -1,0 +1,428 @@
+//! Bounded work on the request path.
+//!
+//! Policy evaluation is synchronous CPU work. It runs on a fixed set of
+//! dedicated threads ([`DecisionPool`]), never on the async runtime's
+//! workers, so the gRPC health service, `/livez`, `/readyz` and `/metrics`
+//! (all async) keep answering however slow the policies are. Requests wait
+//! for a thread in a bounded queue; when the queue is full, a request is
+//! answered at once with the overload denial ([`overload_decision`]). Each
+//! decision has a deadline; past it, the request gets the failure denial
+//! ([`crate::engine::failure_decision`]) and the evaluation's result, when
+//! it comes, is thrown away.
+//!
+//! Why dedicated threads rather than `spawn_blocking` behind a semaphore:
+//! tokio's blocking pool is shared with everything else that blocks (file
+//! reads, Kubernetes rebuilds) and grows to 512 threads; a fixed pool fed by
+//! a bounded channel makes "at most N evaluations at once, at most M
+//! waiting" a property of the data structure, with no permit bookkeeping,
+//! and a queued request whose caller gave up is skipped before it runs.
+//!
+//! An evaluation that overruns its deadline keeps its thread until it ends:
+//! CPU spent on overrunning evaluations is bounded by the pool size, not by
+//! the request rate. Stopping an evaluation part-way is the evaluator's job
+//! (a cost limit), not this module's.
+
+use super::grpc::AuthzService;
+use crate::cel::envoy::{CheckResponse, DeniedResponse, HeaderOption, Outcome};
+use crate::engine::{self, Decision, PolicyTrace};
+use crate::telemetry::metrics::{self, DecidedBy};
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Default `--decision-timeout-ms`: below Envoy's default ext_authz timeout
+/// (200 ms), so celgate's denial reaches Envoy before Envoy gives up.
+pub const DEFAULT_DECISION_TIMEOUT: Duration = Duration::from_millis(150);
+/// Default `--max-pending-decisions`.
+pub const DEFAULT_MAX_PENDING: usize = 64;
+/// HTTP status of the overload denial: the server, not the client, is out of
+/// capacity, and 503 is what Envoy's retry policies (`5xx`, `retriable-status-codes`)
+/// and clients treat as "try again, maybe elsewhere".
+pub const OVERLOAD_STATUS: i32 = 503;
+/// `Decision::error` of the overload denial (decision log, span).
+pub const OVERLOAD_REASON: &str = "overloaded";
+/// `Decision::error` of the deadline denial (decision log, span).
+pub const TIMEOUT_REASON: &str = "decision deadline exceeded";
+
+/// HTTP/2 streams one client connection may have open at once (gRPC
+/// `Check` calls in flight). Envoy opens another connection when it needs
+/// more.
+pub const MAX_CONCURRENT_STREAMS: u32 = 128;
+/// Largest gRPC message accepted from a client, in bytes.
+pub const MAX_DECODING_MESSAGE_BYTES: usize = 4 << 20;
+/// Largest gRPC message sent, in bytes (a `CheckResponse`).
+pub const MAX_ENCODING_MESSAGE_BYTES: usize = 4 << 20;
+/// Largest header block (gRPC metadata) of one request, in bytes.
+pub const MAX_HEADER_LIST_BYTES: u32 = 64 << 10;
+/// HTTP/2 PING interval on idle connections, and how long to wait for the
+/// answer before closing: dead peers do not hold streams forever.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP keepalive on accepted connections.
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// How much decision work may be in flight.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Evaluation threads; 0: one per available CPU.
+    pub threads: usize,
+    /// Requests that may wait for a thread; beyond that, the overload denial.
+    pub max_pending: usize,
+    /// Time from the start of a decision (queueing included) to its answer.
+    pub timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            threads: 0,
+            max_pending: DEFAULT_MAX_PENDING,
+            timeout: DEFAULT_DECISION_TIMEOUT,
+        }
+    }
+}
+
+impl Limits {
+    /// The number of evaluation threads these limits give.
+    pub fn thread_count(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        }
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The evaluation threads and their queue, started on first use.
+#[derive(Debug, Default)]
+pub struct DecisionPool {
+    inner: OnceLock<Pool>,
+}
+
+#[derive(Debug)]
+struct Pool {
+    tx: SyncSender<Job>,
+    threads: usize,
+    /// Requests admitted at most at once: `threads` + `max_pending`.
+    capacity: usize,
+    load: Arc<Load>,
+}
+
+/// What the pool is doing.
+#[derive(Debug, Default)]
+struct Load {
+    /// Requests admitted and not yet done (waiting, or running, or skipped
+    /// once their caller is gone): the admission count.
+    admitted: AtomicUsize,
+    queued: AtomicUsize,
+    busy: AtomicUsize,
+}
+
+impl DecisionPool {
+    fn get(&self, limits: &Limits) -> &Pool {
+        self.inner.get_or_init(|| Pool::start(limits))
+    }
+
+    /// Starts the threads now (rather than on the first request).
+    pub fn start(&self, limits: &Limits) -> usize {
+        self.get(limits).threads
+    }
+
+    /// The pool's gauges in the Prometheus text format (nothing before it starts).
+    pub fn render_metrics(&self) -> String {
+        let Some(p) = self.inner.get() else {
+            return String::new();
+        };
+        format!(
+            "# HELP celgate_decision_threads Threads that evaluate policies.\n\
+             # TYPE celgate_decision_threads gauge\n\
+             celgate_decision_threads {}\n\
+             # HELP celgate_decision_threads_busy Evaluation threads running an evaluation (overrunning ones included).\n\
+             # TYPE celgate_decision_threads_busy gauge\n\
+             celgate_decision_threads_busy {}\n\
+             # HELP celgate_decisions_queued Requests waiting for an evaluation thread.\n\
+             # TYPE celgate_decisions_queued gauge\n\
+             celgate_decisions_queued {}\n",
+            p.threads,
+            p.load.busy.load(Ordering::Relaxed),
+            p.load.queued.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Pool {
+    fn start(limits: &Limits) -> Pool {
+        let wanted = limits.thread_count();
+        // Admission is decided by `Load::admitted`, so that a request is
+        // refused only when every thread is busy and `max_pending` wait; the
+        // channel has room for every admitted request.
+        let (tx, rx) = sync_channel::<Job>(wanted + limits.max_pending);
+        let rx = Arc::new(Mutex::new(rx));
+        let load = Arc::new(Load::default());
+        let mut threads = 0;
+        for i in 0..wanted {
+            let (rx, load) = (rx.clone(), load.clone());
+            match std::thread::Builder::new()
+                .name(format!("celgate-eval-{i}"))
+                .spawn(move || work(&rx, &load))
+            {
+                Ok(_) => threads += 1,
+                Err(e) => tracing::error!(error = %e, "cannot start an evaluation thread"),
+            }
+        }
+        tracing::info!(
+            threads,
+            max_pending = limits.max_pending,
+            timeout_ms = limits.timeout.as_millis() as u64,
+            "decision pool started"
+        );
+        Pool {
+            tx,
+            threads,
+            capacity: threads + limits.max_pending,
+            load,
+        }
+    }
+}
+
+/// One evaluation thread: runs jobs until the pool is dropped.
+fn work(rx: &Mutex<Receiver<Job>>, load: &Load) {
+    loop {
+        // The lock is held while waiting, not while running a job.
+        let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        let Ok(job) = job else { return };
+        load.queued.fetch_sub(1, Ordering::Relaxed);
+        load.busy.fetch_add(1, Ordering::Relaxed);
+        // Jobs catch their own panics; this keeps the thread whatever happens.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+        load.busy.fetch_sub(1, Ordering::Relaxed);
+        load.admitted.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Who answers a request: the evaluation (if it ends in time) or the
+/// deadline. Exactly one wins, and only the winner is counted in metrics.
+const PENDING: u8 = 0;
+const EVALUATED: u8 = 1;
+const TIMED_OUT: u8 = 2;
+
+/// Decides `request` on the pool within the deadline: the policies' decision,
+/// the failure denial past the deadline, or the overload denial when the
+/// queue is full. Never an error.
+pub async fn decide(
+    service: &AuthzService,
+    request: Arc<CheckRequest>,
+    trace: bool,
+) -> (Decision, Vec<PolicyTrace>) {
+    let started = Instant::now();
+    let state = service.state();
+    let limits = &state.options.limits;
+    let pool = state.pool.get(limits);
+    let slot = Arc::new(AtomicU8::new(PENDING));
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    let job: Job = {
+        let service = service.clone();
+        let slot = slot.clone();
+        Box::new(move || {
+            if tx.is_closed() || slot.load(Ordering::Acquire) != PENDING {
+                // The caller timed out or went away while this waited.
+                return;
+            }
+            let begun = Instant::now();
+            let result = service.decide_traced_if(&request, trace, || {
+                slot.compare_exchange(PENDING, EVALUATED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            });
+            if slot.load(Ordering::Acquire) == TIMED_OUT {
+                tracing::debug!(
+                    took_ms = begun.elapsed().as_millis() as u64,
+                    "an evaluation that overran its deadline ended; its result is discarded"
+                );
+            }
+            let _ = tx.send(result);
+        })
+    };
+    let overloaded = || {
+        count(DecidedBy::Overload, started);
+        OVERLOAD_LOG.warn(|suppressed| {
+            tracing::warn!(
+                max_pending = limits.max_pending,
+                threads = pool.threads,
+                suppressed,
+                "decision queue full: request denied with {OVERLOAD_STATUS} (overload)"
+            )
+        });
+        (overload_decision(), Vec::new())
+    };
+    if pool.load.admitted.fetch_add(1, Ordering::AcqRel) >= pool.capacity {
+        pool.load.admitted.fetch_sub(1, Ordering::AcqRel);
+        return overloaded();
+    }
+    // Counted before it is sent, so a thread taking it at once never counts below zero.
+    pool.load.queued.fetch_add(1, Ordering::Relaxed);
+    let sent = pool.tx.try_send(job);
+    if sent.is_err() {
+        pool.load.queued.fetch_sub(1, Ordering::Relaxed);
+        pool.load.admitted.fetch_sub(1, Ordering::AcqRel);
+    }
+    match sent {
+        Ok(()) => {}
+        // Cannot happen (the channel has room for every admitted request).
+        Err(TrySendError::Full(_)) => return overloaded(),
+        Err(TrySendError::Disconnected(_)) => {
+            // Cannot happen while the pool lives; fail closed all the same.
+            count(DecidedBy::Internal, started);
+            tracing::error!("the decision pool is gone; request denied");
+            return (internal_decision(state), Vec::new());
+        }
+    }
+    let deadline = tokio::time::Instant::from_std(started + limits.timeout);
+    match tokio::time::timeout_at(deadline, &mut rx).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => {
+            // The job ended without an answer (it cannot, short of a bug).
+            count(DecidedBy::Internal, started);
+            tracing::error!("an evaluation ended without a decision; request denied");
+            (internal_decision(state), Vec::new())
+        }
+        Err(_) => {
+            if slot
+                .compare_exchange(PENDING, TIMED_OUT, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                count(DecidedBy::Timeout, started);
+                TIMEOUT_LOG.warn(|suppressed| {
+                    tracing::warn!(
+                        timeout_ms = limits.timeout.as_millis() as u64,
+                        suppressed,
+                        "decision deadline exceeded: request denied with the failure status"
+                    )
+                });
+                let d = engine::failure_decision(&state.config, None, TIMEOUT_REASON.to_owned());
+                (d, Vec::new())
+            } else {
+                // The evaluation won the race by a hair: its answer is on the way.
+                match rx.await {
+                    Ok(result) => result,
+                    Err(_) => (internal_decision(state), Vec::new()),
+                }
+            }
+        }
+    }
+}
+
+fn count(how: DecidedBy<'_>, started: Instant) {
+    let m = metrics::global();
+    if m.enabled() {
+        m.decided(how, started.elapsed());
+    }
+}
+
+fn internal_decision(state: &super::State) -> Decision {
+    engine::failure_decision(
+        &state.config,
+        None,
+        "internal error during evaluation".into(),
+    )
+}
+
+/// The answer when the queue is full: 503, `Retry-After: 1`, an empty body.
+pub fn overload_decision() -> Decision {
+    Decision {
+        response: CheckResponse {
+            outcome: Outcome::Denied(DeniedResponse {
+                status: OVERLOAD_STATUS,
+                headers: vec![HeaderOption {
+                    key: "retry-after".into(),
+                    value: "1".into(),
+                    keep_empty_value: false,
+                }],
+                body: String::new(),
+            }),
+            message: "celgate overloaded: too many pending decisions".into(),
+            metadata: None,
+        },
+        policy: None,
+        validation: None,
+        error: Some(OVERLOAD_REASON.into()),
+        evaluated: 0,
+    }
+}
+
+/// A WARN line per occurrence, at most one a second: the lines in between
+/// are counted and the count is carried by the next line (`suppressed`).
+struct RateLimitedLog {
+    /// Milliseconds since [`EPOCH`] when a line may next be written.
+    next_at_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+static OVERLOAD_LOG: RateLimitedLog = RateLimitedLog::new();
+static TIMEOUT_LOG: RateLimitedLog = RateLimitedLog::new();
+
+impl RateLimitedLog {
+    const fn new() -> Self {
+        RateLimitedLog {
+            next_at_ms: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    fn warn(&self, write: impl FnOnce(u64)) {
+        let now = EPOCH.elapsed().as_millis() as u64;
+        let next = self.next_at_ms.load(Ordering::Relaxed);
+        if now >= next
+            && self
+                .next_at_ms
+                .compare_exchange(next, now + 1000, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            write(self.suppressed.swap(0, Ordering::Relaxed));
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limited_log_writes_one_line_a_second_and_counts_the_rest() {
+        let log = RateLimitedLog::new();
+        let mut lines = Vec::new();
+        for _ in 0..5 {
+            log.warn(|s| lines.push(s));
+        }
+        assert_eq!(lines, vec![0], "one line, then suppressed");
+        assert_eq!(log.suppressed.load(Ordering::Relaxed), 4);
+        // As if a second had passed.
+        log.next_at_ms.store(0, Ordering::Relaxed);
+        log.warn(|s| lines.push(s));
+        assert_eq!(lines, vec![0, 4], "the next line carries the count");
+    }
+
+    #[test]
+    fn overload_denial_is_503_with_its_own_reason() {
+        let d = overload_decision();
+        assert!(!d.allowed());
+        assert_eq!(d.http_status(), OVERLOAD_STATUS);
+        assert_eq!(d.error.as_deref(), Some(OVERLOAD_REASON));
+    }
+
+    #[test]
+    fn thread_count_is_never_zero() {
+        assert!(Limits::default().thread_count() >= 1);
+        let l = Limits {
+            threads: 3,
+            ..Default::default()
+        };
+        assert_eq!(l.thread_count(), 3);
+    }
+}
