@@ -49,7 +49,6 @@ use std::sync::{Arc, LazyLock, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// A fetched key set: the keys of one JWKS document, prepared.
-#[derive(Debug)]
 pub struct KeySet {
     /// The URL it came from, normalised (it may hold a query: never log it).
     pub url: Arc<str>,
@@ -59,6 +58,19 @@ pub struct KeySet {
     /// Increases with every fetch of any URL.
     pub(crate) generation: u64,
     expires_at: Instant,
+}
+
+/// Names the URL without its query, like the logs.
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url =
+            JwksUrl::parse(&self.url).map_or_else(|_| redact_raw(&self.url), |u| u.redacted());
+        f.debug_struct("KeySet")
+            .field("url", &url)
+            .field("keys", &self.keys.len())
+            .field("generation", &self.generation)
+            .finish()
+    }
 }
 
 impl KeySet {
@@ -133,17 +145,19 @@ pub fn fetch(url: &str) -> Result<Arc<KeySet>, IdentityError> {
         reason: p.0,
     })?;
     let key = parsed.normalised();
-    // A preloaded set is never fetched: no scheme or allow-list question.
-    let preloaded = lookup(&key).filter(|e| e.pinned);
-    let entry = match preloaded {
-        Some(e) => e,
-        None => {
+    let entry = match lookup(&key) {
+        // A preloaded set is never fetched: no scheme or allow-list question.
+        Some(e) if e.pinned => e,
+        found => {
             match judge(&rt.allow, rt.cfg.allow_http, &parsed) {
                 Verdict::Allowed => {}
                 Verdict::PlainHttp => return Err(IdentityError::HttpNotAllowed(parsed.redacted())),
                 Verdict::NotListed => return Err(IdentityError::UrlNotAllowed(parsed.redacted())),
             }
-            entry(&key, &parsed.redacted(), rt.cfg.max_jwks_urls, false)
+            match found {
+                Some(e) => e,
+                None => entry(&key, &parsed.redacted(), rt.cfg.max_jwks_urls, false),
+            }
         }
     };
     if let Some(set) = entry.set.load_full() {
@@ -248,6 +262,15 @@ fn entry(url: &str, label: &str, max: usize, pinned: bool) -> Arc<Entry> {
     if let Some(e) = reg.get(url) {
         return e.clone();
     }
+    make_room(&mut reg, max);
+    let e = Arc::new(new_entry(url, label, pinned));
+    reg.insert(url.to_owned(), e.clone());
+    e
+}
+
+/// Evicts least recently used entries that are not pinned until fewer than
+/// `max` remain (or only pinned ones do).
+fn make_room(reg: &mut HashMap<String, Arc<Entry>>, max: usize) {
     while reg.len() >= max.max(1) {
         let victim = reg
             .iter()
@@ -260,7 +283,10 @@ fn entry(url: &str, label: &str, max: usize, pinned: bool) -> Arc<Entry> {
             tracing::debug!(url = %e.label, "JWKS URL evicted from the cache to make room");
         }
     }
-    let e = Arc::new(Entry {
+}
+
+fn new_entry(url: &str, label: &str, pinned: bool) -> Entry {
+    Entry {
         url: url.to_owned(),
         label: label.to_owned(),
         pinned,
@@ -271,9 +297,7 @@ fn entry(url: &str, label: &str, max: usize, pinned: bool) -> Arc<Entry> {
         next_refresh_ms: AtomicU64::new(0),
         fetches: AtomicU64::new(0),
         errors: AtomicU64::new(0),
-    });
-    reg.insert(url.to_owned(), e.clone());
-    e
+    }
 }
 
 fn first_fetch(entry: &Entry) -> Result<Arc<KeySet>, IdentityError> {
@@ -495,6 +519,51 @@ mod tests {
         );
         assert_eq!(ttl(&cfg, Some("no-store")), Duration::from_secs(60));
         assert_eq!(ttl(&cfg, Some("max-age=junk")), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn eviction_takes_the_least_recently_used_and_spares_pinned_entries() {
+        let mut reg = HashMap::new();
+        let add = |reg: &mut HashMap<String, Arc<Entry>>, name: &str, pinned: bool| {
+            make_room(reg, 3);
+            reg.insert(name.to_owned(), Arc::new(new_entry(name, name, pinned)));
+        };
+        add(&mut reg, "pinned", true);
+        add(&mut reg, "a", false);
+        add(&mut reg, "b", false);
+        // `a` is used again: `b` is now the least recently used
+        reg["a"]
+            .last_used
+            .store(TICK.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        add(&mut reg, "c", false);
+        let mut names: Vec<&str> = reg.keys().map(String::as_str).collect();
+        names.sort();
+        assert_eq!(names, ["a", "c", "pinned"]);
+        add(&mut reg, "d", false);
+        add(&mut reg, "e", false);
+        assert_eq!(reg.len(), 3);
+        assert!(reg.contains_key("pinned"));
+        // only pinned entries left to evict: the bound gives way to them
+        let mut pinned_only = HashMap::new();
+        for i in 0..5 {
+            make_room(&mut pinned_only, 3);
+            let n = format!("p{i}");
+            pinned_only.insert(n.clone(), Arc::new(new_entry(&n, &n, true)));
+        }
+        assert_eq!(pinned_only.len(), 5);
+    }
+
+    #[test]
+    fn a_key_set_debugs_without_its_query() {
+        let doc = br#"{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"a"}]}"#;
+        let url = "https://preloaded.example/jwks?api_key=SECRET";
+        preload(url, doc).unwrap();
+        let set = fetch(url).unwrap();
+        let shown = format!("{set:?}");
+        assert!(shown.contains("https://preloaded.example/jwks"), "{shown}");
+        assert!(!shown.contains("SECRET"), "{shown}");
+        let stats = url_stats();
+        assert!(stats.iter().all(|s| !s.url.contains("SECRET")));
     }
 
     #[test]
