@@ -111,11 +111,15 @@ impl TokenCache {
     }
 }
 
-/// An invalid token, as remembered.
+/// An invalid token, as remembered: a few bytes, whatever the token's size
+/// (its header is parsed again on a hit, which costs far less than a
+/// signature check), so a flood of distinct large bad tokens cannot make
+/// this cache big.
 #[derive(Debug)]
 struct Remembered {
     why: Invalid,
-    header: Option<Arc<CelMap<'static>>>,
+    /// The answer carried the token's parsed header.
+    has_header: bool,
     until: Instant,
     /// The key set's generation it was checked against (0 for one key).
     generation: u64,
@@ -193,7 +197,8 @@ pub fn decode(token: &str, keys: Keys<'_>) -> Decoded {
         if let Some(r) = bad.get(id) {
             if r.generation == generation && Instant::now() < r.until {
                 bump(&COUNTERS.invalid_cache_hits);
-                return invalid(r.why, r.header.clone());
+                let header = if r.has_header { header_of(token) } else { None };
+                return invalid(r.why, header);
             }
             bad.remove(id);
         }
@@ -220,7 +225,7 @@ pub fn decode(token: &str, keys: Keys<'_>) -> Decoded {
                         id,
                         Arc::new(Remembered {
                             why,
-                            header: header.clone(),
+                            has_header: header.is_some(),
                             until: Instant::now() + rt.cfg.invalid_cache_ttl,
                             generation,
                         }),
@@ -245,6 +250,14 @@ fn json_object(bytes: &[u8]) -> Option<serde_json::Map<String, serde_json::Value
         serde_json::Value::Object(o) => Some(o),
         _ => None,
     }
+}
+
+/// The parsed header (first part) of a token, as [`verify`] parses it.
+fn header_of(token: &str) -> Option<Arc<CelMap<'static>>> {
+    let h = token.split('.').next()?;
+    b64(h)
+        .and_then(|b| json_object(&b))
+        .map(|j| Arc::new(json_object_to_map(&j)))
 }
 
 fn verify(token: &str, keys: Keys<'_>, leeway: f64) -> Result<Verified, Fail> {
