@@ -300,13 +300,30 @@ struct ServeArgs {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Identity (jwt, jwks)")]
 struct IdentityArgs {
-    /// URLs `jwks.Fetch` may fetch: hosts (`issuer.example.com`, `host:port`)
-    /// or URL prefixes (`https://issuer.example.com/keys`). Default: any http(s)
-    /// URL. Policies name the URLs, so whoever writes policies can make celgate
-    /// send GET requests anywhere it can reach (SSRF): set this where policy
-    /// authors are not fully trusted.
+    /// URLs `jwks.Fetch` may fetch: hosts (`issuer.example.com`, `host:port`;
+    /// https only) or URL prefixes (`https://issuer.example.com/keys`, matched on
+    /// normalised URLs at path-segment boundaries; an `http://` prefix allows
+    /// plain http to it). Default: any https URL. Policies name the URLs, so
+    /// whoever writes policies can make celgate send GET requests anywhere it
+    /// can reach (SSRF): set this where policy authors are not fully trusted.
     #[arg(long, env = "CELGATE_JWKS_ALLOWED_URLS", value_delimiter = ',')]
     jwks_allowed_urls: Vec<String>,
+    /// Allow plain-http JWKS URLs (for every URL the allow-list admits). Off by
+    /// default: a man in the middle could replace the keys. Prefer an
+    /// `http://` prefix in --jwks-allowed-urls for the one issuer that needs it.
+    #[arg(long, env = "CELGATE_JWKS_ALLOW_HTTP")]
+    jwks_allow_http: bool,
+    /// PEM file of CA certificates trusted for JWKS fetches in addition to the
+    /// web PKI roots (issuers behind a private CA). Checked every 2 s and
+    /// reloaded when it changes (unless --no-watch); a bundle that cannot be
+    /// used refuses the start, and on reload is logged while the previous
+    /// roots stay in force.
+    #[arg(long, env = "CELGATE_JWKS_CA_BUNDLE", value_name = "PEM")]
+    jwks_ca_bundle: Option<PathBuf>,
+    /// Distinct JWKS URLs cached at once; one more evicts the least recently
+    /// used (it is fetched again when next needed).
+    #[arg(long, env = "CELGATE_JWKS_MAX_URLS", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    jwks_max_urls: u64,
     /// Limit on DNS + connect + TLS of a JWKS fetch, in milliseconds.
     #[arg(long, env = "CELGATE_JWKS_CONNECT_TIMEOUT_MS", default_value_t = 2000)]
     jwks_connect_timeout_ms: u64,
@@ -331,6 +348,13 @@ struct IdentityArgs {
     /// Verified tokens remembered so a repeated token is verified once (0: off).
     #[arg(long, env = "CELGATE_JWT_CACHE_SIZE", default_value_t = 10_000)]
     jwt_cache_size: usize,
+    /// Invalid tokens remembered so a repeated bad token is not verified again
+    /// (0: off).
+    #[arg(long, env = "CELGATE_JWT_INVALID_CACHE_SIZE", default_value_t = 10_000)]
+    jwt_invalid_cache_size: usize,
+    /// How long an invalid token is remembered, in seconds.
+    #[arg(long, env = "CELGATE_JWT_INVALID_CACHE_TTL_S", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    jwt_invalid_cache_ttl_s: u64,
 }
 
 impl IdentityArgs {
@@ -351,6 +375,10 @@ impl IdentityArgs {
             jwks_max_ttl: Duration::from_secs(self.jwks_max_ttl_s),
             jwks_min_refresh_interval: Duration::from_secs(self.jwks_min_refresh_s),
             token_cache_size: self.jwt_cache_size,
+            allow_http: self.jwks_allow_http,
+            max_jwks_urls: self.jwks_max_urls as usize,
+            invalid_cache_size: self.jwt_invalid_cache_size,
+            invalid_cache_ttl: Duration::from_secs(self.jwt_invalid_cache_ttl_s),
             ..Default::default()
         }
     }
@@ -444,7 +472,27 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
     if args.identity.jwks_min_ttl_s > args.identity.jwks_max_ttl_s {
         anyhow::bail!("--jwks-min-ttl-s must not exceed --jwks-max-ttl-s");
     }
-    celgate::identity::configure(args.identity.config());
+    let identity = args.identity.config();
+    identity.check().context("refusing to start")?;
+    celgate::identity::configure(identity);
+    let _ca_watch = match &args.identity.jwks_ca_bundle {
+        None => None,
+        Some(path) => {
+            let n = celgate::identity::tls::load_ca_bundle(path).context("refusing to start")?;
+            tracing::info!(path = %path.display(), certificates = n, "CA bundle added to the roots trusted for JWKS");
+            if args.no_watch {
+                None
+            } else {
+                Some(
+                    celgate::identity::tls::watch_ca_bundle(
+                        path.clone(),
+                        std::time::Duration::from_secs(2),
+                    )
+                    .context("watching the CA bundle")?,
+                )
+            }
+        }
+    };
     let decision_log = match args.decision_log.clone() {
         Some(target) => Some(
             celgate::telemetry::decision_log::DecisionLog::start(

@@ -34,13 +34,18 @@ const SECRET: &str = "an hmac secret of decent length";
 // ---------------------------------------------------------------- set-up
 
 /// One configuration for the whole binary (tests run in parallel and the
-/// library's settings are process-wide): loopback allowed, short timeouts,
-/// a 1 s lower bound on max-age so expiry can be watched.
+/// library's settings are process-wide): loopback allowed, over plain http
+/// too (an explicit opt-in: the loopback issuers here serve http), short
+/// timeouts, a 1 s lower bound on max-age so expiry can be watched, and
+/// invalid tokens remembered for longer than any test waits, so a token
+/// accepted again after a rotation shows the rotation, not the TTL.
 fn setup() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         identity::configure(JwtConfig {
             allowed_jwks_urls: vec!["127.0.0.1".into()],
+            allow_http: true,
+            invalid_cache_ttl: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
             jwks_min_ttl: Duration::from_secs(1),
@@ -1134,4 +1139,265 @@ fn engine_policy_with_jwks() {
             .contains("https://elsewhere.example/jwks"),
         "{d:?}"
     );
+}
+
+// ---------------------------------------------------------------- invalid-token cache
+
+#[test]
+fn a_repeated_bad_token_is_verified_once() {
+    let secret = "a secret only the invalid-cache test uses";
+    let forged = mint_with(
+        Algorithm::HS256,
+        None,
+        &claims(),
+        &EncodingKey::from_secret(b"the attacker's secret"),
+    );
+    setup();
+    let key = identity::keys::prepared(secret).unwrap();
+    for _ in 0..100 {
+        assert_eq!(
+            direct_decode(&forged, secret).invalid,
+            Some(Invalid::BadSignature)
+        );
+    }
+    assert_eq!(key.verifications(), 1, "one signature check for 100 tries");
+    // through CEL as well
+    for _ in 0..10 {
+        assert!(!valid_with_key(&forged, secret));
+    }
+    assert_eq!(key.verifications(), 1);
+    // the key still accepts a good token, and the forged one stays invalid
+    let good = mint_with(
+        Algorithm::HS256,
+        None,
+        &claims(),
+        &EncodingKey::from_secret(secret.as_bytes()),
+    );
+    assert!(valid_with_key(&good, secret));
+    assert_eq!(key.verifications(), 2);
+    assert!(!valid_with_key(&forged, secret));
+    assert_eq!(key.verifications(), 2);
+}
+
+#[test]
+fn a_remembered_bad_token_is_accepted_once_its_key_is_published() {
+    // The issuer publishes rsa under kid "k"; the token is signed with rsa2
+    // under the same kid, so it is a bad signature until the issuer rotates.
+    let issuer = Issuer::start(
+        jwks_doc(&[jwk(Algorithm::RS256, "k", None)]),
+        Some("max-age=1"),
+    );
+    let url = issuer.url();
+    let rsa2 = EncodingKey::from_rsa_pem(RSA2.as_bytes()).unwrap();
+    let t = mint_with(Algorithm::RS256, Some("k"), &claims(), &rsa2);
+    for _ in 0..30 {
+        assert!(!valid_with_jwks(&t, &url));
+    }
+    let set = identity::jwks::fetch(&url).unwrap();
+    assert_eq!(set.keys()[0].verifications(), 1, "remembered as invalid");
+    // The rotation: once the set is fetched again (max-age 1 s), the token
+    // is checked afresh — well before the 60 s it would be remembered.
+    issuer.set(|r| r.body = jwks_doc(&[jwk(Algorithm::RS256, "k", Some(RSA2))]));
+    let start = Instant::now();
+    wait_for(
+        "the rotated key to verify the token",
+        Duration::from_secs(8),
+        || valid_with_jwks(&t, &url),
+    );
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert!(issuer.requests() >= 2);
+}
+
+#[test]
+fn a_token_not_yet_valid_is_not_remembered_as_invalid() {
+    // nbf just past the 30 s leeway: invalid now, valid in about 2 s
+    let mut c = claims();
+    c["nbf"] = json!(now() + 32);
+    c["jti"] = json!("not-yet");
+    let t = mint(Algorithm::ES384, None, &c);
+    assert_eq!(
+        direct_decode(&t, EC384_PUB).invalid,
+        Some(Invalid::NotYetValid)
+    );
+    wait_for("the token to become valid", Duration::from_secs(6), || {
+        direct_decode(&t, EC384_PUB).valid
+    });
+}
+
+// ---------------------------------------------------------------- https issuer, private CA
+
+const TLS_CA: &str = include_str!("keys/tls/ca.pem");
+const TLS_OTHER_CA: &str = include_str!("keys/tls/other-ca.pem");
+const TLS_CERT: &str = include_str!("keys/tls/server.pem");
+const TLS_KEY: &str = include_str!("keys/tls/server.key");
+
+/// A loopback JWKS issuer over HTTPS with a certificate from the test CA
+/// (tests/keys/tls). Counts requests that got past the TLS handshake.
+struct TlsIssuer {
+    port: u16,
+    requests: Arc<AtomicUsize>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl TlsIssuer {
+    fn start(body: String) -> TlsIssuer {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_slice_iter(TLS_CERT.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(TLS_KEY.as_bytes()).unwrap();
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap(),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let stopped = Arc::new(AtomicBool::new(false));
+        let (n, s) = (requests.clone(), stopped.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let Ok((tcp, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let (n, body, config) = (n.clone(), body.clone(), config.clone());
+                std::thread::spawn(move || {
+                    tcp.set_nonblocking(false).unwrap();
+                    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    let conn = rustls::ServerConnection::new(config).unwrap();
+                    let mut tls = rustls::StreamOwned::new(conn, tcp);
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    }
+                    n.fetch_add(1, Ordering::SeqCst);
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tls.write_all(resp.as_bytes());
+                    tls.conn.send_close_notify();
+                    let _ = tls.flush();
+                });
+            }
+        });
+        TlsIssuer {
+            port,
+            requests,
+            stopped,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TlsIssuer {
+    fn drop(&mut self) {
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The only test that changes the CA bundle (the roots are process-wide):
+/// the issuer's private CA is trusted only while the bundle holds it, a
+/// broken bundle on reload keeps the previous roots, and a reload to
+/// another CA takes effect. Each step uses a fresh path, so no cached set
+/// or remembered failure answers for it.
+#[test]
+fn a_private_ca_is_trusted_only_through_the_ca_bundle() {
+    setup();
+    let issuer = TlsIssuer::start(jwks_doc(&[jwk(Algorithm::ES256, "ec", None)]));
+    let t = mint(Algorithm::ES256, Some("ec"), &claims());
+    let expr = "jwt.Decode(token, jwks.Fetch(url)).Valid";
+
+    // The web PKI roots do not know the test CA: the fetch fails.
+    let err = eval(expr, &t, &issuer.url("/before")).unwrap_err();
+    assert!(err.contains(&issuer.url("/before")), "{err}");
+    assert_eq!(issuer.requests(), 0);
+
+    // The bundle at start: trusted.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ca.pem");
+    std::fs::write(&path, TLS_CA).unwrap();
+    assert_eq!(identity::tls::load_ca_bundle(&path).unwrap(), 1);
+    assert!(valid_with_jwks(&t, &issuer.url("/loaded")));
+    assert_eq!(issuer.requests(), 1);
+    assert_eq!(identity::stats().ca_bundle_certificates, 1);
+
+    let watch = identity::tls::watch_ca_bundle(path.clone(), Duration::from_millis(20)).unwrap();
+
+    // A broken bundle: refused and counted; the test CA stays trusted.
+    let errors = identity::stats().ca_bundle_errors;
+    std::fs::write(
+        &path,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    wait_for(
+        "the broken bundle to be refused",
+        Duration::from_secs(5),
+        || identity::stats().ca_bundle_errors > errors,
+    );
+    assert!(valid_with_jwks(&t, &issuer.url("/after-broken")));
+
+    // A bundle of another CA only: the issuer is no longer trusted.
+    let loads = identity::stats().ca_bundle_loads;
+    std::fs::write(&path, TLS_OTHER_CA).unwrap();
+    wait_for("the other CA to be loaded", Duration::from_secs(5), || {
+        identity::stats().ca_bundle_loads > loads
+    });
+    assert!(eval(expr, &t, &issuer.url("/other-ca")).is_err());
+
+    // Both CAs in one file: trusted again.
+    let loads = identity::stats().ca_bundle_loads;
+    std::fs::write(&path, format!("{TLS_OTHER_CA}{TLS_CA}")).unwrap();
+    wait_for(
+        "the two-CA bundle to be loaded",
+        Duration::from_secs(5),
+        || identity::stats().ca_bundle_loads > loads,
+    );
+    assert_eq!(identity::stats().ca_bundle_certificates, 2);
+    assert!(valid_with_jwks(&t, &issuer.url("/both")));
+
+    // Without a bundle, the web PKI roots only.
+    drop(watch);
+    identity::tls::clear_ca_bundle();
+    assert!(eval(expr, &t, &issuer.url("/cleared")).is_err());
+    assert_eq!(issuer.requests(), 3);
+}
+
+#[test]
+fn a_ca_bundle_that_cannot_be_used_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.pem");
+    assert!(identity::tls::load_ca_bundle(&missing).is_err());
+    let key = dir.path().join("key.pem");
+    std::fs::write(&key, TLS_KEY).unwrap();
+    let err = identity::tls::load_ca_bundle(&key).unwrap_err().to_string();
+    assert!(err.contains("private key"), "{err}");
+    assert!(
+        !err.contains("MIG"),
+        "the key's content is never quoted: {err}"
+    );
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    assert!(identity::tls::load_ca_bundle(&empty).is_err());
 }

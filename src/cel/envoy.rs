@@ -5,6 +5,13 @@
 //! envoy.Denied(403).WithBody("admins only").Response().WithMessage("not an admin")
 //! ```
 //!
+//! Builders refuse what Envoy could not send: `envoy.Denied(n)` needs a
+//! status in 300–599 (a denial is never a 1xx or 2xx), and a header name must
+//! be an HTTP token (RFC 9110 `tchar`s, so no `:` pseudo-headers, no spaces
+//! and no control characters) and a header value must hold no CR, LF or NUL
+//! (header splitting). Either is an evaluation error, so `failurePolicy:
+//! Fail` denies; the error never quotes the value.
+//!
 //! The values are small immutable Rust structs: every `With*` returns a new
 //! builder, so a builder kept in a variable and extended in two places gives
 //! two independent responses. The mapping onto the protobuf message lives in
@@ -283,26 +290,94 @@ fn allowed<'b, 'v>(_: Args<'b, 'v>) -> Ret<'b, 'v> {
     owned(OkResponse::default())
 }
 
+/// HTTP statuses a denial may carry.
+pub const DENIAL_STATUSES: std::ops::RangeInclusive<i64> = 300..=599;
+
 fn denied<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
     let code = *arg::<CelInt>("envoy.Denied", &args, 0)?.inner();
-    let status = i32::try_from(code).map_err(|_| {
-        ExecutionError::function_error(
+    if !DENIAL_STATUSES.contains(&code) {
+        return Err(ExecutionError::function_error(
             "envoy.Denied",
-            format!("HTTP status {code} is out of range"),
-        )
-    })?;
+            format!("HTTP status {code} is not a denial status (300 to 599)"),
+        ));
+    }
     owned(DeniedResponse {
-        status,
+        status: code as i32,
         ..Default::default()
     })
 }
 
-fn header<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
-    owned(HeaderOption {
-        key: string("envoy.Header", &args, 0)?,
-        value: string("envoy.Header", &args, 1)?,
-        keep_empty_value: false,
+/// Why a header name cannot be sent, if it cannot. Never quotes the name.
+pub fn header_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("the header name is empty".into());
+    }
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    name.bytes().position(|b| !tchar(b)).map(|i| {
+        format!(
+            "the header name is not an HTTP token ({} at byte {i})",
+            byte_kind(name.as_bytes()[i])
+        )
     })
+}
+
+/// Why a header value cannot be sent, if it cannot. Never quotes the value.
+pub fn header_value_problem(value: &str) -> Option<String> {
+    value
+        .bytes()
+        .position(|b| matches!(b, b'\r' | b'\n' | 0))
+        .map(|i| {
+            format!(
+                "the header value holds {} at byte {i}",
+                byte_kind(value.as_bytes()[i])
+            )
+        })
+}
+
+fn byte_kind(b: u8) -> &'static str {
+    match b {
+        b'\r' => "a CR",
+        b'\n' => "a LF",
+        0 => "a NUL",
+        b':' => "a colon",
+        b' ' | b'\t' => "whitespace",
+        b if b.is_ascii_control() => "a control character",
+        b if !b.is_ascii() => "a non-ASCII character",
+        _ => "a separator",
+    }
+}
+
+/// A header to send: the name must be a token, the value free of CR/LF/NUL.
+fn checked_header(
+    f: &str,
+    key: String,
+    value: String,
+    keep_empty_value: bool,
+) -> Result<HeaderOption, ExecutionError> {
+    if let Some(p) = header_name_problem(&key) {
+        return Err(ExecutionError::function_error(f, p));
+    }
+    if let Some(p) = header_value_problem(&value) {
+        return Err(ExecutionError::function_error(
+            f,
+            format!("header {key:?}: {p}"),
+        ));
+    }
+    Ok(HeaderOption {
+        key,
+        value,
+        keep_empty_value,
+    })
+}
+
+fn header<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
+    const F: &str = "envoy.Header";
+    owned(checked_header(
+        F,
+        string(F, &args, 0)?,
+        string(F, &args, 1)?,
+        false,
+    )?)
 }
 
 fn query_param<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
@@ -327,13 +402,12 @@ fn keep_empty_bool<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
 /// The header of a `(name, value)` or `(header)` call starting at argument 1.
 fn header_arg(f: &str, args: &[CowVal<'_, '_>]) -> Result<HeaderOption, ExecutionError> {
     if args.len() == 3 {
-        Ok(HeaderOption {
-            key: string(f, args, 1)?,
-            value: string(f, args, 2)?,
-            keep_empty_value: false,
-        })
+        checked_header(f, string(f, args, 1)?, string(f, args, 2)?, false)
     } else {
-        arg::<HeaderOption>(f, args, 1).cloned()
+        // `envoy.Header` checked it already; checking again is cheap and
+        // keeps this safe whatever made the value.
+        let h = arg::<HeaderOption>(f, args, 1)?;
+        checked_header(f, h.key.clone(), h.value.clone(), h.keep_empty_value)
     }
 }
 
@@ -375,6 +449,9 @@ fn denied_with_header<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
 
 fn ok_without_header<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
     let name = string("WithoutHeader", &args, 1)?;
+    if let Some(p) = header_name_problem(&name) {
+        return Err(ExecutionError::function_error("WithoutHeader", p));
+    }
     ok_with("WithoutHeader", &args, |ok| {
         ok.headers_to_remove.push(name);
         Ok(())
@@ -471,5 +548,27 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
         serde_json::Value::String(_) => "string",
         serde_json::Value::Array(_) => "list",
         serde_json::Value::Object(_) => "map",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_problems_never_quote_the_value() {
+        let secret = "SUPERSECRET-TOKEN\r\nx-evil: 1";
+        let p = header_value_problem(secret).unwrap();
+        assert_eq!(p, "the header value holds a CR at byte 17");
+        assert!(!p.contains("SUPERSECRET"));
+        let p = header_name_problem("SECRET\nname").unwrap();
+        assert!(!p.contains("SECRET"), "{p}");
+        assert!(header_value_problem("a\tb \u{e9}").is_none());
+        assert!(header_name_problem("x-Custom_1.!#$%&'*+^`|~").is_none());
+        for bad in ["", ":path", "x a", "x\u{e9}", "x(y)", "x\0", "a,b"] {
+            assert!(header_name_problem(bad).is_some(), "{bad:?}");
+        }
+        let e = checked_header("WithHeader", "x-user".into(), secret.into(), false).unwrap_err();
+        assert!(!format!("{e:?}").contains("SUPERSECRET"), "{e:?}");
     }
 }

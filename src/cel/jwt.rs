@@ -19,7 +19,9 @@
 //! `jwt.Decode`.
 //!
 //! A token that does not verify is `Valid == false`; evaluation errors are
-//! kept for faults: an unusable key string, a refused or unreachable JWKS URL.
+//! kept for faults: an unusable key string, a refused or unreachable JWKS URL
+//! (plain `http` is refused unless allowed, see [`crate::identity::url`]).
+//! Errors name a JWKS URL without its query.
 
 use crate::identity::jwks::{self, KeySet};
 use crate::identity::keys;

@@ -19,6 +19,12 @@
 //! * Fetches are bounded by [`JwtConfig::connect_timeout`] and
 //!   [`JwtConfig::timeout`], follow no redirects (a redirect could leave the
 //!   allow-list), and read at most [`JwtConfig::jwks_max_bytes`].
+//! * URLs are normalised first ([`super::url`]); the normalised URL is the
+//!   one checked, cached under and fetched. Plain `http` needs an explicit
+//!   opt-in. Logs, errors and metric labels name a URL without its query.
+//! * At most [`JwtConfig::max_jwks_urls`] URLs are held; one more evicts
+//!   the least recently used (it is fetched again when next needed), so a
+//!   policy that builds the URL from request data cannot grow memory.
 //!
 //! Evaluation is synchronous, and may run on a tokio worker thread: an
 //! inline fetch then runs inside [`tokio::task::block_in_place`] so the
@@ -31,26 +37,40 @@
 //! [`JwtConfig::connect_timeout`]: super::JwtConfig::connect_timeout
 //! [`JwtConfig::timeout`]: super::JwtConfig::timeout
 //! [`JwtConfig::jwks_max_bytes`]: super::JwtConfig::jwks_max_bytes
+//! [`JwtConfig::max_jwks_urls`]: super::JwtConfig::max_jwks_urls
 
 use super::keys::{fingerprint, Key};
+use super::url::{judge, redact_raw, JwksUrl, Verdict};
 use super::{bump, IdentityError, JwksUrlStats, JwtConfig, Runtime, COUNTERS, RUNTIME};
 use arc_swap::ArcSwapOption;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// A fetched key set: the keys of one JWKS document, prepared.
-#[derive(Debug)]
 pub struct KeySet {
-    /// The URL it came from.
+    /// The URL it came from, normalised (it may hold a query: never log it).
     pub url: Arc<str>,
     keys: Vec<Arc<Key>>,
     /// Identifies the URL in the verified-token cache.
     pub(crate) source_fingerprint: [u8; 32],
     /// Increases with every fetch of any URL.
-    generation: u64,
+    pub(crate) generation: u64,
     expires_at: Instant,
+}
+
+/// Names the URL without its query, like the logs.
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url =
+            JwksUrl::parse(&self.url).map_or_else(|_| redact_raw(&self.url), |u| u.redacted());
+        f.debug_struct("KeySet")
+            .field("url", &url)
+            .field("keys", &self.keys.len())
+            .field("generation", &self.generation)
+            .finish()
+    }
 }
 
 impl KeySet {
@@ -77,7 +97,14 @@ impl KeySet {
 
 /// The cache state of one URL.
 struct Entry {
+    /// Normalised: what is fetched.
     url: String,
+    /// [`JwksUrl::redacted`]: what is logged and labelled.
+    label: String,
+    /// Preloaded (test suites): never fetched, never evicted.
+    pinned: bool,
+    /// [`TICK`] at the last use, for eviction.
+    last_used: AtomicU64,
     set: ArcSwapOption<KeySet>,
     /// Held for every HTTP request to the URL: single flight.
     fetch: Mutex<FetchState>,
@@ -98,6 +125,8 @@ struct FetchState {
 static START: LazyLock<Instant> = LazyLock::new(Instant::now);
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 static REGISTRY: LazyLock<RwLock<HashMap<String, Arc<Entry>>>> = LazyLock::new(Default::default);
+/// Orders uses of registry entries.
+static TICK: AtomicU64 = AtomicU64::new(0);
 
 fn now_ms() -> u64 {
     START.elapsed().as_millis() as u64
@@ -106,12 +135,31 @@ fn now_ms() -> u64 {
 /// The key set at `url`, from the cache when it has one (see the module
 /// documentation for when the issuer is asked).
 ///
-/// Errors: the URL is refused by [`JwtConfig::allowed_jwks_urls`] or is not
-/// http(s); nothing is cached and the fetch fails.
+/// Errors: the URL does not parse, is plain http without an opt-in, or is
+/// refused by [`JwtConfig::allowed_jwks_urls`]; nothing is cached and the
+/// fetch fails.
 pub fn fetch(url: &str) -> Result<Arc<KeySet>, IdentityError> {
     let rt = RUNTIME.load();
-    check_url(&rt.cfg, url)?;
-    let entry = entry(url, rt.cfg.max_jwks_urls)?;
+    let parsed = JwksUrl::parse(url).map_err(|p| IdentityError::BadUrl {
+        url: redact_raw(url),
+        reason: p.0,
+    })?;
+    let key = parsed.normalised();
+    let entry = match lookup(&key) {
+        // A preloaded set is never fetched: no scheme or allow-list question.
+        Some(e) if e.pinned => e,
+        found => {
+            match judge(&rt.allow, rt.cfg.allow_http, &parsed) {
+                Verdict::Allowed => {}
+                Verdict::PlainHttp => return Err(IdentityError::HttpNotAllowed(parsed.redacted())),
+                Verdict::NotListed => return Err(IdentityError::UrlNotAllowed(parsed.redacted())),
+            }
+            match found {
+                Some(e) => e,
+                None => entry(&key, &parsed.redacted(), rt.cfg.max_jwks_urls, false),
+            }
+        }
+    };
     if let Some(set) = entry.set.load_full() {
         if set.is_fresh() {
             bump(&COUNTERS.jwks_cache_hits);
@@ -129,15 +177,17 @@ pub fn fetch(url: &str) -> Result<Arc<KeySet>, IdentityError> {
 /// and never fetched: for test suites, which name an issuer's URL in their
 /// policies but must not depend on the issuer. Returns the number of keys.
 pub fn preload(url: &str, body: &[u8]) -> Result<usize, String> {
+    let parsed = JwksUrl::parse(url).map_err(|p| p.to_string())?;
     let keys = parse(body)?;
     if keys.is_empty() {
         return Err("the document holds no usable signing key".into());
     }
     let n = keys.len();
-    let entry = entry(url, usize::MAX).map_err(|e| e.to_string())?;
+    let url = parsed.normalised();
+    let entry = entry(&url, &parsed.redacted(), usize::MAX, true);
     entry.next_refresh_ms.store(u64::MAX, Ordering::Relaxed);
     entry.set.store(Some(Arc::new(KeySet {
-        url: url.into(),
+        url: url.as_str().into(),
         keys,
         source_fingerprint: fingerprint(b"jwks", url.as_bytes()),
         generation: GENERATION.fetch_add(1, Ordering::Relaxed) + 1,
@@ -149,7 +199,16 @@ pub fn preload(url: &str, body: &[u8]) -> Result<usize, String> {
 /// The set to use for a token whose `kid` is not in `set`: a newer set that
 /// has it, fetched now if the rate limit allows, else `None`.
 pub(crate) fn refresh_for_kid(set: &KeySet, kid: &str) -> Option<Arc<KeySet>> {
-    let entry = REGISTRY.read().ok()?.get(&*set.url).cloned()?;
+    let entry = match lookup(&set.url) {
+        Some(e) => e,
+        // Evicted since `jwks.Fetch` answered: register it again (its first
+        // fetch below has no set to compare with, so it is made).
+        None => {
+            let parsed = JwksUrl::parse(&set.url).ok()?;
+            let max = RUNTIME.load().cfg.max_jwks_urls;
+            entry(&set.url, &parsed.redacted(), max, false)
+        }
+    };
     let newer = |entry: &Entry| {
         entry
             .set
@@ -173,7 +232,7 @@ pub(crate) fn refresh_for_kid(set: &KeySet, kid: &str) -> Option<Arc<KeySet>> {
             bump(&COUNTERS.jwks_kid_refreshes_refused);
             return None;
         }
-        tracing::info!(url = %entry.url, "unknown kid: refreshing the key set");
+        tracing::info!(url = %entry.label, "unknown kid: refreshing the key set");
         let rt = RUNTIME.load_full();
         let set = do_fetch(&entry, &rt, true).ok()?;
         set.by_kid(kid).is_some().then_some(set)
@@ -184,28 +243,61 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn entry(url: &str, max: usize) -> Result<Arc<Entry>, IdentityError> {
-    if let Some(e) = REGISTRY.read().unwrap_or_else(|p| p.into_inner()).get(url) {
-        return Ok(e.clone());
+/// The registered entry of a normalised URL, marked used.
+fn lookup(url: &str) -> Option<Arc<Entry>> {
+    let reg = REGISTRY.read().unwrap_or_else(|p| p.into_inner());
+    let e = reg.get(url)?;
+    e.last_used
+        .store(TICK.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+    Some(e.clone())
+}
+
+/// The entry of a normalised URL, registered if new. With `max` entries
+/// held already, the least recently used one that is not pinned goes.
+fn entry(url: &str, label: &str, max: usize, pinned: bool) -> Arc<Entry> {
+    if let Some(e) = lookup(url) {
+        return e;
     }
     let mut reg = REGISTRY.write().unwrap_or_else(|p| p.into_inner());
     if let Some(e) = reg.get(url) {
-        return Ok(e.clone());
+        return e.clone();
     }
-    if reg.len() >= max {
-        return Err(IdentityError::TooManyUrls(max, url.to_owned()));
+    make_room(&mut reg, max);
+    let e = Arc::new(new_entry(url, label, pinned));
+    reg.insert(url.to_owned(), e.clone());
+    e
+}
+
+/// Evicts least recently used entries that are not pinned until fewer than
+/// `max` remain (or only pinned ones do).
+fn make_room(reg: &mut HashMap<String, Arc<Entry>>, max: usize) {
+    while reg.len() >= max.max(1) {
+        let victim = reg
+            .iter()
+            .filter(|(_, e)| !e.pinned)
+            .min_by_key(|(_, e)| e.last_used.load(Ordering::Relaxed))
+            .map(|(k, _)| k.clone());
+        let Some(victim) = victim else { break };
+        if let Some(e) = reg.remove(&victim) {
+            bump(&COUNTERS.jwks_evictions);
+            tracing::debug!(url = %e.label, "JWKS URL evicted from the cache to make room");
+        }
     }
-    let e = Arc::new(Entry {
+}
+
+fn new_entry(url: &str, label: &str, pinned: bool) -> Entry {
+    Entry {
         url: url.to_owned(),
+        label: label.to_owned(),
+        pinned,
+        last_used: AtomicU64::new(TICK.fetch_add(1, Ordering::Relaxed)),
         set: ArcSwapOption::empty(),
         fetch: Mutex::new(FetchState::default()),
         refreshing: AtomicBool::new(false),
         next_refresh_ms: AtomicU64::new(0),
         fetches: AtomicU64::new(0),
         errors: AtomicU64::new(0),
-    });
-    reg.insert(url.to_owned(), e.clone());
-    Ok(e)
+    }
 }
 
 fn first_fetch(entry: &Entry) -> Result<Arc<KeySet>, IdentityError> {
@@ -253,7 +345,7 @@ fn refresh_in_background(entry: &Arc<Entry>) {
             e.refreshing.store(false, Ordering::Release);
         });
     if let Err(err) = spawned {
-        tracing::warn!(url = %entry.url, error = %err, "cannot start a JWKS refresh thread");
+        tracing::warn!(url = %entry.label, error = %err, "cannot start a JWKS refresh thread");
         entry.refreshing.store(false, Ordering::Release);
     }
 }
@@ -271,7 +363,7 @@ fn do_fetch(entry: &Entry, rt: &Runtime, refresh: bool) -> Result<Arc<KeySet>, I
     entry.fetches.fetch_add(1, Ordering::Relaxed);
     match http_fetch(rt, &entry.url) {
         Ok((keys, ttl)) => {
-            tracing::info!(url = %entry.url, keys = keys.len(), ttl_s = ttl.as_secs(), "JWKS fetched");
+            tracing::info!(url = %entry.label, keys = keys.len(), ttl_s = ttl.as_secs(), "JWKS fetched");
             let set = Arc::new(KeySet {
                 url: entry.url.as_str().into(),
                 keys,
@@ -286,29 +378,20 @@ fn do_fetch(entry: &Entry, rt: &Runtime, refresh: bool) -> Result<Arc<KeySet>, I
             bump(&COUNTERS.jwks_fetch_errors);
             entry.errors.fetch_add(1, Ordering::Relaxed);
             let cached = entry.set.load().is_some();
-            tracing::warn!(url = %entry.url, error = %reason, serving_cached = cached, "JWKS fetch failed");
+            // The client's message may quote the URL, query and all.
+            let reason = reason.replace(&entry.url, &entry.label);
+            tracing::warn!(url = %entry.label, error = %reason, serving_cached = cached, "JWKS fetch failed");
             Err(IdentityError::Fetch {
-                url: entry.url.clone(),
+                url: entry.label.clone(),
                 reason,
             })
         }
     }
 }
 
-pub(crate) fn agent(cfg: &JwtConfig) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_connect(Some(cfg.connect_timeout))
-        .timeout_global(Some(cfg.timeout))
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .user_agent("celgate")
-        .build()
-        .into()
-}
-
 fn http_fetch(rt: &Runtime, url: &str) -> Result<(Vec<Arc<Key>>, Duration), String> {
-    let mut resp = rt
-        .agent
+    let agent = rt.agent.load_full();
+    let mut resp = agent
         .get(url)
         .header("accept", "application/jwk-set+json, application/json")
         .call()
@@ -377,43 +460,6 @@ fn ttl(cfg: &JwtConfig, cache_control: Option<&str>) -> Duration {
         .min(cfg.jwks_max_ttl.max(cfg.jwks_min_ttl))
 }
 
-/// Refuses URLs that are not http(s) or not on the allow-list.
-fn check_url(cfg: &JwtConfig, url: &str) -> Result<(), IdentityError> {
-    let scheme_len = if url.len() >= 8 && url[..8].eq_ignore_ascii_case("https://") {
-        8
-    } else if url.len() >= 7 && url[..7].eq_ignore_ascii_case("http://") {
-        7
-    } else {
-        return Err(IdentityError::BadUrl(url.to_owned()));
-    };
-    let rest = &url[scheme_len..];
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    if authority.is_empty() || authority.contains('@') {
-        return Err(IdentityError::BadUrl(url.to_owned()));
-    }
-    if cfg.allowed_jwks_urls.is_empty() {
-        return Ok(());
-    }
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(v6),
-        None => authority.split(':').next().unwrap_or(authority),
-    };
-    let allowed = cfg.allowed_jwks_urls.iter().any(|a| {
-        if a.contains("://") {
-            url.starts_with(a.as_str())
-                && (a.ends_with('/')
-                    || matches!(url[a.len()..].chars().next(), None | Some('/' | '?' | '#')))
-        } else {
-            a.eq_ignore_ascii_case(authority) || a.eq_ignore_ascii_case(host)
-        }
-    });
-    if allowed {
-        Ok(())
-    } else {
-        Err(IdentityError::UrlNotAllowed(url.to_owned()))
-    }
-}
-
 /// Runs `f`, which blocks, without stalling a tokio worker thread.
 fn blocking<R>(f: impl FnOnce() -> R) -> R {
     use tokio::runtime::{Handle, RuntimeFlavor};
@@ -425,23 +471,33 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
 
 pub(crate) fn url_stats() -> Vec<JwksUrlStats> {
     let reg = REGISTRY.read().unwrap_or_else(|p| p.into_inner());
-    let mut out: Vec<JwksUrlStats> = reg
-        .values()
-        .map(|e| {
-            let set = e.set.load_full();
-            JwksUrlStats {
-                url: e.url.clone(),
-                fetches: e.fetches.load(Ordering::Relaxed),
-                errors: e.errors.load(Ordering::Relaxed),
-                keys: set.as_ref().map_or(0, |s| s.keys.len()),
-                fresh_for: set
-                    .as_ref()
-                    .map(|s| s.expires_at.saturating_duration_since(Instant::now())),
-            }
-        })
-        .collect();
-    out.sort_by(|a, b| a.url.cmp(&b.url));
-    out
+    // URLs that differ only in their query share a label: summed.
+    let mut by_label: BTreeMap<&str, JwksUrlStats> = BTreeMap::new();
+    for e in reg.values() {
+        let set = e.set.load_full();
+        let s = by_label
+            .entry(e.label.as_str())
+            .or_insert_with(|| JwksUrlStats {
+                url: e.label.clone(),
+                fetches: 0,
+                errors: 0,
+                keys: 0,
+                fresh_for: None,
+            });
+        s.fetches += e.fetches.load(Ordering::Relaxed);
+        s.errors += e.errors.load(Ordering::Relaxed);
+        s.keys += set.as_ref().map_or(0, |s| s.keys.len());
+        if let Some(set) = &set {
+            let left = set.expires_at.saturating_duration_since(Instant::now());
+            s.fresh_for = Some(s.fresh_for.map_or(left, |f| f.min(left)));
+        }
+    }
+    by_label.into_values().collect()
+}
+
+/// URLs held in the registry (for tests and metrics).
+pub fn registered_urls() -> usize {
+    REGISTRY.read().unwrap_or_else(|p| p.into_inner()).len()
 }
 
 #[cfg(test)]
@@ -466,53 +522,48 @@ mod tests {
     }
 
     #[test]
-    fn url_checks() {
-        let any = JwtConfig::default();
-        assert!(check_url(&any, "https://issuer.example/jwks").is_ok());
-        assert!(check_url(&any, "HTTP://issuer.example").is_ok());
-        for bad in [
-            "ftp://x/",
-            "file:///etc/passwd",
-            "https://",
-            "https://u:p@host/",
-            "issuer",
-        ] {
-            assert!(
-                matches!(check_url(&any, bad), Err(IdentityError::BadUrl(_))),
-                "{bad}"
-            );
-        }
-        let cfg = JwtConfig {
-            allowed_jwks_urls: vec![
-                "https://issuer.example/tenant".into(),
-                "keys.example:8443".into(),
-                "Other.Example".into(),
-            ],
-            ..JwtConfig::default()
+    fn eviction_takes_the_least_recently_used_and_spares_pinned_entries() {
+        let mut reg = HashMap::new();
+        let add = |reg: &mut HashMap<String, Arc<Entry>>, name: &str, pinned: bool| {
+            make_room(reg, 3);
+            reg.insert(name.to_owned(), Arc::new(new_entry(name, name, pinned)));
         };
-        for ok in [
-            "https://issuer.example/tenant",
-            "https://issuer.example/tenant/jwks",
-            "https://issuer.example/tenant?x=1",
-            "https://keys.example:8443/jwks",
-            "http://other.example/jwks",
-            "https://other.example:444/jwks",
-        ] {
-            assert!(check_url(&cfg, ok).is_ok(), "{ok}");
+        add(&mut reg, "pinned", true);
+        add(&mut reg, "a", false);
+        add(&mut reg, "b", false);
+        // `a` is used again: `b` is now the least recently used
+        reg["a"]
+            .last_used
+            .store(TICK.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        add(&mut reg, "c", false);
+        let mut names: Vec<&str> = reg.keys().map(String::as_str).collect();
+        names.sort();
+        assert_eq!(names, ["a", "c", "pinned"]);
+        add(&mut reg, "d", false);
+        add(&mut reg, "e", false);
+        assert_eq!(reg.len(), 3);
+        assert!(reg.contains_key("pinned"));
+        // only pinned entries left to evict: the bound gives way to them
+        let mut pinned_only = HashMap::new();
+        for i in 0..5 {
+            make_room(&mut pinned_only, 3);
+            let n = format!("p{i}");
+            pinned_only.insert(n.clone(), Arc::new(new_entry(&n, &n, true)));
         }
-        for refused in [
-            "https://issuer.example/tenant2/jwks",
-            "https://issuer.example/",
-            "https://issuer.example.evil/tenant",
-            "https://keys.example/jwks",
-            "https://other.example.evil/jwks",
-        ] {
-            assert_eq!(
-                check_url(&cfg, refused),
-                Err(IdentityError::UrlNotAllowed(refused.into())),
-                "{refused}"
-            );
-        }
+        assert_eq!(pinned_only.len(), 5);
+    }
+
+    #[test]
+    fn a_key_set_debugs_without_its_query() {
+        let doc = br#"{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"a"}]}"#;
+        let url = "https://preloaded.example/jwks?api_key=SECRET";
+        preload(url, doc).unwrap();
+        let set = fetch(url).unwrap();
+        let shown = format!("{set:?}");
+        assert!(shown.contains("https://preloaded.example/jwks"), "{shown}");
+        assert!(!shown.contains("SECRET"), "{shown}");
+        let stats = url_stats();
+        assert!(stats.iter().all(|s| !s.url.contains("SECRET")));
     }
 
     #[test]

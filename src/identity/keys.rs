@@ -10,6 +10,7 @@ use super::IdentityError;
 use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind};
 use sha2::{Digest, Sha256};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// What a key is, which decides the algorithms it may verify.
@@ -47,6 +48,8 @@ pub struct Key {
     /// SHA-256 over the key's source text: identifies the key in the
     /// verified-token cache without holding the key itself there.
     pub fingerprint: [u8; 32],
+    /// Signatures checked with this key.
+    verifications: AtomicU64,
 }
 
 impl Key {
@@ -68,7 +71,13 @@ impl Key {
             algorithms,
             decoding,
             fingerprint,
+            verifications: AtomicU64::new(0),
         })
+    }
+
+    /// How many signatures this key has checked.
+    pub fn verifications(&self) -> u64 {
+        self.verifications.load(Ordering::Relaxed)
     }
 
     /// Whether this key may verify a token signed with `alg`.
@@ -80,9 +89,12 @@ impl Key {
     /// `message` (the first two parts and their dot). False for an
     /// algorithm this key does not allow, whatever the signature.
     pub fn verify(&self, alg: Algorithm, message: &[u8], signature: &str) -> bool {
-        self.allows(alg)
-            && jsonwebtoken::crypto::verify(signature, message, &self.decoding, alg)
-                .unwrap_or(false)
+        if !self.allows(alg) {
+            return false;
+        }
+        self.verifications.fetch_add(1, Ordering::Relaxed);
+        super::bump(&super::COUNTERS.signature_verifications);
+        jsonwebtoken::crypto::verify(signature, message, &self.decoding, alg).unwrap_or(false)
     }
 
     /// A key from the string given to `jwt.Decode`: a PEM public key (RSA

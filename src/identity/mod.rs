@@ -11,7 +11,12 @@
 //! * [`jwks`]: key sets fetched over HTTP(S), cached per URL, refreshed in
 //!   the background, on an unknown `kid` (rate limited) and never dropped
 //!   because the issuer is down.
-//! * [`token`]: signature and time checks, and the cache of verified tokens.
+//! * [`token`]: signature and time checks, the cache of verified tokens and
+//!   the short-lived cache of invalid ones.
+//! * [`url`]: JWKS URLs normalised, matched against the allow-list and
+//!   redacted (no query, no userinfo) for logs, errors and metrics.
+//! * [`tls`]: the roots trusted for fetches: the web PKI plus an optional
+//!   CA bundle, reloaded when its file changes.
 //!
 //! A token that does not verify for any reason (signature, key, algorithm,
 //! time, format) is *invalid*, never an error: only faults of the policy or
@@ -23,7 +28,9 @@
 
 pub mod jwks;
 pub mod keys;
+pub mod tls;
 pub mod token;
+pub mod url;
 
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,13 +41,18 @@ use std::time::Duration;
 /// [`configure`]; the defaults suit a server facing an OIDC issuer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwtConfig {
-    /// URLs `jwks.Fetch` may fetch. An entry with `://` is a URL prefix
-    /// (`https://issuer.example/keys` allows that URL and the ones below it:
-    /// the prefix must end at `/`, `?`, `#` or the end of the URL); an entry
-    /// without is a host, or `host:port`, matched exactly (ASCII case
-    /// insensitive). Empty (the default) allows any `http`/`https` URL.
-    /// A refused URL is an evaluation error naming it.
+    /// URLs `jwks.Fetch` may fetch, matched on normalised URLs (see
+    /// [`url`]). An entry with `://` is a URL prefix
+    /// (`https://issuer.example/keys` allows that URL and the ones below it
+    /// on a path-segment boundary); an entry without is a host, or
+    /// `host:port`, matched exactly (ASCII case insensitive). Empty (the
+    /// default) allows any host. A refused URL is an evaluation error naming
+    /// it (without its query).
     pub allowed_jwks_urls: Vec<String>,
+    /// Allow plain `http` for every URL the allow-list admits. Without it,
+    /// `http` is allowed only by an `http://` prefix entry that admits the
+    /// URL. Default false: a man in the middle could swap the keys.
+    pub allow_http: bool,
     /// Limit on DNS, TCP connect and TLS handshake of a JWKS fetch. Default 2 s.
     pub connect_timeout: Duration,
     /// Limit on a whole JWKS fetch, body included. Default 5 s.
@@ -62,11 +74,16 @@ pub struct JwtConfig {
     pub jwks_min_refresh_interval: Duration,
     /// Largest JWKS body accepted. Default 1 MiB.
     pub jwks_max_bytes: u64,
-    /// Distinct JWKS URLs held at once; `jwks.Fetch` of one more is an
-    /// error. Default 64.
+    /// Distinct JWKS URLs held at once; one more evicts the least recently
+    /// used (fetched again when next needed). Default 256.
     pub max_jwks_urls: usize,
     /// Verified tokens remembered (0 disables the cache). Default 10 000.
     pub token_cache_size: usize,
+    /// Invalid tokens remembered so a repeated bad token is not verified
+    /// again (0 disables the cache). Default 10 000.
+    pub invalid_cache_size: usize,
+    /// How long an invalid token is remembered. Default 10 s.
+    pub invalid_cache_ttl: Duration,
     /// PEM / secret key strings kept prepared. Default 256.
     pub key_cache_size: usize,
 }
@@ -75,6 +92,7 @@ impl Default for JwtConfig {
     fn default() -> Self {
         JwtConfig {
             allowed_jwks_urls: Vec::new(),
+            allow_http: false,
             connect_timeout: Duration::from_secs(2),
             timeout: Duration::from_secs(5),
             leeway: Duration::from_secs(30),
@@ -83,8 +101,10 @@ impl Default for JwtConfig {
             jwks_max_ttl: Duration::from_secs(24 * 3600),
             jwks_min_refresh_interval: Duration::from_secs(10),
             jwks_max_bytes: 1 << 20,
-            max_jwks_urls: 64,
+            max_jwks_urls: 256,
             token_cache_size: 10_000,
+            invalid_cache_size: 10_000,
+            invalid_cache_ttl: Duration::from_secs(10),
             key_cache_size: 256,
         }
     }
@@ -93,19 +113,55 @@ impl Default for JwtConfig {
 /// The settings in force with what is built from them.
 pub(crate) struct Runtime {
     pub cfg: JwtConfig,
-    pub agent: ureq::Agent,
+    /// `cfg.allowed_jwks_urls`, parsed.
+    pub allow: Vec<url::AllowEntry>,
+    /// Rebuilt when the CA bundle changes.
+    pub agent: ArcSwap<ureq::Agent>,
     pub tokens: token::TokenCache,
+    pub invalid: token::InvalidCache,
     pub keys: keys::KeyCache,
 }
 
 impl Runtime {
     fn new(cfg: JwtConfig) -> Self {
+        let mut allow = Vec::with_capacity(cfg.allowed_jwks_urls.len());
+        for e in &cfg.allowed_jwks_urls {
+            match url::AllowEntry::parse(e) {
+                Ok(a) => allow.push(a),
+                Err(p) => {
+                    // `JwtConfig::check` refuses this before start; should
+                    // it get here, it admits nothing (and keeps the list
+                    // non-empty, which would otherwise mean "any host").
+                    tracing::error!(entry = %url::redact_raw(e), error = %p, "JWKS allow-list entry ignored");
+                    allow.push(url::AllowEntry::Host {
+                        host: String::new(),
+                        port: Some(0),
+                    });
+                }
+            }
+        }
         Runtime {
-            agent: jwks::agent(&cfg),
+            agent: ArcSwap::from_pointee(tls::agent(&cfg)),
+            allow,
             tokens: token::TokenCache::new(cfg.token_cache_size),
+            invalid: token::InvalidCache::new(cfg.invalid_cache_size),
             keys: keys::KeyCache::new(cfg.key_cache_size),
             cfg,
         }
+    }
+}
+
+impl JwtConfig {
+    /// Refuses settings that cannot work: an allow-list entry that does not
+    /// parse (see [`url`]).
+    pub fn check(&self) -> Result<(), IdentityError> {
+        for e in &self.allowed_jwks_urls {
+            url::AllowEntry::parse(e).map_err(|p| IdentityError::BadAllowEntry {
+                entry: url::redact_raw(e),
+                reason: p.0,
+            })?;
+        }
+        Ok(())
     }
 }
 
@@ -118,7 +174,8 @@ pub(crate) fn runtime() -> arc_swap::Guard<Arc<Runtime>> {
 
 /// Replaces the settings. Meant for start-up; calling it again is allowed
 /// (tests do) and starts with empty token and key caches. Cached key sets
-/// are kept: their lifetimes were fixed when they were fetched.
+/// are kept: their lifetimes were fixed when they were fetched. The CA
+/// bundle in force ([`tls::load_ca_bundle`]) is kept.
 pub fn configure(cfg: JwtConfig) {
     RUNTIME.store(Arc::new(Runtime::new(cfg)));
 }
@@ -138,14 +195,18 @@ pub enum IdentityError {
     PrivateKey,
     #[error("an empty HMAC secret cannot verify anything")]
     EmptySecret,
-    #[error("JWKS URL {0} is not allowed (JwtConfig::allowed_jwks_urls)")]
+    #[error("JWKS URL {0} is not allowed (--jwks-allowed-urls)")]
     UrlNotAllowed(String),
-    #[error("JWKS URL {0} is not an http or https URL")]
-    BadUrl(String),
-    #[error("too many JWKS URLs in use (at most {0}); not fetching {1}")]
-    TooManyUrls(usize, String),
+    #[error("JWKS URL {0} is plain http, which a man in the middle could change: use https, or allow it with an http:// entry in --jwks-allowed-urls or --jwks-allow-http")]
+    HttpNotAllowed(String),
+    #[error("JWKS URL {url} is not usable: {reason}")]
+    BadUrl { url: String, reason: &'static str },
+    #[error("--jwks-allowed-urls entry {entry:?} is not usable: {reason}")]
+    BadAllowEntry { entry: String, reason: &'static str },
     #[error("JWKS {url}: {reason}")]
     Fetch { url: String, reason: String },
+    #[error("CA bundle {path}: {reason}")]
+    CaBundle { path: String, reason: String },
 }
 
 /// Counters since the process started, for metrics.
@@ -165,13 +226,29 @@ pub struct JwtStats {
     pub token_cache_hits: u64,
     /// `jwt.Decode` calls that verified a signature (or failed before it).
     pub token_cache_misses: u64,
-    /// One entry per JWKS URL in use.
+    /// `jwt.Decode` calls answered invalid from the invalid-token cache.
+    pub invalid_cache_hits: u64,
+    /// Signature verifications made (each key tried counts).
+    pub signature_verifications: u64,
+    /// JWKS URLs dropped from the cache to make room for another.
+    pub jwks_evictions: u64,
+    /// JWKS URLs cached now.
+    pub jwks_urls: u64,
+    /// CA bundle loads that succeeded (the first included).
+    pub ca_bundle_loads: u64,
+    /// CA bundle reloads refused (the previous roots kept serving).
+    pub ca_bundle_errors: u64,
+    /// Certificates in the CA bundle in force (0 without one).
+    pub ca_bundle_certificates: u64,
+    /// One entry per JWKS URL in use (URLs that differ only in their
+    /// query are summed under one label).
     pub jwks: Vec<JwksUrlStats>,
 }
 
 /// The state of one JWKS URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwksUrlStats {
+    /// The normalised URL without its query: safe for labels and logs.
     pub url: String,
     /// HTTP requests made for it.
     pub fetches: u64,
@@ -193,6 +270,12 @@ pub(crate) struct Counters {
     pub jwks_kid_refreshes_refused: AtomicU64,
     pub token_cache_hits: AtomicU64,
     pub token_cache_misses: AtomicU64,
+    pub invalid_cache_hits: AtomicU64,
+    pub signature_verifications: AtomicU64,
+    pub jwks_evictions: AtomicU64,
+    pub ca_bundle_loads: AtomicU64,
+    pub ca_bundle_errors: AtomicU64,
+    pub ca_bundle_certificates: AtomicU64,
 }
 
 pub(crate) static COUNTERS: LazyLock<Counters> = LazyLock::new(Counters::default);
@@ -213,6 +296,13 @@ pub fn stats() -> JwtStats {
         jwks_kid_refreshes_refused: get(&c.jwks_kid_refreshes_refused),
         token_cache_hits: get(&c.token_cache_hits),
         token_cache_misses: get(&c.token_cache_misses),
+        invalid_cache_hits: get(&c.invalid_cache_hits),
+        signature_verifications: get(&c.signature_verifications),
+        jwks_evictions: get(&c.jwks_evictions),
+        jwks_urls: jwks::registered_urls() as u64,
+        ca_bundle_loads: get(&c.ca_bundle_loads),
+        ca_bundle_errors: get(&c.ca_bundle_errors),
+        ca_bundle_certificates: get(&c.ca_bundle_certificates),
         jwks: jwks::url_stats(),
     }
 }

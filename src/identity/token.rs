@@ -19,6 +19,17 @@
 //! a lookup, with `exp`/`nbf` checked again against the clock on every
 //! hit, and, for a key set, that the verifying key is still in the set.
 //! Tokens are never stored nor logged in clear.
+//!
+//! Invalid tokens are remembered too, under the same key, for
+//! [`JwtConfig::invalid_cache_ttl`](super::JwtConfig::invalid_cache_ttl) (a
+//! few seconds) in a cache of their own (so a flood of distinct bad tokens
+//! can evict only other bad tokens): a flood of one bad token pays one
+//! signature check per TTL, not one per request. What could change with
+//! time or with the issuer is never remembered: an unknown `kid` (a refresh
+//! may bring it; a refused or failed refresh is transient) and a token not
+//! yet valid. For a key set, the answer holds only for the set it was
+//! checked against: once the set is fetched again (key rotation), the
+//! token is checked afresh.
 
 use super::jwks::{self, KeySet};
 use super::keys::Key;
@@ -30,6 +41,7 @@ use jsonwebtoken::Algorithm;
 use sha2::{Digest, Sha256};
 use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
+use std::time::Instant;
 
 /// Tokens longer than this are invalid without further ado.
 pub const MAX_TOKEN_LEN: usize = 64 * 1024;
@@ -99,13 +111,60 @@ impl TokenCache {
     }
 }
 
+/// An invalid token, as remembered: a few bytes, whatever the token's size
+/// (its header is parsed again on a hit, which costs far less than a
+/// signature check), so a flood of distinct large bad tokens cannot make
+/// this cache big.
+#[derive(Debug)]
+struct Remembered {
+    why: Invalid,
+    /// The answer carried the token's parsed header.
+    has_header: bool,
+    until: Instant,
+    /// The key set's generation it was checked against (0 for one key).
+    generation: u64,
+}
+
+/// Bounded, short-lived cache of invalid tokens (none when the size is 0).
+pub(crate) struct InvalidCache {
+    cache: Option<quick_cache::sync::Cache<[u8; 32], Arc<Remembered>>>,
+}
+
+impl InvalidCache {
+    pub fn new(size: usize) -> Self {
+        InvalidCache {
+            cache: (size > 0).then(|| quick_cache::sync::Cache::new(size)),
+        }
+    }
+}
+
+/// Whether an invalid answer may be remembered: not when time or a refresh
+/// could change it.
+fn rememberable(why: Invalid) -> bool {
+    !matches!(why, Invalid::UnknownKid | Invalid::NotYetValid)
+}
+
+fn invalid(why: Invalid, header: Option<Arc<CelMap<'static>>>) -> Decoded {
+    Decoded {
+        valid: false,
+        invalid: Some(why),
+        claims: EMPTY.clone(),
+        header: header.unwrap_or_else(|| EMPTY.clone()),
+    }
+}
+
 /// Verifies `token` against `keys`. Never fails: a token that does not
 /// verify is [`Decoded::valid`] `== false`.
 pub fn decode(token: &str, keys: Keys<'_>) -> Decoded {
     let rt = runtime();
     let leeway = rt.cfg.leeway.as_secs_f64();
     let cache = rt.tokens.cache.as_ref();
-    let id = cache.map(|_| {
+    let bad = rt.invalid.cache.as_ref();
+    let generation = match keys {
+        Keys::One(_) => 0,
+        Keys::Set(s) => s.generation,
+    };
+    let id = (cache.is_some() || bad.is_some()).then(|| {
         let source = match keys {
             Keys::One(k) => &k.fingerprint,
             Keys::Set(s) => &s.source_fingerprint,
@@ -134,6 +193,16 @@ pub fn decode(token: &str, keys: Keys<'_>) -> Decoded {
             cache.remove(id);
         }
     }
+    if let (Some(bad), Some(id)) = (bad, &id) {
+        if let Some(r) = bad.get(id) {
+            if r.generation == generation && Instant::now() < r.until {
+                bump(&COUNTERS.invalid_cache_hits);
+                let header = if r.has_header { header_of(token) } else { None };
+                return invalid(r.why, header);
+            }
+            bad.remove(id);
+        }
+    }
     bump(&COUNTERS.token_cache_misses);
     match verify(token, keys, leeway) {
         Ok(v) => {
@@ -150,12 +219,20 @@ pub fn decode(token: &str, keys: Keys<'_>) -> Decoded {
         }
         Err((why, header)) => {
             tracing::debug!(reason = ?why, "JWT not valid");
-            Decoded {
-                valid: false,
-                invalid: Some(why),
-                claims: EMPTY.clone(),
-                header: header.unwrap_or_else(|| EMPTY.clone()),
+            if let (Some(bad), Some(id)) = (bad, id) {
+                if rememberable(why) {
+                    bad.insert(
+                        id,
+                        Arc::new(Remembered {
+                            why,
+                            has_header: header.is_some(),
+                            until: Instant::now() + rt.cfg.invalid_cache_ttl,
+                            generation,
+                        }),
+                    );
+                }
             }
+            invalid(why, header)
         }
     }
 }
@@ -173,6 +250,14 @@ fn json_object(bytes: &[u8]) -> Option<serde_json::Map<String, serde_json::Value
         serde_json::Value::Object(o) => Some(o),
         _ => None,
     }
+}
+
+/// The parsed header (first part) of a token, as [`verify`] parses it.
+fn header_of(token: &str) -> Option<Arc<CelMap<'static>>> {
+    let h = token.split('.').next()?;
+    b64(h)
+        .and_then(|b| json_object(&b))
+        .map(|j| Arc::new(json_object_to_map(&j)))
 }
 
 fn verify(token: &str, keys: Keys<'_>, leeway: f64) -> Result<Verified, Fail> {
@@ -304,6 +389,22 @@ mod tests {
             check_times(Some(now - 1.0), None, 0.0),
             Err(Invalid::Expired)
         );
+    }
+
+    #[test]
+    fn what_may_change_is_never_remembered_as_invalid() {
+        assert!(!rememberable(Invalid::UnknownKid));
+        assert!(!rememberable(Invalid::NotYetValid));
+        for why in [
+            Invalid::Malformed,
+            Invalid::UnsupportedAlgorithm,
+            Invalid::AlgorithmNotAllowed,
+            Invalid::BadSignature,
+            Invalid::BadClaims,
+            Invalid::Expired,
+        ] {
+            assert!(rememberable(why), "{why:?}");
+        }
     }
 
     #[test]

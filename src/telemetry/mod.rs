@@ -54,13 +54,47 @@ fn identity_metrics() -> String {
         "Tokens whose signature was checked.",
         s.token_cache_misses,
     );
+    counter(
+        "celgate_jwt_invalid_cache_hits_total",
+        "Tokens answered invalid from the short-lived invalid-token cache.",
+        s.invalid_cache_hits,
+    );
+    counter(
+        "celgate_jwks_evictions_total",
+        "JWKS URLs dropped from the cache to make room (--jwks-max-urls).",
+        s.jwks_evictions,
+    );
+    counter(
+        "celgate_jwks_ca_bundle_loads_total",
+        "CA bundle loads that succeeded (--jwks-ca-bundle).",
+        s.ca_bundle_loads,
+    );
+    counter(
+        "celgate_jwks_ca_bundle_errors_total",
+        "CA bundle reloads refused; the previous roots stayed in force.",
+        s.ca_bundle_errors,
+    );
+    let _ = write!(
+        out,
+        "# HELP celgate_jwks_urls JWKS URLs cached (--jwks-max-urls).\n\
+         # TYPE celgate_jwks_urls gauge\n\
+         celgate_jwks_urls {}\n",
+        s.jwks_urls
+    );
+    let _ = write!(
+        out,
+        "# HELP celgate_jwks_ca_bundle_certificates Certificates of the CA bundle in force.\n\
+         # TYPE celgate_jwks_ca_bundle_certificates gauge\n\
+         celgate_jwks_ca_bundle_certificates {}\n",
+        s.ca_bundle_certificates
+    );
     let urls = &s.jwks;
     per_url(
         &mut out,
         urls,
         "celgate_jwks_fetches_total",
         "counter",
-        "HTTP fetches of a JWKS, by URL.",
+        "HTTP fetches of a JWKS, by URL (without its query).",
         |u| u.fetches,
     );
     per_url(
