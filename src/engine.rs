@@ -11,6 +11,7 @@
 use crate::cel::convert::to_json;
 use crate::cel::envoy::{CheckResponse, DeniedResponse, OkResponse, Outcome};
 use crate::cel::view::Node;
+pub use crate::cel::ErrorKind;
 use crate::policy::{Expression, FailurePolicy, NamedProgram, Policy, PolicySet};
 use crate::telemetry::metrics::PolicyOutcome;
 use cel::common::traits::Indexer;
@@ -48,8 +49,10 @@ pub struct Decision {
     pub policy: Option<String>,
     /// Index of the deciding validation within that policy.
     pub validation: Option<usize>,
-    /// The evaluation error that made a `Fail` policy deny the request.
-    pub error: Option<String>,
+    /// The evaluation error that made a `Fail` policy deny the request. Its
+    /// `Display` is the safe summary (field and kind); the message, which may
+    /// quote request data, only through [`EvalError::detailed`].
+    pub error: Option<EvalError>,
     /// Policies that were looked at (exceptions and match conditions included).
     pub evaluated: usize,
 }
@@ -156,14 +159,26 @@ fn run_policies(
             Ok(PolicyResult::Skipped) => (PolicyOutcome::Skipped, None),
             Ok(PolicyResult::Exempted) => (PolicyOutcome::Exempted, None),
             Err(e) if policy.failure_policy == FailurePolicy::Ignore => {
-                tracing::debug!(policy = %policy.name, error = %e, "policy error ignored (failurePolicy: Ignore)");
+                tracing::debug!(
+                    policy = %policy.name,
+                    field = %e.field,
+                    error_kind = e.kind.as_str(),
+                    function = e.function.as_deref().unwrap_or(""),
+                    "policy error ignored (failurePolicy: Ignore)"
+                );
                 set_outcome(&mut t, "error (ignored)");
                 (PolicyOutcome::Error, None)
             }
             Err(e) => {
-                tracing::warn!(policy = %policy.name, error = %e, "policy error: request denied (failurePolicy: Fail)");
+                tracing::warn!(
+                    policy = %policy.name,
+                    field = %e.field,
+                    error_kind = e.kind.as_str(),
+                    function = e.function.as_deref().unwrap_or(""),
+                    "policy error: request denied (failurePolicy: Fail)"
+                );
                 set_outcome(&mut t, "error (denied)");
-                let mut d = failure_decision(config, Some(&policy.name), e.to_string());
+                let mut d = failure_decision_for(config, Some(&policy.name), e);
                 d.evaluated = evaluated;
                 (PolicyOutcome::Error, Some(d))
             }
@@ -191,8 +206,21 @@ fn run_policies(
     }
 }
 
-/// The explicit denial sent when evaluation fails under `failurePolicy: Fail`.
+/// The explicit denial sent when a request cannot be decided for a reason of
+/// the server's own (a panic, an undecodable request, a deadline). `error`
+/// is celgate's own fixed description, never text taken from the request:
+/// it is logged, traced and written to the decision log as it is (cut to
+/// [`SERVER_ERROR_MAX`] bytes).
 pub fn failure_decision(config: &EngineConfig, policy: Option<&str>, error: String) -> Decision {
+    failure_decision_for(config, policy, EvalError::server(error))
+}
+
+/// The explicit denial sent when evaluation fails under `failurePolicy: Fail`.
+pub fn failure_decision_for(
+    config: &EngineConfig,
+    policy: Option<&str>,
+    error: EvalError,
+) -> Decision {
     Decision {
         response: CheckResponse {
             outcome: Outcome::Denied(DeniedResponse {
@@ -220,18 +248,116 @@ fn set_outcome(t: &mut Option<PolicyTrace>, outcome: &str) {
 }
 
 /// An evaluation error with the expression it came from.
-#[derive(Debug, thiserror::Error)]
-#[error("{field}: {message}")]
+///
+/// Two renderings: `Display` is the summary the server logs, traces and
+/// writes to the decision log — the field, the [`ErrorKind`] and, for a
+/// function error, the function's name (`spec.validations[1].expression:
+/// no_such_key`) — with nothing taken from the request. [`EvalError::detailed`]
+/// adds the CEL message, which may quote request values (`No such key:
+/// <the key>`), for `celgate check --explain` and `celgate test` on the
+/// user's own machine.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}", self.summary())]
 pub struct EvalError {
+    /// The expression, e.g. `spec.validations[1].expression`; empty for an
+    /// error of the server's own ([`ErrorKind::Server`]).
     pub field: String,
-    pub message: String,
+    pub kind: ErrorKind,
+    /// The function that failed, for [`ErrorKind::FunctionError`] and
+    /// [`ErrorKind::McpParse`] (a name in the policy, never request text).
+    pub function: Option<String>,
+    /// The full message; may quote request data.
+    message: String,
 }
 
-fn eval_error(expr: &Expression, message: impl std::fmt::Display) -> EvalError {
-    EvalError {
-        field: expr.field.clone(),
-        message: message.to_string(),
+/// The most bytes of a server error's own description that are kept.
+pub const SERVER_ERROR_MAX: usize = 200;
+
+impl EvalError {
+    /// An error of a CEL evaluation of `expr`.
+    pub fn cel(expr: &Expression, e: &ExecutionError) -> EvalError {
+        let (kind, function) = ErrorKind::of(e);
+        EvalError {
+            field: expr.field.clone(),
+            kind,
+            function: function.map(|f| truncate(f, 64).to_owned()),
+            message: e.to_string(),
+        }
     }
+
+    /// An expression that returned a value of the wrong type.
+    pub fn result_type(expr: &Expression, message: String) -> EvalError {
+        EvalError {
+            field: expr.field.clone(),
+            kind: ErrorKind::ResultType,
+            function: None,
+            message,
+        }
+    }
+
+    /// A request the server could not decide for a reason of its own.
+    /// `description` is celgate's own text, never request data.
+    pub fn server(description: String) -> EvalError {
+        EvalError {
+            field: String::new(),
+            kind: ErrorKind::Server,
+            function: None,
+            message: truncate(&description, SERVER_ERROR_MAX).to_owned(),
+        }
+    }
+
+    /// The full message, which may quote request data: for the user's own
+    /// tools only (`check --explain`, `test`), never for the server's logs.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// `field: message`, as `celgate check --explain` shows it.
+    pub fn detailed(&self) -> String {
+        if self.field.is_empty() {
+            self.message.clone()
+        } else {
+            format!("{}: {}", self.field, self.message)
+        }
+    }
+
+    /// `field: kind` (and the function), safe to log.
+    pub fn summary(&self) -> String {
+        let mut out = if self.field.is_empty() {
+            String::new()
+        } else {
+            format!("{}: ", self.field)
+        };
+        out.push_str(self.kind.as_str());
+        match (&self.function, self.kind) {
+            (Some(f), ErrorKind::FunctionError) => {
+                out.push_str(" in ");
+                out.push_str(f);
+            }
+            (_, ErrorKind::Server) => {
+                out.push_str(": ");
+                out.push_str(&self.message);
+            }
+            _ => {}
+        }
+        out
+    }
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn eval_error(expr: &Expression, e: ExecutionError) -> EvalError {
+    EvalError::cel(expr, &e)
 }
 
 /// What one policy said, short of an error.
@@ -262,7 +388,13 @@ fn eval_policy(
                 }
                 Err(e) => {
                     // A broken exception must not open a hole: the policy applies.
-                    tracing::warn!(exception = %ex.name, error = %e, "exception condition failed; the policy applies");
+                    tracing::warn!(
+                        exception = %ex.name,
+                        field = %e.field,
+                        error_kind = e.kind.as_str(),
+                        function = e.function.as_deref().unwrap_or(""),
+                        "exception condition failed; the policy applies"
+                    );
                     applies = false;
                     break;
                 }
@@ -285,7 +417,7 @@ fn eval_policy(
                 name: m.name.clone(),
                 result: match &r {
                     Ok(b) => serde_json::Value::Bool(*b),
-                    Err(e) => format!("error: {e}").into(),
+                    Err(e) => format!("error: {}", e.message()).into(),
                 },
                 evaluations: None,
             });
@@ -333,7 +465,7 @@ fn eval_validations(
             } else if let Some(resp) = val.downcast_ref::<CheckResponse>() {
                 Ok(Some(resp.clone()))
             } else {
-                Err(eval_error(
+                Err(EvalError::result_type(
                     v,
                     format!(
                         "a validation must return envoy CheckResponse (….Response()) or null, not {}",
@@ -348,7 +480,7 @@ fn eval_validations(
                 result: match &r {
                     Ok(None) => serde_json::Value::Null,
                     Ok(Some(resp)) => crate::decision::response_json(resp),
-                    Err(e) => format!("error: {}", e.message).into(),
+                    Err(e) => format!("error: {}", e.message()).into(),
                 },
                 evaluations: None,
             });
@@ -365,7 +497,7 @@ fn eval_bool(ctx: &Context<'_, '_>, expr: &Expression) -> Result<bool, EvalError
     v.downcast_ref::<CelBool>()
         .map(|b| *b.inner())
         .ok_or_else(|| {
-            eval_error(
+            EvalError::result_type(
                 expr,
                 format!("must return bool, not {}", v.get_type().name()),
             )
