@@ -78,6 +78,114 @@ pub enum LoadError {
     },
 }
 
+impl LoadError {
+    /// The problem's kind, a fixed name: `io_error`, `invalid_yaml`,
+    /// `missing_field`, `invalid_value`, `invalid_spec`, `duplicate_name`,
+    /// `variable_cycle`, `invalid`, `cel_syntax`, `cel_compile`,
+    /// `invalid_regex`, `undefined_variable`, `unknown_constant`,
+    /// `variables_not_allowed`, `cel_error`, `duplicate_policy`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LoadError::Io { .. } => "io_error",
+            LoadError::Parse { .. } => "invalid_yaml",
+            LoadError::Invalid { field, message, .. } => invalid_kind(field, message),
+            LoadError::Cel { message, .. } => cel_kind(message),
+            LoadError::Duplicate { .. } => "duplicate_policy",
+        }
+    }
+
+    /// The problem as the server shows it (logs, `/readyz`): where it is
+    /// (file, line, document, policy, field) and its [`LoadError::kind`],
+    /// never the expression's text, a YAML snippet or a value from the
+    /// document — an expression may hold an inlined secret. `celgate
+    /// validate` on the files shows the full detail (the `Display` text).
+    pub fn redacted(&self) -> String {
+        match self {
+            // The OS's message (no file content).
+            LoadError::Io { path, message } => {
+                format!("{}: io_error ({message})", path.display())
+            }
+            LoadError::Parse {
+                path,
+                document,
+                message,
+            } => {
+                let at = line_column(message)
+                    .map(|(l, c)| format!(" at line {l} column {c}"))
+                    .unwrap_or_default();
+                format!(
+                    "{}: document {document}: not valid YAML/JSON{at} (invalid_yaml)",
+                    path.display()
+                )
+            }
+            LoadError::Invalid {
+                location,
+                kind,
+                policy,
+                field,
+                ..
+            }
+            | LoadError::Cel {
+                location,
+                kind,
+                policy,
+                field,
+                ..
+            } => format!("{location}: {kind} {policy:?}: {field}: {}", self.kind()),
+            // Names and places only.
+            LoadError::Duplicate { .. } => self.to_string(),
+        }
+    }
+}
+
+/// The kind of an `Invalid` problem, from its (fixed) wording.
+fn invalid_kind(field: &str, message: &str) -> &'static str {
+    if message.ends_with("is required")
+        || message.starts_with("must name at least one")
+        || message.starts_with("must have at least one")
+    {
+        "missing_field"
+    } else if message.contains("is used twice") {
+        "duplicate_name"
+    } else if message.contains("in a cycle") {
+        "variable_cycle"
+    } else if message.starts_with("must be ") {
+        "invalid_value"
+    } else if field == "spec" {
+        // serde's message about the spec's shape (it quotes values).
+        "invalid_spec"
+    } else {
+        "invalid"
+    }
+}
+
+/// The kind of a `Cel` problem, from its wording.
+fn cel_kind(message: &str) -> &'static str {
+    if message.contains("Syntax error") {
+        "cel_syntax"
+    } else if message.starts_with("ERROR:") {
+        "cel_compile"
+    } else if message.starts_with("invalid regex") {
+        "invalid_regex"
+    } else if message.starts_with("undefined variable") {
+        "undefined_variable"
+    } else if message.starts_with("unknown constant") {
+        "unknown_constant"
+    } else if message.contains("cannot use variables") {
+        "variables_not_allowed"
+    } else {
+        "cel_error"
+    }
+}
+
+/// `(line, column)` of a parser message ending in "at line N column M".
+fn line_column(message: &str) -> Option<(usize, usize)> {
+    let rest = &message[message.rfind("at line ")? + "at line ".len()..];
+    let (line, rest) = rest.split_once(" column ")?;
+    let column: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    Some((line.trim().parse().ok()?, column.parse().ok()?))
+}
+
 /// Every problem found while loading, not only the first.
 #[derive(Debug, Clone)]
 pub struct LoadErrors(pub Vec<LoadError>);
@@ -93,6 +201,22 @@ impl fmt::Display for LoadErrors {
 }
 
 impl std::error::Error for LoadErrors {}
+
+impl LoadErrors {
+    /// As the `Display` text, each problem [`LoadError::redacted`]: for the
+    /// server's logs and endpoints.
+    pub fn redacted(&self) -> String {
+        let mut out = format!(
+            "{} problem(s) in the policies (`celgate validate` on the files shows the detail):",
+            self.0.len()
+        );
+        for e in &self.0 {
+            out.push_str("\n  - ");
+            out.push_str(&e.redacted());
+        }
+        out
+    }
+}
 
 /// Something loaded but worth telling the author: skipped documents, fields
 /// celgate ignores.
