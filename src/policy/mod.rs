@@ -100,6 +100,12 @@ impl LoadError {
     /// document — an expression may hold an inlined secret. `celgate
     /// validate` on the files shows the full detail (the `Display` text).
     pub fn redacted(&self) -> String {
+        self.redacted_in(&mut crate::validate::Lines::default())
+    }
+
+    /// As [`LoadError::redacted`], with the line of the field found in the
+    /// file (read once per file through `lines`).
+    fn redacted_in(&self, lines: &mut crate::validate::Lines) -> String {
         match self {
             // The OS's message (no file content).
             LoadError::Io { path, message } => {
@@ -124,14 +130,32 @@ impl LoadError {
                 policy,
                 field,
                 ..
+            } => {
+                let line = lines.find(location, Some(field), None);
+                format!(
+                    "{}:{line} (document {}): {kind} {policy:?}: {field}: {}",
+                    location.path.display(),
+                    location.document,
+                    self.kind()
+                )
             }
-            | LoadError::Cel {
+            LoadError::Cel {
                 location,
                 kind,
                 policy,
                 field,
+                expression,
                 ..
-            } => format!("{location}: {kind} {policy:?}: {field}: {}", self.kind()),
+            } => {
+                // The expression only helps find the line; it is not shown.
+                let line = lines.find(location, Some(field), Some(expression));
+                format!(
+                    "{}:{line} (document {}): {kind} {policy:?}: {field}: {}",
+                    location.path.display(),
+                    location.document,
+                    self.kind()
+                )
+            }
             // Names and places only.
             LoadError::Duplicate { .. } => self.to_string(),
         }
@@ -210,11 +234,17 @@ impl LoadErrors {
             "{} problem(s) in the policies (`celgate validate` on the files shows the detail):",
             self.0.len()
         );
-        for e in &self.0 {
+        for e in self.redacted_list() {
             out.push_str("\n  - ");
-            out.push_str(&e.redacted());
+            out.push_str(&e);
         }
         out
+    }
+
+    /// Each problem [`LoadError::redacted`].
+    pub fn redacted_list(&self) -> Vec<String> {
+        let mut lines = crate::validate::Lines::default();
+        self.0.iter().map(|e| e.redacted_in(&mut lines)).collect()
     }
 }
 
@@ -1172,5 +1202,70 @@ impl Location {
             document: 1,
             line: 1,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "HMACSECRET-0a1b";
+
+    fn location() -> Box<Location> {
+        Box::new(Location {
+            path: PathBuf::from("kubernetes:/ValidatingPolicy/p"),
+            document: 1,
+            line: 1,
+        })
+    }
+
+    #[test]
+    fn redacted_problems_name_place_and_kind_never_the_text() {
+        let cases = [
+            (
+                LoadError::Parse {
+                    path: "p.yaml".into(),
+                    document: 2,
+                    message: format!("found {SECRET:?} at line 7 column 3, while parsing"),
+                },
+                "p.yaml: document 2: not valid YAML/JSON at line 7 column 3 (invalid_yaml)",
+            ),
+            (
+                LoadError::Invalid {
+                    location: location(),
+                    kind: "ValidatingPolicy",
+                    policy: "p".into(),
+                    field: "spec".into(),
+                    message: format!("invalid type: string {SECRET:?}, expected a map"),
+                },
+                "kubernetes:/ValidatingPolicy/p:1 (document 1): ValidatingPolicy \"p\": spec: invalid_spec",
+            ),
+            (
+                LoadError::Cel {
+                    location: location(),
+                    kind: "PolicyException",
+                    policy: "x".into(),
+                    field: "spec.matchConditions[0].expression".into(),
+                    expression: format!("k == {SECRET:?} && ("),
+                    message: format!("ERROR: <input>:1:9: Syntax error: ...\n | k == {SECRET:?} && ("),
+                },
+                "kubernetes:/ValidatingPolicy/p:1 (document 1): PolicyException \"x\": spec.matchConditions[0].expression: cel_syntax",
+            ),
+        ];
+        for (e, want) in cases {
+            assert!(e.to_string().contains(SECRET), "Display keeps the detail");
+            assert_eq!(e.redacted(), want);
+        }
+        let all = LoadErrors(vec![LoadError::Invalid {
+            location: location(),
+            kind: "ValidatingPolicy",
+            policy: "p".into(),
+            field: "spec.failurePolicy".into(),
+            message: format!("must be Fail or Ignore, not {SECRET:?}"),
+        }]);
+        assert!(!all.redacted().contains(SECRET));
+        assert!(all
+            .redacted()
+            .ends_with("spec.failurePolicy: invalid_value"));
     }
 }

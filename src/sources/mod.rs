@@ -35,7 +35,7 @@ impl ReloadFailure {
     pub fn new(errors: &LoadErrors) -> ReloadFailure {
         ReloadFailure {
             at: SystemTime::now(),
-            errors: errors.0.iter().map(|e| e.redacted()).collect(),
+            errors: errors.redacted_list(),
         }
     }
 
