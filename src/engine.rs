@@ -681,3 +681,91 @@ impl<'r> Val for Activation<'r> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "SUPERSECRET-APIKEY-123";
+
+    fn decide(validation: &str) -> Decision {
+        let yaml = format!(
+            "apiVersion: policies.kyverno.io/v1\nkind: ValidatingPolicy\nmetadata: {{ name: p }}\nspec:\n  evaluation: {{ mode: Envoy }}\n  validations:\n  - expression: 'true ? null : null'\n  - expression: '{validation}'\n"
+        );
+        let docs = crate::policy::load::parse_documents("p.yaml".as_ref(), &yaml).unwrap();
+        let set = PolicySet::compile(docs).unwrap();
+        let request = crate::request_json::from_value(&serde_json::json!({"attributes": {
+            "request": {"http": {"path": "/", "headers": {"x-api-key": SECRET},
+                "body": format!(r#"{{"jsonrpc":"2.0","id":{{"{SECRET}":1}},"method":"ping"}}"#)}}}}))
+        .unwrap();
+        evaluate(&set, &EngineConfig::default(), &request)
+    }
+
+    #[test]
+    fn errors_summarise_as_field_and_kind_and_keep_the_detail_apart() {
+        let key = r#"object.attributes.request.http.headers["x-api-key"]"#;
+        let v1 = "spec.validations[1].expression";
+        for (expr, summary, detail_has_secret) in [
+            (
+                format!(r#"{{"a": 1}}[{key}] == 1 ? null : null"#),
+                format!("{v1}: no_such_key"),
+                true,
+            ),
+            (
+                format!("{key} + 1 == 1 ? null : null"),
+                format!("{v1}: type_mismatch"),
+                true,
+            ),
+            (
+                format!("{key} < 1 ? null : null"),
+                format!("{v1}: no_such_overload"),
+                false,
+            ),
+            (
+                format!("int({key}) == 1 ? null : null"),
+                format!("{v1}: function_error in int"),
+                false,
+            ),
+            (
+                "1 / (size(object.attributes.request.http.path) - 1) == 1 ? null : null".into(),
+                format!("{v1}: division_by_zero"),
+                false,
+            ),
+            (
+                "[1][2] == 1 ? null : null".into(),
+                format!("{v1}: index_out_of_bounds"),
+                false,
+            ),
+            (key.to_string(), format!("{v1}: result_type"), false),
+            (
+                "mcp.Parse(object.attributes.request.http.body).Method == \"x\" ? null : null"
+                    .into(),
+                format!("{v1}: mcp_parse"),
+                false,
+            ),
+        ] {
+            let d = decide(&expr);
+            assert!(!d.allowed(), "{expr}");
+            let e = d.error.expect(&expr);
+            assert_eq!(e.to_string(), summary, "{expr}");
+            assert_eq!(e.summary(), summary, "{expr}");
+            assert!(!format!("{e}").contains(SECRET));
+            assert!(e.detailed().starts_with(v1), "{}", e.detailed());
+            assert_eq!(
+                e.detailed().contains(SECRET),
+                detail_has_secret,
+                "{}",
+                e.detailed()
+            );
+        }
+    }
+
+    #[test]
+    fn server_errors_keep_their_own_description_cut_short() {
+        let d = failure_decision(&EngineConfig::default(), None, "x".repeat(1000));
+        let e = d.error.unwrap();
+        assert_eq!(e.kind, ErrorKind::Server);
+        assert!(e.summary().starts_with("server: xxx"));
+        assert!(e.summary().len() <= SERVER_ERROR_MAX + 10);
+    }
+}
