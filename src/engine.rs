@@ -256,7 +256,7 @@ fn set_outcome(t: &mut Option<PolicyTrace>, outcome: &str) {
 /// adds the CEL message, which may quote request values (`No such key:
 /// <the key>`), for `celgate check --explain` and `celgate test` on the
 /// user's own machine.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Clone, PartialEq, thiserror::Error)]
 #[error("{}", self.summary())]
 pub struct EvalError {
     /// The expression, e.g. `spec.validations[1].expression`; empty for an
@@ -268,6 +268,24 @@ pub struct EvalError {
     pub function: Option<String>,
     /// The full message; may quote request data.
     message: String,
+}
+
+/// Without the message (its length only), so that `{:?}` of a decision is
+/// as safe to log as its `Display`.
+impl std::fmt::Debug for EvalError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("EvalError");
+        d.field("field", &self.field).field("kind", &self.kind);
+        if let Some(function) = &self.function {
+            d.field("function", function);
+        }
+        if self.kind == ErrorKind::Server {
+            d.field("message", &self.message);
+        } else {
+            d.field("message_bytes", &self.message.len());
+        }
+        d.finish()
+    }
 }
 
 /// The most bytes of a server error's own description that are kept.
@@ -746,7 +764,8 @@ mod tests {
         ] {
             let d = decide(&expr);
             assert!(!d.allowed(), "{expr}");
-            let e = d.error.expect(&expr);
+            let e = d.error.clone().expect(&expr);
+            assert!(!format!("{d:?}").contains(SECRET), "{d:?}");
             assert_eq!(e.to_string(), summary, "{expr}");
             assert_eq!(e.summary(), summary, "{expr}");
             assert!(!format!("{e}").contains(SECRET));
