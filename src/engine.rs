@@ -164,6 +164,7 @@ fn run_policies(
                     field = %e.field,
                     error_kind = e.kind.as_str(),
                     function = e.function.as_deref().unwrap_or(""),
+                    reason = e.reason.unwrap_or(""),
                     "policy error ignored (failurePolicy: Ignore)"
                 );
                 set_outcome(&mut t, "error (ignored)");
@@ -175,6 +176,7 @@ fn run_policies(
                     field = %e.field,
                     error_kind = e.kind.as_str(),
                     function = e.function.as_deref().unwrap_or(""),
+                    reason = e.reason.unwrap_or(""),
                     "policy error: request denied (failurePolicy: Fail)"
                 );
                 set_outcome(&mut t, "error (denied)");
@@ -266,6 +268,9 @@ pub struct EvalError {
     /// The function that failed, for [`ErrorKind::FunctionError`] and
     /// [`ErrorKind::McpParse`] (a name in the policy, never request text).
     pub function: Option<String>,
+    /// For [`ErrorKind::McpParse`], why the body was refused
+    /// (`partial_body`, `invalid_json`, ...: [`crate::cel::mcp::refusal_reason`]).
+    pub reason: Option<&'static str>,
     /// The full message; may quote request data.
     message: String,
 }
@@ -278,6 +283,9 @@ impl std::fmt::Debug for EvalError {
         d.field("field", &self.field).field("kind", &self.kind);
         if let Some(function) = &self.function {
             d.field("function", function);
+        }
+        if let Some(reason) = self.reason {
+            d.field("reason", &reason);
         }
         if self.kind == ErrorKind::Server {
             d.field("message", &self.message);
@@ -295,10 +303,17 @@ impl EvalError {
     /// An error of a CEL evaluation of `expr`.
     pub fn cel(expr: &Expression, e: &ExecutionError) -> EvalError {
         let (kind, function) = ErrorKind::of(e);
+        let reason = match e {
+            ExecutionError::FunctionError { message, .. } if kind == ErrorKind::McpParse => {
+                Some(crate::cel::mcp::refusal_reason(message))
+            }
+            _ => None,
+        };
         EvalError {
             field: expr.field.clone(),
             kind,
             function: function.map(|f| truncate(f, 64).to_owned()),
+            reason,
             message: e.to_string(),
         }
     }
@@ -309,6 +324,7 @@ impl EvalError {
             field: expr.field.clone(),
             kind: ErrorKind::ResultType,
             function: None,
+            reason: None,
             message,
         }
     }
@@ -320,6 +336,7 @@ impl EvalError {
             field: String::new(),
             kind: ErrorKind::Server,
             function: None,
+            reason: None,
             message: truncate(&description, SERVER_ERROR_MAX).to_owned(),
         }
     }
@@ -351,6 +368,13 @@ impl EvalError {
             (Some(f), ErrorKind::FunctionError) => {
                 out.push_str(" in ");
                 out.push_str(f);
+            }
+            (_, ErrorKind::McpParse) => {
+                if let Some(r) = self.reason {
+                    out.push_str(" (");
+                    out.push_str(r);
+                    out.push(')');
+                }
             }
             (_, ErrorKind::Server) => {
                 out.push_str(": ");
@@ -411,6 +435,7 @@ fn eval_policy(
                         field = %e.field,
                         error_kind = e.kind.as_str(),
                         function = e.function.as_deref().unwrap_or(""),
+                    reason = e.reason.unwrap_or(""),
                         "exception condition failed; the policy applies"
                     );
                     applies = false;
@@ -758,7 +783,7 @@ mod tests {
             (
                 "mcp.Parse(object.attributes.request.http.body).Method == \"x\" ? null : null"
                     .into(),
-                format!("{v1}: mcp_parse"),
+                format!("{v1}: mcp_parse (invalid_id)"),
                 false,
             ),
         ] {

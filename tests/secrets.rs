@@ -501,7 +501,12 @@ async fn secrets_in_requests_policies_and_bodies_appear_in_no_log_span_or_endpoi
         .filter_map(|s| span_attr(s, "celgate.error"))
         .collect();
     assert!(errors.contains(&format!("{v0}: no_such_key")), "{errors:?}");
-    assert!(errors.contains(&format!("{v0}: mcp_parse")), "{errors:?}");
+    for reason in ["invalid_id", "duplicate_key"] {
+        assert!(
+            errors.contains(&format!("{v0}: mcp_parse ({reason})")),
+            "{errors:?}"
+        );
+    }
     assert!(
         errors.contains(&format!("{v0}: function_error in int")),
         "{errors:?}"

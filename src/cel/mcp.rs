@@ -211,6 +211,37 @@ fn parse_in_request(bytes: &[u8]) -> Cached {
     result
 }
 
+/// A fixed name for one of this module's refusal messages, safe to log
+/// (the server logs `mcp_parse` with this reason, never the message).
+pub fn refusal_reason(message: &str) -> &'static str {
+    let m = message;
+    if m.starts_with("the body is incomplete") {
+        "partial_body"
+    } else if m.contains("over the MCP body limit") {
+        "body_too_large"
+    } else if m.starts_with("the body is empty") {
+        "empty_body"
+    } else if m.contains("duplicate key") {
+        "duplicate_key"
+    } else if m.starts_with("the body is not valid JSON") {
+        "invalid_json"
+    } else if m.starts_with("a JSON-RPC batch") {
+        "batch"
+    } else if m.starts_with("not JSON-RPC 2.0") || m.starts_with("not a JSON-RPC") {
+        "not_jsonrpc"
+    } else if m.starts_with("the JSON-RPC id") {
+        "invalid_id"
+    } else if m.starts_with("the JSON-RPC method") || m.starts_with("a JSON-RPC message cannot") {
+        "invalid_method"
+    } else if m.starts_with("params must be") || m.contains(": params.") {
+        "invalid_params"
+    } else if m.starts_with("expects") {
+        "invalid_argument"
+    } else {
+        "other"
+    }
+}
+
 /// Parses one MCP (JSON-RPC 2.0) message, with every check `mcp.Parse`
 /// makes except the partial-body header, which needs the request. Not
 /// memoised; counted in [`parse_count`].
@@ -1338,7 +1369,14 @@ mod tests {
         for (body, want) in cases {
             let e = parse(body).expect_err(body);
             assert!(e.contains(want), "{body}: {e}");
+            assert_ne!(refusal_reason(&e), "other", "{e}");
         }
+        assert_eq!(
+            refusal_reason(
+                r#"the body is not valid JSON: duplicate key in an object at line 1 column 9"#
+            ),
+            "duplicate_key"
+        );
     }
 
     #[test]
