@@ -11,6 +11,7 @@
 use crate::cel::convert::to_json;
 use crate::cel::envoy::{CheckResponse, DeniedResponse, OkResponse, Outcome};
 use crate::cel::view::Node;
+pub use crate::cel::ErrorKind;
 use crate::policy::{Expression, FailurePolicy, NamedProgram, Policy, PolicySet};
 use crate::telemetry::metrics::PolicyOutcome;
 use cel::common::traits::Indexer;
@@ -48,8 +49,10 @@ pub struct Decision {
     pub policy: Option<String>,
     /// Index of the deciding validation within that policy.
     pub validation: Option<usize>,
-    /// The evaluation error that made a `Fail` policy deny the request.
-    pub error: Option<String>,
+    /// The evaluation error that made a `Fail` policy deny the request. Its
+    /// `Display` is the safe summary (field and kind); the message, which may
+    /// quote request data, only through [`EvalError::detailed`].
+    pub error: Option<EvalError>,
     /// Policies that were looked at (exceptions and match conditions included).
     pub evaluated: usize,
 }
@@ -156,14 +159,28 @@ fn run_policies(
             Ok(PolicyResult::Skipped) => (PolicyOutcome::Skipped, None),
             Ok(PolicyResult::Exempted) => (PolicyOutcome::Exempted, None),
             Err(e) if policy.failure_policy == FailurePolicy::Ignore => {
-                tracing::debug!(policy = %policy.name, error = %e, "policy error ignored (failurePolicy: Ignore)");
+                tracing::debug!(
+                    policy = %policy.name,
+                    field = %e.field,
+                    error_kind = e.kind.as_str(),
+                    function = e.function.as_deref().unwrap_or(""),
+                    reason = e.reason.unwrap_or(""),
+                    "policy error ignored (failurePolicy: Ignore)"
+                );
                 set_outcome(&mut t, "error (ignored)");
                 (PolicyOutcome::Error, None)
             }
             Err(e) => {
-                tracing::warn!(policy = %policy.name, error = %e, "policy error: request denied (failurePolicy: Fail)");
+                tracing::warn!(
+                    policy = %policy.name,
+                    field = %e.field,
+                    error_kind = e.kind.as_str(),
+                    function = e.function.as_deref().unwrap_or(""),
+                    reason = e.reason.unwrap_or(""),
+                    "policy error: request denied (failurePolicy: Fail)"
+                );
                 set_outcome(&mut t, "error (denied)");
-                let mut d = failure_decision(config, Some(&policy.name), e.to_string());
+                let mut d = failure_decision_for(config, Some(&policy.name), e);
                 d.evaluated = evaluated;
                 (PolicyOutcome::Error, Some(d))
             }
@@ -191,8 +208,21 @@ fn run_policies(
     }
 }
 
-/// The explicit denial sent when evaluation fails under `failurePolicy: Fail`.
+/// The explicit denial sent when a request cannot be decided for a reason of
+/// the server's own (a panic, an undecodable request, a deadline). `error`
+/// is celgate's own fixed description, never text taken from the request:
+/// it is logged, traced and written to the decision log as it is (cut to
+/// [`SERVER_ERROR_MAX`] bytes).
 pub fn failure_decision(config: &EngineConfig, policy: Option<&str>, error: String) -> Decision {
+    failure_decision_for(config, policy, EvalError::server(error))
+}
+
+/// The explicit denial sent when evaluation fails under `failurePolicy: Fail`.
+pub fn failure_decision_for(
+    config: &EngineConfig,
+    policy: Option<&str>,
+    error: EvalError,
+) -> Decision {
     Decision {
         response: CheckResponse {
             outcome: Outcome::Denied(DeniedResponse {
@@ -220,18 +250,156 @@ fn set_outcome(t: &mut Option<PolicyTrace>, outcome: &str) {
 }
 
 /// An evaluation error with the expression it came from.
-#[derive(Debug, thiserror::Error)]
-#[error("{field}: {message}")]
+///
+/// Two renderings: `Display` is the summary the server logs, traces and
+/// writes to the decision log — the field, the [`ErrorKind`] and, for a
+/// function error, the function's name (`spec.validations[1].expression:
+/// no_such_key`) — with nothing taken from the request. [`EvalError::detailed`]
+/// adds the CEL message, which may quote request values (`No such key:
+/// <the key>`), for `celgate check --explain` and `celgate test` on the
+/// user's own machine.
+#[derive(Clone, PartialEq, thiserror::Error)]
+#[error("{}", self.summary())]
 pub struct EvalError {
+    /// The expression, e.g. `spec.validations[1].expression`; empty for an
+    /// error of the server's own ([`ErrorKind::Server`]).
     pub field: String,
-    pub message: String,
+    pub kind: ErrorKind,
+    /// The function that failed, for [`ErrorKind::FunctionError`] and
+    /// [`ErrorKind::McpParse`] (a name in the policy, never request text).
+    pub function: Option<String>,
+    /// For [`ErrorKind::McpParse`], why the body was refused
+    /// (`partial_body`, `invalid_json`, ...: [`crate::cel::mcp::refusal_reason`]).
+    pub reason: Option<&'static str>,
+    /// The full message; may quote request data.
+    message: String,
 }
 
-fn eval_error(expr: &Expression, message: impl std::fmt::Display) -> EvalError {
-    EvalError {
-        field: expr.field.clone(),
-        message: message.to_string(),
+/// Without the message (its length only), so that `{:?}` of a decision is
+/// as safe to log as its `Display`.
+impl std::fmt::Debug for EvalError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("EvalError");
+        d.field("field", &self.field).field("kind", &self.kind);
+        if let Some(function) = &self.function {
+            d.field("function", function);
+        }
+        if let Some(reason) = self.reason {
+            d.field("reason", &reason);
+        }
+        if self.kind == ErrorKind::Server {
+            d.field("message", &self.message);
+        } else {
+            d.field("message_bytes", &self.message.len());
+        }
+        d.finish()
     }
+}
+
+/// The most bytes of a server error's own description that are kept.
+pub const SERVER_ERROR_MAX: usize = 200;
+
+impl EvalError {
+    /// An error of a CEL evaluation of `expr`.
+    pub fn cel(expr: &Expression, e: &ExecutionError) -> EvalError {
+        let (kind, function) = ErrorKind::of(e);
+        let reason = match e {
+            ExecutionError::FunctionError { message, .. } if kind == ErrorKind::McpParse => {
+                Some(crate::cel::mcp::refusal_reason(message))
+            }
+            _ => None,
+        };
+        EvalError {
+            field: expr.field.clone(),
+            kind,
+            function: function.map(|f| truncate(f, 64).to_owned()),
+            reason,
+            message: e.to_string(),
+        }
+    }
+
+    /// An expression that returned a value of the wrong type.
+    pub fn result_type(expr: &Expression, message: String) -> EvalError {
+        EvalError {
+            field: expr.field.clone(),
+            kind: ErrorKind::ResultType,
+            function: None,
+            reason: None,
+            message,
+        }
+    }
+
+    /// A request the server could not decide for a reason of its own.
+    /// `description` is celgate's own text, never request data.
+    pub fn server(description: String) -> EvalError {
+        EvalError {
+            field: String::new(),
+            kind: ErrorKind::Server,
+            function: None,
+            reason: None,
+            message: truncate(&description, SERVER_ERROR_MAX).to_owned(),
+        }
+    }
+
+    /// The full message, which may quote request data: for the user's own
+    /// tools only (`check --explain`, `test`), never for the server's logs.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// `field: message`, as `celgate check --explain` shows it.
+    pub fn detailed(&self) -> String {
+        if self.field.is_empty() {
+            self.message.clone()
+        } else {
+            format!("{}: {}", self.field, self.message)
+        }
+    }
+
+    /// `field: kind` (and the function), safe to log.
+    pub fn summary(&self) -> String {
+        let mut out = if self.field.is_empty() {
+            String::new()
+        } else {
+            format!("{}: ", self.field)
+        };
+        out.push_str(self.kind.as_str());
+        match (&self.function, self.kind) {
+            (Some(f), ErrorKind::FunctionError) => {
+                out.push_str(" in ");
+                out.push_str(f);
+            }
+            (_, ErrorKind::McpParse) => {
+                if let Some(r) = self.reason {
+                    out.push_str(" (");
+                    out.push_str(r);
+                    out.push(')');
+                }
+            }
+            (_, ErrorKind::Server) => {
+                out.push_str(": ");
+                out.push_str(&self.message);
+            }
+            _ => {}
+        }
+        out
+    }
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn eval_error(expr: &Expression, e: ExecutionError) -> EvalError {
+    EvalError::cel(expr, &e)
 }
 
 /// What one policy said, short of an error.
@@ -262,7 +430,14 @@ fn eval_policy(
                 }
                 Err(e) => {
                     // A broken exception must not open a hole: the policy applies.
-                    tracing::warn!(exception = %ex.name, error = %e, "exception condition failed; the policy applies");
+                    tracing::warn!(
+                        exception = %ex.name,
+                        field = %e.field,
+                        error_kind = e.kind.as_str(),
+                        function = e.function.as_deref().unwrap_or(""),
+                    reason = e.reason.unwrap_or(""),
+                        "exception condition failed; the policy applies"
+                    );
                     applies = false;
                     break;
                 }
@@ -285,7 +460,7 @@ fn eval_policy(
                 name: m.name.clone(),
                 result: match &r {
                     Ok(b) => serde_json::Value::Bool(*b),
-                    Err(e) => format!("error: {e}").into(),
+                    Err(e) => format!("error: {}", e.message()).into(),
                 },
                 evaluations: None,
             });
@@ -333,7 +508,7 @@ fn eval_validations(
             } else if let Some(resp) = val.downcast_ref::<CheckResponse>() {
                 Ok(Some(resp.clone()))
             } else {
-                Err(eval_error(
+                Err(EvalError::result_type(
                     v,
                     format!(
                         "a validation must return envoy CheckResponse (….Response()) or null, not {}",
@@ -348,7 +523,7 @@ fn eval_validations(
                 result: match &r {
                     Ok(None) => serde_json::Value::Null,
                     Ok(Some(resp)) => crate::decision::response_json(resp),
-                    Err(e) => format!("error: {}", e.message).into(),
+                    Err(e) => format!("error: {}", e.message()).into(),
                 },
                 evaluations: None,
             });
@@ -365,7 +540,7 @@ fn eval_bool(ctx: &Context<'_, '_>, expr: &Expression) -> Result<bool, EvalError
     v.downcast_ref::<CelBool>()
         .map(|b| *b.inner())
         .ok_or_else(|| {
-            eval_error(
+            EvalError::result_type(
                 expr,
                 format!("must return bool, not {}", v.get_type().name()),
             )
@@ -547,5 +722,94 @@ impl<'r> Val for Activation<'r> {
             busy: self.defs.iter().map(|_| AtomicBool::new(false)).collect(),
             runs: self.defs.iter().map(|_| AtomicU32::new(0)).collect(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "SUPERSECRET-APIKEY-123";
+
+    fn decide(validation: &str) -> Decision {
+        let yaml = format!(
+            "apiVersion: policies.kyverno.io/v1\nkind: ValidatingPolicy\nmetadata: {{ name: p }}\nspec:\n  evaluation: {{ mode: Envoy }}\n  validations:\n  - expression: 'true ? null : null'\n  - expression: '{validation}'\n"
+        );
+        let docs = crate::policy::load::parse_documents("p.yaml".as_ref(), &yaml).unwrap();
+        let set = PolicySet::compile(docs).unwrap();
+        let request = crate::request_json::from_value(&serde_json::json!({"attributes": {
+            "request": {"http": {"path": "/", "headers": {"x-api-key": SECRET},
+                "body": format!(r#"{{"jsonrpc":"2.0","id":{{"{SECRET}":1}},"method":"ping"}}"#)}}}}))
+        .unwrap();
+        evaluate(&set, &EngineConfig::default(), &request)
+    }
+
+    #[test]
+    fn errors_summarise_as_field_and_kind_and_keep_the_detail_apart() {
+        let key = r#"object.attributes.request.http.headers["x-api-key"]"#;
+        let v1 = "spec.validations[1].expression";
+        for (expr, summary, detail_has_secret) in [
+            (
+                format!(r#"{{"a": 1}}[{key}] == 1 ? null : null"#),
+                format!("{v1}: no_such_key"),
+                true,
+            ),
+            (
+                format!("{key} + 1 == 1 ? null : null"),
+                format!("{v1}: type_mismatch"),
+                true,
+            ),
+            (
+                format!("{key} < 1 ? null : null"),
+                format!("{v1}: no_such_overload"),
+                false,
+            ),
+            (
+                format!("int({key}) == 1 ? null : null"),
+                format!("{v1}: function_error in int"),
+                false,
+            ),
+            (
+                "1 / (size(object.attributes.request.http.path) - 1) == 1 ? null : null".into(),
+                format!("{v1}: division_by_zero"),
+                false,
+            ),
+            (
+                "[1][2] == 1 ? null : null".into(),
+                format!("{v1}: index_out_of_bounds"),
+                false,
+            ),
+            (key.to_string(), format!("{v1}: result_type"), false),
+            (
+                "mcp.Parse(object.attributes.request.http.body).Method == \"x\" ? null : null"
+                    .into(),
+                format!("{v1}: mcp_parse (invalid_id)"),
+                false,
+            ),
+        ] {
+            let d = decide(&expr);
+            assert!(!d.allowed(), "{expr}");
+            let e = d.error.clone().expect(&expr);
+            assert!(!format!("{d:?}").contains(SECRET), "{d:?}");
+            assert_eq!(e.to_string(), summary, "{expr}");
+            assert_eq!(e.summary(), summary, "{expr}");
+            assert!(!format!("{e}").contains(SECRET));
+            assert!(e.detailed().starts_with(v1), "{}", e.detailed());
+            assert_eq!(
+                e.detailed().contains(SECRET),
+                detail_has_secret,
+                "{}",
+                e.detailed()
+            );
+        }
+    }
+
+    #[test]
+    fn server_errors_keep_their_own_description_cut_short() {
+        let d = failure_decision(&EngineConfig::default(), None, "x".repeat(1000));
+        let e = d.error.unwrap();
+        assert_eq!(e.kind, ErrorKind::Server);
+        assert!(e.summary().starts_with("server: xxx"));
+        assert!(e.summary().len() <= SERVER_ERROR_MAX + 10);
     }
 }

@@ -74,9 +74,19 @@ pub fn render(set: &PolicySet, decision: &Decision, traces: &[PolicyTrace]) -> S
             );
         }
         (Some(p), None, Some(e)) => {
+            // The user's own machine: the full message, request values included.
             let _ = writeln!(
                 out,
-                "decision: {verdict} because policy {p} failed to evaluate (failurePolicy: Fail): {e}"
+                "decision: {verdict} because policy {p} failed to evaluate (failurePolicy: Fail): {} [{}]",
+                e.detailed(),
+                e.kind
+            );
+        }
+        (None, _, Some(e)) => {
+            let _ = writeln!(
+                out,
+                "decision: {verdict} because the request could not be decided: {}",
+                e.detailed()
             );
         }
         _ => {

@@ -459,8 +459,10 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
         .cloned()
         .collect();
     celgate::cel::mcp::configure(args.mcp_max_body_bytes);
+    // Redacted like a refused reload: server logs never carry an
+    // expression's text (`celgate validate` shows it).
     let set = PolicySet::load(&paths)
-        .map_err(|e| anyhow::anyhow!("{e}"))
+        .map_err(|e| anyhow::anyhow!("{}", e.redacted()))
         .context("refusing to start")?;
     for w in &set.warnings {
         tracing::warn!("{w}");

@@ -357,7 +357,7 @@ pub fn compare(e: &Expect, d: &Decision) -> Vec<String> {
         check("error", err.to_string(), d.error.is_some().to_string());
     }
     if let Some(sub) = &e.error_contains {
-        let got = d.error.clone().unwrap_or_default();
+        let got = d.error.as_ref().map(|e| e.detailed()).unwrap_or_default();
         if !got.contains(sub.as_str()) {
             f.push(format!("error: expected to contain {sub:?}, got {got:?}"));
         }

@@ -183,14 +183,14 @@ fn yaml_error_line(message: &str) -> Option<usize> {
 
 /// File contents, read once, to find the line of a field.
 #[derive(Default)]
-struct Lines {
+pub(crate) struct Lines {
     files: HashMap<PathBuf, Vec<String>>,
 }
 
 impl Lines {
     /// The line of `field` (or of the expression's first line) within the
     /// document at `location`; the document's first line when not found.
-    fn find(
+    pub(crate) fn find(
         &mut self,
         location: &Location,
         field: Option<&str>,

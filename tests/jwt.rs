@@ -1134,8 +1134,9 @@ fn engine_policy_with_jwks() {
     assert!(!d.allowed());
     assert!(
         d.error
-            .as_deref()
+            .as_ref()
             .unwrap()
+            .detailed()
             .contains("https://elsewhere.example/jwks"),
         "{d:?}"
     );

@@ -131,7 +131,14 @@ fn raw_body_is_parsed_once_as_well() {
     // a-first parses the (empty) string body: refused, once, so it denies
     // under Fail; b-second is never reached.
     assert!(!d.allowed());
-    assert!(d.error.as_deref().unwrap_or("").contains("empty"), "{d:?}");
+    assert!(
+        d.error
+            .as_ref()
+            .map(|e| e.detailed())
+            .unwrap_or_default()
+            .contains("empty"),
+        "{d:?}"
+    );
     assert_eq!(mcp::parse_count() - before, 1);
 
     // Only b-second: raw_body parsed once, the string body (another
@@ -162,7 +169,14 @@ fn an_error_is_memoised_too() {
         &request("/mcp", &batch, false),
     );
     assert!(!d.allowed());
-    assert!(d.error.as_deref().unwrap_or("").contains("batch"), "{d:?}");
+    assert!(
+        d.error
+            .as_ref()
+            .map(|e| e.detailed())
+            .unwrap_or_default()
+            .contains("batch"),
+        "{d:?}"
+    );
     assert_eq!(mcp::parse_count() - before, 1);
 }
 
@@ -220,7 +234,11 @@ fn the_partial_body_header_is_seen_by_the_body_only_form() {
     let d = evaluate(&set, &EngineConfig::default(), &req);
     assert!(!d.allowed());
     assert!(
-        d.error.as_deref().unwrap_or("").contains("incomplete"),
+        d.error
+            .as_ref()
+            .map(|e| e.detailed())
+            .unwrap_or_default()
+            .contains("incomplete"),
         "{d:?}"
     );
     // Outside an evaluation there is no current request: the body parses.

@@ -197,7 +197,7 @@ async fn mcp_gateway_through_envoy() {
     .await;
     let log = h.celgate.log_tail();
     assert!(
-        log.contains("x-envoy-auth-partial-body: true"),
+        log.contains("error_kind=\"mcp_parse\"") && log.contains("reason=\"partial_body\""),
         "celgate should log that the body was refused as partial; its log:\n{log}"
     );
 

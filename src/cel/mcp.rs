@@ -211,6 +211,37 @@ fn parse_in_request(bytes: &[u8]) -> Cached {
     result
 }
 
+/// A fixed name for one of this module's refusal messages, safe to log
+/// (the server logs `mcp_parse` with this reason, never the message).
+pub fn refusal_reason(message: &str) -> &'static str {
+    let m = message;
+    if m.starts_with("the body is incomplete") {
+        "partial_body"
+    } else if m.contains("over the MCP body limit") {
+        "body_too_large"
+    } else if m.starts_with("the body is empty") {
+        "empty_body"
+    } else if m.contains("duplicate key") {
+        "duplicate_key"
+    } else if m.starts_with("the body is not valid JSON") {
+        "invalid_json"
+    } else if m.starts_with("a JSON-RPC batch") {
+        "batch"
+    } else if m.starts_with("not JSON-RPC 2.0") || m.starts_with("not a JSON-RPC") {
+        "not_jsonrpc"
+    } else if m.starts_with("the JSON-RPC id") {
+        "invalid_id"
+    } else if m.starts_with("the JSON-RPC method") || m.starts_with("a JSON-RPC message cannot") {
+        "invalid_method"
+    } else if m.starts_with("params must be") || m.contains(": params.") {
+        "invalid_params"
+    } else if m.starts_with("expects") {
+        "invalid_argument"
+    } else {
+        "other"
+    }
+}
+
 /// Parses one MCP (JSON-RPC 2.0) message, with every check `mcp.Parse`
 /// makes except the partial-body header, which needs the request. Not
 /// memoised; counted in [`parse_count`].
@@ -284,7 +315,8 @@ impl<'de> Visitor<'de> for StrictVisitor {
         let mut out = serde_json::Map::new();
         while let Some(key) = map.next_key::<String>()? {
             if out.contains_key(&key) {
-                return Err(de::Error::custom(format!("duplicate key {key:?}")));
+                // The key is the client's text: not quoted (errors are logged).
+                return Err(de::Error::custom("duplicate key in an object"));
             }
             let Strict(v) = map.next_value()?;
             out.insert(key, v);
@@ -385,6 +417,8 @@ fn refuse<T>(message: impl Into<String>) -> Result<T, String> {
     Err(message.into())
 }
 
+/// What a client's value is, without quoting it: error messages are logged
+/// and must not carry the client's data (nor grow with its size).
 fn kind_of(v: &Json) -> &'static str {
     match v {
         Json::Null => "null",
@@ -412,7 +446,15 @@ impl Parsed {
         };
         match msg.get("jsonrpc") {
             Some(Json::String(v)) if v == "2.0" => {}
-            Some(v) => return refuse(format!("not JSON-RPC 2.0: \"jsonrpc\" is {v}, not \"2.0\"")),
+            Some(v) => {
+                return refuse(format!(
+                    "not JSON-RPC 2.0: \"jsonrpc\" is {}, not \"2.0\"",
+                    match v {
+                        Json::String(_) => "another string",
+                        other => kind_of(other),
+                    }
+                ))
+            }
             None => return refuse("not JSON-RPC 2.0: no \"jsonrpc\": \"2.0\" member"),
         }
         let id: Box<dyn Val> = match msg.get("id") {
@@ -426,7 +468,12 @@ impl Parsed {
             }
             Some(other) => {
                 return refuse(format!(
-                    "the JSON-RPC id must be a string or an integer, not {other}"
+                    "the JSON-RPC id must be a string or an integer, not {}",
+                    match other {
+                        Json::Number(_) =>
+                            "a number out of the 64-bit integer range or with a fraction",
+                        other => kind_of(other),
+                    }
                 ))
             }
         };
@@ -1322,6 +1369,42 @@ mod tests {
         for (body, want) in cases {
             let e = parse(body).expect_err(body);
             assert!(e.contains(want), "{body}: {e}");
+            assert_ne!(refusal_reason(&e), "other", "{e}");
+        }
+        assert_eq!(
+            refusal_reason(
+                r#"the body is not valid JSON: duplicate key in an object at line 1 column 9"#
+            ),
+            "duplicate_key"
+        );
+    }
+
+    #[test]
+    fn refusals_never_quote_the_body_and_stay_short() {
+        const S: &str = "SECRET-c4f1e2";
+        let big = format!("{S}{}", "x".repeat(900_000));
+        let bodies = [
+            format!(r#"{{"jsonrpc":"{S}","id":1,"method":"ping"}}"#),
+            format!(r#"{{"jsonrpc":{{"{S}":1}},"id":1,"method":"ping"}}"#),
+            format!(r#"{{"jsonrpc":"2.0","id":{{"{S}":"{big}"}},"method":"ping"}}"#),
+            format!(r#"{{"jsonrpc":"2.0","id":[{S:?}],"method":"ping"}}"#),
+            format!(r#"{{"jsonrpc":"2.0","id":1,"{S}":1,"{S}":2,"method":"ping"}}"#),
+            format!(r#"{{"jsonrpc":"2.0","id":1,"method":{{"{S}":1}}}}"#),
+            format!(r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":["{S}"]}}"#),
+            format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":["{S}"]}}}}"#
+            ),
+            format!(r#"{{"jsonrpc":"2.0","id":1,"method":"{S}","result":1}}"#),
+            format!(r#"{{"jsonrpc":"2.0","id":1,"method":"ping"}} {S}"#),
+            format!(r#"{{"jsonrpc":"2.0","id":1,"method":"ping","x":"{S}\q"}}"#),
+            format!(r#"{{"{S}": tru}}"#),
+            format!("[\"{S}\"]"),
+            format!("\"{big}\""),
+        ];
+        for body in &bodies {
+            let e = parse(body).expect_err(body);
+            assert!(!e.contains("SECRET"), "quotes the body: {e}");
+            assert!(e.len() < 300, "{} bytes: {e}", e.len());
         }
     }
 

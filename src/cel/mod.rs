@@ -61,3 +61,105 @@ pub(crate) fn string_key(idx: &dyn cel::common::value::Val) -> Result<&str, cel:
             want: "string".to_owned(),
         })
 }
+
+/// What went wrong in a CEL evaluation, as a fixed name that is safe to log:
+/// the CEL error messages themselves quote values (`No such key: <the key>`,
+/// `String("<the value>")`), which are often request data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// A map or message lookup of a key that is not there.
+    NoSuchKey,
+    /// A function or operator applied to argument types it has no overload for.
+    NoSuchOverload,
+    /// A value of the wrong type (operands of an operator, an index, a key).
+    TypeMismatch,
+    /// A name that is not declared.
+    UndeclaredReference,
+    /// Too few or too many arguments.
+    InvalidArgumentCount,
+    /// `mcp.Parse` refused the body.
+    McpParse,
+    /// Another function refused its arguments (`int("x")`, `jwt.Verify`, ...).
+    FunctionError,
+    DivisionByZero,
+    Overflow,
+    IndexOutOfBounds,
+    /// A map literal with the same key twice.
+    DuplicateKey,
+    /// An expression returned the wrong type (a condition not a bool, a
+    /// validation neither a response nor null).
+    ResultType,
+    /// An error in celgate itself (a panic, a broken invariant).
+    Internal,
+    /// An error the request could not be decided for before any policy ran
+    /// (set by the server: undecodable request, deadline, overload).
+    Server,
+}
+
+impl ErrorKind {
+    /// The kind's name as logged, traced and written to the decision log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::NoSuchKey => "no_such_key",
+            ErrorKind::NoSuchOverload => "no_such_overload",
+            ErrorKind::TypeMismatch => "type_mismatch",
+            ErrorKind::UndeclaredReference => "undeclared_reference",
+            ErrorKind::InvalidArgumentCount => "invalid_argument_count",
+            ErrorKind::McpParse => "mcp_parse",
+            ErrorKind::FunctionError => "function_error",
+            ErrorKind::DivisionByZero => "division_by_zero",
+            ErrorKind::Overflow => "overflow",
+            ErrorKind::IndexOutOfBounds => "index_out_of_bounds",
+            ErrorKind::DuplicateKey => "duplicate_key",
+            ErrorKind::ResultType => "result_type",
+            ErrorKind::Internal => "internal",
+            ErrorKind::Server => "server",
+        }
+    }
+
+    /// The kind of a CEL execution error, and for a function error the
+    /// function's name (from the policy or this crate, never from the request).
+    pub fn of(e: &cel::ExecutionError) -> (ErrorKind, Option<&str>) {
+        use cel::ExecutionError as E;
+        #[allow(deprecated)]
+        let kind = match e {
+            E::NoSuchKey(_) => ErrorKind::NoSuchKey,
+            E::NoSuchOverload(_) => ErrorKind::NoSuchOverload,
+            E::UndeclaredReference(_) => ErrorKind::UndeclaredReference,
+            E::InvalidArgumentCount { .. } | E::MissingArgumentOrTarget => {
+                ErrorKind::InvalidArgumentCount
+            }
+            E::FunctionError { function, .. } => {
+                let kind = if function == "mcp.Parse" {
+                    ErrorKind::McpParse
+                } else {
+                    ErrorKind::FunctionError
+                };
+                return (kind, Some(function.as_str()));
+            }
+            E::DivisionByZero(_) | E::RemainderByZero(_) => ErrorKind::DivisionByZero,
+            E::Overflow(..) => ErrorKind::Overflow,
+            E::IndexOutOfBounds(_) => ErrorKind::IndexOutOfBounds,
+            E::DuplicateKey(_) => ErrorKind::DuplicateKey,
+            E::InternalError(_) => ErrorKind::Internal,
+            E::UnsupportedTargetType { .. }
+            | E::NotSupportedAsMethod { .. }
+            | E::UnsupportedKeyType(_)
+            | E::UnexpectedType { .. }
+            | E::ValuesNotComparable(..)
+            | E::UnsupportedUnaryOperator(..)
+            | E::UnsupportedBinaryOperator(..)
+            | E::UnsupportedMapIndex(_)
+            | E::UnsupportedListIndex(_)
+            | E::UnsupportedIndex(..) => ErrorKind::TypeMismatch,
+            _ => ErrorKind::Internal,
+        };
+        (kind, None)
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

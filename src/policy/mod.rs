@@ -78,6 +78,138 @@ pub enum LoadError {
     },
 }
 
+impl LoadError {
+    /// The problem's kind, a fixed name: `io_error`, `invalid_yaml`,
+    /// `missing_field`, `invalid_value`, `invalid_spec`, `duplicate_name`,
+    /// `variable_cycle`, `invalid`, `cel_syntax`, `cel_compile`,
+    /// `invalid_regex`, `undefined_variable`, `unknown_constant`,
+    /// `variables_not_allowed`, `cel_error`, `duplicate_policy`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LoadError::Io { .. } => "io_error",
+            LoadError::Parse { .. } => "invalid_yaml",
+            LoadError::Invalid { field, message, .. } => invalid_kind(field, message),
+            LoadError::Cel { message, .. } => cel_kind(message),
+            LoadError::Duplicate { .. } => "duplicate_policy",
+        }
+    }
+
+    /// The problem as the server shows it (logs, `/readyz`): where it is
+    /// (file, line, document, policy, field) and its [`LoadError::kind`],
+    /// never the expression's text, a YAML snippet or a value from the
+    /// document — an expression may hold an inlined secret. `celgate
+    /// validate` on the files shows the full detail (the `Display` text).
+    pub fn redacted(&self) -> String {
+        self.redacted_in(&mut crate::validate::Lines::default())
+    }
+
+    /// As [`LoadError::redacted`], with the line of the field found in the
+    /// file (read once per file through `lines`).
+    fn redacted_in(&self, lines: &mut crate::validate::Lines) -> String {
+        match self {
+            // The OS's message (no file content).
+            LoadError::Io { path, message } => {
+                format!("{}: io_error ({message})", path.display())
+            }
+            LoadError::Parse {
+                path,
+                document,
+                message,
+            } => {
+                let at = line_column(message)
+                    .map(|(l, c)| format!(" at line {l} column {c}"))
+                    .unwrap_or_default();
+                format!(
+                    "{}: document {document}: not valid YAML/JSON{at} (invalid_yaml)",
+                    path.display()
+                )
+            }
+            LoadError::Invalid {
+                location,
+                kind,
+                policy,
+                field,
+                ..
+            } => {
+                let line = lines.find(location, Some(field), None);
+                format!(
+                    "{}:{line} (document {}): {kind} {policy:?}: {field}: {}",
+                    location.path.display(),
+                    location.document,
+                    self.kind()
+                )
+            }
+            LoadError::Cel {
+                location,
+                kind,
+                policy,
+                field,
+                expression,
+                ..
+            } => {
+                // The expression only helps find the line; it is not shown.
+                let line = lines.find(location, Some(field), Some(expression));
+                format!(
+                    "{}:{line} (document {}): {kind} {policy:?}: {field}: {}",
+                    location.path.display(),
+                    location.document,
+                    self.kind()
+                )
+            }
+            // Names and places only.
+            LoadError::Duplicate { .. } => self.to_string(),
+        }
+    }
+}
+
+/// The kind of an `Invalid` problem, from its (fixed) wording.
+fn invalid_kind(field: &str, message: &str) -> &'static str {
+    if message.ends_with("is required")
+        || message.starts_with("must name at least one")
+        || message.starts_with("must have at least one")
+    {
+        "missing_field"
+    } else if message.contains("is used twice") {
+        "duplicate_name"
+    } else if message.contains("in a cycle") {
+        "variable_cycle"
+    } else if message.starts_with("must be ") {
+        "invalid_value"
+    } else if field == "spec" {
+        // serde's message about the spec's shape (it quotes values).
+        "invalid_spec"
+    } else {
+        "invalid"
+    }
+}
+
+/// The kind of a `Cel` problem, from its wording.
+fn cel_kind(message: &str) -> &'static str {
+    if message.contains("Syntax error") {
+        "cel_syntax"
+    } else if message.starts_with("ERROR:") {
+        "cel_compile"
+    } else if message.starts_with("invalid regex") {
+        "invalid_regex"
+    } else if message.starts_with("undefined variable") {
+        "undefined_variable"
+    } else if message.starts_with("unknown constant") {
+        "unknown_constant"
+    } else if message.contains("cannot use variables") {
+        "variables_not_allowed"
+    } else {
+        "cel_error"
+    }
+}
+
+/// `(line, column)` of a parser message ending in "at line N column M".
+fn line_column(message: &str) -> Option<(usize, usize)> {
+    let rest = &message[message.rfind("at line ")? + "at line ".len()..];
+    let (line, rest) = rest.split_once(" column ")?;
+    let column: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    Some((line.trim().parse().ok()?, column.parse().ok()?))
+}
+
 /// Every problem found while loading, not only the first.
 #[derive(Debug, Clone)]
 pub struct LoadErrors(pub Vec<LoadError>);
@@ -93,6 +225,28 @@ impl fmt::Display for LoadErrors {
 }
 
 impl std::error::Error for LoadErrors {}
+
+impl LoadErrors {
+    /// As the `Display` text, each problem [`LoadError::redacted`]: for the
+    /// server's logs and endpoints.
+    pub fn redacted(&self) -> String {
+        let mut out = format!(
+            "{} problem(s) in the policies (`celgate validate` on the files shows the detail):",
+            self.0.len()
+        );
+        for e in self.redacted_list() {
+            out.push_str("\n  - ");
+            out.push_str(&e);
+        }
+        out
+    }
+
+    /// Each problem [`LoadError::redacted`].
+    pub fn redacted_list(&self) -> Vec<String> {
+        let mut lines = crate::validate::Lines::default();
+        self.0.iter().map(|e| e.redacted_in(&mut lines)).collect()
+    }
+}
 
 /// Something loaded but worth telling the author: skipped documents, fields
 /// celgate ignores.
@@ -1048,5 +1202,70 @@ impl Location {
             document: 1,
             line: 1,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "HMACSECRET-0a1b";
+
+    fn location() -> Box<Location> {
+        Box::new(Location {
+            path: PathBuf::from("kubernetes:/ValidatingPolicy/p"),
+            document: 1,
+            line: 1,
+        })
+    }
+
+    #[test]
+    fn redacted_problems_name_place_and_kind_never_the_text() {
+        let cases = [
+            (
+                LoadError::Parse {
+                    path: "p.yaml".into(),
+                    document: 2,
+                    message: format!("found {SECRET:?} at line 7 column 3, while parsing"),
+                },
+                "p.yaml: document 2: not valid YAML/JSON at line 7 column 3 (invalid_yaml)",
+            ),
+            (
+                LoadError::Invalid {
+                    location: location(),
+                    kind: "ValidatingPolicy",
+                    policy: "p".into(),
+                    field: "spec".into(),
+                    message: format!("invalid type: string {SECRET:?}, expected a map"),
+                },
+                "kubernetes:/ValidatingPolicy/p:1 (document 1): ValidatingPolicy \"p\": spec: invalid_spec",
+            ),
+            (
+                LoadError::Cel {
+                    location: location(),
+                    kind: "PolicyException",
+                    policy: "x".into(),
+                    field: "spec.matchConditions[0].expression".into(),
+                    expression: format!("k == {SECRET:?} && ("),
+                    message: format!("ERROR: <input>:1:9: Syntax error: ...\n | k == {SECRET:?} && ("),
+                },
+                "kubernetes:/ValidatingPolicy/p:1 (document 1): PolicyException \"x\": spec.matchConditions[0].expression: cel_syntax",
+            ),
+        ];
+        for (e, want) in cases {
+            assert!(e.to_string().contains(SECRET), "Display keeps the detail");
+            assert_eq!(e.redacted(), want);
+        }
+        let all = LoadErrors(vec![LoadError::Invalid {
+            location: location(),
+            kind: "ValidatingPolicy",
+            policy: "p".into(),
+            field: "spec.failurePolicy".into(),
+            message: format!("must be Fail or Ignore, not {SECRET:?}"),
+        }]);
+        assert!(!all.redacted().contains(SECRET));
+        assert!(all
+            .redacted()
+            .ends_with("spec.failurePolicy: invalid_value"));
     }
 }

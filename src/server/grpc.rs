@@ -229,10 +229,8 @@ fn record_span(
         span.record("celgate.validation", i as i64);
     }
     if let Some(e) = &d.error {
-        span.record(
-            "celgate.error",
-            e.split_once(": ").map_or(e.as_str(), |(f, _)| f),
-        );
+        // The summary (field and error kind), never the message.
+        span.record("celgate.error", e.summary().as_str());
         span.record("otel.status_code", "ERROR");
     }
     if let Some(h) = request

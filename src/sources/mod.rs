@@ -20,8 +20,40 @@ use std::time::{Instant, SystemTime};
 pub struct ReloadFailure {
     #[serde(with = "rfc3339")]
     pub at: SystemTime,
-    /// Every problem, each naming file, policy, field and error.
+    /// Every problem, each naming file, line, policy, field and the error's
+    /// kind ([`crate::policy::LoadError::redacted`]): shown on `/readyz`,
+    /// so never an expression's text or a value from a document.
     pub errors: Vec<String>,
+}
+
+impl ReloadFailure {
+    /// Problems logged one line each, at most this many per reload.
+    pub const LOGGED: usize = 20;
+
+    pub fn new(errors: &LoadErrors) -> ReloadFailure {
+        ReloadFailure {
+            at: SystemTime::now(),
+            errors: errors.redacted_list(),
+        }
+    }
+
+    /// One ERROR line for the refusal, then one per problem (the first
+    /// [`ReloadFailure::LOGGED`]).
+    fn log(&self) {
+        tracing::error!(
+            problems = self.errors.len(),
+            "policy reload refused, the last good set keeps serving (`celgate validate` on the files shows the detail)"
+        );
+        for e in self.errors.iter().take(Self::LOGGED) {
+            tracing::error!(problem = %e, "policy reload problem");
+        }
+        if self.errors.len() > Self::LOGGED {
+            tracing::error!(
+                more = self.errors.len() - Self::LOGGED,
+                "further policy reload problems not logged"
+            );
+        }
+    }
 }
 
 /// Reload outcomes, for `/readyz` and metrics.
@@ -180,12 +212,9 @@ pub fn rebuild(state: &State, sources: &Sources) -> ReloadOutcome {
         }
         Err(errors) => {
             state.reload.errors_total.fetch_add(1, Ordering::Relaxed);
-            let list: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
-            tracing::error!("policy reload refused, the last good set keeps serving: {errors}");
-            state.reload.set_error(Some(ReloadFailure {
-                at: SystemTime::now(),
-                errors: list,
-            }));
+            let failure = ReloadFailure::new(&errors);
+            failure.log();
+            state.reload.set_error(Some(failure));
             ReloadOutcome::Failed
         }
     }

@@ -97,9 +97,14 @@ pub struct Record {
     pub policy: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub validation: Option<usize>,
-    /// The field whose evaluation failed (the message is in the server log).
+    /// The field whose evaluation failed (for an error of the server's own,
+    /// its fixed description). Never the CEL message, which may quote
+    /// request data.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The kind of that error (`no_such_key`, `mcp_parse`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<&'static str>,
     pub policies_evaluated: usize,
     pub latency_us: u64,
     #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
@@ -184,10 +189,14 @@ impl DecisionLog {
             status: d.http_status(),
             policy: d.policy.clone(),
             validation: d.validation,
-            error: d
-                .error
-                .as_deref()
-                .map(|e| e.split_once(": ").map_or(e, |(f, _)| f).to_owned()),
+            error: d.error.as_ref().map(|e| {
+                if e.field.is_empty() {
+                    e.summary()
+                } else {
+                    e.field.clone()
+                }
+            }),
+            error_kind: d.error.as_ref().map(|e| e.kind.as_str()),
             policies_evaluated: d.evaluated,
             latency_us: took.as_micros() as u64,
             headers,

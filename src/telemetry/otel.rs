@@ -87,7 +87,7 @@ pub fn init(filter: &str, json: bool, may_export: bool) -> Result<Guard, Telemet
     })?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(CappedStderr { json })
         .with_ansi(ansi);
     let fmt = if json {
         fmt.json().with_filter(env_filter).boxed()
@@ -176,5 +176,157 @@ impl<E: SpanExporter> SpanExporter for OnRuntime<E> {
 
     fn set_resource(&mut self, resource: &Resource) {
         self.inner.set_resource(resource);
+    }
+}
+
+/// The longest log line written, in bytes (newline included). Messages are
+/// short by construction (errors are logged as a field and a kind); this is
+/// the backstop that keeps one request from writing a line of any size.
+pub const MAX_LOG_LINE: usize = 8 * 1024;
+
+/// Standard error, one event per write, each line cut to [`MAX_LOG_LINE`].
+struct CappedStderr {
+    json: bool,
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CappedStderr {
+    type Writer = CappedLine;
+    fn make_writer(&'a self) -> CappedLine {
+        CappedLine {
+            json: self.json,
+            buf: Vec::new(),
+        }
+    }
+}
+
+/// One formatted event, written (capped) when dropped.
+struct CappedLine {
+    json: bool,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for CappedLine {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for CappedLine {
+    fn drop(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        let line = std::mem::take(&mut self.buf);
+        let line = cap_line(line, self.json, MAX_LOG_LINE);
+        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), &line);
+    }
+}
+
+/// `line` (one event, ending in a newline) within `max` bytes: JSON lines
+/// stay valid JSON (long strings shortened, else only the level, time,
+/// target and a note), text lines are cut with a note.
+fn cap_line(line: Vec<u8>, json: bool, max: usize) -> Vec<u8> {
+    if line.len() <= max {
+        return line;
+    }
+    let total = line.len();
+    if json {
+        if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&line) {
+            shorten_strings(&mut v, 256);
+            if let Some(o) = v.as_object_mut() {
+                o.insert("truncatedBytes".into(), total.into());
+            }
+            let mut out = v.to_string().into_bytes();
+            out.push(b'\n');
+            if out.len() <= max {
+                return out;
+            }
+            let keep = |k: &str| v.get(k).cloned().unwrap_or(serde_json::Value::Null);
+            let mut out = serde_json::json!({
+                "timestamp": keep("timestamp"),
+                "level": keep("level"),
+                "target": keep("target"),
+                "fields": {"message": "log line cut: over the length limit"},
+                "truncatedBytes": total,
+            })
+            .to_string()
+            .into_bytes();
+            out.push(b'\n');
+            return out;
+        }
+    }
+    let note = format!(" ... [log line cut: {total} bytes]\n");
+    let mut end = max.saturating_sub(note.len());
+    // Not inside a UTF-8 sequence.
+    while end > 0 && (line[end] & 0xC0) == 0x80 {
+        end -= 1;
+    }
+    let mut out = line[..end].to_vec();
+    out.extend_from_slice(note.as_bytes());
+    out
+}
+
+fn shorten_strings(v: &mut serde_json::Value, max: usize) {
+    match v {
+        serde_json::Value::String(s) if s.len() > max => {
+            let mut end = max;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s.truncate(end);
+            s.push_str("...");
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(|x| shorten_strings(x, max)),
+        serde_json::Value::Object(o) => o.values_mut().for_each(|x| shorten_strings(x, max)),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cap_line;
+
+    #[test]
+    fn short_lines_pass_unchanged() {
+        let l = b"2026-01-01 INFO hello\n".to_vec();
+        assert_eq!(cap_line(l.clone(), false, 100), l);
+        assert_eq!(cap_line(l.clone(), true, 100), l);
+    }
+
+    #[test]
+    fn long_text_lines_are_cut_on_a_character_boundary() {
+        let line = format!("WARN {}\n", "é".repeat(5000)).into_bytes();
+        let out = cap_line(line, false, 1000);
+        assert!(out.len() <= 1000, "{}", out.len());
+        let text = String::from_utf8(out).expect("still UTF-8");
+        assert!(text.ends_with("[log line cut: 10006 bytes]\n"), "{text}");
+    }
+
+    #[test]
+    fn long_json_lines_stay_one_valid_json_object() {
+        let big = "x".repeat(100_000);
+        for (fields, kept) in [
+            (serde_json::json!({"message": "m", "body": big}), true),
+            (
+                serde_json::json!({"message": "m", "many": vec!["x"; 100_000]}),
+                false,
+            ),
+        ] {
+            let line = format!(
+                "{}\n",
+                serde_json::json!({"timestamp": "t", "level": "WARN", "target": "celgate", "fields": fields})
+            );
+            let out = cap_line(line.into_bytes(), true, 8192);
+            assert!(out.len() <= 8192, "{}", out.len());
+            assert_eq!(out.last(), Some(&b'\n'));
+            let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+            assert_eq!(v["level"], "WARN");
+            assert!(v["truncatedBytes"].as_u64().unwrap() > 100_000);
+            assert_eq!(v["fields"]["message"] == "m", kept, "{v}");
+        }
     }
 }
