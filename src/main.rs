@@ -139,7 +139,7 @@ struct CheckArgs {
     #[arg(long)]
     explain: bool,
     /// HTTP status of the denial when a failurePolicy: Fail policy cannot be evaluated.
-    #[arg(long, env = "CELGATE_FAILURE_STATUS", default_value_t = 403, value_parser = clap::value_parser!(i32).range(100..=599))]
+    #[arg(long, env = "CELGATE_FAILURE_STATUS", default_value_t = 403, value_parser = clap::value_parser!(i32).range(300..=599))]
     failure_status: i32,
 }
 
@@ -203,7 +203,7 @@ struct ServeArgs {
     /// HTTP status of the denial sent when a `failurePolicy: Fail` policy cannot be
     /// evaluated. celgate never answers such a request with a gRPC error, so a policy
     /// bug fails closed even when Envoy is set to fail open.
-    #[arg(long, env = "CELGATE_FAILURE_STATUS", default_value_t = 403, value_parser = clap::value_parser!(i32).range(100..=599))]
+    #[arg(long, env = "CELGATE_FAILURE_STATUS", default_value_t = 403, value_parser = clap::value_parser!(i32).range(300..=599))]
     failure_status: i32,
     /// Body of that denial (the error itself is logged, never sent to the client).
     #[arg(long, env = "CELGATE_FAILURE_BODY", default_value = "")]

@@ -348,7 +348,7 @@ pub fn overload_decision() -> Decision {
         },
         policy: None,
         validation: None,
-        error: Some(OVERLOAD_REASON.into()),
+        error: Some(engine::EvalError::server(OVERLOAD_REASON.into())),
         evaluated: 0,
     }
 }
@@ -413,7 +413,10 @@ mod tests {
         let d = overload_decision();
         assert!(!d.allowed());
         assert_eq!(d.http_status(), OVERLOAD_STATUS);
-        assert_eq!(d.error.as_deref(), Some(OVERLOAD_REASON));
+        assert_eq!(
+            d.error.as_ref().map(ToString::to_string).as_deref(),
+            Some("server: overloaded")
+        );
     }
 
     #[test]
