@@ -1,5 +1,6 @@
 //! The servers: Envoy's `Authorization` service over gRPC, probes over HTTP.
 
+pub mod decode;
 pub mod grpc;
 pub mod http;
 
@@ -33,6 +34,18 @@ pub struct ServeOptions {
     /// says 503 and gRPC health says NOT_SERVING, so load balancers and
     /// Kubernetes endpoints stop sending before the listeners close.
     pub shutdown_delay: std::time::Duration,
+    /// The largest `CheckRequest` read (`--max-request-bytes`); a larger one
+    /// is answered with the failure denial. `None`: the default,
+    /// [`decode::default_max_request_bytes`] of the default MCP body limit.
+    pub max_request_bytes: Option<usize>,
+}
+
+impl ServeOptions {
+    pub fn max_request_bytes(&self) -> usize {
+        self.max_request_bytes.unwrap_or_else(|| {
+            decode::default_max_request_bytes(crate::cel::mcp::DEFAULT_MAX_BODY_BYTES)
+        })
+    }
 }
 
 impl State {

@@ -157,6 +157,9 @@ pub enum DecidedBy<'a> {
     Default,
     /// Evaluation panicked: denied.
     Internal,
+    /// The request could not be read (malformed, too large, not UTF-8
+    /// where it must be): denied before any policy ran.
+    Unreadable,
 }
 
 /// Every series celgate exports.
@@ -166,6 +169,7 @@ pub struct Metrics {
     policies: RwLock<BTreeMap<String, Arc<PolicyMetrics>>>,
     default_allow: AtomicU64,
     internal_errors: AtomicU64,
+    unreadable: AtomicU64,
     decision_duration: Histogram,
 }
 
@@ -223,6 +227,9 @@ impl Metrics {
             DecidedBy::Internal => {
                 self.internal_errors.fetch_add(1, Relaxed);
             }
+            DecidedBy::Unreadable => {
+                self.unreadable.fetch_add(1, Relaxed);
+            }
         }
         self.decision_duration.observe(took);
     }
@@ -236,7 +243,7 @@ impl Metrics {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        out.push_str("# HELP authz_decisions_total Decisions, by result and by what decided: a policy (source=\"policy\"), no policy (source=\"default\", allowed), an evaluation error under failurePolicy Fail (source=\"error\", denied) or an internal error (source=\"internal\", denied).\n");
+        out.push_str("# HELP authz_decisions_total Decisions, by result and by what decided: a policy (source=\"policy\"), no policy (source=\"default\", allowed), an evaluation error under failurePolicy Fail (source=\"error\", denied), an internal error (source=\"internal\", denied) or a request that could not be read (source=\"unreadable\", denied).\n");
         out.push_str("# TYPE authz_decisions_total counter\n");
         for (name, p) in &policies {
             let name = escape(name);
@@ -263,6 +270,11 @@ impl Metrics {
             out,
             "authz_decisions_total{{mode=\"envoy\",decision=\"deny\",source=\"internal\",policy=\"\"}} {}",
             self.internal_errors.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "authz_decisions_total{{mode=\"envoy\",decision=\"deny\",source=\"unreadable\",policy=\"\"}} {}",
+            self.unreadable.load(Relaxed)
         );
         out.push_str(
             "# HELP authz_decision_duration_seconds Time to decide one request (all policies).\n",
