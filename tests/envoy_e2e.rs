@@ -398,3 +398,54 @@ async fn raw_http_status(addr: std::net::SocketAddr, request: &[u8]) -> u16 {
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("no status line in {head:?}"))
 }
+
+/// A CheckRequest over `--max-request-bytes` is answered with celgate's failure denial (read no
+/// further), which Envoy applies: never Envoy's ext_authz error path (503 here), never an allow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_check_request_through_envoy_is_the_failure_denial() {
+    let template = std::fs::read_to_string(repo_root().join("tests/e2e/envoy.yaml.tmpl"))
+        .expect("read tests/e2e/envoy.yaml.tmpl");
+    let h = Gateway::start(
+        &repo_root().join("policies"),
+        &[
+            "--max-request-bytes",
+            "4096",
+            "--failure-status",
+            "429",
+            "--failure-body",
+            "cannot decide",
+        ],
+        |p| {
+            template
+                .replace("{{ADMIN_PORT}}", &p.admin.to_string())
+                .replace("{{LISTEN_PORT}}", &p.listen.to_string())
+                .replace("{{UPSTREAM_PORT}}", &p.upstream.to_string())
+                .replace("{{GRPC_PORT}}", &p.grpc.to_string())
+                .replace("{{ENCODE_RAW_HEADERS}}", "false")
+                .replace("{{PACK_AS_BYTES}}", "false")
+        },
+    )
+    .await;
+    // Small enough: decided by the policies.
+    h.allowed("GET", "/public/x", &[], None).await;
+    // 8 KiB of body (Envoy's with_request_body limit in the template) plus headers: over 4096.
+    let body = vec![b'a'; 8000];
+    let resp = h
+        .denied(
+            429,
+            "POST",
+            "/public/x",
+            &[("x-api-key", "demo-key-alice")],
+            Some(&body),
+        )
+        .await;
+    assert_eq!(resp.text(), "cannot decide");
+    let big = "b".repeat(6000);
+    h.denied(429, "GET", "/public/x", &[("x-pad", &big)], None)
+        .await;
+    // And the next request on the same gRPC connection is fine.
+    h.allowed("GET", "/public/y", &[], None).await;
+    let mut h = h;
+    h.celgate.check_alive().unwrap_or_else(|e| panic!("{e}"));
+    h.envoy.check_alive().unwrap_or_else(|e| panic!("{e}"));
+}
