@@ -1,8 +1,9 @@
 //! A `CheckRequest` from JSON, for the CLI and test suites.
 //!
 //! Follows the protobuf JSON mapping: field names in `lowerCamelCase` or their
-//! original `snake_case`, `rawBody` as base64, `time` as RFC 3339. Header
-//! names are lower-cased, as Envoy sends them. A key that is not a field of
+//! original `snake_case`, `rawBody` and `headerMap.headers[].rawValue` as
+//! base64, `time` as RFC 3339. Names in `headers` are lower-cased, as Envoy
+//! sends them (`headerMap` keeps them as written). A key that is not a field of
 //! the message is an error, so a typo never silently drops part of a request.
 
 use envoy_types::pb::envoy::config::core::v3::{

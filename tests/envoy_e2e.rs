@@ -207,6 +207,21 @@ async fn scenario(h: Gateway) {
         .await;
     assert_eq!(resp.text(), "forbidden content", "denial body");
 
+    // 8b. A body that is not UTF-8: whatever Envoy makes of it (a string with the bytes
+    //     replaced, or raw bytes), it is decided by celgate, never an ext_authz error (503).
+    let mut request = format!(
+        "POST /api/orders HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-api-key: {GOOD_KEY}\r\ncontent-length: 12\r\n\r\n"
+    )
+    .into_bytes();
+    request.extend_from_slice(b"forbidden\xff\xfe!");
+    let before = h.upstream.count();
+    assert_eq!(raw_http_status(h.front, &request).await, 403);
+    assert_eq!(
+        h.upstream.count(),
+        before,
+        "denied, never reached the upstream"
+    );
+
     // 9. A runtime error under failurePolicy Fail: an explicit 403 from celgate. (The test's Envoy
     //    maps an ext_authz transport error to 503, so 403 here cannot be Envoy's error fallback.)
     h.denied(403, "GET", "/boom", &[], None).await;

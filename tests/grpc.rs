@@ -530,7 +530,7 @@ async fn every_check_is_answered_with_a_decision() {
 
     // 4. Broken gRPC framing, sent as raw HTTP/2: still HTTP 200, gRPC OK and
     //    the failure denial.
-    let big = framed(&vec![0u8; 10]);
+    let big = framed(&[0u8; 10]);
     let mut huge_prefix = vec![0u8];
     huge_prefix.extend_from_slice(&u32::MAX.to_be_bytes());
     let frames: Vec<(&str, Vec<Vec<u8>>)> = vec![
