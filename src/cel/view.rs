@@ -777,3 +777,85 @@ impl<'r> Val for HeaderMapView<'r> {
         Box::new(HeaderMapView::new(self.map))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hv(key: &str, value: &str, raw: &[u8]) -> HeaderValue {
+        HeaderValue {
+            key: key.into(),
+            value: value.into(),
+            raw_value: raw.to_vec(),
+        }
+    }
+
+    fn raw_request() -> HttpRequest {
+        HttpRequest {
+            header_map: Some(HeaderMap {
+                headers: vec![
+                    hv("traceparent", "", b"00-abc-01"),
+                    hv("X-Multi", "a", b""),
+                    hv("x-multi", "", b"b"),
+                    hv("x-bin", "", b"\xff"),
+                    hv("x-both", "ignored", b"raw"),
+                ],
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn request_header_reads_either_encoding() {
+        let r = raw_request();
+        let get = |n| request_header(&r, n).map(|v| v.into_owned());
+        assert_eq!(get("traceparent").as_deref(), Some(&b"00-abc-01"[..]));
+        assert_eq!(get("x-multi").as_deref(), Some(&b"a,b"[..]));
+        assert_eq!(get("x-bin").as_deref(), Some(&b"\xff"[..]));
+        assert_eq!(
+            get("x-both").as_deref(),
+            Some(&b"raw"[..]),
+            "raw_value wins"
+        );
+        assert_eq!(get("x-none"), None);
+        assert_eq!(
+            request_header_names(&r),
+            ["traceparent", "X-Multi", "x-bin", "x-both"]
+        );
+        // With `headers` set, `headers` is what is read.
+        let mut r = r;
+        r.headers.insert("x-multi".into(), "plain".into());
+        assert_eq!(
+            request_header(&r, "x-multi").as_deref(),
+            Some(&b"plain"[..])
+        );
+        assert_eq!(request_header(&r, "traceparent"), None);
+        assert_eq!(request_header_names(&r), ["x-multi"]);
+    }
+
+    #[test]
+    fn headers_from_header_map_are_strings_or_bytes() {
+        let r = raw_request();
+        let Field::Val(v) = Node::Http(&r).field("headers").unwrap() else {
+            panic!("a value")
+        };
+        let idx = v.as_indexer().unwrap();
+        let multi = idx.get(&CelString::from("x-multi")).unwrap();
+        assert_eq!(
+            multi.downcast_ref::<CelString>().map(|s| s.inner()),
+            Some("a,b")
+        );
+        let bin = idx.get(&CelString::from("x-bin")).unwrap();
+        assert_eq!(
+            bin.downcast_ref::<CelBytes>().map(|b| b.inner()),
+            Some(&b"\xff"[..])
+        );
+        assert!(
+            idx.get(&CelString::from("X-Multi")).is_err(),
+            "keys are lower case"
+        );
+        assert_eq!(*v.as_sizer().unwrap().size().inner(), 4);
+        assert!(Node::Http(&r).is_set("headers"));
+        assert!(!Node::Http(&HttpRequest::default()).is_set("headers"));
+    }
+}

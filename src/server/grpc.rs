@@ -480,3 +480,66 @@ pub async fn serve(
         })
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
+    use opentelemetry::propagation::Extractor as _;
+
+    #[test]
+    fn trace_context_is_found_in_header_map_too() {
+        let h = HttpRequest {
+            header_map: Some(HeaderMap {
+                headers: vec![
+                    HeaderValue {
+                        key: "traceparent".into(),
+                        value: String::new(),
+                        raw_value: b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                            .to_vec(),
+                    },
+                    HeaderValue {
+                        key: "tracestate".into(),
+                        value: String::new(),
+                        raw_value: b"\xff".to_vec(),
+                    },
+                ],
+            }),
+            ..Default::default()
+        };
+        let x = HeaderExtractor(&h);
+        assert_eq!(
+            x.get("traceparent"),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        );
+        assert_eq!(x.get("tracestate"), None, "not UTF-8: absent");
+        assert_eq!(x.keys(), ["traceparent", "tracestate"]);
+    }
+
+    #[test]
+    fn the_reply_is_one_framed_message_then_grpc_status_ok() {
+        let response = CheckResponse::default();
+        let mut reply = grpc_reply(&response);
+        assert_eq!(reply.status(), 200);
+        assert_eq!(reply.headers()["content-type"], "application/grpc");
+        let body = reply.body_mut();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut frames = Vec::new();
+        rt.block_on(async {
+            while let Some(f) = std::future::poll_fn(|cx| {
+                http_body::Body::poll_frame(std::pin::Pin::new(&mut *body), cx)
+            })
+            .await
+            {
+                frames.push(f.unwrap());
+            }
+        });
+        assert_eq!(frames.len(), 2);
+        let data = frames[0].data_ref().unwrap();
+        assert_eq!(&data[..5], &[0, 0, 0, 0, response.encoded_len() as u8]);
+        assert_eq!(frames[1].trailers_ref().unwrap()["grpc-status"], "0");
+    }
+}
