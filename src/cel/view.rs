@@ -614,13 +614,12 @@ pub fn request_header_names(h: &HttpRequest) -> Vec<&str> {
     match derived_headers(h) {
         None => h.headers.keys().map(String::as_str).collect(),
         Some(m) => {
-            let mut names: Vec<&str> = Vec::new();
-            for e in &m.headers {
-                if !names.iter().any(|n| n.eq_ignore_ascii_case(&e.key)) {
-                    names.push(&e.key);
-                }
-            }
-            names
+            let mut seen = std::collections::HashSet::new();
+            m.headers
+                .iter()
+                .filter(|e| seen.insert(e.key.to_ascii_lowercase()))
+                .map(|e| e.key.as_str())
+                .collect()
         }
     }
 }
@@ -666,14 +665,15 @@ impl<'r> HeaderMapView<'r> {
 
     fn keys(&self) -> &[CelString<'static>] {
         self.keys.get_or_init(|| {
-            let mut keys: Vec<String> = Vec::new();
-            for e in &self.map.headers {
-                let k = e.key.to_ascii_lowercase();
-                if !keys.contains(&k) {
-                    keys.push(k);
-                }
-            }
-            keys.into_iter().map(CelString::from).collect()
+            // In order of first appearance; a set keeps a long list linear.
+            let mut seen = std::collections::HashSet::new();
+            self.map
+                .headers
+                .iter()
+                .map(|e| e.key.to_ascii_lowercase())
+                .filter(|k| seen.insert(k.clone()))
+                .map(CelString::from)
+                .collect()
         })
     }
 
@@ -857,5 +857,27 @@ mod tests {
         assert_eq!(*v.as_sizer().unwrap().size().inner(), 4);
         assert!(Node::Http(&r).is_set("headers"));
         assert!(!Node::Http(&HttpRequest::default()).is_set("headers"));
+    }
+
+    #[test]
+    fn a_huge_header_map_stays_linear() {
+        // Quadratic work would take minutes here.
+        let n = 50_000;
+        let r = HttpRequest {
+            header_map: Some(HeaderMap {
+                headers: (0..n).map(|i| hv(&format!("x-{i}"), "v", b"")).collect(),
+            }),
+            ..Default::default()
+        };
+        let started = std::time::Instant::now();
+        let view = HeaderMapView::new(r.header_map.as_ref().unwrap());
+        assert_eq!(*view.size().inner(), n as i64);
+        assert!(view.contains(&CelString::from("x-49999")).unwrap());
+        assert_eq!(request_header_names(&r).len(), n);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }
