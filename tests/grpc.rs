@@ -424,8 +424,11 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_check_is_answered_with_a_decision() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("p.yaml"), HOSTILE_POLICIES).unwrap();
-    let set = PolicySet::load(&[dir.path().to_path_buf()]).expect("policies load");
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(policies.join("p.yaml"), HOSTILE_POLICIES).unwrap();
+    let log = dir.path().join("decisions.jsonl");
+    let set = PolicySet::load(&[policies]).expect("policies load");
     let state = State::with_options(
         set,
         EngineConfig {
@@ -434,6 +437,13 @@ async fn every_check_is_answered_with_a_decision() {
         },
         celgate::server::ServeOptions {
             max_request_bytes: Some(LIMIT),
+            decision_log: Some(
+                celgate::telemetry::decision_log::DecisionLog::start(
+                    celgate::telemetry::decision_log::Target::File(log.clone()),
+                    &[],
+                )
+                .unwrap(),
+            ),
             ..Default::default()
         },
     );
@@ -510,7 +520,10 @@ async fn every_check_is_answered_with_a_decision() {
         ("oversized", too_big),
         ("malformed protobuf", b"\xff\xff\xff\xff\xff".to_vec()),
         ("truncated protobuf", b"\x0a\x10abc".to_vec()),
-        ("non-UTF-8 path", with_http(&[field(4, b"/\xff")])),
+        (
+            "non-UTF-8 path",
+            with_http(&[field(4, b"/SECRET-PATH\xff")]),
+        ),
         (
             "non-UTF-8 header name",
             with_http(&[header_entry(b"x-\xff", b"v")]),
@@ -585,4 +598,23 @@ async fn every_check_is_answered_with_a_decision() {
         .expect("server stops")
         .unwrap()
         .expect("clean exit");
+
+    // Each unreadable call is in the decision log as a denial naming the
+    // problem, never the request's bytes.
+    celgate::telemetry::decision_log::drain(Duration::from_secs(5));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    let logged = lines
+        .iter()
+        .filter(|l| l["error"] == "request unreadable")
+        .inspect(|l| {
+            assert_eq!(l["decision"], "deny");
+            assert_eq!(l["status"], FAILURE_STATUS);
+        })
+        .count() as u64;
+    assert_eq!(logged, expected - unreadable, "{text}");
+    assert!(!text.contains("SECRET"), "{text}");
 }
