@@ -268,6 +268,23 @@ impl http_body::Body for Chunks {
     }
 }
 
+/// A request body that sends one chunk, then fails.
+struct Broken(Option<Bytes>);
+
+impl http_body::Body for Broken {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(Some(match self.0.take() {
+            Some(b) => Ok(http_body::Frame::data(b)),
+            None => Err(std::io::Error::other("the client gave up")),
+        }))
+    }
+}
+
 /// POSTs `body` (raw bytes, gRPC framing and all) to `Check` over HTTP/2.
 async fn post_check(addr: std::net::SocketAddr, body: Vec<Vec<u8>>) -> RawAnswer {
     use tonic::codegen::Service as _;
@@ -581,6 +598,33 @@ async fn every_check_is_answered_with_a_decision() {
             expected,
             "{what}: counted"
         );
+    }
+
+    // 4b. A call whose stream breaks half-way (the caller cancelled): no one
+    //     to answer, nothing decided, nothing counted; the server carries on.
+    {
+        use tonic::codegen::Service as _;
+        let mut channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!(
+                "http://{addr}/envoy.service.auth.v3.Authorization/Check"
+            ))
+            .header("content-type", "application/grpc")
+            .body(tonic::body::Body::new(Broken(Some(Bytes::from(
+                framed(&[0u8; 100])[..50].to_vec(),
+            )))))
+            .unwrap();
+        std::future::poll_fn(|cx| channel.poll_ready(cx))
+            .await
+            .unwrap();
+        let _ = channel.call(req).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(decisions(http_addr, "unreadable").await, expected);
     }
 
     // 5. A request just under the limit is read and decided.

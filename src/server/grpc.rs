@@ -323,6 +323,18 @@ impl AuthzService {
         let metadata = tonic::metadata::MetadataMap::from_headers(parts.headers);
         let request = match read {
             Ok(r) => r,
+            Err(Unreadable::Transport) => {
+                // The stream broke (the caller cancelled, e.g. Envoy when its
+                // client went away): nobody is left to answer and nothing
+                // was decided, so this is not counted as a decision.
+                tracing::debug!("check cancelled before its request arrived");
+                let d = engine::failure_decision(
+                    &self.state.config,
+                    None,
+                    "request not received".into(),
+                );
+                return to_check_response(&d);
+            }
             Err(why) => return self.unreadable(&metadata, &why),
         };
         let call = Request::from_parts(metadata, tonic::Extensions::default(), request);
