@@ -212,6 +212,12 @@ struct ServeArgs {
     /// evaluation error (so `failurePolicy: Fail` denies it).
     #[arg(long, env = "CELGATE_MCP_MAX_BODY_BYTES", default_value_t = celgate::cel::mcp::DEFAULT_MAX_BODY_BYTES)]
     mcp_max_body_bytes: usize,
+    /// The largest CheckRequest read, in bytes (the whole protobuf message:
+    /// headers, body and every other attribute). A larger one is answered
+    /// with the failure denial (--failure-status) without being read further.
+    /// Default: --mcp-max-body-bytes plus 1 MiB for the headers and the rest.
+    #[arg(long, env = "CELGATE_MAX_REQUEST_BYTES", value_parser = clap::value_parser!(u64).range(1024..=(u32::MAX as u64)))]
+    max_request_bytes: Option<u64>,
     /// On SIGTERM/SIGINT, keep answering for this many seconds while `/readyz`
     /// answers 503 and gRPC health says NOT_SERVING, then drain and stop: load
     /// balancers and Kubernetes endpoints stop sending first, so no request
@@ -529,7 +535,12 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
                 threads: args.decision_threads as usize,
                 max_pending: args.max_pending_decisions as usize,
                 timeout: std::time::Duration::from_millis(args.decision_timeout_ms),
+                ..Default::default()
             },
+            max_request_bytes: Some(args.max_request_bytes.map_or_else(
+                || celgate::server::decode::default_max_request_bytes(args.mcp_max_body_bytes),
+                |n| n as usize,
+            )),
         },
     );
     let exception_namespaces = match &args.exception_namespaces {

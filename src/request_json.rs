@@ -1,12 +1,14 @@
 //! A `CheckRequest` from JSON, for the CLI and test suites.
 //!
 //! Follows the protobuf JSON mapping: field names in `lowerCamelCase` or their
-//! original `snake_case`, `rawBody` as base64, `time` as RFC 3339. Header
-//! names are lower-cased, as Envoy sends them. A key that is not a field of
+//! original `snake_case`, `rawBody` and `headerMap.headers[].rawValue` as
+//! base64, `time` as RFC 3339. Names in `headers` are lower-cased, as Envoy
+//! sends them (`headerMap` keeps them as written). A key that is not a field of
 //! the message is an error, so a typo never silently drops part of a request.
 
 use envoy_types::pb::envoy::config::core::v3::{
-    address, socket_address::PortSpecifier, Address, Metadata, SocketAddress,
+    address, socket_address::PortSpecifier, Address, HeaderMap, HeaderValue, Metadata,
+    SocketAddress,
 };
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
     HttpRequest, Peer, Request, TlsSession,
@@ -238,6 +240,9 @@ fn request(path: &str, v: &Value) -> R<Request> {
                 .or_else(|| sv.as_str().and_then(|s| s.parse().ok()))
                 .ok_or_else(|| err(&sp, "must be an integer"))?;
         }
+        if let Some((mp, mv)) = h.get("header_map") {
+            http.header_map = Some(header_map(&mp, mv)?);
+        }
         if let Some((bp, bv)) = h.get("raw_body") {
             use base64::Engine;
             let s = bv
@@ -252,6 +257,38 @@ fn request(path: &str, v: &Value) -> R<Request> {
     }
     o.finish()?;
     Ok(r)
+}
+
+/// `header_map` (Envoy's `encode_raw_headers`): `{headers: [{key, value}
+/// or {key, raw_value (base64)}]}`, names kept as written, order kept.
+fn header_map(path: &str, v: &Value) -> R<HeaderMap> {
+    use base64::Engine;
+    let mut o = Obj::new(path, v)?;
+    let mut m = HeaderMap::default();
+    if let Some((p, v)) = o.get("headers") {
+        let list = v.as_array().ok_or_else(|| err(&p, "must be a list"))?;
+        for (i, e) in list.iter().enumerate() {
+            let ep = format!("{p}[{i}]");
+            let mut h = Obj::new(&ep, e)?;
+            let mut hv = HeaderValue {
+                key: h.string("key")?,
+                value: h.string("value")?,
+                ..Default::default()
+            };
+            if let Some((rp, rv)) = h.get("raw_value") {
+                let s = rv
+                    .as_str()
+                    .ok_or_else(|| err(&rp, "must be a base64 string"))?;
+                hv.raw_value = base64::engine::general_purpose::STANDARD
+                    .decode(s)
+                    .map_err(|e| err(&rp, format!("not base64: {e}")))?;
+            }
+            h.finish()?;
+            m.headers.push(hv);
+        }
+    }
+    o.finish()?;
+    Ok(m)
 }
 
 fn metadata(path: &str, v: &Value) -> R<Metadata> {

@@ -22,18 +22,36 @@ use serde_json::{json, Value};
 const GOOD_KEY: &str = "secret-key"; // maps to user "alice" in the policies
 const OTHER_KEY: &str = "other-key"; // maps to user "bob"
 
-/// Starts celgate on the e2e policies and Envoy from `tests/e2e/envoy.yaml.tmpl`.
-async fn start() -> Gateway {
+/// How Envoy encodes the CheckRequest.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Encoding {
+    /// `headers` (a string map) and `body` (a string): Envoy's defaults.
+    Default,
+    /// `encode_raw_headers: true` (`header_map` with raw values) and `pack_as_bytes: true`
+    /// (`raw_body`).
+    Raw,
+}
+
+/// Starts celgate on `policies` and Envoy from `tests/e2e/envoy.yaml.tmpl` with `encoding`.
+async fn start_with(policies: &std::path::Path, encoding: Encoding) -> Gateway {
     let template = std::fs::read_to_string(repo_root().join("tests/e2e/envoy.yaml.tmpl"))
         .expect("read tests/e2e/envoy.yaml.tmpl");
-    Gateway::start(&repo_root().join("tests/e2e/policies"), &[], |p| {
+    let raw = (encoding == Encoding::Raw).to_string();
+    Gateway::start(policies, &[], |p| {
         template
             .replace("{{ADMIN_PORT}}", &p.admin.to_string())
             .replace("{{LISTEN_PORT}}", &p.listen.to_string())
             .replace("{{UPSTREAM_PORT}}", &p.upstream.to_string())
             .replace("{{GRPC_PORT}}", &p.grpc.to_string())
+            .replace("{{ENCODE_RAW_HEADERS}}", &raw)
+            .replace("{{PACK_AS_BYTES}}", &raw)
     })
     .await
+}
+
+/// Starts celgate on the e2e policies and Envoy with Envoy's default encoding.
+async fn start() -> Gateway {
+    start_with(&repo_root().join("tests/e2e/policies"), Encoding::Default).await
 }
 
 fn upstream_path(seen: &Value) -> &str {
@@ -42,8 +60,17 @@ fn upstream_path(seen: &Value) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_ext_authz_end_to_end() {
-    let h = start().await;
+    scenario(start().await).await;
+}
 
+/// The same scenario with Envoy sending raw headers (`header_map`) and the body as bytes
+/// (`raw_body`): every decision, mutation and denial is the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_ext_authz_end_to_end_raw_encoding() {
+    scenario(start_with(&repo_root().join("tests/e2e/policies"), Encoding::Raw).await).await;
+}
+
+async fn scenario(h: Gateway) {
     // 1. /public/: allowed without credentials; a-public adds a client response header.
     let (resp, seen) = h.allowed("GET", "/public/hello", &[], None).await;
     assert_eq!(upstream_path(&seen), "/public/hello");
@@ -180,6 +207,21 @@ async fn envoy_ext_authz_end_to_end() {
         .await;
     assert_eq!(resp.text(), "forbidden content", "denial body");
 
+    // 8b. A body that is not UTF-8: whatever Envoy makes of it (a string with the bytes
+    //     replaced, or raw bytes), it is decided by celgate, never an ext_authz error (503).
+    let mut request = format!(
+        "POST /api/orders HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-api-key: {GOOD_KEY}\r\ncontent-length: 12\r\n\r\n"
+    )
+    .into_bytes();
+    request.extend_from_slice(b"forbidden\xff\xfe!");
+    let before = h.upstream.count();
+    assert_eq!(raw_http_status(h.front, &request).await, 403);
+    assert_eq!(
+        h.upstream.count(),
+        before,
+        "denied, never reached the upstream"
+    );
+
     // 9. A runtime error under failurePolicy Fail: an explicit 403 from celgate. (The test's Envoy
     //    maps an ext_authz transport error to 503, so 403 here cannot be Envoy's error fallback.)
     h.denied(403, "GET", "/boom", &[], None).await;
@@ -201,6 +243,223 @@ async fn envoy_ext_authz_end_to_end() {
     );
 
     // celgate and Envoy are both still up after all of that.
+    let mut h = h;
+    h.celgate.check_alive().unwrap_or_else(|e| panic!("{e}"));
+    h.envoy.check_alive().unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// What a request's outcome looks like from outside, minus what differs between two gateways
+/// (ports, dates, request ids): status, denial body, response headers and, when allowed, what the
+/// upstream received.
+fn outcome(resp: &common::HttpResponse, upstream: Option<Value>) -> Value {
+    let volatile = [
+        "date",
+        "x-envoy-upstream-service-time",
+        "content-length",
+        "host",
+        "x-request-id",
+    ];
+    let mut headers: Vec<(String, String)> = resp
+        .headers
+        .iter()
+        .filter(|(k, _)| !volatile.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    headers.sort();
+    let seen = upstream.map(|mut seen| {
+        if let Some(h) = seen["headers"].as_object_mut() {
+            for v in volatile {
+                h.remove(v);
+            }
+        }
+        seen
+    });
+    json!({
+        "status": resp.status,
+        "headers": headers,
+        "body": if seen.is_some() { Value::Null } else { json!(resp.text()) },
+        "upstream": seen,
+    })
+}
+
+/// The shipped policies (`policies/`) decide every request the same whichever way Envoy encodes
+/// the CheckRequest: statuses, denial bodies and headers, headers added and removed upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_policies_decide_the_same_with_raw_headers() {
+    let policies = repo_root().join("policies");
+    let (plain, raw) = tokio::join!(
+        start_with(&policies, Encoding::Default),
+        start_with(&policies, Encoding::Raw)
+    );
+    type Req<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, Option<&'a [u8]>);
+    let requests: Vec<Req> = vec![
+        ("GET", "/healthz", vec![], None),
+        ("GET", "/public/logo.png?v=2", vec![], None),
+        ("GET", "/admin", vec![], None),
+        ("GET", "/admin", vec![("x-api-key", "demo-key-alice")], None),
+        ("GET", "/api/orders", vec![], None),
+        ("GET", "/api/orders", vec![("x-api-key", "guess")], None),
+        ("GET", "/api/orders", vec![("x-api-key", "")], None),
+        (
+            "GET",
+            "/api/orders",
+            vec![("x-api-key", "demo-key-alice")],
+            None,
+        ),
+        // Header names are case-insensitive; Envoy lower-cases them in both encodings.
+        (
+            "GET",
+            "/api/orders?x=1",
+            vec![("X-Api-Key", "demo-key-bob")],
+            None,
+        ),
+        // A client's own x-user is replaced.
+        (
+            "GET",
+            "/api/orders",
+            vec![("x-api-key", "demo-key-bob"), ("x-user", "mallory")],
+            None,
+        ),
+        // A repeated header is one joined value in both: not a known key.
+        (
+            "GET",
+            "/api/orders",
+            vec![
+                ("x-api-key", "demo-key-bob"),
+                ("x-api-key", "demo-key-alice"),
+            ],
+            None,
+        ),
+        // Non-ASCII (UTF-8) in a value.
+        (
+            "GET",
+            "/api/orders",
+            vec![("x-api-key", "démo-key-bob")],
+            None,
+        ),
+        (
+            "POST",
+            "/api/orders",
+            vec![
+                ("x-api-key", "demo-key-alice"),
+                ("content-type", "application/json"),
+            ],
+            Some(br#"{"item":"book"}"#),
+        ),
+        ("POST", "/api/orders", vec![], Some(b"{}")),
+    ];
+    for (method, target, headers, body) in &requests {
+        let mut outcomes = Vec::new();
+        for h in [&plain, &raw] {
+            let before = h.upstream.count();
+            let resp = h.send(method, target, headers, *body).await;
+            let reached = h.upstream.count() > before;
+            assert!(
+                resp.status != 503,
+                "{method} {target} {headers:?}: ext_authz failed (503), not a decision: {:?}",
+                resp.text()
+            );
+            outcomes.push(outcome(&resp, reached.then(|| h.upstream.last()).flatten()));
+        }
+        assert_eq!(
+            outcomes[0], outcomes[1],
+            "{method} {target} {headers:?}: default encoding (left) and raw encoding (right) differ"
+        );
+    }
+    // The requests above cover allow, each denial and the header mutations.
+    let statuses: std::collections::BTreeSet<u16> = {
+        let mut s = std::collections::BTreeSet::new();
+        for (method, target, headers, body) in &requests {
+            s.insert(raw.send(method, target, headers, *body).await.status);
+        }
+        s
+    };
+    assert_eq!(
+        statuses.into_iter().collect::<Vec<_>>(),
+        vec![200, 401, 403, 404]
+    );
+
+    // A byte that is not UTF-8 in the key: Envoy passes it raw in `header_map`; the policy sees
+    // bytes, which are no known key: denied, never allowed, and never an ext_authz error.
+    for h in [&plain, &raw] {
+        let status = raw_http_status(
+            h.front,
+            b"GET /api/orders HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-api-key: demo-key-bob\xff\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status, 403, "a non-UTF-8 key is denied");
+    }
+    let mut plain = plain;
+    let mut raw = raw;
+    for h in [&mut plain, &mut raw] {
+        h.celgate.check_alive().unwrap_or_else(|e| panic!("{e}"));
+        h.envoy.check_alive().unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// Sends `request` as is (bytes the test helpers cannot put in a `&str`) and returns the status.
+async fn raw_http_status(addr: std::net::SocketAddr, request: &[u8]) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    let head = String::from_utf8_lossy(&out);
+    head.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {head:?}"))
+}
+
+/// A CheckRequest over `--max-request-bytes` is answered with celgate's failure denial (read no
+/// further), which Envoy applies: never Envoy's ext_authz error path (503 here), never an allow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_check_request_through_envoy_is_the_failure_denial() {
+    let template = std::fs::read_to_string(repo_root().join("tests/e2e/envoy.yaml.tmpl"))
+        .expect("read tests/e2e/envoy.yaml.tmpl");
+    let h = Gateway::start(
+        &repo_root().join("policies"),
+        &[
+            "--max-request-bytes",
+            "4096",
+            "--failure-status",
+            "429",
+            "--failure-body",
+            "cannot decide",
+        ],
+        |p| {
+            template
+                .replace("{{ADMIN_PORT}}", &p.admin.to_string())
+                .replace("{{LISTEN_PORT}}", &p.listen.to_string())
+                .replace("{{UPSTREAM_PORT}}", &p.upstream.to_string())
+                .replace("{{GRPC_PORT}}", &p.grpc.to_string())
+                .replace("{{ENCODE_RAW_HEADERS}}", "false")
+                .replace("{{PACK_AS_BYTES}}", "false")
+        },
+    )
+    .await;
+    // Small enough: decided by the policies.
+    h.allowed("GET", "/public/x", &[], None).await;
+    // 8 KiB of body (Envoy's with_request_body limit in the template) plus headers: over 4096.
+    let body = vec![b'a'; 8000];
+    let resp = h
+        .denied(
+            429,
+            "POST",
+            "/public/x",
+            &[("x-api-key", "demo-key-alice")],
+            Some(&body),
+        )
+        .await;
+    assert_eq!(resp.text(), "cannot decide");
+    let big = "b".repeat(6000);
+    h.denied(429, "GET", "/public/x", &[("x-pad", &big)], None)
+        .await;
+    // And the next request on the same gRPC connection is fine.
+    h.allowed("GET", "/public/y", &[], None).await;
     let mut h = h;
     h.celgate.check_alive().unwrap_or_else(|e| panic!("{e}"));
     h.envoy.check_alive().unwrap_or_else(|e| panic!("{e}"));

@@ -168,3 +168,557 @@ fn binary_exits_zero_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+// ---------------------------------------------------------------------------
+// Every Check is answered with a decision: hostile bytes on the wire.
+// ---------------------------------------------------------------------------
+
+use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
+use prost::Message as _;
+use tonic::codegen::{http, Bytes};
+
+/// Sends `message` (any bytes) as the one message of a `Check` call.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+struct RawEncoder;
+struct ResponseDecoder;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = CheckResponse;
+    type Encoder = RawEncoder;
+    type Decoder = ResponseDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> ResponseDecoder {
+        ResponseDecoder
+    }
+}
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        prost::bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for ResponseDecoder {
+    type Item = CheckResponse;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<CheckResponse>, tonic::Status> {
+        CheckResponse::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+/// One `Check` carrying `message` as is; the server's answer must be gRPC OK.
+async fn check_raw(addr: std::net::SocketAddr, message: Vec<u8>) -> CheckResponse {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    grpc.unary(
+        tonic::Request::new(message),
+        http::uri::PathAndQuery::from_static("/envoy.service.auth.v3.Authorization/Check"),
+        RawCodec,
+    )
+    .await
+    .unwrap_or_else(|s| panic!("a gRPC error instead of a decision: {s:?}"))
+    .into_inner()
+}
+
+/// What came back from a hand-made HTTP/2 request: the HTTP status, the gRPC
+/// status (trailers, or headers for a trailers-only answer) and the message.
+struct RawAnswer {
+    http: u16,
+    grpc_status: Option<String>,
+    response: Option<CheckResponse>,
+}
+
+/// A request body of fixed chunks.
+struct Chunks(Vec<Bytes>);
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(if self.0.is_empty() {
+            None
+        } else {
+            Some(Ok(http_body::Frame::data(self.0.remove(0))))
+        })
+    }
+}
+
+/// A request body that sends one chunk, then fails.
+struct Broken(Option<Bytes>);
+
+impl http_body::Body for Broken {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(Some(match self.0.take() {
+            Some(b) => Ok(http_body::Frame::data(b)),
+            None => Err(std::io::Error::other("the client gave up")),
+        }))
+    }
+}
+
+/// A request body that sends one chunk, then nothing, for ever.
+struct Stalled(Option<Bytes>);
+
+impl http_body::Body for Stalled {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        match self.0.take() {
+            Some(b) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(b)))),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+/// POSTs `body` (raw bytes, gRPC framing and all) to `Check` over HTTP/2.
+async fn post_check(addr: std::net::SocketAddr, body: Vec<Vec<u8>>) -> RawAnswer {
+    use tonic::codegen::Service as _;
+    let mut channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{addr}/envoy.service.auth.v3.Authorization/Check"
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(Chunks(
+            body.into_iter().map(Bytes::from).collect(),
+        )))
+        .unwrap();
+    std::future::poll_fn(|cx| channel.poll_ready(cx))
+        .await
+        .unwrap();
+    let resp = channel.call(req).await.expect("an HTTP/2 answer");
+    let http_status = resp.status().as_u16();
+    let mut grpc_status = resp
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let mut body = resp.into_body();
+    let mut data = Vec::new();
+    while let Some(frame) =
+        std::future::poll_fn(|cx| http_body::Body::poll_frame(std::pin::Pin::new(&mut body), cx))
+            .await
+    {
+        let frame = frame.expect("body frame");
+        match frame.into_data() {
+            Ok(d) => data.extend_from_slice(&d),
+            Err(frame) => {
+                if let Some(t) = frame.trailers_ref() {
+                    if let Some(s) = t.get("grpc-status") {
+                        grpc_status = Some(s.to_str().unwrap().to_owned());
+                    }
+                }
+            }
+        }
+    }
+    let response = (data.len() >= 5).then(|| {
+        assert_eq!(data[0], 0, "uncompressed");
+        let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
+        assert_eq!(data.len(), 5 + len, "one whole message");
+        CheckResponse::decode(&data[5..]).expect("a CheckResponse")
+    });
+    RawAnswer {
+        http: http_status,
+        grpc_status,
+        response,
+    }
+}
+
+fn framed(message: &[u8]) -> Vec<u8> {
+    let mut f = vec![0];
+    f.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    f.extend_from_slice(message);
+    f
+}
+
+/// The denial's HTTP status, or `None` for an allow.
+fn denial_status(r: &CheckResponse) -> Option<i32> {
+    match &r.http_response {
+        Some(HttpResponse::DeniedResponse(d)) => Some(d.status.unwrap_or_default().code),
+        Some(HttpResponse::OkResponse(_)) => None,
+        _ => panic!("a CheckResponse that is neither OK nor denied: {r:?}"),
+    }
+}
+
+/// `authz_decisions_total` for `source` (summed over policies), from /metrics.
+async fn decisions(http_addr: std::net::SocketAddr, source: &str) -> u64 {
+    let (status, body) = tokio::task::spawn_blocking(move || get_blocking(http_addr, "/metrics"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200);
+    let needle = format!("source=\"{source}\"");
+    body.lines()
+        .filter(|l| l.starts_with("authz_decisions_total{") && l.contains(&needle))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+/// Protobuf wire helpers: a length-delimited field.
+fn field(tag: u32, bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    prost::encoding::bytes::encode(tag, &bytes.to_vec(), &mut out);
+    out
+}
+
+/// A CheckRequest whose HttpRequest is made of `http` (encoded fields).
+fn with_http(http: &[Vec<u8>]) -> Vec<u8> {
+    field(1, &field(4, &field(2, &http.concat())))
+}
+
+/// HttpRequest.headers entry (tag 3) with raw bytes.
+fn header_entry(k: &[u8], v: &[u8]) -> Vec<u8> {
+    field(3, &[field(1, k), field(2, v)].concat())
+}
+
+const FAILURE_STATUS: i32 = 503;
+const LIMIT: usize = 64 * 1024;
+
+const HOSTILE_POLICIES: &str = r#"
+apiVersion: policies.kyverno.io/v1
+kind: ValidatingPolicy
+metadata: { name: deny-list }
+spec:
+  evaluation: { mode: Envoy }
+  failurePolicy: Fail
+  validations:
+  - expression: >
+      "x-blocked" in object.attributes.request.http.headers
+        ? envoy.Denied(451).WithBody("blocked\n").Response()
+        : null
+---
+apiVersion: policies.kyverno.io/v1
+kind: ValidatingPolicy
+metadata: { name: name-rule }
+spec:
+  evaluation: { mode: Envoy }
+  failurePolicy: Fail
+  matchConditions:
+  - name: has-name
+    expression: '"x-name" in object.attributes.request.http.headers'
+  validations:
+  - expression: >
+      object.attributes.request.http.headers["x-name"].startsWith("a")
+        ? envoy.Denied(409).Response()
+        : envoy.Allowed().WithHeader("x-name-seen", object.attributes.request.http.headers["x-name"]).Response()
+---
+apiVersion: policies.kyverno.io/v1
+kind: ValidatingPolicy
+metadata: { name: body-rule }
+spec:
+  evaluation: { mode: Envoy }
+  failurePolicy: Fail
+  matchConditions:
+  - name: post
+    expression: object.attributes.request.http.method == "POST"
+  validations:
+  - expression: >
+      object.attributes.request.http.body.contains("forbidden")
+        ? envoy.Denied(403).WithBody("forbidden content").Response()
+        : envoy.Allowed().Response()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_check_is_answered_with_a_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(policies.join("p.yaml"), HOSTILE_POLICIES).unwrap();
+    let log = dir.path().join("decisions.jsonl");
+    let set = PolicySet::load(&[policies]).expect("policies load");
+    let state = State::with_options(
+        set,
+        EngineConfig {
+            failure_status: FAILURE_STATUS,
+            failure_body: "cannot decide\n".into(),
+        },
+        celgate::server::ServeOptions {
+            max_request_bytes: Some(LIMIT),
+            limits: celgate::server::limits::Limits {
+                read_timeout: Duration::from_millis(300),
+                ..Default::default()
+            },
+            decision_log: Some(
+                celgate::telemetry::decision_log::DecisionLog::start(
+                    celgate::telemetry::decision_log::Target::File(log.clone()),
+                    &[],
+                )
+                .unwrap(),
+            ),
+            ..Default::default()
+        },
+    );
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve_on(state, grpc, http, async {
+        let _ = stop_rx.await;
+    }));
+
+    let is_failure_denial = |r: &CheckResponse| {
+        let Some(HttpResponse::DeniedResponse(d)) = &r.http_response else {
+            return false;
+        };
+        d.status.unwrap_or_default().code == FAILURE_STATUS && d.body == "cannot decide\n"
+    };
+    let unreadable = decisions(http_addr, "unreadable").await;
+    let errors = decisions(http_addr, "error").await;
+
+    // Sanity: an ordinary request is allowed.
+    let ok = check_raw(addr, with_http(&[field(2, b"GET")])).await;
+    assert_eq!(denial_status(&ok), None, "{ok:?}");
+
+    // 1. A header value that is not UTF-8 is read (as bytes): the deny-list
+    //    on its presence still denies...
+    let r = check_raw(
+        addr,
+        with_http(&[field(2, b"GET"), header_entry(b"x-blocked", b"\xff\xfe")]),
+    )
+    .await;
+    assert_eq!(denial_status(&r), Some(451), "{r:?}");
+    // ... and it never passes for a string: a string function on it is an
+    //    evaluation error, so failurePolicy Fail denies.
+    let r = check_raw(
+        addr,
+        with_http(&[field(2, b"GET"), header_entry(b"x-name", b"a\xff")]),
+    )
+    .await;
+    assert!(is_failure_denial(&r), "{r:?}");
+    assert_eq!(decisions(http_addr, "error").await, errors + 1);
+    // The same header as valid UTF-8 is judged normally.
+    let r = check_raw(
+        addr,
+        with_http(&[field(2, b"GET"), header_entry(b"x-name", b"bob")]),
+    )
+    .await;
+    assert_eq!(denial_status(&r), None, "{r:?}");
+
+    // 2. A body that is not UTF-8: `body` is bytes, `.contains` on it an
+    //    error: the failure denial, counted as an evaluation error.
+    let r = check_raw(
+        addr,
+        with_http(&[field(2, b"POST"), field(11, b"forbidden\xff")]),
+    )
+    .await;
+    assert!(is_failure_denial(&r), "{r:?}");
+    assert_eq!(decisions(http_addr, "error").await, errors + 2);
+    // `raw_body` alone (pack_as_bytes) reads as `body` when it is text.
+    let r = check_raw(
+        addr,
+        with_http(&[field(2, b"POST"), field(12, b"{\"x\":\"forbidden\"}")]),
+    )
+    .await;
+    assert_eq!(denial_status(&r), Some(403), "{r:?}");
+
+    // 3. Requests that cannot be read at all: the failure denial, before any
+    //    policy, each counted as source="unreadable".
+    let too_big = with_http(&[
+        field(2, b"GET"),
+        header_entry(b"x-big", &vec![b'a'; LIMIT + 1]),
+    ]);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("oversized", too_big),
+        ("malformed protobuf", b"\xff\xff\xff\xff\xff".to_vec()),
+        ("truncated protobuf", b"\x0a\x10abc".to_vec()),
+        (
+            "non-UTF-8 path",
+            with_http(&[field(4, b"/SECRET-PATH\xff")]),
+        ),
+        (
+            "non-UTF-8 header name",
+            with_http(&[header_entry(b"x-\xff", b"v")]),
+        ),
+    ];
+    let mut expected = unreadable;
+    for (what, message) in cases {
+        let r = check_raw(addr, message).await;
+        assert!(is_failure_denial(&r), "{what}: {r:?}");
+        expected += 1;
+        assert_eq!(
+            decisions(http_addr, "unreadable").await,
+            expected,
+            "{what}: counted"
+        );
+    }
+
+    // 4. Broken gRPC framing, sent as raw HTTP/2: still HTTP 200, gRPC OK and
+    //    the failure denial.
+    let big = framed(&[0u8; 10]);
+    let mut huge_prefix = vec![0u8];
+    huge_prefix.extend_from_slice(&u32::MAX.to_be_bytes());
+    let frames: Vec<(&str, Vec<Vec<u8>>)> = vec![
+        ("empty body", vec![]),
+        ("half a prefix", vec![vec![0, 0]]),
+        ("cut short", vec![big[..8].to_vec()]),
+        (
+            "compressed flag",
+            vec![{
+                let mut f = framed(b"");
+                f[0] = 1;
+                f
+            }],
+        ),
+        ("two messages", vec![framed(b""), framed(b"")]),
+        ("4 GiB declared", vec![huge_prefix]),
+        (
+            "oversized in many frames",
+            std::iter::once(framed(&vec![0u8; LIMIT * 2])[..5].to_vec())
+                .chain(std::iter::repeat_n(vec![0u8; 16 * 1024], 8))
+                .collect(),
+        ),
+    ];
+    for (what, body) in frames {
+        let a = post_check(addr, body).await;
+        assert_eq!(a.http, 200, "{what}");
+        assert_eq!(a.grpc_status.as_deref(), Some("0"), "{what}");
+        let r = a
+            .response
+            .unwrap_or_else(|| panic!("{what}: no CheckResponse"));
+        assert!(is_failure_denial(&r), "{what}: {r:?}");
+        expected += 1;
+        assert_eq!(
+            decisions(http_addr, "unreadable").await,
+            expected,
+            "{what}: counted"
+        );
+    }
+
+    // 4b. A call whose stream breaks half-way (the caller cancelled): no one
+    //     to answer, nothing decided, nothing counted; the server carries on.
+    {
+        use tonic::codegen::Service as _;
+        let mut channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!(
+                "http://{addr}/envoy.service.auth.v3.Authorization/Check"
+            ))
+            .header("content-type", "application/grpc")
+            .body(tonic::body::Body::new(Broken(Some(Bytes::from(
+                framed(&[0u8; 100])[..50].to_vec(),
+            )))))
+            .unwrap();
+        std::future::poll_fn(|cx| channel.poll_ready(cx))
+            .await
+            .unwrap();
+        let _ = channel.call(req).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(decisions(http_addr, "unreadable").await, expected);
+    }
+
+    // 4c. A call that sends half its message and then stalls (a slowloris)
+    //     holds its stream only until the read timeout: then the failure
+    //     denial, counted as unreadable.
+    {
+        use tonic::codegen::Service as _;
+        let mut channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!(
+                "http://{addr}/envoy.service.auth.v3.Authorization/Check"
+            ))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(tonic::body::Body::new(Stalled(Some(Bytes::from(
+                framed(&[0u8; 100])[..50].to_vec(),
+            )))))
+            .unwrap();
+        std::future::poll_fn(|cx| channel.poll_ready(cx))
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let resp = tokio::time::timeout(Duration::from_secs(5), channel.call(req))
+            .await
+            .expect("answered once the read timeout passed, not left hanging")
+            .expect("an HTTP/2 answer");
+        assert_eq!(resp.status().as_u16(), 200);
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            started.elapsed()
+        );
+        expected += 1;
+        assert_eq!(decisions(http_addr, "unreadable").await, expected);
+    }
+
+    // 5. A request just under the limit is read and decided.
+    let fits = with_http(&[
+        field(2, b"GET"),
+        header_entry(b"x-big", &vec![b'a'; LIMIT - 100]),
+    ]);
+    assert!(fits.len() <= LIMIT);
+    let r = check_raw(addr, fits).await;
+    assert_eq!(denial_status(&r), None, "{r:?}");
+
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("server stops")
+        .unwrap()
+        .expect("clean exit");
+
+    // Each unreadable call is in the decision log as a denial naming the
+    // problem, never the request's bytes.
+    celgate::telemetry::decision_log::drain(Duration::from_secs(5));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    let logged = lines
+        .iter()
+        .filter(|l| l["error"] == "request unreadable")
+        .inspect(|l| {
+            assert_eq!(l["decision"], "deny");
+            assert_eq!(l["status"], FAILURE_STATUS);
+        })
+        .count() as u64;
+    assert_eq!(logged, expected - unreadable, "{text}");
+    assert!(!text.contains("SECRET"), "{text}");
+}

@@ -96,7 +96,9 @@ async fn bearer_tokens_and_roles_through_envoy() {
         .replace("{{ADMIN_PORT}}", &admin_port.to_string())
         .replace("{{LISTEN_PORT}}", &listen_port.to_string())
         .replace("{{UPSTREAM_PORT}}", &upstream.addr.port().to_string())
-        .replace("{{GRPC_PORT}}", &grpc_port.to_string());
+        .replace("{{GRPC_PORT}}", &grpc_port.to_string())
+        .replace("{{ENCODE_RAW_HEADERS}}", "false")
+        .replace("{{PACK_AS_BYTES}}", "false");
     let config_path = dir.path().join("envoy.yaml");
     std::fs::write(&config_path, config).unwrap();
     let mut cmd = Command::new(&envoy_bin);

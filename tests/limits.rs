@@ -247,6 +247,7 @@ async fn a_full_queue_gets_the_overload_denial_at_once() {
             threads: 1,
             max_pending: 1,
             timeout: Duration::from_secs(30),
+            ..Default::default()
         },
         ..Default::default()
     };

@@ -186,9 +186,8 @@ fn parse_in_request(bytes: &[u8]) -> Cached {
         }
     }
     let partial = http.is_some_and(|h| {
-        h.headers
-            .get(PARTIAL_BODY_HEADER)
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+        crate::cel::view::request_header(h, PARTIAL_BODY_HEADER)
+            .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"true"))
     });
     let result = if partial {
         PARSES.set(PARSES.get() + 1);

@@ -17,12 +17,14 @@ use cel::common::types::{
 use cel::common::value::{CowVal, Val};
 use cel::ExecutionError;
 use envoy_types::pb::envoy::config::core::v3::{
-    address, socket_address::PortSpecifier, Address, HeaderMap, Metadata, SocketAddress,
+    address, socket_address::PortSpecifier, Address, HeaderMap, HeaderValue, Metadata,
+    SocketAddress,
 };
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
     HttpRequest, Peer, Request, TlsSession,
 };
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{LazyLock, OnceLock};
 
@@ -154,7 +156,10 @@ impl<'r> Node<'r> {
             Node::Http(h) => match name {
                 "id" => s(&h.id),
                 "method" => s(&h.method),
-                "headers" => map(&h.headers),
+                "headers" => match derived_headers(h) {
+                    Some(m) => Field::Val(Box::new(HeaderMapView::new(m))),
+                    None => map(&h.headers),
+                },
                 "header_map" => node(Node::HeaderMap(
                     h.header_map.as_ref().unwrap_or(&EMPTY_HEADER_MAP),
                 )),
@@ -165,7 +170,16 @@ impl<'r> Node<'r> {
                 "fragment" => s(&h.fragment),
                 "size" => Field::Val(Box::new(CelInt::from(h.size))),
                 "protocol" => s(&h.protocol),
+                // `body` and `raw_body` read the same bytes whichever one
+                // Envoy filled (`pack_as_bytes`): `body` is a string when
+                // they are UTF-8 and `bytes` when not.
+                "body" if h.body.is_empty() => {
+                    Field::Val(text_or_bytes(Cow::Borrowed(&h.raw_body)))
+                }
                 "body" => s(&h.body),
+                "raw_body" if h.raw_body.is_empty() => {
+                    Field::Val(Box::new(CelBytes::from(h.body.as_bytes())))
+                }
                 "raw_body" => Field::Val(Box::new(CelBytes::from(h.raw_body.as_slice()))),
                 _ => return missing(),
             },
@@ -217,12 +231,10 @@ impl<'r> Node<'r> {
                                 CelMapKey::from("key"),
                                 Box::new(CelString::from(h.key.as_str())),
                             );
-                            let value = if h.value.is_empty() {
-                                String::from_utf8_lossy(&h.raw_value).into_owned()
-                            } else {
-                                h.value.clone()
-                            };
-                            m.insert(CelMapKey::from("value"), Box::new(CelString::from(value)));
+                            m.insert(
+                                CelMapKey::from("value"),
+                                text_or_bytes(Cow::Borrowed(raw_value(h))),
+                            );
                             Box::new(CelMap::from(m)) as Box<dyn Val>
                         })
                         .collect();
@@ -298,7 +310,7 @@ impl<'r> Node<'r> {
             Node::Http(h) => match name {
                 "id" => !h.id.is_empty(),
                 "method" => !h.method.is_empty(),
-                "headers" => !h.headers.is_empty(),
+                "headers" => !h.headers.is_empty() || derived_headers(h).is_some(),
                 "header_map" => h.header_map.is_some(),
                 "path" => !h.path.is_empty(),
                 "host" => !h.host.is_empty(),
@@ -307,8 +319,7 @@ impl<'r> Node<'r> {
                 "fragment" => !h.fragment.is_empty(),
                 "size" => h.size != 0,
                 "protocol" => !h.protocol.is_empty(),
-                "body" => !h.body.is_empty(),
-                "raw_body" => !h.raw_body.is_empty(),
+                "body" | "raw_body" => !h.body.is_empty() || !h.raw_body.is_empty(),
                 _ => false,
             },
             Node::Tls(t) => name == "sni" && !t.sni.is_empty(),
@@ -548,5 +559,325 @@ impl<'r> Val for StrMap<'r> {
         Self: 'v,
     {
         Box::new(StrMap::new(self.map))
+    }
+}
+
+/// The bytes of a `header_map` entry: `raw_value` when set (Envoy's
+/// `encode_raw_headers`), else `value`.
+fn raw_value(h: &HeaderValue) -> &[u8] {
+    if h.raw_value.is_empty() {
+        h.value.as_bytes()
+    } else {
+        &h.raw_value
+    }
+}
+
+/// A CEL string when `b` is UTF-8, else CEL `bytes`: bytes that are not text
+/// never pass for a string (comparing them with one, or calling a string
+/// function on them, is a type error, so `failurePolicy: Fail` denies).
+fn text_or_bytes(b: Cow<'_, [u8]>) -> Box<dyn Val + '_> {
+    match b {
+        Cow::Borrowed(b) => match std::str::from_utf8(b) {
+            Ok(s) => Box::new(CelString::from(s)),
+            Err(_) => Box::new(CelBytes::from(b)),
+        },
+        Cow::Owned(b) => match String::from_utf8(b) {
+            Ok(s) => Box::new(CelString::from(s)),
+            Err(e) => Box::new(CelBytes::from(e.into_bytes())),
+        },
+    }
+}
+
+/// The `header_map` that `headers` is read from: when the request carries
+/// its headers there (Envoy's `encode_raw_headers: true`) and `headers` is
+/// empty.
+fn derived_headers(h: &HttpRequest) -> Option<&HeaderMap> {
+    if !h.headers.is_empty() {
+        return None;
+    }
+    h.header_map.as_ref().filter(|m| !m.headers.is_empty())
+}
+
+/// The value of header `name` (lower case) as `headers` has it, in either
+/// encoding: from `headers`, or from `header_map` (names matched without
+/// regard to case; repeated names joined with ",", as Envoy joins them in
+/// `headers`). Bytes, since a raw value need not be UTF-8.
+pub fn request_header<'r>(h: &'r HttpRequest, name: &str) -> Option<Cow<'r, [u8]>> {
+    match derived_headers(h) {
+        None => h.headers.get(name).map(|v| Cow::Borrowed(v.as_bytes())),
+        Some(m) => joined(m, name),
+    }
+}
+
+/// The header names of the request, in either encoding (lower case).
+pub fn request_header_names(h: &HttpRequest) -> Vec<&str> {
+    match derived_headers(h) {
+        None => h.headers.keys().map(String::as_str).collect(),
+        Some(m) => {
+            let mut seen = std::collections::HashSet::new();
+            m.headers
+                .iter()
+                .filter(|e| seen.insert(e.key.to_ascii_lowercase()))
+                .map(|e| e.key.as_str())
+                .collect()
+        }
+    }
+}
+
+fn joined<'r>(m: &'r HeaderMap, name: &str) -> Option<Cow<'r, [u8]>> {
+    let mut out: Option<Cow<'r, [u8]>> = None;
+    for e in m
+        .headers
+        .iter()
+        .filter(|e| e.key.eq_ignore_ascii_case(name))
+    {
+        let v = raw_value(e);
+        out = Some(match out {
+            None => Cow::Borrowed(v),
+            Some(prev) => {
+                let mut joined = prev.into_owned();
+                joined.push(b',');
+                joined.extend_from_slice(v);
+                Cow::Owned(joined)
+            }
+        });
+    }
+    out
+}
+
+/// `headers` read from a `header_map`: a `map<string, string>` (with `bytes`
+/// values where a raw value is not UTF-8), keyed by lower-case name, each
+/// repeated name once with its values joined by ",". Looked up in place;
+/// keys are materialised only if the map is iterated.
+#[derive(Debug)]
+pub struct HeaderMapView<'r> {
+    map: &'r HeaderMap,
+    keys: OnceLock<Vec<CelString<'static>>>,
+}
+
+impl<'r> HeaderMapView<'r> {
+    fn new(map: &'r HeaderMap) -> Self {
+        HeaderMapView {
+            map,
+            keys: OnceLock::new(),
+        }
+    }
+
+    fn keys(&self) -> &[CelString<'static>] {
+        self.keys.get_or_init(|| {
+            // In order of first appearance; a set keeps a long list linear.
+            let mut seen = std::collections::HashSet::new();
+            self.map
+                .headers
+                .iter()
+                .map(|e| e.key.to_ascii_lowercase())
+                .filter(|k| seen.insert(k.clone()))
+                .map(CelString::from)
+                .collect()
+        })
+    }
+
+    fn lookup(&self, name: &str) -> Result<Box<dyn Val + 'r>, ExecutionError> {
+        // Keys are lower case, as in `headers`: an upper-case lookup misses.
+        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(ExecutionError::no_such_key(name));
+        }
+        joined(self.map, name)
+            .map(text_or_bytes)
+            .ok_or_else(|| ExecutionError::no_such_key(name))
+    }
+}
+
+impl<'r> Indexer for HeaderMapView<'r> {
+    fn get<'b, 'v>(&'b self, idx: &dyn Val) -> Result<CowVal<'b, 'v>, ExecutionError>
+    where
+        Self: 'v,
+    {
+        let v: Box<dyn Val + 'r> = self.lookup(super::string_key(idx)?)?;
+        Ok(CowVal::Owned(v))
+    }
+
+    fn steal<'v>(self: Box<Self>, idx: &dyn Val) -> Result<Box<dyn Val + 'v>, ExecutionError>
+    where
+        Self: 'v,
+    {
+        self.lookup(super::string_key(idx)?)
+    }
+}
+
+impl Container for HeaderMapView<'_> {
+    fn contains(&self, value: &dyn Val) -> Result<bool, ExecutionError> {
+        Ok(value
+            .downcast_ref::<CelString>()
+            .is_some_and(|k| self.keys().iter().any(|o| o.inner() == k.inner())))
+    }
+}
+
+impl Sizer for HeaderMapView<'_> {
+    fn size(&self) -> CelInt {
+        CelInt::from(self.keys().len() as i64)
+    }
+}
+
+impl<'r> Iterable for HeaderMapView<'r> {
+    fn iter<'b, 'v>(&'b self) -> Box<dyn CelIterator<'b, 'v> + 'b>
+    where
+        Self: 'v,
+    {
+        Box::new(KeyIter(self.keys().iter()))
+    }
+}
+
+impl<'r> Val for HeaderMapView<'r> {
+    fn get_type(&self) -> &Type {
+        &MAP_TYPE
+    }
+    fn cel_type() -> &'static Type {
+        &MAP_TYPE
+    }
+    fn as_indexer<'b, 'v>(&'b self) -> Option<&'b (dyn Indexer + 'v)>
+    where
+        Self: 'v,
+    {
+        Some(self)
+    }
+    fn as_container(&self) -> Option<&dyn Container> {
+        Some(self)
+    }
+    fn as_sizer(&self) -> Option<&dyn Sizer> {
+        Some(self)
+    }
+    fn as_iterable<'b, 'v>(&'b self) -> Option<&'b (dyn Iterable + 'v)>
+    where
+        Self: 'v,
+    {
+        Some(self)
+    }
+    fn equals(&self, other: &dyn Val) -> bool {
+        // Equal to any map with the same entries.
+        let (Some(size), Some(idx)) = (other.as_sizer(), other.as_indexer()) else {
+            return false;
+        };
+        if other.get_type().kind() != cel::common::types::Kind::Map
+            || *size.size().inner() != self.keys().len() as i64
+        {
+            return false;
+        }
+        self.keys().iter().all(|k| {
+            let (Ok(mine), Ok(theirs)) = (self.lookup(k.inner()), idx.get(k)) else {
+                return false;
+            };
+            mine.equals(theirs.as_ref())
+        })
+    }
+    fn clone_as_boxed<'v>(&self) -> Box<dyn Val + 'v>
+    where
+        Self: 'v,
+    {
+        Box::new(HeaderMapView::new(self.map))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hv(key: &str, value: &str, raw: &[u8]) -> HeaderValue {
+        HeaderValue {
+            key: key.into(),
+            value: value.into(),
+            raw_value: raw.to_vec(),
+        }
+    }
+
+    fn raw_request() -> HttpRequest {
+        HttpRequest {
+            header_map: Some(HeaderMap {
+                headers: vec![
+                    hv("traceparent", "", b"00-abc-01"),
+                    hv("X-Multi", "a", b""),
+                    hv("x-multi", "", b"b"),
+                    hv("x-bin", "", b"\xff"),
+                    hv("x-both", "ignored", b"raw"),
+                ],
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn request_header_reads_either_encoding() {
+        let r = raw_request();
+        let get = |n| request_header(&r, n).map(|v| v.into_owned());
+        assert_eq!(get("traceparent").as_deref(), Some(&b"00-abc-01"[..]));
+        assert_eq!(get("x-multi").as_deref(), Some(&b"a,b"[..]));
+        assert_eq!(get("x-bin").as_deref(), Some(&b"\xff"[..]));
+        assert_eq!(
+            get("x-both").as_deref(),
+            Some(&b"raw"[..]),
+            "raw_value wins"
+        );
+        assert_eq!(get("x-none"), None);
+        assert_eq!(
+            request_header_names(&r),
+            ["traceparent", "X-Multi", "x-bin", "x-both"]
+        );
+        // With `headers` set, `headers` is what is read.
+        let mut r = r;
+        r.headers.insert("x-multi".into(), "plain".into());
+        assert_eq!(
+            request_header(&r, "x-multi").as_deref(),
+            Some(&b"plain"[..])
+        );
+        assert_eq!(request_header(&r, "traceparent"), None);
+        assert_eq!(request_header_names(&r), ["x-multi"]);
+    }
+
+    #[test]
+    fn headers_from_header_map_are_strings_or_bytes() {
+        let r = raw_request();
+        let Field::Val(v) = Node::Http(&r).field("headers").unwrap() else {
+            panic!("a value")
+        };
+        let idx = v.as_indexer().unwrap();
+        let multi = idx.get(&CelString::from("x-multi")).unwrap();
+        assert_eq!(
+            multi.downcast_ref::<CelString>().map(|s| s.inner()),
+            Some("a,b")
+        );
+        let bin = idx.get(&CelString::from("x-bin")).unwrap();
+        assert_eq!(
+            bin.downcast_ref::<CelBytes>().map(|b| b.inner()),
+            Some(&b"\xff"[..])
+        );
+        assert!(
+            idx.get(&CelString::from("X-Multi")).is_err(),
+            "keys are lower case"
+        );
+        assert_eq!(*v.as_sizer().unwrap().size().inner(), 4);
+        assert!(Node::Http(&r).is_set("headers"));
+        assert!(!Node::Http(&HttpRequest::default()).is_set("headers"));
+    }
+
+    #[test]
+    fn a_huge_header_map_stays_linear() {
+        // Quadratic work would take minutes here.
+        let n = 50_000;
+        let r = HttpRequest {
+            header_map: Some(HeaderMap {
+                headers: (0..n).map(|i| hv(&format!("x-{i}"), "v", b"")).collect(),
+            }),
+            ..Default::default()
+        };
+        let started = std::time::Instant::now();
+        let view = HeaderMapView::new(r.header_map.as_ref().unwrap());
+        assert_eq!(*view.size().inner(), n as i64);
+        assert!(view.contains(&CelString::from("x-49999")).unwrap());
+        assert_eq!(request_header_names(&r).len(), n);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

@@ -1,16 +1,19 @@
 //! `envoy.service.auth.v3.Authorization/Check`.
 
+use super::decode::{self, Unreadable};
 use super::State;
 use crate::decision::to_check_response;
 use crate::engine::{self, Decision};
 use crate::telemetry::metrics::{self, DecidedBy};
 use crate::telemetry::otel::DECISION_TARGET;
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
-    Authorization, AuthorizationServer,
-};
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use futures_util::FutureExt as _;
+use prost::Message as _;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
+use tonic::codegen::{http, Bytes};
 use tonic::{Request, Response, Status};
 use tracing::field::Empty;
 
@@ -149,6 +152,25 @@ impl Authorization for AuthzService {
     }
 }
 
+/// The span of a `Check` that could not be read: the one `check()` opens for
+/// the others, with the same attributes.
+fn check_span() -> tracing::Span {
+    tracing::info_span!(
+        target: DECISION_TARGET,
+        "ext_authz check",
+        otel.kind = "server",
+        otel.status_code = Empty,
+        decision = Empty,
+        "http.response.status_code" = Empty,
+        "celgate.policy" = Empty,
+        "celgate.validation" = Empty,
+        "celgate.policies_evaluated" = Empty,
+        "celgate.error" = Empty,
+        "http.request.method" = Empty,
+        "url.path" = Empty,
+    )
+}
+
 /// Makes `span` a child of the caller's W3C trace context (`traceparent`,
 /// `tracestate`): first the gRPC metadata, where a tracing Envoy puts the
 /// context of its ext_authz client span, then the checked request's headers
@@ -166,20 +188,18 @@ fn join_callers_trace(
         let _ = span.set_parent(cx);
         return;
     }
-    let Some(headers) = request
+    let Some(http) = request
         .attributes
         .as_ref()
         .and_then(|a| a.request.as_ref())
         .and_then(|r| r.http.as_ref())
-        .map(|h| &h.headers)
     else {
         return;
     };
-    if !headers.contains_key("traceparent") {
+    if crate::cel::view::request_header(http, "traceparent").is_none() {
         return;
     }
-    let cx =
-        opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
+    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(http)));
     let _ = span.set_parent(cx);
 }
 
@@ -200,14 +220,22 @@ impl opentelemetry::propagation::Extractor for MetadataExtractor<'_> {
     }
 }
 
-struct HeaderExtractor<'a>(&'a std::collections::HashMap<String, String>);
+/// The checked request's headers, in either encoding (`headers` or
+/// `header_map`); values that are not UTF-8 are absent.
+struct HeaderExtractor<'a>(
+    &'a envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest,
+);
 
 impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
+        match crate::cel::view::request_header(self.0, key)? {
+            std::borrow::Cow::Borrowed(v) => std::str::from_utf8(v).ok(),
+            // Repeated in `header_map`: not a valid trace context anyway.
+            std::borrow::Cow::Owned(_) => None,
+        }
     }
     fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(String::as_str).collect()
+        crate::cel::view::request_header_names(self.0)
     }
 }
 
@@ -255,6 +283,191 @@ fn record_span(
     }
 }
 
+/// The gRPC path of `Check`.
+const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
+
+/// `envoy.service.auth.v3.Authorization` on the wire. Instead of tonic's
+/// generated server (which answers a request it cannot decode, or one over
+/// its size limit, with a gRPC error, and a client set to fail open then
+/// lets the request through), this reads the call itself: at most
+/// `--max-request-bytes` of it, decoded leniently ([`decode`]). Every `Check`
+/// is answered with a `CheckResponse`: a request that cannot be read, and a
+/// panic anywhere on the way, get the failure denial.
+#[derive(Debug, Clone)]
+pub struct CheckService {
+    inner: AuthzService,
+}
+
+impl CheckService {
+    pub fn new(state: Arc<State>) -> Self {
+        CheckService {
+            inner: AuthzService::new(state),
+        }
+    }
+}
+
+impl tonic::server::NamedService for CheckService {
+    const NAME: &'static str = "envoy.service.auth.v3.Authorization";
+}
+
+impl tonic::codegen::Service<http::Request<tonic::body::Body>> for CheckService {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let svc = self.inner.clone();
+        Box::pin(async move {
+            if req.uri().path() != CHECK_PATH {
+                return Ok(Status::unimplemented("").into_http());
+            }
+            Ok(grpc_reply(&svc.answer(req).await))
+        })
+    }
+}
+
+impl AuthzService {
+    /// One `Check` call, from its HTTP/2 request to the `CheckResponse`.
+    async fn answer(&self, req: http::Request<tonic::body::Body>) -> CheckResponse {
+        let (parts, body) = req.into_parts();
+        let limit = self.state.options.max_request_bytes();
+        let read = tokio::time::timeout(
+            self.state.options.limits.read_timeout,
+            decode::read_message(body, limit),
+        )
+        .await
+        .unwrap_or(Err(Unreadable::Slow))
+        .and_then(|bytes| decode::decode_check_request(&bytes));
+        let metadata = tonic::metadata::MetadataMap::from_headers(parts.headers);
+        let request = match read {
+            Ok(r) => r,
+            Err(Unreadable::Transport) => {
+                // The stream broke (the caller cancelled, e.g. Envoy when its
+                // client went away): nobody is left to answer and nothing
+                // was decided, so this is not counted as a decision.
+                tracing::debug!("check cancelled before its request arrived");
+                let d = engine::failure_decision(
+                    &self.state.config,
+                    None,
+                    "request not received".into(),
+                );
+                return to_check_response(&d);
+            }
+            Err(why) => return self.unreadable(&metadata, &why),
+        };
+        let call = Request::from_parts(metadata, tonic::Extensions::default(), request);
+        let started = Instant::now();
+        match std::panic::AssertUnwindSafe(Authorization::check(self, call))
+            .catch_unwind()
+            .await
+        {
+            Ok(Ok(response)) => response.into_inner(),
+            Ok(Err(_)) | Err(_) => {
+                tracing::error!("the check failed outside policy evaluation; request denied");
+                metrics::global().decided(DecidedBy::Internal, started.elapsed());
+                let d = engine::failure_decision(
+                    &self.state.config,
+                    None,
+                    "internal error while answering".into(),
+                );
+                to_check_response(&d)
+            }
+        }
+    }
+
+    /// The failure denial for a request that could not be read, recorded
+    /// like any decision (span, decision log, metrics, a WARN line naming
+    /// the problem, never the request's bytes).
+    fn unreadable(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        why: &Unreadable,
+    ) -> CheckResponse {
+        let span = check_span();
+        let request = CheckRequest::default();
+        if !span.is_disabled() {
+            join_callers_trace(&span, metadata, &request);
+        }
+        let mut d = engine::failure_decision(
+            &self.state.config,
+            None,
+            format!("request unreadable: {why}"),
+        );
+        d.response.message = "the request cannot be read".to_owned();
+        metrics::global().decided(DecidedBy::Unreadable, std::time::Duration::ZERO);
+        if !span.is_disabled() {
+            record_span(&span, &request, &d, &[]);
+        }
+        if let Some(log) = &self.state.options.decision_log {
+            log.record(&request, &d, std::time::Duration::ZERO);
+        }
+        tracing::warn!(kind = why.kind(), "request denied: {why}");
+        to_check_response(&d)
+    }
+}
+
+/// A unary gRPC reply carrying `response`, status OK.
+fn grpc_reply(response: &CheckResponse) -> http::Response<tonic::body::Body> {
+    let len = response.encoded_len();
+    let mut data = Vec::with_capacity(5 + len);
+    data.push(0);
+    data.extend_from_slice(&(len as u32).to_be_bytes());
+    response
+        .encode(&mut data)
+        .expect("a Vec grows to fit the message");
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let mut reply = http::Response::new(tonic::body::Body::new(Reply {
+        data: Some(Bytes::from(data)),
+        trailers: Some(trailers),
+    }));
+    reply.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    reply
+}
+
+/// One message, then the trailers.
+struct Reply {
+    data: Option<Bytes>,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl http_body::Body for Reply {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        let frame = match (self.data.take(), self.trailers.take()) {
+            (Some(d), t) => {
+                self.trailers = t;
+                Some(Ok(http_body::Frame::data(d)))
+            }
+            (None, Some(t)) => Some(Ok(http_body::Frame::trailers(t))),
+            (None, None) => None,
+        };
+        std::task::Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
+    }
+}
+
+/// The largest message the other gRPC services (health, reflection) read.
+const SMALL_MESSAGE_BYTES: usize = 64 << 10;
+
 /// The Envoy protos' file descriptor set (built from `proto/` by build.rs),
 /// for server reflection.
 pub const AUTHZ_DESCRIPTOR: &[u8] =
@@ -272,9 +485,10 @@ pub async fn serve(
     // grpc.health.v1: "" and the Authorization service are SERVING until
     // shutdown starts, so probes and load balancers stop sending first.
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_serving::<AuthorizationServer<AuthzService>>()
-        .await;
+    let health = health
+        .max_decoding_message_size(SMALL_MESSAGE_BYTES)
+        .max_encoding_message_size(SMALL_MESSAGE_BYTES);
+    reporter.set_serving::<CheckService>().await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(AUTHZ_DESCRIPTOR)
@@ -290,18 +504,24 @@ pub async fn serve(
     // unlimited). See `limits`.
     let threads = state.pool.start(&state.options.limits);
     tracing::debug!(threads, "evaluation threads ready");
-    let authz = AuthorizationServer::new(AuthzService::new(state))
-        .max_decoding_message_size(limits::MAX_DECODING_MESSAGE_BYTES)
-        .max_encoding_message_size(limits::MAX_ENCODING_MESSAGE_BYTES);
     let mut router = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(limits::MAX_CONCURRENT_STREAMS))
         .http2_max_header_list_size(Some(limits::MAX_HEADER_LIST_BYTES))
         .http2_keepalive_interval(Some(limits::KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(limits::KEEPALIVE_TIMEOUT))
-        .add_service(authz)
+        .add_service(CheckService::new(state))
         .add_service(health);
     if let (Ok(v1), Ok(v1alpha)) = (reflection_v1, reflection_v1alpha) {
-        router = router.add_service(v1).add_service(v1alpha);
+        router = router
+            .add_service(
+                v1.max_decoding_message_size(SMALL_MESSAGE_BYTES)
+                    .max_encoding_message_size(usize::MAX),
+            )
+            .add_service(
+                v1alpha
+                    .max_decoding_message_size(SMALL_MESSAGE_BYTES)
+                    .max_encoding_message_size(usize::MAX),
+            );
     }
     let mut not_ready = phase.clone();
     tokio::spawn(async move {
@@ -310,9 +530,7 @@ pub async fn serve(
             .await
             .is_ok()
         {
-            reporter
-                .set_not_serving::<AuthorizationServer<AuthzService>>()
-                .await;
+            reporter.set_not_serving::<CheckService>().await;
             reporter
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
                 .await;
@@ -324,4 +542,67 @@ pub async fn serve(
             let _ = stop.wait_for(|p| *p == super::Phase::Stop).await;
         })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
+    use opentelemetry::propagation::Extractor as _;
+
+    #[test]
+    fn trace_context_is_found_in_header_map_too() {
+        let h = HttpRequest {
+            header_map: Some(HeaderMap {
+                headers: vec![
+                    HeaderValue {
+                        key: "traceparent".into(),
+                        value: String::new(),
+                        raw_value: b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                            .to_vec(),
+                    },
+                    HeaderValue {
+                        key: "tracestate".into(),
+                        value: String::new(),
+                        raw_value: b"\xff".to_vec(),
+                    },
+                ],
+            }),
+            ..Default::default()
+        };
+        let x = HeaderExtractor(&h);
+        assert_eq!(
+            x.get("traceparent"),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        );
+        assert_eq!(x.get("tracestate"), None, "not UTF-8: absent");
+        assert_eq!(x.keys(), ["traceparent", "tracestate"]);
+    }
+
+    #[test]
+    fn the_reply_is_one_framed_message_then_grpc_status_ok() {
+        let response = CheckResponse::default();
+        let mut reply = grpc_reply(&response);
+        assert_eq!(reply.status(), 200);
+        assert_eq!(reply.headers()["content-type"], "application/grpc");
+        let body = reply.body_mut();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut frames = Vec::new();
+        rt.block_on(async {
+            while let Some(f) = std::future::poll_fn(|cx| {
+                http_body::Body::poll_frame(std::pin::Pin::new(&mut *body), cx)
+            })
+            .await
+            {
+                frames.push(f.unwrap());
+            }
+        });
+        assert_eq!(frames.len(), 2);
+        let data = frames[0].data_ref().unwrap();
+        assert_eq!(&data[..5], &[0, 0, 0, 0, response.encoded_len() as u8]);
+        assert_eq!(frames[1].trailers_ref().unwrap()["grpc-status"], "0");
+    }
 }

@@ -35,6 +35,9 @@ use std::time::{Duration, Instant};
 /// Default `--decision-timeout-ms`: below Envoy's default ext_authz timeout
 /// (200 ms), so celgate's denial reaches Envoy before Envoy gives up.
 pub const DEFAULT_DECISION_TIMEOUT: Duration = Duration::from_millis(150);
+/// Default [`Limits::read_timeout`]: Envoy sends a Check in one go; a call
+/// whose message has not arrived after this long is not going to be useful.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default `--max-pending-decisions`.
 pub const DEFAULT_MAX_PENDING: usize = 64;
 /// HTTP status of the overload denial: the server, not the client, is out of
@@ -72,6 +75,10 @@ pub struct Limits {
     pub max_pending: usize,
     /// Time from the start of a decision (queueing included) to its answer.
     pub timeout: Duration,
+    /// Time allowed for a Check's message to arrive once its call has
+    /// started; a call still incomplete then gets the failure denial, so a
+    /// client that sends headers and stalls cannot hold a stream for ever.
+    pub read_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -80,6 +87,7 @@ impl Default for Limits {
             threads: 0,
             max_pending: DEFAULT_MAX_PENDING,
             timeout: DEFAULT_DECISION_TIMEOUT,
+            read_timeout: DEFAULT_READ_TIMEOUT,
         }
     }
 }

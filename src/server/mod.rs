@@ -1,5 +1,6 @@
 //! The servers: Envoy's `Authorization` service over gRPC, probes over HTTP.
 
+pub mod decode;
 pub mod grpc;
 pub mod http;
 pub mod limits;
@@ -38,6 +39,18 @@ pub struct ServeOptions {
     pub shutdown_delay: std::time::Duration,
     /// Evaluation threads, queue bound and per-decision deadline.
     pub limits: limits::Limits,
+    /// The largest `CheckRequest` read (`--max-request-bytes`); a larger one
+    /// is answered with the failure denial. `None`: the default,
+    /// [`decode::default_max_request_bytes`] of the default MCP body limit.
+    pub max_request_bytes: Option<usize>,
+}
+
+impl ServeOptions {
+    pub fn max_request_bytes(&self) -> usize {
+        self.max_request_bytes.unwrap_or_else(|| {
+            decode::default_max_request_bytes(crate::cel::mcp::DEFAULT_MAX_BODY_BYTES)
+        })
+    }
 }
 
 impl State {

@@ -161,6 +161,9 @@ pub enum DecidedBy<'a> {
     Timeout,
     /// The decision queue was full (`--max-pending-decisions`): the overload denial.
     Overload,
+    /// The request could not be read (malformed, too large, not UTF-8
+    /// where it must be): denied before any policy ran.
+    Unreadable,
 }
 
 /// Every series celgate exports.
@@ -172,6 +175,7 @@ pub struct Metrics {
     internal_errors: AtomicU64,
     timeouts: AtomicU64,
     overloads: AtomicU64,
+    unreadable: AtomicU64,
     decision_duration: Histogram,
     /// Kubernetes objects by state (ok, broken, ignored), once `--kube` has
     /// listed them.
@@ -263,6 +267,8 @@ impl Metrics {
             }
             DecidedBy::Overload => {
                 self.overloads.fetch_add(1, Relaxed);
+            DecidedBy::Unreadable => {
+                self.unreadable.fetch_add(1, Relaxed);
             }
         }
         self.decision_duration.observe(took);
@@ -277,7 +283,7 @@ impl Metrics {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        out.push_str("# HELP authz_decisions_total Decisions, by result and by what decided: a policy (source=\"policy\"), no policy (source=\"default\", allowed), an evaluation error under failurePolicy Fail (source=\"error\", denied), an internal error (source=\"internal\", denied), the decision deadline (source=\"timeout\", denied) or a full decision queue (source=\"overload\", denied).\n");
+        out.push_str("# HELP authz_decisions_total Decisions, by result and by what decided: a policy (source=\"policy\"), no policy (source=\"default\", allowed), an evaluation error under failurePolicy Fail (source=\"error\", denied), an internal error (source=\"internal\", denied), the decision deadline (source=\"timeout\", denied), a full decision queue (source=\"overload\", denied) or a request that could not be read (source=\"unreadable\", denied).\n");
         out.push_str("# TYPE authz_decisions_total counter\n");
         for (name, p) in &policies {
             let name = escape(name);
@@ -312,6 +318,11 @@ impl Metrics {
                 n.load(Relaxed)
             );
         }
+        let _ = writeln!(
+            out,
+            "authz_decisions_total{{mode=\"envoy\",decision=\"deny\",source=\"unreadable\",policy=\"\"}} {}",
+            self.unreadable.load(Relaxed)
+        );
         out.push_str(
             "# HELP authz_decision_duration_seconds Time to decide one request (all policies).\n",
         );
