@@ -267,6 +267,7 @@ impl Metrics {
             }
             DecidedBy::Overload => {
                 self.overloads.fetch_add(1, Relaxed);
+            }
             DecidedBy::Unreadable => {
                 self.unreadable.fetch_add(1, Relaxed);
             }
