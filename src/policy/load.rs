@@ -100,7 +100,57 @@ pub fn read_documents(path: &Path) -> Result<Vec<Document>, LoadError> {
     parse_documents(path, &text)
 }
 
+/// The documents of a file's text: `.json` files by the JSON grammar (one
+/// value, or several one after another), every other file as YAML (which may
+/// hold several `---`-separated documents).
 pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<Document>, LoadError> {
+    if is_json(path) {
+        parse_json(path, text)
+    } else {
+        parse_yaml(path, text)
+    }
+}
+
+fn is_json(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()) == Some("json")
+}
+
+/// JSON is not read as YAML: YAML 1.2 is meant to be a superset, but YAML
+/// parsers refuse valid JSON such as a surrogate-pair escape (`"\ud83d\udc31"`,
+/// which `json.dumps` writes for any emoji).
+fn parse_json(path: &Path, text: &str) -> Result<Vec<Document>, LoadError> {
+    // A byte-order mark is allowed to be ignored (RFC 8259, section 8.1).
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut docs = Vec::new();
+    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<serde_json::Value>();
+    let mut index = 0;
+    loop {
+        let start = stream.byte_offset();
+        let Some(next) = stream.next() else { break };
+        index += 1;
+        let value = next.map_err(|e| LoadError::Parse {
+            path: path.to_path_buf(),
+            document: index,
+            message: e.to_string(),
+        })?;
+        if value.is_null() {
+            continue;
+        }
+        // The value starts at the first non-blank byte after the last one.
+        let skipped = text[start..]
+            .find(|c: char| !c.is_whitespace())
+            .map_or(start, |i| start + i);
+        docs.push(Document {
+            path: path.to_path_buf(),
+            index,
+            line: text[..skipped].matches('\n').count() + 1,
+            value,
+        });
+    }
+    Ok(docs)
+}
+
+fn parse_yaml(path: &Path, text: &str) -> Result<Vec<Document>, LoadError> {
     use serde::Deserialize;
     let starts = document_lines(text);
     let mut docs = Vec::new();
@@ -134,4 +184,31 @@ fn document_lines(text: &str) -> Vec<usize> {
         }
     }
     starts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_is_read_by_the_json_grammar() {
+        let p = Path::new("p.json");
+        let text = "\u{feff}{\"a\": \"\\ud83d\\udc31\"}\n\n  {\"b\": 1}\nnull\n";
+        let docs = parse_documents(p, text).unwrap();
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[0].value["a"], "\u{1f431}");
+        assert_eq!((docs[0].index, docs[0].line), (1, 1));
+        assert_eq!((docs[1].index, docs[1].line), (2, 3));
+        // Errors give the line, as YAML's do.
+        let e = parse_documents(p, "{\n  \"a\": 1,\n  \"b\" 2\n}").unwrap_err();
+        assert!(e.to_string().contains("at line 3"), "{e}");
+        // YAML is not JSON.
+        assert!(parse_documents(p, "a: 1\n").is_err());
+        assert_eq!(
+            parse_documents(Path::new("p.yaml"), "a: 1\n")
+                .unwrap()
+                .len(),
+            1
+        );
+    }
 }

@@ -8,6 +8,20 @@
 //! where ConfigMap versions live) schedules one reload after a quiet period;
 //! the reload reads every path again and publishes the set only if it
 //! loads and differs.
+//!
+//! A watch follows an inode, not a name: after `mv w w.old; mkdir w` it
+//! still watches `w.old`, and a path that does not exist yet cannot be
+//! watched at all. So a second thread looks at every watched path once a
+//! second (a `stat` each: device and inode, following links) and, when one
+//! appeared, disappeared or now names another directory or link target,
+//! re-arms the watches and reloads. Polling the few root paths is cheaper and
+//! simpler than also watching every parent (which may be `/` or a busy
+//! directory), works the same on every platform, and bounds the delay to
+//! about a second.
+//!
+//! Before a reload, the files must hold still: their sizes and modification
+//! times are compared across a settle interval, and the reload waits while
+//! they change, so a file still being written is not loaded half-written.
 
 use super::{rebuild, Sources};
 use crate::server::State;
@@ -15,8 +29,8 @@ use notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{new_debouncer, DebounceEventResult};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -31,14 +45,46 @@ pub enum WatchError {
     Thread(std::io::Error),
 }
 
+/// How the watch behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct WatchOptions {
+    /// Quiet period after a change before reloading (a burst is one reload).
+    pub quiet: Duration,
+    /// Files must keep their size and modification time this long before
+    /// they are loaded (zero: do not wait).
+    pub settle: Duration,
+    /// How often the watched paths are checked for being replaced, created
+    /// or removed.
+    pub poll: Duration,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        WatchOptions {
+            quiet: Duration::from_millis(50),
+            settle: Duration::from_millis(DEFAULT_SETTLE_MS),
+            poll: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Default of `--reload-settle-ms`.
+pub const DEFAULT_SETTLE_MS: u64 = 200;
+
+/// A reload waits at most this long for files to stop changing, then loads
+/// what is there (a broken set is refused as usual).
+const MAX_SETTLE: Duration = Duration::from_secs(10);
+
+type Debouncer = notify_debouncer_full::Debouncer<
+    notify::RecommendedWatcher,
+    notify_debouncer_full::RecommendedCache,
+>;
+
 /// Watches until dropped.
 pub struct FileWatcher {
-    _debouncer: notify_debouncer_full::Debouncer<
-        notify::RecommendedWatcher,
-        notify_debouncer_full::RecommendedCache,
-    >,
-    /// Ends when the debouncer (and with it the channel) is dropped.
-    _thread: std::thread::JoinHandle<()>,
+    /// Dropping it ends the poll thread at once.
+    _stop: mpsc::Sender<()>,
+    _debouncer: Arc<Mutex<Debouncer>>,
 }
 
 impl std::fmt::Debug for FileWatcher {
@@ -47,19 +93,20 @@ impl std::fmt::Debug for FileWatcher {
     }
 }
 
-/// The directories to watch for `paths`, and how.
+/// The directories to watch for `paths`, and how. A path that is not a
+/// directory (a file, or nothing yet) is watched through its parent, when
+/// that exists.
 fn watch_targets(paths: &[PathBuf]) -> Vec<(PathBuf, RecursiveMode)> {
     let mut out: Vec<(PathBuf, RecursiveMode)> = Vec::new();
     for p in paths {
         let target = if p.is_dir() {
             (p.clone(), RecursiveMode::Recursive)
         } else {
-            let parent = p
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            (parent.to_path_buf(), RecursiveMode::NonRecursive)
+            (parent(p), RecursiveMode::NonRecursive)
         };
+        if !target.0.is_dir() {
+            continue;
+        }
         match out.iter_mut().find(|(d, _)| *d == target.0) {
             Some(existing) if target.1 == RecursiveMode::Recursive => existing.1 = target.1,
             Some(_) => {}
@@ -69,6 +116,69 @@ fn watch_targets(paths: &[PathBuf]) -> Vec<(PathBuf, RecursiveMode)> {
     out
 }
 
+fn parent(p: &Path) -> PathBuf {
+    p.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
+/// What a path names now: (device, inode) of what it resolves to, and of
+/// the link itself when it is one; `None` when it does not exist.
+type Identity = Option<(u64, u64, u64)>;
+
+#[cfg(unix)]
+fn identity(p: &Path) -> Identity {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(p).ok()?;
+    let link = std::fs::symlink_metadata(p).map_or(0, |l| l.ino());
+    Some((m.dev(), m.ino(), link))
+}
+
+#[cfg(not(unix))]
+fn identity(p: &Path) -> Identity {
+    let m = std::fs::metadata(p).ok()?;
+    let t = m
+        .created()
+        .ok()
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64);
+    Some((u64::from(m.is_dir()), t, 0))
+}
+
+/// The identities of every root path and of the parent of each root that
+/// is not a directory.
+fn identities(paths: &[PathBuf]) -> Vec<(PathBuf, Identity)> {
+    let mut out = Vec::new();
+    for p in paths {
+        out.push((p.clone(), identity(p)));
+        if !p.is_dir() {
+            let d = parent(p);
+            out.push((d.clone(), identity(&d)));
+        }
+    }
+    out
+}
+
+/// Replaces the watches with those `paths` need now.
+fn arm(debouncer: &Mutex<Debouncer>, armed: &mut Vec<PathBuf>, paths: &[PathBuf]) {
+    let mut d = debouncer.lock().unwrap_or_else(|e| e.into_inner());
+    for dir in armed.drain(..) {
+        // Fails when the watch went with its directory; nothing to undo then.
+        let _ = d.unwatch(&dir);
+    }
+    for (dir, mode) in watch_targets(paths) {
+        match d.watch(&dir, mode) {
+            Ok(()) => {
+                tracing::info!(dir = %dir.display(), "watching policies");
+                armed.push(dir);
+            }
+            // Gone again meanwhile, or unreadable: the next poll retries.
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch policies"),
+        }
+    }
+}
+
 /// Starts watching `paths`; changes are applied to `state` after `quiet`
 /// without further events.
 pub fn watch(
@@ -76,49 +186,152 @@ pub fn watch(
     sources: Arc<Sources>,
     quiet: Duration,
 ) -> Result<FileWatcher, WatchError> {
+    watch_with(
+        state,
+        sources,
+        WatchOptions {
+            quiet,
+            ..Default::default()
+        },
+    )
+}
+
+pub fn watch_with(
+    state: Arc<State>,
+    sources: Arc<Sources>,
+    options: WatchOptions,
+) -> Result<FileWatcher, WatchError> {
     let (tx, rx) = mpsc::channel::<()>();
-    let mut debouncer = new_debouncer(quiet, None, move |res: DebounceEventResult| match res {
-        Ok(events) => {
-            // Reading the files during a reload must not schedule another.
-            if events
-                .iter()
-                .any(|e| !matches!(e.event.kind, EventKind::Access(_)))
-            {
-                let _ = tx.send(());
+    let events = tx.clone();
+    let debouncer = new_debouncer(
+        options.quiet,
+        None,
+        move |res: DebounceEventResult| match res {
+            Ok(evs) => {
+                // Reading the files during a reload must not schedule another.
+                if evs
+                    .iter()
+                    .any(|e| !matches!(e.event.kind, EventKind::Access(_)))
+                {
+                    let _ = events.send(());
+                }
             }
-        }
-        Err(errors) => {
-            for e in errors {
-                tracing::warn!(error = %e, "file watch error");
+            Err(errors) => {
+                for e in errors {
+                    tracing::warn!(error = %e, "file watch error");
+                }
+                // Events may have been lost: reload to be sure.
+                let _ = events.send(());
             }
-            // Events may have been lost: reload to be sure.
-            let _ = tx.send(());
-        }
-    })
+        },
+    )
     .map_err(WatchError::Start)?;
-    for (dir, mode) in watch_targets(&sources.paths) {
-        debouncer
-            .watch(&dir, mode)
-            .map_err(|source| WatchError::Watch {
+    let debouncer = Arc::new(Mutex::new(debouncer));
+    let mut armed = Vec::new();
+    {
+        // At start every existing path must be watchable.
+        let mut d = debouncer.lock().unwrap_or_else(|e| e.into_inner());
+        for (dir, mode) in watch_targets(&sources.paths) {
+            d.watch(&dir, mode).map_err(|source| WatchError::Watch {
                 path: dir.clone(),
                 source,
             })?;
-        tracing::info!(dir = %dir.display(), "watching policies");
+            tracing::info!(dir = %dir.display(), "watching policies");
+            armed.push(dir);
+        }
     }
-    let thread = std::thread::Builder::new()
+    for p in sources.paths.iter().filter(|p| identity(p).is_none()) {
+        tracing::warn!(path = %p.display(), "policy path does not exist yet; it is loaded when it appears");
+    }
+
+    let reload_sources = sources.clone();
+    std::thread::Builder::new()
         .name("celgate-reload".into())
         .spawn(move || {
+            // Ends when every sender is gone (the debouncer and the poll
+            // thread, both ended by dropping the FileWatcher).
             while rx.recv().is_ok() {
                 // Coalesce whatever else arrived meanwhile into this reload.
                 while rx.try_recv().is_ok() {}
-                rebuild(&state, &sources);
+                settle(&reload_sources.paths, options.settle);
+                while rx.try_recv().is_ok() {}
+                // `rebuild` catches panics of the build itself; this keeps
+                // the thread alive through anything else.
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    rebuild(&state, &reload_sources)
+                }));
+                if r.is_err() {
+                    tracing::error!("policy reload panicked; reloading continues");
+                }
+            }
+        })
+        .map_err(WatchError::Thread)?;
+
+    let (stop, stopped) = mpsc::channel::<()>();
+    let poll_debouncer = debouncer.clone();
+    std::thread::Builder::new()
+        .name("celgate-watch-poll".into())
+        .spawn(move || {
+            let mut seen = identities(&sources.paths);
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(options.poll) {
+                let now = identities(&sources.paths);
+                if now == seen {
+                    continue;
+                }
+                tracing::info!("a policy path was replaced, created or removed; watching it again");
+                seen = now;
+                arm(&poll_debouncer, &mut armed, &sources.paths);
+                // Whatever happened before the new watches were in place.
+                if tx.send(()).is_err() {
+                    break;
+                }
             }
         })
         .map_err(WatchError::Thread)?;
     Ok(FileWatcher {
+        _stop: stop,
         _debouncer: debouncer,
-        _thread: thread,
     })
+}
+
+/// Size and modification time of every file a load would read (or the
+/// error that would keep it from loading).
+fn snapshot(paths: &[PathBuf]) -> Result<Vec<(PathBuf, u64, Option<SystemTime>)>, String> {
+    let files = crate::policy::load::policy_files(paths).map_err(|e| e.to_string())?;
+    Ok(files
+        .into_iter()
+        .map(|f| {
+            let m = std::fs::metadata(&f).ok();
+            let len = m.as_ref().map_or(u64::MAX, std::fs::Metadata::len);
+            let mtime = m.and_then(|m| m.modified().ok());
+            (f, len, mtime)
+        })
+        .collect())
+}
+
+/// Waits until the files keep their sizes and modification times for
+/// `interval` (at most [`MAX_SETTLE`]).
+fn settle(paths: &[PathBuf], interval: Duration) {
+    if interval.is_zero() {
+        return;
+    }
+    let started = Instant::now();
+    let mut before = snapshot(paths);
+    loop {
+        std::thread::sleep(interval);
+        let now = snapshot(paths);
+        if now == before {
+            return;
+        }
+        if started.elapsed() >= MAX_SETTLE {
+            tracing::warn!(
+                waited_s = started.elapsed().as_secs(),
+                "policy files are still changing; loading them as they are"
+            );
+            return;
+        }
+        before = now;
+    }
 }
 
 #[cfg(test)]
