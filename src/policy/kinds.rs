@@ -196,7 +196,7 @@ pub fn mode(mode: Option<&str>) -> Mode {
         None => Mode::Other("unset (Kubernetes admission)".to_owned()),
         Some(m) if OTHER_MODES.contains(&m) => Mode::Other(format!("{m:?}")),
         Some(m) if near(m, ENVOY) => Mode::Misspelt(format!(
-            "{m:?} is not an evaluation mode: did you mean {ENVOY}? (modes are case-sensitive; the policy would otherwise be skipped and check nothing)"
+            "{m:?} is not an evaluation mode: did you mean {ENVOY}? (modes are case-sensitive; as written, the document would be skipped)"
         )),
         Some(m) => match closest(m, OTHER_MODES) {
             Some(k) => Mode::Other(format!("{m:?} (not a known mode: did you mean {k}?)")),
