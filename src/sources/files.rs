@@ -19,11 +19,13 @@
 //! directory), works the same on every platform, and bounds the delay to
 //! about a second.
 //!
-//! Before a reload, the files must hold still: their sizes and modification
-//! times are compared across a settle interval, and the reload waits while
-//! they change, so a file still being written is not loaded half-written.
+//! A reload is published only if the files held still: their sizes and
+//! modification times are noted before they are read and compared once a
+//! settle interval has passed (the build runs meanwhile); if they changed,
+//! the reload starts again, so a file still being written is not loaded
+//! half-written.
 
-use super::{rebuild, Sources};
+use super::{rebuild, rebuild_if, ReloadOutcome, Sources};
 use crate::server::State;
 use notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{new_debouncer, DebounceEventResult};
@@ -69,7 +71,7 @@ impl Default for WatchOptions {
 }
 
 /// Default of `--reload-settle-ms`.
-pub const DEFAULT_SETTLE_MS: u64 = 200;
+pub const DEFAULT_SETTLE_MS: u64 = 100;
 
 /// A reload waits at most this long for files to stop changing, then loads
 /// what is there (a broken set is refused as usual).
@@ -123,41 +125,44 @@ fn parent(p: &Path) -> PathBuf {
         .to_path_buf()
 }
 
-/// What a path names now: (device, inode) of what it resolves to, and of
-/// the link itself when it is one; `None` when it does not exist.
-type Identity = Option<(u64, u64, u64)>;
+/// What a path names now: device and inode of what it resolves to
+/// (following links); `None` when it does not exist.
+type Identity = Option<(u64, u64)>;
 
 #[cfg(unix)]
-fn identity(p: &Path) -> Identity {
+fn identity(m: &std::fs::Metadata) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt as _;
-    let m = std::fs::metadata(p).ok()?;
-    let link = std::fs::symlink_metadata(p).map_or(0, |l| l.ino());
-    Some((m.dev(), m.ino(), link))
+    (m.dev(), m.ino())
 }
 
 #[cfg(not(unix))]
-fn identity(p: &Path) -> Identity {
-    let m = std::fs::metadata(p).ok()?;
+fn identity(m: &std::fs::Metadata) -> (u64, u64) {
     let t = m
         .created()
         .ok()
         .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos() as u64);
-    Some((u64::from(m.is_dir()), t, 0))
+    (u64::from(m.is_dir()), t)
 }
 
-/// The identities of every root path and of the parent of each root that
-/// is not a directory.
-fn identities(paths: &[PathBuf]) -> Vec<(PathBuf, Identity)> {
+/// The directories that anchor the watches (each root that is a directory,
+/// else its parent) with their identities, and an open handle on each: while
+/// a handle is held, the directory's inode cannot be freed, so a directory
+/// removed and created again between two looks cannot come back with the
+/// same inode number and go unnoticed.
+fn anchors(paths: &[PathBuf]) -> (Vec<(PathBuf, Identity)>, Vec<std::fs::File>) {
     let mut out = Vec::new();
+    let mut held = Vec::new();
     for p in paths {
-        out.push((p.clone(), identity(p)));
-        if !p.is_dir() {
-            let d = parent(p);
-            out.push((d.clone(), identity(&d)));
-        }
+        let dir = if p.is_dir() { p.clone() } else { parent(p) };
+        let id = std::fs::File::open(&dir).ok().and_then(|f| {
+            let id = f.metadata().ok().map(|m| identity(&m));
+            held.push(f);
+            id
+        });
+        out.push((dir, id));
     }
-    out
+    (out, held)
 }
 
 /// Replaces the watches with those `paths` need now.
@@ -227,6 +232,9 @@ pub fn watch_with(
     )
     .map_err(WatchError::Start)?;
     let debouncer = Arc::new(Mutex::new(debouncer));
+    // Looked at before the watches are set, so a change from here on is
+    // either seen by a watch or by the poll.
+    let (mut seen, mut held) = anchors(&sources.paths);
     let mut armed = Vec::new();
     {
         // At start every existing path must be watchable.
@@ -240,7 +248,7 @@ pub fn watch_with(
             armed.push(dir);
         }
     }
-    for p in sources.paths.iter().filter(|p| identity(p).is_none()) {
+    for p in sources.paths.iter().filter(|p| !p.exists()) {
         tracing::warn!(path = %p.display(), "policy path does not exist yet; it is loaded when it appears");
     }
 
@@ -253,16 +261,16 @@ pub fn watch_with(
             while rx.recv().is_ok() {
                 // Coalesce whatever else arrived meanwhile into this reload.
                 while rx.try_recv().is_ok() {}
-                settle(&reload_sources.paths, options.settle);
-                while rx.try_recv().is_ok() {}
                 // `rebuild` catches panics of the build itself; this keeps
                 // the thread alive through anything else.
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    rebuild(&state, &reload_sources)
+                    settled_rebuild(&state, &reload_sources, options.settle)
                 }));
                 if r.is_err() {
                     tracing::error!("policy reload panicked; reloading continues");
                 }
+                // Events caused by what was just read are not news.
+                while rx.try_recv().is_ok() {}
             }
         })
         .map_err(WatchError::Thread)?;
@@ -272,9 +280,10 @@ pub fn watch_with(
     std::thread::Builder::new()
         .name("celgate-watch-poll".into())
         .spawn(move || {
-            let mut seen = identities(&sources.paths);
             while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(options.poll) {
-                let now = identities(&sources.paths);
+                let (now, now_held) = anchors(&sources.paths);
+                // The old handles go only after the new look.
+                drop(std::mem::replace(&mut held, now_held));
                 if now == seen {
                     continue;
                 }
@@ -309,28 +318,37 @@ fn snapshot(paths: &[PathBuf]) -> Result<Vec<(PathBuf, u64, Option<SystemTime>)>
         .collect())
 }
 
-/// Waits until the files keep their sizes and modification times for
-/// `interval` (at most [`MAX_SETTLE`]).
-fn settle(paths: &[PathBuf], interval: Duration) {
-    if interval.is_zero() {
-        return;
-    }
+/// Rebuilds once the files keep their sizes and modification times for
+/// `settle`. The build runs inside that interval: the files are noted, read
+/// and compiled, and the result is published (or its failure reported) only
+/// if they are still as noted once `settle` has passed; otherwise it starts
+/// again. So waiting costs at most `settle` beyond the build, and what is
+/// published was read from files that held still throughout. After
+/// [`MAX_SETTLE`] of constant change the files are loaded as they are.
+fn settled_rebuild(state: &State, sources: &Sources, settle: Duration) -> ReloadOutcome {
     let started = Instant::now();
-    let mut before = snapshot(paths);
     loop {
-        std::thread::sleep(interval);
-        let now = snapshot(paths);
-        if now == before {
-            return;
+        if settle.is_zero() || started.elapsed() >= MAX_SETTLE {
+            if !settle.is_zero() {
+                tracing::warn!(
+                    waited_s = started.elapsed().as_secs(),
+                    "policy files are still changing; loading them as they are"
+                );
+            }
+            return rebuild(state, sources);
         }
-        if started.elapsed() >= MAX_SETTLE {
-            tracing::warn!(
-                waited_s = started.elapsed().as_secs(),
-                "policy files are still changing; loading them as they are"
-            );
-            return;
+        let noted_at = Instant::now();
+        let noted = snapshot(&sources.paths);
+        let outcome = rebuild_if(state, sources, || {
+            if let Some(left) = settle.checked_sub(noted_at.elapsed()) {
+                std::thread::sleep(left);
+            }
+            snapshot(&sources.paths) == noted
+        });
+        if outcome != ReloadOutcome::Superseded {
+            return outcome;
         }
-        before = now;
+        tracing::debug!("policy files changed while being read; reading them again");
     }
 }
 

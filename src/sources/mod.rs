@@ -58,6 +58,9 @@ pub enum ReloadOutcome {
     Applied,
     Unchanged,
     Failed,
+    /// The sources changed while they were read: nothing published or
+    /// reported; the caller reads them again.
+    Superseded,
 }
 
 /// Everything the served set is built from: the `--policies` paths and the
@@ -122,6 +125,17 @@ impl Sources {
 /// Rebuilds the set from every source and publishes it when it loads and
 /// differs from the one serving.
 pub fn rebuild(state: &State, sources: &Sources) -> ReloadOutcome {
+    rebuild_if(state, sources, || true)
+}
+
+/// As [`rebuild`], but once the new set is built (or has failed), publishes
+/// or reports nothing unless `unchanged()` says the sources held still
+/// while they were read.
+pub fn rebuild_if(
+    state: &State,
+    sources: &Sources,
+    unchanged: impl FnOnce() -> bool,
+) -> ReloadOutcome {
     let _one = sources.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let previous = state.policies.load_full();
@@ -131,6 +145,9 @@ pub fn rebuild(state: &State, sources: &Sources) -> ReloadOutcome {
         debug_hooks::before_rebuild(sources);
         PolicySet::reload(&sources.paths, sources.kube_documents(), Some(&previous))
     }));
+    if !unchanged() {
+        return ReloadOutcome::Superseded;
+    }
     let (result, warnings) = match built {
         Ok(r) => r,
         Err(panic) => {
