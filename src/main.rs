@@ -250,6 +250,19 @@ struct ServeArgs {
     /// burst of writes becomes one reload.
     #[arg(long, env = "CELGATE_RELOAD_QUIET_MS", default_value_t = 50)]
     reload_quiet_ms: u64,
+    /// Before a reload, the policy files must keep their size and
+    /// modification time this long (milliseconds), so a file still being
+    /// written is not loaded half-written. 0 turns the wait off.
+    #[arg(long, env = "CELGATE_RELOAD_SETTLE_MS", default_value_t = celgate::sources::files::DEFAULT_SETTLE_MS)]
+    reload_settle_ms: u64,
+    /// Serve even when the policy sources hold no Envoy-mode ValidatingPolicy
+    /// (every request is then allowed), at start-up and after a reload.
+    /// Without it celgate refuses to start with none, and refuses a reload
+    /// that would leave none, since an empty directory, a misnamed file or a
+    /// wrong mount would otherwise allow everything. With it, a --policies
+    /// path that does not exist yet is served as empty until it appears.
+    #[arg(long, env = "CELGATE_ALLOW_EMPTY")]
+    allow_empty: bool,
     /// Also serve ValidatingPolicy (spec.evaluation.mode: Envoy) and
     /// PolicyException objects of policies.kyverno.io from the Kubernetes API,
     /// watched cluster-wide (in-cluster config, or the kubeconfig). They combine
@@ -467,7 +480,19 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
     celgate::cel::mcp::configure(args.mcp_max_body_bytes);
     // Redacted like a refused reload: server logs never carry an
     // expression's text (`celgate validate` shows it).
-    let set = PolicySet::load(&paths)
+    // With --allow-empty, a path that does not exist yet is loaded when it
+    // appears (until then /readyz shows it as the reload error).
+    let missing: Vec<PathBuf> = paths
+        .iter()
+        .filter(|p| args.allow_empty && std::fs::metadata(p).is_err())
+        .cloned()
+        .collect();
+    let present: Vec<PathBuf> = paths
+        .iter()
+        .filter(|p| !missing.contains(p))
+        .cloned()
+        .collect();
+    let set = PolicySet::load(&present)
         .map_err(|e| anyhow::anyhow!("{}", e.redacted()))
         .context("refusing to start")?;
     for w in &set.warnings {
@@ -475,6 +500,14 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
     }
     for p in &set.policies {
         tracing::info!(policy = %p.name, file = %p.location.path.display(), "policy loaded");
+    }
+    // With --kube the cluster's objects count too: checked after the sync.
+    if set.policies.is_empty() && !args.allow_empty && !args.kube {
+        anyhow::bail!(
+            "refusing to start: {}: {}",
+            list_paths(&paths),
+            celgate::sources::EMPTY_SET
+        );
     }
     celgate::telemetry::metrics::global().set_enabled(!args.no_metrics);
     if args.identity.jwks_min_ttl_s > args.identity.jwks_max_ttl_s {
@@ -561,7 +594,7 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
     if args.kube {
         tracing::info!(exception_namespaces = %exception_namespaces, "Kubernetes source");
     }
-    let sources = Sources::with_kube(paths, exception_namespaces);
+    let sources = Sources::configured(paths, exception_namespaces, args.allow_empty);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -578,6 +611,13 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
             )
             .await
         })?;
+        if state.policies.load().policies.is_empty() && !args.allow_empty {
+            anyhow::bail!(
+                "refusing to start: {} and Kubernetes: {}",
+                list_paths(&sources.paths),
+                celgate::sources::EMPTY_SET
+            );
+        }
         // Broken Kubernetes objects do not stop the start (they are left out
         // and reported); only files that stopped loading meanwhile do.
         if let Some(e) = state.reload.last_error() {
@@ -604,14 +644,22 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
         None
     } else {
         Some(
-            celgate::sources::files::watch(
+            celgate::sources::files::watch_with(
                 state.clone(),
                 sources.clone(),
-                std::time::Duration::from_millis(args.reload_quiet_ms),
+                celgate::sources::files::WatchOptions {
+                    quiet: std::time::Duration::from_millis(args.reload_quiet_ms),
+                    settle: std::time::Duration::from_millis(args.reload_settle_ms),
+                    ..Default::default()
+                },
             )
             .context("watching the policy paths")?,
         )
     };
+    if !missing.is_empty() {
+        // Reports the missing paths in /readyz and the reload counters.
+        celgate::sources::rebuild(&state, &sources);
+    }
     rt.block_on(server::serve(
         state,
         args.grpc_addr,
@@ -621,6 +669,15 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
     celgate::telemetry::decision_log::drain(std::time::Duration::from_secs(2));
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The policy paths, for messages.
+fn list_paths(paths: &[PathBuf]) -> String {
+    if paths.is_empty() {
+        return "no policy files".to_owned();
+    }
+    let list: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    format!("policies from {}", list.join(", "))
 }
 
 // The request path allocates small, short-lived values (CEL values, boxed

@@ -3,8 +3,13 @@
 //! good, denied and broken inputs. Outputs are pinned as snapshots
 //! (`tests/snapshots/`); timings are masked.
 
+mod common;
+
 use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 struct Out {
     code: i32,
@@ -323,4 +328,263 @@ fn help_documents_exit_status_and_environment() {
         o.stdout
     );
     insta::assert_snapshot!("help_check", o.stdout);
+}
+
+/// `serve` on free loopback ports, output to `<log_dir>/serve.log`.
+fn spawn_serve(
+    args: &[&str],
+    env: &[(&str, &str)],
+    log_dir: &Path,
+) -> (common::ChildGuard, SocketAddr) {
+    let http = common::loopback(common::free_port());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_celgate"));
+    cmd.arg("serve")
+        .args(args)
+        .args(["--grpc-addr", &format!("127.0.0.1:{}", common::free_port())])
+        .args(["--http-addr", &http.to_string()])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    for var in [
+        "CELGATE_POLICIES",
+        "CELGATE_ALLOW_EMPTY",
+        "CELGATE_KUBE",
+        "CELGATE_NO_WATCH",
+        "CELGATE_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied());
+    (common::ChildGuard::spawn("serve", cmd, log_dir), http)
+}
+
+/// Waits up to 20 s for `serve` to exit; its exit status and output.
+fn refused(server: &mut common::ChildGuard) -> String {
+    let start = Instant::now();
+    loop {
+        if let Err(exited) = server.check_alive() {
+            return exited;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "serve did not refuse to start:\n{}",
+            server.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits up to 20 s for `/readyz` to answer 200; its JSON.
+fn ready(server: &mut common::ChildGuard, http: SocketAddr) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        if let Ok((200, body)) = common::get_blocking(http, "/readyz") {
+            return serde_json::from_str(&body).expect("/readyz is JSON");
+        }
+        server.check_alive().unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "not ready:\n{}",
+            server.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const ENVOY_POLICY: &str = "apiVersion: policies.kyverno.io/v1\nkind: ValidatingPolicy\nmetadata: { name: p }\nspec:\n  evaluation: { mode: Envoy }\n  validations:\n  - expression: envoy.Denied(403).Response()\n";
+
+#[test]
+fn serve_refuses_to_start_with_no_envoy_policy() {
+    let logs = tempfile::tempdir().unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let renamed = tempfile::tempdir().unwrap();
+    std::fs::write(renamed.path().join("p.yaml.bak"), ENVOY_POLICY).unwrap();
+    let admission = tempfile::tempdir().unwrap();
+    std::fs::write(
+        admission.path().join("p.yaml"),
+        ENVOY_POLICY.replace("mode: Envoy", "mode: Kubernetes"),
+    )
+    .unwrap();
+    let cases = [
+        ("an empty directory", empty.path().to_str().unwrap()),
+        (
+            "the only policy renamed to .bak",
+            renamed.path().to_str().unwrap(),
+        ),
+        (
+            "only a Kubernetes-mode policy",
+            admission.path().to_str().unwrap(),
+        ),
+        ("no policy paths at all", ""),
+    ];
+    for (what, dir) in cases {
+        let (mut server, _) = spawn_serve(&["--policies", dir], &[], logs.path());
+        let out = refused(&mut server);
+        assert!(out.contains("exit status: 1"), "{what}: {out}");
+        assert!(
+            out.contains("refusing to start")
+                && out.contains("no Envoy-mode ValidatingPolicy")
+                && out.contains("--allow-empty"),
+            "{what}: {out}"
+        );
+    }
+}
+
+#[test]
+fn serve_with_allow_empty_serves_an_empty_set_and_loads_a_late_path() {
+    let logs = tempfile::tempdir().unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let (mut server, http) = spawn_serve(
+        &[
+            "--policies",
+            empty.path().to_str().unwrap(),
+            "--allow-empty",
+        ],
+        &[],
+        logs.path(),
+    );
+    let r = ready(&mut server, http);
+    assert_eq!(r["policies"], 0, "{r}");
+    server.stop();
+
+    // Through the environment, with a path that does not exist yet.
+    let root = tempfile::tempdir().unwrap();
+    let later = root.path().join("policies");
+    let (mut server, http) = spawn_serve(
+        &["--policies", later.to_str().unwrap()],
+        &[("CELGATE_ALLOW_EMPTY", "true")],
+        logs.path(),
+    );
+    let r = ready(&mut server, http);
+    assert_eq!(r["policies"], 0, "{r}");
+    assert!(
+        r["lastReloadError"].to_string().contains("policies"),
+        "the missing path is shown: {r}"
+    );
+    std::fs::create_dir(&later).unwrap();
+    std::fs::write(later.join("p.yaml"), ENVOY_POLICY).unwrap();
+    let start = Instant::now();
+    loop {
+        let r = ready(&mut server, http);
+        if r["policies"] == 1 && r["lastReloadError"].is_null() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the late path was not loaded: {r}\n{}",
+            server.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn misspelt_kinds_and_modes_are_errors_in_validate_and_serve() {
+    let o = celgate(
+        &[
+            "validate",
+            "--policies",
+            "tests/cli/misspelt",
+            "--output",
+            "json",
+        ],
+        None,
+    );
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("JSON");
+    let problems = v["problems"].as_array().expect("problems");
+    let error = |policy: &str, field: &str, says: &str| {
+        let p = problems
+            .iter()
+            .find(|p| p["policy"] == policy)
+            .unwrap_or_else(|| panic!("{policy} is reported: {}", o.stdout));
+        assert_eq!(p["severity"], "error", "{p}");
+        assert_eq!(p["field"], field, "{p}");
+        assert!(p["message"].as_str().unwrap().contains(says), "{p}");
+        assert!(p["line"].as_u64().unwrap() > 1, "{p}");
+    };
+    error(
+        "lower-case-mode",
+        "spec.evaluation.mode",
+        "did you mean Envoy?",
+    );
+    error(
+        "transposed-mode",
+        "spec.evaluation.mode",
+        "did you mean Envoy?",
+    );
+    error("plural-kind", "kind", "did you mean ValidatingPolicy?");
+    error("unknown-kind", "kind", "not a kind of policies.kyverno.io");
+    error(
+        "misspelt-group",
+        "apiVersion",
+        "did you mean policies.kyverno.io/v1",
+    );
+    error(
+        "unknown-version",
+        "apiVersion",
+        "not a version celgate reads",
+    );
+    error(
+        "misspelt-evaluation",
+        "spec.evalution",
+        "did you mean evaluation?",
+    );
+    error(
+        "lower-case-exception-mode",
+        "spec.evaluationMode",
+        "did you mean Envoy?",
+    );
+    assert_eq!(v["errors"], 8, "{}", o.stdout);
+    // A real Kubernetes-mode policy is still only skipped.
+    let admission = problems
+        .iter()
+        .find(|p| p["message"].as_str().unwrap().contains("\"admission\""))
+        .expect("the admission policy is reported");
+    assert_eq!(admission["severity"], "warning");
+    assert_eq!(v["warnings"], 1, "{}", o.stdout);
+
+    let logs = tempfile::tempdir().unwrap();
+    let (mut server, _) = spawn_serve(&["--policies", "tests/cli/misspelt"], &[], logs.path());
+    let out = refused(&mut server);
+    assert!(out.contains("exit status: 1"), "{out}");
+    assert!(
+        out.contains("refusing to start") && out.contains("\"Enovy\" is not an evaluation mode"),
+        "{out}"
+    );
+}
+
+#[test]
+fn json_policies_and_requests_are_read_as_json() {
+    // Both files escape the emoji as a surrogate pair, as json.dumps does.
+    let request = std::fs::read_to_string("tests/cli/requests/emoji.json").unwrap();
+    assert!(request.contains("\\ud83d\\udc31"), "{request}");
+    let o = celgate(
+        &[
+            "check",
+            "--policies",
+            "tests/cli/json",
+            "--request",
+            "tests/cli/requests/emoji.json",
+        ],
+        None,
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(
+        v["okResponse"]["headers"][0]["value"], "\u{1f431} Tom",
+        "{}",
+        o.stdout
+    );
+    // A JSON error still names the line.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.json"),
+        "{\n  \"apiVersion\": \"policies.kyverno.io/v1\",\n  \"kind\" \"ValidatingPolicy\"\n}\n",
+    )
+    .unwrap();
+    let o = celgate(
+        &["validate", "--policies", dir.path().to_str().unwrap()],
+        None,
+    );
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    assert!(o.stdout.contains("bad.json:3: error"), "{}", o.stdout);
 }

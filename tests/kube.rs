@@ -979,4 +979,69 @@ async fn a_new_process_starts_beside_a_broken_object() {
     for log in [old.log_tail(), new.log_tail()] {
         assert_eq!(log.matches("PolicyException ignored").count(), 1, "{log}");
     }
+/// `serve --kube` counts files and cluster objects together after the first
+/// sync: with no Envoy-mode policy in either it refuses to start, unless
+/// `--allow-empty`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_refuses_an_empty_cluster_unless_allowed() {
+    let (fake, _, server) = start_fake().await;
+    // Only an admission policy of the cluster: nothing of ours.
+    fake.apply(
+        "validatingpolicies",
+        policy("admission", "Kubernetes", "envoy.Denied(500).Response()"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = kubeconfig(dir.path(), &server);
+    let http_port = free_port();
+    let run = move |extra: &'static [&'static str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_celgate"))
+            .args(["serve", "--kube", "--policies", ""])
+            .args(extra)
+            .args(["--grpc-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
+            .env("KUBECONFIG", &config)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("CELGATE_ALLOW_EMPTY")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut refused = run(&[]);
+    let out = tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        while refused.try_wait().unwrap().is_none() {
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = refused.kill();
+                panic!("serve --kube started with no Envoy-mode policy");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        refused.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to start") && err.contains("no Envoy-mode ValidatingPolicy"),
+        "{err}"
+    );
+
+    let mut allowed = run(&["--allow-empty"]);
+    let ready = tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        loop {
+            if let Ok((200, body)) = get_blocking(loopback(http_port), "/readyz") {
+                return body;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "not ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await;
+    let _ = allowed.kill();
+    let _ = allowed.wait();
+    let v: Value = serde_json::from_str(&ready.unwrap()).unwrap();
+    assert_eq!(v["policies"], 0, "{v}");
 }

@@ -8,7 +8,7 @@ mod common;
 use celgate::engine::{evaluate, EngineConfig};
 use celgate::policy::PolicySet;
 use celgate::server::{serve_on, State};
-use celgate::sources::files::{watch, FileWatcher};
+use celgate::sources::files::{watch, watch_with, FileWatcher, WatchOptions};
 use celgate::sources::Sources;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
@@ -43,6 +43,36 @@ fn start(paths: &[PathBuf]) -> (Arc<State>, FileWatcher) {
     let state = State::new(set, EngineConfig::default());
     let w = watch(state.clone(), Sources::files(paths.to_vec()), QUIET).expect("watch");
     (state, w)
+}
+
+/// As `start`, with the given options, `--allow-empty` and initial set
+/// (which need not load from `paths`).
+fn start_with(
+    paths: &[PathBuf],
+    set: PolicySet,
+    allow_empty: bool,
+    options: WatchOptions,
+) -> (Arc<State>, FileWatcher) {
+    let state = State::new(set, EngineConfig::default());
+    let w = watch_with(
+        state.clone(),
+        Sources::new(paths.to_vec(), allow_empty),
+        options,
+    )
+    .expect("watch");
+    (state, w)
+}
+
+fn errors(state: &State) -> u64 {
+    state.reload.errors_total.load(Ordering::Relaxed)
+}
+
+fn last_error(state: &State) -> String {
+    state
+        .reload
+        .last_error()
+        .map(|e| e.errors.join("\n"))
+        .unwrap_or_default()
 }
 
 /// Waits up to 10 s for `cond`.
@@ -255,7 +285,18 @@ async fn swaps_under_load_never_give_a_wrong_or_mixed_answer() {
 
     let dir = tempfile::tempdir().unwrap();
     let mut cm = ConfigMapDir::new(dir.path(), &v1);
-    let (state, _w) = start(&[dir.path().to_path_buf()]);
+    // ConfigMap swaps are atomic: a short settle keeps the swaps frequent.
+    let paths = [dir.path().to_path_buf()];
+    let (state, _w) = start_with(
+        &paths,
+        PolicySet::load(&paths).unwrap(),
+        false,
+        WatchOptions {
+            quiet: QUIET,
+            settle: Duration::from_millis(10),
+            ..Default::default()
+        },
+    );
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc_addr = grpc.local_addr().unwrap();
@@ -348,4 +389,262 @@ async fn swaps_under_load_never_give_a_wrong_or_mixed_answer() {
     eprintln!("{swaps} swaps; {n401} × 401, {n403} × 403, 0 wrong");
     let _ = stop_tx.send(());
     server.await.unwrap().unwrap();
+}
+
+/// Serves `state` on loopback; the HTTP address and a stop handle.
+async fn serve_http(
+    state: Arc<State>,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_addr = http.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        serve_on(state, grpc, http, async {
+            let _ = stop_rx.await;
+        })
+        .await
+        .expect("serves");
+    });
+    (http_addr, stop_tx, server)
+}
+
+fn metrics(addr: std::net::SocketAddr) -> String {
+    common::get_blocking(addr, "/metrics").unwrap().1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_to_an_empty_set_is_refused_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.yaml");
+    write(&file, &policy("p", 401));
+    let (state, _w) = start(&[dir.path().to_path_buf()]);
+    let (http_addr, stop, server) = serve_http(state.clone()).await;
+    let get = move |p: &'static str| tokio::task::spawn_blocking(move || http_get(http_addr, p));
+
+    // The only file renamed away: nothing would be served.
+    std::fs::rename(&file, dir.path().join("p.yaml.bak")).unwrap();
+    eventually("the empty set is refused", || errors(&state) == 1);
+    assert_eq!(status(&state), 401, "the last good set keeps answering");
+    let (code, ready) = get("/readyz").await.unwrap();
+    assert_eq!(code, 200, "still ready: the last good set serves");
+    let err = ready["lastReloadError"]["errors"].to_string();
+    assert!(
+        err.contains("no Envoy-mode ValidatingPolicy") && err.contains("--allow-empty"),
+        "{ready}"
+    );
+    let m = tokio::task::spawn_blocking(move || metrics(http_addr))
+        .await
+        .unwrap();
+    assert!(
+        m.lines()
+            .any(|l| l == "celgate_policy_reload_errors_total 1"),
+        "{m}"
+    );
+
+    // Only documents that are skipped (here a typo'd-looking but legal
+    // Kubernetes-mode policy) are no better.
+    write(
+        &file,
+        &policy("p", 402).replace("mode: Envoy", "mode: Kubernetes"),
+    );
+    eventually("a set of skipped documents is refused too", || {
+        errors(&state) == 2
+    });
+    assert_eq!(status(&state), 401);
+
+    // A good change applies and clears the error.
+    write(&file, &policy("p", 403));
+    eventually("the good change applies", || status(&state) == 403);
+    assert_eq!(last_error(&state), "");
+
+    let _ = stop.send(());
+    server.await.unwrap();
+}
+
+#[test]
+fn with_allow_empty_a_reload_may_empty_the_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.yaml");
+    write(&file, &policy("p", 401));
+    let paths = [dir.path().to_path_buf()];
+    let (state, _w) = start_with(
+        &paths,
+        PolicySet::load(&paths).unwrap(),
+        true,
+        WatchOptions {
+            quiet: QUIET,
+            ..Default::default()
+        },
+    );
+    std::fs::remove_file(&file).unwrap();
+    eventually("the empty set applies", || status(&state) == 200);
+    assert_eq!(errors(&state), 0);
+}
+
+#[test]
+fn a_misspelt_mode_is_a_refused_reload_not_a_skipped_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.yaml");
+    write(&file, &policy("p", 401));
+    let (state, _w) = start(&[dir.path().to_path_buf()]);
+    write(
+        &file,
+        &format!(
+            "{}---\n{}",
+            policy("p", 401),
+            policy("q", 402).replace("mode: Envoy", "mode: envoy")
+        ),
+    );
+    eventually("the misspelt mode is refused", || errors(&state) == 1);
+    assert!(
+        last_error(&state).contains("spec.evaluation.mode"),
+        "{}",
+        last_error(&state)
+    );
+}
+
+#[test]
+fn a_replaced_directory_is_still_watched() {
+    let root = tempfile::tempdir().unwrap();
+    let w = root.path().join("w");
+    std::fs::create_dir(&w).unwrap();
+    write(&w.join("p.yaml"), &policy("p", 401));
+    let (state, _w) = start(std::slice::from_ref(&w));
+    assert_eq!(status(&state), 401);
+
+    // mv w w.old; mkdir w; write a policy in the new w.
+    std::fs::rename(&w, root.path().join("w.old")).unwrap();
+    std::fs::create_dir(&w).unwrap();
+    write(&w.join("p.yaml"), &policy("p", 402));
+    eventually("the new directory's policy is loaded", || {
+        status(&state) == 402
+    });
+    // Later edits in the new directory are seen, edits in the old are not.
+    write(&w.join("p.yaml"), &policy("p", 403));
+    eventually("a later edit is loaded", || status(&state) == 403);
+    write(&root.path().join("w.old/p.yaml"), &policy("p", 499));
+    std::thread::sleep(QUIET * 6);
+    assert_eq!(status(&state), 403);
+
+    // Removed and created again.
+    std::fs::remove_dir_all(&w).unwrap();
+    let gone = w.display().to_string();
+    eventually("the removal is a refused reload", || {
+        last_error(&state).contains(&gone)
+    });
+    assert_eq!(status(&state), 403, "the last good set keeps serving");
+    std::fs::create_dir(&w).unwrap();
+    write(&w.join("p.yaml"), &policy("p", 405));
+    eventually("the re-created directory's policy is loaded", || {
+        status(&state) == 405
+    });
+    write(&w.join("p.yaml"), &policy("p", 406));
+    eventually("and it is watched", || status(&state) == 406);
+    assert_eq!(last_error(&state), "");
+}
+
+#[test]
+fn a_path_created_after_start_is_loaded_and_watched() {
+    let root = tempfile::tempdir().unwrap();
+    let later = root.path().join("later");
+    let deep_file = root.path().join("not/yet/p.yaml");
+    let (state, _w) = start_with(
+        &[later.clone(), deep_file.clone()],
+        PolicySet::empty(),
+        true,
+        WatchOptions {
+            quiet: QUIET,
+            ..Default::default()
+        },
+    );
+    std::fs::create_dir(&later).unwrap();
+    write(&later.join("p.yaml"), &policy("p", 401));
+    // Not loaded while the other path is missing: that is an error.
+    eventually("the missing path is reported", || {
+        last_error(&state).contains("not/yet/p.yaml")
+    });
+    std::fs::create_dir_all(deep_file.parent().unwrap()).unwrap();
+    write(&deep_file, &policy("q", 402));
+    eventually("both paths load", || status(&state) == 401);
+    assert_eq!(state.policies.load().policies.len(), 2);
+    write(&later.join("p.yaml"), &policy("p", 403));
+    eventually("the new directory is watched", || status(&state) == 403);
+    write(&deep_file, &policy("a-q", 404));
+    eventually("the new file is watched", || status(&state) == 404);
+}
+
+/// Debug builds only: the fault injection does not exist in release builds.
+#[cfg(debug_assertions)]
+#[test]
+fn a_panic_in_a_rebuild_is_a_failed_reload_and_reloading_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir.path().join("p.yaml"), &policy("p", 401));
+    let (state, _w) = start(&[dir.path().to_path_buf()]);
+    let marker = dir.path().join(".celgate-debug-panic-on-rebuild");
+    write(&marker, "");
+    eventually("the panic is a failed reload", || errors(&state) == 1);
+    assert!(
+        last_error(&state).contains("panicked"),
+        "{}",
+        last_error(&state)
+    );
+    assert_eq!(status(&state), 401);
+    // And again: the reload thread survived the first.
+    write(&dir.path().join("p.yaml"), &policy("p", 402));
+    eventually("a second panic is reported too", || errors(&state) == 2);
+    std::fs::remove_file(&marker).unwrap();
+    eventually("the next good change applies", || status(&state) == 402);
+    assert_eq!(last_error(&state), "");
+}
+
+#[test]
+fn a_file_written_in_two_parts_is_loaded_whole() {
+    // Loaded alone, the first part would answer 401 (a complete policy
+    // that sorts first, then the start of a second document); whole, the
+    // file answers 403.
+    let half = format!(
+        "{}---\napiVersion: policies.kyverno.io/v1alpha1\nkind: Valid",
+        policy("a-half", 401)
+    );
+    let rest = "atingPolicy\nmetadata:\n  name: 0-full\nspec:\n  evaluation:\n    mode: Envoy\n  validations:\n  - expression: envoy.Denied(403).Response()\n";
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir.path().join("m.yaml"), &policy("m-base", 418));
+    let paths = [dir.path().to_path_buf()];
+    let (state, _w) = start_with(
+        &paths,
+        PolicySet::load(&paths).unwrap(),
+        false,
+        WatchOptions {
+            quiet: QUIET,
+            settle: Duration::from_millis(600),
+            ..Default::default()
+        },
+    );
+    let file = dir.path().join("new.yaml");
+    write(&file, &half);
+    // A pause well past the quiet period, well inside quiet + settle.
+    std::thread::sleep(QUIET * 3);
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .unwrap();
+        f.write_all(rest.as_bytes()).unwrap();
+    }
+    let mut seen = Vec::new();
+    eventually("the whole file applies", || {
+        let s = status(&state);
+        if seen.last() != Some(&s) {
+            seen.push(s);
+        }
+        s == 403
+    });
+    assert_eq!(seen, [418, 403], "answers seen meanwhile");
+    assert_eq!(errors(&state), 0, "{}", last_error(&state));
 }

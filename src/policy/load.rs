@@ -100,12 +100,62 @@ pub fn read_documents(path: &Path) -> Result<Vec<Document>, LoadError> {
     parse_documents(path, &text)
 }
 
+/// The documents of a file's text: `.json` files by the JSON grammar (one
+/// value, or several one after another), every other file as YAML (which may
+/// hold several `---`-separated documents).
 pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<Document>, LoadError> {
+    if is_json(path) {
+        parse_json(path, text)
+    } else {
+        parse_yaml(path, text)
+    }
+}
+
+fn is_json(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()) == Some("json")
+}
+
+/// JSON is not read as YAML: YAML 1.2 is meant to be a superset, but YAML
+/// parsers refuse valid JSON such as a surrogate-pair escape (`"\ud83d\udc31"`,
+/// which `json.dumps` writes for any emoji).
+fn parse_json(path: &Path, text: &str) -> Result<Vec<Document>, LoadError> {
+    // A byte-order mark is allowed to be ignored (RFC 8259, section 8.1).
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut docs = Vec::new();
+    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<Strict>();
+    let mut index = 0;
+    loop {
+        let start = stream.byte_offset();
+        let Some(next) = stream.next() else { break };
+        index += 1;
+        let Strict(value) = next.map_err(|e| LoadError::Parse {
+            path: path.to_path_buf(),
+            document: index,
+            message: e.to_string(),
+        })?;
+        if value.is_null() {
+            continue;
+        }
+        // The value starts at the first non-blank byte after the last one.
+        let skipped = text[start..]
+            .find(|c: char| !c.is_whitespace())
+            .map_or(start, |i| start + i);
+        docs.push(Document {
+            path: path.to_path_buf(),
+            index,
+            line: text[..skipped].matches('\n').count() + 1,
+            value,
+        });
+    }
+    Ok(docs)
+}
+
+fn parse_yaml(path: &Path, text: &str) -> Result<Vec<Document>, LoadError> {
     use serde::Deserialize;
     let starts = document_lines(text);
     let mut docs = Vec::new();
     for (i, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let value = serde_json::Value::deserialize(de).map_err(|e| LoadError::Parse {
+        let Strict(value) = Strict::deserialize(de).map_err(|e| LoadError::Parse {
             path: path.to_path_buf(),
             document: i + 1,
             message: e.to_string(),
@@ -123,6 +173,85 @@ pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<Document>, LoadErr
     Ok(docs)
 }
 
+/// A document as a JSON value, refusing a key that appears twice in one
+/// mapping: both parsers would otherwise keep the last silently, so a second
+/// `validations:` would drop the first without a word.
+struct Strict(serde_json::Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a YAML or JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<Self::Value, E> {
+        i64::try_from(v)
+            .map(Into::into)
+            .or_else(|_| u64::try_from(v).map(Into::into))
+            .map_err(|_| E::custom(format!("integer {v} is out of range")))
+    }
+    fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<Self::Value, E> {
+        u64::try_from(v)
+            .map(Into::into)
+            .map_err(|_| E::custom(format!("integer {v} is out of range")))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, Into::into))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        <Strict as serde::Deserialize>::deserialize(d).map(|s| s.0)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(out.into())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "the key {key:?} appears twice in one mapping"
+                )));
+            }
+            let Strict(v) = map.next_value()?;
+            out.insert(key, v);
+        }
+        Ok(out.into())
+    }
+}
+
 /// The line each YAML document starts on (after a `---` separator).
 fn document_lines(text: &str) -> Vec<usize> {
     let mut starts = vec![1];
@@ -134,4 +263,43 @@ fn document_lines(text: &str) -> Vec<usize> {
         }
     }
     starts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_is_read_by_the_json_grammar() {
+        let p = Path::new("p.json");
+        let text = "\u{feff}{\"a\": \"\\ud83d\\udc31\"}\n\n  {\"b\": 1}\nnull\n";
+        let docs = parse_documents(p, text).unwrap();
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[0].value["a"], "\u{1f431}");
+        assert_eq!((docs[0].index, docs[0].line), (1, 1));
+        assert_eq!((docs[1].index, docs[1].line), (2, 3));
+        // Errors give the line, as YAML's do.
+        let e = parse_documents(p, "{\n  \"a\": 1,\n  \"b\" 2\n}").unwrap_err();
+        assert!(e.to_string().contains("at line 3"), "{e}");
+        // A key twice is an error, in either grammar.
+        let e = parse_documents(p, "{\"a\": 1,\n \"a\": 2}").unwrap_err();
+        assert!(e.to_string().contains("\"a\" appears twice"), "{e}");
+        let y = Path::new("p.yaml");
+        let e = parse_documents(y, "spec:\n  a: 1\n  b: 2\n  a: 3\n").unwrap_err();
+        assert!(e.to_string().contains("\"a\" appears twice"), "{e}");
+        // Numbers, nulls and nesting come through as before.
+        let v = &parse_documents(y, "a: [1, -2, 1.5, null, true, {b: x}]\n").unwrap()[0].value;
+        assert_eq!(
+            v,
+            &serde_json::json!({"a": [1, -2, 1.5, null, true, {"b": "x"}]})
+        );
+        // YAML is not JSON.
+        assert!(parse_documents(p, "a: 1\n").is_err());
+        assert_eq!(
+            parse_documents(Path::new("p.yaml"), "a: 1\n")
+                .unwrap()
+                .len(),
+            1
+        );
+    }
 }

@@ -1,16 +1,14 @@
 //! Policies: loading documents, compiling every CEL expression once, and the
 //! immutable [`PolicySet`] the engine evaluates.
 
+pub mod kinds;
 pub mod load;
 pub mod model;
 
 use crate::cel::{check_literal_patterns, env};
 use cel::common::ast::Expr;
 use cel::Program;
-use model::{
-    ExceptionSpec, Header, NamedExpression, PolicySpec, API_VERSIONS, IGNORED_SPEC_FIELDS,
-    POLICY_GROUP,
-};
+use model::{ExceptionSpec, Header, NamedExpression, PolicySpec, IGNORED_SPEC_FIELDS};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -541,32 +539,36 @@ impl Compiler {
                 return;
             }
         };
-        let (group, version) = header
-            .api_version
-            .as_deref()
-            .and_then(|v| v.split_once('/'))
-            .unwrap_or(("", ""));
-        let kind = header.kind.as_deref().unwrap_or("");
         if crate::suite::is_test_doc(&doc.value) {
             // Test suites may live beside the policies they test.
             return;
         }
-        let ours = group == POLICY_GROUP && API_VERSIONS.contains(&version);
-        if !ours || !matches!(kind, "ValidatingPolicy" | "PolicyException") {
-            self.warn(
-                &location,
-                format!(
-                    "skipped: {} {kind:?} is not served by celgate",
-                    header.api_version.as_deref().unwrap_or("(no apiVersion)")
-                ),
-            );
-            return;
-        }
-        let kind_name: &'static str = if kind == "ValidatingPolicy" {
-            "ValidatingPolicy"
-        } else {
-            "PolicyException"
+        let kind_name = match kinds::classify(
+            header.api_version.as_deref(),
+            header.kind.as_deref(),
+            &doc.value,
+        ) {
+            kinds::Verdict::Ours(k) => k,
+            kinds::Verdict::NotOurs(message) => {
+                self.warn(&location, message);
+                return;
+            }
+            kinds::Verdict::Misspelt {
+                kind,
+                field,
+                message,
+            } => {
+                self.errors.push(LoadError::Invalid {
+                    location: Box::new(location),
+                    kind,
+                    policy: header.metadata.name.unwrap_or_default(),
+                    field: field.to_owned(),
+                    message,
+                });
+                return;
+            }
         };
+        let kind = kind_name;
         let Some(name) = header.metadata.name.filter(|n| !n.is_empty()) else {
             self.errors.push(LoadError::Invalid {
                 location: Box::new(location),
@@ -603,16 +605,27 @@ impl Compiler {
 
     fn policy(&mut self, ctx: &Ctx<'_>, spec: PolicySpec) {
         let mode = spec.evaluation.as_ref().and_then(|e| e.mode.as_deref());
-        if mode != Some("Envoy") {
-            self.warn(
-                ctx.location,
-                format!(
-                    "skipped: ValidatingPolicy {:?} has spec.evaluation.mode {}; only Envoy-mode policies are served",
-                    ctx.name,
-                    mode.map_or("unset (Kubernetes admission)".to_owned(), |m| format!("{m:?}"))
-                ),
-            );
-            return;
+        match kinds::mode(mode) {
+            kinds::Mode::Envoy => {}
+            kinds::Mode::Misspelt(message) => {
+                self.errors
+                    .push(ctx.invalid("spec.evaluation.mode", message));
+                return;
+            }
+            kinds::Mode::Other(described) => {
+                if let Some(e) = misplaced_mode(&spec) {
+                    self.errors.push(ctx.invalid(e.0, e.1));
+                    return;
+                }
+                self.warn(
+                    ctx.location,
+                    format!(
+                        "skipped: ValidatingPolicy {:?} has spec.evaluation.mode {described}; only Envoy-mode policies are served",
+                        ctx.name,
+                    ),
+                );
+                return;
+            }
         }
         for (key, value) in &spec.other {
             if key == "validationActions"
@@ -740,15 +753,23 @@ impl Compiler {
 
     fn exception(&mut self, ctx: &Ctx<'_>, spec: ExceptionSpec) {
         if let Some(mode) = spec.evaluation_mode.as_deref() {
-            if mode != "Envoy" {
-                self.warn(
-                    ctx.location,
-                    format!(
-                        "skipped: PolicyException {:?} has evaluationMode {mode:?}",
-                        ctx.name
-                    ),
-                );
-                return;
+            match kinds::mode(Some(mode)) {
+                kinds::Mode::Envoy => {}
+                kinds::Mode::Misspelt(message) => {
+                    self.errors
+                        .push(ctx.invalid("spec.evaluationMode", message));
+                    return;
+                }
+                kinds::Mode::Other(described) => {
+                    self.warn(
+                        ctx.location,
+                        format!(
+                            "skipped: PolicyException {:?} has evaluationMode {described}",
+                            ctx.name
+                        ),
+                    );
+                    return;
+                }
             }
         }
         for key in spec.other.keys() {
@@ -948,6 +969,33 @@ impl Compiler {
         };
         (Ok(set), warnings)
     }
+}
+
+/// A policy that is not in Envoy mode only because the mode sits under a
+/// misspelt key (`spec.evalution.mode`, `spec.evaluation.Mode`) holding
+/// something close to `Envoy`: (field, message) of the error.
+fn misplaced_mode(spec: &PolicySpec) -> Option<(String, String)> {
+    let envoyish = |v: &serde_json::Value| v.as_str().is_some_and(|m| kinds::near(m, kinds::ENVOY));
+    if let Some(e) = &spec.evaluation {
+        for (key, value) in &e.other {
+            if envoyish(value) {
+                return Some((
+                    format!("spec.evaluation.{key}"),
+                    "unknown field holding an evaluation mode: did you mean mode? (the policy would otherwise be skipped and check nothing)".to_owned(),
+                ));
+            }
+        }
+    }
+    for (key, value) in &spec.other {
+        let holds_mode = value.as_object().is_some_and(|o| o.values().any(envoyish));
+        if holds_mode && kinds::near(key, "evaluation") {
+            return Some((
+                format!("spec.{key}"),
+                "unknown field holding an evaluation mode: did you mean evaluation? (the policy would otherwise be skipped and check nothing)".to_owned(),
+            ));
+        }
+    }
+    None
 }
 
 /// A `Duplicate` error for each name seen more than once.

@@ -53,6 +53,10 @@ pub struct PolicySpec {
 #[derive(Debug, Deserialize)]
 pub struct Evaluation {
     pub mode: Option<String>,
+    /// Kyverno's other evaluation settings (`admission`, `background`), and
+    /// misspelt keys.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -8,15 +8,31 @@
 //! where ConfigMap versions live) schedules one reload after a quiet period;
 //! the reload reads every path again and publishes the set only if it
 //! loads and differs.
+//!
+//! A watch follows an inode, not a name: after `mv w w.old; mkdir w` it
+//! still watches `w.old`, and a path that does not exist yet cannot be
+//! watched at all. So a second thread looks at every watched path once a
+//! second (a `stat` each: device and inode, following links) and, when one
+//! appeared, disappeared or now names another directory or link target,
+//! re-arms the watches and reloads. Polling the few root paths is cheaper and
+//! simpler than also watching every parent (which may be `/` or a busy
+//! directory), works the same on every platform, and bounds the delay to
+//! about a second.
+//!
+//! A reload is published only if the files held still: their sizes and
+//! modification times are noted before they are read and compared once a
+//! settle interval has passed (the build runs meanwhile); if they changed,
+//! the reload starts again, so a file still being written is not loaded
+//! half-written.
 
-use super::{rebuild, Sources};
+use super::{rebuild, rebuild_if, ReloadOutcome, Sources};
 use crate::server::State;
 use notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{new_debouncer, DebounceEventResult};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -31,14 +47,46 @@ pub enum WatchError {
     Thread(std::io::Error),
 }
 
+/// How the watch behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct WatchOptions {
+    /// Quiet period after a change before reloading (a burst is one reload).
+    pub quiet: Duration,
+    /// Files must keep their size and modification time this long before
+    /// they are loaded (zero: do not wait).
+    pub settle: Duration,
+    /// How often the watched paths are checked for being replaced, created
+    /// or removed.
+    pub poll: Duration,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        WatchOptions {
+            quiet: Duration::from_millis(50),
+            settle: Duration::from_millis(DEFAULT_SETTLE_MS),
+            poll: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Default of `--reload-settle-ms`.
+pub const DEFAULT_SETTLE_MS: u64 = 100;
+
+/// A reload waits at most this long for files to stop changing, then loads
+/// what is there (a broken set is refused as usual).
+const MAX_SETTLE: Duration = Duration::from_secs(10);
+
+type Debouncer = notify_debouncer_full::Debouncer<
+    notify::RecommendedWatcher,
+    notify_debouncer_full::RecommendedCache,
+>;
+
 /// Watches until dropped.
 pub struct FileWatcher {
-    _debouncer: notify_debouncer_full::Debouncer<
-        notify::RecommendedWatcher,
-        notify_debouncer_full::RecommendedCache,
-    >,
-    /// Ends when the debouncer (and with it the channel) is dropped.
-    _thread: std::thread::JoinHandle<()>,
+    /// Dropping it ends the poll thread at once.
+    _stop: mpsc::Sender<()>,
+    _debouncer: Arc<Mutex<Debouncer>>,
 }
 
 impl std::fmt::Debug for FileWatcher {
@@ -47,19 +95,20 @@ impl std::fmt::Debug for FileWatcher {
     }
 }
 
-/// The directories to watch for `paths`, and how.
+/// The directories to watch for `paths`, and how. A path that is not a
+/// directory (a file, or nothing yet) is watched through its parent, when
+/// that exists.
 fn watch_targets(paths: &[PathBuf]) -> Vec<(PathBuf, RecursiveMode)> {
     let mut out: Vec<(PathBuf, RecursiveMode)> = Vec::new();
     for p in paths {
         let target = if p.is_dir() {
             (p.clone(), RecursiveMode::Recursive)
         } else {
-            let parent = p
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            (parent.to_path_buf(), RecursiveMode::NonRecursive)
+            (parent(p), RecursiveMode::NonRecursive)
         };
+        if !target.0.is_dir() {
+            continue;
+        }
         match out.iter_mut().find(|(d, _)| *d == target.0) {
             Some(existing) if target.1 == RecursiveMode::Recursive => existing.1 = target.1,
             Some(_) => {}
@@ -69,6 +118,72 @@ fn watch_targets(paths: &[PathBuf]) -> Vec<(PathBuf, RecursiveMode)> {
     out
 }
 
+fn parent(p: &Path) -> PathBuf {
+    p.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
+/// What a path names now: device and inode of what it resolves to
+/// (following links); `None` when it does not exist.
+type Identity = Option<(u64, u64)>;
+
+#[cfg(unix)]
+fn identity(m: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt as _;
+    (m.dev(), m.ino())
+}
+
+#[cfg(not(unix))]
+fn identity(m: &std::fs::Metadata) -> (u64, u64) {
+    let t = m
+        .created()
+        .ok()
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64);
+    (u64::from(m.is_dir()), t)
+}
+
+/// The directories that anchor the watches (each root that is a directory,
+/// else its parent) with their identities, and an open handle on each: while
+/// a handle is held, the directory's inode cannot be freed, so a directory
+/// removed and created again between two looks cannot come back with the
+/// same inode number and go unnoticed.
+fn anchors(paths: &[PathBuf]) -> (Vec<(PathBuf, Identity)>, Vec<std::fs::File>) {
+    let mut out = Vec::new();
+    let mut held = Vec::new();
+    for p in paths {
+        let dir = if p.is_dir() { p.clone() } else { parent(p) };
+        let id = std::fs::File::open(&dir).ok().and_then(|f| {
+            let id = f.metadata().ok().map(|m| identity(&m));
+            held.push(f);
+            id
+        });
+        out.push((dir, id));
+    }
+    (out, held)
+}
+
+/// Replaces the watches with those `paths` need now.
+fn arm(debouncer: &Mutex<Debouncer>, armed: &mut Vec<PathBuf>, paths: &[PathBuf]) {
+    let mut d = debouncer.lock().unwrap_or_else(|e| e.into_inner());
+    for dir in armed.drain(..) {
+        // Fails when the watch went with its directory; nothing to undo then.
+        let _ = d.unwatch(&dir);
+    }
+    for (dir, mode) in watch_targets(paths) {
+        match d.watch(&dir, mode) {
+            Ok(()) => {
+                tracing::info!(dir = %dir.display(), "watching policies");
+                armed.push(dir);
+            }
+            // Gone again meanwhile, or unreadable: the next poll retries.
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch policies"),
+        }
+    }
+}
+
 /// Starts watching `paths`; changes are applied to `state` after `quiet`
 /// without further events.
 pub fn watch(
@@ -76,49 +191,165 @@ pub fn watch(
     sources: Arc<Sources>,
     quiet: Duration,
 ) -> Result<FileWatcher, WatchError> {
+    watch_with(
+        state,
+        sources,
+        WatchOptions {
+            quiet,
+            ..Default::default()
+        },
+    )
+}
+
+pub fn watch_with(
+    state: Arc<State>,
+    sources: Arc<Sources>,
+    options: WatchOptions,
+) -> Result<FileWatcher, WatchError> {
     let (tx, rx) = mpsc::channel::<()>();
-    let mut debouncer = new_debouncer(quiet, None, move |res: DebounceEventResult| match res {
-        Ok(events) => {
-            // Reading the files during a reload must not schedule another.
-            if events
-                .iter()
-                .any(|e| !matches!(e.event.kind, EventKind::Access(_)))
-            {
-                let _ = tx.send(());
+    let events = tx.clone();
+    let debouncer = new_debouncer(
+        options.quiet,
+        None,
+        move |res: DebounceEventResult| match res {
+            Ok(evs) => {
+                // Reading the files during a reload must not schedule another.
+                if evs
+                    .iter()
+                    .any(|e| !matches!(e.event.kind, EventKind::Access(_)))
+                {
+                    let _ = events.send(());
+                }
             }
-        }
-        Err(errors) => {
-            for e in errors {
-                tracing::warn!(error = %e, "file watch error");
+            Err(errors) => {
+                for e in errors {
+                    tracing::warn!(error = %e, "file watch error");
+                }
+                // Events may have been lost: reload to be sure.
+                let _ = events.send(());
             }
-            // Events may have been lost: reload to be sure.
-            let _ = tx.send(());
-        }
-    })
+        },
+    )
     .map_err(WatchError::Start)?;
-    for (dir, mode) in watch_targets(&sources.paths) {
-        debouncer
-            .watch(&dir, mode)
-            .map_err(|source| WatchError::Watch {
+    let debouncer = Arc::new(Mutex::new(debouncer));
+    // Looked at before the watches are set, so a change from here on is
+    // either seen by a watch or by the poll.
+    let (mut seen, mut held) = anchors(&sources.paths);
+    let mut armed = Vec::new();
+    {
+        // At start every existing path must be watchable.
+        let mut d = debouncer.lock().unwrap_or_else(|e| e.into_inner());
+        for (dir, mode) in watch_targets(&sources.paths) {
+            d.watch(&dir, mode).map_err(|source| WatchError::Watch {
                 path: dir.clone(),
                 source,
             })?;
-        tracing::info!(dir = %dir.display(), "watching policies");
+            tracing::info!(dir = %dir.display(), "watching policies");
+            armed.push(dir);
+        }
     }
-    let thread = std::thread::Builder::new()
+    for p in sources.paths.iter().filter(|p| !p.exists()) {
+        tracing::warn!(path = %p.display(), "policy path does not exist yet; it is loaded when it appears");
+    }
+
+    let reload_sources = sources.clone();
+    std::thread::Builder::new()
         .name("celgate-reload".into())
         .spawn(move || {
+            // Ends when every sender is gone (the debouncer and the poll
+            // thread, both ended by dropping the FileWatcher).
             while rx.recv().is_ok() {
                 // Coalesce whatever else arrived meanwhile into this reload.
                 while rx.try_recv().is_ok() {}
-                rebuild(&state, &sources);
+                // `rebuild` catches panics of the build itself; this keeps
+                // the thread alive through anything else.
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    settled_rebuild(&state, &reload_sources, options.settle)
+                }));
+                if r.is_err() {
+                    tracing::error!("policy reload panicked; reloading continues");
+                }
+                // Events caused by what was just read are not news.
+                while rx.try_recv().is_ok() {}
+            }
+        })
+        .map_err(WatchError::Thread)?;
+
+    let (stop, stopped) = mpsc::channel::<()>();
+    let poll_debouncer = debouncer.clone();
+    std::thread::Builder::new()
+        .name("celgate-watch-poll".into())
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(options.poll) {
+                let (now, now_held) = anchors(&sources.paths);
+                // The old handles go only after the new look.
+                drop(std::mem::replace(&mut held, now_held));
+                if now == seen {
+                    continue;
+                }
+                tracing::info!("a policy path was replaced, created or removed; watching it again");
+                seen = now;
+                arm(&poll_debouncer, &mut armed, &sources.paths);
+                // Whatever happened before the new watches were in place.
+                if tx.send(()).is_err() {
+                    break;
+                }
             }
         })
         .map_err(WatchError::Thread)?;
     Ok(FileWatcher {
+        _stop: stop,
         _debouncer: debouncer,
-        _thread: thread,
     })
+}
+
+/// Size and modification time of every file a load would read (or the
+/// error that would keep it from loading).
+fn snapshot(paths: &[PathBuf]) -> Result<Vec<(PathBuf, u64, Option<SystemTime>)>, String> {
+    let files = crate::policy::load::policy_files(paths).map_err(|e| e.to_string())?;
+    Ok(files
+        .into_iter()
+        .map(|f| {
+            let m = std::fs::metadata(&f).ok();
+            let len = m.as_ref().map_or(u64::MAX, std::fs::Metadata::len);
+            let mtime = m.and_then(|m| m.modified().ok());
+            (f, len, mtime)
+        })
+        .collect())
+}
+
+/// Rebuilds once the files keep their sizes and modification times for
+/// `settle`. The build runs inside that interval: the files are noted, read
+/// and compiled, and the result is published (or its failure reported) only
+/// if they are still as noted once `settle` has passed; otherwise it starts
+/// again. So waiting costs at most `settle` beyond the build, and what is
+/// published was read from files that held still throughout. After
+/// [`MAX_SETTLE`] of constant change the files are loaded as they are.
+fn settled_rebuild(state: &State, sources: &Sources, settle: Duration) -> ReloadOutcome {
+    let started = Instant::now();
+    loop {
+        if settle.is_zero() || started.elapsed() >= MAX_SETTLE {
+            if !settle.is_zero() {
+                tracing::warn!(
+                    waited_s = started.elapsed().as_secs(),
+                    "policy files are still changing; loading them as they are"
+                );
+            }
+            return rebuild(state, sources);
+        }
+        let noted_at = Instant::now();
+        let noted = snapshot(&sources.paths);
+        let outcome = rebuild_if(state, sources, || {
+            if let Some(left) = settle.checked_sub(noted_at.elapsed()) {
+                std::thread::sleep(left);
+            }
+            snapshot(&sources.paths) == noted
+        });
+        if outcome != ReloadOutcome::Superseded {
+            return outcome;
+        }
+        tracing::debug!("policy files changed while being read; reading them again");
+    }
 }
 
 #[cfg(test)]

@@ -102,6 +102,9 @@ pub enum ReloadOutcome {
     Applied,
     Unchanged,
     Failed,
+    /// The sources changed while they were read: nothing published or
+    /// reported; the caller reads them again.
+    Superseded,
 }
 
 /// Everything the served set is built from: the `--policies` paths and the
@@ -109,6 +112,9 @@ pub enum ReloadOutcome {
 #[derive(Debug, Default)]
 pub struct Sources {
     pub paths: Vec<PathBuf>,
+    /// Whether a set without any Envoy-mode policy may be served
+    /// (`--allow-empty`); otherwise a change to one is refused.
+    pub allow_empty: bool,
     /// The objects from the Kubernetes watch, each compiled on its own.
     kube: Mutex<kube::Store>,
     /// One rebuild at a time, so an older build never lands after a newer.
@@ -117,8 +123,13 @@ pub struct Sources {
 
 impl Sources {
     pub fn files(paths: Vec<PathBuf>) -> Arc<Sources> {
+        Self::new(paths, false)
+    }
+
+    pub fn new(paths: Vec<PathBuf>, allow_empty: bool) -> Arc<Sources> {
         Arc::new(Sources {
             paths,
+            allow_empty,
             ..Default::default()
         })
     }
@@ -129,8 +140,20 @@ impl Sources {
         paths: Vec<PathBuf>,
         exception_namespaces: kube::ExceptionNamespaces,
     ) -> Arc<Sources> {
+        Self::configured(paths, exception_namespaces, false)
+    }
+
+    /// As `serve` sets them up: files, Kubernetes objects (PolicyExceptions
+    /// counted only in `exception_namespaces`), and whether an empty set may
+    /// be served.
+    pub fn configured(
+        paths: Vec<PathBuf>,
+        exception_namespaces: kube::ExceptionNamespaces,
+        allow_empty: bool,
+    ) -> Arc<Sources> {
         Arc::new(Sources {
             paths,
+            allow_empty,
             kube: Mutex::new(kube::Store::new(exception_namespaces)),
             ..Default::default()
         })
@@ -179,10 +202,54 @@ impl Sources {
 /// Rebuilds the set from every source and publishes it when it loads and
 /// differs from the one serving.
 pub fn rebuild(state: &State, sources: &Sources) -> ReloadOutcome {
+    rebuild_if(state, sources, || true)
+}
+
+/// As [`rebuild`], but once the new set is built (or has failed), publishes
+/// or reports nothing unless `unchanged()` says the sources held still
+/// while they were read.
+pub fn rebuild_if(
+    state: &State,
+    sources: &Sources,
+    unchanged: impl FnOnce() -> bool,
+) -> ReloadOutcome {
     let _one = sources.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let previous = state.policies.load_full();
-    let (result, warnings) = sources.build(state, &previous);
+    // A panic while building (a bug) must not end reloading, nor leave the
+    // failure unseen: it is a refused reload like any other.
+    let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        debug_hooks::before_rebuild(sources);
+        sources.build(state, &previous)
+    }));
+    if !unchanged() {
+        return ReloadOutcome::Superseded;
+    }
+    let (result, warnings) = match built {
+        Ok(r) => r,
+        Err(panic) => {
+            tracing::error!(
+                panic = panic_text(panic.as_ref()),
+                "policy reload refused: building the new set panicked (a bug in celgate); the last good set keeps serving"
+            );
+            return refuse(
+                state,
+                "internal error: building the policy set panicked (a bug in celgate; the log has the details); the last good set keeps serving".to_owned(),
+            );
+        }
+    };
+    if let Ok(set) = &result {
+        if set.policies.is_empty() && !sources.allow_empty {
+            tracing::error!(
+                exceptions = set.exceptions.len(),
+                "policy reload refused, the last good set keeps serving: {EMPTY_SET}"
+            );
+            for w in &warnings {
+                tracing::warn!("{w}");
+            }
+            return refuse(state, EMPTY_SET.to_owned());
+        }
+    }
     match result {
         Ok(set) => {
             state.reload.set_error(None);
@@ -218,6 +285,51 @@ pub fn rebuild(state: &State, sources: &Sources) -> ReloadOutcome {
             ReloadOutcome::Failed
         }
     }
+}
+
+/// Why a set without policies is refused, at start-up and on reload.
+pub const EMPTY_SET: &str = "the sources hold no Envoy-mode ValidatingPolicy, so every request would be allowed; refused (start with --allow-empty, CELGATE_ALLOW_EMPTY=true, to serve an empty set on purpose)";
+
+/// Records a refused reload that is not a load error of the documents.
+fn refuse(state: &State, error: String) -> ReloadOutcome {
+    state.reload.errors_total.fetch_add(1, Ordering::Relaxed);
+    state.reload.set_error(Some(ReloadFailure {
+        at: SystemTime::now(),
+        errors: vec![error],
+    }));
+    ReloadOutcome::Failed
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> &str {
+    p.downcast_ref::<&str>()
+        .copied()
+        .or_else(|| p.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
+/// Fault injection for the tests, compiled into debug builds only: a file
+/// named [`debug_hooks::PANIC_MARKER`] beside the policies makes a rebuild
+/// panic. Release builds have no such path.
+mod debug_hooks {
+    #[cfg(debug_assertions)]
+    pub const PANIC_MARKER: &str = ".celgate-debug-panic-on-rebuild";
+
+    #[cfg(debug_assertions)]
+    pub fn before_rebuild(sources: &super::Sources) {
+        for p in &sources.paths {
+            let dir = if p.is_dir() {
+                p.as_path()
+            } else {
+                p.parent().unwrap_or(p)
+            };
+            if dir.join(PANIC_MARKER).exists() {
+                panic!("injected by {PANIC_MARKER} (debug builds only)");
+            }
+        }
+    }
+
+    #[cfg(not(debug_assertions))]
+    pub fn before_rebuild(_: &super::Sources) {}
 }
 
 pub(crate) mod rfc3339 {
