@@ -979,6 +979,8 @@ async fn a_new_process_starts_beside_a_broken_object() {
     for log in [old.log_tail(), new.log_tail()] {
         assert_eq!(log.matches("PolicyException ignored").count(), 1, "{log}");
     }
+}
+
 /// `serve --kube` counts files and cluster objects together after the first
 /// sync: with no Envoy-mode policy in either it refuses to start, unless
 /// `--allow-empty`.
