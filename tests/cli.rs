@@ -547,7 +547,8 @@ fn misspelt_kinds_and_modes_are_errors_in_validate_and_serve() {
     let out = refused(&mut server);
     assert!(out.contains("exit status: 1"), "{out}");
     assert!(
-        out.contains("refusing to start") && out.contains("\"Enovy\" is not an evaluation mode"),
+        out.contains("refusing to start")
+            && out.contains("\"transposed-mode\": spec.evaluation.mode: invalid"),
         "{out}"
     );
 }

@@ -713,7 +713,12 @@ async fn every_check_is_answered_with_a_decision() {
         .collect();
     let logged = lines
         .iter()
-        .filter(|l| l["error"] == "request unreadable")
+        .filter(|l| {
+            l["errorKind"] == "server"
+                && l["error"]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with("server: request unreadable: "))
+        })
         .inspect(|l| {
             assert_eq!(l["decision"], "deny");
             assert_eq!(l["status"], FAILURE_STATUS);
