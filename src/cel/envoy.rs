@@ -380,11 +380,41 @@ fn header<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
     )?)
 }
 
+/// Why a query parameter's name or value cannot be sent, if it cannot:
+/// Envoy writes it into the request line, where CR, LF or NUL would split
+/// or end it. Never quotes the text.
+fn query_problem(what: &str, text: &str) -> Option<String> {
+    text.bytes()
+        .position(|b| matches!(b, b'\r' | b'\n' | 0))
+        .map(|i| {
+            format!(
+                "the query parameter {what} holds {} at byte {i}",
+                byte_kind(text.as_bytes()[i])
+            )
+        })
+}
+
+/// A query parameter to set or remove, refused when it cannot be sent.
+fn checked_query(f: &str, key: String, value: String) -> Result<QueryParam, ExecutionError> {
+    if key.is_empty() {
+        return Err(ExecutionError::function_error(
+            f,
+            "the query parameter name is empty",
+        ));
+    }
+    if let Some(p) = query_problem("name", &key).or_else(|| query_problem("value", &value)) {
+        return Err(ExecutionError::function_error(f, p));
+    }
+    Ok(QueryParam { key, value })
+}
+
 fn query_param<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
-    owned(QueryParam {
-        key: string("envoy.QueryParam", &args, 0)?,
-        value: string("envoy.QueryParam", &args, 1)?,
-    })
+    const F: &str = "envoy.QueryParam";
+    owned(checked_query(
+        F,
+        string(F, &args, 0)?,
+        string(F, &args, 1)?,
+    )?)
 }
 
 fn keep_empty<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
@@ -469,10 +499,7 @@ fn ok_with_response_header<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
 fn ok_with_query_param<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
     let f = "WithQueryParam";
     let q = if args.len() == 3 {
-        QueryParam {
-            key: string(f, &args, 1)?,
-            value: string(f, &args, 2)?,
-        }
+        checked_query(f, string(f, &args, 1)?, string(f, &args, 2)?)?
     } else {
         arg::<QueryParam>(f, &args, 1)?.clone()
     };
@@ -483,7 +510,12 @@ fn ok_with_query_param<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
 }
 
 fn ok_without_query_param<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
-    let name = string("WithoutQueryParam", &args, 1)?;
+    let name = checked_query(
+        "WithoutQueryParam",
+        string("WithoutQueryParam", &args, 1)?,
+        String::new(),
+    )?
+    .key;
     ok_with("WithoutQueryParam", &args, |ok| {
         ok.query_parameters_to_remove.push(name);
         Ok(())
