@@ -22,7 +22,11 @@ mkdir -p target/fuzz
 log="target/fuzz/fuzz-$(date -u +%Y%m%dT%H%M%SZ)-seed$seed.log"
 
 echo "==> building (release)"
-cargo test --release --locked --test fuzz --no-run
+# The test binary is run directly, so no cargo lock is held while it runs.
+bin=$(cargo test --release --locked --test fuzz --no-run --message-format=json \
+  | grep '"kind":\["test"\]' | grep '"name":"fuzz"' \
+  | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+[ -x "$bin" ] || { echo "cannot find the fuzz test binary" >&2; exit 1; }
 
 echo "==> fuzzing for ${seconds}s per target, FUZZ_SEED=$seed, FUZZ_CASES=$cases; log: $log"
 started=$(date +%s)
@@ -31,7 +35,7 @@ status=0
 # its time is up, and that counts as a failure.
 FUZZ_SECONDS="$seconds" FUZZ_SEED="$seed" FUZZ_CASES="$cases" \
   timeout --signal=KILL "$((seconds + 900))" \
-  cargo test --release --locked --test fuzz -- --nocapture --test-threads 3 >"$log" 2>&1 || status=$?
+  "$bin" --nocapture --test-threads 3 >"$log" 2>&1 || status=$?
 elapsed=$(( $(date +%s) - started ))
 
 echo "==> results (${elapsed}s)"
