@@ -70,7 +70,10 @@ fn parse_args() -> Result<Args, String> {
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value\n{USAGE}"));
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| format!("{arg} needs a value\n{USAGE}"))
+        };
         let number = |v: String| {
             v.parse::<u64>()
                 .map_err(|_| format!("{arg}: {v:?} is not a number"))
@@ -341,7 +344,10 @@ impl Issuer {
     fn mint(&self, serial: u64, forged: bool) -> String {
         let n = *self.generation.read().unwrap();
         let k = &self.keys[n as usize % self.keys.len()];
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         let claims = json!({
             "iss": ISSUER, "aud": AUDIENCE, "sub": "soak",
             "iat": now, "exp": now + 600, "jti": format!("{n}-{serial}"),
@@ -388,9 +394,11 @@ fn rss_kib(pid: u32) -> Option<u64> {
 async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .ok()?;
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
         .await
@@ -457,7 +465,8 @@ async fn run(args: Args) -> Result<i32, String> {
 
     // The issuer.
     let forger = EncodingKey::from_rsa_pem(
-        &std::fs::read(root.join("examples/identity/keys/issuer.pem")).map_err(|e| e.to_string())?,
+        &std::fs::read(root.join("examples/identity/keys/issuer.pem"))
+            .map_err(|e| e.to_string())?,
     )
     .map_err(|e| e.to_string())?;
     let issuer = Arc::new(Issuer {
@@ -638,18 +647,14 @@ async fn run(args: Args) -> Result<i32, String> {
     // The load.
     let mut workers = Vec::new();
     for w in 0..args.concurrency {
-        let (stop, counts, tokens, forged) = (
-            stop.clone(),
-            counts.clone(),
-            tokens.clone(),
-            forged.clone(),
-        );
+        let (stop, counts, tokens, forged) =
+            (stop.clone(), counts.clone(), tokens.clone(), forged.clone());
         let mut client = client.clone();
         workers.push(tokio::spawn(async move {
             let mut i: u64 = w as u64;
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
-                let is_forged = i % 64 == 0;
+                let is_forged = i.is_multiple_of(64);
                 let token = if is_forged {
                     forged.read().unwrap().clone()
                 } else {
@@ -733,7 +738,10 @@ async fn run(args: Args) -> Result<i32, String> {
     stop.store(true, Ordering::Relaxed);
     let elapsed = started.elapsed();
     for w in workers {
-        if tokio::time::timeout(Duration::from_secs(30), w).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(30), w)
+            .await
+            .is_err()
+        {
             return Err("a load worker did not stop within 30 s of the end".into());
         }
     }
@@ -745,7 +753,10 @@ async fn run(args: Args) -> Result<i32, String> {
         .map(|(_, b)| b)
         .unwrap_or_default();
     let reloads_applied = metric(&metrics, "celgate_policy_reloads_total{result=\"applied\"}");
-    let reloads_unchanged = metric(&metrics, "celgate_policy_reloads_total{result=\"unchanged\"}");
+    let reloads_unchanged = metric(
+        &metrics,
+        "celgate_policy_reloads_total{result=\"unchanged\"}",
+    );
     let reloads_failed = metric(&metrics, "celgate_policy_reloads_total{result=\"error\"}");
     let alive = http_get(&http, "/readyz").await.map(|(s, _)| s);
     drop(server);

@@ -93,7 +93,7 @@ where
 {
     let seconds = env_u64("FUZZ_SECONDS");
     let cases = env_u64("FUZZ_CASES").map_or(default_cases, |n| n.max(1) as u32);
-    let base_seed = env_u64("FUZZ_SEED").unwrap_or(0x6365_6c67_6174_65);
+    let base_seed = env_u64("FUZZ_SEED").unwrap_or(0x63_656c_6761_7465);
     let started = Instant::now();
     let mut total: u64 = 0;
     let mut round: u64 = 0;
