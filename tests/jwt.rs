@@ -741,6 +741,52 @@ fn rotation_is_picked_up_with_exactly_one_refetch() {
     assert_eq!(issuer.requests(), 2, "rate limited");
 }
 
+/// The first requests after an issuer rotates all carry the new kid at
+/// once: while one of them refreshes the set, the others wait for that
+/// refresh instead of being refused by the rate limit it armed.
+#[test]
+fn concurrent_requests_with_a_new_kid_share_one_refresh() {
+    let issuer = Issuer::start(
+        jwks_doc(&[jwk(Algorithm::RS256, "before", None)]),
+        Some("max-age=3600"),
+    );
+    let url = issuer.url();
+    assert!(valid_with_jwks(
+        &mint(Algorithm::RS256, Some("before"), &claims()),
+        &url
+    ));
+    assert_eq!(issuer.requests(), 1);
+    // The issuer rotates, and answers slowly enough for the requests below
+    // to meet the refresh in flight.
+    issuer.set(|r| {
+        r.body = jwks_doc(&[jwk(Algorithm::RS256, "after", Some(RSA2))]);
+        r.delay = Duration::from_millis(300);
+    });
+    let key = EncodingKey::from_rsa_pem(RSA2.as_bytes()).unwrap();
+    let token = mint_with(Algorithm::RS256, Some("after"), &claims(), &key);
+    let refused = identity::stats().jwks_kid_refreshes_refused;
+    let verdicts: Vec<bool> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let (token, url) = (&token, &url);
+                s.spawn(move || {
+                    // The first starts the refresh; the rest arrive during it.
+                    std::thread::sleep(Duration::from_millis(if i == 0 { 0 } else { 50 }));
+                    valid_with_jwks(token, url)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        verdicts,
+        vec![true; 8],
+        "every request with the new kid is valid"
+    );
+    assert_eq!(issuer.requests(), 2, "one refresh served them all");
+    assert_eq!(identity::stats().jwks_kid_refreshes_refused, refused);
+}
+
 #[test]
 fn unknown_kids_do_not_storm_the_issuer() {
     let issuer = Issuer::start(

@@ -219,8 +219,24 @@ pub(crate) fn refresh_for_kid(set: &KeySet, kid: &str) -> Option<Arc<KeySet>> {
         return cur.by_kid(kid).is_some().then_some(cur);
     }
     if now_ms() < entry.next_refresh_ms.load(Ordering::Relaxed) {
-        bump(&COUNTERS.jwks_kid_refreshes_refused);
-        return None;
+        // Refused at once only when no fetch is in flight: a request that
+        // meets a refresh under way (the first requests after an issuer
+        // rotates its key all carry the new kid at once) waits for it below
+        // rather than failing on the rate limit that refresh armed. Holding
+        // the lock while looking again means a refresh that has just ended
+        // is seen too.
+        let held = match entry.fetch.try_lock() {
+            Err(std::sync::TryLockError::WouldBlock) => None,
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        };
+        if let Some(_held) = held {
+            if let Some(cur) = newer(&entry) {
+                return cur.by_kid(kid).is_some().then_some(cur);
+            }
+            bump(&COUNTERS.jwks_kid_refreshes_refused);
+            return None;
+        }
     }
     blocking(|| {
         let _flight = lock(&entry.fetch);
