@@ -1404,6 +1404,12 @@ fn a_private_ca_is_trusted_only_through_the_ca_bundle() {
         || identity::stats().ca_bundle_errors > errors,
     );
     assert!(valid_with_jwks(&t, &issuer.url("/after-broken")));
+    // ... and reported (for /readyz) until the file holds a usable bundle.
+    let reported = identity::tls::ca_bundle_error().expect("the refused reload is reported");
+    assert!(
+        reported.error.contains(&path.display().to_string()),
+        "{reported:?}"
+    );
 
     // A bundle of another CA only: the issuer is no longer trusted.
     let loads = identity::stats().ca_bundle_loads;
@@ -1412,6 +1418,10 @@ fn a_private_ca_is_trusted_only_through_the_ca_bundle() {
         identity::stats().ca_bundle_loads > loads
     });
     assert!(eval(expr, &t, &issuer.url("/other-ca")).is_err());
+    assert!(
+        identity::tls::ca_bundle_error().is_none(),
+        "cleared by a good load"
+    );
 
     // Both CAs in one file: trusted again.
     let loads = identity::stats().ca_bundle_loads;

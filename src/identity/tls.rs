@@ -81,6 +81,29 @@ impl CaBundle {
 
 static BUNDLE: LazyLock<ArcSwapOption<CaBundle>> = LazyLock::new(ArcSwapOption::empty);
 
+/// Why the latest reload of the bundle was refused, and when; cleared when
+/// the file holds a bundle in force again.
+static LAST_ERROR: std::sync::Mutex<Option<CaBundleError>> = std::sync::Mutex::new(None);
+
+/// A refused reload of the CA bundle, for `/readyz`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CaBundleError {
+    #[serde(with = "crate::sources::rfc3339")]
+    pub at: std::time::SystemTime,
+    /// The path and why (never certificate or key material).
+    pub error: String,
+}
+
+fn set_error(e: Option<CaBundleError>) {
+    *LAST_ERROR.lock().unwrap_or_else(|p| p.into_inner()) = e;
+}
+
+/// The refused reload of the CA bundle, while the file still does not hold
+/// a usable bundle (the previous roots stay in force meanwhile).
+pub fn ca_bundle_error() -> Option<CaBundleError> {
+    LAST_ERROR.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
 fn read(path: &Path) -> Result<(Vec<u8>, [u8; 32]), IdentityError> {
     let bytes = std::fs::read(path).map_err(|e| IdentityError::CaBundle {
         path: path.display().to_string(),
@@ -117,6 +140,7 @@ pub fn load_ca_bundle(path: &Path) -> Result<usize, IdentityError> {
 /// Drops the CA bundle: only the web PKI roots are trusted from now on.
 pub fn clear_ca_bundle() {
     BUNDLE.store(None);
+    set_error(None);
     let rt = RUNTIME.load();
     rt.agent.store(Arc::new(agent(&rt.cfg)));
     COUNTERS.ca_bundle_certificates.store(0, Ordering::Relaxed);
@@ -172,9 +196,17 @@ pub fn watch_ca_bundle(path: PathBuf, interval: Duration) -> std::io::Result<CaB
                     break;
                 }
                 match poll(&path, &mut last) {
-                    Ok(None) => unreadable = false,
+                    Ok(None) => {
+                        unreadable = false;
+                        // Back to the content in force (after a refused
+                        // change or an unreadable spell): nothing to report.
+                        if BUNDLE.load().as_ref().is_some_and(|b| b.digest == last) {
+                            set_error(None);
+                        }
+                    }
                     Ok(Some(n)) => {
                         unreadable = false;
+                        set_error(None);
                         tracing::info!(path = %path.display(), certificates = n, "CA bundle reloaded");
                     }
                     Err(e) => {
@@ -182,6 +214,10 @@ pub fn watch_ca_bundle(path: PathBuf, interval: Duration) -> std::io::Result<CaB
                         if !(read_error && unreadable) {
                             bump(&COUNTERS.ca_bundle_errors);
                             tracing::error!(error = %e, "CA bundle not reloaded; the previous roots stay in force");
+                            set_error(Some(CaBundleError {
+                                at: std::time::SystemTime::now(),
+                                error: e.to_string(),
+                            }));
                         }
                         unreadable = read_error;
                     }

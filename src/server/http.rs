@@ -48,6 +48,7 @@ async fn readyz(AxState(state): AxState<Arc<State>>) -> (StatusCode, Json<serde_
             },
             "lastReloadError": r.last_error(),
             "kubernetes": r.kube(),
+            "jwksCaBundleError": crate::identity::tls::ca_bundle_error(),
         })),
     )
 }
