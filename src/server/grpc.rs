@@ -110,20 +110,7 @@ impl Authorization for AuthzService {
     ) -> Result<Response<CheckResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
         let request = Arc::new(request);
-        let span = tracing::info_span!(
-            target: DECISION_TARGET,
-            "ext_authz check",
-            otel.kind = "server",
-            otel.status_code = Empty,
-            decision = Empty,
-            "http.response.status_code" = Empty,
-            "celgate.policy" = Empty,
-            "celgate.validation" = Empty,
-            "celgate.policies_evaluated" = Empty,
-            "celgate.error" = Empty,
-            "http.request.method" = Empty,
-            "url.path" = Empty,
-        );
+        let span = check_span();
         let traced = !span.is_disabled();
         if traced {
             join_callers_trace(&span, &metadata, &request);
@@ -152,8 +139,8 @@ impl Authorization for AuthzService {
     }
 }
 
-/// The span of a `Check` that could not be read: the one `check()` opens for
-/// the others, with the same attributes.
+/// The span of one `Check`, read or not: its attributes are filled in once
+/// the decision is made ([`record_span`]).
 fn check_span() -> tracing::Span {
     tracing::info_span!(
         target: DECISION_TARGET,
