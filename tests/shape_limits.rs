@@ -50,10 +50,7 @@ fn chain(terms: usize) -> String {
 fn too_deep() -> String {
     policy(
         "too-deep",
-        &format!(
-            "{} > 0 ? envoy.Denied(500).Response() : null",
-            chain(2000)
-        ),
+        &format!("{} > 0 ? envoy.Denied(500).Response() : null", chain(2000)),
     )
 }
 
@@ -174,10 +171,7 @@ fn an_expression_at_the_depth_limit_loads_and_evaluates() {
         &file,
         policy(
             "at-the-limit",
-            &format!(
-                "{} > 0 ? envoy.Denied(418).Response() : null",
-                chain(98)
-            ),
+            &format!("{} > 0 ? envoy.Denied(418).Response() : null", chain(98)),
         ),
     )
     .unwrap();
@@ -264,7 +258,13 @@ async fn status(grpc: SocketAddr) -> i32 {
     let mut client = AuthorizationClient::connect(format!("http://{grpc}"))
         .await
         .unwrap();
-    match client.check(request()).await.unwrap().into_inner().http_response {
+    match client
+        .check(request())
+        .await
+        .unwrap()
+        .into_inner()
+        .http_response
+    {
         Some(HttpResponse::DeniedResponse(d)) => d.status.map(|s| s.code).unwrap_or(0),
         other => panic!("not a denial: {other:?}"),
     }
@@ -285,14 +285,12 @@ async fn a_reload_over_the_limits_is_refused_and_the_last_good_set_answers() {
     });
     assert_eq!(status(grpc).await, 401);
 
-    let mut refused = 0;
-    for (name, text, kind) in [
+    for (refused, (name, text, kind)) in (1..).zip([
         ("deep.yaml", too_deep(), "limit_exceeded"),
         ("self.yaml", self_reading_variable(), "variables_misused"),
-    ] {
+    ]) {
         let file = dir.path().join(name);
         std::fs::write(&file, text).unwrap();
-        refused += 1;
         wait_for(&mut server, "the reload is refused", || {
             get_blocking(http, "/readyz").is_ok_and(|(code, body)| {
                 let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
@@ -310,10 +308,7 @@ async fn a_reload_over_the_limits_is_refused_and_the_last_good_set_answers() {
         dir.path().join("good.yaml"),
         policy(
             "good",
-            &format!(
-                "{} > 0 ? envoy.Denied(402).Response() : null",
-                chain(98)
-            ),
+            &format!("{} > 0 ? envoy.Denied(402).Response() : null", chain(98)),
         ),
     )
     .unwrap();
@@ -324,4 +319,76 @@ async fn a_reload_over_the_limits_is_refused_and_the_last_good_set_answers() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     server.check_alive().unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Request data is converted to CEL values recursively; its depth is bounded
+/// by the JSON parser (128 levels) before any conversion: a deeply nested
+/// MCP body is an evaluation error (a denial), and a deeply nested request
+/// file is refused, neither a crash.
+#[test]
+fn deeply_nested_request_data_is_refused_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.yaml");
+    std::fs::write(
+        &file,
+        policy(
+            "mcp",
+            "mcp.Parse(object.attributes.request.http.body).Method == \"tools/call\" ? envoy.Denied(409).Response() : null",
+        ),
+    )
+    .unwrap();
+    let request = dir.path().join("r.json");
+    let check = |levels: usize| {
+        let deep = format!("{}1{}", "[".repeat(levels), "]".repeat(levels));
+        let body = format!(
+            r#"{{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {{"name": "t", "arguments": {{"a": {deep}}}}}}}"#
+        );
+        std::fs::write(
+            &request,
+            serde_json::json!({"attributes": {"request": {"http": {
+                "method": "POST", "path": "/mcp", "body": body}}}})
+            .to_string(),
+        )
+        .unwrap();
+        let out = celgate()
+            .args(["check", "--explain", "--request"])
+            .arg(&request)
+            .arg("--policies")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    // Shallow: parsed, the policy decides (3: denied by a policy).
+    let (code, text) = check(3);
+    assert_eq!(code, Some(3), "{text}");
+    // Deep: refused by the parser; the policy's error is a denial (4).
+    let (code, text) = check(100_000);
+    assert_eq!(code, Some(4), "{text}");
+    assert!(text.contains("recursion limit exceeded"), "{text}");
+
+    // A request file nested deeper than the parser's limit.
+    let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+    let deep_request = format!(
+        r#"{{"attributes": {{"metadataContext": {{"filterMetadata": {{"x": {{"a": {deep}}}}}}}}}}}"#
+    );
+    std::fs::write(&request, deep_request).unwrap();
+    let out = celgate()
+        .args(["check", "--request"])
+        .arg(&request)
+        .arg("--policies")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -118,7 +118,10 @@ fn scan(b: &[u8]) -> Shape {
             self.ternaries += l.ternaries;
             l.max = l.max.max(l.value());
             self.shape.depth = self.shape.depth.max(self.sum);
-            self.shape.nesting = self.shape.nesting.max(self.levels.len() - 1 + self.ternaries);
+            self.shape.nesting = self
+                .shape
+                .nesting
+                .max(self.levels.len() - 1 + self.ternaries);
         }
     }
     let mut st = Scan {
@@ -197,9 +200,7 @@ fn scan(b: &[u8]) -> Shape {
                 let word = &b[start..=i];
                 // A string's prefix (`r"…"`, `b'…'`, `rb"…"`).
                 if word.len() <= 2
-                    && word
-                        .iter()
-                        .all(|c| matches!(c, b'r' | b'R' | b'b' | b'B'))
+                    && word.iter().all(|c| matches!(c, b'r' | b'R' | b'b' | b'B'))
                     && matches!(b.get(i + 1), Some(b'"' | b'\''))
                 {
                     let raw = word.iter().any(|c| matches!(c, b'r' | b'R'));
@@ -412,11 +413,7 @@ mod tests {
 
     #[test]
     fn at_the_limits_parsing_and_depth_fit_the_load_stack() {
-        let nested = format!(
-            "{}1{}",
-            "(".repeat(MAX_NESTING),
-            ")".repeat(MAX_NESTING)
-        );
+        let nested = format!("{}1{}", "(".repeat(MAX_NESTING), ")".repeat(MAX_NESTING));
         assert_eq!(check_source(&nested), Ok(()));
         let d = on_load_stack(|| parsed_depth(&nested));
         assert!(d <= MAX_DEPTH, "{d}");

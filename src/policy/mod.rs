@@ -942,11 +942,8 @@ impl Compiler {
     /// used for nothing else.
     fn check_variables(&mut self, ctx: &Ctx<'_>, expr: &Expression, names: &[&str]) {
         if variables_misused(&expr.program) {
-            self.errors.push(ctx.cel(
-                &expr.field,
-                &expr.source,
-                VARIABLES_MISUSED,
-            ));
+            self.errors
+                .push(ctx.cel(&expr.field, &expr.source, VARIABLES_MISUSED));
             return;
         }
         for used in variable_refs(&expr.program) {
@@ -1278,7 +1275,9 @@ pub fn variables_misused(program: &Program) -> bool {
         Expr::Select(s) if matches!(&s.operand.expr, Expr::Ident(i) if i == "variables") => {
             named += 1;
         }
-        Expr::Call(c) if (c.func_name == "_[_]" || c.func_name == "_[?_]") && c.target.is_none() => {
+        Expr::Call(c)
+            if (c.func_name == "_[_]" || c.func_name == "_[?_]") && c.target.is_none() =>
+        {
             if let (
                 Some(Expr::Ident(i)),
                 Some(Expr::Literal(cel::common::ast::LiteralValue::String(_))),
@@ -1351,8 +1350,10 @@ fn variable_depths(vars: &[NamedProgram]) -> Result<Vec<usize>, Vec<String>> {
                     }
                     1 => {
                         let start = stack.iter().position(|&(s, _)| s == d).unwrap_or(0);
-                        let mut cycle: Vec<String> =
-                            stack[start..].iter().map(|&(s, _)| vars[s].name.clone()).collect();
+                        let mut cycle: Vec<String> = stack[start..]
+                            .iter()
+                            .map(|&(s, _)| vars[s].name.clone())
+                            .collect();
                         cycle.push(vars[d].name.clone());
                         return Err(cycle);
                     }
