@@ -144,9 +144,18 @@ fn scan(b: &[u8]) -> Shape {
     while i < b.len() {
         let c = b[i];
         match c {
-            b'"' | b'\'' => {
-                i = skip_string(b, i);
+            // A string is skipped only when it is closed: the lexer skips
+            // the quote of one that is not and reads on, so the scan must too.
+            b'"' | b'\'' if skip_string(b, i).is_some() => {
+                i = skip_string(b, i).unwrap_or(b.len());
                 prev = c;
+                continue;
+            }
+            // A comment runs to the end of the line.
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
                 continue;
             }
             b'(' | b'[' | b'{' => open(&mut st),
@@ -204,13 +213,16 @@ fn scan(b: &[u8]) -> Shape {
                     && matches!(b.get(i + 1), Some(b'"' | b'\''))
                 {
                     let raw = word.iter().any(|c| matches!(c, b'r' | b'R'));
-                    i = if raw {
+                    let end = if raw {
                         skip_raw_string(b, i + 1)
                     } else {
                         skip_string(b, i + 1)
                     };
-                    prev = b'"';
-                    continue;
+                    if let Some(end) = end {
+                        i = end;
+                        prev = b'"';
+                        continue;
+                    }
                 }
                 if word == b"in" {
                     st.top(|l| l.chain += 1);
@@ -234,52 +246,47 @@ fn is_operator(c: u8) -> bool {
 }
 
 /// The index just past the string literal opening at `start` (a quote),
-/// escapes honoured; the end of the text if it is not closed (the parser
-/// then reports it).
-fn skip_string(b: &[u8], start: usize) -> usize {
+/// escapes honoured; `None` if it is not closed (a quoted string ends at the
+/// end of its line).
+fn skip_string(b: &[u8], start: usize) -> Option<usize> {
     let q = b[start];
-    if b.get(start + 1) == Some(&q) && b.get(start + 2) == Some(&q) {
-        // Triple-quoted: ends at the next unescaped triple quote.
-        let mut i = start + 3;
-        while i < b.len() {
-            if b[i] == b'\\' {
-                i += 2;
-            } else if b[i] == q && b.get(i + 1) == Some(&q) && b.get(i + 2) == Some(&q) {
-                return i + 3;
-            } else {
-                i += 1;
-            }
-        }
-        return b.len();
-    }
-    let mut i = start + 1;
+    let triple = b.get(start + 1) == Some(&q) && b.get(start + 2) == Some(&q);
+    let mut i = start + if triple { 3 } else { 1 };
     while i < b.len() {
         match b[i] {
-            b'\\' => i += 2,
-            c if c == q => return i + 1,
+            b'\n' | b'\r' if !triple => return None,
+            b'\\' => {
+                if !triple && matches!(b.get(i + 1), Some(b'\n' | b'\r')) {
+                    return None;
+                }
+                i += 2;
+            }
+            c if c == q && !triple => return Some(i + 1),
+            c if c == q && b.get(i + 1) == Some(&q) && b.get(i + 2) == Some(&q) => {
+                return Some(i + 3)
+            }
             _ => i += 1,
         }
     }
-    b.len()
+    None
 }
 
 /// As [`skip_string`] for a raw string (no escapes).
-fn skip_raw_string(b: &[u8], start: usize) -> usize {
+fn skip_raw_string(b: &[u8], start: usize) -> Option<usize> {
     let q = b[start];
-    if b.get(start + 1) == Some(&q) && b.get(start + 2) == Some(&q) {
-        let mut i = start + 3;
-        while i + 2 < b.len() + 2 && i < b.len() {
-            if b[i] == q && b.get(i + 1) == Some(&q) && b.get(i + 2) == Some(&q) {
-                return i + 3;
+    let triple = b.get(start + 1) == Some(&q) && b.get(start + 2) == Some(&q);
+    let mut i = start + if triple { 3 } else { 1 };
+    while i < b.len() {
+        match b[i] {
+            b'\n' | b'\r' if !triple => return None,
+            c if c == q && !triple => return Some(i + 1),
+            c if c == q && b.get(i + 1) == Some(&q) && b.get(i + 2) == Some(&q) => {
+                return Some(i + 3)
             }
-            i += 1;
+            _ => i += 1,
         }
-        return b.len();
     }
-    match b[start + 1..].iter().position(|&c| c == q) {
-        Some(p) => start + 1 + p + 1,
-        None => b.len(),
-    }
+    None
 }
 
 /// The depth of a parsed expression (a literal or a name is 1), computed
@@ -402,9 +409,33 @@ mod tests {
             check_source(&long),
             Err(LimitError::TooLong(MAX_EXPRESSION_BYTES + 2))
         );
-        // Brackets inside strings are text.
+        // Brackets inside strings are text...
         let quoted = format!("'{}' == x", "(".repeat(1000));
         assert_eq!(check_source(&quoted), Ok(()));
+        let quoted = format!("r\"\"\"{}\n\"\"\" == x", "(".repeat(1000));
+        assert_eq!(check_source(&quoted), Ok(()));
+        // ... unless the string is not closed (the lexer reads on)...
+        for open in ["'", "\"", "r'", "'''", "'a\\\n"] {
+            let unclosed = format!("{open} {}1", "(".repeat(40));
+            assert_eq!(
+                check_source(&unclosed),
+                Err(LimitError::TooNested),
+                "{open}"
+            );
+            if !open.starts_with("'''") {
+                let next_line = format!("{open}\n{}1", "(".repeat(40));
+                assert_eq!(
+                    check_source(&next_line),
+                    Err(LimitError::TooNested),
+                    "{open}"
+                );
+            }
+        }
+        // ... and a comment ends at its line.
+        let commented = format!("x // it's (\n{}1", "(".repeat(40));
+        assert_eq!(check_source(&commented), Err(LimitError::TooNested));
+        let commented = format!("x // {}\n", "(".repeat(40));
+        assert_eq!(check_source(&commented), Ok(()));
         // A long conjunction is balanced by the parser: not deep.
         let and = vec!["a.b.c == 1"; 2000].join(" && ");
         assert_eq!(check_source(&and), Ok(()));
