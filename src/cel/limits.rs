@@ -452,4 +452,111 @@ mod tests {
         assert_eq!(check_source(&chain), Ok(()));
         assert_eq!(on_load_stack(|| parsed_depth(&chain)), MAX_DEPTH);
     }
+
+    /// Random texts built from the pieces that matter to the scan (most are
+    /// not valid CEL): whatever the scan lets through parses on the load
+    /// stack without overflowing it, and when it parses, its depth is within
+    /// the scan's bound.
+    #[test]
+    fn whatever_passes_the_scan_parses_within_its_bound() {
+        const PIECES: [&str; 24] = [
+            "(", ")", "[", "]", "{", "}", "1", " + ", ".a", " ? ", " : ", ", ", "'", "\"", "r'",
+            "'''", " // ", "\n", " in ", "!", " && ", "x", "f(", "[?",
+        ];
+        let mut seed: u64 = 0x5eed;
+        let mut next = move |n: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 33) as usize) % n
+        };
+        let mut texts = Vec::new();
+        for _ in 0..600 {
+            let len = 1 + next(400);
+            let mut s = String::new();
+            for _ in 0..len {
+                // Opening brackets are favoured, to reach the limits.
+                let p = if next(3) == 0 {
+                    next(3) * 2
+                } else {
+                    next(PIECES.len())
+                };
+                s.push_str(PIECES[p]);
+            }
+            texts.push(s);
+        }
+        let (passed, parsed) = on_load_stack(move || {
+            let (mut passed, mut parsed) = (0, 0);
+            for s in texts {
+                if check_source(&s).is_err() {
+                    continue;
+                }
+                passed += 1;
+                if let Ok(p) = crate::cel::env().compile(&s) {
+                    parsed += 1;
+                    let bound = scan(s.as_bytes()).depth;
+                    assert!(depth(p.expression()) <= bound, "{s:?}");
+                }
+            }
+            (passed, parsed)
+        });
+        eprintln!("{passed} passed the scan, {parsed} parsed");
+        assert!(passed > 100, "{passed}");
+    }
+
+    /// Random valid expressions, up to twice the depth limit: the scan's
+    /// bound is never below the parsed depth, so nothing deeper than the
+    /// bound reaches the evaluator.
+    #[test]
+    fn the_scan_bound_holds_for_random_valid_expressions() {
+        let mut seed: u64 = 0xce1;
+        let mut next = move |n: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 33) as usize) % n
+        };
+        fn gen(next: &mut dyn FnMut(usize) -> usize, budget: usize) -> String {
+            if budget == 0 {
+                return ["1", "x", "'s(['", "r\"]\"", "2.5"][next(5)].to_owned();
+            }
+            let mut sub = || gen(next, budget - 1);
+            let (a, b) = (sub(), sub());
+            match next(14) {
+                0 => format!("({a})"),
+                1 => format!("[{a}, {b}]"),
+                2 => format!("{{'k': {a}}}"),
+                3 => format!("{a} + {b}"),
+                4 => format!("({a}).f"),
+                5 => format!("{a} ? ({b}) : 1"),
+                6 => format!("size({a})"),
+                7 => format!("{a} in [{b}]"),
+                8 => format!("!({a})"),
+                9 => format!("{a} && {b} || x"),
+                10 => format!("x[{a}][0]"),
+                11 => format!("({a}).?g.orValue({b})"),
+                12 => format!("({a}).all(v, v > {b})"),
+                _ => format!("(x.y.z == {a} // (('\n + {b})"),
+            }
+        }
+        let texts: Vec<String> = (0..300)
+            .map(|_| {
+                let budget = 1 + next(8);
+                gen(&mut next, budget)
+            })
+            .collect();
+        let checked = on_load_stack(move || {
+            let mut checked = 0;
+            for s in texts {
+                let p = crate::cel::env()
+                    .compile(&s)
+                    .unwrap_or_else(|e| panic!("{s:?}: {e}"));
+                let (bound, parsed) = (scan(s.as_bytes()).depth, depth(p.expression()));
+                assert!(parsed <= bound, "{s:?}: text says {bound}, parsed {parsed}");
+                checked += 1;
+            }
+            checked
+        });
+        assert_eq!(checked, 300);
+    }
 }
