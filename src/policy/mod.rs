@@ -1447,6 +1447,27 @@ mod tests {
             field: "spec.failurePolicy".into(),
             message: format!("must be Fail or Ignore, not {SECRET:?}"),
         }]);
+        // Limits and misused variables have kinds of their own.
+        let limit = LoadError::Invalid {
+            location: location(),
+            kind: "ValidatingPolicy",
+            policy: "p".into(),
+            field: "spec.validations[0].expression".into(),
+            message: crate::cel::limits::LimitError::TooDeep.to_string(),
+        };
+        assert_eq!(limit.kind(), "limit_exceeded");
+        let misused = LoadError::Cel {
+            location: location(),
+            kind: "ValidatingPolicy",
+            policy: "p".into(),
+            field: "spec.variables[0].expression".into(),
+            expression: "[variables][0].a".into(),
+            message: VARIABLES_MISUSED.into(),
+        };
+        assert_eq!(misused.kind(), "variables_misused");
+        assert!(misused
+            .redacted()
+            .ends_with("spec.variables[0].expression: variables_misused"));
         assert!(!all.redacted().contains(SECRET));
         assert!(all
             .redacted()
