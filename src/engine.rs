@@ -719,7 +719,14 @@ impl<'r> Val for Activation<'r> {
             object: self.object,
             defs: self.defs,
             cells: self.cells.clone(),
-            busy: self.defs.iter().map(|_| AtomicBool::new(false)).collect(),
+            // A copy made while a variable is being computed (`[variables]`)
+            // must still see it as busy, or reading it through the copy
+            // would start it again, without end.
+            busy: self
+                .busy
+                .iter()
+                .map(|b| AtomicBool::new(b.load(Ordering::Relaxed)))
+                .collect(),
             runs: self.defs.iter().map(|_| AtomicU32::new(0)).collect(),
         })
     }

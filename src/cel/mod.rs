@@ -10,6 +10,7 @@
 pub mod convert;
 pub mod envoy;
 pub mod jwt;
+pub mod limits;
 pub mod mcp;
 mod regex_cache;
 pub use regex_cache::walk;

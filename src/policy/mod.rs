@@ -5,7 +5,7 @@ pub mod kinds;
 pub mod load;
 pub mod model;
 
-use crate::cel::{check_literal_patterns, env};
+use crate::cel::{check_literal_patterns, env, limits};
 use cel::common::ast::Expr;
 use cel::Program;
 use model::{ExceptionSpec, Header, NamedExpression, PolicySpec, IGNORED_SPEC_FIELDS};
@@ -81,7 +81,8 @@ impl LoadError {
     /// `missing_field`, `invalid_value`, `invalid_spec`, `duplicate_name`,
     /// `variable_cycle`, `invalid`, `cel_syntax`, `cel_compile`,
     /// `invalid_regex`, `undefined_variable`, `unknown_constant`,
-    /// `variables_not_allowed`, `cel_error`, `duplicate_policy`.
+    /// `variables_not_allowed`, `variables_misused`, `limit_exceeded`,
+    /// `cel_error`, `duplicate_policy`.
     pub fn kind(&self) -> &'static str {
         match self {
             LoadError::Io { .. } => "io_error",
@@ -171,6 +172,8 @@ fn invalid_kind(field: &str, message: &str) -> &'static str {
         "duplicate_name"
     } else if message.contains("in a cycle") {
         "variable_cycle"
+    } else if message.contains("the limit of") {
+        "limit_exceeded"
     } else if message.starts_with("must be ") {
         "invalid_value"
     } else if field == "spec" {
@@ -195,6 +198,8 @@ fn cel_kind(message: &str) -> &'static str {
         "unknown_constant"
     } else if message.contains("cannot use variables") {
         "variables_not_allowed"
+    } else if message.starts_with("`variables` can only") {
+        "variables_misused"
     } else {
         "cel_error"
     }
@@ -390,6 +395,15 @@ impl PolicySet {
     }
 
     fn compile_report(
+        docs: Vec<load::Document>,
+        previous: Option<&PolicySet>,
+    ) -> (Result<PolicySet, LoadErrors>, Vec<Warning>) {
+        // Parsing recurses over the expression: it runs on threads whose
+        // stack fits an expression at the limits, whatever thread loads.
+        limits::on_load_stack(|| Self::compile_on_this_thread(docs, previous))
+    }
+
+    fn compile_on_this_thread(
         docs: Vec<load::Document>,
         previous: Option<&PolicySet>,
     ) -> (Result<PolicySet, LoadErrors>, Vec<Warning>) {
@@ -666,14 +680,21 @@ impl Compiler {
         for v in &variables {
             self.check_variables(ctx, &v.expr, &var_names);
         }
-        if let Some(cycle) = variable_cycle(&variables) {
-            self.errors.push(ctx.invalid(
-                "spec.variables",
-                format!(
-                    "variables refer to each other in a cycle: {}",
-                    cycle.join(" -> ")
-                ),
-            ));
+        let var_depths = match variable_depths(&variables) {
+            Ok(d) => d,
+            Err(cycle) => {
+                self.errors.push(ctx.invalid(
+                    "spec.variables",
+                    format!(
+                        "variables refer to each other in a cycle: {}",
+                        cycle.join(" -> ")
+                    ),
+                ));
+                Vec::new()
+            }
+        };
+        for (v, d) in variables.iter().zip(&var_depths) {
+            self.check_depth(ctx, &v.expr, &variables, &var_depths, *d);
         }
         for m in &match_conditions {
             if references_root(&m.expr.program, "variables") {
@@ -712,6 +733,10 @@ impl Compiler {
             };
             if let Some(expr) = self.expression(ctx, field, src) {
                 self.check_variables(ctx, &expr, &var_names);
+                if !var_depths.is_empty() {
+                    let d = through_variables(&expr.program, &variables, &var_depths);
+                    self.check_depth(ctx, &expr, &variables, &var_depths, d);
+                }
                 validations.push(expr);
             }
         }
@@ -868,6 +893,12 @@ impl Compiler {
     }
 
     fn expression(&mut self, ctx: &Ctx<'_>, field: String, source: String) -> Option<Expression> {
+        // The text's shape is checked before the parser sees it: the parser
+        // itself recurses once per bracket.
+        if let Err(e) = limits::check_source(&source) {
+            self.errors.push(ctx.invalid(field, e.to_string()));
+            return None;
+        }
         let program = match env().compile(&source) {
             Ok(p) => p,
             Err(e) => {
@@ -876,6 +907,11 @@ impl Compiler {
                 return None;
             }
         };
+        if limits::depth(program.expression()) > limits::MAX_DEPTH {
+            self.errors
+                .push(ctx.invalid(field, limits::LimitError::TooDeep.to_string()));
+            return None;
+        }
         if let Err(e) = check_literal_patterns(program.expression()) {
             self.errors.push(ctx.cel(&field, &source, e));
             return None;
@@ -902,8 +938,14 @@ impl Compiler {
         })
     }
 
-    /// `variables.x` must name a declared variable.
+    /// `variables.x` must name a declared variable, and `variables` is
+    /// used for nothing else.
     fn check_variables(&mut self, ctx: &Ctx<'_>, expr: &Expression, names: &[&str]) {
+        if variables_misused(&expr.program) {
+            self.errors
+                .push(ctx.cel(&expr.field, &expr.source, VARIABLES_MISUSED));
+            return;
+        }
         for used in variable_refs(&expr.program) {
             if !names.contains(&used.as_str()) {
                 self.errors.push(ctx.cel(
@@ -919,6 +961,33 @@ impl Compiler {
                     ),
                 ));
             }
+        }
+    }
+
+    /// An expression `depth` levels deep counting the variables it reads is
+    /// refused past the limit, where the limit is crossed (not again for
+    /// every expression that reads one already refused).
+    fn check_depth(
+        &mut self,
+        ctx: &Ctx<'_>,
+        expr: &Expression,
+        vars: &[NamedProgram],
+        depths: &[usize],
+        depth: usize,
+    ) {
+        if depth <= limits::MAX_DEPTH {
+            return;
+        }
+        let reads_refused = variable_refs(&expr.program).iter().any(|n| {
+            vars.iter()
+                .position(|v| &v.name == n)
+                .is_some_and(|i| depths[i] > limits::MAX_DEPTH)
+        });
+        if !reads_refused {
+            self.errors.push(ctx.invalid(
+                expr.field.clone(),
+                limits::LimitError::TooDeepThroughVariables(depth).to_string(),
+            ));
         }
     }
 
@@ -1072,11 +1141,22 @@ fn par_map<T: Sync, R: Send>(items: &[T], min: usize, f: impl Fn(&T) -> R + Sync
     std::thread::scope(|s| {
         let handles: Vec<_> = items
             .chunks(size)
-            .map(|c| s.spawn(|| c.iter().map(&f).collect::<Vec<R>>()))
+            .map(|c| {
+                let work = || c.iter().map(&f).collect::<Vec<R>>();
+                // Parsing recurses over the expression (see `limits`).
+                std::thread::Builder::new()
+                    .stack_size(limits::LOAD_STACK_BYTES)
+                    .spawn_scoped(s, work)
+                    .map_err(|_| c)
+            })
             .collect();
         handles
             .into_iter()
-            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .flat_map(|h| match h {
+                Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                // No thread: this one does the chunk (on its own stack).
+                Err(c) => c.iter().map(&f).collect(),
+            })
             .collect()
     })
 }
@@ -1180,8 +1260,58 @@ fn references_root(program: &Program, ident: &str) -> bool {
     found
 }
 
-/// A cycle among variables, if any, as the names along it.
-fn variable_cycle(vars: &[NamedProgram]) -> Option<Vec<String>> {
+/// What `variables` may be used for: `variables.x`, `has(variables.x)`,
+/// `variables["x"]` (and `variables[?"x"]`), each naming one variable.
+const VARIABLES_MISUSED: &str = "`variables` can only be used to read a declared variable by name (`variables.name` or `variables[\"name\"]`)";
+
+/// Whether `variables` appears anywhere other than as the operand of a
+/// field selection or of an index by a string literal: `[variables][0].a`,
+/// `variables[x]`, `variables` as a value. Such reads would escape the
+/// reference walk that finds cycles and undeclared names.
+pub fn variables_misused(program: &Program) -> bool {
+    let (mut all, mut named) = (0usize, 0usize);
+    crate::cel::walk(program.expression(), &mut |e| match e {
+        Expr::Ident(i) if i == "variables" => all += 1,
+        Expr::Select(s) if matches!(&s.operand.expr, Expr::Ident(i) if i == "variables") => {
+            named += 1;
+        }
+        Expr::Call(c)
+            if (c.func_name == "_[_]" || c.func_name == "_[?_]") && c.target.is_none() =>
+        {
+            if let (
+                Some(Expr::Ident(i)),
+                Some(Expr::Literal(cel::common::ast::LiteralValue::String(_))),
+            ) = (
+                c.args.first().map(|a| &a.expr),
+                c.args.get(1).map(|a| &a.expr),
+            ) {
+                if i == "variables" && c.args.len() == 2 {
+                    named += 1;
+                }
+            }
+        }
+        _ => {}
+    });
+    all > named
+}
+
+/// The depth of an expression counting the variables it reads: its own
+/// depth plus that of the deepest variable it reads (whose expression is
+/// evaluated below the reference).
+fn through_variables(program: &Program, vars: &[NamedProgram], depths: &[usize]) -> usize {
+    let below = variable_refs(program)
+        .iter()
+        .filter_map(|n| vars.iter().position(|v| &v.name == n))
+        .map(|i| depths[i])
+        .max()
+        .unwrap_or(0);
+    limits::depth(program.expression()) + below
+}
+
+/// Each variable's depth counting the variables it reads, or a cycle among
+/// them as the names along it. An explicit stack: the number of variables
+/// is not bounded.
+fn variable_depths(vars: &[NamedProgram]) -> Result<Vec<usize>, Vec<String>> {
     let index: HashMap<&str, usize> = vars
         .iter()
         .enumerate()
@@ -1196,42 +1326,48 @@ fn variable_cycle(vars: &[NamedProgram]) -> Option<Vec<String>> {
                 .collect()
         })
         .collect();
+    let own: Vec<usize> = vars
+        .iter()
+        .map(|v| limits::depth(v.expr.program.expression()))
+        .collect();
     // 0 = unvisited, 1 = on the stack, 2 = done
     let mut state = vec![0u8; vars.len()];
-    let mut stack = Vec::new();
-    fn visit(
-        i: usize,
-        deps: &[Vec<usize>],
-        state: &mut [u8],
-        stack: &mut Vec<usize>,
-    ) -> Option<Vec<usize>> {
-        state[i] = 1;
-        stack.push(i);
-        for &d in &deps[i] {
-            if state[d] == 1 {
-                let start = stack.iter().position(|&s| s == d).unwrap_or(0);
-                let mut cycle = stack[start..].to_vec();
-                cycle.push(d);
-                return Some(cycle);
-            }
-            if state[d] == 0 {
-                if let Some(c) = visit(d, deps, state, stack) {
-                    return Some(c);
+    let mut depth = vec![0usize; vars.len()];
+    for root in 0..vars.len() {
+        if state[root] != 0 {
+            continue;
+        }
+        // (variable, next dependency to look at)
+        let mut stack = vec![(root, 0usize)];
+        state[root] = 1;
+        while let Some(&mut (i, ref mut next)) = stack.last_mut() {
+            if let Some(&d) = deps[i].get(*next) {
+                *next += 1;
+                match state[d] {
+                    0 => {
+                        state[d] = 1;
+                        stack.push((d, 0));
+                    }
+                    1 => {
+                        let start = stack.iter().position(|&(s, _)| s == d).unwrap_or(0);
+                        let mut cycle: Vec<String> = stack[start..]
+                            .iter()
+                            .map(|&(s, _)| vars[s].name.clone())
+                            .collect();
+                        cycle.push(vars[d].name.clone());
+                        return Err(cycle);
+                    }
+                    _ => {}
                 }
-            }
-        }
-        stack.pop();
-        state[i] = 2;
-        None
-    }
-    for i in 0..vars.len() {
-        if state[i] == 0 {
-            if let Some(c) = visit(i, &deps, &mut state, &mut stack) {
-                return Some(c.into_iter().map(|i| vars[i].name.clone()).collect());
+            } else {
+                let below = deps[i].iter().map(|&d| depth[d]).max().unwrap_or(0);
+                depth[i] = own[i] + below;
+                state[i] = 2;
+                stack.pop();
             }
         }
     }
-    None
+    Ok(depth)
 }
 
 impl Location {
@@ -1311,6 +1447,27 @@ mod tests {
             field: "spec.failurePolicy".into(),
             message: format!("must be Fail or Ignore, not {SECRET:?}"),
         }]);
+        // Limits and misused variables have kinds of their own.
+        let limit = LoadError::Invalid {
+            location: location(),
+            kind: "ValidatingPolicy",
+            policy: "p".into(),
+            field: "spec.validations[0].expression".into(),
+            message: crate::cel::limits::LimitError::TooDeep.to_string(),
+        };
+        assert_eq!(limit.kind(), "limit_exceeded");
+        let misused = LoadError::Cel {
+            location: location(),
+            kind: "ValidatingPolicy",
+            policy: "p".into(),
+            field: "spec.variables[0].expression".into(),
+            expression: "[variables][0].a".into(),
+            message: VARIABLES_MISUSED.into(),
+        };
+        assert_eq!(misused.kind(), "variables_misused");
+        assert!(misused
+            .redacted()
+            .ends_with("spec.variables[0].expression: variables_misused"));
         assert!(!all.redacted().contains(SECRET));
         assert!(all
             .redacted()

@@ -176,6 +176,9 @@ impl Pool {
             let (rx, load) = (rx.clone(), load.clone());
             match std::thread::Builder::new()
                 .name(format!("celgate-eval-{i}"))
+                // Evaluation recurses over the expression: the stack fits
+                // any expression within the load-time depth limit.
+                .stack_size(crate::cel::limits::EVAL_STACK_BYTES)
                 .spawn(move || work(&rx, &load))
             {
                 Ok(_) => threads += 1,
