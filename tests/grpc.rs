@@ -302,8 +302,12 @@ impl http_body::Body for Stalled {
     }
 }
 
-/// POSTs `body` (raw bytes, gRPC framing and all) to `Check` over HTTP/2.
-async fn post_check(addr: std::net::SocketAddr, body: Vec<Vec<u8>>) -> RawAnswer {
+/// Sends `body` (raw bytes, gRPC framing and all, as the body yields them) to
+/// `Check` over a fresh HTTP/2 connection and returns the HTTP answer.
+async fn call_check(
+    addr: std::net::SocketAddr,
+    body: tonic::body::Body,
+) -> Result<http::Response<tonic::body::Body>, tonic::transport::Error> {
     use tonic::codegen::Service as _;
     let mut channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
@@ -317,14 +321,20 @@ async fn post_check(addr: std::net::SocketAddr, body: Vec<Vec<u8>>) -> RawAnswer
         ))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
-        .body(tonic::body::Body::new(Chunks(
-            body.into_iter().map(Bytes::from).collect(),
-        )))
+        .body(body)
         .unwrap();
     std::future::poll_fn(|cx| channel.poll_ready(cx))
         .await
         .unwrap();
-    let resp = channel.call(req).await.expect("an HTTP/2 answer");
+    channel.call(req).await
+}
+
+/// POSTs `body` (raw bytes, gRPC framing and all) to `Check` over HTTP/2.
+async fn post_check(addr: std::net::SocketAddr, body: Vec<Vec<u8>>) -> RawAnswer {
+    let chunks = Chunks(body.into_iter().map(Bytes::from).collect());
+    let resp = call_check(addr, tonic::body::Body::new(chunks))
+        .await
+        .expect("an HTTP/2 answer");
     let http_status = resp.status().as_u16();
     let mut grpc_status = resp
         .headers()
@@ -624,26 +634,8 @@ async fn every_check_is_answered_with_a_decision() {
     // 4b. A call whose stream breaks half-way (the caller cancelled): no one
     //     to answer, nothing decided, nothing counted; the server carries on.
     {
-        use tonic::codegen::Service as _;
-        let mut channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let req = http::Request::builder()
-            .method("POST")
-            .uri(format!(
-                "http://{addr}/envoy.service.auth.v3.Authorization/Check"
-            ))
-            .header("content-type", "application/grpc")
-            .body(tonic::body::Body::new(Broken(Some(Bytes::from(
-                framed(&[0u8; 100])[..50].to_vec(),
-            )))))
-            .unwrap();
-        std::future::poll_fn(|cx| channel.poll_ready(cx))
-            .await
-            .unwrap();
-        let _ = channel.call(req).await;
+        let half = Bytes::from(framed(&[0u8; 100])[..50].to_vec());
+        let _ = call_check(addr, tonic::body::Body::new(Broken(Some(half)))).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(decisions(http_addr, "unreadable").await, expected);
     }
@@ -652,28 +644,10 @@ async fn every_check_is_answered_with_a_decision() {
     //     holds its stream only until the read timeout: then the failure
     //     denial, counted as unreadable.
     {
-        use tonic::codegen::Service as _;
-        let mut channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let req = http::Request::builder()
-            .method("POST")
-            .uri(format!(
-                "http://{addr}/envoy.service.auth.v3.Authorization/Check"
-            ))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(tonic::body::Body::new(Stalled(Some(Bytes::from(
-                framed(&[0u8; 100])[..50].to_vec(),
-            )))))
-            .unwrap();
-        std::future::poll_fn(|cx| channel.poll_ready(cx))
-            .await
-            .unwrap();
+        let half = Bytes::from(framed(&[0u8; 100])[..50].to_vec());
         let started = std::time::Instant::now();
-        let resp = tokio::time::timeout(Duration::from_secs(5), channel.call(req))
+        let stalled = call_check(addr, tonic::body::Body::new(Stalled(Some(half))));
+        let resp = tokio::time::timeout(Duration::from_secs(5), stalled)
             .await
             .expect("answered once the read timeout passed, not left hanging")
             .expect("an HTTP/2 answer");
