@@ -250,54 +250,47 @@ struct RawAnswer {
     response: Option<CheckResponse>,
 }
 
-/// A request body of fixed chunks.
-struct Chunks(Vec<Bytes>);
+/// A request body that yields its chunks, then ends, fails or stalls.
+struct Scripted {
+    chunks: Vec<Bytes>,
+    then: Then,
+}
 
-impl http_body::Body for Chunks {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        std::task::Poll::Ready(if self.0.is_empty() {
-            None
-        } else {
-            Some(Ok(http_body::Frame::data(self.0.remove(0))))
+/// What a [`Scripted`] body does after its last chunk.
+#[derive(Clone, Copy)]
+enum Then {
+    /// Ends the stream: a complete request body.
+    End,
+    /// Fails: the client gave up half-way.
+    Fail,
+    /// Never yields again: a client that stalls.
+    Stall,
+}
+
+impl Scripted {
+    fn body(chunks: Vec<Vec<u8>>, then: Then) -> tonic::body::Body {
+        tonic::body::Body::new(Scripted {
+            chunks: chunks.into_iter().map(Bytes::from).collect(),
+            then,
         })
     }
 }
 
-/// A request body that sends one chunk, then fails.
-struct Broken(Option<Bytes>);
-
-impl http_body::Body for Broken {
+impl http_body::Body for Scripted {
     type Data = Bytes;
     type Error = std::io::Error;
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        std::task::Poll::Ready(Some(match self.0.take() {
-            Some(b) => Ok(http_body::Frame::data(b)),
-            None => Err(std::io::Error::other("the client gave up")),
-        }))
-    }
-}
-
-/// A request body that sends one chunk, then nothing, for ever.
-struct Stalled(Option<Bytes>);
-
-impl http_body::Body for Stalled {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        match self.0.take() {
-            Some(b) => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(b)))),
-            None => std::task::Poll::Pending,
+        use std::task::Poll;
+        if !self.chunks.is_empty() {
+            return Poll::Ready(Some(Ok(http_body::Frame::data(self.chunks.remove(0)))));
+        }
+        match self.then {
+            Then::End => Poll::Ready(None),
+            Then::Fail => Poll::Ready(Some(Err(std::io::Error::other("the client gave up")))),
+            Then::Stall => Poll::Pending,
         }
     }
 }
@@ -331,8 +324,7 @@ async fn call_check(
 
 /// POSTs `body` (raw bytes, gRPC framing and all) to `Check` over HTTP/2.
 async fn post_check(addr: std::net::SocketAddr, body: Vec<Vec<u8>>) -> RawAnswer {
-    let chunks = Chunks(body.into_iter().map(Bytes::from).collect());
-    let resp = call_check(addr, tonic::body::Body::new(chunks))
+    let resp = call_check(addr, Scripted::body(body, Then::End))
         .await
         .expect("an HTTP/2 answer");
     let http_status = resp.status().as_u16();
@@ -634,8 +626,8 @@ async fn every_check_is_answered_with_a_decision() {
     // 4b. A call whose stream breaks half-way (the caller cancelled): no one
     //     to answer, nothing decided, nothing counted; the server carries on.
     {
-        let half = Bytes::from(framed(&[0u8; 100])[..50].to_vec());
-        let _ = call_check(addr, tonic::body::Body::new(Broken(Some(half)))).await;
+        let half = framed(&[0u8; 100])[..50].to_vec();
+        let _ = call_check(addr, Scripted::body(vec![half], Then::Fail)).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(decisions(http_addr, "unreadable").await, expected);
     }
@@ -644,9 +636,9 @@ async fn every_check_is_answered_with_a_decision() {
     //     holds its stream only until the read timeout: then the failure
     //     denial, counted as unreadable.
     {
-        let half = Bytes::from(framed(&[0u8; 100])[..50].to_vec());
+        let half = framed(&[0u8; 100])[..50].to_vec();
         let started = std::time::Instant::now();
-        let stalled = call_check(addr, tonic::body::Body::new(Stalled(Some(half))));
+        let stalled = call_check(addr, Scripted::body(vec![half], Then::Stall));
         let resp = tokio::time::timeout(Duration::from_secs(5), stalled)
             .await
             .expect("answered once the read timeout passed, not left hanging")
