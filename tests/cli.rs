@@ -374,19 +374,15 @@ fn refused(server: &mut common::ChildGuard) -> String {
 
 /// Waits up to 20 s for `/readyz` to answer 200; its JSON.
 fn ready(server: &mut common::ChildGuard, http: SocketAddr) -> serde_json::Value {
-    let start = Instant::now();
-    loop {
-        if let Ok((200, body)) = common::get_blocking(http, "/readyz") {
-            return serde_json::from_str(&body).expect("/readyz is JSON");
-        }
-        server.check_alive().unwrap_or_else(|e| panic!("{e}"));
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "not ready:\n{}",
-            server.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut body = None;
+    server.wait_until("not ready", || {
+        body = match common::get_blocking(http, "/readyz") {
+            Ok((200, b)) => Some(b),
+            _ => None,
+        };
+        body.is_some()
+    });
+    serde_json::from_str(&body.unwrap()).expect("/readyz is JSON")
 }
 
 const ENVOY_POLICY: &str = "apiVersion: policies.kyverno.io/v1\nkind: ValidatingPolicy\nmetadata: { name: p }\nspec:\n  evaluation: { mode: Envoy }\n  validations:\n  - expression: envoy.Denied(403).Response()\n";

@@ -206,19 +206,6 @@ fn serve(dir: &Path, logs: &Path) -> (ChildGuard, SocketAddr, SocketAddr) {
     (ChildGuard::spawn("serve", cmd, logs), grpc, http)
 }
 
-fn wait_for(server: &mut ChildGuard, what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        server.check_alive().unwrap_or_else(|e| panic!("{e}"));
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{what}: timed out\n{}",
-            server.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn serve_refuses_to_start_with_a_policy_over_the_limits() {
     for text in [too_deep(), self_reading_variable()] {
@@ -280,7 +267,7 @@ async fn a_reload_over_the_limits_is_refused_and_the_last_good_set_answers() {
     )
     .unwrap();
     let (mut server, grpc, http) = serve(dir.path(), logs.path());
-    wait_for(&mut server, "ready", || {
+    server.wait_until("ready", || {
         matches!(get_blocking(http, "/readyz"), Ok((200, _)))
     });
     assert_eq!(status(grpc).await, 401);
@@ -291,7 +278,7 @@ async fn a_reload_over_the_limits_is_refused_and_the_last_good_set_answers() {
     ]) {
         let file = dir.path().join(name);
         std::fs::write(&file, text).unwrap();
-        wait_for(&mut server, "the reload is refused", || {
+        server.wait_until("the reload is refused", || {
             get_blocking(http, "/readyz").is_ok_and(|(code, body)| {
                 let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
                 code == 200 && v["reloads"]["errors"] == refused && body.contains(kind)

@@ -172,6 +172,21 @@ impl ChildGuard {
         }
     }
 
+    /// Polls `done` every 50 ms until it holds; panics (with the log) if the
+    /// process exits meanwhile or 20 s pass.
+    pub fn wait_until(&mut self, what: &str, mut done: impl FnMut() -> bool) {
+        let start = std::time::Instant::now();
+        while !done() {
+            self.check_alive().unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "{what}: timed out\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Stops the process: SIGTERM, up to 2 s to exit, then SIGKILL. Idempotent.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
