@@ -26,6 +26,12 @@ pub struct Problem {
     pub policy: Option<String>,
     pub field: Option<String>,
     pub expression: Option<String>,
+    /// 1-based column in the file of the sub-expression at fault, when the
+    /// type checker points at one.
+    pub column: Option<usize>,
+    /// Byte offset of that sub-expression in `expression`.
+    #[serde(skip)]
+    pub at: Option<usize>,
     pub message: String,
 }
 
@@ -87,6 +93,8 @@ fn warning(files: &mut Lines, w: &Warning) -> Problem {
         policy: w.policy.clone(),
         field: w.field.clone(),
         expression: None,
+        column: None,
+        at: None,
         message: w.message.clone(),
     }
 }
@@ -101,6 +109,8 @@ fn error(files: &mut Lines, e: &LoadError) -> Problem {
         policy: None,
         field: None,
         expression: None,
+        column: None,
+        at: None,
         message: String::new(),
     };
     match e {
@@ -143,9 +153,15 @@ fn error(files: &mut Lines, e: &LoadError) -> Problem {
             field,
             expression,
             message,
-        } => Problem {
+            at,
+            ..
+        } => {
+            let (line, column) = files.position(location, field, expression, *at);
+            Problem {
             file: Some(location.path.clone()),
-            line: Some(files.find(location, Some(field), Some(expression))),
+            line: Some(line),
+            column,
+            at: *at,
             document: Some(location.document),
             kind: Some((*kind).to_owned()),
             policy: Some(policy.clone()),
@@ -153,7 +169,8 @@ fn error(files: &mut Lines, e: &LoadError) -> Problem {
             expression: Some(expression.clone()),
             message: message.clone(),
             ..base
-        },
+        }
+        }
         LoadError::Duplicate {
             kind,
             name,
@@ -225,6 +242,90 @@ impl Lines {
     }
 }
 
+impl Lines {
+    /// The line and column in the file of byte `at` of `expression` (the
+    /// text of `field`), found by lining up the expression's characters,
+    /// spaces aside, with the file's from the field's line on: that works
+    /// for every YAML scalar style, folded and quoted ones included. Without
+    /// `at`, or when the text cannot be lined up, the line of [`Lines::find`]
+    /// and no column.
+    pub(crate) fn position(
+        &mut self,
+        location: &Location,
+        field: &str,
+        expression: &str,
+        at: Option<usize>,
+    ) -> (usize, Option<usize>) {
+        let line = self.find(location, Some(field), Some(expression));
+        let Some(at) = at else {
+            return (line, None);
+        };
+        let from = self.find(location, Some(field), None).saturating_sub(1);
+        let file: Vec<(usize, usize, char)> = self.files[&location.path]
+            .iter()
+            .enumerate()
+            .skip(from)
+            .flat_map(|(l, text)| {
+                text.chars()
+                    .enumerate()
+                    .filter(|(_, c)| !c.is_whitespace())
+                    .map(move |(col, c)| (l + 1, col + 1, c))
+            })
+            .collect();
+        let want: Vec<(usize, char)> = expression
+            .char_indices()
+            .filter(|(_, c)| !c.is_whitespace())
+            .collect();
+        // The character at `at`, or the next one that is not a space.
+        let target = want.iter().position(|(i, _)| *i >= at).unwrap_or(0);
+        for quote in [None, Some('\''), Some('"')] {
+            for start in 0..file.len() {
+                if let Some(found) = line_up(&file[start..], &want, target, quote) {
+                    return (found.0, Some(found.1));
+                }
+            }
+        }
+        (line, None)
+    }
+}
+
+/// Whether `want` (the expression's characters) starts `file` (the file's,
+/// each with its line and column), and where `want[target]` is. A quoted
+/// YAML scalar writes a quote twice (`''`) or escaped (`\"`).
+fn line_up(
+    file: &[(usize, usize, char)],
+    want: &[(usize, char)],
+    target: usize,
+    quote: Option<char>,
+) -> Option<(usize, usize)> {
+    let mut f = 0;
+    let mut found = None;
+    for (k, (_, c)) in want.iter().enumerate() {
+        match quote {
+            Some('\'') if *c == '\'' => {
+                if file.get(f)?.2 == '\'' && file.get(f + 1)?.2 == '\'' {
+                    f += 1;
+                }
+            }
+            Some('"') if *c == '"' || *c == '\\' => {
+                if file.get(f)?.2 == '\\' {
+                    f += 1;
+                }
+            }
+            _ => {}
+        }
+        let (l, col, fc) = *file.get(f)?;
+        if fc != *c {
+            return None;
+        }
+        if k == target {
+            found = Some((l, col));
+        }
+        f += 1;
+    }
+    found
+}
+
 fn read_lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .map(|t| t.lines().map(str::to_owned).collect())
@@ -267,7 +368,10 @@ pub fn render_text(r: &Report) -> String {
     let mut out = String::new();
     for p in &r.problems {
         let place = match (&p.file, p.line) {
-            (Some(f), Some(l)) => format!("{}:{l}", f.display()),
+            (Some(f), Some(l)) => match p.column {
+                Some(c) => format!("{}:{l}:{c}", f.display()),
+                None => format!("{}:{l}", f.display()),
+            },
             (Some(f), None) => f.display().to_string(),
             _ => "(input)".to_owned(),
         };
@@ -291,8 +395,15 @@ pub fn render_text(r: &Report) -> String {
             let _ = writeln!(out, "    {l}");
         }
         if let (Some(e), false) = (&p.expression, quoted) {
-            for l in e.lines() {
-                let _ = writeln!(out, "    | {l}");
+            let mut start = 0;
+            for l in e.split('\n') {
+                let _ = writeln!(out, "    | {}", l.trim_end());
+                // A caret under the character at fault.
+                if let Some(at) = p.at.filter(|a| (start..=start + l.len()).contains(a)) {
+                    let width = l[..at - start].chars().count();
+                    let _ = writeln!(out, "    | {}^", " ".repeat(width));
+                }
+                start += l.len() + 1;
             }
         }
     }

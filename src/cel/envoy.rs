@@ -604,3 +604,38 @@ mod tests {
         assert!(!format!("{e:?}").contains("SUPERSECRET"), "{e:?}");
     }
 }
+
+/// The library's overloads, for the type checker.
+pub const DECLS: &str = "
+envoy.Allowed() -> envoy.service.auth.v3.OkHttpResponse
+envoy.Denied(int) -> envoy.service.auth.v3.DeniedHttpResponse
+envoy.Header(string, string) -> envoy.config.core.v3.HeaderValueOption
+envoy.QueryParam(string, string) -> envoy.config.core.v3.QueryParameter
+(envoy.config.core.v3.HeaderValueOption).KeepEmptyValue() -> envoy.config.core.v3.HeaderValueOption
+(envoy.config.core.v3.HeaderValueOption).KeepEmptyValue(bool) -> envoy.config.core.v3.HeaderValueOption
+(envoy.service.auth.v3.OkHttpResponse).WithHeader(string, string) -> envoy.service.auth.v3.OkHttpResponse
+(envoy.service.auth.v3.OkHttpResponse).WithHeader(envoy.config.core.v3.HeaderValueOption) -> envoy.service.auth.v3.OkHttpResponse
+(envoy.service.auth.v3.DeniedHttpResponse).WithHeader(string, string) -> envoy.service.auth.v3.DeniedHttpResponse
+(envoy.service.auth.v3.DeniedHttpResponse).WithHeader(envoy.config.core.v3.HeaderValueOption) -> envoy.service.auth.v3.DeniedHttpResponse
+(envoy.service.auth.v3.OkHttpResponse).WithoutHeader(string) -> envoy.service.auth.v3.OkHttpResponse
+(envoy.service.auth.v3.OkHttpResponse).WithResponseHeader(string, string) -> envoy.service.auth.v3.OkHttpResponse
+(envoy.service.auth.v3.OkHttpResponse).WithResponseHeader(envoy.config.core.v3.HeaderValueOption) -> envoy.service.auth.v3.OkHttpResponse
+(envoy.service.auth.v3.OkHttpResponse).WithQueryParam(string, string) -> envoy.service.auth.v3.OkHttpResponse
+(envoy.service.auth.v3.OkHttpResponse).WithQueryParam(envoy.config.core.v3.QueryParameter) -> envoy.service.auth.v3.OkHttpResponse
+(envoy.service.auth.v3.OkHttpResponse).WithoutQueryParam(string) -> envoy.service.auth.v3.OkHttpResponse
+(envoy.service.auth.v3.DeniedHttpResponse).WithBody(string) -> envoy.service.auth.v3.DeniedHttpResponse
+(envoy.service.auth.v3.OkHttpResponse).Response() -> envoy.service.auth.v3.CheckResponse
+(envoy.service.auth.v3.DeniedHttpResponse).Response() -> envoy.service.auth.v3.CheckResponse
+(envoy.service.auth.v3.CheckResponse).WithMessage(string) -> envoy.service.auth.v3.CheckResponse
+(envoy.service.auth.v3.CheckResponse).WithMetadata(map(string, dyn)) -> envoy.service.auth.v3.CheckResponse
+";
+
+/// The library's values have no fields an expression can read: they are
+/// built and passed on.
+pub const OBJECTS: &[(&str, &[(&str, &str, crate::cel::check::cost::Bound)])] = &[
+    ("envoy.service.auth.v3.OkHttpResponse", &[]),
+    ("envoy.service.auth.v3.DeniedHttpResponse", &[]),
+    ("envoy.service.auth.v3.CheckResponse", &[]),
+    ("envoy.config.core.v3.HeaderValueOption", &[]),
+    ("envoy.config.core.v3.QueryParameter", &[]),
+];

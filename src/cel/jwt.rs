@@ -262,3 +262,26 @@ fn fetch<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
         .map(|s| CowVal::owned(JwkSet(s)))
         .map_err(|e| ExecutionError::function_error(F, e.to_string()))
 }
+
+/// The library's overloads, for the type checker.
+pub const DECLS: &str = "
+jwt.Decode(string, string) -> jwt.Token
+jwt.Decode(string, jwks.Set) -> jwt.Token
+jwks.Fetch(string) -> jwks.Set
+";
+
+/// A decoded token's fields; a key set has none.
+pub const OBJECTS: &[(&str, &[(&str, &str, crate::cel::check::cost::Bound)])] = {
+    use crate::cel::check::cost::Bound::{Fixed, HeaderJson};
+    &[
+        (
+            "jwt.Token",
+            &[
+                ("Valid", "bool", Fixed),
+                ("Claims", "map(string, dyn)", HeaderJson),
+                ("Header", "map(string, dyn)", HeaderJson),
+            ],
+        ),
+        ("jwks.Set", &[]),
+    ]
+};

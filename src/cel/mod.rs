@@ -8,6 +8,7 @@
 //! [`mcp::in_request`]).
 
 pub mod convert;
+pub mod check;
 pub mod envoy;
 pub mod jwt;
 pub mod limits;

@@ -58,7 +58,7 @@ pub enum LoadError {
         field: String,
         message: String,
     },
-    #[error("{location}: {kind} {policy:?}: {field}: CEL error in `{expression}`: {message}")]
+    #[error("{location}: {kind} {policy:?}: {field}: CEL error in `{expression}`{}: {message}", at.map(|a| expression_position(expression, a)).unwrap_or_default())]
     Cel {
         location: Box<Location>,
         kind: &'static str,
@@ -66,6 +66,10 @@ pub enum LoadError {
         field: String,
         expression: String,
         message: String,
+        /// Byte offset in `expression` of the sub-expression at fault.
+        at: Option<usize>,
+        /// The problem's kind when its wording does not tell it.
+        code: Option<&'static str>,
     },
     #[error("{kind} {name:?} is defined twice: at {first} and at {second}")]
     Duplicate {
@@ -88,7 +92,7 @@ impl LoadError {
             LoadError::Io { .. } => "io_error",
             LoadError::Parse { .. } => "invalid_yaml",
             LoadError::Invalid { field, message, .. } => invalid_kind(field, message),
-            LoadError::Cel { message, .. } => cel_kind(message),
+            LoadError::Cel { message, code, .. } => code.unwrap_or_else(|| cel_kind(message)),
             LoadError::Duplicate { .. } => "duplicate_policy",
         }
     }
@@ -144,12 +148,14 @@ impl LoadError {
                 policy,
                 field,
                 expression,
+                at,
                 ..
             } => {
-                // The expression only helps find the line; it is not shown.
-                let line = lines.find(location, Some(field), Some(expression));
+                // The expression only helps find the place; it is not shown.
+                let (line, column) = lines.position(location, field, expression, *at);
+                let column = column.map(|c| format!(":{c}")).unwrap_or_default();
                 format!(
-                    "{}:{line} (document {}): {kind} {policy:?}: {field}: {}",
+                    "{}:{line}{column} (document {}): {kind} {policy:?}: {field}: {}",
                     location.path.display(),
                     location.document,
                     self.kind()
@@ -182,6 +188,14 @@ fn invalid_kind(field: &str, message: &str) -> &'static str {
     } else {
         "invalid"
     }
+}
+
+/// ` at line:column` of byte `at` in an expression's text (1-based).
+fn expression_position(expression: &str, at: usize) -> String {
+    let before = &expression[..at.min(expression.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    format!(" at {line}:{column}")
 }
 
 /// The kind of a `Cel` problem, from its wording.
@@ -507,6 +521,30 @@ impl Ctx<'_> {
             field: field.to_owned(),
             expression: expression.trim().to_owned(),
             message: message.into(),
+            at: None,
+            code: None,
+        }
+    }
+    /// A mistake the type checker found at byte `offset` of `source`.
+    fn checked(
+        &self,
+        field: &str,
+        source: &str,
+        offset: usize,
+        message: String,
+        code: &'static str,
+    ) -> LoadError {
+        let lead = source.len() - source.trim_start().len();
+        let trimmed = source.trim();
+        LoadError::Cel {
+            location: Box::new(self.location.clone()),
+            kind: self.kind,
+            policy: self.name.to_owned(),
+            field: field.to_owned(),
+            expression: trimmed.to_owned(),
+            message,
+            at: Some(offset.saturating_sub(lead).min(trimmed.len())),
+            code: Some(code),
         }
     }
 }
@@ -759,6 +797,7 @@ impl Compiler {
                 );
             }
         }
+        self.type_check(ctx, &match_conditions, &variables, &validations);
         if self.errors.len() > before {
             return;
         }
@@ -843,6 +882,9 @@ impl Compiler {
         }
         if match_conditions.is_empty() {
             self.errors.push(ctx.invalid("spec.matchConditions", "must have at least one condition (an exception without one would exempt every request)"));
+        }
+        for m in &match_conditions {
+            self.check_expression(ctx, &m.expr, &crate::cel::check::Scope::default(), Want::Bool("an exception condition"));
         }
         if self.errors.len() > before {
             return;
@@ -936,6 +978,110 @@ impl Compiler {
             source,
             program,
         })
+    }
+
+    /// Type-checks and estimates the cost of a policy's expressions (see
+    /// [`crate::cel::check`]): each variable once the variables it reads are
+    /// typed (a cycle is reported by the cycle check), then the conditions,
+    /// which must be bools, and the validations, which must return a
+    /// response or null.
+    fn type_check(
+        &mut self,
+        ctx: &Ctx<'_>,
+        conditions: &[NamedProgram],
+        variables: &[NamedProgram],
+        validations: &[Expression],
+    ) {
+        use crate::cel::check::{Info, Scope, Ty};
+        let mut scope = Scope {
+            variables: Some(HashMap::new()),
+        };
+        let declared = |n: &String| variables.iter().any(|v| &v.name == n);
+        let mut pending: Vec<(&NamedProgram, Vec<String>)> = variables
+            .iter()
+            .map(|v| (v, variable_refs(&v.expr.program)))
+            .collect();
+        loop {
+            let known = scope.variables.as_ref().map_or(0, HashMap::len);
+            let (ready, rest): (Vec<_>, Vec<_>) = pending.into_iter().partition(|(_, refs)| {
+                refs.iter().all(|r| {
+                    !declared(r) || scope.variables.as_ref().is_some_and(|k| k.contains_key(r))
+                })
+            });
+            pending = rest;
+            for (v, _) in ready {
+                let info = self
+                    .check_expression(ctx, &v.expr, &scope, Want::Any)
+                    .unwrap_or_else(|| Info::new(Ty::Dyn));
+                if let Some(k) = scope.variables.as_mut() {
+                    k.insert(v.name.clone(), info);
+                }
+            }
+            if pending.is_empty() || scope.variables.as_ref().map_or(0, HashMap::len) == known {
+                break;
+            }
+        }
+        let no_variables = Scope::default();
+        for m in conditions {
+            self.check_expression(ctx, &m.expr, &no_variables, Want::Bool("a match condition"));
+        }
+        for v in validations {
+            self.check_expression(ctx, v, &scope, Want::Response);
+        }
+    }
+
+    /// Checks one expression: its mistakes, its result's type and its
+    /// estimated cost are errors of the policy.
+    fn check_expression(
+        &mut self,
+        ctx: &Ctx<'_>,
+        expr: &Expression,
+        scope: &crate::cel::check::Scope,
+        want: Want,
+    ) -> Option<crate::cel::check::Info> {
+        use crate::cel::check;
+        let start = expr.source.len() - expr.source.trim_start().len();
+        match check::check(&expr.program, scope) {
+            Ok(info) => {
+                let wrong = match want {
+                    Want::Any => None,
+                    Want::Bool(what) => check::result_error(&info.ty, true).map(|m| format!("{what} {m}")),
+                    Want::Response => check::result_error(&info.ty, false).map(|m| format!("a validation {m}")),
+                };
+                if let Some(m) = wrong {
+                    self.errors
+                        .push(ctx.checked(&expr.field, &expr.source, start, m, "result_type"));
+                    return None;
+                }
+                let budget = check::cost::budget();
+                if info.cost > budget as f64 {
+                    self.errors.push(ctx.checked(
+                        &expr.field,
+                        &expr.source,
+                        start,
+                        format!(
+                            "estimated worst-case cost is {} units, over the budget of {budget} (see --max-expression-cost)",
+                            info.cost.ceil() as u64
+                        ),
+                        "cost_exceeded",
+                    ));
+                    return None;
+                }
+                Some(info)
+            }
+            Err(errors) => {
+                for e in errors {
+                    self.errors.push(ctx.checked(
+                        &expr.field,
+                        &expr.source,
+                        e.offset,
+                        e.message,
+                        "type_error",
+                    ));
+                }
+                None
+            }
+        }
     }
 
     /// `variables.x` must name a declared variable, and `variables` is
@@ -1038,6 +1184,16 @@ impl Compiler {
         };
         (Ok(set), warnings)
     }
+}
+
+/// What an expression must return.
+#[derive(Clone, Copy)]
+enum Want {
+    Any,
+    /// A bool; the text names the expression (`a match condition`).
+    Bool(&'static str),
+    /// A response or null.
+    Response,
 }
 
 /// A policy that is not in Envoy mode only because the mode sits under a
@@ -1198,7 +1354,7 @@ fn unknown_field(key: &str, known: &[&str]) -> String {
     }
 }
 
-fn edit_distance(a: &str, b: &str) -> usize {
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
@@ -1432,6 +1588,8 @@ mod tests {
                     field: "spec.matchConditions[0].expression".into(),
                     expression: format!("k == {SECRET:?} && ("),
                     message: format!("ERROR: <input>:1:9: Syntax error: ...\n | k == {SECRET:?} && ("),
+                    at: None,
+                    code: None,
                 },
                 "kubernetes:/ValidatingPolicy/p:1 (document 1): PolicyException \"x\": spec.matchConditions[0].expression: cel_syntax",
             ),
@@ -1463,6 +1621,8 @@ mod tests {
             field: "spec.variables[0].expression".into(),
             expression: "[variables][0].a".into(),
             message: VARIABLES_MISUSED.into(),
+            at: None,
+            code: None,
         };
         assert_eq!(misused.kind(), "variables_misused");
         assert!(misused

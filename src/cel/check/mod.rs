@@ -1,0 +1,659 @@
+//! The type checker: every expression of a policy is checked when the policy
+//! loads, against the declarations of the environment ([`decls`]): the type
+//! of `object` (the Envoy `CheckRequest`, from the vendored protos), the
+//! policy's variables (each typed from its own expression), and every
+//! function and operator with its overloads. A misspelt field, an undeclared
+//! function, a call no overload takes, or a condition that is not a `bool`
+//! is an error that points at the sub-expression where it is.
+//!
+//! Checking is gradual, as cel-go's: what cannot be known before a request
+//! arrives (JWT claims, MCP arguments, `dyn`) is accepted wherever it could
+//! fit and checked when the expression runs.
+//!
+//! The same walk estimates each expression's worst-case cost ([`cost`]).
+//! The walk recurses over the expression, whose depth the load-time limits
+//! ([`crate::cel::limits`]) bound before it runs.
+
+pub mod cost;
+pub mod decls;
+pub mod proto;
+pub mod types;
+
+use cel::common::ast::{
+    CallExpr, ComprehensionExpr, EntryExpr, Expr, IdedExpr, LiteralValue, SelectExpr,
+};
+use cel::Program;
+pub use cost::Info;
+use decls::{display_name, Decls};
+use std::collections::HashMap;
+pub use types::Ty;
+
+/// A mistake found in an expression, at a byte offset of its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckError {
+    pub offset: usize,
+    pub message: String,
+}
+
+/// Names a policy's expressions may read besides `object`.
+#[derive(Default)]
+pub struct Scope {
+    /// `variables.<name>`: what is known of each declared variable; `None`
+    /// for `variables` not being available at all (matchConditions,
+    /// exceptions).
+    pub variables: Option<HashMap<String, Info>>,
+}
+
+/// The response a validation returns.
+pub const CHECK_RESPONSE: &str = "envoy.service.auth.v3.CheckResponse";
+
+/// Namespaces of functions and constants, which are not values.
+const NAMESPACES: &[&str] = &[
+    "envoy", "jwt", "jwks", "mcp", "math", "optional", "base64", "sets", "strings", "lists",
+];
+
+/// Checks `program` in `scope`: its type, size and cost, or every mistake.
+pub fn check(program: &Program, scope: &Scope) -> Result<Info, Vec<CheckError>> {
+    let mut c = Checker {
+        decls: decls::get(),
+        program,
+        scope,
+        locals: Vec::new(),
+        errors: Vec::new(),
+    };
+    let info = c.expr(program.expression(), 0);
+    if c.errors.is_empty() {
+        Ok(info)
+    } else {
+        c.errors.sort_by_key(|e| e.offset);
+        c.errors.dedup();
+        Err(c.errors)
+    }
+}
+
+struct Checker<'a> {
+    decls: &'static Decls,
+    program: &'a Program,
+    scope: &'a Scope,
+    /// Comprehension variables in scope, innermost last.
+    locals: Vec<(String, Info)>,
+    errors: Vec<CheckError>,
+}
+
+impl Checker<'_> {
+    fn offset(&self, e: &IdedExpr, parent: usize) -> usize {
+        self.program
+            .source_info()
+            .offset_for(e.id)
+            .map_or(parent, |(start, _)| start as usize)
+    }
+
+    fn source(&self) -> &str {
+        &self.program.source_info().source
+    }
+
+    /// The offset of `word` at or after `from` (a field's or a function's
+    /// name), else `from`.
+    fn find_word(&self, from: usize, word: &str) -> usize {
+        let src = self.source();
+        src.get(from..)
+            .and_then(|rest| rest.find(word))
+            .map_or(from, |i| from + i)
+    }
+
+    fn error(&mut self, offset: usize, message: String) -> Info {
+        self.errors.push(CheckError { offset, message });
+        Info::new(Ty::Dyn)
+    }
+
+    fn local(&self, name: &str) -> Option<&Info> {
+        self.locals.iter().rev().find(|(n, _)| n == name).map(|(_, i)| i)
+    }
+
+    fn expr(&mut self, e: &IdedExpr, parent: usize) -> Info {
+        let at = self.offset(e, parent);
+        match &e.expr {
+            Expr::Literal(l) => literal(l),
+            Expr::Ident(name) => self.ident(name, at),
+            Expr::Select(s) => self.select(s, at),
+            Expr::Call(c) => self.call(c, at),
+            Expr::List(l) => {
+                let mut elem: Option<Ty> = None;
+                let mut info = Info::new(Ty::Dyn);
+                let mut elem_size: f64 = 1.0;
+                for (i, x) in l.elements.iter().enumerate() {
+                    let xi = self.expr(x, at);
+                    info.cost += xi.cost;
+                    elem_size = elem_size.max(xi.size);
+                    let mut t = xi.ty;
+                    if l.optional_indices.contains(&i) {
+                        t = match t {
+                            Ty::Optional(inner) => *inner,
+                            Ty::Dyn => Ty::Dyn,
+                            other => {
+                                let xat = self.offset(x, at);
+                                self.error(
+                                    xat,
+                                    format!("an optional element `?x` must be an optional value, not {other}"),
+                                );
+                                Ty::Dyn
+                            }
+                        };
+                    }
+                    elem = match elem {
+                        None => Some(t),
+                        Some(prev) => match prev.join(&t) {
+                            Some(j) => Some(j),
+                            None => {
+                                let xat = self.offset(x, at);
+                                self.error(
+                                    xat,
+                                    format!("list elements must have one type: {prev} and {t} (wrap one in dyn() to mix them)"),
+                                );
+                                Some(Ty::Dyn)
+                            }
+                        },
+                    };
+                }
+                info.ty = Ty::list(elem.unwrap_or(Ty::Dyn));
+                info.size = l.elements.len().max(1) as f64;
+                info.elem = elem_size;
+                info
+            }
+            Expr::Map(m) => {
+                let mut key: Option<Ty> = None;
+                let mut value: Option<Ty> = None;
+                let mut info = Info::new(Ty::Dyn);
+                let mut elem_size: f64 = 1.0;
+                for entry in &m.entries {
+                    let EntryExpr::MapEntry(me) = &entry.expr else {
+                        continue;
+                    };
+                    let k = self.expr(&me.key, at);
+                    let v = self.expr(&me.value, at);
+                    info.cost += k.cost + v.cost;
+                    elem_size = elem_size.max(v.size);
+                    let kat = self.offset(&me.key, at);
+                    if !matches!(k.ty, Ty::Int | Ty::Uint | Ty::Bool | Ty::String | Ty::Dyn) {
+                        self.error(
+                            kat,
+                            format!("map keys must be int, uint, bool or string, not {}", k.ty),
+                        );
+                    }
+                    let mut vt = v.ty;
+                    if me.optional {
+                        vt = match vt {
+                            Ty::Optional(inner) => *inner,
+                            Ty::Dyn => Ty::Dyn,
+                            other => {
+                                self.error(kat, format!("an optional entry `?k: v` needs an optional value, not {other}"));
+                                Ty::Dyn
+                            }
+                        };
+                    }
+                    key = Some(self.join_or_report(key, k.ty, kat, "map keys"));
+                    value = Some(self.join_or_report(value, vt, kat, "map values"));
+                }
+                info.ty = Ty::map(key.unwrap_or(Ty::Dyn), value.unwrap_or(Ty::Dyn));
+                info.size = m.entries.len().max(1) as f64;
+                info.elem = elem_size;
+                info
+            }
+            Expr::Struct(s) => self.error(
+                at,
+                format!(
+                    "building messages (`{}{{...}}`) is not supported: build responses with envoy.Allowed() and envoy.Denied()",
+                    s.type_name
+                ),
+            ),
+            Expr::Comprehension(c) => self.comprehension(c, at),
+            Expr::Unspecified => Info::new(Ty::Dyn),
+        }
+    }
+
+    fn join_or_report(&mut self, prev: Option<Ty>, t: Ty, at: usize, what: &str) -> Ty {
+        match prev {
+            None => t,
+            Some(p) => match p.join(&t) {
+                Some(j) => j,
+                None => {
+                    self.error(
+                        at,
+                        format!("{what} must have one type: {p} and {t} (wrap one in dyn() to mix them)"),
+                    );
+                    Ty::Dyn
+                }
+            },
+        }
+    }
+
+    fn ident(&mut self, name: &str, at: usize) -> Info {
+        if let Some(i) = self.local(name) {
+            let mut i = i.clone();
+            i.cost = 1.0;
+            return i;
+        }
+        match name {
+            "object" => Info::new(Ty::object(proto::CHECK_REQUEST)),
+            "variables" => {
+                // Only `variables.<name>` is allowed; the policy compiler
+                // reports any other use.
+                Info::new(Ty::Dyn)
+            }
+            "bool" => Info::new(Ty::Type(Box::new(Ty::Bool))),
+            "int" => Info::new(Ty::Type(Box::new(Ty::Int))),
+            "uint" => Info::new(Ty::Type(Box::new(Ty::Uint))),
+            "double" => Info::new(Ty::Type(Box::new(Ty::Double))),
+            "string" => Info::new(Ty::Type(Box::new(Ty::String))),
+            "bytes" => Info::new(Ty::Type(Box::new(Ty::Bytes))),
+            "list" => Info::new(Ty::Type(Box::new(Ty::list(Ty::Dyn)))),
+            "map" => Info::new(Ty::Type(Box::new(Ty::map(Ty::Dyn, Ty::Dyn)))),
+            "null_type" => Info::new(Ty::Type(Box::new(Ty::Null))),
+            "type" => Info::new(Ty::Type(Box::new(Ty::Type(Box::new(Ty::Dyn))))),
+            "dyn" => Info::new(Ty::Type(Box::new(Ty::Dyn))),
+            n if NAMESPACES.contains(&n) => self.error(
+                at,
+                format!("`{n}` is a library, not a value: call one of its functions, e.g. {}", example(n)),
+            ),
+            n => {
+                let mut names: Vec<&str> = self.locals.iter().map(|(n, _)| n.as_str()).collect();
+                names.push("object");
+                names.push("variables");
+                self.error(
+                    at,
+                    format!("undeclared reference to `{n}`{}", did_you_mean(n, &names)),
+                )
+            }
+        }
+    }
+
+    fn select(&mut self, s: &SelectExpr, at: usize) -> Info {
+        if let Expr::Ident(root) = &s.operand.expr {
+            if self.local(root).is_none() {
+                if root == "variables" {
+                    let info = self
+                        .scope
+                        .variables
+                        .as_ref()
+                        .and_then(|v| v.get(&s.field))
+                        .cloned();
+                    // Undeclared variables are reported by the policy
+                    // compiler, with the names that are declared.
+                    let mut info = info.unwrap_or_else(|| Info::new(Ty::Dyn));
+                    info.cost = 1.0;
+                    if s.test {
+                        info.ty = Ty::Bool;
+                    }
+                    return info;
+                }
+                if root == "mcp" && !s.test {
+                    if crate::cel::mcp::is_constant(&s.field) {
+                        let len = crate::cel::mcp::constant(&s.field).map_or(1, |c| c.inner().len());
+                        return Info::sized(Ty::String, (len as f64, 1.0));
+                    }
+                    let at = self.find_word(at, &s.field);
+                    let known: Vec<&str> = crate::cel::mcp::CONSTANTS.iter().map(|(k, _)| *k).collect();
+                    return self.error(
+                        at,
+                        format!("unknown constant `mcp.{}`{}", s.field, did_you_mean(&s.field, &known)),
+                    );
+                }
+            }
+        }
+        let operand = self.expr(&s.operand, at);
+        let field_at = self.find_word(at, &s.field);
+        let mut info = self.field(&operand, &s.field, field_at);
+        info.cost += operand.cost;
+        if s.test {
+            info.ty = Ty::Bool;
+            info.size = 1.0;
+        }
+        info
+    }
+
+    /// `operand.name`.
+    fn field(&mut self, operand: &Info, name: &str, at: usize) -> Info {
+        match &operand.ty {
+            Ty::Dyn => Info {
+                total: operand.total,
+                ..Info::sized(Ty::Dyn, (operand.elem, operand.elem))
+            },
+            Ty::Map(k, v) => {
+                if !matches!(**k, Ty::String | Ty::Dyn) {
+                    return self.error(at, format!("`.{name}` selects a string key, but the map's keys are {k}"));
+                }
+                Info {
+                    total: operand.total,
+                    ..Info::sized((**v).clone(), (operand.elem, operand.elem))
+                }
+            }
+            Ty::Object(type_name) => {
+                let Some(object) = self.decls.objects.get(&**type_name) else {
+                    return Info::new(Ty::Dyn);
+                };
+                match &object.fields {
+                    None => self.error(
+                        at,
+                        format!("{type_name} has no fields: it is only passed to functions (no field {name:?})"),
+                    ),
+                    Some(fields) => match fields.get(name) {
+                        Some(f) => Info {
+                        total: f.bound.total(),
+                        ..Info::sized(f.ty.clone(), f.bound.sizes())
+                    },
+                        None => {
+                            let known: Vec<&str> = fields.keys().map(String::as_str).collect();
+                            self.error(
+                                at,
+                                format!("no field {name:?} on {type_name}{}", did_you_mean(name, &known)),
+                            )
+                        }
+                    },
+                }
+            }
+            // Selecting on an optional selects on its value, if any.
+            Ty::Optional(inner) => {
+                let value = Info {
+                    total: operand.total,
+                    ..Info::sized((**inner).clone(), (operand.size, operand.elem))
+                };
+                let mut info = self.field(&value, name, at);
+                if !info.ty.is_dyn() {
+                    info.ty = Ty::optional(info.ty);
+                }
+                info
+            }
+            other => self.error(at, format!("{other} has no fields (no field {name:?})")),
+        }
+    }
+
+    fn call(&mut self, c: &CallExpr, at: usize) -> Info {
+        // `ns.f(...)` is the global function `ns.f` when one is declared.
+        let mut name = c.func_name.clone();
+        let mut target = c.target.as_deref();
+        if let Some(t) = target {
+            if let Some(q) = qualified(t) {
+                let root = q.split('.').next().unwrap_or("");
+                let full = format!("{q}.{}", c.func_name);
+                if self.local(root).is_none()
+                    && (self.decls.functions.contains_key(&full) || NAMESPACES.contains(&root))
+                {
+                    name = full;
+                    target = None;
+                }
+            }
+        }
+        let name_at = self.find_word(at, &c.func_name);
+        match name.as_str() {
+            "_&&_" | "_||_" => {
+                let mut info = Info::new(Ty::Bool);
+                for a in &c.args {
+                    let ai = self.expr(a, at);
+                    info.cost += ai.cost;
+                    if !matches!(ai.ty, Ty::Bool | Ty::Dyn) {
+                        let aat = self.offset(a, at);
+                        self.error(
+                            aat,
+                            format!("`{}` takes bool operands, not {}", display_name(&name), ai.ty),
+                        );
+                    }
+                }
+                return info;
+            }
+            "_?._" => {
+                // `a.?b`: the field as an optional.
+                let operand = self.expr(&c.args[0], at);
+                let Some(Expr::Literal(LiteralValue::String(field))) = c.args.get(1).map(|a| &a.expr) else {
+                    return Info::new(Ty::Dyn);
+                };
+                let inner = match &operand.ty {
+                    Ty::Optional(t) => Info::sized((**t).clone(), (operand.size, operand.elem)),
+                    _ => operand.clone(),
+                };
+                let field_at = self.find_word(at, field.inner());
+                let mut info = self.field(&inner, field.inner(), field_at);
+                info.ty = Ty::optional(info.ty);
+                info.cost += operand.cost;
+                return info;
+            }
+            _ => {}
+        }
+        let recv = target.map(|t| self.expr(t, at));
+        let args: Vec<Info> = c.args.iter().map(|a| self.expr(a, at)).collect();
+        let children: f64 = recv.iter().chain(&args).map(|i| i.cost).sum();
+        let mut info = self.resolve(&name, recv.as_ref(), &args, name_at);
+        if !info.ty.is_dyn() || self.decls.functions.contains_key(&name) {
+            let (cost, sizes) = cost::call(&name, recv.as_ref(), &args, &info.ty);
+            info.cost = cost;
+            info.size = sizes.0;
+            info.elem = sizes.1;
+            // The pieces of a string share its bytes; what a function makes
+            // of a list or a value holds no more than they did.
+            let first = recv.as_ref().or(args.first());
+            info.total = match name.as_str() {
+                "split" => first.map(|r| r.size),
+                "_+_" => Some(recv.iter().chain(&args).map(Info::total).sum()),
+                _ => first.and_then(|f| f.total),
+            };
+            // A literal count bounds the result: `s.split(",", 8)`,
+            // `lists.range(10)`.
+            let count = match c.args.last().map(|a| &a.expr) {
+                Some(Expr::Literal(LiteralValue::Int(n))) => Some(i64::from(*n).max(1) as f64),
+                _ => None,
+            };
+            match (name.as_str(), count) {
+                ("split", Some(n)) if args.len() == 2 => info.size = info.size.min(n),
+                ("lists.range", Some(n)) => info.size = n,
+                _ => {}
+            }
+        }
+        info.cost += children;
+        info
+    }
+
+    /// The overload a call takes, and its result.
+    fn resolve(&mut self, name: &str, recv: Option<&Info>, args: &[Info], at: usize) -> Info {
+        let shown = display_name(name);
+        let Some(overloads) = self.decls.functions.get(name) else {
+            let mut known: Vec<&str> = self
+                .decls
+                .functions
+                .iter()
+                .filter(|(_, o)| o.iter().any(|o| o.receiver.is_some() == recv.is_some()))
+                .map(|(n, _)| n.as_str())
+                .filter(|n| !n.starts_with('_') && !n.starts_with('@') && !n.contains(".@"))
+                .collect();
+            known.sort_unstable();
+            let kind = if recv.is_some() { "method" } else { "function" };
+            return self.error(
+                at,
+                format!("undeclared {kind} `{shown}`{}", did_you_mean(name, &known)),
+            );
+        };
+        let shaped: Vec<&decls::Overload> = overloads
+            .iter()
+            .filter(|o| o.receiver.is_some() == recv.is_some() && o.params.len() == args.len())
+            .collect();
+        let list = |os: &[decls::Overload]| {
+            os.iter()
+                .map(|o| o.signature(name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if shaped.is_empty() {
+            let how = if recv.is_some() { "as a method" } else { "as a function" };
+            return self.error(
+                at,
+                format!(
+                    "`{shown}` takes no {} argument(s) {how}; declared: {}",
+                    args.len(),
+                    list(overloads)
+                ),
+            );
+        }
+        let mut results: Vec<Ty> = Vec::new();
+        for o in &shaped {
+            let mut s = types::Subst::new();
+            let recv_ok = match (&o.receiver, recv) {
+                (Some(r), Some(i)) => types::assignable(r, &i.ty, &mut s),
+                _ => true,
+            };
+            if recv_ok
+                && o
+                    .params
+                    .iter()
+                    .zip(args)
+                    .all(|(p, a)| types::assignable(p, &a.ty, &mut s))
+            {
+                let r = o.result.substitute(&s);
+                if !results.contains(&r) {
+                    results.push(r);
+                }
+            }
+        }
+        match results.len() {
+            0 if name == "_?_:_" && args.len() == 3 && matches!(args[0].ty, Ty::Bool | Ty::Dyn) => {
+                self.error(
+                    at,
+                    format!(
+                        "the branches of `?:` have different types: {} and {} (wrap one in dyn() to mix them)",
+                        args[1].ty, args[2].ty
+                    ),
+                )
+            }
+            0 => {
+                let got: Vec<String> = args.iter().map(|a| a.ty.to_string()).collect();
+                let applied = match recv {
+                    Some(r) => format!("{}.{shown}({})", r.ty, got.join(", ")),
+                    None => format!("{shown}({})", got.join(", ")),
+                };
+                self.error(
+                    at,
+                    format!(
+                        "no overload of `{shown}` takes {applied}; declared: {}",
+                        list(overloads)
+                    ),
+                )
+            }
+            1 => Info::new(results.remove(0)),
+            _ => Info::new(Ty::Dyn),
+        }
+    }
+
+    fn comprehension(&mut self, c: &ComprehensionExpr, at: usize) -> Info {
+        let range = self.expr(&c.iter_range, at);
+        let n = range.count();
+        let (first, second) = match &range.ty {
+            Ty::List(t) => (Ty::Int, (**t).clone()),
+            Ty::Map(k, v) => ((**k).clone(), (**v).clone()),
+            Ty::Dyn => (Ty::Dyn, Ty::Dyn),
+            other => {
+                let rat = self.offset(&c.iter_range, at);
+                self.error(rat, format!("cannot iterate over {other}: a comprehension needs a list or a map"));
+                (Ty::Dyn, Ty::Dyn)
+            }
+        };
+        // The elements share the range's total size: a body whose cost
+        // grows with its element's size costs, summed over the elements, as
+        // much as it would on elements of the average size.
+        let each = range.elem.min(range.total() / n).max(1.0);
+        let elem_info = |t: Ty| Info::sized(t, (each, each));
+        // With one variable, it is the element of a list or the key of a map.
+        let (v1, v2) = match (&c.iter_var2, &range.ty) {
+            (None, Ty::List(_)) => (elem_info(second.clone()), None),
+            (None, _) => (elem_info(first.clone()), None),
+            (Some(_), _) => (Info::new(first), Some(elem_info(second))),
+        };
+        let init = self.expr(&c.accu_init, at);
+        let mut accu = init.clone();
+        accu.size = accu.size.max(n);
+        accu.elem = accu.elem.max(range.elem);
+        let depth = self.locals.len();
+        self.locals.push((c.accu_var.clone(), accu.clone()));
+        self.locals.push((c.iter_var.clone(), v1));
+        if let (Some(name), Some(v2)) = (&c.iter_var2, v2) {
+            self.locals.push((name.clone(), v2));
+        }
+        let cond = self.expr(&c.loop_cond, at);
+        let step = self.expr(&c.loop_step, at);
+        self.locals.truncate(depth);
+        // The accumulator's type, joined with what the steps make of it.
+        if let Some(j) = accu.ty.join(&step.ty) {
+            accu.ty = j;
+        }
+        self.locals.push((c.accu_var.clone(), accu));
+        let result = self.expr(&c.result, at);
+        self.locals.truncate(depth);
+        let total = matches!(result.ty, Ty::List(_)).then(|| range.total());
+        Info {
+            ty: result.ty,
+            size: result.size,
+            elem: result.elem,
+            cost: range.cost + init.cost + n * (cond.cost + step.cost) + result.cost,
+            total,
+        }
+    }
+}
+
+fn literal(l: &LiteralValue) -> Info {
+    match l {
+        LiteralValue::Boolean(_) => Info::new(Ty::Bool),
+        LiteralValue::Int(_) => Info::new(Ty::Int),
+        LiteralValue::UInt(_) => Info::new(Ty::Uint),
+        LiteralValue::Double(_) => Info::new(Ty::Double),
+        LiteralValue::Null => Info::new(Ty::Null),
+        LiteralValue::String(s) => Info::sized(Ty::String, (s.inner().len().max(1) as f64, 1.0)),
+        LiteralValue::Bytes(b) => Info::sized(Ty::Bytes, (b.inner().len().max(1) as f64, 1.0)),
+    }
+}
+
+/// `a.b.c` as text, when `e` spells a qualified name.
+fn qualified(e: &IdedExpr) -> Option<String> {
+    match &e.expr {
+        Expr::Ident(n) => Some(n.clone()),
+        Expr::Select(s) if !s.test => Some(format!("{}.{}", qualified(&s.operand)?, s.field)),
+        _ => None,
+    }
+}
+
+fn example(namespace: &str) -> &'static str {
+    match namespace {
+        "envoy" => "envoy.Allowed()",
+        "jwt" => "jwt.Decode(token, key)",
+        "jwks" => "jwks.Fetch(url)",
+        "mcp" => "mcp.Parse(body)",
+        "math" => "math.abs(x)",
+        "optional" => "optional.of(x)",
+        "base64" => "base64.decode(s)",
+        "sets" => "sets.contains(a, b)",
+        "strings" => "strings.quote(s)",
+        _ => "lists.range(n)",
+    }
+}
+
+/// `; did you mean "x"?` for the closest of `known` within two edits.
+pub fn did_you_mean(name: &str, known: &[&str]) -> String {
+    let lower = name.to_ascii_lowercase();
+    known
+        .iter()
+        .map(|k| (crate::policy::edit_distance(&lower, &k.to_ascii_lowercase()), *k))
+        .filter(|(d, _)| *d <= 2.max(name.len() / 4))
+        .min()
+        .map(|(_, k)| format!("; did you mean {:?}?", display_name(k)))
+        .unwrap_or_default()
+}
+
+/// What a validation or condition must return, checked against `t`.
+pub fn result_error(t: &Ty, want_bool: bool) -> Option<String> {
+    if want_bool {
+        return (!matches!(t, Ty::Bool | Ty::Dyn)).then(|| format!("must be a bool, not {t}"));
+    }
+    match t {
+        Ty::Dyn | Ty::Null => None,
+        Ty::Object(n) if &**n == CHECK_RESPONSE => None,
+        Ty::Object(n) if n.ends_with("HttpResponse") => Some(format!(
+            "must return a {CHECK_RESPONSE} or null, not {t}: add .Response()"
+        )),
+        _ => Some(format!("must return a {CHECK_RESPONSE} or null, not {t}")),
+    }
+}
