@@ -124,6 +124,30 @@ struct PolicyArgs {
         value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from)
     )]
     policies: Vec<PathBuf>,
+    #[command(flatten)]
+    limits: LoadLimits,
+}
+
+/// What every expression is held to when policies load: the same for
+/// `serve`, `validate`, `check` and `test`, so that what validates serves.
+#[derive(Debug, Args)]
+struct LoadLimits {
+    /// Largest request body `mcp.Parse` accepts, in bytes; a longer one is an
+    /// evaluation error (so `failurePolicy: Fail` denies it). The cost
+    /// estimate takes it as the bound of the body.
+    #[arg(long, env = "CELGATE_MCP_MAX_BODY_BYTES", default_value_t = celgate::cel::mcp::DEFAULT_MAX_BODY_BYTES)]
+    mcp_max_body_bytes: usize,
+    /// Largest estimated worst-case cost of one expression: an expression
+    /// whose estimate is higher is refused when it loads.
+    #[arg(long, env = "CELGATE_MAX_EXPRESSION_COST", default_value_t = celgate::cel::check::cost::DEFAULT_BUDGET, value_parser = clap::value_parser!(u64).range(1..))]
+    max_expression_cost: u64,
+}
+
+impl LoadLimits {
+    fn apply(&self) {
+        celgate::cel::mcp::configure(self.mcp_max_body_bytes);
+        celgate::cel::check::cost::configure(self.max_expression_cost);
+    }
 }
 
 #[derive(Debug, Args)]
@@ -169,6 +193,8 @@ struct TestArgs {
     /// Output format: a readable table, or JUnit XML for CI systems.
     #[arg(long, value_enum, default_value_t = TestOutput::Table)]
     output: TestOutput,
+    #[command(flatten)]
+    limits: LoadLimits,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -208,10 +234,6 @@ struct ServeArgs {
     /// Body of that denial (the error itself is logged, never sent to the client).
     #[arg(long, env = "CELGATE_FAILURE_BODY", default_value = "")]
     failure_body: String,
-    /// Largest request body `mcp.Parse` accepts, in bytes; a longer one is an
-    /// evaluation error (so `failurePolicy: Fail` denies it).
-    #[arg(long, env = "CELGATE_MCP_MAX_BODY_BYTES", default_value_t = celgate::cel::mcp::DEFAULT_MAX_BODY_BYTES)]
-    mcp_max_body_bytes: usize,
     /// The largest CheckRequest read, in bytes (the whole protobuf message:
     /// headers, body and every other attribute). A larger one is answered
     /// with the failure denial (--failure-status) without being read further.
@@ -432,21 +454,30 @@ fn main() -> ExitCode {
             &args.path,
             std::time::Duration::from_millis(args.timeout_ms),
         )),
-        Command::Check(args) => commands::check(
-            &args.policies.policies,
-            &args.request,
-            args.explain,
-            args.failure_status,
-        ),
-        Command::Validate(args) => Ok(commands::validate(
-            &args.policies.policies,
-            matches!(args.output, ValidateOutput::Json),
-        )),
-        Command::Test(args) => Ok(commands::test(
-            &args.paths,
-            args.filter.as_deref(),
-            matches!(args.output, TestOutput::Junit),
-        )),
+        Command::Check(args) => {
+            args.policies.limits.apply();
+            commands::check(
+                &args.policies.policies,
+                &args.request,
+                args.explain,
+                args.failure_status,
+            )
+        }
+        Command::Validate(args) => {
+            args.policies.limits.apply();
+            Ok(commands::validate(
+                &args.policies.policies,
+                matches!(args.output, ValidateOutput::Json),
+            ))
+        }
+        Command::Test(args) => {
+            args.limits.apply();
+            Ok(commands::test(
+                &args.paths,
+                args.filter.as_deref(),
+                matches!(args.output, TestOutput::Junit),
+            ))
+        }
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "celgate", &mut std::io::stdout());
@@ -477,7 +508,7 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
         .filter(|p| !p.as_os_str().is_empty())
         .cloned()
         .collect();
-    celgate::cel::mcp::configure(args.mcp_max_body_bytes);
+    args.policies.limits.apply();
     // Redacted like a refused reload: server logs never carry an
     // expression's text (`celgate validate` shows it).
     // With --allow-empty, a path that does not exist yet is loaded when it
@@ -571,7 +602,11 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
                 ..Default::default()
             },
             max_request_bytes: Some(args.max_request_bytes.map_or_else(
-                || celgate::server::decode::default_max_request_bytes(args.mcp_max_body_bytes),
+                || {
+                    celgate::server::decode::default_max_request_bytes(
+                        args.policies.limits.mcp_max_body_bytes,
+                    )
+                },
                 |n| n as usize,
             )),
         },

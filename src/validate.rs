@@ -153,23 +153,24 @@ fn error(files: &mut Lines, e: &LoadError) -> Problem {
             field,
             expression,
             message,
-            at,
+            checked,
             ..
         } => {
-            let (line, column) = files.position(location, field, expression, *at);
+            let at = checked.as_ref().map(|c| c.offset);
+            let (line, column) = files.position(location, field, expression, at);
             Problem {
-            file: Some(location.path.clone()),
-            line: Some(line),
-            column,
-            at: *at,
-            document: Some(location.document),
-            kind: Some((*kind).to_owned()),
-            policy: Some(policy.clone()),
-            field: Some(field.clone()),
-            expression: Some(expression.clone()),
-            message: message.clone(),
-            ..base
-        }
+                file: Some(location.path.clone()),
+                line: Some(line),
+                column,
+                at,
+                document: Some(location.document),
+                kind: Some((*kind).to_owned()),
+                policy: Some(policy.clone()),
+                field: Some(field.clone()),
+                expression: Some(expression.to_string()),
+                message: message.clone(),
+                ..base
+            }
         }
         LoadError::Duplicate {
             kind,
@@ -301,18 +302,13 @@ fn line_up(
     let mut f = 0;
     let mut found = None;
     for (k, (_, c)) in want.iter().enumerate() {
-        match quote {
-            Some('\'') if *c == '\'' => {
-                if file.get(f)?.2 == '\'' && file.get(f + 1)?.2 == '\'' {
-                    f += 1;
-                }
-            }
-            Some('"') if *c == '"' || *c == '\\' => {
-                if file.get(f)?.2 == '\\' {
-                    f += 1;
-                }
-            }
-            _ => {}
+        let doubled = quote == Some('\'')
+            && *c == '\''
+            && file.get(f)?.2 == '\''
+            && file.get(f + 1)?.2 == '\'';
+        let escaped = quote == Some('"') && (*c == '"' || *c == '\\') && file.get(f)?.2 == '\\';
+        if doubled || escaped {
+            f += 1;
         }
         let (l, col, fc) = *file.get(f)?;
         if fc != *c {

@@ -583,28 +583,6 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn header_problems_never_quote_the_value() {
-        let secret = "SUPERSECRET-TOKEN\r\nx-evil: 1";
-        let p = header_value_problem(secret).unwrap();
-        assert_eq!(p, "the header value holds a CR at byte 17");
-        assert!(!p.contains("SUPERSECRET"));
-        let p = header_name_problem("SECRET\nname").unwrap();
-        assert!(!p.contains("SECRET"), "{p}");
-        assert!(header_value_problem("a\tb \u{e9}").is_none());
-        assert!(header_name_problem("x-Custom_1.!#$%&'*+^`|~").is_none());
-        for bad in ["", ":path", "x a", "x\u{e9}", "x(y)", "x\0", "a,b"] {
-            assert!(header_name_problem(bad).is_some(), "{bad:?}");
-        }
-        let e = checked_header("WithHeader", "x-user".into(), secret.into(), false).unwrap_err();
-        assert!(!format!("{e:?}").contains("SUPERSECRET"), "{e:?}");
-    }
-}
-
 /// The library's overloads, for the type checker.
 pub const DECLS: &str = "
 envoy.Allowed() -> envoy.service.auth.v3.OkHttpResponse
@@ -632,10 +610,32 @@ envoy.QueryParam(string, string) -> envoy.config.core.v3.QueryParameter
 
 /// The library's values have no fields an expression can read: they are
 /// built and passed on.
-pub const OBJECTS: &[(&str, &[(&str, &str, crate::cel::check::cost::Bound)])] = &[
+pub const OBJECTS: &[crate::cel::check::decls::ObjectDecl] = &[
     ("envoy.service.auth.v3.OkHttpResponse", &[]),
     ("envoy.service.auth.v3.DeniedHttpResponse", &[]),
     ("envoy.service.auth.v3.CheckResponse", &[]),
     ("envoy.config.core.v3.HeaderValueOption", &[]),
     ("envoy.config.core.v3.QueryParameter", &[]),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_problems_never_quote_the_value() {
+        let secret = "SUPERSECRET-TOKEN\r\nx-evil: 1";
+        let p = header_value_problem(secret).unwrap();
+        assert_eq!(p, "the header value holds a CR at byte 17");
+        assert!(!p.contains("SUPERSECRET"));
+        let p = header_name_problem("SECRET\nname").unwrap();
+        assert!(!p.contains("SECRET"), "{p}");
+        assert!(header_value_problem("a\tb \u{e9}").is_none());
+        assert!(header_name_problem("x-Custom_1.!#$%&'*+^`|~").is_none());
+        for bad in ["", ":path", "x a", "x\u{e9}", "x(y)", "x\0", "a,b"] {
+            assert!(header_name_problem(bad).is_some(), "{bad:?}");
+        }
+        let e = checked_header("WithHeader", "x-user".into(), secret.into(), false).unwrap_err();
+        assert!(!format!("{e:?}").contains("SUPERSECRET"), "{e:?}");
+    }
+}

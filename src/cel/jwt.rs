@@ -271,7 +271,7 @@ jwks.Fetch(string) -> jwks.Set
 ";
 
 /// A decoded token's fields; a key set has none.
-pub const OBJECTS: &[(&str, &[(&str, &str, crate::cel::check::cost::Bound)])] = {
+pub const OBJECTS: &[crate::cel::check::decls::ObjectDecl] = {
     use crate::cel::check::cost::Bound::{Fixed, HeaderJson};
     &[
         (

@@ -1283,6 +1283,73 @@ fn get_bool_slice<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
     })
 }
 
+/// The library's overloads, for the type checker. A request's sections
+/// (`ToolCall`, `PromptGet`, ...) are absent or present by request, so they
+/// are `dyn`, and the argument getters are declared on every receiver they
+/// take.
+pub const DECLS: &str = "
+mcp.Parse(string) -> mcp.MCPRequest
+mcp.Parse(bytes) -> mcp.MCPRequest
+mcp.Unauthorized(string) -> envoy.service.auth.v3.DeniedHttpResponse
+mcp.Unauthorized(string, string) -> envoy.service.auth.v3.DeniedHttpResponse
+mcp.InsufficientScope(string) -> envoy.service.auth.v3.DeniedHttpResponse
+mcp.InsufficientScope(string, string) -> envoy.service.auth.v3.DeniedHttpResponse
+mcp.ErrorBody(dyn, int, string) -> string
+(mcp.MCPRequest).ErrorBody(int, string) -> string
+(mcp.MCPRequest).GetStringArgument(string, string) -> string
+(mcp.ToolCall).GetStringArgument(string, string) -> string
+(mcp.PromptGet).GetStringArgument(string, string) -> string
+(null).GetStringArgument(string, string) -> string
+(mcp.MCPRequest).GetIntArgument(string, int) -> int
+(mcp.ToolCall).GetIntArgument(string, int) -> int
+(mcp.PromptGet).GetIntArgument(string, int) -> int
+(null).GetIntArgument(string, int) -> int
+(mcp.MCPRequest).GetFloatArgument(string, double) -> double
+(mcp.ToolCall).GetFloatArgument(string, double) -> double
+(mcp.PromptGet).GetFloatArgument(string, double) -> double
+(null).GetFloatArgument(string, double) -> double
+(mcp.MCPRequest).GetBoolArgument(string, bool) -> bool
+(mcp.ToolCall).GetBoolArgument(string, bool) -> bool
+(mcp.PromptGet).GetBoolArgument(string, bool) -> bool
+(null).GetBoolArgument(string, bool) -> bool
+(mcp.MCPRequest).GetStringSliceArgument(string, list(dyn)) -> list(string)
+(mcp.ToolCall).GetStringSliceArgument(string, list(dyn)) -> list(string)
+(mcp.PromptGet).GetStringSliceArgument(string, list(dyn)) -> list(string)
+(null).GetStringSliceArgument(string, list(dyn)) -> list(string)
+(mcp.MCPRequest).GetIntSliceArgument(string, list(dyn)) -> list(int)
+(mcp.ToolCall).GetIntSliceArgument(string, list(dyn)) -> list(int)
+(mcp.PromptGet).GetIntSliceArgument(string, list(dyn)) -> list(int)
+(null).GetIntSliceArgument(string, list(dyn)) -> list(int)
+(mcp.MCPRequest).GetFloatSliceArgument(string, list(dyn)) -> list(double)
+(mcp.ToolCall).GetFloatSliceArgument(string, list(dyn)) -> list(double)
+(mcp.PromptGet).GetFloatSliceArgument(string, list(dyn)) -> list(double)
+(null).GetFloatSliceArgument(string, list(dyn)) -> list(double)
+(mcp.MCPRequest).GetBoolSliceArgument(string, list(dyn)) -> list(bool)
+(mcp.ToolCall).GetBoolSliceArgument(string, list(dyn)) -> list(bool)
+(mcp.PromptGet).GetBoolSliceArgument(string, list(dyn)) -> list(bool)
+(null).GetBoolSliceArgument(string, list(dyn)) -> list(bool)
+";
+
+/// A parsed request's fields.
+pub const OBJECTS: &[crate::cel::check::decls::ObjectDecl] = {
+    use crate::cel::check::cost::Bound::{Body, BodyJson};
+    &[(
+        "mcp.MCPRequest",
+        &[
+            ("Method", "string", Body),
+            ("ID", "dyn", BodyJson),
+            ("Kind", "string", Body),
+            ("Name", "string", Body),
+            ("ToolCall", "dyn", BodyJson),
+            ("ResourceRead", "dyn", BodyJson),
+            ("PromptGet", "dyn", BodyJson),
+            ("Initialize", "dyn", BodyJson),
+            ("Paginated", "dyn", BodyJson),
+            ("SetLogLevel", "dyn", BodyJson),
+        ],
+    )]
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1434,70 +1501,3 @@ mod tests {
         assert!(quoted("f", "x", "a\r\nSet-Cookie: x").is_err());
     }
 }
-
-/// The library's overloads, for the type checker. A request's sections
-/// (`ToolCall`, `PromptGet`, ...) are absent or present by request, so they
-/// are `dyn`, and the argument getters are declared on every receiver they
-/// take.
-pub const DECLS: &str = "
-mcp.Parse(string) -> mcp.MCPRequest
-mcp.Parse(bytes) -> mcp.MCPRequest
-mcp.Unauthorized(string) -> envoy.service.auth.v3.DeniedHttpResponse
-mcp.Unauthorized(string, string) -> envoy.service.auth.v3.DeniedHttpResponse
-mcp.InsufficientScope(string) -> envoy.service.auth.v3.DeniedHttpResponse
-mcp.InsufficientScope(string, string) -> envoy.service.auth.v3.DeniedHttpResponse
-mcp.ErrorBody(dyn, int, string) -> string
-(mcp.MCPRequest).ErrorBody(int, string) -> string
-(mcp.MCPRequest).GetStringArgument(string, string) -> string
-(mcp.ToolCall).GetStringArgument(string, string) -> string
-(mcp.PromptGet).GetStringArgument(string, string) -> string
-(null).GetStringArgument(string, string) -> string
-(mcp.MCPRequest).GetIntArgument(string, int) -> int
-(mcp.ToolCall).GetIntArgument(string, int) -> int
-(mcp.PromptGet).GetIntArgument(string, int) -> int
-(null).GetIntArgument(string, int) -> int
-(mcp.MCPRequest).GetFloatArgument(string, double) -> double
-(mcp.ToolCall).GetFloatArgument(string, double) -> double
-(mcp.PromptGet).GetFloatArgument(string, double) -> double
-(null).GetFloatArgument(string, double) -> double
-(mcp.MCPRequest).GetBoolArgument(string, bool) -> bool
-(mcp.ToolCall).GetBoolArgument(string, bool) -> bool
-(mcp.PromptGet).GetBoolArgument(string, bool) -> bool
-(null).GetBoolArgument(string, bool) -> bool
-(mcp.MCPRequest).GetStringSliceArgument(string, list(dyn)) -> list(string)
-(mcp.ToolCall).GetStringSliceArgument(string, list(dyn)) -> list(string)
-(mcp.PromptGet).GetStringSliceArgument(string, list(dyn)) -> list(string)
-(null).GetStringSliceArgument(string, list(dyn)) -> list(string)
-(mcp.MCPRequest).GetIntSliceArgument(string, list(dyn)) -> list(int)
-(mcp.ToolCall).GetIntSliceArgument(string, list(dyn)) -> list(int)
-(mcp.PromptGet).GetIntSliceArgument(string, list(dyn)) -> list(int)
-(null).GetIntSliceArgument(string, list(dyn)) -> list(int)
-(mcp.MCPRequest).GetFloatSliceArgument(string, list(dyn)) -> list(double)
-(mcp.ToolCall).GetFloatSliceArgument(string, list(dyn)) -> list(double)
-(mcp.PromptGet).GetFloatSliceArgument(string, list(dyn)) -> list(double)
-(null).GetFloatSliceArgument(string, list(dyn)) -> list(double)
-(mcp.MCPRequest).GetBoolSliceArgument(string, list(dyn)) -> list(bool)
-(mcp.ToolCall).GetBoolSliceArgument(string, list(dyn)) -> list(bool)
-(mcp.PromptGet).GetBoolSliceArgument(string, list(dyn)) -> list(bool)
-(null).GetBoolSliceArgument(string, list(dyn)) -> list(bool)
-";
-
-/// A parsed request's fields.
-pub const OBJECTS: &[(&str, &[(&str, &str, crate::cel::check::cost::Bound)])] = {
-    use crate::cel::check::cost::Bound::{Body, BodyJson};
-    &[(
-        "mcp.MCPRequest",
-        &[
-            ("Method", "string", Body),
-            ("ID", "dyn", BodyJson),
-            ("Kind", "string", Body),
-            ("Name", "string", Body),
-            ("ToolCall", "dyn", BodyJson),
-            ("ResourceRead", "dyn", BodyJson),
-            ("PromptGet", "dyn", BodyJson),
-            ("Initialize", "dyn", BodyJson),
-            ("Paginated", "dyn", BodyJson),
-            ("SetLogLevel", "dyn", BodyJson),
-        ],
-    )]
-};

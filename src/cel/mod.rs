@@ -7,8 +7,8 @@
 //! read-only by every request (the `mcp` parse cache is per request, see
 //! [`mcp::in_request`]).
 
-pub mod convert;
 pub mod check;
+pub mod convert;
 pub mod envoy;
 pub mod jwt;
 pub mod limits;

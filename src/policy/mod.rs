@@ -58,18 +58,16 @@ pub enum LoadError {
         field: String,
         message: String,
     },
-    #[error("{location}: {kind} {policy:?}: {field}: CEL error in `{expression}`{}: {message}", at.map(|a| expression_position(expression, a)).unwrap_or_default())]
+    #[error("{location}: {kind} {policy:?}: {field}: CEL error in `{expression}`{}: {message}", checked.as_ref().map(|c| expression_position(expression, c.offset)).unwrap_or_default())]
     Cel {
         location: Box<Location>,
         kind: &'static str,
         policy: String,
         field: String,
-        expression: String,
+        expression: Box<str>,
         message: String,
-        /// Byte offset in `expression` of the sub-expression at fault.
-        at: Option<usize>,
-        /// The problem's kind when its wording does not tell it.
-        code: Option<&'static str>,
+        /// Where the type checker found the mistake, and its kind.
+        checked: Option<Box<Checked>>,
     },
     #[error("{kind} {name:?} is defined twice: at {first} and at {second}")]
     Duplicate {
@@ -92,7 +90,11 @@ impl LoadError {
             LoadError::Io { .. } => "io_error",
             LoadError::Parse { .. } => "invalid_yaml",
             LoadError::Invalid { field, message, .. } => invalid_kind(field, message),
-            LoadError::Cel { message, code, .. } => code.unwrap_or_else(|| cel_kind(message)),
+            LoadError::Cel {
+                message, checked, ..
+            } => checked
+                .as_ref()
+                .map_or_else(|| cel_kind(message), |c| c.code),
             LoadError::Duplicate { .. } => "duplicate_policy",
         }
     }
@@ -148,11 +150,12 @@ impl LoadError {
                 policy,
                 field,
                 expression,
-                at,
+                checked,
                 ..
             } => {
                 // The expression only helps find the place; it is not shown.
-                let (line, column) = lines.position(location, field, expression, *at);
+                let at = checked.as_ref().map(|c| c.offset);
+                let (line, column) = lines.position(location, field, expression, at);
                 let column = column.map(|c| format!(":{c}")).unwrap_or_default();
                 format!(
                     "{}:{line}{column} (document {}): {kind} {policy:?}: {field}: {}",
@@ -165,6 +168,16 @@ impl LoadError {
             LoadError::Duplicate { .. } => self.to_string(),
         }
     }
+}
+
+/// Where in an expression the type checker found a mistake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// Byte offset in the expression of the sub-expression at fault.
+    pub offset: usize,
+    /// The problem's kind: `type_error`, `result_type`, `cost_exceeded`,
+    /// `undefined_variable`.
+    pub code: &'static str,
 }
 
 /// The kind of an `Invalid` problem, from its (fixed) wording.
@@ -519,10 +532,9 @@ impl Ctx<'_> {
             kind: self.kind,
             policy: self.name.to_owned(),
             field: field.to_owned(),
-            expression: expression.trim().to_owned(),
+            expression: expression.trim().into(),
             message: message.into(),
-            at: None,
-            code: None,
+            checked: None,
         }
     }
     /// A mistake the type checker found at byte `offset` of `source`.
@@ -541,10 +553,12 @@ impl Ctx<'_> {
             kind: self.kind,
             policy: self.name.to_owned(),
             field: field.to_owned(),
-            expression: trimmed.to_owned(),
+            expression: trimmed.into(),
             message,
-            at: Some(offset.saturating_sub(lead).min(trimmed.len())),
-            code: Some(code),
+            checked: Some(Box::new(Checked {
+                offset: offset.saturating_sub(lead).min(trimmed.len()),
+                code,
+            })),
         }
     }
 }
@@ -884,7 +898,12 @@ impl Compiler {
             self.errors.push(ctx.invalid("spec.matchConditions", "must have at least one condition (an exception without one would exempt every request)"));
         }
         for m in &match_conditions {
-            self.check_expression(ctx, &m.expr, &crate::cel::check::Scope::default(), Want::Bool("an exception condition"));
+            self.check_expression(
+                ctx,
+                &m.expr,
+                &crate::cel::check::Scope::default(),
+                Want::Bool("an exception condition"),
+            );
         }
         if self.errors.len() > before {
             return;
@@ -956,21 +975,6 @@ impl Compiler {
         }
         if let Err(e) = check_literal_patterns(program.expression()) {
             self.errors.push(ctx.cel(&field, &source, e));
-            return None;
-        }
-        if let Some(unknown) = unknown_mcp_constant(&program) {
-            self.errors.push(ctx.cel(
-                &field,
-                &source,
-                format!(
-                    "unknown constant `mcp.{unknown}` (known: {})",
-                    crate::cel::mcp::CONSTANTS
-                        .iter()
-                        .map(|(k, _)| *k)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
             return None;
         }
         Some(Expression {
@@ -1045,12 +1049,21 @@ impl Compiler {
             Ok(info) => {
                 let wrong = match want {
                     Want::Any => None,
-                    Want::Bool(what) => check::result_error(&info.ty, true).map(|m| format!("{what} {m}")),
-                    Want::Response => check::result_error(&info.ty, false).map(|m| format!("a validation {m}")),
+                    Want::Bool(what) => {
+                        check::result_error(&info.ty, true).map(|m| format!("{what} {m}"))
+                    }
+                    Want::Response => {
+                        check::result_error(&info.ty, false).map(|m| format!("a validation {m}"))
+                    }
                 };
                 if let Some(m) = wrong {
-                    self.errors
-                        .push(ctx.checked(&expr.field, &expr.source, start, m, "result_type"));
+                    self.errors.push(ctx.checked(
+                        &expr.field,
+                        &expr.source,
+                        start,
+                        m,
+                        "result_type",
+                    ));
                     return None;
                 }
                 let budget = check::cost::budget();
@@ -1094,9 +1107,11 @@ impl Compiler {
         }
         for used in variable_refs(&expr.program) {
             if !names.contains(&used.as_str()) {
-                self.errors.push(ctx.cel(
+                let at = variable_offset(&expr.program, &used).unwrap_or(0);
+                self.errors.push(ctx.checked(
                     &expr.field,
                     &expr.source,
+                    at,
                     format!(
                         "undefined variable `variables.{used}` (declared: {})",
                         if names.is_empty() {
@@ -1105,6 +1120,7 @@ impl Compiler {
                             names.join(", ")
                         }
                     ),
+                    "undefined_variable",
                 ));
             }
         }
@@ -1194,6 +1210,53 @@ enum Want {
     Bool(&'static str),
     /// A response or null.
     Response,
+}
+
+/// Where `variables.<name>` is first written in a program's text.
+fn variable_offset(program: &Program, name: &str) -> Option<usize> {
+    use cel::common::ast::{EntryExpr, IdedExpr};
+    let mut stack: Vec<&IdedExpr> = vec![program.expression()];
+    let mut first: Option<usize> = None;
+    while let Some(e) = stack.pop() {
+        match &e.expr {
+            Expr::Select(s) => {
+                if matches!(&s.operand.expr, Expr::Ident(v) if v == "variables") && s.field == name
+                {
+                    if let Some((start, _)) = program.source_info().offset_for(e.id) {
+                        let start = start as usize;
+                        first = Some(first.map_or(start, |f| f.min(start)));
+                    }
+                }
+                stack.push(&s.operand);
+            }
+            Expr::Call(c) => {
+                stack.extend(c.target.as_deref());
+                stack.extend(&c.args);
+            }
+            Expr::List(l) => stack.extend(&l.elements),
+            Expr::Map(m) => stack.extend(
+                m.entries
+                    .iter()
+                    .filter_map(|x| match &x.expr {
+                        EntryExpr::MapEntry(me) => Some([&me.key, &me.value]),
+                        EntryExpr::StructField(_) => None,
+                    })
+                    .flatten(),
+            ),
+            Expr::Comprehension(c) => stack.extend([
+                &c.iter_range,
+                &c.accu_init,
+                &c.loop_cond,
+                &c.loop_step,
+                &c.result,
+            ]),
+            _ => {}
+        }
+    }
+    // The select's position is its dot: point at the name after it.
+    let source = &program.source_info().source;
+    let dotted = format!(".{name}");
+    first.map(|f| source[f..].find(&dotted).map_or(f, |i| f + i + 1))
 }
 
 /// A policy that is not in Envoy mode only because the mode sits under a
@@ -1388,24 +1451,6 @@ fn always_responds(e: &Expr) -> bool {
     }
 }
 
-/// A `mcp.X` read (not a call such as `mcp.Parse(..)`) whose `X` is not one
-/// of the library's constants: a typo that would otherwise only fail, as an
-/// undeclared reference, on the requests that reach it.
-fn unknown_mcp_constant(program: &Program) -> Option<String> {
-    let mut found = None;
-    crate::cel::walk(program.expression(), &mut |e| {
-        if let Expr::Select(s) = e {
-            if matches!(&s.operand.expr, Expr::Ident(i) if i == "mcp")
-                && !crate::cel::mcp::is_constant(&s.field)
-                && found.is_none()
-            {
-                found = Some(s.field.clone());
-            }
-        }
-    });
-    found
-}
-
 fn references_root(program: &Program, ident: &str) -> bool {
     let mut found = false;
     crate::cel::walk(program.expression(), &mut |e| {
@@ -1586,10 +1631,9 @@ mod tests {
                     kind: "PolicyException",
                     policy: "x".into(),
                     field: "spec.matchConditions[0].expression".into(),
-                    expression: format!("k == {SECRET:?} && ("),
+                    expression: format!("k == {SECRET:?} && (").into(),
                     message: format!("ERROR: <input>:1:9: Syntax error: ...\n | k == {SECRET:?} && ("),
-                    at: None,
-                    code: None,
+                    checked: None,
                 },
                 "kubernetes:/ValidatingPolicy/p:1 (document 1): PolicyException \"x\": spec.matchConditions[0].expression: cel_syntax",
             ),
@@ -1621,8 +1665,7 @@ mod tests {
             field: "spec.variables[0].expression".into(),
             expression: "[variables][0].a".into(),
             message: VARIABLES_MISUSED.into(),
-            at: None,
-            code: None,
+            checked: None,
         };
         assert_eq!(misused.kind(), "variables_misused");
         assert!(misused

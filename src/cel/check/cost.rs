@@ -181,7 +181,9 @@ pub fn call(name: &str, recv: Option<&Info>, args: &[Info], result: &Ty) -> (f64
             let n = all.iter().map(|i| i.size).fold(f64::INFINITY, f64::min);
             let n = if n.is_finite() { n } else { 1.0 };
             let per = match first.map(|i| &i.ty) {
-                Some(Ty::List(_) | Ty::Map(..) | Ty::Dyn) => 1.0 + BYTE * first.map_or(1.0, |i| i.elem),
+                Some(Ty::List(_) | Ty::Map(..) | Ty::Dyn) => {
+                    1.0 + BYTE * first.map_or(1.0, |i| i.elem)
+                }
                 _ => BYTE,
             };
             (n * per, (1.0, 1.0))
@@ -212,10 +214,9 @@ pub fn call(name: &str, recv: Option<&Info>, args: &[Info], result: &Ty) -> (f64
             (n * n, same)
         }
         "flatten" | "slice" | "math.@max" | "math.@min" => (first.map_or(1.0, Info::count), same),
-        "sets.contains" | "sets.equivalent" | "sets.intersects" => (
-            all.iter().map(|i| i.count()).product::<f64>(),
-            (1.0, 1.0),
-        ),
+        "sets.contains" | "sets.equivalent" | "sets.intersects" => {
+            (all.iter().map(|i| i.count()).product::<f64>(), (1.0, 1.0))
+        }
         "_[_]" | "_[?_]" => (0.0, first.map_or((1.0, 1.0), |i| (i.elem, i.elem))),
         "value" | "orValue" | "or" | "optional.of" | "optional.ofNonZeroValue" | "dyn" => {
             let s = all.iter().map(|i| i.size).fold(1.0, f64::max);

@@ -62,6 +62,13 @@ pub struct Object {
     pub fields: Option<BTreeMap<String, Field>>,
 }
 
+/// A library's object type as it declares it: its name and its fields
+/// (name, type, size bound); no fields for an opaque value.
+pub type ObjectDecl = (
+    &'static str,
+    &'static [(&'static str, &'static str, super::cost::Bound)],
+);
+
 pub struct Decls {
     pub functions: HashMap<String, Vec<Overload>>,
     pub objects: HashMap<String, Object>,
@@ -133,13 +140,7 @@ fn build() -> Result<Decls, DeclError> {
             let mut map = BTreeMap::new();
             for (f, t, bound) in *fields {
                 let ty = types::parse(t).map_err(|e| DeclError(format!("{name}.{f}: {e}")))?;
-                map.insert(
-                    (*f).to_owned(),
-                    Field {
-                        ty,
-                        bound: *bound,
-                    },
-                );
+                map.insert((*f).to_owned(), Field { ty, bound: *bound });
             }
             Some(map)
         };

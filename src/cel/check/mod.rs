@@ -92,10 +92,19 @@ impl Checker<'_> {
         &self.program.source_info().source
     }
 
-    /// The offset of `word` at or after `from` (a field's or a function's
-    /// name), else `from`.
+    /// The offset of `word` (a field's or a function's name) at `from`:
+    /// just before it when `from` is the call's `(`, else the first one
+    /// after it, else `from`.
     fn find_word(&self, from: usize, word: &str) -> usize {
         let src = self.source();
+        if src.get(from..).is_some_and(|r| r.starts_with('(')) {
+            if let Some(before) = src.get(..from) {
+                let trimmed = before.trim_end();
+                if trimmed.ends_with(word) {
+                    return trimmed.len() - word.len();
+                }
+            }
+        }
         src.get(from..)
             .and_then(|rest| rest.find(word))
             .map_or(from, |i| from + i)
@@ -107,7 +116,11 @@ impl Checker<'_> {
     }
 
     fn local(&self, name: &str) -> Option<&Info> {
-        self.locals.iter().rev().find(|(n, _)| n == name).map(|(_, i)| i)
+        self.locals
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, i)| i)
     }
 
     fn expr(&mut self, e: &IdedExpr, parent: usize) -> Info {
@@ -253,7 +266,10 @@ impl Checker<'_> {
             "dyn" => Info::new(Ty::Type(Box::new(Ty::Dyn))),
             n if NAMESPACES.contains(&n) => self.error(
                 at,
-                format!("`{n}` is a library, not a value: call one of its functions, e.g. {}", example(n)),
+                format!(
+                    "`{n}` is a library, not a value: call one of its functions, e.g. {}",
+                    example(n)
+                ),
             ),
             n => {
                 let mut names: Vec<&str> = self.locals.iter().map(|(n, _)| n.as_str()).collect();
@@ -288,14 +304,20 @@ impl Checker<'_> {
                 }
                 if root == "mcp" && !s.test {
                     if crate::cel::mcp::is_constant(&s.field) {
-                        let len = crate::cel::mcp::constant(&s.field).map_or(1, |c| c.inner().len());
+                        let len =
+                            crate::cel::mcp::constant(&s.field).map_or(1, |c| c.inner().len());
                         return Info::sized(Ty::String, (len as f64, 1.0));
                     }
                     let at = self.find_word(at, &s.field);
-                    let known: Vec<&str> = crate::cel::mcp::CONSTANTS.iter().map(|(k, _)| *k).collect();
+                    let known: Vec<&str> =
+                        crate::cel::mcp::CONSTANTS.iter().map(|(k, _)| *k).collect();
                     return self.error(
                         at,
-                        format!("unknown constant `mcp.{}`{}", s.field, did_you_mean(&s.field, &known)),
+                        format!(
+                            "unknown constant `mcp.{}`{}",
+                            s.field,
+                            did_you_mean(&s.field, &known)
+                        ),
                     );
                 }
             }
@@ -320,7 +342,10 @@ impl Checker<'_> {
             },
             Ty::Map(k, v) => {
                 if !matches!(**k, Ty::String | Ty::Dyn) {
-                    return self.error(at, format!("`.{name}` selects a string key, but the map's keys are {k}"));
+                    return self.error(
+                        at,
+                        format!("`.{name}` selects a string key, but the map's keys are {k}"),
+                    );
                 }
                 Info {
                     total: operand.total,
@@ -394,7 +419,11 @@ impl Checker<'_> {
                         let aat = self.offset(a, at);
                         self.error(
                             aat,
-                            format!("`{}` takes bool operands, not {}", display_name(&name), ai.ty),
+                            format!(
+                                "`{}` takes bool operands, not {}",
+                                display_name(&name),
+                                ai.ty
+                            ),
                         );
                     }
                 }
@@ -403,7 +432,9 @@ impl Checker<'_> {
             "_?._" => {
                 // `a.?b`: the field as an optional.
                 let operand = self.expr(&c.args[0], at);
-                let Some(Expr::Literal(LiteralValue::String(field))) = c.args.get(1).map(|a| &a.expr) else {
+                let Some(Expr::Literal(LiteralValue::String(field))) =
+                    c.args.get(1).map(|a| &a.expr)
+                else {
                     return Info::new(Ty::Dyn);
                 };
                 let inner = match &operand.ty {
@@ -461,7 +492,7 @@ impl Checker<'_> {
                 .iter()
                 .filter(|(_, o)| o.iter().any(|o| o.receiver.is_some() == recv.is_some()))
                 .map(|(n, _)| n.as_str())
-                .filter(|n| !n.starts_with('_') && !n.starts_with('@') && !n.contains(".@"))
+                .filter(|n| n.starts_with(|c: char| c.is_ascii_alphabetic()) && !n.contains(".@"))
                 .collect();
             known.sort_unstable();
             let kind = if recv.is_some() { "method" } else { "function" };
@@ -481,11 +512,15 @@ impl Checker<'_> {
                 .join(", ")
         };
         if shaped.is_empty() {
-            let how = if recv.is_some() { "as a method" } else { "as a function" };
+            let how = if recv.is_some() {
+                "as a method"
+            } else {
+                "as a function"
+            };
             return self.error(
                 at,
                 format!(
-                    "`{shown}` takes no {} argument(s) {how}; declared: {}",
+                    "`{shown}` is not declared with {} argument(s) {how}; declared: {}",
                     args.len(),
                     list(overloads)
                 ),
@@ -499,8 +534,7 @@ impl Checker<'_> {
                 _ => true,
             };
             if recv_ok
-                && o
-                    .params
+                && o.params
                     .iter()
                     .zip(args)
                     .all(|(p, a)| types::assignable(p, &a.ty, &mut s))
@@ -525,12 +559,12 @@ impl Checker<'_> {
                 let got: Vec<String> = args.iter().map(|a| a.ty.to_string()).collect();
                 let applied = match recv {
                     Some(r) => format!("{}.{shown}({})", r.ty, got.join(", ")),
-                    None => format!("{shown}({})", got.join(", ")),
+                    None => format!("({})", got.join(", ")),
                 };
                 self.error(
                     at,
                     format!(
-                        "no overload of `{shown}` takes {applied}; declared: {}",
+                        "no overload of `{shown}` for {applied}; declared: {}",
                         list(overloads)
                     ),
                 )
@@ -549,7 +583,10 @@ impl Checker<'_> {
             Ty::Dyn => (Ty::Dyn, Ty::Dyn),
             other => {
                 let rat = self.offset(&c.iter_range, at);
-                self.error(rat, format!("cannot iterate over {other}: a comprehension needs a list or a map"));
+                self.error(
+                    rat,
+                    format!("cannot iterate over {other}: a comprehension needs a list or a map"),
+                );
                 (Ty::Dyn, Ty::Dyn)
             }
         };
@@ -636,8 +673,19 @@ pub fn did_you_mean(name: &str, known: &[&str]) -> String {
     let lower = name.to_ascii_lowercase();
     known
         .iter()
-        .map(|k| (crate::policy::edit_distance(&lower, &k.to_ascii_lowercase()), *k))
-        .filter(|(d, _)| *d <= 2.max(name.len() / 4))
+        .map(|k| {
+            (
+                crate::policy::edit_distance(&lower, &k.to_ascii_lowercase()),
+                *k,
+            )
+        })
+        .filter(|(d, _)| {
+            *d <= if name.len() <= 3 {
+                1
+            } else {
+                2.max(name.len() / 4)
+            }
+        })
         .min()
         .map(|(_, k)| format!("; did you mean {:?}?", display_name(k)))
         .unwrap_or_default()
@@ -652,8 +700,8 @@ pub fn result_error(t: &Ty, want_bool: bool) -> Option<String> {
         Ty::Dyn | Ty::Null => None,
         Ty::Object(n) if &**n == CHECK_RESPONSE => None,
         Ty::Object(n) if n.ends_with("HttpResponse") => Some(format!(
-            "must return a {CHECK_RESPONSE} or null, not {t}: add .Response()"
+            "must return {CHECK_RESPONSE} or null, not {t}: add .Response()"
         )),
-        _ => Some(format!("must return a {CHECK_RESPONSE} or null, not {t}")),
+        _ => Some(format!("must return {CHECK_RESPONSE} or null, not {t}")),
     }
 }

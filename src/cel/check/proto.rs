@@ -56,7 +56,11 @@ pub fn objects() -> Result<HashMap<String, Object>, String> {
     Ok(out)
 }
 
-fn collect<'a>(scope: &str, m: &'a DescriptorProto, out: &mut HashMap<String, &'a DescriptorProto>) {
+fn collect<'a>(
+    scope: &str,
+    m: &'a DescriptorProto,
+    out: &mut HashMap<String, &'a DescriptorProto>,
+) {
     let name = format!("{scope}.{}", m.name());
     for nested in &m.nested_type {
         collect(&name, nested, out);
@@ -70,7 +74,13 @@ fn field_type(
 ) -> Ty {
     let element = match f.r#type() {
         PType::Double | PType::Float => Ty::Double,
-        PType::Int64 | PType::Int32 | PType::Sint32 | PType::Sint64 | PType::Sfixed32 | PType::Sfixed64 | PType::Enum => Ty::Int,
+        PType::Int64
+        | PType::Int32
+        | PType::Sint32
+        | PType::Sint64
+        | PType::Sfixed32
+        | PType::Sfixed64
+        | PType::Enum => Ty::Int,
         PType::Uint64 | PType::Uint32 | PType::Fixed64 | PType::Fixed32 => Ty::Uint,
         PType::Bool => Ty::Bool,
         PType::String => Ty::String,
