@@ -209,9 +209,36 @@ fn serve(dir: &Path, logs: &Path) -> (ChildGuard, SocketAddr, SocketAddr) {
     (ChildGuard::spawn("serve", cmd, logs), grpc, http)
 }
 
+/// A misspelt request field: a type error.
+fn misspelt_field() -> String {
+    policy(
+        "typo",
+        r#"object.attributes.request.http.header[?"x"].orValue("") == "" ? envoy.Denied(500).Response() : null"#,
+    )
+}
+
+/// Every pair of headers against the body: over the cost budget.
+fn too_costly() -> String {
+    policy(
+        "costly",
+        "object.attributes.request.http.headers.exists(k, object.attributes.request.http.headers.exists(j, object.attributes.request.http.body.contains(k + j))) ? envoy.Denied(500).Response() : null",
+    )
+}
+
+/// A validation that returns a string.
+fn not_a_response() -> String {
+    policy("string-result", r#"object.attributes.request.http.method"#)
+}
+
 #[test]
 fn serve_refuses_to_start_with_a_policy_over_the_limits() {
-    for text in [too_deep(), self_reading_variable()] {
+    for text in [
+        too_deep(),
+        self_reading_variable(),
+        misspelt_field(),
+        too_costly(),
+        not_a_response(),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let logs = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("p.yaml"), text).unwrap();
@@ -231,7 +258,15 @@ fn serve_refuses_to_start_with_a_policy_over_the_limits() {
         // A refusal, not a crash (134 is an abort: a stack overflow).
         assert!(exited.contains("exit status: 1"), "{exited}");
         assert!(
-            exited.contains("limit_exceeded") || exited.contains("variables_misused"),
+            [
+                "limit_exceeded",
+                "variables_misused",
+                "type_error",
+                "cost_exceeded",
+                "result_type"
+            ]
+            .iter()
+            .any(|k| exited.contains(k)),
             "{exited}"
         );
     }
@@ -278,6 +313,9 @@ async fn a_reload_over_the_limits_is_refused_and_the_last_good_set_answers() {
     for (refused, (name, text, kind)) in (1..).zip([
         ("deep.yaml", too_deep(), "limit_exceeded"),
         ("self.yaml", self_reading_variable(), "variables_misused"),
+        ("typo.yaml", misspelt_field(), "type_error"),
+        ("costly.yaml", too_costly(), "cost_exceeded"),
+        ("string.yaml", not_a_response(), "result_type"),
     ]) {
         let file = dir.path().join(name);
         std::fs::write(&file, text).unwrap();

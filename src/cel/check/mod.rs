@@ -400,9 +400,11 @@ impl Checker<'_> {
             if let Some(q) = qualified(t) {
                 let root = q.split('.').next().unwrap_or("");
                 let full = format!("{q}.{}", c.func_name);
-                if self.local(root).is_none()
-                    && (self.decls.functions.contains_key(&full) || NAMESPACES.contains(&root))
-                {
+                // A name that is not a value (`cel.bind`, `url.parse`) is
+                // read as a function's, so that an unknown library is one
+                // error naming the function.
+                let is_value = self.local(root).is_some() || matches!(root, "object" | "variables");
+                if !is_value {
                     name = full;
                     target = None;
                 }
@@ -450,6 +452,13 @@ impl Checker<'_> {
             _ => {}
         }
         let recv = target.map(|t| self.expr(t, at));
+        if !self.decls.functions.contains_key(&name) {
+            // The arguments of an unknown function (a macro of a library
+            // celgate lacks may bind names) are not checked.
+            let n = c.args.len();
+            let args = vec![Info::new(Ty::Dyn); n];
+            return self.resolve(&name, recv.as_ref(), &args, name_at);
+        }
         let args: Vec<Info> = c.args.iter().map(|a| self.expr(a, at)).collect();
         let children: f64 = recv.iter().chain(&args).map(|i| i.cost).sum();
         let mut info = self.resolve(&name, recv.as_ref(), &args, name_at);
