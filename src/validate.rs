@@ -266,6 +266,10 @@ impl Lines {
             .iter()
             .enumerate()
             .skip(from)
+            // This document only.
+            .take_while(|(l, text)| {
+                *l == from || !(text.as_str() == "---" || text.starts_with("--- "))
+            })
             .flat_map(|(l, text)| {
                 text.chars()
                     .enumerate()
@@ -279,10 +283,15 @@ impl Lines {
             .collect();
         // The character at `at`, or the next one that is not a space.
         let target = want.iter().position(|(i, _)| *i >= at).unwrap_or(0);
+        // Bounded work, however repetitive the text: past the budget the
+        // column is left out.
+        let mut budget: usize = 4_000_000;
         for quote in [None, Some('\''), Some('"')] {
             for start in 0..file.len() {
-                if let Some(found) = line_up(&file[start..], &want, target, quote) {
-                    return (found.0, Some(found.1));
+                match line_up(&file[start..], &want, target, quote, &mut budget) {
+                    Ok(found) => return (found.0, Some(found.1)),
+                    Err(true) => return (line, None),
+                    Err(false) => {}
                 }
             }
         }
@@ -291,35 +300,42 @@ impl Lines {
 }
 
 /// Whether `want` (the expression's characters) starts `file` (the file's,
-/// each with its line and column), and where `want[target]` is. A quoted
+/// each with its line and column), and where `want[target]` is; `Err(true)`
+/// once `budget` character comparisons are spent. A quoted
 /// YAML scalar writes a quote twice (`''`) or escaped (`\"`).
 fn line_up(
     file: &[(usize, usize, char)],
     want: &[(usize, char)],
     target: usize,
     quote: Option<char>,
-) -> Option<(usize, usize)> {
+    budget: &mut usize,
+) -> Result<(usize, usize), bool> {
     let mut f = 0;
     let mut found = None;
     for (k, (_, c)) in want.iter().enumerate() {
+        if *budget == 0 {
+            return Err(true);
+        }
+        *budget -= 1;
         let doubled = quote == Some('\'')
             && *c == '\''
-            && file.get(f)?.2 == '\''
-            && file.get(f + 1)?.2 == '\'';
-        let escaped = quote == Some('"') && (*c == '"' || *c == '\\') && file.get(f)?.2 == '\\';
+            && file.get(f).ok_or(false)?.2 == '\''
+            && file.get(f + 1).ok_or(false)?.2 == '\'';
+        let escaped =
+            quote == Some('"') && (*c == '"' || *c == '\\') && file.get(f).ok_or(false)?.2 == '\\';
         if doubled || escaped {
             f += 1;
         }
-        let (l, col, fc) = *file.get(f)?;
+        let (l, col, fc) = *file.get(f).ok_or(false)?;
         if fc != *c {
-            return None;
+            return Err(false);
         }
         if k == target {
             found = Some((l, col));
         }
         f += 1;
     }
-    found
+    found.ok_or(false)
 }
 
 fn read_lines(path: &Path) -> Vec<String> {
@@ -439,6 +455,53 @@ mod tests {
         assert_eq!(field_line(&doc, "spec.validations[0]"), Some(6));
         assert_eq!(field_line(&doc, "spec.variables[0].expression"), Some(4));
         assert_eq!(field_line(&doc, "spec.nothing"), None);
+    }
+
+    #[test]
+    fn lines_up_expressions_in_every_scalar_style() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.yaml");
+        std::fs::write(
+            &path,
+            "kind: x\nspec:\n  validations:\n  - expression: 'a == ''b'' + c'\n  - expression: >\n      f(x,\n        y.z)\n",
+        )
+        .unwrap();
+        let location = Location {
+            path,
+            document: 1,
+            line: 1,
+        };
+        let mut lines = Lines::default();
+        // Single-quoted, the quotes written twice: `c` is column 31.
+        let e = "a == 'b' + c";
+        assert_eq!(
+            lines.position(&location, "spec.validations[0].expression", e, Some(11)),
+            (4, Some(31))
+        );
+        // Folded: `z` of `y.z` on the next line.
+        let e = "f(x, y.z)\n";
+        assert_eq!(
+            lines.position(&location, "spec.validations[1].expression", e, Some(7)),
+            (7, Some(11))
+        );
+    }
+
+    #[test]
+    fn lining_up_stops_when_its_budget_is_spent() {
+        // A repetitive text that almost matches everywhere.
+        let file: Vec<(usize, usize, char)> = (0..1000).map(|i| (1, i + 1, 'a')).collect();
+        let mut want: Vec<(usize, char)> = (0..999).map(|i| (i, 'a')).collect();
+        want.push((999, 'b'));
+        let mut budget = 10_000;
+        let mut spent = false;
+        for start in 0..file.len() {
+            if line_up(&file[start..], &want, 0, None, &mut budget) == Err(true) {
+                spent = true;
+                break;
+            }
+        }
+        assert!(spent);
+        assert_eq!(budget, 0);
     }
 
     #[test]

@@ -679,6 +679,10 @@ fn example(namespace: &str) -> &'static str {
 
 /// `; did you mean "x"?` for the closest of `known` within two edits.
 pub fn did_you_mean(name: &str, known: &[&str]) -> String {
+    // No name that long is a typo of a declared one.
+    if name.len() > 64 {
+        return String::new();
+    }
     let lower = name.to_ascii_lowercase();
     known
         .iter()
