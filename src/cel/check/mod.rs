@@ -718,3 +718,60 @@ pub fn result_error(t: &Ty, want_bool: bool) -> Option<String> {
         _ => Some(format!("must return {CHECK_RESPONSE} or null, not {t}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scope of the cases: a decoded token, a parsed MCP request, an int.
+    fn scope() -> Scope {
+        let vars = [
+            ("token", Ty::object("jwt.Token")),
+            ("req", Ty::object("mcp.MCPRequest")),
+            ("n", Ty::Int),
+        ];
+        Scope {
+            variables: Some(
+                vars.into_iter()
+                    .map(|(n, t)| (n.to_owned(), Info::new(t)))
+                    .collect(),
+            ),
+        }
+    }
+
+    #[test]
+    fn every_case_of_the_corpus() {
+        let mut failures = Vec::new();
+        let mut count = 0;
+        for (i, line) in include_str!("testdata/cases.txt").lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            count += 1;
+            let (expr, want, refused) = match (line.split_once(" => "), line.split_once(" !! ")) {
+                (Some((e, t)), _) => (e, t, false),
+                (_, Some((e, m))) => (e, m, true),
+                _ => panic!("line {}: neither => nor !!: {line}", i + 1),
+            };
+            let program = match crate::cel::env().compile(expr) {
+                Ok(p) => p,
+                Err(e) => {
+                    failures.push(format!("line {}: {expr}: does not parse: {e}", i + 1));
+                    continue;
+                }
+            };
+            let got = check(&program, &scope());
+            let ok = match (&got, refused) {
+                (Ok(info), false) => info.ty.to_string() == want,
+                (Err(errors), true) => errors.iter().any(|e| e.message.contains(want)),
+                _ => false,
+            };
+            if !ok {
+                failures.push(format!("line {}: {expr}: want {want}, got {got:?}", i + 1));
+            }
+        }
+        assert!(count > 80, "{count} cases");
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+}
