@@ -82,9 +82,9 @@ impl LoadError {
     /// The problem's kind, a fixed name: `io_error`, `invalid_yaml`,
     /// `missing_field`, `invalid_value`, `invalid_spec`, `duplicate_name`,
     /// `variable_cycle`, `invalid`, `cel_syntax`, `cel_compile`,
-    /// `invalid_regex`, `undefined_variable`, `unknown_constant`,
-    /// `variables_not_allowed`, `variables_misused`, `limit_exceeded`,
-    /// `cel_error`, `duplicate_policy`.
+    /// `invalid_regex`, `undefined_variable`, `type_error`, `result_type`,
+    /// `cost_exceeded`, `variables_not_allowed`, `variables_misused`,
+    /// `limit_exceeded`, `cel_error`, `duplicate_policy`.
     pub fn kind(&self) -> &'static str {
         match self {
             LoadError::Io { .. } => "io_error",
@@ -219,10 +219,6 @@ fn cel_kind(message: &str) -> &'static str {
         "cel_compile"
     } else if message.starts_with("invalid regex") {
         "invalid_regex"
-    } else if message.starts_with("undefined variable") {
-        "undefined_variable"
-    } else if message.starts_with("unknown constant") {
-        "unknown_constant"
     } else if message.contains("cannot use variables") {
         "variables_not_allowed"
     } else if message.starts_with("`variables` can only") {
