@@ -1286,7 +1286,8 @@ fn get_bool_slice<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
 /// The library's overloads, for the type checker. A request's sections
 /// (`ToolCall`, `PromptGet`, ...) are absent or present by request, so they
 /// are `dyn`, and the argument getters are declared on every receiver they
-/// take.
+/// take. A getter returns its default as given, so the default is declared
+/// with the result's type (`[]` is a `list(dyn)`, which fits any).
 pub const DECLS: &str = "
 mcp.Parse(string) -> mcp.MCPRequest
 mcp.Parse(bytes) -> mcp.MCPRequest
@@ -1312,22 +1313,22 @@ mcp.ErrorBody(dyn, int, string) -> string
 (mcp.ToolCall).GetBoolArgument(string, bool) -> bool
 (mcp.PromptGet).GetBoolArgument(string, bool) -> bool
 (null).GetBoolArgument(string, bool) -> bool
-(mcp.MCPRequest).GetStringSliceArgument(string, list(dyn)) -> list(string)
-(mcp.ToolCall).GetStringSliceArgument(string, list(dyn)) -> list(string)
-(mcp.PromptGet).GetStringSliceArgument(string, list(dyn)) -> list(string)
-(null).GetStringSliceArgument(string, list(dyn)) -> list(string)
-(mcp.MCPRequest).GetIntSliceArgument(string, list(dyn)) -> list(int)
-(mcp.ToolCall).GetIntSliceArgument(string, list(dyn)) -> list(int)
-(mcp.PromptGet).GetIntSliceArgument(string, list(dyn)) -> list(int)
-(null).GetIntSliceArgument(string, list(dyn)) -> list(int)
-(mcp.MCPRequest).GetFloatSliceArgument(string, list(dyn)) -> list(double)
-(mcp.ToolCall).GetFloatSliceArgument(string, list(dyn)) -> list(double)
-(mcp.PromptGet).GetFloatSliceArgument(string, list(dyn)) -> list(double)
-(null).GetFloatSliceArgument(string, list(dyn)) -> list(double)
-(mcp.MCPRequest).GetBoolSliceArgument(string, list(dyn)) -> list(bool)
-(mcp.ToolCall).GetBoolSliceArgument(string, list(dyn)) -> list(bool)
-(mcp.PromptGet).GetBoolSliceArgument(string, list(dyn)) -> list(bool)
-(null).GetBoolSliceArgument(string, list(dyn)) -> list(bool)
+(mcp.MCPRequest).GetStringSliceArgument(string, list(string)) -> list(string)
+(mcp.ToolCall).GetStringSliceArgument(string, list(string)) -> list(string)
+(mcp.PromptGet).GetStringSliceArgument(string, list(string)) -> list(string)
+(null).GetStringSliceArgument(string, list(string)) -> list(string)
+(mcp.MCPRequest).GetIntSliceArgument(string, list(int)) -> list(int)
+(mcp.ToolCall).GetIntSliceArgument(string, list(int)) -> list(int)
+(mcp.PromptGet).GetIntSliceArgument(string, list(int)) -> list(int)
+(null).GetIntSliceArgument(string, list(int)) -> list(int)
+(mcp.MCPRequest).GetFloatSliceArgument(string, list(double)) -> list(double)
+(mcp.ToolCall).GetFloatSliceArgument(string, list(double)) -> list(double)
+(mcp.PromptGet).GetFloatSliceArgument(string, list(double)) -> list(double)
+(null).GetFloatSliceArgument(string, list(double)) -> list(double)
+(mcp.MCPRequest).GetBoolSliceArgument(string, list(bool)) -> list(bool)
+(mcp.ToolCall).GetBoolSliceArgument(string, list(bool)) -> list(bool)
+(mcp.PromptGet).GetBoolSliceArgument(string, list(bool)) -> list(bool)
+(null).GetBoolSliceArgument(string, list(bool)) -> list(bool)
 ";
 
 /// A parsed request's fields.
