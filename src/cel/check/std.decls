@@ -196,7 +196,8 @@ sets.contains(list(A), list(A)) -> bool
 sets.equivalent(list(A), list(A)) -> bool
 sets.intersects(list(A), list(A)) -> bool
 
-# Math extension (`math.greatest` and `math.least` expand to `@max`/`@min`).
+# Math extension (`math.greatest` and `math.least` expand to `@max`/`@min`;
+# a list of numbers of mixed types is a `list(dyn)`).
 math.ceil(double) -> double
 math.floor(double) -> double
 math.round(double) -> double
@@ -237,7 +238,9 @@ math.@max(uint, int) -> dyn
 math.@max(uint, double) -> dyn
 math.@max(double, int) -> dyn
 math.@max(double, uint) -> dyn
-math.@max(list(A)) -> A
+math.@max(list(int)) -> int
+math.@max(list(uint)) -> uint
+math.@max(list(double)) -> double
 math.@min(int) -> int
 math.@min(uint) -> uint
 math.@min(double) -> double
@@ -250,7 +253,9 @@ math.@min(uint, int) -> dyn
 math.@min(uint, double) -> dyn
 math.@min(double, int) -> dyn
 math.@min(double, uint) -> dyn
-math.@min(list(A)) -> A
+math.@min(list(int)) -> int
+math.@min(list(uint)) -> uint
+math.@min(list(double)) -> double
 
 # Encoders extension.
 base64.encode(bytes) -> string
