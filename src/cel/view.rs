@@ -54,6 +54,22 @@ static ADDRESS_T: Type = Type::new_struct_type("envoy.config.core.v3.Address");
 static SOCKET_T: Type = Type::new_struct_type("envoy.config.core.v3.SocketAddress");
 static HEADER_MAP_T: Type = Type::new_struct_type("envoy.config.core.v3.HeaderMap");
 
+/// Fields of the vendored protos' request messages that this view does not
+/// read, by message: the type checker drops them, so that a policy naming
+/// one is refused when it loads rather than failing on every request.
+pub const UNREAD_FIELDS: &[(&str, &str)] = &[
+    ("envoy.config.core.v3.Address", "pipe"),
+    ("envoy.config.core.v3.Address", "envoy_internal_address"),
+    (
+        "envoy.config.core.v3.SocketAddress",
+        "network_namespace_filepath",
+    ),
+    ("envoy.config.core.v3.Metadata", "typed_filter_metadata"),
+    // A `header_map` entry is `{key, value}`, `value` read from `raw_value`
+    // when that is set.
+    ("envoy.config.core.v3.HeaderValue", "raw_value"),
+];
+
 /// One message of the request tree, borrowed from the decoded `CheckRequest`.
 #[derive(Debug, Clone, Copy)]
 pub enum Node<'r> {

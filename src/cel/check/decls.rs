@@ -129,6 +129,13 @@ fn build() -> Result<Decls, DeclError> {
         }
     }
     let mut objects = proto::objects().map_err(DeclError)?;
+    for (message, field) in crate::cel::view::UNREAD_FIELDS {
+        objects
+            .get_mut(*message)
+            .and_then(|o| o.fields.as_mut())
+            .and_then(|fields| fields.remove(*field))
+            .ok_or_else(|| DeclError(format!("view::UNREAD_FIELDS: no field {message}.{field}")))?;
+    }
     for (name, fields) in crate::cel::envoy::OBJECTS
         .iter()
         .chain(crate::cel::jwt::OBJECTS)
