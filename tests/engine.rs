@@ -89,7 +89,7 @@ fn every_problem_is_reported_with_file_policy_and_field() {
     for needle in [
         "spec.failurePolicy: must be Fail or Ignore, not \"Sometimes\"",
         "variables refer to each other in a cycle: a -> b -> a",
-        "spec.validations[1].expression: CEL error in `variables.missing == 1 ? null : null`: undefined variable `variables.missing` (declared: a, b)",
+        "spec.validations[1].expression: CEL error in `variables.missing == 1 ? null : null` at 1:11: undefined variable `variables.missing` (declared: a, b)",
         "spec.validations[2].expression: CEL error",
         "invalid regex",
         "spec.validations[3].expression: CEL error in `envoy.Allowed(.Response()`",
