@@ -123,6 +123,47 @@ fn every_refused_policy_gives_exactly_its_expected_errors() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// No false refusals: every policy the project ships (the bundled set, the
+/// examples, the semantic cases) loads under the checker and the default
+/// cost budget, with no error.
+#[test]
+fn every_shipped_policy_loads() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut dirs = vec![root.join("policies")];
+    for parent in ["examples", "tests/cases"] {
+        for entry in std::fs::read_dir(root.join(parent)).unwrap() {
+            let path = entry.unwrap().path();
+            let policies = path.join("policies");
+            if policies.is_dir() {
+                dirs.push(policies);
+            } else if path.is_dir() && parent == "tests/cases" {
+                dirs.push(path);
+            }
+        }
+    }
+    assert!(dirs.len() >= 18, "{dirs:?}");
+    for dir in dirs {
+        let out = celgate()
+            .args(["validate", "--output", "json", "--policies"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            report["errors"],
+            0,
+            "{}: {}",
+            dir.display(),
+            serde_json::to_string_pretty(&report["problems"]).unwrap()
+        );
+        assert!(
+            !report["policies"].as_array().unwrap().is_empty(),
+            "{}: no policy loaded",
+            dir.display()
+        );
+    }
+}
+
 #[test]
 fn validate_and_check_name_the_limit_and_exit_without_crashing() {
     let dir = tempfile::tempdir().unwrap();
