@@ -1,7 +1,8 @@
 //! The policy authors' commands (`check`, `validate`, `test`) and the
 //! container health check (`healthcheck`).
 //!
-//! Each returns the process exit status; see `celgate --help` for the table.
+//! Each returns the process exit status; see `celgate --help` for the table
+//! (the README has the same one).
 
 use celgate::engine::{self, EngineConfig};
 use celgate::policy::PolicySet;
@@ -10,9 +11,16 @@ use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// The policies do not load (a path that does not exist, YAML or CEL
+/// errors): the same status in every command, `serve` included (its error
+/// path in `main` exits 1 too), so scripts need one rule. `validate` has
+/// always said "1: the policies have errors", which is the same fault.
+pub const NOT_LOADED: u8 = 1;
+/// A usage error, or input other than the policies that cannot be used: the
+/// request of `check`, no suites (or no case) to run for `test`.
+pub const USAGE: u8 = 2;
 pub const DENIED: u8 = 3;
 pub const DENIED_BY_ERROR: u8 = 4;
-pub const USAGE: u8 = 2;
 
 /// `celgate check`.
 pub fn check(
@@ -25,7 +33,7 @@ pub fn check(
         Ok(set) => set,
         Err(e) => {
             eprintln!("celgate: the policies do not load:\n{e}");
-            return Ok(ExitCode::from(USAGE));
+            return Ok(ExitCode::from(NOT_LOADED));
         }
     };
     let text = if request == Path::new("-") {
@@ -88,17 +96,19 @@ pub fn validate(policies: &[PathBuf], json: bool) -> ExitCode {
     if r.ok() {
         ExitCode::SUCCESS
     } else {
-        ExitCode::FAILURE
+        ExitCode::from(NOT_LOADED)
     }
 }
 
 /// `celgate test`.
 pub fn test(paths: &[PathBuf], filter: Option<&str>, junit: bool) -> ExitCode {
+    // A path that does not exist or a suite file that does not parse: as a
+    // policy path that does not load in the other commands.
     let found = match suite::find(paths) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("celgate: {e}");
-            return ExitCode::from(USAGE);
+            return ExitCode::from(NOT_LOADED);
         }
     };
     if found.is_empty() {

@@ -25,11 +25,13 @@ mod commands;
         The same binary lets policy authors work before a cluster sees a policy: `validate` \
         reports every problem in a set of policy files, `check` decides one request and \
         explains why, and `test` runs declarative test suites.",
-    after_long_help = "EXIT STATUS:\n  \
+    after_long_help = "EXIT STATUS (the same for every command):\n  \
         0  success (check: the request is allowed)\n  \
-        1  validate: the policies have errors; test: a case failed or a suite could not run; \
-        serve: the server stopped with an error\n  \
-        2  usage error, or input that could not be read (policies that do not load, a bad request file)\n  \
+        1  the policies do not load (a path that does not exist, YAML or CEL errors): serve does \
+        not start, validate reports them, check does not decide, test does not run the suite; \
+        also test: a case failed; serve: the server stopped with an error; healthcheck: not ready\n  \
+        2  usage error; check: the request cannot be read; test: no suite found, or no case \
+        matches --filter\n  \
         3  check: the request is denied by a policy\n  \
         4  check: the request is denied because a policy with failurePolicy: Fail could not be evaluated"
 )]
@@ -64,7 +66,8 @@ enum Command {
             {\"attributes\": {\"request\": {\"http\": {\"method\": \"GET\", \"path\": \"/admin\", \
             \"headers\": {\"x-api-key\": \"demo-key-alice\"}}}}}\n\n\
             Exit status: 0 allowed, 3 denied by a policy, 4 denied because a failurePolicy: Fail \
-            policy could not be evaluated, 2 when the policies or the request cannot be read."
+            policy could not be evaluated, 1 when the policies do not load, 2 when the request \
+            cannot be read."
     )]
     Check(CheckArgs),
     /// Parse and compile policies; report every problem with file, line, policy and field.
@@ -85,8 +88,9 @@ enum Command {
             case's request and the decision is compared with `expect`. Directories are searched \
             recursively for YAML/JSON files that mention celgate.dev/, skipping dot-entries and \
             `target`/`node_modules` folders. The README documents the suite format.\n\n\
-            Exit status: 0 when every case passed, 1 when a case failed or a suite could not \
-            run, 2 when no suite was found."
+            Exit status: 0 when every case passed; 1 when a case failed or a suite could not \
+            run (its policies do not load, a path does not exist, a suite file is invalid); 2 \
+            when no suite was found or no case matches --filter."
     )]
     Test(TestArgs),
     /// Ask a running server whether it is ready (GET /readyz); exit 0 if so, 1 if not.
@@ -439,7 +443,7 @@ fn main() -> ExitCode {
         Ok(g) => g,
         Err(e) => {
             eprintln!("celgate: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(commands::USAGE);
         }
     };
     let result = match cli.command {
@@ -494,6 +498,8 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("celgate: {e:#}");
+            // 1 for `serve` refusing to start on policies that do not load:
+            // commands::NOT_LOADED, the status of the other commands.
             ExitCode::FAILURE
         }
     }

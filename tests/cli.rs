@@ -130,7 +130,7 @@ fn check_evaluation_error_is_a_denial_with_exit_4() {
 }
 
 #[test]
-fn check_bad_request_or_policies_exit_2() {
+fn check_bad_request_exits_2_and_policies_that_do_not_load_exit_1() {
     let o = celgate(
         &[
             "check",
@@ -160,7 +160,7 @@ fn check_bad_request_or_policies_exit_2() {
         ],
         None,
     );
-    assert_eq!(o.code, 2);
+    assert_eq!(o.code, 1, "{}", o.stderr);
     assert_eq!(o.stdout, "");
     assert!(
         o.stderr.contains("spec.validations[2].expression"),
@@ -291,6 +291,14 @@ fn test_without_suites_exit_2() {
 }
 
 #[test]
+fn test_path_that_does_not_exist_exits_1_like_a_policy_path() {
+    let o = celgate(&["test", "tests/cli/nowhere"], None);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert_eq!(o.stdout, "");
+    assert!(o.stderr.contains("tests/cli/nowhere"), "{}", o.stderr);
+}
+
+#[test]
 fn completions_and_manual() {
     for shell in ["bash", "zsh", "fish"] {
         let o = celgate(&["completions", shell], None);
@@ -315,7 +323,12 @@ fn completions_and_manual() {
 fn help_documents_exit_status_and_environment() {
     let o = celgate(&["--help"], None);
     assert_eq!(o.code, 0);
-    assert!(o.stdout.contains("EXIT STATUS"), "{}", o.stdout);
+    assert!(
+        o.stdout
+            .contains("EXIT STATUS (the same for every command)"),
+        "{}",
+        o.stdout
+    );
     let o = celgate(&["check", "--help"], None);
     assert!(
         o.stdout.contains("[env: CELGATE_POLICIES=]"),
