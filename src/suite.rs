@@ -116,6 +116,9 @@ pub enum SuiteError {
         path: PathBuf,
         errors: crate::policy::LoadErrors,
     },
+    /// A suite file that is not valid YAML/JSON (the error names the file).
+    #[error(transparent)]
+    Parse(crate::policy::LoadError),
 }
 
 /// Every test document under `paths`. Files given by name are read as they
@@ -145,10 +148,7 @@ pub fn find(paths: &[PathBuf]) -> Result<Vec<(PathBuf, TestDoc)>, SuiteError> {
         if !explicit && !text.contains("celgate.dev/") {
             continue;
         }
-        let docs = load::parse_documents(&f, &text).map_err(|e| SuiteError::Invalid {
-            path: f.clone(),
-            message: e.to_string(),
-        })?;
+        let docs = load::parse_documents(&f, &text).map_err(SuiteError::Parse)?;
         for d in docs {
             if is_test_doc(&d.value) {
                 let doc: TestDoc =

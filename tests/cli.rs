@@ -290,6 +290,61 @@ fn test_without_suites_exit_2() {
     assert!(o.stderr.contains("no test suites"), "{}", o.stderr);
 }
 
+/// Each error names the file at fault once: the file, then what is wrong.
+#[test]
+fn errors_name_the_file_once() {
+    let suite = "tests/cli/faults/bad-suite/bad.test.yaml";
+    let o = celgate(&["test", suite], None);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert_eq!(o.stderr.matches(suite).count(), 1, "{}", o.stderr);
+    assert!(
+        o.stderr.starts_with(&format!(
+            "celgate: {suite}: document 1: not valid YAML/JSON"
+        )),
+        "{}",
+        o.stderr
+    );
+
+    let o = celgate(
+        &[
+            "check",
+            "--request",
+            "tests/cli/requests/not-a-request.json",
+        ],
+        None,
+    );
+    assert_eq!(
+        o.stderr.matches("not-a-request.json").count(),
+        1,
+        "{}",
+        o.stderr
+    );
+    let o = celgate(
+        &["check", "--request", "tests/cli/requests/missing.json"],
+        None,
+    );
+    assert_eq!(o.stderr.matches("missing.json").count(), 1, "{}", o.stderr);
+    for policies in [
+        "tests/cli/faults/yaml",
+        "tests/cli/faults/cel",
+        "tests/cli/nowhere",
+    ] {
+        let o = celgate(
+            &[
+                "check",
+                "--policies",
+                policies,
+                "--request",
+                "tests/cli/requests/allowed.json",
+            ],
+            None,
+        );
+        assert_eq!(o.stderr.matches(policies).count(), 1, "{}", o.stderr);
+        let o = celgate(&["validate", "--policies", policies], None);
+        assert_eq!(o.stdout.matches(policies).count(), 1, "{}", o.stdout);
+    }
+}
+
 #[test]
 fn test_path_that_does_not_exist_exits_1_like_a_policy_path() {
     let o = celgate(&["test", "tests/cli/nowhere"], None);
