@@ -25,6 +25,7 @@ pub const DENIED_BY_ERROR: u8 = 4;
 /// `celgate check`.
 pub fn check(
     policies: &[PathBuf],
+    allow_empty: bool,
     request: &Path,
     explain: bool,
     failure_status: i32,
@@ -36,6 +37,18 @@ pub fn check(
             return Ok(ExitCode::from(NOT_LOADED));
         }
     };
+    // As `serve`: a set that would allow everything is refused unless asked for.
+    if set.policies.is_empty() {
+        let what = celgate::policy::no_envoy_policy(policies);
+        if !allow_empty {
+            eprintln!(
+                "celgate: {what}; refused, as `serve` refuses to start with none \
+                 (--allow-empty, CELGATE_ALLOW_EMPTY=true, accepts an empty set)"
+            );
+            return Ok(ExitCode::from(NOT_LOADED));
+        }
+        eprintln!("celgate: warning: {what} (accepted: --allow-empty)");
+    }
     let text = if request == Path::new("-") {
         let mut s = String::new();
         if let Err(e) = std::io::stdin().read_to_string(&mut s) {
@@ -80,8 +93,8 @@ pub fn check(
 }
 
 /// `celgate validate`.
-pub fn validate(policies: &[PathBuf], json: bool) -> ExitCode {
-    let r = report::validate(policies);
+pub fn validate(policies: &[PathBuf], allow_empty: bool, json: bool) -> ExitCode {
+    let r = report::validate(policies, allow_empty);
     if json {
         match serde_json::to_string_pretty(&r) {
             Ok(s) => println!("{s}"),
@@ -134,6 +147,10 @@ pub fn test(paths: &[PathBuf], filter: Option<&str>, junit: bool) -> ExitCode {
             .clone()
             .unwrap_or_else(|| file.display().to_string());
         let result = suite::run(&file, &doc);
+        // Also on stderr: the report may go to a file (JUnit).
+        if let Err(e) = &result {
+            eprintln!("celgate: suite {name} did not run: {}", e.summary());
+        }
         runs.push(suite::SuiteRun { file, name, result });
     }
     if runs.is_empty() {

@@ -27,7 +27,8 @@ mod commands;
         explains why, and `test` runs declarative test suites.",
     after_long_help = "EXIT STATUS (the same for every command):\n  \
         0  success (check: the request is allowed)\n  \
-        1  the policies do not load (a path that does not exist, YAML or CEL errors): serve does \
+        1  the policies do not load (a path that does not exist, YAML or CEL errors, no \
+        Envoy-mode policy without --allow-empty): serve does \
         not start, validate reports them, check does not decide, test does not run the suite; \
         also test: a case failed; serve: the server stopped with an error; healthcheck: not ready\n  \
         2  usage error; check: the request cannot be read; test: no suite found, or no case \
@@ -128,6 +129,15 @@ struct PolicyArgs {
         value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from)
     )]
     policies: Vec<PathBuf>,
+    /// Accept policies that hold no Envoy-mode ValidatingPolicy (every request
+    /// is then allowed). Without it such a set is refused, since an empty
+    /// directory, a misnamed file or a wrong mount would otherwise allow
+    /// everything: `serve` does not start (nor take a reload that would leave
+    /// none), `check` does not decide, `validate` reports an error. With it,
+    /// `serve` also serves a --policies path that does not exist yet as empty
+    /// until it appears.
+    #[arg(long, env = "CELGATE_ALLOW_EMPTY")]
+    allow_empty: bool,
     #[command(flatten)]
     limits: LoadLimits,
 }
@@ -281,14 +291,6 @@ struct ServeArgs {
     /// written is not loaded half-written. 0 turns the wait off.
     #[arg(long, env = "CELGATE_RELOAD_SETTLE_MS", default_value_t = celgate::sources::files::DEFAULT_SETTLE_MS)]
     reload_settle_ms: u64,
-    /// Serve even when the policy sources hold no Envoy-mode ValidatingPolicy
-    /// (every request is then allowed), at start-up and after a reload.
-    /// Without it celgate refuses to start with none, and refuses a reload
-    /// that would leave none, since an empty directory, a misnamed file or a
-    /// wrong mount would otherwise allow everything. With it, a --policies
-    /// path that does not exist yet is served as empty until it appears.
-    #[arg(long, env = "CELGATE_ALLOW_EMPTY")]
-    allow_empty: bool,
     /// Also serve ValidatingPolicy (spec.evaluation.mode: Envoy) and
     /// PolicyException objects of policies.kyverno.io from the Kubernetes API,
     /// watched cluster-wide (in-cluster config, or the kubeconfig). They combine
@@ -462,6 +464,7 @@ fn main() -> ExitCode {
             args.policies.limits.apply();
             commands::check(
                 &args.policies.policies,
+                args.policies.allow_empty,
                 &args.request,
                 args.explain,
                 args.failure_status,
@@ -471,6 +474,7 @@ fn main() -> ExitCode {
             args.policies.limits.apply();
             Ok(commands::validate(
                 &args.policies.policies,
+                args.policies.allow_empty,
                 matches!(args.output, ValidateOutput::Json),
             ))
         }
@@ -521,7 +525,7 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
     // appears (until then /readyz shows it as the reload error).
     let missing: Vec<PathBuf> = paths
         .iter()
-        .filter(|p| args.allow_empty && std::fs::metadata(p).is_err())
+        .filter(|p| args.policies.allow_empty && std::fs::metadata(p).is_err())
         .cloned()
         .collect();
     let present: Vec<PathBuf> = paths
@@ -539,7 +543,7 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
         tracing::info!(policy = %p.name, file = %p.location.path.display(), "policy loaded");
     }
     // With --kube the cluster's objects count too: checked after the sync.
-    if set.policies.is_empty() && !args.allow_empty && !args.kube {
+    if set.policies.is_empty() && !args.policies.allow_empty && !args.kube {
         anyhow::bail!(
             "refusing to start: {}: {}",
             list_paths(&paths),
@@ -635,7 +639,7 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
     if args.kube {
         tracing::info!(exception_namespaces = %exception_namespaces, "Kubernetes source");
     }
-    let sources = Sources::configured(paths, exception_namespaces, args.allow_empty);
+    let sources = Sources::configured(paths, exception_namespaces, args.policies.allow_empty);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -652,7 +656,7 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
             )
             .await
         })?;
-        if state.policies.load().policies.is_empty() && !args.allow_empty {
+        if state.policies.load().policies.is_empty() && !args.policies.allow_empty {
             anyhow::bail!(
                 "refusing to start: {} and Kubernetes: {}",
                 list_paths(&sources.paths),

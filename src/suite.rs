@@ -45,6 +45,10 @@ pub struct TestDoc {
     /// `--mcp-max-body-bytes` of `serve`; default 1 MiB).
     #[serde(default, rename = "mcpMaxBodyBytes")]
     pub mcp_max_body_bytes: Option<usize>,
+    /// Run even when the policies hold no Envoy-mode ValidatingPolicy (the
+    /// `--allow-empty` of `serve`); without it such a suite does not run.
+    #[serde(default, rename = "allowEmpty")]
+    pub allow_empty: bool,
     pub cases: Vec<Case>,
 }
 
@@ -119,6 +123,21 @@ pub enum SuiteError {
     /// A suite file that is not valid YAML/JSON (the error names the file).
     #[error(transparent)]
     Parse(crate::policy::LoadError),
+}
+
+impl SuiteError {
+    /// The error on one line, naming the suite file once: the problems of
+    /// policies that do not load are left to the report.
+    pub fn summary(&self) -> String {
+        match self {
+            SuiteError::Policies { path, errors } => format!(
+                "{}: its policies do not load ({} problem(s), listed in the report)",
+                path.display(),
+                errors.0.len()
+            ),
+            e => e.to_string().lines().next().unwrap_or_default().to_owned(),
+        }
+    }
 }
 
 /// Every test document under `paths`. Files given by name are read as they
@@ -224,6 +243,13 @@ pub fn run(path: &Path, doc: &TestDoc) -> Result<Vec<CaseResult>, SuiteError> {
         path: path.to_path_buf(),
         errors,
     })?;
+    if set.policies.is_empty() && !doc.allow_empty {
+        return Err(invalid(format!(
+            "{}; refused, as `serve` refuses to start with none (`allowEmpty: true` in the \
+             suite accepts an empty set)",
+            crate::policy::no_envoy_policy(&policy_paths)
+        )));
+    }
     let config = EngineConfig {
         failure_status: doc.failure_status.unwrap_or(403),
         ..Default::default()

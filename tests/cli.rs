@@ -18,13 +18,20 @@ struct Out {
 }
 
 fn celgate(args: &[&str], stdin: Option<&str>) -> Out {
+    celgate_with(args, &[], stdin)
+}
+
+/// As [`celgate`], with environment variables set.
+fn celgate_with(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Out {
     let mut child = Command::new(env!("CARGO_BIN_EXE_celgate"))
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env_remove("CELGATE_POLICIES")
+        .env_remove("CELGATE_ALLOW_EMPTY")
         .env_remove("CELGATE_LOG")
         .env_remove("CELGATE_FAILURE_STATUS")
         .env("COLUMNS", "100")
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -343,6 +350,95 @@ fn errors_name_the_file_once() {
         let o = celgate(&["validate", "--policies", policies], None);
         assert_eq!(o.stdout.matches(policies).count(), 1, "{}", o.stdout);
     }
+}
+
+/// No Envoy-mode policy: every request would be allowed, so, as `serve`,
+/// `check`, `validate` and a test suite refuse the set unless asked for it.
+#[test]
+fn zero_policies_are_refused_unless_allowed_and_always_said() {
+    let check = |extra: &[&str]| {
+        let mut args = vec![
+            "check",
+            "--policies",
+            "tests/cli/faults/empty",
+            "--request",
+            "tests/cli/requests/denied.json",
+        ];
+        args.extend_from_slice(extra);
+        celgate(&args, None)
+    };
+    let o = check(&[]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert_eq!(o.stdout, "");
+    assert!(
+        o.stderr.starts_with(
+            "celgate: no Envoy-mode ValidatingPolicy in tests/cli/faults/empty, \
+             so every request would be allowed; refused"
+        ) && o.stderr.contains("--allow-empty"),
+        "{}",
+        o.stderr
+    );
+    let o = check(&["--allow-empty"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stderr
+            .starts_with("celgate: warning: no Envoy-mode ValidatingPolicy"),
+        "{}",
+        o.stderr
+    );
+    assert!(o.stdout.contains("okResponse"), "{}", o.stdout);
+
+    let o = celgate(&["validate", "--policies", "tests/cli/faults/empty"], None);
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    assert!(
+        o.stdout
+            .contains("\nerror: no Envoy-mode ValidatingPolicy in tests/cli/faults/empty"),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout.ends_with("invalid: 1 error(s), 1 warning(s)\n"),
+        "{}",
+        o.stdout
+    );
+    // Allowed through the environment, as `serve`'s flag: a warning.
+    let o = celgate_with(
+        &[
+            "validate",
+            "--policies",
+            "tests/cli/faults/empty",
+            "--output",
+            "json",
+        ],
+        &[("CELGATE_ALLOW_EMPTY", "true")],
+        None,
+    );
+    assert_eq!(o.code, 0, "{}", o.stdout);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("JSON");
+    let last = v["problems"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["severity"], "warning", "{last}");
+    assert!(last["file"].is_null(), "{last}");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("(accepted: --allow-empty)"),
+        "{last}"
+    );
+
+    let o = celgate(&["test", "tests/cli/faults/suites/empty.test.yaml"], None);
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    assert!(
+        o.stderr.starts_with(
+            "celgate: suite empty did not run: tests/cli/faults/suites/empty.test.yaml: \
+             no Envoy-mode ValidatingPolicy"
+        ) && o.stderr.contains("allowEmpty: true"),
+        "{}",
+        o.stderr
+    );
+    let o = celgate(&["test", "tests/cli/faults/empty-allowed"], None);
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    assert!(o.stdout.contains("1 passed, 0 failed"), "{}", o.stdout);
 }
 
 #[test]
