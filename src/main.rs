@@ -237,7 +237,9 @@ struct ServeArgs {
     /// Address of the gRPC server (envoy.service.auth.v3.Authorization).
     #[arg(long, env = "CELGATE_GRPC_ADDR", default_value = "127.0.0.1:9191")]
     grpc_addr: SocketAddr,
-    /// Address of the HTTP server (GET /livez, GET /readyz).
+    /// Address of the HTTP server: GET /livez (liveness), GET /readyz
+    /// (readiness, with the last reload's error), GET /policies (what is
+    /// loaded) and GET /metrics (Prometheus).
     #[arg(long, env = "CELGATE_HTTP_ADDR", default_value = "127.0.0.1:9192")]
     http_addr: SocketAddr,
     /// HTTP status of the denial sent when a `failurePolicy: Fail` policy cannot be

@@ -494,6 +494,29 @@ fn help_documents_exit_status_and_environment() {
     insta::assert_snapshot!("help_check", o.stdout);
 }
 
+/// `serve --help` names every path the HTTP listener serves.
+#[test]
+fn serve_help_names_every_http_route() {
+    let router = std::fs::read_to_string("src/server/http.rs").unwrap();
+    let routes: Vec<&str> = router
+        .split(".route(\"")
+        .skip(1)
+        .map(|r| &r[..r.find('"').unwrap()])
+        .collect();
+    assert!(routes.contains(&"/metrics"), "{routes:?}");
+    let o = celgate(&["serve", "--help"], None);
+    assert_eq!(o.code, 0);
+    let help = o.stdout.split("--http-addr").nth(1).unwrap();
+    let help = &help[..help.find("[env:").unwrap()];
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    for route in routes {
+        assert!(
+            help.contains(&format!("GET {route} ")),
+            "--http-addr help lacks {route}:\n{help}"
+        );
+    }
+}
+
 /// `serve` on free loopback ports, output to `<log_dir>/serve.log`.
 fn spawn_serve(
     args: &[&str],
