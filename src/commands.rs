@@ -22,6 +22,26 @@ pub const USAGE: u8 = 2;
 pub const DENIED: u8 = 3;
 pub const DENIED_BY_ERROR: u8 = 4;
 
+/// Writes `bytes` to standard output. A reader that has gone away
+/// (`celgate check | head`) ends the output quietly and the command keeps its
+/// exit status; any other error is returned.
+pub fn print(bytes: &[u8]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r,
+    }
+}
+
+/// [`print`] for the commands that return their exit status: another error
+/// is reported and ends the command with 1.
+fn print_or_fail(text: &str) -> Result<(), ExitCode> {
+    print(text.as_bytes()).map_err(|e| {
+        say!("celgate: writing to standard output: {e}");
+        ExitCode::FAILURE
+    })
+}
+
 /// `celgate check`.
 pub fn check(
     policies: &[PathBuf],
@@ -33,7 +53,7 @@ pub fn check(
     let set = match PolicySet::load(policies) {
         Ok(set) => set,
         Err(e) => {
-            eprintln!("celgate: the policies do not load:\n{e}");
+            say!("celgate: the policies do not load:\n{e}");
             return Ok(ExitCode::from(NOT_LOADED));
         }
     };
@@ -41,18 +61,18 @@ pub fn check(
     if set.policies.is_empty() {
         let what = celgate::policy::no_envoy_policy(policies);
         if !allow_empty {
-            eprintln!(
+            say!(
                 "celgate: {what}; refused, as `serve` refuses to start with none \
                  (--allow-empty, CELGATE_ALLOW_EMPTY=true, accepts an empty set)"
             );
             return Ok(ExitCode::from(NOT_LOADED));
         }
-        eprintln!("celgate: warning: {what} (accepted: --allow-empty)");
+        say!("celgate: warning: {what} (accepted: --allow-empty)");
     }
     let text = if request == Path::new("-") {
         let mut s = String::new();
         if let Err(e) = std::io::stdin().read_to_string(&mut s) {
-            eprintln!("celgate: reading the request from standard input: {e}");
+            say!("celgate: reading the request from standard input: {e}");
             return Ok(ExitCode::from(USAGE));
         }
         s
@@ -60,7 +80,7 @@ pub fn check(
         match std::fs::read_to_string(request) {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("celgate: {}: {e}", request.display());
+                say!("celgate: {}: {e}", request.display());
                 return Ok(ExitCode::from(USAGE));
             }
         }
@@ -68,7 +88,7 @@ pub fn check(
     let req = match request_json::parse(&text) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("celgate: {}: not a CheckRequest: {e}", request.display());
+            say!("celgate: {}: not a CheckRequest: {e}", request.display());
             return Ok(ExitCode::from(USAGE));
         }
     };
@@ -78,10 +98,9 @@ pub fn check(
     };
     let (d, traces) = engine::evaluate_traced(&set, &config, &req);
     let json = serde_json::to_string_pretty(&decision::response_json(&d.response))?;
-    println!("{json}");
+    print(format!("{json}\n").as_bytes())?;
     if explain {
-        let mut err = std::io::stderr().lock();
-        writeln!(err, "{}", explain::render(&set, &d, &traces).trim_end())?;
+        say!("{}", explain::render(&set, &d, &traces).trim_end());
     }
     Ok(if d.allowed() {
         ExitCode::SUCCESS
@@ -95,16 +114,19 @@ pub fn check(
 /// `celgate validate`.
 pub fn validate(policies: &[PathBuf], allow_empty: bool, json: bool) -> ExitCode {
     let r = report::validate(policies, allow_empty);
-    if json {
+    let text = if json {
         match serde_json::to_string_pretty(&r) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => s + "\n",
             Err(e) => {
-                eprintln!("celgate: {e}");
+                say!("celgate: {e}");
                 return ExitCode::FAILURE;
             }
         }
     } else {
-        print!("{}", report::render_text(&r));
+        report::render_text(&r)
+    };
+    if let Err(code) = print_or_fail(&text) {
+        return code;
     }
     if r.ok() {
         ExitCode::SUCCESS
@@ -120,13 +142,13 @@ pub fn test(paths: &[PathBuf], filter: Option<&str>, junit: bool) -> ExitCode {
     let found = match suite::find(paths) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("celgate: {e}");
+            say!("celgate: {e}");
             return ExitCode::from(NOT_LOADED);
         }
     };
     if found.is_empty() {
         let list: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-        eprintln!(
+        say!(
             "celgate: no test suites (apiVersion: {}, kind: Test) under {}",
             suite::API_VERSION,
             list.join(", ")
@@ -149,21 +171,24 @@ pub fn test(paths: &[PathBuf], filter: Option<&str>, junit: bool) -> ExitCode {
         let result = suite::run(&file, &doc);
         // Also on stderr: the report may go to a file (JUnit).
         if let Err(e) = &result {
-            eprintln!("celgate: suite {name} did not run: {}", e.summary());
+            say!("celgate: suite {name} did not run: {}", e.summary());
         }
         runs.push(suite::SuiteRun { file, name, result });
     }
     if runs.is_empty() {
-        eprintln!(
+        say!(
             "celgate: no case matches --filter {:?}",
             filter.unwrap_or_default()
         );
         return ExitCode::from(USAGE);
     }
-    if junit {
-        print!("{}", suite::render_junit(&runs));
+    let report = if junit {
+        suite::render_junit(&runs)
     } else {
-        print!("{}", suite::render_table(&runs));
+        suite::render_table(&runs)
+    };
+    if let Err(code) = print_or_fail(&report) {
+        return code;
     }
     if suite::Totals::of(&runs).ok() {
         ExitCode::SUCCESS
@@ -197,14 +222,14 @@ pub fn healthcheck(
     match agent.get(format!("http://{addr}{path}")).call() {
         Ok(r) if r.status() == 200 => ExitCode::SUCCESS,
         Ok(r) => {
-            eprintln!(
+            say!(
                 "celgate healthcheck: {path} on {addr} answered {}",
                 r.status().as_u16()
             );
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("celgate healthcheck: {path} on {addr}: {e}");
+            say!("celgate healthcheck: {path} on {addr}: {e}");
             ExitCode::FAILURE
         }
     }

@@ -11,6 +11,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// `eprintln!` that does not panic when standard error is closed (as with
+/// `celgate ... 2>&1 | head`): the message is lost, the exit status stays.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod commands;
 
 #[derive(Debug, Parser)]
@@ -446,7 +455,7 @@ fn main() -> ExitCode {
     ) {
         Ok(g) => g,
         Err(e) => {
-            eprintln!("celgate: {e}");
+            say!("celgate: {e}");
             return ExitCode::from(commands::USAGE);
         }
     };
@@ -488,14 +497,19 @@ fn main() -> ExitCode {
                 matches!(args.output, TestOutput::Junit),
             ))
         }
+        // Both written whole, then printed: a closed pipe ends them quietly.
         Command::Completions { shell } => {
-            let mut cmd = Cli::command();
-            clap_complete::generate(shell, &mut cmd, "celgate", &mut std::io::stdout());
-            Ok(ExitCode::SUCCESS)
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "celgate", &mut script);
+            commands::print(&script)
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(anyhow::Error::from)
         }
         Command::Man => {
-            let man = clap_mangen::Man::new(Cli::command());
-            man.render(&mut std::io::stdout())
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut page)
+                .and_then(|()| commands::print(&page))
                 .map(|()| ExitCode::SUCCESS)
                 .map_err(anyhow::Error::from)
         }
@@ -503,7 +517,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("celgate: {e:#}");
+            say!("celgate: {e:#}");
             // 1 for `serve` refusing to start on policies that do not load:
             // commands::NOT_LOADED, the status of the other commands.
             ExitCode::FAILURE

@@ -494,6 +494,63 @@ fn help_documents_exit_status_and_environment() {
     insta::assert_snapshot!("help_check", o.stdout);
 }
 
+/// `celgate ... | head`: a reader that has gone away ends the output
+/// quietly, with the usual exit status, also when standard error goes to the
+/// same closed pipe (`2>&1 | head`).
+#[test]
+fn closed_stdout_ends_every_command_quietly() {
+    let allowed = "tests/cli/requests/allowed.json";
+    let denied = "tests/cli/requests/denied.json";
+    let cases: &[(&[&str], i32)] = &[
+        (&["check", "--request", allowed], 0),
+        (&["check", "--request", denied, "--explain"], 3),
+        (&["validate"], 0),
+        (&["validate", "--output", "json"], 0),
+        (&["validate", "--policies", "tests/cli/broken"], 1),
+        (&["test", "policies"], 0),
+        (&["test", "tests/cli/failing", "--output", "junit"], 1),
+        (&["test", "tests/cli/faults/suites"], 1),
+        (&["completions", "bash"], 0),
+        (&["man"], 0),
+        (&["--help"], 0),
+    ];
+    for &(args, code) in cases {
+        for both in [false, true] {
+            // A pipe whose reading end is closed before celgate starts: every
+            // write fails with EPIPE.
+            let (reader, writer) = std::io::pipe().expect("pipe");
+            drop(reader);
+            let stderr = if both {
+                Stdio::from(writer.try_clone().expect("pipe"))
+            } else {
+                Stdio::piped()
+            };
+            let out = Command::new(env!("CARGO_BIN_EXE_celgate"))
+                .args(args)
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .env_remove("CELGATE_POLICIES")
+                .env_remove("CELGATE_ALLOW_EMPTY")
+                .env_remove("CELGATE_LOG")
+                .env_remove("RUST_BACKTRACE")
+                .stdin(Stdio::null())
+                .stdout(writer)
+                .stderr(stderr)
+                .output()
+                .expect("run celgate");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(code),
+                "{args:?} (stderr closed too: {both}): {err}"
+            );
+            assert!(
+                !err.contains("panicked") && !err.contains("Broken pipe"),
+                "{args:?}: {err}"
+            );
+        }
+    }
+}
+
 /// `serve --help` names every path the HTTP listener serves.
 #[test]
 fn serve_help_names_every_http_route() {
