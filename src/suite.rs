@@ -126,15 +126,25 @@ pub enum SuiteError {
 }
 
 impl SuiteError {
-    /// The error on one line, naming the suite file once: the problems of
-    /// policies that do not load are left to the report.
+    /// The error on one line, naming the suite file once: of policies that
+    /// do not load, the first problem (the report lists them all).
     pub fn summary(&self) -> String {
         match self {
-            SuiteError::Policies { path, errors } => format!(
-                "{}: its policies do not load ({} problem(s), listed in the report)",
-                path.display(),
-                errors.0.len()
-            ),
+            SuiteError::Policies { path, errors } => {
+                let first = errors
+                    .0
+                    .first()
+                    .map(|e| e.to_string().lines().next().unwrap_or_default().to_owned())
+                    .unwrap_or_default();
+                let more = match errors.0.len() {
+                    0 | 1 => String::new(),
+                    n => format!(" (and {} more, listed in the report)", n - 1),
+                };
+                format!(
+                    "{}: its policies do not load: {first}{more}",
+                    path.display()
+                )
+            }
             e => e.to_string().lines().next().unwrap_or_default().to_owned(),
         }
     }

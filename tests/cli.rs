@@ -494,6 +494,117 @@ fn help_documents_exit_status_and_environment() {
     insta::assert_snapshot!("help_check", o.stdout);
 }
 
+/// Runs celgate without input and waits at most 20 s (a `serve` that
+/// starts is stopped and fails the test); its exit status and output.
+fn celgate_until_exit(args: &[&str]) -> Out {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_celgate"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("CELGATE_POLICIES")
+        .env_remove("CELGATE_ALLOW_EMPTY")
+        .env_remove("CELGATE_LOG")
+        .env("COLUMNS", "100")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run celgate");
+    let start = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("{args:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    Out {
+        code: out.status.code().expect("exit status"),
+        stdout: String::from_utf8(out.stdout).expect("utf-8 stdout"),
+        stderr: String::from_utf8(out.stderr).expect("utf-8 stderr"),
+    }
+}
+
+/// The first error line of an error output: warnings are passed over, and a
+/// heading (a line ending in `:`) is followed by the first item of its list.
+fn first_error(text: &str) -> String {
+    let mut lines = text.lines().filter(|l| !l.contains("warning:"));
+    let first = lines.next().unwrap_or("(nothing)").to_owned();
+    if !first.ends_with(':') {
+        return first;
+    }
+    match lines.find(|l| l.starts_with("  - ")) {
+        Some(item) => format!("{first}\n    {}", item.trim_start()),
+        None => first,
+    }
+}
+
+/// The same faults through every command: each exits 1 and its first error
+/// line names the fault (validate's report is its standard output).
+#[test]
+fn every_command_reports_the_same_faults_with_the_same_status() {
+    let grpc = format!("127.0.0.1:{}", common::free_port());
+    let http = format!("127.0.0.1:{}", common::free_port());
+    let mut table = String::new();
+    for fault in ["missing", "yaml", "cel", "empty"] {
+        let policies = format!("tests/cli/faults/{fault}");
+        let suite = format!("tests/cli/faults/suites/{fault}.test.yaml");
+        let runs: [(&str, Vec<&str>); 4] = [
+            (
+                "check",
+                vec![
+                    "check",
+                    "--policies",
+                    &policies,
+                    "--request",
+                    "tests/cli/requests/allowed.json",
+                ],
+            ),
+            ("validate", vec!["validate", "--policies", &policies]),
+            ("test", vec!["test", &suite]),
+            (
+                "serve",
+                vec![
+                    "serve",
+                    "--policies",
+                    &policies,
+                    "--grpc-addr",
+                    &grpc,
+                    "--http-addr",
+                    &http,
+                    "--no-watch",
+                    "--log",
+                    "error",
+                ],
+            ),
+        ];
+        for (command, args) in runs {
+            let o = celgate_until_exit(&args);
+            let errors = if command == "validate" {
+                &o.stdout
+            } else {
+                &o.stderr
+            };
+            assert_eq!(o.code, 1, "{command} on {fault}: {}{}", o.stdout, o.stderr);
+            assert!(!o.stderr.contains("panicked"), "{}", o.stderr);
+            table.push_str(&format!(
+                "{command} ({fault}): exit {}\n  {}\n",
+                o.code,
+                first_error(errors)
+            ));
+        }
+    }
+    // test's own PATH, as a policy path of the other commands.
+    let o = celgate_until_exit(&["test", "tests/cli/faults/missing"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    table.push_str(&format!(
+        "test PATH (missing): exit {}\n  {}\n",
+        o.code,
+        first_error(&o.stderr)
+    ));
+    insta::assert_snapshot!(table);
+}
+
 /// `celgate ... | head`: a reader that has gone away ends the output
 /// quietly, with the usual exit status, also when standard error goes to the
 /// same closed pipe (`2>&1 | head`).
