@@ -233,7 +233,12 @@ fn validate_json_output_for_tools() {
 fn validate_warnings_alone_exit_0() {
     let o = celgate(&["validate", "--policies", "tests/cli/warnings"], None);
     assert_eq!(o.code, 0, "{}", o.stdout);
-    assert!(o.stdout.contains("never run"), "{}", o.stdout);
+    assert!(
+        o.stdout
+            .contains("so spec.validations[1].expression will never run"),
+        "{}",
+        o.stdout
+    );
     assert!(
         o.stdout.contains("did you mean validations?"),
         "{}",

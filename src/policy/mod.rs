@@ -817,7 +817,7 @@ impl Compiler {
                     ctx,
                     validations[i].field.clone(),
                     format!(
-                        "this validation always returns a response (it can never be null), so {} never run",
+                        "this validation always returns a response (it can never be null), so {} will never run",
                         later.join(", ")
                     ),
                 );
