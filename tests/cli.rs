@@ -1,7 +1,7 @@
 //! The policy authors' commands as a user runs them: exit statuses and
 //! output of `check`, `validate`, `test`, `completions` and `--help`, on
-//! good, denied and broken inputs. Outputs are pinned as snapshots
-//! (`tests/snapshots/`); timings are masked.
+//! good, denied and broken inputs, and `serve` where it refuses to start.
+//! Outputs are pinned as snapshots (`tests/snapshots/`); timings are masked.
 
 mod common;
 
