@@ -76,8 +76,8 @@ enum Command {
             {\"attributes\": {\"request\": {\"http\": {\"method\": \"GET\", \"path\": \"/admin\", \
             \"headers\": {\"x-api-key\": \"demo-key-alice\"}}}}}\n\n\
             Exit status: 0 allowed, 3 denied by a policy, 4 denied because a failurePolicy: Fail \
-            policy could not be evaluated, 1 when the policies do not load, 2 when the request \
-            cannot be read."
+            policy could not be evaluated, 1 when the policies do not load or hold no Envoy-mode \
+            policy (see --allow-empty), 2 when the request cannot be read."
     )]
     Check(CheckArgs),
     /// Parse and compile policies; report every problem with file, line, policy and field.
@@ -87,7 +87,9 @@ enum Command {
             field path (e.g. spec.validations[2].expression) and message.\n\n\
             Warnings name documents that will be skipped (non-Envoy evaluation modes, other kinds), \
             fields celgate ignores, and mistakes visible without running a request, such as a \
-            validation that always returns a response and so hides the validations after it.\n\n\
+            validation that always returns a response and so hides the validations after it. \
+            Policies that hold no Envoy-mode ValidatingPolicy are an error, as `serve` refuses \
+            them, unless --allow-empty.\n\n\
             Exit status: 0 when everything compiles (warnings allowed), 1 on any error."
     )]
     Validate(ValidateArgs),
