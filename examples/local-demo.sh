@@ -17,7 +17,9 @@
 #   DEMO_OTLP_ENDPOINT=host:port  send spans to your own OTLP/gRPC receiver (a
 #                                 local Jaeger, say) instead of the span printer
 #                                 (an http:// prefix is accepted)
-#   DEMO_DIR=dir       where logs and the generated Envoy config go (default: a new temp dir)
+#   DEMO_DIR=dir       where logs and the generated Envoy config go, kept afterwards
+#                      (default: a new temporary directory, removed when the script
+#                      ends; after a failed start the logs' last lines are shown first)
 #   CELGATE_BIN=path   a celgate binary to use instead of `cargo build --release`
 #   ENVOY=path         an Envoy binary to use instead of .venv/bin/envoy
 #   SINK_BIN=path      a built otlp_sink example instead of building it
@@ -31,14 +33,100 @@ GRPC_PORT=${DEMO_GRPC_PORT:-9191}
 HTTP_PORT=${DEMO_HTTP_PORT:-9192}
 UPSTREAM_PORT=${DEMO_UPSTREAM_PORT:-8000}
 OTLP_PORT=${DEMO_OTLP_PORT:-4317}
-DIR=${DEMO_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/celgate-demo.XXXXXX")}
-mkdir -p "$DIR"
 
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'local-demo: %s\n' "$*" >&2; exit 1; }
 
+# --- the directory, and what every exit does -----------------------------------
+# A directory of our own is removed on every exit (Ctrl-C, a failed start, an
+# error anywhere); one given as DEMO_DIR is kept.
+if [ -n "${DEMO_DIR:-}" ]; then
+  DIR=$DEMO_DIR
+  OWN_DIR=
+else
+  DIR=$(mktemp -d "${TMPDIR:-/tmp}/celgate-demo.XXXXXX")
+  OWN_DIR=1
+fi
+PIDS=()
+cleanup() {
+  local status=$?
+  trap - EXIT INT TERM
+  if [ "${#PIDS[@]}" -gt 0 ]; then
+    kill -TERM "${PIDS[@]}" 2>/dev/null || true
+    wait "${PIDS[@]}" 2>/dev/null || true
+  fi
+  if [ -n "$OWN_DIR" ]; then
+    # The logs go with the directory: show how each ended first.
+    if [ "$status" -ne 0 ]; then
+      local log
+      for log in "$DIR"/*.log; do
+        [ -s "$log" ] || continue
+        printf '\n--- last lines of %s\n' "${log##*/}" >&2
+        tail -n 15 "$log" >&2
+      done
+    fi
+    rm -rf "$DIR"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 0' INT TERM
+mkdir -p "$DIR"
+# Where a failure's logs are.
+logs() {
+  if [ -n "$OWN_DIR" ]; then
+    echo "the logs' last lines follow (set DEMO_DIR to keep them)"
+  else
+    echo "logs in $DIR"
+  fi
+}
+
 for tool in python3 curl; do
   command -v "$tool" >/dev/null || die "$tool is needed"
+done
+
+# --- spans: the span printer, or a receiver of your own -------------------------
+if [ -n "${DEMO_OTLP_ENDPOINT:-}" ]; then
+  # host:port; an OTEL-style http:// prefix is dropped.
+  OTLP=${DEMO_OTLP_ENDPOINT#http://}
+  OTLP=${OTLP%/}
+  case $OTLP in
+    *://* | *[!A-Za-z0-9.:_-]* | *[!0-9]) die "DEMO_OTLP_ENDPOINT: expected host:port, got '$DEMO_OTLP_ENDPOINT'" ;;
+  esac
+  SINK=
+else
+  OTLP=127.0.0.1:$OTLP_PORT
+  SINK=1
+fi
+OTLP_HOST=${OTLP%:*}
+OTLP_PORT=${OTLP##*:}
+
+# --- ports, before anything is installed or built -------------------------------
+# The ports must be free: the compose demo uses the same ones, and a probe
+# answered by another process would make a broken start look ready. The test
+# binds as the servers do (SO_REUSEADDR), so only a listener makes a port
+# busy, not a connection of an earlier run still closing (TIME_WAIT).
+holder() { # port: " (held by NAME, pid N)", when ss or lsof can tell
+  local who=
+  if command -v ss >/dev/null 2>&1; then
+    who=$(ss -Hltnp "sport = :$1" 2>/dev/null |
+      sed -n 's/.*users:(("\([^"]*\)",pid=\([0-9]*\).*/\1, pid \2/p' | head -n 1)
+  elif command -v lsof >/dev/null 2>&1; then
+    who=$(lsof -nP -iTCP:"$1" -sTCP:LISTEN 2>/dev/null | awk 'NR == 2 { print $1 ", pid " $2 }')
+  fi
+  if [ -n "$who" ]; then
+    printf ' (held by %s)' "$who"
+  fi
+}
+PORTS="$PORT $ADMIN_PORT $GRPC_PORT $HTTP_PORT $UPSTREAM_PORT"
+[ -n "$SINK" ] && PORTS="$PORTS $OTLP_PORT"
+for p in $PORTS; do
+  python3 -c 'import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    sys.exit(1)' "$p" || die "port $p on 127.0.0.1 is in use$(holder "$p"); is the compose demo running? Otherwise set DEMO_*_PORT"
 done
 
 # --- binaries ---------------------------------------------------------------
@@ -56,24 +144,13 @@ if [ -z "${CELGATE_BIN:-}" ]; then
   cargo build --release --locked --quiet --bin celgate
   CELGATE_BIN=$REPO/target/release/celgate
 fi
-if [ -n "${DEMO_OTLP_ENDPOINT:-}" ]; then
-  # host:port; an OTEL-style http:// prefix is dropped.
-  OTLP=${DEMO_OTLP_ENDPOINT#http://}
-  OTLP=${OTLP%/}
-  case $OTLP in
-    *://* | *[!A-Za-z0-9.:_-]* | *[!0-9]) die "DEMO_OTLP_ENDPOINT: expected host:port, got '$DEMO_OTLP_ENDPOINT'" ;;
-  esac
+if [ -z "$SINK" ]; then
   SINK_BIN=
-else
-  OTLP=127.0.0.1:$OTLP_PORT
-  if [ -z "${SINK_BIN:-}" ]; then
-    say "building the span printer (cargo build --release --example otlp_sink)"
-    cargo build --release --locked --quiet --example otlp_sink
-    SINK_BIN=$REPO/target/release/examples/otlp_sink
-  fi
+elif [ -z "${SINK_BIN:-}" ]; then
+  say "building the span printer (cargo build --release --example otlp_sink)"
+  cargo build --release --locked --quiet --example otlp_sink
+  SINK_BIN=$REPO/target/release/examples/otlp_sink
 fi
-OTLP_HOST=${OTLP%:*}
-OTLP_PORT=${OTLP##*:}
 
 # --- Envoy config: the compose file's, on loopback ----------------------------
 # Each replacement must hit exactly once, so an edit of examples/demo/envoy.yaml
@@ -98,30 +175,6 @@ swap "{ address: celgate, port_value: 9191 }" "{ address: 127.0.0.1, port_value:
 swap "{ address: jaeger, port_value: 4317 }" "{ address: $OTLP_HOST, port_value: $OTLP_PORT }"
 
 # --- processes ----------------------------------------------------------------
-# The ports must be free: the compose demo uses the same ones, and a probe
-# answered by another process would make a broken start look ready.
-PORTS="$PORT $ADMIN_PORT $GRPC_PORT $HTTP_PORT $UPSTREAM_PORT"
-[ -n "$SINK_BIN" ] && PORTS="$PORTS $OTLP_PORT"
-for p in $PORTS; do
-  python3 -c 'import socket, sys
-s = socket.socket()
-try:
-    s.bind(("127.0.0.1", int(sys.argv[1])))
-except OSError:
-    sys.exit(1)' "$p" || die "port $p on 127.0.0.1 is in use (is the compose demo running?); set DEMO_*_PORT"
-done
-
-PIDS=()
-stop() {
-  trap - EXIT INT TERM
-  if [ "${#PIDS[@]}" -gt 0 ]; then
-    kill -TERM "${PIDS[@]}" 2>/dev/null || true
-    wait "${PIDS[@]}" 2>/dev/null || true
-  fi
-}
-trap stop EXIT
-trap 'stop; exit 0' INT TERM
-
 start() { # name command...
   local name=$1
   shift
@@ -139,11 +192,11 @@ all_alive() {
 wait_for() { # what url
   local i
   for i in $(seq 1 300); do
-    all_alive || die "a demo process exited while waiting for $1; logs in $DIR"
+    all_alive || die "a demo process exited while waiting for $1; $(logs)"
     if curl -fs -o /dev/null "$2"; then return 0; fi
     sleep 0.1
   done
-  die "$1 not ready after 30 s; logs in $DIR"
+  die "$1 not ready after 30 s; $(logs)"
 }
 
 if [ -n "$SINK_BIN" ]; then
@@ -158,7 +211,7 @@ start envoy "$ENVOY" -c "$CONFIG" --concurrency 1 --base-id "$((PORT * 10 + 7))"
 wait_for celgate "http://127.0.0.1:$HTTP_PORT/readyz"
 wait_for envoy "http://127.0.0.1:$ADMIN_PORT/ready"
 wait_for upstream "http://127.0.0.1:$PORT/public/hello"
-all_alive || die "a demo process exited during start-up; logs in $DIR"
+all_alive || die "a demo process exited during start-up; $(logs)"
 
 cat <<EOF
 
@@ -173,6 +226,9 @@ if [ -n "$SINK_BIN" ]; then
 else
   echo "  traces     sent to $OTLP"
 fi
+if [ -n "$OWN_DIR" ]; then
+  echo "  $DIR is removed when the demo stops (set DEMO_DIR to keep the logs)"
+fi
 echo
 echo "Try the requests in the README (\"Demo\"). Ctrl-C stops everything."
 
@@ -180,4 +236,4 @@ echo "Try the requests in the README (\"Demo\"). Ctrl-C stops everything."
 while all_alive; do
   sleep 1
 done
-die "a demo process exited; logs in $DIR"
+die "a demo process exited; $(logs)"

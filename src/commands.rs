@@ -1,7 +1,8 @@
 //! The policy authors' commands (`check`, `validate`, `test`) and the
 //! container health check (`healthcheck`).
 //!
-//! Each returns the process exit status; see `celgate --help` for the table.
+//! Each returns the process exit status; see `celgate --help` for the table
+//! (the README has the same one).
 
 use celgate::engine::{self, EngineConfig};
 use celgate::policy::PolicySet;
@@ -10,13 +11,41 @@ use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// The policies do not load (a path that does not exist, YAML or CEL
+/// errors): the same status in every command, `serve` included (its error
+/// path in `main` exits 1 too), so scripts need one rule. `validate` has
+/// always said "1: the policies have errors", which is the same fault.
+pub const NOT_LOADED: u8 = 1;
+/// A usage error, or input other than the policies that cannot be used: the
+/// request of `check`, no suites (or no case) to run for `test`.
+pub const USAGE: u8 = 2;
 pub const DENIED: u8 = 3;
 pub const DENIED_BY_ERROR: u8 = 4;
-pub const USAGE: u8 = 2;
+
+/// Writes `bytes` to standard output. A reader that has gone away
+/// (`celgate check | head`) ends the output quietly and the command keeps its
+/// exit status; any other error is returned.
+pub fn print(bytes: &[u8]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r,
+    }
+}
+
+/// [`print`] for the commands that return their exit status: another error
+/// is reported and ends the command with 1.
+fn print_or_fail(text: &str) -> Result<(), ExitCode> {
+    print(text.as_bytes()).map_err(|e| {
+        say!("celgate: writing to standard output: {e}");
+        ExitCode::FAILURE
+    })
+}
 
 /// `celgate check`.
 pub fn check(
     policies: &[PathBuf],
+    allow_empty: bool,
     request: &Path,
     explain: bool,
     failure_status: i32,
@@ -24,14 +53,26 @@ pub fn check(
     let set = match PolicySet::load(policies) {
         Ok(set) => set,
         Err(e) => {
-            eprintln!("celgate: the policies do not load:\n{e}");
-            return Ok(ExitCode::from(USAGE));
+            say!("celgate: the policies do not load:\n{e}");
+            return Ok(ExitCode::from(NOT_LOADED));
         }
     };
+    // As `serve`: a set that would allow everything is refused unless asked for.
+    if set.policies.is_empty() {
+        let what = celgate::policy::no_envoy_policy(policies);
+        if !allow_empty {
+            say!(
+                "celgate: {what}; refused, as `serve` refuses to start with none \
+                 (--allow-empty, CELGATE_ALLOW_EMPTY=true, accepts an empty set)"
+            );
+            return Ok(ExitCode::from(NOT_LOADED));
+        }
+        say!("celgate: warning: {what} (accepted: --allow-empty)");
+    }
     let text = if request == Path::new("-") {
         let mut s = String::new();
         if let Err(e) = std::io::stdin().read_to_string(&mut s) {
-            eprintln!("celgate: reading the request from standard input: {e}");
+            say!("celgate: reading the request from standard input: {e}");
             return Ok(ExitCode::from(USAGE));
         }
         s
@@ -39,7 +80,7 @@ pub fn check(
         match std::fs::read_to_string(request) {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("celgate: {}: {e}", request.display());
+                say!("celgate: {}: {e}", request.display());
                 return Ok(ExitCode::from(USAGE));
             }
         }
@@ -47,7 +88,7 @@ pub fn check(
     let req = match request_json::parse(&text) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("celgate: {}: not a CheckRequest: {e}", request.display());
+            say!("celgate: {}: not a CheckRequest: {e}", request.display());
             return Ok(ExitCode::from(USAGE));
         }
     };
@@ -57,10 +98,9 @@ pub fn check(
     };
     let (d, traces) = engine::evaluate_traced(&set, &config, &req);
     let json = serde_json::to_string_pretty(&decision::response_json(&d.response))?;
-    println!("{json}");
+    print(format!("{json}\n").as_bytes())?;
     if explain {
-        let mut err = std::io::stderr().lock();
-        writeln!(err, "{}", explain::render(&set, &d, &traces).trim_end())?;
+        say!("{}", explain::render(&set, &d, &traces).trim_end());
     }
     Ok(if d.allowed() {
         ExitCode::SUCCESS
@@ -72,38 +112,43 @@ pub fn check(
 }
 
 /// `celgate validate`.
-pub fn validate(policies: &[PathBuf], json: bool) -> ExitCode {
-    let r = report::validate(policies);
-    if json {
+pub fn validate(policies: &[PathBuf], allow_empty: bool, json: bool) -> ExitCode {
+    let r = report::validate(policies, allow_empty);
+    let text = if json {
         match serde_json::to_string_pretty(&r) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => s + "\n",
             Err(e) => {
-                eprintln!("celgate: {e}");
+                say!("celgate: {e}");
                 return ExitCode::FAILURE;
             }
         }
     } else {
-        print!("{}", report::render_text(&r));
+        report::render_text(&r)
+    };
+    if let Err(code) = print_or_fail(&text) {
+        return code;
     }
     if r.ok() {
         ExitCode::SUCCESS
     } else {
-        ExitCode::FAILURE
+        ExitCode::from(NOT_LOADED)
     }
 }
 
 /// `celgate test`.
 pub fn test(paths: &[PathBuf], filter: Option<&str>, junit: bool) -> ExitCode {
+    // A path that does not exist or a suite file that does not parse: as a
+    // policy path that does not load in the other commands.
     let found = match suite::find(paths) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("celgate: {e}");
-            return ExitCode::from(USAGE);
+            say!("celgate: {e}");
+            return ExitCode::from(NOT_LOADED);
         }
     };
     if found.is_empty() {
         let list: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-        eprintln!(
+        say!(
             "celgate: no test suites (apiVersion: {}, kind: Test) under {}",
             suite::API_VERSION,
             list.join(", ")
@@ -124,19 +169,26 @@ pub fn test(paths: &[PathBuf], filter: Option<&str>, junit: bool) -> ExitCode {
             .clone()
             .unwrap_or_else(|| file.display().to_string());
         let result = suite::run(&file, &doc);
+        // Also on stderr: the report may go to a file (JUnit).
+        if let Err(e) = &result {
+            say!("celgate: suite {name} did not run: {}", e.summary());
+        }
         runs.push(suite::SuiteRun { file, name, result });
     }
     if runs.is_empty() {
-        eprintln!(
+        say!(
             "celgate: no case matches --filter {:?}",
             filter.unwrap_or_default()
         );
         return ExitCode::from(USAGE);
     }
-    if junit {
-        print!("{}", suite::render_junit(&runs));
+    let report = if junit {
+        suite::render_junit(&runs)
     } else {
-        print!("{}", suite::render_table(&runs));
+        suite::render_table(&runs)
+    };
+    if let Err(code) = print_or_fail(&report) {
+        return code;
     }
     if suite::Totals::of(&runs).ok() {
         ExitCode::SUCCESS
@@ -170,14 +222,14 @@ pub fn healthcheck(
     match agent.get(format!("http://{addr}{path}")).call() {
         Ok(r) if r.status() == 200 => ExitCode::SUCCESS,
         Ok(r) => {
-            eprintln!(
+            say!(
                 "celgate healthcheck: {path} on {addr} answered {}",
                 r.status().as_u16()
             );
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("celgate healthcheck: {path} on {addr}: {e}");
+            say!("celgate healthcheck: {path} on {addr}: {e}");
             ExitCode::FAILURE
         }
     }

@@ -11,6 +11,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// `eprintln!` that does not panic when standard error is closed (as with
+/// `celgate ... 2>&1 | head`): the message is lost, the exit status stays.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod commands;
 
 #[derive(Debug, Parser)]
@@ -25,11 +34,14 @@ mod commands;
         The same binary lets policy authors work before a cluster sees a policy: `validate` \
         reports every problem in a set of policy files, `check` decides one request and \
         explains why, and `test` runs declarative test suites.",
-    after_long_help = "EXIT STATUS:\n  \
+    after_long_help = "EXIT STATUS (the same for every command):\n  \
         0  success (check: the request is allowed)\n  \
-        1  validate: the policies have errors; test: a case failed or a suite could not run; \
-        serve: the server stopped with an error\n  \
-        2  usage error, or input that could not be read (policies that do not load, a bad request file)\n  \
+        1  the policies do not load (a path that does not exist, YAML or CEL errors, no \
+        Envoy-mode policy without --allow-empty): serve does \
+        not start, validate reports them, check does not decide, test does not run the suite; \
+        also test: a case failed; serve: the server stopped with an error; healthcheck: not ready\n  \
+        2  usage error; check: the request cannot be read; test: no suite found, or no case \
+        matches --filter\n  \
         3  check: the request is denied by a policy\n  \
         4  check: the request is denied because a policy with failurePolicy: Fail could not be evaluated"
 )]
@@ -64,7 +76,8 @@ enum Command {
             {\"attributes\": {\"request\": {\"http\": {\"method\": \"GET\", \"path\": \"/admin\", \
             \"headers\": {\"x-api-key\": \"demo-key-alice\"}}}}}\n\n\
             Exit status: 0 allowed, 3 denied by a policy, 4 denied because a failurePolicy: Fail \
-            policy could not be evaluated, 2 when the policies or the request cannot be read."
+            policy could not be evaluated, 1 when the policies do not load or hold no Envoy-mode \
+            policy (see --allow-empty), 2 when the request cannot be read."
     )]
     Check(CheckArgs),
     /// Parse and compile policies; report every problem with file, line, policy and field.
@@ -74,7 +87,9 @@ enum Command {
             field path (e.g. spec.validations[2].expression) and message.\n\n\
             Warnings name documents that will be skipped (non-Envoy evaluation modes, other kinds), \
             fields celgate ignores, and mistakes visible without running a request, such as a \
-            validation that always returns a response and so hides the validations after it.\n\n\
+            validation that always returns a response and so hides the validations after it. \
+            Policies that hold no Envoy-mode ValidatingPolicy are an error, as `serve` refuses \
+            them, unless --allow-empty.\n\n\
             Exit status: 0 when everything compiles (warnings allowed), 1 on any error."
     )]
     Validate(ValidateArgs),
@@ -85,8 +100,9 @@ enum Command {
             case's request and the decision is compared with `expect`. Directories are searched \
             recursively for YAML/JSON files that mention celgate.dev/, skipping dot-entries and \
             `target`/`node_modules` folders. The README documents the suite format.\n\n\
-            Exit status: 0 when every case passed, 1 when a case failed or a suite could not \
-            run, 2 when no suite was found."
+            Exit status: 0 when every case passed; 1 when a case failed or a suite could not \
+            run (its policies do not load, a path does not exist, a suite file is invalid); 2 \
+            when no suite was found or no case matches --filter."
     )]
     Test(TestArgs),
     /// Ask a running server whether it is ready (GET /readyz); exit 0 if so, 1 if not.
@@ -124,6 +140,15 @@ struct PolicyArgs {
         value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from)
     )]
     policies: Vec<PathBuf>,
+    /// Accept policies that hold no Envoy-mode ValidatingPolicy (every request
+    /// is then allowed). Without it such a set is refused, since an empty
+    /// directory, a misnamed file or a wrong mount would otherwise allow
+    /// everything: `serve` does not start (nor take a reload that would leave
+    /// none), `check` does not decide, `validate` reports an error. With it,
+    /// `serve` also serves a --policies path that does not exist yet as empty
+    /// until it appears.
+    #[arg(long, env = "CELGATE_ALLOW_EMPTY")]
+    allow_empty: bool,
     #[command(flatten)]
     limits: LoadLimits,
 }
@@ -223,7 +248,9 @@ struct ServeArgs {
     /// Address of the gRPC server (envoy.service.auth.v3.Authorization).
     #[arg(long, env = "CELGATE_GRPC_ADDR", default_value = "127.0.0.1:9191")]
     grpc_addr: SocketAddr,
-    /// Address of the HTTP server (GET /livez, GET /readyz).
+    /// Address of the HTTP server: GET /livez (liveness), GET /readyz
+    /// (readiness, with the last reload's error), GET /policies (what is
+    /// loaded) and GET /metrics (Prometheus).
     #[arg(long, env = "CELGATE_HTTP_ADDR", default_value = "127.0.0.1:9192")]
     http_addr: SocketAddr,
     /// HTTP status of the denial sent when a `failurePolicy: Fail` policy cannot be
@@ -277,14 +304,6 @@ struct ServeArgs {
     /// written is not loaded half-written. 0 turns the wait off.
     #[arg(long, env = "CELGATE_RELOAD_SETTLE_MS", default_value_t = celgate::sources::files::DEFAULT_SETTLE_MS)]
     reload_settle_ms: u64,
-    /// Serve even when the policy sources hold no Envoy-mode ValidatingPolicy
-    /// (every request is then allowed), at start-up and after a reload.
-    /// Without it celgate refuses to start with none, and refuses a reload
-    /// that would leave none, since an empty directory, a misnamed file or a
-    /// wrong mount would otherwise allow everything. With it, a --policies
-    /// path that does not exist yet is served as empty until it appears.
-    #[arg(long, env = "CELGATE_ALLOW_EMPTY")]
-    allow_empty: bool,
     /// Also serve ValidatingPolicy (spec.evaluation.mode: Envoy) and
     /// PolicyException objects of policies.kyverno.io from the Kubernetes API,
     /// watched cluster-wide (in-cluster config, or the kubeconfig). They combine
@@ -438,8 +457,8 @@ fn main() -> ExitCode {
     ) {
         Ok(g) => g,
         Err(e) => {
-            eprintln!("celgate: {e}");
-            return ExitCode::from(2);
+            say!("celgate: {e}");
+            return ExitCode::from(commands::USAGE);
         }
     };
     let result = match cli.command {
@@ -458,6 +477,7 @@ fn main() -> ExitCode {
             args.policies.limits.apply();
             commands::check(
                 &args.policies.policies,
+                args.policies.allow_empty,
                 &args.request,
                 args.explain,
                 args.failure_status,
@@ -467,6 +487,7 @@ fn main() -> ExitCode {
             args.policies.limits.apply();
             Ok(commands::validate(
                 &args.policies.policies,
+                args.policies.allow_empty,
                 matches!(args.output, ValidateOutput::Json),
             ))
         }
@@ -478,14 +499,19 @@ fn main() -> ExitCode {
                 matches!(args.output, TestOutput::Junit),
             ))
         }
+        // Both written whole, then printed: a closed pipe ends them quietly.
         Command::Completions { shell } => {
-            let mut cmd = Cli::command();
-            clap_complete::generate(shell, &mut cmd, "celgate", &mut std::io::stdout());
-            Ok(ExitCode::SUCCESS)
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "celgate", &mut script);
+            commands::print(&script)
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(anyhow::Error::from)
         }
         Command::Man => {
-            let man = clap_mangen::Man::new(Cli::command());
-            man.render(&mut std::io::stdout())
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut page)
+                .and_then(|()| commands::print(&page))
                 .map(|()| ExitCode::SUCCESS)
                 .map_err(anyhow::Error::from)
         }
@@ -493,7 +519,9 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("celgate: {e:#}");
+            say!("celgate: {e:#}");
+            // 1 for `serve` refusing to start on policies that do not load:
+            // commands::NOT_LOADED, the status of the other commands.
             ExitCode::FAILURE
         }
     }
@@ -515,7 +543,7 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
     // appears (until then /readyz shows it as the reload error).
     let missing: Vec<PathBuf> = paths
         .iter()
-        .filter(|p| args.allow_empty && std::fs::metadata(p).is_err())
+        .filter(|p| args.policies.allow_empty && std::fs::metadata(p).is_err())
         .cloned()
         .collect();
     let present: Vec<PathBuf> = paths
@@ -533,7 +561,7 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
         tracing::info!(policy = %p.name, file = %p.location.path.display(), "policy loaded");
     }
     // With --kube the cluster's objects count too: checked after the sync.
-    if set.policies.is_empty() && !args.allow_empty && !args.kube {
+    if set.policies.is_empty() && !args.policies.allow_empty && !args.kube {
         anyhow::bail!(
             "refusing to start: {}: {}",
             list_paths(&paths),
@@ -629,7 +657,7 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
     if args.kube {
         tracing::info!(exception_namespaces = %exception_namespaces, "Kubernetes source");
     }
-    let sources = Sources::configured(paths, exception_namespaces, args.allow_empty);
+    let sources = Sources::configured(paths, exception_namespaces, args.policies.allow_empty);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -646,7 +674,7 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
             )
             .await
         })?;
-        if state.policies.load().policies.is_empty() && !args.allow_empty {
+        if state.policies.load().policies.is_empty() && !args.policies.allow_empty {
             anyhow::bail!(
                 "refusing to start: {} and Kubernetes: {}",
                 list_paths(&sources.paths),

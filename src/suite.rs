@@ -45,6 +45,10 @@ pub struct TestDoc {
     /// `--mcp-max-body-bytes` of `serve`; default 1 MiB).
     #[serde(default, rename = "mcpMaxBodyBytes")]
     pub mcp_max_body_bytes: Option<usize>,
+    /// Run even when the policies hold no Envoy-mode ValidatingPolicy (the
+    /// `--allow-empty` of `serve`); without it such a suite does not run.
+    #[serde(default, rename = "allowEmpty")]
+    pub allow_empty: bool,
     pub cases: Vec<Case>,
 }
 
@@ -116,6 +120,34 @@ pub enum SuiteError {
         path: PathBuf,
         errors: crate::policy::LoadErrors,
     },
+    /// A suite file that is not valid YAML/JSON (the error names the file).
+    #[error(transparent)]
+    Parse(crate::policy::LoadError),
+}
+
+impl SuiteError {
+    /// The error on one line, naming the suite file once: of policies that
+    /// do not load, the first problem (the report lists them all).
+    pub fn summary(&self) -> String {
+        match self {
+            SuiteError::Policies { path, errors } => {
+                let first = errors
+                    .0
+                    .first()
+                    .map(|e| e.to_string().lines().next().unwrap_or_default().to_owned())
+                    .unwrap_or_default();
+                let more = match errors.0.len() {
+                    0 | 1 => String::new(),
+                    n => format!(" (and {} more, listed in the report)", n - 1),
+                };
+                format!(
+                    "{}: its policies do not load: {first}{more}",
+                    path.display()
+                )
+            }
+            e => e.to_string().lines().next().unwrap_or_default().to_owned(),
+        }
+    }
 }
 
 /// Every test document under `paths`. Files given by name are read as they
@@ -145,10 +177,7 @@ pub fn find(paths: &[PathBuf]) -> Result<Vec<(PathBuf, TestDoc)>, SuiteError> {
         if !explicit && !text.contains("celgate.dev/") {
             continue;
         }
-        let docs = load::parse_documents(&f, &text).map_err(|e| SuiteError::Invalid {
-            path: f.clone(),
-            message: e.to_string(),
-        })?;
+        let docs = load::parse_documents(&f, &text).map_err(SuiteError::Parse)?;
         for d in docs {
             if is_test_doc(&d.value) {
                 let doc: TestDoc =
@@ -224,6 +253,13 @@ pub fn run(path: &Path, doc: &TestDoc) -> Result<Vec<CaseResult>, SuiteError> {
         path: path.to_path_buf(),
         errors,
     })?;
+    if set.policies.is_empty() && !doc.allow_empty {
+        return Err(invalid(format!(
+            "{}; refused, as `serve` refuses to start with none (`allowEmpty: true` in the \
+             suite accepts an empty set)",
+            crate::policy::no_envoy_policy(&policy_paths)
+        )));
+    }
     let config = EngineConfig {
         failure_status: doc.failure_status.unwrap_or(403),
         ..Default::default()

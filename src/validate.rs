@@ -51,18 +51,24 @@ impl Report {
 }
 
 /// Loads and compiles everything under `paths` and reports every problem.
-pub fn validate(paths: &[PathBuf]) -> Report {
+/// A set that loads but holds no Envoy-mode ValidatingPolicy is an error, as
+/// `serve` refuses to start with it, unless `allow_empty` (then a warning).
+pub fn validate(paths: &[PathBuf], allow_empty: bool) -> Report {
     let mut files = Lines::default();
     let mut report = Report::default();
     let (result, warnings) = PolicySet::load_report(paths);
-    match result {
-        Ok(set) => report.policies = set.policies.iter().map(|p| p.name.clone()).collect(),
+    let empty = match result {
+        Ok(set) => {
+            report.policies = set.policies.iter().map(|p| p.name.clone()).collect();
+            report.policies.is_empty()
+        }
         Err(errors) => {
             for e in &errors.0 {
                 report.problems.push(error(&mut files, e));
             }
+            false
         }
-    }
+    };
     for w in &warnings {
         report.problems.push(warning(&mut files, w));
     }
@@ -73,6 +79,37 @@ pub fn validate(paths: &[PathBuf]) -> Report {
             b.severity == Severity::Warning,
         ))
     });
+    // Last, after the warnings that often explain it (skipped documents).
+    if empty {
+        report.problems.push(Problem {
+            severity: if allow_empty {
+                Severity::Warning
+            } else {
+                Severity::Error
+            },
+            file: None,
+            line: None,
+            document: None,
+            kind: None,
+            policy: None,
+            field: None,
+            expression: None,
+            column: None,
+            at: None,
+            message: if allow_empty {
+                format!(
+                    "{} (accepted: --allow-empty)",
+                    crate::policy::no_envoy_policy(paths)
+                )
+            } else {
+                format!(
+                    "{}; refused, as `serve` refuses to start with none (--allow-empty, \
+                     CELGATE_ALLOW_EMPTY=true, accepts an empty set)",
+                    crate::policy::no_envoy_policy(paths)
+                )
+            },
+        });
+    }
     report.errors = report
         .problems
         .iter()
@@ -385,13 +422,18 @@ pub fn render_text(r: &Report) -> String {
                 None => format!("{}:{l}", f.display()),
             },
             (Some(f), None) => f.display().to_string(),
-            _ => "(input)".to_owned(),
+            // A problem of the whole set: its message names the paths.
+            _ => String::new(),
         };
         let sev = match p.severity {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        let _ = write!(out, "{place}: {sev}");
+        if place.is_empty() {
+            let _ = write!(out, "{sev}");
+        } else {
+            let _ = write!(out, "{place}: {sev}");
+        }
         if let Some(policy) = &p.policy {
             let _ = write!(out, ": {} {policy}", p.kind.as_deref().unwrap_or("policy"));
         }

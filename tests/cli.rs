@@ -1,7 +1,7 @@
 //! The policy authors' commands as a user runs them: exit statuses and
 //! output of `check`, `validate`, `test`, `completions` and `--help`, on
-//! good, denied and broken inputs. Outputs are pinned as snapshots
-//! (`tests/snapshots/`); timings are masked.
+//! good, denied and broken inputs, and `serve` where it refuses to start.
+//! Outputs are pinned as snapshots (`tests/snapshots/`); timings are masked.
 
 mod common;
 
@@ -18,13 +18,20 @@ struct Out {
 }
 
 fn celgate(args: &[&str], stdin: Option<&str>) -> Out {
+    celgate_with(args, &[], stdin)
+}
+
+/// As [`celgate`], with environment variables set.
+fn celgate_with(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Out {
     let mut child = Command::new(env!("CARGO_BIN_EXE_celgate"))
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env_remove("CELGATE_POLICIES")
+        .env_remove("CELGATE_ALLOW_EMPTY")
         .env_remove("CELGATE_LOG")
         .env_remove("CELGATE_FAILURE_STATUS")
         .env("COLUMNS", "100")
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -130,7 +137,7 @@ fn check_evaluation_error_is_a_denial_with_exit_4() {
 }
 
 #[test]
-fn check_bad_request_or_policies_exit_2() {
+fn check_bad_request_exits_2_and_policies_that_do_not_load_exit_1() {
     let o = celgate(
         &[
             "check",
@@ -160,7 +167,7 @@ fn check_bad_request_or_policies_exit_2() {
         ],
         None,
     );
-    assert_eq!(o.code, 2);
+    assert_eq!(o.code, 1, "{}", o.stderr);
     assert_eq!(o.stdout, "");
     assert!(
         o.stderr.contains("spec.validations[2].expression"),
@@ -226,7 +233,12 @@ fn validate_json_output_for_tools() {
 fn validate_warnings_alone_exit_0() {
     let o = celgate(&["validate", "--policies", "tests/cli/warnings"], None);
     assert_eq!(o.code, 0, "{}", o.stdout);
-    assert!(o.stdout.contains("never run"), "{}", o.stdout);
+    assert!(
+        o.stdout
+            .contains("so spec.validations[1].expression will never run"),
+        "{}",
+        o.stdout
+    );
     assert!(
         o.stdout.contains("did you mean validations?"),
         "{}",
@@ -290,6 +302,158 @@ fn test_without_suites_exit_2() {
     assert!(o.stderr.contains("no test suites"), "{}", o.stderr);
 }
 
+/// Each error names the file at fault once: the file, then what is wrong.
+#[test]
+fn errors_name_the_file_once() {
+    let suite = "tests/cli/faults/bad-suite/bad.test.yaml";
+    let o = celgate(&["test", suite], None);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert_eq!(o.stderr.matches(suite).count(), 1, "{}", o.stderr);
+    assert!(
+        o.stderr.starts_with(&format!(
+            "celgate: {suite}: document 1: not valid YAML/JSON"
+        )),
+        "{}",
+        o.stderr
+    );
+
+    let o = celgate(
+        &[
+            "check",
+            "--request",
+            "tests/cli/requests/not-a-request.json",
+        ],
+        None,
+    );
+    assert_eq!(
+        o.stderr.matches("not-a-request.json").count(),
+        1,
+        "{}",
+        o.stderr
+    );
+    let o = celgate(
+        &["check", "--request", "tests/cli/requests/missing.json"],
+        None,
+    );
+    assert_eq!(o.stderr.matches("missing.json").count(), 1, "{}", o.stderr);
+    for policies in [
+        "tests/cli/faults/yaml",
+        "tests/cli/faults/cel",
+        "tests/cli/nowhere",
+    ] {
+        let o = celgate(
+            &[
+                "check",
+                "--policies",
+                policies,
+                "--request",
+                "tests/cli/requests/allowed.json",
+            ],
+            None,
+        );
+        assert_eq!(o.stderr.matches(policies).count(), 1, "{}", o.stderr);
+        let o = celgate(&["validate", "--policies", policies], None);
+        assert_eq!(o.stdout.matches(policies).count(), 1, "{}", o.stdout);
+    }
+}
+
+/// No Envoy-mode policy: every request would be allowed, so, as `serve`,
+/// `check`, `validate` and a test suite refuse the set unless asked for it.
+#[test]
+fn zero_policies_are_refused_unless_allowed_and_always_said() {
+    let check = |extra: &[&str]| {
+        let mut args = vec![
+            "check",
+            "--policies",
+            "tests/cli/faults/empty",
+            "--request",
+            "tests/cli/requests/denied.json",
+        ];
+        args.extend_from_slice(extra);
+        celgate(&args, None)
+    };
+    let o = check(&[]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert_eq!(o.stdout, "");
+    assert!(
+        o.stderr.starts_with(
+            "celgate: no Envoy-mode ValidatingPolicy in tests/cli/faults/empty, \
+             so every request would be allowed; refused"
+        ) && o.stderr.contains("--allow-empty"),
+        "{}",
+        o.stderr
+    );
+    let o = check(&["--allow-empty"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stderr
+            .starts_with("celgate: warning: no Envoy-mode ValidatingPolicy"),
+        "{}",
+        o.stderr
+    );
+    assert!(o.stdout.contains("okResponse"), "{}", o.stdout);
+
+    let o = celgate(&["validate", "--policies", "tests/cli/faults/empty"], None);
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    assert!(
+        o.stdout
+            .contains("\nerror: no Envoy-mode ValidatingPolicy in tests/cli/faults/empty"),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout.ends_with("invalid: 1 error(s), 1 warning(s)\n"),
+        "{}",
+        o.stdout
+    );
+    // Allowed through the environment, as `serve`'s flag: a warning.
+    let o = celgate_with(
+        &[
+            "validate",
+            "--policies",
+            "tests/cli/faults/empty",
+            "--output",
+            "json",
+        ],
+        &[("CELGATE_ALLOW_EMPTY", "true")],
+        None,
+    );
+    assert_eq!(o.code, 0, "{}", o.stdout);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("JSON");
+    let last = v["problems"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["severity"], "warning", "{last}");
+    assert!(last["file"].is_null(), "{last}");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("(accepted: --allow-empty)"),
+        "{last}"
+    );
+
+    let o = celgate(&["test", "tests/cli/faults/suites/empty.test.yaml"], None);
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    assert!(
+        o.stderr.starts_with(
+            "celgate: suite empty did not run: tests/cli/faults/suites/empty.test.yaml: \
+             no Envoy-mode ValidatingPolicy"
+        ) && o.stderr.contains("allowEmpty: true"),
+        "{}",
+        o.stderr
+    );
+    let o = celgate(&["test", "tests/cli/faults/empty-allowed"], None);
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    assert!(o.stdout.contains("1 passed, 0 failed"), "{}", o.stdout);
+}
+
+#[test]
+fn test_path_that_does_not_exist_exits_1_like_a_policy_path() {
+    let o = celgate(&["test", "tests/cli/nowhere"], None);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert_eq!(o.stdout, "");
+    assert!(o.stderr.contains("tests/cli/nowhere"), "{}", o.stderr);
+}
+
 #[test]
 fn completions_and_manual() {
     for shell in ["bash", "zsh", "fish"] {
@@ -315,7 +479,12 @@ fn completions_and_manual() {
 fn help_documents_exit_status_and_environment() {
     let o = celgate(&["--help"], None);
     assert_eq!(o.code, 0);
-    assert!(o.stdout.contains("EXIT STATUS"), "{}", o.stdout);
+    assert!(
+        o.stdout
+            .contains("EXIT STATUS (the same for every command)"),
+        "{}",
+        o.stdout
+    );
     let o = celgate(&["check", "--help"], None);
     assert!(
         o.stdout.contains("[env: CELGATE_POLICIES=]"),
@@ -328,6 +497,197 @@ fn help_documents_exit_status_and_environment() {
         o.stdout
     );
     insta::assert_snapshot!("help_check", o.stdout);
+}
+
+/// Runs celgate without input and waits at most 20 s (a `serve` that
+/// starts is stopped and fails the test); its exit status and output.
+fn celgate_until_exit(args: &[&str]) -> Out {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_celgate"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("CELGATE_POLICIES")
+        .env_remove("CELGATE_ALLOW_EMPTY")
+        .env_remove("CELGATE_LOG")
+        .env("COLUMNS", "100")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run celgate");
+    let start = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("{args:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    Out {
+        code: out.status.code().expect("exit status"),
+        stdout: String::from_utf8(out.stdout).expect("utf-8 stdout"),
+        stderr: String::from_utf8(out.stderr).expect("utf-8 stderr"),
+    }
+}
+
+/// The first error line of an error output: warnings are passed over, and a
+/// heading (a line ending in `:`) is followed by the first item of its list.
+fn first_error(text: &str) -> String {
+    let mut lines = text.lines().filter(|l| !l.contains("warning:"));
+    let first = lines.next().unwrap_or("(nothing)").to_owned();
+    if !first.ends_with(':') {
+        return first;
+    }
+    match lines.find(|l| l.starts_with("  - ")) {
+        Some(item) => format!("{first}\n    {}", item.trim_start()),
+        None => first,
+    }
+}
+
+/// The same faults through every command: each exits 1 and its first error
+/// line names the fault (validate's report is its standard output).
+#[test]
+fn every_command_reports_the_same_faults_with_the_same_status() {
+    let grpc = format!("127.0.0.1:{}", common::free_port());
+    let http = format!("127.0.0.1:{}", common::free_port());
+    let mut table = String::new();
+    for fault in ["missing", "yaml", "cel", "empty"] {
+        let policies = format!("tests/cli/faults/{fault}");
+        let suite = format!("tests/cli/faults/suites/{fault}.test.yaml");
+        let runs: [(&str, Vec<&str>); 4] = [
+            (
+                "check",
+                vec![
+                    "check",
+                    "--policies",
+                    &policies,
+                    "--request",
+                    "tests/cli/requests/allowed.json",
+                ],
+            ),
+            ("validate", vec!["validate", "--policies", &policies]),
+            ("test", vec!["test", &suite]),
+            (
+                "serve",
+                vec![
+                    "serve",
+                    "--policies",
+                    &policies,
+                    "--grpc-addr",
+                    &grpc,
+                    "--http-addr",
+                    &http,
+                    "--no-watch",
+                    "--log",
+                    "error",
+                ],
+            ),
+        ];
+        for (command, args) in runs {
+            let o = celgate_until_exit(&args);
+            let errors = if command == "validate" {
+                &o.stdout
+            } else {
+                &o.stderr
+            };
+            assert_eq!(o.code, 1, "{command} on {fault}: {}{}", o.stdout, o.stderr);
+            assert!(!o.stderr.contains("panicked"), "{}", o.stderr);
+            table.push_str(&format!(
+                "{command} ({fault}): exit {}\n  {}\n",
+                o.code,
+                first_error(errors)
+            ));
+        }
+    }
+    // test's own PATH, as a policy path of the other commands.
+    let o = celgate_until_exit(&["test", "tests/cli/faults/missing"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    table.push_str(&format!(
+        "test PATH (missing): exit {}\n  {}\n",
+        o.code,
+        first_error(&o.stderr)
+    ));
+    insta::assert_snapshot!(table);
+}
+
+/// `celgate ... | head`: a reader that has gone away ends the output
+/// quietly, with the usual exit status, also when standard error goes to the
+/// same closed pipe (`2>&1 | head`).
+#[test]
+fn closed_stdout_ends_every_command_quietly() {
+    let allowed = "tests/cli/requests/allowed.json";
+    let denied = "tests/cli/requests/denied.json";
+    let cases: &[(&[&str], i32)] = &[
+        (&["check", "--request", allowed], 0),
+        (&["check", "--request", denied, "--explain"], 3),
+        (&["validate"], 0),
+        (&["validate", "--output", "json"], 0),
+        (&["validate", "--policies", "tests/cli/broken"], 1),
+        (&["test", "policies"], 0),
+        (&["test", "tests/cli/failing", "--output", "junit"], 1),
+        (&["test", "tests/cli/faults/suites"], 1),
+        (&["completions", "bash"], 0),
+        (&["man"], 0),
+        (&["--help"], 0),
+    ];
+    for &(args, code) in cases {
+        for both in [false, true] {
+            // A pipe whose reading end is closed before celgate starts: every
+            // write fails with EPIPE.
+            let (reader, writer) = std::io::pipe().expect("pipe");
+            drop(reader);
+            let stderr = if both {
+                Stdio::from(writer.try_clone().expect("pipe"))
+            } else {
+                Stdio::piped()
+            };
+            let out = Command::new(env!("CARGO_BIN_EXE_celgate"))
+                .args(args)
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .env_remove("CELGATE_POLICIES")
+                .env_remove("CELGATE_ALLOW_EMPTY")
+                .env_remove("CELGATE_LOG")
+                .env_remove("RUST_BACKTRACE")
+                .stdin(Stdio::null())
+                .stdout(writer)
+                .stderr(stderr)
+                .output()
+                .expect("run celgate");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(code),
+                "{args:?} (stderr closed too: {both}): {err}"
+            );
+            assert!(
+                !err.contains("panicked") && !err.contains("Broken pipe"),
+                "{args:?}: {err}"
+            );
+        }
+    }
+}
+
+/// `serve --help` names every path the HTTP listener serves.
+#[test]
+fn serve_help_names_every_http_route() {
+    let router = std::fs::read_to_string("src/server/http.rs").unwrap();
+    let routes: Vec<&str> = router
+        .split(".route(\"")
+        .skip(1)
+        .map(|r| &r[..r.find('"').unwrap()])
+        .collect();
+    assert!(routes.contains(&"/metrics"), "{routes:?}");
+    let o = celgate(&["serve", "--help"], None);
+    assert_eq!(o.code, 0);
+    let help = o.stdout.split("--http-addr").nth(1).unwrap();
+    let help = &help[..help.find("[env:").unwrap()];
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    for route in routes {
+        assert!(
+            help.contains(&format!("GET {route} ")),
+            "--http-addr help lacks {route}:\n{help}"
+        );
+    }
 }
 
 /// `serve` on free loopback ports, output to `<log_dir>/serve.log`.

@@ -378,3 +378,116 @@ fn readme_tokens_are_the_demo_issuers_and_do_not_expire_soon() {
         assert!(claims["exp"].as_i64().unwrap() >= 4_102_444_800, "{name}");
     }
 }
+
+/// Runs `examples/local-demo.sh` with `env` and `TMPDIR` set to `tmp`, none
+/// of the DEMO_* or binary variables inherited; its exit status and output.
+fn run_script(tmp: &Path, env: &[(&str, String)]) -> (Option<i32>, String) {
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo_root().join("examples/local-demo.sh"))
+        .env("TMPDIR", tmp)
+        .stdin(Stdio::null());
+    for var in [
+        "DEMO_DIR",
+        "DEMO_OTLP_ENDPOINT",
+        "CELGATE_BIN",
+        "ENVOY",
+        "SINK_BIN",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+fn port_vars(ports: &[u16]) -> Vec<(&'static str, String)> {
+    [
+        "DEMO_PORT",
+        "DEMO_ADMIN_PORT",
+        "DEMO_GRPC_PORT",
+        "DEMO_HTTP_PORT",
+        "DEMO_UPSTREAM_PORT",
+        "DEMO_OTLP_PORT",
+    ]
+    .into_iter()
+    .zip(ports.iter().map(u16::to_string))
+    .collect()
+}
+
+/// A busy port stops the script before it installs or builds anything (no
+/// ENVOY, CELGATE_BIN or SINK_BIN is given, so either would come next), the
+/// message names the port and, where `ss` or `lsof` can tell, what holds it,
+/// and the temporary directory is gone.
+#[test]
+fn local_demo_checks_its_ports_first_and_names_the_holder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = listener.local_addr().unwrap().port();
+    let mut ports = free_ports(6);
+    ports[2] = busy;
+    let (code, out) = run_script(tmp.path(), &port_vars(&ports));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!("port {busy} on 127.0.0.1 is in use")),
+        "{out}"
+    );
+    assert!(
+        !out.contains("installing") && !out.contains("building"),
+        "{out}"
+    );
+    let can_tell = ["ss", "lsof"].iter().any(|tool| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if can_tell {
+        assert!(
+            out.contains(&format!("pid {})", std::process::id())),
+            "the holder (this test) is named: {out}"
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "the temporary directory is left: {left:?}");
+    drop(listener);
+}
+
+/// A start that fails shows the last lines of the logs, then removes the
+/// temporary directory they were in.
+#[test]
+fn local_demo_removes_its_directory_after_a_failed_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tempfile::tempdir().unwrap();
+    let fake = bin.path().join("celgate");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'celgate: refusing to start: on purpose' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut env = port_vars(&free_ports(6));
+    env.push(("CELGATE_BIN", fake.display().to_string()));
+    // Stand-ins that stay up, so celgate is the process that fails.
+    let idle = bin.path().join("idle");
+    std::fs::write(&idle, "#!/bin/sh\nexec sleep 60\n").unwrap();
+    std::fs::set_permissions(&idle, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    env.push(("ENVOY", idle.display().to_string()));
+    env.push(("SINK_BIN", idle.display().to_string()));
+    let (code, out) = run_script(tmp.path(), &env);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("a demo process exited"), "{out}");
+    assert!(
+        out.contains("--- last lines of celgate.log")
+            && out.contains("refusing to start: on purpose"),
+        "{out}"
+    );
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "the temporary directory is left: {left:?}");
+}

@@ -1167,7 +1167,7 @@ fn policy_documents_load_or_refuse() {
                 "policy.yaml"
             });
             std::fs::write(&file, &bytes).unwrap();
-            let report = celgate::validate::validate(std::slice::from_ref(&file));
+            let report = celgate::validate::validate(std::slice::from_ref(&file), true);
             let _ = celgate::validate::render_text(&report);
             let loaded = PolicySet::load(std::slice::from_ref(&file));
             if loaded.is_ok() {

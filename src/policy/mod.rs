@@ -19,6 +19,22 @@ use std::time::SystemTime;
 /// `kubernetes:/ValidatingPolicy/<name>`.
 pub const KUBE_PREFIX: &str = "kubernetes:";
 
+/// What `check`, `validate` and `test` say of policies under `paths` that
+/// load without any Envoy-mode ValidatingPolicy: nothing would decide, so
+/// every request would be allowed. (`serve` refuses such a set with
+/// [`crate::sources::EMPTY_SET`].)
+pub fn no_envoy_policy(paths: &[PathBuf]) -> String {
+    let list: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    format!(
+        "no Envoy-mode ValidatingPolicy in {}, so every request would be allowed",
+        if list.is_empty() {
+            "no policy paths".to_owned()
+        } else {
+            list.join(", ")
+        }
+    )
+}
+
 /// Where a document came from: file, position, and the policy's name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
@@ -801,7 +817,7 @@ impl Compiler {
                     ctx,
                     validations[i].field.clone(),
                     format!(
-                        "this validation always returns a response (it can never be null), so {} never run",
+                        "this validation always returns a response (it can never be null), so {} will never run",
                         later.join(", ")
                     ),
                 );

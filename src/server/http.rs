@@ -1,6 +1,7 @@
 //! The HTTP side: `GET /livez` (the process is up), `GET /readyz` (a policy
-//! set is loaded and being served, with detail on the last reload) and
-//! `GET /policies` (what is loaded, from where, since when).
+//! set is loaded and being served, with detail on the last reload),
+//! `GET /policies` (what is loaded, from where, since when) and `GET /metrics`
+//! (Prometheus text format).
 
 use super::State;
 use crate::policy::FailurePolicy;
