@@ -223,6 +223,18 @@ struct TestArgs {
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum TlsMinVersion {
+    #[value(name = "1.2")]
+    V12,
+    #[value(name = "1.3")]
+    V13,
+}
+
+fn parse_san(s: &str) -> Result<celgate::server::tls::SanPattern, String> {
+    celgate::server::tls::SanPattern::parse(s).map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum TestOutput {
     Table,
     Junit,
@@ -253,6 +265,61 @@ struct ServeArgs {
     /// loaded) and GET /metrics (Prometheus).
     #[arg(long, env = "CELGATE_HTTP_ADDR", default_value = "127.0.0.1:9192")]
     http_addr: SocketAddr,
+    /// Serve gRPC over TLS with this certificate chain (PEM, leaf first).
+    /// Needs --tls-key. The HTTP listener (probes, /metrics) stays plaintext.
+    /// The files are read once, at start.
+    #[arg(
+        long,
+        env = "CELGATE_TLS_CERT",
+        help_heading = "TLS (gRPC listener)",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "CELGATE_TLS_KEY",
+        help_heading = "TLS (gRPC listener)",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// The oldest TLS version accepted on the gRPC listener (default: 1.2).
+    #[arg(
+        long,
+        env = "CELGATE_TLS_MIN_VERSION",
+        help_heading = "TLS (gRPC listener)",
+        value_enum,
+        value_name = "VERSION",
+        requires = "tls_cert"
+    )]
+    tls_min_version: Option<TlsMinVersion>,
+    /// Mutual TLS: require a client certificate that chains to one of these
+    /// CA certificates (PEM bundle). Needs --tls-cert.
+    #[arg(
+        long,
+        env = "CELGATE_TLS_CLIENT_CA",
+        help_heading = "TLS (gRPC listener)",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    tls_client_ca: Option<PathBuf>,
+    /// With --tls-client-ca: admit only client certificates with one of these
+    /// subject alternative names (repeatable, or comma-separated in the
+    /// variable): a DNS name (any ASCII case) or a URI such as
+    /// spiffe://cluster.local/ns/gw/sa/envoy, compared exactly, or a prefix
+    /// ending in `*`. Others are refused during the handshake.
+    #[arg(
+        long,
+        env = "CELGATE_TLS_CLIENT_SAN",
+        help_heading = "TLS (gRPC listener)",
+        value_name = "NAME|PREFIX*",
+        value_delimiter = ',',
+        requires = "tls_client_ca",
+        value_parser = parse_san
+    )]
+    tls_client_san: Vec<celgate::server::tls::SanPattern>,
     /// HTTP status of the denial sent when a `failurePolicy: Fail` policy cannot be
     /// evaluated. celgate never answers such a request with a gRPC error, so a policy
     /// bug fails closed even when Envoy is set to fail open.
@@ -613,6 +680,33 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
         decision_log = decision_log.is_some(),
         "telemetry"
     );
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let opts = celgate::server::tls::TlsOptions {
+                cert: cert.clone(),
+                key: key.clone(),
+                min_version: match args.tls_min_version {
+                    Some(TlsMinVersion::V13) => celgate::server::tls::MinVersion::Tls13,
+                    Some(TlsMinVersion::V12) | None => celgate::server::tls::MinVersion::Tls12,
+                },
+                client_ca: args.tls_client_ca.clone(),
+                client_sans: args.tls_client_san.clone(),
+            };
+            let config = celgate::server::tls::server_config(&opts).context("refusing to start")?;
+            tracing::info!(
+                min_version = if opts.min_version == celgate::server::tls::MinVersion::Tls13 {
+                    "1.3"
+                } else {
+                    "1.2"
+                },
+                client_certificates = opts.client_ca.is_some(),
+                client_san_rules = opts.client_sans.len(),
+                "gRPC over TLS"
+            );
+            Some(config)
+        }
+        _ => None,
+    };
     let state = State::with_options(
         set,
         EngineConfig {
@@ -637,6 +731,7 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
                 },
                 |n| n as usize,
             )),
+            tls,
         },
     );
     let exception_namespaces = match &args.exception_namespaces {

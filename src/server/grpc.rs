@@ -490,6 +490,7 @@ pub async fn serve(
     // and message limits are explicit (tonic leaves concurrent streams
     // unlimited). See `limits`.
     let threads = state.pool.start(&state.options.limits);
+    let tls = state.options.tls.clone();
     tracing::debug!(threads, "evaluation threads ready");
     let mut router = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(limits::MAX_CONCURRENT_STREAMS))
@@ -524,11 +525,17 @@ pub async fn serve(
         }
     });
     let mut stop = phase;
-    router
-        .serve_with_incoming_shutdown(incoming, async move {
-            let _ = stop.wait_for(|p| *p == super::Phase::Stop).await;
-        })
-        .await
+    let stopped = async move {
+        let _ = stop.wait_for(|p| *p == super::Phase::Stop).await;
+    };
+    match tls {
+        Some(config) => {
+            router
+                .serve_with_incoming_shutdown(super::tls::incoming(incoming, config), stopped)
+                .await
+        }
+        None => router.serve_with_incoming_shutdown(incoming, stopped).await,
+    }
 }
 
 #[cfg(test)]

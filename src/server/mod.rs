@@ -4,6 +4,7 @@ pub mod decode;
 pub mod grpc;
 pub mod http;
 pub mod limits;
+pub mod tls;
 
 use crate::engine::EngineConfig;
 use crate::policy::PolicySet;
@@ -43,6 +44,9 @@ pub struct ServeOptions {
     /// is answered with the failure denial. `None`: the default,
     /// [`decode::default_max_request_bytes`] of the default MCP body limit.
     pub max_request_bytes: Option<usize>,
+    /// TLS on the gRPC listener (`--tls-cert`); `None`: plaintext. The
+    /// HTTP listener always stays plaintext.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl ServeOptions {
@@ -155,6 +159,7 @@ pub async fn serve_on(
         grpc = %grpc_listener.local_addr().unwrap_or(grpc_addr),
         http = %http_listener.local_addr().unwrap_or(http_addr),
         policies = state.policies.load().policies.len(),
+        grpc_tls = state.options.tls.is_some(),
         "celgate serving"
     );
     let (tx, rx) = tokio::sync::watch::channel(Phase::Serving);
