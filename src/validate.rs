@@ -44,6 +44,25 @@ pub struct Report {
     pub problems: Vec<Problem>,
 }
 
+impl Problem {
+    /// A problem that is nowhere in particular: fill in what is known.
+    fn new(severity: Severity, message: String) -> Problem {
+        Problem {
+            severity,
+            file: None,
+            line: None,
+            document: None,
+            kind: None,
+            policy: None,
+            field: None,
+            expression: None,
+            column: None,
+            at: None,
+            message,
+        }
+    }
+}
+
 impl Report {
     pub fn ok(&self) -> bool {
         self.errors == 0
@@ -81,34 +100,25 @@ pub fn validate(paths: &[PathBuf], allow_empty: bool) -> Report {
     });
     // Last, after the warnings that often explain it (skipped documents).
     if empty {
-        report.problems.push(Problem {
-            severity: if allow_empty {
-                Severity::Warning
-            } else {
-                Severity::Error
-            },
-            file: None,
-            line: None,
-            document: None,
-            kind: None,
-            policy: None,
-            field: None,
-            expression: None,
-            column: None,
-            at: None,
-            message: if allow_empty {
+        let (severity, message) = if allow_empty {
+            (
+                Severity::Warning,
                 format!(
                     "{} (accepted: --allow-empty)",
                     crate::policy::no_envoy_policy(paths)
-                )
-            } else {
+                ),
+            )
+        } else {
+            (
+                Severity::Error,
                 format!(
                     "{}; refused, as `serve` refuses to start with none (--allow-empty, \
                      CELGATE_ALLOW_EMPTY=true, accepts an empty set)",
                     crate::policy::no_envoy_policy(paths)
-                )
-            },
-        });
+                ),
+            )
+        };
+        report.problems.push(Problem::new(severity, message));
     }
     report.errors = report
         .problems
@@ -122,34 +132,17 @@ pub fn validate(paths: &[PathBuf], allow_empty: bool) -> Report {
 fn warning(files: &mut Lines, w: &Warning) -> Problem {
     let line = files.find(&w.location, w.field.as_deref(), None);
     Problem {
-        severity: Severity::Warning,
         file: Some(w.location.path.clone()),
         line: Some(line),
         document: Some(w.location.document),
-        kind: None,
         policy: w.policy.clone(),
         field: w.field.clone(),
-        expression: None,
-        column: None,
-        at: None,
-        message: w.message.clone(),
+        ..Problem::new(Severity::Warning, w.message.clone())
     }
 }
 
 fn error(files: &mut Lines, e: &LoadError) -> Problem {
-    let base = Problem {
-        severity: Severity::Error,
-        file: None,
-        line: None,
-        document: None,
-        kind: None,
-        policy: None,
-        field: None,
-        expression: None,
-        column: None,
-        at: None,
-        message: String::new(),
-    };
+    let base = Problem::new(Severity::Error, String::new());
     match e {
         LoadError::Io { path, message } => Problem {
             file: Some(path.clone()),

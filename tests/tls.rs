@@ -105,6 +105,27 @@ fn start(dir: &Path, extra: &[&str]) -> Server {
     }
 }
 
+/// `start` with mutual TLS: a server certificate of `server_ca`, clients of
+/// `client_ca`, and `sans` as the allow-list (none: any client of the CA).
+fn start_mtls(dir: &Path, server_ca: &Ca, client_ca: &Ca, sans: &[&str]) -> Server {
+    let (cert, key) = server_ca.server();
+    let cert = write(dir, "server.pem", &cert);
+    let key = write(dir, "server.key", &key);
+    let bundle = write(dir, "clients.pem", &client_ca.pem());
+    let mut args = vec![
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--tls-client-ca",
+        bundle.to_str().unwrap(),
+    ];
+    for san in sans {
+        args.extend(["--tls-client-san", san]);
+    }
+    start(dir, &args)
+}
+
 fn allowed_request() -> CheckRequest {
     let v = serde_json::json!({"attributes": {"request": {"http": {
         "method": "GET", "path": "/api/orders", "headers": {"x-api-key": "demo-key-alice"}}}}});
@@ -268,24 +289,11 @@ async fn mutual_tls_with_a_san_allow_list() {
     let dir = tempfile::tempdir().unwrap();
     let server_ca = Ca::new("server CA");
     let client_ca = Ca::new("client CA");
-    let (cert, key) = server_ca.server();
-    let cert = write(dir.path(), "server.pem", &cert);
-    let key = write(dir.path(), "server.key", &key);
-    let bundle = write(dir.path(), "clients.pem", &client_ca.pem());
-    let mut server = start(
+    let mut server = start_mtls(
         dir.path(),
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-            "--tls-client-ca",
-            bundle.to_str().unwrap(),
-            "--tls-client-san",
-            SPIFFE_ENVOY,
-            "--tls-client-san",
-            "spiffe://cluster.local/ns/mesh/*",
-        ],
+        &server_ca,
+        &client_ca,
+        &[SPIFFE_ENVOY, "spiffe://cluster.local/ns/mesh/*"],
     );
     let port = server.grpc_port;
     let ca = server_ca.pem();
@@ -324,21 +332,7 @@ async fn mutual_tls_without_a_san_list_admits_any_client_of_the_ca() {
     let dir = tempfile::tempdir().unwrap();
     let server_ca = Ca::new("server CA");
     let client_ca = Ca::new("client CA");
-    let (cert, key) = server_ca.server();
-    let cert = write(dir.path(), "server.pem", &cert);
-    let key = write(dir.path(), "server.key", &key);
-    let bundle = write(dir.path(), "clients.pem", &client_ca.pem());
-    let server = start(
-        dir.path(),
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-            "--tls-client-ca",
-            bundle.to_str().unwrap(),
-        ],
-    );
+    let server = start_mtls(dir.path(), &server_ca, &client_ca, &[]);
     let port = server.grpc_port;
     let ca = server_ca.pem();
     let any = client_ca.client_uri("spiffe://elsewhere/anything");
