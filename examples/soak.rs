@@ -662,13 +662,7 @@ async fn run(args: Args) -> Result<i32, String> {
                     t[(i as usize) % t.len()].clone()
                 };
                 let mut req = CheckRequest::default();
-                let h = req
-                    .attributes
-                    .get_or_insert_with(Default::default)
-                    .request
-                    .get_or_insert_with(Default::default)
-                    .http
-                    .get_or_insert_with(Default::default);
+                let h = celgate::request_json::http_mut(&mut req);
                 h.method = "GET".into();
                 h.path = "/x".into();
                 h.host = "soak.test".into();

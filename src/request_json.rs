@@ -124,6 +124,18 @@ fn to_camel(s: &str) -> String {
     out
 }
 
+/// The request's HTTP attributes, created empty where absent: for building a
+/// request in code.
+pub fn http_mut(request: &mut CheckRequest) -> &mut HttpRequest {
+    request
+        .attributes
+        .get_or_insert_with(Default::default)
+        .request
+        .get_or_insert_with(Default::default)
+        .http
+        .get_or_insert_with(Default::default)
+}
+
 /// Parses a `CheckRequest` from JSON text.
 pub fn parse(text: &str) -> R<CheckRequest> {
     let v: Value = serde_json::from_str(text).map_err(|e| err("$", e.to_string()))?;

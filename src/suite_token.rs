@@ -78,14 +78,9 @@ pub fn apply(spec: &TokenSpec, dir: &Path, request: &mut CheckRequest) -> Result
         Some("") => token,
         Some(s) => format!("{s} {token}"),
     };
-    let http = request
-        .attributes
-        .get_or_insert_with(Default::default)
-        .request
-        .get_or_insert_with(Default::default)
-        .http
-        .get_or_insert_with(Default::default);
-    http.headers.insert(header, value);
+    crate::request_json::http_mut(request)
+        .headers
+        .insert(header, value);
     Ok(())
 }
 

@@ -1129,13 +1129,7 @@ fn policy_documents_load_or_refuse() {
     let dir = tempfile::tempdir().unwrap();
     let request = {
         let mut r = CheckRequest::default();
-        let http = r
-            .attributes
-            .get_or_insert_with(Default::default)
-            .request
-            .get_or_insert_with(Default::default)
-            .http
-            .get_or_insert_with(Default::default);
+        let http = celgate::request_json::http_mut(&mut r);
         http.method = "POST".into();
         http.path = "/api/orders".into();
         http.headers
