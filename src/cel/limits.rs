@@ -143,14 +143,16 @@ fn scan(b: &[u8]) -> Shape {
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
-        match c {
-            // A string is skipped only when it is closed: the lexer skips
-            // the quote of one that is not and reads on, so the scan must too.
-            b'"' | b'\'' if skip_string(b, i).is_some() => {
-                i = skip_string(b, i).unwrap_or(b.len());
+        // A string is skipped only when it is closed: the lexer skips the
+        // quote of one that is not and reads on, so the scan must too.
+        if matches!(c, b'"' | b'\'') {
+            if let Some(end) = skip_string(b, i, false) {
+                i = end;
                 prev = c;
                 continue;
             }
+        }
+        match c {
             // A comment runs to the end of the line.
             b'/' if b.get(i + 1) == Some(&b'/') => {
                 while i < b.len() && b[i] != b'\n' {
@@ -213,12 +215,7 @@ fn scan(b: &[u8]) -> Shape {
                     && matches!(b.get(i + 1), Some(b'"' | b'\''))
                 {
                     let raw = word.iter().any(|c| matches!(c, b'r' | b'R'));
-                    let end = if raw {
-                        skip_raw_string(b, i + 1)
-                    } else {
-                        skip_string(b, i + 1)
-                    };
-                    if let Some(end) = end {
+                    if let Some(end) = skip_string(b, i + 1, raw) {
                         i = end;
                         prev = b'"';
                         continue;
@@ -246,39 +243,21 @@ fn is_operator(c: u8) -> bool {
 }
 
 /// The index just past the string literal opening at `start` (a quote),
-/// escapes honoured; `None` if it is not closed (a quoted string ends at the
-/// end of its line).
-fn skip_string(b: &[u8], start: usize) -> Option<usize> {
+/// escapes honoured unless it is `raw`; `None` if it is not closed (a quoted
+/// string ends at the end of its line).
+fn skip_string(b: &[u8], start: usize, raw: bool) -> Option<usize> {
     let q = b[start];
     let triple = b.get(start + 1) == Some(&q) && b.get(start + 2) == Some(&q);
     let mut i = start + if triple { 3 } else { 1 };
     while i < b.len() {
         match b[i] {
             b'\n' | b'\r' if !triple => return None,
-            b'\\' => {
+            b'\\' if !raw => {
                 if !triple && matches!(b.get(i + 1), Some(b'\n' | b'\r')) {
                     return None;
                 }
                 i += 2;
             }
-            c if c == q && !triple => return Some(i + 1),
-            c if c == q && b.get(i + 1) == Some(&q) && b.get(i + 2) == Some(&q) => {
-                return Some(i + 3)
-            }
-            _ => i += 1,
-        }
-    }
-    None
-}
-
-/// As [`skip_string`] for a raw string (no escapes).
-fn skip_raw_string(b: &[u8], start: usize) -> Option<usize> {
-    let q = b[start];
-    let triple = b.get(start + 1) == Some(&q) && b.get(start + 2) == Some(&q);
-    let mut i = start + if triple { 3 } else { 1 };
-    while i < b.len() {
-        match b[i] {
-            b'\n' | b'\r' if !triple => return None,
             c if c == q && !triple => return Some(i + 1),
             c if c == q && b.get(i + 1) == Some(&q) && b.get(i + 2) == Some(&q) => {
                 return Some(i + 3)
