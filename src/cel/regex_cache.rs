@@ -68,7 +68,7 @@ fn str_arg<'a>(args: &'a [CowVal<'_, '_>], i: usize) -> Result<&'a str, Executio
 pub fn check_literal_patterns(expr: &cel::IdedExpr) -> Result<(), String> {
     let mut err = None;
     walk(expr, &mut |e| {
-        if let Expr::Call(call) = e {
+        if let Expr::Call(call) = &e.expr {
             if call.func_name == "matches" {
                 if let Some(pattern) = call.args.last() {
                     if let Expr::Literal(cel::common::ast::LiteralValue::String(s)) = &pattern.expr
@@ -87,8 +87,8 @@ pub fn check_literal_patterns(expr: &cel::IdedExpr) -> Result<(), String> {
 }
 
 /// Visits every sub-expression of `expr`.
-pub fn walk(expr: &cel::IdedExpr, f: &mut dyn FnMut(&Expr)) {
-    f(&expr.expr);
+pub fn walk(expr: &cel::IdedExpr, f: &mut dyn FnMut(&cel::IdedExpr)) {
+    f(expr);
     match &expr.expr {
         Expr::Call(call) => {
             if let Some(t) = &call.target {
@@ -117,7 +117,7 @@ pub fn walk(expr: &cel::IdedExpr, f: &mut dyn FnMut(&Expr)) {
     }
 }
 
-fn walk_entry(entry: &cel::common::ast::EntryExpr, f: &mut dyn FnMut(&Expr)) {
+fn walk_entry(entry: &cel::common::ast::EntryExpr, f: &mut dyn FnMut(&cel::IdedExpr)) {
     match entry {
         cel::common::ast::EntryExpr::MapEntry(m) => {
             walk(&m.key, f);

@@ -1226,45 +1226,17 @@ enum Want {
 
 /// Where `variables.<name>` is first written in a program's text.
 fn variable_offset(program: &Program, name: &str) -> Option<usize> {
-    use cel::common::ast::{EntryExpr, IdedExpr};
-    let mut stack: Vec<&IdedExpr> = vec![program.expression()];
     let mut first: Option<usize> = None;
-    while let Some(e) = stack.pop() {
-        match &e.expr {
-            Expr::Select(s) => {
-                if matches!(&s.operand.expr, Expr::Ident(v) if v == "variables") && s.field == name
-                {
-                    if let Some((start, _)) = program.source_info().offset_for(e.id) {
-                        let start = start as usize;
-                        first = Some(first.map_or(start, |f| f.min(start)));
-                    }
+    crate::cel::walk(program.expression(), &mut |e| {
+        if let Expr::Select(s) = &e.expr {
+            if matches!(&s.operand.expr, Expr::Ident(v) if v == "variables") && s.field == name {
+                if let Some((start, _)) = program.source_info().offset_for(e.id) {
+                    let start = start as usize;
+                    first = Some(first.map_or(start, |f| f.min(start)));
                 }
-                stack.push(&s.operand);
             }
-            Expr::Call(c) => {
-                stack.extend(c.target.as_deref());
-                stack.extend(&c.args);
-            }
-            Expr::List(l) => stack.extend(&l.elements),
-            Expr::Map(m) => stack.extend(
-                m.entries
-                    .iter()
-                    .filter_map(|x| match &x.expr {
-                        EntryExpr::MapEntry(me) => Some([&me.key, &me.value]),
-                        EntryExpr::StructField(_) => None,
-                    })
-                    .flatten(),
-            ),
-            Expr::Comprehension(c) => stack.extend([
-                &c.iter_range,
-                &c.accu_init,
-                &c.loop_cond,
-                &c.loop_step,
-                &c.result,
-            ]),
-            _ => {}
         }
-    }
+    });
     // The select's position is its dot: point at the name after it.
     let source = &program.source_info().source;
     let dotted = format!(".{name}");
@@ -1321,7 +1293,7 @@ fn duplicates<'a>(
 /// The names `x` of every `variables.x` (and `variables["x"]`) in a program.
 pub fn variable_refs(program: &Program) -> Vec<String> {
     let mut out = Vec::new();
-    crate::cel::walk(program.expression(), &mut |e| match e {
+    crate::cel::walk(program.expression(), &mut |e| match &e.expr {
         Expr::Select(s)
             if matches!(&s.operand.expr, Expr::Ident(i) if i == "variables")
                 && !out.contains(&s.field) =>
@@ -1466,7 +1438,7 @@ fn always_responds(e: &Expr) -> bool {
 fn references_root(program: &Program, ident: &str) -> bool {
     let mut found = false;
     crate::cel::walk(program.expression(), &mut |e| {
-        if matches!(e, Expr::Ident(i) if i == ident) {
+        if matches!(&e.expr, Expr::Ident(i) if i == ident) {
             found = true;
         }
     });
@@ -1483,7 +1455,7 @@ const VARIABLES_MISUSED: &str = "`variables` can only be used to read a declared
 /// reference walk that finds cycles and undeclared names.
 pub fn variables_misused(program: &Program) -> bool {
     let (mut all, mut named) = (0usize, 0usize);
-    crate::cel::walk(program.expression(), &mut |e| match e {
+    crate::cel::walk(program.expression(), &mut |e| match &e.expr {
         Expr::Ident(i) if i == "variables" => all += 1,
         Expr::Select(s) if matches!(&s.operand.expr, Expr::Ident(i) if i == "variables") => {
             named += 1;
