@@ -138,35 +138,13 @@ impl Checker<'_> {
                     let xi = self.expr(x, at);
                     info.cost += xi.cost;
                     elem_size = elem_size.max(xi.size);
-                    let mut t = xi.ty;
-                    if l.optional_indices.contains(&i) {
-                        t = match t {
-                            Ty::Optional(inner) => *inner,
-                            Ty::Dyn => Ty::Dyn,
-                            other => {
-                                let xat = self.offset(x, at);
-                                self.error(
-                                    xat,
-                                    format!("an optional element `?x` must be an optional value, not {other}"),
-                                );
-                                Ty::Dyn
-                            }
-                        };
-                    }
-                    elem = match elem {
-                        None => Some(t),
-                        Some(prev) => match prev.join(&t) {
-                            Some(j) => Some(j),
-                            None => {
-                                let xat = self.offset(x, at);
-                                self.error(
-                                    xat,
-                                    format!("list elements must have one type: {prev} and {t} (wrap one in dyn() to mix them)"),
-                                );
-                                Some(Ty::Dyn)
-                            }
-                        },
+                    let xat = self.offset(x, at);
+                    let t = if l.optional_indices.contains(&i) {
+                        self.optional_value(xi.ty, xat, "an optional element `?x`")
+                    } else {
+                        xi.ty
                     };
+                    elem = Some(self.join_or_report(elem, t, xat, "list elements"));
                 }
                 info.ty = Ty::list(elem.unwrap_or(Ty::Dyn));
                 info.size = l.elements.len().max(1) as f64;
@@ -193,17 +171,11 @@ impl Checker<'_> {
                             format!("map keys must be int, uint, bool or string, not {}", k.ty),
                         );
                     }
-                    let mut vt = v.ty;
-                    if me.optional {
-                        vt = match vt {
-                            Ty::Optional(inner) => *inner,
-                            Ty::Dyn => Ty::Dyn,
-                            other => {
-                                self.error(kat, format!("an optional entry `?k: v` needs an optional value, not {other}"));
-                                Ty::Dyn
-                            }
-                        };
-                    }
+                    let vt = if me.optional {
+                        self.optional_value(v.ty, kat, "an optional entry `?k: v`")
+                    } else {
+                        v.ty
+                    };
                     key = Some(self.join_or_report(key, k.ty, kat, "map keys"));
                     value = Some(self.join_or_report(value, vt, kat, "map values"));
                 }
@@ -221,6 +193,19 @@ impl Checker<'_> {
             ),
             Expr::Comprehension(c) => self.comprehension(c, at),
             Expr::Unspecified => Info::new(Ty::Dyn),
+        }
+    }
+
+    /// The value inside `t`, which `what` (an optional element or entry)
+    /// must hold as an optional.
+    fn optional_value(&mut self, t: Ty, at: usize, what: &str) -> Ty {
+        match t {
+            Ty::Optional(inner) => *inner,
+            Ty::Dyn => Ty::Dyn,
+            other => {
+                self.error(at, format!("{what} must be an optional value, not {other}"));
+                Ty::Dyn
+            }
         }
     }
 
@@ -462,30 +447,28 @@ impl Checker<'_> {
         let args: Vec<Info> = c.args.iter().map(|a| self.expr(a, at)).collect();
         let children: f64 = recv.iter().chain(&args).map(|i| i.cost).sum();
         let mut info = self.resolve(&name, recv.as_ref(), &args, name_at);
-        if !info.ty.is_dyn() || self.decls.functions.contains_key(&name) {
-            let (cost, sizes) = cost::call(&name, recv.as_ref(), &args, &info.ty);
-            info.cost = cost;
-            info.size = sizes.0;
-            info.elem = sizes.1;
-            // The pieces of a string share its bytes; what a function makes
-            // of a list or a value holds no more than they did.
-            let first = recv.as_ref().or(args.first());
-            info.total = match name.as_str() {
-                "split" => first.map(|r| r.size),
-                "_+_" => Some(recv.iter().chain(&args).map(Info::total).sum()),
-                _ => first.and_then(|f| f.total),
-            };
-            // A literal count bounds the result: `s.split(",", 8)`,
-            // `lists.range(10)`.
-            let count = match c.args.last().map(|a| &a.expr) {
-                Some(Expr::Literal(LiteralValue::Int(n))) => Some(i64::from(*n).max(1) as f64),
-                _ => None,
-            };
-            match (name.as_str(), count) {
-                ("split", Some(n)) if args.len() == 2 => info.size = info.size.min(n),
-                ("lists.range", Some(n)) => info.size = n,
-                _ => {}
-            }
+        let (cost, sizes) = cost::call(&name, recv.as_ref(), &args, &info.ty);
+        info.cost = cost;
+        info.size = sizes.0;
+        info.elem = sizes.1;
+        // The pieces of a string share its bytes; what a function makes
+        // of a list or a value holds no more than they did.
+        let first = recv.as_ref().or(args.first());
+        info.total = match name.as_str() {
+            "split" => first.map(|r| r.size),
+            "_+_" => Some(recv.iter().chain(&args).map(Info::total).sum()),
+            _ => first.and_then(|f| f.total),
+        };
+        // A literal count bounds the result: `s.split(",", 8)`,
+        // `lists.range(10)`.
+        let count = match c.args.last().map(|a| &a.expr) {
+            Some(Expr::Literal(LiteralValue::Int(n))) => Some(i64::from(*n).max(1) as f64),
+            _ => None,
+        };
+        match (name.as_str(), count) {
+            ("split", Some(n)) if args.len() == 2 => info.size = info.size.min(n),
+            ("lists.range", Some(n)) => info.size = n,
+            _ => {}
         }
         info.cost += children;
         info
