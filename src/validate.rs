@@ -287,9 +287,8 @@ impl Lines {
         expression: &str,
         at: Option<usize>,
     ) -> (usize, Option<usize>) {
-        let line = self.find(location, Some(field), Some(expression));
         let Some(at) = at else {
-            return (line, None);
+            return (self.find(location, Some(field), Some(expression)), None);
         };
         let from = self.find(location, Some(field), None).saturating_sub(1);
         let file: Vec<(usize, usize, char)> = self.files[&location.path]
@@ -316,16 +315,16 @@ impl Lines {
         // Bounded work, however repetitive the text: past the budget the
         // column is left out.
         let mut budget: usize = 4_000_000;
-        for quote in [None, Some('\''), Some('"')] {
+        'search: for quote in [None, Some('\''), Some('"')] {
             for start in 0..file.len() {
                 match line_up(&file[start..], &want, target, quote, &mut budget) {
                     Ok(found) => return (found.0, Some(found.1)),
-                    Err(true) => return (line, None),
+                    Err(true) => break 'search,
                     Err(false) => {}
                 }
             }
         }
-        (line, None)
+        (self.find(location, Some(field), Some(expression)), None)
     }
 }
 
