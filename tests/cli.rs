@@ -718,18 +718,7 @@ fn spawn_serve(
 
 /// Waits up to 20 s for `serve` to exit; its exit status and output.
 fn refused(server: &mut common::ChildGuard) -> String {
-    let start = Instant::now();
-    loop {
-        if let Err(exited) = server.check_alive() {
-            return exited;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "serve did not refuse to start:\n{}",
-            server.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    server.wait_exit("serve refusing to start")
 }
 
 /// Waits up to 20 s for `/readyz` to answer 200; its JSON.

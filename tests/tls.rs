@@ -79,9 +79,9 @@ struct Server {
     grpc_port: u16,
 }
 
-/// `celgate serve` on the bundled policies with `extra` flags, once ready.
-fn start(dir: &Path, extra: &[&str]) -> Server {
-    let ports = free_ports(2);
+/// `celgate serve` on the bundled policies, unwatched, on `ports` (gRPC,
+/// HTTP), exporting no spans.
+fn serve_command(ports: &[u16]) -> Command {
     let mut cmd = Command::new(celgate_bin());
     cmd.arg("serve")
         .arg("--policies")
@@ -91,9 +91,15 @@ fn start(dir: &Path, extra: &[&str]) -> Server {
         .arg(loopback(ports[0]).to_string())
         .arg("--http-addr")
         .arg(loopback(ports[1]).to_string())
-        .args(extra)
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env("RUST_LOG", "info");
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+    cmd
+}
+
+/// `celgate serve` on the bundled policies with `extra` flags, once ready.
+fn start(dir: &Path, extra: &[&str]) -> Server {
+    let ports = free_ports(2);
+    let mut cmd = serve_command(&ports);
+    cmd.args(extra).env("RUST_LOG", "info");
     let mut child = ChildGuard::spawn("celgate", cmd, dir);
     let http = loopback(ports[1]);
     child.wait_until("celgate /readyz", || {
@@ -431,20 +437,11 @@ async fn a_silent_client_is_dropped_and_sigterm_exits_zero() {
     let key = write(dir.path(), "server.key", &key);
     let ports = free_ports(2);
     let mut child = Running(
-        Command::new(celgate_bin())
-            .arg("serve")
-            .arg("--policies")
-            .arg(common::repo_root().join("policies"))
-            .arg("--no-watch")
-            .arg("--grpc-addr")
-            .arg(loopback(ports[0]).to_string())
-            .arg("--http-addr")
-            .arg(loopback(ports[1]).to_string())
+        serve_command(&ports)
             .arg("--tls-cert")
             .arg(&cert)
             .arg("--tls-key")
             .arg(&key)
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap(),

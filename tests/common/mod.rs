@@ -187,6 +187,23 @@ impl ChildGuard {
         }
     }
 
+    /// Polls every 50 ms until the process exits, up to 20 s (`what` names
+    /// what was expected of it); its exit status and log.
+    pub fn wait_exit(&mut self, what: &str) -> String {
+        let start = std::time::Instant::now();
+        loop {
+            if let Err(exited) = self.check_alive() {
+                return exited;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "{what}: it did not exit\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Stops the process: SIGTERM, up to 2 s to exit, then SIGKILL. Idempotent.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
