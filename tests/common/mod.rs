@@ -449,12 +449,24 @@ pub struct EchoUpstream {
 
 impl EchoUpstream {
     pub async fn start() -> EchoUpstream {
+        Self::serve(axum::Router::new().fallback(echo)).await
+    }
+
+    /// An upstream standing in for an MCP server (Streamable HTTP): records every request as
+    /// [`EchoUpstream::start`] does, answers a JSON-RPC request with 200 and
+    /// `{"jsonrpc":"2.0","id":<its id>,"result":{"echo":<the record>}}`, a notification with 202
+    /// and no body, and anything else with the bare echo.
+    pub async fn start_json_rpc() -> EchoUpstream {
+        Self::serve(axum::Router::new().fallback(json_rpc)).await
+    }
+
+    async fn serve(app: axum::Router<Arc<Mutex<Vec<Value>>>>) -> EchoUpstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind upstream");
         let addr = listener.local_addr().expect("upstream addr");
         let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
-        let app = axum::Router::new().fallback(echo).with_state(seen.clone());
+        let app = app.with_state(seen.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -479,6 +491,30 @@ impl Drop for EchoUpstream {
 }
 
 async fn echo(State(seen): State<Arc<Mutex<Vec<Value>>>>, req: Request) -> Json<Value> {
+    Json(record(&seen, req).await)
+}
+
+async fn json_rpc(
+    State(seen): State<Arc<Mutex<Vec<Value>>>>,
+    req: Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let echoed = record(&seen, req).await;
+    let message: Value = echoed["body"]
+        .as_str()
+        .and_then(|b| serde_json::from_str(b).ok())
+        .unwrap_or(Value::Null);
+    match (message.get("method"), message.get("id")) {
+        (Some(_), Some(id)) => {
+            Json(json!({"jsonrpc": "2.0", "id": id, "result": {"echo": echoed}})).into_response()
+        }
+        (Some(_), None) => axum::http::StatusCode::ACCEPTED.into_response(),
+        _ => Json(echoed).into_response(),
+    }
+}
+
+/// Records what the upstream received and returns the record.
+async fn record(seen: &Mutex<Vec<Value>>, req: Request) -> Value {
     let (parts, body) = req.into_parts();
     let body: Bytes = axum::body::to_bytes(body, 16 * 1024 * 1024)
         .await
@@ -497,7 +533,7 @@ async fn echo(State(seen): State<Arc<Mutex<Vec<Value>>>>, req: Request) -> Json<
         "body": String::from_utf8_lossy(&body),
     });
     seen.lock().unwrap().push(echoed.clone());
-    Json(echoed)
+    echoed
 }
 
 /// Splits the query of `path_and_query` into (name, value) pairs, undecoded.
@@ -561,9 +597,18 @@ impl Gateway {
         celgate_args: &[&str],
         config: impl FnOnce(&Ports) -> String,
     ) -> Gateway {
+        Self::start_with(policies, celgate_args, EchoUpstream::start().await, config).await
+    }
+
+    /// [`Gateway::start`] in front of the given upstream.
+    pub async fn start_with(
+        policies: &Path,
+        celgate_args: &[&str],
+        upstream: EchoUpstream,
+        config: impl FnOnce(&Ports) -> String,
+    ) -> Gateway {
         let envoy_bin = locate_envoy();
         let dir = tempfile::tempdir().expect("tempdir");
-        let upstream = EchoUpstream::start().await;
 
         let p = free_ports(4);
         let ports = Ports {
@@ -674,7 +719,11 @@ impl Gateway {
             before + 1,
             "{method} {target} was allowed but did not reach the upstream exactly once"
         );
-        let seen = resp.json();
+        let answer = resp.json();
+        // A JSON-RPC upstream wraps its echo in the result.
+        let seen = answer["result"]["echo"]
+            .as_object()
+            .map_or(answer.clone(), |e| Value::Object(e.clone()));
         assert_eq!(
             Some(&seen),
             self.upstream.last().as_ref(),
