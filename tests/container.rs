@@ -543,6 +543,7 @@ fn every_shipped_envoy_config_validates_and_normalizes_paths() {
         "examples/demo/envoy.yaml",
         "examples/envoy/envoy.yaml",
         "examples/mcp-gateway/envoy.yaml",
+        "examples/mcp-gateway/oauth/envoy.yaml",
     ] {
         assert!(names.contains(&expected), "{expected} in {names:?}");
     }

@@ -7,7 +7,7 @@
 //!   paths, headers with non-UTF-8 bytes, `header_map` with `raw_value`,
 //!   bodies with JSON-RPC messages, then mutated at the byte level) →
 //!   decode → decision by every shipped policy set (`policies/`,
-//!   `examples/*/policies`). A message that cannot be read is never allowed;
+//!   `examples/*/policies`, `examples/*/*/policies`). A message that cannot be read is never allowed;
 //!   no evaluation panics (the server catches a panic and denies, so a
 //!   caught panic is reported here as a crash).
 //! * `policy_documents_load_or_refuse`: random and mutated policy documents
@@ -558,6 +558,9 @@ fn tokens() -> &'static [String] {
         let demo = mint(
             "{ key: examples/demo/keys/demo-issuer.pem, alg: ES256, claims: { iss: 'https://issuer.demo.celgate.dev/', aud: celgate-demo, sub: alice, roles: [reader, writer, admin] } }",
         );
+        let mcp = mint(
+            "{ key: examples/mcp-gateway/oauth/keys/auth-server.pem, alg: ES256, kid: auth-1, claims: { iss: 'https://auth.example.test', aud: 'https://mcp.example.test/mcp', sub: ann, scope: 'repo:read repo:admin' } }",
+        );
         let forged = mint(
             "{ key: tests/keys/rsa.pem, kid: issuer-1, claims: { iss: 'https://issuer.example.com/', aud: orders-api, sub: mallory, roles: [admin] } }",
         );
@@ -566,6 +569,7 @@ fn tokens() -> &'static [String] {
         vec![
             format!("Bearer {identity}"),
             format!("Bearer {demo}"),
+            format!("Bearer {mcp}"),
             format!("Bearer {forged}"),
             format!("bearer {truncated}"),
             "Bearer".into(),
@@ -580,12 +584,13 @@ fn header_value() -> BoxedStrategy<Vec<u8>> {
         3 => prop::sample::select(
             &[
                 "demo-key-alice", "demo-key-bob", "alice", "https://mcp.example.com/mcp",
-                "mcp:read mcp:write", "application/json", "true", "",
+                "mcp:read mcp:write", "https://mcp.example.test/mcp", "repo:read repo:admin",
+                "application/json", "true", "",
                 "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
             ][..]
         )
         .prop_map(|s| s.as_bytes().to_vec()),
-        2 => (0..7usize).prop_map(|i| tokens()[i].as_bytes().to_vec()),
+        2 => (0..tokens().len()).prop_map(|i| tokens()[i].as_bytes().to_vec()),
         1 => prop::collection::vec(any::<u8>(), 0..40),
         2 => "[ -~]{0,40}".prop_map(String::into_bytes),
     ]
@@ -714,27 +719,51 @@ fn check_bytes() -> BoxedStrategy<Vec<u8>> {
 fn shipped() -> &'static [(String, AuthzService)] {
     static SETS: OnceLock<Vec<(String, AuthzService)>> = OnceLock::new();
     SETS.get_or_init(|| {
-        // Only the shipped issuer's URL, whose key set is preloaded: a
+        // Only the shipped issuers' URLs, whose key sets are preloaded: a
         // generated policy cannot make the fuzzer reach the network.
+        const JWKS: [(&str, &str); 2] = [
+            (
+                "https://issuer.example.com/.well-known/jwks.json",
+                "examples/identity/keys/jwks.json",
+            ),
+            (
+                "https://auth.example.test/.well-known/jwks.json",
+                "examples/mcp-gateway/oauth/keys/jwks.json",
+            ),
+        ];
         celgate::identity::configure(celgate::identity::JwtConfig {
-            allowed_jwks_urls: vec!["https://issuer.example.com/.well-known/jwks.json".into()],
+            allowed_jwks_urls: JWKS.iter().map(|(url, _)| (*url).into()).collect(),
             ..Default::default()
         });
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let jwks = std::fs::read(root.join("examples/identity/keys/jwks.json")).unwrap();
-        celgate::identity::jwks::preload("https://issuer.example.com/.well-known/jwks.json", &jwks)
-            .unwrap();
+        for (url, file) in JWKS {
+            let jwks = std::fs::read(root.join(file)).unwrap();
+            celgate::identity::jwks::preload(url, &jwks).unwrap();
+        }
         let mut dirs = vec![root.join("policies")];
-        let mut examples: Vec<PathBuf> = std::fs::read_dir(root.join("examples"))
-            .unwrap()
-            .map(|e| e.unwrap().path().join("policies"))
+        // examples/*/policies and examples/*/*/policies (a variant of an example).
+        let subdirs = |d: &Path| -> Vec<PathBuf> {
+            std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.is_dir())
+                .collect()
+        };
+        let mut examples: Vec<PathBuf> = subdirs(&root.join("examples"))
+            .into_iter()
+            .flat_map(|d| {
+                let mut v = subdirs(&d);
+                v.push(d);
+                v
+            })
+            .map(|d| d.join("policies"))
             .filter(|p| p.is_dir())
             .collect();
         examples.sort();
         dirs.extend(examples);
         assert!(
-            dirs.len() >= 4,
-            "expected policies/ and examples/*/policies"
+            dirs.iter().any(|d| d.ends_with("mcp-gateway/oauth/policies")),
+            "expected policies/, examples/*/policies and examples/mcp-gateway/oauth/policies: {dirs:?}"
         );
         dirs.into_iter()
             .map(|d| {
@@ -1093,6 +1122,7 @@ fn policy_file() -> BoxedStrategy<(bool, Vec<u8>)> {
             "policies",
             "examples/demo/policies",
             "examples/mcp-gateway/policies",
+            "examples/mcp-gateway/oauth/policies",
         ] {
             for e in std::fs::read_dir(root.join(dir)).unwrap() {
                 let p = e.unwrap().path();
