@@ -48,7 +48,7 @@ pub fn check(
     allow_empty: bool,
     request: &Path,
     explain: bool,
-    failure_status: i32,
+    config: EngineConfig,
 ) -> anyhow::Result<ExitCode> {
     let set = match PolicySet::load(policies) {
         Ok(set) => set,
@@ -91,10 +91,6 @@ pub fn check(
             say!("celgate: {}: not a CheckRequest: {e}", request.display());
             return Ok(ExitCode::from(USAGE));
         }
-    };
-    let config = EngineConfig {
-        failure_status,
-        ..Default::default()
     };
     let (d, traces) = engine::evaluate_traced(&set, &config, &req);
     let json = serde_json::to_string_pretty(&decision::response_json(&d.response))?;
