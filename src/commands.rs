@@ -164,10 +164,23 @@ pub fn test(paths: &[PathBuf], filter: Option<&str>, junit: bool) -> ExitCode {
             .name
             .clone()
             .unwrap_or_else(|| file.display().to_string());
-        let result = suite::run(&file, &doc);
-        // Also on stderr: the report may go to a file (JUnit).
+        let mut notes = Vec::new();
+        let result = suite::run_noting(&file, &doc, &mut notes);
+        // On stderr, as `check` says them: the report may go to a file (JUnit).
+        // The error names the suite's file; a suite without a name of its
+        // own is not named twice.
+        let suite = match &doc.metadata.name {
+            Some(n) => format!("suite {n}"),
+            None => "suite".to_owned(),
+        };
+        for note in &notes {
+            match &doc.metadata.name {
+                Some(n) => say!("celgate: warning: suite {n} ({}): {note}", file.display()),
+                None => say!("celgate: warning: {}: {note}", file.display()),
+            }
+        }
         if let Err(e) = &result {
-            say!("celgate: suite {name} did not run: {}", e.summary());
+            say!("celgate: {suite} did not run: {}", e.summary());
         }
         runs.push(suite::SuiteRun { file, name, result });
     }

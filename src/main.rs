@@ -664,11 +664,17 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
         tracing::info!(policy = %p.name, file = %p.location.path.display(), "policy loaded");
     }
     // With --kube the cluster's objects count too: checked after the sync.
-    if set.policies.is_empty() && !args.policies.allow_empty && !args.kube {
-        anyhow::bail!(
-            "refusing to start: {}: {}",
-            list_paths(&paths),
-            celgate::sources::EMPTY_SET
+    if set.policies.is_empty() && !args.kube {
+        if !args.policies.allow_empty {
+            anyhow::bail!(
+                "refusing to start: {}: {}",
+                list_paths(&paths),
+                celgate::sources::EMPTY_SET
+            );
+        }
+        tracing::warn!(
+            "{}: no Envoy-mode ValidatingPolicy, every request is allowed (accepted: --allow-empty)",
+            list_paths(&paths)
         );
     }
     celgate::telemetry::metrics::global().set_enabled(!args.no_metrics);
@@ -802,11 +808,18 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
             )
             .await
         })?;
-        if state.policies.load().policies.is_empty() && !args.policies.allow_empty {
-            anyhow::bail!(
-                "refusing to start: {} and Kubernetes: {}",
-                list_paths(&sources.paths),
-                celgate::sources::EMPTY_SET
+        if state.policies.load().policies.is_empty() {
+            if !args.policies.allow_empty {
+                anyhow::bail!(
+                    "refusing to start: {} and Kubernetes: {}",
+                    list_paths(&sources.paths),
+                    celgate::sources::EMPTY_SET
+                );
+            }
+            tracing::warn!(
+                "{} and Kubernetes: no Envoy-mode ValidatingPolicy, every request is allowed \
+                 (accepted: --allow-empty)",
+                list_paths(&sources.paths)
             );
         }
         // Broken Kubernetes objects do not stop the start (they are left out

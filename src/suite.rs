@@ -281,6 +281,16 @@ pub fn is_test_doc(v: &serde_json::Value) -> bool {
 
 /// Runs one suite.
 pub fn run(path: &Path, doc: &TestDoc) -> Result<Vec<CaseResult>, SuiteError> {
+    run_noting(path, doc, &mut Vec::new())
+}
+
+/// As [`run`], adding to `notes` what the user should know although the
+/// suite runs (its policies hold no Envoy-mode policy, under `allowEmpty`).
+pub fn run_noting(
+    path: &Path,
+    doc: &TestDoc,
+    notes: &mut Vec<String>,
+) -> Result<Vec<CaseResult>, SuiteError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let invalid = |message: String| SuiteError::Invalid {
         path: path.to_path_buf(),
@@ -306,12 +316,15 @@ pub fn run(path: &Path, doc: &TestDoc) -> Result<Vec<CaseResult>, SuiteError> {
         path: path.to_path_buf(),
         errors,
     })?;
-    if set.policies.is_empty() && !doc.allow_empty {
-        return Err(invalid(format!(
-            "{}; refused, as `serve` refuses to start with none (`allowEmpty: true` in the \
-             suite accepts an empty set)",
-            crate::policy::no_envoy_policy(&policy_paths)
-        )));
+    if set.policies.is_empty() {
+        let what = crate::policy::no_envoy_policy(&policy_paths);
+        if !doc.allow_empty {
+            return Err(invalid(format!(
+                "{what}; refused, as `serve` refuses to start with none (`allowEmpty: true` in \
+                 the suite accepts an empty set)"
+            )));
+        }
+        notes.push(format!("{what} (accepted: `allowEmpty: true`)"));
     }
     let defaults = EngineConfig::default();
     let config = EngineConfig {
@@ -463,8 +476,22 @@ pub fn compare(e: &Expect, d: &Decision) -> Vec<String> {
 #[derive(Debug)]
 pub struct SuiteRun {
     pub file: PathBuf,
+    /// `metadata.name`, else the file's path.
     pub name: String,
     pub result: Result<Vec<CaseResult>, SuiteError>,
+}
+
+impl SuiteRun {
+    /// The suite's name and, when it has one of its own, its file
+    /// (`name (file)`); the file alone otherwise, not twice.
+    pub fn label(&self) -> String {
+        let file = self.file.display().to_string();
+        if self.name == file {
+            file
+        } else {
+            format!("{}  ({file})", self.name)
+        }
+    }
 }
 
 /// Totals over a set of runs.
@@ -550,16 +577,16 @@ pub fn render_table(runs: &[SuiteRun]) -> String {
             match &r.result {
                 Ok(cases) => {
                     for c in cases.iter().filter(|c| !c.passed()) {
-                        let _ = writeln!(out, "  {} › {}  ({})", r.name, c.case, r.file.display());
+                        if r.name == r.file.display().to_string() {
+                            let _ = writeln!(out, "  {} › {}", r.name, c.case);
+                        } else {
+                            let _ =
+                                writeln!(out, "  {} › {}  ({})", r.name, c.case, r.file.display());
+                        }
                     }
                 }
                 Err(_) => {
-                    let _ = writeln!(
-                        out,
-                        "  {}  ({}): suite did not run",
-                        r.name,
-                        r.file.display()
-                    );
+                    let _ = writeln!(out, "  {}: suite did not run", r.label());
                 }
             }
         }
