@@ -297,7 +297,8 @@ fn run_policies(
                     "policy error: request denied (failurePolicy: Fail)"
                 );
                 set_outcome(&mut t, "error (denied)");
-                let mut d = failure_decision_for(config, FailureReason::Evaluation, Some(&policy.name), e);
+                let mut d =
+                    failure_decision_for(config, FailureReason::Evaluation, Some(&policy.name), e);
                 d.evaluated = evaluated;
                 (PolicyOutcome::Error, Some(d))
             }

@@ -751,12 +751,37 @@ mod tests {
     #[test]
     fn every_map_and_list_field_reads_empty_as_none_and_a_value_exactly() {
         let fields = [
-            ("headers", json!({}), json!({ "x-a": "1" }), json!({ "x-a": "9" })),
-            ("removedHeaders", json!([]), json!(["cookie"]), json!(["cookie", "x"])),
-            ("responseHeaders", json!({}), json!({ "x-r": "2" }), json!({ "x-r": "2", "x": "y" })),
-            ("queryParams", json!({}), json!({ "q": "3" }), json!({ "q": "4" })),
+            (
+                "headers",
+                json!({}),
+                json!({ "x-a": "1" }),
+                json!({ "x-a": "9" }),
+            ),
+            (
+                "removedHeaders",
+                json!([]),
+                json!(["cookie"]),
+                json!(["cookie", "x"]),
+            ),
+            (
+                "responseHeaders",
+                json!({}),
+                json!({ "x-r": "2" }),
+                json!({ "x-r": "2", "x": "y" }),
+            ),
+            (
+                "queryParams",
+                json!({}),
+                json!({ "q": "3" }),
+                json!({ "q": "4" }),
+            ),
             ("removedQueryParams", json!([]), json!(["debug"]), json!([])),
-            ("metadata", json!({}), json!({ "user": "alice" }), json!({ "user": "bob" })),
+            (
+                "metadata",
+                json!({}),
+                json!({ "user": "alice" }),
+                json!({ "user": "bob" }),
+            ),
         ];
         for (field, empty, exact, wrong) in fields {
             let case = |value: serde_json::Value| expect(json!({ field: value })).unwrap();
@@ -764,12 +789,20 @@ mod tests {
             assert_eq!(compare(&absent, &bare()), Vec::<String>::new(), "{field}");
             assert_eq!(compare(&absent, &full()), Vec::<String>::new(), "{field}");
             for none in [empty.clone(), serde_json::Value::Null] {
-                assert_eq!(compare(&case(none.clone()), &bare()), Vec::<String>::new(), "{field}: {none}");
+                assert_eq!(
+                    compare(&case(none.clone()), &bare()),
+                    Vec::<String>::new(),
+                    "{field}: {none}"
+                );
                 let f = compare(&case(none.clone()), &full());
                 assert_eq!(f.len(), 1, "{field}: {none} must mean none: {f:?}");
                 assert!(f[0].starts_with(&format!("{field}: expected ")), "{f:?}");
             }
-            assert_eq!(compare(&case(exact.clone()), &full()), Vec::<String>::new(), "{field}");
+            assert_eq!(
+                compare(&case(exact.clone()), &full()),
+                Vec::<String>::new(),
+                "{field}"
+            );
             assert_eq!(compare(&case(exact), &bare()).len(), 1, "{field}");
             assert_eq!(compare(&case(wrong), &full()).len(), 1, "{field}");
         }

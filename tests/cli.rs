@@ -162,7 +162,10 @@ fn check_shows_the_failure_denial_serve_sends() {
         d["headers"],
         serde_json::json!([{"key": "x-celgate-failure", "value": "evaluation"}])
     );
-    assert_eq!(d["body"], "request denied: a policy could not be evaluated\n");
+    assert_eq!(
+        d["body"],
+        "request denied: a policy could not be evaluated\n"
+    );
     let d = run(&["--failure-header", "X-Why", "--failure-body", "{}"], &[]);
     assert_eq!(
         d["headers"],
@@ -173,7 +176,11 @@ fn check_shows_the_failure_denial_serve_sends() {
         &[],
         &[("CELGATE_FAILURE_HEADER", ""), ("CELGATE_FAILURE_BODY", "")],
     );
-    assert_eq!(d, serde_json::json!({"status": {"code": 403}}), "no header, no body");
+    assert_eq!(
+        d,
+        serde_json::json!({"status": {"code": 403}}),
+        "no header, no body"
+    );
     let d = run(&["--failure-header="], &[]);
     assert!(d.get("headers").is_none(), "{d}");
 
@@ -379,14 +386,16 @@ fn errors_name_the_file_once() {
     let o = celgate(&["test", unnamed], None);
     assert_eq!(o.code, 1, "{}", o.stderr);
     assert!(
-        o.stderr
-            .starts_with(&format!("celgate: suite did not run: {unnamed}: its policies do not load")),
+        o.stderr.starts_with(&format!(
+            "celgate: suite did not run: {unnamed}: its policies do not load"
+        )),
         "{}",
         o.stderr
     );
     assert_eq!(o.stderr.matches(unnamed).count(), 1, "{}", o.stderr);
     assert!(
-        o.stdout.ends_with(&format!("failed:\n  {unnamed}: suite did not run\n")),
+        o.stdout
+            .ends_with(&format!("failed:\n  {unnamed}: suite did not run\n")),
         "{}",
         o.stdout
     );
@@ -885,7 +894,9 @@ fn serve_with_allow_empty_serves_an_empty_set_and_loads_a_late_path() {
     server.stop();
     let log = server.log_tail();
     assert!(
-        log.contains("no Envoy-mode ValidatingPolicy, every request is allowed (accepted: --allow-empty)"),
+        log.contains(
+            "no Envoy-mode ValidatingPolicy, every request is allowed (accepted: --allow-empty)"
+        ),
         "serve says it serves nothing:\n{log}"
     );
 

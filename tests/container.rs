@@ -589,7 +589,9 @@ fn listen_addresses(v: &Value, out: &mut Vec<String>) {
         Value::Object(m) => {
             // Listener and admin `address:` blocks; a cluster's endpoints are
             // where Envoy connects, not where it listens.
-            if let Some(a) = m.get("address").and_then(|a| a["socket_address"]["address"].as_str())
+            if let Some(a) = m
+                .get("address")
+                .and_then(|a| a["socket_address"]["address"].as_str())
             {
                 out.push(a.to_owned());
             }

@@ -227,7 +227,11 @@ fn the_failure_denial_is_marked_by_default_and_carries_nothing_of_the_error() {
         let error = d.error.as_ref().expect("an evaluation error");
         // The error is there to be read on one's own machine...
         if path != "/int" {
-            assert!(error.detailed().contains(SECRET), "{path}: {}", error.detailed());
+            assert!(
+                error.detailed().contains(SECRET),
+                "{path}: {}",
+                error.detailed()
+            );
         }
         // ... and none of it, nor the policy's name, reaches the client.
         let (status, headers, body) = client_view(&d);
@@ -239,7 +243,10 @@ fn the_failure_denial_is_marked_by_default_and_carries_nothing_of_the_error() {
         );
         assert_eq!(body, "request denied: a policy could not be evaluated\n");
         let seen = format!("{headers:?}{body}");
-        assert!(!seen.contains(SECRET) && !seen.contains("secret-policy"), "{seen}");
+        assert!(
+            !seen.contains(SECRET) && !seen.contains("secret-policy"),
+            "{seen}"
+        );
     }
 }
 
@@ -283,7 +290,10 @@ fn every_failure_reason_has_its_own_fixed_marker_and_body() {
             403
         };
         assert_eq!(status, expected_status, "{reason:?}");
-        assert_eq!(headers[0], ("x-celgate-failure".into(), reason.as_str().into()));
+        assert_eq!(
+            headers[0],
+            ("x-celgate-failure".into(), reason.as_str().into())
+        );
         assert_eq!(body, reason.default_body());
         assert!(body.starts_with("request denied: ") && !body.contains(SECRET));
         assert!(seen.insert(reason.as_str()), "one word per reason");
@@ -301,7 +311,16 @@ fn failure_header_names_are_checked_and_lower_cased() {
     assert_eq!(name("X-Why").unwrap().as_deref(), Some("x-why"));
     assert_eq!(name("").unwrap(), None);
     assert_eq!(name("  ").unwrap(), None);
-    for bad in ["x why", "x:y", ":status", "x\r\nset-cookie: a", "é", "content-length", "Host", "retry-after"] {
+    for bad in [
+        "x why",
+        "x:y",
+        ":status",
+        "x\r\nset-cookie: a",
+        "é",
+        "content-length",
+        "Host",
+        "retry-after",
+    ] {
         assert!(name(bad).is_err(), "{bad:?}");
     }
 }

@@ -97,7 +97,11 @@ async fn scenario(h: Gateway) {
         .denied(403, "GET", "/api/items", &[("x-api-key", "wrong")], None)
         .await;
     assert_eq!(resp.text(), "invalid api key", "denial body");
-    assert_eq!(resp.header("x-celgate-failure"), None, "a policy's own denial");
+    assert_eq!(
+        resp.header("x-celgate-failure"),
+        None,
+        "a policy's own denial"
+    );
 
     // 4. /api/ with a good key: allowed; the upstream gets x-user and not the key; the client
     //    response carries x-celgate.

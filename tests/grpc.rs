@@ -519,8 +519,7 @@ async fn every_check_is_answered_with_a_decision() {
             _ => None,
         }
     };
-    let is_failure_denial =
-        |r: &CheckResponse| failure_denial(r).as_deref() == Some("evaluation");
+    let is_failure_denial = |r: &CheckResponse| failure_denial(r).as_deref() == Some("evaluation");
     let is_unreadable_denial =
         |r: &CheckResponse| failure_denial(r).as_deref() == Some("unreadable");
     let unreadable = decisions(http_addr, "unreadable").await;
