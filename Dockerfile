@@ -26,7 +26,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/celgate /usr/local/bin/celgate
 COPY policies/*.yaml /etc/celgate/policies/
-# Listen on every interface inside the container; logs as JSON lines.
+# Listen on every interface inside the container (the binary's defaults are
+# loopback, which nothing outside the container reaches); logs as JSON lines.
 ENV CELGATE_POLICIES=/etc/celgate/policies \
     CELGATE_GRPC_ADDR=0.0.0.0:9191 \
     CELGATE_HTTP_ADDR=0.0.0.0:9192 \

@@ -48,7 +48,7 @@ pub fn check(
     allow_empty: bool,
     request: &Path,
     explain: bool,
-    failure_status: i32,
+    config: EngineConfig,
 ) -> anyhow::Result<ExitCode> {
     let set = match PolicySet::load(policies) {
         Ok(set) => set,
@@ -91,10 +91,6 @@ pub fn check(
             say!("celgate: {}: not a CheckRequest: {e}", request.display());
             return Ok(ExitCode::from(USAGE));
         }
-    };
-    let config = EngineConfig {
-        failure_status,
-        ..Default::default()
     };
     let (d, traces) = engine::evaluate_traced(&set, &config, &req);
     let json = serde_json::to_string_pretty(&decision::response_json(&d.response))?;
@@ -168,10 +164,23 @@ pub fn test(paths: &[PathBuf], filter: Option<&str>, junit: bool) -> ExitCode {
             .name
             .clone()
             .unwrap_or_else(|| file.display().to_string());
-        let result = suite::run(&file, &doc);
-        // Also on stderr: the report may go to a file (JUnit).
+        let mut notes = Vec::new();
+        let result = suite::run_noting(&file, &doc, &mut notes);
+        // On stderr, as `check` says them: the report may go to a file (JUnit).
+        // The error names the suite's file; a suite without a name of its
+        // own is not named twice.
+        let suite = match &doc.metadata.name {
+            Some(n) => format!("suite {n}"),
+            None => "suite".to_owned(),
+        };
+        for note in &notes {
+            match &doc.metadata.name {
+                Some(n) => say!("celgate: warning: suite {n} ({}): {note}", file.display()),
+                None => say!("celgate: warning: {}: {note}", file.display()),
+            }
+        }
         if let Err(e) = &result {
-            say!("celgate: suite {name} did not run: {}", e.summary());
+            say!("celgate: {suite} did not run: {}", e.summary());
         }
         runs.push(suite::SuiteRun { file, name, result });
     }

@@ -9,7 +9,7 @@
 //! could be configured to let through); under `Ignore` the policy says nothing.
 
 use crate::cel::convert::to_json;
-use crate::cel::envoy::{CheckResponse, DeniedResponse, OkResponse, Outcome};
+use crate::cel::envoy::{CheckResponse, DeniedResponse, HeaderOption, OkResponse, Outcome};
 use crate::cel::view::Node;
 pub use crate::cel::ErrorKind;
 use crate::policy::{Expression, FailurePolicy, NamedProgram, Policy, PolicySet};
@@ -23,22 +23,139 @@ use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::OnceLock;
 
-/// How the engine answers when a policy fails to evaluate.
+/// How celgate answers a request it could not decide: the failure denial.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// HTTP status of the denial sent when a `failurePolicy: Fail` policy errors.
+    /// HTTP status of the failure denial (every [`FailureReason`] but
+    /// [`FailureReason::Overload`], which is always 503 with `retry-after`).
     pub failure_status: i32,
-    /// Body of that denial. The error itself is logged, never sent to clients.
-    pub failure_body: String,
+    /// Body of every denial celgate makes on its own; `None`: the reason's
+    /// own short text ([`FailureReason::default_body`]). The error itself is
+    /// logged, never sent to clients.
+    pub failure_body: Option<String>,
+    /// Response header naming the [`FailureReason`] on those denials, so a
+    /// client can tell them from a policy's deliberate denial; `None`: no
+    /// header. A valid name in lower case ([`failure_header_name`]).
+    pub failure_header: Option<String>,
 }
+
+/// Default name of the header that marks celgate's own denials.
+pub const DEFAULT_FAILURE_HEADER: &str = "x-celgate-failure";
+/// Default status of the failure denial.
+pub const DEFAULT_FAILURE_STATUS: i32 = 403;
 
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            failure_status: 403,
-            failure_body: String::new(),
+            failure_status: DEFAULT_FAILURE_STATUS,
+            failure_body: None,
+            failure_header: Some(DEFAULT_FAILURE_HEADER.to_owned()),
         }
     }
+}
+
+impl EngineConfig {
+    /// The body of a denial for `reason`.
+    pub fn failure_body(&self, reason: FailureReason) -> String {
+        match &self.failure_body {
+            Some(b) => b.clone(),
+            None => reason.default_body().to_owned(),
+        }
+    }
+
+    /// The marker header of a denial for `reason`, if one is configured.
+    pub fn failure_headers(&self, reason: FailureReason) -> Vec<HeaderOption> {
+        self.failure_header
+            .iter()
+            .map(|name| HeaderOption {
+                key: name.clone(),
+                value: reason.as_str().to_owned(),
+                keep_empty_value: false,
+            })
+            .collect()
+    }
+}
+
+/// Why celgate denied a request on its own rather than by a policy's
+/// answer: the value of the failure header. A closed set of fixed words:
+/// nothing of the request, the error or the policy reaches the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReason {
+    /// A `failurePolicy: Fail` policy could not be evaluated.
+    Evaluation,
+    /// The `CheckRequest` could not be read (too large, malformed, too slow).
+    Unreadable,
+    /// No decision within the decision deadline.
+    Timeout,
+    /// An error of celgate's own (a panic caught on the request path).
+    Internal,
+    /// The decision queue was full (503, `retry-after: 1`).
+    Overload,
+}
+
+impl FailureReason {
+    pub const ALL: [FailureReason; 5] = [
+        FailureReason::Evaluation,
+        FailureReason::Unreadable,
+        FailureReason::Timeout,
+        FailureReason::Internal,
+        FailureReason::Overload,
+    ];
+
+    /// The header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::Evaluation => "evaluation",
+            FailureReason::Unreadable => "unreadable",
+            FailureReason::Timeout => "timeout",
+            FailureReason::Internal => "internal",
+            FailureReason::Overload => "overload",
+        }
+    }
+
+    /// The body sent when `--failure-body` is not given.
+    pub fn default_body(self) -> &'static str {
+        match self {
+            FailureReason::Evaluation => "request denied: a policy could not be evaluated\n",
+            FailureReason::Unreadable => "request denied: the request could not be read\n",
+            FailureReason::Timeout => "request denied: no decision in time\n",
+            FailureReason::Internal => "request denied: internal error\n",
+            FailureReason::Overload => "request denied: too many requests pending, retry later\n",
+        }
+    }
+}
+
+/// A `--failure-header` value as it is used: lower case, `None` for an
+/// empty value (no header). Refused: anything that is not an HTTP field
+/// name (RFC 9110 token), pseudo-headers, and the names that frame or route
+/// a message, which a proxy must not take from ext_authz.
+pub fn failure_header_name(name: &str) -> Result<Option<String>, String> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Ok(None);
+    }
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if !name.chars().all(token) {
+        return Err(format!(
+            "{name:?} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only)"
+        ));
+    }
+    let name = name.to_ascii_lowercase();
+    const RESERVED: [&str; 9] = [
+        "connection",
+        "content-length",
+        "host",
+        "keep-alive",
+        "proxy-connection",
+        "retry-after",
+        "te",
+        "transfer-encoding",
+        "upgrade",
+    ];
+    if RESERVED.contains(&name.as_str()) {
+        return Err(format!("{name} is a header celgate may not set"));
+    }
+    Ok(Some(name))
 }
 
 /// The answer for one request.
@@ -180,7 +297,8 @@ fn run_policies(
                     "policy error: request denied (failurePolicy: Fail)"
                 );
                 set_outcome(&mut t, "error (denied)");
-                let mut d = failure_decision_for(config, Some(&policy.name), e);
+                let mut d =
+                    failure_decision_for(config, FailureReason::Evaluation, Some(&policy.name), e);
                 d.evaluated = evaluated;
                 (PolicyOutcome::Error, Some(d))
             }
@@ -212,27 +330,48 @@ fn run_policies(
 /// the server's own (a panic, an undecodable request, a deadline). `error`
 /// is celgate's own fixed description, never text taken from the request:
 /// it is logged, traced and written to the decision log as it is (cut to
-/// [`SERVER_ERROR_MAX`] bytes).
-pub fn failure_decision(config: &EngineConfig, policy: Option<&str>, error: String) -> Decision {
-    failure_decision_for(config, policy, EvalError::server(error))
+/// [`SERVER_ERROR_MAX`] bytes); the client sees only `reason`.
+pub fn failure_decision(config: &EngineConfig, reason: FailureReason, error: String) -> Decision {
+    failure_decision_for(config, reason, None, EvalError::server(error))
 }
 
-/// The explicit denial sent when evaluation fails under `failurePolicy: Fail`.
+/// The failure denial: `config`'s status (503 for [`FailureReason::Overload`]),
+/// body and marker header. `policy` names the policy that failed to
+/// evaluate; `error` says why, for the logs only.
 pub fn failure_decision_for(
     config: &EngineConfig,
+    reason: FailureReason,
     policy: Option<&str>,
     error: EvalError,
 ) -> Decision {
+    let status = match reason {
+        FailureReason::Overload => OVERLOAD_STATUS,
+        _ => config.failure_status,
+    };
+    let mut headers = config.failure_headers(reason);
+    if reason == FailureReason::Overload {
+        headers.push(HeaderOption {
+            key: "retry-after".into(),
+            value: "1".into(),
+            keep_empty_value: false,
+        });
+    }
     Decision {
         response: CheckResponse {
             outcome: Outcome::Denied(DeniedResponse {
-                status: config.failure_status,
-                headers: Vec::new(),
-                body: config.failure_body.clone(),
+                status,
+                headers,
+                body: config.failure_body(reason),
             }),
-            message: match policy {
-                Some(p) => format!("policy {p} failed to evaluate"),
-                None => "policy evaluation failed".to_owned(),
+            message: match (reason, policy) {
+                (FailureReason::Evaluation, Some(p)) => format!("policy {p} failed to evaluate"),
+                (FailureReason::Evaluation, None) => "policy evaluation failed".to_owned(),
+                (FailureReason::Unreadable, _) => "the request cannot be read".to_owned(),
+                (FailureReason::Timeout, _) => "decision deadline exceeded".to_owned(),
+                (FailureReason::Internal, _) => "internal error".to_owned(),
+                (FailureReason::Overload, _) => {
+                    "celgate overloaded: too many pending decisions".to_owned()
+                }
             },
             metadata: None,
         },
@@ -242,6 +381,11 @@ pub fn failure_decision_for(
         evaluated: 0,
     }
 }
+
+/// HTTP status of the overload denial: the server, not the client, is out of
+/// capacity, and 503 is what Envoy's retry policies (`5xx`,
+/// `retriable-status-codes`) and clients treat as "try again, maybe elsewhere".
+pub const OVERLOAD_STATUS: i32 = 503;
 
 fn set_outcome(t: &mut Option<PolicyTrace>, outcome: &str) {
     if let Some(t) = t {
@@ -814,7 +958,11 @@ mod tests {
 
     #[test]
     fn server_errors_keep_their_own_description_cut_short() {
-        let d = failure_decision(&EngineConfig::default(), None, "x".repeat(1000));
+        let d = failure_decision(
+            &EngineConfig::default(),
+            FailureReason::Internal,
+            "x".repeat(1000),
+        );
         let e = d.error.unwrap();
         assert_eq!(e.kind, ErrorKind::Server);
         assert!(e.summary().starts_with("server: xxx"));

@@ -187,9 +187,51 @@ struct CheckArgs {
     /// evaluated and their values, and which policy decided.
     #[arg(long)]
     explain: bool,
-    /// HTTP status of the denial when a failurePolicy: Fail policy cannot be evaluated.
-    #[arg(long, env = "CELGATE_FAILURE_STATUS", default_value_t = 403, value_parser = clap::value_parser!(i32).range(300..=599))]
+    #[command(flatten)]
+    failure: FailureArgs,
+}
+
+/// The failure denial: what a client gets when celgate cannot decide.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Failure denial")]
+struct FailureArgs {
+    /// HTTP status of the failure denial: the answer when a failurePolicy: Fail
+    /// policy cannot be evaluated, the request cannot be read, or no decision
+    /// is made in time. celgate never answers such a request with a gRPC
+    /// error, so it fails closed even when Envoy is set to fail open. (A full
+    /// decision queue is always 503 with retry-after: 1.)
+    #[arg(long, env = "CELGATE_FAILURE_STATUS", default_value_t = celgate::engine::DEFAULT_FAILURE_STATUS, value_parser = clap::value_parser!(i32).range(300..=599))]
     failure_status: i32,
+    /// Body of every denial celgate makes on its own (the failure denial and
+    /// the overload denial). Default: a short sentence per reason, e.g.
+    /// "request denied: a policy could not be evaluated". The error itself is
+    /// logged, never sent to the client.
+    #[arg(long, env = "CELGATE_FAILURE_BODY", value_name = "TEXT")]
+    failure_body: Option<String>,
+    /// Response header that marks those denials with their reason, so a client
+    /// can tell them from a policy's own denial: evaluation, unreadable,
+    /// timeout, internal or overload (nothing else: no error text, no policy
+    /// name). An empty value sends no header.
+    #[arg(long, env = "CELGATE_FAILURE_HEADER", value_name = "NAME", default_value = celgate::engine::DEFAULT_FAILURE_HEADER, value_parser = parse_failure_header)]
+    failure_header: FailureHeader,
+}
+
+/// A checked `--failure-header`: `None` for no header.
+#[derive(Debug, Clone)]
+struct FailureHeader(Option<String>);
+
+fn parse_failure_header(s: &str) -> Result<FailureHeader, String> {
+    celgate::engine::failure_header_name(s).map(FailureHeader)
+}
+
+impl FailureArgs {
+    fn config(&self) -> EngineConfig {
+        EngineConfig {
+            failure_status: self.failure_status,
+            failure_body: self.failure_body.clone(),
+            failure_header: self.failure_header.0.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -320,14 +362,6 @@ struct ServeArgs {
         value_parser = parse_san
     )]
     tls_client_san: Vec<celgate::server::tls::SanPattern>,
-    /// HTTP status of the denial sent when a `failurePolicy: Fail` policy cannot be
-    /// evaluated. celgate never answers such a request with a gRPC error, so a policy
-    /// bug fails closed even when Envoy is set to fail open.
-    #[arg(long, env = "CELGATE_FAILURE_STATUS", default_value_t = 403, value_parser = clap::value_parser!(i32).range(300..=599))]
-    failure_status: i32,
-    /// Body of that denial (the error itself is logged, never sent to the client).
-    #[arg(long, env = "CELGATE_FAILURE_BODY", default_value = "")]
-    failure_body: String,
     /// The largest CheckRequest read, in bytes (the whole protobuf message:
     /// headers, body and every other attribute). A larger one is answered
     /// with the failure denial (--failure-status) without being read further.
@@ -419,6 +453,8 @@ struct ServeArgs {
     /// shows only the policy set and reload series).
     #[arg(long, env = "CELGATE_NO_METRICS")]
     no_metrics: bool,
+    #[command(flatten)]
+    failure: FailureArgs,
     #[command(flatten)]
     identity: IdentityArgs,
 }
@@ -547,7 +583,7 @@ fn main() -> ExitCode {
                 args.policies.allow_empty,
                 &args.request,
                 args.explain,
-                args.failure_status,
+                args.failure.config(),
             )
         }
         Command::Validate(args) => {
@@ -628,11 +664,17 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
         tracing::info!(policy = %p.name, file = %p.location.path.display(), "policy loaded");
     }
     // With --kube the cluster's objects count too: checked after the sync.
-    if set.policies.is_empty() && !args.policies.allow_empty && !args.kube {
-        anyhow::bail!(
-            "refusing to start: {}: {}",
-            list_paths(&paths),
-            celgate::sources::EMPTY_SET
+    if set.policies.is_empty() && !args.kube {
+        if !args.policies.allow_empty {
+            anyhow::bail!(
+                "refusing to start: {}: {}",
+                list_paths(&paths),
+                celgate::sources::EMPTY_SET
+            );
+        }
+        tracing::warn!(
+            "{}: no Envoy-mode ValidatingPolicy, every request is allowed (accepted: --allow-empty)",
+            list_paths(&paths)
         );
     }
     celgate::telemetry::metrics::global().set_enabled(!args.no_metrics);
@@ -709,10 +751,7 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
     };
     let state = State::with_options(
         set,
-        EngineConfig {
-            failure_status: args.failure_status,
-            failure_body: args.failure_body,
-        },
+        args.failure.config(),
         celgate::server::ServeOptions {
             trace_policies: args.trace_policies,
             decision_log,
@@ -769,11 +808,18 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
             )
             .await
         })?;
-        if state.policies.load().policies.is_empty() && !args.policies.allow_empty {
-            anyhow::bail!(
-                "refusing to start: {} and Kubernetes: {}",
-                list_paths(&sources.paths),
-                celgate::sources::EMPTY_SET
+        if state.policies.load().policies.is_empty() {
+            if !args.policies.allow_empty {
+                anyhow::bail!(
+                    "refusing to start: {} and Kubernetes: {}",
+                    list_paths(&sources.paths),
+                    celgate::sources::EMPTY_SET
+                );
+            }
+            tracing::warn!(
+                "{} and Kubernetes: no Envoy-mode ValidatingPolicy, every request is allowed \
+                 (accepted: --allow-empty)",
+                list_paths(&sources.paths)
             );
         }
         // Broken Kubernetes objects do not stop the start (they are left out

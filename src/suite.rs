@@ -34,9 +34,18 @@ pub struct TestDoc {
     #[serde(default)]
     pub metadata: TestMeta,
     pub policies: Vec<PathBuf>,
-    /// HTTP status used for `failurePolicy: Fail` denials (default 403).
+    /// Status of the failure denial (the `--failure-status` of `serve`;
+    /// default 403).
     #[serde(default, rename = "failureStatus")]
     pub failure_status: Option<i32>,
+    /// Body of the failure denial (`--failure-body`; default: the reason's
+    /// own sentence).
+    #[serde(default, rename = "failureBody")]
+    pub failure_body: Option<String>,
+    /// Header marking the failure denial (`--failure-header`; default
+    /// `x-celgate-failure`, `""` for none).
+    #[serde(default, rename = "failureHeader")]
+    pub failure_header: Option<String>,
     /// JWKS documents standing in for issuers: URL → file relative to the
     /// suite. `jwks.Fetch(url)` then answers from the file and never fetches.
     #[serde(default)]
@@ -68,24 +77,42 @@ pub struct Case {
     pub expect: Expect,
 }
 
+/// What a case expects. A field left out is not checked. A field that is
+/// given is compared exactly: `{}` (maps), `[]` (lists), `""` (body,
+/// message) and `null` (any of these) mean "none", so `metadata: {}` fails
+/// on a decision that sets metadata as `headers: {}` fails on one that adds
+/// a header. `policy: null` (or `""`) means "no policy decided"; `status`,
+/// `error` and `errorContains` cannot be `null`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Expect {
     pub allowed: bool,
+    #[serde(default, deserialize_with = "not_null")]
     pub status: Option<i32>,
+    #[serde(default, deserialize_with = "null_is_empty")]
     pub headers: Option<BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "null_is_empty")]
     pub removed_headers: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "null_is_empty")]
     pub response_headers: Option<BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "null_is_empty")]
     pub query_params: Option<BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "null_is_empty")]
     pub removed_query_params: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "null_is_empty")]
     pub body: Option<String>,
+    #[serde(default, deserialize_with = "null_is_empty")]
     pub message: Option<String>,
-    pub metadata: Option<serde_json::Value>,
+    /// The dynamic metadata, as a map (`{}`: none).
+    #[serde(default, deserialize_with = "null_is_empty")]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
     /// The deciding policy; `""` or `null` for "no policy decided".
     #[serde(default, deserialize_with = "some_value")]
     pub policy: Option<serde_json::Value>,
     /// Whether the decision is the denial of a policy that failed to evaluate.
+    #[serde(default, deserialize_with = "not_null")]
     pub error: Option<bool>,
+    #[serde(default, deserialize_with = "not_null")]
     pub error_contains: Option<String>,
 }
 
@@ -93,6 +120,32 @@ fn some_value<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<serde_json::Value>, D::Error> {
     serde_json::Value::deserialize(d).map(Some)
+}
+
+/// A field that is given, even as `null`, is checked; `null` is the empty
+/// value (no headers, no metadata, an empty body).
+fn null_is_empty<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Option::<T>::deserialize(d).map(|v| Some(v.unwrap_or_default()))
+}
+
+/// A field with no "none" to stand for: `null` is refused rather than
+/// read as "not checked".
+fn not_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    match Option::<T>::deserialize(d)? {
+        Some(v) => Ok(Some(v)),
+        None => Err(serde::de::Error::custom(
+            "null is no expectation for status, error or errorContains: leave the field out \
+             not to check it",
+        )),
+    }
 }
 
 #[derive(Debug)]
@@ -228,6 +281,16 @@ pub fn is_test_doc(v: &serde_json::Value) -> bool {
 
 /// Runs one suite.
 pub fn run(path: &Path, doc: &TestDoc) -> Result<Vec<CaseResult>, SuiteError> {
+    run_noting(path, doc, &mut Vec::new())
+}
+
+/// As [`run`], adding to `notes` what the user should know although the
+/// suite runs (its policies hold no Envoy-mode policy, under `allowEmpty`).
+pub fn run_noting(
+    path: &Path,
+    doc: &TestDoc,
+    notes: &mut Vec<String>,
+) -> Result<Vec<CaseResult>, SuiteError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let invalid = |message: String| SuiteError::Invalid {
         path: path.to_path_buf(),
@@ -253,16 +316,25 @@ pub fn run(path: &Path, doc: &TestDoc) -> Result<Vec<CaseResult>, SuiteError> {
         path: path.to_path_buf(),
         errors,
     })?;
-    if set.policies.is_empty() && !doc.allow_empty {
-        return Err(invalid(format!(
-            "{}; refused, as `serve` refuses to start with none (`allowEmpty: true` in the \
-             suite accepts an empty set)",
-            crate::policy::no_envoy_policy(&policy_paths)
-        )));
+    if set.policies.is_empty() {
+        let what = crate::policy::no_envoy_policy(&policy_paths);
+        if !doc.allow_empty {
+            return Err(invalid(format!(
+                "{what}; refused, as `serve` refuses to start with none (`allowEmpty: true` in \
+                 the suite accepts an empty set)"
+            )));
+        }
+        notes.push(format!("{what} (accepted: `allowEmpty: true`)"));
     }
+    let defaults = EngineConfig::default();
     let config = EngineConfig {
-        failure_status: doc.failure_status.unwrap_or(403),
-        ..Default::default()
+        failure_status: doc.failure_status.unwrap_or(defaults.failure_status),
+        failure_body: doc.failure_body.clone(),
+        failure_header: match &doc.failure_header {
+            Some(name) => crate::engine::failure_header_name(name)
+                .map_err(|e| invalid(format!("failureHeader: {e}")))?,
+            None => defaults.failure_header,
+        },
     };
     let suite = doc
         .metadata
@@ -369,13 +441,12 @@ pub fn compare(e: &Expect, d: &Decision) -> Vec<String> {
         );
     }
     if let Some(m) = &e.metadata {
-        let got = d
-            .response
-            .metadata
-            .clone()
-            .map(serde_json::Value::Object)
-            .unwrap_or(serde_json::Value::Null);
-        check("metadata", m.to_string(), got.to_string());
+        let got = d.response.metadata.clone().unwrap_or_default();
+        check(
+            "metadata",
+            serde_json::Value::Object(m.clone()).to_string(),
+            serde_json::Value::Object(got).to_string(),
+        );
     }
     if let Some(p) = &e.policy {
         let want = match p {
@@ -405,8 +476,22 @@ pub fn compare(e: &Expect, d: &Decision) -> Vec<String> {
 #[derive(Debug)]
 pub struct SuiteRun {
     pub file: PathBuf,
+    /// `metadata.name`, else the file's path.
     pub name: String,
     pub result: Result<Vec<CaseResult>, SuiteError>,
+}
+
+impl SuiteRun {
+    /// The suite's name and, when it has one of its own, its file
+    /// (`name (file)`); the file alone otherwise, not twice.
+    pub fn label(&self) -> String {
+        let file = self.file.display().to_string();
+        if self.name == file {
+            file
+        } else {
+            format!("{}  ({file})", self.name)
+        }
+    }
 }
 
 /// Totals over a set of runs.
@@ -492,16 +577,16 @@ pub fn render_table(runs: &[SuiteRun]) -> String {
             match &r.result {
                 Ok(cases) => {
                     for c in cases.iter().filter(|c| !c.passed()) {
-                        let _ = writeln!(out, "  {} › {}  ({})", r.name, c.case, r.file.display());
+                        if r.name == r.file.display().to_string() {
+                            let _ = writeln!(out, "  {} › {}", r.name, c.case);
+                        } else {
+                            let _ =
+                                writeln!(out, "  {} › {}  ({})", r.name, c.case, r.file.display());
+                        }
                     }
                 }
                 Err(_) => {
-                    let _ = writeln!(
-                        out,
-                        "  {}  ({}): suite did not run",
-                        r.name,
-                        r.file.display()
-                    );
+                    let _ = writeln!(out, "  {}: suite did not run", r.label());
                 }
             }
         }
@@ -602,4 +687,155 @@ fn xml(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cel::envoy::{CheckResponse, DeniedResponse, OkResponse, QueryParam};
+    use serde_json::json;
+
+    fn expect(fields: serde_json::Value) -> Result<Expect, String> {
+        let mut v = json!({ "allowed": true });
+        v.as_object_mut()
+            .unwrap()
+            .extend(fields.as_object().unwrap().clone());
+        serde_json::from_value(v).map_err(|e| e.to_string())
+    }
+
+    fn decision(outcome: Outcome, metadata: Option<serde_json::Value>) -> Decision {
+        Decision {
+            response: CheckResponse {
+                outcome,
+                message: String::new(),
+                metadata: metadata.map(|m| m.as_object().unwrap().clone()),
+            },
+            policy: None,
+            validation: None,
+            error: None,
+            evaluated: 0,
+        }
+    }
+
+    fn header(k: &str, v: &str) -> HeaderOption {
+        HeaderOption {
+            key: k.into(),
+            value: v.into(),
+            keep_empty_value: false,
+        }
+    }
+
+    /// An allowed decision with nothing in it, and one with one of each.
+    fn bare() -> Decision {
+        decision(Outcome::Ok(OkResponse::default()), None)
+    }
+
+    fn full() -> Decision {
+        decision(
+            Outcome::Ok(OkResponse {
+                headers: vec![header("x-a", "1")],
+                headers_to_remove: vec!["cookie".into()],
+                response_headers_to_add: vec![header("x-r", "2")],
+                query_parameters_to_set: vec![QueryParam {
+                    key: "q".into(),
+                    value: "3".into(),
+                }],
+                query_parameters_to_remove: vec!["debug".into()],
+            }),
+            Some(json!({ "user": "alice" })),
+        )
+    }
+
+    /// For each map and list field: left out, not checked; `{}`/`[]` (and
+    /// `null`), none; a value, exactly that.
+    #[test]
+    fn every_map_and_list_field_reads_empty_as_none_and_a_value_exactly() {
+        let fields = [
+            (
+                "headers",
+                json!({}),
+                json!({ "x-a": "1" }),
+                json!({ "x-a": "9" }),
+            ),
+            (
+                "removedHeaders",
+                json!([]),
+                json!(["cookie"]),
+                json!(["cookie", "x"]),
+            ),
+            (
+                "responseHeaders",
+                json!({}),
+                json!({ "x-r": "2" }),
+                json!({ "x-r": "2", "x": "y" }),
+            ),
+            (
+                "queryParams",
+                json!({}),
+                json!({ "q": "3" }),
+                json!({ "q": "4" }),
+            ),
+            ("removedQueryParams", json!([]), json!(["debug"]), json!([])),
+            (
+                "metadata",
+                json!({}),
+                json!({ "user": "alice" }),
+                json!({ "user": "bob" }),
+            ),
+        ];
+        for (field, empty, exact, wrong) in fields {
+            let case = |value: serde_json::Value| expect(json!({ field: value })).unwrap();
+            let absent = expect(json!({})).unwrap();
+            assert_eq!(compare(&absent, &bare()), Vec::<String>::new(), "{field}");
+            assert_eq!(compare(&absent, &full()), Vec::<String>::new(), "{field}");
+            for none in [empty.clone(), serde_json::Value::Null] {
+                assert_eq!(
+                    compare(&case(none.clone()), &bare()),
+                    Vec::<String>::new(),
+                    "{field}: {none}"
+                );
+                let f = compare(&case(none.clone()), &full());
+                assert_eq!(f.len(), 1, "{field}: {none} must mean none: {f:?}");
+                assert!(f[0].starts_with(&format!("{field}: expected ")), "{f:?}");
+            }
+            assert_eq!(
+                compare(&case(exact.clone()), &full()),
+                Vec::<String>::new(),
+                "{field}"
+            );
+            assert_eq!(compare(&case(exact), &bare()).len(), 1, "{field}");
+            assert_eq!(compare(&case(wrong), &full()).len(), 1, "{field}");
+        }
+    }
+
+    #[test]
+    fn body_and_message_read_empty_and_null_as_none() {
+        let denied = |body: &str| {
+            decision(
+                Outcome::Denied(DeniedResponse {
+                    status: 403,
+                    headers: Vec::new(),
+                    body: body.into(),
+                }),
+                None,
+            )
+        };
+        for none in [json!(""), serde_json::Value::Null] {
+            let e = expect(json!({ "allowed": false, "body": none, "message": none })).unwrap();
+            assert!(compare(&e, &denied("")).is_empty());
+            assert_eq!(compare(&e, &denied("no")).len(), 1);
+        }
+        let e = expect(json!({ "allowed": false })).unwrap();
+        assert!(compare(&e, &denied("anything")).is_empty(), "not checked");
+    }
+
+    #[test]
+    fn null_is_refused_where_it_would_mean_nothing() {
+        for field in ["status", "error", "errorContains"] {
+            let e = expect(json!({ field: null })).unwrap_err();
+            assert!(e.contains("leave the field out"), "{field}: {e}");
+        }
+        let e = expect(json!({ "metadata": "alice" })).unwrap_err();
+        assert!(e.contains("map"), "{e}");
+    }
 }

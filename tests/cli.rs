@@ -30,6 +30,8 @@ fn celgate_with(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Out
         .env_remove("CELGATE_ALLOW_EMPTY")
         .env_remove("CELGATE_LOG")
         .env_remove("CELGATE_FAILURE_STATUS")
+        .env_remove("CELGATE_FAILURE_BODY")
+        .env_remove("CELGATE_FAILURE_HEADER")
         .env("COLUMNS", "100")
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
@@ -134,6 +136,68 @@ fn check_evaluation_error_is_a_denial_with_exit_4() {
     assert_eq!(o.code, 4, "{}", o.stderr);
     insta::assert_snapshot!("check_error_stdout", o.stdout);
     insta::assert_snapshot!("check_error_explain", o.stderr);
+}
+
+/// `check` answers with the failure denial `serve` would send: the marker
+/// header and the fixed body by default, both set by the same flags and
+/// variables, the header off with an empty value.
+#[test]
+fn check_shows_the_failure_denial_serve_sends() {
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut all = vec![
+            "check",
+            "--policies",
+            "tests/cli/erroring",
+            "--request",
+            "tests/cli/requests/allowed.json",
+        ];
+        all.extend_from_slice(args);
+        let o = celgate_with(&all, env, None);
+        assert_eq!(o.code, 4, "{args:?} {env:?}: {}", o.stderr);
+        let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("JSON");
+        v["deniedResponse"].clone()
+    };
+    let d = run(&[], &[]);
+    assert_eq!(
+        d["headers"],
+        serde_json::json!([{"key": "x-celgate-failure", "value": "evaluation"}])
+    );
+    assert_eq!(
+        d["body"],
+        "request denied: a policy could not be evaluated\n"
+    );
+    let d = run(&["--failure-header", "X-Why", "--failure-body", "{}"], &[]);
+    assert_eq!(
+        d["headers"],
+        serde_json::json!([{"key": "x-why", "value": "evaluation"}])
+    );
+    assert_eq!(d["body"], "{}");
+    let d = run(
+        &[],
+        &[("CELGATE_FAILURE_HEADER", ""), ("CELGATE_FAILURE_BODY", "")],
+    );
+    assert_eq!(
+        d,
+        serde_json::json!({"status": {"code": 403}}),
+        "no header, no body"
+    );
+    let d = run(&["--failure-header="], &[]);
+    assert!(d.get("headers").is_none(), "{d}");
+
+    for bad in ["x:y", "content-length", "two words"] {
+        let o = celgate(
+            &[
+                "check",
+                "--request",
+                "tests/cli/requests/allowed.json",
+                "--failure-header",
+                bad,
+            ],
+            None,
+        );
+        assert_eq!(o.code, 2, "{bad}: {}", o.stderr);
+        assert!(o.stderr.contains("--failure-header"), "{}", o.stderr);
+    }
 }
 
 #[test]
@@ -316,6 +380,25 @@ fn errors_name_the_file_once() {
         "{}",
         o.stderr
     );
+    // A suite with no name of its own is called by its file, and that file
+    // is not named twice on one line.
+    let unnamed = "tests/cli/faults/unnamed/unnamed.test.yaml";
+    let o = celgate(&["test", unnamed], None);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(
+        o.stderr.starts_with(&format!(
+            "celgate: suite did not run: {unnamed}: its policies do not load"
+        )),
+        "{}",
+        o.stderr
+    );
+    assert_eq!(o.stderr.matches(unnamed).count(), 1, "{}", o.stderr);
+    assert!(
+        o.stdout
+            .ends_with(&format!("failed:\n  {unnamed}: suite did not run\n")),
+        "{}",
+        o.stdout
+    );
 
     let o = celgate(
         &[
@@ -444,6 +527,13 @@ fn zero_policies_are_refused_unless_allowed_and_always_said() {
     let o = celgate(&["test", "tests/cli/faults/empty-allowed"], None);
     assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
     assert!(o.stdout.contains("1 passed, 0 failed"), "{}", o.stdout);
+    // Accepted, and said, as `check --allow-empty` says it.
+    assert_eq!(
+        o.stderr,
+        "celgate: warning: suite empty-allowed (tests/cli/faults/empty-allowed/empty.test.yaml): \
+         no Envoy-mode ValidatingPolicy in tests/cli/faults/empty-allowed/../empty, so every \
+         request would be allowed (accepted: `allowEmpty: true`)\n"
+    );
 }
 
 #[test]
@@ -497,6 +587,19 @@ fn help_documents_exit_status_and_environment() {
         o.stdout
     );
     insta::assert_snapshot!("help_check", o.stdout);
+    // serve's failure denial: the same flags as check, each with its variable.
+    let o = celgate(&["serve", "--help"], None);
+    for flag in [
+        "--failure-status",
+        "CELGATE_FAILURE_STATUS",
+        "--failure-body",
+        "CELGATE_FAILURE_BODY",
+        "--failure-header",
+        "CELGATE_FAILURE_HEADER",
+        "[default: x-celgate-failure]",
+    ] {
+        assert!(o.stdout.contains(flag), "serve --help lacks {flag}");
+    }
 }
 
 /// Runs celgate without input and waits at most 20 s (a `serve` that
@@ -789,6 +892,13 @@ fn serve_with_allow_empty_serves_an_empty_set_and_loads_a_late_path() {
     let r = ready(&mut server, http);
     assert_eq!(r["policies"], 0, "{r}");
     server.stop();
+    let log = server.log_tail();
+    assert!(
+        log.contains(
+            "no Envoy-mode ValidatingPolicy, every request is allowed (accepted: --allow-empty)"
+        ),
+        "serve says it serves nothing:\n{log}"
+    );
 
     // Through the environment, with a path that does not exist yet.
     let root = tempfile::tempdir().unwrap();

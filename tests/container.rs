@@ -163,9 +163,16 @@ fn compose_runs_the_demo_topology_that_local_demo_runs() {
         services["envoy"]["ports"]
             .as_array()
             .unwrap()
-            .contains(&Value::from(format!("{listen}:{listen}"))),
+            .contains(&Value::from(format!("127.0.0.1:{listen}:{listen}"))),
         "the gateway port {listen} is published"
     );
+    // On the host's loopback only, as every example listens.
+    for (name, service) in services.iter() {
+        for port in service["ports"].as_array().into_iter().flatten() {
+            let port = port.as_str().unwrap();
+            assert!(port.starts_with("127.0.0.1:"), "{name}: {port}");
+        }
+    }
     // Each Envoy cluster reaches a compose service on the port it listens on.
     let celgate = &services["celgate"];
     for cluster in config["static_resources"]["clusters"].as_array().unwrap() {
@@ -575,4 +582,61 @@ fn every_shipped_envoy_config_validates_and_normalizes_paths() {
             "envoy --mode validate {name}:\n{log}"
         );
     }
+}
+
+/// Every listener and admin address of the shipped Envoy configurations.
+fn listen_addresses(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            // Listener and admin `address:` blocks; a cluster's endpoints are
+            // where Envoy connects, not where it listens.
+            if let Some(a) = m
+                .get("address")
+                .and_then(|a| a["socket_address"]["address"].as_str())
+            {
+                out.push(a.to_owned());
+            }
+            for (k, v) in m {
+                if k != "clusters" {
+                    listen_addresses(v, out);
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| listen_addresses(v, out)),
+        _ => {}
+    }
+}
+
+/// The examples listen on loopback; a configuration that listens on every
+/// interface says why, next to the address (in a container or a pod,
+/// loopback is reached by nothing).
+#[test]
+fn examples_listen_on_loopback_unless_the_file_says_why_not() {
+    let mut checked = 0;
+    for (name, text) in shipped_envoy_configs() {
+        let mut addresses = Vec::new();
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            if let Ok(doc) = Value::deserialize(doc) {
+                listen_addresses(&doc, &mut addresses);
+            }
+        }
+        assert!(!addresses.is_empty(), "{name}: no listener found");
+        for a in &addresses {
+            if a != "127.0.0.1" {
+                assert_eq!(a, "0.0.0.0", "{name}");
+                assert!(
+                    text.contains("# Every interface"),
+                    "{name} listens on {a} without saying why"
+                );
+            }
+        }
+        if name.starts_with("examples/envoy/") || name.starts_with("examples/mcp-gateway/") {
+            assert!(
+                addresses.iter().all(|a| a == "127.0.0.1"),
+                "{name}: {addresses:?}"
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 4, "{checked} configurations");
 }

@@ -154,3 +154,173 @@ fn missing_path_is_an_error() {
         "{err}"
     );
 }
+
+/// Each policy fails on a request header whose value the CEL error message
+/// quotes (a missing map key, a failed conversion, a string function on it).
+const QUOTING_ERRORS: &str = r#"
+apiVersion: policies.kyverno.io/v1
+kind: ValidatingPolicy
+metadata: { name: a-secret-policy-name }
+spec:
+  evaluation: { mode: Envoy }
+  matchConditions:
+  - name: a
+    expression: object.attributes.request.http.path == "/key"
+  validations:
+  - expression: '{"known": 1}[object.attributes.request.http.headers["x-secret"]] == 1 ? null : null'
+---
+apiVersion: policies.kyverno.io/v1
+kind: ValidatingPolicy
+metadata: { name: b-secret-policy-name }
+spec:
+  evaluation: { mode: Envoy }
+  matchConditions:
+  - name: b
+    expression: object.attributes.request.http.path == "/int"
+  validations:
+  - expression: 'int(object.attributes.request.http.headers["x-secret"]) == 1 ? null : null'
+---
+apiVersion: policies.kyverno.io/v1
+kind: ValidatingPolicy
+metadata: { name: c-secret-policy-name }
+spec:
+  evaluation: { mode: Envoy }
+  matchConditions:
+  - name: c
+    expression: object.attributes.request.http.path == "/dyn"
+  validations:
+  - expression: 'dyn(object.attributes.request.http.headers["x-secret"]) + 1 == 1 ? null : null'
+"#;
+
+const SECRET: &str = "SECRET-7f3a9";
+
+fn secret_request(path: &str) -> envoy_types::pb::envoy::service::auth::v3::CheckRequest {
+    celgate::request_json::parse(&format!(
+        r#"{{"attributes":{{"request":{{"http":{{"method":"GET","path":"{path}","headers":{{"x-secret":"{SECRET}"}}}}}}}}}}"#
+    ))
+    .unwrap()
+}
+
+/// What the client of the denied request receives: status, headers, body.
+fn client_view(d: &celgate::engine::Decision) -> (i32, Vec<(String, String)>, String) {
+    use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+    let r = celgate::decision::to_check_response(d);
+    let Some(HttpResponse::DeniedResponse(den)) = r.http_response else {
+        panic!("not a denial: {r:?}");
+    };
+    let headers = den
+        .headers
+        .iter()
+        .map(|h| {
+            let h = h.header.as_ref().unwrap();
+            (h.key.clone(), h.value.clone())
+        })
+        .collect();
+    (den.status.unwrap().code, headers, den.body)
+}
+
+#[test]
+fn the_failure_denial_is_marked_by_default_and_carries_nothing_of_the_error() {
+    let set = compile(&[("quoting.yaml", QUOTING_ERRORS)]).unwrap();
+    for path in ["/key", "/int", "/dyn"] {
+        let (d, _) = evaluate_traced(&set, &EngineConfig::default(), &secret_request(path));
+        let error = d.error.as_ref().expect("an evaluation error");
+        // The error is there to be read on one's own machine...
+        if path != "/int" {
+            assert!(
+                error.detailed().contains(SECRET),
+                "{path}: {}",
+                error.detailed()
+            );
+        }
+        // ... and none of it, nor the policy's name, reaches the client.
+        let (status, headers, body) = client_view(&d);
+        assert_eq!(status, 403, "{path}");
+        assert_eq!(
+            headers,
+            vec![("x-celgate-failure".to_owned(), "evaluation".to_owned())],
+            "{path}"
+        );
+        assert_eq!(body, "request denied: a policy could not be evaluated\n");
+        let seen = format!("{headers:?}{body}");
+        assert!(
+            !seen.contains(SECRET) && !seen.contains("secret-policy"),
+            "{seen}"
+        );
+    }
+}
+
+#[test]
+fn the_failure_denial_body_and_header_can_be_changed_or_turned_off() {
+    let set = compile(&[("quoting.yaml", QUOTING_ERRORS)]).unwrap();
+    let config = EngineConfig {
+        failure_status: 500,
+        failure_body: Some("{\"error\":\"authz\"}".into()),
+        failure_header: celgate::engine::failure_header_name("X-Authz-Why").unwrap(),
+    };
+    let (d, _) = evaluate_traced(&set, &config, &secret_request("/key"));
+    assert_eq!(
+        client_view(&d),
+        (
+            500,
+            vec![("x-authz-why".to_owned(), "evaluation".to_owned())],
+            "{\"error\":\"authz\"}".to_owned()
+        )
+    );
+    let off = EngineConfig {
+        failure_body: Some(String::new()),
+        failure_header: celgate::engine::failure_header_name("").unwrap(),
+        ..Default::default()
+    };
+    let (d, _) = evaluate_traced(&set, &off, &secret_request("/key"));
+    assert_eq!(client_view(&d), (403, Vec::new(), String::new()));
+}
+
+#[test]
+fn every_failure_reason_has_its_own_fixed_marker_and_body() {
+    use celgate::engine::{failure_decision, FailureReason};
+    let config = EngineConfig::default();
+    let mut seen = std::collections::BTreeSet::new();
+    for reason in FailureReason::ALL {
+        let d = failure_decision(&config, reason, format!("described as {SECRET}"));
+        let (status, headers, body) = client_view(&d);
+        let expected_status = if reason == FailureReason::Overload {
+            503
+        } else {
+            403
+        };
+        assert_eq!(status, expected_status, "{reason:?}");
+        assert_eq!(
+            headers[0],
+            ("x-celgate-failure".into(), reason.as_str().into())
+        );
+        assert_eq!(body, reason.default_body());
+        assert!(body.starts_with("request denied: ") && !body.contains(SECRET));
+        assert!(seen.insert(reason.as_str()), "one word per reason");
+        if reason == FailureReason::Overload {
+            assert_eq!(headers[1], ("retry-after".into(), "1".into()));
+        } else {
+            assert_eq!(headers.len(), 1);
+        }
+    }
+}
+
+#[test]
+fn failure_header_names_are_checked_and_lower_cased() {
+    use celgate::engine::failure_header_name as name;
+    assert_eq!(name("X-Why").unwrap().as_deref(), Some("x-why"));
+    assert_eq!(name("").unwrap(), None);
+    assert_eq!(name("  ").unwrap(), None);
+    for bad in [
+        "x why",
+        "x:y",
+        ":status",
+        "x\r\nset-cookie: a",
+        "é",
+        "content-length",
+        "Host",
+        "retry-after",
+    ] {
+        assert!(name(bad).is_err(), "{bad:?}");
+    }
+}

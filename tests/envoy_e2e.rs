@@ -97,6 +97,11 @@ async fn scenario(h: Gateway) {
         .denied(403, "GET", "/api/items", &[("x-api-key", "wrong")], None)
         .await;
     assert_eq!(resp.text(), "invalid api key", "denial body");
+    assert_eq!(
+        resp.header("x-celgate-failure"),
+        None,
+        "a policy's own denial"
+    );
 
     // 4. /api/ with a good key: allowed; the upstream gets x-user and not the key; the client
     //    response carries x-celgate.
@@ -224,7 +229,13 @@ async fn scenario(h: Gateway) {
 
     // 9. A runtime error under failurePolicy Fail: an explicit 403 from celgate. (The test's Envoy
     //    maps an ext_authz transport error to 503, so 403 here cannot be Envoy's error fallback.)
-    h.denied(403, "GET", "/boom", &[], None).await;
+    //    The client can tell it from a policy's own 403: the marker header and the fixed body.
+    let resp = h.denied(403, "GET", "/boom", &[], None).await;
+    assert_eq!(resp.header("x-celgate-failure"), Some("evaluation"));
+    assert_eq!(
+        resp.text(),
+        "request denied: a policy could not be evaluated\n"
+    );
 
     // 10. The same error under failurePolicy Ignore: the policy says nothing, nothing else
     //     matches, so the request is allowed.
@@ -455,6 +466,7 @@ async fn oversized_check_request_through_envoy_is_the_failure_denial() {
         )
         .await;
     assert_eq!(resp.text(), "cannot decide");
+    assert_eq!(resp.header("x-celgate-failure"), Some("unreadable"));
     let big = "b".repeat(6000);
     h.denied(429, "GET", "/public/x", &[("x-pad", &big)], None)
         .await;

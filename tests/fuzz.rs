@@ -63,7 +63,11 @@ fn decide_bytes(service: &AuthzService, config: &EngineConfig, bytes: &[u8]) -> 
             read: true,
         },
         Err(_) => Answer {
-            decision: engine::failure_decision(config, None, "undecodable CheckRequest".into()),
+            decision: engine::failure_decision(
+                config,
+                engine::FailureReason::Unreadable,
+                "undecodable CheckRequest".into(),
+            ),
             read: false,
         },
     }

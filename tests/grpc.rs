@@ -469,7 +469,8 @@ async fn every_check_is_answered_with_a_decision() {
         set,
         EngineConfig {
             failure_status: FAILURE_STATUS,
-            failure_body: "cannot decide\n".into(),
+            failure_body: Some("cannot decide\n".into()),
+            failure_header: Some("x-authz-failure".into()),
         },
         celgate::server::ServeOptions {
             max_request_bytes: Some(LIMIT),
@@ -495,12 +496,32 @@ async fn every_check_is_answered_with_a_decision() {
         let _ = stop_rx.await;
     }));
 
-    let is_failure_denial = |r: &CheckResponse| {
+    // The configured status and body, and the header naming the reason:
+    // `evaluation` for a policy's error, `unreadable` for a request that
+    // cannot be read.
+    let failure_denial = |r: &CheckResponse| -> Option<String> {
         let Some(HttpResponse::DeniedResponse(d)) = &r.http_response else {
-            return false;
+            return None;
         };
-        d.status.unwrap_or_default().code == FAILURE_STATUS && d.body == "cannot decide\n"
+        let headers: Vec<(&str, &str)> = d
+            .headers
+            .iter()
+            .filter_map(|h| h.header.as_ref())
+            .map(|h| (h.key.as_str(), h.value.as_str()))
+            .collect();
+        match headers[..] {
+            [("x-authz-failure", reason)]
+                if d.status.unwrap_or_default().code == FAILURE_STATUS
+                    && d.body == "cannot decide\n" =>
+            {
+                Some(reason.to_owned())
+            }
+            _ => None,
+        }
     };
+    let is_failure_denial = |r: &CheckResponse| failure_denial(r).as_deref() == Some("evaluation");
+    let is_unreadable_denial =
+        |r: &CheckResponse| failure_denial(r).as_deref() == Some("unreadable");
     let unreadable = decisions(http_addr, "unreadable").await;
     let errors = decisions(http_addr, "error").await;
 
@@ -572,7 +593,7 @@ async fn every_check_is_answered_with_a_decision() {
     let mut expected = unreadable;
     for (what, message) in cases {
         let r = check_raw(addr, message).await;
-        assert!(is_failure_denial(&r), "{what}: {r:?}");
+        assert!(is_unreadable_denial(&r), "{what}: {r:?}");
         expected += 1;
         assert_eq!(
             decisions(http_addr, "unreadable").await,
@@ -614,7 +635,7 @@ async fn every_check_is_answered_with_a_decision() {
         let r = a
             .response
             .unwrap_or_else(|| panic!("{what}: no CheckResponse"));
-        assert!(is_failure_denial(&r), "{what}: {r:?}");
+        assert!(is_unreadable_denial(&r), "{what}: {r:?}");
         expected += 1;
         assert_eq!(
             decisions(http_addr, "unreadable").await,

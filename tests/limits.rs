@@ -216,8 +216,12 @@ async fn slow_policy_past_the_deadline_gets_the_failure_denial_and_probes_keep_a
     assert!(rounds >= 2, "probed {rounds} times");
     assert!(answers.len() >= 2);
     for (resp, took) in &answers {
-        let (status, body, _) = denial(resp).expect("the failure denial");
+        let (status, body, headers) = denial(resp).expect("the failure denial");
         assert_eq!((status, body), (504, "evaluation failed\n"));
+        assert_eq!(
+            headers,
+            vec![("x-celgate-failure".into(), "timeout".into())]
+        );
         assert!(
             *took < Duration::from_millis(600) && *took * 3 < eval,
             "answered after {took:?}; one evaluation takes {eval:?}"
@@ -277,8 +281,17 @@ async fn a_full_queue_gets_the_overload_denial_at_once() {
         match denial(&resp) {
             Some((status, body, headers)) => {
                 assert_eq!(status, OVERLOAD_STATUS, "{resp:?}");
-                assert_eq!(body, "");
-                assert_eq!(headers, vec![("retry-after".into(), "1".into())]);
+                assert_eq!(
+                    body,
+                    "request denied: too many requests pending, retry later\n"
+                );
+                assert_eq!(
+                    headers,
+                    vec![
+                        ("x-celgate-failure".into(), "overload".into()),
+                        ("retry-after".into(), "1".into())
+                    ]
+                );
                 assert!(
                     took < Duration::from_millis(300) && took * 2 < eval,
                     "the overload denial is sent at once, not after {took:?}"

@@ -41,7 +41,7 @@ async fn start() -> Gateway {
         |p| {
             let mut c = example;
             for (from, to) in [
-                ("address: 0.0.0.0, port_value: 10000", format!("address: 127.0.0.1, port_value: {}", p.listen)),
+                ("address: 127.0.0.1, port_value: 10000", format!("address: 127.0.0.1, port_value: {}", p.listen)),
                 ("port_value: 9901", format!("port_value: {}", p.admin)),
                 ("port_value: 8080", format!("port_value: {}", p.upstream)),
                 ("port_value: 9191", format!("port_value: {}", p.grpc)),

@@ -8,7 +8,8 @@ away (authorization).
 - Anything else answers 200 with a JSON document: method, path, headers,
   body.
 
-Standard library only. Usage: echo.py [HOST:]PORT   (default 0.0.0.0:8000)
+Standard library only. Usage: echo.py [HOST:]PORT   (default 127.0.0.1:8000;
+docker-compose.yaml passes 0.0.0.0:8000, as Envoy runs in another container)
 """
 
 import json
@@ -99,8 +100,9 @@ class Server(ThreadingHTTPServer):
 def main():
     arg = sys.argv[1] if len(sys.argv) > 1 else "8000"
     host, _, port = arg.rpartition(":")
-    server = Server((host or "0.0.0.0", int(port)), Echo)
-    print("echo: listening on %s:%s" % (host or "0.0.0.0", port), flush=True)
+    host = host or "127.0.0.1"
+    server = Server((host, int(port)), Echo)
+    print("echo: listening on %s:%s" % (host, port), flush=True)
     server.serve_forever()
 
 

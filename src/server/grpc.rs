@@ -3,7 +3,7 @@
 use super::decode::{self, Unreadable};
 use super::State;
 use crate::decision::to_check_response;
-use crate::engine::{self, Decision};
+use crate::engine::{self, Decision, FailureReason};
 use crate::telemetry::metrics::{self, DecidedBy};
 use crate::telemetry::otel::DECISION_TARGET;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
@@ -93,7 +93,7 @@ impl AuthzService {
                 }
                 let d = engine::failure_decision(
                     config,
-                    None,
+                    FailureReason::Internal,
                     "internal error during evaluation".into(),
                 );
                 (d, Vec::new())
@@ -342,7 +342,7 @@ impl AuthzService {
                 tracing::debug!("check cancelled before its request arrived");
                 let d = engine::failure_decision(
                     &self.state.config,
-                    None,
+                    FailureReason::Unreadable,
                     "request not received".into(),
                 );
                 return to_check_response(&d);
@@ -361,7 +361,7 @@ impl AuthzService {
                 metrics::global().decided(DecidedBy::Internal, started.elapsed());
                 let d = engine::failure_decision(
                     &self.state.config,
-                    None,
+                    FailureReason::Internal,
                     "internal error while answering".into(),
                 );
                 to_check_response(&d)
@@ -382,12 +382,11 @@ impl AuthzService {
         if !span.is_disabled() {
             join_callers_trace(&span, metadata, &request);
         }
-        let mut d = engine::failure_decision(
+        let d = engine::failure_decision(
             &self.state.config,
-            None,
+            FailureReason::Unreadable,
             format!("request unreadable: {why}"),
         );
-        d.response.message = "the request cannot be read".to_owned();
         metrics::global().decided(DecidedBy::Unreadable, std::time::Duration::ZERO);
         if !span.is_disabled() {
             record_span(&span, &request, &d, &[]);

@@ -23,8 +23,7 @@
 //! (a cost limit), not this module's.
 
 use super::grpc::AuthzService;
-use crate::cel::envoy::{CheckResponse, DeniedResponse, HeaderOption, Outcome};
-use crate::engine::{self, Decision, PolicyTrace};
+use crate::engine::{self, Decision, FailureReason, PolicyTrace};
 use crate::telemetry::metrics::{self, DecidedBy};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -40,10 +39,8 @@ pub const DEFAULT_DECISION_TIMEOUT: Duration = Duration::from_millis(150);
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default `--max-pending-decisions`.
 pub const DEFAULT_MAX_PENDING: usize = 64;
-/// HTTP status of the overload denial: the server, not the client, is out of
-/// capacity, and 503 is what Envoy's retry policies (`5xx`, `retriable-status-codes`)
-/// and clients treat as "try again, maybe elsewhere".
-pub const OVERLOAD_STATUS: i32 = 503;
+/// HTTP status of the overload denial.
+pub use crate::engine::OVERLOAD_STATUS;
 /// `Decision::error` of the overload denial (decision log, span).
 pub const OVERLOAD_REASON: &str = "overloaded";
 /// `Decision::error` of the deadline denial (decision log, span).
@@ -267,7 +264,7 @@ pub async fn decide(
                 "decision queue full: request denied with {OVERLOAD_STATUS} (overload)"
             )
         });
-        (overload_decision(), Vec::new())
+        (overload_decision(&state.config), Vec::new())
     };
     if pool.load.admitted.fetch_add(1, Ordering::AcqRel) >= pool.capacity {
         pool.load.admitted.fetch_sub(1, Ordering::AcqRel);
@@ -313,7 +310,11 @@ pub async fn decide(
                         "decision deadline exceeded: request denied with the failure status"
                     )
                 });
-                let d = engine::failure_decision(&state.config, None, TIMEOUT_REASON.to_owned());
+                let d = engine::failure_decision(
+                    &state.config,
+                    FailureReason::Timeout,
+                    TIMEOUT_REASON.to_owned(),
+                );
                 (d, Vec::new())
             } else {
                 // The evaluation won the race by a hair: its answer is on the way.
@@ -336,32 +337,15 @@ fn count(how: DecidedBy<'_>, started: Instant) {
 fn internal_decision(state: &super::State) -> Decision {
     engine::failure_decision(
         &state.config,
-        None,
+        FailureReason::Internal,
         "internal error during evaluation".into(),
     )
 }
 
-/// The answer when the queue is full: 503, `Retry-After: 1`, an empty body.
-pub fn overload_decision() -> Decision {
-    Decision {
-        response: CheckResponse {
-            outcome: Outcome::Denied(DeniedResponse {
-                status: OVERLOAD_STATUS,
-                headers: vec![HeaderOption {
-                    key: "retry-after".into(),
-                    value: "1".into(),
-                    keep_empty_value: false,
-                }],
-                body: String::new(),
-            }),
-            message: "celgate overloaded: too many pending decisions".into(),
-            metadata: None,
-        },
-        policy: None,
-        validation: None,
-        error: Some(engine::EvalError::server(OVERLOAD_REASON.into())),
-        evaluated: 0,
-    }
+/// The answer when the queue is full: 503 and `retry-after: 1` (whatever
+/// `--failure-status`: the client may retry), the failure body and header.
+pub fn overload_decision(config: &engine::EngineConfig) -> Decision {
+    engine::failure_decision(config, FailureReason::Overload, OVERLOAD_REASON.into())
 }
 
 /// A WARN line per occurrence, at most one a second: the lines in between
@@ -421,9 +405,12 @@ mod tests {
 
     #[test]
     fn overload_denial_is_503_with_its_own_reason() {
-        let d = overload_decision();
+        let d = overload_decision(&engine::EngineConfig {
+            failure_status: 500,
+            ..Default::default()
+        });
         assert!(!d.allowed());
-        assert_eq!(d.http_status(), OVERLOAD_STATUS);
+        assert_eq!(d.http_status(), OVERLOAD_STATUS, "never --failure-status");
         assert_eq!(
             d.error.as_ref().map(ToString::to_string).as_deref(),
             Some("server: overloaded")
