@@ -864,4 +864,67 @@ mod tests {
         assert!(prefix.matches_uri("spiffe://cluster.local/ns/gw/sa/envoy"));
         assert!(!prefix.matches_uri("spiffe://cluster.local/ns/other/sa/envoy"));
     }
+
+    /// (certificate PEM, key PEM) of a self-signed certificate for localhost.
+    fn pair() -> (String, String) {
+        let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        (c.cert.pem(), c.signing_key.serialize_pem())
+    }
+
+    #[test]
+    fn reloads_apply_refuse_once_and_recover() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let (cert_a, key_a) = pair();
+        std::fs::write(&cert, &cert_a).unwrap();
+        std::fs::write(&key, &key_a).unwrap();
+        let opts = TlsOptions {
+            cert: cert.clone(),
+            key: key.clone(),
+            min_version: MinVersion::Tls12,
+            client_ca: None,
+            client_sans: Vec::new(),
+        };
+        let tls = ServerTls::load(Listener::Http, opts).unwrap();
+        assert_eq!(tls.config().alpn_protocols, vec![b"http/1.1".to_vec()]);
+        let first = tls.config();
+        assert_eq!(tls.reload(Duration::ZERO), TlsReload::Unchanged);
+        assert!(Arc::ptr_eq(&first, &tls.config()));
+
+        // Another key: refused, counted once however often it is seen.
+        std::fs::write(&key, pair().1).unwrap();
+        assert_eq!(tls.reload(Duration::ZERO), TlsReload::Failed);
+        assert_eq!(tls.reload(Duration::ZERO), TlsReload::Failed);
+        let s = tls.status();
+        assert_eq!((s.reloads, s.reload_errors), (0, 1));
+        let error = s.last_reload_error.unwrap().error;
+        assert!(error.contains("does not match"), "{error}");
+        assert!(!error.contains("PRIVATE"), "{error}");
+        assert!(Arc::ptr_eq(&first, &tls.config()));
+
+        // The key in force again: nothing to report.
+        std::fs::write(&key, &key_a).unwrap();
+        assert_eq!(tls.reload(Duration::ZERO), TlsReload::Unchanged);
+        assert!(tls.status().last_reload_error.is_none());
+
+        // A new pair.
+        let (cert_b, key_b) = pair();
+        std::fs::write(&cert, &cert_b).unwrap();
+        std::fs::write(&key, &key_b).unwrap();
+        assert_eq!(tls.reload(Duration::from_millis(10)), TlsReload::Applied);
+        assert!(!Arc::ptr_eq(&first, &tls.config()));
+        assert_eq!(tls.status().reloads, 1);
+
+        // A file gone is refused too.
+        std::fs::remove_file(&key).unwrap();
+        assert_eq!(tls.reload(Duration::ZERO), TlsReload::Failed);
+        let s = tls.status();
+        assert_eq!(s.reload_errors, 2);
+        assert!(s.last_reload_error.unwrap().error.contains("tls.key"));
+
+        let metrics = render_metrics(&[&tls]);
+        assert!(metrics.contains("celgate_tls_reload_errors_total{listener=\"http\"} 2\n"));
+        assert!(metrics.contains("celgate_tls_reload_failing{listener=\"http\"} 1\n"));
+        assert!(render_metrics(&[]).is_empty());
+    }
 }

@@ -24,6 +24,10 @@
 //! settle interval has passed (the build runs meanwhile); if they changed,
 //! the reload starts again, so a file still being written is not loaded
 //! half-written.
+//!
+//! The watching itself ([`watch_paths`]) knows nothing of policies: the TLS
+//! certificate, key and client CA files are followed the same way
+//! ([`crate::server::tls::watch`]).
 
 use super::{rebuild, rebuild_if, ReloadOutcome, Sources};
 use crate::server::State;
