@@ -423,7 +423,7 @@ impl ServerTls {
     }
 
     /// Reads the files once they held still for `settle` (the same content
-    /// twice, `settle` apart; at most [`MAX_SETTLE`] of waiting), so files
+    /// twice, `settle` apart; at most 10 s of waiting), so files
     /// being written, or a certificate written before its key, are not
     /// taken half-done; then builds a configuration and swaps it in, or
     /// refuses the files.
