@@ -111,7 +111,8 @@ enum Command {
             Exit 0 when it answers 200, 1 otherwise (not ready, shutting down, unreachable). \
             Meant for container health checks in images that have no shell or curl, e.g. \
             HEALTHCHECK CMD [\"celgate\", \"healthcheck\"]. Reads CELGATE_HTTP_ADDR like \
-            `serve`; an unspecified address (0.0.0.0, ::) is reached on loopback."
+            `serve`; an unspecified address (0.0.0.0, ::) is reached on loopback. Speaks \
+            HTTPS with --tls or --ca-cert, or when CELGATE_HTTP_TLS_CERT is set like `serve`'s."
     )]
     Healthcheck(HealthcheckArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
