@@ -206,12 +206,22 @@ pub fn test(paths: &[PathBuf], filter: Option<&str>, junit: bool) -> ExitCode {
     }
 }
 
-/// `celgate healthcheck`: GET `path` on a running server's HTTP address;
-/// 0 on 200, 1 otherwise, with the reason on stderr.
+/// How `healthcheck` speaks HTTPS: the CA bundle to trust (none: the web
+/// PKI roots) and the name the certificate must carry (none: the IP
+/// address asked).
+#[derive(Debug)]
+pub struct HealthcheckTls {
+    pub ca_cert: Option<PathBuf>,
+    pub server_name: Option<String>,
+}
+
+/// `celgate healthcheck`: GET `path` on a running server's HTTP address
+/// (over TLS with `tls`); 0 on 200, 1 otherwise, with the reason on stderr.
 pub fn healthcheck(
     mut addr: std::net::SocketAddr,
     path: &str,
     timeout: std::time::Duration,
+    tls: Option<HealthcheckTls>,
 ) -> ExitCode {
     // A server bound to 0.0.0.0 / :: is reached on loopback.
     if addr.ip().is_unspecified() {
@@ -219,6 +229,19 @@ pub fn healthcheck(
             std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
             std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
         });
+    }
+    if let Some(tls) = tls {
+        return match https_status(addr, path, timeout, &tls) {
+            Ok(200) => ExitCode::SUCCESS,
+            Ok(status) => {
+                say!("celgate healthcheck: {path} on {addr} (HTTPS) answered {status}");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                say!("celgate healthcheck: {path} on {addr} (HTTPS): {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     // The same HTTP client as the JWKS fetches, never through a proxy.
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -241,5 +264,106 @@ pub fn healthcheck(
             say!("celgate healthcheck: {path} on {addr}: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The roots `healthcheck` trusts: the certificates of `ca_cert`, or the
+/// web PKI roots.
+fn healthcheck_roots(ca_cert: Option<&Path>) -> Result<rustls::RootCertStore, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    let Some(path) = ca_cert else {
+        roots.add_parsable_certificates(webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().cloned());
+        return Ok(roots);
+    };
+    let bad = |e: &dyn std::fmt::Display| format!("--ca-cert {}: {e}", path.display());
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
+        roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(bad(&"no PEM certificate in the file"));
+    }
+    Ok(roots)
+}
+
+/// GET `path` over HTTPS/1.1; the status code answered.
+fn https_status(
+    addr: std::net::SocketAddr,
+    path: &str,
+    timeout: std::time::Duration,
+    tls: &HealthcheckTls,
+) -> Result<u16, String> {
+    use rustls::pki_types::ServerName;
+    let deadline = std::time::Instant::now() + timeout;
+    let roots = healthcheck_roots(tls.ca_cert.as_deref())?;
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let (name, host) = match &tls.server_name {
+        Some(n) => (
+            ServerName::try_from(n.clone()).map_err(|e| format!("--server-name {n:?}: {e}"))?,
+            n.clone(),
+        ),
+        None => (ServerName::IpAddress(addr.ip().into()), addr.to_string()),
+    };
+    let left = || {
+        deadline
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| "timed out".to_owned())
+    };
+    let tcp = std::net::TcpStream::connect_timeout(&addr, left()?).map_err(|e| e.to_string())?;
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+        .map_err(|e| e.to_string())?;
+    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    // A TLS failure says what about the certificate did not hold.
+    let failed =
+        |e: std::io::Error| match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            Some(rustls::Error::InvalidCertificate(_)) => {
+                format!("{e} (--ca-cert names the CA to trust, --server-name the name to expect)")
+            }
+            _ => e.to_string(),
+        };
+    stream
+        .sock
+        .set_write_timeout(Some(left()?))
+        .map_err(|e| e.to_string())?;
+    stream
+        .sock
+        .set_read_timeout(Some(left()?))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: celgate\r\nConnection: close\r\n\r\n"
+    )
+    .and_then(|()| stream.flush())
+    .map_err(failed)?;
+    // The status line is all that is read.
+    let mut head = Vec::new();
+    let mut buf = [0u8; 256];
+    while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 1024 {
+        stream
+            .sock
+            .set_read_timeout(Some(left()?))
+            .map_err(|e| e.to_string())?;
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+            Err(e) => return Err(failed(e)),
+        }
+    }
+    let line = String::from_utf8_lossy(&head);
+    let line = line.lines().next().unwrap_or_default();
+    match line.split(' ').collect::<Vec<_>>()[..] {
+        [version, code, ..] if version.starts_with("HTTP/1.") => code
+            .parse()
+            .map_err(|_| "the answer is not HTTP".to_owned()),
+        _ => Err("the answer is not HTTP".to_owned()),
     }
 }

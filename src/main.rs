@@ -111,7 +111,8 @@ enum Command {
             Exit 0 when it answers 200, 1 otherwise (not ready, shutting down, unreachable). \
             Meant for container health checks in images that have no shell or curl, e.g. \
             HEALTHCHECK CMD [\"celgate\", \"healthcheck\"]. Reads CELGATE_HTTP_ADDR like \
-            `serve`; an unspecified address (0.0.0.0, ::) is reached on loopback."
+            `serve`; an unspecified address (0.0.0.0, ::) is reached on loopback. Speaks \
+            HTTPS with --tls or --ca-cert, or when CELGATE_HTTP_TLS_CERT is set like `serve`'s."
     )]
     Healthcheck(HealthcheckArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -293,9 +294,23 @@ struct HealthcheckArgs {
     /// Give up after this many milliseconds.
     #[arg(long, default_value_t = 2000)]
     timeout_ms: u64,
+    /// Speak HTTPS. Also on with --ca-cert, or when CELGATE_HTTP_TLS_CERT is
+    /// set (the variable `serve --http-tls-cert` reads, so a container's
+    /// health check follows the server's setting).
+    #[arg(long)]
+    tls: bool,
+    /// Trust this CA bundle (PEM) for the server's certificate instead of
+    /// the web PKI roots. Implies --tls.
+    #[arg(long, env = "CELGATE_HEALTHCHECK_CA_CERT", value_name = "PEM")]
+    ca_cert: Option<PathBuf>,
+    /// The name the server's certificate must carry (default: the IP
+    /// address of --http-addr).
+    #[arg(long, env = "CELGATE_HEALTHCHECK_SERVER_NAME", value_name = "NAME")]
+    server_name: Option<String>,
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("any_tls").args(["tls_cert", "http_tls_cert"]).multiple(true)))]
 struct ServeArgs {
     #[command(flatten)]
     policies: PolicyArgs,
@@ -308,8 +323,10 @@ struct ServeArgs {
     #[arg(long, env = "CELGATE_HTTP_ADDR", default_value = "127.0.0.1:9192")]
     http_addr: SocketAddr,
     /// Serve gRPC over TLS with this certificate chain (PEM, leaf first).
-    /// Needs --tls-key. The HTTP listener (probes, /metrics) stays plaintext.
-    /// The files are read once, at start.
+    /// Needs --tls-key. The HTTP listener has its own flags
+    /// (--http-tls-cert). The files are watched: a changed certificate, key
+    /// or client CA is used for new connections without a restart (unless
+    /// --no-watch).
     #[arg(
         long,
         env = "CELGATE_TLS_CERT",
@@ -327,14 +344,14 @@ struct ServeArgs {
         requires = "tls_cert"
     )]
     tls_key: Option<PathBuf>,
-    /// The oldest TLS version accepted on the gRPC listener (default: 1.2).
+    /// The oldest TLS version accepted, on both listeners (default: 1.2).
     #[arg(
         long,
         env = "CELGATE_TLS_MIN_VERSION",
         help_heading = "TLS (gRPC listener)",
         value_enum,
         value_name = "VERSION",
-        requires = "tls_cert"
+        requires = "any_tls"
     )]
     tls_min_version: Option<TlsMinVersion>,
     /// Mutual TLS: require a client certificate that chains to one of these
@@ -362,6 +379,28 @@ struct ServeArgs {
         value_parser = parse_san
     )]
     tls_client_san: Vec<celgate::server::tls::SanPattern>,
+    /// Serve the HTTP listener (/livez, /readyz, /policies, /metrics) over
+    /// TLS with this certificate chain (PEM, leaf first). Needs
+    /// --http-tls-key. Without it the HTTP listener is plaintext, whatever
+    /// the gRPC listener does; to use the gRPC certificate, give the same
+    /// files. Watched and reloaded like --tls-cert.
+    #[arg(
+        long,
+        env = "CELGATE_HTTP_TLS_CERT",
+        help_heading = "TLS (HTTP listener)",
+        value_name = "PEM",
+        requires = "http_tls_key"
+    )]
+    http_tls_cert: Option<PathBuf>,
+    /// The private key of --http-tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "CELGATE_HTTP_TLS_KEY",
+        help_heading = "TLS (HTTP listener)",
+        value_name = "PEM",
+        requires = "http_tls_cert"
+    )]
+    http_tls_key: Option<PathBuf>,
     /// The largest CheckRequest read, in bytes (the whole protobuf message:
     /// headers, body and every other attribute). A larger one is answered
     /// with the failure denial (--failure-status) without being read further.
@@ -390,10 +429,12 @@ struct ServeArgs {
     /// `retry-after: 1` (the overload denial).
     #[arg(long, env = "CELGATE_MAX_PENDING_DECISIONS", default_value_t = celgate::server::limits::DEFAULT_MAX_PENDING as u64, value_parser = clap::value_parser!(u64).range(0..=65_536))]
     max_pending_decisions: u64,
-    /// Do not watch the policy paths. By default every change (new, changed,
-    /// renamed or deleted files; ConfigMap `..data` swaps) rebuilds the whole
-    /// set and swaps it in atomically; a change that does not load is logged
-    /// and refused, and the last good set keeps serving.
+    /// Do not watch the policy paths, nor the TLS files (then read once, at
+    /// start). By default every change (new, changed, renamed or deleted
+    /// files; ConfigMap `..data` swaps) rebuilds the whole set and swaps it
+    /// in atomically; a change that does not load is logged and refused, and
+    /// the last good set keeps serving. The same holds for the TLS
+    /// certificate, key and client CA files.
     #[arg(long, env = "CELGATE_NO_WATCH")]
     no_watch: bool,
     /// Quiet period after a change before reloading, in milliseconds, so a
@@ -401,8 +442,9 @@ struct ServeArgs {
     #[arg(long, env = "CELGATE_RELOAD_QUIET_MS", default_value_t = 50)]
     reload_quiet_ms: u64,
     /// Before a reload, the policy files must keep their size and
-    /// modification time this long (milliseconds), so a file still being
-    /// written is not loaded half-written. 0 turns the wait off.
+    /// modification time this long (milliseconds), and the TLS files their
+    /// content, so a file still being written is not loaded half-written.
+    /// 0 turns the wait off.
     #[arg(long, env = "CELGATE_RELOAD_SETTLE_MS", default_value_t = celgate::sources::files::DEFAULT_SETTLE_MS)]
     reload_settle_ms: u64,
     /// Also serve ValidatingPolicy (spec.evaluation.mode: Envoy) and
@@ -571,11 +613,20 @@ fn main() -> ExitCode {
             telemetry.shutdown();
             r
         }
-        Command::Healthcheck(args) => Ok(commands::healthcheck(
-            args.http_addr,
-            &args.path,
-            std::time::Duration::from_millis(args.timeout_ms),
-        )),
+        Command::Healthcheck(args) => {
+            let tls = args.tls
+                || args.ca_cert.is_some()
+                || std::env::var_os("CELGATE_HTTP_TLS_CERT").is_some_and(|v| !v.is_empty());
+            Ok(commands::healthcheck(
+                args.http_addr,
+                &args.path,
+                std::time::Duration::from_millis(args.timeout_ms),
+                tls.then_some(commands::HealthcheckTls {
+                    ca_cert: args.ca_cert,
+                    server_name: args.server_name,
+                }),
+            ))
+        }
         Command::Check(args) => {
             args.policies.limits.apply();
             commands::check(
@@ -722,19 +773,23 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
         decision_log = decision_log.is_some(),
         "telemetry"
     );
+    let min_version = match args.tls_min_version {
+        Some(TlsMinVersion::V13) => celgate::server::tls::MinVersion::Tls13,
+        Some(TlsMinVersion::V12) | None => celgate::server::tls::MinVersion::Tls12,
+    };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             let opts = celgate::server::tls::TlsOptions {
                 cert: cert.clone(),
                 key: key.clone(),
-                min_version: match args.tls_min_version {
-                    Some(TlsMinVersion::V13) => celgate::server::tls::MinVersion::Tls13,
-                    Some(TlsMinVersion::V12) | None => celgate::server::tls::MinVersion::Tls12,
-                },
+                min_version,
                 client_ca: args.tls_client_ca.clone(),
                 client_sans: args.tls_client_san.clone(),
             };
-            let config = celgate::server::tls::server_config(&opts).context("refusing to start")?;
+            let tls =
+                celgate::server::tls::ServerTls::load(celgate::server::tls::Listener::Grpc, opts)
+                    .context("refusing to start")?;
+            let opts = tls.options();
             tracing::info!(
                 min_version = if opts.min_version == celgate::server::tls::MinVersion::Tls13 {
                     "1.3"
@@ -745,9 +800,43 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
                 client_san_rules = opts.client_sans.len(),
                 "gRPC over TLS"
             );
-            Some(config)
+            Some(tls)
         }
         _ => None,
+    };
+    let http_tls = match (&args.http_tls_cert, &args.http_tls_key) {
+        (Some(cert), Some(key)) => {
+            let opts = celgate::server::tls::TlsOptions {
+                cert: cert.clone(),
+                key: key.clone(),
+                min_version,
+                client_ca: None,
+                client_sans: Vec::new(),
+            };
+            let tls =
+                celgate::server::tls::ServerTls::load(celgate::server::tls::Listener::Http, opts)
+                    .context("refusing to start: --http-tls-cert")?;
+            tracing::info!("HTTP over TLS");
+            Some(tls)
+        }
+        _ => None,
+    };
+    let watch_options = celgate::sources::files::WatchOptions {
+        quiet: std::time::Duration::from_millis(args.reload_quiet_ms),
+        settle: std::time::Duration::from_millis(args.reload_settle_ms),
+        ..Default::default()
+    };
+    let _tls_watchers = if args.no_watch {
+        Vec::new()
+    } else {
+        [&tls, &http_tls]
+            .into_iter()
+            .flatten()
+            .map(|t| {
+                celgate::server::tls::watch(t.clone(), watch_options)
+                    .context("watching the TLS files")
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?
     };
     let state = State::with_options(
         set,
@@ -771,6 +860,7 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
                 |n| n as usize,
             )),
             tls,
+            http_tls,
         },
     );
     let exception_namespaces = match &args.exception_namespaces {
@@ -848,16 +938,8 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
         None
     } else {
         Some(
-            celgate::sources::files::watch_with(
-                state.clone(),
-                sources.clone(),
-                celgate::sources::files::WatchOptions {
-                    quiet: std::time::Duration::from_millis(args.reload_quiet_ms),
-                    settle: std::time::Duration::from_millis(args.reload_settle_ms),
-                    ..Default::default()
-                },
-            )
-            .context("watching the policy paths")?,
+            celgate::sources::files::watch_with(state.clone(), sources.clone(), watch_options)
+                .context("watching the policy paths")?,
         )
     };
     if !missing.is_empty() {

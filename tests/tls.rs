@@ -1,6 +1,8 @@
 //! `celgate serve --tls-cert/--tls-key` (and `--tls-client-ca`,
-//! `--tls-client-san`) as a process, called with a tonic TLS client and
-//! with raw rustls handshakes; certificates are made here with rcgen.
+//! `--tls-client-san`, `--http-tls-cert/--http-tls-key`) as a process,
+//! called with a tonic TLS client and with raw rustls handshakes;
+//! certificates are made here with rcgen. Rotation: the files are rewritten
+//! in place or swapped like a Kubernetes Secret mount while the server runs.
 
 mod common;
 
@@ -39,7 +41,18 @@ impl Ca {
 
     /// (certificate PEM, key PEM) of a leaf with these names.
     fn leaf(&self, sans: Vec<SanType>, usage: ExtendedKeyUsagePurpose) -> (String, String) {
+        self.leaf_until(sans, usage, 2035)
+    }
+
+    /// `leaf`, valid until 1 January of `year`.
+    fn leaf_until(
+        &self,
+        sans: Vec<SanType>,
+        usage: ExtendedKeyUsagePurpose,
+        year: i32,
+    ) -> (String, String) {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.not_after = rcgen::date_time_ymd(year, 1, 1);
         params.subject_alt_names = sans;
         params.distinguished_name.push(DnType::CommonName, "leaf");
         params.extended_key_usages = vec![usage];
@@ -50,12 +63,19 @@ impl Ca {
     }
 
     fn server(&self) -> (String, String) {
-        self.leaf(
+        self.server_until(2035)
+    }
+
+    /// A server certificate for localhost and 127.0.0.1, valid until 1
+    /// January of `year`.
+    fn server_until(&self, year: i32) -> (String, String) {
+        self.leaf_until(
             vec![
                 SanType::DnsName("localhost".try_into().unwrap()),
                 SanType::IpAddress([127, 0, 0, 1].into()),
             ],
             ExtendedKeyUsagePurpose::ServerAuth,
+            year,
         )
     }
 
@@ -77,16 +97,23 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 struct Server {
     child: ChildGuard,
     grpc_port: u16,
+    http_port: u16,
 }
 
 /// `celgate serve` on the bundled policies, unwatched, on `ports` (gRPC,
 /// HTTP), exporting no spans.
 fn serve_command(ports: &[u16]) -> Command {
+    let mut cmd = watched_serve_command(ports);
+    cmd.arg("--no-watch");
+    cmd
+}
+
+/// `serve_command` watching its files (policies and TLS).
+fn watched_serve_command(ports: &[u16]) -> Command {
     let mut cmd = Command::new(celgate_bin());
     cmd.arg("serve")
         .arg("--policies")
         .arg(common::repo_root().join("policies"))
-        .arg("--no-watch")
         .arg("--grpc-addr")
         .arg(loopback(ports[0]).to_string())
         .arg("--http-addr")
@@ -97,8 +124,17 @@ fn serve_command(ports: &[u16]) -> Command {
 
 /// `celgate serve` on the bundled policies with `extra` flags, once ready.
 fn start(dir: &Path, extra: &[&str]) -> Server {
+    start_with(serve_command, dir, extra)
+}
+
+/// `start`, watching the files: TLS files are reloaded on change.
+fn start_watched(dir: &Path, extra: &[&str]) -> Server {
+    start_with(watched_serve_command, dir, extra)
+}
+
+fn start_with(command: fn(&[u16]) -> Command, dir: &Path, extra: &[&str]) -> Server {
     let ports = free_ports(2);
-    let mut cmd = serve_command(&ports);
+    let mut cmd = command(&ports);
     cmd.args(extra).env("RUST_LOG", "info");
     let mut child = ChildGuard::spawn("celgate", cmd, dir);
     let http = loopback(ports[1]);
@@ -108,12 +144,23 @@ fn start(dir: &Path, extra: &[&str]) -> Server {
     Server {
         child,
         grpc_port: ports[0],
+        http_port: ports[1],
     }
 }
 
 /// `start` with mutual TLS: a server certificate of `server_ca`, clients of
 /// `client_ca`, and `sans` as the allow-list (none: any client of the CA).
 fn start_mtls(dir: &Path, server_ca: &Ca, client_ca: &Ca, sans: &[&str]) -> Server {
+    start_mtls_with(start, dir, server_ca, client_ca, sans)
+}
+
+fn start_mtls_with(
+    start: fn(&Path, &[&str]) -> Server,
+    dir: &Path,
+    server_ca: &Ca,
+    client_ca: &Ca,
+    sans: &[&str],
+) -> Server {
     let (cert, key) = server_ca.server();
     let cert = write(dir, "server.pem", &cert);
     let key = write(dir, "server.key", &key);
@@ -515,4 +562,478 @@ impl Drop for Running {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A rustls client configuration trusting the certificates of `roots`
+/// (PEM), offering `alpn`.
+fn client_config(roots: &[&str], alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut store = rustls::RootCertStore::empty();
+    for pem in roots {
+        store
+            .add(rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap())
+            .unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(store)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// A blocking TLS connection to `port` with `config`, handshake done.
+fn tls_connect(
+    port: u16,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>, String> {
+    let tcp = std::net::TcpStream::connect_timeout(&loopback(port), Duration::from_secs(2))
+        .map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    tcp.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let conn = rustls::ClientConnection::new(config, "localhost".try_into().unwrap())
+        .map_err(|e| e.to_string())?;
+    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    while stream.conn.is_handshaking() {
+        stream
+            .conn
+            .complete_io(&mut stream.sock)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(stream)
+}
+
+/// The DER of the leaf certificate the server on `port` presents to a
+/// client trusting `roots`.
+fn presented_leaf(port: u16, roots: &[&str]) -> Result<Vec<u8>, String> {
+    let stream = tls_connect(port, client_config(roots, &[b"h2", b"http/1.1"]))?;
+    let certs = stream.conn.peer_certificates().ok_or("no certificate")?;
+    Ok(certs[0].as_ref().to_vec())
+}
+
+/// The DER of the (first) certificate in `pem`.
+fn der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .as_ref()
+        .to_vec()
+}
+
+/// GET `path` over HTTPS/1.1 trusting `ca`: (status, body).
+fn https_get(port: u16, ca: &str, path: &str) -> Result<(u16, String), String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = tls_connect(port, client_config(&[ca], &[b"http/1.1"]))?;
+    if stream.conn.alpn_protocol() != Some(b"http/1.1") {
+        return Err(format!("ALPN {:?}", stream.conn.alpn_protocol()));
+    }
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    match stream.read_to_end(&mut out) {
+        Ok(_) => {}
+        // Closed without close_notify after the answer.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let out = String::from_utf8_lossy(&out);
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    Ok((status, body))
+}
+
+/// The value of `series` (name and labels, exactly) in Prometheus text.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A series of the plaintext `/metrics` of `server`.
+fn server_metric(server: &Server, series: &str) -> Option<f64> {
+    let (_, text) = get_blocking(loopback(server.http_port), "/metrics").ok()?;
+    metric(&text, series)
+}
+
+/// The plaintext `/readyz` of `server`: (status, JSON).
+fn readyz(server: &Server) -> (u16, serde_json::Value) {
+    let (code, body) = get_blocking(loopback(server.http_port), "/readyz").unwrap();
+    (code, serde_json::from_str(&body).unwrap())
+}
+
+const GRPC_RELOADS: &str = "celgate_tls_reloads_total{listener=\"grpc\"}";
+const GRPC_ERRORS: &str = "celgate_tls_reload_errors_total{listener=\"grpc\"}";
+const GRPC_EXPIRY: &str = "celgate_tls_cert_expiry_timestamp_seconds{listener=\"grpc\"}";
+const GRPC_FAILING: &str = "celgate_tls_reload_failing{listener=\"grpc\"}";
+
+/// 1 January 2031, 2032 and 2033, 00:00 UTC, in Unix seconds.
+const JAN_2031: f64 = 1_924_992_000.0;
+const JAN_2032: f64 = 1_956_528_000.0;
+const JAN_2033: f64 = 1_988_150_400.0;
+
+/// Waits (polling) until `series` of `server` reaches `value`.
+fn wait_metric(server: &mut Server, series: &str, value: f64) {
+    let port = server.http_port;
+    server.child.wait_until(&format!("{series} = {value}"), || {
+        get_blocking(loopback(port), "/metrics")
+            .ok()
+            .and_then(|(_, t)| metric(&t, series))
+            == Some(value)
+    });
+}
+
+/// A Check on a connection opened before anything changed on the server.
+async fn check_on(channel: &tonic::transport::Channel) -> Result<i32, String> {
+    let reply = tokio::time::timeout(
+        Duration::from_secs(15),
+        AuthorizationClient::new(channel.clone()).check(allowed_request()),
+    )
+    .await
+    .map_err(|_| "timed out".to_owned())?
+    .map_err(|e| format!("check: {e:?}"))?;
+    Ok(reply.into_inner().status.map_or(-1, |s| s.code))
+}
+
+/// A connected channel trusting only `ca_pem`.
+async fn channel(port: u16, ca_pem: &str) -> tonic::transport::Channel {
+    Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+        .unwrap()
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(ca_pem))
+                .domain_name("localhost"),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// Rewriting the certificate and key in place: new connections get the new
+/// certificate; a connection opened before keeps working. The new
+/// certificate is from another CA, so the old connection's client (which
+/// trusts only the old CA) could not have reconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_in_place_serves_new_connections_and_keeps_old_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old_ca, new_ca) = (Ca::new("old CA"), Ca::new("new CA"));
+    let (cert_a, key_a) = old_ca.server_until(2031);
+    let cert = write(dir.path(), "server.pem", &cert_a);
+    let key = write(dir.path(), "server.key", &key_a);
+    let mut server = start_watched(
+        dir.path(),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let port = server.grpc_port;
+    let both = [old_ca.pem(), new_ca.pem()];
+    let both = [both[0].as_str(), both[1].as_str()];
+    assert_eq!(presented_leaf(port, &both), Ok(der(&cert_a)));
+    assert_eq!(server_metric(&server, GRPC_EXPIRY), Some(JAN_2031));
+    assert_eq!(server_metric(&server, GRPC_RELOADS), Some(0.0));
+    let old = channel(port, &old_ca.pem()).await;
+    assert_eq!(check_on(&old).await, Ok(0));
+
+    let (cert_b, key_b) = new_ca.server_until(2032);
+    std::fs::write(&cert, &cert_b).unwrap();
+    std::fs::write(&key, &key_b).unwrap();
+    tokio::task::block_in_place(|| wait_metric(&mut server, GRPC_RELOADS, 1.0));
+
+    assert_eq!(presented_leaf(port, &both), Ok(der(&cert_b)));
+    assert_eq!(server_metric(&server, GRPC_EXPIRY), Some(JAN_2032));
+    assert_eq!(tls_check(port, &new_ca.pem(), None).await, Ok(0));
+    let stale = tls_check(port, &old_ca.pem(), None).await;
+    assert!(stale.is_err(), "a new connection got the old certificate");
+    assert_eq!(check_on(&old).await, Ok(0), "the old connection broke");
+    let (code, ready) = readyz(&server);
+    assert_eq!(code, 200);
+    assert_eq!(ready["tls"]["grpc"]["reloads"], 1, "{ready}");
+    assert_eq!(
+        ready["tls"]["grpc"]["certificateNotAfter"], "2032-01-01T00:00:00.000Z",
+        "{ready}"
+    );
+    server.child.check_alive().unwrap();
+}
+
+/// A Kubernetes Secret volume: `tls.crt` and `tls.key` link into `..data`,
+/// a link to a timestamped directory; an update writes a new directory and
+/// renames a new `..data` link over the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_through_a_secret_mount_data_link_swap() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let mount = dir.path().join("tls");
+    let version = |name: &str, (cert, key): &(String, String)| {
+        let d = mount.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("tls.crt"), cert).unwrap();
+        std::fs::write(d.join("tls.key"), key).unwrap();
+    };
+    let ca = Ca::new("test CA");
+    let first = ca.server_until(2031);
+    version("..2026_11_30_01", &first);
+    symlink("..2026_11_30_01", mount.join("..data")).unwrap();
+    symlink("..data/tls.crt", mount.join("tls.crt")).unwrap();
+    symlink("..data/tls.key", mount.join("tls.key")).unwrap();
+    let mut server = start_watched(
+        dir.path(),
+        &[
+            "--tls-cert",
+            mount.join("tls.crt").to_str().unwrap(),
+            "--tls-key",
+            mount.join("tls.key").to_str().unwrap(),
+        ],
+    );
+    let port = server.grpc_port;
+    assert_eq!(presented_leaf(port, &[&ca.pem()]), Ok(der(&first.0)));
+    let old = channel(port, &ca.pem()).await;
+
+    let second = ca.server_until(2033);
+    version("..2026_11_30_02", &second);
+    symlink("..2026_11_30_02", mount.join("..data_tmp")).unwrap();
+    std::fs::rename(mount.join("..data_tmp"), mount.join("..data")).unwrap();
+    std::fs::remove_dir_all(mount.join("..2026_11_30_01")).unwrap();
+    tokio::task::block_in_place(|| wait_metric(&mut server, GRPC_RELOADS, 1.0));
+
+    assert_eq!(presented_leaf(port, &[&ca.pem()]), Ok(der(&second.0)));
+    assert_eq!(server_metric(&server, GRPC_EXPIRY), Some(JAN_2033));
+    // Every state the swap went through was a whole pair: nothing refused.
+    assert_eq!(server_metric(&server, GRPC_ERRORS), Some(0.0));
+    assert_eq!(check_on(&old).await, Ok(0));
+    assert_eq!(tls_check(port, &ca.pem(), None).await, Ok(0));
+}
+
+/// A key that does not match the certificate, then a certificate cut off
+/// mid-file, are refused: the old certificate keeps serving, the refusals
+/// are counted and shown in `/readyz` (still ready). Fixing the files
+/// recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_files_keep_the_last_good_certificate_until_fixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("test CA");
+    let (cert_a, key_a) = ca.server_until(2031);
+    let cert = write(dir.path(), "server.pem", &cert_a);
+    let key = write(dir.path(), "server.key", &key_a);
+    let mut server = start_watched(
+        dir.path(),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let port = server.grpc_port;
+    let old = channel(port, &ca.pem()).await;
+    let (_, ready) = readyz(&server);
+    assert!(ready["tls"]["grpc"]["lastReloadError"].is_null(), "{ready}");
+    assert_eq!(server_metric(&server, GRPC_FAILING), Some(0.0));
+
+    // Another pair's key.
+    let (_, other_key) = ca.server();
+    std::fs::write(&key, &other_key).unwrap();
+    tokio::task::block_in_place(|| wait_metric(&mut server, GRPC_ERRORS, 1.0));
+    assert_eq!(presented_leaf(port, &[&ca.pem()]), Ok(der(&cert_a)));
+    assert_eq!(tls_check(port, &ca.pem(), None).await, Ok(0));
+    let (code, ready) = readyz(&server);
+    assert_eq!(code, 200, "{ready}");
+    assert_eq!(ready["status"], "ready");
+    let error = ready["tls"]["grpc"]["lastReloadError"]["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{ready}"))
+        .to_owned();
+    assert!(error.contains("does not match the certificate"), "{error}");
+    assert_eq!(ready["tls"]["grpc"]["reloadErrors"], 1);
+    assert_eq!(server_metric(&server, GRPC_FAILING), Some(1.0));
+    assert_eq!(server_metric(&server, GRPC_RELOADS), Some(0.0));
+
+    // A certificate written half-way.
+    let cut = &cert_a[..cert_a.len() / 2];
+    std::fs::write(&cert, cut).unwrap();
+    tokio::task::block_in_place(|| wait_metric(&mut server, GRPC_ERRORS, 2.0));
+    assert_eq!(presented_leaf(port, &[&ca.pem()]), Ok(der(&cert_a)));
+    let (code, ready) = readyz(&server);
+    assert_eq!(code, 200, "{ready}");
+    let error = ready["tls"]["grpc"]["lastReloadError"]["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{ready}"))
+        .to_owned();
+    assert!(
+        error.contains("certificate") && error.contains("server.pem"),
+        "{error}"
+    );
+
+    // The log names the refusals and never the key.
+    let log = server.child.log_tail();
+    assert!(log.contains("TLS reload refused"), "{log}");
+    for pem in [&key_a, &other_key] {
+        let body = pem.lines().nth(1).unwrap();
+        assert!(!log.contains(body), "key material in the log:\n{log}");
+    }
+    assert!(!log.contains("PRIVATE KEY"), "{log}");
+
+    // A good pair again.
+    let (cert_b, key_b) = ca.server_until(2032);
+    std::fs::write(&cert, &cert_b).unwrap();
+    std::fs::write(&key, &key_b).unwrap();
+    tokio::task::block_in_place(|| wait_metric(&mut server, GRPC_RELOADS, 1.0));
+    assert_eq!(presented_leaf(port, &[&ca.pem()]), Ok(der(&cert_b)));
+    assert_eq!(server_metric(&server, GRPC_FAILING), Some(0.0));
+    assert_eq!(server_metric(&server, GRPC_EXPIRY), Some(JAN_2032));
+    let (_, ready) = readyz(&server);
+    assert!(ready["tls"]["grpc"]["lastReloadError"].is_null(), "{ready}");
+    assert_eq!(check_on(&old).await, Ok(0));
+    server.child.check_alive().unwrap();
+}
+
+/// Replacing the client CA bundle: a client of the new CA is refused
+/// before and admitted after; a client of the old CA the other way round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_ca_rotation_admits_the_new_ca_and_refuses_the_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_ca = Ca::new("server CA");
+    let (old_ca, new_ca) = (Ca::new("client CA 1"), Ca::new("client CA 2"));
+    let mut server = start_mtls_with(start_watched, dir.path(), &server_ca, &old_ca, &[]);
+    let port = server.grpc_port;
+    let ca = server_ca.pem();
+    let old_client = old_ca.client_uri(SPIFFE_ENVOY);
+    let new_client = new_ca.client_uri(SPIFFE_ENVOY);
+    assert_eq!(tls_check(port, &ca, Some(&old_client)).await, Ok(0));
+    let before = tls_check(port, &ca, Some(&new_client)).await;
+    assert!(before.is_err(), "new CA admitted before: {before:?}");
+
+    std::fs::write(dir.path().join("clients.pem"), new_ca.pem()).unwrap();
+    tokio::task::block_in_place(|| wait_metric(&mut server, GRPC_RELOADS, 1.0));
+
+    assert_eq!(tls_check(port, &ca, Some(&new_client)).await, Ok(0));
+    let after = tls_check(port, &ca, Some(&old_client)).await;
+    assert!(after.is_err(), "old CA still admitted: {after:?}");
+    assert_eq!(server_metric(&server, GRPC_ERRORS), Some(0.0));
+}
+
+/// `--http-tls-cert`: the HTTP routes answer over TLS only, the files
+/// rotate like the gRPC ones, a silent client does not hold others up, and
+/// `celgate healthcheck` speaks TLS with the CA to trust.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_listener_over_tls_with_rotation_and_healthcheck() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("http CA");
+    let (cert_a, key_a) = ca.server_until(2031);
+    let cert = write(dir.path(), "http.pem", &cert_a);
+    let key = write(dir.path(), "http.key", &key_a);
+    let ca_file = write(dir.path(), "ca.pem", &ca.pem());
+    let ports = free_ports(2);
+    let mut cmd = watched_serve_command(&ports);
+    cmd.arg("--http-tls-cert")
+        .arg(&cert)
+        .arg("--http-tls-key")
+        .arg(&key)
+        .env("RUST_LOG", "info");
+    let mut child = ChildGuard::spawn("celgate", cmd, dir.path());
+    let http = ports[1];
+    let ca_pem = ca.pem();
+    tokio::task::block_in_place(|| {
+        child.wait_until("/readyz over TLS", || {
+            matches!(https_get(http, &ca_pem, "/readyz"), Ok((200, _)))
+        })
+    });
+    let (code, body) = https_get(http, &ca_pem, "/livez").unwrap();
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    let plain = get_blocking(loopback(http), "/readyz");
+    assert!(
+        !matches!(plain, Ok((200, _))),
+        "plaintext answered: {plain:?}"
+    );
+    // gRPC stays plaintext without --tls-cert.
+    let mut grpc = AuthorizationClient::connect(format!("http://127.0.0.1:{}", ports[0]))
+        .await
+        .unwrap();
+    grpc.check(allowed_request()).await.unwrap();
+
+    // A client that connects and says nothing holds up no one.
+    let _silent = std::net::TcpStream::connect(loopback(http)).unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(https_get(http, &ca_pem, "/livez").map(|r| r.0), Ok(200));
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    let (_, metrics) = https_get(http, &ca_pem, "/metrics").unwrap();
+    let http_expiry = "celgate_tls_cert_expiry_timestamp_seconds{listener=\"http\"}";
+    assert_eq!(metric(&metrics, http_expiry), Some(JAN_2031), "{metrics}");
+    assert!(!metrics.contains("listener=\"grpc\""), "{metrics}");
+
+    let healthcheck = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = Command::new(celgate_bin());
+        cmd.arg("healthcheck")
+            .args(args)
+            .env("CELGATE_HTTP_ADDR", loopback(http).to_string())
+            .env_remove("CELGATE_HTTP_TLS_CERT")
+            .env_remove("CELGATE_HEALTHCHECK_CA_CERT")
+            .env_remove("CELGATE_HEALTHCHECK_SERVER_NAME");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let ca_arg = ca_file.to_str().unwrap();
+    let ok = healthcheck(&["--ca-cert", ca_arg], &[]);
+    assert!(ok.status.success(), "{ok:?}");
+    let named = healthcheck(&["--ca-cert", ca_arg, "--server-name", "localhost"], &[]);
+    assert!(named.status.success(), "{named:?}");
+    let wrong_name = healthcheck(
+        &["--ca-cert", ca_arg, "--server-name", "other.example"],
+        &[],
+    );
+    assert_eq!(wrong_name.status.code(), Some(1), "{wrong_name:?}");
+    // The variables of a container that serves HTTPS: TLS without --tls.
+    let auto = healthcheck(
+        &[],
+        &[
+            ("CELGATE_HTTP_TLS_CERT", cert.to_str().unwrap()),
+            ("CELGATE_HEALTHCHECK_CA_CERT", ca_arg),
+        ],
+    );
+    assert!(auto.status.success(), "{auto:?}");
+    // Without the CA the certificate is not trusted.
+    let untrusted = healthcheck(&["--tls"], &[]);
+    assert_eq!(untrusted.status.code(), Some(1), "{untrusted:?}");
+    let err = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(err.contains("HTTPS") && err.contains("--ca-cert"), "{err}");
+    let other_ca = write(dir.path(), "other.pem", &Ca::new("http CA").pem());
+    let wrong_ca = healthcheck(&["--ca-cert", other_ca.to_str().unwrap()], &[]);
+    assert_eq!(wrong_ca.status.code(), Some(1), "{wrong_ca:?}");
+    // Plaintext to a TLS listener fails.
+    let plain = healthcheck(&[], &[]);
+    assert_eq!(plain.status.code(), Some(1), "{plain:?}");
+
+    // Rotation on the HTTP listener.
+    let (cert_b, key_b) = ca.server_until(2032);
+    std::fs::write(&cert, &cert_b).unwrap();
+    std::fs::write(&key, &key_b).unwrap();
+    let http_reloads = "celgate_tls_reloads_total{listener=\"http\"}";
+    tokio::task::block_in_place(|| {
+        child.wait_until("HTTP certificate reloaded", || {
+            https_get(http, &ca_pem, "/metrics")
+                .ok()
+                .and_then(|(_, t)| metric(&t, http_reloads))
+                == Some(1.0)
+        })
+    });
+    assert_eq!(presented_leaf(http, &[&ca_pem]), Ok(der(&cert_b)));
+    let (_, ready) = https_get(http, &ca_pem, "/readyz").unwrap();
+    let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(
+        ready["tls"]["http"]["certificateNotAfter"], "2032-01-01T00:00:00.000Z",
+        "{ready}"
+    );
+    assert!(ready["tls"].get("grpc").is_none(), "{ready}");
+    child.check_alive().unwrap();
 }

@@ -528,9 +528,9 @@ pub async fn serve(
         let _ = stop.wait_for(|p| *p == super::Phase::Stop).await;
     };
     match tls {
-        Some(config) => {
+        Some(tls) => {
             router
-                .serve_with_incoming_shutdown(super::tls::incoming(incoming, config), stopped)
+                .serve_with_incoming_shutdown(super::tls::incoming(incoming, tls), stopped)
                 .await
         }
         None => router.serve_with_incoming_shutdown(incoming, stopped).await,

@@ -1,7 +1,7 @@
 //! The HTTP side: `GET /livez` (the process is up), `GET /readyz` (a policy
 //! set is loaded and being served, with detail on the last reload),
 //! `GET /policies` (what is loaded, from where, since when) and `GET /metrics`
-//! (Prometheus text format).
+//! (Prometheus text format); over TLS with `--http-tls-cert`.
 
 use super::State;
 use crate::policy::FailurePolicy;
@@ -24,7 +24,10 @@ pub fn router(state: Arc<State>) -> Router {
 }
 
 /// Ready while a set is served — also after a refused reload, since the
-/// last good set keeps serving; the refusal is in `lastReloadError`. Also
+/// last good set keeps serving; the refusal is in `lastReloadError`. The
+/// same for TLS: refused certificate files leave the last good certificate
+/// serving, so `/readyz` stays 200 and names the refusal under
+/// `tls.<listener>.lastReloadError`. Also
 /// ready with broken or ignored Kubernetes objects (listed in `kubernetes`):
 /// one bad object a cluster user applies must not take the pods out.
 async fn readyz(AxState(state): AxState<Arc<State>>) -> (StatusCode, Json<serde_json::Value>) {
@@ -50,6 +53,10 @@ async fn readyz(AxState(state): AxState<Arc<State>>) -> (StatusCode, Json<serde_
             "lastReloadError": r.last_error(),
             "kubernetes": r.kube(),
             "jwksCaBundleError": crate::identity::tls::ca_bundle_error(),
+            "tls": tls_listeners(&state)
+                .into_iter()
+                .map(|t| (t.listener().label(), t.status()))
+                .collect::<std::collections::BTreeMap<_, _>>(),
         })),
     )
 }
@@ -140,6 +147,7 @@ async fn metrics(
         u8::from(r.last_error().is_some()),
     );
     extra.push_str(&crate::telemetry::extra_metrics());
+    extra.push_str(&super::tls::render_metrics(&tls_listeners(&state)));
     extra.push_str(&state.pool.render_metrics());
     (
         [(
@@ -150,12 +158,32 @@ async fn metrics(
     )
 }
 
+/// Serves the routes on `listener`, over TLS when `--http-tls-cert` is set.
 pub async fn serve(
     state: Arc<State>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    match state.options.http_tls.clone() {
+        Some(tls) => {
+            let listener = super::tls::TlsListener::new(listener, tls)?;
+            axum::serve(listener, router(state))
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            axum::serve(listener, router(state))
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
+}
+
+/// The listeners with TLS.
+fn tls_listeners(state: &State) -> Vec<&super::tls::ServerTls> {
+    [&state.options.tls, &state.options.http_tls]
+        .into_iter()
+        .flatten()
+        .map(|t| &**t)
+        .collect()
 }

@@ -44,9 +44,10 @@ pub struct ServeOptions {
     /// is answered with the failure denial. `None`: the default,
     /// [`decode::default_max_request_bytes`] of the default MCP body limit.
     pub max_request_bytes: Option<usize>,
-    /// TLS on the gRPC listener (`--tls-cert`); `None`: plaintext. The
-    /// HTTP listener always stays plaintext.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS on the gRPC listener (`--tls-cert`); `None`: plaintext.
+    pub tls: Option<Arc<tls::ServerTls>>,
+    /// TLS on the HTTP listener (`--http-tls-cert`); `None`: plaintext.
+    pub http_tls: Option<Arc<tls::ServerTls>>,
 }
 
 impl ServeOptions {
@@ -160,6 +161,7 @@ pub async fn serve_on(
         http = %http_listener.local_addr().unwrap_or(http_addr),
         policies = state.policies.load().policies.len(),
         grpc_tls = state.options.tls.is_some(),
+        http_tls = state.options.http_tls.is_some(),
         "celgate serving"
     );
     let (tx, rx) = tokio::sync::watch::channel(Phase::Serving);

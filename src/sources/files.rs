@@ -24,6 +24,10 @@
 //! settle interval has passed (the build runs meanwhile); if they changed,
 //! the reload starts again, so a file still being written is not loaded
 //! half-written.
+//!
+//! The watching itself ([`watch_paths`]) knows nothing of policies: the TLS
+//! certificate, key and client CA files are followed the same way
+//! ([`crate::server::tls::watch`]).
 
 use super::{rebuild, rebuild_if, ReloadOutcome, Sources};
 use crate::server::State;
@@ -166,7 +170,7 @@ fn anchors(paths: &[PathBuf]) -> (Vec<(PathBuf, Identity)>, Vec<std::fs::File>) 
 }
 
 /// Replaces the watches with those `paths` need now.
-fn arm(debouncer: &Mutex<Debouncer>, armed: &mut Vec<PathBuf>, paths: &[PathBuf]) {
+fn arm(debouncer: &Mutex<Debouncer>, armed: &mut Vec<PathBuf>, paths: &[PathBuf], what: &str) {
     let mut d = debouncer.lock().unwrap_or_else(|e| e.into_inner());
     for dir in armed.drain(..) {
         // Fails when the watch went with its directory; nothing to undo then.
@@ -175,11 +179,11 @@ fn arm(debouncer: &Mutex<Debouncer>, armed: &mut Vec<PathBuf>, paths: &[PathBuf]
     for (dir, mode) in watch_targets(paths) {
         match d.watch(&dir, mode) {
             Ok(()) => {
-                tracing::info!(dir = %dir.display(), "watching policies");
+                tracing::info!(dir = %dir.display(), "watching {what}");
                 armed.push(dir);
             }
             // Gone again meanwhile, or unreadable: the next poll retries.
-            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch policies"),
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch {what}"),
         }
     }
 }
@@ -206,6 +210,47 @@ pub fn watch_with(
     sources: Arc<Sources>,
     options: WatchOptions,
 ) -> Result<FileWatcher, WatchError> {
+    let reload_sources = sources.clone();
+    let watcher = watch_paths(
+        sources.paths.clone(),
+        options,
+        WatchNames {
+            what: "policies",
+            thread: "celgate-reload",
+        },
+        move || {
+            settled_rebuild(&state, &reload_sources, options.settle);
+        },
+    )?;
+    for p in sources.paths.iter().filter(|p| !p.exists()) {
+        tracing::warn!(path = %p.display(), "policy path does not exist yet; it is loaded when it appears");
+    }
+    Ok(watcher)
+}
+
+/// How a watch names itself in logs and thread names.
+#[derive(Debug, Clone, Copy)]
+pub struct WatchNames {
+    /// What is watched, for logs ("policies", "TLS files").
+    pub what: &'static str,
+    /// The name of the thread that runs `on_change` (the poll thread's is
+    /// this with `-poll`).
+    pub thread: &'static str,
+}
+
+/// Watches `paths` (files or directories) as described in the module
+/// documentation and calls `on_change` on its own thread after each burst
+/// of changes (`options.quiet`), and whenever a path or its directory was
+/// replaced, created or removed. Calls never overlap; a panic in
+/// `on_change` is logged and watching goes on. `options.settle` is left to
+/// `on_change`. Watches until the [`FileWatcher`] is dropped.
+pub fn watch_paths(
+    paths: Vec<PathBuf>,
+    options: WatchOptions,
+    names: WatchNames,
+    mut on_change: impl FnMut() + Send + 'static,
+) -> Result<FileWatcher, WatchError> {
+    let what = names.what;
     let (tx, rx) = mpsc::channel::<()>();
     let events = tx.clone();
     let debouncer = new_debouncer(
@@ -234,40 +279,33 @@ pub fn watch_with(
     let debouncer = Arc::new(Mutex::new(debouncer));
     // Looked at before the watches are set, so a change from here on is
     // either seen by a watch or by the poll.
-    let (mut seen, mut held) = anchors(&sources.paths);
+    let (mut seen, mut held) = anchors(&paths);
     let mut armed = Vec::new();
     {
         // At start every existing path must be watchable.
         let mut d = debouncer.lock().unwrap_or_else(|e| e.into_inner());
-        for (dir, mode) in watch_targets(&sources.paths) {
+        for (dir, mode) in watch_targets(&paths) {
             d.watch(&dir, mode).map_err(|source| WatchError::Watch {
                 path: dir.clone(),
                 source,
             })?;
-            tracing::info!(dir = %dir.display(), "watching policies");
+            tracing::info!(dir = %dir.display(), "watching {what}");
             armed.push(dir);
         }
     }
-    for p in sources.paths.iter().filter(|p| !p.exists()) {
-        tracing::warn!(path = %p.display(), "policy path does not exist yet; it is loaded when it appears");
-    }
 
-    let reload_sources = sources.clone();
     std::thread::Builder::new()
-        .name("celgate-reload".into())
+        .name(names.thread.into())
         .spawn(move || {
             // Ends when every sender is gone (the debouncer and the poll
             // thread, both ended by dropping the FileWatcher).
             while rx.recv().is_ok() {
                 // Coalesce whatever else arrived meanwhile into this reload.
                 while rx.try_recv().is_ok() {}
-                // `rebuild` catches panics of the build itself; this keeps
-                // the thread alive through anything else.
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    settled_rebuild(&state, &reload_sources, options.settle)
-                }));
+                // Keeps the thread alive through a panic of the reload.
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut on_change));
                 if r.is_err() {
-                    tracing::error!("policy reload panicked; reloading continues");
+                    tracing::error!("reload of {what} panicked; reloading continues");
                 }
                 // Events caused by what was just read are not news.
                 while rx.try_recv().is_ok() {}
@@ -278,18 +316,20 @@ pub fn watch_with(
     let (stop, stopped) = mpsc::channel::<()>();
     let poll_debouncer = debouncer.clone();
     std::thread::Builder::new()
-        .name("celgate-watch-poll".into())
+        .name(format!("{}-poll", names.thread))
         .spawn(move || {
             while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(options.poll) {
-                let (now, now_held) = anchors(&sources.paths);
+                let (now, now_held) = anchors(&paths);
                 // The old handles go only after the new look.
                 drop(std::mem::replace(&mut held, now_held));
                 if now == seen {
                     continue;
                 }
-                tracing::info!("a policy path was replaced, created or removed; watching it again");
+                tracing::info!(
+                    "a watched path ({what}) was replaced, created or removed; watching it again"
+                );
                 seen = now;
-                arm(&poll_debouncer, &mut armed, &sources.paths);
+                arm(&poll_debouncer, &mut armed, &paths, what);
                 // Whatever happened before the new watches were in place.
                 if tx.send(()).is_err() {
                     break;
