@@ -409,7 +409,14 @@ fn run_session(ws: &Workspace, name: &str, cmds: &[Cmd]) -> Result<(), String> {
         .iter()
         .enumerate()
         .filter(|(_, c)| c.background)
-        .map(|(n, c)| format!("\n--- background `{}` ({}):\n{}", c.text, c.at, read(n, "out")))
+        .map(|(n, c)| {
+            format!(
+                "\n--- background `{}` ({}):\n{}",
+                c.text,
+                c.at,
+                read(n, "out")
+            )
+        })
         .collect();
     let ran = (0..cmds.len()).rfind(|&n| !read(n, "rc").is_empty());
     let report = |why: String| {
@@ -460,7 +467,10 @@ fn run_page(page: &str) -> Vec<String> {
     }
     for (n, b) in blocks.iter().enumerate() {
         let (file, args): (String, Vec<&str>) = if b.flag("policy") {
-            (format!(".docs-policy-{n}.yaml"), vec!["validate", "--policies"])
+            (
+                format!(".docs-policy-{n}.yaml"),
+                vec!["validate", "--policies"],
+            )
         } else if b.flag("suite") {
             (format!(".docs-suite-{n}.test.yaml"), vec!["test"])
         } else {
@@ -553,7 +563,10 @@ fn the_promises_are_read_as_written() {
     assert_eq!(c[0].text, "celgate check --request a.json");
     assert_eq!(c[0].at, "p.md:3");
     assert_eq!(c[1].text, "curl -s 'http://h/#frag' \\\n  -H 'a: b'");
-    assert_eq!((c[1].exit, c[1].output.as_deref()), (0, Some("HTTP/1.1 401")));
+    assert_eq!(
+        (c[1].exit, c[1].output.as_deref()),
+        (0, Some("HTTP/1.1 401"))
+    );
     assert!(c[2].background && c[2].text == "celgate serve");
     assert_eq!(c[3].text, "echo '# not a comment'");
 }
@@ -568,12 +581,25 @@ fn a_broken_promise_fails_the_session() {
         exit,
         output: output.map(str::to_string),
     };
-    assert!(run_session(&ws, "ok", &[cmd("celgate validate --policies policies", 0, Some("valid"))]).is_ok());
+    assert!(run_session(
+        &ws,
+        "ok",
+        &[cmd(
+            "celgate validate --policies policies",
+            0,
+            Some("valid")
+        )]
+    )
+    .is_ok());
     let wrong_status = run_session(&ws, "s", &[cmd("false", 0, None), cmd("true", 0, None)]);
     assert!(wrong_status.unwrap_err().contains("got exit 1"));
     let wrong_output = run_session(&ws, "o", &[cmd("echo 200", 0, Some("401"))]);
     assert!(wrong_output.unwrap_err().contains("\"401\""));
-    let wrong_exit = run_session(&ws, "e", &[cmd("celgate check --request /nonexistent", 3, None)]);
+    let wrong_exit = run_session(
+        &ws,
+        "e",
+        &[cmd("celgate check --request /nonexistent", 3, None)],
+    );
     assert!(wrong_exit.unwrap_err().contains("promised exit 3"));
 }
 
@@ -739,7 +765,9 @@ fn every_relative_link_and_anchor_resolves() {
                 }
                 let ids = heading_ids(&std::fs::read_to_string(&canonical).unwrap());
                 if !ids.contains(anchor) {
-                    broken.push(format!("{at}: no heading with id {anchor:?} (ids: {ids:?})"));
+                    broken.push(format!(
+                        "{at}: no heading with id {anchor:?} (ids: {ids:?})"
+                    ));
                 }
             }
         }
