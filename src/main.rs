@@ -99,7 +99,8 @@ enum Command {
             given files and directories and run every case: the suite's policies decide the \
             case's request and the decision is compared with `expect`. Directories are searched \
             recursively for YAML/JSON files that mention celgate.dev/, skipping dot-entries and \
-            `target`/`node_modules` folders. The README documents the suite format.\n\n\
+            `target`/`node_modules` folders. The book's \"Checking and testing policies\" \
+            chapter (docs/src/test-suites.md) documents the suite format.\n\n\
             Exit status: 0 when every case passed; 1 when a case failed or a suite could not \
             run (its policies do not load, a path does not exist, a suite file is invalid); 2 \
             when no suite was found or no case matches --filter."

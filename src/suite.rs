@@ -14,7 +14,8 @@
 //! ```
 //!
 //! Expectations that are given must match exactly; the others are not
-//! checked. See the README for every field.
+//! checked. docs/src/test-suites.md (the book's "Checking and testing
+//! policies") describes every field.
 
 use crate::cel::envoy::{HeaderOption, Outcome};
 use crate::engine::{evaluate, Decision, EngineConfig};

@@ -549,6 +549,7 @@ fn every_shipped_envoy_config_validates_and_normalizes_paths() {
     for expected in [
         "examples/demo/envoy.yaml",
         "examples/envoy/envoy.yaml",
+        "examples/first-policy/envoy.yaml",
         "examples/mcp-gateway/envoy.yaml",
         "examples/mcp-gateway/oauth/envoy.yaml",
     ] {
