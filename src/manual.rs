@@ -330,3 +330,41 @@ fn escape(text: &str) -> String {
 fn escape_cell(text: &str) -> String {
     escape(text).replace('|', "\\|")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markup_is_escaped_outside_code_spans_only() {
+        assert_eq!(escape("a <b> *c* `<d>*`"), r"a \<b\> \*c\* `<d>*`");
+        assert_eq!(escape("ext_authz _x_ `_y_`"), r"ext_authz \_x\_ `_y_`");
+        assert_eq!(escape_cell("a|b `c|d`"), r"a\|b `c\|d`");
+    }
+
+    #[test]
+    fn indented_paragraphs_become_code_blocks() {
+        let text = StyledStr::from("Run it:\n\n  celgate x\n  celgate y\n\nDone");
+        assert_eq!(
+            paragraphs(&text),
+            "Run it:\n\n```text\ncelgate x\ncelgate y\n```\n\nDone.\n\n"
+        );
+    }
+
+    #[test]
+    fn every_status_must_be_described() {
+        let cli = Command::new("x")
+            .subcommand(Command::new("y"))
+            .after_long_help("EXIT STATUS:\n  0  fine\n  1  not fine");
+        let page = markdown(cli.clone(), &[0, 1]).unwrap();
+        assert!(page.contains("| 1 | not fine |"), "{page}");
+        assert!(matches!(
+            markdown(cli, &[0, 2]),
+            Err(ManualError::MissingStatus(2))
+        ));
+        assert!(matches!(
+            markdown(Command::new("x"), &[0]),
+            Err(ManualError::NoExitStatus)
+        ));
+    }
+}

@@ -675,7 +675,7 @@ fn example_problems(list: &[Example], request: &CheckRequest) -> Vec<String> {
             }
             (Ok(set), _) => set,
         };
-        let (d, traces) = engine::evaluate_traced(&set, &config, &request);
+        let (d, traces) = engine::evaluate_traced(&set, &config, request);
         let got = traces
             .first()
             .and_then(|t| t.variables.first())
