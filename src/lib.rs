@@ -3,6 +3,7 @@ pub mod decision;
 pub mod engine;
 pub mod explain;
 pub mod identity;
+pub mod manual;
 pub mod policy;
 pub mod request_json;
 pub mod server;

@@ -124,8 +124,23 @@ enum Command {
             celgate completions fish > ~/.config/fish/completions/celgate.fish"
     )]
     Completions { shell: clap_complete::Shell },
-    /// Print the manual page (roff) on standard output: `celgate man | man -l -`.
-    Man,
+    /// Print the manual page: roff (`celgate man | man -l -`) or Markdown.
+    #[command(
+        long_about = "Print the manual page on standard output: roff for man(1), e.g. \
+            `celgate man | man -l -`, or with --format markdown the command-line reference \
+            as Markdown (the page published with the documentation)."
+    )]
+    Man {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ManFormat::Roff)]
+        format: ManFormat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ManFormat {
+    Roff,
+    Markdown,
 }
 
 #[derive(Debug, Args)]
@@ -539,9 +554,10 @@ struct IdentityArgs {
     /// Key set lifetime when the issuer sends no Cache-Control max-age, in seconds.
     #[arg(long, env = "CELGATE_JWKS_DEFAULT_TTL_S", default_value_t = 300)]
     jwks_default_ttl_s: u64,
-    /// Bounds on the issuer's max-age, in seconds.
+    /// Lower bound on the issuer's max-age, in seconds.
     #[arg(long, env = "CELGATE_JWKS_MIN_TTL_S", default_value_t = 60)]
     jwks_min_ttl_s: u64,
+    /// Upper bound on the issuer's max-age, in seconds.
     #[arg(long, env = "CELGATE_JWKS_MAX_TTL_S", default_value_t = 86400)]
     jwks_max_ttl_s: u64,
     /// Least time between two fetches of one JWKS URL (key-rotation refreshes,
@@ -662,7 +678,24 @@ fn main() -> ExitCode {
                 .map(|()| ExitCode::SUCCESS)
                 .map_err(anyhow::Error::from)
         }
-        Command::Man => {
+        Command::Man {
+            format: ManFormat::Markdown,
+        } => celgate::manual::markdown(
+            Cli::command(),
+            &[
+                0,
+                commands::NOT_LOADED,
+                commands::USAGE,
+                commands::DENIED,
+                commands::DENIED_BY_ERROR,
+            ],
+        )
+        .map_err(anyhow::Error::from)
+        .and_then(|page| commands::print(page.as_bytes()).map_err(anyhow::Error::from))
+        .map(|()| ExitCode::SUCCESS),
+        Command::Man {
+            format: ManFormat::Roff,
+        } => {
             let mut page = Vec::new();
             clap_mangen::Man::new(Cli::command())
                 .render(&mut page)
