@@ -26,7 +26,7 @@ use rcgen::{
 };
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 const EXAMPLE: &str = "examples/envoy/envoy-mtls.yaml";
 const SPIFFE_ENVOY: &str = "spiffe://cluster.local/ns/gw/sa/envoy";
@@ -66,18 +66,24 @@ impl Pki {
         std::fs::write(self.path(name), text).unwrap();
     }
 
-    /// Writes `<stem>.pem` and `<stem>.key`: a certificate of this CA with
-    /// one name.
-    fn leaf(&self, stem: &str, san: SanType, usage: ExtendedKeyUsagePurpose) {
+    /// A certificate of this CA with these names: (certificate, key), PEM.
+    fn issue(&self, sans: Vec<SanType>, usage: ExtendedKeyUsagePurpose) -> (String, String) {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.subject_alt_names = vec![san];
-        params.distinguished_name.push(DnType::CommonName, stem);
+        params.subject_alt_names = sans;
+        params.distinguished_name.push(DnType::CommonName, "leaf");
         params.extended_key_usages = vec![usage];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.ca).unwrap();
-        self.write(&format!("{stem}.pem"), &cert.pem());
-        self.write(&format!("{stem}.key"), &key.serialize_pem());
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// Writes `<stem>.pem` and `<stem>.key`: a certificate of this CA with
+    /// one name.
+    fn leaf(&self, stem: &str, san: SanType, usage: ExtendedKeyUsagePurpose) {
+        let (cert, key) = self.issue(vec![san], usage);
+        self.write(&format!("{stem}.pem"), &cert);
+        self.write(&format!("{stem}.key"), &key);
     }
 
     fn client(&self, stem: &str, uri: &str) {
@@ -339,4 +345,239 @@ fn example_names_its_certificate_files_under_certs() {
     ] {
         assert!(text.contains(flag), "{EXAMPLE}: the run command uses {flag}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// The Kubernetes variant: deploy/kubernetes/tls (celgate's flags) and
+// tls/gateway (Envoy with file-based SDS), run here with the Secrets laid out
+// as Kubernetes mounts them.
+// ---------------------------------------------------------------------------
+
+const TLS_OVERLAY: &str = "deploy/kubernetes/tls";
+
+fn yaml_docs(file: &str) -> Vec<Value> {
+    use serde::Deserialize as _;
+    let text = std::fs::read_to_string(repo_root().join(file)).expect(file);
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).expect(file))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not a list: {v}"))
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The Certificate `name` of `file`.
+fn certificate(file: &str, name: &str) -> Value {
+    yaml_docs(file)
+        .into_iter()
+        .find(|d| d["kind"] == "Certificate" && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{file}: no Certificate {name}"))
+}
+
+/// A directory laid out like a Secret volume: each key a link to
+/// `..data/<key>`, `..data` a link to a timestamped directory, replaced in
+/// one rename when the Secret changes.
+struct SecretVolume {
+    dir: PathBuf,
+    version: u32,
+}
+
+impl SecretVolume {
+    fn new(dir: PathBuf, files: &[(&str, &str)]) -> SecretVolume {
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut volume = SecretVolume { dir, version: 0 };
+        volume.update(files);
+        for (key, _) in files {
+            std::os::unix::fs::symlink(format!("..data/{key}"), volume.dir.join(key)).unwrap();
+        }
+        volume
+    }
+
+    fn update(&mut self, files: &[(&str, &str)]) {
+        self.version += 1;
+        let version = format!("..2026_11_30_00_00_{:02}.{}", self.version, self.version);
+        std::fs::create_dir(self.dir.join(&version)).unwrap();
+        for (key, text) in files {
+            std::fs::write(self.dir.join(&version).join(key), text).unwrap();
+        }
+        let tmp = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&version, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
+    }
+
+    fn path(&self) -> &str {
+        self.dir.to_str().unwrap()
+    }
+}
+
+/// Replaces every string equal to `from`, or starting with `from/`, with
+/// `to` in its place.
+fn move_paths(v: &mut Value, from: &str, to: &str) {
+    match v {
+        Value::String(s) if s == from || s.starts_with(&format!("{from}/")) => {
+            *s = format!("{to}{}", &s[from.len()..]);
+        }
+        Value::Object(m) => m.values_mut().for_each(|c| move_paths(c, from, to)),
+        Value::Array(a) => a.iter_mut().for_each(|c| move_paths(c, from, to)),
+        _ => {}
+    }
+}
+
+/// The gateway's Envoy config with loopback addresses, the test's ports and
+/// its files: `/etc/envoy/…` is `envoy_dir` (where the SDS files are
+/// copied, their paths moved too), `/etc/celgate-client-tls` the client
+/// Secret volume.
+fn gateway_config(p: &common::Ports, envoy_dir: &Path, client_tls: &str) -> String {
+    let file = format!("{TLS_OVERLAY}/gateway/envoy.yaml");
+    let text = std::fs::read_to_string(repo_root().join(&file)).unwrap();
+    let mut config: Value = serde_yaml_ng::from_str(&text).unwrap();
+    config["admin"]["address"]["socket_address"]["port_value"] = p.admin.into();
+    let listener = &mut config["static_resources"]["listeners"][0];
+    listener["address"]["socket_address"] =
+        serde_json::json!({"address": "127.0.0.1", "port_value": p.listen});
+    let mut services = Vec::new();
+    each_value_mut(listener, "grpc_service", &mut services);
+    services[0]["timeout"] = "5s".into();
+    for (cluster, port) in [("app", p.upstream), ("celgate", p.grpc)] {
+        let c = cluster_mut(&mut config, cluster);
+        c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+            ["socket_address"] = serde_json::json!({"address": "127.0.0.1", "port_value": port});
+    }
+    let envoy_dir = envoy_dir.to_str().unwrap();
+    let mut sources = Vec::new();
+    each_value_mut(&mut config, "path_config_source", &mut sources);
+    assert_eq!(sources.len(), 2, "{file}: the client certificate and the CA");
+    for source in sources {
+        let path = source["path"].as_str().unwrap();
+        let name = path
+            .strip_prefix("/etc/envoy/")
+            .unwrap_or_else(|| panic!("{file}: {path} is not in the ConfigMap's directory"));
+        let sds_file = format!("{TLS_OVERLAY}/gateway/{name}");
+        let mut sds: Value = serde_yaml_ng::from_str(
+            &std::fs::read_to_string(repo_root().join(&sds_file)).expect(&sds_file),
+        )
+        .unwrap();
+        move_paths(&mut sds, "/etc/celgate-client-tls", client_tls);
+        std::fs::write(
+            Path::new(envoy_dir).join(name),
+            serde_json::to_string(&sds).unwrap(),
+        )
+        .unwrap();
+    }
+    move_paths(&mut config, "/etc/envoy", envoy_dir);
+    move_paths(&mut config, "/etc/celgate-client-tls", client_tls);
+    let text = serde_json::to_string_pretty(&config).unwrap();
+    assert!(
+        !text.contains("\"/etc/"),
+        "{file}: a path left unmapped:\n{text}"
+    );
+    text
+}
+
+/// The Kubernetes gateway starts with a client certificate celgate refuses
+/// (every request 403, no decision); cert-manager renews its Secret with an
+/// allowed one, and Envoy's file-based SDS picks it up without a restart:
+/// decisions again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_gateway_reloads_its_client_certificate_from_the_secret() {
+    let pki = Pki::new();
+    let root = pki.dir.path();
+
+    // celgate's Secret (certificate.yaml's names) and the flags the overlay adds.
+    let server = certificate(&format!("{TLS_OVERLAY}/certificate.yaml"), "celgate-tls");
+    let dns: Vec<SanType> = strings(&server["spec"]["dnsNames"])
+        .into_iter()
+        .map(|n| SanType::DnsName(n.try_into().unwrap()))
+        .collect();
+    let (cert, key) = pki.issue(dns, ExtendedKeyUsagePurpose::ServerAuth);
+    let ca = pki.ca.pem();
+    let celgate_tls = SecretVolume::new(
+        root.join("celgate-tls"),
+        &[("tls.crt", &cert), ("tls.key", &key), ("ca.crt", &ca)],
+    );
+    let patch = yaml_docs(&format!("{TLS_OVERLAY}/deployment-patch.yaml"));
+    let mut args: Vec<String> = patch[0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|op| op["path"] == "/spec/template/spec/containers/0/args/-")
+        .map(|op| op["value"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        args.iter().any(|a| a.starts_with("--tls-client-san=")),
+        "{args:?}"
+    );
+    for a in &mut args {
+        *a = a.replace("=/etc/celgate/tls/", &format!("={}/", celgate_tls.path()));
+        if let Some((_, path)) = a.split_once(&format!("={}/", celgate_tls.path())) {
+            assert!(
+                celgate_tls.dir.join(path).is_file(),
+                "{a}: not a key of the Secret"
+            );
+        }
+    }
+    args.extend(["--log".into(), "info".into()]);
+
+    // The gateway's Secret: first a certificate for another service account.
+    let client = certificate(
+        &format!("{TLS_OVERLAY}/gateway/certificate.yaml"),
+        "celgate-client",
+    );
+    let uris = strings(&client["spec"]["uris"]);
+    assert_eq!(uris, [SPIFFE_ENVOY]);
+    let issue_client = |uri: &str| {
+        pki.issue(
+            vec![SanType::URI(uri.try_into().unwrap())],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )
+    };
+    let (cert, key) = issue_client("spiffe://cluster.local/ns/gw/sa/default");
+    let mut client_tls = SecretVolume::new(
+        root.join("celgate-client-tls"),
+        &[("tls.crt", &cert), ("tls.key", &key), ("ca.crt", &ca)],
+    );
+    let envoy_dir = root.join("envoy");
+    std::fs::create_dir(&envoy_dir).unwrap();
+
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut admin = 0;
+    let h = Gateway::start(&repo_root().join("policies"), &args, |p| {
+        admin = p.admin;
+        gateway_config(p, &envoy_dir, client_tls.path())
+    })
+    .await;
+    let admin = common::loopback(admin);
+    assert_no_decision(&h, admin).await;
+
+    // Renewed, as the Certificate asks: Envoy reloads and celgate decides.
+    let (cert, key) = issue_client(&uris[0]);
+    client_tls.update(&[("tls.crt", &cert), ("tls.key", &key), ("ca.crt", &ca)]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let before = h.upstream.count();
+        let resp = h.send("GET", "/healthz", &[], None).await;
+        if resp.status == 200 {
+            assert_eq!(h.upstream.count(), before + 1);
+            break;
+        }
+        assert_eq!(resp.status, 403, "{:?}", resp.text());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Envoy did not pick up the renewed client certificate"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let resp = h.denied(401, "GET", "/api/orders", &[], None).await;
+    assert_eq!(resp.text(), "missing api key\n");
+    let (_, seen) = h
+        .allowed("GET", "/api/orders", &[("x-api-key", "demo-key-alice")], None)
+        .await;
+    assert_eq!(upstream_header(&seen, "x-user"), vec!["alice"]);
+    drop(celgate_tls);
 }
