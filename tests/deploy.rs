@@ -2047,3 +2047,67 @@ fn tls_gateway_calls_celgate_with_a_client_certificate_it_admits() {
         );
     }
 }
+
+#[test]
+fn istio_mesh_mtls_is_strict_and_admits_named_callers_on_the_grpc_port() {
+    let docs = documents("deploy/istio/mesh-mtls.yaml");
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["PeerAuthentication", "AuthorizationPolicy"]);
+    let b = built("base");
+    let d = b.get("Deployment", "celgate");
+    let labels = &d["spec"]["template"]["metadata"]["labels"];
+    let ns = &d["metadata"]["namespace"];
+    let c = container(&d["spec"]["template"]["spec"], "celgate");
+    let grpc = container_port(c, &json!("grpc"));
+    // The fields of Istio's security.istio.io/v1 kinds used here (istiod
+    // ignores a misspelt one).
+    let known = |v: &Value, fields: &[&str], what: &str| {
+        for key in v.as_object().unwrap().keys() {
+            assert!(fields.contains(&key.as_str()), "{what} has no field {key}");
+        }
+    };
+    for doc in &docs {
+        assert_eq!(doc["apiVersion"], "security.istio.io/v1");
+        assert_eq!(&doc["metadata"]["namespace"], ns);
+        selects(&doc["spec"]["selector"]["matchLabels"], labels, "Istio selector");
+    }
+    let peer = &docs[0]["spec"];
+    known(peer, &["selector", "mtls", "portLevelMtls"], "PeerAuthentication");
+    assert_eq!(peer["mtls"], json!({"mode": "STRICT"}));
+    assert!(peer.get("portLevelMtls").is_none(), "no port left in plaintext");
+
+    let policy = &docs[1]["spec"];
+    known(
+        policy,
+        &["selector", "action", "rules", "provider", "targetRefs"],
+        "AuthorizationPolicy",
+    );
+    assert_eq!(policy["action"], "ALLOW");
+    let rules = policy["rules"].as_array().unwrap();
+    assert!(!rules.is_empty());
+    for rule in rules {
+        known(rule, &["from", "to", "when"], "rule");
+        let principals: Vec<&Value> = rule["from"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|f| f["source"]["principals"].as_array().unwrap())
+            .collect();
+        assert!(!principals.is_empty(), "callers are named");
+        for p in principals {
+            let p = p.as_str().unwrap();
+            let parts: Vec<&str> = p.split('/').collect();
+            assert!(
+                parts.len() == 5 && parts[1] == "ns" && parts[3] == "sa" && !p.contains('*'),
+                "{p}: one service account, trust-domain/ns/NAMESPACE/sa/NAME"
+            );
+        }
+        let ports: Vec<&Value> = rule["to"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|t| t["operation"]["ports"].as_array().unwrap())
+            .collect();
+        assert_eq!(ports, [&json!(grpc.to_string())], "the gRPC port only");
+    }
+}
