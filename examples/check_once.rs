@@ -145,7 +145,10 @@ async fn run() -> anyhow::Result<bool> {
                 .ca_certificate(Certificate::from_pem(std::fs::read(ca)?))
                 .domain_name(a.tls_domain.clone());
             if let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) {
-                tls = tls.identity(Identity::from_pem(std::fs::read(cert)?, std::fs::read(key)?));
+                tls = tls.identity(Identity::from_pem(
+                    std::fs::read(cert)?,
+                    std::fs::read(key)?,
+                ));
             }
             tonic::transport::Endpoint::from_shared(format!("https://{}", a.addr))?
                 .tls_config(tls)?

@@ -880,7 +880,14 @@ fn schema_check_catches_unknown_fields_and_wrong_types() {
 fn every_kustomization_builds_to_schema_valid_objects_and_uses_every_file() {
     let dirs = kustomization_dirs();
     let names: Vec<String> = dirs.iter().map(|d| shown(d)).collect();
-    for want in ["", "/base", "/crd-source", "/sidecar", "/tls", "/tls/gateway"] {
+    for want in [
+        "",
+        "/base",
+        "/crd-source",
+        "/sidecar",
+        "/tls",
+        "/tls/gateway",
+    ] {
         assert!(
             names.contains(&format!("{KUBERNETES}{want}")),
             "{KUBERNETES}{want} should be a kustomization; found {names:?}"
@@ -1707,10 +1714,11 @@ type Certificate = cert_manager::Object<cert_manager::CertificateSpec>;
 type Issuer = cert_manager::Object<cert_manager::IssuerSpec>;
 
 fn certificate_for(b: &Build, secret: &str) -> Certificate {
-    let mut found: Vec<Certificate> = cert_manager::all::<cert_manager::CertificateSpec>(b, "Certificate")
-        .into_iter()
-        .filter(|c| c.spec.secret_name == secret)
-        .collect();
+    let mut found: Vec<Certificate> =
+        cert_manager::all::<cert_manager::CertificateSpec>(b, "Certificate")
+            .into_iter()
+            .filter(|c| c.spec.secret_name == secret)
+            .collect();
     assert_eq!(
         found.len(),
         1,
@@ -1771,7 +1779,10 @@ fn assert_ca_issuer(b: &Build, cert: &Certificate, what: &str) {
         .iter()
         .find(|i| i.metadata.name.as_deref() == Some(&ca_cert.spec.issuer_ref.name))
         .expect("the CA certificate's issuer");
-    assert!(root.spec.self_signed.is_some(), "{what}: a self-signed root");
+    assert!(
+        root.spec.self_signed.is_some(),
+        "{what}: a self-signed root"
+    );
     assert_ne!(root.metadata.name.as_deref(), Some(r.name.as_str()));
 }
 
@@ -1833,7 +1844,9 @@ fn tls_overlay_serves_grpc_with_a_cert_manager_certificate_and_requires_client_c
     let file = |flag: &str| {
         let v = &flags[flag];
         assert_eq!(v.len(), 1, "{flag}");
-        v[0].rsplit_once('/').map(|(d, f)| (d.to_owned(), f.to_owned())).unwrap()
+        v[0].rsplit_once('/')
+            .map(|(d, f)| (d.to_owned(), f.to_owned()))
+            .unwrap()
     };
     let (dir, cert_file) = file("--tls-cert");
     assert_eq!(cert_file, "tls.crt");
@@ -1899,7 +1912,7 @@ fn tls_gateway_calls_celgate_with_a_client_certificate_it_admits() {
         "spiffe://cluster.local/ns/{ns}/sa/{}",
         sa["metadata"]["name"].as_str().unwrap()
     );
-    assert_eq!(client.spec.uris, [spiffe.clone()]);
+    assert_eq!(client.spec.uris, std::slice::from_ref(&spiffe));
     assert!(client
         .spec
         .usages
@@ -2005,9 +2018,17 @@ fn tls_gateway_calls_celgate_with_a_client_certificate_it_admits() {
         assert_eq!(resources.as_array().unwrap().len(), 1);
         let r = &resources[0];
         assert_eq!(r["name"], source["name"]);
-        (r.clone(), sds["watched_directory"]["path"].as_str().unwrap().to_owned())
+        (
+            r.clone(),
+            sds["watched_directory"]["path"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        )
     };
-    let certs = common["tls_certificate_sds_secret_configs"].as_array().unwrap();
+    let certs = common["tls_certificate_sds_secret_configs"]
+        .as_array()
+        .unwrap();
     assert_eq!(certs.len(), 1);
     let (cert_secret, watched) = secret_dir(&certs[0]);
     let (ca_secret, watched_too) = secret_dir(&common["validation_context_sds_secret_config"]);
@@ -2020,7 +2041,10 @@ fn tls_gateway_calls_celgate_with_a_client_certificate_it_admits() {
     let in_secret = |v: &Value, key: &str| {
         assert_eq!(v["filename"], format!("{watched}/{key}"));
     };
-    in_secret(&cert_secret["tls_certificate"]["certificate_chain"], "tls.crt");
+    in_secret(
+        &cert_secret["tls_certificate"]["certificate_chain"],
+        "tls.crt",
+    );
     in_secret(&cert_secret["tls_certificate"]["private_key"], "tls.key");
     let validation = &ca_secret["validation_context"];
     in_secret(&validation["trusted_ca"], "ca.crt");
@@ -2069,12 +2093,23 @@ fn istio_mesh_mtls_is_strict_and_admits_named_callers_on_the_grpc_port() {
     for doc in &docs {
         assert_eq!(doc["apiVersion"], "security.istio.io/v1");
         assert_eq!(&doc["metadata"]["namespace"], ns);
-        selects(&doc["spec"]["selector"]["matchLabels"], labels, "Istio selector");
+        selects(
+            &doc["spec"]["selector"]["matchLabels"],
+            labels,
+            "Istio selector",
+        );
     }
     let peer = &docs[0]["spec"];
-    known(peer, &["selector", "mtls", "portLevelMtls"], "PeerAuthentication");
+    known(
+        peer,
+        &["selector", "mtls", "portLevelMtls"],
+        "PeerAuthentication",
+    );
     assert_eq!(peer["mtls"], json!({"mode": "STRICT"}));
-    assert!(peer.get("portLevelMtls").is_none(), "no port left in plaintext");
+    assert!(
+        peer.get("portLevelMtls").is_none(),
+        "no port left in plaintext"
+    );
 
     let policy = &docs[1]["spec"];
     known(

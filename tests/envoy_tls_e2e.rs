@@ -42,7 +42,9 @@ impl Pki {
     fn new() -> Pki {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "test CA");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "test CA");
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
         let pki = Pki {
@@ -260,7 +262,10 @@ async fn envoy_with_an_allowed_client_certificate_gets_decisions() {
     // Every check was answered, over TLS.
     assert_eq!(counter(admin, "http.ingress_http.ext_authz.error").await, 0);
     assert_eq!(counter(admin, "http.ingress_http.ext_authz.ok").await, 2);
-    assert_eq!(counter(admin, "http.ingress_http.ext_authz.denied").await, 3);
+    assert_eq!(
+        counter(admin, "http.ingress_http.ext_authz.denied").await,
+        3
+    );
     assert!(counter(admin, "cluster.celgate.ssl.handshake").await >= 1);
     assert_eq!(
         counter(admin, "cluster.celgate.ssl.fail_verify_san").await,
@@ -286,7 +291,10 @@ async fn assert_no_decision(h: &Gateway, admin: SocketAddr) {
         );
     }
     assert_eq!(counter(admin, "http.ingress_http.ext_authz.ok").await, 0);
-    assert_eq!(counter(admin, "http.ingress_http.ext_authz.denied").await, 0);
+    assert_eq!(
+        counter(admin, "http.ingress_http.ext_authz.denied").await,
+        0
+    );
     assert_eq!(counter(admin, "http.ingress_http.ext_authz.error").await, 2);
 }
 
@@ -335,7 +343,10 @@ fn example_names_its_certificate_files_under_certs() {
         "{EXAMPLE}"
     );
     for name in names {
-        assert!(text.contains(&format!("#   {name}")), "{EXAMPLE}: the comment lists {name}");
+        assert!(
+            text.contains(&format!("#   {name}")),
+            "{EXAMPLE}: the comment lists {name}"
+        );
     }
     for flag in [
         "--tls-cert certs/celgate.pem",
@@ -343,7 +354,10 @@ fn example_names_its_certificate_files_under_certs() {
         "--tls-client-ca certs/ca.pem",
         "--tls-client-san spiffe://cluster.local/ns/gw/sa/envoy",
     ] {
-        assert!(text.contains(flag), "{EXAMPLE}: the run command uses {flag}");
+        assert!(
+            text.contains(flag),
+            "{EXAMPLE}: the run command uses {flag}"
+        );
     }
 }
 
@@ -452,7 +466,11 @@ fn gateway_config(p: &common::Ports, envoy_dir: &Path, client_tls: &str) -> Stri
     let envoy_dir = envoy_dir.to_str().unwrap();
     let mut sources = Vec::new();
     each_value_mut(&mut config, "path_config_source", &mut sources);
-    assert_eq!(sources.len(), 2, "{file}: the client certificate and the CA");
+    assert_eq!(
+        sources.len(),
+        2,
+        "{file}: the client certificate and the CA"
+    );
     for source in sources {
         let path = source["path"].as_str().unwrap();
         let name = path
@@ -576,7 +594,12 @@ async fn kubernetes_gateway_reloads_its_client_certificate_from_the_secret() {
     let resp = h.denied(401, "GET", "/api/orders", &[], None).await;
     assert_eq!(resp.text(), "missing api key\n");
     let (_, seen) = h
-        .allowed("GET", "/api/orders", &[("x-api-key", "demo-key-alice")], None)
+        .allowed(
+            "GET",
+            "/api/orders",
+            &[("x-api-key", "demo-key-alice")],
+            None,
+        )
         .await;
     assert_eq!(upstream_header(&seen, "x-user"), vec!["alice"]);
     drop(celgate_tls);
