@@ -602,5 +602,4 @@ async fn kubernetes_gateway_reloads_its_client_certificate_from_the_secret() {
         )
         .await;
     assert_eq!(upstream_header(&seen, "x-user"), vec!["alice"]);
-    drop(celgate_tls);
 }
