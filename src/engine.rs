@@ -1119,6 +1119,12 @@ mod tests {
     }
 
     #[test]
+    fn policy_names_in_headers_cannot_break_the_header() {
+        assert_eq!(header_safe("require-api-key.v2"), "require-api-key.v2");
+        assert_eq!(header_safe("a\"b,c\\d\r\ne f"), "a?b?c?d??e?f");
+    }
+
+    #[test]
     fn server_errors_keep_their_own_description_cut_short() {
         let d = failure_decision(
             &EngineConfig::default(),

@@ -1673,6 +1673,40 @@ mod tests {
 
     const SECRET: &str = "HMACSECRET-0a1b";
 
+    #[test]
+    fn validation_actions_read_as_kubernetes_reads_them() {
+        let parse = |v: serde_json::Value| ValidationActions::parse(&v);
+        for (list, deny, audit, warn) in [
+            (serde_json::json!(["Deny"]), true, false, false),
+            (serde_json::json!(["Audit"]), false, true, false),
+            (serde_json::json!(["Warn"]), false, false, true),
+            (serde_json::json!(["Audit", "Deny"]), true, true, false),
+            (serde_json::json!(["Warn", "Audit"]), false, true, true),
+        ] {
+            let a = parse(list.clone()).unwrap();
+            assert_eq!((a.deny, a.audit, a.warn), (deny, audit, warn), "{list}");
+            assert_eq!(a.enforced(), deny, "{list}");
+        }
+        assert_eq!(
+            parse(serde_json::json!(["Audit", "Warn"])).unwrap().describe(),
+            "[Audit, Warn]"
+        );
+        for (list, says) in [
+            (serde_json::json!([]), "at least one"),
+            (serde_json::json!(["Deny", "Warn"]), "both Deny and Warn"),
+            (serde_json::json!(["Warn", "Audit", "Deny"]), "both Deny and Warn"),
+            (serde_json::json!(["Deny", "Deny"]), "used twice"),
+            (serde_json::json!(["Enforce"]), "not \"Enforce\""),
+            (serde_json::json!(["warn"]), "did you mean \"Warn\""),
+            (serde_json::json!([1]), "not 1"),
+            (serde_json::json!("Audit"), "must be a list"),
+            (serde_json::json!({"Audit": true}), "must be a list"),
+        ] {
+            let e = parse(list.clone()).unwrap_err();
+            assert!(e.contains(says), "{list}: {e}");
+        }
+    }
+
     fn location() -> Box<Location> {
         Box::new(Location {
             path: PathBuf::from("kubernetes:/ValidatingPolicy/p"),
