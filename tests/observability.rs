@@ -450,10 +450,10 @@ async fn audit_policies_are_counted_logged_traced_and_never_enforced() {
     .unwrap();
     let key = ("x-api-key", SECRET_KEY);
     let requests = vec![
-        request("DELETE", "/x", &[]),     // a-shadow-key and b-warn-method would deny
-        request("GET", "/boom", &[key]),  // c-audit-broken fails under Fail
+        request("DELETE", "/x", &[]), // a-shadow-key and b-warn-method would deny
+        request("GET", "/boom", &[key]), // c-audit-broken fails under Fail
         request("GET", "/admin", &[key]), // d-deny-audit denies, enforced
-        request("GET", "/x", &[key]),     // nothing to record
+        request("GET", "/x", &[key]), // nothing to record
     ];
     let mut client = AuthorizationClient::connect(format!("http://127.0.0.1:{}", server.grpc))
         .await
@@ -570,7 +570,11 @@ async fn audit_policies_are_counted_logged_traced_and_never_enforced() {
     audited.sort();
     assert_eq!(
         audited,
-        ["a-shadow-key,b-warn-method", "c-audit-broken", "d-deny-audit"]
+        [
+            "a-shadow-key,b-warn-method",
+            "c-audit-broken",
+            "d-deny-audit"
+        ]
     );
     let first = spans
         .iter()

@@ -403,11 +403,15 @@ impl ValidationActions {
 
     /// The actions as written in a policy, e.g. `[Audit, Warn]`.
     pub fn describe(self) -> String {
-        let names: Vec<&str> = [(self.deny, "Deny"), (self.audit, "Audit"), (self.warn, "Warn")]
-            .iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, n)| *n)
-            .collect();
+        let names: Vec<&str> = [
+            (self.deny, "Deny"),
+            (self.audit, "Audit"),
+            (self.warn, "Warn"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, n)| *n)
+        .collect();
         format!("[{}]", names.join(", "))
     }
 }
@@ -1688,13 +1692,18 @@ mod tests {
             assert_eq!(a.enforced(), deny, "{list}");
         }
         assert_eq!(
-            parse(serde_json::json!(["Audit", "Warn"])).unwrap().describe(),
+            parse(serde_json::json!(["Audit", "Warn"]))
+                .unwrap()
+                .describe(),
             "[Audit, Warn]"
         );
         for (list, says) in [
             (serde_json::json!([]), "at least one"),
             (serde_json::json!(["Deny", "Warn"]), "both Deny and Warn"),
-            (serde_json::json!(["Warn", "Audit", "Deny"]), "both Deny and Warn"),
+            (
+                serde_json::json!(["Warn", "Audit", "Deny"]),
+                "both Deny and Warn",
+            ),
             (serde_json::json!(["Deny", "Deny"]), "used twice"),
             (serde_json::json!(["Enforce"]), "not \"Enforce\""),
             (serde_json::json!(["warn"]), "did you mean \"Warn\""),
