@@ -502,6 +502,31 @@ async fn audit_policies_are_counted_logged_traced_and_never_enforced() {
             "authz_policy_evaluations_total{{policy=\"{policy}\",decision=\"{decision}\"}}"
         ))
     };
+    let (_, listed) =
+        tokio::task::spawn_blocking(move || get_blocking(loopback(http), "/policies").unwrap())
+            .await
+            .unwrap();
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let actions: Vec<(String, serde_json::Value)> = listed["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_owned(),
+                p["validationActions"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions[0],
+        ("a-shadow-key".into(), serde_json::json!(["Audit"]))
+    );
+    assert_eq!(
+        actions[4],
+        ("d-deny-audit".into(), serde_json::json!(["Deny", "Audit"]))
+    );
+    assert_eq!(actions[6], ("z-decide".into(), serde_json::json!(["Deny"])));
     assert_eq!(e("a-shadow-key", "audit_deny"), 1.0);
     assert_eq!(e("a-shadow-key", "deny"), 0.0, "never counted as enforced");
     assert_eq!(e("a-shadow-key", "none"), 3.0);

@@ -401,9 +401,9 @@ impl ValidationActions {
         Ok(a)
     }
 
-    /// The actions as written in a policy, e.g. `[Audit, Warn]`.
-    pub fn describe(self) -> String {
-        let names: Vec<&str> = [
+    /// The actions, in the order Deny, Audit, Warn.
+    pub fn names(self) -> Vec<&'static str> {
+        [
             (self.deny, "Deny"),
             (self.audit, "Audit"),
             (self.warn, "Warn"),
@@ -411,8 +411,12 @@ impl ValidationActions {
         .iter()
         .filter(|(on, _)| *on)
         .map(|(_, n)| *n)
-        .collect();
-        format!("[{}]", names.join(", "))
+        .collect()
+    }
+
+    /// The actions as written in a policy, e.g. `[Audit, Warn]`.
+    pub fn describe(self) -> String {
+        format!("[{}]", self.names().join(", "))
     }
 }
 
