@@ -821,20 +821,35 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
         .filter(|p| !p.as_os_str().is_empty())
         .cloned()
         .collect();
-    let (shadow, shadow_missing) = if shadow_paths.is_empty() {
-        (None, Vec::new())
-    } else {
+    let shadow_options = celgate::server::shadow::ShadowOptions {
+        sample: args.shadow.shadow_sample,
+        threads: args.shadow.shadow_threads as usize,
+        max_pending: args.shadow.shadow_max_pending as usize,
+        timeout: std::time::Duration::from_millis(args.shadow.shadow_timeout_ms),
+    };
+    // With --kube, objects labelled celgate.dev/shadow=true form the shadow
+    // set (with the shadow files, if any); it compares nothing while empty.
+    let (shadow, shadow_missing) = if !shadow_paths.is_empty() {
         let (set, missing) = shadow_set(&shadow_paths, args.policies.allow_empty)?;
-        let options = celgate::server::shadow::ShadowOptions {
-            sample: args.shadow.shadow_sample,
-            threads: args.shadow.shadow_threads as usize,
-            max_pending: args.shadow.shadow_max_pending as usize,
-            timeout: std::time::Duration::from_millis(args.shadow.shadow_timeout_ms),
-        };
         (
-            Some(celgate::server::shadow::Shadow::new(set, options, true)),
+            Some(celgate::server::shadow::Shadow::new(
+                set,
+                shadow_options,
+                true,
+            )),
             missing,
         )
+    } else if args.kube {
+        (
+            Some(celgate::server::shadow::Shadow::new(
+                PolicySet::empty(),
+                shadow_options,
+                false,
+            )),
+            Vec::new(),
+        )
+    } else {
+        (None, Vec::new())
     };
     if args.identity.jwks_min_ttl_s > args.identity.jwks_max_ttl_s {
         anyhow::bail!("--jwks-min-ttl-s must not exceed --jwks-max-ttl-s");
@@ -989,10 +1004,13 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
     if args.kube {
         tracing::info!(exception_namespaces = %exception_namespaces, "Kubernetes source");
     }
+    // Without shadow files an empty shadow set is no rehearsal at all, just
+    // nothing labelled yet: never refused.
+    let shadow_allow_empty = args.policies.allow_empty || shadow_paths.is_empty();
     let shadow_sources = Sources::shadow_set(
         shadow_paths,
         exception_namespaces.clone(),
-        args.policies.allow_empty,
+        shadow_allow_empty,
     );
     let sources = Sources::configured(paths, exception_namespaces, args.policies.allow_empty);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -1002,10 +1020,13 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
     let _kube = if args.kube {
         let task = rt.block_on(async {
             let client = celgate::sources::kube::default_client().await?;
-            celgate::sources::kube::start(
+            celgate::sources::kube::start_routed(
                 client,
                 args.kube_api_version.clone(),
-                sources.clone(),
+                celgate::sources::kube::Routes {
+                    live: sources.clone(),
+                    shadow: Some(shadow_sources.clone()),
+                },
                 state.clone(),
                 std::time::Duration::from_secs(args.kube_sync_timeout_s),
             )

@@ -225,7 +225,7 @@ impl Sources {
         status: &ReloadStatus,
         previous: &PolicySet,
     ) -> (Result<PolicySet, LoadErrors>, Vec<Warning>) {
-        let docs = kube::prepare(&self.kube);
+        let docs = kube::prepare(&self.kube, self.shadow);
         let (mut result, mut warnings) = PolicySet::reload(&self.paths, docs, Some(previous));
         let clashes = match &result {
             Err(e) => kube::clashes(&e.0),
