@@ -471,6 +471,8 @@ struct ServeArgs {
     /// last good version serving (or none) and is reported in /readyz,
     /// /policies and /metrics, without holding back the others or the start.
     /// Needs get/list/watch on both resources (deploy/kubernetes/crd-source/rbac.yaml).
+    /// Objects labelled celgate.dev/shadow=true are never served: they form
+    /// the shadow set (see --shadow-policies).
     #[arg(long, env = "CELGATE_KUBE")]
     kube: bool,
     /// Namespaces whose PolicyException objects count (comma-separated; `*`
@@ -531,7 +533,9 @@ struct ShadowArgs {
     /// celgate_shadow_disagreements_total and written to the decision log.
     /// Loaded with the same checks as --policies and reloaded the same way;
     /// a change that does not load keeps its last good version, and never
-    /// affects the served set.
+    /// affects the served set. With --kube, ValidatingPolicy and
+    /// PolicyException objects labelled celgate.dev/shadow=true join this
+    /// set instead of the served one.
     #[arg(
         long = "shadow-policies",
         env = "CELGATE_SHADOW_POLICIES",
@@ -542,7 +546,7 @@ struct ShadowArgs {
     shadow_policies: Vec<PathBuf>,
     /// Fraction of the decided requests the shadow set also decides, from
     /// 0.0 to 1.0 (spread evenly over the requests).
-    #[arg(long, env = "CELGATE_SHADOW_SAMPLE", default_value_t = 1.0, value_parser = parse_fraction)]
+    #[arg(long, env = "CELGATE_SHADOW_SAMPLE", default_value_t = 1.0, value_name = "FRACTION", value_parser = parse_fraction)]
     shadow_sample: f64,
     /// Time allowed for one shadow decision, from the hand-over (once the
     /// live answer is sent) to its end, in milliseconds. A later shadow

@@ -1098,15 +1098,18 @@ async fn objects_labelled_shadow_form_the_shadow_set_and_are_never_served() {
     .await
     .expect("initial sync");
     let shadow = state.options.shadow.as_ref().unwrap();
-    let names = |set: &PolicySet| -> Vec<String> {
-        set.policies.iter().map(|p| p.name.clone()).collect()
-    };
+    let names =
+        |set: &PolicySet| -> Vec<String> { set.policies.iter().map(|p| p.name.clone()).collect() };
     assert_eq!(names(&state.policies.load()), ["deny-admin"]);
     eventually("the shadow set holds the labelled policy", || {
         names(&shadow.policies.load()) == ["shadow-deny-beta"]
     })
     .await;
-    assert_eq!(status(&state, "/beta"), 200, "a shadow policy is never served");
+    assert_eq!(
+        status(&state, "/beta"),
+        200,
+        "a shadow policy is never served"
+    );
     assert_eq!(status(&state, "/admin"), 403);
     let shadow_status = |path: &str| {
         let req = celgate::request_json::from_value(&json!(
@@ -1126,7 +1129,10 @@ async fn objects_labelled_shadow_form_the_shadow_set_and_are_never_served() {
     // does not notice.
     fake.apply(
         "validatingpolicies",
-        shadow_label(policy("shadow-deny-beta", "Envoy", "envoy.Denied(403"), "true"),
+        shadow_label(
+            policy("shadow-deny-beta", "Envoy", "envoy.Denied(403"),
+            "true",
+        ),
     );
     eventually("the broken shadow object is reported", || {
         shadow.reload.kube().is_some_and(|r| r.broken == 1)
@@ -1143,7 +1149,10 @@ async fn objects_labelled_shadow_form_the_shadow_set_and_are_never_served() {
             "false",
         ),
     );
-    eventually("the unlabelled policy serves", || status(&state, "/beta") == 451).await;
+    eventually("the unlabelled policy serves", || {
+        status(&state, "/beta") == 451
+    })
+    .await;
     eventually("and left the shadow set", || {
         shadow.policies.load().policies.is_empty()
     })

@@ -210,12 +210,7 @@ async fn disagreements_are_counted_by_policy_and_logged_while_live_answers_stay(
     )
     .unwrap();
     let log = root.path().join("decisions.jsonl");
-    let mut s = Server::start(
-        &live,
-        &shadow,
-        &["--decision-log", log.to_str().unwrap()],
-    )
-    .await;
+    let mut s = Server::start(&live, &shadow, &["--decision-log", log.to_str().unwrap()]).await;
 
     // (method, path, the live answer)
     let cases = [
@@ -260,7 +255,11 @@ async fn disagreements_are_counted_by_policy_and_logged_while_live_answers_stay(
         1.0,
         "{m}"
     );
-    assert_eq!(disagreements(&m, "live-rules", "", "deny_allow"), 1.0, "{m}");
+    assert_eq!(
+        disagreements(&m, "live-rules", "", "deny_allow"),
+        1.0,
+        "{m}"
+    );
     assert_eq!(
         m.matches("celgate_shadow_disagreements_total{").count(),
         3,
@@ -279,7 +278,10 @@ async fn disagreements_are_counted_by_policy_and_logged_while_live_answers_stay(
         4.0,
         "{m}"
     );
-    assert_eq!(metric(&m, "celgate_shadow_policies{kind=\"ValidatingPolicy\"}"), 1.0);
+    assert_eq!(
+        metric(&m, "celgate_shadow_policies{kind=\"ValidatingPolicy\"}"),
+        1.0
+    );
 
     // The decision log: one line per decision, one shadow line per
     // disagreement, each pointing at its decision's line.
@@ -292,7 +294,10 @@ async fn disagreements_are_counted_by_policy_and_logged_while_live_answers_stay(
         tokio::time::sleep(Duration::from_millis(30)).await;
     };
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(!text.contains(SECRET), "no request value beyond the decision log's own:\n{text}");
+    assert!(
+        !text.contains(SECRET),
+        "no request value beyond the decision log's own:\n{text}"
+    );
     let (shadow_lines, decision_lines): (Vec<&Value>, Vec<&Value>) =
         lines.iter().partition(|l| l["type"] == "shadow");
     assert_eq!(decision_lines.len(), cases.len(), "{text}");
@@ -333,7 +338,10 @@ async fn disagreements_are_counted_by_policy_and_logged_while_live_answers_stay(
     assert_eq!(old["live"]["policy"], "live-rules");
     let beta = shadow_lines.iter().find(|l| l["path"] == "/beta").unwrap();
     assert_eq!(beta["kind"], "deny_allow");
-    assert_eq!(beta["shadow"], serde_json::json!({"decision": "allow", "status": 200}));
+    assert_eq!(
+        beta["shadow"],
+        serde_json::json!({"decision": "allow", "status": 200})
+    );
     s.guard.stop();
 }
 
@@ -446,7 +454,11 @@ async fn shadow_files_are_hot_reloaded_and_a_broken_one_keeps_the_last_good_set(
     )
     .unwrap();
     let file = shadow.join("shadow.yaml");
-    std::fs::write(&file, policy("shadow-a", &[&deny_if(METHOD, "DELETE", 403)])).unwrap();
+    std::fs::write(
+        &file,
+        policy("shadow-a", &[&deny_if(METHOD, "DELETE", 403)]),
+    )
+    .unwrap();
     let mut s = Server::start(&live, &shadow, &[]).await;
 
     assert_eq!(s.check("DELETE", "/x").await, 200);
@@ -482,13 +494,18 @@ async fn shadow_files_are_hot_reloaded_and_a_broken_one_keeps_the_last_good_set(
     .await;
     let ready = s.readyz().await;
     assert_eq!(ready["status"], "ready");
-    assert!(ready["lastReloadError"].is_null(), "the live set is untouched: {ready}");
+    assert!(
+        ready["lastReloadError"].is_null(),
+        "the live set is untouched: {ready}"
+    );
     assert!(!ready["shadow"]["lastReloadError"].is_null(), "{ready}");
     assert_eq!(ready["shadow"]["policies"], 1);
     assert_eq!(s.check("PUT", "/x").await, 200);
     assert_eq!(s.check("GET", "/admin").await, 403);
     let m = s
-        .wait_metrics("compared with the last good set", |m| results_total(m) == 5.0)
+        .wait_metrics("compared with the last good set", |m| {
+            results_total(m) == 5.0
+        })
         .await;
     assert_eq!(disagreements(&m, "", "shadow-b", "allow_deny"), 2.0, "{m}");
     assert_eq!(metric(&m, "celgate_policy_reload_failing"), 0.0, "{m}");
@@ -507,7 +524,14 @@ fn serve_refuses_a_shadow_set_that_does_not_load_and_a_bad_sample() {
     .unwrap();
     let run = |extra: &[&str]| {
         std::process::Command::new(celgate_bin())
-            .args(["serve", "--no-watch", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--no-watch",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+            ])
             .arg("--policies")
             .arg(&live)
             .arg("--shadow-policies")
@@ -520,7 +544,10 @@ fn serve_refuses_a_shadow_set_that_does_not_load_and_a_bad_sample() {
     let out = run(&[]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("shadow") && err.contains("--allow-empty"), "{err}");
+    assert!(
+        err.contains("shadow") && err.contains("--allow-empty"),
+        "{err}"
+    );
     std::fs::write(
         shadow.join("broken.yaml"),
         policy("shadow-x", &["object.attributes.request.http.method == ("]),

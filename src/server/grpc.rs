@@ -140,7 +140,9 @@ impl Authorization for AuthzService {
         // Handed to the shadow threads once the reply has gone out (see
         // `CheckService`); a caller of this method directly drops it.
         if let Some(job) = super::shadow::sample(&self.state, &request, &decision, logged) {
-            response.extensions_mut().insert(ShadowHandOver(Arc::new(Mutex::new(Some(job)))));
+            response
+                .extensions_mut()
+                .insert(ShadowHandOver(Arc::new(Mutex::new(Some(job)))));
         }
         Ok(response)
     }

@@ -278,7 +278,9 @@ impl ShadowJob {
         let d = match evaluated {
             Ok(d) => d,
             Err(_) => {
-                tracing::error!("shadow policy evaluation panicked; the live answer is not affected");
+                tracing::error!(
+                    "shadow policy evaluation panicked; the live answer is not affected"
+                );
                 m.shadow_result(ShadowResult::Error);
                 let d = engine::failure_decision(
                     &self.state.config,
@@ -456,14 +458,10 @@ mod tests {
     #[test]
     fn decisions_are_compared_on_allow_and_status_only() {
         let cfg = engine::EngineConfig::default();
-        let deny_403 = engine::failure_decision(
-            &cfg,
-            engine::FailureReason::Evaluation,
-            "x".into(),
-        );
+        let deny_403 =
+            engine::failure_decision(&cfg, engine::FailureReason::Evaluation, "x".into());
         assert_eq!(deny_403.http_status(), 403);
-        let deny_503 =
-            engine::failure_decision(&cfg, engine::FailureReason::Overload, "x".into());
+        let deny_503 = engine::failure_decision(&cfg, engine::FailureReason::Overload, "x".into());
         let allow = engine::evaluate(&PolicySet::empty(), &cfg, &CheckRequest::default());
         assert!(allow.allowed());
         assert_eq!(compare(&answer("allow", 200), &allow), None);
