@@ -604,6 +604,17 @@ impl PolicySet {
         p(self) == p(other) && e(self) == e(other)
     }
 
+    /// Gives every policy series of its own that `/metrics` does not show,
+    /// and forgets the registered ones nothing else uses: for a set that is
+    /// evaluated beside the served one (the shadow set), whose evaluations
+    /// must not count as the served policies'.
+    pub fn detach_metrics(&mut self) {
+        for p in &mut self.policies {
+            p.metrics = Arc::new(Default::default());
+            crate::telemetry::metrics::release_unused(&p.name);
+        }
+    }
+
     pub fn get(&self, name: &str) -> Option<&Policy> {
         self.policies
             .binary_search_by(|p| p.name.as_str().cmp(name))
