@@ -494,7 +494,7 @@ pub struct Change {
     pub name: String,
     pub replayed: bool,
     /// The fields of [`Answer`] that differ.
-    pub changed: Vec<&'static str>,
+    pub fields: Vec<&'static str>,
     pub from: Answer,
     pub to: Answer,
 }
@@ -527,7 +527,7 @@ pub fn run(
             report.changes.push(Change {
                 name: named.name,
                 replayed: named.replayed,
-                changed,
+                fields: changed,
                 from: before,
                 to: after,
             });
@@ -664,8 +664,8 @@ impl Report {
     }
 
     /// The report for tools: `requests`, `replayed`, `changed` (a count)
-    /// and `changes`, each with `name`, `replayed`, `changed` (the fields
-    /// that differ) and the `from` and `to` answers.
+    /// and `changes`, each with `name`, `replayed`, `fields` (the names of
+    /// the fields that differ) and the `from` and `to` answers.
     pub fn to_json(&self) -> Value {
         json!({
             "requests": self.requests,
@@ -774,7 +774,7 @@ mod tests {
         let change = Change {
             name: "r".into(),
             replayed: false,
-            changed: a.changed(&deny),
+            fields: a.changed(&deny),
             from: a,
             to: deny,
         };
