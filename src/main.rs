@@ -335,7 +335,8 @@ struct DiffArgs {
     /// are new.
     #[arg(long, env = "CELGATE_ALLOW_EMPTY")]
     allow_empty: bool,
-    /// Output format: text for people, JSON for tools.
+    /// Output format: text for people, JSON for tools (`--format` is the
+    /// same flag).
     #[arg(long, visible_alias = "format", value_enum, default_value_t = ValidateOutput::Text)]
     output: ValidateOutput,
     #[command(flatten)]
