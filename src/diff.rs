@@ -13,7 +13,9 @@
 //!   `file:line`: rebuilt from what the line records ([`REPLAYED_FIELDS`]),
 //!   and marked as replayed, since everything else about the request
 //!   (credentials, other headers, the query string, the body) was never
-//!   logged and the policies see it absent.
+//!   logged and the policies see it absent. The decision the line recorded
+//!   is kept: a replay that `from` decides otherwise is counted, as a sign
+//!   that the replay lacks what the request was decided on.
 //!
 //! Files given by name are read whatever their name; directories are
 //! searched recursively for `.json` requests (a JSON file with no
@@ -77,8 +79,26 @@ fn io_error(path: &Path) -> impl Fn(std::io::Error) -> CorpusError + Copy + '_ {
 pub struct Named {
     pub name: String,
     pub request: CheckRequest,
-    /// Rebuilt from a decision-log line: it holds only [`REPLAYED_FIELDS`].
-    pub replayed: bool,
+    /// For a request rebuilt from a decision-log line (which holds only
+    /// [`REPLAYED_FIELDS`]), the decision the log recorded.
+    pub logged: Option<LoggedDecision>,
+}
+
+/// The decision a decision-log line recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LoggedDecision {
+    pub allowed: bool,
+    pub status: i32,
+    pub policy: Option<String>,
+}
+
+impl LoggedDecision {
+    /// Whether `answer` is this decision (allowed, status and policy).
+    pub fn matches(&self, answer: &Answer) -> bool {
+        self.allowed == answer.allowed
+            && self.status == answer.status
+            && self.policy == answer.policy
+    }
 }
 
 #[derive(Debug)]
@@ -176,7 +196,7 @@ impl Corpus {
                 Kind::Request(request) => f(Named {
                     name: path.display().to_string(),
                     request: *request,
-                    replayed: false,
+                    logged: None,
                 }),
                 Kind::Suites(docs) => {
                     let dir = path.parent().unwrap_or(Path::new("."));
@@ -190,7 +210,7 @@ impl Corpus {
                             f(Named {
                                 name: format!("{}#{}", path.display(), case.name),
                                 request: suite::case_request(dir, case).map_err(bad)?,
-                                replayed: false,
+                                logged: None,
                             });
                         }
                     }
@@ -203,15 +223,16 @@ impl Corpus {
                         if line.trim().is_empty() {
                             continue;
                         }
-                        let request = replay(&line).map_err(|message| CorpusError::LogLine {
-                            path: path.clone(),
-                            line: i + 1,
-                            message,
-                        })?;
+                        let (request, logged) =
+                            replay(&line).map_err(|message| CorpusError::LogLine {
+                                path: path.clone(),
+                                line: i + 1,
+                                message,
+                            })?;
                         f(Named {
                             name: format!("{}:{}", path.display(), i + 1),
                             request,
-                            replayed: true,
+                            logged: Some(logged),
                         });
                     }
                 }
@@ -314,8 +335,11 @@ fn suite_error(e: &suite::SuiteError, path: &Path) -> String {
 #[serde(rename_all = "camelCase")]
 struct Logged {
     /// Required: it is what marks a line as a decision record.
-    #[allow(dead_code)]
     decision: String,
+    #[serde(default)]
+    status: i32,
+    #[serde(default)]
+    policy: Option<String>,
     #[serde(default)]
     time: String,
     #[serde(default)]
@@ -332,10 +356,19 @@ struct Logged {
     headers: Map<String, Value>,
 }
 
-/// The request a decision-log line describes, as far as it can be rebuilt:
-/// [`REPLAYED_FIELDS`], nothing else.
-pub fn replay(line: &str) -> Result<CheckRequest, String> {
+/// The request a decision-log line describes, as far as it can be rebuilt
+/// ([`REPLAYED_FIELDS`], nothing else), and the decision it recorded.
+pub fn replay(line: &str) -> Result<(CheckRequest, LoggedDecision), String> {
     let logged: Logged = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    let decision = LoggedDecision {
+        allowed: match logged.decision.as_str() {
+            "allow" => true,
+            "deny" => false,
+            other => return Err(format!("decision {other:?} is neither allow nor deny")),
+        },
+        status: logged.status,
+        policy: logged.policy,
+    };
     let mut http = json!({
         "id": logged.request_id,
         "method": logged.method,
@@ -354,7 +387,9 @@ pub fn replay(line: &str) -> Result<CheckRequest, String> {
         attributes["source"] =
             json!({ "address": { "socketAddress": { "address": logged.source } } });
     }
-    crate::request_json::from_value(&json!({ "attributes": attributes })).map_err(|e| e.to_string())
+    let request = crate::request_json::from_value(&json!({ "attributes": attributes }))
+        .map_err(|e| e.to_string())?;
+    Ok((request, decision))
 }
 
 /// What a client and the upstream see of a decision: what `diff` compares.
@@ -468,18 +503,7 @@ impl Answer {
 
     /// `allowed by P`, `denied 403 by P`, with the evaluation error if any.
     pub fn label(&self) -> String {
-        let mut s = if self.allowed {
-            "allowed".to_owned()
-        } else {
-            format!("denied {}", self.status)
-        };
-        match &self.policy {
-            Some(p) => {
-                s.push_str(" by ");
-                s.push_str(p);
-            }
-            None => s.push_str(" (no policy decided)"),
-        }
+        let mut s = label(self.allowed, self.status, self.policy.as_deref());
         if let Some(e) = &self.error {
             s.push_str(", could not be evaluated: ");
             s.push_str(e);
@@ -488,11 +512,30 @@ impl Answer {
     }
 }
 
+fn label(allowed: bool, status: i32, policy: Option<&str>) -> String {
+    let mut s = if allowed {
+        "allowed".to_owned()
+    } else {
+        format!("denied {status}")
+    };
+    match policy {
+        Some(p) => {
+            s.push_str(" by ");
+            s.push_str(p);
+        }
+        None => s.push_str(" (no policy decided)"),
+    }
+    s
+}
+
 /// A request whose answer changed.
 #[derive(Debug, Clone, Serialize)]
 pub struct Change {
     pub name: String,
     pub replayed: bool,
+    /// For a replayed request, the decision its log line recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logged: Option<LoggedDecision>,
     /// The fields of [`Answer`] that differ.
     pub fields: Vec<&'static str>,
     pub from: Answer,
@@ -506,6 +549,10 @@ pub struct Report {
     pub requests: usize,
     /// Of those, requests replayed from decision logs.
     pub replayed: usize,
+    /// Of those, requests that `from` decides otherwise than the log
+    /// recorded (allowed, status or policy): their replay lacks what they
+    /// were decided on, or `from` is not what decided them then.
+    pub unlike_logged: usize,
     pub changes: Vec<Change>,
 }
 
@@ -521,12 +568,16 @@ pub fn run(
         let before = Answer::of(&evaluate(from, config, &named.request));
         let after = Answer::of(&evaluate(to, config, &named.request));
         report.requests += 1;
-        report.replayed += usize::from(named.replayed);
+        if let Some(logged) = &named.logged {
+            report.replayed += 1;
+            report.unlike_logged += usize::from(!logged.matches(&before));
+        }
         let changed = before.changed(&after);
         if !changed.is_empty() {
             report.changes.push(Change {
                 name: named.name,
-                replayed: named.replayed,
+                replayed: named.logged.is_some(),
+                logged: named.logged,
                 fields: changed,
                 from: before,
                 to: after,
@@ -640,6 +691,18 @@ impl Report {
         for c in &self.changes {
             let mark = if c.replayed { " (replayed)" } else { "" };
             let _ = writeln!(out, "{}{mark}", c.name);
+            if let Some(l) = &c.logged {
+                let unlike = if l.matches(&c.from) {
+                    ""
+                } else {
+                    " (not what --from decides)"
+                };
+                let _ = writeln!(
+                    out,
+                    "  log:  {}{unlike}",
+                    label(l.allowed, l.status, l.policy.as_deref())
+                );
+            }
             let _ = writeln!(out, "  from: {}", c.from.label());
             let _ = writeln!(out, "  to:   {}", c.to.label());
             for line in c.detail() {
@@ -650,7 +713,15 @@ impl Report {
         let plural = if self.requests == 1 { "" } else { "s" };
         let _ = write!(out, "{} request{plural}", self.requests);
         if self.replayed > 0 {
-            let _ = write!(out, " ({} replayed from decision logs)", self.replayed);
+            let _ = write!(out, " ({} replayed from decision logs", self.replayed);
+            if self.unlike_logged > 0 {
+                let _ = write!(
+                    out,
+                    ", {} of them decided by --from otherwise than logged",
+                    self.unlike_logged
+                );
+            }
+            out.push(')');
         }
         let _ = writeln!(out, ", {} changed", self.changes.len());
         if self.replayed > 0 {
@@ -663,13 +734,15 @@ impl Report {
         out
     }
 
-    /// The report for tools: `requests`, `replayed`, `changed` (a count)
-    /// and `changes`, each with `name`, `replayed`, `fields` (the names of
-    /// the fields that differ) and the `from` and `to` answers.
+    /// The report for tools: `requests`, `replayed`, `unlikeLogged`,
+    /// `changed` (a count) and `changes`, each with `name`, `replayed`,
+    /// `fields` (the names of the fields that differ), the `from` and `to`
+    /// answers and, replayed, the `logged` decision.
     pub fn to_json(&self) -> Value {
         json!({
             "requests": self.requests,
             "replayed": self.replayed,
+            "unlikeLogged": self.unlike_logged,
             "changed": self.changes.len(),
             "changes": self.changes,
         })
@@ -706,7 +779,15 @@ mod tests {
     #[test]
     fn a_decision_log_line_replays_what_it_recorded_and_nothing_else() {
         let line = r#"{"id":"0190-2","time":"2026-11-30T12:00:00.5Z","requestId":"r-1","method":"DELETE","host":"api.example.com","path":"/repos/x","source":"10.0.0.7","decision":"deny","status":403,"policy":"p","policiesEvaluated":2,"latencyUs":31,"headers":{"X-Tenant":"acme"}}"#;
-        let r = replay(line).unwrap();
+        let (r, logged) = replay(line).unwrap();
+        assert_eq!(
+            logged,
+            LoggedDecision {
+                allowed: false,
+                status: 403,
+                policy: Some("p".into())
+            }
+        );
         let a = r.attributes.unwrap();
         let req = a.request.unwrap();
         let http = req.http.unwrap();
@@ -735,6 +816,8 @@ mod tests {
         assert!(replay("not json").is_err());
         let e = replay(r#"{"decision":"deny","time":"yesterday"}"#).unwrap_err();
         assert!(e.contains("time"), "{e}");
+        let e = replay(r#"{"decision":"maybe"}"#).unwrap_err();
+        assert!(e.contains("neither allow nor deny"), "{e}");
     }
 
     #[test]
@@ -774,6 +857,7 @@ mod tests {
         let change = Change {
             name: "r".into(),
             replayed: false,
+            logged: None,
             fields: a.changed(&deny),
             from: a,
             to: deny,

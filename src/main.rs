@@ -130,7 +130,10 @@ enum Command {
             replayed request holds only what the log recorded: method, host, path without its \
             query string, source address without its port, time, request id and the \
             allow-listed headers. Credentials, other headers, the query string and the body \
-            were never logged, so policies that read them see them absent.\n\n\
+            were never logged, so policies that read them see them absent; a changed replayed \
+            request also shows the decision its line recorded, and the summary counts the \
+            replayed requests that --from decides otherwise than logged (their replay lacks \
+            what they were decided on, or --from is not what decided them).\n\n\
             Both sides use the same --failure-* and limit flags.\n\n\
             Exit status: 0 when no decision changed (or --allow-changes); 1 when one changed, or \
             when the policies of either side do not load or hold no Envoy-mode policy (see \

@@ -1115,7 +1115,7 @@ fn diff_prints_every_changed_request_and_exits_1() {
     assert!(!o.stdout.contains("suite/requests/alice-writes.json"));
     assert!(o
         .stdout
-        .contains("11 requests (3 replayed from decision logs), 6 changed"));
+        .contains("12 requests (4 replayed from decision logs, 1 of them decided by --from otherwise than logged), 6 changed"));
     insta::assert_snapshot!(o.stdout);
 }
 
@@ -1155,8 +1155,9 @@ fn diff_json_output_for_tools() {
     let o = diff(&DIFF_CORPUS, &["--format", "json"]);
     assert_eq!(o.code, 1, "{}", o.stderr);
     let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("stdout is JSON");
-    assert_eq!(v["requests"], 11);
-    assert_eq!(v["replayed"], 3);
+    assert_eq!(v["requests"], 12);
+    assert_eq!(v["replayed"], 4);
+    assert_eq!(v["unlikeLogged"], 1);
     assert_eq!(v["changed"], 6);
     let bob = &v["changes"][1];
     assert_eq!(bob["name"], "tests/cli/diff/requests/bob-reads.json");
@@ -1167,6 +1168,8 @@ fn diff_json_output_for_tools() {
     assert_eq!(bob["from"]["allowed"], true);
     assert_eq!(bob["to"]["status"], 403);
     assert_eq!(v["changes"][5]["replayed"], true);
+    assert_eq!(v["changes"][5]["logged"]["status"], 404);
+    assert!(v["changes"][0].get("logged").is_none());
     let same = diff(&DIFF_CORPUS, &["--output", "json"]);
     assert_eq!(same.stdout, o.stdout);
     insta::assert_snapshot!(o.stdout);
