@@ -872,6 +872,62 @@ mod tests {
         );
     }
 
+    /// Named files are read by what they hold; directories by name, with
+    /// JSON that is not a request left out and suite fixtures read once.
+    #[test]
+    fn files_are_read_by_what_they_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let record = r#"{"method":"GET","path":"/x","decision":"allow","status":200}"#;
+        let one_line_log = write("log.json", record);
+        let request = write(
+            "r/a.json",
+            r#"{"attributes":{"request":{"http":{"path":"/a"}}}}"#,
+        );
+        write("r/jwks.json", r#"{"keys":[]}"#);
+        write(
+            "r/fixture.json",
+            r#"{"attributes":{"request":{"http":{"path":"/f"}}}}"#,
+        );
+        write(
+            "r/s.test.yaml",
+            "apiVersion: celgate.dev/v1alpha1\nkind: Test\npolicies: [.]\ncases:\n\
+             - { name: c, request: fixture.json, expect: { allowed: true } }\n",
+        );
+        write("r/.hidden/b.json", r#"{"attributes":{}}"#);
+        let names = |paths: &[PathBuf]| {
+            let c = Corpus::find(paths).unwrap();
+            let skipped = c.skipped.clone();
+            let mut out = Vec::new();
+            c.for_each(|n| {
+                let name = n.name.replace(&dir.path().display().to_string(), "");
+                out.push((name, n.logged.is_some()));
+            })
+            .unwrap();
+            (out, skipped.len())
+        };
+        let (got, skipped) = names(&[one_line_log, dir.path().join("r")]);
+        assert_eq!(
+            got,
+            [
+                ("/log.json:1".to_owned(), true),
+                ("/r/a.json".to_owned(), false),
+                ("/r/s.test.yaml#c".to_owned(), false),
+            ]
+        );
+        assert_eq!(skipped, 1, "jwks.json is left out with a note");
+        // Named, a fixture is a request of its own.
+        let (got, _) = names(&[request, dir.path().join("r/fixture.json")]);
+        assert_eq!(got.len(), 2);
+        let e = Corpus::find(&[write("r/x.yaml", "kind: ConfigMap\n")]).unwrap_err();
+        assert!(matches!(e, CorpusError::Unrecognised(_)), "{e}");
+    }
+
     #[test]
     fn duplicate_headers_are_kept_in_order() {
         let h = headers(&[header("set-x", "1"), header("Set-X", "2")]);
