@@ -266,6 +266,12 @@ struct FailureArgs {
     /// name). An empty value sends no header.
     #[arg(long, env = "CELGATE_FAILURE_HEADER", value_name = "NAME", default_value = celgate::engine::DEFAULT_FAILURE_HEADER, value_parser = parse_failure_header)]
     failure_header: FailureHeader,
+    /// Response header that names, on every answer, the policies that would
+    /// have denied the request but are not enforced (validationActions
+    /// without Deny), e.g. `x-celgate-audit: require-api-key`. Off by
+    /// default: it tells clients about the policies.
+    #[arg(long, env = "CELGATE_AUDIT_HEADER", value_name = "NAME", value_parser = parse_failure_header, help_heading = "Audit")]
+    audit_header: Option<FailureHeader>,
 }
 
 /// A checked `--failure-header`: `None` for no header.
@@ -282,6 +288,7 @@ impl FailureArgs {
             failure_status: self.failure_status,
             failure_body: self.failure_body.clone(),
             failure_header: self.failure_header.0.clone(),
+            audit_header: self.audit_header.as_ref().and_then(|h| h.0.clone()),
         }
     }
 }

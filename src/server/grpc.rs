@@ -153,6 +153,7 @@ fn check_span() -> tracing::Span {
         "celgate.validation" = Empty,
         "celgate.policies_evaluated" = Empty,
         "celgate.error" = Empty,
+        "celgate.audit" = Empty,
         "http.request.method" = Empty,
         "url.path" = Empty,
     )
@@ -257,6 +258,22 @@ fn record_span(
         span.record("http.request.method", h.method.as_str());
         let path = h.path.split_once('?').map_or(h.path.as_str(), |(p, _)| p);
         span.record("url.path", path);
+    }
+    if !d.audit.is_empty() {
+        let names: Vec<&str> = d.audit.iter().map(|a| a.policy.as_str()).collect();
+        span.record("celgate.audit", names.join(",").as_str());
+    }
+    for a in &d.audit {
+        tracing::info!(
+            target: DECISION_TARGET,
+            parent: span,
+            policy = %a.policy,
+            status = a.status,
+            validation = a.validation.map_or(-1, |i| i as i64),
+            error = a.error.as_deref().unwrap_or(""),
+            enforced = a.enforced,
+            "policy audit: would deny"
+        );
     }
     for t in traces {
         tracing::info!(

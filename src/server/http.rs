@@ -78,6 +78,7 @@ async fn policies(AxState(state): AxState<Arc<State>>) -> Json<serde_json::Value
                     FailurePolicy::Fail => "Fail",
                     FailurePolicy::Ignore => "Ignore",
                 },
+                "validationActions": p.actions.names(),
                 "validations": p.validations.len(),
                 "exceptions": p.exceptions.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
             })

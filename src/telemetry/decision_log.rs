@@ -106,6 +106,11 @@ pub struct Record {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_kind: Option<&'static str>,
     pub policies_evaluated: usize,
+    /// Denials recorded under `validationActions` (`Audit`, `Warn`):
+    /// policy, status, validation (or the error's field and kind), and
+    /// whether it was enforced.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub audit: Vec<crate::engine::AuditEntry>,
     pub latency_us: u64,
     #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
     pub headers: serde_json::Map<String, serde_json::Value>,
@@ -198,6 +203,7 @@ impl DecisionLog {
             }),
             error_kind: d.error.as_ref().map(|e| e.kind.as_str()),
             policies_evaluated: d.evaluated,
+            audit: d.audit.clone(),
             latency_us: took.as_micros() as u64,
             headers,
         };

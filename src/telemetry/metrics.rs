@@ -99,16 +99,25 @@ pub enum PolicyOutcome {
     Exempted,
     /// Evaluation failed (denied under Fail, ignored under Ignore).
     Error,
+    /// A policy that is not enforced (`validationActions` without `Deny`)
+    /// returned a denial: recorded, not enforced.
+    AuditDeny,
+    /// A policy that is not enforced failed to evaluate under
+    /// `failurePolicy: Fail`: the failure denial it would have caused is
+    /// recorded, not enforced.
+    AuditError,
 }
 
 impl PolicyOutcome {
-    const ALL: [PolicyOutcome; 6] = [
+    pub const ALL: [PolicyOutcome; 8] = [
         PolicyOutcome::Allow,
         PolicyOutcome::Deny,
         PolicyOutcome::NoResult,
         PolicyOutcome::Skipped,
         PolicyOutcome::Exempted,
         PolicyOutcome::Error,
+        PolicyOutcome::AuditDeny,
+        PolicyOutcome::AuditError,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -119,6 +128,8 @@ impl PolicyOutcome {
             PolicyOutcome::Skipped => "skipped",
             PolicyOutcome::Exempted => "exempted",
             PolicyOutcome::Error => "error",
+            PolicyOutcome::AuditDeny => "audit_deny",
+            PolicyOutcome::AuditError => "audit_error",
         }
     }
 }
@@ -126,7 +137,7 @@ impl PolicyOutcome {
 /// Series of one policy.
 #[derive(Debug, Default)]
 pub struct PolicyMetrics {
-    evaluations: [AtomicU64; 6],
+    evaluations: [AtomicU64; PolicyOutcome::ALL.len()],
     duration: Histogram,
     /// Requests this policy decided: allowed, denied, denied on error.
     decided: [AtomicU64; 3],
@@ -330,7 +341,7 @@ impl Metrics {
         out.push_str("# TYPE authz_decision_duration_seconds histogram\n");
         self.decision_duration
             .render(&mut out, "authz_decision_duration_seconds", "");
-        out.push_str("# HELP authz_policy_evaluations_total Policy evaluations, by policy and outcome (allow, deny, none, skipped, exempted, error).\n");
+        out.push_str("# HELP authz_policy_evaluations_total Policy evaluations, by policy and outcome (allow, deny, none, skipped, exempted, error; audit_deny and audit_error: a denial or a failure under failurePolicy Fail of a policy whose validationActions do not hold Deny, recorded and not enforced).\n");
         out.push_str("# TYPE authz_policy_evaluations_total counter\n");
         for (name, p) in &policies {
             let name = escape(name);
