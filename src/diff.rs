@@ -416,6 +416,37 @@ pub struct Answer {
     pub body: String,
     pub message: String,
     pub metadata: Map<String, Value>,
+    /// The denials recorded under `validationActions` (`Audit`, `Warn`),
+    /// in evaluation order.
+    pub audit: Vec<Audited>,
+}
+
+/// A denial recorded under `validationActions`, as [`Answer`] compares it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Audited {
+    pub policy: String,
+    pub status: i32,
+    /// The evaluation error's summary, when the policy could not be evaluated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Whether the denial was enforced (`[Deny, Audit]`).
+    pub enforced: bool,
+}
+
+impl Audited {
+    /// `P would deny 403`, `P denied 403 (enforced, audited)`.
+    fn label(&self) -> String {
+        let mut s = if self.enforced {
+            format!("{} denied {} (enforced, audited)", self.policy, self.status)
+        } else {
+            format!("{} would deny {}", self.policy, self.status)
+        };
+        if let Some(e) = &self.error {
+            s.push_str(", could not be evaluated: ");
+            s.push_str(e);
+        }
+        s
+    }
 }
 
 /// Headers by name; a name given more than once has its values joined with
@@ -448,6 +479,16 @@ impl Answer {
             body: String::new(),
             message: d.response.message.clone(),
             metadata: d.response.metadata.clone().unwrap_or_default(),
+            audit: d
+                .audit
+                .iter()
+                .map(|a| Audited {
+                    policy: a.policy.clone(),
+                    status: a.status,
+                    error: a.error.clone(),
+                    enforced: a.enforced,
+                })
+                .collect(),
         };
         match &d.response.outcome {
             Outcome::Ok(ok) => {
@@ -493,6 +534,7 @@ impl Answer {
             ("body", self.body != other.body),
             ("message", self.message != other.message),
             ("metadata", self.metadata != other.metadata),
+            ("audit", self.audit != other.audit),
         ];
         pairs
             .into_iter()
@@ -678,6 +720,10 @@ impl Change {
                 quoted(&json(&b.metadata))
             ));
         }
+        if a.audit != b.audit {
+            let labels = |l: &[Audited]| l.iter().map(Audited::label).collect::<BTreeSet<_>>();
+            set_lines(&mut out, "audit:", &labels(&a.audit), &labels(&b.audit));
+        }
         out
     }
 }
@@ -765,6 +811,7 @@ mod tests {
             validation: None,
             error: None,
             evaluated: 0,
+            audit: Vec::new(),
         }
     }
 

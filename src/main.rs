@@ -116,7 +116,8 @@ enum Command {
         long_about = "Decide every request under --requests with the policies of --from (before a \
             change) and those of --to (after it), and print each request whose answer differs: \
             allowed or denied, status, deciding policy, error, headers added or removed \
-            (upstream and in the response), query parameters, body, message or metadata. Each \
+            (upstream and in the response), query parameters, body, message, metadata, or the \
+            denials recorded under validationActions (Audit, Warn). Each \
             is shown with both answers and what changed, then a summary line (N requests, M \
             changed). Meant for pull requests that change policies: see the book's \"Rolling out \
             a policy\" chapter for a CI recipe.\n\n\

@@ -1149,7 +1149,7 @@ fn diff_prints_every_changed_request_and_exits_1() {
     assert!(!o.stdout.contains("suite/requests/alice-writes.json"));
     assert!(o
         .stdout
-        .contains("12 requests (4 replayed from decision logs, 1 of them decided by --from otherwise than logged), 6 changed"));
+        .contains("12 requests (4 replayed from decision logs, 1 of them decided by --from otherwise than logged), 8 changed"));
     insta::assert_snapshot!(o.stdout);
 }
 
@@ -1192,7 +1192,7 @@ fn diff_json_output_for_tools() {
     assert_eq!(v["requests"], 12);
     assert_eq!(v["replayed"], 4);
     assert_eq!(v["unlikeLogged"], 1);
-    assert_eq!(v["changed"], 6);
+    assert_eq!(v["changed"], 8);
     let bob = &v["changes"][1];
     assert_eq!(bob["name"], "tests/cli/diff/requests/bob-reads.json");
     assert_eq!(
@@ -1201,8 +1201,13 @@ fn diff_json_output_for_tools() {
     );
     assert_eq!(bob["from"]["allowed"], true);
     assert_eq!(bob["to"]["status"], 403);
-    assert_eq!(v["changes"][5]["replayed"], true);
-    assert_eq!(v["changes"][5]["logged"]["status"], 404);
+    // A policy in audit changes no answer, and still shows.
+    let admin = &v["changes"][2];
+    assert_eq!(admin["fields"], serde_json::json!(["audit"]));
+    assert_eq!(admin["to"]["audit"][0]["policy"], "admin-audit");
+    assert_eq!(admin["to"]["audit"][0]["enforced"], false);
+    assert_eq!(v["changes"][6]["replayed"], true);
+    assert_eq!(v["changes"][6]["logged"]["status"], 404);
     assert!(v["changes"][0].get("logged").is_none());
     let same = diff(&DIFF_CORPUS, &["--output", "json"]);
     assert_eq!(same.stdout, o.stdout);
