@@ -1,4 +1,4 @@
-//! The policy authors' commands (`check`, `validate`, `test`) and the
+//! The policy authors' commands (`check`, `validate`, `test`, `diff`) and the
 //! container health check (`healthcheck`).
 //!
 //! Each returns the process exit status; see `celgate --help` for the table
@@ -19,6 +19,10 @@ pub const NOT_LOADED: u8 = 1;
 /// A usage error, or input other than the policies that cannot be used: the
 /// request of `check`, no suites (or no case) to run for `test`.
 pub const USAGE: u8 = 2;
+/// `diff`: a request's decision changed. 1, as a failed case of `test`:
+/// the check did not pass (`--allow-changes` makes it 0, which leaves 1 to
+/// policies that do not load).
+pub const CHANGED: u8 = 1;
 pub const DENIED: u8 = 3;
 pub const DENIED_BY_ERROR: u8 = 4;
 
@@ -42,6 +46,35 @@ fn print_or_fail(text: &str) -> Result<(), ExitCode> {
     })
 }
 
+/// Loads the policies of `check` and `diff` (`side`: `""`, or `--from: `
+/// naming the flag), saying why on standard error when they cannot be used.
+fn load_policies(
+    policies: &[PathBuf],
+    allow_empty: bool,
+    side: &str,
+) -> Result<PolicySet, ExitCode> {
+    let set = match PolicySet::load(policies) {
+        Ok(set) => set,
+        Err(e) => {
+            say!("celgate: {side}the policies do not load:\n{e}");
+            return Err(ExitCode::from(NOT_LOADED));
+        }
+    };
+    // As `serve`: a set that would allow everything is refused unless asked for.
+    if set.policies.is_empty() {
+        let what = celgate::policy::no_envoy_policy(policies);
+        if !allow_empty {
+            say!(
+                "celgate: {side}{what}; refused, as `serve` refuses to start with none \
+                 (--allow-empty, CELGATE_ALLOW_EMPTY=true, accepts an empty set)"
+            );
+            return Err(ExitCode::from(NOT_LOADED));
+        }
+        say!("celgate: warning: {side}{what} (accepted: --allow-empty)");
+    }
+    Ok(set)
+}
+
 /// `celgate check`.
 pub fn check(
     policies: &[PathBuf],
@@ -50,25 +83,10 @@ pub fn check(
     explain: bool,
     config: EngineConfig,
 ) -> anyhow::Result<ExitCode> {
-    let set = match PolicySet::load(policies) {
+    let set = match load_policies(policies, allow_empty, "") {
         Ok(set) => set,
-        Err(e) => {
-            say!("celgate: the policies do not load:\n{e}");
-            return Ok(ExitCode::from(NOT_LOADED));
-        }
+        Err(code) => return Ok(code),
     };
-    // As `serve`: a set that would allow everything is refused unless asked for.
-    if set.policies.is_empty() {
-        let what = celgate::policy::no_envoy_policy(policies);
-        if !allow_empty {
-            say!(
-                "celgate: {what}; refused, as `serve` refuses to start with none \
-                 (--allow-empty, CELGATE_ALLOW_EMPTY=true, accepts an empty set)"
-            );
-            return Ok(ExitCode::from(NOT_LOADED));
-        }
-        say!("celgate: warning: {what} (accepted: --allow-empty)");
-    }
     let text = if request == Path::new("-") {
         let mut s = String::new();
         if let Err(e) = std::io::stdin().read_to_string(&mut s) {
@@ -105,6 +123,91 @@ pub fn check(
     } else {
         ExitCode::from(DENIED)
     })
+}
+
+/// What `celgate diff` compares and how it reports.
+#[derive(Debug)]
+pub struct DiffOptions<'a> {
+    pub from: &'a [PathBuf],
+    pub to: &'a [PathBuf],
+    pub requests: &'a [PathBuf],
+    pub allow_empty: bool,
+    pub json: bool,
+    /// Exit 0 even when a decision changed.
+    pub allow_changes: bool,
+    pub config: EngineConfig,
+}
+
+/// `celgate diff`: 0 when no decision changed, 1 when one did (0 with
+/// `allow_changes`) or a side's policies do not load, 2 when the requests
+/// cannot be read or there are none.
+pub fn diff(o: &DiffOptions<'_>) -> ExitCode {
+    let from = match load_policies(o.from, o.allow_empty, "--from: ") {
+        Ok(set) => set,
+        Err(code) => return code,
+    };
+    let to = match load_policies(o.to, o.allow_empty, "--to: ") {
+        Ok(set) => set,
+        Err(code) => return code,
+    };
+    let corpus = match celgate::diff::Corpus::find(o.requests) {
+        Ok(c) => c,
+        Err(e) => {
+            say!("celgate: --requests: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    for p in &corpus.skipped {
+        say!(
+            "celgate: note: {}: not a CheckRequest (no `attributes`), skipped",
+            p.display()
+        );
+    }
+    let list = || {
+        let l: Vec<String> = o.requests.iter().map(|p| p.display().to_string()).collect();
+        l.join(", ")
+    };
+    if corpus.is_empty() {
+        say!(
+            "celgate: --requests: no requests under {} (CheckRequest .json files, test suites, \
+             decision logs .jsonl)",
+            list()
+        );
+        return ExitCode::from(USAGE);
+    }
+    let report = match celgate::diff::run(&from, &to, &o.config, corpus) {
+        Ok(r) => r,
+        Err(e) => {
+            say!("celgate: --requests: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    if report.requests == 0 {
+        say!(
+            "celgate: --requests: the decision logs under {} hold no line",
+            list()
+        );
+        return ExitCode::from(USAGE);
+    }
+    let text = if o.json {
+        match serde_json::to_string_pretty(&report.to_json()) {
+            Ok(s) => s + "\n",
+            Err(e) => {
+                say!("celgate: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        report.render_text()
+    };
+    if let Err(code) = print_or_fail(&text) {
+        return code;
+    }
+    if report.changes.is_empty() || o.allow_changes {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(CHANGED)
+    }
 }
 
 /// `celgate validate`.

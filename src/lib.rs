@@ -1,5 +1,6 @@
 pub mod cel;
 pub mod decision;
+pub mod diff;
 pub mod engine;
 pub mod explain;
 pub mod identity;

@@ -33,15 +33,20 @@ mod commands;
         Authz Server. Every flag can also be set through the environment variable shown.\n\n\
         The same binary lets policy authors work before a cluster sees a policy: `validate` \
         reports every problem in a set of policy files, `check` decides one request and \
-        explains why, and `test` runs declarative test suites.",
+        explains why, `test` runs declarative test suites, and `diff` shows which requests \
+        two versions of the policies decide differently.",
     after_long_help = "EXIT STATUS (the same for every command):\n  \
-        0  success (check: the request is allowed)\n  \
+        0  success (check: the request is allowed; diff: no decision changed, or \
+        --allow-changes)\n  \
         1  the policies do not load (a path that does not exist, YAML or CEL errors, no \
         Envoy-mode policy without --allow-empty): serve does \
-        not start, validate reports them, check does not decide, test does not run the suite; \
-        also test: a case failed; serve: the server stopped with an error; healthcheck: not ready\n  \
+        not start, validate reports them, check does not decide, test does not run the suite, \
+        diff does not compare (either side); \
+        also test: a case failed; diff: a decision changed; serve: the server stopped with an \
+        error; healthcheck: not ready\n  \
         2  usage error; check: the request cannot be read; test: no suite found, or no case \
-        matches --filter\n  \
+        matches --filter; diff: a request file, suite or decision-log line cannot be read, or \
+        --requests holds no request\n  \
         3  check: the request is denied by a policy\n  \
         4  check: the request is denied because a policy with failurePolicy: Fail could not be evaluated"
 )]
@@ -106,6 +111,37 @@ enum Command {
             when no suite was found or no case matches --filter."
     )]
     Test(TestArgs),
+    /// Decide a corpus of requests with two policy sets; print every request whose decision changes.
+    #[command(
+        long_about = "Decide every request under --requests with the policies of --from (before a \
+            change) and those of --to (after it), and print each request whose answer differs: \
+            allowed or denied, status, deciding policy, error, headers added or removed \
+            (upstream and in the response), query parameters, body, message, metadata, or the \
+            denials recorded under validationActions (Audit, Warn). Each \
+            is shown with both answers and what changed, then a summary line (N requests, M \
+            changed). Meant for pull requests that change policies: see the book's \"Rolling out \
+            a policy\" chapter for a CI recipe.\n\n\
+            --requests takes files and directories (searched recursively, skipping dot-entries \
+            and `target`/`node_modules` folders): CheckRequest JSON files as `check` reads them \
+            (named by path; a .json file in a directory with no `attributes` is skipped with a \
+            note); test suites (kind: Test; each case's request, named FILE#CASE, with its token \
+            minted once for both sides and the suite's jwks documents loaded; the suite's own \
+            policies and expectations are not used); and decision logs from `serve \
+            --decision-log` (.jsonl, .ndjson; each line named FILE:LINE and marked replayed). A \
+            replayed request holds only what the log recorded: method, host, path without its \
+            query string, source address without its port, time, request id and the \
+            allow-listed headers. Credentials, other headers, the query string and the body \
+            were never logged, so policies that read them see them absent; a changed replayed \
+            request also shows the decision its line recorded, and the summary counts the \
+            replayed requests that --from decides otherwise than logged (their replay lacks \
+            what they were decided on, or --from is not what decided them).\n\n\
+            Both sides use the same --failure-* and limit flags.\n\n\
+            Exit status: 0 when no decision changed (or --allow-changes); 1 when one changed, or \
+            when the policies of either side do not load or hold no Envoy-mode policy (see \
+            --allow-empty); 2 when a request file, suite or decision-log line cannot be read, \
+            or --requests holds no request."
+    )]
+    Diff(DiffArgs),
     /// Ask a running server whether it is ready (GET /readyz); exit 0 if so, 1 if not.
     #[command(
         long_about = "Ask a running celgate whether it is ready: GET /readyz on its HTTP address. \
@@ -286,6 +322,38 @@ struct TestArgs {
     output: TestOutput,
     #[command(flatten)]
     limits: LoadLimits,
+}
+
+#[derive(Debug, Args)]
+struct DiffArgs {
+    /// The policies before the change: files or directories, as for
+    /// --policies. Repeat the flag for more than one.
+    #[arg(long, value_name = "PATH", required = true)]
+    from: Vec<PathBuf>,
+    /// The policies after the change.
+    #[arg(long, value_name = "PATH", required = true)]
+    to: Vec<PathBuf>,
+    /// The requests: CheckRequest JSON files, test suites and decision logs,
+    /// or directories of them (recursive).
+    #[arg(long, value_name = "DIR|FILE", required = true, num_args = 1..)]
+    requests: Vec<PathBuf>,
+    /// Exit 0 even when a decision changed (the changes are still printed),
+    /// so that a status of 1 means only that policies do not load.
+    #[arg(long)]
+    allow_changes: bool,
+    /// Accept policies that hold no Envoy-mode ValidatingPolicy on either
+    /// side (every request is then allowed there), e.g. when the policies
+    /// are new.
+    #[arg(long, env = "CELGATE_ALLOW_EMPTY")]
+    allow_empty: bool,
+    /// Output format: text for people, JSON for tools (`--format` is the
+    /// same flag).
+    #[arg(long, visible_alias = "format", value_enum, default_value_t = ValidateOutput::Text)]
+    output: ValidateOutput,
+    #[command(flatten)]
+    limits: LoadLimits,
+    #[command(flatten)]
+    failure: FailureArgs,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -731,6 +799,18 @@ fn main() -> ExitCode {
                 args.filter.as_deref(),
                 matches!(args.output, TestOutput::Junit),
             ))
+        }
+        Command::Diff(args) => {
+            args.limits.apply();
+            Ok(commands::diff(&commands::DiffOptions {
+                from: &args.from,
+                to: &args.to,
+                requests: &args.requests,
+                allow_empty: args.allow_empty,
+                json: matches!(args.output, ValidateOutput::Json),
+                allow_changes: args.allow_changes,
+                config: args.failure.config(),
+            }))
         }
         // Both written whole, then printed: a closed pipe ends them quietly.
         Command::Completions { shell } => {

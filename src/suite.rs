@@ -20,6 +20,7 @@
 use crate::cel::envoy::{HeaderOption, Outcome};
 use crate::engine::{evaluate, Decision, EngineConfig};
 use crate::policy::{load, PolicySet};
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -319,13 +320,7 @@ pub fn run_noting(
     if doc.cases.is_empty() {
         return Err(invalid("a suite needs at least one case".into()));
     }
-    for (url, file) in &doc.jwks {
-        let p = dir.join(file);
-        let body =
-            std::fs::read(&p).map_err(|e| invalid(format!("jwks {url}: {}: {e}", p.display())))?;
-        crate::identity::jwks::preload(url, &body)
-            .map_err(|e| invalid(format!("jwks {url}: {}: {e}", p.display())))?;
-    }
+    preload_jwks(dir, doc).map_err(invalid)?;
     let policy_paths: Vec<PathBuf> = doc.policies.iter().map(|p| dir.join(p)).collect();
     let set = PolicySet::load(&policy_paths).map_err(|errors| SuiteError::Policies {
         path: path.to_path_buf(),
@@ -363,21 +358,7 @@ pub fn run_noting(
         .unwrap_or_else(|| path.display().to_string());
     let mut results = Vec::new();
     for case in &doc.cases {
-        let request = match &case.request {
-            serde_json::Value::String(file) => {
-                let p = dir.join(file);
-                let text = std::fs::read_to_string(&p)
-                    .map_err(|e| invalid(format!("case {:?}: {}: {e}", case.name, p.display())))?;
-                crate::request_json::parse(&text)
-            }
-            v => crate::request_json::from_value(v),
-        }
-        .map_err(|e| invalid(format!("case {:?}: {e}", case.name)))?;
-        let mut request = request;
-        if let Some(spec) = &case.token {
-            crate::suite_token::apply(spec, dir, &mut request)
-                .map_err(|e| invalid(format!("case {:?}: token: {e}", case.name)))?;
-        }
+        let request = case_request(dir, case).map_err(invalid)?;
         let started = std::time::Instant::now();
         let decision = match doc.mcp_max_body_bytes {
             Some(limit) => {
@@ -394,6 +375,39 @@ pub fn run_noting(
         });
     }
     Ok(results)
+}
+
+/// The request of `case` (of a suite in `dir`), its token minted and set.
+/// The error names the case.
+pub fn case_request(dir: &Path, case: &Case) -> Result<CheckRequest, String> {
+    let request = match &case.request {
+        serde_json::Value::String(file) => {
+            let p = dir.join(file);
+            let text = std::fs::read_to_string(&p)
+                .map_err(|e| format!("case {:?}: {}: {e}", case.name, p.display()))?;
+            crate::request_json::parse(&text)
+        }
+        v => crate::request_json::from_value(v),
+    }
+    .map_err(|e| format!("case {:?}: {e}", case.name))?;
+    let mut request = request;
+    if let Some(spec) = &case.token {
+        crate::suite_token::apply(spec, dir, &mut request)
+            .map_err(|e| format!("case {:?}: token: {e}", case.name))?;
+    }
+    Ok(request)
+}
+
+/// Loads the suite's `jwks` documents (URL → file relative to `dir`), so
+/// that `jwks.Fetch` answers from them.
+pub fn preload_jwks(dir: &Path, doc: &TestDoc) -> Result<(), String> {
+    for (url, file) in &doc.jwks {
+        let p = dir.join(file);
+        let body = std::fs::read(&p).map_err(|e| format!("jwks {url}: {}: {e}", p.display()))?;
+        crate::identity::jwks::preload(url, &body)
+            .map_err(|e| format!("jwks {url}: {}: {e}", p.display()))?;
+    }
+    Ok(())
 }
 
 fn header_map(hs: &[HeaderOption]) -> BTreeMap<String, String> {

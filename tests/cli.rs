@@ -691,7 +691,7 @@ fn every_command_reports_the_same_faults_with_the_same_status() {
     for fault in ["missing", "yaml", "cel", "empty"] {
         let policies = format!("tests/cli/faults/{fault}");
         let suite = format!("tests/cli/faults/suites/{fault}.test.yaml");
-        let runs: [(&str, Vec<&str>); 4] = [
+        let runs: [(&str, Vec<&str>); 5] = [
             (
                 "check",
                 vec![
@@ -704,6 +704,18 @@ fn every_command_reports_the_same_faults_with_the_same_status() {
             ),
             ("validate", vec!["validate", "--policies", &policies]),
             ("test", vec!["test", &suite]),
+            (
+                "diff",
+                vec![
+                    "diff",
+                    "--from",
+                    "policies",
+                    "--to",
+                    &policies,
+                    "--requests",
+                    "tests/cli/requests/allowed.json",
+                ],
+            ),
             (
                 "serve",
                 vec![
@@ -763,6 +775,31 @@ fn closed_stdout_ends_every_command_quietly() {
         (&["test", "policies"], 0),
         (&["test", "tests/cli/failing", "--output", "junit"], 1),
         (&["test", "tests/cli/faults/suites"], 1),
+        (
+            &[
+                "diff",
+                "--from",
+                "policies",
+                "--to",
+                "policies",
+                "--requests",
+                "tests/cli/diff/requests",
+            ],
+            0,
+        ),
+        (
+            &[
+                "diff",
+                "--from",
+                DIFF_FROM,
+                "--to",
+                DIFF_TO,
+                "--requests",
+                "tests/cli/diff/requests",
+                "tests/cli/diff/suite",
+            ],
+            1,
+        ),
         (&["completions", "bash"], 0),
         (&["man"], 0),
         (&["--help"], 0),
@@ -1077,4 +1114,226 @@ fn json_policies_and_requests_are_read_as_json() {
     );
     assert_eq!(o.code, 1, "{}", o.stdout);
     assert!(o.stdout.contains("bad.json:3: error"), "{}", o.stdout);
+}
+
+const DIFF_FROM: &str = "tests/cli/diff/from";
+const DIFF_TO: &str = "tests/cli/diff/to";
+
+/// `celgate diff` with the test data's policies and the given extra arguments.
+fn diff(requests: &[&str], extra: &[&str]) -> Out {
+    let mut args = vec!["diff", "--from", DIFF_FROM, "--to", DIFF_TO, "--requests"];
+    args.extend_from_slice(requests);
+    args.extend_from_slice(extra);
+    celgate(&args, None)
+}
+
+const DIFF_CORPUS: [&str; 3] = [
+    "tests/cli/diff/requests",
+    "tests/cli/diff/suite",
+    "tests/cli/diff/logs/decisions.jsonl",
+];
+
+/// Request files, a suite (inline, file and token cases) and a decision
+/// log: every changed request with both answers and what changed, exit 1.
+#[test]
+fn diff_prints_every_changed_request_and_exits_1() {
+    let o = diff(&DIFF_CORPUS, &[]);
+    assert_eq!(o.code, 1, "{}{}", o.stdout, o.stderr);
+    // The JSON file with no `attributes` is left out, with a note; the
+    // suite's request file is read through the suite only.
+    assert_eq!(
+        o.stderr,
+        "celgate: note: tests/cli/diff/requests/more/notes.json: not a CheckRequest (no \
+         `attributes`), skipped\n"
+    );
+    assert!(!o.stdout.contains("suite/requests/alice-writes.json"));
+    assert!(o
+        .stdout
+        .contains("12 requests (4 replayed from decision logs, 1 of them decided by --from otherwise than logged), 8 changed"));
+    insta::assert_snapshot!(o.stdout);
+}
+
+#[test]
+fn diff_allow_changes_exits_0_with_the_same_report() {
+    let changed = diff(&DIFF_CORPUS, &[]);
+    let o = diff(&DIFF_CORPUS, &["--allow-changes"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.stdout, changed.stdout);
+}
+
+#[test]
+fn diff_without_changes_exits_0_and_says_so() {
+    let o = celgate(
+        &[
+            "diff",
+            "--from",
+            DIFF_FROM,
+            "--to",
+            "tests/cli/diff/from/api-key.yaml",
+            "--to",
+            "tests/cli/diff/from/not-found.yaml",
+            "--requests",
+            "tests/cli/diff/requests/alice-reads.json",
+            "tests/cli/diff/requests/more",
+        ],
+        None,
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.stdout, "3 requests, 0 changed\n");
+}
+
+/// `--output json` (or `--format json`): counts, and each change's fields
+/// and both answers whole.
+#[test]
+fn diff_json_output_for_tools() {
+    let o = diff(&DIFF_CORPUS, &["--format", "json"]);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("stdout is JSON");
+    assert_eq!(v["requests"], 12);
+    assert_eq!(v["replayed"], 4);
+    assert_eq!(v["unlikeLogged"], 1);
+    assert_eq!(v["changed"], 8);
+    let bob = &v["changes"][1];
+    assert_eq!(bob["name"], "tests/cli/diff/requests/bob-reads.json");
+    assert_eq!(
+        bob["fields"],
+        serde_json::json!(["allowed", "status", "headers", "removedHeaders", "body"])
+    );
+    assert_eq!(bob["from"]["allowed"], true);
+    assert_eq!(bob["to"]["status"], 403);
+    // A policy in audit changes no answer, and still shows.
+    let admin = &v["changes"][2];
+    assert_eq!(admin["fields"], serde_json::json!(["audit"]));
+    assert_eq!(admin["to"]["audit"][0]["policy"], "admin-audit");
+    assert_eq!(admin["to"]["audit"][0]["enforced"], false);
+    assert_eq!(v["changes"][6]["replayed"], true);
+    assert_eq!(v["changes"][6]["logged"]["status"], 404);
+    assert!(v["changes"][0].get("logged").is_none());
+    let same = diff(&DIFF_CORPUS, &["--output", "json"]);
+    assert_eq!(same.stdout, o.stdout);
+    insta::assert_snapshot!(o.stdout);
+}
+
+/// Bad requests exit 2, policies that do not load (either side) exit 1,
+/// each with one line that names the fault.
+#[test]
+fn diff_reports_bad_input_with_2_and_policies_that_do_not_load_with_1() {
+    let runs: &[(&str, Vec<&str>)] = &[
+        (
+            "--requests path that does not exist",
+            vec![
+                "--from",
+                DIFF_FROM,
+                "--to",
+                DIFF_TO,
+                "--requests",
+                "tests/cli/diff/nowhere",
+            ],
+        ),
+        (
+            "not a CheckRequest",
+            vec![
+                "--from",
+                DIFF_FROM,
+                "--to",
+                DIFF_TO,
+                "--requests",
+                "tests/cli/requests/not-a-request.json",
+            ],
+        ),
+        (
+            "a decision log with another line",
+            vec![
+                "--from",
+                DIFF_FROM,
+                "--to",
+                DIFF_TO,
+                "--requests",
+                "tests/cli/diff/logs/broken.jsonl",
+            ],
+        ),
+        (
+            "a suite file that does not parse",
+            vec![
+                "--from",
+                DIFF_FROM,
+                "--to",
+                DIFF_TO,
+                "--requests",
+                "tests/cli/faults/bad-suite/bad.test.yaml",
+            ],
+        ),
+        (
+            "no request found",
+            vec![
+                "--from",
+                DIFF_FROM,
+                "--to",
+                DIFF_TO,
+                "--requests",
+                "tests/cli/diff/empty",
+            ],
+        ),
+        (
+            "--from that does not exist",
+            vec![
+                "--from",
+                "tests/cli/diff/nowhere",
+                "--to",
+                DIFF_TO,
+                "--requests",
+                "tests/cli/diff/requests",
+            ],
+        ),
+        (
+            "--to with CEL errors",
+            vec![
+                "--from",
+                DIFF_FROM,
+                "--to",
+                "tests/cli/faults/cel",
+                "--requests",
+                "tests/cli/diff/requests",
+            ],
+        ),
+        (
+            "--from without an Envoy-mode policy",
+            vec![
+                "--from",
+                "tests/cli/faults/empty",
+                "--to",
+                DIFF_TO,
+                "--requests",
+                "tests/cli/diff/requests",
+            ],
+        ),
+        (
+            "--from without an Envoy-mode policy, --allow-empty",
+            vec![
+                "--from",
+                "tests/cli/faults/empty",
+                "--to",
+                DIFF_TO,
+                "--requests",
+                "tests/cli/diff/requests",
+                "--allow-empty",
+                "--allow-changes",
+            ],
+        ),
+    ];
+    let mut table = String::new();
+    for (what, args) in runs {
+        let mut all = vec!["diff"];
+        all.extend_from_slice(args);
+        let o = celgate(&all, None);
+        assert!(!o.stderr.contains("panicked"), "{}", o.stderr);
+        // The first line, and the first problem under it when it lists them.
+        let mut lines = o.stderr.lines().filter(|l| !l.contains("note:"));
+        let mut first = lines.next().unwrap_or("(nothing)").to_owned();
+        if first.ends_with(':') {
+            first = format!("{first}\n  {}", lines.next().unwrap_or_default());
+        }
+        table.push_str(&format!("{what}: exit {}\n  {first}\n", o.code));
+    }
+    insta::assert_snapshot!(table);
 }
