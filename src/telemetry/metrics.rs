@@ -102,7 +102,9 @@ pub enum PolicyOutcome {
 }
 
 impl PolicyOutcome {
-    const ALL: [PolicyOutcome; 6] = [
+    /// Every outcome, in the order of the `authz_policy_evaluations_total`
+    /// series (and of `/report`'s counts, which follow the labels).
+    pub const ALL: [PolicyOutcome; 6] = [
         PolicyOutcome::Allow,
         PolicyOutcome::Deny,
         PolicyOutcome::NoResult,
@@ -190,6 +192,19 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
 
 pub fn global() -> &'static Metrics {
     &METRICS
+}
+
+/// Every policy's series, by name: each policy ever compiled in this process,
+/// including those a reload removed (their counters are kept, as Prometheus
+/// expects of counters).
+pub fn policies() -> Vec<(String, Arc<PolicyMetrics>)> {
+    global()
+        .policies
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// The series of the policy `name`, created on first use. Called when a set
