@@ -39,8 +39,8 @@ mod commands;
         1  the policies do not load (a path that does not exist, YAML or CEL errors, no \
         Envoy-mode policy without --allow-empty): serve does \
         not start, validate reports them, check does not decide, test does not run the suite; \
-        also test: a case failed; serve: the server stopped with an error; healthcheck: not ready\n  \
-        2  usage error; check: the request cannot be read; test: no suite found, or no case \
+        also test: a case failed; serve: the server stopped with an error; healthcheck: not ready; report: the server cannot be reached or answers no report\n  \
+        2  usage error (report: a --url that is not http(s)://host[:port]); check: the request cannot be read; test: no suite found, or no case \
         matches --filter\n  \
         3  check: the request is denied by a policy\n  \
         4  check: the request is denied because a policy with failurePolicy: Fail could not be evaluated"
@@ -116,6 +116,21 @@ enum Command {
             HTTPS with --tls or --ca-cert, or when CELGATE_HTTP_TLS_CERT is set like `serve`'s."
     )]
     Healthcheck(HealthcheckArgs),
+    /// Print what each policy of a running server has been doing (GET /report).
+    #[command(
+        long_about = "Print what each policy of a running celgate has been doing: GET /report on its \
+            HTTP address, shown as a table with a row per policy and window (since the start, \
+            the last 5 minutes, the last hour) and a column per count: evaluated, allowed, \
+            denied, no result, skipped, exempted, errors, would-be denials and errors of \
+            Audit/Warn policies, shadow disagreements. Policies a reload removed are marked \
+            (removed) while they still count in the last hour. --format json prints the \
+            server's JSON as it is.\n\n\
+            Speaks HTTPS with an https:// URL, --tls or --ca-cert, like `healthcheck`.\n\n\
+            Exit status: 0 when the report was printed; 1 when the server cannot be reached, \
+            answers with another status than 200 or with something that is not a report; 2 \
+            when --url is not an http(s)://host[:port] URL."
+    )]
+    Report(ReportArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(
         long_about = "Print a completion script for the given shell on standard output, e.g.\n\n  \
@@ -326,6 +341,41 @@ struct HealthcheckArgs {
 }
 
 #[derive(Debug, Args)]
+struct ReportArgs {
+    /// The server's HTTP listener (`serve --http-addr`), as a URL; a path
+    /// is kept as a prefix of /report.
+    #[arg(
+        long,
+        env = "CELGATE_REPORT_URL",
+        default_value = "http://127.0.0.1:9192"
+    )]
+    url: String,
+    /// Output format: an aligned table, or the report's JSON.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+    format: ReportFormat,
+    /// Give up after this many milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+    /// Speak HTTPS even with an http:// URL. Also on with --ca-cert.
+    #[arg(long)]
+    tls: bool,
+    /// Trust this CA bundle (PEM) for the server's certificate instead of
+    /// the web PKI roots. Implies --tls.
+    #[arg(long, value_name = "PEM")]
+    ca_cert: Option<PathBuf>,
+    /// The name the server's certificate must carry (default: the host of
+    /// --url).
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ReportFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("any_tls").args(["tls_cert", "http_tls_cert"]).multiple(true)))]
 struct ServeArgs {
     #[command(flatten)]
@@ -511,6 +561,21 @@ struct ServeArgs {
     /// shows only the policy set and reload series).
     #[arg(long, env = "CELGATE_NO_METRICS")]
     no_metrics: bool,
+    /// Also write the report (GET /report) to Kubernetes: one OpenReports
+    /// `Report` object (openreports.io/v1alpha1) per policy, named
+    /// celgate-<policy>[-<POD_NAME>], created or updated by server-side
+    /// apply every --report-interval-s. Needs the OpenReports CRDs and
+    /// create/patch/delete on reports.openreports.io in --report-namespace.
+    /// Write failures are logged and retried; they never affect decisions.
+    #[arg(long, env = "CELGATE_REPORT_KUBE")]
+    report_kube: bool,
+    /// How often --report-kube writes, in seconds.
+    #[arg(long, env = "CELGATE_REPORT_INTERVAL_S", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    report_interval_s: u64,
+    /// Namespace of the --report-kube objects. Default: celgate's own
+    /// namespace (POD_NAMESPACE, else the ServiceAccount's namespace file).
+    #[arg(long, env = "CELGATE_REPORT_NAMESPACE", value_name = "NAMESPACE")]
+    report_namespace: Option<String>,
     #[command(flatten)]
     failure: FailureArgs,
     #[command(flatten)]
@@ -642,6 +707,19 @@ fn main() -> ExitCode {
                     ca_cert: args.ca_cert,
                     server_name: args.server_name,
                 }),
+            ))
+        }
+        Command::Report(args) => {
+            let https = args.tls || args.ca_cert.is_some();
+            Ok(commands::report(
+                &args.url,
+                matches!(args.format, ReportFormat::Json),
+                std::time::Duration::from_millis(args.timeout_ms),
+                https,
+                commands::HealthcheckTls {
+                    ca_cert: args.ca_cert,
+                    server_name: args.server_name,
+                },
             ))
         }
         Command::Check(args) => {
@@ -968,6 +1046,39 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
     } else {
         None
     };
+    let _report_kube = if args.report_kube {
+        let namespace = match args
+            .report_namespace
+            .clone()
+            .or_else(celgate::sources::kube::own_namespace)
+        {
+            Some(ns) if celgate::sources::kube::is_namespace_name(&ns) => ns,
+            Some(ns) => anyhow::bail!("refusing to start: --report-namespace {ns:?} is not a namespace name"),
+            None => anyhow::bail!(
+                "refusing to start: --report-kube needs --report-namespace (celgate's own namespace is unknown: no POD_NAMESPACE, no ServiceAccount namespace file)"
+            ),
+        };
+        let client = rt.block_on(celgate::sources::kube::default_client())?;
+        let replica = std::env::var("POD_NAME").ok().filter(|n| !n.trim().is_empty());
+        tracing::info!(namespace = %namespace, interval_s = args.report_interval_s, "report written to Kubernetes as OpenReports objects");
+        let _in_runtime = rt.enter();
+        Some(celgate::telemetry::openreports::spawn(
+            client,
+            namespace,
+            replica,
+            std::time::Duration::from_secs(args.report_interval_s),
+            state.clone(),
+        ))
+    } else {
+        None
+    };
+    // Tests shorten the report's minute to see its windows pass.
+    if let Some(ms) = std::env::var("CELGATE_TEST_REPORT_MINUTE_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        celgate::telemetry::report::global().set_minute(std::time::Duration::from_millis(ms));
+    }
     let _watcher = if args.no_watch || sources.paths.is_empty() {
         None
     } else {
