@@ -299,7 +299,16 @@ fn https_status(
         Some(n) => (n.clone(), n.clone()),
         None => (addr.ip().to_string(), addr.to_string()),
     };
-    https_get(addr, &name, &host, path, timeout, tls.ca_cert.as_deref(), false).map(|r| r.0)
+    https_get(
+        addr,
+        &name,
+        &host,
+        path,
+        timeout,
+        tls.ca_cert.as_deref(),
+        false,
+    )
+    .map(|r| r.0)
 }
 
 /// The largest answer `report` reads.
@@ -406,7 +415,14 @@ fn https_get(
     let chunked = headers
         .lines()
         .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
-    Ok((status, if chunked { dechunk(rest)? } else { rest.to_vec() }))
+    Ok((
+        status,
+        if chunked {
+            dechunk(rest)?
+        } else {
+            rest.to_vec()
+        },
+    ))
 }
 
 /// The body of a `Transfer-Encoding: chunked` answer.
@@ -606,14 +622,24 @@ mod tests {
         assert_eq!((u.https, u.port, u.prefix.as_str()), (true, 443, "/admin"));
         let u = parse_report_url("http://[::1]:9192").unwrap();
         assert_eq!((u.host.as_str(), u.port), ("::1", 9192));
-        for bad in ["127.0.0.1:9192", "ftp://x", "http://", "http://h:port", "http://u@h", "http://h/?q"] {
+        for bad in [
+            "127.0.0.1:9192",
+            "ftp://x",
+            "http://",
+            "http://h:port",
+            "http://u@h",
+            "http://h/?q",
+        ] {
             assert!(parse_report_url(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn chunked_bodies() {
-        assert_eq!(dechunk(b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n").unwrap(), b"abcde");
+        assert_eq!(
+            dechunk(b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n").unwrap(),
+            b"abcde"
+        );
         assert!(dechunk(b"5\r\nab").is_err());
     }
 }

@@ -1059,7 +1059,9 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
             ),
         };
         let client = rt.block_on(celgate::sources::kube::default_client())?;
-        let replica = std::env::var("POD_NAME").ok().filter(|n| !n.trim().is_empty());
+        let replica = std::env::var("POD_NAME")
+            .ok()
+            .filter(|n| !n.trim().is_empty());
         tracing::info!(namespace = %namespace, interval_s = args.report_interval_s, "report written to Kubernetes as OpenReports objects");
         let _in_runtime = rt.enter();
         Some(celgate::telemetry::openreports::spawn(

@@ -259,7 +259,12 @@ async fn report_apply(
         .entry("reports".into())
         .or_default()
         .insert(format!("{ns}/{name}"), obj.clone());
-    *fake.lists.lock().unwrap().entry("report-writes".into()).or_default() += 1;
+    *fake
+        .lists
+        .lock()
+        .unwrap()
+        .entry("report-writes".into())
+        .or_default() += 1;
     axum::Json(obj).into_response()
 }
 
@@ -1156,13 +1161,25 @@ async fn the_report_is_written_as_one_openreports_object_per_policy() {
     })
     .await;
     let r = reports(&fake);
-    assert_eq!(r.len(), 2, "{r:?}");
+    // The other tests of this process evaluated policies this set does not
+    // serve: written too, as no longer served (the report keeps removed
+    // policies for an hour).
+    for (name, obj) in &r {
+        let served = obj["metadata"]["annotations"]["celgate.dev/served"] == "true";
+        assert_eq!(served, name == deny || name == pass, "{name}");
+    }
     let d = &r[deny];
     assert_eq!(d["apiVersion"], "openreports.io/v1alpha1");
     assert_eq!(d["kind"], "Report");
     assert_eq!(d["source"], "celgate");
-    assert_eq!(d["metadata"]["annotations"]["celgate.dev/policy"], "or-deny-admin");
-    assert_eq!(d["metadata"]["labels"]["app.kubernetes.io/managed-by"], "celgate");
+    assert_eq!(
+        d["metadata"]["annotations"]["celgate.dev/policy"],
+        "or-deny-admin"
+    );
+    assert_eq!(
+        d["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "celgate"
+    );
     assert_eq!(
         d["summary"],
         json!({"pass": 0, "fail": 1, "warn": 0, "error": 0, "skip": 2})
@@ -1194,4 +1211,63 @@ async fn the_report_is_written_as_one_openreports_object_per_policy() {
     assert_eq!(reports(&fake)[pass]["summary"]["pass"], 2);
     assert!(fake.lists("report-writes") >= 4);
     writer.abort();
+}
+
+/// The binary with `--report-kube`: the objects appear in its own
+/// namespace, named after the policy and the pod; without a namespace it
+/// refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_writes_reports_with_report_kube() {
+    let (fake, _, server) = start_fake().await;
+    fake.apply(
+        "validatingpolicies",
+        policy("bin-reported", "Envoy", "envoy.Allowed().Response()"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = kubeconfig(dir.path(), &server);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_celgate"));
+    cmd.args(["serve", "--kube", "--policies", ""])
+        .args(["--report-kube", "--report-interval-s", "1"])
+        .args(["--grpc-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
+        .env("KUBECONFIG", &config)
+        .env("POD_NAMESPACE", "celgate")
+        .env("POD_NAME", "celgate-7f9c")
+        .env_remove("CELGATE_REPORT_NAMESPACE")
+        .env_remove("KUBERNETES_SERVICE_HOST");
+    let mut child = common::ChildGuard::spawn("report-kube", cmd, dir.path());
+    let start = Instant::now();
+    while !reports(&fake).contains_key("celgate/celgate-bin-reported-celgate-7f9c") {
+        if let Err(e) = child.check_alive() {
+            panic!("{e}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no report: {}",
+            child.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(child);
+
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_celgate"))
+            .args(["serve", "--kube", "--policies", "", "--report-kube"])
+            .args(["--grpc-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
+            .env("KUBECONFIG", &config)
+            .env_remove("POD_NAMESPACE")
+            .env_remove("CELGATE_REPORT_NAMESPACE")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--report-kube needs --report-namespace"),
+        "{err}"
+    );
 }

@@ -163,7 +163,9 @@ fn policy<'a>(report: &'a Value, name: &str) -> &'a Value {
 fn nonzero(counts: &Value) -> String {
     let mut out = Vec::new();
     for f in celgate::telemetry::report::FIELDS {
-        let n = counts[f].as_u64().unwrap_or_else(|| panic!("{f} in {counts}"));
+        let n = counts[f]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{f} in {counts}"));
         if n > 0 {
             out.push(format!("{f}={n}"));
         }
@@ -273,9 +275,12 @@ async fn windows_forget_old_counts_and_removed_policies_are_marked_then_dropped(
         "evaluated=4 denied=2 skipped=2"
     );
     // The batch leaves the 5-minute window; since the start keeps it.
-    until(&server, "the batch leaves last_5m", Duration::from_secs(10), |r| {
-        nonzero(&policy(r, "report-deny-admin")["last_5m"]).is_empty()
-    });
+    until(
+        &server,
+        "the batch leaves last_5m",
+        Duration::from_secs(10),
+        |r| nonzero(&policy(r, "report-deny-admin")["last_5m"]).is_empty(),
+    );
     check(server.grpc, &["/admin"]).await;
     let r = server.report();
     let p = policy(&r, "report-deny-admin");
@@ -285,7 +290,10 @@ async fn windows_forget_old_counts_and_removed_policies_are_marked_then_dropped(
         "evaluated=5 denied=3 skipped=2",
         "{p}"
     );
-    assert!(r["windows"]["last_5m"]["seconds"].as_u64().unwrap() < 5, "{r}");
+    assert!(
+        r["windows"]["last_5m"]["seconds"].as_u64().unwrap() < 5,
+        "{r}"
+    );
 
     // A reload removes report-allow-public: it is listed after the served
     // policies, marked, with its counts.
@@ -316,13 +324,18 @@ async fn windows_forget_old_counts_and_removed_policies_are_marked_then_dropped(
         "evaluated=8 allowed=3 no_result=5"
     );
     // An "hour" without counts later it is gone.
-    until(&server, "the removed policy drops out", Duration::from_secs(20), |r| {
-        r["policies"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|p| p["name"] != "report-allow-public")
-    });
+    until(
+        &server,
+        "the removed policy drops out",
+        Duration::from_secs(20),
+        |r| {
+            r["policies"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p["name"] != "report-allow-public")
+        },
+    );
 }
 
 #[test]

@@ -95,12 +95,7 @@ pub fn object_name(policy: &str, replica: Option<&str>) -> String {
 }
 
 /// The `Report` object of one policy at `now`.
-pub fn report_object(
-    p: &PolicyReport,
-    namespace: &str,
-    name: &str,
-    now: SystemTime,
-) -> Value {
+pub fn report_object(p: &PolicyReport, namespace: &str, name: &str, now: SystemTime) -> Value {
     let since = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
@@ -129,7 +124,7 @@ pub fn report_object(
             "result": result,
             "scored": true,
             "timestamp": timestamp,
-            "message": format!("{n} {} since start", describe(field)),
+            "message": format!("{}: {n} since start", describe(field)),
             "properties": properties,
         }));
     }
@@ -256,7 +251,9 @@ pub fn spawn(
                 report::global().view(&served, Instant::now())
             };
             match writer.write(&doc).await {
-                Ok(n) => tracing::debug!(reports = n, namespace = %namespace, "OpenReports written"),
+                Ok(n) => {
+                    tracing::debug!(reports = n, namespace = %namespace, "OpenReports written")
+                }
                 Err(e) => tracing::warn!(error = %e, "OpenReports: the report was not written"),
             }
         }
@@ -269,7 +266,10 @@ mod tests {
 
     #[test]
     fn object_names_are_dns_subdomains_and_distinct() {
-        assert_eq!(object_name("require-api-key", None), "celgate-require-api-key");
+        assert_eq!(
+            object_name("require-api-key", None),
+            "celgate-require-api-key"
+        );
         assert_eq!(
             object_name("require-api-key", Some("celgate-7d9f-x2")),
             "celgate-require-api-key-celgate-7d9f-x2"

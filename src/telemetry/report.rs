@@ -286,7 +286,11 @@ impl Report {
             return;
         }
         let wall = SystemTime::now() - Instant::now().saturating_duration_since(now);
-        ring.push_back(Snapshot { at: now, wall, counts });
+        ring.push_back(Snapshot {
+            at: now,
+            wall,
+            counts,
+        });
         // One snapshot at least as old as the longest window is kept: the
         // baseline of that window.
         let longest = self.longest();
@@ -601,10 +605,22 @@ mod tests {
         };
         let t = render_table(&doc);
         let lines: Vec<&str> = t.lines().collect();
-        assert!(lines[0].starts_with("POLICY          WINDOW       EVALUATED"), "{t}");
-        assert!(lines[1].starts_with("a               since start         12"), "{t}");
-        assert!(lines[2].starts_with("                last 5m              2"), "{t}");
-        assert!(lines[4].starts_with("gone (removed)  since start          1"), "{t}");
+        assert!(
+            lines[0].starts_with("POLICY          WINDOW       EVALUATED"),
+            "{t}"
+        );
+        assert!(
+            lines[1].starts_with("a               since start         12"),
+            "{t}"
+        );
+        assert!(
+            lines[2].starts_with("                last 5m              2"),
+            "{t}"
+        );
+        assert!(
+            lines[4].starts_with("gone (removed)  since start          1"),
+            "{t}"
+        );
         assert_eq!(lines.len(), 7, "{t}");
     }
 }
