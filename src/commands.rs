@@ -523,22 +523,29 @@ pub fn report(
     };
     let answer = if u.https || force_tls {
         use std::net::ToSocketAddrs as _;
-        (u.host.as_str(), u.port)
-            .to_socket_addrs()
-            .map_err(|e| e.to_string())
-            .and_then(|mut a| a.next().ok_or_else(|| "no address".to_owned()))
-            .and_then(|addr| {
+        // Each address of the host in turn (localhost may be ::1 first).
+        match (u.host.as_str(), u.port).to_socket_addrs() {
+            Err(e) => Err(e.to_string()),
+            Ok(addrs) => {
                 let name = tls.server_name.as_deref().unwrap_or(&u.host);
-                https_get(
-                    addr,
-                    name,
-                    &authority,
-                    &path,
-                    timeout,
-                    tls.ca_cert.as_deref(),
-                    true,
-                )
-            })
+                let mut answer = Err("no address".to_owned());
+                for addr in addrs {
+                    answer = https_get(
+                        addr,
+                        name,
+                        &authority,
+                        &path,
+                        timeout,
+                        tls.ca_cert.as_deref(),
+                        true,
+                    );
+                    if answer.is_ok() {
+                        break;
+                    }
+                }
+                answer
+            }
+        }
     } else {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))

@@ -362,3 +362,99 @@ fn report_exits_1_when_the_server_cannot_be_reached_and_2_on_a_bad_url() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("expected http(s)://host[:port]"), "{err}");
 }
+
+/// A CA and a server certificate for localhost and 127.0.0.1: (CA PEM,
+/// certificate PEM, key PEM).
+fn tls_files() -> (String, String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+        KeyUsagePurpose, SanType,
+    };
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "report CA");
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![
+        SanType::DnsName("localhost".try_into().unwrap()),
+        SanType::IpAddress([127, 0, 0, 1].into()),
+    ];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (issuer.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// `celgate report` over HTTPS: the server name is the URL's host (or
+/// --server-name), the CA is --ca-cert; without it the server is not
+/// trusted (exit 1).
+#[test]
+fn report_speaks_https_like_healthcheck() {
+    let dir = tempfile::tempdir().unwrap();
+    write_policies(dir.path());
+    let (ca, cert, key) = tls_files();
+    let tls = tempfile::tempdir().unwrap();
+    for (name, pem) in [("ca.pem", &ca), ("cert.pem", &cert), ("key.pem", &key)] {
+        std::fs::write(tls.path().join(name), pem).unwrap();
+    }
+    let ca = tls.path().join("ca.pem");
+    let ca = ca.to_str().unwrap();
+    let (grpc, http) = (free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_celgate"))
+        .args(["serve", "--no-watch", "--policies"])
+        .arg(dir.path())
+        .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
+        .args(["--http-addr", &format!("127.0.0.1:{http}")])
+        .arg("--http-tls-cert")
+        .arg(tls.path().join("cert.pem"))
+        .arg("--http-tls-key")
+        .arg(tls.path().join("key.pem"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let report = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_celgate"))
+            .arg("report")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let by_ip = format!("https://127.0.0.1:{http}");
+    let start = Instant::now();
+    let out = loop {
+        let out = report(&["--url", &by_ip, "--ca-cert", ca, "--format", "json"]);
+        if out.status.success() {
+            break out;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "celgate exited");
+        assert!(start.elapsed() < Duration::from_secs(30), "{out:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["policies"].as_array().unwrap().len(), 3, "{v}");
+    let by_name = format!("https://localhost:{http}");
+    let out = report(&["--url", &by_name, "--ca-cert", ca]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("POLICY "));
+    let forced = format!("http://127.0.0.1:{http}");
+    let out = report(&[
+        "--url",
+        &forced,
+        "--ca-cert",
+        ca,
+        "--server-name",
+        "localhost",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = report(&["--url", &by_ip]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--ca-cert"), "{err}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
