@@ -385,7 +385,8 @@ struct ServeArgs {
     grpc_addr: SocketAddr,
     /// Address of the HTTP server: GET /livez (liveness), GET /readyz
     /// (readiness, with the last reload's error), GET /policies (what is
-    /// loaded) and GET /metrics (Prometheus).
+    /// loaded), GET /metrics (Prometheus) and GET /report (what each policy
+    /// has been doing: `celgate report`).
     #[arg(long, env = "CELGATE_HTTP_ADDR", default_value = "127.0.0.1:9192")]
     http_addr: SocketAddr,
     /// Serve gRPC over TLS with this certificate chain (PEM, leaf first).
@@ -445,7 +446,7 @@ struct ServeArgs {
         value_parser = parse_san
     )]
     tls_client_san: Vec<celgate::server::tls::SanPattern>,
-    /// Serve the HTTP listener (/livez, /readyz, /policies, /metrics) over
+    /// Serve the HTTP listener (/livez, /readyz, /policies, /metrics, /report) over
     /// TLS with this certificate chain (PEM, leaf first). Needs
     /// --http-tls-key. Without it the HTTP listener is plaintext, whatever
     /// the gRPC listener does; to use the gRPC certificate, give the same

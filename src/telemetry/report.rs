@@ -499,7 +499,7 @@ mod tests {
         let snap = |at: Instant, c: Counts| Snapshot {
             at,
             wall: SystemTime::now(),
-            counts: [("p".to_owned(), c)].into(),
+            counts: [("report-window-test".to_owned(), c)].into(),
         };
         {
             let mut ring = r.ring.lock().unwrap();
@@ -513,8 +513,8 @@ mod tests {
                 counts(&[("evaluated", 7)]),
             ));
         }
-        // `p` is not in the metrics registry: its "now" is the shadow count.
-        r.record_shadow_disagreement("p", "p");
+        // `report-window-test` is not in the metrics registry: its "now" is the shadow count.
+        r.record_shadow_disagreement("report-window-test", "report-window-test");
         // Now = 6 min: the 5-minute window starts at the 1-minute snapshot.
         let now = t0 + Duration::from_secs(360);
         let ring = r.ring.lock().unwrap();
@@ -525,7 +525,7 @@ mod tests {
             .unwrap();
         assert_eq!(found.at, t0 + Duration::from_secs(60));
         drop(ring);
-        let doc = r.view(&["p"], now);
+        let doc = r.view(&["report-window-test"], now);
         assert_eq!(doc.windows["last_5m"].seconds, 300);
         assert_eq!(doc.windows["last_1h"].seconds, 360);
         let p = &doc.policies[0];
