@@ -102,8 +102,6 @@ pub enum PolicyOutcome {
 }
 
 impl PolicyOutcome {
-    /// Every outcome, in the order of the `authz_policy_evaluations_total`
-    /// series (and of `/report`'s counts, which follow the labels).
     pub const ALL: [PolicyOutcome; 6] = [
         PolicyOutcome::Allow,
         PolicyOutcome::Deny,
