@@ -1,6 +1,5 @@
-//! The policy authors' commands (`check`, `validate`, `test`), the
-//! container health check (`healthcheck`) and the report of a running
-//! server (`report`).
+//! The policy authors' commands (`check`, `validate`, `test`) and the
+//! container health check (`healthcheck`).
 //!
 //! Each returns the process exit status; see `celgate --help` for the table
 //! (docs/src/troubleshooting.md has the same one).
@@ -498,7 +497,8 @@ fn parse_report_url(url: &str) -> Result<ReportUrl, String> {
     })
 }
 
-/// `celgate report`: GET /report from a running server and print it (a
+/// `celgate report` (what a running server's policies have been doing):
+/// GET /report from a running server and print it (a
 /// table, or its JSON as it is); 0 when printed, 1 when there is no
 /// report to print, 2 on a --url that cannot be used.
 pub fn report(

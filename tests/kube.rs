@@ -800,6 +800,163 @@ async fn start_fails_clearly_without_the_crd() {
     assert!(msg.contains("policies.kyverno.io/v1alpha1"), "{msg}");
 }
 
+fn reports(fake: &Fake) -> BTreeMap<String, Value> {
+    fake.store
+        .lock()
+        .unwrap()
+        .objects
+        .get("reports")
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// `serve --report-kube`: an OpenReports `Report` per policy, created on
+/// the first interval and updated with the new counts on the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_is_written_as_one_openreports_object_per_policy() {
+    let (fake, client, _) = start_fake().await;
+    fake.apply(
+        "validatingpolicies",
+        policy(
+            "or-deny-admin",
+            "Envoy",
+            "object.attributes.request.http.path == '/admin' ? envoy.Denied(403).Response() : null",
+        ),
+    );
+    fake.apply(
+        "validatingpolicies",
+        policy("or-pass", "Envoy", "envoy.Allowed().Response()"),
+    );
+    let (state, _task) = watched(client.clone(), Vec::new(), &["team-a"]).await;
+    assert_eq!(status(&state, "/admin"), 403);
+    assert_eq!(status(&state, "/x"), 200);
+    assert_eq!(status(&state, "/y"), 200);
+    let writer = celgate::telemetry::openreports::spawn(
+        client,
+        "team-a".into(),
+        Some("celgate-0".into()),
+        Duration::from_millis(300),
+        state.clone(),
+    );
+    let deny = "team-a/celgate-or-deny-admin-celgate-0";
+    let pass = "team-a/celgate-or-pass-celgate-0";
+    eventually("both reports written", || {
+        let r = reports(&fake);
+        r.contains_key(deny) && r.contains_key(pass)
+    })
+    .await;
+    let r = reports(&fake);
+    // The other tests of this process evaluated policies this set does not
+    // serve: written too, as no longer served (the report keeps removed
+    // policies for an hour).
+    for (name, obj) in &r {
+        let served = obj["metadata"]["annotations"]["celgate.dev/served"] == "true";
+        assert_eq!(served, name == deny || name == pass, "{name}");
+    }
+    let d = &r[deny];
+    assert_eq!(d["apiVersion"], "openreports.io/v1alpha1");
+    assert_eq!(d["kind"], "Report");
+    assert_eq!(d["source"], "celgate");
+    assert_eq!(
+        d["metadata"]["annotations"]["celgate.dev/policy"],
+        "or-deny-admin"
+    );
+    assert_eq!(
+        d["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "celgate"
+    );
+    assert_eq!(
+        d["summary"],
+        json!({"pass": 0, "fail": 1, "warn": 0, "error": 0, "skip": 2})
+    );
+    let results = d["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "{d}");
+    let fail = &results[0];
+    assert_eq!(fail["policy"], "or-deny-admin");
+    assert_eq!(fail["result"], "fail");
+    assert_eq!(fail["source"], "celgate");
+    assert!(fail["timestamp"]["seconds"].as_u64().unwrap() > 1_700_000_000);
+    assert_eq!(fail["properties"]["outcome"], "denied");
+    assert_eq!(fail["properties"]["since_start"], "1");
+    assert_eq!(fail["properties"]["last_5m"], "1");
+    assert_eq!(results[1]["result"], "skip");
+    assert_eq!(results[1]["properties"]["outcome"], "no_result");
+    assert_eq!(
+        r[pass]["summary"],
+        json!({"pass": 2, "fail": 0, "warn": 0, "error": 0, "skip": 0})
+    );
+
+    // New counts reach the objects on a following interval.
+    assert_eq!(status(&state, "/admin"), 403);
+    assert_eq!(status(&state, "/admin"), 403);
+    eventually("the deny report updated", || {
+        reports(&fake)[deny]["summary"]["fail"] == 3
+    })
+    .await;
+    assert_eq!(reports(&fake)[pass]["summary"]["pass"], 2);
+    assert!(fake.lists("report-writes") >= 4);
+    writer.abort();
+}
+
+/// The binary with `--report-kube`: the objects appear in its own
+/// namespace, named after the policy and the pod; without a namespace it
+/// refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_writes_reports_with_report_kube() {
+    let (fake, _, server) = start_fake().await;
+    fake.apply(
+        "validatingpolicies",
+        policy("bin-reported", "Envoy", "envoy.Allowed().Response()"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = kubeconfig(dir.path(), &server);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_celgate"));
+    cmd.args(["serve", "--kube", "--policies", ""])
+        .args(["--report-kube", "--report-interval-s", "1"])
+        .args(["--grpc-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
+        .env("KUBECONFIG", &config)
+        .env("POD_NAMESPACE", "celgate")
+        .env("POD_NAME", "celgate-7f9c")
+        .env_remove("CELGATE_REPORT_NAMESPACE")
+        .env_remove("KUBERNETES_SERVICE_HOST");
+    let mut child = common::ChildGuard::spawn("report-kube", cmd, dir.path());
+    let start = Instant::now();
+    while !reports(&fake).contains_key("celgate/celgate-bin-reported-celgate-7f9c") {
+        if let Err(e) = child.check_alive() {
+            panic!("{e}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no report: {}",
+            child.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(child);
+
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_celgate"))
+            .args(["serve", "--kube", "--policies", "", "--report-kube"])
+            .args(["--grpc-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
+            .env("KUBECONFIG", &config)
+            .env_remove("POD_NAMESPACE")
+            .env_remove("CELGATE_REPORT_NAMESPACE")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--report-kube needs --report-namespace"),
+        "{err}"
+    );
+}
+
 fn kubeconfig(dir: &std::path::Path, server: &str) -> std::path::PathBuf {
     let path = dir.join("kubeconfig");
     std::fs::write(
@@ -1113,161 +1270,4 @@ async fn binary_refuses_an_empty_cluster_unless_allowed() {
     let _ = allowed.wait();
     let v: Value = serde_json::from_str(&ready.unwrap()).unwrap();
     assert_eq!(v["policies"], 0, "{v}");
-}
-
-fn reports(fake: &Fake) -> BTreeMap<String, Value> {
-    fake.store
-        .lock()
-        .unwrap()
-        .objects
-        .get("reports")
-        .cloned()
-        .unwrap_or_default()
-}
-
-/// `serve --report-kube`: an OpenReports `Report` per policy, created on
-/// the first interval and updated with the new counts on the next.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_report_is_written_as_one_openreports_object_per_policy() {
-    let (fake, client, _) = start_fake().await;
-    fake.apply(
-        "validatingpolicies",
-        policy(
-            "or-deny-admin",
-            "Envoy",
-            "object.attributes.request.http.path == '/admin' ? envoy.Denied(403).Response() : null",
-        ),
-    );
-    fake.apply(
-        "validatingpolicies",
-        policy("or-pass", "Envoy", "envoy.Allowed().Response()"),
-    );
-    let (state, _task) = watched(client.clone(), Vec::new(), &["team-a"]).await;
-    assert_eq!(status(&state, "/admin"), 403);
-    assert_eq!(status(&state, "/x"), 200);
-    assert_eq!(status(&state, "/y"), 200);
-    let writer = celgate::telemetry::openreports::spawn(
-        client,
-        "team-a".into(),
-        Some("celgate-0".into()),
-        Duration::from_millis(300),
-        state.clone(),
-    );
-    let deny = "team-a/celgate-or-deny-admin-celgate-0";
-    let pass = "team-a/celgate-or-pass-celgate-0";
-    eventually("both reports written", || {
-        let r = reports(&fake);
-        r.contains_key(deny) && r.contains_key(pass)
-    })
-    .await;
-    let r = reports(&fake);
-    // The other tests of this process evaluated policies this set does not
-    // serve: written too, as no longer served (the report keeps removed
-    // policies for an hour).
-    for (name, obj) in &r {
-        let served = obj["metadata"]["annotations"]["celgate.dev/served"] == "true";
-        assert_eq!(served, name == deny || name == pass, "{name}");
-    }
-    let d = &r[deny];
-    assert_eq!(d["apiVersion"], "openreports.io/v1alpha1");
-    assert_eq!(d["kind"], "Report");
-    assert_eq!(d["source"], "celgate");
-    assert_eq!(
-        d["metadata"]["annotations"]["celgate.dev/policy"],
-        "or-deny-admin"
-    );
-    assert_eq!(
-        d["metadata"]["labels"]["app.kubernetes.io/managed-by"],
-        "celgate"
-    );
-    assert_eq!(
-        d["summary"],
-        json!({"pass": 0, "fail": 1, "warn": 0, "error": 0, "skip": 2})
-    );
-    let results = d["results"].as_array().unwrap();
-    assert_eq!(results.len(), 2, "{d}");
-    let fail = &results[0];
-    assert_eq!(fail["policy"], "or-deny-admin");
-    assert_eq!(fail["result"], "fail");
-    assert_eq!(fail["source"], "celgate");
-    assert!(fail["timestamp"]["seconds"].as_u64().unwrap() > 1_700_000_000);
-    assert_eq!(fail["properties"]["outcome"], "denied");
-    assert_eq!(fail["properties"]["since_start"], "1");
-    assert_eq!(fail["properties"]["last_5m"], "1");
-    assert_eq!(results[1]["result"], "skip");
-    assert_eq!(results[1]["properties"]["outcome"], "no_result");
-    assert_eq!(
-        r[pass]["summary"],
-        json!({"pass": 2, "fail": 0, "warn": 0, "error": 0, "skip": 0})
-    );
-
-    // New counts reach the objects on a following interval.
-    assert_eq!(status(&state, "/admin"), 403);
-    assert_eq!(status(&state, "/admin"), 403);
-    eventually("the deny report updated", || {
-        reports(&fake)[deny]["summary"]["fail"] == 3
-    })
-    .await;
-    assert_eq!(reports(&fake)[pass]["summary"]["pass"], 2);
-    assert!(fake.lists("report-writes") >= 4);
-    writer.abort();
-}
-
-/// The binary with `--report-kube`: the objects appear in its own
-/// namespace, named after the policy and the pod; without a namespace it
-/// refuses to start.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn binary_writes_reports_with_report_kube() {
-    let (fake, _, server) = start_fake().await;
-    fake.apply(
-        "validatingpolicies",
-        policy("bin-reported", "Envoy", "envoy.Allowed().Response()"),
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let config = kubeconfig(dir.path(), &server);
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_celgate"));
-    cmd.args(["serve", "--kube", "--policies", ""])
-        .args(["--report-kube", "--report-interval-s", "1"])
-        .args(["--grpc-addr", &format!("127.0.0.1:{}", free_port())])
-        .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
-        .env("KUBECONFIG", &config)
-        .env("POD_NAMESPACE", "celgate")
-        .env("POD_NAME", "celgate-7f9c")
-        .env_remove("CELGATE_REPORT_NAMESPACE")
-        .env_remove("KUBERNETES_SERVICE_HOST");
-    let mut child = common::ChildGuard::spawn("report-kube", cmd, dir.path());
-    let start = Instant::now();
-    while !reports(&fake).contains_key("celgate/celgate-bin-reported-celgate-7f9c") {
-        if let Err(e) = child.check_alive() {
-            panic!("{e}");
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no report: {}",
-            child.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    drop(child);
-
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_celgate"))
-            .args(["serve", "--kube", "--policies", "", "--report-kube"])
-            .args(["--grpc-addr", &format!("127.0.0.1:{}", free_port())])
-            .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
-            .env("KUBECONFIG", &config)
-            .env_remove("POD_NAMESPACE")
-            .env_remove("CELGATE_REPORT_NAMESPACE")
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("--report-kube needs --report-namespace"),
-        "{err}"
-    );
 }
