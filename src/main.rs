@@ -565,7 +565,9 @@ struct ServeArgs {
     /// Also write the report (GET /report) to Kubernetes: one OpenReports
     /// `Report` object (openreports.io/v1alpha1) per policy, named
     /// celgate-<policy>[-<POD_NAME>], created or updated by server-side
-    /// apply every --report-interval-s. Needs the OpenReports CRDs and
+    /// apply every --report-interval-s; owned by the pod (deleted with it)
+    /// when POD_NAME and POD_UID are set and the namespace is the pod's.
+    /// Needs the OpenReports CRDs and
     /// create/patch/delete on reports.openreports.io in --report-namespace.
     /// Write failures are logged and retried; they never affect decisions.
     #[arg(long, env = "CELGATE_REPORT_KUBE")]
@@ -1060,15 +1062,21 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
             ),
         };
         let client = rt.block_on(celgate::sources::kube::default_client())?;
-        let replica = std::env::var("POD_NAME")
-            .ok()
-            .filter(|n| !n.trim().is_empty());
-        tracing::info!(namespace = %namespace, interval_s = args.report_interval_s, "report written to Kubernetes as OpenReports objects");
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let pod = env("POD_NAME");
+        // Owned by the pod only in its own namespace.
+        let pod_uid = env("POD_UID").filter(|_| {
+            pod.is_some() && celgate::sources::kube::own_namespace().as_ref() == Some(&namespace)
+        });
+        tracing::info!(namespace = %namespace, interval_s = args.report_interval_s, owned_by_pod = pod_uid.is_some(), "report written to Kubernetes as OpenReports objects");
         let _in_runtime = rt.enter();
         Some(celgate::telemetry::openreports::spawn(
             client,
-            namespace,
-            replica,
+            celgate::telemetry::openreports::Target {
+                namespace,
+                pod,
+                pod_uid,
+            },
             std::time::Duration::from_secs(args.report_interval_s),
             state.clone(),
         ))

@@ -833,8 +833,11 @@ async fn the_report_is_written_as_one_openreports_object_per_policy() {
     assert_eq!(status(&state, "/y"), 200);
     let writer = celgate::telemetry::openreports::spawn(
         client,
-        "team-a".into(),
-        Some("celgate-0".into()),
+        celgate::telemetry::openreports::Target {
+            namespace: "team-a".into(),
+            pod: Some("celgate-0".into()),
+            pod_uid: None,
+        },
         Duration::from_millis(300),
         state.clone(),
     );
@@ -918,11 +921,13 @@ async fn binary_writes_reports_with_report_kube() {
         .env("KUBECONFIG", &config)
         .env("POD_NAMESPACE", "celgate")
         .env("POD_NAME", "celgate-7f9c")
+        .env("POD_UID", "0b5d-uid")
         .env_remove("CELGATE_REPORT_NAMESPACE")
         .env_remove("KUBERNETES_SERVICE_HOST");
     let mut child = common::ChildGuard::spawn("report-kube", cmd, dir.path());
     let start = Instant::now();
-    while !reports(&fake).contains_key("celgate/celgate-bin-reported-celgate-7f9c") {
+    let key = "celgate/celgate-bin-reported-celgate-7f9c";
+    while !reports(&fake).contains_key(key) {
         if let Err(e) = child.check_alive() {
             panic!("{e}");
         }
@@ -934,6 +939,11 @@ async fn binary_writes_reports_with_report_kube() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(child);
+    // In its own namespace the pod owns the objects.
+    assert_eq!(
+        reports(&fake)[key]["metadata"]["ownerReferences"],
+        json!([{"apiVersion": "v1", "kind": "Pod", "name": "celgate-7f9c", "uid": "0b5d-uid"}])
+    );
 
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_celgate"))

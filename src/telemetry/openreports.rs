@@ -2,7 +2,9 @@
 //! objects (`openreports.io/v1alpha1`, kind `Report`), one per policy, on an
 //! interval, by server-side apply (created on the first write, updated on
 //! the next ones). A policy that drops out of the report (removed by a
-//! reload, then an hour without counts) has its object deleted.
+//! reload, then an hour without counts) has its object deleted; with the
+//! pod known (POD_NAME and POD_UID, in the report's namespace) the objects
+//! are owned by the pod, so Kubernetes deletes them with it.
 //!
 //! Each object's `summary` holds the counts since the start, as OpenReports
 //! results: `pass` (allowed), `fail` (denied), `warn` (would-be denials of
@@ -94,8 +96,22 @@ pub fn object_name(policy: &str, replica: Option<&str>) -> String {
     name
 }
 
+/// Where the objects go and who writes them.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    pub namespace: String,
+    /// The pod's name (POD_NAME): a suffix of every object name, so
+    /// replicas do not overwrite each other.
+    pub pod: Option<String>,
+    /// The pod's UID (POD_UID), given only when the pod is in `namespace`:
+    /// the objects are then owned by the pod (a reference across
+    /// namespaces would have them garbage-collected at once).
+    pub pod_uid: Option<String>,
+}
+
 /// The `Report` object of one policy at `now`.
-pub fn report_object(p: &PolicyReport, namespace: &str, name: &str, now: SystemTime) -> Value {
+pub fn report_object(p: &PolicyReport, target: &Target, name: &str, now: SystemTime) -> Value {
+    let namespace = target.namespace.as_str();
     let since = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
@@ -128,7 +144,7 @@ pub fn report_object(p: &PolicyReport, namespace: &str, name: &str, now: SystemT
             "properties": properties,
         }));
     }
-    json!({
+    let mut obj = json!({
         "apiVersion": "openreports.io/v1alpha1",
         "kind": "Report",
         "metadata": {
@@ -143,7 +159,16 @@ pub fn report_object(p: &PolicyReport, namespace: &str, name: &str, now: SystemT
         "source": SOURCE,
         "summary": summary,
         "results": results,
-    })
+    });
+    if let (Some(pod), Some(uid)) = (&target.pod, &target.pod_uid) {
+        obj["metadata"]["ownerReferences"] = json!([{
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "name": pod,
+            "uid": uid,
+        }]);
+    }
+    obj
 }
 
 fn describe(field: &str) -> &'static str {
@@ -164,17 +189,15 @@ fn describe(field: &str) -> &'static str {
 /// wrote, to delete the objects of policies that drop out.
 pub struct Writer {
     api: Api<DynamicObject>,
-    namespace: String,
-    replica: Option<String>,
+    target: Target,
     written: BTreeSet<String>,
 }
 
 impl Writer {
-    pub fn new(client: kube::Client, namespace: &str, replica: Option<String>) -> Writer {
+    pub fn new(client: kube::Client, target: Target) -> Writer {
         Writer {
-            api: Api::namespaced_with(client, namespace, &api_resource()),
-            namespace: namespace.to_owned(),
-            replica,
+            api: Api::namespaced_with(client, &target.namespace, &api_resource()),
+            target,
             written: BTreeSet::new(),
         }
     }
@@ -188,8 +211,8 @@ impl Writer {
         let mut current = BTreeSet::new();
         let params = PatchParams::apply(MANAGER).force();
         for p in &doc.policies {
-            let name = object_name(&p.name, self.replica.as_deref());
-            let obj = report_object(p, &self.namespace, &name, now);
+            let name = object_name(&p.name, self.target.pod.as_deref());
+            let obj = report_object(p, &self.target, &name, now);
             current.insert(name.clone());
             match self.api.patch(&name, &params, &Patch::Apply(&obj)).await {
                 Ok(_) => {
@@ -198,7 +221,7 @@ impl Writer {
                 Err(source) => {
                     first_error.get_or_insert(OpenReportsError::Write {
                         name,
-                        namespace: self.namespace.clone(),
+                        namespace: self.target.namespace.clone(),
                         source,
                     });
                 }
@@ -216,7 +239,7 @@ impl Writer {
                 Err(source) => {
                     first_error.get_or_insert(OpenReportsError::Delete {
                         name,
-                        namespace: self.namespace.clone(),
+                        namespace: self.target.namespace.clone(),
                         source,
                     });
                 }
@@ -234,13 +257,13 @@ impl Writer {
 /// retried on the next interval.
 pub fn spawn(
     client: kube::Client,
-    namespace: String,
-    replica: Option<String>,
+    target: Target,
     interval: Duration,
     state: Arc<crate::server::State>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut writer = Writer::new(client, &namespace, replica);
+        let namespace = target.namespace.clone();
+        let mut writer = Writer::new(client, target);
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
