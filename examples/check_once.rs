@@ -8,7 +8,13 @@
 //!     --expect-allowed --expect-header x-user=alice --expect-remove x-api-key
 //! cargo run --release --example check_once -- --addr 127.0.0.1:9391 --file deny.bin \
 //!     --expect-denied 401
+//! cargo run --release --example check_once -- --addr 127.0.0.1:9591 --file req.bin \
+//!     --tls-ca certs/ca.pem --tls-domain celgate.internal --expect-allowed
 //! ```
+//!
+//! With `--tls-ca`, the call goes over TLS, trusting that CA for the name
+//! `--tls-domain` (default `localhost`); `--tls-cert`/`--tls-key` add a
+//! client certificate.
 //!
 //! Prints one line, e.g.
 //! `decision=allowed grpc=OK status=0 http=200 headers=[x-user: alice] remove=[x-api-key]`.
@@ -21,6 +27,7 @@ use envoy_types::pb::envoy::service::auth::v3::{
 use prost::Message;
 
 const USAGE: &str = "usage: check_once --file FILE [--addr HOST:PORT (default 127.0.0.1:9391)] \
+[--tls-ca PEM [--tls-domain NAME] [--tls-cert PEM --tls-key PEM]] \
 [--expect-allowed | --expect-denied HTTP_STATUS] [--expect-header k=v]... [--expect-remove k]...";
 
 enum Expect {
@@ -35,6 +42,10 @@ struct Args {
     expect: Expect,
     headers: Vec<(String, String)>,
     removes: Vec<String>,
+    tls_ca: Option<String>,
+    tls_domain: String,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -44,6 +55,10 @@ fn parse_args() -> anyhow::Result<Args> {
         expect: Expect::Nothing,
         headers: Vec::new(),
         removes: Vec::new(),
+        tls_ca: None,
+        tls_domain: "localhost".into(),
+        tls_cert: None,
+        tls_key: None,
     };
     let mut args = std::env::args().skip(1);
     let mut next = |name: &str| -> anyhow::Result<String> {
@@ -55,6 +70,10 @@ fn parse_args() -> anyhow::Result<Args> {
         match arg.as_str() {
             "--addr" => a.addr = next("--addr")?,
             "--file" => a.file = next("--file")?,
+            "--tls-ca" => a.tls_ca = Some(next("--tls-ca")?),
+            "--tls-domain" => a.tls_domain = next("--tls-domain")?,
+            "--tls-cert" => a.tls_cert = Some(next("--tls-cert")?),
+            "--tls-key" => a.tls_key = Some(next("--tls-key")?),
             "--expect-allowed" => a.expect = Expect::Allowed,
             "--expect-denied" => a.expect = Expect::Denied(next("--expect-denied")?.parse()?),
             "--expect-header" => {
@@ -76,6 +95,12 @@ fn parse_args() -> anyhow::Result<Args> {
     }
     if a.file.is_empty() {
         anyhow::bail!("--file is required\n{USAGE}");
+    }
+    if a.tls_cert.is_some() != a.tls_key.is_some() {
+        anyhow::bail!("--tls-cert and --tls-key go together\n{USAGE}");
+    }
+    if a.tls_ca.is_none() && a.tls_cert.is_some() {
+        anyhow::bail!("--tls-cert needs --tls-ca\n{USAGE}");
     }
     Ok(a)
 }
@@ -108,7 +133,30 @@ async fn main() {
 async fn run() -> anyhow::Result<bool> {
     let a = parse_args()?;
     let req = read_framed(&a.file)?;
-    let mut client = AuthorizationClient::connect(format!("http://{}", a.addr)).await?;
+    let channel = match &a.tls_ca {
+        None => {
+            tonic::transport::Endpoint::from_shared(format!("http://{}", a.addr))?
+                .connect()
+                .await?
+        }
+        Some(ca) => {
+            use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+            let mut tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(std::fs::read(ca)?))
+                .domain_name(a.tls_domain.clone());
+            if let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) {
+                tls = tls.identity(Identity::from_pem(
+                    std::fs::read(cert)?,
+                    std::fs::read(key)?,
+                ));
+            }
+            tonic::transport::Endpoint::from_shared(format!("https://{}", a.addr))?
+                .tls_config(tls)?
+                .connect()
+                .await?
+        }
+    };
+    let mut client = AuthorizationClient::new(channel);
     let resp = match client.check(req).await {
         Ok(r) => r.into_inner(),
         Err(status) => {

@@ -7,6 +7,14 @@
 //! decides. No answer at all is an allow. An evaluation error under
 //! `failurePolicy: Fail` is an explicit denial (never a gRPC error that Envoy
 //! could be configured to let through); under `Ignore` the policy says nothing.
+//!
+//! A policy whose `validationActions` lack `Deny` is not enforced: it is
+//! evaluated as any other, but its answer never decides. A denial it returns,
+//! or an error under `Fail`, is recorded in the decision's
+//! [`Decision::audit`] (and, with `Warn`, in a `warning` response header);
+//! an allow it returns is dropped, so that a policy in audit can never let
+//! through a request that a later policy denies. Either way evaluation goes
+//! on with the next policy.
 
 use crate::cel::convert::to_json;
 use crate::cel::envoy::{CheckResponse, DeniedResponse, HeaderOption, OkResponse, Outcome};
@@ -37,7 +45,17 @@ pub struct EngineConfig {
     /// client can tell them from a policy's deliberate denial; `None`: no
     /// header. A valid name in lower case ([`failure_header_name`]).
     pub failure_header: Option<String>,
+    /// Response header naming, on every answer, the policies that would have
+    /// denied the request but are not enforced (`validationActions` without
+    /// `Deny`); `None` (the default): no header, as it tells clients about
+    /// the policies. A valid name in lower case ([`failure_header_name`]).
+    pub audit_header: Option<String>,
 }
+
+/// The response header that carries the warnings of `validationActions:
+/// [Warn]` policies, as Kubernetes sends them: `299 - "text"`, several
+/// joined with `, `.
+pub const WARNING_HEADER: &str = "warning";
 
 /// Default name of the header that marks celgate's own denials.
 pub const DEFAULT_FAILURE_HEADER: &str = "x-celgate-failure";
@@ -50,6 +68,7 @@ impl Default for EngineConfig {
             failure_status: DEFAULT_FAILURE_STATUS,
             failure_body: None,
             failure_header: Some(DEFAULT_FAILURE_HEADER.to_owned()),
+            audit_header: None,
         }
     }
 }
@@ -172,6 +191,32 @@ pub struct Decision {
     pub error: Option<EvalError>,
     /// Policies that were looked at (exceptions and match conditions included).
     pub evaluated: usize,
+    /// Denials recorded under `validationActions` (`Audit`, `Warn`), in
+    /// evaluation order: those of policies that are not enforced, and the
+    /// enforced denial of a `[Deny, Audit]` policy.
+    pub audit: Vec<AuditEntry>,
+}
+
+/// A denial recorded because of a policy's `validationActions`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditEntry {
+    pub policy: String,
+    /// HTTP status of the denial: the policy's own, or the failure status
+    /// for an evaluation error.
+    pub status: i32,
+    /// The validation that returned the denial; none for an error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation: Option<usize>,
+    /// For an evaluation error under `failurePolicy: Fail`, its summary
+    /// (field and kind: [`EvalError::summary`]), never its message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Whether the denial was enforced (`[Deny, Audit]`); false: the request
+    /// went on to the next policies.
+    pub enforced: bool,
+    /// Whether the client was warned (`Warn`).
+    #[serde(skip)]
+    pub warned: bool,
 }
 
 impl Decision {
@@ -192,7 +237,9 @@ impl Decision {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct PolicyTrace {
     pub policy: String,
-    /// `decided`, `no result`, `skipped`, `exempted`, `error (ignored)`, `error (denied)`
+    /// `decided`, `no result`, `skipped`, `exempted`, `error (ignored)`,
+    /// `error (denied)`; for a policy that is not enforced, `would deny (not
+    /// enforced)`, `allow (not enforced)` and `error (not enforced)`.
     pub outcome: String,
     pub exception: Option<String>,
     pub match_conditions: Vec<ExprTrace>,
@@ -247,6 +294,7 @@ fn run_policies(
     let metrics = crate::telemetry::metrics::global();
     let record = metrics.enabled();
     let mut evaluated = 0;
+    let mut audit = Vec::new();
     for policy in &set.policies {
         evaluated += 1;
         let mut t = trace.as_ref().map(|_| PolicyTrace {
@@ -255,13 +303,39 @@ fn run_policies(
         });
         let started = record.then(std::time::Instant::now);
         let result = eval_policy(policy, object, t.as_mut());
+        let actions = policy.actions;
+        let entry = |status, validation, error: Option<&EvalError>, enforced| AuditEntry {
+            policy: policy.name.clone(),
+            status,
+            validation,
+            error: error.map(EvalError::summary),
+            enforced,
+            warned: actions.warn,
+        };
         let (outcome, decided) = match result {
+            Ok(PolicyResult::Decided(response, index)) if !actions.enforced() => {
+                match &response.outcome {
+                    Outcome::Ok(_) => {
+                        set_outcome(&mut t, "allow (not enforced)");
+                        (PolicyOutcome::Allow, None)
+                    }
+                    Outcome::Denied(den) => {
+                        set_outcome(&mut t, "would deny (not enforced)");
+                        audit.push(entry(den.status, Some(index), None, false));
+                        (PolicyOutcome::AuditDeny, None)
+                    }
+                }
+            }
             Ok(PolicyResult::Decided(response, index)) => {
                 set_outcome(&mut t, "decided");
-                let outcome = if response.allowed() {
-                    PolicyOutcome::Allow
-                } else {
-                    PolicyOutcome::Deny
+                let outcome = match &response.outcome {
+                    Outcome::Ok(_) => PolicyOutcome::Allow,
+                    Outcome::Denied(den) => {
+                        if actions.audit {
+                            audit.push(entry(den.status, Some(index), None, true));
+                        }
+                        PolicyOutcome::Deny
+                    }
                 };
                 let d = Decision {
                     response,
@@ -269,6 +343,7 @@ fn run_policies(
                     validation: Some(index),
                     error: None,
                     evaluated,
+                    audit: Vec::new(),
                 };
                 (outcome, Some(d))
             }
@@ -287,6 +362,19 @@ fn run_policies(
                 set_outcome(&mut t, "error (ignored)");
                 (PolicyOutcome::Error, None)
             }
+            Err(e) if !actions.enforced() => {
+                tracing::warn!(
+                    policy = %policy.name,
+                    field = %e.field,
+                    error_kind = e.kind.as_str(),
+                    function = e.function.as_deref().unwrap_or(""),
+                    reason = e.reason.unwrap_or(""),
+                    "policy error: recorded, not enforced (validationActions without Deny)"
+                );
+                set_outcome(&mut t, "error (not enforced)");
+                audit.push(entry(config.failure_status, None, Some(&e), false));
+                (PolicyOutcome::AuditError, None)
+            }
             Err(e) => {
                 tracing::warn!(
                     policy = %policy.name,
@@ -297,6 +385,9 @@ fn run_policies(
                     "policy error: request denied (failurePolicy: Fail)"
                 );
                 set_outcome(&mut t, "error (denied)");
+                if actions.audit {
+                    audit.push(entry(config.failure_status, None, Some(&e), true));
+                }
                 let mut d =
                     failure_decision_for(config, FailureReason::Evaluation, Some(&policy.name), e);
                 d.evaluated = evaluated;
@@ -310,10 +401,10 @@ fn run_policies(
             trace.push(t);
         }
         if let Some(d) = decided {
-            return d;
+            return with_audit(config, d, audit);
         }
     }
-    Decision {
+    let d = Decision {
         response: CheckResponse {
             outcome: Outcome::Ok(OkResponse::default()),
             message: String::new(),
@@ -323,7 +414,77 @@ fn run_policies(
         validation: None,
         error: None,
         evaluated,
+        audit: Vec::new(),
+    };
+    with_audit(config, d, audit)
+}
+
+/// `d` with the audit entries and the headers they call for: the warnings
+/// of `Warn` policies ([`WARNING_HEADER`]) and, with
+/// [`EngineConfig::audit_header`], the names of the policies that would have
+/// denied, on the response the client gets (allowed or denied).
+fn with_audit(config: &EngineConfig, mut d: Decision, audit: Vec<AuditEntry>) -> Decision {
+    if audit.is_empty() {
+        return d;
     }
+    let mut added = Vec::new();
+    let warnings: Vec<String> = audit
+        .iter()
+        .filter(|a| a.warned)
+        .map(|a| {
+            let why = if a.error.is_some() {
+                "an evaluation error".to_owned()
+            } else {
+                format!("status {}", a.status)
+            };
+            format!(
+                "299 - \"celgate: policy {} would deny this request ({why})\"",
+                header_safe(&a.policy)
+            )
+        })
+        .collect();
+    if !warnings.is_empty() {
+        added.push(HeaderOption {
+            key: WARNING_HEADER.to_owned(),
+            value: warnings.join(", "),
+            keep_empty_value: false,
+        });
+    }
+    if let Some(name) = &config.audit_header {
+        let names: Vec<String> = audit
+            .iter()
+            .filter(|a| !a.enforced)
+            .map(|a| header_safe(&a.policy))
+            .collect();
+        if !names.is_empty() {
+            added.push(HeaderOption {
+                key: name.clone(),
+                value: names.join(", "),
+                keep_empty_value: false,
+            });
+        }
+    }
+    match &mut d.response.outcome {
+        Outcome::Ok(ok) => ok.response_headers_to_add.extend(added),
+        Outcome::Denied(den) => den.headers.extend(added),
+    }
+    d.audit = audit;
+    d
+}
+
+/// A policy name as it may appear in a header value: visible ASCII, with
+/// no quote, backslash or comma (which frame the values); anything else
+/// becomes `?`. Names are the policies' own, never request data.
+fn header_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && !matches!(c, '"' | '\\' | ',') {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
 }
 
 /// The explicit denial sent when a request cannot be decided for a reason of
@@ -379,6 +540,7 @@ pub fn failure_decision_for(
         validation: None,
         error: Some(error),
         evaluated: 0,
+        audit: Vec::new(),
     }
 }
 
@@ -954,6 +1116,12 @@ mod tests {
                 e.detailed()
             );
         }
+    }
+
+    #[test]
+    fn policy_names_in_headers_cannot_break_the_header() {
+        assert_eq!(header_safe("require-api-key.v2"), "require-api-key.v2");
+        assert_eq!(header_safe("a\"b,c\\d\r\ne f"), "a?b?c?d??e?f");
     }
 
     #[test]

@@ -37,6 +37,18 @@ pub fn render(set: &PolicySet, decision: &Decision, traces: &[PolicyTrace]) -> S
             "no result" => "no result (every validation returned null)".to_owned(),
             "error (ignored)" => "evaluation error, ignored (failurePolicy: Ignore)".to_owned(),
             "error (denied)" => "evaluation error, request denied (failurePolicy: Fail)".to_owned(),
+            "would deny (not enforced)" => format!(
+                "would deny: recorded, not enforced (validationActions {}); evaluation goes on",
+                actions(set, &t.policy)
+            ),
+            "allow (not enforced)" => format!(
+                "allow, not enforced (validationActions {}): it does not decide; evaluation goes on",
+                actions(set, &t.policy)
+            ),
+            "error (not enforced)" => format!(
+                "evaluation error: recorded, not enforced (validationActions {}); evaluation goes on",
+                actions(set, &t.policy)
+            ),
             other => other.to_owned(),
         };
         let _ = writeln!(out, "{}: {outcome}", t.policy);
@@ -96,7 +108,38 @@ pub fn render(set: &PolicySet, decision: &Decision, traces: &[PolicyTrace]) -> S
             );
         }
     }
+    for a in &decision.audit {
+        let what = match (&a.error, a.validation) {
+            (Some(e), _) => format!("failed to evaluate ({e})"),
+            (None, Some(i)) => format!("spec.validations[{i}]"),
+            (None, None) => String::new(),
+        };
+        let verb = if a.enforced {
+            "denied"
+        } else {
+            "would have denied"
+        };
+        let warned = if a.warned {
+            "; the client is warned"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "audit: policy {} {verb} with HTTP {}: {what} (validationActions {}){warned}",
+            a.policy,
+            a.status,
+            actions(set, &a.policy)
+        );
+    }
     out
+}
+
+/// A policy's `validationActions`, as written.
+fn actions(set: &PolicySet, policy: &str) -> String {
+    set.get(policy)
+        .map(|p| p.actions.describe())
+        .unwrap_or_else(|| "?".to_owned())
 }
 
 fn lines(out: &mut String, label: &str, items: &[ExprTrace]) {

@@ -246,6 +246,12 @@ struct FailureArgs {
     /// name). An empty value sends no header.
     #[arg(long, env = "CELGATE_FAILURE_HEADER", value_name = "NAME", default_value = celgate::engine::DEFAULT_FAILURE_HEADER, value_parser = parse_failure_header)]
     failure_header: FailureHeader,
+    /// Response header that names, on every answer, the policies that would
+    /// have denied the request but are not enforced (validationActions
+    /// without Deny), e.g. `x-celgate-audit: require-api-key`. Off by
+    /// default: it tells clients about the policies.
+    #[arg(long, env = "CELGATE_AUDIT_HEADER", value_name = "NAME", value_parser = parse_failure_header, help_heading = "Audit")]
+    audit_header: Option<FailureHeader>,
 }
 
 /// A checked `--failure-header`: `None` for no header.
@@ -262,6 +268,7 @@ impl FailureArgs {
             failure_status: self.failure_status,
             failure_body: self.failure_body.clone(),
             failure_header: self.failure_header.0.clone(),
+            audit_header: self.audit_header.as_ref().and_then(|h| h.0.clone()),
         }
     }
 }
@@ -522,6 +529,8 @@ struct ServeArgs {
     /// last good version serving (or none) and is reported in /readyz,
     /// /policies and /metrics, without holding back the others or the start.
     /// Needs get/list/watch on both resources (deploy/kubernetes/crd-source/rbac.yaml).
+    /// Objects labelled celgate.dev/shadow=true are never served: they form
+    /// the shadow set (see --shadow-policies).
     #[arg(long, env = "CELGATE_KUBE")]
     kube: bool,
     /// Namespaces whose PolicyException objects count (comma-separated; `*`
@@ -582,7 +591,60 @@ struct ServeArgs {
     #[command(flatten)]
     failure: FailureArgs,
     #[command(flatten)]
+    shadow: ShadowArgs,
+    #[command(flatten)]
     identity: IdentityArgs,
+}
+
+/// A second policy set evaluated beside the served one, never enforced.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Shadow policy set")]
+struct ShadowArgs {
+    /// Shadow policy files or directories (like --policies: recursive,
+    /// repeatable, comma-separated in the variable). This set is evaluated
+    /// for the requests the served set decides, after the answer is sent,
+    /// and never changes an answer: where it would decide otherwise (allow
+    /// against deny, or another denial status) it is counted in
+    /// celgate_shadow_disagreements_total and written to the decision log.
+    /// Loaded with the same checks as --policies and reloaded the same way;
+    /// a change that does not load keeps its last good version, and never
+    /// affects the served set. With --kube, ValidatingPolicy and
+    /// PolicyException objects labelled celgate.dev/shadow=true join this
+    /// set instead of the served one.
+    #[arg(
+        long = "shadow-policies",
+        env = "CELGATE_SHADOW_POLICIES",
+        value_delimiter = ',',
+        value_name = "PATH",
+        value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from)
+    )]
+    shadow_policies: Vec<PathBuf>,
+    /// Fraction of the decided requests the shadow set also decides, from
+    /// 0.0 to 1.0 (spread evenly over the requests).
+    #[arg(long, env = "CELGATE_SHADOW_SAMPLE", default_value_t = 1.0, value_name = "FRACTION", value_parser = parse_fraction)]
+    shadow_sample: f64,
+    /// Time allowed for one shadow decision, from the hand-over (once the
+    /// live answer is sent) to its end, in milliseconds. A later shadow
+    /// decision is thrown away and counted as a timeout.
+    #[arg(long, env = "CELGATE_SHADOW_TIMEOUT_MS", default_value_t = celgate::server::shadow::DEFAULT_TIMEOUT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    shadow_timeout_ms: u64,
+    /// Threads that evaluate the shadow set: the most CPU it can take,
+    /// however slow its policies.
+    #[arg(long, env = "CELGATE_SHADOW_THREADS", default_value_t = celgate::server::shadow::DEFAULT_THREADS as u64, value_parser = clap::value_parser!(u64).range(1..=256))]
+    shadow_threads: u64,
+    /// Requests that may wait for a shadow thread. When that many wait, the
+    /// shadow decision of a further request is dropped (and counted), never
+    /// waited for.
+    #[arg(long, env = "CELGATE_SHADOW_MAX_PENDING", default_value_t = celgate::server::shadow::DEFAULT_MAX_PENDING as u64, value_parser = clap::value_parser!(u64).range(0..=65_536))]
+    shadow_max_pending: u64,
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        Ok(_) => Err("must be between 0.0 and 1.0".to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Settings of `jwt.Decode` and `jwks.Fetch`.
@@ -844,6 +906,43 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
         );
     }
     celgate::telemetry::metrics::global().set_enabled(!args.no_metrics);
+    let shadow_paths: Vec<PathBuf> = args
+        .shadow
+        .shadow_policies
+        .iter()
+        .filter(|p| !p.as_os_str().is_empty())
+        .cloned()
+        .collect();
+    let shadow_options = celgate::server::shadow::ShadowOptions {
+        sample: args.shadow.shadow_sample,
+        threads: args.shadow.shadow_threads as usize,
+        max_pending: args.shadow.shadow_max_pending as usize,
+        timeout: std::time::Duration::from_millis(args.shadow.shadow_timeout_ms),
+    };
+    // With --kube, objects labelled celgate.dev/shadow=true form the shadow
+    // set (with the shadow files, if any); it compares nothing while empty.
+    let (shadow, shadow_missing) = if !shadow_paths.is_empty() {
+        let (set, missing) = shadow_set(&shadow_paths, args.policies.allow_empty)?;
+        (
+            Some(celgate::server::shadow::Shadow::new(
+                set,
+                shadow_options,
+                true,
+            )),
+            missing,
+        )
+    } else if args.kube {
+        (
+            Some(celgate::server::shadow::Shadow::new(
+                PolicySet::empty(),
+                shadow_options,
+                false,
+            )),
+            Vec::new(),
+        )
+    } else {
+        (None, Vec::new())
+    };
     if args.identity.jwks_min_ttl_s > args.identity.jwks_max_ttl_s {
         anyhow::bail!("--jwks-min-ttl-s must not exceed --jwks-max-ttl-s");
     }
@@ -976,6 +1075,7 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
             )),
             tls,
             http_tls,
+            shadow,
         },
     );
     let exception_namespaces = match &args.exception_namespaces {
@@ -996,6 +1096,14 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
     if args.kube {
         tracing::info!(exception_namespaces = %exception_namespaces, "Kubernetes source");
     }
+    // Without shadow files an empty shadow set is no rehearsal at all, just
+    // nothing labelled yet: never refused.
+    let shadow_allow_empty = args.policies.allow_empty || shadow_paths.is_empty();
+    let shadow_sources = Sources::shadow_set(
+        shadow_paths,
+        exception_namespaces.clone(),
+        shadow_allow_empty,
+    );
     let sources = Sources::configured(paths, exception_namespaces, args.policies.allow_empty);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -1004,10 +1112,13 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
     let _kube = if args.kube {
         let task = rt.block_on(async {
             let client = celgate::sources::kube::default_client().await?;
-            celgate::sources::kube::start(
+            celgate::sources::kube::start_routed(
                 client,
                 args.kube_api_version.clone(),
-                sources.clone(),
+                celgate::sources::kube::Routes {
+                    live: sources.clone(),
+                    shadow: Some(shadow_sources.clone()),
+                },
                 state.clone(),
                 std::time::Duration::from_secs(args.kube_sync_timeout_s),
             )
@@ -1102,6 +1213,21 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
         // Reports the missing paths in /readyz and the reload counters.
         celgate::sources::rebuild(&state, &sources);
     }
+    let _shadow_watcher = if args.no_watch || shadow_sources.paths.is_empty() {
+        None
+    } else {
+        Some(
+            celgate::sources::files::watch_with(
+                state.clone(),
+                shadow_sources.clone(),
+                watch_options,
+            )
+            .context("watching the shadow policy paths")?,
+        )
+    };
+    if !shadow_missing.is_empty() {
+        celgate::sources::rebuild(&state, &shadow_sources);
+    }
     rt.block_on(server::serve(
         state,
         args.grpc_addr,
@@ -1111,6 +1237,40 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
     celgate::telemetry::decision_log::drain(std::time::Duration::from_secs(2));
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The shadow set at start-up, held to the same checks as the served set:
+/// it must load, and hold an Envoy-mode policy unless --allow-empty (which
+/// also lets a path that does not exist yet be loaded when it appears:
+/// those paths are returned).
+fn shadow_set(paths: &[PathBuf], allow_empty: bool) -> anyhow::Result<(PolicySet, Vec<PathBuf>)> {
+    let (missing, present): (Vec<PathBuf>, Vec<PathBuf>) = paths
+        .iter()
+        .cloned()
+        .partition(|p| allow_empty && std::fs::metadata(p).is_err());
+    let set = PolicySet::load(&present)
+        .map_err(|e| anyhow::anyhow!("{}", e.redacted()))
+        .context("refusing to start: the shadow policies do not load")?;
+    for w in &set.warnings {
+        tracing::warn!(set = "shadow", "{w}");
+    }
+    for p in &set.policies {
+        tracing::info!(set = "shadow", policy = %p.name, file = %p.location.path.display(), "shadow policy loaded");
+    }
+    if set.policies.is_empty() {
+        if !allow_empty {
+            anyhow::bail!(
+                "refusing to start: shadow {}: {}",
+                list_paths(paths),
+                celgate::sources::EMPTY_SET
+            );
+        }
+        tracing::warn!(
+            "shadow {}: no Envoy-mode ValidatingPolicy, the shadow set allows every request (accepted: --allow-empty)",
+            list_paths(paths)
+        );
+    }
+    Ok((set, missing))
 }
 
 /// The policy paths, for messages.

@@ -47,6 +47,10 @@ pub struct TestDoc {
     /// `x-celgate-failure`, `""` for none).
     #[serde(default, rename = "failureHeader")]
     pub failure_header: Option<String>,
+    /// Header naming the policies that would have denied but are not
+    /// enforced (`--audit-header`; default none).
+    #[serde(default, rename = "auditHeader")]
+    pub audit_header: Option<String>,
     /// JWKS documents standing in for issuers: URL → file relative to the
     /// suite. `jwks.Fetch(url)` then answers from the file and never fetches.
     #[serde(default)]
@@ -115,6 +119,16 @@ pub struct Expect {
     pub error: Option<bool>,
     #[serde(default, deserialize_with = "not_null")]
     pub error_contains: Option<String>,
+    /// The policies whose denial was recorded under `validationActions`
+    /// (`Audit`, `Warn`), in evaluation order: those that are not enforced
+    /// and would have denied, and enforced `[Deny, Audit]` ones that denied.
+    /// `[]`: none.
+    #[serde(default, deserialize_with = "null_is_empty")]
+    pub audit: Option<Vec<String>>,
+    /// The policies that warned the client (`validationActions` with
+    /// `Warn`), in evaluation order; `[]`: none.
+    #[serde(default, deserialize_with = "null_is_empty")]
+    pub warnings: Option<Vec<String>>,
 }
 
 fn some_value<'de, D: serde::Deserializer<'de>>(
@@ -336,6 +350,11 @@ pub fn run_noting(
                 .map_err(|e| invalid(format!("failureHeader: {e}")))?,
             None => defaults.failure_header,
         },
+        audit_header: match &doc.audit_header {
+            Some(name) => crate::engine::failure_header_name(name)
+                .map_err(|e| invalid(format!("auditHeader: {e}")))?,
+            None => defaults.audit_header,
+        },
     };
     let suite = doc
         .metadata
@@ -463,6 +482,19 @@ pub fn compare(e: &Expect, d: &Decision) -> Vec<String> {
     }
     if let Some(err) = e.error {
         check("error", err.to_string(), d.error.is_some().to_string());
+    }
+    if let Some(want) = &e.audit {
+        let got: Vec<&str> = d.audit.iter().map(|a| a.policy.as_str()).collect();
+        check("audit", format!("{want:?}"), format!("{got:?}"));
+    }
+    if let Some(want) = &e.warnings {
+        let got: Vec<&str> = d
+            .audit
+            .iter()
+            .filter(|a| a.warned)
+            .map(|a| a.policy.as_str())
+            .collect();
+        check("warnings", format!("{want:?}"), format!("{got:?}"));
     }
     if let Some(sub) = &e.error_contains {
         let got = d.error.as_ref().map(|e| e.detailed()).unwrap_or_default();
@@ -715,6 +747,7 @@ mod tests {
             validation: None,
             error: None,
             evaluated: 0,
+            audit: Vec::new(),
         }
     }
 

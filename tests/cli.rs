@@ -280,7 +280,7 @@ fn validate_json_output_for_tools() {
     assert_eq!(o.code, 1);
     let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("JSON");
     assert_eq!(v["errors"], 5);
-    assert_eq!(v["warnings"], 6);
+    assert_eq!(v["warnings"], 5);
     let problems = v["problems"].as_array().expect("problems");
     let undefined = problems
         .iter()
@@ -291,6 +291,40 @@ fn validate_json_output_for_tools() {
     assert_eq!(undefined["policy"], "broken-cel");
     assert_eq!(undefined["severity"], "error");
     insta::assert_snapshot!(o.stdout);
+}
+
+#[test]
+fn check_explain_shows_what_audit_policies_would_have_denied() {
+    let request = r#"{"attributes": {"request": {"http": {"method": "DELETE", "path": "/boom"}}}}"#;
+    let o = celgate(
+        &[
+            "check",
+            "--policies",
+            "tests/cases/audit/policies.yaml",
+            "--request",
+            "-",
+            "--explain",
+            "--audit-header",
+            "x-celgate-audit",
+        ],
+        Some(request),
+    );
+    assert_eq!(o.code, 0, "allowed: {}{}", o.stdout, o.stderr);
+    let response: serde_json::Value = serde_json::from_str(&o.stdout).expect("JSON");
+    assert_eq!(
+        response["okResponse"]["responseHeadersToAdd"][1],
+        serde_json::json!({"key": "x-celgate-audit", "value": "a-shadow-key, b-warn-method, c-audit-broken"})
+    );
+    for line in [
+        "a-shadow-key: would deny: recorded, not enforced (validationActions [Audit]); evaluation goes on",
+        "c-audit-broken: evaluation error: recorded, not enforced (validationActions [Audit]); evaluation goes on",
+        "decision: allowed by policy z-decide, spec.validations[0]",
+        "audit: policy a-shadow-key would have denied with HTTP 401: spec.validations[1] (validationActions [Audit])",
+        "audit: policy b-warn-method would have denied with HTTP 405: spec.validations[0] (validationActions [Warn]); the client is warned",
+        "audit: policy c-audit-broken would have denied with HTTP 403: failed to evaluate (spec.validations[0].expression: no_such_key) (validationActions [Audit])",
+    ] {
+        assert!(o.stderr.contains(line), "{line:?} not in:\n{}", o.stderr);
+    }
 }
 
 #[test]

@@ -519,6 +519,76 @@ fn shipped_envoy_configs() -> Vec<(String, String)> {
     found
 }
 
+/// A CA and a certificate of it, PEM, for configs that name TLS files.
+struct StandIn {
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+impl StandIn {
+    fn new() -> StandIn {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["celgate.internal".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        StandIn {
+            ca: ca.pem(),
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+}
+
+/// Points every file a config names at a stand-in in `dir`: certificate
+/// chains, private keys and trusted CAs at generated PEM files, file-based
+/// SDS sources at an empty resource list (validation checks they exist, not
+/// what they hold), watched directories at `dir`. Returns how many it
+/// replaced.
+fn stand_in_files(v: &mut Value, dir: &Path, pki: &StandIn) -> usize {
+    let mut n = 0;
+    match v {
+        Value::Object(m) => {
+            for (key, child) in m.iter_mut() {
+                let content = match key.as_str() {
+                    "certificate_chain" => Some(&pki.cert),
+                    "private_key" => Some(&pki.key),
+                    "trusted_ca" => Some(&pki.ca),
+                    _ => None,
+                };
+                if let (Some(content), Some(_)) = (content, child.get("filename")) {
+                    let file = dir.join(format!("{key}.pem"));
+                    std::fs::write(&file, content).unwrap();
+                    child["filename"] = file.to_str().unwrap().into();
+                    n += 1;
+                } else if key == "path_config_source" {
+                    let file = dir.join("sds.yaml");
+                    std::fs::write(&file, "resources: []\n").unwrap();
+                    child["path"] = file.to_str().unwrap().into();
+                    if child.get("watched_directory").is_some() {
+                        child["watched_directory"]["path"] = dir.to_str().unwrap().into();
+                    }
+                    n += 1;
+                } else {
+                    n += stand_in_files(child, dir, pki);
+                }
+            }
+        }
+        Value::Array(a) => {
+            for child in a {
+                n += stand_in_files(child, dir, pki);
+            }
+        }
+        _ => {}
+    }
+    n
+}
+
 /// Every HttpConnectionManager config in an Envoy bootstrap.
 fn connection_managers(config: &Value) -> Vec<&Value> {
     fn walk<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
@@ -555,7 +625,15 @@ fn every_shipped_envoy_config_validates_and_normalizes_paths() {
     ] {
         assert!(names.contains(&expected), "{expected} in {names:?}");
     }
+    let tls_configs = [
+        "examples/envoy/envoy-mtls.yaml",
+        "deploy/kubernetes/tls/gateway/envoy.yaml",
+    ];
+    for expected in tls_configs {
+        assert!(names.contains(&expected), "{expected} in {names:?}");
+    }
     let dir = tempfile::tempdir().unwrap();
+    let pki = StandIn::new();
     for (i, (name, text)) in configs.iter().enumerate() {
         for hcm in connection_managers(&yaml(text)) {
             // Policies match on the path: it must be the one the upstream serves.
@@ -566,8 +644,16 @@ fn every_shipped_envoy_config_validates_and_normalizes_paths() {
                 "{name}: path_with_escaped_slashes_action"
             );
         }
+        // Validation opens the certificate and SDS files a config names.
+        let mut config = yaml(text);
+        let files = dir.path().join(i.to_string());
+        std::fs::create_dir(&files).unwrap();
+        let named = stand_in_files(&mut config, &files, &pki);
+        if tls_configs.contains(&name.as_str()) {
+            assert!(named > 0, "{name}: names no certificate file");
+        }
         let path = dir.path().join(format!("{i}.yaml"));
-        std::fs::write(&path, text).unwrap();
+        std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
         let out = Command::new(&envoy)
             .args(["--mode", "validate", "-c"])
             .arg(&path)

@@ -148,11 +148,12 @@ struct Build {
     files: BTreeSet<PathBuf>,
 }
 
-const CLUSTER_SCOPED: [&str; 4] = [
+const CLUSTER_SCOPED: [&str; 5] = [
     "Namespace",
     "ClusterRole",
     "ClusterRoleBinding",
     "CustomResourceDefinition",
+    "ClusterIssuer",
 ];
 
 /// A file a kustomization names: relative, inside the kustomization's
@@ -516,6 +517,251 @@ impl Build {
 // Schema: a round trip through the k8s-openapi type loses nothing.
 // ---------------------------------------------------------------------------
 
+/// cert-manager's kinds (cert-manager.io/v1) have no k8s-openapi type: these
+/// follow its API reference. Every field of the specs is known (an unknown
+/// one is refused); the ones used here are typed, down to the allowed
+/// values of key usages and key algorithms.
+// Some fields are there to be recognized (and type-checked), not read.
+#[allow(dead_code)]
+mod cert_manager {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct Object<S> {
+        pub api_version: String,
+        pub kind: String,
+        pub metadata: ObjectMeta,
+        pub spec: S,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct CertificateSpec {
+        pub secret_name: String,
+        pub issuer_ref: IssuerRef,
+        pub common_name: Option<String>,
+        #[serde(default)]
+        pub dns_names: Vec<String>,
+        #[serde(default)]
+        pub uris: Vec<String>,
+        #[serde(default)]
+        pub ip_addresses: Vec<String>,
+        #[serde(default)]
+        pub email_addresses: Vec<String>,
+        pub duration: Option<String>,
+        pub renew_before: Option<String>,
+        pub renew_before_percentage: Option<i32>,
+        #[serde(rename = "isCA")]
+        pub is_ca: Option<bool>,
+        #[serde(default)]
+        pub usages: Vec<KeyUsage>,
+        pub private_key: Option<PrivateKey>,
+        pub subject: Option<Value>,
+        pub literal_subject: Option<String>,
+        pub other_names: Option<Vec<Value>>,
+        pub secret_template: Option<Value>,
+        pub keystores: Option<Value>,
+        pub additional_output_formats: Option<Vec<Value>>,
+        pub name_constraints: Option<Value>,
+        pub signature_algorithm: Option<String>,
+        pub encode_usages_in_request: Option<bool>,
+        pub revision_history_limit: Option<i32>,
+    }
+
+    #[derive(Deserialize, PartialEq, Debug)]
+    #[serde(deny_unknown_fields)]
+    pub struct IssuerRef {
+        pub name: String,
+        pub kind: Option<String>,
+        pub group: Option<String>,
+    }
+
+    #[derive(Deserialize, PartialEq, Debug)]
+    #[serde(rename_all = "lowercase")]
+    pub enum KeyUsage {
+        Signing,
+        #[serde(rename = "digital signature")]
+        DigitalSignature,
+        #[serde(rename = "content commitment")]
+        ContentCommitment,
+        #[serde(rename = "key encipherment")]
+        KeyEncipherment,
+        #[serde(rename = "key agreement")]
+        KeyAgreement,
+        #[serde(rename = "data encipherment")]
+        DataEncipherment,
+        #[serde(rename = "cert sign")]
+        CertSign,
+        #[serde(rename = "crl sign")]
+        CrlSign,
+        #[serde(rename = "encipher only")]
+        EncipherOnly,
+        #[serde(rename = "decipher only")]
+        DecipherOnly,
+        Any,
+        #[serde(rename = "server auth")]
+        ServerAuth,
+        #[serde(rename = "client auth")]
+        ClientAuth,
+        #[serde(rename = "code signing")]
+        CodeSigning,
+        #[serde(rename = "email protection")]
+        EmailProtection,
+        #[serde(rename = "s/mime")]
+        Smime,
+        #[serde(rename = "ipsec end system")]
+        IpsecEndSystem,
+        #[serde(rename = "ipsec tunnel")]
+        IpsecTunnel,
+        #[serde(rename = "ipsec user")]
+        IpsecUser,
+        Timestamping,
+        #[serde(rename = "ocsp signing")]
+        OcspSigning,
+        #[serde(rename = "microsoft sgc")]
+        MicrosoftSgc,
+        #[serde(rename = "netscape sgc")]
+        NetscapeSgc,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct PrivateKey {
+        pub algorithm: Option<KeyAlgorithm>,
+        pub size: Option<u32>,
+        pub encoding: Option<KeyEncoding>,
+        pub rotation_policy: Option<RotationPolicy>,
+    }
+
+    #[derive(Deserialize, PartialEq, Debug)]
+    pub enum KeyAlgorithm {
+        #[serde(rename = "RSA")]
+        Rsa,
+        #[serde(rename = "ECDSA")]
+        Ecdsa,
+        Ed25519,
+    }
+
+    #[derive(Deserialize)]
+    pub enum KeyEncoding {
+        #[serde(rename = "PKCS1")]
+        Pkcs1,
+        #[serde(rename = "PKCS8")]
+        Pkcs8,
+    }
+
+    #[derive(Deserialize, PartialEq, Debug)]
+    pub enum RotationPolicy {
+        Never,
+        Always,
+    }
+
+    /// The spec of an Issuer or ClusterIssuer: exactly one kind of issuer.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct IssuerSpec {
+        pub self_signed: Option<SelfSigned>,
+        pub ca: Option<CaIssuer>,
+        pub acme: Option<Value>,
+        pub vault: Option<Value>,
+        pub venafi: Option<Value>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct SelfSigned {
+        #[serde(default)]
+        pub crl_distribution_points: Vec<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct CaIssuer {
+        pub secret_name: String,
+        #[serde(default)]
+        pub crl_distribution_points: Vec<String>,
+        #[serde(default)]
+        pub ocsp_servers: Vec<String>,
+        #[serde(default, rename = "issuingCertificateURLs")]
+        pub issuing_certificate_urls: Vec<String>,
+    }
+
+    pub trait Spec: DeserializeOwned {
+        fn check(&self, origin: &str);
+    }
+
+    impl Spec for CertificateSpec {
+        fn check(&self, origin: &str) {
+            assert!(
+                !(self.dns_names.is_empty()
+                    && self.uris.is_empty()
+                    && self.ip_addresses.is_empty()
+                    && self.email_addresses.is_empty()
+                    && self.common_name.is_none()
+                    && self.literal_subject.is_none()),
+                "{origin}: a certificate with no name"
+            );
+            if let Some(k) = &self.private_key {
+                let sizes: &[u32] = match k.algorithm {
+                    Some(KeyAlgorithm::Ecdsa) => &[256, 384, 521],
+                    Some(KeyAlgorithm::Ed25519) => &[],
+                    Some(KeyAlgorithm::Rsa) | None => &[2048, 3072, 4096, 8192],
+                };
+                if let Some(size) = k.size {
+                    assert!(sizes.contains(&size), "{origin}: key size {size}");
+                }
+            }
+            for d in [&self.duration, &self.renew_before].into_iter().flatten() {
+                hours(d, origin);
+            }
+        }
+    }
+
+    impl Spec for IssuerSpec {
+        fn check(&self, origin: &str) {
+            let kinds = [
+                self.self_signed.is_some(),
+                self.ca.is_some(),
+                self.acme.is_some(),
+                self.vault.is_some(),
+                self.venafi.is_some(),
+            ];
+            assert_eq!(
+                kinds.iter().filter(|k| **k).count(),
+                1,
+                "{origin}: exactly one kind of issuer"
+            );
+        }
+    }
+
+    /// Deserializes `doc` as a cert-manager object with spec `S` and checks
+    /// the spec; panics with the reason otherwise.
+    pub fn check<S: Spec>(doc: &Value, origin: &str) {
+        let o: Object<S> = serde_json::from_value(doc.clone())
+            .unwrap_or_else(|e| panic!("{origin}: does not match cert-manager's schema: {e}"));
+        assert!(o.metadata.name.is_some(), "{origin}: no name");
+        o.spec.check(origin);
+    }
+
+    /// The objects of `kind` in `b`, typed.
+    pub fn all<S: DeserializeOwned>(b: &Build, kind: &str) -> Vec<Object<S>> {
+        b.objects
+            .iter()
+            .filter(|o| o["apiVersion"] == "cert-manager.io/v1" && o["kind"] == kind)
+            .map(|o| serde_json::from_value(o.clone()).unwrap())
+            .collect()
+    }
+
+    /// A duration of whole hours (`2160h`), as cert-manager writes them.
+    pub fn hours(d: &str, origin: &str) -> u64 {
+        d.strip_suffix('h')
+            .and_then(|h| h.parse().ok())
+            .unwrap_or_else(|| panic!("{origin}: duration {d:?}: use whole hours, e.g. 2160h"))
+    }
+}
+
 fn round_trip<T: DeserializeOwned + Serialize>(doc: &Value, origin: &str) -> Value {
     let typed: T = serde_json::from_value(doc.clone())
         .unwrap_or_else(|e| panic!("{origin}: does not match the Kubernetes schema: {e}"));
@@ -575,6 +821,14 @@ fn assert_schema(doc: &Value, origin: &str) {
         ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
             round_trip::<apiextensions::v1::CustomResourceDefinition>(doc, &origin)
         }
+        ("cert-manager.io/v1", "Certificate") => {
+            cert_manager::check::<cert_manager::CertificateSpec>(doc, &origin);
+            return;
+        }
+        ("cert-manager.io/v1", "Issuer" | "ClusterIssuer") => {
+            cert_manager::check::<cert_manager::IssuerSpec>(doc, &origin);
+            return;
+        }
         _ => panic!("{origin}: no schema known for {api} {kind}; add its k8s-openapi type"),
     };
     if let Some(d) = difference(doc, &back, "") {
@@ -595,9 +849,26 @@ fn schema_check_catches_unknown_fields_and_wrong_types() {
         "apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"},
         "spec": {"ports": [{"port": "9191"}]},
     });
+    let certificate = json!({
+        "apiVersion": "cert-manager.io/v1", "kind": "Certificate", "metadata": {"name": "c"},
+        "spec": {"secretName": "c", "dnsNames": ["a.example"], "usages": ["server auth"],
+                 "issuerRef": {"name": "ca", "kind": "ClusterIssuer"}},
+    });
+    assert_schema(&certificate, "good");
+    let mut cert_misspelt = certificate.clone();
+    cert_misspelt["spec"]["dnsName"] = json!(["a.example"]);
+    let mut cert_usage = certificate.clone();
+    cert_usage["spec"]["usages"] = json!(["serverAuth"]);
+    let issuer_two = json!({
+        "apiVersion": "cert-manager.io/v1", "kind": "Issuer", "metadata": {"name": "i"},
+        "spec": {"selfSigned": {}, "ca": {"secretName": "s"}},
+    });
     for (doc, want) in [
         (misspelt, "spec.ports[0].targetport is not a field"),
         (wrong_type, "does not match the Kubernetes schema"),
+        (cert_misspelt, "unknown field `dnsName`"),
+        (cert_usage, "unknown variant `serverAuth`"),
+        (issuer_two, "exactly one kind of issuer"),
     ] {
         let err = std::panic::catch_unwind(|| assert_schema(&doc, "bad")).unwrap_err();
         let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
@@ -609,7 +880,14 @@ fn schema_check_catches_unknown_fields_and_wrong_types() {
 fn every_kustomization_builds_to_schema_valid_objects_and_uses_every_file() {
     let dirs = kustomization_dirs();
     let names: Vec<String> = dirs.iter().map(|d| shown(d)).collect();
-    for want in ["", "/base", "/crd-source", "/sidecar"] {
+    for want in [
+        "",
+        "/base",
+        "/crd-source",
+        "/sidecar",
+        "/tls",
+        "/tls/gateway",
+    ] {
         assert!(
             names.contains(&format!("{KUBERNETES}{want}")),
             "{KUBERNETES}{want} should be a kustomization; found {names:?}"
@@ -1426,4 +1704,445 @@ fn istio_provider_names_the_base_service_and_the_policy_uses_it() {
         .find(|p| p["appProtocol"] == "grpc")
         .unwrap();
     assert_eq!(grpc["port"], svc_grpc["port"]);
+}
+
+// ---------------------------------------------------------------------------
+// The TLS overlay (cert-manager) and its Envoy gateway
+// ---------------------------------------------------------------------------
+
+type Certificate = cert_manager::Object<cert_manager::CertificateSpec>;
+type Issuer = cert_manager::Object<cert_manager::IssuerSpec>;
+
+fn certificate_for(b: &Build, secret: &str) -> Certificate {
+    let mut found: Vec<Certificate> =
+        cert_manager::all::<cert_manager::CertificateSpec>(b, "Certificate")
+            .into_iter()
+            .filter(|c| c.spec.secret_name == secret)
+            .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "{}: one Certificate writes {secret}",
+        shown(&b.dir)
+    );
+    found.remove(0)
+}
+
+/// The mount of a Secret volume at `dir` in container `c`: the Secret's name.
+fn secret_mounted_at(pod: &Value, c: &Value, dir: &str, what: &str) -> String {
+    let mount = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == dir)
+        .unwrap_or_else(|| panic!("{what}: nothing mounted at {dir}"));
+    assert_eq!(mount["readOnly"], true, "{what}: {mount}");
+    assert!(
+        mount.get("subPath").is_none(),
+        "{what}: a subPath mount is never updated when the Secret is renewed"
+    );
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    let mode = volume["secret"]["defaultMode"].as_i64().unwrap_or(0o644);
+    assert_eq!(mode & 0o007, 0, "{what}: the private key is world-readable");
+    volume["secret"]["secretName"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: {dir} is not a Secret volume"))
+        .to_owned()
+}
+
+/// The ClusterIssuer a Certificate names, and that it is a CA whose own
+/// certificate (isCA) comes from cert-manager in the same build.
+fn assert_ca_issuer(b: &Build, cert: &Certificate, what: &str) {
+    let r = &cert.spec.issuer_ref;
+    assert_eq!(r.kind.as_deref(), Some("ClusterIssuer"), "{what}: {r:?}");
+    assert!(r.group.as_deref().is_none_or(|g| g == "cert-manager.io"));
+    let issuers: Vec<Issuer> = cert_manager::all(b, "ClusterIssuer");
+    let issuer = issuers
+        .iter()
+        .find(|i| i.metadata.name.as_deref() == Some(&r.name))
+        .unwrap_or_else(|| panic!("{what}: no ClusterIssuer {}", r.name));
+    let ca = issuer.spec.ca.as_ref().expect("a CA issuer");
+    let ca_cert = certificate_for(b, &ca.secret_name);
+    assert_eq!(ca_cert.spec.is_ca, Some(true), "{what}: the CA certificate");
+    // A ClusterIssuer reads its CA from cert-manager's own namespace.
+    assert_eq!(
+        ca_cert.metadata.namespace.as_deref(),
+        Some("cert-manager"),
+        "{what}"
+    );
+    let root = issuers
+        .iter()
+        .find(|i| i.metadata.name.as_deref() == Some(&ca_cert.spec.issuer_ref.name))
+        .expect("the CA certificate's issuer");
+    assert!(
+        root.spec.self_signed.is_some(),
+        "{what}: a self-signed root"
+    );
+    assert_ne!(root.metadata.name.as_deref(), Some(r.name.as_str()));
+}
+
+/// The renewal comes well before the end.
+fn assert_renewed_in_time(cert: &Certificate, what: &str) {
+    let duration = cert_manager::hours(cert.spec.duration.as_deref().unwrap(), what);
+    let before = cert_manager::hours(cert.spec.renew_before.as_deref().unwrap(), what);
+    assert!(before * 4 >= duration && before < duration, "{what}");
+    let key = cert.spec.private_key.as_ref().unwrap();
+    assert_eq!(
+        key.rotation_policy,
+        Some(cert_manager::RotationPolicy::Always),
+        "{what}: a new key at each renewal"
+    );
+}
+
+/// celgate's flags from the overlay: (value of `flag`, all of them).
+fn tls_flags(c: &Value) -> (BTreeMap<String, Vec<String>>, Vec<String>) {
+    let args = strings(&c["args"]);
+    let mut flags: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for a in &args {
+        if let Some((k, v)) = a.split_once('=').filter(|(k, _)| k.starts_with("--tls-")) {
+            flags.entry(k.to_owned()).or_default().push(v.to_owned());
+        }
+    }
+    (flags, args)
+}
+
+#[test]
+fn tls_overlay_serves_grpc_with_a_cert_manager_certificate_and_requires_client_certificates() {
+    let (base, b) = (built("base"), built("tls"));
+    let d = b.get("Deployment", "celgate");
+    let pod = &d["spec"]["template"]["spec"];
+    let c = container(pod, "celgate");
+    assert_hardened_pod(pod, "tls");
+    // Probes stay on the plaintext HTTP listener.
+    assert_celgate_container(&b, pod, c, "tls");
+    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        assert!(
+            c[probe]["httpGet"]["scheme"]
+                .as_str()
+                .is_none_or(|s| s == "HTTP"),
+            "tls: {probe}: the HTTP listener is plaintext"
+        );
+    }
+
+    // The base's arguments, then the TLS flags.
+    let base_c = container(
+        &base.get("Deployment", "celgate")["spec"]["template"]["spec"],
+        "celgate",
+    );
+    let (flags, args) = tls_flags(c);
+    let base_args = strings(&base_c["args"]);
+    assert_eq!(args[..base_args.len()], base_args[..]);
+    assert_eq!(args.len(), base_args.len() + 4, "{args:?}");
+
+    // The files are the keys cert-manager writes, in the mounted Secret of
+    // the serving Certificate.
+    let file = |flag: &str| {
+        let v = &flags[flag];
+        assert_eq!(v.len(), 1, "{flag}");
+        v[0].rsplit_once('/')
+            .map(|(d, f)| (d.to_owned(), f.to_owned()))
+            .unwrap()
+    };
+    let (dir, cert_file) = file("--tls-cert");
+    assert_eq!(cert_file, "tls.crt");
+    assert_eq!(file("--tls-key"), (dir.clone(), "tls.key".to_owned()));
+    assert_eq!(file("--tls-client-ca"), (dir.clone(), "ca.crt".to_owned()));
+    let secret = secret_mounted_at(pod, c, &dir, "tls");
+    let serving = certificate_for(&b, &secret);
+    assert_eq!(serving.metadata.namespace.as_deref(), Some("celgate"));
+    assert!(serving
+        .spec
+        .usages
+        .contains(&cert_manager::KeyUsage::ServerAuth));
+    assert_ca_issuer(&b, &serving, "celgate's certificate");
+    assert_renewed_in_time(&serving, "celgate's certificate");
+    // Every name Envoy may reach celgate by: both Services.
+    for svc in ["celgate", "celgate-headless"] {
+        let s = b.get("Service", svc);
+        let name = format!(
+            "{}.{}.svc.cluster.local",
+            svc,
+            s["metadata"]["namespace"].as_str().unwrap()
+        );
+        assert!(
+            serving.spec.dns_names.contains(&name),
+            "celgate's certificate lacks {name}"
+        );
+    }
+
+    // The allow-list parses as celgate parses it.
+    let sans = &flags["--tls-client-san"];
+    assert!(!sans.is_empty());
+    for san in sans {
+        celgate::server::tls::SanPattern::parse(san).unwrap_or_else(|e| panic!("{san}: {e}"));
+    }
+
+    // Everything else is the base's, unchanged.
+    for o in &base.objects {
+        if o["kind"] != "Deployment" {
+            assert!(b.objects.contains(o), "changed: {}", o["metadata"]["name"]);
+        }
+    }
+}
+
+#[test]
+fn tls_gateway_calls_celgate_with_a_client_certificate_it_admits() {
+    let (t, g) = (built("tls"), built("tls/gateway"));
+    let d = g.get("Deployment", "envoy");
+    let pod = &d["spec"]["template"]["spec"];
+    let labels = &d["spec"]["template"]["metadata"]["labels"];
+    assert_hardened_pod(pod, "gateway");
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    let ns = g.only("Namespace")["metadata"]["name"].as_str().unwrap();
+    let sa = g.only("ServiceAccount");
+    assert_eq!(pod["serviceAccountName"], sa["metadata"]["name"]);
+    let envoy = container(pod, "envoy");
+
+    // The client certificate names the pod's ServiceAccount, which celgate
+    // admits, and comes from the CA that signed celgate's.
+    let client = cert_manager::all::<cert_manager::CertificateSpec>(&g, "Certificate");
+    assert_eq!(client.len(), 1);
+    let client = &client[0];
+    let spiffe = format!(
+        "spiffe://cluster.local/ns/{ns}/sa/{}",
+        sa["metadata"]["name"].as_str().unwrap()
+    );
+    assert_eq!(client.spec.uris, std::slice::from_ref(&spiffe));
+    assert!(client
+        .spec
+        .usages
+        .contains(&cert_manager::KeyUsage::ClientAuth));
+    assert_renewed_in_time(client, "the gateway's certificate");
+    let celgate_pod = &t.get("Deployment", "celgate")["spec"]["template"]["spec"];
+    let (flags, _) = tls_flags(container(celgate_pod, "celgate"));
+    assert!(
+        flags["--tls-client-san"].iter().any(|p| {
+            match p.strip_suffix('*') {
+                Some(prefix) => spiffe.starts_with(prefix),
+                None => *p == spiffe,
+            }
+        }),
+        "celgate's --tls-client-san does not admit {spiffe}"
+    );
+    let serving = certificate_for(&t, "celgate-tls");
+    assert_eq!(client.spec.issuer_ref, serving.spec.issuer_ref);
+    assert_ca_issuer(&t, client, "the gateway's certificate");
+
+    // Envoy's config, from the ConfigMap mounted at its --config-path.
+    let args = strings(&envoy["args"]);
+    let path = flag(&args, "--config-path").expect("--config-path");
+    let (config_dir, file) = path.rsplit_once('/').unwrap();
+    let mount = envoy["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == config_dir)
+        .unwrap();
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    let cm_name = volume["configMap"]["name"].as_str().unwrap();
+    assert!(g.generated(cm_name).hashed, "an edit rolls the pods");
+    let data = &g.get("ConfigMap", cm_name)["data"];
+    let yaml_of = |key: &str| -> Value {
+        serde_yaml_ng::from_str(
+            data[key]
+                .as_str()
+                .unwrap_or_else(|| panic!("{cm_name} has no key {key}")),
+        )
+        .unwrap()
+    };
+    let config = yaml_of(file);
+    assert_eq!(
+        config["admin"]["address"]["socket_address"]["address"],
+        "127.0.0.1"
+    );
+    let listener = &config["static_resources"]["listeners"][0];
+    let listen_port = listener["address"]["socket_address"]["port_value"]
+        .as_i64()
+        .unwrap();
+    let hcm = &listener["filter_chains"][0]["filters"][0]["typed_config"];
+    let authz = &hcm["http_filters"][0];
+    assert_eq!(authz["name"], "envoy.filters.http.ext_authz");
+    assert_eq!(authz["typed_config"]["failure_mode_allow"], false);
+    let cluster_name = authz["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"]
+        .as_str()
+        .unwrap();
+
+    // It calls celgate's headless Service on the gRPC port...
+    let (host, port) = envoy_cluster_address(&config, cluster_name);
+    let headless = t.get("Service", "celgate-headless");
+    assert_eq!(
+        host,
+        format!(
+            "celgate-headless.{}.svc.cluster.local",
+            headless["metadata"]["namespace"].as_str().unwrap()
+        )
+    );
+    assert_eq!(headless["spec"]["ports"][0]["port"], i64::from(port));
+    let cluster = config["static_resources"]["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == cluster_name)
+        .unwrap();
+    assert_eq!(cluster["type"], "STRICT_DNS", "spread over every pod");
+
+    // ... over TLS, checking celgate's certificate for a name it has ...
+    let tls = &cluster["transport_socket"]["typed_config"];
+    assert_eq!(
+        tls["@type"],
+        "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+    );
+    let sni = tls["sni"].as_str().unwrap();
+    assert!(serving.spec.dns_names.iter().any(|n| n == sni), "{sni}");
+    let common = &tls["common_tls_context"];
+    assert_eq!(common["alpn_protocols"], json!(["h2"]));
+
+    // ... with its SDS files in the ConfigMap, naming the files of the
+    // mounted client Secret, reloaded when that directory changes.
+    let secret_dir = |source: &Value| -> (Value, String) {
+        let sds = &source["sds_config"]["path_config_source"];
+        let path = sds["path"].as_str().unwrap();
+        let (dir, key) = path.rsplit_once('/').unwrap();
+        assert_eq!(dir, config_dir, "{path}: in the ConfigMap");
+        let resources = yaml_of(key)["resources"].clone();
+        assert_eq!(resources.as_array().unwrap().len(), 1);
+        let r = &resources[0];
+        assert_eq!(r["name"], source["name"]);
+        (
+            r.clone(),
+            sds["watched_directory"]["path"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        )
+    };
+    let certs = common["tls_certificate_sds_secret_configs"]
+        .as_array()
+        .unwrap();
+    assert_eq!(certs.len(), 1);
+    let (cert_secret, watched) = secret_dir(&certs[0]);
+    let (ca_secret, watched_too) = secret_dir(&common["validation_context_sds_secret_config"]);
+    assert_eq!(watched, watched_too);
+    assert_eq!(
+        secret_mounted_at(pod, envoy, &watched, "gateway"),
+        client.spec.secret_name,
+        "the watched directory is the client certificate's Secret"
+    );
+    let in_secret = |v: &Value, key: &str| {
+        assert_eq!(v["filename"], format!("{watched}/{key}"));
+    };
+    in_secret(
+        &cert_secret["tls_certificate"]["certificate_chain"],
+        "tls.crt",
+    );
+    in_secret(&cert_secret["tls_certificate"]["private_key"], "tls.key");
+    let validation = &ca_secret["validation_context"];
+    in_secret(&validation["trusted_ca"], "ca.crt");
+    assert_eq!(
+        validation["match_typed_subject_alt_names"],
+        json!([{"san_type": "DNS", "matcher": {"exact": sni}}])
+    );
+
+    // The Service reaches Envoy's listener.
+    let svc = g.only("Service");
+    selects(&svc["spec"]["selector"], labels, "Service");
+    selects(
+        &d["spec"]["selector"]["matchLabels"],
+        labels,
+        "Deployment selector",
+    );
+    for p in svc["spec"]["ports"].as_array().unwrap() {
+        assert_eq!(container_port(envoy, &p["targetPort"]), listen_port);
+    }
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(
+            container_port(envoy, &envoy[probe]["tcpSocket"]["port"]),
+            listen_port
+        );
+    }
+}
+
+#[test]
+fn istio_mesh_mtls_is_strict_and_admits_named_callers_on_the_grpc_port() {
+    let docs = documents("deploy/istio/mesh-mtls.yaml");
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["PeerAuthentication", "AuthorizationPolicy"]);
+    let b = built("base");
+    let d = b.get("Deployment", "celgate");
+    let labels = &d["spec"]["template"]["metadata"]["labels"];
+    let ns = &d["metadata"]["namespace"];
+    let c = container(&d["spec"]["template"]["spec"], "celgate");
+    let grpc = container_port(c, &json!("grpc"));
+    // The fields of Istio's security.istio.io/v1 kinds used here (istiod
+    // ignores a misspelt one).
+    let known = |v: &Value, fields: &[&str], what: &str| {
+        for key in v.as_object().unwrap().keys() {
+            assert!(fields.contains(&key.as_str()), "{what} has no field {key}");
+        }
+    };
+    for doc in &docs {
+        assert_eq!(doc["apiVersion"], "security.istio.io/v1");
+        assert_eq!(&doc["metadata"]["namespace"], ns);
+        selects(
+            &doc["spec"]["selector"]["matchLabels"],
+            labels,
+            "Istio selector",
+        );
+    }
+    let peer = &docs[0]["spec"];
+    known(
+        peer,
+        &["selector", "mtls", "portLevelMtls"],
+        "PeerAuthentication",
+    );
+    assert_eq!(peer["mtls"], json!({"mode": "STRICT"}));
+    assert!(
+        peer.get("portLevelMtls").is_none(),
+        "no port left in plaintext"
+    );
+
+    let policy = &docs[1]["spec"];
+    known(
+        policy,
+        &["selector", "action", "rules", "provider", "targetRefs"],
+        "AuthorizationPolicy",
+    );
+    assert_eq!(policy["action"], "ALLOW");
+    let rules = policy["rules"].as_array().unwrap();
+    assert!(!rules.is_empty());
+    for rule in rules {
+        known(rule, &["from", "to", "when"], "rule");
+        let principals: Vec<&Value> = rule["from"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|f| f["source"]["principals"].as_array().unwrap())
+            .collect();
+        assert!(!principals.is_empty(), "callers are named");
+        for p in principals {
+            let p = p.as_str().unwrap();
+            let parts: Vec<&str> = p.split('/').collect();
+            assert!(
+                parts.len() == 5 && parts[1] == "ns" && parts[3] == "sa" && !p.contains('*'),
+                "{p}: one service account, trust-domain/ns/NAMESPACE/sa/NAME"
+            );
+        }
+        let ports: Vec<&Value> = rule["to"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|t| t["operation"]["ports"].as_array().unwrap())
+            .collect();
+        assert_eq!(ports, [&json!(grpc.to_string())], "the gRPC port only");
+    }
 }

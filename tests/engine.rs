@@ -257,6 +257,7 @@ fn the_failure_denial_body_and_header_can_be_changed_or_turned_off() {
         failure_status: 500,
         failure_body: Some("{\"error\":\"authz\"}".into()),
         failure_header: celgate::engine::failure_header_name("X-Authz-Why").unwrap(),
+        ..Default::default()
     };
     let (d, _) = evaluate_traced(&set, &config, &secret_request("/key"));
     assert_eq!(

@@ -471,6 +471,7 @@ async fn every_check_is_answered_with_a_decision() {
             failure_status: FAILURE_STATUS,
             failure_body: Some("cannot decide\n".into()),
             failure_header: Some("x-authz-failure".into()),
+            ..Default::default()
         },
         celgate::server::ServeOptions {
             max_request_bytes: Some(LIMIT),

@@ -1281,3 +1281,131 @@ async fn binary_refuses_an_empty_cluster_unless_allowed() {
     let v: Value = serde_json::from_str(&ready.unwrap()).unwrap();
     assert_eq!(v["policies"], 0, "{v}");
 }
+
+/// Objects labelled `celgate.dev/shadow: "true"` feed the shadow set and are
+/// never served; changing the label moves an object between the sets; the
+/// shadow set's objects load on their own like the served ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_labelled_shadow_form_the_shadow_set_and_are_never_served() {
+    use celgate::server::shadow::{Shadow, ShadowOptions};
+    let shadow_label = |mut p: Value, on: &str| {
+        p["metadata"]["labels"] = json!({ source::SHADOW_LABEL: on });
+        p
+    };
+    let (fake, client, _) = start_fake().await;
+    fake.apply(
+        "validatingpolicies",
+        policy("deny-admin", "Envoy", "object.attributes.request.http.path.startsWith('/admin') ? envoy.Denied(403).Response() : null"),
+    );
+    fake.apply(
+        "validatingpolicies",
+        shadow_label(
+            policy("shadow-deny-beta", "Envoy", "object.attributes.request.http.path == '/beta' ? envoy.Denied(451).Response() : null"),
+            "true",
+        ),
+    );
+    let state = State::with_options(
+        PolicySet::empty(),
+        EngineConfig::default(),
+        celgate::server::ServeOptions {
+            shadow: Some(Shadow::new(
+                PolicySet::empty(),
+                ShadowOptions::default(),
+                false,
+            )),
+            ..Default::default()
+        },
+    );
+    let namespaces = ExceptionNamespaces::parse(&["team-a"]).unwrap();
+    let live = Sources::with_kube(Vec::new(), namespaces.clone());
+    let shadow_sources = Sources::shadow_set(Vec::new(), namespaces, true);
+    let _task = source::start_routed(
+        client,
+        "v1alpha1".into(),
+        source::Routes {
+            live,
+            shadow: Some(shadow_sources),
+        },
+        state.clone(),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("initial sync");
+    let shadow = state.options.shadow.as_ref().unwrap();
+    let names =
+        |set: &PolicySet| -> Vec<String> { set.policies.iter().map(|p| p.name.clone()).collect() };
+    assert_eq!(names(&state.policies.load()), ["deny-admin"]);
+    eventually("the shadow set holds the labelled policy", || {
+        names(&shadow.policies.load()) == ["shadow-deny-beta"]
+    })
+    .await;
+    assert_eq!(
+        status(&state, "/beta"),
+        200,
+        "a shadow policy is never served"
+    );
+    assert_eq!(status(&state, "/admin"), 403);
+    let shadow_status = |path: &str| {
+        let req = celgate::request_json::from_value(&json!(
+            {"attributes": {"request": {"http": {"method": "GET", "path": path}}}}
+        ))
+        .unwrap();
+        evaluate(&shadow.policies.load(), &EngineConfig::default(), &req).http_status()
+    };
+    assert_eq!(shadow_status("/beta"), 451);
+    let series = celgate::telemetry::metrics::global().render("");
+    assert!(
+        !series.contains("{policy=\"shadow-deny-beta\""),
+        "a shadow policy has no served-set series:\n{series}"
+    );
+
+    // A broken shadow object keeps its last good version; the served set
+    // does not notice.
+    fake.apply(
+        "validatingpolicies",
+        shadow_label(
+            policy("shadow-deny-beta", "Envoy", "envoy.Denied(403"),
+            "true",
+        ),
+    );
+    eventually("the broken shadow object is reported", || {
+        shadow.reload.kube().is_some_and(|r| r.broken == 1)
+    })
+    .await;
+    assert_eq!(shadow_status("/beta"), 451);
+    assert!(state.reload.kube().is_some_and(|r| r.broken == 0));
+
+    // The label taken off: the policy moves to the served set.
+    fake.apply(
+        "validatingpolicies",
+        shadow_label(
+            policy("shadow-deny-beta", "Envoy", "object.attributes.request.http.path == '/beta' ? envoy.Denied(451).Response() : null"),
+            "false",
+        ),
+    );
+    eventually("the unlabelled policy serves", || {
+        status(&state, "/beta") == 451
+    })
+    .await;
+    eventually("and left the shadow set", || {
+        shadow.policies.load().policies.is_empty()
+    })
+    .await;
+
+    // Labelled again, then deleted: gone from both.
+    fake.apply(
+        "validatingpolicies",
+        shadow_label(
+            policy("shadow-deny-beta", "Envoy", "object.attributes.request.http.path == '/beta' ? envoy.Denied(451).Response() : null"),
+            "true",
+        ),
+    );
+    eventually("back in the shadow set", || shadow_status("/beta") == 451).await;
+    assert_eq!(status(&state, "/beta"), 200);
+    fake.delete("validatingpolicies", "shadow-deny-beta");
+    eventually("deleted from the shadow set", || {
+        shadow.policies.load().policies.is_empty()
+    })
+    .await;
+    assert_eq!(names(&state.policies.load()), ["deny-admin"]);
+}

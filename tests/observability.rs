@@ -28,13 +28,18 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&str], env: &[(&str, String)]) -> Server {
+        Self::start_with(&repo("policies"), extra, env)
+    }
+
+    /// As [`Server::start`], serving the policies under `policies`.
+    fn start_with(policies: &std::path::Path, extra: &[&str], env: &[(&str, String)]) -> Server {
         // Ports are picked free but may be taken before celgate binds them
         // (tests run in parallel): start again on others when it exits.
         for _ in 0..3 {
             let (grpc, http) = (free_port(), free_port());
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_celgate"));
             cmd.args(["serve", "--no-watch", "--policies"])
-                .arg(repo("policies"))
+                .arg(policies)
                 .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
                 .args(["--http-addr", &format!("127.0.0.1:{http}")])
                 .args(extra)
@@ -412,6 +417,229 @@ async fn decision_log_lines_are_json_without_secrets() {
     for secret in [SECRET_TOKEN, SECRET_KEY, "s3cr3t", "session=abc", "Bearer"] {
         assert!(!text.contains(secret), "the log carries {secret:?}: {text}");
     }
+}
+
+/// `validationActions` as an operator sees it: the per-policy counter's
+/// `audit_deny` and `audit_error`, the decision log's `audit` list, the
+/// decision span's `celgate.audit` attribute and events, and the warning and
+/// audit headers the client gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_policies_are_counted_logged_traced_and_never_enforced() {
+    use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("decisions.jsonl");
+    let (collector, otlp) = Collector::start().await;
+    let args = [
+        "--decision-log".to_owned(),
+        log.display().to_string(),
+        "--audit-header".to_owned(),
+        "x-celgate-audit".to_owned(),
+    ];
+    let server = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Server::start_with(
+            &repo("tests/cases/audit/policies.yaml"),
+            &args,
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}")),
+                ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let key = ("x-api-key", SECRET_KEY);
+    let requests = vec![
+        request("DELETE", "/x", &[]), // a-shadow-key and b-warn-method would deny
+        request("GET", "/boom", &[key]), // c-audit-broken fails under Fail
+        request("GET", "/admin", &[key]), // d-deny-audit denies, enforced
+        request("GET", "/x", &[key]), // nothing to record
+    ];
+    let mut client = AuthorizationClient::connect(format!("http://127.0.0.1:{}", server.grpc))
+        .await
+        .unwrap();
+    let mut answers = Vec::new();
+    for r in requests {
+        let resp = client.check(r).await.unwrap().into_inner();
+        let code = resp.status.map(|s| s.code).unwrap_or(-1);
+        let headers: Vec<(String, String)> = match resp.http_response {
+            Some(HttpResponse::OkResponse(ok)) => ok.response_headers_to_add,
+            Some(HttpResponse::DeniedResponse(d)) => d.headers,
+            _ => Vec::new(),
+        }
+        .into_iter()
+        .filter_map(|h| h.header.map(|h| (h.key, h.value)))
+        .collect();
+        answers.push((code, headers));
+    }
+    let h = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    assert_eq!(
+        answers,
+        [
+            (
+                0,
+                vec![
+                    h(
+                        "warning",
+                        "299 - \"celgate: policy b-warn-method would deny this request (status 405)\""
+                    ),
+                    h("x-celgate-audit", "a-shadow-key, b-warn-method"),
+                ]
+            ),
+            (0, vec![h("x-celgate-audit", "c-audit-broken")]),
+            (7, vec![]),
+            (0, vec![]),
+        ]
+    );
+    let http = server.http;
+    let (_, text) =
+        tokio::task::spawn_blocking(move || get_blocking(loopback(http), "/metrics").unwrap())
+            .await
+            .unwrap();
+    let m = |s: &str| metric(&text, s).unwrap_or_else(|| panic!("no series {s}:\n{text}"));
+    let e = |policy: &str, decision: &str| {
+        m(&format!(
+            "authz_policy_evaluations_total{{policy=\"{policy}\",decision=\"{decision}\"}}"
+        ))
+    };
+    let (_, listed) =
+        tokio::task::spawn_blocking(move || get_blocking(loopback(http), "/policies").unwrap())
+            .await
+            .unwrap();
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let actions: Vec<(String, serde_json::Value)> = listed["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_owned(),
+                p["validationActions"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions[0],
+        ("a-shadow-key".into(), serde_json::json!(["Audit"]))
+    );
+    assert_eq!(
+        actions[4],
+        ("d-deny-audit".into(), serde_json::json!(["Deny", "Audit"]))
+    );
+    assert_eq!(actions[6], ("z-decide".into(), serde_json::json!(["Deny"])));
+    assert_eq!(e("a-shadow-key", "audit_deny"), 1.0);
+    assert_eq!(e("a-shadow-key", "deny"), 0.0, "never counted as enforced");
+    assert_eq!(e("a-shadow-key", "none"), 3.0);
+    assert_eq!(e("b-warn-method", "audit_deny"), 1.0);
+    assert_eq!(e("c-audit-broken", "audit_error"), 1.0);
+    assert_eq!(e("c-audit-broken", "error"), 0.0);
+    assert_eq!(e("d-deny-audit", "deny"), 1.0, "enforced: a denial");
+    assert_eq!(e("d-deny-audit", "audit_deny"), 0.0);
+    assert_eq!(e("z-decide", "allow"), 3.0);
+    let d = |decision: &str, policy: &str| {
+        m(&format!(
+            "authz_decisions_total{{mode=\"envoy\",decision=\"{decision}\",source=\"policy\",policy=\"{policy}\"}}"
+        ))
+    };
+    assert_eq!(d("allow", "z-decide"), 3.0);
+    assert_eq!(d("deny", "d-deny-audit"), 1.0);
+    assert!(metric(
+        &text,
+        "authz_decisions_total{mode=\"envoy\",decision=\"deny\",source=\"policy\",policy=\"a-shadow-key\"}"
+    )
+    .is_none());
+    tokio::task::spawn_blocking(move || server.stop())
+        .await
+        .unwrap();
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    let audit: Vec<serde_json::Value> = lines.iter().map(|l| l["audit"].clone()).collect();
+    assert_eq!(
+        audit,
+        [
+            serde_json::json!([
+                {"policy": "a-shadow-key", "status": 401, "validation": 1, "enforced": false},
+                {"policy": "b-warn-method", "status": 405, "validation": 0, "enforced": false},
+            ]),
+            serde_json::json!([
+                {"policy": "c-audit-broken", "status": 403,
+                 "error": "spec.validations[0].expression: no_such_key", "enforced": false},
+            ]),
+            serde_json::json!([
+                {"policy": "d-deny-audit", "status": 403, "validation": 0, "enforced": true},
+            ]),
+            serde_json::Value::Null,
+        ]
+    );
+    assert_eq!(lines[0]["decision"], "allow");
+    assert_eq!(lines[0]["policy"], "z-decide");
+    assert!(!text.contains(SECRET_KEY));
+
+    // The spans: one per check; the audited ones name the policies and
+    // carry one event each.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while collector.spans.lock().unwrap().len() < 4 {
+        assert!(Instant::now() < deadline, "four spans did not arrive");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let spans = collector.spans.lock().unwrap().clone();
+    let mut audited: Vec<String> = spans
+        .iter()
+        .filter_map(|s| attr(s, "celgate.audit"))
+        .collect();
+    audited.sort();
+    assert_eq!(
+        audited,
+        [
+            "a-shadow-key,b-warn-method",
+            "c-audit-broken",
+            "d-deny-audit"
+        ]
+    );
+    let first = spans
+        .iter()
+        .find(|s| attr(s, "celgate.audit").as_deref() == Some("a-shadow-key,b-warn-method"))
+        .unwrap();
+    let events: Vec<(String, Option<String>, Option<String>)> = first
+        .events
+        .iter()
+        .map(|e| {
+            let get = |k: &str| {
+                e.attributes
+                    .iter()
+                    .find(|a| a.key == k)
+                    .and_then(|a| a.value.as_ref())
+                    .and_then(|v| match &v.value {
+                        Some(AnyValue::StringValue(s)) => Some(s.clone()),
+                        Some(AnyValue::IntValue(i)) => Some(i.to_string()),
+                        Some(AnyValue::BoolValue(b)) => Some(b.to_string()),
+                        _ => None,
+                    })
+            };
+            (e.name.clone(), get("policy"), get("status"))
+        })
+        .collect();
+    assert_eq!(
+        events,
+        [
+            (
+                "policy audit: would deny".to_owned(),
+                Some("a-shadow-key".to_owned()),
+                Some("401".to_owned())
+            ),
+            (
+                "policy audit: would deny".to_owned(),
+                Some("b-warn-method".to_owned()),
+                Some("405".to_owned())
+            ),
+        ]
+    );
+    assert!(!format!("{spans:?}").contains(SECRET_KEY));
 }
 
 #[test]

@@ -34,7 +34,7 @@
 //!   ``- `expression` → refused`` (refused when the policy loads),
 //!   ``- `expression` → response `{json}` `` (a validation's response, as
 //!   `celgate check` prints it);
-//! * the sample request: the first ```` ```json ```` block after a line
+//! * the sample request: the first ```` ```json norun ```` block after a line
 //!   `<!-- sample request -->`.
 
 use celgate::cel::check::decls::{self, Overload};
@@ -254,7 +254,10 @@ fn sample_request(text: &str) -> CheckRequest {
     let (_, after) = text
         .split_once("<!-- sample request -->")
         .expect("the page has a `<!-- sample request -->` marker");
-    let (_, block) = after.split_once("```json\n").expect("a ```json block");
+    // Marked `norun` for tests/docs.rs: this test is the one that reads it.
+    let (_, block) = after
+        .split_once("```json norun\n")
+        .expect("a ```json norun block");
     let (json, _) = block.split_once("```").expect("the block ends");
     celgate::request_json::parse(json).unwrap_or_else(|e| panic!("the sample request: {e}"))
 }

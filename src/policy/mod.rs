@@ -321,6 +321,105 @@ pub enum FailurePolicy {
     Ignore,
 }
 
+/// `spec.validationActions`: what a policy's denial does, with the meanings
+/// Kubernetes gives them. `Deny` enforces it; `Audit` records it (metrics,
+/// decision log, trace); `Warn` tells the client in a `warning` response
+/// header. A policy without `Deny` never decides a request: its answers,
+/// allow or deny, are recorded and evaluation goes on as if it had said
+/// nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValidationActions {
+    pub deny: bool,
+    pub audit: bool,
+    pub warn: bool,
+}
+
+impl ValidationActions {
+    /// What a policy without `validationActions` does: enforce.
+    pub const DENY: ValidationActions = ValidationActions {
+        deny: true,
+        audit: false,
+        warn: false,
+    };
+
+    /// Whether the policy's answers decide requests.
+    pub fn enforced(self) -> bool {
+        self.deny
+    }
+
+    /// Reads the field as Kubernetes does for a ValidatingAdmissionPolicy
+    /// binding: a non-empty list of `Deny`, `Audit` and `Warn`, none twice,
+    /// and not `Deny` with `Warn` (the denial already tells the client).
+    pub fn parse(value: &serde_json::Value) -> Result<ValidationActions, String> {
+        const NAMES: [&str; 3] = ["Deny", "Audit", "Warn"];
+        let Some(list) = value.as_array() else {
+            return Err(format!(
+                "must be a list of Deny, Audit and Warn (e.g. [Audit]), not {value}"
+            ));
+        };
+        if list.is_empty() {
+            return Err(
+                "must name at least one action (Deny, Audit or Warn); leave the field out to enforce the policy"
+                    .to_owned(),
+            );
+        }
+        let mut a = ValidationActions {
+            deny: false,
+            audit: false,
+            warn: false,
+        };
+        for (i, item) in list.iter().enumerate() {
+            let name = item.as_str().unwrap_or_default();
+            let slot = match name {
+                "Deny" => &mut a.deny,
+                "Audit" => &mut a.audit,
+                "Warn" => &mut a.warn,
+                _ => {
+                    let hint = NAMES
+                        .iter()
+                        .find(|n| n.eq_ignore_ascii_case(name.trim()))
+                        .map(|n| format!("; did you mean {n:?}?"))
+                        .unwrap_or_default();
+                    return Err(format!(
+                        "must be Deny, Audit or Warn, not {item} (item {i}){hint}"
+                    ));
+                }
+            };
+            if *slot {
+                return Err(format!("{name:?} is used twice"));
+            }
+            *slot = true;
+        }
+        if a.deny && a.warn {
+            return Err(
+                "cannot hold both Deny and Warn, as in Kubernetes: the denial already tells the \
+                 client. Use [Deny] or [Deny, Audit] to enforce, [Warn] or [Audit, Warn] to \
+                 report without enforcing"
+                    .to_owned(),
+            );
+        }
+        Ok(a)
+    }
+
+    /// The actions, in the order Deny, Audit, Warn.
+    pub fn names(self) -> Vec<&'static str> {
+        [
+            (self.deny, "Deny"),
+            (self.audit, "Audit"),
+            (self.warn, "Warn"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, n)| *n)
+        .collect()
+    }
+
+    /// The actions as written in a policy, e.g. `[Audit, Warn]`.
+    pub fn describe(self) -> String {
+        format!("[{}]", self.names().join(", "))
+    }
+}
+
 /// A compiled CEL expression with the field it came from, for messages.
 #[derive(Debug)]
 pub struct Expression {
@@ -341,6 +440,8 @@ pub struct Policy {
     pub name: String,
     pub location: Location,
     pub failure_policy: FailurePolicy,
+    /// `spec.validationActions` ([`ValidationActions::DENY`] when absent).
+    pub actions: ValidationActions,
     pub match_conditions: Vec<NamedProgram>,
     pub variables: Vec<NamedProgram>,
     pub validations: Vec<Expression>,
@@ -501,6 +602,17 @@ impl PolicySet {
                 .collect()
         };
         p(self) == p(other) && e(self) == e(other)
+    }
+
+    /// Gives every policy series of its own that `/metrics` does not show,
+    /// and forgets the registered ones nothing else uses: for a set that is
+    /// evaluated beside the served one (the shadow set), whose evaluations
+    /// must not count as the served policies'.
+    pub fn detach_metrics(&mut self) {
+        for p in &mut self.policies {
+            p.metrics = Arc::new(Default::default());
+            crate::telemetry::metrics::release_unused(&p.name);
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&Policy> {
@@ -705,18 +817,8 @@ impl Compiler {
                 return;
             }
         }
-        for (key, value) in &spec.other {
-            if key == "validationActions"
-                && value
-                    .as_array()
-                    .is_some_and(|a| !a.iter().any(|v| v == "Deny"))
-            {
-                self.warn_at(
-                    ctx,
-                    "spec.validationActions",
-                    format!("{value} is not honoured: the policy is enforced"),
-                );
-            } else if !IGNORED_SPEC_FIELDS.contains(&key.as_str()) {
+        for key in spec.other.keys() {
+            if !IGNORED_SPEC_FIELDS.contains(&key.as_str()) {
                 let known: Vec<&str> = READ_SPEC_FIELDS
                     .iter()
                     .chain(&IGNORED_SPEC_FIELDS)
@@ -726,6 +828,14 @@ impl Compiler {
             }
         }
         let before = self.errors.len();
+        let actions = match &spec.validation_actions {
+            None => ValidationActions::DENY,
+            Some(v) => ValidationActions::parse(v).unwrap_or_else(|message| {
+                self.errors
+                    .push(ctx.invalid("spec.validationActions", message));
+                ValidationActions::DENY
+            }),
+        };
         let failure_policy = match spec.failure_policy.as_deref() {
             None | Some("Fail") => FailurePolicy::Fail,
             Some("Ignore") => FailurePolicy::Ignore,
@@ -831,6 +941,7 @@ impl Compiler {
             name: ctx.name.to_owned(),
             location: ctx.location.clone(),
             failure_policy,
+            actions,
             match_conditions,
             variables,
             validations,
@@ -1374,9 +1485,10 @@ fn digest(v: &serde_json::Value) -> u64 {
 
 /// Fields of a ValidatingPolicy spec celgate reads (those it knowingly
 /// ignores are `IGNORED_SPEC_FIELDS`).
-const READ_SPEC_FIELDS: [&str; 5] = [
+const READ_SPEC_FIELDS: [&str; 6] = [
     "evaluation",
     "failurePolicy",
+    "validationActions",
     "matchConditions",
     "variables",
     "validations",
@@ -1579,6 +1691,45 @@ mod tests {
     use super::*;
 
     const SECRET: &str = "HMACSECRET-0a1b";
+
+    #[test]
+    fn validation_actions_read_as_kubernetes_reads_them() {
+        let parse = |v: serde_json::Value| ValidationActions::parse(&v);
+        for (list, deny, audit, warn) in [
+            (serde_json::json!(["Deny"]), true, false, false),
+            (serde_json::json!(["Audit"]), false, true, false),
+            (serde_json::json!(["Warn"]), false, false, true),
+            (serde_json::json!(["Audit", "Deny"]), true, true, false),
+            (serde_json::json!(["Warn", "Audit"]), false, true, true),
+        ] {
+            let a = parse(list.clone()).unwrap();
+            assert_eq!((a.deny, a.audit, a.warn), (deny, audit, warn), "{list}");
+            assert_eq!(a.enforced(), deny, "{list}");
+        }
+        assert_eq!(
+            parse(serde_json::json!(["Audit", "Warn"]))
+                .unwrap()
+                .describe(),
+            "[Audit, Warn]"
+        );
+        for (list, says) in [
+            (serde_json::json!([]), "at least one"),
+            (serde_json::json!(["Deny", "Warn"]), "both Deny and Warn"),
+            (
+                serde_json::json!(["Warn", "Audit", "Deny"]),
+                "both Deny and Warn",
+            ),
+            (serde_json::json!(["Deny", "Deny"]), "used twice"),
+            (serde_json::json!(["Enforce"]), "not \"Enforce\""),
+            (serde_json::json!(["warn"]), "did you mean \"Warn\""),
+            (serde_json::json!([1]), "not 1"),
+            (serde_json::json!("Audit"), "must be a list"),
+            (serde_json::json!({"Audit": true}), "must be a list"),
+        ] {
+            let e = parse(list.clone()).unwrap_err();
+            assert!(e.contains(says), "{list}: {e}");
+        }
+    }
 
     fn location() -> Box<Location> {
         Box::new(Location {

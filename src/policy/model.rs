@@ -11,9 +11,8 @@ pub const API_VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha1"];
 
 /// Fields of a `ValidatingPolicy` spec that Kubernetes admission uses and the
 /// authorization engine accepts and ignores.
-pub const IGNORED_SPEC_FIELDS: [&str; 7] = [
+pub const IGNORED_SPEC_FIELDS: [&str; 6] = [
     "matchConstraints",
-    "validationActions",
     "auditAnnotations",
     "webhookConfiguration",
     "autogen",
@@ -46,6 +45,9 @@ pub struct PolicySpec {
     pub variables: Vec<NamedExpression>,
     #[serde(default)]
     pub validations: Vec<Validation>,
+    /// Read as it is written, so that a mistake in it is reported in the
+    /// loader's words rather than serde's.
+    pub validation_actions: Option<serde_json::Value>,
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
 }

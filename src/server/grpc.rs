@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use futures_util::FutureExt as _;
 use prost::Message as _;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tonic::codegen::{http, Bytes};
 use tonic::{Request, Response, Status};
@@ -126,16 +126,36 @@ impl Authorization for AuthzService {
         if traced {
             record_span(&span, &request, &decision, &traces);
         }
-        if let Some(log) = &self.state.options.decision_log {
-            log.record(&request, &decision, took);
-        }
+        let logged = match &self.state.options.decision_log {
+            Some(log) => log.record(&request, &decision, took),
+            None => None,
+        };
         tracing::debug!(
             allowed = decision.allowed(),
             status = decision.http_status(),
             policy = decision.policy.as_deref().unwrap_or(""),
             "decision"
         );
-        Ok(Response::new(to_check_response(&decision)))
+        let mut response = Response::new(to_check_response(&decision));
+        // Handed to the shadow threads once the reply has gone out (see
+        // `CheckService`); a caller of this method directly drops it.
+        if let Some(job) = super::shadow::sample(&self.state, &request, &decision, logged) {
+            response
+                .extensions_mut()
+                .insert(ShadowHandOver(Arc::new(Mutex::new(Some(job)))));
+        }
+        Ok(response)
+    }
+}
+
+/// The shadow comparison of one answer, carried in the response's
+/// extensions (which must be `Clone`) until the reply is sent.
+#[derive(Clone)]
+struct ShadowHandOver(Arc<Mutex<Option<super::shadow::ShadowJob>>>);
+
+impl ShadowHandOver {
+    fn take(&self) -> Option<super::shadow::ShadowJob> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 
@@ -153,6 +173,7 @@ fn check_span() -> tracing::Span {
         "celgate.validation" = Empty,
         "celgate.policies_evaluated" = Empty,
         "celgate.error" = Empty,
+        "celgate.audit" = Empty,
         "http.request.method" = Empty,
         "url.path" = Empty,
     )
@@ -258,6 +279,22 @@ fn record_span(
         let path = h.path.split_once('?').map_or(h.path.as_str(), |(p, _)| p);
         span.record("url.path", path);
     }
+    if !d.audit.is_empty() {
+        let names: Vec<&str> = d.audit.iter().map(|a| a.policy.as_str()).collect();
+        span.record("celgate.audit", names.join(",").as_str());
+    }
+    for a in &d.audit {
+        tracing::info!(
+            target: DECISION_TARGET,
+            parent: span,
+            policy = %a.policy,
+            status = a.status,
+            validation = a.validation.map_or(-1, |i| i as i64),
+            error = a.error.as_deref().unwrap_or(""),
+            enforced = a.enforced,
+            "policy audit: would deny"
+        );
+    }
     for t in traces {
         tracing::info!(
             target: DECISION_TARGET,
@@ -315,14 +352,30 @@ impl tonic::codegen::Service<http::Request<tonic::body::Body>> for CheckService 
             if req.uri().path() != CHECK_PATH {
                 return Ok(Status::unimplemented("").into_http());
             }
-            Ok(grpc_reply(&svc.answer(req).await))
+            let (response, shadow) = svc.answer(req).await;
+            let mut reply = grpc_reply(&response);
+            if let Some(job) = shadow {
+                // Submitted when the body is dropped: after its last frame
+                // went to the connection (or the caller went away).
+                reply = reply.map(|body| {
+                    tonic::body::Body::new(AfterReply {
+                        body,
+                        job: Some(job),
+                    })
+                });
+            }
+            Ok(reply)
         })
     }
 }
 
 impl AuthzService {
-    /// One `Check` call, from its HTTP/2 request to the `CheckResponse`.
-    async fn answer(&self, req: http::Request<tonic::body::Body>) -> CheckResponse {
+    /// One `Check` call, from its HTTP/2 request to the `CheckResponse`, with
+    /// the shadow comparison to hand over once it is sent.
+    async fn answer(
+        &self,
+        req: http::Request<tonic::body::Body>,
+    ) -> (CheckResponse, Option<super::shadow::ShadowJob>) {
         let (parts, body) = req.into_parts();
         let limit = self.state.options.max_request_bytes();
         let read = tokio::time::timeout(
@@ -345,9 +398,9 @@ impl AuthzService {
                     FailureReason::Unreadable,
                     "request not received".into(),
                 );
-                return to_check_response(&d);
+                return (to_check_response(&d), None);
             }
-            Err(why) => return self.unreadable(&metadata, &why),
+            Err(why) => return (self.unreadable(&metadata, &why), None),
         };
         let call = Request::from_parts(metadata, tonic::Extensions::default(), request);
         let started = Instant::now();
@@ -355,7 +408,13 @@ impl AuthzService {
             .catch_unwind()
             .await
         {
-            Ok(Ok(response)) => response.into_inner(),
+            Ok(Ok(response)) => {
+                let (_, message, extensions) = response.into_parts();
+                let job = extensions
+                    .get::<ShadowHandOver>()
+                    .and_then(ShadowHandOver::take);
+                (message, job)
+            }
             Ok(Err(_)) | Err(_) => {
                 tracing::error!("the check failed outside policy evaluation; request denied");
                 metrics::global().decided(DecidedBy::Internal, started.elapsed());
@@ -364,7 +423,7 @@ impl AuthzService {
                     FailureReason::Internal,
                     "internal error while answering".into(),
                 );
-                to_check_response(&d)
+                (to_check_response(&d), None)
             }
         }
     }
@@ -451,6 +510,40 @@ impl http_body::Body for Reply {
     }
 }
 
+/// A reply body that hands its shadow comparison over when dropped.
+struct AfterReply {
+    body: tonic::body::Body,
+    job: Option<super::shadow::ShadowJob>,
+}
+
+impl Drop for AfterReply {
+    fn drop(&mut self) {
+        if let Some(job) = self.job.take() {
+            job.submit();
+        }
+    }
+}
+
+impl http_body::Body for AfterReply {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// The largest message the other gRPC services (health, reflection) read.
 const SMALL_MESSAGE_BYTES: usize = 64 << 10;
 
@@ -489,6 +582,9 @@ pub async fn serve(
     // and message limits are explicit (tonic leaves concurrent streams
     // unlimited). See `limits`.
     let threads = state.pool.start(&state.options.limits);
+    if let Some(shadow) = &state.options.shadow {
+        shadow.start();
+    }
     let tls = state.options.tls.clone();
     tracing::debug!(threads, "evaluation threads ready");
     let mut router = tonic::transport::Server::builder()

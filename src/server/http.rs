@@ -55,6 +55,22 @@ async fn readyz(AxState(state): AxState<Arc<State>>) -> (StatusCode, Json<serde_
             "lastReloadError": r.last_error(),
             "kubernetes": r.kube(),
             "jwksCaBundleError": crate::identity::tls::ca_bundle_error(),
+            // Never affects readiness: the shadow set enforces nothing.
+            "shadow": state.options.shadow.as_ref().map(|s| {
+                let set = s.policies.load();
+                json!({
+                    "policies": set.policies.len(),
+                    "exceptions": set.exceptions.len(),
+                    "loadedAt": rfc3339::format(set.loaded_at),
+                    "reloads": {
+                        "applied": s.reload.applied_total.load(Ordering::Relaxed),
+                        "unchanged": s.reload.unchanged_total.load(Ordering::Relaxed),
+                        "errors": s.reload.errors_total.load(Ordering::Relaxed),
+                    },
+                    "lastReloadError": s.reload.last_error(),
+                    "kubernetes": s.reload.kube(),
+                })
+            }),
             "tls": tls_listeners(&state)
                 .into_iter()
                 .map(|t| (t.listener().label(), t.status()))
@@ -80,6 +96,7 @@ async fn policies(AxState(state): AxState<Arc<State>>) -> Json<serde_json::Value
                     FailurePolicy::Fail => "Fail",
                     FailurePolicy::Ignore => "Ignore",
                 },
+                "validationActions": p.actions.names(),
                 "validations": p.validations.len(),
                 "exceptions": p.exceptions.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
             })
@@ -160,6 +177,9 @@ async fn metrics(
     extra.push_str(&crate::telemetry::extra_metrics());
     extra.push_str(&super::tls::render_metrics(&tls_listeners(&state)));
     extra.push_str(&state.pool.render_metrics());
+    if let Some(shadow) = &state.options.shadow {
+        extra.push_str(&shadow.render_metrics());
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -4,6 +4,7 @@ pub mod decode;
 pub mod grpc;
 pub mod http;
 pub mod limits;
+pub mod shadow;
 pub mod tls;
 
 use crate::engine::EngineConfig;
@@ -48,6 +49,8 @@ pub struct ServeOptions {
     pub tls: Option<Arc<tls::ServerTls>>,
     /// TLS on the HTTP listener (`--http-tls-cert`); `None`: plaintext.
     pub http_tls: Option<Arc<tls::ServerTls>>,
+    /// The shadow policy set compared with the live answers, if any.
+    pub shadow: Option<shadow::Shadow>,
 }
 
 impl ServeOptions {

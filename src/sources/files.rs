@@ -214,16 +214,23 @@ pub fn watch_with(
     let watcher = watch_paths(
         sources.paths.clone(),
         options,
-        WatchNames {
-            what: "policies",
-            thread: "celgate-reload",
+        if sources.shadow {
+            WatchNames {
+                what: "shadow policies",
+                thread: "celgate-shadow-reload",
+            }
+        } else {
+            WatchNames {
+                what: "policies",
+                thread: "celgate-reload",
+            }
         },
         move || {
             settled_rebuild(&state, &reload_sources, options.settle);
         },
     )?;
     for p in sources.paths.iter().filter(|p| !p.exists()) {
-        tracing::warn!(path = %p.display(), "policy path does not exist yet; it is loaded when it appears");
+        tracing::warn!(path = %p.display(), set = sources.label(), "policy path does not exist yet; it is loaded when it appears");
     }
     Ok(watcher)
 }

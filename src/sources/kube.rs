@@ -11,6 +11,10 @@
 //! namespaces of `--exception-namespaces`; the others are reported as
 //! ignored. The objects that load join the file documents in one set.
 //!
+//! Objects labelled [`SHADOW_LABEL`]` = "true"` feed the shadow set
+//! (`--shadow-policies`, [`crate::server::shadow`]) instead: they are
+//! compared with the served set's answers and never enforced.
+//!
 //! The CRDs come from Kyverno; `deploy/crds/` holds a copy of their schema
 //! for clusters without Kyverno, and `deploy/kubernetes/crd-source/rbac.yaml` the ClusterRole.
 
@@ -30,6 +34,17 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 pub const GROUP: &str = "policies.kyverno.io";
+
+/// The label that puts an object into the shadow set (value `"true"`).
+pub const SHADOW_LABEL: &str = "celgate.dev/shadow";
+
+/// Whether an object carries [`SHADOW_LABEL`]` = "true"`.
+pub fn is_shadow(v: &serde_json::Value) -> bool {
+    v.pointer("/metadata/labels")
+        .and_then(|l| l.get(SHADOW_LABEL))
+        .and_then(|x| x.as_str())
+        .is_some_and(|x| x.trim().eq_ignore_ascii_case("true"))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
@@ -546,11 +561,16 @@ fn compile_alone(kind: &str, key: &str, value: &serde_json::Value) -> Result<(),
 /// Brings every changed object's check up to date (compiling outside the
 /// lock, so the watch is never held up by a compile) and returns the
 /// documents to build the set from.
-pub(super) fn prepare(store: &std::sync::Mutex<Store>) -> Vec<Document> {
+/// `shadow`: the objects feed the shadow set, whose policy names must not
+/// stay registered among the served set's series.
+pub(super) fn prepare(store: &std::sync::Mutex<Store>, shadow: bool) -> Vec<Document> {
     let lock = || store.lock().unwrap_or_else(|e| e.into_inner());
     let pending = lock().pending();
     for (id, value) in pending {
         let result = compile_alone(&id.0, &id.1, &value);
+        if shadow && id.0 == "ValidatingPolicy" {
+            crate::telemetry::metrics::release_unused(&id.1);
+        }
         lock().record(&id, value, result);
     }
     lock().documents(true)
@@ -635,12 +655,75 @@ fn to_entry(kind: &str, o: &DynamicObject) -> Option<(String, serde_json::Value)
     wanted(kind, &v).then_some((name, v))
 }
 
+/// Where objects go: the served set's sources, and the shadow set's (for
+/// objects labelled [`SHADOW_LABEL`]); without shadow sources labelled
+/// objects are left out, never served.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    pub live: Arc<Sources>,
+    pub shadow: Option<Arc<Sources>>,
+}
+
+impl Routes {
+    fn replace(&self, kind: &str, objects: Vec<(String, serde_json::Value)>) {
+        let (shadow, live): (Vec<_>, Vec<_>) = objects.into_iter().partition(|(_, v)| is_shadow(v));
+        self.live.kube_replace(kind, live);
+        if let Some(s) = &self.shadow {
+            s.kube_replace(kind, shadow);
+        }
+    }
+
+    fn apply(&self, kind: &str, name: String, v: serde_json::Value) {
+        // A label change moves the object from one set to the other.
+        if is_shadow(&v) {
+            self.live.kube_delete(kind, &name);
+            if let Some(s) = &self.shadow {
+                s.kube_apply(kind, name, v);
+            }
+        } else {
+            if let Some(s) = &self.shadow {
+                s.kube_delete(kind, &name);
+            }
+            self.live.kube_apply(kind, name, v);
+        }
+    }
+
+    fn delete(&self, kind: &str, name: &str) {
+        self.live.kube_delete(kind, name);
+        if let Some(s) = &self.shadow {
+            s.kube_delete(kind, name);
+        }
+    }
+
+    fn rebuild(&self, state: &State) {
+        rebuild(state, &self.live);
+        if let Some(s) = &self.shadow {
+            rebuild(state, s);
+        }
+    }
+}
+
 /// Watches both kinds until the task is dropped. Resolves `synced` once both
 /// initial lists are in and the set is rebuilt with them.
 pub async fn run(
     client: Client,
     version: String,
     sources: Arc<Sources>,
+    state: Arc<State>,
+    synced: tokio::sync::watch::Sender<Result<(), String>>,
+) {
+    let routes = Routes {
+        live: sources,
+        shadow: None,
+    };
+    run_routed(client, version, routes, state, synced).await;
+}
+
+/// As [`run`], objects labelled for the shadow set going to its sources.
+pub async fn run_routed(
+    client: Client,
+    version: String,
+    routes: Routes,
     state: Arc<State>,
     synced: tokio::sync::watch::Sender<Result<(), String>>,
 ) {
@@ -673,20 +756,20 @@ pub async fn run(
             Ok(Event::InitDone) => {
                 let objects = buffers[i].take().unwrap_or_default();
                 tracing::info!(kind, objects = objects.len(), "Kubernetes list complete");
-                sources.kube_replace(kind, objects);
+                routes.replace(kind, objects);
                 listed[i] = true;
                 true
             }
             Ok(Event::Apply(o)) => {
                 match to_entry(kind, &o) {
                     Some((name, v)) => {
-                        tracing::info!(kind, name = %name, "Kubernetes object applied");
-                        sources.kube_apply(kind, name, v);
+                        tracing::info!(kind, name = %name, shadow = is_shadow(&v), "Kubernetes object applied");
+                        routes.apply(kind, name, v);
                     }
                     // A policy switched away from Envoy mode is no longer ours.
                     None => {
                         if let Some(name) = key(&o) {
-                            sources.kube_delete(kind, &name);
+                            routes.delete(kind, &name);
                         }
                     }
                 }
@@ -695,7 +778,7 @@ pub async fn run(
             Ok(Event::Delete(o)) => {
                 if let Some(name) = key(&o) {
                     tracing::info!(kind, name = %name, "Kubernetes object deleted");
-                    sources.kube_delete(kind, &name);
+                    routes.delete(kind, &name);
                 }
                 true
             }
@@ -708,8 +791,8 @@ pub async fn run(
             }
         };
         if changed && listed[0] && listed[1] {
-            let (s, st) = (sources.clone(), state.clone());
-            let _ = tokio::task::spawn_blocking(move || rebuild(&st, &s)).await;
+            let (r, st) = (routes.clone(), state.clone());
+            let _ = tokio::task::spawn_blocking(move || r.rebuild(&st)).await;
             synced.send_if_modified(|v| {
                 let first = v.is_err();
                 *v = Ok(());
@@ -728,8 +811,23 @@ pub async fn start(
     state: Arc<State>,
     timeout: Duration,
 ) -> Result<tokio::task::JoinHandle<()>, KubeError> {
+    let routes = Routes {
+        live: sources,
+        shadow: None,
+    };
+    start_routed(client, version, routes, state, timeout).await
+}
+
+/// As [`start`], objects labelled for the shadow set going to its sources.
+pub async fn start_routed(
+    client: Client,
+    version: String,
+    routes: Routes,
+    state: Arc<State>,
+    timeout: Duration,
+) -> Result<tokio::task::JoinHandle<()>, KubeError> {
     let (tx, mut rx) = tokio::sync::watch::channel(Err("not listed yet".to_owned()));
-    let task = tokio::spawn(run(client, version.clone(), sources, state, tx));
+    let task = tokio::spawn(run_routed(client, version.clone(), routes, state, tx));
     let ok = matches!(
         tokio::time::timeout(timeout, rx.wait_for(|r| r.is_ok())).await,
         Ok(Ok(_))

@@ -38,17 +38,19 @@ impl ReloadFailure {
     }
 
     /// One ERROR line for the refusal, then one per problem (the first
-    /// [`ReloadFailure::LOGGED`]).
-    fn log(&self) {
+    /// [`ReloadFailure::LOGGED`]); `set` names the set (live or shadow).
+    fn log(&self, set: &'static str) {
         tracing::error!(
+            set,
             problems = self.errors.len(),
             "policy reload refused, the last good set keeps serving (`celgate validate` on the files shows the detail)"
         );
         for e in self.errors.iter().take(Self::LOGGED) {
-            tracing::error!(problem = %e, "policy reload problem");
+            tracing::error!(set, problem = %e, "policy reload problem");
         }
         if self.errors.len() > Self::LOGGED {
             tracing::error!(
+                set,
                 more = self.errors.len() - Self::LOGGED,
                 "further policy reload problems not logged"
             );
@@ -85,9 +87,6 @@ impl ReloadStatus {
     }
 
     fn set_kube(&self, r: Option<kube::KubeReport>) {
-        if let Some(r) = &r {
-            crate::telemetry::metrics::global().set_kube_objects(r.ok, r.broken, r.ignored);
-        }
         *self.kube.lock().unwrap_or_else(|e| e.into_inner()) = r;
     }
 
@@ -119,6 +118,9 @@ pub struct Sources {
     kube: Mutex<kube::Store>,
     /// One rebuild at a time, so an older build never lands after a newer.
     rebuilding: Mutex<()>,
+    /// Whether these sources feed the shadow set (`--shadow-policies`)
+    /// rather than the served one.
+    pub shadow: bool,
 }
 
 impl Sources {
@@ -159,6 +161,45 @@ impl Sources {
         })
     }
 
+    /// The sources of the shadow set: its files, and (with the Kubernetes
+    /// source) the objects labelled for it.
+    pub fn shadow_set(
+        paths: Vec<PathBuf>,
+        exception_namespaces: kube::ExceptionNamespaces,
+        allow_empty: bool,
+    ) -> Arc<Sources> {
+        Arc::new(Sources {
+            paths,
+            allow_empty,
+            kube: Mutex::new(kube::Store::new(exception_namespaces)),
+            shadow: true,
+            ..Default::default()
+        })
+    }
+
+    /// `live` or `shadow`, for logs.
+    pub fn label(&self) -> &'static str {
+        if self.shadow {
+            "shadow"
+        } else {
+            "live"
+        }
+    }
+
+    /// The set these sources feed and where its reloads are reported;
+    /// `None` for shadow sources when `state` has no shadow set.
+    fn target<'a>(
+        &self,
+        state: &'a State,
+    ) -> Option<(&'a arc_swap::ArcSwap<PolicySet>, &'a ReloadStatus)> {
+        if self.shadow {
+            let s = state.options.shadow.as_ref()?;
+            Some((&s.policies, &s.reload))
+        } else {
+            Some((&state.policies, &state.reload))
+        }
+    }
+
     fn store(&self) -> std::sync::MutexGuard<'_, kube::Store> {
         self.kube.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -181,10 +222,10 @@ impl Sources {
     /// and ignored objects are left out and reported instead.
     fn build(
         &self,
-        state: &State,
+        status: &ReloadStatus,
         previous: &PolicySet,
     ) -> (Result<PolicySet, LoadErrors>, Vec<Warning>) {
-        let docs = kube::prepare(&self.kube);
+        let docs = kube::prepare(&self.kube, self.shadow);
         let (mut result, mut warnings) = PolicySet::reload(&self.paths, docs, Some(previous));
         let clashes = match &result {
             Err(e) => kube::clashes(&e.0),
@@ -194,7 +235,11 @@ impl Sources {
         if !clashes.is_empty() {
             (result, warnings) = PolicySet::reload(&self.paths, docs, Some(previous));
         }
-        state.reload.set_kube(self.store().report());
+        let report = self.store().report();
+        if let (Some(r), false) = (&report, self.shadow) {
+            crate::telemetry::metrics::global().set_kube_objects(r.ok, r.broken, r.ignored);
+        }
+        status.set_kube(report);
         (result, warnings)
     }
 }
@@ -214,13 +259,17 @@ pub fn rebuild_if(
     unchanged: impl FnOnce() -> bool,
 ) -> ReloadOutcome {
     let _one = sources.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((target, status)) = sources.target(state) else {
+        return ReloadOutcome::Unchanged;
+    };
+    let set_name = sources.label();
     let started = Instant::now();
-    let previous = state.policies.load_full();
+    let previous = target.load_full();
     // A panic while building (a bug) must not end reloading, nor leave the
     // failure unseen: it is a refused reload like any other.
     let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         debug_hooks::before_rebuild(sources);
-        sources.build(state, &previous)
+        sources.build(status, &previous)
     }));
     if !unchanged() {
         return ReloadOutcome::Superseded;
@@ -229,11 +278,12 @@ pub fn rebuild_if(
         Ok(r) => r,
         Err(panic) => {
             tracing::error!(
+                set = set_name,
                 panic = panic_text(panic.as_ref()),
                 "policy reload refused: building the new set panicked (a bug in celgate); the last good set keeps serving"
             );
             return refuse(
-                state,
+                status,
                 "internal error: building the policy set panicked (a bug in celgate; the log has the details); the last good set keeps serving".to_owned(),
             );
         }
@@ -241,20 +291,21 @@ pub fn rebuild_if(
     if let Ok(set) = &result {
         if set.policies.is_empty() && !sources.allow_empty {
             tracing::error!(
+                set = set_name,
                 exceptions = set.exceptions.len(),
                 "policy reload refused, the last good set keeps serving: {EMPTY_SET}"
             );
             for w in &warnings {
                 tracing::warn!("{w}");
             }
-            return refuse(state, EMPTY_SET.to_owned());
+            return refuse(status, EMPTY_SET.to_owned());
         }
     }
     match result {
-        Ok(set) => {
-            state.reload.set_error(None);
+        Ok(mut set) => {
+            status.set_error(None);
             if set.same_documents(&previous) {
-                state.reload.unchanged_total.fetch_add(1, Ordering::Relaxed);
+                status.unchanged_total.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!("sources changed, policy documents unchanged");
                 return ReloadOutcome::Unchanged;
             }
@@ -267,9 +318,13 @@ pub fn rebuild_if(
                 tracing::warn!("{w}");
             }
             let (policies, exceptions) = (set.policies.len(), set.exceptions.len());
-            state.policies.store(Arc::new(set));
-            state.reload.applied_total.fetch_add(1, Ordering::Relaxed);
+            if sources.shadow {
+                set.detach_metrics();
+            }
+            target.store(Arc::new(set));
+            status.applied_total.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
+                set = set_name,
                 policies,
                 exceptions,
                 elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
@@ -278,10 +333,10 @@ pub fn rebuild_if(
             ReloadOutcome::Applied
         }
         Err(errors) => {
-            state.reload.errors_total.fetch_add(1, Ordering::Relaxed);
+            status.errors_total.fetch_add(1, Ordering::Relaxed);
             let failure = ReloadFailure::new(&errors);
-            failure.log();
-            state.reload.set_error(Some(failure));
+            failure.log(set_name);
+            status.set_error(Some(failure));
             ReloadOutcome::Failed
         }
     }
@@ -291,9 +346,9 @@ pub fn rebuild_if(
 pub const EMPTY_SET: &str = "the sources hold no Envoy-mode ValidatingPolicy, so every request would be allowed; refused (start with --allow-empty, CELGATE_ALLOW_EMPTY=true, to serve an empty set on purpose)";
 
 /// Records a refused reload that is not a load error of the documents.
-fn refuse(state: &State, error: String) -> ReloadOutcome {
-    state.reload.errors_total.fetch_add(1, Ordering::Relaxed);
-    state.reload.set_error(Some(ReloadFailure {
+fn refuse(status: &ReloadStatus, error: String) -> ReloadOutcome {
+    status.errors_total.fetch_add(1, Ordering::Relaxed);
+    status.set_error(Some(ReloadFailure {
         at: SystemTime::now(),
         errors: vec![error],
     }));

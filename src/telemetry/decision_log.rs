@@ -75,7 +75,115 @@ pub enum DecisionLogError {
 struct Pending {
     seq: u64,
     at: SystemTime,
-    record: Record,
+    line: Line,
+}
+
+#[derive(Debug)]
+enum Line {
+    Decision(Record),
+    Shadow(ShadowRecord),
+}
+
+/// One side's answer in a shadow line: what decided and how, never a value
+/// from the request.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Answer {
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    pub status: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation: Option<usize>,
+    /// As in a decision line: the failing field, never the CEL message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<&'static str>,
+}
+
+impl Answer {
+    pub fn of(d: &Decision) -> Answer {
+        Answer {
+            decision: if d.allowed() { "allow" } else { "deny" },
+            status: d.http_status(),
+            policy: d.policy.clone(),
+            validation: d.validation,
+            error: error_field(d),
+            error_kind: d.error.as_ref().map(|e| e.kind.as_str()),
+        }
+    }
+}
+
+/// What the shadow set adds to a shadow line.
+#[derive(Debug, Clone)]
+pub struct ShadowLine {
+    /// `disagree` or `error` (agreements are only counted).
+    pub result: &'static str,
+    /// `allow_deny`, `deny_allow` or `status` for a disagreement.
+    pub kind: Option<&'static str>,
+    pub live: Answer,
+    pub shadow: Answer,
+    /// From the hand-over to the shadow threads to the shadow decision.
+    pub latency_us: u64,
+}
+
+/// A line comparing the live answer with the shadow set's
+/// (`"type": "shadow"`; decision lines have no `type`).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowRecord {
+    pub id: String,
+    pub time: String,
+    #[serde(rename = "type")]
+    pub line_type: &'static str,
+    /// The `id` of the live decision's line (absent when that line was
+    /// dropped).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub decision_id: String,
+    #[serde(skip)]
+    decision_seq: Option<u64>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub request_id: String,
+    pub method: String,
+    pub host: String,
+    /// Without the query string.
+    pub path: String,
+    pub result: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub live: Answer,
+    pub shadow: Answer,
+    pub shadow_latency_us: u64,
+}
+
+/// The request fields every line carries: request id, method, host, path
+/// without its query.
+fn request_fields(request: &CheckRequest) -> (String, String, String, String) {
+    let http = request
+        .attributes
+        .as_ref()
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref());
+    let path = http.map_or("", |h| h.path.as_str());
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    (
+        http.map_or_else(String::new, |h| h.id.clone()),
+        http.map_or_else(String::new, |h| h.method.clone()),
+        http.map_or_else(String::new, |h| h.host.clone()),
+        path.to_owned(),
+    )
+}
+
+fn error_field(d: &Decision) -> Option<String> {
+    d.error.as_ref().map(|e| {
+        if e.field.is_empty() {
+            e.summary()
+        } else {
+            e.field.clone()
+        }
+    })
 }
 
 /// One line of the log.
@@ -106,6 +214,11 @@ pub struct Record {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_kind: Option<&'static str>,
     pub policies_evaluated: usize,
+    /// Denials recorded under `validationActions` (`Audit`, `Warn`):
+    /// policy, status, validation (or the error's field and kind), and
+    /// whether it was enforced.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub audit: Vec<crate::engine::AuditEntry>,
     pub latency_us: u64,
     #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
     pub headers: serde_json::Map<String, serde_json::Value>,
@@ -151,8 +264,9 @@ impl DecisionLog {
         Ok(DecisionLog { tx, headers })
     }
 
-    /// Queues the record of one decision; never blocks.
-    pub fn record(&self, request: &CheckRequest, d: &Decision, took: Duration) {
+    /// Queues the record of one decision; never blocks. Its sequence number
+    /// (which names the line), or `None` when it was dropped.
+    pub fn record(&self, request: &CheckRequest, d: &Decision, took: Duration) -> Option<u64> {
         let attrs = request.attributes.as_ref();
         let http = attrs
             .and_then(|a| a.request.as_ref())
@@ -189,27 +303,50 @@ impl DecisionLog {
             status: d.http_status(),
             policy: d.policy.clone(),
             validation: d.validation,
-            error: d.error.as_ref().map(|e| {
-                if e.field.is_empty() {
-                    e.summary()
-                } else {
-                    e.field.clone()
-                }
-            }),
+            error: error_field(d),
             error_kind: d.error.as_ref().map(|e| e.kind.as_str()),
             policies_evaluated: d.evaluated,
+            audit: d.audit.clone(),
             latency_us: took.as_micros() as u64,
             headers,
         };
+        self.queue(Line::Decision(record))
+    }
+
+    /// Queues a shadow line for `request`, whose live decision's line had
+    /// the sequence number `decision_seq`; never blocks.
+    pub fn record_shadow(&self, request: &CheckRequest, decision_seq: Option<u64>, s: ShadowLine) {
+        let (request_id, method, host, path) = request_fields(request);
+        self.queue(Line::Shadow(ShadowRecord {
+            id: String::new(),
+            time: String::new(),
+            line_type: "shadow",
+            decision_id: String::new(),
+            decision_seq,
+            request_id,
+            method,
+            host,
+            path,
+            result: s.result,
+            kind: s.kind,
+            live: s.live,
+            shadow: s.shadow,
+            shadow_latency_us: s.latency_us,
+        }));
+    }
+
+    fn queue(&self, line: Line) -> Option<u64> {
+        let seq = SEQ.fetch_add(1, Relaxed);
         let pending = Pending {
-            seq: SEQ.fetch_add(1, Relaxed),
+            seq,
             at: SystemTime::now(),
-            record,
+            line,
         };
         match self.tx.try_send(pending) {
-            Ok(()) => {}
+            Ok(()) => Some(seq),
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 DROPPED.fetch_add(1, Relaxed);
+                None
             }
         }
     }
@@ -223,10 +360,22 @@ fn write_loop(rx: Receiver<Pending>, out: Box<dyn std::io::Write + Send>, prefix
         let mut next = Some(first);
         while let Some(p) = next {
             handled = p.seq + 1;
-            let mut r = p.record;
-            r.id = format!("{prefix}-{:x}", p.seq);
-            r.time = crate::sources::rfc3339::format(p.at);
-            if serde_json::to_writer(&mut out, &r).is_ok() && out.write_all(b"\n").is_ok() {
+            let id = format!("{prefix}-{:x}", p.seq);
+            let time = crate::sources::rfc3339::format(p.at);
+            let written = match p.line {
+                Line::Decision(mut r) => {
+                    (r.id, r.time) = (id, time);
+                    serde_json::to_writer(&mut out, &r)
+                }
+                Line::Shadow(mut r) => {
+                    (r.id, r.time) = (id, time);
+                    if let Some(seq) = r.decision_seq {
+                        r.decision_id = format!("{prefix}-{seq:x}");
+                    }
+                    serde_json::to_writer(&mut out, &r)
+                }
+            };
+            if written.is_ok() && out.write_all(b"\n").is_ok() {
                 WRITTEN.fetch_add(1, Relaxed);
             } else {
                 DROPPED.fetch_add(1, Relaxed);

@@ -99,16 +99,25 @@ pub enum PolicyOutcome {
     Exempted,
     /// Evaluation failed (denied under Fail, ignored under Ignore).
     Error,
+    /// A policy that is not enforced (`validationActions` without `Deny`)
+    /// returned a denial: recorded, not enforced.
+    AuditDeny,
+    /// A policy that is not enforced failed to evaluate under
+    /// `failurePolicy: Fail`: the failure denial it would have caused is
+    /// recorded, not enforced.
+    AuditError,
 }
 
 impl PolicyOutcome {
-    pub const ALL: [PolicyOutcome; 6] = [
+    pub const ALL: [PolicyOutcome; 8] = [
         PolicyOutcome::Allow,
         PolicyOutcome::Deny,
         PolicyOutcome::NoResult,
         PolicyOutcome::Skipped,
         PolicyOutcome::Exempted,
         PolicyOutcome::Error,
+        PolicyOutcome::AuditDeny,
+        PolicyOutcome::AuditError,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -119,6 +128,8 @@ impl PolicyOutcome {
             PolicyOutcome::Skipped => "skipped",
             PolicyOutcome::Exempted => "exempted",
             PolicyOutcome::Error => "error",
+            PolicyOutcome::AuditDeny => "audit_deny",
+            PolicyOutcome::AuditError => "audit_error",
         }
     }
 }
@@ -126,7 +137,7 @@ impl PolicyOutcome {
 /// Series of one policy.
 #[derive(Debug, Default)]
 pub struct PolicyMetrics {
-    evaluations: [AtomicU64; 6],
+    evaluations: [AtomicU64; PolicyOutcome::ALL.len()],
     duration: Histogram,
     /// Requests this policy decided: allowed, denied, denied on error.
     decided: [AtomicU64; 3],
@@ -181,6 +192,93 @@ pub struct Metrics {
     /// listed them.
     kube_objects: [AtomicU64; 3],
     kube_on: AtomicBool,
+    /// The shadow policy set's comparisons (rendered once a shadow set is
+    /// configured).
+    shadow: ShadowMetrics,
+}
+
+/// What happened to one request handed to the shadow policy set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ShadowResult {
+    /// The shadow set decided as the live set did (allowed, or denied with
+    /// the same status).
+    Agree,
+    /// The shadow set decided otherwise ([`ShadowKind`]).
+    Disagree,
+    /// The shadow set could not decide: a shadow policy with failurePolicy
+    /// Fail failed to evaluate, or evaluation panicked. Not compared.
+    Error,
+    /// The shadow queue was full: not evaluated.
+    Dropped,
+    /// Not decided within `--shadow-timeout-ms` (queueing included): not
+    /// compared.
+    Timeout,
+}
+
+impl ShadowResult {
+    pub const ALL: [ShadowResult; 5] = [
+        ShadowResult::Agree,
+        ShadowResult::Disagree,
+        ShadowResult::Error,
+        ShadowResult::Dropped,
+        ShadowResult::Timeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShadowResult::Agree => "agree",
+            ShadowResult::Disagree => "disagree",
+            ShadowResult::Error => "error",
+            ShadowResult::Dropped => "dropped",
+            ShadowResult::Timeout => "timeout",
+        }
+    }
+}
+
+/// How a shadow decision differs from the live one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub enum ShadowKind {
+    /// The live set allowed; the shadow set would deny.
+    #[serde(rename = "allow_deny")]
+    AllowDeny,
+    /// The live set denied; the shadow set would allow.
+    #[serde(rename = "deny_allow")]
+    DenyAllow,
+    /// Both deny, with different HTTP statuses.
+    #[serde(rename = "status")]
+    Status,
+}
+
+impl ShadowKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShadowKind::AllowDeny => "allow_deny",
+            ShadowKind::DenyAllow => "deny_allow",
+            ShadowKind::Status => "status",
+        }
+    }
+}
+
+/// One `celgate_shadow_disagreements_total` series.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowDisagreement {
+    /// The live set's deciding policy; empty when no policy answered (the
+    /// default allow).
+    pub live_policy: String,
+    /// The shadow set's deciding policy; empty likewise.
+    pub shadow_policy: String,
+    pub kind: ShadowKind,
+    pub count: u64,
+}
+
+#[derive(Debug, Default)]
+struct ShadowMetrics {
+    on: AtomicBool,
+    results: [AtomicU64; 5],
+    /// (live policy, shadow policy, kind) → count. Written by the shadow
+    /// threads only, never on the request path.
+    disagreements: std::sync::Mutex<BTreeMap<(String, String, ShadowKind), u64>>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
@@ -225,6 +323,22 @@ pub fn policy(name: &str) -> Arc<PolicyMetrics> {
         .clone()
 }
 
+/// Forgets the series of the policy `name` if nothing holds them any more
+/// and they never counted anything: a shadow policy's name, registered when
+/// its set compiled, must not show up among the live policies' series.
+pub fn release_unused(name: &str) {
+    let m = global();
+    let mut map = m.policies.write().unwrap_or_else(|e| e.into_inner());
+    // Under the write lock nobody can take another handle meanwhile.
+    if map.get(name).is_some_and(|p| {
+        Arc::strong_count(p) == 1
+            && p.duration.count() == 0
+            && p.decided.iter().all(|c| c.load(Relaxed) == 0)
+    }) {
+        map.remove(name);
+    }
+}
+
 impl Metrics {
     /// Whether the request path records (on unless `--metrics=false`).
     #[inline]
@@ -257,6 +371,81 @@ impl Metrics {
                 out,
                 "celgate_kube_objects{{state=\"{state}\"}} {}",
                 v.load(Relaxed)
+            );
+        }
+    }
+
+    /// Shows the shadow series on `/metrics` (a shadow set is configured).
+    pub fn set_shadow_enabled(&self, on: bool) {
+        self.shadow.on.store(on, Relaxed);
+    }
+
+    /// Counts one request handed to the shadow set.
+    pub fn shadow_result(&self, result: ShadowResult) {
+        self.shadow.results[result as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts one disagreement between the live and the shadow decision, by
+    /// deciding policies (`""`: no policy answered) and kind. Also counts
+    /// [`ShadowResult::Disagree`].
+    pub fn shadow_disagreement(&self, live_policy: &str, shadow_policy: &str, kind: ShadowKind) {
+        self.shadow_result(ShadowResult::Disagree);
+        *self
+            .shadow
+            .disagreements
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((live_policy.to_owned(), shadow_policy.to_owned(), kind))
+            .or_default() += 1;
+    }
+
+    /// Requests handed to the shadow set so far, by result.
+    pub fn shadow_results(&self, result: ShadowResult) -> u64 {
+        self.shadow.results[result as usize].load(Relaxed)
+    }
+
+    /// Every disagreement series counted since start, ordered by live
+    /// policy, shadow policy and kind (what `/metrics` shows as
+    /// `celgate_shadow_disagreements_total`).
+    pub fn shadow_disagreements_by_policy(&self) -> Vec<ShadowDisagreement> {
+        self.shadow
+            .disagreements
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|((live, shadow, kind), n)| ShadowDisagreement {
+                live_policy: live.clone(),
+                shadow_policy: shadow.clone(),
+                kind: *kind,
+                count: *n,
+            })
+            .collect()
+    }
+
+    fn render_shadow(&self, out: &mut String) {
+        if !self.shadow.on.load(Relaxed) {
+            return;
+        }
+        out.push_str("# HELP celgate_shadow_evaluations_total Requests handed to the shadow policy set, by result: agree, disagree, error (the shadow set could not decide), dropped (shadow queue full), timeout (past --shadow-timeout-ms).\n");
+        out.push_str("# TYPE celgate_shadow_evaluations_total counter\n");
+        for r in ShadowResult::ALL {
+            let _ = writeln!(
+                out,
+                "celgate_shadow_evaluations_total{{result=\"{}\"}} {}",
+                r.as_str(),
+                self.shadow_results(r)
+            );
+        }
+        out.push_str("# HELP celgate_shadow_disagreements_total Requests the shadow policy set decided otherwise than the live set, by deciding policy of each (empty: no policy answered) and kind: allow_deny (live allowed, shadow denies), deny_allow (live denied, shadow allows), status (both deny, with different statuses).\n");
+        out.push_str("# TYPE celgate_shadow_disagreements_total counter\n");
+        for d in self.shadow_disagreements_by_policy() {
+            let _ = writeln!(
+                out,
+                "celgate_shadow_disagreements_total{{live_policy=\"{}\",shadow_policy=\"{}\",kind=\"{}\"}} {}",
+                escape(&d.live_policy),
+                escape(&d.shadow_policy),
+                d.kind.as_str(),
+                d.count
             );
         }
     }
@@ -343,7 +532,7 @@ impl Metrics {
         out.push_str("# TYPE authz_decision_duration_seconds histogram\n");
         self.decision_duration
             .render(&mut out, "authz_decision_duration_seconds", "");
-        out.push_str("# HELP authz_policy_evaluations_total Policy evaluations, by policy and outcome (allow, deny, none, skipped, exempted, error).\n");
+        out.push_str("# HELP authz_policy_evaluations_total Policy evaluations, by policy and outcome (allow, deny, none, skipped, exempted, error; audit_deny and audit_error: a denial or a failure under failurePolicy Fail of a policy whose validationActions do not hold Deny, recorded and not enforced).\n");
         out.push_str("# TYPE authz_policy_evaluations_total counter\n");
         for (name, p) in &policies {
             let name = escape(name);
@@ -367,6 +556,7 @@ impl Metrics {
             );
         }
         self.render_kube(&mut out);
+        self.render_shadow(&mut out);
         out.push_str(extra);
         out
     }

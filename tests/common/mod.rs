@@ -630,6 +630,11 @@ impl Gateway {
             .args(celgate_args)
             // Plain text in the captured log (the level comes from CELGATE_LOG, inherited).
             .env("NO_COLOR", "1");
+        // These tests are about answers, not deadlines (tests/limits.rs has those): a first
+        // decision that fetches a JWKS on a busy machine may take longer than the default.
+        if !celgate_args.contains(&"--decision-timeout-ms") {
+            cmd.args(["--decision-timeout-ms", "10000"]);
+        }
         let mut celgate = ChildGuard::spawn("celgate", cmd, dir.path());
 
         // Envoy starts while celgate loads its policies.
