@@ -61,7 +61,40 @@ spec:
         : null
 "#;
 
+/// Would deny /admin, but is not enforced (`validationActions: [Audit]`);
+/// no result elsewhere.
+const AUDIT_ADMIN: &str = r#"apiVersion: policies.kyverno.io/v1
+kind: ValidatingPolicy
+metadata:
+  name: report-audit-admin
+spec:
+  evaluation:
+    mode: Envoy
+  validationActions: [Audit]
+  validations:
+  - expression: >
+      object.attributes.request.http.path == "/admin"
+        ? envoy.Denied(403).Response()
+        : null
+"#;
+
+/// The shadow set: allows /admin, which the served set denies.
+const SHADOW_OPEN: &str = r#"apiVersion: policies.kyverno.io/v1
+kind: ValidatingPolicy
+metadata:
+  name: report-shadow-open
+spec:
+  evaluation:
+    mode: Envoy
+  validations:
+  - expression: >
+      object.attributes.request.http.path == "/admin"
+        ? envoy.Allowed().Response()
+        : null
+"#;
+
 fn write_policies(dir: &Path) {
+    std::fs::write(dir.join("00-audit-admin.yaml"), AUDIT_ADMIN).unwrap();
     std::fs::write(dir.join("01-deny-admin.yaml"), DENY_ADMIN).unwrap();
     std::fs::write(dir.join("02-errors.yaml"), ERRORS).unwrap();
     std::fs::write(dir.join("03-allow-public.yaml"), ALLOW_PUBLIC).unwrap();
@@ -143,9 +176,11 @@ async fn check(grpc: u16, paths: &[&str]) -> Vec<i32> {
 
 /// The checks of the first batch. The policies run by name:
 /// report-allow-public allows /public (the others do not run) and has no
-/// result elsewhere; report-deny-admin denies /admin and is skipped
-/// elsewhere; report-errors has an (ignored) error on /boom and no result
-/// elsewhere.
+/// result elsewhere; report-audit-admin would deny /admin (not enforced:
+/// the next policy runs) and has no result elsewhere; report-deny-admin
+/// denies /admin and is skipped elsewhere; report-errors has an (ignored)
+/// error on /boom and no result elsewhere. The shadow set allows /admin:
+/// two disagreements, decided by report-deny-admin and report-shadow-open.
 const BATCH: [&str; 7] = [
     "/admin", "/admin", "/public", "/public", "/public", "/boom", "/other",
 ];
@@ -177,7 +212,14 @@ fn nonzero(counts: &Value) -> String {
 async fn report_counts_every_outcome_per_policy_and_prints_a_table() {
     let dir = tempfile::tempdir().unwrap();
     write_policies(dir.path());
-    let server = Server::start(dir.path(), &["--no-watch"], &[]);
+    let shadow = tempfile::tempdir().unwrap();
+    std::fs::write(shadow.path().join("open.yaml"), SHADOW_OPEN).unwrap();
+    let shadow_arg = shadow.path().to_str().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &["--no-watch", "--shadow-policies", shadow_arg],
+        &[],
+    );
     // Before any check: every policy served, all zero, every field present.
     let r = server.report();
     let names: Vec<&str> = r["policies"]
@@ -186,13 +228,21 @@ async fn report_counts_every_outcome_per_policy_and_prints_a_table() {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    // In evaluation order: by name.
+    // In evaluation order (by name), then the shadow set.
     assert_eq!(
         names,
-        ["report-allow-public", "report-deny-admin", "report-errors"]
+        [
+            "report-allow-public",
+            "report-audit-admin",
+            "report-deny-admin",
+            "report-errors",
+            "report-shadow-open"
+        ]
     );
     for p in r["policies"].as_array().unwrap() {
-        assert_eq!(p["served"], true);
+        let shadow = p["name"] == "report-shadow-open";
+        assert_eq!(p["served"], !shadow, "{p}");
+        assert_eq!(p["shadow"], shadow, "{p}");
         for w in ["since_start", "last_5m", "last_1h"] {
             assert_eq!(nonzero(&p[w]), "", "{p}");
             assert_eq!(
@@ -208,11 +258,22 @@ async fn report_counts_every_outcome_per_policy_and_prints_a_table() {
     let codes = check(server.grpc, &BATCH).await;
     // PERMISSION_DENIED (7) for the two /admin, OK for the rest.
     assert_eq!(codes, [7, 7, 0, 0, 0, 0, 0]);
-    let r = server.report();
+    // The shadow set decides after the answers are sent.
+    let r = until(
+        &server,
+        "the shadow decisions",
+        Duration::from_secs(10),
+        |r| policy(r, "report-shadow-open")["since_start"]["shadow_disagreements"] == 2,
+    );
     let expected = [
         ("report-allow-public", "evaluated=7 allowed=3 no_result=4"),
-        ("report-deny-admin", "evaluated=4 denied=2 skipped=2"),
+        ("report-audit-admin", "evaluated=4 no_result=2 audit_deny=2"),
+        (
+            "report-deny-admin",
+            "evaluated=4 denied=2 skipped=2 shadow_disagreements=2",
+        ),
         ("report-errors", "evaluated=2 no_result=1 errors=1"),
+        ("report-shadow-open", "shadow_disagreements=2"),
     ];
     for (name, counts) in expected {
         let p = policy(&r, name);
@@ -315,6 +376,7 @@ async fn windows_forget_old_counts_and_removed_policies_are_marked() {
     assert_eq!(
         list,
         [
+            ("report-audit-admin", true),
             ("report-deny-admin", true),
             ("report-errors", true),
             ("report-allow-public", false)
@@ -440,7 +502,7 @@ fn report_speaks_https_like_healthcheck() {
         std::thread::sleep(Duration::from_millis(100));
     };
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["policies"].as_array().unwrap().len(), 3, "{v}");
+    assert_eq!(v["policies"].as_array().unwrap().len(), 4, "{v}");
     let by_name = format!("https://localhost:{http}");
     let out = report(&["--url", &by_name, "--ca-cert", ca]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");

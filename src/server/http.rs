@@ -127,11 +127,10 @@ async fn policies(AxState(state): AxState<Arc<State>>) -> Json<serde_json::Value
 
 /// Per-policy counts since the start and over the recent windows
 /// ([`crate::telemetry::report`]): the policies served, in evaluation order,
-/// then those a reload removed that still count in the last hour.
+/// then the shadow set's, then those a reload removed that still count in
+/// the last hour.
 async fn report(AxState(state): AxState<Arc<State>>) -> Json<crate::telemetry::report::ReportDoc> {
-    let set = state.policies.load();
-    let served: Vec<&str> = set.policies.iter().map(|p| p.name.as_str()).collect();
-    Json(crate::telemetry::report::global().view(&served, std::time::Instant::now()))
+    Json(crate::telemetry::report::view(&state))
 }
 
 /// Prometheus text exposition: the request-path series of

@@ -18,7 +18,7 @@ use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParam
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 /// The field manager of the server-side applies.
 pub const MANAGER: &str = "celgate";
@@ -210,7 +210,8 @@ impl Writer {
         let mut first_error = None;
         let mut current = BTreeSet::new();
         let params = PatchParams::apply(MANAGER).force();
-        for p in &doc.policies {
+        // A policy of the shadow set only has no outcomes of its own.
+        for p in doc.policies.iter().filter(|p| p.served || !p.shadow) {
             let name = object_name(&p.name, self.target.pod.as_deref());
             let obj = report_object(p, &self.target, &name, now);
             current.insert(name.clone());
@@ -247,7 +248,7 @@ impl Writer {
         }
         match first_error {
             Some(e) => Err(e),
-            None => Ok(doc.policies.len()),
+            None => Ok(current.len()),
         }
     }
 }
@@ -268,11 +269,7 @@ pub fn spawn(
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            let doc = {
-                let set = state.policies.load();
-                let served: Vec<&str> = set.policies.iter().map(|p| p.name.as_str()).collect();
-                report::global().view(&served, Instant::now())
-            };
+            let doc = report::view(&state);
             match writer.write(&doc).await {
                 Ok(n) => {
                     tracing::debug!(reports = n, namespace = %namespace, "OpenReports written")

@@ -18,7 +18,7 @@
 
 use super::metrics::{self, PolicyOutcome};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{LazyLock, Mutex};
@@ -37,8 +37,10 @@ use std::time::{Duration, Instant, SystemTime};
 /// - `audit_deny`: a would-be denial of an Audit or Warn policy (the request
 ///   went on);
 /// - `audit_error`: an evaluation error of an Audit or Warn policy;
-/// - `shadow_disagreements`: a shadow policy decided differently from the
-///   live policy it shadows (counted on both).
+/// - `shadow_disagreements`: the shadow set (`serve --shadow-policies`)
+///   decided a request otherwise than the served set, and this policy
+///   decided it on one side (counted once on each side's deciding policy;
+///   the counts of `celgate_shadow_disagreements_total`).
 pub const FIELDS: [&str; 10] = [
     "evaluated",
     "allowed",
@@ -136,7 +138,8 @@ pub struct ReportDoc {
     pub counting: bool,
     /// What each recent window covers, by window field.
     pub windows: BTreeMap<String, WindowSpan>,
-    /// The policies being served, in evaluation order, then those a reload
+    /// The policies being served, in evaluation order, then those of the
+    /// shadow set that are not served (`shadow: true`), then those a reload
     /// removed that still have counts in the longest window
     /// (`served: false`).
     pub policies: Vec<PolicyReport>,
@@ -158,8 +161,14 @@ pub struct WindowSpan {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PolicyReport {
     pub name: String,
-    /// False once a reload removed the policy.
+    /// False once a reload removed the policy, and for a policy of the
+    /// shadow set only.
     pub served: bool,
+    /// A policy of the shadow set (evaluated beside the served set, never
+    /// enforced): only its `shadow_disagreements` count, its evaluations
+    /// are not the served policies'.
+    #[serde(default)]
+    pub shadow: bool,
     pub since_start: Counts,
     pub last_5m: Counts,
     pub last_1h: Counts,
@@ -184,14 +193,12 @@ struct Snapshot {
     counts: BTreeMap<String, Counts>,
 }
 
-/// The collector: shadow disagreements (counted here) and the ring of
-/// minute snapshots.
+/// The collector: the ring of minute snapshots.
 pub struct Report {
     started: Instant,
     started_wall: SystemTime,
     /// Length of a "minute" in nanoseconds: 60 s, shorter only in tests.
     minute_nanos: AtomicU64,
-    shadow: Mutex<HashMap<String, u64>>,
     ring: Mutex<VecDeque<Snapshot>>,
 }
 
@@ -214,7 +221,6 @@ impl Report {
             started: Instant::now(),
             started_wall: SystemTime::now(),
             minute_nanos: AtomicU64::new(60_000_000_000),
-            shadow: Mutex::default(),
             ring: Mutex::default(),
         }
     }
@@ -230,24 +236,6 @@ impl Report {
         self.minute_nanos.store(n, Relaxed);
     }
 
-    /// A shadow policy decided a request differently from the live policy it
-    /// shadows: counted in `shadow_disagreements` of both (once when they
-    /// are the same name).
-    pub fn record_shadow_disagreement(&self, live_policy: &str, shadow_policy: &str) {
-        let mut m = self.shadow.lock().unwrap_or_else(|e| e.into_inner());
-        for name in [live_policy, shadow_policy] {
-            match m.get_mut(name) {
-                Some(n) => *n += 1,
-                None => {
-                    m.insert(name.to_owned(), 1);
-                }
-            }
-            if live_policy == shadow_policy {
-                break;
-            }
-        }
-    }
-
     /// Every policy's counts since the start.
     fn cumulative(&self) -> BTreeMap<String, Counts> {
         let mut out: BTreeMap<String, Counts> = BTreeMap::new();
@@ -261,9 +249,17 @@ impl Report {
                 }
             }
         }
-        let shadow = self.shadow.lock().unwrap_or_else(|e| e.into_inner());
-        for (name, n) in shadow.iter() {
-            out.entry(name.clone()).or_default().0[SHADOW] += n;
+        // A disagreement counts on the deciding policy of each side (once
+        // when both are the same name; none for the default allow).
+        for d in metrics::global().shadow_disagreements_by_policy() {
+            for name in [&d.live_policy, &d.shadow_policy] {
+                if !name.is_empty() {
+                    out.entry(name.clone()).or_default().0[SHADOW] += d.count;
+                }
+                if d.live_policy == d.shadow_policy {
+                    break;
+                }
+            }
         }
         out
     }
@@ -300,8 +296,9 @@ impl Report {
     }
 
     /// The report at `now`: the `served` policies (in that order), then the
-    /// removed ones that still count in the longest window.
-    pub fn view(&self, served: &[&str], now: Instant) -> ReportDoc {
+    /// `shadow` set's that are not served, then the removed ones that still
+    /// count in the longest window.
+    pub fn view(&self, served: &[&str], shadow: &[&str], now: Instant) -> ReportDoc {
         let current = self.cumulative();
         let minute = self.minute();
         let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
@@ -327,6 +324,7 @@ impl Report {
             })
             .collect();
         let zero = Counts::default();
+        let shadow_set: BTreeSet<&str> = shadow.iter().copied().collect();
         let report = |name: &str, served: bool| {
             let since_start = current.get(name).copied().unwrap_or_default();
             let w: Vec<Counts> = baselines
@@ -336,13 +334,19 @@ impl Report {
             PolicyReport {
                 name: name.to_owned(),
                 served,
+                shadow: shadow_set.contains(name),
                 since_start,
                 last_5m: w[0],
                 last_1h: w[1],
             }
         };
         let mut policies: Vec<PolicyReport> = served.iter().map(|n| report(n, true)).collect();
-        let listed: BTreeSet<&str> = served.iter().copied().collect();
+        let mut listed: BTreeSet<&str> = served.iter().copied().collect();
+        for name in shadow {
+            if listed.insert(name) {
+                policies.push(report(name, false));
+            }
+        }
         for name in current.keys() {
             if !listed.contains(name.as_str()) {
                 let r = report(name, false);
@@ -374,6 +378,23 @@ impl Report {
     }
 }
 
+/// The report of a running server: its served set, in evaluation order, and
+/// its shadow set, if any.
+pub fn view(state: &crate::server::State) -> ReportDoc {
+    let set = state.policies.load();
+    let served: Vec<&str> = set.policies.iter().map(|p| p.name.as_str()).collect();
+    let shadow_set = state
+        .options
+        .shadow
+        .as_ref()
+        .map(|s| s.policies.load_full());
+    let shadow: Vec<&str> = shadow_set
+        .iter()
+        .flat_map(|s| s.policies.iter().map(|p| p.name.as_str()))
+        .collect();
+    global().view(&served, &shadow, Instant::now())
+}
+
 /// Takes the minute snapshots for as long as the runtime runs (one at
 /// once, then every minute). Started by the server.
 pub fn spawn_ticker() -> tokio::task::JoinHandle<()> {
@@ -403,16 +424,18 @@ fn heading(field: &str) -> String {
 }
 
 /// The report as an aligned table (`celgate report`): a row per policy and
-/// window; a removed policy's name is followed by `(removed)`.
+/// window; a removed policy's name is followed by `(removed)`, a policy of
+/// the shadow set only by `(shadow)`.
 pub fn render_table(doc: &ReportDoc) -> String {
     let mut header: Vec<String> = vec!["POLICY".into(), "WINDOW".into()];
     header.extend(FIELDS.iter().map(|f| heading(f)));
     let mut rows: Vec<Vec<String>> = Vec::new();
     for p in &doc.policies {
         for (i, (key, label)) in TABLE_WINDOWS.iter().enumerate() {
-            let name = match (i, p.served) {
-                (0, true) => p.name.clone(),
-                (0, false) => format!("{} (removed)", p.name),
+            let name = match (i, p.served, p.shadow) {
+                (0, true, _) => p.name.clone(),
+                (0, false, true) => format!("{} (shadow)", p.name),
+                (0, false, false) => format!("{} (removed)", p.name),
                 _ => String::new(),
             };
             let mut row = vec![name, (*label).to_owned()];
@@ -513,8 +536,13 @@ mod tests {
                 counts(&[("evaluated", 7)]),
             ));
         }
-        // `report-window-test` is not in the metrics registry: its "now" is the shadow count.
-        r.record_shadow_disagreement("report-window-test", "report-window-test");
+        // `report-window-test` is not in the metrics registry: its "now" is
+        // one shadow disagreement (decided by it on both sides).
+        metrics::global().shadow_disagreement(
+            "report-window-test",
+            "report-window-test",
+            metrics::ShadowKind::Status,
+        );
         // Now = 6 min: the 5-minute window starts at the 1-minute snapshot.
         let now = t0 + Duration::from_secs(360);
         let ring = r.ring.lock().unwrap();
@@ -525,7 +553,7 @@ mod tests {
             .unwrap();
         assert_eq!(found.at, t0 + Duration::from_secs(60));
         drop(ring);
-        let doc = r.view(&["report-window-test"], now);
+        let doc = r.view(&["report-window-test"], &[], now);
         assert_eq!(doc.windows["last_5m"].seconds, 300);
         assert_eq!(doc.windows["last_1h"].seconds, 360);
         let p = &doc.policies[0];
@@ -556,24 +584,40 @@ mod tests {
     }
 
     #[test]
+    fn shadow_disagreements_count_on_both_deciding_policies() {
+        let r = Report::new();
+        let m = metrics::global();
+        m.shadow_disagreement("rt-live", "rt-shadow", metrics::ShadowKind::AllowDeny);
+        m.shadow_disagreement("rt-live", "rt-live", metrics::ShadowKind::Status);
+        // The default allow on one side counts on the other side only.
+        m.shadow_disagreement("", "rt-shadow", metrics::ShadowKind::AllowDeny);
+        let doc = r.view(&["rt-live"], &["rt-shadow"], Instant::now());
+        let get = |name: &str| doc.policies.iter().find(|p| p.name == name).unwrap();
+        assert_eq!(get("rt-live").since_start.get("shadow_disagreements"), 2);
+        assert_eq!(get("rt-shadow").since_start.get("shadow_disagreements"), 2);
+        assert!(get("rt-shadow").shadow && !get("rt-shadow").served);
+        assert!(doc.policies.iter().all(|p| !p.name.is_empty()));
+    }
+
+    #[test]
     fn removed_policies_stay_while_they_count_in_the_last_hour() {
         let r = Report::new();
-        r.record_shadow_disagreement("live-x", "shadow-x");
-        let doc = r.view(&["live-x"], Instant::now());
+        metrics::global().shadow_disagreement("rm-live", "rm-gone", metrics::ShadowKind::Status);
+        let doc = r.view(&["rm-live"], &[], Instant::now());
         let names: Vec<_> = doc
             .policies
             .iter()
-            .map(|p| (p.name.as_str(), p.served))
+            .map(|p| (p.name.as_str(), p.served, p.shadow))
             .collect();
-        assert!(names.contains(&("live-x", true)), "{names:?}");
-        assert!(names.contains(&("shadow-x", false)), "{names:?}");
+        assert!(names.contains(&("rm-live", true, false)), "{names:?}");
+        assert!(names.contains(&("rm-gone", false, false)), "{names:?}");
         // Once the hour has passed without counts, it drops out.
         r.set_minute(Duration::from_millis(1));
         let t = Instant::now();
         r.tick(t);
-        let doc = r.view(&["live-x"], t + Duration::from_millis(100));
+        let doc = r.view(&["rm-live"], &[], t + Duration::from_millis(100));
         assert!(
-            doc.policies.iter().all(|p| p.name != "shadow-x"),
+            doc.policies.iter().all(|p| p.name != "rm-gone"),
             "{:?}",
             doc.policies
         );
@@ -590,6 +634,7 @@ mod tests {
                 PolicyReport {
                     name: "a".into(),
                     served: true,
+                    shadow: false,
                     since_start: counts(&[("evaluated", 12), ("allowed", 12)]),
                     last_5m: counts(&[("evaluated", 2), ("allowed", 2)]),
                     last_1h: counts(&[("evaluated", 12), ("allowed", 12)]),
@@ -597,6 +642,7 @@ mod tests {
                 PolicyReport {
                     name: "gone".into(),
                     served: false,
+                    shadow: false,
                     since_start: counts(&[("evaluated", 1), ("denied", 1)]),
                     last_5m: Counts::default(),
                     last_1h: counts(&[("evaluated", 1), ("denied", 1)]),
