@@ -3,8 +3,9 @@
 //! served at `GET /report`, printed by `celgate report` and optionally
 //! written to Kubernetes as OpenReports objects ([`super::openreports`]).
 //!
-//! The counts are read from the per-policy outcome counters of
-//! [`super::metrics`], so the request path does no extra work. Windows come
+//! The counts are read from the per-policy outcome counters and the shadow
+//! disagreement counters of [`super::metrics`], so the request path does no
+//! extra work. Windows come
 //! from a small ring of snapshots of those counters, one a minute, kept for
 //! the longest window: a window's counts are the counters now minus the
 //! newest snapshot at least that old. Memory is bounded per policy (about
