@@ -397,9 +397,40 @@ fn https_status(
     timeout: std::time::Duration,
     tls: &HealthcheckTls,
 ) -> Result<u16, String> {
+    let (name, host) = match &tls.server_name {
+        Some(n) => (n.clone(), n.clone()),
+        None => (addr.ip().to_string(), addr.to_string()),
+    };
+    https_get(
+        addr,
+        &name,
+        &host,
+        path,
+        timeout,
+        tls.ca_cert.as_deref(),
+        false,
+    )
+    .map(|r| r.0)
+}
+
+/// The largest answer `report` reads.
+const MAX_ANSWER_BYTES: usize = 64 << 20;
+
+/// GET `path` over HTTPS/1.1 from `addr`, expecting a certificate for
+/// `name`; the status code and, with `body`, the body (else only the
+/// status line is read).
+fn https_get(
+    addr: std::net::SocketAddr,
+    name: &str,
+    host: &str,
+    path: &str,
+    timeout: std::time::Duration,
+    ca_cert: Option<&Path>,
+    body: bool,
+) -> Result<(u16, Vec<u8>), String> {
     use rustls::pki_types::ServerName;
     let deadline = std::time::Instant::now() + timeout;
-    let roots = healthcheck_roots(tls.ca_cert.as_deref())?;
+    let roots = healthcheck_roots(ca_cert)?;
     let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -408,13 +439,8 @@ fn https_status(
     .with_root_certificates(roots)
     .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let (name, host) = match &tls.server_name {
-        Some(n) => (
-            ServerName::try_from(n.clone()).map_err(|e| format!("--server-name {n:?}: {e}"))?,
-            n.clone(),
-        ),
-        None => (ServerName::IpAddress(addr.ip().into()), addr.to_string()),
-    };
+    let name = ServerName::try_from(name.to_owned())
+        .map_err(|e| format!("--server-name {name:?}: {e}"))?;
     let left = || {
         deadline
             .checked_duration_since(std::time::Instant::now())
@@ -447,10 +473,18 @@ fn https_status(
     )
     .and_then(|()| stream.flush())
     .map_err(failed)?;
-    // The status line is all that is read.
+    // Without `body`, the status line is all that is read.
     let mut head = Vec::new();
-    let mut buf = [0u8; 256];
-    while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 1024 {
+    let mut buf = [0u8; 8192];
+    loop {
+        let enough = if body {
+            head.len() > MAX_ANSWER_BYTES
+        } else {
+            head.windows(2).any(|w| w == b"\r\n") || head.len() >= 1024
+        };
+        if enough {
+            break;
+        }
         stream
             .sock
             .set_read_timeout(Some(left()?))
@@ -458,15 +492,264 @@ fn https_status(
         match stream.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => head.extend_from_slice(&buf[..n]),
+            // A server that closes without close_notify has still sent it all.
+            Err(e) if body && e.kind() == std::io::ErrorKind::UnexpectedEof => break,
             Err(e) => return Err(failed(e)),
         }
     }
-    let line = String::from_utf8_lossy(&head);
-    let line = line.lines().next().unwrap_or_default();
-    match line.split(' ').collect::<Vec<_>>()[..] {
+    let text = String::from_utf8_lossy(&head);
+    let line = text.lines().next().unwrap_or_default();
+    let status = match line.split(' ').collect::<Vec<_>>()[..] {
         [version, code, ..] if version.starts_with("HTTP/1.") => code
             .parse()
-            .map_err(|_| "the answer is not HTTP".to_owned()),
-        _ => Err("the answer is not HTTP".to_owned()),
+            .map_err(|_| "the answer is not HTTP".to_owned())?,
+        _ => return Err("the answer is not HTTP".to_owned()),
+    };
+    if !body {
+        return Ok((status, Vec::new()));
+    }
+    let split = head
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| "the answer has no end of headers".to_owned())?;
+    let headers = String::from_utf8_lossy(&head[..split]).to_ascii_lowercase();
+    let rest = &head[split + 4..];
+    let chunked = headers
+        .lines()
+        .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
+    Ok((
+        status,
+        if chunked {
+            dechunk(rest)?
+        } else {
+            rest.to_vec()
+        },
+    ))
+}
+
+/// The body of a `Transfer-Encoding: chunked` answer.
+fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
+    let bad = || "the answer's chunked body is malformed".to_owned();
+    let mut out = Vec::new();
+    loop {
+        let eol = data.windows(2).position(|w| w == b"\r\n").ok_or_else(bad)?;
+        let size = std::str::from_utf8(&data[..eol]).map_err(|_| bad())?;
+        let size = size.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size, 16).map_err(|_| bad())?;
+        data = &data[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if data.len() < size + 2 {
+            return Err(bad());
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+/// Where `report` asks: scheme, host (for the certificate and the Host
+/// header), port and path prefix of `--url`.
+#[derive(Debug, PartialEq)]
+struct ReportUrl {
+    https: bool,
+    host: String,
+    port: u16,
+    prefix: String,
+}
+
+fn parse_report_url(url: &str) -> Result<ReportUrl, String> {
+    let bad = |why: &str| format!("--url {url:?}: {why} (expected http(s)://host[:port])");
+    let (https, rest) = if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err(bad("not an http:// or https:// URL"));
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if authority.contains('@') || path.contains(['?', '#']) {
+        return Err(bad("user names, queries and fragments are not taken"));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let end = v6.find(']').ok_or_else(|| bad("unclosed ["))?;
+        let port = v6[end + 1..].strip_prefix(':');
+        if port.is_none() && end + 1 != v6.len() {
+            return Err(bad("text after the address"));
+        }
+        (v6[..end].to_owned(), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), Some(p)),
+            None => (authority.to_owned(), None),
+        }
+    };
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    let port = match port {
+        Some(p) => p.parse().map_err(|_| bad("the port is not a number"))?,
+        None if https => 443,
+        None => 80,
+    };
+    Ok(ReportUrl {
+        https,
+        host,
+        port,
+        prefix: path.trim_end_matches('/').to_owned(),
+    })
+}
+
+/// `celgate report` (what a running server's policies have been doing):
+/// GET /report from a running server and print it (a
+/// table, or its JSON as it is); 0 when printed, 1 when there is no
+/// report to print, 2 on a --url that cannot be used.
+pub fn report(
+    url: &str,
+    json: bool,
+    timeout: std::time::Duration,
+    force_tls: bool,
+    tls: HealthcheckTls,
+) -> ExitCode {
+    let u = match parse_report_url(url) {
+        Ok(u) => u,
+        Err(e) => {
+            say!("celgate report: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    let path = format!("{}/report", u.prefix);
+    let authority = if u.host.contains(':') {
+        format!("[{}]:{}", u.host, u.port)
+    } else {
+        format!("{}:{}", u.host, u.port)
+    };
+    let answer = if u.https || force_tls {
+        use std::net::ToSocketAddrs as _;
+        // Each address of the host in turn (localhost may be ::1 first).
+        match (u.host.as_str(), u.port).to_socket_addrs() {
+            Err(e) => Err(e.to_string()),
+            Ok(addrs) => {
+                let name = tls.server_name.as_deref().unwrap_or(&u.host);
+                let mut answer = Err("no address".to_owned());
+                for addr in addrs {
+                    answer = https_get(
+                        addr,
+                        name,
+                        &authority,
+                        &path,
+                        timeout,
+                        tls.ca_cert.as_deref(),
+                        true,
+                    );
+                    if answer.is_ok() {
+                        break;
+                    }
+                }
+                answer
+            }
+        }
+    } else {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .proxy(None)
+            .build()
+            .into();
+        agent
+            .get(format!("http://{authority}{path}"))
+            .call()
+            .map_err(|e| e.to_string())
+            .and_then(|mut r| {
+                let status = r.status().as_u16();
+                r.body_mut()
+                    .with_config()
+                    .limit(MAX_ANSWER_BYTES as u64)
+                    .read_to_vec()
+                    .map(|b| (status, b))
+                    .map_err(|e| e.to_string())
+            })
+    };
+    let shown = if u.https || force_tls {
+        format!("https://{authority}{path}")
+    } else {
+        format!("http://{authority}{path}")
+    };
+    let body = match answer {
+        Ok((200, body)) => body,
+        Ok((status, _)) => {
+            say!("celgate report: {shown} answered {status}");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            say!("celgate report: {shown}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let text = if json {
+        match serde_json::from_slice::<serde_json::Value>(&body)
+            .and_then(|v| serde_json::to_string_pretty(&v))
+        {
+            Ok(s) => s + "\n",
+            Err(e) => {
+                say!("celgate report: {shown}: not JSON: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        match serde_json::from_slice::<celgate::telemetry::report::ReportDoc>(&body) {
+            Ok(doc) => celgate::telemetry::report::render_table(&doc),
+            Err(e) => {
+                say!("celgate report: {shown}: not a report: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    match print_or_fail(&text) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => code,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_urls() {
+        let u = parse_report_url("http://127.0.0.1:9192").unwrap();
+        assert_eq!(
+            u,
+            ReportUrl {
+                https: false,
+                host: "127.0.0.1".into(),
+                port: 9192,
+                prefix: String::new()
+            }
+        );
+        let u = parse_report_url("https://celgate.example/admin/").unwrap();
+        assert_eq!((u.https, u.port, u.prefix.as_str()), (true, 443, "/admin"));
+        let u = parse_report_url("http://[::1]:9192").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 9192));
+        for bad in [
+            "127.0.0.1:9192",
+            "ftp://x",
+            "http://",
+            "http://h:port",
+            "http://u@h",
+            "http://h/?q",
+        ] {
+            assert!(parse_report_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn chunked_bodies() {
+        assert_eq!(
+            dechunk(b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n").unwrap(),
+            b"abcde"
+        );
+        assert!(dechunk(b"5\r\nab").is_err());
     }
 }

@@ -43,10 +43,11 @@ mod commands;
         not start, validate reports them, check does not decide, test does not run the suite, \
         diff does not compare (either side); \
         also test: a case failed; diff: a decision changed; serve: the server stopped with an \
-        error; healthcheck: not ready\n  \
+        error; healthcheck: not ready; report: the server cannot be reached or answers no \
+        report\n  \
         2  usage error; check: the request cannot be read; test: no suite found, or no case \
         matches --filter; diff: a request file, suite or decision-log line cannot be read, or \
-        --requests holds no request\n  \
+        --requests holds no request; report: a --url that is not http(s)://host[:port]\n  \
         3  check: the request is denied by a policy\n  \
         4  check: the request is denied because a policy with failurePolicy: Fail could not be evaluated"
 )]
@@ -152,6 +153,21 @@ enum Command {
             HTTPS with --tls or --ca-cert, or when CELGATE_HTTP_TLS_CERT is set like `serve`'s."
     )]
     Healthcheck(HealthcheckArgs),
+    /// Print what each policy of a running server has been doing (GET /report).
+    #[command(
+        long_about = "Print what each policy of a running celgate has been doing: GET /report on its \
+            HTTP address, shown as a table with a row per policy and window (since the start, \
+            the last 5 minutes, the last hour) and a column per count: evaluated, allowed, \
+            denied, no result, skipped, exempted, errors, would-be denials and errors of \
+            Audit/Warn policies, shadow disagreements. Policies a reload removed are marked \
+            (removed) while they still count in the last hour. --format json prints the \
+            server's JSON as it is.\n\n\
+            Speaks HTTPS with an https:// URL, --tls or --ca-cert, like `healthcheck`.\n\n\
+            Exit status: 0 when the report was printed; 1 when the server cannot be reached, \
+            answers with another status than 200 or with something that is not a report; 2 \
+            when --url is not an http(s)://host[:port] URL."
+    )]
+    Report(ReportArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(
         long_about = "Print a completion script for the given shell on standard output, e.g.\n\n  \
@@ -401,6 +417,41 @@ struct HealthcheckArgs {
 }
 
 #[derive(Debug, Args)]
+struct ReportArgs {
+    /// The server's HTTP listener (`serve --http-addr`), as a URL; a path
+    /// is kept as a prefix of /report.
+    #[arg(
+        long,
+        env = "CELGATE_REPORT_URL",
+        default_value = "http://127.0.0.1:9192"
+    )]
+    url: String,
+    /// Output format: an aligned table, or the report's JSON.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+    format: ReportFormat,
+    /// Give up after this many milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+    /// Speak HTTPS even with an http:// URL. Also on with --ca-cert.
+    #[arg(long)]
+    tls: bool,
+    /// Trust this CA bundle (PEM) for the server's certificate instead of
+    /// the web PKI roots. Implies --tls.
+    #[arg(long, value_name = "PEM")]
+    ca_cert: Option<PathBuf>,
+    /// The name the server's certificate must carry (default: the host of
+    /// --url).
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ReportFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("any_tls").args(["tls_cert", "http_tls_cert"]).multiple(true)))]
 struct ServeArgs {
     #[command(flatten)]
@@ -410,7 +461,8 @@ struct ServeArgs {
     grpc_addr: SocketAddr,
     /// Address of the HTTP server: GET /livez (liveness), GET /readyz
     /// (readiness, with the last reload's error), GET /policies (what is
-    /// loaded) and GET /metrics (Prometheus).
+    /// loaded), GET /metrics (Prometheus) and GET /report (what each policy
+    /// has been doing: `celgate report`).
     #[arg(long, env = "CELGATE_HTTP_ADDR", default_value = "127.0.0.1:9192")]
     http_addr: SocketAddr,
     /// Serve gRPC over TLS with this certificate chain (PEM, leaf first).
@@ -470,7 +522,7 @@ struct ServeArgs {
         value_parser = parse_san
     )]
     tls_client_san: Vec<celgate::server::tls::SanPattern>,
-    /// Serve the HTTP listener (/livez, /readyz, /policies, /metrics) over
+    /// Serve the HTTP listener (/livez, /readyz, /policies, /metrics, /report) over
     /// TLS with this certificate chain (PEM, leaf first). Needs
     /// --http-tls-key. Without it the HTTP listener is plaintext, whatever
     /// the gRPC listener does; to use the gRPC certificate, give the same
@@ -588,6 +640,23 @@ struct ServeArgs {
     /// shows only the policy set and reload series).
     #[arg(long, env = "CELGATE_NO_METRICS")]
     no_metrics: bool,
+    /// Also write the report (GET /report) to Kubernetes: one OpenReports
+    /// `Report` object (openreports.io/v1alpha1) per policy, named
+    /// celgate-<policy>[-<POD_NAME>], created or updated by server-side
+    /// apply every --report-interval-s; owned by the pod (deleted with it)
+    /// when POD_NAME and POD_UID are set and the namespace is the pod's.
+    /// Needs the OpenReports CRDs and
+    /// create/patch/delete on reports.openreports.io in --report-namespace.
+    /// Write failures are logged and retried; they never affect decisions.
+    #[arg(long, env = "CELGATE_REPORT_KUBE")]
+    report_kube: bool,
+    /// How often --report-kube writes, in seconds.
+    #[arg(long, env = "CELGATE_REPORT_INTERVAL_S", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    report_interval_s: u64,
+    /// Namespace of the --report-kube objects. Default: celgate's own
+    /// namespace (POD_NAMESPACE, else the ServiceAccount's namespace file).
+    #[arg(long, env = "CELGATE_REPORT_NAMESPACE", value_name = "NAMESPACE")]
+    report_namespace: Option<String>,
     #[command(flatten)]
     failure: FailureArgs,
     #[command(flatten)]
@@ -772,6 +841,19 @@ fn main() -> ExitCode {
                     ca_cert: args.ca_cert,
                     server_name: args.server_name,
                 }),
+            ))
+        }
+        Command::Report(args) => {
+            let https = args.tls || args.ca_cert.is_some();
+            Ok(commands::report(
+                &args.url,
+                matches!(args.format, ReportFormat::Json),
+                std::time::Duration::from_millis(args.timeout_ms),
+                https,
+                commands::HealthcheckTls {
+                    ca_cert: args.ca_cert,
+                    server_name: args.server_name,
+                },
             ))
         }
         Command::Check(args) => {
@@ -1159,6 +1241,47 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
     } else {
         None
     };
+    let _report_kube = if args.report_kube {
+        let namespace = match args
+            .report_namespace
+            .clone()
+            .or_else(celgate::sources::kube::own_namespace)
+        {
+            Some(ns) if celgate::sources::kube::is_namespace_name(&ns) => ns,
+            Some(ns) => anyhow::bail!("refusing to start: --report-namespace {ns:?} is not a namespace name"),
+            None => anyhow::bail!(
+                "refusing to start: --report-kube needs --report-namespace (celgate's own namespace is unknown: no POD_NAMESPACE, no ServiceAccount namespace file)"
+            ),
+        };
+        let client = rt.block_on(celgate::sources::kube::default_client())?;
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let pod = env("POD_NAME");
+        // Owned by the pod only in its own namespace.
+        let pod_uid = env("POD_UID").filter(|_| {
+            pod.is_some() && celgate::sources::kube::own_namespace().as_ref() == Some(&namespace)
+        });
+        tracing::info!(namespace = %namespace, interval_s = args.report_interval_s, owned_by_pod = pod_uid.is_some(), "report written to Kubernetes as OpenReports objects");
+        let _in_runtime = rt.enter();
+        Some(celgate::telemetry::openreports::spawn(
+            client,
+            celgate::telemetry::openreports::Target {
+                namespace,
+                pod,
+                pod_uid,
+            },
+            std::time::Duration::from_secs(args.report_interval_s),
+            state.clone(),
+        ))
+    } else {
+        None
+    };
+    // Tests shorten the report's minute to see its windows pass.
+    if let Some(ms) = std::env::var("CELGATE_TEST_REPORT_MINUTE_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        celgate::telemetry::report::global().set_minute(std::time::Duration::from_millis(ms));
+    }
     let _watcher = if args.no_watch || sources.paths.is_empty() {
         None
     } else {

@@ -4,7 +4,8 @@
 //! decisions; non-Envoy policies are left out; PolicyExceptions count only in
 //! the allowed namespaces; each object loads on its own, so a broken one
 //! keeps its last good version (or nothing) and never holds back the others
-//! nor a new process's start.
+//! nor a new process's start. The fake also takes the writes of
+//! `--report-kube` (server-side apply and delete of OpenReports objects).
 
 mod common;
 
@@ -227,6 +228,68 @@ async fn handler(
     .into_response()
 }
 
+/// The OpenReports objects, by `namespace/name`: server-side apply stores
+/// the applied object whole (enough for one field manager), delete removes
+/// it; `writes` counts applies.
+const REPORTS: &str = "/apis/openreports.io/v1alpha1/namespaces/{ns}/reports/{name}";
+
+async fn report_apply(
+    AxState(fake): AxState<Arc<Fake>>,
+    AxPath((ns, name)): AxPath<(String, String)>,
+    RawQuery(q): RawQuery,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    let q = q.unwrap_or_default();
+    let ct = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if ct != "application/apply-patch+yaml" || !q.contains("fieldManager=celgate") {
+        return (axum::http::StatusCode::BAD_REQUEST, format!("{ct} {q}")).into_response();
+    }
+    let mut obj: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(obj["metadata"]["name"], name.as_str());
+    assert_eq!(obj["metadata"]["namespace"], ns.as_str());
+    obj["metadata"]["resourceVersion"] = json!(fake.next_version());
+    fake.store
+        .lock()
+        .unwrap()
+        .objects
+        .entry("reports".into())
+        .or_default()
+        .insert(format!("{ns}/{name}"), obj.clone());
+    *fake
+        .lists
+        .lock()
+        .unwrap()
+        .entry("report-writes".into())
+        .or_default() += 1;
+    axum::Json(obj).into_response()
+}
+
+async fn report_delete(
+    AxState(fake): AxState<Arc<Fake>>,
+    AxPath((ns, name)): AxPath<(String, String)>,
+) -> axum::response::Response {
+    let removed = fake
+        .store
+        .lock()
+        .unwrap()
+        .objects
+        .entry("reports".into())
+        .or_default()
+        .remove(&format!("{ns}/{name}"));
+    match removed {
+        Some(obj) => axum::Json(obj).into_response(),
+        None => (
+            axum::http::StatusCode::NOT_FOUND,
+            axum::Json(json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})),
+        )
+            .into_response(),
+    }
+}
+
 async fn start_fake() -> (Arc<Fake>, kube::Client, String) {
     let (tx, _) = broadcast::channel(1024);
     let fake = Arc::new(Fake {
@@ -238,6 +301,10 @@ async fn start_fake() -> (Arc<Fake>, kube::Client, String) {
     });
     let app = axum::Router::new()
         .route(&format!("{BASE}/{{plural}}"), get(handler))
+        .route(
+            REPORTS,
+            axum::routing::patch(report_apply).delete(report_delete),
+        )
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -731,6 +798,173 @@ async fn start_fails_clearly_without_the_crd() {
     .expect_err("no CRD, no start");
     let msg = err.to_string();
     assert!(msg.contains("policies.kyverno.io/v1alpha1"), "{msg}");
+}
+
+fn reports(fake: &Fake) -> BTreeMap<String, Value> {
+    fake.store
+        .lock()
+        .unwrap()
+        .objects
+        .get("reports")
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// `serve --report-kube`: an OpenReports `Report` per policy, created on
+/// the first interval and updated with the new counts on the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_is_written_as_one_openreports_object_per_policy() {
+    let (fake, client, _) = start_fake().await;
+    fake.apply(
+        "validatingpolicies",
+        policy(
+            "or-deny-admin",
+            "Envoy",
+            "object.attributes.request.http.path == '/admin' ? envoy.Denied(403).Response() : null",
+        ),
+    );
+    fake.apply(
+        "validatingpolicies",
+        policy("or-pass", "Envoy", "envoy.Allowed().Response()"),
+    );
+    let (state, _task) = watched(client.clone(), Vec::new(), &["team-a"]).await;
+    assert_eq!(status(&state, "/admin"), 403);
+    assert_eq!(status(&state, "/x"), 200);
+    assert_eq!(status(&state, "/y"), 200);
+    let writer = celgate::telemetry::openreports::spawn(
+        client,
+        celgate::telemetry::openreports::Target {
+            namespace: "team-a".into(),
+            pod: Some("celgate-0".into()),
+            pod_uid: None,
+        },
+        Duration::from_millis(300),
+        state.clone(),
+    );
+    let deny = "team-a/celgate-or-deny-admin-celgate-0";
+    let pass = "team-a/celgate-or-pass-celgate-0";
+    eventually("both reports written", || {
+        let r = reports(&fake);
+        r.contains_key(deny) && r.contains_key(pass)
+    })
+    .await;
+    let r = reports(&fake);
+    // The other tests of this process evaluated policies this set does not
+    // serve: written too, as no longer served (the report keeps removed
+    // policies for an hour).
+    for (name, obj) in &r {
+        let served = obj["metadata"]["annotations"]["celgate.dev/served"] == "true";
+        assert_eq!(served, name == deny || name == pass, "{name}");
+    }
+    let d = &r[deny];
+    assert_eq!(d["apiVersion"], "openreports.io/v1alpha1");
+    assert_eq!(d["kind"], "Report");
+    assert_eq!(d["source"], "celgate");
+    assert_eq!(
+        d["metadata"]["annotations"]["celgate.dev/policy"],
+        "or-deny-admin"
+    );
+    assert_eq!(
+        d["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "celgate"
+    );
+    assert_eq!(
+        d["summary"],
+        json!({"pass": 0, "fail": 1, "warn": 0, "error": 0, "skip": 2})
+    );
+    let results = d["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "{d}");
+    let fail = &results[0];
+    assert_eq!(fail["policy"], "or-deny-admin");
+    assert_eq!(fail["result"], "fail");
+    assert_eq!(fail["source"], "celgate");
+    assert!(fail["timestamp"]["seconds"].as_u64().unwrap() > 1_700_000_000);
+    assert_eq!(fail["properties"]["outcome"], "denied");
+    assert_eq!(fail["properties"]["since_start"], "1");
+    assert_eq!(fail["properties"]["last_5m"], "1");
+    assert_eq!(results[1]["result"], "skip");
+    assert_eq!(results[1]["properties"]["outcome"], "no_result");
+    assert_eq!(
+        r[pass]["summary"],
+        json!({"pass": 2, "fail": 0, "warn": 0, "error": 0, "skip": 0})
+    );
+
+    // New counts reach the objects on a following interval.
+    assert_eq!(status(&state, "/admin"), 403);
+    assert_eq!(status(&state, "/admin"), 403);
+    eventually("the deny report updated", || {
+        reports(&fake)[deny]["summary"]["fail"] == 3
+    })
+    .await;
+    assert_eq!(reports(&fake)[pass]["summary"]["pass"], 2);
+    assert!(fake.lists("report-writes") >= 4);
+    writer.abort();
+}
+
+/// The binary with `--report-kube`: the objects appear in its own
+/// namespace, named after the policy and the pod; without a namespace it
+/// refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_writes_reports_with_report_kube() {
+    let (fake, _, server) = start_fake().await;
+    fake.apply(
+        "validatingpolicies",
+        policy("bin-reported", "Envoy", "envoy.Allowed().Response()"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = kubeconfig(dir.path(), &server);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_celgate"));
+    cmd.args(["serve", "--kube", "--policies", ""])
+        .args(["--report-kube", "--report-interval-s", "1"])
+        .args(["--grpc-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
+        .env("KUBECONFIG", &config)
+        .env("POD_NAMESPACE", "celgate")
+        .env("POD_NAME", "celgate-7f9c")
+        .env("POD_UID", "0b5d-uid")
+        .env_remove("CELGATE_REPORT_NAMESPACE")
+        .env_remove("KUBERNETES_SERVICE_HOST");
+    let mut child = common::ChildGuard::spawn("report-kube", cmd, dir.path());
+    let start = Instant::now();
+    let key = "celgate/celgate-bin-reported-celgate-7f9c";
+    while !reports(&fake).contains_key(key) {
+        if let Err(e) = child.check_alive() {
+            panic!("{e}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no report: {}",
+            child.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(child);
+    // In its own namespace the pod owns the objects.
+    assert_eq!(
+        reports(&fake)[key]["metadata"]["ownerReferences"],
+        json!([{"apiVersion": "v1", "kind": "Pod", "name": "celgate-7f9c", "uid": "0b5d-uid"}])
+    );
+
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_celgate"))
+            .args(["serve", "--kube", "--policies", "", "--report-kube"])
+            .args(["--grpc-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--http-addr", &format!("127.0.0.1:{}", free_port())])
+            .env("KUBECONFIG", &config)
+            .env_remove("POD_NAMESPACE")
+            .env_remove("CELGATE_REPORT_NAMESPACE")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--report-kube needs --report-namespace"),
+        "{err}"
+    );
 }
 
 fn kubeconfig(dir: &std::path::Path, server: &str) -> std::path::PathBuf {

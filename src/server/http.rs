@@ -1,7 +1,8 @@
 //! The HTTP side: `GET /livez` (the process is up), `GET /readyz` (a policy
 //! set is loaded and being served, with detail on the last reload),
-//! `GET /policies` (what is loaded, from where, since when) and `GET /metrics`
-//! (Prometheus text format); over TLS with `--http-tls-cert`.
+//! `GET /policies` (what is loaded, from where, since when), `GET /metrics`
+//! (Prometheus text format) and `GET /report` (what each policy has been
+//! doing, since the start and recently); over TLS with `--http-tls-cert`.
 
 use super::State;
 use crate::policy::FailurePolicy;
@@ -20,6 +21,7 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/readyz", get(readyz))
         .route("/policies", get(policies))
         .route("/metrics", get(metrics))
+        .route("/report", get(report))
         .with_state(state)
 }
 
@@ -121,6 +123,14 @@ async fn policies(AxState(state): AxState<Arc<State>>) -> Json<serde_json::Value
         "exceptions": exceptions,
         "kubernetes": state.reload.kube(),
     }))
+}
+
+/// Per-policy counts since the start and over the recent windows
+/// ([`crate::telemetry::report`]): the policies served, in evaluation order,
+/// then the shadow set's, then those a reload removed that still count in
+/// the last hour.
+async fn report(AxState(state): AxState<Arc<State>>) -> Json<crate::telemetry::report::ReportDoc> {
+    Json(crate::telemetry::report::view(&state))
 }
 
 /// Prometheus text exposition: the request-path series of

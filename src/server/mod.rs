@@ -167,6 +167,8 @@ pub async fn serve_on(
         http_tls = state.options.http_tls.is_some(),
         "celgate serving"
     );
+    // The minute snapshots behind `/report`'s recent windows.
+    let ticker = crate::telemetry::report::spawn_ticker();
     let (tx, rx) = tokio::sync::watch::channel(Phase::Serving);
     let flag = state.clone();
     tokio::spawn(async move {
@@ -195,6 +197,7 @@ pub async fn serve_on(
     });
     let grpc = grpc::serve(state, grpc_listener, rx);
     let (g, h) = tokio::join!(grpc, http);
+    ticker.abort();
     g?;
     h.map_err(ServeError::Http)?;
     Ok(())

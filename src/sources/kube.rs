@@ -124,7 +124,7 @@ impl std::fmt::Display for ExceptionNamespaces {
 }
 
 /// A DNS label, as Kubernetes requires of namespace names.
-fn is_namespace_name(s: &str) -> bool {
+pub fn is_namespace_name(s: &str) -> bool {
     s.len() <= 63
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')

@@ -290,6 +290,19 @@ pub fn global() -> &'static Metrics {
     &METRICS
 }
 
+/// Every policy's series, by name: each policy ever compiled in this process,
+/// including those a reload removed (their counters are kept, as Prometheus
+/// expects of counters).
+pub fn policies() -> Vec<(String, Arc<PolicyMetrics>)> {
+    global()
+        .policies
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// The series of the policy `name`, created on first use. Called when a set
 /// is compiled, never per request.
 pub fn policy(name: &str) -> Arc<PolicyMetrics> {

@@ -1,6 +1,8 @@
 //! Observability: Prometheus metrics, OpenTelemetry traces, decision logs.
 
 pub mod metrics;
+pub mod openreports;
+pub mod report;
 
 /// Series owned outside the metrics registry (decision log; identity caches
 /// when present), appended to `/metrics`.
