@@ -152,12 +152,16 @@ check_decisions() { # $1: before / after
 }
 check_decisions before
 
-h2() { # $1 addr, $2 seconds; prints req/s
-  local out rps failed errored non2xx
+h2() { # $1 addr, $2 seconds; prints "req/s mean-latency-ms"
+  local out rps mean failed errored non2xx
   out=$(h2load -D "$2" -c "$CONNS" -m "$STREAMS" -t 1 -d "$WORK/req.bin" \
     -H 'content-type: application/grpc' -H 'te: trailers' "http://$1$CHECK_PATH" 2>&1) \
     || { echo "$out" >&2; die "h2load failed against $1"; }
   rps=$(sed -n 's/^finished in [^,]*, \([0-9.]*\) req\/s.*/\1/p' <<<"$out")
+  # "time for request:  min  max  mean  sd  +/- sd", each with its unit (us, ms or s).
+  mean=$(awk '/^time for request:/ { v = $6; f = 1
+    if (v ~ /us$/) f = 0.001; else if (v ~ /ms$/) f = 1; else if (v ~ /s$/) f = 1000
+    sub(/[a-z]+$/, "", v); printf "%.3f", v * f }' <<<"$out")
   failed=$(sed -n 's/^requests: .* \([0-9]*\) failed.*/\1/p' <<<"$out")
   errored=$(sed -n 's/^requests: .* \([0-9]*\) errored.*/\1/p' <<<"$out")
   non2xx=$(sed -n 's/^status codes: [0-9]* 2xx, \([0-9]*\) 3xx, \([0-9]*\) 4xx, \([0-9]*\) 5xx.*/\1 \2 \3/p' <<<"$out")
@@ -165,7 +169,7 @@ h2() { # $1 addr, $2 seconds; prints req/s
     echo "$out" >&2
     die "h2load against $1: rps=$rps failed=$failed errored=$errored non-2xx=$non2xx"
   fi
-  echo "$rps"
+  echo "$rps ${mean:-nan}"
 }
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) exit; if (NR % 2) printf "%.4f\n", v[(NR + 1) / 2]; else printf "%.4f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
@@ -181,14 +185,14 @@ RESULTS=$WORK/results.tsv
 : >"$RESULTS"
 echo "== measuring: $ROUNDS round(s) x ${DURATION}s, h2load -c $CONNS -m $STREAMS -t 1, floor/plain/shadow in turn" >&2
 for round in $(seq 1 "$ROUNDS"); do
-  f=$(h2 "$FLOOR_ADDR" "$DURATION")
-  p=$(h2 "$PLAIN_GRPC" "$DURATION")
-  s=$(h2 "$SHADOW_GRPC" "$DURATION")
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$f" "$p" "$s" \
+  read -r f _ < <(h2 "$FLOOR_ADDR" "$DURATION")
+  read -r p pl < <(h2 "$PLAIN_GRPC" "$DURATION")
+  read -r s sl < <(h2 "$SHADOW_GRPC" "$DURATION")
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$f" "$p" "$s" \
     "$(awk -v a="$p" -v b="$f" 'BEGIN { printf "%.4f", a / b }')" \
     "$(awk -v a="$s" -v b="$f" 'BEGIN { printf "%.4f", a / b }')" \
-    "$(awk -v a="$s" -v b="$p" 'BEGIN { printf "%.4f", a / b }')" >>"$RESULTS"
-  tail -n1 "$RESULTS" | awk -F'\t' '{ printf "  round %s floor %.0f plain %.0f shadow %.0f req/s\n", $1, $2, $3, $4 }' >&2
+    "$(awk -v a="$s" -v b="$p" 'BEGIN { printf "%.4f", a / b }')" "$pl" "$sl" >>"$RESULTS"
+  tail -n1 "$RESULTS" | awk -F'\t' '{ printf "  round %s floor %.0f plain %.0f shadow %.0f req/s; mean latency plain %s ms shadow %s ms\n", $1, $2, $3, $4, $8, $9 }' >&2
 done
 # Shadow evaluations end after the answers: let the queue drain before reading the counts.
 sleep 1
@@ -205,14 +209,16 @@ echo "machine: $(nproc) cpus, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cp
 echo "policies: $POLICIES; shadow: $SHADOW_POLICIES $SHADOW_ARGS"
 echo "h2load -D $DURATION -c $CONNS -m $STREAMS -t 1; $ROUNDS round(s)"
 echo
-printf '%5s %12s %12s %12s %12s %12s %14s\n' round "floor req/s" "plain req/s" "shadow req/s" plain/floor shadow/floor shadow/plain
-while IFS=$'\t' read -r round f p s pf sf sp; do
-  printf '%5s %12.0f %12.0f %12.0f %12s %12s %14s\n' "$round" "$f" "$p" "$s" "$pf" "$sf" "$sp"
+printf '%5s %12s %12s %12s %12s %12s %14s %10s %10s\n' round "floor req/s" "plain req/s" "shadow req/s" plain/floor shadow/floor shadow/plain "plain ms" "shadow ms"
+while IFS=$'\t' read -r round f p s pf sf sp pl sl; do
+  printf '%5s %12.0f %12.0f %12.0f %12s %12s %14s %10s %10s\n' "$round" "$f" "$p" "$s" "$pf" "$sf" "$sp" "$pl" "$sl"
 done <"$RESULTS"
 printf 'median %s %s %s\n' \
   "plain/floor $(cut -f5 "$RESULTS" | median)" \
   "shadow/floor $(cut -f6 "$RESULTS" | median)" \
   "shadow/plain $(cut -f7 "$RESULTS" | median)"
+printf 'median mean latency (h2load "time for request"): plain %s ms, shadow %s ms\n' \
+  "$(cut -f8 "$RESULTS" | median)" "$(cut -f9 "$RESULTS" | median)"
 echo
 echo "shadow evaluations before the measured runs: ${BEFORE:-none}"
 echo "shadow evaluations after:                    ${AFTER:-none}"
