@@ -227,7 +227,7 @@ pub async fn decide(
     };
     let overloaded = || {
         count(DecidedBy::Overload, started);
-        OVERLOAD_LOG.warn(|suppressed| {
+        OVERLOAD_LOG.write(|suppressed| {
             tracing::warn!(
                 max_pending = limits.max_pending,
                 threads = pool.workers.threads,
@@ -271,7 +271,7 @@ pub async fn decide(
                 .is_ok()
             {
                 count(DecidedBy::Timeout, started);
-                TIMEOUT_LOG.warn(|suppressed| {
+                TIMEOUT_LOG.write(|suppressed| {
                     tracing::warn!(
                         timeout_ms = limits.timeout.as_millis() as u64,
                         suppressed,
@@ -316,9 +316,11 @@ pub fn overload_decision(config: &engine::EngineConfig) -> Decision {
     engine::failure_decision(config, FailureReason::Overload, OVERLOAD_REASON.into())
 }
 
-/// A WARN line per occurrence, at most one a second: the lines in between
+/// A log line per occurrence, at most one a second: the lines in between
 /// are counted and the count is carried by the next line (`suppressed`).
-struct RateLimitedLog {
+/// The decision pool's overload and deadline warnings and the shadow
+/// threads' dropped-evaluation line use it.
+pub(super) struct RateLimitedLog {
     /// Milliseconds since [`EPOCH`] when a line may next be written.
     next_at_ms: AtomicU64,
     suppressed: AtomicU64,
@@ -329,14 +331,16 @@ static OVERLOAD_LOG: RateLimitedLog = RateLimitedLog::new();
 static TIMEOUT_LOG: RateLimitedLog = RateLimitedLog::new();
 
 impl RateLimitedLog {
-    const fn new() -> Self {
+    pub(super) const fn new() -> Self {
         RateLimitedLog {
             next_at_ms: AtomicU64::new(0),
             suppressed: AtomicU64::new(0),
         }
     }
 
-    fn warn(&self, write: impl FnOnce(u64)) {
+    /// Calls `write` with the number of lines suppressed since the last one,
+    /// unless a line was written less than a second ago.
+    pub(super) fn write(&self, write: impl FnOnce(u64)) {
         let now = EPOCH.elapsed().as_millis() as u64;
         let next = self.next_at_ms.load(Ordering::Relaxed);
         if now >= next
@@ -361,13 +365,13 @@ mod tests {
         let log = RateLimitedLog::new();
         let mut lines = Vec::new();
         for _ in 0..5 {
-            log.warn(|s| lines.push(s));
+            log.write(|s| lines.push(s));
         }
         assert_eq!(lines, vec![0], "one line, then suppressed");
         assert_eq!(log.suppressed.load(Ordering::Relaxed), 4);
         // As if a second had passed.
         log.next_at_ms.store(0, Ordering::Relaxed);
-        log.warn(|s| lines.push(s));
+        log.write(|s| lines.push(s));
         assert_eq!(lines, vec![0, 4], "the next line carries the count");
     }
 

@@ -27,6 +27,7 @@
 //! version and never touches the live set. Its policies' own series are not
 //! shown among the live ones ([`PolicySet::detach_metrics`]).
 
+use super::limits::RateLimitedLog;
 use super::workers::Workers;
 use super::State;
 use crate::engine::{self, Decision};
@@ -244,7 +245,8 @@ impl ShadowJob {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 metrics::global().shadow_result(ShadowResult::Dropped);
-                DROP_LOG.debug();
+                DROP_LOG
+                    .write(|_| tracing::debug!("shadow queue full: shadow evaluations dropped"));
             }
         }
     }
@@ -358,31 +360,9 @@ fn start_pool(options: &ShadowOptions) -> Pool {
     pool
 }
 
-/// A DEBUG line when shadow evaluations are dropped, at most one a second
+/// The DEBUG line when shadow evaluations are dropped, at most one a second
 /// (the count is in `celgate_shadow_evaluations_total{result="dropped"}`).
-struct DropLog {
-    next_at_ms: AtomicU64,
-}
-
-static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
-static DROP_LOG: DropLog = DropLog {
-    next_at_ms: AtomicU64::new(0),
-};
-
-impl DropLog {
-    fn debug(&self) {
-        let now = EPOCH.elapsed().as_millis() as u64;
-        let next = self.next_at_ms.load(Ordering::Relaxed);
-        if now >= next
-            && self
-                .next_at_ms
-                .compare_exchange(next, now + 1000, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            tracing::debug!("shadow queue full: shadow evaluations dropped");
-        }
-    }
-}
+static DROP_LOG: RateLimitedLog = RateLimitedLog::new();
 
 #[cfg(test)]
 mod tests {
