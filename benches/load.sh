@@ -36,6 +36,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+# shellcheck source=scripts/bench-lib.sh
+source scripts/bench-lib.sh
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
@@ -120,41 +122,20 @@ for b in "$CELGATE_BIN" "$BIN/examples/floor" "$BIN/examples/make_request" "$BIN
   [[ -x $b ]] || die "$b was not built"
 done
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/celgate-load.XXXXXX")
-FLOOR_PID=""
-CELGATE_PID=""
-cleanup() {
-  local rc=$?
-  for pid in $FLOOR_PID $CELGATE_PID; do
-    kill "$pid" 2>/dev/null || true
-  done
-  for pid in $FLOOR_PID $CELGATE_PID; do
-    wait "$pid" 2>/dev/null || true
-  done
-  if [[ $rc -ne 0 ]]; then
-    echo "load.sh: failed; logs kept in $WORK" >&2
-  else
-    rm -rf "$WORK"
-  fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-port_in_use() { (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; }
-
-for a in "$FLOOR_ADDR" "$GRPC_ADDR" "$HTTP_ADDR"; do
-  port_in_use "$a" && die "$a is already in use: stop whatever listens there first"
-done
+bench_workdir celgate-load
+bench_ports_free "$FLOOR_ADDR" "$GRPC_ADDR" "$HTTP_ADDR"
 
 echo "== starting floor on $FLOOR_ADDR" >&2
 "$BIN/examples/floor" --addr "$FLOOR_ADDR" >"$WORK/floor.log" 2>&1 &
 FLOOR_PID=$!
+BENCH_PIDS+=("$FLOOR_PID")
 
 echo "== starting celgate serve --policies $POLICIES on $GRPC_ADDR (http $HTTP_ADDR)" >&2
 # shellcheck disable=SC2086
 "$CELGATE_BIN" serve --policies "$POLICIES" --grpc-addr "$GRPC_ADDR" --http-addr "$HTTP_ADDR" \
   $CELGATE_ARGS >"$WORK/celgate.log" 2>&1 &
 CELGATE_PID=$!
+BENCH_PIDS+=("$CELGATE_PID")
 
 ready=""
 for _ in $(seq 1 300); do

@@ -41,6 +41,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+# shellcheck source=scripts/bench-lib.sh
+source scripts/bench-lib.sh
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
@@ -96,37 +98,24 @@ for b in "$BIN/celgate" "$BIN/examples/floor" "$BIN/examples/make_request" "$BIN
   [[ -x $b ]] || die "$b was not built"
 done
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/celgate-shadow.XXXXXX")
-PIDS=()
-cleanup() {
-  local rc=$?
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [[ $rc -ne 0 ]]; then echo "shadow.sh: failed; logs kept in $WORK" >&2; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-port_in_use() { (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; }
-for a in "$FLOOR_ADDR" "$PLAIN_GRPC" "$PLAIN_HTTP" "$SHADOW_GRPC" "$SHADOW_HTTP"; do
-  port_in_use "$a" && die "$a is already in use: stop whatever listens there first"
-done
+bench_workdir celgate-shadow
+bench_ports_free "$FLOOR_ADDR" "$PLAIN_GRPC" "$PLAIN_HTTP" "$SHADOW_GRPC" "$SHADOW_HTTP"
 
 "$BIN/examples/floor" --addr "$FLOOR_ADDR" >"$WORK/floor.log" 2>&1 &
-PIDS+=($!)
+BENCH_PIDS+=($!)
 # shellcheck disable=SC2086
 "$BIN/celgate" serve --policies "$POLICIES" --grpc-addr "$PLAIN_GRPC" --http-addr "$PLAIN_HTTP" \
   $CELGATE_ARGS >"$WORK/plain.log" 2>&1 &
-PIDS+=($!)
+BENCH_PIDS+=($!)
 # shellcheck disable=SC2086
 "$BIN/celgate" serve --policies "$POLICIES" --grpc-addr "$SHADOW_GRPC" --http-addr "$SHADOW_HTTP" \
   --shadow-policies "$SHADOW_POLICIES" $SHADOW_ARGS $CELGATE_ARGS >"$WORK/shadow.log" 2>&1 &
 SHADOW_PID=$!
-PIDS+=("$SHADOW_PID")
+BENCH_PIDS+=("$SHADOW_PID")
 
 ready=""
 for _ in $(seq 1 300); do
-  for pid in "${PIDS[@]}"; do
+  for pid in "${BENCH_PIDS[@]}"; do
     kill -0 "$pid" 2>/dev/null || { tail -n 30 "$WORK"/*.log >&2; die "a server exited during start-up"; }
   done
   if curl -sf "http://$PLAIN_HTTP/readyz" >/dev/null 2>&1 && curl -sf "http://$SHADOW_HTTP/readyz" >/dev/null 2>&1 \
@@ -198,7 +187,7 @@ done
 sleep 1
 AFTER=$(shadow_results)
 check_decisions after
-RSS_PLAIN=$(awk '/^VmHWM:/ { print $2 }' "/proc/${PIDS[1]}/status" 2>/dev/null || echo "?")
+RSS_PLAIN=$(awk '/^VmHWM:/ { print $2 }' "/proc/${BENCH_PIDS[1]}/status" 2>/dev/null || echo "?")
 RSS_SHADOW=$(awk '/^VmHWM:/ { print $2 }' "/proc/$SHADOW_PID/status" 2>/dev/null || echo "?")
 
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo "no-commit")

@@ -32,6 +32,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+# shellcheck source=scripts/bench-lib.sh
+source scripts/bench-lib.sh
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
@@ -69,30 +71,8 @@ for b in "$CELGATE_BIN" "$BIN/examples/make_request" "$BIN/examples/check_once" 
   [[ -x $b ]] || die "$b was not built"
 done
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/celgate-bench-tls.XXXXXX")
-PLAIN_PID=""
-TLS_PID=""
-cleanup() {
-  local rc=$?
-  for pid in $PLAIN_PID $TLS_PID; do
-    kill "$pid" 2>/dev/null || true
-  done
-  for pid in $PLAIN_PID $TLS_PID; do
-    wait "$pid" 2>/dev/null || true
-  done
-  if [[ $rc -ne 0 ]]; then
-    echo "bench-tls.sh: failed; logs kept in $WORK" >&2
-  else
-    rm -rf "$WORK"
-  fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-port_in_use() { (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; }
-for a in "$PLAIN_ADDR" "$PLAIN_HTTP" "$TLS_ADDR" "$TLS_HTTP"; do
-  port_in_use "$a" && die "$a is already in use: stop whatever listens there first"
-done
+bench_workdir celgate-bench-tls
+bench_ports_free "$PLAIN_ADDR" "$PLAIN_HTTP" "$TLS_ADDR" "$TLS_HTTP"
 
 "$BIN/examples/dev_certs" --out "$WORK/certs" --server-dns "$SERVER_NAME" >/dev/null
 
@@ -104,10 +84,12 @@ echo "== starting celgate (plaintext) on $PLAIN_ADDR and celgate (TLS) on $TLS_A
 "$CELGATE_BIN" serve --policies "$POLICIES" --grpc-addr "$PLAIN_ADDR" --http-addr "$PLAIN_HTTP" \
   $CELGATE_ARGS >"$WORK/plain.log" 2>&1 &
 PLAIN_PID=$!
+BENCH_PIDS+=("$PLAIN_PID")
 # shellcheck disable=SC2086
 "$CELGATE_BIN" serve --policies "$POLICIES" --grpc-addr "$TLS_ADDR" --http-addr "$TLS_HTTP" \
   "${TLS_FLAGS[@]}" $CELGATE_ARGS >"$WORK/tls.log" 2>&1 &
 TLS_PID=$!
+BENCH_PIDS+=("$TLS_PID")
 
 ready=""
 for _ in $(seq 1 300); do

@@ -346,15 +346,10 @@ pub fn healthcheck(
             }
         };
     }
-    // The same HTTP client as the JWKS fetches, never through a proxy.
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .proxy(None)
-        .build()
-        .into();
-    match agent.get(format!("http://{addr}{path}")).call() {
+    match plain_http_agent(timeout)
+        .get(format!("http://{addr}{path}"))
+        .call()
+    {
         Ok(r) if r.status() == 200 => ExitCode::SUCCESS,
         Ok(r) => {
             say!(
@@ -650,14 +645,7 @@ pub fn report(
             }
         }
     } else {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(timeout))
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .proxy(None)
-            .build()
-            .into();
-        agent
+        plain_http_agent(timeout)
             .get(format!("http://{authority}{path}"))
             .call()
             .map_err(|e| e.to_string())
@@ -710,6 +698,19 @@ pub fn report(
         Ok(()) => ExitCode::SUCCESS,
         Err(code) => code,
     }
+}
+/// The plain-HTTP client of the commands that ask a running server
+/// (`healthcheck`, `report`): the same settings as the JWKS fetches, never
+/// through a proxy, no redirects, and every status returned as an answer
+/// rather than an error.
+fn plain_http_agent(timeout: std::time::Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .proxy(None)
+        .build()
+        .into()
 }
 
 #[cfg(test)]

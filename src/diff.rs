@@ -27,7 +27,7 @@
 
 use crate::cel::envoy::{HeaderOption, Outcome};
 use crate::engine::{evaluate, Decision, EngineConfig};
-use crate::policy::PolicySet;
+use crate::policy::{load, PolicySet};
 use crate::suite::{self, TestDoc};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use serde::{Deserialize, Serialize};
@@ -247,30 +247,16 @@ fn extension(path: &Path) -> Option<&str> {
 }
 
 fn walk(dir: &Path, out: &mut Vec<(PathBuf, bool)>) -> Result<(), CorpusError> {
-    let io = io_error(dir);
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .map_err(io)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(io)?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with('.') {
-            continue;
-        }
-        let path = e.path();
-        if path.is_dir() {
-            if name != "target" && name != "node_modules" {
-                walk(&path, out)?;
-            }
-        } else if matches!(
-            extension(&path),
+    let keep = |path: &Path| {
+        matches!(
+            extension(path),
             Some("json" | "jsonl" | "ndjson" | "yaml" | "yml")
-        ) {
-            out.push((path, false));
-        }
-    }
+        )
+    };
+    let mut found = Vec::new();
+    load::walk_source_tree(dir, &keep, &mut found)
+        .map_err(|(path, error)| CorpusError::Io { path, error })?;
+    out.extend(found.into_iter().map(|p| (p, false)));
     Ok(())
 }
 

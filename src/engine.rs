@@ -284,6 +284,23 @@ fn run(
     crate::cel::mcp::in_request(request, || run_policies(set, config, request, trace))
 }
 
+/// Logs a policy's evaluation error at `$level` (a `tracing` macro name):
+/// the policy, the failing field, the error's kind, function and reason,
+/// never the CEL message, which may quote request data. Every way a policy
+/// error is handled logs these same fields.
+macro_rules! policy_error_event {
+    ($level:ident, $policy:expr, $e:expr, $message:literal) => {
+        tracing::$level!(
+            policy = %$policy.name,
+            field = %$e.field,
+            error_kind = $e.kind.as_str(),
+            function = $e.function.as_deref().unwrap_or(""),
+            reason = $e.reason.unwrap_or(""),
+            $message
+        )
+    };
+}
+
 fn run_policies(
     set: &PolicySet,
     config: &EngineConfig,
@@ -351,24 +368,20 @@ fn run_policies(
             Ok(PolicyResult::Skipped) => (PolicyOutcome::Skipped, None),
             Ok(PolicyResult::Exempted) => (PolicyOutcome::Exempted, None),
             Err(e) if policy.failure_policy == FailurePolicy::Ignore => {
-                tracing::debug!(
-                    policy = %policy.name,
-                    field = %e.field,
-                    error_kind = e.kind.as_str(),
-                    function = e.function.as_deref().unwrap_or(""),
-                    reason = e.reason.unwrap_or(""),
+                policy_error_event!(
+                    debug,
+                    policy,
+                    e,
                     "policy error ignored (failurePolicy: Ignore)"
                 );
                 set_outcome(&mut t, "error (ignored)");
                 (PolicyOutcome::Error, None)
             }
             Err(e) if !actions.enforced() => {
-                tracing::warn!(
-                    policy = %policy.name,
-                    field = %e.field,
-                    error_kind = e.kind.as_str(),
-                    function = e.function.as_deref().unwrap_or(""),
-                    reason = e.reason.unwrap_or(""),
+                policy_error_event!(
+                    warn,
+                    policy,
+                    e,
                     "policy error: recorded, not enforced (validationActions without Deny)"
                 );
                 set_outcome(&mut t, "error (not enforced)");
@@ -376,12 +389,10 @@ fn run_policies(
                 (PolicyOutcome::AuditError, None)
             }
             Err(e) => {
-                tracing::warn!(
-                    policy = %policy.name,
-                    field = %e.field,
-                    error_kind = e.kind.as_str(),
-                    function = e.function.as_deref().unwrap_or(""),
-                    reason = e.reason.unwrap_or(""),
+                policy_error_event!(
+                    warn,
+                    policy,
+                    e,
                     "policy error: request denied (failurePolicy: Fail)"
                 );
                 set_outcome(&mut t, "error (denied)");

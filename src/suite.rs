@@ -262,30 +262,14 @@ pub fn find(paths: &[PathBuf]) -> Result<Vec<(PathBuf, TestDoc)>, SuiteError> {
 }
 
 fn walk(dir: &Path, out: &mut Vec<(PathBuf, bool)>) -> Result<(), SuiteError> {
-    let io = |e: std::io::Error| SuiteError::Invalid {
-        path: dir.to_path_buf(),
-        message: e.to_string(),
-    };
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .map_err(io)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(io)?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with('.') {
-            continue;
+    let mut found = Vec::new();
+    load::walk_source_tree(dir, &load::is_policy_file, &mut found).map_err(|(path, e)| {
+        SuiteError::Invalid {
+            path,
+            message: e.to_string(),
         }
-        let path = e.path();
-        if path.is_dir() {
-            if name != "target" && name != "node_modules" {
-                walk(&path, out)?;
-            }
-        } else if load::is_policy_file(&path) {
-            out.push((path, false));
-        }
-    }
+    })?;
+    out.extend(found.into_iter().map(|p| (p, false)));
     Ok(())
 }
 

@@ -5,12 +5,12 @@
 
 mod common;
 
-use common::{free_port, get_blocking, hex, loopback, span_attr as attr, Collector};
+use common::{free_port, get_blocking, hex, loopback, serve_ready, span_attr as attr, Collector};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 const SECRET_TOKEN: &str = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0LXBheWxvYWQ.c2lnbmF0dXJl";
@@ -33,37 +33,9 @@ impl Server {
 
     /// As [`Server::start`], serving the policies under `policies`.
     fn start_with(policies: &std::path::Path, extra: &[&str], env: &[(&str, String)]) -> Server {
-        // Ports are picked free but may be taken before celgate binds them
-        // (tests run in parallel): start again on others when it exits.
-        for _ in 0..3 {
-            let (grpc, http) = (free_port(), free_port());
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_celgate"));
-            cmd.args(["serve", "--no-watch", "--policies"])
-                .arg(policies)
-                .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
-                .args(["--http-addr", &format!("127.0.0.1:{http}")])
-                .args(extra)
-                .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-                .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            for (k, v) in env {
-                cmd.env(k, v);
-            }
-            let mut child = cmd.spawn().unwrap();
-            let start = Instant::now();
-            loop {
-                if get_blocking(loopback(http), "/readyz").ok().map(|r| r.0) == Some(200) {
-                    return Server { child, grpc, http };
-                }
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                assert!(start.elapsed() < Duration::from_secs(30), "not ready");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        panic!("celgate did not start on three pairs of free ports");
+        let extra = [&["--no-watch"], extra].concat();
+        let (child, grpc, http) = serve_ready(policies, &extra, env);
+        Server { child, grpc, http }
     }
 
     /// SIGTERM and wait for exit 0.

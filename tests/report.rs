@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{free_port, get_blocking, loopback};
+use common::{free_port, get_blocking, loopback, serve_ready};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use serde_json::Value;
@@ -108,36 +108,8 @@ struct Server {
 
 impl Server {
     fn start(policies: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
-        for _ in 0..3 {
-            let (grpc, http) = (free_port(), free_port());
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_celgate"));
-            cmd.args(["serve", "--policies"])
-                .arg(policies)
-                .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
-                .args(["--http-addr", &format!("127.0.0.1:{http}")])
-                .args(extra)
-                .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-                .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-                .env_remove("CELGATE_TEST_REPORT_MINUTE_MS")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            for (k, v) in env {
-                cmd.env(k, v);
-            }
-            let mut child = cmd.spawn().unwrap();
-            let start = Instant::now();
-            loop {
-                if get_blocking(loopback(http), "/readyz").ok().map(|r| r.0) == Some(200) {
-                    return Server { child, grpc, http };
-                }
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                assert!(start.elapsed() < Duration::from_secs(30), "not ready");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        panic!("celgate did not start on three pairs of free ports");
+        let (child, grpc, http) = serve_ready(policies, extra, env);
+        Server { child, grpc, http }
     }
 
     fn report(&self) -> Value {

@@ -52,22 +52,11 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
 }
 
 fn walk_entries(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
-    let io = |e: std::io::Error| LoadError::Io {
+    let entries = visible_entries(dir).map_err(|e| LoadError::Io {
         path: dir.to_path_buf(),
         message: e.to_string(),
-    };
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .map_err(io)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(io)?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with('.') {
-            continue;
-        }
-        let path = e.path();
+    })?;
+    for (_, path) in entries {
         // Follow symlinks: ConfigMap mounts link each key to `..data/key`.
         let meta = std::fs::metadata(&path).map_err(|err| LoadError::Io {
             path: path.clone(),
@@ -76,6 +65,43 @@ fn walk_entries(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
         if meta.is_dir() {
             walk(&path, out)?;
         } else if is_policy_file(&path) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// The entries of `dir` every directory walk visits: sorted by file name, so
+/// a walk's order does not depend on the file system, and without hidden
+/// entries (a name starting with `.`), each with its (lossy) name and path.
+pub(crate) fn visible_entries(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let mut entries = std::fs::read_dir(dir)?.collect::<Result<Vec<_>, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    Ok(entries
+        .into_iter()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (!name.starts_with('.')).then(|| (name, e.path()))
+        })
+        .collect())
+}
+
+/// Collects the files under the source tree `dir` that `keep` accepts, depth
+/// first in name order, skipping hidden entries and build output folders
+/// (`target`, `node_modules`). The error names the folder that could not be
+/// read. `celgate test` and `celgate diff` search their paths this way.
+pub(crate) fn walk_source_tree(
+    dir: &Path,
+    keep: &dyn Fn(&Path) -> bool,
+    out: &mut Vec<PathBuf>,
+) -> Result<(), (PathBuf, std::io::Error)> {
+    let entries = visible_entries(dir).map_err(|e| (dir.to_path_buf(), e))?;
+    for (name, path) in entries {
+        if path.is_dir() {
+            if name != "target" && name != "node_modules" {
+                walk_source_tree(&path, keep, out)?;
+            }
+        } else if keep(&path) {
             out.push(path);
         }
     }

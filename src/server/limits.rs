@@ -23,12 +23,13 @@
 //! (a cost limit), not this module's.
 
 use super::grpc::AuthzService;
+use super::workers::{Job, Workers};
 use crate::engine::{self, Decision, FailureReason, PolicyTrace};
 use crate::telemetry::metrics::{self, DecidedBy};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::mpsc::TrySendError;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Default `--decision-timeout-ms`: below Envoy's default ext_authz timeout
@@ -100,8 +101,6 @@ impl Limits {
     }
 }
 
-type Job = Box<dyn FnOnce() + Send>;
-
 /// The evaluation threads and their queue, started on first use.
 #[derive(Debug, Default)]
 pub struct DecisionPool {
@@ -110,21 +109,12 @@ pub struct DecisionPool {
 
 #[derive(Debug)]
 struct Pool {
-    tx: SyncSender<Job>,
-    threads: usize,
+    workers: Workers,
     /// Requests admitted at most at once: `threads` + `max_pending`.
     capacity: usize,
-    load: Arc<Load>,
-}
-
-/// What the pool is doing.
-#[derive(Debug, Default)]
-struct Load {
     /// Requests admitted and not yet done (waiting, or running, or skipped
     /// once their caller is gone): the admission count.
-    admitted: AtomicUsize,
-    queued: AtomicUsize,
-    busy: AtomicUsize,
+    admitted: Arc<AtomicUsize>,
 }
 
 impl DecisionPool {
@@ -134,7 +124,7 @@ impl DecisionPool {
 
     /// Starts the threads now (rather than on the first request).
     pub fn start(&self, limits: &Limits) -> usize {
-        self.get(limits).threads
+        self.get(limits).workers.threads
     }
 
     /// The pool's gauges in the Prometheus text format (nothing before it starts).
@@ -152,9 +142,9 @@ impl DecisionPool {
              # HELP celgate_decisions_queued Requests waiting for an evaluation thread.\n\
              # TYPE celgate_decisions_queued gauge\n\
              celgate_decisions_queued {}\n",
-            p.threads,
-            p.load.busy.load(Ordering::Relaxed),
-            p.load.queued.load(Ordering::Relaxed),
+            p.workers.threads,
+            p.workers.load.busy.load(Ordering::Relaxed),
+            p.workers.load.queued.load(Ordering::Relaxed),
         )
     }
 }
@@ -162,26 +152,23 @@ impl DecisionPool {
 impl Pool {
     fn start(limits: &Limits) -> Pool {
         let wanted = limits.thread_count();
-        // Admission is decided by `Load::admitted`, so that a request is
-        // refused only when every thread is busy and `max_pending` wait; the
-        // channel has room for every admitted request.
-        let (tx, rx) = sync_channel::<Job>(wanted + limits.max_pending);
-        let rx = Arc::new(Mutex::new(rx));
-        let load = Arc::new(Load::default());
-        let mut threads = 0;
-        for i in 0..wanted {
-            let (rx, load) = (rx.clone(), load.clone());
-            match std::thread::Builder::new()
-                .name(format!("celgate-eval-{i}"))
-                // Evaluation recurses over the expression: the stack fits
-                // any expression within the load-time depth limit.
-                .stack_size(crate::cel::limits::EVAL_STACK_BYTES)
-                .spawn(move || work(&rx, &load))
+        let admitted = Arc::new(AtomicUsize::new(0));
+        // Admission is decided by `admitted`, so that a request is refused
+        // only when every thread is busy and `max_pending` wait; the channel
+        // has room for every admitted request.
+        let workers = Workers::start(
+            "celgate-eval",
+            wanted,
+            wanted + limits.max_pending,
             {
-                Ok(_) => threads += 1,
-                Err(e) => tracing::error!(error = %e, "cannot start an evaluation thread"),
-            }
-        }
+                let admitted = admitted.clone();
+                Arc::new(move || {
+                    admitted.fetch_sub(1, Ordering::AcqRel);
+                })
+            },
+            |e| tracing::error!(error = %e, "cannot start an evaluation thread"),
+        );
+        let threads = workers.threads;
         tracing::info!(
             threads,
             max_pending = limits.max_pending,
@@ -189,26 +176,10 @@ impl Pool {
             "decision pool started"
         );
         Pool {
-            tx,
-            threads,
+            workers,
             capacity: threads + limits.max_pending,
-            load,
+            admitted,
         }
-    }
-}
-
-/// One evaluation thread: runs jobs until the pool is dropped.
-fn work(rx: &Mutex<Receiver<Job>>, load: &Load) {
-    loop {
-        // The lock is held while waiting, not while running a job.
-        let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-        let Ok(job) = job else { return };
-        load.queued.fetch_sub(1, Ordering::Relaxed);
-        load.busy.fetch_add(1, Ordering::Relaxed);
-        // Jobs catch their own panics; this keeps the thread whatever happens.
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-        load.busy.fetch_sub(1, Ordering::Relaxed);
-        load.admitted.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -256,26 +227,23 @@ pub async fn decide(
     };
     let overloaded = || {
         count(DecidedBy::Overload, started);
-        OVERLOAD_LOG.warn(|suppressed| {
+        OVERLOAD_LOG.write(|suppressed| {
             tracing::warn!(
                 max_pending = limits.max_pending,
-                threads = pool.threads,
+                threads = pool.workers.threads,
                 suppressed,
                 "decision queue full: request denied with {OVERLOAD_STATUS} (overload)"
             )
         });
         (overload_decision(&state.config), Vec::new())
     };
-    if pool.load.admitted.fetch_add(1, Ordering::AcqRel) >= pool.capacity {
-        pool.load.admitted.fetch_sub(1, Ordering::AcqRel);
+    if pool.admitted.fetch_add(1, Ordering::AcqRel) >= pool.capacity {
+        pool.admitted.fetch_sub(1, Ordering::AcqRel);
         return overloaded();
     }
-    // Counted before it is sent, so a thread taking it at once never counts below zero.
-    pool.load.queued.fetch_add(1, Ordering::Relaxed);
-    let sent = pool.tx.try_send(job);
+    let sent = pool.workers.try_send(job);
     if sent.is_err() {
-        pool.load.queued.fetch_sub(1, Ordering::Relaxed);
-        pool.load.admitted.fetch_sub(1, Ordering::AcqRel);
+        pool.admitted.fetch_sub(1, Ordering::AcqRel);
     }
     match sent {
         Ok(()) => {}
@@ -303,7 +271,7 @@ pub async fn decide(
                 .is_ok()
             {
                 count(DecidedBy::Timeout, started);
-                TIMEOUT_LOG.warn(|suppressed| {
+                TIMEOUT_LOG.write(|suppressed| {
                     tracing::warn!(
                         timeout_ms = limits.timeout.as_millis() as u64,
                         suppressed,
@@ -348,9 +316,11 @@ pub fn overload_decision(config: &engine::EngineConfig) -> Decision {
     engine::failure_decision(config, FailureReason::Overload, OVERLOAD_REASON.into())
 }
 
-/// A WARN line per occurrence, at most one a second: the lines in between
+/// A log line per occurrence, at most one a second: the lines in between
 /// are counted and the count is carried by the next line (`suppressed`).
-struct RateLimitedLog {
+/// The decision pool's overload and deadline warnings and the shadow
+/// threads' dropped-evaluation line use it.
+pub(super) struct RateLimitedLog {
     /// Milliseconds since [`EPOCH`] when a line may next be written.
     next_at_ms: AtomicU64,
     suppressed: AtomicU64,
@@ -361,14 +331,16 @@ static OVERLOAD_LOG: RateLimitedLog = RateLimitedLog::new();
 static TIMEOUT_LOG: RateLimitedLog = RateLimitedLog::new();
 
 impl RateLimitedLog {
-    const fn new() -> Self {
+    pub(super) const fn new() -> Self {
         RateLimitedLog {
             next_at_ms: AtomicU64::new(0),
             suppressed: AtomicU64::new(0),
         }
     }
 
-    fn warn(&self, write: impl FnOnce(u64)) {
+    /// Calls `write` with the number of lines suppressed since the last one,
+    /// unless a line was written less than a second ago.
+    pub(super) fn write(&self, write: impl FnOnce(u64)) {
         let now = EPOCH.elapsed().as_millis() as u64;
         let next = self.next_at_ms.load(Ordering::Relaxed);
         if now >= next
@@ -393,13 +365,13 @@ mod tests {
         let log = RateLimitedLog::new();
         let mut lines = Vec::new();
         for _ in 0..5 {
-            log.warn(|s| lines.push(s));
+            log.write(|s| lines.push(s));
         }
         assert_eq!(lines, vec![0], "one line, then suppressed");
         assert_eq!(log.suppressed.load(Ordering::Relaxed), 4);
         // As if a second had passed.
         log.next_at_ms.store(0, Ordering::Relaxed);
-        log.warn(|s| lines.push(s));
+        log.write(|s| lines.push(s));
         assert_eq!(lines, vec![0, 4], "the next line carries the count");
     }
 

@@ -6,6 +6,7 @@ pub mod http;
 pub mod limits;
 pub mod shadow;
 pub mod tls;
+mod workers;
 
 use crate::engine::EngineConfig;
 use crate::policy::PolicySet;

@@ -27,6 +27,8 @@
 //! version and never touches the live set. Its policies' own series are not
 //! shown among the live ones ([`PolicySet::detach_metrics`]).
 
+use super::limits::RateLimitedLog;
+use super::workers::Workers;
 use super::State;
 use crate::engine::{self, Decision};
 use crate::policy::PolicySet;
@@ -34,9 +36,9 @@ use crate::telemetry::decision_log::Answer;
 use crate::telemetry::metrics::{self, ShadowKind, ShadowResult};
 use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::TrySendError;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Default `--shadow-timeout-ms`.
@@ -110,7 +112,7 @@ impl Shadow {
     }
 
     fn pool(&self) -> &Pool {
-        self.pool.get_or_init(|| Pool::start(&self.options))
+        self.pool.get_or_init(|| start_pool(&self.options))
     }
 
     /// Whether requests are compared at all now.
@@ -239,15 +241,12 @@ impl ShadowJob {
         };
         let pool = shadow.pool();
         let handed = Instant::now();
-        // Counted before it is sent, so a thread taking it at once never
-        // counts below zero.
-        pool.load.queued.fetch_add(1, Ordering::Relaxed);
-        match pool.tx.try_send(Box::new(move || self.run(handed))) {
+        match pool.try_send(Box::new(move || self.run(handed))) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                pool.load.queued.fetch_sub(1, Ordering::Relaxed);
                 metrics::global().shadow_result(ShadowResult::Dropped);
-                DROP_LOG.debug();
+                DROP_LOG
+                    .write(|_| tracing::debug!("shadow queue full: shadow evaluations dropped"));
             }
         }
     }
@@ -339,88 +338,31 @@ pub fn compare(live: &Answer, shadow: &Decision) -> Option<ShadowKind> {
     }
 }
 
-type Job = Box<dyn FnOnce() + Send>;
+/// The shadow threads: at most `max_pending` jobs wait, the threads hold
+/// one each.
+type Pool = Workers;
 
-#[derive(Debug)]
-struct Pool {
-    tx: SyncSender<Job>,
-    threads: usize,
-    load: Arc<Load>,
+fn start_pool(options: &ShadowOptions) -> Pool {
+    let pool = Workers::start(
+        "celgate-shadow",
+        options.threads.max(1),
+        options.max_pending,
+        Arc::new(|| {}),
+        |e| tracing::error!(error = %e, "cannot start a shadow evaluation thread"),
+    );
+    tracing::info!(
+        threads = pool.threads,
+        max_pending = options.max_pending,
+        timeout_ms = options.timeout.as_millis() as u64,
+        sample = options.sample,
+        "shadow policy set: evaluation threads started"
+    );
+    pool
 }
 
-#[derive(Debug, Default)]
-struct Load {
-    queued: AtomicUsize,
-    busy: AtomicUsize,
-}
-
-impl Pool {
-    fn start(options: &ShadowOptions) -> Pool {
-        // The channel itself is the bound: `max_pending` jobs wait, the
-        // threads hold one each.
-        let (tx, rx) = sync_channel::<Job>(options.max_pending);
-        let rx = Arc::new(Mutex::new(rx));
-        let load = Arc::new(Load::default());
-        let mut threads = 0;
-        for i in 0..options.threads.max(1) {
-            let (rx, load) = (rx.clone(), load.clone());
-            match std::thread::Builder::new()
-                .name(format!("celgate-shadow-{i}"))
-                .stack_size(crate::cel::limits::EVAL_STACK_BYTES)
-                .spawn(move || work(&rx, &load))
-            {
-                Ok(_) => threads += 1,
-                Err(e) => tracing::error!(error = %e, "cannot start a shadow evaluation thread"),
-            }
-        }
-        tracing::info!(
-            threads,
-            max_pending = options.max_pending,
-            timeout_ms = options.timeout.as_millis() as u64,
-            sample = options.sample,
-            "shadow policy set: evaluation threads started"
-        );
-        Pool { tx, threads, load }
-    }
-}
-
-fn work(rx: &Mutex<Receiver<Job>>, load: &Load) {
-    loop {
-        let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-        let Ok(job) = job else { return };
-        load.queued.fetch_sub(1, Ordering::Relaxed);
-        load.busy.fetch_add(1, Ordering::Relaxed);
-        // Jobs catch their own panics; this keeps the thread whatever happens.
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-        load.busy.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A DEBUG line when shadow evaluations are dropped, at most one a second
+/// The DEBUG line when shadow evaluations are dropped, at most one a second
 /// (the count is in `celgate_shadow_evaluations_total{result="dropped"}`).
-struct DropLog {
-    next_at_ms: AtomicU64,
-}
-
-static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
-static DROP_LOG: DropLog = DropLog {
-    next_at_ms: AtomicU64::new(0),
-};
-
-impl DropLog {
-    fn debug(&self) {
-        let now = EPOCH.elapsed().as_millis() as u64;
-        let next = self.next_at_ms.load(Ordering::Relaxed);
-        if now >= next
-            && self
-                .next_at_ms
-                .compare_exchange(next, now + 1000, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            tracing::debug!("shadow queue full: shadow evaluations dropped");
-        }
-    }
-}
+static DROP_LOG: RateLimitedLog = RateLimitedLog::new();
 
 #[cfg(test)]
 mod tests {

@@ -153,12 +153,7 @@ impl Sources {
         exception_namespaces: kube::ExceptionNamespaces,
         allow_empty: bool,
     ) -> Arc<Sources> {
-        Arc::new(Sources {
-            paths,
-            allow_empty,
-            kube: Mutex::new(kube::Store::new(exception_namespaces)),
-            ..Default::default()
-        })
+        Self::create(paths, exception_namespaces, allow_empty, false)
     }
 
     /// The sources of the shadow set: its files, and (with the Kubernetes
@@ -168,11 +163,22 @@ impl Sources {
         exception_namespaces: kube::ExceptionNamespaces,
         allow_empty: bool,
     ) -> Arc<Sources> {
+        Self::create(paths, exception_namespaces, allow_empty, true)
+    }
+
+    /// The live set's sources (`shadow` false) or the shadow set's: one
+    /// constructor, so both are set up alike.
+    fn create(
+        paths: Vec<PathBuf>,
+        exception_namespaces: kube::ExceptionNamespaces,
+        allow_empty: bool,
+        shadow: bool,
+    ) -> Arc<Sources> {
         Arc::new(Sources {
             paths,
             allow_empty,
             kube: Mutex::new(kube::Store::new(exception_namespaces)),
-            shadow: true,
+            shadow,
             ..Default::default()
         })
     }

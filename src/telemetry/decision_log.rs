@@ -84,8 +84,8 @@ enum Line {
     Shadow(ShadowRecord),
 }
 
-/// One side's answer in a shadow line: what decided and how, never a value
-/// from the request.
+/// What decided a request and how, never a value from the request: part of
+/// a decision line, and each side of a shadow line.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Answer {
@@ -96,9 +96,12 @@ pub struct Answer {
     pub policy: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub validation: Option<usize>,
-    /// As in a decision line: the failing field, never the CEL message.
+    /// The field whose evaluation failed (for an error of the server's own,
+    /// its fixed description). Never the CEL message, which may quote
+    /// request data.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The kind of that error (`no_such_key`, `mcp_parse`, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_kind: Option<&'static str>,
 }
@@ -199,20 +202,10 @@ pub struct Record {
     /// Without the query string.
     pub path: String,
     pub source: String,
-    pub decision: &'static str,
-    pub status: i32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub policy: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub validation: Option<usize>,
-    /// The field whose evaluation failed (for an error of the server's own,
-    /// its fixed description). Never the CEL message, which may quote
-    /// request data.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// The kind of that error (`no_such_key`, `mcp_parse`, ...).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error_kind: Option<&'static str>,
+    /// `decision`, `status`, `policy`, `validation`, `error`, `errorKind`:
+    /// the same fields as a side of a shadow line.
+    #[serde(flatten)]
+    pub answer: Answer,
     pub policies_evaluated: usize,
     /// Denials recorded under `validationActions` (`Audit`, `Warn`):
     /// policy, status, validation (or the error's field and kind), and
@@ -299,12 +292,7 @@ impl DecisionLog {
             host: http.map_or_else(String::new, |h| h.host.clone()),
             path: path.to_owned(),
             source,
-            decision: if d.allowed() { "allow" } else { "deny" },
-            status: d.http_status(),
-            policy: d.policy.clone(),
-            validation: d.validation,
-            error: error_field(d),
-            error_kind: d.error.as_ref().map(|e| e.kind.as_str()),
+            answer: Answer::of(d),
             policies_evaluated: d.evaluated,
             audit: d.audit.clone(),
             latency_us: took.as_micros() as u64,

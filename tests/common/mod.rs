@@ -550,6 +550,49 @@ pub fn query_pairs(path_and_query: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Starts `celgate serve --policies <policies> <extra>` on a free gRPC and a
+/// free HTTP port, with `env` set and no OTLP endpoint or test clock from the
+/// caller's environment, and waits (up to 30 s) until `/readyz` answers 200.
+/// Ports are picked free but may be taken before celgate binds them (tests
+/// run in parallel): when it exits, it is started again on others, three
+/// times at most. Returns the process and its gRPC and HTTP ports.
+pub fn serve_ready<V: AsRef<std::ffi::OsStr>>(
+    policies: &Path,
+    extra: &[&str],
+    env: &[(&str, V)],
+) -> (Child, u16, u16) {
+    for _ in 0..3 {
+        let (grpc, http) = (free_port(), free_port());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_celgate"));
+        cmd.args(["serve", "--policies"])
+            .arg(policies)
+            .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
+            .args(["--http-addr", &format!("127.0.0.1:{http}")])
+            .args(extra)
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .env_remove("CELGATE_TEST_REPORT_MINUTE_MS")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let start = Instant::now();
+        loop {
+            if get_blocking(loopback(http), "/readyz").ok().map(|r| r.0) == Some(200) {
+                return (child, grpc, http);
+            }
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "not ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    panic!("celgate did not start on three pairs of free ports");
+}
+
 /// The celgate binary under test: this crate's, or `$CELGATE_BIN` (e.g. a release build).
 pub fn celgate_bin() -> PathBuf {
     std::env::var_os("CELGATE_BIN")
