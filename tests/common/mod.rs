@@ -25,17 +25,37 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `n` distinct free loopback ports. All probe sockets are held until every port is chosen, so the
-/// ports are distinct from one another; another process could still take one before we bind it,
-/// which is rare enough on loopback.
+/// `n` distinct free loopback ports for servers a test starts (celgate, Envoy, upstreams).
+///
+/// They come from 20000–32767, below the kernel's ephemeral range (32768 and up by default):
+/// a port picked by binding port 0 comes from that range, and between the probe and the
+/// server's own bind an outgoing connection (a client, a JWKS fetch) could take it as its local
+/// port, so the server would fail with "address in use". A process-wide cursor, started at an
+/// offset from the process id, never hands out the same port twice in one test binary; each
+/// candidate is probed with a bind, so a port another process holds is skipped.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local_addr").port())
-        .collect()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_768;
+    static CURSOR: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = CURSOR.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7_919) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    let mut ports = Vec::with_capacity(n);
+    for _ in 0..SPAN {
+        if ports.len() == n {
+            break;
+        }
+        let port = (FIRST + CURSOR.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            ports.push(port);
+        }
+    }
+    assert_eq!(ports.len(), n, "no {n} free loopback ports in 20000-32767");
+    ports
 }
 
 /// One free loopback port.
