@@ -132,6 +132,23 @@ fn start_watched(dir: &Path, extra: &[&str]) -> Server {
     start_with(watched_serve_command, dir, extra)
 }
 
+/// `start_watched` over TLS with `cert_pem`/`key_pem` written to
+/// `server.pem`/`server.key` in `dir`: the two paths, for rewriting, and the server.
+fn start_watched_pair(dir: &Path, cert_pem: &str, key_pem: &str) -> (PathBuf, PathBuf, Server) {
+    let cert = write(dir, "server.pem", cert_pem);
+    let key = write(dir, "server.key", key_pem);
+    let server = start_watched(
+        dir,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    (cert, key, server)
+}
+
 fn start_with(command: fn(&[u16]) -> Command, dir: &Path, extra: &[&str]) -> Server {
     let ports = free_ports(2);
     let mut cmd = command(&ports);
@@ -723,17 +740,7 @@ async fn rotation_in_place_serves_new_connections_and_keeps_old_ones() {
     let dir = tempfile::tempdir().unwrap();
     let (old_ca, new_ca) = (Ca::new("old CA"), Ca::new("new CA"));
     let (cert_a, key_a) = old_ca.server_until(2031);
-    let cert = write(dir.path(), "server.pem", &cert_a);
-    let key = write(dir.path(), "server.key", &key_a);
-    let mut server = start_watched(
-        dir.path(),
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
-    );
+    let (cert, key, mut server) = start_watched_pair(dir.path(), &cert_a, &key_a);
     let port = server.grpc_port;
     let both = [old_ca.pem(), new_ca.pem()];
     let both = [both[0].as_str(), both[1].as_str()];
@@ -821,17 +828,7 @@ async fn broken_files_keep_the_last_good_certificate_until_fixed() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("test CA");
     let (cert_a, key_a) = ca.server_until(2031);
-    let cert = write(dir.path(), "server.pem", &cert_a);
-    let key = write(dir.path(), "server.key", &key_a);
-    let mut server = start_watched(
-        dir.path(),
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
-    );
+    let (cert, key, mut server) = start_watched_pair(dir.path(), &cert_a, &key_a);
     let port = server.grpc_port;
     let old = channel(port, &ca.pem()).await;
     let (_, ready) = readyz(&server);
