@@ -801,14 +801,6 @@ mod tests {
         }
     }
 
-    fn header(k: &str, v: &str) -> HeaderOption {
-        HeaderOption {
-            key: k.into(),
-            value: v.into(),
-            keep_empty_value: false,
-        }
-    }
-
     #[test]
     fn a_decision_log_line_replays_what_it_recorded_and_nothing_else() {
         let line = r#"{"id":"0190-2","time":"2026-11-30T12:00:00.5Z","requestId":"r-1","method":"DELETE","host":"api.example.com","path":"/repos/x","source":"10.0.0.7","decision":"deny","status":403,"policy":"p","policiesEvaluated":2,"latencyUs":31,"headers":{"X-Tenant":"acme"}}"#;
@@ -864,19 +856,19 @@ mod tests {
                 policy,
             ))
         };
-        let a = allow(vec![header("x-user", "bob")], Some("p"));
+        let a = allow(vec![HeaderOption::new("x-user", "bob")], Some("p"));
         assert!(a.changed(&a.clone()).is_empty());
-        let b = allow(vec![header("X-User", "bob")], Some("p"));
+        let b = allow(vec![HeaderOption::new("X-User", "bob")], Some("p"));
         assert!(
             a.changed(&b).is_empty(),
             "header names are case-insensitive"
         );
-        let c = allow(vec![header("x-user", "alice")], Some("q"));
+        let c = allow(vec![HeaderOption::new("x-user", "alice")], Some("q"));
         assert_eq!(a.changed(&c), ["policy", "headers"]);
         let deny = Answer::of(&decision(
             Outcome::Denied(DeniedResponse {
                 status: 401,
-                headers: vec![header("www-authenticate", "Bearer")],
+                headers: vec![HeaderOption::new("www-authenticate", "Bearer")],
                 body: "no\n".into(),
             }),
             Some("p"),
@@ -963,7 +955,10 @@ mod tests {
 
     #[test]
     fn duplicate_headers_are_kept_in_order() {
-        let h = headers(&[header("set-x", "1"), header("Set-X", "2")]);
+        let h = headers(&[
+            HeaderOption::new("set-x", "1"),
+            HeaderOption::new("Set-X", "2"),
+        ]);
         assert_eq!(h["set-x"], "1, 2");
     }
 

@@ -86,11 +86,7 @@ impl EngineConfig {
     pub fn failure_headers(&self, reason: FailureReason) -> Vec<HeaderOption> {
         self.failure_header
             .iter()
-            .map(|name| HeaderOption {
-                key: name.clone(),
-                value: reason.as_str().to_owned(),
-                keep_empty_value: false,
-            })
+            .map(|name| HeaderOption::new(name.clone(), reason.as_str()))
             .collect()
     }
 }
@@ -455,11 +451,7 @@ fn with_audit(config: &EngineConfig, mut d: Decision, audit: Vec<AuditEntry>) ->
         })
         .collect();
     if !warnings.is_empty() {
-        added.push(HeaderOption {
-            key: WARNING_HEADER.to_owned(),
-            value: warnings.join(", "),
-            keep_empty_value: false,
-        });
+        added.push(HeaderOption::new(WARNING_HEADER, warnings.join(", ")));
     }
     if let Some(name) = &config.audit_header {
         let names: Vec<String> = audit
@@ -468,11 +460,7 @@ fn with_audit(config: &EngineConfig, mut d: Decision, audit: Vec<AuditEntry>) ->
             .map(|a| header_safe(&a.policy))
             .collect();
         if !names.is_empty() {
-            added.push(HeaderOption {
-                key: name.clone(),
-                value: names.join(", "),
-                keep_empty_value: false,
-            });
+            added.push(HeaderOption::new(name.clone(), names.join(", ")));
         }
     }
     match &mut d.response.outcome {
@@ -522,11 +510,7 @@ pub fn failure_decision_for(
     };
     let mut headers = config.failure_headers(reason);
     if reason == FailureReason::Overload {
-        headers.push(HeaderOption {
-            key: "retry-after".into(),
-            value: "1".into(),
-            keep_empty_value: false,
-        });
+        headers.push(HeaderOption::new("retry-after", "1"));
     }
     Decision {
         response: CheckResponse {

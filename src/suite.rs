@@ -749,14 +749,6 @@ mod tests {
         }
     }
 
-    fn header(k: &str, v: &str) -> HeaderOption {
-        HeaderOption {
-            key: k.into(),
-            value: v.into(),
-            keep_empty_value: false,
-        }
-    }
-
     /// An allowed decision with nothing in it, and one with one of each.
     fn bare() -> Decision {
         decision(Outcome::Ok(OkResponse::default()), None)
@@ -765,9 +757,9 @@ mod tests {
     fn full() -> Decision {
         decision(
             Outcome::Ok(OkResponse {
-                headers: vec![header("x-a", "1")],
+                headers: vec![HeaderOption::new("x-a", "1")],
                 headers_to_remove: vec!["cookie".into()],
-                response_headers_to_add: vec![header("x-r", "2")],
+                response_headers_to_add: vec![HeaderOption::new("x-r", "2")],
                 query_parameters_to_set: vec![QueryParam {
                     key: "q".into(),
                     value: "3".into(),

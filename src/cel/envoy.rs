@@ -43,6 +43,17 @@ pub struct HeaderOption {
     pub keep_empty_value: bool,
 }
 
+impl HeaderOption {
+    /// A header celgate itself sets (not checked: the caller's name is known good).
+    pub fn new(key: impl Into<String>, value: impl Into<String>) -> Self {
+        HeaderOption {
+            key: key.into(),
+            value: value.into(),
+            keep_empty_value: false,
+        }
+    }
+}
+
 /// `envoy.QueryParam(name, value)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueryParam {

@@ -1076,11 +1076,7 @@ fn quoted(f: &str, what: &str, v: &str) -> Result<String, ExecutionError> {
 fn www_authenticate(status: i32, value: String) -> DeniedResponse {
     DeniedResponse {
         status,
-        headers: vec![HeaderOption {
-            key: "www-authenticate".into(),
-            value,
-            keep_empty_value: false,
-        }],
+        headers: vec![HeaderOption::new("www-authenticate", value)],
         body: String::new(),
     }
 }
