@@ -149,8 +149,7 @@ pub fn failure_header_name(name: &str) -> Result<Option<String>, String> {
     if name.is_empty() {
         return Ok(None);
     }
-    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-    if !name.chars().all(token) {
+    if crate::cel::envoy::header_name_problem(name).is_some() {
         return Err(format!(
             "{name:?} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only)"
         ));
