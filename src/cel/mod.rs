@@ -10,6 +10,7 @@
 pub mod check;
 pub mod convert;
 pub mod envoy;
+pub mod eval;
 pub mod jwt;
 pub mod limits;
 pub mod mcp;
@@ -91,6 +92,9 @@ pub enum ErrorKind {
     /// An expression returned the wrong type (a condition not a bool, a
     /// validation neither a response nor null).
     ResultType,
+    /// The request's evaluation spent its cost budget (`--cost-budget`) or
+    /// ran past its deadline.
+    CostExceeded,
     /// An error in celgate itself (a panic, a broken invariant).
     Internal,
     /// An error the request could not be decided for before any policy ran
@@ -114,6 +118,7 @@ impl ErrorKind {
             ErrorKind::IndexOutOfBounds => "index_out_of_bounds",
             ErrorKind::DuplicateKey => "duplicate_key",
             ErrorKind::ResultType => "result_type",
+            ErrorKind::CostExceeded => "cost_exceeded",
             ErrorKind::Internal => "internal",
             ErrorKind::Server => "server",
         }

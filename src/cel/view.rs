@@ -297,7 +297,7 @@ impl<'r> Node<'r> {
     /// Protobuf presence, as cel-go reports it for `has()` and `.?`: a message
     /// field is present when set, a scalar when not its zero value, a map or
     /// list when not empty. Unknown names are absent.
-    fn is_set(&self, name: &str) -> bool {
+    pub(crate) fn is_set(&self, name: &str) -> bool {
         match *self {
             Node::CheckRequest(r) => name == "attributes" && r.attributes.is_some(),
             Node::Attributes(a) => match name {
@@ -357,6 +357,11 @@ impl<'r> Node<'r> {
         }
     }
 
+    /// The message's full name, e.g. `envoy.service.auth.v3.AttributeContext`.
+    pub fn type_name(&self) -> &'static str {
+        self.cel_type_of().name()
+    }
+
     fn cel_type_of(&self) -> &'static Type {
         match self {
             Node::CheckRequest(_) => &CHECK_REQUEST_T,
@@ -372,7 +377,7 @@ impl<'r> Node<'r> {
         }
     }
 
-    fn same(&self, other: &Node<'_>) -> bool {
+    pub(crate) fn same(&self, other: &Node<'_>) -> bool {
         use std::ptr::eq;
         match (self, other) {
             (Node::CheckRequest(a), Node::CheckRequest(b)) => eq(*a, *b) || a == b,
@@ -580,7 +585,7 @@ impl<'r> Val for StrMap<'r> {
 
 /// The bytes of a `header_map` entry: `raw_value` when set (Envoy's
 /// `encode_raw_headers`), else `value`.
-fn raw_value(h: &HeaderValue) -> &[u8] {
+pub(crate) fn raw_value(h: &HeaderValue) -> &[u8] {
     if h.raw_value.is_empty() {
         h.value.as_bytes()
     } else {
@@ -607,7 +612,7 @@ fn text_or_bytes(b: Cow<'_, [u8]>) -> Box<dyn Val + '_> {
 /// The `header_map` that `headers` is read from: when the request carries
 /// its headers there (Envoy's `encode_raw_headers: true`) and `headers` is
 /// empty.
-fn derived_headers(h: &HttpRequest) -> Option<&HeaderMap> {
+pub(crate) fn derived_headers(h: &HttpRequest) -> Option<&HeaderMap> {
     if !h.headers.is_empty() {
         return None;
     }

@@ -1,0 +1,221 @@
+//! The evaluation context: everything one request's evaluation holds.
+//!
+//! The engine creates one [`Ctx`] per request and passes it down to every
+//! expression it evaluates: the request, the cost meter (one budget for the
+//! whole request, all policies together), the lazily computed variables of
+//! the policy being evaluated, and the libraries' per-request caches (the
+//! MCP parse of the body, ...). Nothing of a request lives in a
+//! thread-local or a global.
+
+use super::plan::Program;
+use super::{Error, ErrorKind, Value};
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// Default run-time cost budget of one request, in units (see [`Meter`]).
+pub const DEFAULT_BUDGET: u64 = 10_000_000;
+
+/// Counts the work of an evaluation: one unit per step (a field read, a
+/// call, an operator), one per comprehension iteration, and the size of
+/// what string and list functions walk (a tenth of a unit per byte, a unit
+/// per element; a unit per pair for those that compare every pair).
+#[derive(Debug, Clone)]
+pub struct Meter {
+    used: u64,
+    budget: u64,
+    deadline: Option<Instant>,
+    /// Units left before the deadline is looked at again.
+    until_clock: u64,
+}
+
+/// How often (in units) the deadline is read: a clock read is far dearer
+/// than a unit.
+const CLOCK_EVERY: u64 = 16_384;
+
+impl Meter {
+    pub fn new(budget: u64) -> Self {
+        Meter {
+            used: 0,
+            budget,
+            deadline: None,
+            until_clock: CLOCK_EVERY,
+        }
+    }
+
+    /// Also stops the evaluation (as a cost error) once `deadline` passes.
+    pub fn with_deadline(mut self, deadline: Option<Instant>) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used
+    }
+
+    pub fn budget(&self) -> u64 {
+        self.budget
+    }
+
+    /// Charges `units`; an error once the budget is spent.
+    #[inline]
+    pub fn charge(&mut self, units: u64) -> Result<(), Error> {
+        self.used = self.used.saturating_add(units);
+        if self.used > self.budget {
+            return Err(Error::new(
+                ErrorKind::CostExceeded,
+                format!(
+                    "the request's evaluation cost exceeds its budget of {} units",
+                    self.budget
+                ),
+            ));
+        }
+        if self.deadline.is_some() {
+            if units >= self.until_clock {
+                self.until_clock = CLOCK_EVERY;
+                if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(Error::new(
+                        ErrorKind::CostExceeded,
+                        "the request's evaluation ran past its deadline",
+                    ));
+                }
+            } else {
+                self.until_clock -= units;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the server provides to libraries that reach outside the process
+/// (blocking calls, made on the evaluation's own thread). The default
+/// ([`DefaultHost`]) is celgate's own process-wide caches.
+pub trait Host: Send + Sync {
+    /// The JSON Web Key Set at `url` (`jwks.Fetch`), from the cache or
+    /// fetched within the allow-list and limits the server configured.
+    fn jwks(&self, url: &str) -> Result<std::sync::Arc<crate::identity::jwks::KeySet>, String>;
+}
+
+/// celgate's process-wide JWKS cache.
+pub struct DefaultHost;
+
+impl Host for DefaultHost {
+    fn jwks(&self, url: &str) -> Result<std::sync::Arc<crate::identity::jwks::KeySet>, String> {
+        crate::identity::jwks::fetch(url).map_err(|e| e.to_string())
+    }
+}
+
+/// A variable's slot.
+#[derive(Clone)]
+enum Cell<'r> {
+    Empty,
+    Busy,
+    Done(Result<Value<'r>, Error>),
+}
+
+/// The evaluation context of one request.
+pub struct Ctx<'r> {
+    request: Option<&'r CheckRequest>,
+    pub meter: Meter,
+    host: &'r dyn Host,
+    vars: &'r [Program],
+    cells: Vec<Cell<'r>>,
+    runs: Vec<u32>,
+    caches: HashMap<TypeId, Box<dyn Any + Send>>,
+}
+
+static DEFAULT_HOST: DefaultHost = DefaultHost;
+
+impl<'r> Ctx<'r> {
+    /// A context for `request` (none: an expression evaluated on its own,
+    /// as the conformance tests and `celgate check` of a constant do).
+    pub fn new(request: Option<&'r CheckRequest>, meter: Meter) -> Self {
+        Ctx {
+            request,
+            meter,
+            host: &DEFAULT_HOST,
+            vars: &[],
+            cells: Vec::new(),
+            runs: Vec::new(),
+            caches: HashMap::new(),
+        }
+    }
+
+    pub fn with_host(mut self, host: &'r dyn Host) -> Self {
+        self.host = host;
+        self
+    }
+
+    pub fn request(&self) -> Option<&'r CheckRequest> {
+        self.request
+    }
+
+    pub fn host(&self) -> &'r dyn Host {
+        self.host
+    }
+
+    /// Charges the meter.
+    #[inline]
+    pub fn charge(&mut self, units: u64) -> Result<(), Error> {
+        self.meter.charge(units)
+    }
+
+    /// Charges a walk over `bytes` bytes (a tenth of a unit per byte).
+    #[inline]
+    pub fn charge_bytes(&mut self, bytes: usize) -> Result<(), Error> {
+        self.meter.charge(1 + bytes as u64 / 10)
+    }
+
+    /// A library's per-request cache of type `T`, created empty on first use.
+    pub fn cache<T: Default + Send + 'static>(&mut self) -> &mut T {
+        self.caches
+            .entry(TypeId::of::<T>())
+            .or_insert_with(|| Box::new(T::default()))
+            .downcast_mut::<T>()
+            .expect("cache entries are keyed by their type")
+    }
+
+    /// Starts a policy: its variables, none computed yet.
+    pub fn enter_policy(&mut self, vars: &'r [Program]) {
+        self.vars = vars;
+        self.cells.clear();
+        self.cells.resize(vars.len(), Cell::Empty);
+        self.runs.clear();
+        self.runs.resize(vars.len(), 0);
+    }
+
+    /// The value of variable `slot` of the current policy, computed on
+    /// first use and kept for the rest of the policy's evaluation (an
+    /// error too).
+    pub fn variable(&mut self, slot: usize) -> Result<Value<'r>, Error> {
+        match self.cells.get(slot) {
+            Some(Cell::Done(r)) => return r.clone(),
+            Some(Cell::Busy) => {
+                // Cycles are refused when policies load; this keeps the
+                // invariant from turning into a stack overflow.
+                return Err(Error::internal("a variable refers to itself"));
+            }
+            Some(Cell::Empty) => {}
+            None => return Err(Error::internal("no such variable slot")),
+        }
+        self.cells[slot] = Cell::Busy;
+        self.runs[slot] += 1;
+        let vars = self.vars;
+        let r = vars[slot].eval(self);
+        self.cells[slot] = Cell::Done(r.clone());
+        r
+    }
+
+    /// The variables computed so far, for traces: slot, evaluations, result.
+    pub fn computed_variables(&self) -> Vec<(usize, u32, Result<Value<'r>, Error>)> {
+        self.cells
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| match c {
+                Cell::Done(r) => Some((i, self.runs[i], r.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,5 @@
+//! (to be written)
+
+use crate::cel::eval::Function;
+
+pub const FUNCTIONS: &[Function] = &[];
