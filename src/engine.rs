@@ -18,6 +18,7 @@
 
 use crate::cel::convert::to_json;
 use crate::cel::envoy::{CheckResponse, DeniedResponse, HeaderOption, OkResponse, Outcome};
+use crate::cel::eval;
 use crate::cel::view::Node;
 pub use crate::cel::ErrorKind;
 use crate::policy::{Expression, FailurePolicy, NamedProgram, Policy, PolicySet};
@@ -50,6 +51,12 @@ pub struct EngineConfig {
     /// `Deny`); `None` (the default): no header, as it tells clients about
     /// the policies. A valid name in lower case ([`failure_header_name`]).
     pub audit_header: Option<String>,
+    /// Run-time cost budget of one request, all policies together
+    /// (`--cost-budget`): past it, evaluation stops with an error that the
+    /// policy's `failurePolicy` decides.
+    pub cost_budget: u64,
+    /// The evaluator (celgate's own unless comparing).
+    pub evaluator: Evaluator,
 }
 
 /// The response header that carries the warnings of `validationActions:
@@ -69,6 +76,8 @@ impl Default for EngineConfig {
             failure_body: None,
             failure_header: Some(DEFAULT_FAILURE_HEADER.to_owned()),
             audit_header: None,
+            cost_budget: eval::ctx::DEFAULT_BUDGET,
+            evaluator: Evaluator::default(),
         }
     }
 }
@@ -274,9 +283,33 @@ fn run(
     request: &CheckRequest,
     trace: Option<&mut Vec<PolicyTrace>>,
 ) -> Decision {
-    // The request is visible to `mcp.Parse` (partial-body header, parse
-    // cache) for exactly this evaluation, which runs on this thread.
-    crate::cel::mcp::in_request(request, || run_policies(set, config, request, trace))
+    match config.evaluator {
+        Evaluator::Planned => {
+            let ctx = eval::Ctx::new(Some(request), eval::Meter::new(config.cost_budget));
+            run_policies(set, config, Eval::Planned(Box::new(ctx)), trace)
+        }
+        // The request is visible to `mcp.Parse` (partial-body header, parse
+        // cache) for exactly this evaluation, which runs on this thread.
+        Evaluator::Legacy => crate::cel::mcp::in_request(request, || {
+            run_policies(set, config, Eval::Legacy(Node::CheckRequest(request)), trace)
+        }),
+    }
+}
+
+/// Which evaluator runs the policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Evaluator {
+    /// celgate's own ([`crate::cel::eval`]).
+    #[default]
+    Planned,
+    /// The `cel` crate's interpreter, kept while the two are compared.
+    Legacy,
+}
+
+/// The state of one request's evaluation.
+enum Eval<'r> {
+    Planned(Box<eval::Ctx<'r>>),
+    Legacy(Node<'r>),
 }
 
 /// Logs a policy's evaluation error at `$level` (a `tracing` macro name):
@@ -296,13 +329,12 @@ macro_rules! policy_error_event {
     };
 }
 
-fn run_policies(
-    set: &PolicySet,
+fn run_policies<'r>(
+    set: &'r PolicySet,
     config: &EngineConfig,
-    request: &CheckRequest,
+    mut ev: Eval<'r>,
     mut trace: Option<&mut Vec<PolicyTrace>>,
 ) -> Decision {
-    let object = Node::CheckRequest(request);
     let metrics = crate::telemetry::metrics::global();
     let record = metrics.enabled();
     let mut evaluated = 0;
@@ -314,7 +346,10 @@ fn run_policies(
             ..Default::default()
         });
         let started = record.then(std::time::Instant::now);
-        let result = eval_policy(policy, object, t.as_mut());
+        let result = match &mut ev {
+            Eval::Planned(ctx) => eval_planned(policy, ctx, t.as_mut()),
+            Eval::Legacy(object) => eval_policy(policy, *object, t.as_mut()),
+        };
         let actions = policy.actions;
         let entry = |status, validation, error: Option<&EvalError>, enforced| AuditEntry {
             policy: policy.name.clone(),
@@ -615,6 +650,23 @@ impl EvalError {
             function: function.map(|f| truncate(f, 64).to_owned()),
             reason,
             message: e.to_string(),
+        }
+    }
+
+    /// An error of celgate's evaluator evaluating `expr`.
+    pub fn eval(expr: &Expression, e: &eval::Error) -> EvalError {
+        let function = e.function.as_deref();
+        let kind = match (e.kind, function) {
+            (ErrorKind::FunctionError, Some("mcp.Parse")) => ErrorKind::McpParse,
+            (k, _) => k,
+        };
+        EvalError {
+            field: expr.field.clone(),
+            kind,
+            function: function.map(|f| truncate(f, 64).to_owned()),
+            reason: (kind == ErrorKind::McpParse)
+                .then(|| crate::cel::mcp::refusal_reason(&e.message)),
+            message: e.message.clone(),
         }
     }
 
@@ -1029,6 +1081,160 @@ impl<'r> Val for Activation<'r> {
                 .collect(),
             runs: self.defs.iter().map(|_| AtomicU32::new(0)).collect(),
         })
+    }
+}
+
+/// A policy's evaluation on celgate's evaluator: exceptions, then
+/// matchConditions, then validations, reading variables lazily from `ctx`.
+fn eval_planned<'r>(
+    policy: &'r Policy,
+    ctx: &mut eval::Ctx<'r>,
+    mut trace: Option<&mut PolicyTrace>,
+) -> Result<PolicyResult, EvalError> {
+    for ex in &policy.exceptions {
+        ctx.enter_policy(&[]);
+        let mut applies = true;
+        for (m, plan) in ex.match_conditions.iter().zip(&ex.plans) {
+            match planned_bool(ctx, &m.expr, plan) {
+                Ok(true) => {}
+                Ok(false) => {
+                    applies = false;
+                    break;
+                }
+                Err(e) => {
+                    // A broken exception must not open a hole: the policy applies.
+                    tracing::warn!(
+                        exception = %ex.name,
+                        field = %e.field,
+                        error_kind = e.kind.as_str(),
+                        function = e.function.as_deref().unwrap_or(""),
+                        reason = e.reason.unwrap_or(""),
+                        "exception condition failed; the policy applies"
+                    );
+                    applies = false;
+                    break;
+                }
+            }
+        }
+        if applies {
+            if let Some(t) = trace.as_deref_mut() {
+                t.outcome = "exempted".into();
+                t.exception = Some(ex.name.clone());
+            }
+            return Ok(PolicyResult::Exempted);
+        }
+    }
+
+    ctx.enter_policy(&policy.plans.variables);
+    let mut first_error = None;
+    for (m, plan) in policy.match_conditions.iter().zip(&policy.plans.match_conditions) {
+        let r = planned_bool(ctx, &m.expr, plan);
+        if let Some(t) = trace.as_deref_mut() {
+            t.match_conditions.push(ExprTrace {
+                name: m.name.clone(),
+                result: match &r {
+                    Ok(b) => serde_json::Value::Bool(*b),
+                    Err(e) => format!("error: {}", e.message()).into(),
+                },
+                evaluations: None,
+            });
+        }
+        match r {
+            Ok(true) => {}
+            Ok(false) => {
+                if let Some(t) = trace.as_deref_mut() {
+                    t.outcome = "skipped".into();
+                }
+                return Ok(PolicyResult::Skipped);
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+
+    let mut result = Ok(None);
+    for (i, (v, plan)) in policy
+        .validations
+        .iter()
+        .zip(&policy.plans.validations)
+        .enumerate()
+    {
+        let r = plan
+            .eval(ctx)
+            .map_err(|e| EvalError::eval(v, &e))
+            .and_then(|val| match val {
+                eval::Value::Null => Ok(None),
+                other => match eval::lib::envoy::check_response(&other) {
+                    Some(resp) => Ok(Some(resp.clone())),
+                    None => Err(EvalError::result_type(
+                        v,
+                        format!(
+                            "a validation must return envoy CheckResponse (….Response()) or null, not {}",
+                            other.type_name()
+                        ),
+                    )),
+                },
+            });
+        if let Some(t) = trace.as_deref_mut() {
+            t.validations.push(ExprTrace {
+                name: format!("validations[{i}]"),
+                result: match &r {
+                    Ok(None) => serde_json::Value::Null,
+                    Ok(Some(resp)) => crate::decision::response_json(resp),
+                    Err(e) => format!("error: {}", e.message()).into(),
+                },
+                evaluations: None,
+            });
+        }
+        match r {
+            Ok(Some(resp)) => {
+                result = Ok(Some((resp, i)));
+                break;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    if let Some(t) = trace {
+        for (slot, runs, r) in ctx.computed_variables() {
+            t.variables.push(ExprTrace {
+                name: policy.variables[slot].name.clone(),
+                result: match r {
+                    Ok(v) => eval::value::to_json(&v)
+                        .unwrap_or_else(|| format!("<{}>", v.type_name()).into()),
+                    Err(e) => format!("error: {e}").into(),
+                },
+                evaluations: Some(runs),
+            });
+        }
+        if t.outcome.is_empty() {
+            t.outcome = "no result".into();
+        }
+    }
+    Ok(match result? {
+        Some((response, index)) => PolicyResult::Decided(response, index),
+        None => PolicyResult::NoResult,
+    })
+}
+
+fn planned_bool<'r>(
+    ctx: &mut eval::Ctx<'r>,
+    expr: &Expression,
+    plan: &'r eval::Program,
+) -> Result<bool, EvalError> {
+    match plan.eval(ctx).map_err(|e| EvalError::eval(expr, &e))? {
+        eval::Value::Bool(b) => Ok(b),
+        other => Err(EvalError::result_type(
+            expr,
+            format!("must return bool, not {}", other.type_name()),
+        )),
     }
 }
 

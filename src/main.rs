@@ -289,6 +289,14 @@ struct FailureArgs {
     /// default: it tells clients about the policies.
     #[arg(long, env = "CELGATE_AUDIT_HEADER", value_name = "NAME", value_parser = parse_failure_header, help_heading = "Audit")]
     audit_header: Option<FailureHeader>,
+    /// Run-time cost budget of one request, all policies together, in units:
+    /// one per step of evaluation and per comprehension iteration, string
+    /// functions a tenth of a unit per byte they walk, list functions a unit
+    /// per element (per pair for those that compare every pair). A request
+    /// that spends it stops with an evaluation error, which the policy's
+    /// failurePolicy decides: Fail denies.
+    #[arg(long, env = "CELGATE_COST_BUDGET", value_name = "UNITS", default_value_t = celgate::cel::eval::ctx::DEFAULT_BUDGET, value_parser = clap::value_parser!(u64).range(1..))]
+    cost_budget: u64,
 }
 
 /// A checked `--failure-header`: `None` for no header.
@@ -306,6 +314,8 @@ impl FailureArgs {
             failure_body: self.failure_body.clone(),
             failure_header: self.failure_header.0.clone(),
             audit_header: self.audit_header.as_ref().and_then(|h| h.0.clone()),
+            cost_budget: self.cost_budget,
+            ..EngineConfig::default()
         }
     }
 }

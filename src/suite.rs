@@ -64,6 +64,10 @@ pub struct TestDoc {
     /// `--allow-empty` of `serve`); without it such a suite does not run.
     #[serde(default, rename = "allowEmpty")]
     pub allow_empty: bool,
+    /// Run-time cost budget of one request (the `--cost-budget` of
+    /// `serve`).
+    #[serde(default, rename = "costBudget")]
+    pub cost_budget: Option<u64>,
     pub cases: Vec<Case>,
 }
 
@@ -291,6 +295,47 @@ pub fn run_noting(
     doc: &TestDoc,
     notes: &mut Vec<String>,
 ) -> Result<Vec<CaseResult>, SuiteError> {
+    let mut results = Vec::new();
+    for_each_case(
+        path,
+        doc,
+        notes,
+        crate::engine::Evaluator::default(),
+        |suite, case, decision, elapsed| {
+            results.push(CaseResult {
+                suite: suite.to_owned(),
+                file: path.to_path_buf(),
+                case: case.name.clone(),
+                failures: compare(&case.expect, &decision),
+                elapsed,
+            })
+        },
+    )?;
+    Ok(results)
+}
+
+/// Each case's decision by `evaluator`, without comparing it with what the
+/// case expects: for comparing evaluators.
+pub fn decisions(
+    path: &Path,
+    doc: &TestDoc,
+    evaluator: crate::engine::Evaluator,
+) -> Result<Vec<(String, Decision)>, SuiteError> {
+    let mut out = Vec::new();
+    for_each_case(path, doc, &mut Vec::new(), evaluator, |_, case, d, _| {
+        out.push((case.name.clone(), d))
+    })?;
+    Ok(out)
+}
+
+/// Loads the suite's policies and decides each case with `evaluator`.
+fn for_each_case(
+    path: &Path,
+    doc: &TestDoc,
+    notes: &mut Vec<String>,
+    evaluator: crate::engine::Evaluator,
+    mut each: impl FnMut(&str, &Case, Decision, std::time::Duration),
+) -> Result<(), SuiteError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let invalid = |message: String| SuiteError::Invalid {
         path: path.to_path_buf(),
@@ -334,13 +379,14 @@ pub fn run_noting(
                 .map_err(|e| invalid(format!("auditHeader: {e}")))?,
             None => defaults.audit_header,
         },
+        cost_budget: doc.cost_budget.unwrap_or(defaults.cost_budget),
+        evaluator,
     };
     let suite = doc
         .metadata
         .name
         .clone()
         .unwrap_or_else(|| path.display().to_string());
-    let mut results = Vec::new();
     for case in &doc.cases {
         let request = case_request(dir, case).map_err(invalid)?;
         let started = std::time::Instant::now();
@@ -350,15 +396,9 @@ pub fn run_noting(
             }
             None => evaluate(&set, &config, &request),
         };
-        results.push(CaseResult {
-            suite: suite.clone(),
-            file: path.to_path_buf(),
-            case: case.name.clone(),
-            failures: compare(&case.expect, &decision),
-            elapsed: started.elapsed(),
-        });
+        each(&suite, case, decision, started.elapsed());
     }
-    Ok(results)
+    Ok(())
 }
 
 /// The request of `case` (of a suite in `dir`), its token minted and set.

@@ -13,6 +13,7 @@ pub mod envoy;
 pub mod eval;
 pub mod jwt;
 pub mod limits;
+pub mod macros;
 pub mod mcp;
 mod regex_cache;
 pub use regex_cache::walk;
@@ -47,6 +48,9 @@ fn build_env() -> Env {
     env.add_extension(envoy::extension).expect("envoy library");
     env.add_extension(jwt::extension).expect("jwt library");
     env.add_extension(mcp::extension).expect("mcp library");
+    for m in macros::all() {
+        env.add_macro(m).expect("celgate's macros");
+    }
     env
 }
 

@@ -435,6 +435,16 @@ pub struct NamedProgram {
     pub expr: Expression,
 }
 
+/// A policy's expressions as the evaluator runs them, in the order of the
+/// policy's lists.
+#[derive(Debug)]
+pub struct Plans {
+    pub match_conditions: Vec<crate::cel::eval::Program>,
+    /// Indexed by variable slot: the policy's `variables` in order.
+    pub variables: Vec<crate::cel::eval::Program>,
+    pub validations: Vec<crate::cel::eval::Program>,
+}
+
 #[derive(Debug)]
 pub struct Policy {
     pub name: String,
@@ -445,6 +455,8 @@ pub struct Policy {
     pub match_conditions: Vec<NamedProgram>,
     pub variables: Vec<NamedProgram>,
     pub validations: Vec<Expression>,
+    /// The expressions planned for the evaluator, in the same order.
+    pub plans: Plans,
     /// Exceptions that name this policy.
     pub exceptions: Vec<Arc<Exception>>,
     /// Hash of the policy's document: a reload keeps `loaded_at` of a policy
@@ -462,6 +474,8 @@ pub struct Exception {
     pub location: Location,
     pub policy_refs: Vec<String>,
     pub match_conditions: Vec<NamedProgram>,
+    /// The conditions planned for the evaluator, in the same order.
+    pub plans: Vec<crate::cel::eval::Program>,
     pub digest: u64,
     pub loaded_at: SystemTime,
 }
@@ -937,6 +951,15 @@ impl Compiler {
         if self.errors.len() > before {
             return;
         }
+        let var_slot = |name: &str| variables.iter().position(|v| v.name == name);
+        let plans = Plans {
+            match_conditions: self.plan_all(ctx, match_conditions.iter().map(|m| &m.expr), &|_| None),
+            variables: self.plan_all(ctx, variables.iter().map(|v| &v.expr), &var_slot),
+            validations: self.plan_all(ctx, validations.iter(), &var_slot),
+        };
+        if self.errors.len() > before {
+            return;
+        }
         self.policies.push(Policy {
             name: ctx.name.to_owned(),
             location: ctx.location.clone(),
@@ -945,6 +968,7 @@ impl Compiler {
             match_conditions,
             variables,
             validations,
+            plans,
             exceptions: Vec::new(),
             digest: ctx.digest,
             loaded_at: self.loaded_at(ctx),
@@ -1031,11 +1055,16 @@ impl Compiler {
         if self.errors.len() > before {
             return;
         }
+        let plans = self.plan_all(ctx, match_conditions.iter().map(|m| &m.expr), &|_| None);
+        if self.errors.len() > before {
+            return;
+        }
         self.exceptions.push(Exception {
             name: ctx.name.to_owned(),
             location: ctx.location.clone(),
             policy_refs: refs,
             match_conditions,
+            plans,
             digest: ctx.digest,
             loaded_at: self.loaded_at(ctx),
         });
@@ -1071,6 +1100,24 @@ impl Compiler {
             };
             if let Some(expr) = self.expression(ctx, field, src) {
                 out.push(NamedProgram { name, expr });
+            }
+        }
+        out
+    }
+
+    /// Plans checked expressions for the evaluator ([`crate::cel::eval`]);
+    /// `variable` gives the slot of each of the policy's variables.
+    fn plan_all<'e>(
+        &mut self,
+        ctx: &Ctx<'_>,
+        exprs: impl Iterator<Item = &'e Expression>,
+        variable: &dyn Fn(&str) -> Option<usize>,
+    ) -> Vec<crate::cel::eval::Program> {
+        let mut out = Vec::new();
+        for e in exprs {
+            match crate::cel::eval::compile(e.program.expression(), variable) {
+                Ok(p) => out.push(p),
+                Err(err) => self.errors.push(ctx.cel(&e.field, &e.source, err.0)),
             }
         }
         out

@@ -62,6 +62,10 @@ _%_(uint, uint) -> uint
 -_(int) -> int
 -_(double) -> double
 
+# The accumulator of `transformMap` and `transformMapEntry` (internal).
+cel.@mapInsert(map(K, V), K, V) -> map(K, V)
+cel.@mapInsert(map(K, V), map(K, V)) -> map(K, V)
+
 # Indexing and membership.
 _[_](list(A), int) -> A
 _[_](map(K, V), K) -> V

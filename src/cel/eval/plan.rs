@@ -1,15 +1,1148 @@
-//! (being written) The planner: checked AST → executable plan.
+//! The planner: a parsed, checked expression → an executable plan, and the
+//! plan's evaluation.
+//!
+//! What can be decided when the policy loads is: `object.a.b.c` becomes one
+//! path read from the request, `variables.x` a slot of the evaluation
+//! context, `mcp.ToolsCallMethod` and the type names constants, each call
+//! the library functions of its name and arity, and a call of a pure
+//! function on constants its value. Comprehension and `cel.bind` variables
+//! are numbered slots; a comprehension that appends to its accumulator
+//! (`map`, `filter`, `transformList`, `transformMap`) appends in place.
+//!
+//! Evaluation recurses over the plan, whose depth the load-time limits
+//! bound; it never recurses over the size of the input (comprehensions
+//! loop).
 
-use super::{Ctx, Error, Value};
+use super::lib;
+use super::value::{compare, equals, orderable, Key, Map, OwnedMap, Type, Value};
+use super::{Ctx, Error, ErrorKind, Function, Meter};
+use crate::cel::view::Node as ReqNode;
+use cel::common::ast::{CallExpr, ComprehensionExpr, EntryExpr, Expr, IdedExpr, LiteralValue};
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+use std::sync::{Arc, LazyLock};
 
 /// A compiled expression.
 #[derive(Debug)]
-pub struct Program {}
+pub struct Program {
+    root: Node,
+    /// Comprehension and `cel.bind` variables.
+    slots: usize,
+}
 
-impl Program {
-    pub fn eval<'r>(&'r self, _ctx: &mut Ctx<'r>) -> Result<Value<'r>, Error> {
-        Err(Error::internal("not yet"))
+/// Why an expression could not be planned. The checker refuses these
+/// first; the planner reports what slipped through rather than panic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PlanError(pub String);
+
+#[derive(Debug)]
+enum Node {
+    Const(Value<'static>),
+    /// `object`.
+    Object,
+    /// `object.a.b.c`: fields read from the request in one go.
+    ObjectPath(Box<[Box<str>]>),
+    /// `variables.<name>`.
+    Var(usize),
+    /// A comprehension or `cel.bind` variable.
+    Local(usize),
+    Select(Box<Node>, Box<str>),
+    Has(Box<Node>, Box<str>),
+    OptSelect(Box<Node>, Box<str>),
+    Index(Box<Node>, Box<Node>),
+    OptIndex(Box<Node>, Box<Node>),
+    And(Box<Node>, Box<Node>),
+    Or(Box<Node>, Box<Node>),
+    Not(Box<Node>),
+    NotStrictlyFalse(Box<Node>),
+    Cond(Box<Node>, Box<Node>, Box<Node>),
+    Eq(Box<Node>, Box<Node>),
+    Ne(Box<Node>, Box<Node>),
+    Cmp(Box<Node>, Box<Node>, Rel),
+    In(Box<Node>, Box<Node>),
+    OptOr(Box<Node>, Box<Node>),
+    OptOrValue(Box<Node>, Box<Node>),
+    Call(Box<CallPlan>),
+    List(Vec<Node>, Vec<bool>),
+    MapLit(Vec<(Node, Node, bool)>),
+    /// `cel.@mapInsert(map, key, value)` and `cel.@mapInsert(map, entries)`.
+    MapInsert(Vec<Node>),
+    Comprehension(Box<Loop>),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Rel {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+struct CallPlan {
+    name: Box<str>,
+    functions: Vec<&'static Function>,
+    args: Vec<Node>,
+}
+
+impl std::fmt::Debug for CallPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}({:?})", self.name, self.args)
     }
 }
 
-pub fn compile() {}
+#[derive(Debug)]
+struct Loop {
+    range: Node,
+    var1: usize,
+    var2: Option<usize>,
+    accu: usize,
+    init: Node,
+    cond: Node,
+    step: Step,
+    result: Node,
+}
+
+/// A comprehension's step, with the shapes that grow the accumulator in
+/// place recognised.
+#[derive(Debug)]
+enum Step {
+    Any(Node),
+    /// `accu + [elems]`.
+    Append(Vec<Node>),
+    /// `cond ? accu + [elems] : accu`.
+    AppendIf(Node, Vec<Node>),
+    /// `cel.@mapInsert(accu, ...)`.
+    Insert(Vec<Node>),
+    /// `cond ? cel.@mapInsert(accu, ...) : accu`.
+    InsertIf(Node, Vec<Node>),
+}
+
+/// Compiles `expr`. `variable` gives the slot of each `variables.<name>`
+/// the policy declares.
+pub fn compile(
+    expr: &IdedExpr,
+    variable: &dyn Fn(&str) -> Option<usize>,
+) -> Result<Program, PlanError> {
+    let mut p = Planner {
+        variable,
+        scopes: Vec::new(),
+        next_slot: 0,
+        max_slots: 0,
+    };
+    let root = p.expr(expr)?;
+    Ok(Program {
+        root,
+        slots: p.max_slots,
+    })
+}
+
+struct Planner<'a> {
+    variable: &'a dyn Fn(&str) -> Option<usize>,
+    /// Local names in scope, innermost last, with their slots.
+    scopes: Vec<(String, usize)>,
+    next_slot: usize,
+    max_slots: usize,
+}
+
+fn err<T>(m: impl Into<String>) -> Result<T, PlanError> {
+    Err(PlanError(m.into()))
+}
+
+/// `a.b.c` as text, when `e` spells a qualified name.
+fn qualified(e: &IdedExpr) -> Option<String> {
+    match &e.expr {
+        Expr::Ident(n) => Some(n.clone()),
+        Expr::Select(s) if !s.test => Some(format!("{}.{}", qualified(&s.operand)?, s.field)),
+        _ => None,
+    }
+}
+
+fn literal(l: &LiteralValue) -> Value<'static> {
+    match l {
+        LiteralValue::Boolean(b) => Value::Bool(*b.inner()),
+        LiteralValue::Bytes(b) => Value::bytes(b.inner().to_vec()),
+        LiteralValue::Double(d) => Value::Double(*d.inner()),
+        LiteralValue::Int(i) => Value::Int(*i.inner()),
+        LiteralValue::Null => Value::Null,
+        LiteralValue::String(s) => Value::string(s.inner()),
+        LiteralValue::UInt(u) => Value::Uint(*u.inner()),
+    }
+}
+
+fn type_constant(name: &str) -> Option<Type> {
+    Some(match name {
+        "bool" => Type::Bool,
+        "int" => Type::Int,
+        "uint" => Type::Uint,
+        "double" => Type::Double,
+        "string" => Type::String,
+        "bytes" => Type::Bytes,
+        "list" => Type::List,
+        "map" => Type::Map,
+        "null_type" => Type::Null,
+        "type" => Type::Type,
+        "optional_type" => Type::Optional,
+        "google.protobuf.Timestamp" => Type::Timestamp,
+        "google.protobuf.Duration" => Type::Duration,
+        _ => return None,
+    })
+}
+
+impl Planner<'_> {
+    fn local(&self, name: &str) -> Option<usize> {
+        self.scopes
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| *s)
+    }
+
+    fn bind(&mut self, name: &str) -> usize {
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        self.max_slots = self.max_slots.max(self.next_slot);
+        self.scopes.push((name.to_owned(), slot));
+        slot
+    }
+
+    fn unbind(&mut self, n: usize) {
+        for _ in 0..n {
+            self.scopes.pop();
+            self.next_slot -= 1;
+        }
+    }
+
+    fn boxed(&mut self, e: &IdedExpr) -> Result<Box<Node>, PlanError> {
+        self.expr(e).map(Box::new)
+    }
+
+    fn expr(&mut self, e: &IdedExpr) -> Result<Node, PlanError> {
+        Ok(match &e.expr {
+            Expr::Literal(l) => Node::Const(literal(l)),
+            Expr::Ident(name) => self.ident(name)?,
+            Expr::Select(s) => {
+                if !s.test {
+                    if let Some(n) = self.select_root(e)? {
+                        return Ok(n);
+                    }
+                }
+                let operand = self.boxed(&s.operand)?;
+                let field: Box<str> = s.field.as_str().into();
+                if s.test {
+                    Node::Has(operand, field)
+                } else {
+                    match *operand {
+                        // `object.a` then `.b`: one path.
+                        Node::Object => Node::ObjectPath(vec![field].into()),
+                        Node::ObjectPath(p) => {
+                            let mut p = p.into_vec();
+                            p.push(field);
+                            Node::ObjectPath(p.into())
+                        }
+                        other => Node::Select(Box::new(other), field),
+                    }
+                }
+            }
+            Expr::Call(c) => self.call(c)?,
+            Expr::List(l) => {
+                let elems = l
+                    .elements
+                    .iter()
+                    .map(|x| self.expr(x))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let optional = (0..elems.len())
+                    .map(|i| l.optional_indices.contains(&i))
+                    .collect();
+                fold(Node::List(elems, optional))
+            }
+            Expr::Map(m) => {
+                let mut entries = Vec::with_capacity(m.entries.len());
+                for entry in &m.entries {
+                    let EntryExpr::MapEntry(me) = &entry.expr else {
+                        return err("a message field initialiser is not a map entry");
+                    };
+                    entries.push((self.expr(&me.key)?, self.expr(&me.value)?, me.optional));
+                }
+                fold(Node::MapLit(entries))
+            }
+            Expr::Struct(s) => {
+                return err(format!(
+                    "building messages (`{}{{...}}`) is not supported",
+                    s.type_name
+                ))
+            }
+            Expr::Comprehension(c) => self.comprehension(c)?,
+            Expr::Unspecified => return err("an incomplete expression"),
+        })
+    }
+
+    fn ident(&mut self, name: &str) -> Result<Node, PlanError> {
+        if let Some(slot) = self.local(name) {
+            return Ok(Node::Local(slot));
+        }
+        if name == "object" {
+            return Ok(Node::Object);
+        }
+        if let Some(t) = type_constant(name) {
+            return Ok(Node::Const(Value::Type(t)));
+        }
+        err(format!("undeclared reference to `{name}`"))
+    }
+
+    /// `variables.x`, `mcp.Constant` and qualified type names.
+    fn select_root(&mut self, e: &IdedExpr) -> Result<Option<Node>, PlanError> {
+        let Expr::Select(s) = &e.expr else {
+            return Ok(None);
+        };
+        let Expr::Ident(root) = &s.operand.expr else {
+            if let Some(q) = qualified(e) {
+                if self.local(q.split('.').next().unwrap_or("")).is_none() {
+                    if let Some(t) = type_constant(&q) {
+                        return Ok(Some(Node::Const(Value::Type(t))));
+                    }
+                }
+            }
+            return Ok(None);
+        };
+        if self.local(root).is_some() {
+            return Ok(None);
+        }
+        match root.as_str() {
+            "variables" => match (self.variable)(&s.field) {
+                Some(slot) => Ok(Some(Node::Var(slot))),
+                None => err(format!("undeclared variable `variables.{}`", s.field)),
+            },
+            "mcp" => match crate::cel::mcp::constant(&s.field) {
+                Some(c) => Ok(Some(Node::Const(Value::string(c.inner())))),
+                None => err(format!("unknown constant `mcp.{}`", s.field)),
+            },
+            _ => Ok(None),
+        }
+    }
+
+    fn call(&mut self, c: &CallExpr) -> Result<Node, PlanError> {
+        let mut name = c.func_name.clone();
+        let mut target = c.target.as_deref();
+        if let Some(t) = target {
+            if let Some(q) = qualified(t) {
+                let root = q.split('.').next().unwrap_or("");
+                let is_value =
+                    self.local(root).is_some() || matches!(root, "object" | "variables");
+                if !is_value {
+                    name = format!("{q}.{}", c.func_name);
+                    target = None;
+                }
+            }
+        }
+        let two = |p: &mut Self| -> Result<(Box<Node>, Box<Node>), PlanError> {
+            match (c.args.first(), c.args.get(1), c.args.len()) {
+                (Some(a), Some(b), 2) => Ok((p.boxed(a)?, p.boxed(b)?)),
+                _ => err(format!("`{}` takes two operands", c.func_name)),
+            }
+        };
+        let node = match (name.as_str(), target) {
+            ("_&&_", None) => {
+                let (a, b) = two(self)?;
+                Node::And(a, b)
+            }
+            ("_||_", None) => {
+                let (a, b) = two(self)?;
+                Node::Or(a, b)
+            }
+            ("!_", None) if c.args.len() == 1 => Node::Not(self.boxed(&c.args[0])?),
+            ("@not_strictly_false", None) if c.args.len() == 1 => {
+                Node::NotStrictlyFalse(self.boxed(&c.args[0])?)
+            }
+            ("_?_:_", None) if c.args.len() == 3 => Node::Cond(
+                self.boxed(&c.args[0])?,
+                self.boxed(&c.args[1])?,
+                self.boxed(&c.args[2])?,
+            ),
+            ("_==_", None) => {
+                let (a, b) = two(self)?;
+                Node::Eq(a, b)
+            }
+            ("_!=_", None) => {
+                let (a, b) = two(self)?;
+                Node::Ne(a, b)
+            }
+            ("_<_", None) | ("_<=_", None) | ("_>_", None) | ("_>=_", None) => {
+                let rel = match name.as_str() {
+                    "_<_" => Rel::Lt,
+                    "_<=_" => Rel::Le,
+                    "_>_" => Rel::Gt,
+                    _ => Rel::Ge,
+                };
+                let (a, b) = two(self)?;
+                Node::Cmp(a, b, rel)
+            }
+            ("@in", None) => {
+                let (a, b) = two(self)?;
+                Node::In(a, b)
+            }
+            ("_[_]", None) => {
+                let (a, b) = two(self)?;
+                Node::Index(a, b)
+            }
+            ("_[?_]", None) => {
+                let (a, b) = two(self)?;
+                Node::OptIndex(a, b)
+            }
+            ("_?._", None) => {
+                let (Some(a), Some(Expr::Literal(LiteralValue::String(f)))) =
+                    (c.args.first(), c.args.get(1).map(|x| &x.expr))
+                else {
+                    return err("`.?` takes a field name");
+                };
+                Node::OptSelect(self.boxed(a)?, f.inner().into())
+            }
+            ("or", Some(t)) if c.args.len() == 1 => {
+                Node::OptOr(self.boxed(t)?, self.boxed(&c.args[0])?)
+            }
+            ("orValue", Some(t)) if c.args.len() == 1 => {
+                Node::OptOrValue(self.boxed(t)?, self.boxed(&c.args[0])?)
+            }
+            ("cel.@mapInsert", None) if matches!(c.args.len(), 2 | 3) => Node::MapInsert(
+                c.args
+                    .iter()
+                    .map(|a| self.expr(a))
+                    .collect::<Result<_, _>>()?,
+            ),
+            _ => {
+                let functions = lib::lookup(&name, target.is_some(), c.args.len());
+                if functions.is_empty() {
+                    return err(format!(
+                        "undeclared {} `{name}` with {} argument(s)",
+                        if target.is_some() { "method" } else { "function" },
+                        c.args.len()
+                    ));
+                }
+                let mut args = Vec::with_capacity(c.args.len() + 1);
+                if let Some(t) = target {
+                    args.push(self.expr(t)?);
+                }
+                for a in &c.args {
+                    args.push(self.expr(a)?);
+                }
+                Node::Call(Box::new(CallPlan {
+                    name: name.into(),
+                    functions,
+                    args,
+                }))
+            }
+        };
+        Ok(fold(node))
+    }
+
+    fn comprehension(&mut self, c: &ComprehensionExpr) -> Result<Node, PlanError> {
+        let range = self.expr(&c.iter_range)?;
+        let init = self.expr(&c.accu_init)?;
+        let accu = self.bind(&c.accu_var);
+        let var1 = self.bind(&c.iter_var);
+        let var2 = c.iter_var2.as_deref().map(|v| self.bind(v));
+        let cond = self.expr(&c.loop_cond)?;
+        let step = self.step(&c.loop_step, accu)?;
+        self.unbind(if var2.is_some() { 2 } else { 1 });
+        let result = self.expr(&c.result)?;
+        self.unbind(1);
+        Ok(Node::Comprehension(Box::new(Loop {
+            range,
+            var1,
+            var2,
+            accu,
+            init,
+            cond,
+            step,
+            result,
+        })))
+    }
+
+    fn step(&mut self, e: &IdedExpr, accu: usize) -> Result<Step, PlanError> {
+        let node = self.expr(e)?;
+        let is_accu = |n: &Node| matches!(n, Node::Local(s) if *s == accu);
+        Ok(match node {
+            Node::Call(c) if &*c.name == "_+_" && c.args.len() == 2 && is_accu(&c.args[0]) => {
+                let mut args = c.args;
+                match args.pop() {
+                    Some(Node::List(elems, opt)) if !opt.contains(&true) => Step::Append(elems),
+                    Some(other) => Step::Any(Node::Call(Box::new(CallPlan {
+                        name: c.name,
+                        functions: c.functions,
+                        args: {
+                            args.push(other);
+                            args
+                        },
+                    }))),
+                    None => return err("a comprehension step lost its operands"),
+                }
+            }
+            Node::MapInsert(args) if is_accu(&args[0]) => Step::Insert(args),
+            Node::Cond(test, then, otherwise) if is_accu(&otherwise) => match *then {
+                Node::Call(c)
+                    if &*c.name == "_+_"
+                        && c.args.len() == 2
+                        && is_accu(&c.args[0])
+                        && matches!(&c.args[1], Node::List(_, opt) if !opt.contains(&true)) =>
+                {
+                    let mut args = c.args;
+                    let Some(Node::List(elems, _)) = args.pop() else {
+                        return err("a comprehension step lost its operands");
+                    };
+                    Step::AppendIf(*test, elems)
+                }
+                Node::MapInsert(args) if is_accu(&args[0]) => Step::InsertIf(*test, args),
+                then => Step::Any(Node::Cond(test, Box::new(then), otherwise)),
+            },
+            other => Step::Any(other),
+        })
+    }
+}
+
+/// Folds a node whose operands are all constants into its value, when
+/// computing it needs nothing of a request: a pure function's call, a list
+/// or map literal. An error is left to happen at run time, where the
+/// policy's `failurePolicy` decides it.
+fn fold(node: Node) -> Node {
+    let foldable = match &node {
+        Node::Call(c) => {
+            c.functions.iter().all(|f| f.pure) && c.args.iter().all(|a| matches!(a, Node::Const(_)))
+        }
+        Node::List(elems, _) => elems.iter().all(|a| matches!(a, Node::Const(_))),
+        Node::MapLit(entries) => entries
+            .iter()
+            .all(|(k, v, _)| matches!(k, Node::Const(_)) && matches!(v, Node::Const(_))),
+        Node::Eq(a, b) | Node::Ne(a, b) | Node::Cmp(a, b, _) | Node::In(a, b) => {
+            matches!(**a, Node::Const(_)) && matches!(**b, Node::Const(_))
+        }
+        Node::Not(a) => matches!(**a, Node::Const(_)),
+        _ => false,
+    };
+    if !foldable {
+        return node;
+    }
+    let program = Program {
+        root: node,
+        slots: 0,
+    };
+    let mut ctx = Ctx::new(None, Meter::new(1_000_000));
+    match program.eval(&mut ctx) {
+        Ok(v) => Node::Const(v.into_static()),
+        Err(_) => program.root,
+    }
+}
+
+static EMPTY_REQUEST: LazyLock<CheckRequest> = LazyLock::new(CheckRequest::default);
+
+type Locals<'r> = Vec<Result<Value<'r>, Error>>;
+
+impl Program {
+    /// Evaluates the expression in `ctx`.
+    pub fn eval<'r>(&'r self, ctx: &mut Ctx<'r>) -> Result<Value<'r>, Error> {
+        let mut locals: Locals<'r> = Vec::new();
+        if self.slots > 0 {
+            locals.resize(self.slots, Ok(Value::Null));
+        }
+        self.root.eval(ctx, &mut locals)
+    }
+
+    /// The value, when the expression is a constant.
+    pub fn constant(&self) -> Option<&Value<'static>> {
+        match &self.root {
+            Node::Const(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+fn no_bool(op: &str, v: &Value<'_>) -> Error {
+    Error::no_overload(op, std::slice::from_ref(v))
+}
+
+fn as_bool(op: &str, r: Result<Value<'_>, Error>) -> Result<bool, Error> {
+    match r? {
+        Value::Bool(b) => Ok(b),
+        other => Err(no_bool(op, &other)),
+    }
+}
+
+/// `i` as a list index: an `int`, a `uint`, or a `double` with an integral
+/// value (as cel-go's heterogeneous indexing).
+fn list_index(i: &Value<'_>) -> Result<i64, Error> {
+    match i {
+        Value::Int(i) => Ok(*i),
+        Value::Uint(u) => i64::try_from(*u).map_err(|_| Error::index_out_of_bounds(i64::MAX, 0)),
+        Value::Double(d) if d.fract() == 0.0 && d.is_finite() => Ok(*d as i64),
+        Value::Double(_) => Err(Error::type_mismatch("a list index must be an integer")),
+        other => Err(Error::type_mismatch(format!(
+            "a list index must be an int, not {}",
+            other.type_name()
+        ))),
+    }
+}
+
+fn select<'r>(v: Value<'r>, field: &str) -> Result<Value<'r>, Error> {
+    match v {
+        Value::Map(m) => m
+            .get(&Value::str(field))
+            .ok_or_else(|| Error::no_such_key(&Value::str(field))),
+        Value::Node(n) => super::request::field(n, field)
+            .ok_or_else(|| Error::no_such_field(n.type_name(), field)),
+        Value::Object(o) => o
+            .field(field)
+            .ok_or_else(|| Error::no_such_field(o.type_name(), field)),
+        // Selecting on an optional selects on its value, if any.
+        Value::Optional(o) => match o {
+            None => Ok(Value::Optional(None)),
+            Some(v) => opt_select(Value::clone(&v), field),
+        },
+        other => Err(Error::type_mismatch(format!(
+            "{} has no fields (selecting {field:?})",
+            other.type_name()
+        ))),
+    }
+}
+
+/// `v.?field`: none when the field or key is absent; an error for a value
+/// that has no fields.
+fn opt_select<'r>(v: Value<'r>, field: &str) -> Result<Value<'r>, Error> {
+    match v {
+        Value::Map(m) => Ok(m
+            .get(&Value::str(field))
+            .map_or(Value::Optional(None), Value::some)),
+        Value::Node(n) => match super::request::has(n, field) {
+            Some(true) => Ok(super::request::field(n, field).map_or(Value::Optional(None), Value::some)),
+            Some(false) => Ok(Value::Optional(None)),
+            None => Err(Error::no_such_field(n.type_name(), field)),
+        },
+        Value::Object(o) => match o.has(field) {
+            Some(true) => Ok(o.field(field).map_or(Value::Optional(None), Value::some)),
+            Some(false) => Ok(Value::Optional(None)),
+            None => Err(Error::no_such_field(o.type_name(), field)),
+        },
+        Value::Optional(None) => Ok(Value::Optional(None)),
+        Value::Optional(Some(v)) => opt_select(Value::clone(&v), field),
+        other => Err(Error::type_mismatch(format!(
+            "{} has no fields (selecting {field:?})",
+            other.type_name()
+        ))),
+    }
+}
+
+fn has<'r>(v: Value<'r>, field: &str) -> Result<bool, Error> {
+    match v {
+        Value::Map(m) => Ok(m.contains_key(&Value::str(field))),
+        Value::Node(n) => {
+            super::request::has(n, field).ok_or_else(|| Error::no_such_field(n.type_name(), field))
+        }
+        Value::Object(o) => o
+            .has(field)
+            .ok_or_else(|| Error::no_such_field(o.type_name(), field)),
+        other => Err(Error::type_mismatch(format!(
+            "has() on {}, which has no fields",
+            other.type_name()
+        ))),
+    }
+}
+
+fn index<'r>(ctx: &mut Ctx<'r>, v: Value<'r>, i: &Value<'r>) -> Result<Value<'r>, Error> {
+    match v {
+        Value::List(l) => {
+            let idx = list_index(i)?;
+            usize::try_from(idx)
+                .ok()
+                .and_then(|u| l.get(u).cloned())
+                .ok_or_else(|| Error::index_out_of_bounds(idx, l.len()))
+        }
+        Value::Map(m) => {
+            if Key::lookup(i).is_none() && !matches!(i, Value::Double(_)) {
+                return Err(Error::type_mismatch(format!(
+                    "a map key cannot be a {}",
+                    i.type_name()
+                )));
+            }
+            m.get(i).ok_or_else(|| Error::no_such_key(i))
+        }
+        Value::Optional(None) => Ok(Value::Optional(None)),
+        Value::Optional(Some(inner)) => opt_index(ctx, Value::clone(&inner), i),
+        Value::Node(n) => match i {
+            Value::String(f) => select(Value::Node(n), f),
+            other => Err(Error::type_mismatch(format!(
+                "a message field name must be a string, not {}",
+                other.type_name()
+            ))),
+        },
+        other => Err(Error::type_mismatch(format!(
+            "{} cannot be indexed",
+            other.type_name()
+        ))),
+    }
+}
+
+/// `v[?i]`: none when the index is out of range or the key absent.
+fn opt_index<'r>(ctx: &mut Ctx<'r>, v: Value<'r>, i: &Value<'r>) -> Result<Value<'r>, Error> {
+    match v {
+        Value::List(l) => {
+            let idx = list_index(i)?;
+            Ok(usize::try_from(idx)
+                .ok()
+                .and_then(|u| l.get(u).cloned())
+                .map_or(Value::Optional(None), Value::some))
+        }
+        Value::Map(m) => {
+            if Key::lookup(i).is_none() && !matches!(i, Value::Double(_)) {
+                return Err(Error::type_mismatch(format!(
+                    "a map key cannot be a {}",
+                    i.type_name()
+                )));
+            }
+            Ok(m.get(i).map_or(Value::Optional(None), Value::some))
+        }
+        Value::Optional(None) => Ok(Value::Optional(None)),
+        Value::Optional(Some(inner)) => opt_index(ctx, Value::clone(&inner), i),
+        Value::Node(n) => match i {
+            Value::String(f) => opt_select(Value::Node(n), f),
+            other => Err(Error::type_mismatch(format!(
+                "a message field name must be a string, not {}",
+                other.type_name()
+            ))),
+        },
+        other => Err(Error::type_mismatch(format!(
+            "{} cannot be indexed",
+            other.type_name()
+        ))),
+    }
+}
+
+fn contains<'r>(ctx: &mut Ctx<'r>, x: &Value<'r>, c: Value<'r>) -> Result<bool, Error> {
+    match c {
+        Value::List(l) => {
+            ctx.charge(l.len() as u64)?;
+            Ok(l.iter().any(|e| equals(x, e)))
+        }
+        Value::Map(m) => Ok(m.contains_key(x)),
+        other => Err(Error::no_overload("@in", &[x.clone(), other])),
+    }
+}
+
+fn map_insert<'r>(
+    ctx: &mut Ctx<'r>,
+    mut map: Value<'r>,
+    rest: &[Value<'r>],
+) -> Result<Value<'r>, Error> {
+    let Value::Map(m) = &mut map else {
+        return Err(Error::no_overload("cel.@mapInsert", rest));
+    };
+    let mut owned = match m {
+        Map::Owned(o) => std::mem::take(Arc::make_mut(o)),
+        other => {
+            let mut o = OwnedMap::new();
+            for (k, v) in other.entries() {
+                if let Some(k) = Key::of(&k) {
+                    o.insert(k, v);
+                }
+            }
+            o
+        }
+    };
+    let mut insert = |k: &Value<'r>, v: Value<'r>| -> Result<(), Error> {
+        let key = Key::of(k)
+            .ok_or_else(|| Error::type_mismatch(format!("a map key cannot be a {}", k.type_name())))?;
+        if owned.contains_key(&key) {
+            return Err(Error::new(
+                ErrorKind::DuplicateKey,
+                "insert failed: the key is already in the map",
+            ));
+        }
+        owned.insert(key, v);
+        Ok(())
+    };
+    match rest {
+        [k, v] => insert(k, v.clone())?,
+        [Value::Map(entries)] => {
+            ctx.charge(entries.len() as u64)?;
+            for (k, v) in entries.entries() {
+                insert(&k, v)?;
+            }
+        }
+        _ => return Err(Error::no_overload("cel.@mapInsert", rest)),
+    }
+    Ok(Value::map(owned))
+}
+
+impl Node {
+    fn eval<'r>(&'r self, ctx: &mut Ctx<'r>, locals: &mut Locals<'r>) -> Result<Value<'r>, Error> {
+        match self {
+            Node::Const(v) => Ok(v.clone()),
+            Node::Local(s) => locals[*s].clone(),
+            Node::Object => Ok(Value::Node(ReqNode::CheckRequest(
+                ctx.request().unwrap_or(&EMPTY_REQUEST),
+            ))),
+            Node::ObjectPath(path) => {
+                ctx.charge(1)?;
+                let mut node = ReqNode::CheckRequest(ctx.request().unwrap_or(&EMPTY_REQUEST));
+                let last = path.len() - 1;
+                for (i, f) in path.iter().enumerate() {
+                    let v = super::request::field(node, f)
+                        .ok_or_else(|| Error::no_such_field(node.type_name(), f))?;
+                    if i == last {
+                        return Ok(v);
+                    }
+                    match v {
+                        Value::Node(n) => node = n,
+                        other => {
+                            let mut v = other;
+                            for f in &path[i + 1..] {
+                                v = select(v, f)?;
+                            }
+                            return Ok(v);
+                        }
+                    }
+                }
+                Err(Error::internal("an empty field path"))
+            }
+            Node::Var(slot) => {
+                ctx.charge(1)?;
+                ctx.variable(*slot)
+            }
+            Node::Select(operand, field) => {
+                let v = operand.eval(ctx, locals)?;
+                ctx.charge(1)?;
+                select(v, field)
+            }
+            Node::Has(operand, field) => {
+                let v = operand.eval(ctx, locals)?;
+                ctx.charge(1)?;
+                has(v, field).map(Value::Bool)
+            }
+            Node::OptSelect(operand, field) => {
+                let v = operand.eval(ctx, locals)?;
+                ctx.charge(1)?;
+                opt_select(v, field)
+            }
+            Node::Index(a, i) => {
+                let v = a.eval(ctx, locals)?;
+                let i = i.eval(ctx, locals)?;
+                ctx.charge(1)?;
+                index(ctx, v, &i)
+            }
+            Node::OptIndex(a, i) => {
+                let v = a.eval(ctx, locals)?;
+                let i = i.eval(ctx, locals)?;
+                ctx.charge(1)?;
+                opt_index(ctx, v, &i)
+            }
+            Node::And(a, b) => {
+                let left = as_bool("_&&_", a.eval(ctx, locals));
+                if let Ok(false) = left {
+                    return Ok(Value::Bool(false));
+                }
+                let right = as_bool("_&&_", b.eval(ctx, locals));
+                match (left, right) {
+                    (_, Ok(false)) => Ok(Value::Bool(false)),
+                    (Ok(true), Ok(true)) => Ok(Value::Bool(true)),
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                    (Ok(false), _) => Ok(Value::Bool(false)),
+                }
+            }
+            Node::Or(a, b) => {
+                let left = as_bool("_||_", a.eval(ctx, locals));
+                if let Ok(true) = left {
+                    return Ok(Value::Bool(true));
+                }
+                let right = as_bool("_||_", b.eval(ctx, locals));
+                match (left, right) {
+                    (_, Ok(true)) => Ok(Value::Bool(true)),
+                    (Ok(false), Ok(false)) => Ok(Value::Bool(false)),
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                    (Ok(true), _) => Ok(Value::Bool(true)),
+                }
+            }
+            Node::Not(a) => as_bool("!_", a.eval(ctx, locals)).map(|b| Value::Bool(!b)),
+            Node::NotStrictlyFalse(a) => Ok(Value::Bool(!matches!(
+                a.eval(ctx, locals),
+                Ok(Value::Bool(false))
+            ))),
+            Node::Cond(c, t, f) => match c.eval(ctx, locals)? {
+                Value::Bool(true) => t.eval(ctx, locals),
+                Value::Bool(false) => f.eval(ctx, locals),
+                other => Err(no_bool("_?_:_", &other)),
+            },
+            Node::Eq(a, b) => {
+                let x = a.eval(ctx, locals)?;
+                let y = b.eval(ctx, locals)?;
+                ctx.charge(1)?;
+                Ok(Value::Bool(equals(&x, &y)))
+            }
+            Node::Ne(a, b) => {
+                let x = a.eval(ctx, locals)?;
+                let y = b.eval(ctx, locals)?;
+                ctx.charge(1)?;
+                Ok(Value::Bool(!equals(&x, &y)))
+            }
+            Node::Cmp(a, b, rel) => {
+                let x = a.eval(ctx, locals)?;
+                let y = b.eval(ctx, locals)?;
+                ctx.charge(1)?;
+                if !orderable(&x, &y) {
+                    let op = match rel {
+                        Rel::Lt => "_<_",
+                        Rel::Le => "_<=_",
+                        Rel::Gt => "_>_",
+                        Rel::Ge => "_>=_",
+                    };
+                    return Err(Error::no_overload(op, &[x, y]));
+                }
+                use std::cmp::Ordering::*;
+                Ok(Value::Bool(match (compare(&x, &y), rel) {
+                    // NaN is unordered: every comparison with it is false.
+                    (None, _) => false,
+                    (Some(o), Rel::Lt) => o == Less,
+                    (Some(o), Rel::Le) => o != Greater,
+                    (Some(o), Rel::Gt) => o == Greater,
+                    (Some(o), Rel::Ge) => o != Less,
+                }))
+            }
+            Node::In(a, b) => {
+                let x = a.eval(ctx, locals)?;
+                let c = b.eval(ctx, locals)?;
+                ctx.charge(1)?;
+                contains(ctx, &x, c).map(Value::Bool)
+            }
+            Node::OptOr(a, b) => match a.eval(ctx, locals)? {
+                Value::Optional(Some(v)) => Ok(Value::Optional(Some(v))),
+                Value::Optional(None) => match b.eval(ctx, locals)? {
+                    v @ Value::Optional(_) => Ok(v),
+                    other => Err(Error::no_overload("or", &[Value::Optional(None), other])),
+                },
+                other => Err(Error::no_overload("or", &[other])),
+            },
+            Node::OptOrValue(a, b) => match a.eval(ctx, locals)? {
+                Value::Optional(Some(v)) => Ok(Value::clone(&v)),
+                Value::Optional(None) => b.eval(ctx, locals),
+                other => Err(Error::no_overload("orValue", &[other])),
+            },
+            Node::Call(c) => {
+                let mut args = Vec::with_capacity(c.args.len());
+                for a in &c.args {
+                    args.push(a.eval(ctx, locals)?);
+                }
+                ctx.charge(1)?;
+                call(ctx, c, &args)
+            }
+            Node::List(elems, optional) => {
+                let mut out = Vec::with_capacity(elems.len());
+                for (e, opt) in elems.iter().zip(optional) {
+                    let v = e.eval(ctx, locals)?;
+                    if *opt {
+                        match v {
+                            Value::Optional(Some(v)) => out.push(Value::clone(&v)),
+                            Value::Optional(None) => {}
+                            other => {
+                                return Err(Error::type_mismatch(format!(
+                                    "an optional element `?x` must be an optional, not {}",
+                                    other.type_name()
+                                )))
+                            }
+                        }
+                    } else {
+                        out.push(v);
+                    }
+                }
+                ctx.charge(1)?;
+                Ok(Value::list(out))
+            }
+            Node::MapLit(entries) => {
+                let mut out = OwnedMap::with_capacity(entries.len());
+                for (k, v, opt) in entries {
+                    let kv = k.eval(ctx, locals)?;
+                    let key = Key::of(&kv).ok_or_else(|| {
+                        Error::type_mismatch(format!("a map key cannot be a {}", kv.type_name()))
+                    })?;
+                    let vv = v.eval(ctx, locals)?;
+                    let vv = if *opt {
+                        match vv {
+                            Value::Optional(Some(v)) => Value::clone(&v),
+                            Value::Optional(None) => continue,
+                            other => {
+                                return Err(Error::type_mismatch(format!(
+                                    "an optional entry `?k: v` must hold an optional, not {}",
+                                    other.type_name()
+                                )))
+                            }
+                        }
+                    } else {
+                        vv
+                    };
+                    if out.insert(key, vv).is_some() {
+                        return Err(Error::new(
+                            ErrorKind::DuplicateKey,
+                            format!("a map literal has the key {kv:?} twice"),
+                        ));
+                    }
+                }
+                ctx.charge(1)?;
+                Ok(Value::map(out))
+            }
+            Node::MapInsert(args) => {
+                let mut vals = Vec::with_capacity(args.len());
+                for a in args {
+                    vals.push(a.eval(ctx, locals)?);
+                }
+                ctx.charge(1)?;
+                let map = vals.remove(0);
+                map_insert(ctx, map, &vals)
+            }
+            Node::Comprehension(l) => l.eval(ctx, locals),
+        }
+    }
+}
+
+fn call<'r>(ctx: &mut Ctx<'r>, c: &CallPlan, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    let mut last = None;
+    for f in &c.functions {
+        match (f.f)(ctx, args) {
+            Err(e) if e.kind == ErrorKind::NoSuchOverload => last = Some(e),
+            r => return r,
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::no_overload(&c.name, args)))
+}
+
+impl Loop {
+    fn eval<'r>(&'r self, ctx: &mut Ctx<'r>, locals: &mut Locals<'r>) -> Result<Value<'r>, Error> {
+        let range = self.range.eval(ctx, locals)?;
+        let init = self.init.eval(ctx, locals)?;
+        locals[self.accu] = Ok(init);
+        match range {
+            Value::List(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if self.var2.is_some() {
+                        locals[self.var1] = Ok(Value::Int(i as i64));
+                    } else {
+                        locals[self.var1] = Ok(item.clone());
+                    }
+                    if let Some(v2) = self.var2 {
+                        locals[v2] = Ok(item.clone());
+                    }
+                    if !self.iterate(ctx, locals)? {
+                        break;
+                    }
+                }
+            }
+            Value::Map(m) => {
+                let entries: Vec<(Value<'r>, Value<'r>)> = match self.var2 {
+                    Some(_) => m.entries(),
+                    None => m.keys().into_iter().map(|k| (k, Value::Null)).collect(),
+                };
+                for (k, v) in entries {
+                    locals[self.var1] = Ok(k);
+                    if let Some(v2) = self.var2 {
+                        locals[v2] = Ok(v);
+                    }
+                    if !self.iterate(ctx, locals)? {
+                        break;
+                    }
+                }
+            }
+            other => {
+                return Err(Error::type_mismatch(format!(
+                    "cannot iterate over {}: a comprehension needs a list or a map",
+                    other.type_name()
+                )))
+            }
+        }
+        self.result.eval(ctx, locals)
+    }
+
+    /// One iteration: false once the loop condition says stop.
+    fn iterate<'r>(&'r self, ctx: &mut Ctx<'r>, locals: &mut Locals<'r>) -> Result<bool, Error> {
+        ctx.charge(1)?;
+        match self.cond.eval(ctx, locals) {
+            Ok(Value::Bool(false)) => return Ok(false),
+            Ok(Value::Bool(true)) => {}
+            Ok(other) => return Err(no_bool("loop condition", &other)),
+            Err(e) => return Err(e),
+        }
+        let next = match &self.step {
+            Step::Any(n) => n.eval(ctx, locals),
+            Step::Append(elems) => self.append(ctx, locals, elems),
+            Step::AppendIf(test, elems) => match test.eval(ctx, locals) {
+                Ok(Value::Bool(true)) => self.append(ctx, locals, elems),
+                Ok(Value::Bool(false)) => return Ok(true),
+                Ok(other) => Err(no_bool("_?_:_", &other)),
+                Err(e) => Err(e),
+            },
+            Step::Insert(args) => self.insert(ctx, locals, args),
+            Step::InsertIf(test, args) => match test.eval(ctx, locals) {
+                Ok(Value::Bool(true)) => self.insert(ctx, locals, args),
+                Ok(Value::Bool(false)) => return Ok(true),
+                Ok(other) => Err(no_bool("_?_:_", &other)),
+                Err(e) => Err(e),
+            },
+        };
+        locals[self.accu] = next;
+        Ok(true)
+    }
+
+    fn append<'r>(
+        &'r self,
+        ctx: &mut Ctx<'r>,
+        locals: &mut Locals<'r>,
+        elems: &'r [Node],
+    ) -> Result<Value<'r>, Error> {
+        let mut vals = Vec::with_capacity(elems.len());
+        for e in elems {
+            vals.push(e.eval(ctx, locals)?);
+        }
+        ctx.charge(1)?;
+        match std::mem::replace(&mut locals[self.accu], Ok(Value::Null)) {
+            Ok(Value::List(mut l)) => {
+                Arc::make_mut(&mut l).extend(vals);
+                Ok(Value::List(l))
+            }
+            Ok(other) => {
+                let f = lib::lookup("_+_", false, 2);
+                let plan = CallPlan {
+                    name: "_+_".into(),
+                    functions: f,
+                    args: Vec::new(),
+                };
+                call(ctx, &plan, &[other, Value::list(vals)])
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn insert<'r>(
+        &'r self,
+        ctx: &mut Ctx<'r>,
+        locals: &mut Locals<'r>,
+        args: &'r [Node],
+    ) -> Result<Value<'r>, Error> {
+        let mut vals = Vec::with_capacity(args.len() - 1);
+        for a in &args[1..] {
+            vals.push(a.eval(ctx, locals)?);
+        }
+        ctx.charge(1)?;
+        let map = std::mem::replace(&mut locals[self.accu], Ok(Value::Null))?;
+        map_insert(ctx, map, &vals)
+    }
+}
+
+/// Evaluates `source` on its own (no request, no variables): for tests and
+/// the tools. The expression is parsed, checked and planned as a policy's.
+pub fn eval_standalone(source: &str) -> Result<Value<'static>, String> {
+    let parsed = crate::cel::env()
+        .compile(source)
+        .map_err(|e| e.to_string())?;
+    let program = compile(parsed.expression(), &|_| None).map_err(|e| e.0)?;
+    let mut ctx = Ctx::new(None, Meter::new(super::ctx::DEFAULT_BUDGET));
+    let v = program.eval(&mut ctx).map_err(|e| e.message)?;
+    Ok(v.into_static())
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<Program>();
+}
