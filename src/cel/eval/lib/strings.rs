@@ -274,7 +274,10 @@ fn join<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
             other => {
                 return Err(Error::function(
                     "join",
-                    format!("join: invalid input: a list element is {}", other.type_name()),
+                    format!(
+                        "join: invalid input: a list element is {}",
+                        other.type_name()
+                    ),
                 ))
             }
         }
@@ -451,9 +454,9 @@ fn format<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error>
     }
     // The template is UTF-8 and every clause writes UTF-8 (bytes through
     // `%s` are made valid as they are written).
-    Ok(Value::string(
-        String::from_utf8(out).map_err(|_| Error::internal("format wrote invalid UTF-8"))?,
-    ))
+    Ok(Value::string(String::from_utf8(out).map_err(|_| {
+        Error::internal("format wrote invalid UTF-8")
+    })?))
 }
 
 /// A double as Go's `strconv.FormatFloat(d, 'f', -1, 64)` writes it
@@ -697,7 +700,12 @@ mod tests {
     }
 
     fn global<'r>(name: &str, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
-        call_in(&mut Ctx::new(None, Meter::new(1_000_000)), name, false, args)
+        call_in(
+            &mut Ctx::new(None, Meter::new(1_000_000)),
+            name,
+            false,
+            args,
+        )
     }
 
     fn s(v: &str) -> Value<'_> {
@@ -791,21 +799,42 @@ mod tests {
         assert_eq!(int(method("lastIndexOf", &[s("tacocat"), s("a"), i(3)])), 1);
         assert_eq!(int(method("lastIndexOf", &[s("ta©o©αT"), s("©")])), 4);
         assert_eq!(int(method("lastIndexOf", &[s("ta©o©αT"), s("©"), i(3)])), 2);
-        assert_eq!(int(method("lastIndexOf", &[s("ta©o©αT"), s("©α"), i(4)])), 4);
-        assert_eq!(int(method("lastIndexOf", &[s("hello wello"), s("ello"), i(6)])), 1);
-        assert_eq!(int(method("lastIndexOf", &[s("bananananana"), s("nana"), i(7)])), 6);
+        assert_eq!(
+            int(method("lastIndexOf", &[s("ta©o©αT"), s("©α"), i(4)])),
+            4
+        );
+        assert_eq!(
+            int(method("lastIndexOf", &[s("hello wello"), s("ello"), i(6)])),
+            1
+        );
+        assert_eq!(
+            int(method("lastIndexOf", &[s("bananananana"), s("nana"), i(7)])),
+            6
+        );
         assert_eq!(int(method("lastIndexOf", &[s("aaaa"), s("aa"), i(1)])), 1);
-        assert_eq!(int(method("lastIndexOf", &[s("hello wello"), s("hello wello")])), 0);
+        assert_eq!(
+            int(method("lastIndexOf", &[s("hello wello"), s("hello wello")])),
+            0
+        );
         err(method("lastIndexOf", &[s("tacocat"), s("a"), i(-1)]));
         err(method("lastIndexOf", &[s("tacocat"), s("a"), i(30)]));
     }
 
     #[test]
     fn casing_trim_reverse() {
-        assert_eq!(text(method("lowerAscii", &[s("TacoCÆt Xii")])), "tacocÆt xii");
+        assert_eq!(
+            text(method("lowerAscii", &[s("TacoCÆt Xii")])),
+            "tacocÆt xii"
+        );
         assert_eq!(text(method("upperAscii", &[s("tacoCαt")])), "TACOCαT");
-        assert_eq!(text(method("trim", &[s(" \u{c}\n\r\t\u{b}text  ")])), "text");
-        assert_eq!(text(method("trim", &[s("\u{85}\u{a0}\u{1680}text\u{3000}")])), "text");
+        assert_eq!(
+            text(method("trim", &[s(" \u{c}\n\r\t\u{b}text  ")])),
+            "text"
+        );
+        assert_eq!(
+            text(method("trim", &[s("\u{85}\u{a0}\u{1680}text\u{3000}")])),
+            "text"
+        );
         let kept = "\u{180e}text\u{200b}\u{200c}\u{200d}\u{2060}\u{feff}";
         assert_eq!(text(method("trim", &[s(kept)])), kept);
         assert_eq!(text(method("trim", &[s("   ")])), "");
@@ -816,27 +845,63 @@ mod tests {
     #[test]
     fn replace_and_split_as_go() {
         assert_eq!(
-            text(method("replace", &[s("{0} days {0} hours"), s("{0}"), s("2")])),
+            text(method(
+                "replace",
+                &[s("{0} days {0} hours"), s("{0}"), s("2")]
+            )),
             "2 days 2 hours"
         );
         assert_eq!(
-            text(method("replace", &[s("{0} days {0} hours"), s("{0}"), s("2"), i(1)])),
+            text(method(
+                "replace",
+                &[s("{0} days {0} hours"), s("{0}"), s("2"), i(1)]
+            )),
             "2 days {0} hours"
         );
-        assert_eq!(text(method("replace", &[s("abc"), s("b"), s("x"), i(0)])), "abc");
-        assert_eq!(text(method("replace", &[s("abc"), s(""), s("-")])), "-a-b-c-");
-        assert_eq!(text(method("replace", &[s("abc"), s(""), s("-"), i(2)])), "-a-bc");
-        assert_eq!(text(method("replace", &[s("1 ©αT taco"), s("αT"), s("o©α")])), "1 ©o©α taco");
+        assert_eq!(
+            text(method("replace", &[s("abc"), s("b"), s("x"), i(0)])),
+            "abc"
+        );
+        assert_eq!(
+            text(method("replace", &[s("abc"), s(""), s("-")])),
+            "-a-b-c-"
+        );
+        assert_eq!(
+            text(method("replace", &[s("abc"), s(""), s("-"), i(2)])),
+            "-a-bc"
+        );
+        assert_eq!(
+            text(method("replace", &[s("1 ©αT taco"), s("αT"), s("o©α")])),
+            "1 ©o©α taco"
+        );
         let e = err(method("replace", &[s("42"), s("2"), i(1)]));
         assert_eq!(e.kind, ErrorKind::NoSuchOverload);
 
-        assert_eq!(strings(method("split", &[s("hello world"), s(" ")])), ["hello", "world"]);
+        assert_eq!(
+            strings(method("split", &[s("hello world"), s(" ")])),
+            ["hello", "world"]
+        );
         assert!(strings(method("split", &[s("a b c"), s(" "), i(0)])).is_empty());
-        assert_eq!(strings(method("split", &[s("a b c"), s(" "), i(1)])), ["a b c"]);
-        assert_eq!(strings(method("split", &[s("a b c"), s(" "), i(2)])), ["a", "b c"]);
-        assert_eq!(strings(method("split", &[s("o©o©o©o"), s("©"), i(-1)])), ["o", "o", "o", "o"]);
-        assert_eq!(strings(method("split", &[s("a©c"), s("")])), ["a", "©", "c"]);
-        assert_eq!(strings(method("split", &[s("a©c"), s(""), i(2)])), ["a", "©c"]);
+        assert_eq!(
+            strings(method("split", &[s("a b c"), s(" "), i(1)])),
+            ["a b c"]
+        );
+        assert_eq!(
+            strings(method("split", &[s("a b c"), s(" "), i(2)])),
+            ["a", "b c"]
+        );
+        assert_eq!(
+            strings(method("split", &[s("o©o©o©o"), s("©"), i(-1)])),
+            ["o", "o", "o", "o"]
+        );
+        assert_eq!(
+            strings(method("split", &[s("a©c"), s("")])),
+            ["a", "©", "c"]
+        );
+        assert_eq!(
+            strings(method("split", &[s("a©c"), s(""), i(2)])),
+            ["a", "©c"]
+        );
         assert!(strings(method("split", &[s(""), s("")])).is_empty());
         assert_eq!(strings(method("split", &[s(""), s(",")])), [""]);
     }
@@ -845,13 +910,31 @@ mod tests {
     fn substring_ranges() {
         assert_eq!(text(method("substring", &[s("tacocat"), i(4)])), "cat");
         assert_eq!(text(method("substring", &[s("tacocat"), i(7)])), "");
-        assert_eq!(text(method("substring", &[s("tacocat"), i(0), i(4)])), "taco");
-        assert_eq!(text(method("substring", &[s("ta©o©αT"), i(2), i(6)])), "©o©α");
+        assert_eq!(
+            text(method("substring", &[s("tacocat"), i(0), i(4)])),
+            "taco"
+        );
+        assert_eq!(
+            text(method("substring", &[s("ta©o©αT"), i(2), i(6)])),
+            "©o©α"
+        );
         assert_eq!(text(method("substring", &[s("ta©o©αT"), i(7), i(7)])), "");
-        assert_eq!(err(method("substring", &[s("tacocat"), i(40)])).message, "index out of range: 40");
-        assert_eq!(err(method("substring", &[s("tacocat"), i(-1)])).message, "index out of range: -1");
-        assert_eq!(err(method("substring", &[s("tacocat"), i(1), i(50)])).message, "index out of range: 50");
-        assert_eq!(err(method("substring", &[s("tacocat"), i(49), i(50)])).message, "index out of range: 49");
+        assert_eq!(
+            err(method("substring", &[s("tacocat"), i(40)])).message,
+            "index out of range: 40"
+        );
+        assert_eq!(
+            err(method("substring", &[s("tacocat"), i(-1)])).message,
+            "index out of range: -1"
+        );
+        assert_eq!(
+            err(method("substring", &[s("tacocat"), i(1), i(50)])).message,
+            "index out of range: 50"
+        );
+        assert_eq!(
+            err(method("substring", &[s("tacocat"), i(49), i(50)])).message,
+            "index out of range: 49"
+        );
         assert_eq!(
             err(method("substring", &[s("tacocat"), i(4), i(3)])).message,
             "invalid substring range. start: 4, end: 3"
@@ -866,18 +949,30 @@ mod tests {
         assert_eq!(text(method("join", &[Value::list(vec![]), s("-")])), "");
         err(method("join", &[Value::list(vec![s("x"), i(1)])]));
 
-        assert_eq!(text(global("strings.quote", &[s("first\nsecond")])), "\"first\\nsecond\"");
         assert_eq!(
-            text(global("strings.quote", &[s("\u{7}\u{8}\u{c}\r\t\u{b}\\\"")])),
+            text(global("strings.quote", &[s("first\nsecond")])),
+            "\"first\\nsecond\""
+        );
+        assert_eq!(
+            text(global(
+                "strings.quote",
+                &[s("\u{7}\u{8}\u{c}\r\t\u{b}\\\"")]
+            )),
             "\"\\a\\b\\f\\r\\t\\v\\\\\\\"\""
         );
-        assert_eq!(text(global("strings.quote", &[s("ta©o©αT😀")])), "\"ta©o©αT😀\"");
+        assert_eq!(
+            text(global("strings.quote", &[s("ta©o©αT😀")])),
+            "\"ta©o©αT😀\""
+        );
         assert_eq!(text(global("strings.quote", &[s("")])), "\"\"");
     }
 
     #[test]
     fn base64_both_ways() {
-        assert_eq!(text(global("base64.encode", &[Value::bytes(b"hello".to_vec())])), "aGVsbG8=");
+        assert_eq!(
+            text(global("base64.encode", &[Value::bytes(b"hello".to_vec())])),
+            "aGVsbG8="
+        );
         for input in ["aGVsbG8=", "aGVsbG8", "aGVs\nbG8="] {
             match global("base64.decode", &[s(input)]) {
                 Ok(Value::Bytes(b)) => assert_eq!(b.as_bytes(), b"hello"),
@@ -886,7 +981,10 @@ mod tests {
         }
         let e = err(global("base64.decode", &[s("a*b")]));
         assert_eq!(e.kind, ErrorKind::FunctionError);
-        let e = err(global("base64.decode", &[Value::bytes(b"aGVsbG8=".to_vec())]));
+        let e = err(global(
+            "base64.decode",
+            &[Value::bytes(b"aGVsbG8=".to_vec())],
+        ));
         assert_eq!(e.kind, ErrorKind::NoSuchOverload);
     }
 
@@ -897,21 +995,70 @@ mod tests {
             ("%%%s%%", vec![s("text")], "%text%"),
             ("%d %s, %d", vec![i(1), s("A"), Value::Uint(64)], "1 A, 64"),
             ("%.3f", vec![Value::Double(1.2345)], "1.234"),
-            ("%b %b %b", vec![i(5), Value::Uint(64), Value::Bool(true)], "101 1000000 1"),
-            ("%b %o %x %X", vec![i(-5), i(-8), i(-255), i(-255)], "-101 -10 -ff -FF"),
+            (
+                "%b %b %b",
+                vec![i(5), Value::Uint(64), Value::Bool(true)],
+                "101 1000000 1",
+            ),
+            (
+                "%b %o %x %X",
+                vec![i(-5), i(-8), i(-255), i(-255)],
+                "-101 -10 -ff -FF",
+            ),
             ("%o %o", vec![i(11), Value::Uint(65535)], "13 177777"),
             ("%x %X", vec![i(30), Value::Uint(6000)], "1e 1770"),
             ("%x", vec![s("Hello world!")], "48656c6c6f20776f726c6421"),
-            ("%X", vec![Value::bytes(b"byte string".to_vec())], "6279746520737472696E67"),
+            (
+                "%X",
+                vec![Value::bytes(b"byte string".to_vec())],
+                "6279746520737472696E67",
+            ),
             ("%.6e", vec![Value::Double(1052.032911275)], "1.052033e+03"),
-            ("%e %e", vec![i(2), Value::Double(1e-300)], "2.000000e+00 1.000000e-300"),
+            (
+                "%e %e",
+                vec![i(2), Value::Double(1e-300)],
+                "2.000000e+00 1.000000e-300",
+            ),
             ("%f %f", vec![i(2), Value::Uint(3)], "2.000000 3.000000"),
-            ("%e %f %d", vec![Value::Double(f64::NAN), Value::Double(f64::INFINITY), Value::Double(f64::NEG_INFINITY)], "NaN Infinity -Infinity"),
-            ("%.0f %.0f %.0f %.0f", vec![Value::Double(3.5001), Value::Double(3.4999), Value::Double(1.5), Value::Double(2.5)], "4 3 2 2"),
-            ("%.3f %.5f", vec![Value::Double(-123.4999), Value::Double(-1.2)], "-123.500 -1.20000"),
-            ("%s %s %s", vec![Value::Null, i(999999999999), Value::bytes(b"xyz".to_vec())], "null 999999999999 xyz"),
-            ("%s", vec![Value::Type(crate::cel::eval::Type::String)], "string"),
-            ("%s, %s", vec![Value::Bool(true), Value::Double(56.8)], "true, 56.8"),
+            (
+                "%e %f %d",
+                vec![
+                    Value::Double(f64::NAN),
+                    Value::Double(f64::INFINITY),
+                    Value::Double(f64::NEG_INFINITY),
+                ],
+                "NaN Infinity -Infinity",
+            ),
+            (
+                "%.0f %.0f %.0f %.0f",
+                vec![
+                    Value::Double(3.5001),
+                    Value::Double(3.4999),
+                    Value::Double(1.5),
+                    Value::Double(2.5),
+                ],
+                "4 3 2 2",
+            ),
+            (
+                "%.3f %.5f",
+                vec![Value::Double(-123.4999), Value::Double(-1.2)],
+                "-123.500 -1.20000",
+            ),
+            (
+                "%s %s %s",
+                vec![Value::Null, i(999999999999), Value::bytes(b"xyz".to_vec())],
+                "null 999999999999 xyz",
+            ),
+            (
+                "%s",
+                vec![Value::Type(crate::cel::eval::Type::String)],
+                "string",
+            ),
+            (
+                "%s, %s",
+                vec![Value::Bool(true), Value::Double(56.8)],
+                "true, 56.8",
+            ),
             ("%s", vec![Value::Double(1e20)], "100000000000000000000"),
             ("%d", vec![Value::Double(2.5)], "2.5"),
         ];
@@ -926,23 +1073,35 @@ mod tests {
         let ts = Value::Timestamp(Utc.with_ymd_and_hms(2023, 2, 3, 23, 31, 20).unwrap());
         let list = Value::list(vec![
             s("abc"),
-            Value::Double(3.14),
+            Value::Double(2.25),
             Value::Null,
             Value::list(vec![i(9), i(8)]),
             ts.clone(),
         ]);
-        assert_eq!(text(format("%s", vec![list])), "[abc, 3.14, null, [9, 8], 2023-02-03T23:31:20Z]");
+        assert_eq!(
+            text(format("%s", vec![list])),
+            "[abc, 2.25, null, [9, 8], 2023-02-03T23:31:20Z]"
+        );
         let frac = Value::Timestamp(Utc.timestamp_opt(1, 120_000_000).unwrap());
         assert_eq!(text(format("%s", vec![frac])), "1970-01-01T00:00:01.12Z");
         assert_eq!(
-            text(format("%s", vec![Value::Duration(TimeDelta::seconds(6347))])),
+            text(format(
+                "%s",
+                vec![Value::Duration(TimeDelta::seconds(6347))]
+            )),
             "6347s"
         );
         let mut m = crate::cel::eval::value::OwnedMap::new();
         m.insert(crate::cel::eval::Key::String("strKey".into()), s("x"));
-        m.insert(crate::cel::eval::Key::Int(6), Value::Duration(TimeDelta::seconds(422)));
+        m.insert(
+            crate::cel::eval::Key::Int(6),
+            Value::Duration(TimeDelta::seconds(422)),
+        );
         m.insert(crate::cel::eval::Key::Bool(true), Value::Double(f64::NAN));
-        assert_eq!(text(format("%s", vec![Value::map(m)])), "{6: 422s, strKey: x, true: NaN}");
+        assert_eq!(
+            text(format("%s", vec![Value::map(m)])),
+            "{6: 422s, strKey: x, true: NaN}"
+        );
     }
 
     #[test]
@@ -954,11 +1113,19 @@ mod tests {
             ("%d", vec![Value::Null], "decimal clause"),
             ("%o", vec![s("a")], "octal clause"),
             ("%x", vec![Value::Double(0.5)], "hex"),
-            ("%E", vec![Value::Double(0.5)], "unrecognized formatting clause \"E\""),
+            (
+                "%E",
+                vec![Value::Double(0.5)],
+                "unrecognized formatting clause \"E\"",
+            ),
             ("%e", vec![Value::Null], "scientific clause"),
             ("%f", vec![Value::Null], "fixed-point clause"),
             ("%s", vec![Value::NONE], "string clause"),
-            ("%s", vec![Value::list(vec![i(1), Value::NONE])], "string clause"),
+            (
+                "%s",
+                vec![Value::list(vec![i(1), Value::NONE])],
+                "string clause",
+            ),
             ("%", vec![i(1)], "unexpected end of string"),
             ("%.3", vec![i(1)], "precision"),
             ("%.1000f", vec![i(1)], "precision"),
@@ -974,7 +1141,12 @@ mod tests {
         let big = "a".repeat(10_000);
         // 10,001 insertions of 10,000 bytes: 100 MB, far past the budget.
         let mut ctx = Ctx::new(None, Meter::new(1_000_000));
-        let e = err(call_in(&mut ctx, "replace", true, &[s(&big), s(""), s(&big)]));
+        let e = err(call_in(
+            &mut ctx,
+            "replace",
+            true,
+            &[s(&big), s(""), s(&big)],
+        ));
         assert_eq!(e.kind, ErrorKind::CostExceeded);
 
         let mut ctx = Ctx::new(None, Meter::new(1_000));
@@ -982,9 +1154,15 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::CostExceeded);
 
         let mut ctx = Ctx::new(None, Meter::new(1_000_000));
-        assert_eq!(int(call_in(&mut ctx, "indexOf", true, &[s(&big), s("b")])), -1);
+        assert_eq!(
+            int(call_in(&mut ctx, "indexOf", true, &[s(&big), s("b")])),
+            -1
+        );
         let used = ctx.meter.used();
-        assert!((1_000..=1_100).contains(&used), "indexOf of 10 kB charged {used}");
+        assert!(
+            (1_000..=1_100).contains(&used),
+            "indexOf of 10 kB charged {used}"
+        );
 
         let mut ctx = Ctx::new(None, Meter::new(100));
         let args = Value::list(vec![s(&big)]);
