@@ -731,8 +731,8 @@ fn civil_time(
 ) -> Result<NaiveDateTime, Error> {
     let unknown = || Error::function(function, format!("unknown time zone {zone:?}"));
     if let Some((hours, minutes)) = zone.split_once(':') {
-        let hours: i64 = hours.parse().map_err(|_| unknown())?;
-        let minutes: i64 = minutes.parse().map_err(|_| unknown())?;
+        let hours = i64::from(hours.parse::<i32>().map_err(|_| unknown())?);
+        let minutes = i64::from(minutes.parse::<i32>().map_err(|_| unknown())?);
         let offset = if zone.starts_with('-') {
             hours * 60 - minutes
         } else {
@@ -755,6 +755,7 @@ fn civil_time(
 /// A timestamp accessor (`t.f()` / `t.f(zone)`) or, where `of_duration`
 /// is given, a duration accessor (`d.f()`).
 fn time_part<'r>(
+    ctx: &mut Ctx<'r>,
     function: &'static str,
     args: &[Value<'r>],
     of_timestamp: fn(&NaiveDateTime) -> i64,
@@ -763,6 +764,7 @@ fn time_part<'r>(
     match args {
         [Value::Timestamp(t)] => Ok(Value::Int(of_timestamp(&t.naive_utc()))),
         [Value::Timestamp(t), Value::String(zone)] => {
+            ctx.charge_bytes(zone.len())?;
             Ok(Value::Int(of_timestamp(&civil_time(t, zone, function)?)))
         }
         [Value::Duration(d)] => match of_duration {
@@ -780,8 +782,8 @@ fn time_part<'r>(
 
 macro_rules! accessor {
     ($f:ident, $name:literal, $ts:expr, $dur:expr) => {
-        fn $f<'r>(_: &mut Ctx<'r>, args: &[Value<'r>]) -> R<'r> {
-            time_part($name, args, $ts, $dur)
+        fn $f<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> R<'r> {
+            time_part(ctx, $name, args, $ts, $dur)
         }
     };
 }
@@ -1530,7 +1532,16 @@ mod tests {
         ] {
             assert_value(method(name, &[(*at).clone(), s(zone)]), Value::Int(want));
         }
-        for zone in ["Mars/Olympus", "utc", "+5", "12:xx", "48:00", "Local"] {
+        for zone in [
+            "Mars/Olympus",
+            "utc",
+            "+5",
+            "12:xx",
+            "48:00",
+            "Local",
+            "9223372036854775807:00",
+            "1:-9223372036854775808",
+        ] {
             assert_eq!(
                 kind(method("getHours", &[t.clone(), s(zone)])),
                 ErrorKind::FunctionError,
