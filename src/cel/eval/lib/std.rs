@@ -1551,6 +1551,53 @@ mod tests {
     }
 
     #[test]
+    fn the_reference_examples() {
+        let t = ts("2026-03-15T08:05:09.250Z");
+        let eve = ts("2026-12-31T23:30:00Z");
+        for (name, at, zone, want) in [
+            ("getMonth", &t, None, 2),
+            ("getDayOfYear", &t, None, 73),
+            ("getDayOfMonth", &t, None, 14),
+            ("getDate", &t, None, 15),
+            ("getDayOfWeek", &t, None, 0),
+            ("getHours", &t, None, 8),
+            ("getHours", &t, Some("+02:00"), 10),
+            ("getHours", &t, Some("America/Los_Angeles"), 1),
+            ("getFullYear", &eve, Some("+01:00"), 2027),
+            ("getMonth", &eve, Some("+01:00"), 0),
+            ("getDayOfYear", &eve, Some("+01:00"), 0),
+            ("getDayOfMonth", &eve, Some("+01:00"), 0),
+            ("getDate", &eve, Some("+01:00"), 1),
+            ("getDayOfWeek", &eve, Some("+01:00"), 5),
+            ("getMinutes", &t, Some("+05:30"), 35),
+            ("getSeconds", &t, Some("UTC"), 9),
+            ("getMilliseconds", &t, None, 250),
+            ("getMilliseconds", &t, Some("UTC"), 250),
+        ] {
+            let mut args = vec![(*at).clone()];
+            args.extend(zone.map(s));
+            assert_value(method(name, &args), Value::Int(want));
+        }
+        assert_value(method("getMinutes", &[dur("1h30m")]), Value::Int(90));
+        assert_value(method("getMilliseconds", &[dur("1.5s")]), Value::Int(1500));
+        assert_value(call("_+_", &[dur("250ms"), dur("1.5s")]), dur("1750ms"));
+        assert_value(
+            call("int", &[ts("2026-01-01T00:00:00Z")]),
+            Value::Int(1767225600),
+        );
+        assert_value(
+            call("_+_", &[ts("2026-01-01T00:00:00Z"), dur("36h")]),
+            ts("2026-01-02T12:00:00Z"),
+        );
+        assert_value(call("string", &[dur("90s")]), s("90s"));
+        assert_value(
+            call("timestamp", &[Value::Int(0)]),
+            ts("1970-01-01T00:00:00Z"),
+        );
+        assert_value(call("int", &[Value::Double(2.9)]), Value::Int(2));
+    }
+
+    #[test]
     fn duration_accessors_are_totals() {
         assert_value(method("getHours", &[dur("10000s")]), Value::Int(2));
         assert_value(method("getMinutes", &[dur("3730s")]), Value::Int(62));
