@@ -492,3 +492,460 @@ fn get_float_slice<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r
 fn get_bool_slice<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
     getter(ctx, "GetBoolSliceArgument", args, bool_of, true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cel::eval::{lib, Meter};
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+        HttpRequest, Request as Req,
+    };
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+    use serde_json::json;
+
+    fn call<'r>(
+        ctx: &mut Ctx<'r>,
+        name: &str,
+        receiver: bool,
+        args: &[Value<'r>],
+    ) -> Result<Value<'r>, Error> {
+        let fs = lib::lookup(name, receiver, args.len() - usize::from(receiver));
+        assert!(!fs.is_empty(), "{name}");
+        let mut last = None;
+        for f in fs {
+            match (f.f)(ctx, args) {
+                Err(e) if e.kind == crate::cel::ErrorKind::NoSuchOverload => last = Some(e),
+                r => return r,
+            }
+        }
+        Err(last.unwrap())
+    }
+
+    fn ctx() -> Ctx<'static> {
+        Ctx::new(None, Meter::new(1_000_000))
+    }
+
+    /// The old interpreter's result of `expr` with `body` bound, as JSON.
+    fn old_json(expr: &str, body: &str) -> Result<Json, String> {
+        old_eval(expr, body, |v| crate::cel::convert::to_json(v))
+    }
+
+    fn old_eval<T>(
+        expr: &str,
+        body: &str,
+        f: impl FnOnce(&dyn cel::common::value::Val) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let env = crate::cel::env().clone();
+        let program = env.compile(expr).map_err(|e| e.to_string())?;
+        let mut ctx = cel::Context::with_env(env);
+        ctx.add_variable_from_value("body", body.to_owned());
+        let v = cel::Value::resolve_val(program.expression(), &ctx).map_err(|e| e.to_string())?;
+        f(&*v)
+    }
+
+    fn json_of(v: &Value<'_>) -> Json {
+        let mut c = ctx();
+        match legacy_json(&mut c, v) {
+            Ok(j) => j,
+            Err(_) => panic!("no JSON for {v:?}"),
+        }
+    }
+
+    const BODIES: &[&str] = &[
+        r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"git_push","arguments":{"repo":"a/b","n":3,"f":2.0,"big":18446744073709551615,"tags":["x","y"],"ns":[1,2.5],"on":true}}}"#,
+        r#"{"jsonrpc":"2.0","id":"p","method":"prompts/get","params":{"name":"greet","arguments":{"who":"bob","n":"3"}}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///a"}}"#,
+        r#"{"jsonrpc":"2.0","id":2,"method":"resources/subscribe","params":{"uri":"file:///b"}}"#,
+        r#"{"jsonrpc":"2.0","id":3,"method":"initialize","params":{"protocolVersion":"2025-06-18","clientInfo":{"name":"c","version":"1"},"capabilities":{"roots":{}}}}"#,
+        r#"{"jsonrpc":"2.0","id":4,"method":"tools/list","params":{"cursor":"c1"}}"#,
+        r#"{"jsonrpc":"2.0","id":5,"method":"logging/setLevel","params":{"level":"debug"}}"#,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        r#"{"jsonrpc":"2.0","id":"s-1","result":{"action":"accept"}}"#,
+        r#"{"jsonrpc":"2.0","id":null,"error":{"code":-1,"message":"x"}}"#,
+        r#"{"jsonrpc":"2.0","id":9,"method":"ping"}"#,
+    ];
+
+    const FIELDS: &[&str] = &[
+        "Method",
+        "ID",
+        "Kind",
+        "Name",
+        "ToolCall",
+        "ResourceRead",
+        "PromptGet",
+        "Initialize",
+        "Paginated",
+        "SetLogLevel",
+    ];
+
+    #[test]
+    fn parsed_requests_match_the_old_library() {
+        for body in BODIES {
+            let mut c = ctx();
+            let r = call(&mut c, "mcp.Parse", false, &[Value::str(body)]).unwrap();
+            assert_eq!(r.type_name(), "mcp.MCPRequest");
+            assert_eq!(
+                json_of(&r),
+                old_json("mcp.Parse(body)", body).unwrap(),
+                "{body}"
+            );
+            let req = request(&r).unwrap();
+            let old = crate::cel::mcp::parse_body(body.as_bytes()).unwrap();
+            assert_eq!(req.method(), old.method());
+            assert_eq!(req.kind(), old.kind());
+            assert_eq!(req.tool_name(), old.tool_name());
+            for field in FIELDS {
+                let v = req.field(field).unwrap();
+                let want = old_json(&format!("mcp.Parse(body).{field}"), body).unwrap();
+                assert_eq!(json_of(&v), want, "{body}: {field}");
+                let old_type = old_eval(&format!("type(mcp.Parse(body).{field})"), body, |t| {
+                    Ok(format!("{t:?}"))
+                })
+                .unwrap();
+                assert!(
+                    old_type.contains(&format!("\"{}\"", v.type_name())),
+                    "{body}: {field}: {old_type} / {}",
+                    v.type_name()
+                );
+            }
+            // The same body parsed twice gives equal requests.
+            let again = call(&mut c, "mcp.Parse", false, &[Value::bytes(body.as_bytes())]).unwrap();
+            assert!(crate::cel::eval::value::equals(&r, &again));
+        }
+        // JSON integers stay ints in arguments (as before).
+        let r = call(&mut ctx(), "mcp.Parse", false, &[Value::str(BODIES[0])]).unwrap();
+        let tc = request(&r).unwrap().field("ToolCall").unwrap();
+        let Some(Value::Map(args)) = tc.downcast::<Section>().unwrap().field("Arguments") else {
+            panic!("arguments are a map")
+        };
+        assert!(matches!(args.get(&Value::str("n")), Some(Value::Int(3))));
+        assert!(matches!(
+            args.get(&Value::str("big")),
+            Some(Value::Uint(u64::MAX))
+        ));
+        assert!(matches!(args.get(&Value::str("f")), Some(Value::Double(_))));
+    }
+
+    #[test]
+    fn absent_sections_have_no_fields() {
+        let r = call(&mut ctx(), "mcp.Parse", false, &[Value::str(BODIES[5])]).unwrap();
+        let absent = request(&r).unwrap().field("ToolCall").unwrap();
+        let Value::Object(o) = &absent else {
+            panic!("an object")
+        };
+        assert_eq!(o.type_name(), "null_type");
+        assert_eq!(o.has("Name"), Some(false));
+        assert!(o.field("Name").is_none());
+        let present = request(&r).unwrap().field("Paginated").unwrap();
+        let Value::Object(p) = &present else {
+            panic!("an object")
+        };
+        assert_eq!(p.type_name(), "mcp.Paginated");
+        assert_eq!(p.has("Cursor"), Some(true));
+        assert!(p.field("Nope").is_none());
+        // As before: a selection into an absent section is safe.
+        assert_eq!(
+            old_json("mcp.Parse(body).ToolCall.?Name.orValue('')", BODIES[5]).unwrap(),
+            json!("")
+        );
+    }
+
+    #[test]
+    fn refusals_are_the_old_messages() {
+        let bodies = [
+            r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping""#,
+            r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","name":"b"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":[1]}"#,
+            "  ",
+        ];
+        for body in bodies {
+            let e = call(&mut ctx(), "mcp.Parse", false, &[Value::str(body)]).unwrap_err();
+            assert_eq!(e.kind, crate::cel::ErrorKind::FunctionError);
+            assert_eq!(e.function.as_deref(), Some("mcp.Parse"));
+            let old = crate::cel::mcp::parse_body(body.as_bytes()).unwrap_err();
+            assert_eq!(e.message, old, "{body}");
+            assert_ne!(crate::cel::mcp::refusal_reason(&e.message), "other");
+        }
+        let body = BODIES[10];
+        let e = crate::cel::mcp::with_max_body_bytes(10, || {
+            call(&mut ctx(), "mcp.Parse", false, &[Value::str(body)]).unwrap_err()
+        });
+        assert_eq!(
+            crate::cel::mcp::refusal_reason(&e.message),
+            "body_too_large"
+        );
+        let e = call(&mut ctx(), "mcp.Parse", false, &[Value::Int(1)]).unwrap_err();
+        assert_eq!(e.kind, crate::cel::ErrorKind::NoSuchOverload);
+    }
+
+    fn check_request(body: &str, raw: &[u8], partial: bool) -> CheckRequest {
+        let mut headers = std::collections::HashMap::new();
+        if partial {
+            headers.insert("x-envoy-auth-partial-body".to_owned(), " TRUE".to_owned());
+        }
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(Req {
+                    http: Some(HttpRequest {
+                        body: body.to_owned(),
+                        raw_body: raw.to_vec(),
+                        headers,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn http(r: &CheckRequest) -> &HttpRequest {
+        r.attributes
+            .as_ref()
+            .unwrap()
+            .request
+            .as_ref()
+            .unwrap()
+            .http
+            .as_ref()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_request_body_is_parsed_and_charged_once_per_request() {
+        let body = BODIES[0];
+        let req = check_request(body, body.as_bytes(), false);
+        let h = http(&req);
+        let mut c = Ctx::new(Some(&req), Meter::new(1_000_000));
+        let before = crate::cel::mcp::parse_count();
+        let a = call(&mut c, "mcp.Parse", false, &[Value::str(&h.body)]).unwrap();
+        let used = c.meter.used();
+        assert!(used >= body.len() as u64 / 10, "the body is charged");
+        let b = call(&mut c, "mcp.Parse", false, &[Value::str(&h.body)]).unwrap();
+        assert_eq!(c.meter.used(), used, "a cached parse is not charged again");
+        assert_eq!(crate::cel::mcp::parse_count(), before + 1);
+        let (Value::Object(a), Value::Object(b)) = (&a, &b) else {
+            panic!("objects")
+        };
+        assert!(Arc::ptr_eq(a, b), "the same parse");
+        // raw_body is a buffer of its own: parsed once too.
+        let raw = Value::Bytes(Bin::Borrowed(&h.raw_body));
+        call(&mut c, "mcp.Parse", false, &[raw.clone()]).unwrap();
+        call(&mut c, "mcp.Parse", false, &[raw]).unwrap();
+        assert_eq!(crate::cel::mcp::parse_count(), before + 2);
+        // A copy of the body is not the request's: parsed on each call.
+        call(&mut c, "mcp.Parse", false, &[Value::str(body)]).unwrap();
+        call(&mut c, "mcp.Parse", false, &[Value::str(body)]).unwrap();
+        assert_eq!(crate::cel::mcp::parse_count(), before + 4);
+        // A new request (a new context) parses again.
+        let mut c = Ctx::new(Some(&req), Meter::new(1_000_000));
+        call(&mut c, "mcp.Parse", false, &[Value::str(&h.body)]).unwrap();
+        assert_eq!(crate::cel::mcp::parse_count(), before + 5);
+    }
+
+    #[test]
+    fn a_partial_body_is_refused_once_per_request() {
+        let body = BODIES[10];
+        let req = check_request(body, b"", true);
+        let h = http(&req);
+        let mut c = Ctx::new(Some(&req), Meter::new(1_000_000));
+        let before = crate::cel::mcp::parse_count();
+        for _ in 0..2 {
+            let e = call(&mut c, "mcp.Parse", false, &[Value::str(&h.body)]).unwrap_err();
+            assert_eq!(crate::cel::mcp::refusal_reason(&e.message), "partial_body");
+            assert_eq!(e.function.as_deref(), Some("mcp.Parse"));
+        }
+        assert_eq!(crate::cel::mcp::parse_count(), before + 1);
+        // The old library, in the same request, says the same.
+        let old = crate::cel::mcp::in_request(&req, || {
+            let env = crate::cel::env().clone();
+            let p = env.compile("mcp.Parse(b)").unwrap();
+            let mut ctx = cel::Context::with_env(env);
+            ctx.add_variable_from_value("b", body.to_owned());
+            cel::Value::resolve_val(p.expression(), &ctx)
+                .unwrap_err()
+                .to_string()
+        });
+        let e = call(&mut c, "mcp.Parse", false, &[Value::str(body)]).unwrap_err();
+        assert!(old.contains(&e.message), "{old} / {}", e.message);
+    }
+
+    #[test]
+    fn a_small_budget_stops_a_big_body() {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"ping","x":"{}"}}"#,
+            "a".repeat(100_000)
+        );
+        let mut c = Ctx::new(None, Meter::new(1_000));
+        let e = call(&mut c, "mcp.Parse", false, &[Value::string(body)]).unwrap_err();
+        assert_eq!(e.kind, crate::cel::ErrorKind::CostExceeded);
+    }
+
+    #[test]
+    fn getters_match_the_old_library() {
+        let tool = BODIES[0];
+        let prompt = BODIES[1];
+        let list = BODIES[5];
+        let receivers: &[(&str, &str)] = &[
+            (tool, "mcp.Parse(body)"),
+            (tool, "mcp.Parse(body).ToolCall"),
+            (prompt, "mcp.Parse(body)"),
+            (prompt, "mcp.Parse(body).PromptGet"),
+            (list, "mcp.Parse(body)"),
+            (list, "mcp.Parse(body).ToolCall"),
+            (tool, "null"),
+        ];
+        let calls: &[(&str, &str, Value<'static>, &str)] = &[
+            ("GetStringArgument", "repo", Value::str("d"), "'d'"),
+            ("GetStringArgument", "who", Value::str("d"), "'d'"),
+            ("GetStringArgument", "n", Value::str("d"), "'d'"),
+            ("GetIntArgument", "n", Value::Int(-1), "-1"),
+            ("GetIntArgument", "f", Value::Int(-1), "-1"),
+            ("GetIntArgument", "big", Value::Int(-1), "-1"),
+            ("GetIntArgument", "repo", Value::Int(-1), "-1"),
+            ("GetFloatArgument", "n", Value::Double(0.5), "0.5"),
+            ("GetFloatArgument", "big", Value::Double(0.5), "0.5"),
+            ("GetFloatArgument", "f", Value::Double(0.5), "0.5"),
+            ("GetBoolArgument", "on", Value::Bool(false), "false"),
+            ("GetBoolArgument", "n", Value::Bool(false), "false"),
+            ("GetStringSliceArgument", "tags", Value::list(vec![]), "[]"),
+            ("GetStringSliceArgument", "ns", Value::list(vec![]), "[]"),
+            (
+                "GetIntSliceArgument",
+                "ns",
+                Value::list(vec![Value::Int(0)]),
+                "[0]",
+            ),
+            ("GetFloatSliceArgument", "ns", Value::list(vec![]), "[]"),
+            ("GetBoolSliceArgument", "tags", Value::list(vec![]), "[]"),
+            ("GetStringArgument", "missing", Value::str("d"), "'d'"),
+        ];
+        for (body, receiver) in receivers {
+            for (name, key, default, default_text) in calls {
+                let expr = format!("{receiver}.{name}('{key}', {default_text})");
+                let want = old_json(&expr, body).unwrap();
+                let mut c = ctx();
+                let r = match *receiver {
+                    "null" => Value::Null,
+                    _ => {
+                        let r = call(&mut c, "mcp.Parse", false, &[Value::str(body)]).unwrap();
+                        match receiver.strip_prefix("mcp.Parse(body)") {
+                            Some("") => r,
+                            Some(f) => request(&r).unwrap().field(&f[1..]).unwrap(),
+                            None => unreachable!(),
+                        }
+                    }
+                };
+                let got = call(&mut c, name, true, &[r, Value::str(key), default.clone()]).unwrap();
+                assert_eq!(json_of(&got), want, "{body}: {expr}");
+            }
+        }
+        let e = call(
+            &mut ctx(),
+            "GetStringArgument",
+            true,
+            &[Value::Int(1), Value::str("k"), Value::str("")],
+        );
+        assert_eq!(e.unwrap_err().kind, crate::cel::ErrorKind::NoSuchOverload);
+    }
+
+    #[test]
+    fn denials_and_error_bodies_match_the_old_library() {
+        use crate::cel::envoy::DeniedResponse;
+        let s = Value::str;
+        let denials: &[(&str, Vec<Value<'static>>, &str)] = &[
+            (
+                "mcp.Unauthorized",
+                vec![s("https://r/m")],
+                r#"mcp.Unauthorized("https://r/m")"#,
+            ),
+            (
+                "mcp.Unauthorized",
+                vec![s("https://r/m"), s(r#"a "b"\c"#)],
+                r#"mcp.Unauthorized("https://r/m", 'a "b"\\c')"#,
+            ),
+            (
+                "mcp.InsufficientScope",
+                vec![s("files:write")],
+                r#"mcp.InsufficientScope("files:write")"#,
+            ),
+            (
+                "mcp.InsufficientScope",
+                vec![s("s"), s("https://r/m")],
+                r#"mcp.InsufficientScope("s", "https://r/m")"#,
+            ),
+        ];
+        for (name, args, expr) in denials {
+            let got = call(&mut ctx(), name, false, args).unwrap();
+            let want = old_eval(expr, "", |v| {
+                v.downcast_ref::<DeniedResponse>()
+                    .cloned()
+                    .ok_or_else(|| "not a denial".into())
+            })
+            .unwrap();
+            assert_eq!(got.downcast::<DeniedResponse>(), Some(&want), "{expr}");
+        }
+        let e = call(&mut ctx(), "mcp.Unauthorized", false, &[s("a\r\nb")]).unwrap_err();
+        let old = old_eval("mcp.Unauthorized('a\\r\\nb')", "", |_| Ok(())).unwrap_err();
+        assert!(old.contains(&e.message), "{old} / {}", e.message);
+
+        let body = BODIES[0];
+        let mut c = ctx();
+        let r = call(&mut c, "mcp.Parse", false, &[Value::str(body)]).unwrap();
+        let got = call(
+            &mut c,
+            "ErrorBody",
+            true,
+            &[r.clone(), Value::Int(-32602), s("bad \"x\"")],
+        )
+        .unwrap();
+        let want = old_json(r#"mcp.Parse(body).ErrorBody(-32602, 'bad "x"')"#, body).unwrap();
+        assert_eq!(json_of(&got), want);
+        let ids: &[(Value<'static>, &str)] = &[
+            (r.clone(), "mcp.Parse(body)"),
+            (Value::Int(5), "5"),
+            (s("a"), "'a'"),
+            (Value::Null, "null"),
+            (Value::Double(1.5), "1.5"),
+            (Value::Uint(3), "3u"),
+        ];
+        for (id, text) in ids {
+            let got = call(
+                &mut c,
+                "mcp.ErrorBody",
+                false,
+                &[id.clone(), Value::Int(1), s("m")],
+            )
+            .unwrap();
+            let want = old_json(&format!("mcp.ErrorBody({text}, 1, 'm')"), body).unwrap();
+            assert_eq!(json_of(&got), want, "{text}");
+        }
+        for (id, text) in [(Value::Bool(true), "true"), (Value::list(vec![]), "[]")] {
+            let e = call(&mut c, "mcp.ErrorBody", false, &[id, Value::Int(1), s("m")]).unwrap_err();
+            let old = old_json(&format!("mcp.ErrorBody({text}, 1, 'm')"), body).unwrap_err();
+            assert!(old.contains(&e.message), "{old} / {}", e.message);
+            assert_eq!(e.function.as_deref(), Some("ErrorBody"));
+        }
+    }
+
+    #[test]
+    fn constants() {
+        assert_eq!(
+            constant("ToolsCallMethod").unwrap().as_str(),
+            Some("tools/call")
+        );
+        for (name, _) in crate::cel::mcp::CONSTANTS {
+            assert_eq!(
+                constant(name).unwrap().as_str(),
+                crate::cel::mcp::constant(name).map(|c| c.inner().as_ref())
+            );
+        }
+        assert!(constant("Nope").is_none());
+        assert!(lib::lookup("mcp.Parse", false, 1).iter().all(|f| !f.pure));
+    }
+}
