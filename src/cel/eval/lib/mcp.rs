@@ -700,7 +700,6 @@ mod tests {
                 }),
                 ..Default::default()
             }),
-            ..Default::default()
         }
     }
 
@@ -735,7 +734,7 @@ mod tests {
         assert!(Arc::ptr_eq(a, b), "the same parse");
         // raw_body is a buffer of its own: parsed once too.
         let raw = Value::Bytes(Bin::Borrowed(&h.raw_body));
-        call(&mut c, "mcp.Parse", false, &[raw.clone()]).unwrap();
+        call(&mut c, "mcp.Parse", false, std::slice::from_ref(&raw)).unwrap();
         call(&mut c, "mcp.Parse", false, &[raw]).unwrap();
         assert_eq!(crate::cel::mcp::parse_count(), before + 2);
         // A copy of the body is not the request's: parsed on each call.
@@ -942,7 +941,7 @@ mod tests {
         for (name, _) in crate::cel::mcp::CONSTANTS {
             assert_eq!(
                 constant(name).unwrap().as_str(),
-                crate::cel::mcp::constant(name).map(|c| c.inner().as_ref())
+                crate::cel::mcp::constant(name).map(|c| c.inner())
             );
         }
         assert!(constant("Nope").is_none());
