@@ -180,7 +180,10 @@ fn builder<'a>(v: Option<&'a Value<'_>>) -> Option<Builder<'a>> {
 
 fn with_header<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
     const F: &str = "WithHeader";
-    let (Some(b), Some(h)) = (builder(args.first()), header_arg(ctx, F, &args[1..])) else {
+    let (Some(b), Some(h)) = (
+        builder(args.first()),
+        header_arg(ctx, F, args.get(1..).unwrap_or_default()),
+    ) else {
         return Err(Error::no_overload(F, args));
     };
     let h = h?;
@@ -223,7 +226,8 @@ fn without_header<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>
 fn with_response_header<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
     const F: &str = "WithResponseHeader";
     let mut ok = ok_receiver(F, args)?;
-    let h = header_arg(ctx, F, &args[1..]).ok_or_else(|| Error::no_overload(F, args))??;
+    let h = header_arg(ctx, F, args.get(1..).unwrap_or_default())
+        .ok_or_else(|| Error::no_overload(F, args))??;
     ok.response_headers_to_add.push(h);
     Ok(Value::object(ok))
 }
@@ -231,7 +235,7 @@ fn with_response_header<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Val
 fn with_query_param<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
     const F: &str = "WithQueryParam";
     let mut ok = ok_receiver(F, args)?;
-    let q = match &args[1..] {
+    let q = match args.get(1..).unwrap_or_default() {
         [Value::String(k), Value::String(v)] => new_query(ctx, F, k, v)?,
         // Not checked again, as before: `envoy.QueryParam` made it.
         [q] => q
