@@ -306,13 +306,17 @@ pub const DENIAL_STATUSES: std::ops::RangeInclusive<i64> = 300..=599;
 
 fn denied<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
     let code = *arg::<CelInt>("envoy.Denied", &args, 0)?.inner();
+    owned(denial(code).map_err(|e| ExecutionError::function_error("envoy.Denied", e))?)
+}
+
+/// `envoy.Denied(code)`: refused unless `code` is a denial status.
+pub(crate) fn denial(code: i64) -> Result<DeniedResponse, String> {
     if !DENIAL_STATUSES.contains(&code) {
-        return Err(ExecutionError::function_error(
-            "envoy.Denied",
-            format!("HTTP status {code} is not a denial status (300 to 599)"),
+        return Err(format!(
+            "HTTP status {code} is not a denial status (300 to 599)"
         ));
     }
-    owned(DeniedResponse {
+    Ok(DeniedResponse {
         status: code as i32,
         ..Default::default()
     })
@@ -365,14 +369,20 @@ fn checked_header(
     value: String,
     keep_empty_value: bool,
 ) -> Result<HeaderOption, ExecutionError> {
+    header_option(key, value, keep_empty_value).map_err(|e| ExecutionError::function_error(f, e))
+}
+
+/// [`checked_header`]'s check, with its refusal as text.
+pub(crate) fn header_option(
+    key: String,
+    value: String,
+    keep_empty_value: bool,
+) -> Result<HeaderOption, String> {
     if let Some(p) = header_name_problem(&key) {
-        return Err(ExecutionError::function_error(f, p));
+        return Err(p);
     }
     if let Some(p) = header_value_problem(&value) {
-        return Err(ExecutionError::function_error(
-            f,
-            format!("header {key:?}: {p}"),
-        ));
+        return Err(format!("header {key:?}: {p}"));
     }
     Ok(HeaderOption {
         key,
@@ -407,14 +417,16 @@ fn query_problem(what: &str, text: &str) -> Option<String> {
 
 /// A query parameter to set or remove, refused when it cannot be sent.
 fn checked_query(f: &str, key: String, value: String) -> Result<QueryParam, ExecutionError> {
+    query_param_checked(key, value).map_err(|e| ExecutionError::function_error(f, e))
+}
+
+/// [`checked_query`]'s check, with its refusal as text.
+pub(crate) fn query_param_checked(key: String, value: String) -> Result<QueryParam, String> {
     if key.is_empty() {
-        return Err(ExecutionError::function_error(
-            f,
-            "the query parameter name is empty",
-        ));
+        return Err("the query parameter name is empty".into());
     }
     if let Some(p) = query_problem("name", &key).or_else(|| query_problem("value", &value)) {
-        return Err(ExecutionError::function_error(f, p));
+        return Err(p);
     }
     Ok(QueryParam { key, value })
 }
@@ -570,17 +582,25 @@ fn with_metadata<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
     let meta = args
         .get(1)
         .ok_or_else(|| ExecutionError::function_error("WithMetadata", "expects a map"))?;
-    match crate::cel::convert::to_json(&**meta) {
-        Ok(serde_json::Value::Object(m)) => r.metadata = Some(m),
-        Ok(other) => {
-            return Err(ExecutionError::function_error(
-                "WithMetadata",
-                format!("expects a map with string keys, got {}", json_kind(&other)),
-            ))
-        }
-        Err(e) => return Err(ExecutionError::function_error("WithMetadata", e)),
-    }
+    r.metadata = Some(
+        crate::cel::convert::to_json(&**meta)
+            .and_then(metadata_object)
+            .map_err(|e| ExecutionError::function_error("WithMetadata", e))?,
+    );
     owned(r)
+}
+
+/// The argument of `WithMetadata`, as JSON: it must be an object.
+pub(crate) fn metadata_object(
+    j: serde_json::Value,
+) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    match j {
+        serde_json::Value::Object(m) => Ok(m),
+        other => Err(format!(
+            "expects a map with string keys, got {}",
+            json_kind(&other)
+        )),
+    }
 }
 
 fn json_kind(v: &serde_json::Value) -> &'static str {

@@ -49,6 +49,7 @@ use cel::common::types::{
 };
 use cel::common::value::{CowVal, StaticVal, Val};
 use cel::{DeclarationError, Env, ExecutionError};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value as Json;
@@ -154,8 +155,9 @@ fn same_buffer(a: &[u8], b: &[u8]) -> bool {
     std::ptr::eq(a.as_ptr(), b.as_ptr()) && a.len() == b.len()
 }
 
+/// One of the request's two body buffers.
 #[derive(Clone, Copy)]
-enum Slot {
+pub(crate) enum Slot {
     Body,
     RawBody,
 }
@@ -167,15 +169,7 @@ fn parse_in_request(bytes: &[u8]) -> Cached {
         .and_then(|r| r.attributes.as_ref())
         .and_then(|a| a.request.as_ref())
         .and_then(|r| r.http.as_ref());
-    let slot = http.and_then(|h| {
-        if same_buffer(bytes, h.body.as_bytes()) {
-            Some(Slot::Body)
-        } else if same_buffer(bytes, &h.raw_body) {
-            Some(Slot::RawBody)
-        } else {
-            None
-        }
-    });
+    let slot = body_slot(http, bytes);
     if let Some(slot) = slot {
         let hit = CACHE.with_borrow(|c| match slot {
             Slot::Body => c.body.clone(),
@@ -185,19 +179,9 @@ fn parse_in_request(bytes: &[u8]) -> Cached {
             return hit;
         }
     }
-    let partial = http.is_some_and(|h| {
-        crate::cel::view::request_header(h, PARTIAL_BODY_HEADER)
-            .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"true"))
-    });
-    let result = if partial {
-        PARSES.set(PARSES.get() + 1);
-        Err(Arc::from(
-            "the body is incomplete (Envoy sent only part of it: x-envoy-auth-partial-body: true); \
-             raise with_request_body.max_request_bytes or keep MCP bodies smaller",
-        ))
-    } else {
-        parse_body(bytes).map(|r| r.0).map_err(Arc::from)
-    };
+    let result = parse_checked(http, bytes)
+        .map(|m| Arc::new(Parsed::from_message(m)))
+        .map_err(Arc::from);
     if let Some(slot) = slot {
         CACHE.with_borrow_mut(|c| {
             let cell = match slot {
@@ -208,6 +192,39 @@ fn parse_in_request(bytes: &[u8]) -> Cached {
         });
     }
     result
+}
+
+/// `mcp.Parse` of `bytes` in a request whose HTTP attributes are `http`:
+/// refused when Envoy marked the body partial, else [`parse_message`].
+/// Not memoised; counted in [`parse_count`].
+pub(crate) fn parse_checked(http: Option<&HttpRequest>, bytes: &[u8]) -> Result<Message, String> {
+    let partial = http.is_some_and(|h| {
+        crate::cel::view::request_header(h, PARTIAL_BODY_HEADER)
+            .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"true"))
+    });
+    if partial {
+        PARSES.set(PARSES.get() + 1);
+        return Err(
+            "the body is incomplete (Envoy sent only part of it: x-envoy-auth-partial-body: true); \
+             raise with_request_body.max_request_bytes or keep MCP bodies smaller"
+                .into(),
+        );
+    }
+    parse_message(bytes)
+}
+
+/// Which of the request's body buffers `bytes` is, if it is one of them
+/// (by address and length: the value was read from the request in place).
+pub(crate) fn body_slot(http: Option<&HttpRequest>, bytes: &[u8]) -> Option<Slot> {
+    http.and_then(|h| {
+        if same_buffer(bytes, h.body.as_bytes()) {
+            Some(Slot::Body)
+        } else if same_buffer(bytes, &h.raw_body) {
+            Some(Slot::RawBody)
+        } else {
+            None
+        }
+    })
 }
 
 /// A fixed name for one of this module's refusal messages, safe to log
@@ -245,6 +262,12 @@ pub fn refusal_reason(message: &str) -> &'static str {
 /// makes except the partial-body header, which needs the request. Not
 /// memoised; counted in [`parse_count`].
 pub fn parse_body(bytes: &[u8]) -> Result<McpRequest, String> {
+    parse_message(bytes).map(|m| McpRequest(Arc::new(Parsed::from_message(m))))
+}
+
+/// [`parse_body`]'s checks and reading, before the message is turned into
+/// values of either evaluator.
+pub(crate) fn parse_message(bytes: &[u8]) -> Result<Message, String> {
     PARSES.set(PARSES.get() + 1);
     let limit = max_body_bytes();
     if bytes.len() > limit {
@@ -258,8 +281,7 @@ pub fn parse_body(bytes: &[u8]) -> Result<McpRequest, String> {
     }
     let Strict(json) = serde_json::from_slice::<Strict>(bytes)
         .map_err(|e| format!("the body is not valid JSON: {e}"))?;
-    let parsed = Parsed::from_json(json)?;
-    Ok(McpRequest(Arc::new(parsed)))
+    Message::from_json(json)
 }
 
 /// A JSON value read with duplicate object keys refused: parsers disagree on
@@ -387,13 +409,54 @@ pub enum MessageKind {
 }
 
 impl MessageKind {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             MessageKind::Request => "request",
             MessageKind::Notification => "notification",
             MessageKind::Response => "response",
         }
     }
+}
+
+/// The section of a message (`req.ToolCall`, ...): at most one per message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SectionKind {
+    ToolCall,
+    ResourceRead,
+    PromptGet,
+    Initialize,
+    Paginated,
+    SetLogLevel,
+}
+
+impl SectionKind {
+    /// The request's field that holds the section, and the section's type.
+    pub(crate) const ALL: [(SectionKind, &'static str, &'static str); 6] = [
+        (SectionKind::ToolCall, "ToolCall", "mcp.ToolCall"),
+        (
+            SectionKind::ResourceRead,
+            "ResourceRead",
+            "mcp.ResourceRead",
+        ),
+        (SectionKind::PromptGet, "PromptGet", "mcp.PromptGet"),
+        (SectionKind::Initialize, "Initialize", "mcp.Initialize"),
+        (SectionKind::Paginated, "Paginated", "mcp.Paginated"),
+        (SectionKind::SetLogLevel, "SetLogLevel", "mcp.SetLogLevel"),
+    ];
+}
+
+/// A checked message, as JSON: what both evaluators' values are made of.
+#[derive(Debug)]
+pub(crate) struct Message {
+    pub kind: MessageKind,
+    /// `""` for a response.
+    pub method: String,
+    /// A string, an integer, or null.
+    pub id: Json,
+    /// `params.name` or `params.uri`, else `""`.
+    pub name: String,
+    /// The method's section and its fields, in order.
+    pub section: Option<(SectionKind, Vec<(&'static str, Json)>)>,
 }
 
 /// One parsed message, shared by every value handed out for it.
@@ -429,8 +492,8 @@ fn kind_of(v: &Json) -> &'static str {
     }
 }
 
-impl Parsed {
-    fn from_json(json: Json) -> Result<Parsed, String> {
+impl Message {
+    fn from_json(json: Json) -> Result<Message, String> {
         let mut msg = match json {
             Json::Object(m) => m,
             Json::Array(_) => return refuse(
@@ -456,14 +519,12 @@ impl Parsed {
             }
             None => return refuse("not JSON-RPC 2.0: no \"jsonrpc\": \"2.0\" member"),
         }
-        let id: Box<dyn Val> = match msg.get("id") {
-            None => Box::new(CelNull),
-            Some(Json::String(s)) => Box::new(CelString::from(s.clone())),
-            Some(Json::Number(n)) if n.is_i64() => {
-                Box::new(CelInt::from(n.as_i64().unwrap_or_default()))
-            }
+        let id = match msg.get("id") {
+            None => Json::Null,
+            Some(Json::String(s)) => Json::String(s.clone()),
+            Some(Json::Number(n)) if n.is_i64() => Json::from(n.as_i64().unwrap_or_default()),
             Some(Json::Null) if msg.contains_key("error") && !msg.contains_key("method") => {
-                Box::new(CelNull)
+                Json::Null
             }
             Some(other) => {
                 return refuse(format!(
@@ -513,28 +574,16 @@ impl Parsed {
             }
         };
 
-        let mut parsed = Parsed {
-            kind,
-            kind_val: CelString::from(kind.as_str()),
-            method: CelString::from(method.clone()),
-            id,
-            name: CelString::from(""),
-            tool_call: None,
-            resource_read: None,
-            prompt_get: None,
-            initialize: None,
-            paginated: None,
-            set_log_level: None,
-        };
+        let mut section = None;
         let name = match method.as_str() {
             "tools/call" => {
                 let name = required_string(&mut params, "name", "tools/call")?;
                 let arguments = object_or_empty(&mut params, "arguments", "tools/call")?;
-                parsed.tool_call = Some(Section::new(
-                    &TOOL_CALL_T,
+                section = Some((
+                    SectionKind::ToolCall,
                     vec![
-                        ("Name", Box::new(CelString::from(name.clone()))),
-                        ("Arguments", json_into_val(Json::Object(arguments))),
+                        ("Name", Json::String(name.clone())),
+                        ("Arguments", Json::Object(arguments)),
                     ],
                 ));
                 name
@@ -542,20 +591,20 @@ impl Parsed {
             "prompts/get" => {
                 let name = required_string(&mut params, "name", "prompts/get")?;
                 let arguments = object_or_empty(&mut params, "arguments", "prompts/get")?;
-                parsed.prompt_get = Some(Section::new(
-                    &PROMPT_GET_T,
+                section = Some((
+                    SectionKind::PromptGet,
                     vec![
-                        ("Name", Box::new(CelString::from(name.clone()))),
-                        ("Arguments", json_into_val(Json::Object(arguments))),
+                        ("Name", Json::String(name.clone())),
+                        ("Arguments", Json::Object(arguments)),
                     ],
                 ));
                 name
             }
             "resources/read" => {
                 let uri = required_string(&mut params, "uri", "resources/read")?;
-                parsed.resource_read = Some(Section::new(
-                    &RESOURCE_READ_T,
-                    vec![("URI", Box::new(CelString::from(uri.clone())))],
+                section = Some((
+                    SectionKind::ResourceRead,
+                    vec![("URI", Json::String(uri.clone()))],
                 ));
                 uri
             }
@@ -566,36 +615,75 @@ impl Parsed {
                 let version = optional_string(&mut params, "protocolVersion", "initialize")?;
                 let client = object_or_empty(&mut params, "clientInfo", "initialize")?;
                 let caps = object_or_empty(&mut params, "capabilities", "initialize")?;
-                parsed.initialize = Some(Section::new(
-                    &INITIALIZE_T,
+                section = Some((
+                    SectionKind::Initialize,
                     vec![
-                        ("ProtocolVersion", Box::new(CelString::from(version))),
-                        ("ClientInfo", json_into_val(Json::Object(client))),
-                        ("Capabilities", json_into_val(Json::Object(caps))),
+                        ("ProtocolVersion", Json::String(version)),
+                        ("ClientInfo", Json::Object(client)),
+                        ("Capabilities", Json::Object(caps)),
                     ],
                 ));
                 String::new()
             }
             "tools/list" | "resources/list" | "resources/templates/list" | "prompts/list" => {
                 let cursor = optional_string(&mut params, "cursor", &method)?;
-                parsed.paginated = Some(Section::new(
-                    &PAGINATED_T,
-                    vec![("Cursor", Box::new(CelString::from(cursor)))],
+                section = Some((
+                    SectionKind::Paginated,
+                    vec![("Cursor", Json::String(cursor))],
                 ));
                 String::new()
             }
             "logging/setLevel" => {
                 let level = optional_string(&mut params, "level", "logging/setLevel")?;
-                parsed.set_log_level = Some(Section::new(
-                    &SET_LOG_LEVEL_T,
-                    vec![("Level", Box::new(CelString::from(level)))],
+                section = Some((
+                    SectionKind::SetLogLevel,
+                    vec![("Level", Json::String(level))],
                 ));
                 String::new()
             }
             _ => String::new(),
         };
-        parsed.name = CelString::from(name);
-        Ok(parsed)
+        Ok(Message {
+            kind,
+            method,
+            id,
+            name,
+            section,
+        })
+    }
+}
+
+impl Parsed {
+    fn from_message(m: Message) -> Parsed {
+        let mut parsed = Parsed {
+            kind: m.kind,
+            kind_val: CelString::from(m.kind.as_str()),
+            method: CelString::from(m.method),
+            id: json_into_val(m.id),
+            name: CelString::from(m.name),
+            tool_call: None,
+            resource_read: None,
+            prompt_get: None,
+            initialize: None,
+            paginated: None,
+            set_log_level: None,
+        };
+        if let Some((kind, fields)) = m.section {
+            let fields = fields
+                .into_iter()
+                .map(|(k, v)| (k, json_into_val(v)))
+                .collect();
+            let (slot, ty) = match kind {
+                SectionKind::ToolCall => (&mut parsed.tool_call, &TOOL_CALL_T),
+                SectionKind::ResourceRead => (&mut parsed.resource_read, &RESOURCE_READ_T),
+                SectionKind::PromptGet => (&mut parsed.prompt_get, &PROMPT_GET_T),
+                SectionKind::Initialize => (&mut parsed.initialize, &INITIALIZE_T),
+                SectionKind::Paginated => (&mut parsed.paginated, &PAGINATED_T),
+                SectionKind::SetLogLevel => (&mut parsed.set_log_level, &SET_LOG_LEVEL_T),
+            };
+            *slot = Some(Section::new(ty, fields));
+        }
+        parsed
     }
 }
 
@@ -1054,12 +1142,15 @@ fn parse<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
 
 /// A value for a quoted-string parameter of `WWW-Authenticate` (RFC 9110):
 /// `"` and `\` escaped; control characters refused (no header injection).
+#[cfg(test)]
 fn quoted(f: &str, what: &str, v: &str) -> Result<String, ExecutionError> {
+    quoted_text(what, v).map_err(|e| fn_error(f, e))
+}
+
+/// [`quoted`], with its refusal as text.
+fn quoted_text(what: &str, v: &str) -> Result<String, String> {
     if v.chars().any(|c| c.is_control()) {
-        return Err(fn_error(
-            f,
-            format!("the {what} contains a control character"),
-        ));
+        return Err(format!("the {what} contains a control character"));
     }
     let mut out = String::with_capacity(v.len() + 2);
     out.push('"');
@@ -1085,17 +1176,30 @@ fn www_authenticate(status: i32, value: String) -> DeniedResponse {
 /// spec's 401, `WWW-Authenticate: Bearer resource_metadata="…"[, scope="…"]`.
 fn unauthorized<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
     let f = "mcp.Unauthorized";
+    let resource = string_arg(f, &args, 0)?;
+    let scope = if args.len() > 1 {
+        Some(string_arg(f, &args, 1)?)
+    } else {
+        None
+    };
+    Ok(CowVal::owned(
+        unauthorized_response(resource, scope).map_err(|e| fn_error(f, e))?,
+    ))
+}
+
+/// The denial of [`unauthorized`].
+pub(crate) fn unauthorized_response(
+    resource: &str,
+    scope: Option<&str>,
+) -> Result<DeniedResponse, String> {
     let mut value = format!(
         "Bearer resource_metadata={}",
-        quoted(f, "resource metadata URL", string_arg(f, &args, 0)?)?
+        quoted_text("resource metadata URL", resource)?
     );
-    if args.len() > 1 {
-        value.push_str(&format!(
-            ", scope={}",
-            quoted(f, "scope", string_arg(f, &args, 1)?)?
-        ));
+    if let Some(scope) = scope {
+        value.push_str(&format!(", scope={}", quoted_text("scope", scope)?));
     }
-    Ok(CowVal::owned(www_authenticate(401, value)))
+    Ok(www_authenticate(401, value))
 }
 
 /// `mcp.InsufficientScope(scope [, resourceMetadata])`: the 403 of a token
@@ -1103,17 +1207,33 @@ fn unauthorized<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
 /// `WWW-Authenticate: Bearer error="insufficient_scope", scope="…"[, resource_metadata="…"]`.
 fn insufficient_scope<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
     let f = "mcp.InsufficientScope";
+    let scope = string_arg(f, &args, 0)?;
+    let resource = if args.len() > 1 {
+        Some(string_arg(f, &args, 1)?)
+    } else {
+        None
+    };
+    Ok(CowVal::owned(
+        insufficient_scope_response(scope, resource).map_err(|e| fn_error(f, e))?,
+    ))
+}
+
+/// The denial of [`insufficient_scope`].
+pub(crate) fn insufficient_scope_response(
+    scope: &str,
+    resource: Option<&str>,
+) -> Result<DeniedResponse, String> {
     let mut value = format!(
         "Bearer error=\"insufficient_scope\", scope={}",
-        quoted(f, "scope", string_arg(f, &args, 0)?)?
+        quoted_text("scope", scope)?
     );
-    if args.len() > 1 {
+    if let Some(resource) = resource {
         value.push_str(&format!(
             ", resource_metadata={}",
-            quoted(f, "resource metadata URL", string_arg(f, &args, 1)?)?
+            quoted_text("resource metadata URL", resource)?
         ));
     }
-    Ok(CowVal::owned(www_authenticate(403, value)))
+    Ok(www_authenticate(403, value))
 }
 
 /// `mcp.ErrorBody(id, code, message)` and `req.ErrorBody(code, message)`:
@@ -1138,13 +1258,20 @@ fn error_body<'b, 'v>(args: Args<'b, 'v>) -> Ret<'b, 'v> {
         .map(|c| *c.inner())
         .ok_or_else(|| fn_error(f, "the code must be an int"))?;
     let message = string_arg(f, &args, 2)?;
+    Ok(CowVal::owned(CelString::from(error_body_text(
+        &id, code, message,
+    ))))
+}
+
+/// The text of a JSON-RPC error response with `id` (checked), `code` and
+/// `message`.
+pub(crate) fn error_body_text(id: &Json, code: i64, message: &str) -> String {
     // Written out so the members keep JSON-RPC's customary order whatever
     // serde_json's map ordering is.
-    let body = format!(
+    format!(
         r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":{code},"message":{}}}}}"#,
         Json::String(message.to_owned())
-    );
-    Ok(CowVal::owned(CelString::from(body)))
+    )
 }
 
 /// The value of argument `key` for a getter call `target.Get…Argument(key, default)`.

@@ -35,6 +35,7 @@ use super::jwks::{self, KeySet};
 use super::keys::Key;
 use super::{bump, runtime, COUNTERS};
 use crate::cel::convert::json_object_to_map;
+use crate::cel::eval::Value;
 use base64::Engine;
 use cel::common::types::CelMap;
 use jsonwebtoken::Algorithm;
@@ -83,9 +84,31 @@ pub struct Decoded {
     pub claims: Arc<CelMap<'static>>,
     /// The header when it could be parsed, else empty.
     pub header: Arc<CelMap<'static>>,
+    /// [`Decoded::claims`] as celgate's own evaluator reads it.
+    pub claims_value: Value<'static>,
+    /// [`Decoded::header`] as celgate's own evaluator reads it.
+    pub header_value: Value<'static>,
 }
 
-static EMPTY: LazyLock<Arc<CelMap<'static>>> = LazyLock::new(|| Arc::new(CelMap::default()));
+/// A JSON object of a token (its header or claims) as both evaluators read
+/// it, built once per verification and shared with the cache. Numbers are
+/// `double`, as cel-go reads JSON.
+#[derive(Debug, Clone)]
+pub struct Part {
+    pub cel: Arc<CelMap<'static>>,
+    pub value: Value<'static>,
+}
+
+impl Part {
+    fn of(o: &serde_json::Map<String, serde_json::Value>) -> Part {
+        Part {
+            cel: Arc::new(json_object_to_map(o)),
+            value: crate::cel::eval::lib::jwt::struct_value(o),
+        }
+    }
+}
+
+static EMPTY: LazyLock<Part> = LazyLock::new(|| Part::of(&serde_json::Map::new()));
 
 /// A verified token, as cached.
 #[derive(Debug)]
@@ -94,8 +117,8 @@ struct Verified {
     key: [u8; 32],
     exp: Option<f64>,
     nbf: Option<f64>,
-    claims: Arc<CelMap<'static>>,
-    header: Arc<CelMap<'static>>,
+    claims: Part,
+    header: Part,
 }
 
 /// Bounded cache of verified tokens (none when the size is 0).
@@ -144,12 +167,26 @@ fn rememberable(why: Invalid) -> bool {
     !matches!(why, Invalid::UnknownKid | Invalid::NotYetValid)
 }
 
-fn invalid(why: Invalid, header: Option<Arc<CelMap<'static>>>) -> Decoded {
+fn invalid(why: Invalid, header: Option<Part>) -> Decoded {
+    let header = header.unwrap_or_else(|| EMPTY.clone());
     Decoded {
         valid: false,
         invalid: Some(why),
-        claims: EMPTY.clone(),
-        header: header.unwrap_or_else(|| EMPTY.clone()),
+        claims: EMPTY.cel.clone(),
+        claims_value: EMPTY.value.clone(),
+        header: header.cel,
+        header_value: header.value,
+    }
+}
+
+fn valid(claims: &Part, header: &Part) -> Decoded {
+    Decoded {
+        valid: true,
+        invalid: None,
+        claims: claims.cel.clone(),
+        claims_value: claims.value.clone(),
+        header: header.cel.clone(),
+        header_value: header.value.clone(),
     }
 }
 
@@ -182,12 +219,7 @@ pub fn decode(token: &str, keys: Keys<'_>) -> Decoded {
             };
             if key_ok && check_times(v.exp, v.nbf, leeway).is_ok() {
                 bump(&COUNTERS.token_cache_hits);
-                return Decoded {
-                    valid: true,
-                    invalid: None,
-                    claims: v.claims.clone(),
-                    header: v.header.clone(),
-                };
+                return valid(&v.claims, &v.header);
             }
             // Expired, or its key is gone: verify afresh for the reason.
             cache.remove(id);
@@ -206,12 +238,7 @@ pub fn decode(token: &str, keys: Keys<'_>) -> Decoded {
     bump(&COUNTERS.token_cache_misses);
     match verify(token, keys, leeway) {
         Ok(v) => {
-            let d = Decoded {
-                valid: true,
-                invalid: None,
-                claims: v.claims.clone(),
-                header: v.header.clone(),
-            };
+            let d = valid(&v.claims, &v.header);
             if let (Some(cache), Some(id)) = (cache, id) {
                 cache.insert(id, Arc::new(v));
             }
@@ -237,7 +264,7 @@ pub fn decode(token: &str, keys: Keys<'_>) -> Decoded {
     }
 }
 
-type Fail = (Invalid, Option<Arc<CelMap<'static>>>);
+type Fail = (Invalid, Option<Part>);
 
 fn b64(part: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -253,11 +280,9 @@ fn json_object(bytes: &[u8]) -> Option<serde_json::Map<String, serde_json::Value
 }
 
 /// The parsed header (first part) of a token, as [`verify`] parses it.
-fn header_of(token: &str) -> Option<Arc<CelMap<'static>>> {
+fn header_of(token: &str) -> Option<Part> {
     let h = token.split('.').next()?;
-    b64(h)
-        .and_then(|b| json_object(&b))
-        .map(|j| Arc::new(json_object_to_map(&j)))
+    b64(h).and_then(|b| json_object(&b)).map(|j| Part::of(&j))
 }
 
 fn verify(token: &str, keys: Keys<'_>, leeway: f64) -> Result<Verified, Fail> {
@@ -276,7 +301,7 @@ fn verify(token: &str, keys: Keys<'_>, leeway: f64) -> Result<Verified, Fail> {
     let header_json = b64(h)
         .and_then(|b| json_object(&b))
         .ok_or((Invalid::Malformed, None))?;
-    let header = Arc::new(json_object_to_map(&header_json));
+    let header = Part::of(&header_json);
     let fail = |why: Invalid| (why, Some(header.clone()));
 
     let alg = header_json
@@ -342,7 +367,7 @@ fn verify(token: &str, keys: Keys<'_>, leeway: f64) -> Result<Verified, Fail> {
         key: key_fp,
         exp,
         nbf,
-        claims: Arc::new(json_object_to_map(&claims)),
+        claims: Part::of(&claims),
         header,
     })
 }

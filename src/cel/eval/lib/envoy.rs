@@ -1,10 +1,632 @@
-//! (to be written)
+//! The `envoy` library: builders for the Envoy `CheckResponse`.
+//!
+//! ```cel
+//! envoy.Allowed().WithHeader("x-user", "alice").WithoutHeader("x-api-key").Response()
+//! envoy.Denied(403).WithBody("admins only").Response().WithMessage("not an admin")
+//! ```
+//!
+//! The builders are the response types of [`crate::cel::envoy`] held as
+//! library objects; every `With*` returns a new builder. The checks (a
+//! denial status in 300–599, header names that are HTTP tokens, header and
+//! query values without CR, LF or NUL) and their messages are that module's.
 
-use crate::cel::eval::Function;
+use crate::cel::envoy::{
+    self as old, CheckResponse, DeniedResponse, HeaderOption, OkResponse, Outcome, QueryParam,
+};
+use crate::cel::eval::value::Bin;
+use crate::cel::eval::{Ctx, Error, Function, Map, Object, Value};
+use serde_json::Value as Json;
+use std::any::Any;
 
-pub const FUNCTIONS: &[Function] = &[];
+const OK: &str = "envoy.service.auth.v3.OkHttpResponse";
+const DENIED: &str = "envoy.service.auth.v3.DeniedHttpResponse";
+const RESPONSE: &str = "envoy.service.auth.v3.CheckResponse";
+const HEADER: &str = "envoy.config.core.v3.HeaderValueOption";
+const QUERY: &str = "envoy.config.core.v3.QueryParameter";
 
-/// The response a validation returned (stub until the library is ported).
-pub fn check_response<'a>(_v: &'a crate::cel::eval::Value<'_>) -> Option<&'a crate::cel::envoy::CheckResponse> {
-    None
+macro_rules! object {
+    ($ty:ty, $name:expr) => {
+        impl Object for $ty {
+            fn type_name(&self) -> &str {
+                $name
+            }
+            fn equals(&self, other: &dyn Object) -> bool {
+                other.as_any().downcast_ref::<$ty>() == Some(self)
+            }
+            fn as_any(&self) -> &dyn Any {
+                self
+            }
+        }
+    };
+}
+object!(OkResponse, OK);
+object!(DeniedResponse, DENIED);
+object!(CheckResponse, RESPONSE);
+object!(HeaderOption, HEADER);
+object!(QueryParam, QUERY);
+
+/// The response a validation returned, if it returned one (`.Response()`).
+pub fn check_response<'a>(v: &'a Value<'_>) -> Option<&'a CheckResponse> {
+    v.downcast::<CheckResponse>()
+}
+
+pub const FUNCTIONS: &[Function] = &[
+    Function::global("envoy.Allowed", 0, allowed),
+    Function::global("envoy.Denied", 1, denied),
+    Function::global("envoy.Header", 2, header),
+    Function::global("envoy.QueryParam", 2, query_param),
+    Function::method("KeepEmptyValue", 0, keep_empty),
+    Function::method("KeepEmptyValue", 1, keep_empty),
+    Function::method("WithHeader", 1, with_header),
+    Function::method("WithHeader", 2, with_header),
+    Function::method("WithoutHeader", 1, without_header),
+    Function::method("WithResponseHeader", 1, with_response_header),
+    Function::method("WithResponseHeader", 2, with_response_header),
+    Function::method("WithQueryParam", 1, with_query_param),
+    Function::method("WithQueryParam", 2, with_query_param),
+    Function::method("WithoutQueryParam", 1, without_query_param),
+    Function::method("WithBody", 1, with_body),
+    Function::method("Response", 0, response),
+    Function::method("WithMessage", 1, with_message),
+    Function::method("WithMetadata", 1, with_metadata),
+];
+
+fn allowed<'r>(_: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    match args {
+        [] => Ok(Value::object(OkResponse::default())),
+        _ => Err(Error::no_overload("envoy.Allowed", args)),
+    }
+}
+
+fn denied<'r>(_: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    match args {
+        [Value::Int(code)] => old::denial(*code)
+            .map(Value::object)
+            .map_err(|e| Error::function("envoy.Denied", e)),
+        _ => Err(Error::no_overload("envoy.Denied", args)),
+    }
+}
+
+/// A checked header from `(name, value)`, charged by its size.
+fn new_header(
+    ctx: &mut Ctx<'_>,
+    f: &'static str,
+    key: &str,
+    value: &str,
+    keep_empty_value: bool,
+) -> Result<HeaderOption, Error> {
+    ctx.charge_bytes(key.len() + value.len())?;
+    old::header_option(key.to_owned(), value.to_owned(), keep_empty_value)
+        .map_err(|e| Error::function(f, e))
+}
+
+fn header<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    const F: &str = "envoy.Header";
+    match args {
+        [Value::String(k), Value::String(v)] => Ok(Value::object(new_header(ctx, F, k, v, false)?)),
+        _ => Err(Error::no_overload(F, args)),
+    }
+}
+
+fn new_query(
+    ctx: &mut Ctx<'_>,
+    f: &'static str,
+    key: &str,
+    value: &str,
+) -> Result<QueryParam, Error> {
+    ctx.charge_bytes(key.len() + value.len())?;
+    old::query_param_checked(key.to_owned(), value.to_owned()).map_err(|e| Error::function(f, e))
+}
+
+fn query_param<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    const F: &str = "envoy.QueryParam";
+    match args {
+        [Value::String(k), Value::String(v)] => Ok(Value::object(new_query(ctx, F, k, v)?)),
+        _ => Err(Error::no_overload(F, args)),
+    }
+}
+
+fn keep_empty<'r>(_: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    let (Some(h), keep) = (
+        args.first().and_then(Value::downcast::<HeaderOption>),
+        args.get(1),
+    ) else {
+        return Err(Error::no_overload("KeepEmptyValue", args));
+    };
+    let keep = match keep {
+        None => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(Error::no_overload("KeepEmptyValue", args)),
+    };
+    Ok(Value::object(HeaderOption {
+        keep_empty_value: keep,
+        ..h.clone()
+    }))
+}
+
+/// The header of a `(name, value)` or `(header)` call: `args` without the
+/// receiver. `None` for other argument types.
+fn header_arg(
+    ctx: &mut Ctx<'_>,
+    f: &'static str,
+    args: &[Value<'_>],
+) -> Option<Result<HeaderOption, Error>> {
+    match args {
+        [Value::String(k), Value::String(v)] => Some(new_header(ctx, f, k, v, false)),
+        // `envoy.Header` checked it already; checking again is cheap and
+        // keeps this safe whatever made the value.
+        [h] => {
+            let h = h.downcast::<HeaderOption>()?;
+            Some(new_header(ctx, f, &h.key, &h.value, h.keep_empty_value))
+        }
+        _ => None,
+    }
+}
+
+/// The builder receiver of a method: an allowed or a denied response.
+enum Builder<'a> {
+    Ok(&'a OkResponse),
+    Denied(&'a DeniedResponse),
+}
+
+fn builder<'a>(v: Option<&'a Value<'_>>) -> Option<Builder<'a>> {
+    let v = v?;
+    if let Some(ok) = v.downcast::<OkResponse>() {
+        Some(Builder::Ok(ok))
+    } else {
+        v.downcast::<DeniedResponse>().map(Builder::Denied)
+    }
+}
+
+fn with_header<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    const F: &str = "WithHeader";
+    let (Some(b), Some(h)) = (
+        builder(args.first()),
+        header_arg(ctx, F, args.get(1..).unwrap_or_default()),
+    ) else {
+        return Err(Error::no_overload(F, args));
+    };
+    let h = h?;
+    Ok(match b {
+        Builder::Ok(ok) => {
+            let mut ok = ok.clone();
+            ok.headers.push(h);
+            Value::object(ok)
+        }
+        Builder::Denied(d) => {
+            let mut d = d.clone();
+            d.headers.push(h);
+            Value::object(d)
+        }
+    })
+}
+
+/// The allowed-response receiver of a method, cloned for a change.
+fn ok_receiver(f: &str, args: &[Value<'_>]) -> Result<OkResponse, Error> {
+    args.first()
+        .and_then(Value::downcast::<OkResponse>)
+        .cloned()
+        .ok_or_else(|| Error::no_overload(f, args))
+}
+
+fn without_header<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    const F: &str = "WithoutHeader";
+    let [_, Value::String(name)] = args else {
+        return Err(Error::no_overload(F, args));
+    };
+    let mut ok = ok_receiver(F, args)?;
+    ctx.charge_bytes(name.len())?;
+    if let Some(p) = old::header_name_problem(name) {
+        return Err(Error::function(F, p));
+    }
+    ok.headers_to_remove.push(name.to_string());
+    Ok(Value::object(ok))
+}
+
+fn with_response_header<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    const F: &str = "WithResponseHeader";
+    let mut ok = ok_receiver(F, args)?;
+    let h = header_arg(ctx, F, args.get(1..).unwrap_or_default())
+        .ok_or_else(|| Error::no_overload(F, args))??;
+    ok.response_headers_to_add.push(h);
+    Ok(Value::object(ok))
+}
+
+fn with_query_param<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    const F: &str = "WithQueryParam";
+    let mut ok = ok_receiver(F, args)?;
+    let q = match args.get(1..).unwrap_or_default() {
+        [Value::String(k), Value::String(v)] => new_query(ctx, F, k, v)?,
+        // Not checked again, as before: `envoy.QueryParam` made it.
+        [q] => q
+            .downcast::<QueryParam>()
+            .cloned()
+            .ok_or_else(|| Error::no_overload(F, args))?,
+        _ => return Err(Error::no_overload(F, args)),
+    };
+    ok.query_parameters_to_set.push(q);
+    Ok(Value::object(ok))
+}
+
+fn without_query_param<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    const F: &str = "WithoutQueryParam";
+    let [_, Value::String(name)] = args else {
+        return Err(Error::no_overload(F, args));
+    };
+    let mut ok = ok_receiver(F, args)?;
+    let q = new_query(ctx, F, name, "")?;
+    ok.query_parameters_to_remove.push(q.key);
+    Ok(Value::object(ok))
+}
+
+fn with_body<'r>(_: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    const F: &str = "WithBody";
+    match args {
+        [d, Value::String(body)] if d.downcast::<DeniedResponse>().is_some() => {
+            let mut d = d.downcast::<DeniedResponse>().cloned().unwrap_or_default();
+            d.body = body.to_string();
+            Ok(Value::object(d))
+        }
+        _ => Err(Error::no_overload(F, args)),
+    }
+}
+
+fn response<'r>(_: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    let outcome = match (args.len(), builder(args.first())) {
+        (1, Some(Builder::Ok(ok))) => Outcome::Ok(ok.clone()),
+        (1, Some(Builder::Denied(d))) => Outcome::Denied(d.clone()),
+        _ => return Err(Error::no_overload("Response", args)),
+    };
+    Ok(Value::object(CheckResponse {
+        outcome,
+        message: String::new(),
+        metadata: None,
+    }))
+}
+
+fn response_receiver(f: &str, args: &[Value<'_>]) -> Result<CheckResponse, Error> {
+    args.first()
+        .and_then(Value::downcast::<CheckResponse>)
+        .cloned()
+        .ok_or_else(|| Error::no_overload(f, args))
+}
+
+fn with_message<'r>(_: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    const F: &str = "WithMessage";
+    let [_, Value::String(m)] = args else {
+        return Err(Error::no_overload(F, args));
+    };
+    let mut r = response_receiver(F, args)?;
+    r.message = m.to_string();
+    Ok(Value::object(r))
+}
+
+fn with_metadata<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    const F: &str = "WithMetadata";
+    let [_, meta] = args else {
+        return Err(Error::no_overload(F, args));
+    };
+    let mut r = response_receiver(F, args)?;
+    let json = legacy_json(ctx, meta).map_err(|e| match e {
+        Refused::Cost(e) => e,
+        Refused::Text(t) => Error::function(F, t),
+    })?;
+    r.metadata = Some(old::metadata_object(json).map_err(|e| Error::function(F, e))?);
+    Ok(Value::object(r))
+}
+
+/// Why [`legacy_json`] gave no JSON.
+pub(crate) enum Refused {
+    /// The request's budget is spent.
+    Cost(Error),
+    /// A value JSON cannot hold; the message names its type.
+    Text(String),
+}
+
+impl From<Error> for Refused {
+    fn from(e: Error) -> Self {
+        Refused::Cost(e)
+    }
+}
+
+/// A value as JSON exactly as the response builders have always written
+/// it ([`crate::cel::convert::to_json`]): a NaN or infinite double is
+/// `null`, bytes base64, a timestamp RFC 3339 with a numeric offset,
+/// map keys as their JSON text, an optional its value or `null`, an MCP
+/// request or section its fields; a duration, a type, a request message
+/// or another library's object is refused. Charged one unit per value
+/// and the size of the strings copied.
+pub(crate) fn legacy_json(ctx: &mut Ctx<'_>, v: &Value<'_>) -> Result<Json, Refused> {
+    ctx.charge(1)?;
+    Ok(match v {
+        Value::Null => Json::Null,
+        Value::Bool(b) => Json::Bool(*b),
+        Value::Int(i) => Json::from(*i),
+        Value::Uint(u) => Json::from(*u),
+        Value::Double(d) => serde_json::Number::from_f64(*d)
+            .map(Json::Number)
+            .unwrap_or(Json::Null),
+        Value::String(s) => {
+            ctx.charge_bytes(s.len())?;
+            Json::String(s.to_string())
+        }
+        Value::Bytes(b) => {
+            use base64::Engine;
+            ctx.charge_bytes(b.len())?;
+            Json::String(base64::engine::general_purpose::STANDARD.encode(Bin::as_bytes(b)))
+        }
+        Value::Timestamp(t) => Json::String(t.to_rfc3339()),
+        Value::List(l) => Json::Array(
+            l.iter()
+                .map(|e| legacy_json(ctx, e))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Map(m) => legacy_map(ctx, m)?,
+        Value::Optional(Some(inner)) => legacy_json(ctx, inner)?,
+        Value::Optional(None) => Json::Null,
+        Value::Object(o) => match super::mcp::object_json(o.as_ref()) {
+            Some(j) => j,
+            None => return Err(Refused::Text(cannot(v))),
+        },
+        Value::Duration(_) | Value::Type(_) | Value::Node(_) => {
+            return Err(Refused::Text(cannot(v)))
+        }
+    })
+}
+
+fn cannot(v: &Value<'_>) -> String {
+    format!(
+        "a value of type {} cannot be converted to JSON",
+        v.type_name()
+    )
+}
+
+fn legacy_map(ctx: &mut Ctx<'_>, m: &Map<'_>) -> Result<Json, Refused> {
+    let mut out = serde_json::Map::new();
+    for (k, v) in m.entries() {
+        let key = match legacy_json(ctx, &k)? {
+            Json::String(s) => s,
+            other => other.to_string(),
+        };
+        out.insert(key, legacy_json(ctx, &v)?);
+    }
+    Ok(Json::Object(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cel::eval::{lib, Meter, Str};
+
+    /// Calls `name` (a method when `receiver`) through the registry, as the
+    /// planner binds it.
+    pub(crate) fn call<'r>(
+        ctx: &mut Ctx<'r>,
+        name: &str,
+        receiver: bool,
+        args: &[Value<'r>],
+    ) -> Result<Value<'r>, Error> {
+        let arity = args.len() - usize::from(receiver);
+        let fs = lib::lookup(name, receiver, arity);
+        assert!(!fs.is_empty(), "no function {name}/{arity}");
+        let mut last = None;
+        for f in fs {
+            match (f.f)(ctx, args) {
+                Err(e) if e.kind == crate::cel::ErrorKind::NoSuchOverload => last = Some(e),
+                r => return r,
+            }
+        }
+        Err(last.expect("tried one"))
+    }
+
+    /// The old interpreter's `CheckResponse` for `expr`, or its error text.
+    fn old_response(expr: &str) -> Result<CheckResponse, String> {
+        let env = crate::cel::env().clone();
+        let program = env.compile(expr).map_err(|e| e.to_string())?;
+        let ctx = cel::Context::with_env(env);
+        let v = cel::Value::resolve_val(program.expression(), &ctx).map_err(|e| e.to_string())?;
+        v.downcast_ref::<CheckResponse>()
+            .cloned()
+            .ok_or_else(|| "not a response".to_string())
+    }
+
+    fn s(v: &str) -> Value<'static> {
+        Value::string(v)
+    }
+
+    fn ctx() -> Ctx<'static> {
+        Ctx::new(None, Meter::new(1_000_000))
+    }
+
+    #[test]
+    fn allowed_builder_matches_the_old_library() {
+        let mut c = ctx();
+        let ok = call(&mut c, "envoy.Allowed", false, &[]).unwrap();
+        let ok = call(&mut c, "WithHeader", true, &[ok, s("x-user"), s("alice")]).unwrap();
+        let h = call(&mut c, "envoy.Header", false, &[s("x-e"), s("")]).unwrap();
+        let h = call(&mut c, "KeepEmptyValue", true, &[h]).unwrap();
+        let ok = call(&mut c, "WithHeader", true, &[ok, h]).unwrap();
+        let ok = call(&mut c, "WithoutHeader", true, &[ok, s("x-api-key")]).unwrap();
+        let h = call(&mut c, "envoy.Header", false, &[s("x-r"), s("1")]).unwrap();
+        let h = call(&mut c, "KeepEmptyValue", true, &[h, Value::Bool(false)]).unwrap();
+        let ok = call(&mut c, "WithResponseHeader", true, &[ok, h]).unwrap();
+        let ok = call(&mut c, "WithResponseHeader", true, &[ok, s("x-s"), s("2")]).unwrap();
+        let ok = call(&mut c, "WithQueryParam", true, &[ok, s("a"), s("1")]).unwrap();
+        let q = call(&mut c, "envoy.QueryParam", false, &[s("b"), s("2")]).unwrap();
+        let ok = call(&mut c, "WithQueryParam", true, &[ok, q]).unwrap();
+        let ok = call(&mut c, "WithoutQueryParam", true, &[ok, s("c")]).unwrap();
+        let r = call(&mut c, "Response", true, &[ok]).unwrap();
+        let r = call(&mut c, "WithMessage", true, &[r, s("fine")]).unwrap();
+        let want = old_response(
+            r#"envoy.Allowed().WithHeader("x-user", "alice")
+                .WithHeader(envoy.Header("x-e", "").KeepEmptyValue())
+                .WithoutHeader("x-api-key")
+                .WithResponseHeader(envoy.Header("x-r", "1").KeepEmptyValue(false))
+                .WithResponseHeader("x-s", "2")
+                .WithQueryParam("a", "1").WithQueryParam(envoy.QueryParam("b", "2"))
+                .WithoutQueryParam("c").Response().WithMessage("fine")"#,
+        )
+        .unwrap();
+        assert_eq!(check_response(&r), Some(&want));
+        assert_eq!(r.type_name(), RESPONSE);
+    }
+
+    #[test]
+    fn denied_builder_and_metadata_match_the_old_library() {
+        let mut c = ctx();
+        let d = call(&mut c, "envoy.Denied", false, &[Value::Int(403)]).unwrap();
+        assert_eq!(d.type_name(), DENIED);
+        let d = call(&mut c, "WithHeader", true, &[d, s("x-why"), s("no")]).unwrap();
+        let d = call(&mut c, "WithBody", true, &[d, s("admins only")]).unwrap();
+        let r = call(&mut c, "Response", true, &[d]).unwrap();
+        let mut meta = crate::cel::eval::value::OwnedMap::new();
+        for (k, v) in [
+            ("s", s("x")),
+            ("i", Value::Int(-3)),
+            ("u", Value::Uint(7)),
+            ("d", Value::Double(1.5)),
+            ("nan", Value::Double(f64::NAN)),
+            ("b", Value::Bool(true)),
+            ("n", Value::Null),
+            ("by", Value::bytes(b"hi".to_vec())),
+            ("l", Value::list(vec![Value::Int(1), s("two")])),
+            ("o", Value::some(Value::Int(4))),
+            ("none", Value::NONE),
+        ] {
+            meta.insert(crate::cel::eval::Key::String(Str::Borrowed(k)), v);
+        }
+        let mut inner = crate::cel::eval::value::OwnedMap::new();
+        inner.insert(crate::cel::eval::Key::Int(1), Value::Bool(false));
+        meta.insert(
+            crate::cel::eval::Key::String(Str::Borrowed("m")),
+            Value::map(inner),
+        );
+        let r = call(&mut c, "WithMetadata", true, &[r, Value::map(meta)]).unwrap();
+        let want = old_response(
+            r#"envoy.Denied(403).WithHeader("x-why", "no").WithBody("admins only").Response()
+                .WithMetadata({"s": "x", "i": -3, "u": 7u, "d": 1.5, "nan": double("NaN"),
+                  "b": true, "n": null, "by": b"hi", "l": [1, "two"],
+                  "o": optional.of(4), "none": optional.none(), "m": {1: false}})"#,
+        )
+        .unwrap();
+        assert_eq!(check_response(&r), Some(&want));
+    }
+
+    #[test]
+    fn refusals_match_the_old_library() {
+        let cases: [(&str, &[Value<'static>], bool, &str); 8] = [
+            (
+                "envoy.Denied",
+                &[Value::Int(200)],
+                false,
+                "envoy.Denied(200)",
+            ),
+            (
+                "envoy.Header",
+                &[s("x a"), s("v")],
+                false,
+                r#"envoy.Header("x a", "v")"#,
+            ),
+            (
+                "envoy.Header",
+                &[s("x"), s("a\r\nb")],
+                false,
+                "envoy.Header(\"x\", \"a\\r\\nb\")",
+            ),
+            (
+                "envoy.QueryParam",
+                &[s(""), s("v")],
+                false,
+                r#"envoy.QueryParam("", "v")"#,
+            ),
+            (
+                "envoy.QueryParam",
+                &[s("a"), s("v\n")],
+                false,
+                "envoy.QueryParam(\"a\", \"v\\n\")",
+            ),
+            (
+                "WithoutHeader",
+                &[s(":path")],
+                true,
+                r#"WithoutHeader(":path")"#,
+            ),
+            (
+                "WithoutQueryParam",
+                &[s("a\0")],
+                true,
+                "WithoutQueryParam(\"a\\x00\")",
+            ),
+            (
+                "WithHeader",
+                &[s("ok"), s("\0")],
+                true,
+                "WithHeader(\"ok\", \"\\x00\")",
+            ),
+        ];
+        for (name, args, method, expr) in cases {
+            let mut c = ctx();
+            let mut all = Vec::new();
+            let old_expr = if method {
+                all.push(Value::object(OkResponse::default()));
+                format!("envoy.Allowed().{expr}.Response()")
+            } else {
+                format!("{expr} == null")
+            };
+            all.extend(args.iter().cloned());
+            let e = call(&mut c, name, method, &all).unwrap_err();
+            assert_eq!(e.kind, crate::cel::ErrorKind::FunctionError, "{expr}");
+            assert_eq!(e.function.as_deref(), Some(name));
+            let old = old_response(&old_expr).unwrap_err();
+            assert!(old.contains(&e.message), "{expr}: {old} / {}", e.message);
+        }
+        // Metadata that is not an object, or holds what JSON cannot.
+        let mut c = ctx();
+        let r = Value::object(CheckResponse {
+            outcome: Outcome::Ok(OkResponse::default()),
+            message: String::new(),
+            metadata: None,
+        });
+        let e = call(
+            &mut c,
+            "WithMetadata",
+            true,
+            &[r.clone(), Value::list(vec![])],
+        )
+        .unwrap_err();
+        assert_eq!(e.message, "expects a map with string keys, got list");
+        let mut m = crate::cel::eval::value::OwnedMap::new();
+        m.insert(
+            crate::cel::eval::Key::String(Str::Borrowed("d")),
+            Value::Duration(chrono::TimeDelta::seconds(1)),
+        );
+        let e = call(&mut c, "WithMetadata", true, &[r, Value::map(m)]).unwrap_err();
+        assert_eq!(
+            e.message,
+            "a value of type google.protobuf.Duration cannot be converted to JSON"
+        );
+        // Wrong types are no overload, for another library to take.
+        let e = call(&mut c, "WithBody", true, &[Value::Int(1), s("x")]).unwrap_err();
+        assert_eq!(e.kind, crate::cel::ErrorKind::NoSuchOverload);
+    }
+
+    #[test]
+    fn builders_are_values() {
+        let mut c = ctx();
+        let a = call(&mut c, "envoy.Allowed", false, &[]).unwrap();
+        let b = call(&mut c, "WithHeader", true, &[a.clone(), s("x"), s("1")]).unwrap();
+        let b2 = call(&mut c, "WithHeader", true, &[a.clone(), s("x"), s("1")]).unwrap();
+        assert!(crate::cel::eval::value::equals(&b, &b2));
+        assert!(!crate::cel::eval::value::equals(&a, &b));
+        assert_eq!(a.downcast::<OkResponse>(), Some(&OkResponse::default()));
+        assert!(check_response(&a).is_none());
+    }
+
+    #[test]
+    fn a_small_budget_stops_a_big_header() {
+        let mut c = Ctx::new(None, Meter::new(100));
+        let big = "v".repeat(100_000);
+        let e = call(&mut c, "envoy.Header", false, &[s("x"), Value::string(big)]).unwrap_err();
+        assert_eq!(e.kind, crate::cel::ErrorKind::CostExceeded);
+    }
 }

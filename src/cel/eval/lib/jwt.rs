@@ -1,5 +1,329 @@
-//! (to be written)
+//! The `jwt` and `jwks` libraries (the verification itself is in
+//! [`crate::identity`]).
+//!
+//! ```cel
+//! jwt.Decode(token, "hmac-secret")          // or a PEM public key
+//! jwt.Decode(token, jwks.Fetch("https://issuer/.well-known/jwks.json"))
+//! ```
+//!
+//! `jwt.Decode` returns a `jwt.Token` with `Valid` (bool), `Claims` and
+//! `Header` (maps; JSON numbers are `double`, as cel-go reads JSON and as
+//! the Kyverno Authz Server exposes claims). The maps are built once per
+//! verified token and shared with the process-wide token cache. A token
+//! that does not verify is `Valid == false` with empty claims; errors are
+//! kept for faults: an unusable key string, a refused or unreachable JWKS
+//! URL. `jwks.Fetch(url)` returns an opaque `jwks.Set`, fetched through the
+//! context's [`Host`](crate::cel::eval::Host).
 
-use crate::cel::eval::Function;
+use crate::cel::eval::value::{Key, OwnedMap};
+use crate::cel::eval::{Ctx, Error, Function, Object, Str, Value};
+use crate::identity::jwks::KeySet;
+use crate::identity::keys;
+use crate::identity::token::{self, Decoded, Keys};
+use serde_json::Value as Json;
+use std::any::Any;
+use std::sync::Arc;
 
-pub const FUNCTIONS: &[Function] = &[];
+/// The value of `jwt.Decode(...)`.
+#[derive(Debug, Clone)]
+pub struct Token {
+    valid: bool,
+    claims: Value<'static>,
+    header: Value<'static>,
+}
+
+impl Token {
+    pub fn valid(&self) -> bool {
+        self.valid
+    }
+    pub fn claims(&self) -> &Value<'static> {
+        &self.claims
+    }
+    pub fn header(&self) -> &Value<'static> {
+        &self.header
+    }
+}
+
+impl From<Decoded> for Token {
+    fn from(d: Decoded) -> Self {
+        Token {
+            valid: d.valid,
+            claims: d.claims_value,
+            header: d.header_value,
+        }
+    }
+}
+
+impl Object for Token {
+    fn type_name(&self) -> &str {
+        "jwt.Token"
+    }
+    fn field(&self, name: &str) -> Option<Value<'static>> {
+        match name {
+            "Valid" => Some(Value::Bool(self.valid)),
+            "Claims" => Some(self.claims.clone()),
+            "Header" => Some(self.header.clone()),
+            _ => None,
+        }
+    }
+    fn equals(&self, other: &dyn Object) -> bool {
+        use crate::cel::eval::value::equals;
+        other.as_any().downcast_ref::<Token>().is_some_and(|o| {
+            o.valid == self.valid
+                && equals(&o.claims, &self.claims)
+                && equals(&o.header, &self.header)
+        })
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// The value of `jwks.Fetch(url)`.
+#[derive(Debug, Clone)]
+pub struct JwkSet(pub Arc<KeySet>);
+
+impl Object for JwkSet {
+    fn type_name(&self) -> &str {
+        "jwks.Set"
+    }
+    fn equals(&self, other: &dyn Object) -> bool {
+        other
+            .as_any()
+            .downcast_ref::<JwkSet>()
+            .is_some_and(|o| Arc::ptr_eq(&o.0, &self.0))
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// A JSON object as a CEL map, numbers as `double` (as a protobuf
+/// `Struct` reads: the claims' and header's form, identical to
+/// [`crate::cel::convert::json_object_to_map`]'s).
+pub(crate) fn struct_value(o: &serde_json::Map<String, Json>) -> Value<'static> {
+    Value::map(
+        o.iter()
+            .map(|(k, v)| (Key::String(Str::Owned(Arc::from(k.as_str()))), json(v)))
+            .collect::<OwnedMap<'static>>(),
+    )
+}
+
+fn json(j: &Json) -> Value<'static> {
+    match j {
+        Json::Null => Value::Null,
+        Json::Bool(b) => Value::Bool(*b),
+        Json::Number(n) => Value::Double(n.as_f64().unwrap_or(f64::NAN)),
+        Json::String(s) => Value::string(s.as_str()),
+        Json::Array(a) => Value::list(a.iter().map(json).collect()),
+        Json::Object(o) => struct_value(o),
+    }
+}
+
+pub const FUNCTIONS: &[Function] = &[
+    // Both read the process's token and key caches and the clock.
+    Function::global("jwt.Decode", 2, decode).impure(),
+    Function::global("jwks.Fetch", 1, fetch).impure(),
+];
+
+fn decode<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    const F: &str = "jwt.Decode";
+    let [Value::String(token), keys] = args else {
+        return Err(Error::no_overload(F, args));
+    };
+    let decoded = match keys {
+        Value::String(key) => {
+            ctx.charge_bytes(token.len() + key.len())?;
+            let key = keys::prepared(key).map_err(|e| Error::function(F, e.to_string()))?;
+            token::decode(token, Keys::One(&key))
+        }
+        other => match other.downcast::<JwkSet>() {
+            Some(set) => {
+                ctx.charge_bytes(token.len())?;
+                token::decode(token, Keys::Set(&set.0))
+            }
+            None => return Err(Error::no_overload(F, args)),
+        },
+    };
+    Ok(Value::object(Token::from(decoded)))
+}
+
+fn fetch<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    const F: &str = "jwks.Fetch";
+    let [Value::String(url)] = args else {
+        return Err(Error::no_overload(F, args));
+    };
+    ctx.host()
+        .jwks(url)
+        .map(|s| Value::object(JwkSet(s)))
+        .map_err(|e| Error::function(F, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cel::eval::{lib, Host, Meter};
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+
+    fn call<'r>(ctx: &mut Ctx<'r>, name: &str, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+        let fs = lib::lookup(name, false, args.len());
+        assert_eq!(fs.len(), 1, "{name}");
+        (fs[0].f)(ctx, args)
+    }
+
+    fn ctx() -> Ctx<'static> {
+        Ctx::new(None, Meter::new(1_000_000))
+    }
+
+    fn hs256(claims: &Json, secret: &str) -> String {
+        let mut h = Header::new(jsonwebtoken::Algorithm::HS256);
+        h.kid = Some("k1".into());
+        encode(&h, claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+    }
+
+    /// The old interpreter's JSON of `jwt.Decode(token, <keys>).<field>`.
+    fn old_json(token: &str, keys: &str, field: &str) -> Result<Json, String> {
+        let env = crate::cel::env().clone();
+        let program = env
+            .compile(&format!("jwt.Decode(token, {keys}).{field}"))
+            .map_err(|e| e.to_string())?;
+        let mut ctx = cel::Context::with_env(env);
+        ctx.add_variable_from_value("token", token.to_owned());
+        let v = cel::Value::resolve_val(program.expression(), &ctx).map_err(|e| e.to_string())?;
+        crate::cel::convert::to_json(&*v)
+    }
+
+    fn field_json(t: &Value<'_>, name: &str) -> Json {
+        let t = t.downcast::<Token>().expect("a token");
+        crate::cel::eval::value::to_json(&t.field(name).unwrap()).unwrap()
+    }
+
+    fn claims() -> Json {
+        let exp = crate::identity::unix_now() as i64 + 3600;
+        json!({"sub": "alice", "exp": exp, "n": 3, "f": 1.5, "roles": ["a", "b"],
+               "nested": {"x": null, "ok": true, "big": 18446744073709551615u64}})
+    }
+
+    #[test]
+    fn decode_with_a_secret_matches_the_old_library() {
+        let token = hs256(&claims(), "s3cret");
+        let mut c = ctx();
+        let t = call(
+            &mut c,
+            "jwt.Decode",
+            &[Value::string(token.clone()), Value::str("s3cret")],
+        )
+        .unwrap();
+        assert_eq!(t.type_name(), "jwt.Token");
+        for field in ["Valid", "Claims", "Header"] {
+            assert_eq!(
+                field_json(&t, field),
+                old_json(&token, "\"s3cret\"", field).unwrap(),
+                "{field}"
+            );
+        }
+        let tok = t.downcast::<Token>().unwrap();
+        assert!(tok.valid());
+        // Numbers are doubles, as in the old library (and cel-go's JSON).
+        let Value::Map(m) = tok.claims() else {
+            panic!("claims are a map")
+        };
+        assert!(matches!(m.get(&Value::str("n")), Some(Value::Double(d)) if d == 3.0));
+        // Another secret: not valid, empty claims, the header still read.
+        let bad = call(
+            &mut c,
+            "jwt.Decode",
+            &[Value::string(token.clone()), Value::str("other")],
+        )
+        .unwrap();
+        for field in ["Valid", "Claims", "Header"] {
+            assert_eq!(
+                field_json(&bad, field),
+                old_json(&token, "\"other\"", field).unwrap(),
+                "{field}"
+            );
+        }
+        assert_eq!(field_json(&bad, "Valid"), json!(false));
+        assert_eq!(field_json(&bad, "Claims"), json!({}));
+        assert_eq!(field_json(&bad, "Header")["kid"], "k1");
+        // The same token twice (the second from the token cache) is equal.
+        let again = call(
+            &mut c,
+            "jwt.Decode",
+            &[Value::string(token), Value::str("s3cret")],
+        )
+        .unwrap();
+        assert!(crate::cel::eval::value::equals(&t, &again));
+        assert!(!crate::cel::eval::value::equals(&t, &bad));
+    }
+
+    #[test]
+    fn an_unusable_key_is_an_error_as_before() {
+        let token = hs256(&claims(), "s3cret");
+        let pem = "-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----";
+        let mut c = ctx();
+        let e = call(
+            &mut c,
+            "jwt.Decode",
+            &[Value::string(token.clone()), Value::str(pem)],
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, crate::cel::ErrorKind::FunctionError);
+        assert_eq!(e.function.as_deref(), Some("jwt.Decode"));
+        let old = old_json(&token, &format!("{pem:?}"), "Valid").unwrap_err();
+        assert!(old.contains(&e.message), "{old} / {}", e.message);
+        // Not a string or a key set: for another overload.
+        let e = call(&mut c, "jwt.Decode", &[Value::string(token), Value::Int(1)]).unwrap_err();
+        assert_eq!(e.kind, crate::cel::ErrorKind::NoSuchOverload);
+    }
+
+    #[test]
+    fn decode_with_a_fetched_key_set_matches_the_old_library() {
+        use base64::Engine;
+        let url = "https://evlibs-jwt.test/jwks.json";
+        let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("jwks-s3cret");
+        let doc = json!({"keys": [{"kty": "oct", "k": k, "kid": "k1", "alg": "HS256"}]});
+        crate::identity::jwks::preload(url, doc.to_string().as_bytes()).unwrap();
+        let token = hs256(&claims(), "jwks-s3cret");
+        let mut c = ctx();
+        let set = call(&mut c, "jwks.Fetch", &[Value::str(url)]).unwrap();
+        assert_eq!(set.type_name(), "jwks.Set");
+        let t = call(&mut c, "jwt.Decode", &[Value::string(token.clone()), set]).unwrap();
+        let keys = format!("jwks.Fetch({url:?})");
+        for field in ["Valid", "Claims", "Header"] {
+            assert_eq!(
+                field_json(&t, field),
+                old_json(&token, &keys, field).unwrap(),
+                "{field}"
+            );
+        }
+        assert_eq!(field_json(&t, "Valid"), json!(true));
+    }
+
+    struct Refusing;
+    impl Host for Refusing {
+        fn jwks(&self, url: &str) -> Result<Arc<KeySet>, String> {
+            Err(format!("refused {url}"))
+        }
+    }
+
+    #[test]
+    fn key_sets_come_from_the_host() {
+        let host = Refusing;
+        let mut c = Ctx::new(None, Meter::new(1_000)).with_host(&host);
+        let e = call(&mut c, "jwks.Fetch", &[Value::str("https://x.test/k")]).unwrap_err();
+        assert_eq!(e.function.as_deref(), Some("jwks.Fetch"));
+        assert_eq!(e.message, "refused https://x.test/k");
+        assert!(lib::lookup("jwks.Fetch", false, 1).iter().all(|f| !f.pure));
+        assert!(lib::lookup("jwt.Decode", false, 2).iter().all(|f| !f.pure));
+    }
+
+    #[test]
+    fn a_small_budget_stops_a_big_token() {
+        let mut c = Ctx::new(None, Meter::new(100));
+        let big = "a".repeat(60_000);
+        let e = call(&mut c, "jwt.Decode", &[Value::string(big), Value::str("k")]).unwrap_err();
+        assert_eq!(e.kind, crate::cel::ErrorKind::CostExceeded);
+    }
+}

@@ -1,5 +1,950 @@
-//! (to be written)
+//! The `mcp` library: Model Context Protocol requests (JSON-RPC 2.0)
+//! read from the request body.
+//!
+//! ```cel
+//! mcp.Parse(object.attributes.request.http.body).ToolCall.Name
+//! variables.req.ToolCall.GetStringArgument("repo", "")
+//! mcp.Unauthorized("https://mcp.example.com/.well-known/oauth-protected-resource").Response()
+//! ```
+//!
+//! The checks, the refusals and their messages are
+//! [`crate::cel::mcp`]'s; this module turns a checked message into values.
+//!
+//! **Parsed once per request.** `mcp.Parse` given the request's own `body`
+//! or `raw_body` (read in place, directly or through a variable: recognised
+//! by address and length) parses it on the first call and keeps the result,
+//! a refusal too, in the context's cache for the rest of the request; the
+//! body's bytes are charged on that first call only. Any other string is
+//! parsed (and charged) on each call. A body Envoy marked partial
+//! (`x-envoy-auth-partial-body: true` on the request) is refused.
+//!
+//! **Result.** An `mcp.MCPRequest` object with `Method`, `ID`, `Kind`,
+//! `Name` and one section per method (`ToolCall`, `ResourceRead`,
+//! `PromptGet`, `Initialize`, `Paginated`, `SetLogLevel`), each an object
+//! of its own type. A section the message does not have is an object of
+//! type `null_type` that has no fields: `has(req.ToolCall.Name)` is false,
+//! `req.ToolCall.?Name` is empty, `req.ToolCall.Name` is an error.
+//! JSON numbers in arguments are `int` when integral, `uint` beyond `int`,
+//! else `double`.
 
-use crate::cel::eval::Function;
+use crate::cel::envoy::DeniedResponse;
+use crate::cel::eval::lib::envoy::{legacy_json, Refused};
+use crate::cel::eval::value::{from_json, to_json, Bin};
+use crate::cel::eval::{Ctx, Error, Function, Map, Object, Value};
+use crate::cel::mcp::{self as old, Message, MessageKind, SectionKind, Slot};
+use serde_json::Value as Json;
+use std::any::Any;
+use std::sync::Arc;
 
-pub const FUNCTIONS: &[Function] = &[];
+/// `mcp.Parse(body)`: one parsed MCP message, shared by every value handed
+/// out for it.
+#[derive(Debug)]
+pub struct Request {
+    kind: MessageKind,
+    method: Value<'static>,
+    id: Value<'static>,
+    kind_val: Value<'static>,
+    name: Value<'static>,
+    section: Option<Arc<Section>>,
+}
+
+/// A method's parameters (`req.ToolCall`, ...).
+#[derive(Debug)]
+pub struct Section {
+    kind: SectionKind,
+    fields: Vec<(&'static str, Value<'static>)>,
+}
+
+/// A section the message does not have: `null_type`, with no fields.
+#[derive(Debug)]
+pub struct Absent;
+
+impl Request {
+    fn from_message(m: Message) -> Request {
+        Request {
+            kind: m.kind,
+            kind_val: Value::str(m.kind.as_str()),
+            method: Value::string(m.method),
+            id: from_json(&m.id),
+            name: Value::string(m.name),
+            section: m.section.map(|(kind, fields)| {
+                Arc::new(Section {
+                    kind,
+                    fields: fields.iter().map(|(k, v)| (*k, from_json(v))).collect(),
+                })
+            }),
+        }
+    }
+
+    pub fn method(&self) -> &str {
+        self.method.as_str().unwrap_or_default()
+    }
+
+    pub fn kind(&self) -> MessageKind {
+        self.kind
+    }
+
+    /// The tool's name for `tools/call`.
+    pub fn tool_name(&self) -> Option<&str> {
+        self.section
+            .as_ref()
+            .filter(|s| s.kind == SectionKind::ToolCall)
+            .and_then(|s| s.get("Name"))
+            .and_then(Value::as_str)
+    }
+
+    fn section(&self, kind: SectionKind) -> Value<'static> {
+        match &self.section {
+            Some(s) if s.kind == kind => Value::Object(s.clone()),
+            _ => Value::object(Absent),
+        }
+    }
+
+    /// The arguments the getters read: `tools/call`'s, else `prompts/get`'s.
+    fn arguments(&self) -> Option<&Value<'static>> {
+        self.section
+            .as_ref()
+            .filter(|s| matches!(s.kind, SectionKind::ToolCall | SectionKind::PromptGet))
+            .and_then(|s| s.get("Arguments"))
+    }
+
+    /// As [`crate::cel::mcp::McpRequest::to_json`] writes it.
+    pub fn to_json(&self) -> Json {
+        let mut out = serde_json::Map::new();
+        out.insert("Method".into(), Json::String(self.method().to_owned()));
+        out.insert("ID".into(), to_json(&self.id).unwrap_or(Json::Null));
+        out.insert("Kind".into(), Json::String(self.kind.as_str().to_owned()));
+        out.insert(
+            "Name".into(),
+            Json::String(self.name.as_str().unwrap_or_default().to_owned()),
+        );
+        for (kind, field, _) in SectionKind::ALL {
+            let j = match &self.section {
+                Some(s) if s.kind == kind => s.to_json(),
+                _ => Json::Null,
+            };
+            out.insert(field.into(), j);
+        }
+        Json::Object(out)
+    }
+}
+
+impl Section {
+    fn get(&self, name: &str) -> Option<&Value<'static>> {
+        self.fields.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
+    }
+
+    pub fn to_json(&self) -> Json {
+        Json::Object(
+            self.fields
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), to_json(v).unwrap_or(Json::Null)))
+                .collect(),
+        )
+    }
+}
+
+impl Object for Request {
+    fn type_name(&self) -> &str {
+        "mcp.MCPRequest"
+    }
+    fn field(&self, name: &str) -> Option<Value<'static>> {
+        Some(match name {
+            "Method" => self.method.clone(),
+            "ID" => self.id.clone(),
+            "Kind" => self.kind_val.clone(),
+            "Name" => self.name.clone(),
+            _ => {
+                let (kind, _, _) = SectionKind::ALL.into_iter().find(|(_, f, _)| *f == name)?;
+                self.section(kind)
+            }
+        })
+    }
+    fn equals(&self, other: &dyn Object) -> bool {
+        other
+            .as_any()
+            .downcast_ref::<Request>()
+            .is_some_and(|o| std::ptr::eq(self, o) || self.to_json() == o.to_json())
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl Object for Section {
+    fn type_name(&self) -> &str {
+        SectionKind::ALL
+            .iter()
+            .find(|(k, _, _)| *k == self.kind)
+            .map_or("mcp.Section", |(_, _, t)| t)
+    }
+    fn field(&self, name: &str) -> Option<Value<'static>> {
+        self.get(name).cloned()
+    }
+    fn equals(&self, other: &dyn Object) -> bool {
+        other.as_any().downcast_ref::<Section>().is_some_and(|o| {
+            o.kind == self.kind
+                && o.fields.len() == self.fields.len()
+                && self
+                    .fields
+                    .iter()
+                    .zip(&o.fields)
+                    .all(|((ka, va), (kb, vb))| ka == kb && crate::cel::eval::value::equals(va, vb))
+        })
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl Object for Absent {
+    fn type_name(&self) -> &str {
+        "null_type"
+    }
+    fn has(&self, _name: &str) -> Option<bool> {
+        Some(false)
+    }
+    fn equals(&self, other: &dyn Object) -> bool {
+        other.as_any().is::<Absent>()
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// The parsed MCP request behind `v`, if it is one.
+pub fn request<'a>(v: &'a Value<'_>) -> Option<&'a Request> {
+    v.downcast::<Request>()
+}
+
+/// The JSON of an MCP value, for the builders' JSON ([`legacy_json`]):
+/// `None` for an object of another library.
+pub(crate) fn object_json(o: &dyn Object) -> Option<Json> {
+    let o = o.as_any();
+    if let Some(r) = o.downcast_ref::<Request>() {
+        Some(r.to_json())
+    } else if let Some(s) = o.downcast_ref::<Section>() {
+        Some(s.to_json())
+    } else {
+        o.is::<Absent>().then_some(Json::Null)
+    }
+}
+
+/// The value of `mcp.<name>`, if it is one of the method constants.
+pub fn constant(name: &str) -> Option<Value<'static>> {
+    old::CONSTANTS
+        .iter()
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| Value::str(v))
+}
+
+pub const FUNCTIONS: &[Function] = &[
+    Function::global("mcp.Parse", 1, parse).impure(),
+    Function::global("mcp.Unauthorized", 1, unauthorized),
+    Function::global("mcp.Unauthorized", 2, unauthorized),
+    Function::global("mcp.InsufficientScope", 1, insufficient_scope),
+    Function::global("mcp.InsufficientScope", 2, insufficient_scope),
+    Function::global("mcp.ErrorBody", 3, error_body),
+    Function::method("ErrorBody", 2, error_body),
+    Function::method("GetStringArgument", 2, get_string),
+    Function::method("GetIntArgument", 2, get_int),
+    Function::method("GetFloatArgument", 2, get_float),
+    Function::method("GetBoolArgument", 2, get_bool),
+    Function::method("GetStringSliceArgument", 2, get_string_slice),
+    Function::method("GetIntSliceArgument", 2, get_int_slice),
+    Function::method("GetFloatSliceArgument", 2, get_float_slice),
+    Function::method("GetBoolSliceArgument", 2, get_bool_slice),
+];
+
+type Cached = Result<Arc<Request>, Arc<str>>;
+
+/// The parses of the request's two body buffers, for the rest of the
+/// request.
+#[derive(Default)]
+struct ParseCache {
+    body: Option<Cached>,
+    raw_body: Option<Cached>,
+}
+
+impl ParseCache {
+    fn slot(&mut self, slot: Slot) -> &mut Option<Cached> {
+        match slot {
+            Slot::Body => &mut self.body,
+            Slot::RawBody => &mut self.raw_body,
+        }
+    }
+}
+
+fn parse<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    const F: &str = "mcp.Parse";
+    let bytes: &[u8] = match args {
+        [Value::String(s)] => s.as_bytes(),
+        [Value::Bytes(b)] => Bin::as_bytes(b),
+        _ => return Err(Error::no_overload(F, args)),
+    };
+    let http = ctx
+        .request()
+        .and_then(|r| r.attributes.as_ref())
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref());
+    let slot = old::body_slot(http, bytes);
+    let hit = slot.and_then(|s| ctx.cache::<ParseCache>().slot(s).clone());
+    let result = match hit {
+        Some(hit) => hit,
+        None => {
+            // The parse refuses a body over the limit before reading it.
+            ctx.charge_bytes(bytes.len().min(old::max_body_bytes().saturating_add(1)))?;
+            let r: Cached = old::parse_checked(http, bytes)
+                .map(|m| Arc::new(Request::from_message(m)))
+                .map_err(Arc::from);
+            if let Some(s) = slot {
+                *ctx.cache::<ParseCache>().slot(s) = Some(r.clone());
+            }
+            r
+        }
+    };
+    match result {
+        Ok(r) => Ok(Value::Object(r)),
+        Err(e) => Err(Error::function(F, &*e)),
+    }
+}
+
+fn strings<'a>(args: &'a [Value<'_>]) -> Option<(&'a str, Option<&'a str>)> {
+    match args {
+        [Value::String(a)] => Some((a, None)),
+        [Value::String(a), Value::String(b)] => Some((a, Some(b))),
+        _ => None,
+    }
+}
+
+fn denial<'r>(
+    ctx: &mut Ctx<'r>,
+    f: &'static str,
+    args: &[Value<'r>],
+    make: fn(&str, Option<&str>) -> Result<DeniedResponse, String>,
+) -> Result<Value<'r>, Error> {
+    let (a, b) = strings(args).ok_or_else(|| Error::no_overload(f, args))?;
+    ctx.charge_bytes(a.len() + b.map_or(0, str::len))?;
+    make(a, b)
+        .map(Value::object)
+        .map_err(|e| Error::function(f, e))
+}
+
+fn unauthorized<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    denial(ctx, "mcp.Unauthorized", args, old::unauthorized_response)
+}
+
+fn insufficient_scope<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    denial(
+        ctx,
+        "mcp.InsufficientScope",
+        args,
+        old::insufficient_scope_response,
+    )
+}
+
+/// `mcp.ErrorBody(id, code, message)` and `req.ErrorBody(code, message)`.
+fn error_body<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    const F: &str = "ErrorBody";
+    let [id, Value::Int(code), Value::String(message)] = args else {
+        return Err(Error::no_overload(F, args));
+    };
+    let id = match request(id) {
+        Some(req) => to_json(&req.id).unwrap_or(Json::Null),
+        None => {
+            let id = legacy_json(ctx, id).map_err(|e| match e {
+                Refused::Cost(e) => e,
+                Refused::Text(t) => Error::function(F, t),
+            })?;
+            if !matches!(id, Json::Null | Json::String(_) | Json::Number(_)) {
+                return Err(Error::function(
+                    F,
+                    "the id must be a string, an integer or null",
+                ));
+            }
+            id
+        }
+    };
+    ctx.charge_bytes(message.len())?;
+    Ok(Value::string(old::error_body_text(&id, *code, message)))
+}
+
+/// The arguments a getter reads on `receiver`: `Err` for a receiver no
+/// getter takes, `Ok(None)` for one without arguments (an absent section,
+/// `null`, a section of another method).
+fn arguments<'a>(receiver: &'a Value<'_>) -> Result<Option<&'a Map<'static>>, ()> {
+    let args = if let Some(r) = receiver.downcast::<Request>() {
+        r.arguments()
+    } else if let Some(s) = receiver.downcast::<Section>() {
+        s.get("Arguments")
+    } else if matches!(receiver, Value::Null) || receiver.downcast::<Absent>().is_some() {
+        None
+    } else {
+        return Err(());
+    };
+    Ok(match args {
+        Some(Value::Map(m)) => Some(m),
+        _ => None,
+    })
+}
+
+/// `receiver.Get…Argument(key, default)`: the argument converted by
+/// `convert` (each element of a list for a slice getter, charged one unit
+/// per element), or `default` when it is missing or of another type.
+fn getter<'r>(
+    ctx: &mut Ctx<'r>,
+    name: &str,
+    args: &[Value<'r>],
+    convert: fn(&Value<'static>) -> Option<Value<'static>>,
+    slice: bool,
+) -> Result<Value<'r>, Error> {
+    let [receiver, Value::String(key), default] = args else {
+        return Err(Error::no_overload(name, args));
+    };
+    let map = arguments(receiver).map_err(|()| Error::no_overload(name, args))?;
+    let Some(v) = map.and_then(|m| m.get(&Value::str(key))) else {
+        return Ok(default.clone());
+    };
+    let found = if slice {
+        match &v {
+            // Any other element makes the whole argument "of another
+            // type" (the default), never a shorter list.
+            Value::List(l) => {
+                ctx.charge(l.len() as u64)?;
+                l.iter()
+                    .map(convert)
+                    .collect::<Option<Vec<_>>>()
+                    .map(Value::list)
+            }
+            _ => None,
+        }
+    } else {
+        convert(&v)
+    };
+    Ok(found.unwrap_or_else(|| default.clone()))
+}
+
+fn as_int(v: &Value<'_>) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        Value::Uint(u) => i64::try_from(*u).ok(),
+        // JSON has one number type: 3.0 is the integer 3.
+        Value::Double(d) => {
+            (d.fract() == 0.0 && *d >= i64::MIN as f64 && *d < i64::MAX as f64).then_some(*d as i64)
+        }
+        _ => None,
+    }
+}
+
+fn as_float(v: &Value<'_>) -> Option<f64> {
+    match v {
+        Value::Double(d) => Some(*d),
+        Value::Int(i) => Some(*i as f64),
+        Value::Uint(u) => Some(*u as f64),
+        _ => None,
+    }
+}
+
+fn string_of(v: &Value<'static>) -> Option<Value<'static>> {
+    matches!(v, Value::String(_)).then(|| v.clone())
+}
+
+fn int_of(v: &Value<'static>) -> Option<Value<'static>> {
+    as_int(v).map(Value::Int)
+}
+
+fn float_of(v: &Value<'static>) -> Option<Value<'static>> {
+    as_float(v).map(Value::Double)
+}
+
+fn bool_of(v: &Value<'static>) -> Option<Value<'static>> {
+    matches!(v, Value::Bool(_)).then(|| v.clone())
+}
+
+fn get_string<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    getter(ctx, "GetStringArgument", args, string_of, false)
+}
+
+fn get_int<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    getter(ctx, "GetIntArgument", args, int_of, false)
+}
+
+fn get_float<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    getter(ctx, "GetFloatArgument", args, float_of, false)
+}
+
+fn get_bool<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    getter(ctx, "GetBoolArgument", args, bool_of, false)
+}
+
+fn get_string_slice<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    getter(ctx, "GetStringSliceArgument", args, string_of, true)
+}
+
+fn get_int_slice<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    getter(ctx, "GetIntSliceArgument", args, int_of, true)
+}
+
+fn get_float_slice<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    getter(ctx, "GetFloatSliceArgument", args, float_of, true)
+}
+
+fn get_bool_slice<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    getter(ctx, "GetBoolSliceArgument", args, bool_of, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cel::eval::{lib, Meter};
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+        HttpRequest, Request as Req,
+    };
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+    use serde_json::json;
+
+    fn call<'r>(
+        ctx: &mut Ctx<'r>,
+        name: &str,
+        receiver: bool,
+        args: &[Value<'r>],
+    ) -> Result<Value<'r>, Error> {
+        let fs = lib::lookup(name, receiver, args.len() - usize::from(receiver));
+        assert!(!fs.is_empty(), "{name}");
+        let mut last = None;
+        for f in fs {
+            match (f.f)(ctx, args) {
+                Err(e) if e.kind == crate::cel::ErrorKind::NoSuchOverload => last = Some(e),
+                r => return r,
+            }
+        }
+        Err(last.unwrap())
+    }
+
+    fn ctx() -> Ctx<'static> {
+        Ctx::new(None, Meter::new(1_000_000))
+    }
+
+    /// The old interpreter's result of `expr` with `body` bound, as JSON.
+    fn old_json(expr: &str, body: &str) -> Result<Json, String> {
+        old_eval(expr, body, |v| crate::cel::convert::to_json(v))
+    }
+
+    fn old_eval<T>(
+        expr: &str,
+        body: &str,
+        f: impl FnOnce(&dyn cel::common::value::Val) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let env = crate::cel::env().clone();
+        let program = env.compile(expr).map_err(|e| e.to_string())?;
+        let mut ctx = cel::Context::with_env(env);
+        ctx.add_variable_from_value("body", body.to_owned());
+        let v = cel::Value::resolve_val(program.expression(), &ctx).map_err(|e| e.to_string())?;
+        f(&*v)
+    }
+
+    fn json_of(v: &Value<'_>) -> Json {
+        let mut c = ctx();
+        match legacy_json(&mut c, v) {
+            Ok(j) => j,
+            Err(_) => panic!("no JSON for {v:?}"),
+        }
+    }
+
+    const BODIES: &[&str] = &[
+        r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"git_push","arguments":{"repo":"a/b","n":3,"f":2.0,"big":18446744073709551615,"tags":["x","y"],"ns":[1,2.5],"on":true}}}"#,
+        r#"{"jsonrpc":"2.0","id":"p","method":"prompts/get","params":{"name":"greet","arguments":{"who":"bob","n":"3"}}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///a"}}"#,
+        r#"{"jsonrpc":"2.0","id":2,"method":"resources/subscribe","params":{"uri":"file:///b"}}"#,
+        r#"{"jsonrpc":"2.0","id":3,"method":"initialize","params":{"protocolVersion":"2025-06-18","clientInfo":{"name":"c","version":"1"},"capabilities":{"roots":{}}}}"#,
+        r#"{"jsonrpc":"2.0","id":4,"method":"tools/list","params":{"cursor":"c1"}}"#,
+        r#"{"jsonrpc":"2.0","id":5,"method":"logging/setLevel","params":{"level":"debug"}}"#,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        r#"{"jsonrpc":"2.0","id":"s-1","result":{"action":"accept"}}"#,
+        r#"{"jsonrpc":"2.0","id":null,"error":{"code":-1,"message":"x"}}"#,
+        r#"{"jsonrpc":"2.0","id":9,"method":"ping"}"#,
+    ];
+
+    const FIELDS: &[&str] = &[
+        "Method",
+        "ID",
+        "Kind",
+        "Name",
+        "ToolCall",
+        "ResourceRead",
+        "PromptGet",
+        "Initialize",
+        "Paginated",
+        "SetLogLevel",
+    ];
+
+    #[test]
+    fn parsed_requests_match_the_old_library() {
+        for body in BODIES {
+            let mut c = ctx();
+            let r = call(&mut c, "mcp.Parse", false, &[Value::str(body)]).unwrap();
+            assert_eq!(r.type_name(), "mcp.MCPRequest");
+            assert_eq!(
+                json_of(&r),
+                old_json("mcp.Parse(body)", body).unwrap(),
+                "{body}"
+            );
+            let req = request(&r).unwrap();
+            let old = crate::cel::mcp::parse_body(body.as_bytes()).unwrap();
+            assert_eq!(req.method(), old.method());
+            assert_eq!(req.kind(), old.kind());
+            assert_eq!(req.tool_name(), old.tool_name());
+            for field in FIELDS {
+                let v = req.field(field).unwrap();
+                let want = old_json(&format!("mcp.Parse(body).{field}"), body).unwrap();
+                assert_eq!(json_of(&v), want, "{body}: {field}");
+                let old_type = old_eval(&format!("type(mcp.Parse(body).{field})"), body, |t| {
+                    Ok(format!("{t:?}"))
+                })
+                .unwrap();
+                assert!(
+                    old_type.contains(&format!("\"{}\"", v.type_name())),
+                    "{body}: {field}: {old_type} / {}",
+                    v.type_name()
+                );
+            }
+            // The same body parsed twice gives equal requests.
+            let again = call(&mut c, "mcp.Parse", false, &[Value::bytes(body.as_bytes())]).unwrap();
+            assert!(crate::cel::eval::value::equals(&r, &again));
+        }
+        // JSON integers stay ints in arguments (as before).
+        let r = call(&mut ctx(), "mcp.Parse", false, &[Value::str(BODIES[0])]).unwrap();
+        let tc = request(&r).unwrap().field("ToolCall").unwrap();
+        let Some(Value::Map(args)) = tc.downcast::<Section>().unwrap().field("Arguments") else {
+            panic!("arguments are a map")
+        };
+        assert!(matches!(args.get(&Value::str("n")), Some(Value::Int(3))));
+        assert!(matches!(
+            args.get(&Value::str("big")),
+            Some(Value::Uint(u64::MAX))
+        ));
+        assert!(matches!(args.get(&Value::str("f")), Some(Value::Double(_))));
+    }
+
+    #[test]
+    fn absent_sections_have_no_fields() {
+        let r = call(&mut ctx(), "mcp.Parse", false, &[Value::str(BODIES[5])]).unwrap();
+        let absent = request(&r).unwrap().field("ToolCall").unwrap();
+        let Value::Object(o) = &absent else {
+            panic!("an object")
+        };
+        assert_eq!(o.type_name(), "null_type");
+        assert_eq!(o.has("Name"), Some(false));
+        assert!(o.field("Name").is_none());
+        let present = request(&r).unwrap().field("Paginated").unwrap();
+        let Value::Object(p) = &present else {
+            panic!("an object")
+        };
+        assert_eq!(p.type_name(), "mcp.Paginated");
+        assert_eq!(p.has("Cursor"), Some(true));
+        assert!(p.field("Nope").is_none());
+        // As before: a selection into an absent section is safe.
+        assert_eq!(
+            old_json("mcp.Parse(body).ToolCall.?Name.orValue('')", BODIES[5]).unwrap(),
+            json!("")
+        );
+    }
+
+    #[test]
+    fn refusals_are_the_old_messages() {
+        let bodies = [
+            r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping""#,
+            r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1.5,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","name":"b"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":[1]}"#,
+            "  ",
+        ];
+        for body in bodies {
+            let e = call(&mut ctx(), "mcp.Parse", false, &[Value::str(body)]).unwrap_err();
+            assert_eq!(e.kind, crate::cel::ErrorKind::FunctionError);
+            assert_eq!(e.function.as_deref(), Some("mcp.Parse"));
+            let old = crate::cel::mcp::parse_body(body.as_bytes()).unwrap_err();
+            assert_eq!(e.message, old, "{body}");
+            assert_ne!(crate::cel::mcp::refusal_reason(&e.message), "other");
+        }
+        let body = BODIES[10];
+        let e = crate::cel::mcp::with_max_body_bytes(10, || {
+            call(&mut ctx(), "mcp.Parse", false, &[Value::str(body)]).unwrap_err()
+        });
+        assert_eq!(
+            crate::cel::mcp::refusal_reason(&e.message),
+            "body_too_large"
+        );
+        let e = call(&mut ctx(), "mcp.Parse", false, &[Value::Int(1)]).unwrap_err();
+        assert_eq!(e.kind, crate::cel::ErrorKind::NoSuchOverload);
+    }
+
+    fn check_request(body: &str, raw: &[u8], partial: bool) -> CheckRequest {
+        let mut headers = std::collections::HashMap::new();
+        if partial {
+            headers.insert("x-envoy-auth-partial-body".to_owned(), " TRUE".to_owned());
+        }
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(Req {
+                    http: Some(HttpRequest {
+                        body: body.to_owned(),
+                        raw_body: raw.to_vec(),
+                        headers,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn http(r: &CheckRequest) -> &HttpRequest {
+        r.attributes
+            .as_ref()
+            .unwrap()
+            .request
+            .as_ref()
+            .unwrap()
+            .http
+            .as_ref()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_request_body_is_parsed_and_charged_once_per_request() {
+        let body = BODIES[0];
+        let req = check_request(body, body.as_bytes(), false);
+        let h = http(&req);
+        let mut c = Ctx::new(Some(&req), Meter::new(1_000_000));
+        let before = crate::cel::mcp::parse_count();
+        let a = call(&mut c, "mcp.Parse", false, &[Value::str(&h.body)]).unwrap();
+        let used = c.meter.used();
+        assert!(used >= body.len() as u64 / 10, "the body is charged");
+        let b = call(&mut c, "mcp.Parse", false, &[Value::str(&h.body)]).unwrap();
+        assert_eq!(c.meter.used(), used, "a cached parse is not charged again");
+        assert_eq!(crate::cel::mcp::parse_count(), before + 1);
+        let (Value::Object(a), Value::Object(b)) = (&a, &b) else {
+            panic!("objects")
+        };
+        assert!(Arc::ptr_eq(a, b), "the same parse");
+        // raw_body is a buffer of its own: parsed once too.
+        let raw = Value::Bytes(Bin::Borrowed(&h.raw_body));
+        call(&mut c, "mcp.Parse", false, std::slice::from_ref(&raw)).unwrap();
+        call(&mut c, "mcp.Parse", false, &[raw]).unwrap();
+        assert_eq!(crate::cel::mcp::parse_count(), before + 2);
+        // A copy of the body is not the request's: parsed on each call.
+        call(&mut c, "mcp.Parse", false, &[Value::str(body)]).unwrap();
+        call(&mut c, "mcp.Parse", false, &[Value::str(body)]).unwrap();
+        assert_eq!(crate::cel::mcp::parse_count(), before + 4);
+        // A new request (a new context) parses again.
+        let mut c = Ctx::new(Some(&req), Meter::new(1_000_000));
+        call(&mut c, "mcp.Parse", false, &[Value::str(&h.body)]).unwrap();
+        assert_eq!(crate::cel::mcp::parse_count(), before + 5);
+    }
+
+    #[test]
+    fn a_partial_body_is_refused_once_per_request() {
+        let body = BODIES[10];
+        let req = check_request(body, b"", true);
+        let h = http(&req);
+        let mut c = Ctx::new(Some(&req), Meter::new(1_000_000));
+        let before = crate::cel::mcp::parse_count();
+        for _ in 0..2 {
+            let e = call(&mut c, "mcp.Parse", false, &[Value::str(&h.body)]).unwrap_err();
+            assert_eq!(crate::cel::mcp::refusal_reason(&e.message), "partial_body");
+            assert_eq!(e.function.as_deref(), Some("mcp.Parse"));
+        }
+        assert_eq!(crate::cel::mcp::parse_count(), before + 1);
+        // The old library, in the same request, says the same.
+        let old = crate::cel::mcp::in_request(&req, || {
+            let env = crate::cel::env().clone();
+            let p = env.compile("mcp.Parse(b)").unwrap();
+            let mut ctx = cel::Context::with_env(env);
+            ctx.add_variable_from_value("b", body.to_owned());
+            cel::Value::resolve_val(p.expression(), &ctx)
+                .unwrap_err()
+                .to_string()
+        });
+        let e = call(&mut c, "mcp.Parse", false, &[Value::str(body)]).unwrap_err();
+        assert!(old.contains(&e.message), "{old} / {}", e.message);
+    }
+
+    #[test]
+    fn a_small_budget_stops_a_big_body() {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"ping","x":"{}"}}"#,
+            "a".repeat(100_000)
+        );
+        let mut c = Ctx::new(None, Meter::new(1_000));
+        let e = call(&mut c, "mcp.Parse", false, &[Value::string(body)]).unwrap_err();
+        assert_eq!(e.kind, crate::cel::ErrorKind::CostExceeded);
+    }
+
+    #[test]
+    fn getters_match_the_old_library() {
+        let tool = BODIES[0];
+        let prompt = BODIES[1];
+        let list = BODIES[5];
+        let receivers: &[(&str, &str)] = &[
+            (tool, "mcp.Parse(body)"),
+            (tool, "mcp.Parse(body).ToolCall"),
+            (prompt, "mcp.Parse(body)"),
+            (prompt, "mcp.Parse(body).PromptGet"),
+            (list, "mcp.Parse(body)"),
+            (list, "mcp.Parse(body).ToolCall"),
+            (tool, "null"),
+        ];
+        let calls: &[(&str, &str, Value<'static>, &str)] = &[
+            ("GetStringArgument", "repo", Value::str("d"), "'d'"),
+            ("GetStringArgument", "who", Value::str("d"), "'d'"),
+            ("GetStringArgument", "n", Value::str("d"), "'d'"),
+            ("GetIntArgument", "n", Value::Int(-1), "-1"),
+            ("GetIntArgument", "f", Value::Int(-1), "-1"),
+            ("GetIntArgument", "big", Value::Int(-1), "-1"),
+            ("GetIntArgument", "repo", Value::Int(-1), "-1"),
+            ("GetFloatArgument", "n", Value::Double(0.5), "0.5"),
+            ("GetFloatArgument", "big", Value::Double(0.5), "0.5"),
+            ("GetFloatArgument", "f", Value::Double(0.5), "0.5"),
+            ("GetBoolArgument", "on", Value::Bool(false), "false"),
+            ("GetBoolArgument", "n", Value::Bool(false), "false"),
+            ("GetStringSliceArgument", "tags", Value::list(vec![]), "[]"),
+            ("GetStringSliceArgument", "ns", Value::list(vec![]), "[]"),
+            (
+                "GetIntSliceArgument",
+                "ns",
+                Value::list(vec![Value::Int(0)]),
+                "[0]",
+            ),
+            ("GetFloatSliceArgument", "ns", Value::list(vec![]), "[]"),
+            ("GetBoolSliceArgument", "tags", Value::list(vec![]), "[]"),
+            ("GetStringArgument", "missing", Value::str("d"), "'d'"),
+        ];
+        for (body, receiver) in receivers {
+            for (name, key, default, default_text) in calls {
+                let expr = format!("{receiver}.{name}('{key}', {default_text})");
+                let want = old_json(&expr, body).unwrap();
+                let mut c = ctx();
+                let r = match *receiver {
+                    "null" => Value::Null,
+                    _ => {
+                        let r = call(&mut c, "mcp.Parse", false, &[Value::str(body)]).unwrap();
+                        match receiver.strip_prefix("mcp.Parse(body)") {
+                            Some("") => r,
+                            Some(f) => request(&r).unwrap().field(&f[1..]).unwrap(),
+                            None => unreachable!(),
+                        }
+                    }
+                };
+                let got = call(&mut c, name, true, &[r, Value::str(key), default.clone()]).unwrap();
+                assert_eq!(json_of(&got), want, "{body}: {expr}");
+            }
+        }
+        let e = call(
+            &mut ctx(),
+            "GetStringArgument",
+            true,
+            &[Value::Int(1), Value::str("k"), Value::str("")],
+        );
+        assert_eq!(e.unwrap_err().kind, crate::cel::ErrorKind::NoSuchOverload);
+    }
+
+    #[test]
+    fn denials_and_error_bodies_match_the_old_library() {
+        use crate::cel::envoy::DeniedResponse;
+        let s = Value::str;
+        let denials: &[(&str, Vec<Value<'static>>, &str)] = &[
+            (
+                "mcp.Unauthorized",
+                vec![s("https://r/m")],
+                r#"mcp.Unauthorized("https://r/m")"#,
+            ),
+            (
+                "mcp.Unauthorized",
+                vec![s("https://r/m"), s(r#"a "b"\c"#)],
+                r#"mcp.Unauthorized("https://r/m", 'a "b"\\c')"#,
+            ),
+            (
+                "mcp.InsufficientScope",
+                vec![s("files:write")],
+                r#"mcp.InsufficientScope("files:write")"#,
+            ),
+            (
+                "mcp.InsufficientScope",
+                vec![s("s"), s("https://r/m")],
+                r#"mcp.InsufficientScope("s", "https://r/m")"#,
+            ),
+        ];
+        for (name, args, expr) in denials {
+            let got = call(&mut ctx(), name, false, args).unwrap();
+            let want = old_eval(expr, "", |v| {
+                v.downcast_ref::<DeniedResponse>()
+                    .cloned()
+                    .ok_or_else(|| "not a denial".into())
+            })
+            .unwrap();
+            assert_eq!(got.downcast::<DeniedResponse>(), Some(&want), "{expr}");
+        }
+        let e = call(&mut ctx(), "mcp.Unauthorized", false, &[s("a\r\nb")]).unwrap_err();
+        let old = old_eval("mcp.Unauthorized('a\\r\\nb')", "", |_| Ok(())).unwrap_err();
+        assert!(old.contains(&e.message), "{old} / {}", e.message);
+
+        let body = BODIES[0];
+        let mut c = ctx();
+        let r = call(&mut c, "mcp.Parse", false, &[Value::str(body)]).unwrap();
+        let got = call(
+            &mut c,
+            "ErrorBody",
+            true,
+            &[r.clone(), Value::Int(-32602), s("bad \"x\"")],
+        )
+        .unwrap();
+        let want = old_json(r#"mcp.Parse(body).ErrorBody(-32602, 'bad "x"')"#, body).unwrap();
+        assert_eq!(json_of(&got), want);
+        let ids: &[(Value<'static>, &str)] = &[
+            (r.clone(), "mcp.Parse(body)"),
+            (Value::Int(5), "5"),
+            (s("a"), "'a'"),
+            (Value::Null, "null"),
+            (Value::Double(1.5), "1.5"),
+            (Value::Uint(3), "3u"),
+        ];
+        for (id, text) in ids {
+            let got = call(
+                &mut c,
+                "mcp.ErrorBody",
+                false,
+                &[id.clone(), Value::Int(1), s("m")],
+            )
+            .unwrap();
+            let want = old_json(&format!("mcp.ErrorBody({text}, 1, 'm')"), body).unwrap();
+            assert_eq!(json_of(&got), want, "{text}");
+        }
+        for (id, text) in [(Value::Bool(true), "true"), (Value::list(vec![]), "[]")] {
+            let e = call(&mut c, "mcp.ErrorBody", false, &[id, Value::Int(1), s("m")]).unwrap_err();
+            let old = old_json(&format!("mcp.ErrorBody({text}, 1, 'm')"), body).unwrap_err();
+            assert!(old.contains(&e.message), "{old} / {}", e.message);
+            assert_eq!(e.function.as_deref(), Some("ErrorBody"));
+        }
+    }
+
+    #[test]
+    fn constants() {
+        assert_eq!(
+            constant("ToolsCallMethod").unwrap().as_str(),
+            Some("tools/call")
+        );
+        for (name, _) in crate::cel::mcp::CONSTANTS {
+            assert_eq!(
+                constant(name).unwrap().as_str(),
+                crate::cel::mcp::constant(name).map(|c| c.inner())
+            );
+        }
+        assert!(constant("Nope").is_none());
+        assert!(lib::lookup("mcp.Parse", false, 1).iter().all(|f| !f.pure));
+    }
+}
