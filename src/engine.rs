@@ -291,7 +291,12 @@ fn run(
         // The request is visible to `mcp.Parse` (partial-body header, parse
         // cache) for exactly this evaluation, which runs on this thread.
         Evaluator::Legacy => crate::cel::mcp::in_request(request, || {
-            run_policies(set, config, Eval::Legacy(Node::CheckRequest(request)), trace)
+            run_policies(
+                set,
+                config,
+                Eval::Legacy(Node::CheckRequest(request)),
+                trace,
+            )
         }),
     }
 }
@@ -1127,7 +1132,11 @@ fn eval_planned<'r>(
 
     ctx.enter_policy(&policy.plans.variables);
     let mut first_error = None;
-    for (m, plan) in policy.match_conditions.iter().zip(&policy.plans.match_conditions) {
+    for (m, plan) in policy
+        .match_conditions
+        .iter()
+        .zip(&policy.plans.match_conditions)
+    {
         let r = planned_bool(ctx, &m.expr, plan);
         if let Some(t) = trace.as_deref_mut() {
             t.match_conditions.push(ExprTrace {

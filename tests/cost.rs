@@ -171,9 +171,10 @@ async fn probes_answer_while_costly_requests_are_stopped() {
         };
         assert_eq!(d.status.map(|s| s.code), Some(403));
         assert!(
-            d.headers.iter().filter_map(|h| h.header.as_ref()).any(|h| {
-                h.key == "x-celgate-failure" && h.value == "evaluation"
-            }),
+            d.headers
+                .iter()
+                .filter_map(|h| h.header.as_ref())
+                .any(|h| { h.key == "x-celgate-failure" && h.value == "evaluation" }),
             "{:?}",
             d.headers
         );

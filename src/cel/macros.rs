@@ -138,7 +138,16 @@ fn quantify(
             (init, cond, step, result)
         }
     };
-    Ok(comprehension(h, range, k, Some(v), init, cond, step, result))
+    Ok(comprehension(
+        h,
+        range,
+        k,
+        Some(v),
+        init,
+        cond,
+        step,
+        result,
+    ))
 }
 
 #[derive(Clone, Copy)]
@@ -161,9 +170,9 @@ fn transform(t: Transform, arity: usize) -> Macro {
         let range = target.take().expect("a receiver macro has a target");
         let init = match t {
             Transform::List => h.next_expr(Expr::List(ListExpr::new(Vec::new()))),
-            Transform::Map | Transform::MapEntry => {
-                h.next_expr(Expr::Map(MapExpr { entries: Vec::new() }))
-            }
+            Transform::Map | Transform::MapEntry => h.next_expr(Expr::Map(MapExpr {
+                entries: Vec::new(),
+            })),
         };
         let cond = lit(h, LiteralValue::Boolean(true.into()));
         let a = accu(h);
@@ -186,7 +195,16 @@ fn transform(t: Transform, arity: usize) -> Macro {
             None => grow,
         };
         let result = accu(h);
-        Ok(Some(comprehension(h, range, k, Some(v), init, cond, step, result)))
+        Ok(Some(comprehension(
+            h,
+            range,
+            k,
+            Some(v),
+            init,
+            cond,
+            step,
+            result,
+        )))
     })
 }
 
@@ -227,9 +245,11 @@ pub fn all() -> Vec<Macro> {
         bind(),
     ];
     // `exists_one` is the older spelling of `existsOne`.
-    out.push(Macro::receiver("exists_one", 3, |h, target, args: Args<'_>| {
-        quantify(Quantifier::ExistsOne, h, target, args).map(Some)
-    }));
+    out.push(Macro::receiver(
+        "exists_one",
+        3,
+        |h, target, args: Args<'_>| quantify(Quantifier::ExistsOne, h, target, args).map(Some),
+    ));
     for t in [Transform::List, Transform::Map, Transform::MapEntry] {
         out.push(transform(t, 3));
         out.push(transform(t, 4));

@@ -953,7 +953,8 @@ impl Compiler {
         }
         let var_slot = |name: &str| variables.iter().position(|v| v.name == name);
         let plans = Plans {
-            match_conditions: self.plan_all(ctx, match_conditions.iter().map(|m| &m.expr), &|_| None),
+            match_conditions: self
+                .plan_all(ctx, match_conditions.iter().map(|m| &m.expr), &|_| None),
             variables: self.plan_all(ctx, variables.iter().map(|v| &v.expr), &var_slot),
             validations: self.plan_all(ctx, validations.iter(), &var_slot),
         };

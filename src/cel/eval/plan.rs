@@ -312,8 +312,8 @@ impl Planner<'_> {
                 Some(slot) => Ok(Some(Node::Var(slot))),
                 None => err(format!("undeclared variable `variables.{}`", s.field)),
             },
-            "mcp" => match crate::cel::mcp::constant(&s.field) {
-                Some(c) => Ok(Some(Node::Const(Value::string(c.inner())))),
+            "mcp" => match lib::mcp::constant(&s.field) {
+                Some(v) => Ok(Some(Node::Const(v))),
                 None => err(format!("unknown constant `mcp.{}`", s.field)),
             },
             _ => Ok(None),
@@ -326,8 +326,7 @@ impl Planner<'_> {
         if let Some(t) = target {
             if let Some(q) = qualified(t) {
                 let root = q.split('.').next().unwrap_or("");
-                let is_value =
-                    self.local(root).is_some() || matches!(root, "object" | "variables");
+                let is_value = self.local(root).is_some() || matches!(root, "object" | "variables");
                 if !is_value {
                     name = format!("{q}.{}", c.func_name);
                     target = None;
@@ -381,6 +380,18 @@ impl Planner<'_> {
                 Node::In(a, b)
             }
             ("_[_]", None) => {
+                // `variables["name"]` is `variables.name`.
+                if let (Some(Expr::Ident(root)), Some(Expr::Literal(LiteralValue::String(n)))) = (
+                    c.args.first().map(|a| &a.expr),
+                    c.args.get(1).map(|a| &a.expr),
+                ) {
+                    if root == "variables" && self.local(root).is_none() {
+                        return match (self.variable)(n.inner()) {
+                            Some(slot) => Ok(Node::Var(slot)),
+                            None => err(format!("undeclared variable `variables.{}`", n.inner())),
+                        };
+                    }
+                }
                 let (a, b) = two(self)?;
                 Node::Index(a, b)
             }
@@ -413,7 +424,11 @@ impl Planner<'_> {
                 if functions.is_empty() {
                     return err(format!(
                         "undeclared {} `{name}` with {} argument(s)",
-                        if target.is_some() { "method" } else { "function" },
+                        if target.is_some() {
+                            "method"
+                        } else {
+                            "function"
+                        },
                         c.args.len()
                     ));
                 }
@@ -610,7 +625,9 @@ fn opt_select<'r>(v: Value<'r>, field: &str) -> Result<Value<'r>, Error> {
             .get(&Value::str(field))
             .map_or(Value::Optional(None), Value::some)),
         Value::Node(n) => match super::request::has(n, field) {
-            Some(true) => Ok(super::request::field(n, field).map_or(Value::Optional(None), Value::some)),
+            Some(true) => {
+                Ok(super::request::field(n, field).map_or(Value::Optional(None), Value::some))
+            }
             Some(false) => Ok(Value::Optional(None)),
             None => Err(Error::no_such_field(n.type_name(), field)),
         },
@@ -664,6 +681,13 @@ fn index<'r>(ctx: &mut Ctx<'r>, v: Value<'r>, i: &Value<'r>) -> Result<Value<'r>
         }
         Value::Optional(None) => Ok(Value::Optional(None)),
         Value::Optional(Some(inner)) => opt_index(ctx, Value::clone(&inner), i),
+        Value::Object(o) => match i {
+            Value::String(f) => select(Value::Object(o), f),
+            other => Err(Error::type_mismatch(format!(
+                "a field name must be a string, not {}",
+                other.type_name()
+            ))),
+        },
         Value::Node(n) => match i {
             Value::String(f) => select(Value::Node(n), f),
             other => Err(Error::type_mismatch(format!(
@@ -745,8 +769,9 @@ fn map_insert<'r>(
         }
     };
     let mut insert = |k: &Value<'r>, v: Value<'r>| -> Result<(), Error> {
-        let key = Key::of(k)
-            .ok_or_else(|| Error::type_mismatch(format!("a map key cannot be a {}", k.type_name())))?;
+        let key = Key::of(k).ok_or_else(|| {
+            Error::type_mismatch(format!("a map key cannot be a {}", k.type_name()))
+        })?;
         if owned.contains_key(&key) {
             return Err(Error::new(
                 ErrorKind::DuplicateKey,

@@ -432,6 +432,7 @@ impl<'r> Value<'r> {
             Value::Type(_) => Type::Type,
             Value::Optional(_) => Type::Optional,
             Value::Node(n) => Type::Named(Arc::from(n.type_name())),
+            Value::Object(o) if o.type_name() == "null_type" => Type::Null,
             Value::Object(o) => Type::Named(Arc::from(o.type_name())),
         }
     }
@@ -588,6 +589,8 @@ pub fn equals(a: &Value<'_>, b: &Value<'_>) -> bool {
         },
         (V::Node(x), V::Node(y)) => x.same(y),
         (V::Object(x), V::Object(y)) => x.type_name() == y.type_name() && x.equals(y.as_ref()),
+        // A library's stand-in for null (an absent MCP section) is null.
+        (V::Object(o), V::Null) | (V::Null, V::Object(o)) => o.type_name() == "null_type",
         _ => false,
     }
 }
