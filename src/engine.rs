@@ -671,7 +671,10 @@ impl EvalError {
             function: function.map(|f| truncate(f, 64).to_owned()),
             reason: (kind == ErrorKind::McpParse)
                 .then(|| crate::cel::mcp::refusal_reason(&e.message)),
-            message: e.message.clone(),
+            message: match function {
+                Some(f) if !e.message.starts_with(f) => format!("{f}: {}", e.message),
+                _ => e.message.clone(),
+            },
         }
     }
 
@@ -1279,8 +1282,8 @@ mod tests {
             (
                 // dyn(): the checker refuses what it can see.
                 format!("dyn({key}) + 1 == 1 ? null : null"),
-                format!("{v1}: type_mismatch"),
-                true,
+                format!("{v1}: no_such_overload"),
+                false,
             ),
             (
                 format!("dyn({key}) < 1 ? null : null"),

@@ -226,7 +226,8 @@ fn the_failure_denial_is_marked_by_default_and_carries_nothing_of_the_error() {
         let (d, _) = evaluate_traced(&set, &EngineConfig::default(), &secret_request(path));
         let error = d.error.as_ref().expect("an evaluation error");
         // The error is there to be read on one's own machine...
-        if path != "/int" {
+        // (`/int` and `/dyn` fail on a type, whose message names no value.)
+        if path == "/key" {
             assert!(
                 error.detailed().contains(SECRET),
                 "{path}: {}",

@@ -54,15 +54,26 @@ fn write_slow_policy(dir: &Path, n: usize) {
     .unwrap();
 }
 
+/// The engine's defaults without a run-time cost budget.
+fn unmetered() -> EngineConfig {
+    EngineConfig {
+        cost_budget: u64::MAX,
+        ..EngineConfig::default()
+    }
+}
+
 /// A directory holding the slow policy, sized so that one evaluation takes
 /// at least `at_least` here (debug or release), and how long it took.
 async fn slow_policy(at_least: Duration) -> (tempfile::TempDir, Duration) {
+    // Slow on purpose: neither the load-time estimate nor the run-time
+    // budget may stop it, the deadline must.
+    celgate::cel::check::cost::configure(u64::MAX);
     let dir = tempfile::tempdir().unwrap();
     let mut n = 200;
     for _ in 0..4 {
         write_slow_policy(dir.path(), n);
         let set = PolicySet::load(&[dir.path().to_path_buf()]).expect("the slow policy loads");
-        let service = AuthzService::new(State::new(set, EngineConfig::default()));
+        let service = AuthzService::new(State::new(set, unmetered()));
         let took = tokio::task::spawn_blocking(move || {
             let t = Instant::now();
             let d = service.decide(&request());
@@ -170,6 +181,8 @@ async fn slow_policy_past_the_deadline_gets_the_failure_denial_and_probes_keep_a
     let mut cmd = std::process::Command::new(celgate_bin());
     cmd.args(["serve", "--no-watch", "--policies"])
         .arg(dir.path())
+        .args(["--max-expression-cost", &u64::MAX.to_string()])
+        .args(["--cost-budget", &u64::MAX.to_string()])
         .args(["--grpc-addr", &grpc.to_string()])
         .args(["--http-addr", &http.to_string()])
         .args(["--decision-timeout-ms", "100", "--decision-threads", "2"])
@@ -255,7 +268,7 @@ async fn a_full_queue_gets_the_overload_denial_at_once() {
         },
         ..Default::default()
     };
-    let state = State::with_options(set, EngineConfig::default(), options);
+    let state = State::with_options(set, unmetered(), options);
     let g = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let h = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (grpc, http) = (g.local_addr().unwrap(), h.local_addr().unwrap());

@@ -341,7 +341,7 @@ async fn secrets_in_requests_policies_and_bodies_appear_in_no_log_span_or_endpoi
     ]);
     let explained = String::from_utf8_lossy(&explain.stderr);
     assert!(
-        explained.contains(&format!("No such key: {HEADER_SECRET}")),
+        explained.contains(&format!("no such key: \"{HEADER_SECRET}\"")),
         "{explained}"
     );
     assert!(explained.contains("[no_such_key]"), "{explained}");
