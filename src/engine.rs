@@ -1293,7 +1293,7 @@ mod tests {
             (
                 format!("int({key}) == 1 ? null : null"),
                 format!("{v1}: function_error in int"),
-                false,
+                true,
             ),
             (
                 "1 / (size(object.attributes.request.http.path) - 1) == 1 ? null : null".into(),

@@ -391,10 +391,18 @@ const MACROS: &[&str] = &[
     "map",
     "filter",
     "sortBy",
+    "transformList",
+    "transformMap",
+    "transformMapEntry",
+    "cel.bind",
 ];
 
 /// Declared functions that only macros call; not documented as functions.
-const INTERNAL: &[&str] = &["@not_strictly_false", "@sortByAssociatedKeys"];
+const INTERNAL: &[&str] = &[
+    "@not_strictly_false",
+    "@sortByAssociatedKeys",
+    "cel.@mapInsert",
+];
 
 /// The name a function is documented under: as written in an expression.
 fn page_name(name: &str) -> String {

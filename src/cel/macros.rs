@@ -6,7 +6,10 @@
 //!   `transformMap(k, v, [p,] f)`, `transformMapEntry(k, v, [p,] f)`; on a
 //!   list the first variable is the index, on a map the key;
 //! - `cel.bind(name, init, body)`: `body` with `name` bound to `init`,
-//!   evaluated once.
+//!   evaluated once;
+//! - `cel.block([e0, ...], body)` with `cel.index(i)`, `cel.iterVar(d, n)`
+//!   and `cel.accuVar(d, n)`, the form cel-go's optimizer writes shared
+//!   subexpressions in.
 
 use cel::common::ast::{
     operators, CallExpr, ComprehensionExpr, Expr, IdedExpr, ListExpr, LiteralValue, MapExpr,
@@ -212,28 +215,83 @@ fn transform(t: Transform, arity: usize) -> Macro {
 /// accumulator is `name`.
 fn bind() -> Macro {
     Macro::receiver("bind", 3, |h, target, args: Args<'_>| {
-        if !matches!(target.as_ref().map(|t| &t.expr), Some(Expr::Ident(n)) if n == "cel") {
+        if !on_cel(target) {
             return Ok(None);
         }
         let name = ident(h, &args[0], "the name cel.bind binds")?;
         let body = args.pop().expect("arity checked");
         let init = args.pop().expect("arity checked");
-        let range = h.next_expr(Expr::List(ListExpr::new(Vec::new())));
-        let cond = lit(h, LiteralValue::Boolean(false.into()));
-        let step = h.next_expr(Expr::Ident(name.clone()));
-        Ok(Some(h.next_expr(Expr::Comprehension(Box::new(
-            ComprehensionExpr {
-                iter_range: range,
-                iter_var: "#unused".to_owned(),
-                iter_var2: None,
-                accu_var: name,
-                accu_init: init,
-                loop_cond: cond,
-                loop_step: step,
-                result: body,
-            },
-        )))))
+        Ok(Some(bound(h, name, init, body)))
     })
+}
+
+/// The comprehension binding `name` to `init` in `body`: what `cel.bind`
+/// and each slot of `cel.block` expand to.
+fn bound(h: &mut MacroExprHelper<'_>, name: String, init: IdedExpr, body: IdedExpr) -> IdedExpr {
+    let range = h.next_expr(Expr::List(ListExpr::new(Vec::new())));
+    let cond = lit(h, LiteralValue::Boolean(false.into()));
+    let step = h.next_expr(Expr::Ident(name.clone()));
+    h.next_expr(Expr::Comprehension(Box::new(ComprehensionExpr {
+        iter_range: range,
+        iter_var: "#unused".to_owned(),
+        iter_var2: None,
+        accu_var: name,
+        accu_init: init,
+        loop_cond: cond,
+        loop_step: step,
+        result: body,
+    })))
+}
+
+fn on_cel(target: &Option<IdedExpr>) -> bool {
+    matches!(target.as_ref().map(|t| &t.expr), Some(Expr::Ident(n)) if n == "cel")
+}
+
+fn int_arg(h: &MacroExprHelper<'_>, e: &IdedExpr) -> Result<i64, ParseError> {
+    match &e.expr {
+        Expr::Literal(LiteralValue::Int(i)) if *i.inner() >= 0 => Ok(*i.inner()),
+        _ => Err(h.new_error(e.id, "expected a non-negative int literal")),
+    }
+}
+
+/// `cel.block([e0, e1, ...], body)`, the form cel-go's optimizer writes
+/// common subexpressions in: `cel.index(i)` in a later slot or in `body` is
+/// the value of slot `i`; `cel.iterVar(d, n)` and `cel.accuVar(d, n)` name
+/// the variables of comprehensions.
+fn block() -> Vec<Macro> {
+    let block = Macro::receiver("block", 2, |h, target, args: Args<'_>| {
+        if !on_cel(target) {
+            return Ok(None);
+        }
+        let body = args.pop().expect("arity checked");
+        let slots = args.pop().expect("arity checked");
+        let Expr::List(list) = slots.expr else {
+            return Err(h.new_error(slots.id, "cel.block takes a list literal of slots"));
+        };
+        let mut out = body;
+        for (i, e) in list.elements.into_iter().enumerate().rev() {
+            out = bound(h, format!("@index{i}"), e, out);
+        }
+        Ok(Some(out))
+    });
+    let index = Macro::receiver("index", 1, |h, target, args: Args<'_>| {
+        if !on_cel(target) {
+            return Ok(None);
+        }
+        let i = int_arg(h, &args[0])?;
+        Ok(Some(h.next_expr(Expr::Ident(format!("@index{i}")))))
+    });
+    let var = |name: &'static str, prefix: &'static str| {
+        Macro::receiver(name, 2, move |h, target, args: Args<'_>| {
+            if !on_cel(target) {
+                return Ok(None);
+            }
+            let a = int_arg(h, &args[0])?;
+            let b = int_arg(h, &args[1])?;
+            Ok(Some(h.next_expr(Expr::Ident(format!("{prefix}:{a}:{b}")))))
+        })
+    };
+    vec![block, index, var("iterVar", "@it"), var("accuVar", "@ac")]
 }
 
 /// Every macro celgate adds.
@@ -254,5 +312,6 @@ pub fn all() -> Vec<Macro> {
         out.push(transform(t, 3));
         out.push(transform(t, 4));
     }
+    out.extend(block());
     out
 }

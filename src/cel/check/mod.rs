@@ -144,7 +144,7 @@ impl Checker<'_> {
                     } else {
                         xi.ty
                     };
-                    elem = Some(self.join_or_report(elem, t, xat, "list elements"));
+                    elem = Some(join_or_dyn(elem, t));
                 }
                 info.ty = Ty::list(elem.unwrap_or(Ty::Dyn));
                 info.size = l.elements.len().max(1) as f64;
@@ -176,8 +176,8 @@ impl Checker<'_> {
                     } else {
                         v.ty
                     };
-                    key = Some(self.join_or_report(key, k.ty, kat, "map keys"));
-                    value = Some(self.join_or_report(value, vt, kat, "map values"));
+                    key = Some(join_or_dyn(key, k.ty));
+                    value = Some(join_or_dyn(value, vt));
                 }
                 info.ty = Ty::map(key.unwrap_or(Ty::Dyn), value.unwrap_or(Ty::Dyn));
                 info.size = m.entries.len().max(1) as f64;
@@ -209,22 +209,6 @@ impl Checker<'_> {
         }
     }
 
-    fn join_or_report(&mut self, prev: Option<Ty>, t: Ty, at: usize, what: &str) -> Ty {
-        match prev {
-            None => t,
-            Some(p) => match p.join(&t) {
-                Some(j) => j,
-                None => {
-                    self.error(
-                        at,
-                        format!("{what} must have one type: {p} and {t} (wrap one in dyn() to mix them)"),
-                    );
-                    Ty::Dyn
-                }
-            },
-        }
-    }
-
     fn ident(&mut self, name: &str, at: usize) -> Info {
         if let Some(i) = self.local(name) {
             let mut i = i.clone();
@@ -249,6 +233,7 @@ impl Checker<'_> {
             "null_type" => Info::new(Ty::Type(Box::new(Ty::Null))),
             "type" => Info::new(Ty::Type(Box::new(Ty::Type(Box::new(Ty::Dyn))))),
             "dyn" => Info::new(Ty::Type(Box::new(Ty::Dyn))),
+            "optional_type" => Info::new(Ty::Type(Box::new(Ty::optional(Ty::Dyn)))),
             n if NAMESPACES.contains(&n) => self.error(
                 at,
                 format!(
@@ -269,6 +254,20 @@ impl Checker<'_> {
     }
 
     fn select(&mut self, s: &SelectExpr, at: usize) -> Info {
+        if !s.test {
+            if let Some(q) = qualified(&s.operand) {
+                let t = match format!("{q}.{}", s.field).as_str() {
+                    "google.protobuf.Timestamp" => Some(Ty::Timestamp),
+                    "google.protobuf.Duration" => Some(Ty::Duration),
+                    _ => None,
+                };
+                if let Some(t) = t {
+                    if self.local(q.split('.').next().unwrap_or("")).is_none() {
+                        return Info::new(Ty::Type(Box::new(t)));
+                    }
+                }
+            }
+        }
         if let Expr::Ident(root) = &s.operand.expr {
             if self.local(root).is_none() {
                 if root == "variables" {
@@ -633,6 +632,16 @@ fn literal(l: &LiteralValue) -> Info {
         LiteralValue::Null => Info::new(Ty::Null),
         LiteralValue::String(s) => Info::sized(Ty::String, (s.inner().len().max(1) as f64, 1.0)),
         LiteralValue::Bytes(b) => Info::sized(Ty::Bytes, (b.inner().len().max(1) as f64, 1.0)),
+    }
+}
+
+/// The type of a list's elements (a map's keys or values) so far, joined
+/// with the next one's: as in cel-go, elements of different types make a
+/// `list(dyn)` rather than an error.
+fn join_or_dyn(prev: Option<Ty>, t: Ty) -> Ty {
+    match prev {
+        None => t,
+        Some(p) => p.join(&t).unwrap_or(Ty::Dyn),
     }
 }
 

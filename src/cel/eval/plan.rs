@@ -647,6 +647,9 @@ fn opt_select<'r>(v: Value<'r>, field: &str) -> Result<Value<'r>, Error> {
 
 fn has<'r>(v: Value<'r>, field: &str) -> Result<bool, Error> {
     match v {
+        // On an optional, whether its value has the field.
+        Value::Optional(None) => Ok(false),
+        Value::Optional(Some(v)) => has(Value::clone(&v), field),
         Value::Map(m) => Ok(m.contains_key(&Value::str(field))),
         Value::Node(n) => {
             super::request::has(n, field).ok_or_else(|| Error::no_such_field(n.type_name(), field))

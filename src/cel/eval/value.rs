@@ -317,6 +317,11 @@ pub trait Object: fmt::Debug + Send + Sync + Any {
     fn equals(&self, _other: &dyn Object) -> bool {
         false
     }
+    /// The object as JSON, for traces (`check --explain`); `None` for one
+    /// that has no JSON form (a response builder, a key set).
+    fn to_json(&self) -> Option<serde_json::Value> {
+        None
+    }
     fn as_any(&self) -> &dyn Any;
 }
 
@@ -595,9 +600,9 @@ pub fn equals(a: &Value<'_>, b: &Value<'_>) -> bool {
     }
 }
 
-/// The order of two numbers of any numeric types, exactly (no rounding of
-/// large integers through `f64`); `None` when either is NaN or either is
-/// not a number.
+/// The order of two numbers of any numeric types: integers exactly, an
+/// integer and a double as cel-go orders them (the integer as a double);
+/// `None` when either is NaN or either is not a number.
 pub fn compare_numbers(a: &Value<'_>, b: &Value<'_>) -> Option<Ordering> {
     use Value as V;
     match (a, b) {
@@ -619,21 +624,18 @@ pub fn compare_numbers(a: &Value<'_>, b: &Value<'_>) -> Option<Ordering> {
 }
 
 fn int_double(i: i64, d: f64) -> Option<Ordering> {
+    // As cel-go: out of the int range the double decides; within it the int
+    // is compared as a double (so 2^63 - 1 equals 2^63 as doubles do).
     if d.is_nan() {
         return None;
     }
-    // -2^63 is exact in f64; 2^63 is the first double above i64::MAX.
     if d < -9.223_372_036_854_776e18 {
         return Some(Ordering::Greater);
     }
-    if d >= 9.223_372_036_854_776e18 {
+    if d > 9.223_372_036_854_776e18 {
         return Some(Ordering::Less);
     }
-    let t = d.trunc();
-    match i.cmp(&(t as i64)) {
-        Ordering::Equal => 0.0f64.partial_cmp(&(d - t)),
-        o => Some(o),
-    }
+    (i as f64).partial_cmp(&d)
 }
 
 fn uint_double(u: u64, d: f64) -> Option<Ordering> {
@@ -643,14 +645,10 @@ fn uint_double(u: u64, d: f64) -> Option<Ordering> {
     if d < 0.0 {
         return Some(Ordering::Greater);
     }
-    if d >= 1.844_674_407_370_955_2e19 {
+    if d > 1.844_674_407_370_955_2e19 {
         return Some(Ordering::Less);
     }
-    let t = d.trunc();
-    match u.cmp(&(t as u64)) {
-        Ordering::Equal => 0.0f64.partial_cmp(&(d - t)),
-        o => Some(o),
-    }
+    (u as f64).partial_cmp(&d)
 }
 
 /// The order of two values for `<`, `<=`, `>`, `>=`: numbers (across
@@ -724,7 +722,8 @@ pub fn to_json(v: &Value<'_>) -> Option<serde_json::Value> {
         Value::Optional(Some(v)) => to_json(v)?,
         Value::Optional(None) => J::Null,
         Value::Type(t) => J::String(t.name().to_owned()),
-        Value::Node(_) | Value::Object(_) => return None,
+        Value::Object(o) => return o.to_json(),
+        Value::Node(_) => return None,
     })
 }
 
@@ -782,10 +781,15 @@ mod tests {
 
     #[test]
     fn numbers_compare_exactly_across_types() {
+        // As cel-go: the int is compared as a double.
         let big = Value::Int(i64::MAX);
         assert_eq!(
             compare(&big, &Value::Double(9.223_372_036_854_776e18)),
-            Some(Ordering::Less)
+            Some(Ordering::Equal)
+        );
+        assert_eq!(
+            compare(&Value::Uint(u64::MAX), &Value::Int(i64::MAX)),
+            Some(Ordering::Greater)
         );
         assert!(equals(&Value::Int(1), &Value::Uint(1)));
         assert!(equals(&Value::Int(1), &Value::Double(1.0)));

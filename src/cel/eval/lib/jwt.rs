@@ -74,6 +74,14 @@ impl Object for Token {
                 && equals(&o.header, &self.header)
         })
     }
+    fn to_json(&self) -> Option<serde_json::Value> {
+        use crate::cel::eval::value::to_json;
+        Some(serde_json::json!({
+            "Valid": self.valid,
+            "Claims": to_json(&self.claims)?,
+            "Header": to_json(&self.header)?,
+        }))
+    }
     fn as_any(&self) -> &dyn Any {
         self
     }

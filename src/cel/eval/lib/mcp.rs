@@ -166,6 +166,9 @@ impl Object for Request {
             .downcast_ref::<Request>()
             .is_some_and(|o| std::ptr::eq(self, o) || self.to_json() == o.to_json())
     }
+    fn to_json(&self) -> Option<Json> {
+        Some(Request::to_json(self))
+    }
     fn as_any(&self) -> &dyn Any {
         self
     }
@@ -192,6 +195,9 @@ impl Object for Section {
                     .all(|((ka, va), (kb, vb))| ka == kb && crate::cel::eval::value::equals(va, vb))
         })
     }
+    fn to_json(&self) -> Option<Json> {
+        Some(Section::to_json(self))
+    }
     fn as_any(&self) -> &dyn Any {
         self
     }
@@ -206,6 +212,9 @@ impl Object for Absent {
     }
     fn equals(&self, other: &dyn Object) -> bool {
         other.as_any().is::<Absent>()
+    }
+    fn to_json(&self) -> Option<Json> {
+        Some(Json::Null)
     }
     fn as_any(&self) -> &dyn Any {
         self
