@@ -181,10 +181,8 @@ fn conforms(v: &Value<'_>, t: &Ty) -> Result<(), String> {
                 conforms(&e, value).map_err(|m| format!("value: {m}"))?;
             }
         }
-        (Ty::Optional(inner), Value::Optional(o)) => {
-            if let Some(x) = o {
-                conforms(x, inner).map_err(|m| format!("optional value: {m}"))?;
-            }
+        (Ty::Optional(inner), Value::Optional(Some(x))) => {
+            conforms(x, inner).map_err(|m| format!("optional value: {m}"))?;
         }
         (Ty::Object(name), Value::Object(o)) => {
             let declared = decls::get()
