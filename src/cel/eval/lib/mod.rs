@@ -20,8 +20,10 @@ use super::Function;
 use ::std::collections::HashMap;
 use ::std::sync::LazyLock;
 
-/// Every library's functions, in lookup order.
-fn all() -> impl Iterator<Item = &'static Function> {
+/// Every library's functions, in lookup order (the operators and names
+/// the planner evaluates itself, `_&&_`, `_==_`, `_[_]`, `or`, ..., are not
+/// among them).
+pub fn all_functions() -> impl Iterator<Item = &'static Function> {
     [
         std::FUNCTIONS,
         strings::FUNCTIONS,
@@ -38,7 +40,7 @@ type Registry = HashMap<(&'static str, bool), Vec<&'static Function>>;
 
 static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
     let mut r: Registry = HashMap::new();
-    for f in all() {
+    for f in all_functions() {
         r.entry((f.name, f.receiver)).or_default().push(f);
     }
     r
