@@ -60,9 +60,10 @@ fn bench(c: &mut Criterion) {
     c.bench_function("six policies, missing key (early 401)", |b| {
         b.iter(|| evaluate(black_box(&six), &config, black_box(&denied)))
     });
-    c.bench_function("six policies, missing key (early 401), legacy interpreter", |b| {
-        b.iter(|| evaluate(black_box(&six), &legacy, black_box(&denied)))
-    });
+    c.bench_function(
+        "six policies, missing key (early 401), legacy interpreter",
+        |b| b.iter(|| evaluate(black_box(&six), &legacy, black_box(&denied))),
+    );
     let bundled = PolicySet::load(&[repo("policies")]).unwrap();
     let api = request(
         "/api/orders",
@@ -71,9 +72,10 @@ fn bench(c: &mut Criterion) {
     c.bench_function("bundled policies, api key allowed", |b| {
         b.iter(|| evaluate(black_box(&bundled), &config, black_box(&api)))
     });
-    c.bench_function("bundled policies, api key allowed, legacy interpreter", |b| {
-        b.iter(|| evaluate(black_box(&bundled), &legacy, black_box(&api)))
-    });
+    c.bench_function(
+        "bundled policies, api key allowed, legacy interpreter",
+        |b| b.iter(|| evaluate(black_box(&bundled), &legacy, black_box(&api))),
+    );
     c.bench_function("compile the six bench policies", |b| {
         b.iter(|| PolicySet::load(black_box(&[repo("benches/policies")])).unwrap())
     });

@@ -664,7 +664,7 @@ fn has<'r>(v: Value<'r>, field: &str) -> Result<bool, Error> {
     }
 }
 
-fn index<'r>(ctx: &mut Ctx<'r>, v: Value<'r>, i: &Value<'r>) -> Result<Value<'r>, Error> {
+fn index<'r>(v: Value<'r>, i: &Value<'r>) -> Result<Value<'r>, Error> {
     match v {
         Value::List(l) => {
             let idx = list_index(i)?;
@@ -683,7 +683,7 @@ fn index<'r>(ctx: &mut Ctx<'r>, v: Value<'r>, i: &Value<'r>) -> Result<Value<'r>
             m.get(i).ok_or_else(|| Error::no_such_key(i))
         }
         Value::Optional(None) => Ok(Value::Optional(None)),
-        Value::Optional(Some(inner)) => opt_index(ctx, Value::clone(&inner), i),
+        Value::Optional(Some(inner)) => opt_index(Value::clone(&inner), i),
         Value::Object(o) => match i {
             Value::String(f) => select(Value::Object(o), f),
             other => Err(Error::type_mismatch(format!(
@@ -706,7 +706,7 @@ fn index<'r>(ctx: &mut Ctx<'r>, v: Value<'r>, i: &Value<'r>) -> Result<Value<'r>
 }
 
 /// `v[?i]`: none when the index is out of range or the key absent.
-fn opt_index<'r>(ctx: &mut Ctx<'r>, v: Value<'r>, i: &Value<'r>) -> Result<Value<'r>, Error> {
+fn opt_index<'r>(v: Value<'r>, i: &Value<'r>) -> Result<Value<'r>, Error> {
     match v {
         Value::List(l) => {
             let idx = list_index(i)?;
@@ -725,7 +725,7 @@ fn opt_index<'r>(ctx: &mut Ctx<'r>, v: Value<'r>, i: &Value<'r>) -> Result<Value
             Ok(m.get(i).map_or(Value::Optional(None), Value::some))
         }
         Value::Optional(None) => Ok(Value::Optional(None)),
-        Value::Optional(Some(inner)) => opt_index(ctx, Value::clone(&inner), i),
+        Value::Optional(Some(inner)) => opt_index(Value::clone(&inner), i),
         Value::Node(n) => match i {
             Value::String(f) => opt_select(Value::Node(n), f),
             other => Err(Error::type_mismatch(format!(
@@ -851,13 +851,13 @@ impl Node {
                 let v = a.eval(ctx, locals)?;
                 let i = i.eval(ctx, locals)?;
                 ctx.charge(1)?;
-                index(ctx, v, &i)
+                index(v, &i)
             }
             Node::OptIndex(a, i) => {
                 let v = a.eval(ctx, locals)?;
                 let i = i.eval(ctx, locals)?;
                 ctx.charge(1)?;
-                opt_index(ctx, v, &i)
+                opt_index(v, &i)
             }
             Node::And(a, b) => {
                 let left = as_bool("_&&_", a.eval(ctx, locals));
