@@ -443,11 +443,11 @@ async fn secrets_in_requests_policies_and_bodies_appear_in_no_log_span_or_endpoi
     };
     let denied = "policy error: request denied (failurePolicy: Fail)";
     assert_eq!(logged(denied, "a-lookup", "no_such_key"), 1, "{stderr}");
-    assert_eq!(logged(denied, "b-add", "type_mismatch"), 1, "{stderr}");
+    assert_eq!(logged(denied, "b-add", "no_such_overload"), 1, "{stderr}");
     assert_eq!(logged(denied, "c-int", "function_error"), 1, "{stderr}");
     assert_eq!(logged(denied, "d-mcp", "mcp_parse"), 3, "{stderr}");
     let ignored = "policy error ignored (failurePolicy: Ignore)";
-    assert_eq!(logged(ignored, "0-ignored", "type_mismatch"), 6, "{stderr}");
+    assert_eq!(logged(ignored, "0-ignored", "no_such_overload"), 6, "{stderr}");
     assert!(
         logs.iter()
             .any(|l| l["fields"]["exception"] == "exempt-known"
