@@ -712,15 +712,15 @@ mod tests {
     fn range_parts() {
         let c = cidr("192.168.0.1/24");
         assert!(equals(
-            &method("ip", &[c.clone()]).unwrap(),
+            &method("ip", std::slice::from_ref(&c)).unwrap(),
             &ip("192.168.0.1")
         ));
         assert!(equals(
-            &method("masked", &[c.clone()]).unwrap(),
+            &method("masked", std::slice::from_ref(&c)).unwrap(),
             &cidr("192.168.0.0/24")
         ));
         assert!(equals(
-            &method("prefixLength", &[c.clone()]).unwrap(),
+            &method("prefixLength", std::slice::from_ref(&c)).unwrap(),
             &Value::Int(24)
         ));
         assert!(!equals(&c, &cidr("192.168.0.0/24")));
