@@ -227,6 +227,12 @@ pub fn call(name: &str, recv: Option<&Info>, args: &[Info], result: &Ty) -> (f64
         "jwks.Fetch" => (100.0, (1.0, 1.0)),
         "mcp.Parse" => (walk(all.first()), same),
         "lists.range" => (0.0, (1e6, 1.0)),
+        // An address or a range: parsing reads a bounded prefix of the
+        // string; the value's size is that of its text.
+        "ip" | "cidr" | "masked" => {
+            let text = crate::cel::eval::lib::net::MAX_TEXT as f64;
+            (BYTE * text, (text, text))
+        }
         _ if scalar => (0.0, (1.0, 1.0)),
         _ => (0.0, (largest, largest)),
     };

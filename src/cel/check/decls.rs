@@ -95,12 +95,13 @@ pub fn get() -> &'static Decls {
 }
 
 /// Every table, with where it comes from (for errors in the tables).
-pub fn tables() -> [(&'static str, &'static str); 4] {
+pub fn tables() -> [(&'static str, &'static str); 5] {
     [
         ("std.decls", include_str!("std.decls")),
         ("envoy", crate::cel::envoy::DECLS),
         ("jwt", crate::cel::jwt::DECLS),
         ("mcp", crate::cel::mcp::DECLS),
+        ("net", crate::cel::eval::lib::net::DECLS),
     ]
 }
 
@@ -140,6 +141,7 @@ fn build() -> Result<Decls, DeclError> {
         .iter()
         .chain(crate::cel::jwt::OBJECTS)
         .chain(crate::cel::mcp::OBJECTS)
+        .chain(crate::cel::eval::lib::net::OBJECTS)
     {
         let fields = if fields.is_empty() {
             None

@@ -49,7 +49,7 @@ pub const CHECK_RESPONSE: &str = "envoy.service.auth.v3.CheckResponse";
 
 /// Namespaces of functions and constants, which are not values.
 const NAMESPACES: &[&str] = &[
-    "envoy", "jwt", "jwks", "mcp", "math", "optional", "base64", "sets", "strings", "lists",
+    "envoy", "jwt", "jwks", "mcp", "math", "optional", "base64", "sets", "strings", "lists", "net",
 ];
 
 /// Checks `program` in `scope`: its type, size and cost, or every mistake.
@@ -285,6 +285,12 @@ impl Checker<'_> {
                         info.ty = Ty::Bool;
                     }
                     return info;
+                }
+                if root == "net" && !s.test {
+                    let name = format!("{root}.{}", s.field);
+                    if crate::cel::eval::lib::net::TYPES.contains(&name.as_str()) {
+                        return Info::new(Ty::Type(Box::new(Ty::object(&name))));
+                    }
                 }
                 if root == "mcp" && !s.test {
                     if crate::cel::mcp::is_constant(&s.field) {
@@ -665,6 +671,7 @@ fn example(namespace: &str) -> &'static str {
         "base64" => "base64.decode(s)",
         "sets" => "sets.contains(a, b)",
         "strings" => "strings.quote(s)",
+        "net" => "type(x) == net.IP",
         _ => "lists.range(n)",
     }
 }

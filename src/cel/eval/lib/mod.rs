@@ -13,6 +13,7 @@ pub mod envoy;
 pub mod jwt;
 pub mod lists;
 pub mod mcp;
+pub mod net;
 pub mod std;
 pub mod strings;
 
@@ -31,6 +32,7 @@ pub fn all_functions() -> impl Iterator<Item = &'static Function> {
         envoy::FUNCTIONS,
         jwt::FUNCTIONS,
         mcp::FUNCTIONS,
+        net::FUNCTIONS,
     ]
     .into_iter()
     .flatten()
