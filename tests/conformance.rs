@@ -4,8 +4,8 @@
 //! Each test that applies here is loaded as a policy would be: its
 //! expression becomes the one variable of a `ValidatingPolicy` that
 //! `PolicySet::compile` loads (parse, limits, type check, cost), and, once
-//! loaded, it is evaluated in celgate's environment
-//! (`celgate::cel::env()`), as the engine evaluates a variable. A test
+//! loaded, it is evaluated by celgate's evaluator (`celgate::cel::eval`),
+//! as the engine evaluates a variable. A test
 //! passes when the value is the expected one (CEL equality: a NaN matches a
 //! NaN, maps compare whatever their order), or, when an error is expected,
 //! when evaluation fails or the policy is refused at load time.
@@ -13,8 +13,14 @@
 //! Not applicable here (counted, not run): tests with bindings or
 //! declarations (a policy has no free variables besides `object` and
 //! `variables`), with a container, tests that only check the deduced type,
-//! and tests whose expression or expected value needs a protobuf message
-//! or enum of the conformance suite (`cel.expr.conformance.…`).
+//! tests run with the type checker off (celgate checks every expression when
+//! its policy loads), tests that build a protobuf message in the expression
+//! (`google.protobuf.Int64Value{...}`), and tests whose expression or
+//! expected value needs a protobuf message or enum of the conformance suite
+//! (`cel.expr.conformance.…`).
+//!
+//! Measured on this harness: 1574 of the 2456 tests apply; celgate's
+//! evaluator passes 1566, the `cel` crate's interpreter it replaced 1479.
 //!
 //! The outcome is pinned in `tests/cel-spec/expected-pass.txt`
 //! (`file/section/test`, one per line): the test fails when a listed test no

@@ -447,7 +447,11 @@ async fn secrets_in_requests_policies_and_bodies_appear_in_no_log_span_or_endpoi
     assert_eq!(logged(denied, "c-int", "function_error"), 1, "{stderr}");
     assert_eq!(logged(denied, "d-mcp", "mcp_parse"), 3, "{stderr}");
     let ignored = "policy error ignored (failurePolicy: Ignore)";
-    assert_eq!(logged(ignored, "0-ignored", "no_such_overload"), 6, "{stderr}");
+    assert_eq!(
+        logged(ignored, "0-ignored", "no_such_overload"),
+        6,
+        "{stderr}"
+    );
     assert!(
         logs.iter()
             .any(|l| l["fields"]["exception"] == "exempt-known"
@@ -481,7 +485,7 @@ async fn secrets_in_requests_policies_and_bodies_appear_in_no_log_span_or_endpoi
         kinds,
         [
             ("a-lookup", v0, "no_such_key"),
-            ("b-add", v0, "type_mismatch"),
+            ("b-add", v0, "no_such_overload"),
             ("c-int", v0, "function_error"),
             ("d-mcp", v0, "mcp_parse"),
             ("d-mcp", v0, "mcp_parse"),
