@@ -342,6 +342,7 @@ fn run_policies<'r>(
 ) -> Decision {
     let metrics = crate::telemetry::metrics::global();
     let record = metrics.enabled();
+    let mut clock = record.then(std::time::Instant::now);
     let mut evaluated = 0;
     let mut audit = Vec::new();
     for policy in &set.policies {
@@ -350,7 +351,6 @@ fn run_policies<'r>(
             policy: policy.name.clone(),
             ..Default::default()
         });
-        let started = record.then(std::time::Instant::now);
         let result = match &mut ev {
             Eval::Planned(ctx) => eval_planned(policy, ctx, t.as_mut()),
             Eval::Legacy(object) => eval_policy(policy, *object, t.as_mut()),
@@ -440,8 +440,11 @@ fn run_policies<'r>(
                 (PolicyOutcome::Error, Some(d))
             }
         };
-        if let Some(started) = started {
-            policy.metrics.evaluated(outcome, started.elapsed());
+        // One clock read per policy: each one's end is the next one's start.
+        if let Some(started) = clock {
+            let now = std::time::Instant::now();
+            policy.metrics.evaluated(outcome, now - started);
+            clock = Some(now);
         }
         if let (Some(trace), Some(t)) = (trace.as_mut(), t) {
             trace.push(t);

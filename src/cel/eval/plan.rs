@@ -62,6 +62,10 @@ enum Node {
     In(Box<Node>, Box<Node>),
     OptOr(Box<Node>, Box<Node>),
     OptOrValue(Box<Node>, Box<Node>),
+    /// `a[?k].orValue(d)`, read without building the optional.
+    IndexOr(Box<Node>, Box<Node>, Box<Node>),
+    /// `a.?f.orValue(d)`, likewise.
+    SelectOr(Box<Node>, Box<str>, Box<Node>),
     Call(Box<CallPlan>),
     List(Vec<Node>, Vec<bool>),
     MapLit(Vec<(Node, Node, bool)>),
@@ -415,7 +419,12 @@ impl Planner<'_> {
                 Node::OptOr(self.boxed(t)?, self.boxed(&c.args[0])?)
             }
             ("orValue", Some(t)) if c.args.len() == 1 => {
-                Node::OptOrValue(self.boxed(t)?, self.boxed(&c.args[0])?)
+                let default = self.boxed(&c.args[0])?;
+                match self.expr(t)? {
+                    Node::OptIndex(a, k) => Node::IndexOr(a, k, default),
+                    Node::OptSelect(a, f) => Node::SelectOr(a, f, default),
+                    other => Node::OptOrValue(Box::new(other), default),
+                }
             }
             ("cel.@mapInsert", None) if matches!(c.args.len(), 2 | 3) => Node::MapInsert(
                 c.args
@@ -624,24 +633,25 @@ fn select<'r>(v: Value<'r>, field: &str) -> Result<Value<'r>, Error> {
 /// `v.?field`: none when the field or key is absent; an error for a value
 /// that has no fields.
 fn opt_select<'r>(v: Value<'r>, field: &str) -> Result<Value<'r>, Error> {
+    opt_select_raw(v, field).map(|o| o.map_or(Value::Optional(None), Value::some))
+}
+
+/// As [`opt_select`], the value itself when present.
+fn opt_select_raw<'r>(v: Value<'r>, field: &str) -> Result<Option<Value<'r>>, Error> {
     match v {
-        Value::Map(m) => Ok(m
-            .get(&Value::str(field))
-            .map_or(Value::Optional(None), Value::some)),
+        Value::Map(m) => Ok(m.get(&Value::str(field))),
         Value::Node(n) => match super::request::has(n, field) {
-            Some(true) => {
-                Ok(super::request::field(n, field).map_or(Value::Optional(None), Value::some))
-            }
-            Some(false) => Ok(Value::Optional(None)),
+            Some(true) => Ok(super::request::field(n, field)),
+            Some(false) => Ok(None),
             None => Err(Error::no_such_field(n.type_name(), field)),
         },
         Value::Object(o) => match o.has(field) {
-            Some(true) => Ok(o.field(field).map_or(Value::Optional(None), Value::some)),
-            Some(false) => Ok(Value::Optional(None)),
+            Some(true) => Ok(o.field(field)),
+            Some(false) => Ok(None),
             None => Err(Error::no_such_field(o.type_name(), field)),
         },
-        Value::Optional(None) => Ok(Value::Optional(None)),
-        Value::Optional(Some(v)) => opt_select(Value::clone(&v), field),
+        Value::Optional(None) => Ok(None),
+        Value::Optional(Some(v)) => opt_select_raw(Value::clone(&v), field),
         other => Err(Error::type_mismatch(format!(
             "{} has no fields (selecting {field:?})",
             other.type_name()
@@ -711,13 +721,15 @@ fn index<'r>(v: Value<'r>, i: &Value<'r>) -> Result<Value<'r>, Error> {
 
 /// `v[?i]`: none when the index is out of range or the key absent.
 fn opt_index<'r>(v: Value<'r>, i: &Value<'r>) -> Result<Value<'r>, Error> {
+    opt_index_raw(v, i).map(|o| o.map_or(Value::Optional(None), Value::some))
+}
+
+/// As [`opt_index`], the value itself when present.
+fn opt_index_raw<'r>(v: Value<'r>, i: &Value<'r>) -> Result<Option<Value<'r>>, Error> {
     match v {
         Value::List(l) => {
             let idx = list_index(i)?;
-            Ok(usize::try_from(idx)
-                .ok()
-                .and_then(|u| l.get(u).cloned())
-                .map_or(Value::Optional(None), Value::some))
+            Ok(usize::try_from(idx).ok().and_then(|u| l.get(u).cloned()))
         }
         Value::Map(m) => {
             if Key::lookup(i).is_none() && !matches!(i, Value::Double(_)) {
@@ -726,12 +738,12 @@ fn opt_index<'r>(v: Value<'r>, i: &Value<'r>) -> Result<Value<'r>, Error> {
                     i.type_name()
                 )));
             }
-            Ok(m.get(i).map_or(Value::Optional(None), Value::some))
+            Ok(m.get(i))
         }
-        Value::Optional(None) => Ok(Value::Optional(None)),
-        Value::Optional(Some(inner)) => opt_index(Value::clone(&inner), i),
+        Value::Optional(None) => Ok(None),
+        Value::Optional(Some(inner)) => opt_index_raw(Value::clone(&inner), i),
         Value::Node(n) => match i {
-            Value::String(f) => opt_select(Value::Node(n), f),
+            Value::String(f) => opt_select_raw(Value::Node(n), f),
             other => Err(Error::type_mismatch(format!(
                 "a message field name must be a string, not {}",
                 other.type_name()
@@ -948,20 +960,71 @@ impl Node {
                 },
                 other => Err(Error::no_overload("or", &[other])),
             },
+            Node::IndexOr(a, k, d) => {
+                let v = a.eval(ctx, locals)?;
+                let k = k.eval(ctx, locals)?;
+                ctx.charge(1)?;
+                match opt_index_raw(v, &k)? {
+                    Some(v) => Ok(v),
+                    None => d.eval(ctx, locals),
+                }
+            }
+            Node::SelectOr(a, f, d) => {
+                let v = a.eval(ctx, locals)?;
+                ctx.charge(1)?;
+                match opt_select_raw(v, f)? {
+                    Some(v) => Ok(v),
+                    None => d.eval(ctx, locals),
+                }
+            }
             Node::OptOrValue(a, b) => match a.eval(ctx, locals)? {
                 Value::Optional(Some(v)) => Ok(Value::clone(&v)),
                 Value::Optional(None) => b.eval(ctx, locals),
                 other => Err(Error::no_overload("orValue", &[other])),
             },
-            Node::Call(c) => {
-                let mut args = Vec::with_capacity(c.args.len());
-                for a in &c.args {
-                    args.push(a.eval(ctx, locals)?);
+            Node::Call(c) => eval_call(c, ctx, locals),
+            Node::List(elems, optional) => eval_list(elems, optional, ctx, locals),
+            Node::MapLit(entries) => eval_map(entries, ctx, locals),
+            Node::MapInsert(args) => {
+                let mut vals = Vec::with_capacity(args.len());
+                for a in args {
+                    vals.push(a.eval(ctx, locals)?);
                 }
                 ctx.charge(1)?;
-                call(ctx, c, &args)
+                let map = vals.remove(0);
+                map_insert(ctx, map, &vals)
             }
-            Node::List(elems, optional) => {
+            Node::Comprehension(l) => l.eval(ctx, locals),
+        }
+    }
+}
+
+
+/// A call: its arguments, then the function. Out of line, as are the other
+/// rare or bulky cases, so that the frame of [`Node::eval`], which every
+/// step of an evaluation goes through, stays small.
+#[inline(never)]
+fn eval_call<'r>(
+    c: &'r CallPlan,
+    ctx: &mut Ctx<'r>,
+    locals: &mut Locals<'r>,
+) -> Result<Value<'r>, Error> {
+    // Most calls take at most four values: no allocation for them.
+    let mut args: smallvec::SmallVec<[Value<'r>; 4]> = smallvec::SmallVec::new();
+    for a in &c.args {
+        args.push(a.eval(ctx, locals)?);
+    }
+    ctx.charge(1)?;
+    call(ctx, c, &args)
+}
+
+#[inline(never)]
+fn eval_list<'r>(
+    elems: &'r [Node],
+    optional: &[bool],
+    ctx: &mut Ctx<'r>,
+    locals: &mut Locals<'r>,
+) -> Result<Value<'r>, Error> {
                 let mut out = Vec::with_capacity(elems.len());
                 for (e, opt) in elems.iter().zip(optional) {
                     let v = e.eval(ctx, locals)?;
@@ -983,7 +1046,13 @@ impl Node {
                 ctx.charge(1)?;
                 Ok(Value::list(out))
             }
-            Node::MapLit(entries) => {
+
+#[inline(never)]
+fn eval_map<'r>(
+    entries: &'r [(Node, Node, bool)],
+    ctx: &mut Ctx<'r>,
+    locals: &mut Locals<'r>,
+) -> Result<Value<'r>, Error> {
                 let mut out = OwnedMap::with_capacity(entries.len());
                 for (k, v, opt) in entries {
                     let kv = k.eval(ctx, locals)?;
@@ -1015,21 +1084,11 @@ impl Node {
                 ctx.charge(1)?;
                 Ok(Value::map(out))
             }
-            Node::MapInsert(args) => {
-                let mut vals = Vec::with_capacity(args.len());
-                for a in args {
-                    vals.push(a.eval(ctx, locals)?);
-                }
-                ctx.charge(1)?;
-                let map = vals.remove(0);
-                map_insert(ctx, map, &vals)
-            }
-            Node::Comprehension(l) => l.eval(ctx, locals),
-        }
-    }
-}
 
 fn call<'r>(ctx: &mut Ctx<'r>, c: &CallPlan, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    if let [f] = c.functions.as_slice() {
+        return (f.f)(ctx, args);
+    }
     let mut last = None;
     for f in &c.functions {
         match (f.f)(ctx, args) {
