@@ -999,7 +999,6 @@ impl Node {
     }
 }
 
-
 /// A call: its arguments, then the function. Out of line, as are the other
 /// rare or bulky cases, so that the frame of [`Node::eval`], which every
 /// step of an evaluation goes through, stays small.
@@ -1025,27 +1024,27 @@ fn eval_list<'r>(
     ctx: &mut Ctx<'r>,
     locals: &mut Locals<'r>,
 ) -> Result<Value<'r>, Error> {
-                let mut out = Vec::with_capacity(elems.len());
-                for (e, opt) in elems.iter().zip(optional) {
-                    let v = e.eval(ctx, locals)?;
-                    if *opt {
-                        match v {
-                            Value::Optional(Some(v)) => out.push(Value::clone(&v)),
-                            Value::Optional(None) => {}
-                            other => {
-                                return Err(Error::type_mismatch(format!(
-                                    "an optional element `?x` must be an optional, not {}",
-                                    other.type_name()
-                                )))
-                            }
-                        }
-                    } else {
-                        out.push(v);
-                    }
+    let mut out = Vec::with_capacity(elems.len());
+    for (e, opt) in elems.iter().zip(optional) {
+        let v = e.eval(ctx, locals)?;
+        if *opt {
+            match v {
+                Value::Optional(Some(v)) => out.push(Value::clone(&v)),
+                Value::Optional(None) => {}
+                other => {
+                    return Err(Error::type_mismatch(format!(
+                        "an optional element `?x` must be an optional, not {}",
+                        other.type_name()
+                    )))
                 }
-                ctx.charge(1)?;
-                Ok(Value::list(out))
             }
+        } else {
+            out.push(v);
+        }
+    }
+    ctx.charge(1)?;
+    Ok(Value::list(out))
+}
 
 #[inline(never)]
 fn eval_map<'r>(
@@ -1053,37 +1052,37 @@ fn eval_map<'r>(
     ctx: &mut Ctx<'r>,
     locals: &mut Locals<'r>,
 ) -> Result<Value<'r>, Error> {
-                let mut out = OwnedMap::with_capacity(entries.len());
-                for (k, v, opt) in entries {
-                    let kv = k.eval(ctx, locals)?;
-                    let key = Key::of(&kv).ok_or_else(|| {
-                        Error::type_mismatch(format!("a map key cannot be a {}", kv.type_name()))
-                    })?;
-                    let vv = v.eval(ctx, locals)?;
-                    let vv = if *opt {
-                        match vv {
-                            Value::Optional(Some(v)) => Value::clone(&v),
-                            Value::Optional(None) => continue,
-                            other => {
-                                return Err(Error::type_mismatch(format!(
-                                    "an optional entry `?k: v` must hold an optional, not {}",
-                                    other.type_name()
-                                )))
-                            }
-                        }
-                    } else {
-                        vv
-                    };
-                    if out.insert(key, vv).is_some() {
-                        return Err(Error::new(
-                            ErrorKind::DuplicateKey,
-                            format!("a map literal has the key {kv:?} twice"),
-                        ));
-                    }
+    let mut out = OwnedMap::with_capacity(entries.len());
+    for (k, v, opt) in entries {
+        let kv = k.eval(ctx, locals)?;
+        let key = Key::of(&kv).ok_or_else(|| {
+            Error::type_mismatch(format!("a map key cannot be a {}", kv.type_name()))
+        })?;
+        let vv = v.eval(ctx, locals)?;
+        let vv = if *opt {
+            match vv {
+                Value::Optional(Some(v)) => Value::clone(&v),
+                Value::Optional(None) => continue,
+                other => {
+                    return Err(Error::type_mismatch(format!(
+                        "an optional entry `?k: v` must hold an optional, not {}",
+                        other.type_name()
+                    )))
                 }
-                ctx.charge(1)?;
-                Ok(Value::map(out))
             }
+        } else {
+            vv
+        };
+        if out.insert(key, vv).is_some() {
+            return Err(Error::new(
+                ErrorKind::DuplicateKey,
+                format!("a map literal has the key {kv:?} twice"),
+            ));
+        }
+    }
+    ctx.charge(1)?;
+    Ok(Value::map(out))
+}
 
 fn call<'r>(ctx: &mut Ctx<'r>, c: &CallPlan, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
     if let [f] = c.functions.as_slice() {
