@@ -1085,17 +1085,7 @@ fn eval_map<'r>(
 }
 
 fn call<'r>(ctx: &mut Ctx<'r>, c: &CallPlan, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
-    if let [f] = c.functions.as_slice() {
-        return (f.f)(ctx, args);
-    }
-    let mut last = None;
-    for f in &c.functions {
-        match (f.f)(ctx, args) {
-            Err(e) if e.kind == ErrorKind::NoSuchOverload => last = Some(e),
-            r => return r,
-        }
-    }
-    Err(last.unwrap_or_else(|| Error::no_overload(&c.name, args)))
+    lib::dispatch(ctx, &c.functions, &c.name, args)
 }
 
 impl Loop {

@@ -396,28 +396,9 @@ fn legacy_map(ctx: &mut Ctx<'_>, m: &Map<'_>) -> Result<Json, Refused> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cel::eval::{lib, Meter, Str};
+    use crate::cel::eval::{Meter, Str};
 
-    /// Calls `name` (a method when `receiver`) through the registry, as the
-    /// planner binds it.
-    pub(crate) fn call<'r>(
-        ctx: &mut Ctx<'r>,
-        name: &str,
-        receiver: bool,
-        args: &[Value<'r>],
-    ) -> Result<Value<'r>, Error> {
-        let arity = args.len() - usize::from(receiver);
-        let fs = lib::lookup(name, receiver, arity);
-        assert!(!fs.is_empty(), "no function {name}/{arity}");
-        let mut last = None;
-        for f in fs {
-            match (f.f)(ctx, args) {
-                Err(e) if e.kind == crate::cel::ErrorKind::NoSuchOverload => last = Some(e),
-                r => return r,
-            }
-        }
-        Err(last.expect("tried one"))
-    }
+    pub(crate) use crate::cel::eval::lib::call;
 
     /// The old interpreter's `CheckResponse` for `expr`, or its error text.
     fn old_response(expr: &str) -> Result<CheckResponse, String> {

@@ -512,23 +512,7 @@ mod tests {
     use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
     use serde_json::json;
 
-    fn call<'r>(
-        ctx: &mut Ctx<'r>,
-        name: &str,
-        receiver: bool,
-        args: &[Value<'r>],
-    ) -> Result<Value<'r>, Error> {
-        let fs = lib::lookup(name, receiver, args.len() - usize::from(receiver));
-        assert!(!fs.is_empty(), "{name}");
-        let mut last = None;
-        for f in fs {
-            match (f.f)(ctx, args) {
-                Err(e) if e.kind == crate::cel::ErrorKind::NoSuchOverload => last = Some(e),
-                r => return r,
-            }
-        }
-        Err(last.unwrap())
-    }
+    use crate::cel::eval::lib::call;
 
     fn ctx() -> Ctx<'static> {
         Ctx::new(None, Meter::new(1_000_000))

@@ -17,7 +17,7 @@ pub mod net;
 pub mod std;
 pub mod strings;
 
-use super::Function;
+use super::{Ctx, Error, ErrorKind, Function, Value};
 use ::std::collections::HashMap;
 use ::std::sync::LazyLock;
 
@@ -65,4 +65,64 @@ pub fn lookup(name: &str, receiver: bool, args: usize) -> Vec<&'static Function>
 /// Whether any function of this name exists, called either way.
 pub fn exists(name: &str) -> bool {
     REGISTRY.contains_key(&(name, false)) || REGISTRY.contains_key(&(name, true))
+}
+
+/// Calls `name` with `args` as the planner binds a call: each of
+/// `functions` in turn, until one takes the arguments (the others answer
+/// `no_such_overload`).
+pub fn dispatch<'r>(
+    ctx: &mut Ctx<'r>,
+    functions: &[&'static Function],
+    name: &str,
+    args: &[Value<'r>],
+) -> Result<Value<'r>, Error> {
+    if let [f] = functions {
+        return (f.f)(ctx, args);
+    }
+    let mut last = None;
+    for f in functions {
+        match (f.f)(ctx, args) {
+            Err(e) if e.kind == ErrorKind::NoSuchOverload => last = Some(e),
+            r => return r,
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::no_overload(name, args)))
+}
+
+/// For the libraries' unit tests: calls `name` (a method when `receiver`,
+/// `args` holding the receiver first) as an expression would.
+#[cfg(test)]
+pub(crate) fn call<'r>(
+    ctx: &mut Ctx<'r>,
+    name: &str,
+    receiver: bool,
+    args: &[Value<'r>],
+) -> Result<Value<'r>, Error> {
+    let arity = args.len() - usize::from(receiver);
+    let functions = lookup(name, receiver, arity);
+    assert!(!functions.is_empty(), "no function {name}/{arity}");
+    dispatch(ctx, &functions, name, args)
+}
+
+/// For the libraries' unit tests: the method `name` on `args[0]`, in a
+/// context with a budget of a million units.
+#[cfg(test)]
+pub(crate) fn test_method<'r>(name: &str, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    call(
+        &mut Ctx::new(None, super::Meter::new(1_000_000)),
+        name,
+        true,
+        args,
+    )
+}
+
+/// For the libraries' unit tests: the global function `name`, likewise.
+#[cfg(test)]
+pub(crate) fn test_global<'r>(name: &str, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    call(
+        &mut Ctx::new(None, super::Meter::new(1_000_000)),
+        name,
+        false,
+        args,
+    )
 }

@@ -469,40 +469,11 @@ fn prefix_length<'r>(_: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, E
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cel::eval::lib::lookup;
+    use crate::cel::eval::lib::call as call_in;
+    use crate::cel::eval::lib::test_global as global;
+    use crate::cel::eval::lib::test_method as method;
     use crate::cel::eval::value::equals;
     use crate::cel::eval::{ErrorKind, Meter};
-
-    /// Calls `name` as the planner would: the functions of that name and
-    /// arity in order, the first that takes the arguments.
-    fn call_in<'r>(
-        ctx: &mut Ctx<'r>,
-        name: &str,
-        receiver: bool,
-        args: &[Value<'r>],
-    ) -> Result<Value<'r>, Error> {
-        let arity = args.len() - usize::from(receiver);
-        let mut result = Err(Error::no_overload(name, args));
-        for f in lookup(name, receiver, arity) {
-            result = (f.f)(ctx, args);
-            if !matches!(&result, Err(e) if e.kind == ErrorKind::NoSuchOverload) {
-                break;
-            }
-        }
-        result
-    }
-
-    fn ctx() -> Ctx<'static> {
-        Ctx::new(None, Meter::new(1_000_000))
-    }
-
-    fn global<'r>(name: &str, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
-        call_in(&mut ctx(), name, false, args)
-    }
-
-    fn method<'r>(name: &str, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
-        call_in(&mut ctx(), name, true, args)
-    }
 
     fn ip(s: &str) -> Value<'static> {
         global("ip", &[Value::string(s)]).unwrap_or_else(|e| panic!("ip({s:?}): {e}"))

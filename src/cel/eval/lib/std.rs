@@ -877,28 +877,12 @@ fn optional_has_value<'r>(_: &mut Ctx<'r>, args: &[Value<'r>]) -> R<'r> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cel::eval::lib::lookup;
+    use crate::cel::eval::lib::call as call_in;
     use crate::cel::eval::value::{equals, OwnedMap};
     use crate::cel::eval::{Key, Meter, Type};
 
     fn ctx() -> Ctx<'static> {
         Ctx::new(None, Meter::new(1_000_000))
-    }
-
-    /// Calls `name` as the planner does: each function of the name and
-    /// arity in turn until one takes the arguments.
-    fn call_in<'r>(ctx: &mut Ctx<'r>, name: &str, receiver: bool, args: &[Value<'r>]) -> R<'r> {
-        let arity = args.len() - usize::from(receiver);
-        let fs = lookup(name, receiver, arity);
-        assert!(!fs.is_empty(), "{name}/{arity} is not registered");
-        let mut last = None;
-        for f in fs {
-            match (f.f)(ctx, args) {
-                Err(e) if e.kind == ErrorKind::NoSuchOverload => last = Some(e),
-                r => return r,
-            }
-        }
-        Err(last.expect("at least one function"))
     }
 
     fn call(name: &str, args: &[Value<'static>]) -> R<'static> {

@@ -673,40 +673,10 @@ fn hex(ctx: &mut Ctx<'_>, v: &Value<'_>, upper: bool, out: &mut Vec<u8>) -> Resu
 
 #[cfg(test)]
 mod tests {
-    use crate::cel::eval::lib::lookup;
+    use crate::cel::eval::lib::call as call_in;
+    use crate::cel::eval::lib::test_global as global;
+    use crate::cel::eval::lib::test_method as method;
     use crate::cel::eval::{Ctx, Error, ErrorKind, Meter, Value};
-
-    /// Calls `name` as the planner would: the functions of that name and
-    /// arity in order, the first that takes the arguments.
-    fn call_in<'r>(
-        ctx: &mut Ctx<'r>,
-        name: &str,
-        receiver: bool,
-        args: &[Value<'r>],
-    ) -> Result<Value<'r>, Error> {
-        let arity = args.len() - usize::from(receiver);
-        let mut result = Err(Error::no_overload(name, args));
-        for f in lookup(name, receiver, arity) {
-            result = (f.f)(ctx, args);
-            if !matches!(&result, Err(e) if e.kind == ErrorKind::NoSuchOverload) {
-                break;
-            }
-        }
-        result
-    }
-
-    fn method<'r>(name: &str, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
-        call_in(&mut Ctx::new(None, Meter::new(1_000_000)), name, true, args)
-    }
-
-    fn global<'r>(name: &str, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
-        call_in(
-            &mut Ctx::new(None, Meter::new(1_000_000)),
-            name,
-            false,
-            args,
-        )
-    }
 
     fn s(v: &str) -> Value<'_> {
         Value::str(v)
