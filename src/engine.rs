@@ -263,7 +263,22 @@ pub struct ExprTrace {
 
 /// Evaluates `set` against `request`.
 pub fn evaluate(set: &PolicySet, config: &EngineConfig, request: &CheckRequest) -> Decision {
-    run(set, config, request, None)
+    run(set, config, request, None, None)
+}
+
+/// As [`evaluate`] (and, with `trace`, [`evaluate_traced`]), stopping the
+/// evaluation at `deadline`: past it, an expression fails as if it had spent
+/// its cost budget, and `failurePolicy` decides.
+pub fn evaluate_within(
+    set: &PolicySet,
+    config: &EngineConfig,
+    request: &CheckRequest,
+    deadline: Option<std::time::Instant>,
+    trace: bool,
+) -> (Decision, Vec<PolicyTrace>) {
+    let mut traces = Vec::new();
+    let d = run(set, config, request, deadline, trace.then_some(&mut traces));
+    (d, traces)
 }
 
 /// As [`evaluate`], also recording what each policy did.
@@ -273,7 +288,7 @@ pub fn evaluate_traced(
     request: &CheckRequest,
 ) -> (Decision, Vec<PolicyTrace>) {
     let mut trace = Vec::new();
-    let d = run(set, config, request, Some(&mut trace));
+    let d = run(set, config, request, None, Some(&mut trace));
     (d, trace)
 }
 
@@ -281,11 +296,13 @@ fn run(
     set: &PolicySet,
     config: &EngineConfig,
     request: &CheckRequest,
+    deadline: Option<std::time::Instant>,
     trace: Option<&mut Vec<PolicyTrace>>,
 ) -> Decision {
     match config.evaluator {
         Evaluator::Planned => {
-            let ctx = eval::Ctx::new(Some(request), eval::Meter::new(config.cost_budget));
+            let meter = eval::Meter::new(config.cost_budget).with_deadline(deadline);
+            let ctx = eval::Ctx::new(Some(request), meter);
             run_policies(set, config, Eval::Planned(Box::new(ctx)), trace)
         }
         // The request is visible to `mcp.Parse` (partial-body header, parse

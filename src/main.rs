@@ -568,8 +568,8 @@ struct ServeArgs {
     shutdown_delay_s: u64,
     /// Time allowed for one decision, queueing included, in milliseconds. Past
     /// it the request gets the failure denial (--failure-status, --failure-body)
-    /// at once; the evaluation that overran finishes on its thread and its
-    /// result is discarded. Keep it below the ext_authz filter's timeout in
+    /// at once; the evaluation that overran stops there too and its result is
+    /// discarded. Keep it below the ext_authz filter's timeout in
     /// Envoy (200 ms unless set; 0.5 s in the shipped configurations).
     #[arg(long, env = "CELGATE_DECISION_TIMEOUT_MS", default_value_t = celgate::server::limits::DEFAULT_DECISION_TIMEOUT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     decision_timeout_ms: u64,

@@ -108,6 +108,34 @@ fn a_quadratic_expression_on_a_200_kb_body_is_stopped_and_denied() {
     );
 }
 
+#[test]
+fn the_decision_deadline_stops_an_evaluation_as_the_budget_does() {
+    let dir = policy_dir();
+    let set = load(dir.path());
+    let unmetered = EngineConfig {
+        cost_budget: u64::MAX,
+        ..EngineConfig::default()
+    };
+    // Without a budget the comparison of every pair would take seconds; a
+    // deadline a few milliseconds away stops it there.
+    let started = Instant::now();
+    let (d, _) = celgate::engine::evaluate_within(
+        &set,
+        &unmetered,
+        &request(body(36_000)),
+        Some(Instant::now() + Duration::from_millis(20)),
+        false,
+    );
+    let took = started.elapsed();
+    println!("stopped by a 20 ms deadline after {took:?}");
+    assert!(!d.allowed());
+    assert_eq!(
+        d.error.as_ref().map(|e| e.kind),
+        Some(ErrorKind::CostExceeded)
+    );
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}
+
 /// Through the binary: four such requests at once are denied with the
 /// failure denial, and gRPC health and `/readyz` answer meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,7 +44,7 @@ impl AuthzService {
         request: &CheckRequest,
         trace: bool,
     ) -> (Decision, Vec<engine::PolicyTrace>) {
-        self.decide_traced_if(request, trace, || true)
+        self.decide_traced_if(request, trace, None, || true)
     }
 
     /// As [`AuthzService::decide_traced`]; the decision is counted in
@@ -54,6 +54,7 @@ impl AuthzService {
         &self,
         request: &CheckRequest,
         trace: bool,
+        deadline: Option<Instant>,
         answers: impl FnOnce() -> bool,
     ) -> (Decision, Vec<engine::PolicyTrace>) {
         let started = Instant::now();
@@ -61,13 +62,9 @@ impl AuthzService {
         let config = &self.state.config;
         let mut traces = Vec::new();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            if trace {
-                let (d, t) = engine::evaluate_traced(&set, config, request);
-                traces = t;
-                d
-            } else {
-                engine::evaluate(&set, config, request)
-            }
+            let (d, t) = engine::evaluate_within(&set, config, request, deadline, trace);
+            traces = t;
+            d
         }));
         let metrics = metrics::global();
         match result {

@@ -17,10 +17,11 @@
 //! waiting" a property of the data structure, with no permit bookkeeping,
 //! and a queued request whose caller gave up is skipped before it runs.
 //!
-//! An evaluation that overruns its deadline keeps its thread until it ends:
-//! CPU spent on overrunning evaluations is bounded by the pool size, not by
-//! the request rate. Stopping an evaluation part-way is the evaluator's job
-//! (a cost limit), not this module's.
+//! The deadline is also handed to the evaluation, whose cost meter reads
+//! the clock as it charges: an evaluation that overruns stops there (with a
+//! cost error, and its result is discarded), so it holds its thread no
+//! longer than the deadline. A blocking call already under way (an inline
+//! `jwks.Fetch`) finishes first.
 
 use super::grpc::AuthzService;
 use super::workers::{Job, Workers};
@@ -203,6 +204,7 @@ pub async fn decide(
     let pool = state.pool.get(limits);
     let slot = Arc::new(AtomicU8::new(PENDING));
     let (tx, mut rx) = tokio::sync::oneshot::channel();
+    let deadline_std = started + limits.timeout;
     let job: Job = {
         let service = service.clone();
         let slot = slot.clone();
@@ -212,7 +214,9 @@ pub async fn decide(
                 return;
             }
             let begun = Instant::now();
-            let result = service.decide_traced_if(&request, trace, || {
+            // Past the deadline the caller has its answer: the evaluation
+            // stops there too (a cost error), freeing this thread.
+            let result = service.decide_traced_if(&request, trace, Some(deadline_std), || {
                 slot.compare_exchange(PENDING, EVALUATED, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
             });
@@ -256,7 +260,7 @@ pub async fn decide(
             return (internal_decision(state), Vec::new());
         }
     }
-    let deadline = tokio::time::Instant::from_std(started + limits.timeout);
+    let deadline = tokio::time::Instant::from_std(deadline_std);
     match tokio::time::timeout_at(deadline, &mut rx).await {
         Ok(Ok(result)) => result,
         Ok(Err(_)) => {

@@ -18,9 +18,10 @@
 //! [`ShadowKind`], and written to the decision log), `error` (the shadow set
 //! could not decide; also written to the decision log), `dropped` or
 //! `timeout` (`--shadow-timeout-ms` from the hand-over to the end of the
-//! shadow evaluation; a late result is thrown away). Evaluation cannot be
-//! stopped part-way: CPU spent by slow shadow policies is bounded by the
-//! shadow threads, however many requests arrive.
+//! shadow evaluation; a late result is thrown away). The evaluation itself
+//! stops at that timeout (its cost meter reads the clock), and CPU spent by
+//! slow shadow policies is bounded by the shadow threads, however many
+//! requests arrive.
 //!
 //! The shadow set is loaded, checked and hot-reloaded like the live set
 //! ([`crate::sources`]); a change that does not load keeps its last good
@@ -266,7 +267,16 @@ impl ShadowJob {
         let span = tracing::info_span!("shadow");
         let evaluated = span.in_scope(|| {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                engine::evaluate(&set, &self.state.config, &self.request)
+                // Stopped at its timeout, so that a slow shadow set cannot keep
+                // its thread past the point where the result is thrown away.
+                engine::evaluate_within(
+                    &set,
+                    &self.state.config,
+                    &self.request,
+                    Some(handed + timeout),
+                    false,
+                )
+                .0
             }))
         });
         let took = handed.elapsed();
