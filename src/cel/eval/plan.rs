@@ -582,6 +582,29 @@ impl Program {
     }
 }
 
+/// `a && b` (`decisive` false) or `a || b` (`decisive` true), as CEL
+/// evaluates them: the decisive value on either side wins, even over an
+/// error on the other; otherwise an error on either side is the result.
+fn logic<'r>(
+    op: &str,
+    a: &'r Node,
+    b: &'r Node,
+    decisive: bool,
+    ctx: &mut Ctx<'r>,
+    locals: &mut Locals<'r>,
+) -> Result<Value<'r>, Error> {
+    let left = as_bool(op, a.eval(ctx, locals));
+    if matches!(left, Ok(l) if l == decisive) {
+        return Ok(Value::Bool(decisive));
+    }
+    let right = as_bool(op, b.eval(ctx, locals));
+    match (left, right) {
+        (_, Ok(r)) if r == decisive => Ok(Value::Bool(decisive)),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+        _ => Ok(Value::Bool(!decisive)),
+    }
+}
+
 fn no_bool(op: &str, v: &Value<'_>) -> Error {
     Error::no_overload(op, std::slice::from_ref(v))
 }
@@ -875,32 +898,8 @@ impl Node {
                 ctx.charge(1)?;
                 opt_index(v, &i)
             }
-            Node::And(a, b) => {
-                let left = as_bool("_&&_", a.eval(ctx, locals));
-                if let Ok(false) = left {
-                    return Ok(Value::Bool(false));
-                }
-                let right = as_bool("_&&_", b.eval(ctx, locals));
-                match (left, right) {
-                    (_, Ok(false)) => Ok(Value::Bool(false)),
-                    (Ok(true), Ok(true)) => Ok(Value::Bool(true)),
-                    (Err(e), _) | (_, Err(e)) => Err(e),
-                    (Ok(false), _) => Ok(Value::Bool(false)),
-                }
-            }
-            Node::Or(a, b) => {
-                let left = as_bool("_||_", a.eval(ctx, locals));
-                if let Ok(true) = left {
-                    return Ok(Value::Bool(true));
-                }
-                let right = as_bool("_||_", b.eval(ctx, locals));
-                match (left, right) {
-                    (_, Ok(true)) => Ok(Value::Bool(true)),
-                    (Ok(false), Ok(false)) => Ok(Value::Bool(false)),
-                    (Err(e), _) | (_, Err(e)) => Err(e),
-                    (Ok(true), _) => Ok(Value::Bool(true)),
-                }
-            }
+            Node::And(a, b) => logic("_&&_", a, b, false, ctx, locals),
+            Node::Or(a, b) => logic("_||_", a, b, true, ctx, locals),
             Node::Not(a) => as_bool("!_", a.eval(ctx, locals)).map(|b| Value::Bool(!b)),
             Node::NotStrictlyFalse(a) => Ok(Value::Bool(!matches!(
                 a.eval(ctx, locals),
