@@ -116,18 +116,19 @@ fn the_decision_deadline_stops_an_evaluation_as_the_budget_does() {
         cost_budget: u64::MAX,
         ..EngineConfig::default()
     };
-    // Without a budget the comparison of every pair would take seconds; a
-    // deadline a few milliseconds away stops it there.
+    // Without a budget nothing else would stop it; a deadline already
+    // passed stops it at the first reading of the clock (the meter reads it
+    // every 16,384 units, and parsing the body alone charges more).
     let started = Instant::now();
     let (d, _) = celgate::engine::evaluate_within(
         &set,
         &unmetered,
         &request(body(36_000)),
-        Some(Instant::now() + Duration::from_millis(20)),
+        Some(Instant::now()),
         false,
     );
     let took = started.elapsed();
-    println!("stopped by a 20 ms deadline after {took:?}");
+    println!("stopped by a passed deadline after {took:?}");
     assert!(!d.allowed());
     assert_eq!(
         d.error.as_ref().map(|e| e.kind),
