@@ -701,6 +701,29 @@ fn has<'r>(v: Value<'r>, field: &str) -> Result<bool, Error> {
     }
 }
 
+/// Refuses a map index that can be no key (a double with a fraction still
+/// looks up nothing, as in cel-go).
+fn usable_key(i: &Value<'_>) -> Result<(), Error> {
+    if Key::lookup(i).is_none() && !matches!(i, Value::Double(_)) {
+        return Err(Error::type_mismatch(format!(
+            "a map key cannot be a {}",
+            i.type_name()
+        )));
+    }
+    Ok(())
+}
+
+fn not_a_field_name(i: &Value<'_>) -> Error {
+    Error::type_mismatch(format!(
+        "a field name must be a string, not {}",
+        i.type_name()
+    ))
+}
+
+fn not_indexable(v: &Value<'_>) -> Error {
+    Error::type_mismatch(format!("{} cannot be indexed", v.type_name()))
+}
+
 fn index<'r>(v: Value<'r>, i: &Value<'r>) -> Result<Value<'r>, Error> {
     match v {
         Value::List(l) => {
@@ -711,34 +734,20 @@ fn index<'r>(v: Value<'r>, i: &Value<'r>) -> Result<Value<'r>, Error> {
                 .ok_or_else(|| Error::index_out_of_bounds(idx, l.len()))
         }
         Value::Map(m) => {
-            if Key::lookup(i).is_none() && !matches!(i, Value::Double(_)) {
-                return Err(Error::type_mismatch(format!(
-                    "a map key cannot be a {}",
-                    i.type_name()
-                )));
-            }
+            usable_key(i)?;
             m.get(i).ok_or_else(|| Error::no_such_key(i))
         }
         Value::Optional(None) => Ok(Value::Optional(None)),
         Value::Optional(Some(inner)) => opt_index(Value::clone(&inner), i),
         Value::Object(o) => match i {
             Value::String(f) => select(Value::Object(o), f),
-            other => Err(Error::type_mismatch(format!(
-                "a field name must be a string, not {}",
-                other.type_name()
-            ))),
+            other => Err(not_a_field_name(other)),
         },
         Value::Node(n) => match i {
             Value::String(f) => select(Value::Node(n), f),
-            other => Err(Error::type_mismatch(format!(
-                "a message field name must be a string, not {}",
-                other.type_name()
-            ))),
+            other => Err(not_a_field_name(other)),
         },
-        other => Err(Error::type_mismatch(format!(
-            "{} cannot be indexed",
-            other.type_name()
-        ))),
+        other => Err(not_indexable(&other)),
     }
 }
 
@@ -755,27 +764,16 @@ fn opt_index_raw<'r>(v: Value<'r>, i: &Value<'r>) -> Result<Option<Value<'r>>, E
             Ok(usize::try_from(idx).ok().and_then(|u| l.get(u).cloned()))
         }
         Value::Map(m) => {
-            if Key::lookup(i).is_none() && !matches!(i, Value::Double(_)) {
-                return Err(Error::type_mismatch(format!(
-                    "a map key cannot be a {}",
-                    i.type_name()
-                )));
-            }
+            usable_key(i)?;
             Ok(m.get(i))
         }
         Value::Optional(None) => Ok(None),
         Value::Optional(Some(inner)) => opt_index_raw(Value::clone(&inner), i),
         Value::Node(n) => match i {
             Value::String(f) => opt_select_raw(Value::Node(n), f),
-            other => Err(Error::type_mismatch(format!(
-                "a message field name must be a string, not {}",
-                other.type_name()
-            ))),
+            other => Err(not_a_field_name(other)),
         },
-        other => Err(Error::type_mismatch(format!(
-            "{} cannot be indexed",
-            other.type_name()
-        ))),
+        other => Err(not_indexable(&other)),
     }
 }
 

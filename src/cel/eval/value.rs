@@ -754,6 +754,16 @@ pub fn from_json(j: &serde_json::Value) -> Value<'static> {
     }
 }
 
+/// Appends `.` and the digits of `nanos` nanoseconds a second needs (none
+/// when zero): `.5`, `.000000001`.
+pub fn push_fraction(out: &mut String, nanos: u32) {
+    if nanos != 0 {
+        let frac = format!("{nanos:09}");
+        out.push('.');
+        out.push_str(frac.trim_end_matches('0'));
+    }
+}
+
 /// A duration as CEL's `string(duration)` writes it: seconds with the
 /// fraction needed, e.g. `1.5s`, `-0.000000001s`, `3600s`.
 pub fn format_duration(d: TimeDelta) -> String {
@@ -766,11 +776,7 @@ pub fn format_duration(d: TimeDelta) -> String {
         out.push('-');
     }
     out.push_str(&secs.to_string());
-    if nanos != 0 {
-        let frac = format!("{nanos:09}");
-        out.push('.');
-        out.push_str(frac.trim_end_matches('0'));
-    }
+    push_fraction(&mut out, nanos.unsigned_abs());
     out.push('s');
     out
 }

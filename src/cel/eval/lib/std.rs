@@ -448,12 +448,7 @@ pub fn format_double(d: f64) -> String {
 /// a second it needs and no more (`2009-02-13T23:31:30Z`, `...30.5Z`).
 pub fn format_timestamp(t: &DateTime<Utc>) -> String {
     let mut out = t.format("%Y-%m-%dT%H:%M:%S").to_string();
-    let nanos = t.timestamp_subsec_nanos() % 1_000_000_000;
-    if nanos != 0 {
-        let frac = format!("{nanos:09}");
-        out.push('.');
-        out.push_str(frac.trim_end_matches('0'));
-    }
+    crate::cel::eval::value::push_fraction(&mut out, t.timestamp_subsec_nanos() % 1_000_000_000);
     out.push('Z');
     out
 }
