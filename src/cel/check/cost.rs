@@ -233,6 +233,17 @@ pub fn call(name: &str, recv: Option<&Info>, args: &[Info], result: &Ty) -> (f64
             let text = crate::cel::eval::lib::net::MAX_TEXT as f64;
             (BYTE * text, (text, text))
         }
+        // The Kubernetes libraries read their text in a few linear passes;
+        // a URL's parts are no longer than its text.
+        "url" | "isURL" => (4.0 * walk(all.first()), same),
+        "quantity" | "isQuantity" => (2.0 * walk(all.first()), (1.0, 1.0)),
+        "semver" | "isSemver" => (walk(all.first()), (1.0, 1.0)),
+        "getScheme" | "getHost" | "getHostname" | "getPort" => (walk(all.first()), same),
+        "getEscapedPath" => (3.0 * walk(all.first()), (3.0 * same.0, 1.0)),
+        "getQuery" => {
+            let n = first.map_or(1.0, |i| i.size);
+            (BYTE * n + n / 2.0, ((n / 2.0).max(1.0), n))
+        }
         _ if scalar => (0.0, (1.0, 1.0)),
         _ => (0.0, (largest, largest)),
     };

@@ -95,13 +95,16 @@ pub fn get() -> &'static Decls {
 }
 
 /// Every table, with where it comes from (for errors in the tables).
-pub fn tables() -> [(&'static str, &'static str); 5] {
+pub fn tables() -> [(&'static str, &'static str); 8] {
     [
         ("std.decls", include_str!("std.decls")),
         ("envoy", crate::cel::envoy::DECLS),
         ("jwt", crate::cel::jwt::DECLS),
         ("mcp", crate::cel::mcp::DECLS),
         ("net", crate::cel::eval::lib::net::DECLS),
+        ("url", crate::cel::eval::lib::url::DECLS),
+        ("quantity", crate::cel::eval::lib::quantity::DECLS),
+        ("semver", crate::cel::eval::lib::semver::DECLS),
     ]
 }
 
@@ -142,6 +145,9 @@ fn build() -> Result<Decls, DeclError> {
         .chain(crate::cel::jwt::OBJECTS)
         .chain(crate::cel::mcp::OBJECTS)
         .chain(crate::cel::eval::lib::net::OBJECTS)
+        .chain(crate::cel::eval::lib::url::OBJECTS)
+        .chain(crate::cel::eval::lib::quantity::OBJECTS)
+        .chain(crate::cel::eval::lib::semver::OBJECTS)
     {
         let fields = if fields.is_empty() {
             None

@@ -50,6 +50,7 @@ pub const CHECK_RESPONSE: &str = "envoy.service.auth.v3.CheckResponse";
 /// Namespaces of functions and constants, which are not values.
 const NAMESPACES: &[&str] = &[
     "envoy", "jwt", "jwks", "mcp", "math", "optional", "base64", "sets", "strings", "lists", "net",
+    "kubernetes",
 ];
 
 /// Checks `program` in `scope`: its type, size and cost, or every mistake.
@@ -286,9 +287,9 @@ impl Checker<'_> {
                     }
                     return info;
                 }
-                if root == "net" && !s.test {
+                if matches!(root.as_str(), "net" | "kubernetes") && !s.test {
                     let name = format!("{root}.{}", s.field);
-                    if crate::cel::eval::lib::net::TYPES.contains(&name.as_str()) {
+                    if crate::cel::eval::lib::is_type_name(&name) {
                         return Info::new(Ty::Type(Box::new(Ty::object(&name))));
                     }
                 }
@@ -672,6 +673,7 @@ fn example(namespace: &str) -> &'static str {
         "sets" => "sets.contains(a, b)",
         "strings" => "strings.quote(s)",
         "net" => "type(x) == net.IP",
+        "kubernetes" => "type(x) == kubernetes.Quantity",
         _ => "lists.range(n)",
     }
 }

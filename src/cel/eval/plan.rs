@@ -320,10 +320,11 @@ impl Planner<'_> {
                 Some(v) => Ok(Some(Node::Const(v))),
                 None => err(format!("unknown constant `mcp.{}`", s.field)),
             },
-            "net" => Ok(lib::net::TYPES
-                .iter()
-                .find(|t| t.strip_prefix("net.") == Some(s.field.as_str()))
-                .map(|t| Node::Const(Value::Type(Type::Named(Arc::from(*t)))))),
+            "net" | "kubernetes" => {
+                let name = format!("{root}.{}", s.field);
+                Ok(lib::is_type_name(&name)
+                    .then(|| Node::Const(Value::Type(Type::Named(Arc::from(name))))))
+            }
             _ => Ok(None),
         }
     }

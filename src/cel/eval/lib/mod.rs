@@ -14,8 +14,11 @@ pub mod jwt;
 pub mod lists;
 pub mod mcp;
 pub mod net;
+pub mod quantity;
+pub mod semver;
 pub mod std;
 pub mod strings;
+pub mod url;
 
 use super::{Ctx, Error, ErrorKind, Function, Value};
 use ::std::collections::HashMap;
@@ -33,9 +36,20 @@ pub fn all_functions() -> impl Iterator<Item = &'static Function> {
         jwt::FUNCTIONS,
         mcp::FUNCTIONS,
         net::FUNCTIONS,
+        url::FUNCTIONS,
+        quantity::FUNCTIONS,
+        semver::FUNCTIONS,
     ]
     .into_iter()
     .flatten()
+}
+
+/// The libraries' value types an expression may name (`net.IP`,
+/// `kubernetes.URL`), by their full names.
+pub fn is_type_name(name: &str) -> bool {
+    [net::TYPES, url::TYPES, quantity::TYPES, semver::TYPES]
+        .iter()
+        .any(|t| t.contains(&name))
 }
 
 type Registry = HashMap<(&'static str, bool), Vec<&'static Function>>;
