@@ -49,7 +49,17 @@ pub const CHECK_RESPONSE: &str = "envoy.service.auth.v3.CheckResponse";
 
 /// Namespaces of functions and constants, which are not values.
 const NAMESPACES: &[&str] = &[
-    "envoy", "jwt", "jwks", "mcp", "math", "optional", "base64", "sets", "strings", "lists", "net",
+    "envoy",
+    "jwt",
+    "jwks",
+    "mcp",
+    "math",
+    "optional",
+    "base64",
+    "sets",
+    "strings",
+    "lists",
+    "net",
     "kubernetes",
 ];
 

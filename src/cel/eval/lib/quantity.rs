@@ -269,12 +269,8 @@ fn split(s: &str) -> Result<(bool, &str, &str, &str), &'static str> {
         }
         _ => false,
     };
-    let digits_end = |from: usize| {
-        from + b[from..]
-            .iter()
-            .take_while(|c| c.is_ascii_digit())
-            .count()
-    };
+    let digits_end =
+        |from: usize| from + b[from..].iter().take_while(|c| c.is_ascii_digit()).count();
     let int_end = digits_end(pos);
     let int = &s[pos..int_end];
     pos = int_end;
@@ -344,7 +340,11 @@ fn parse(s: &str) -> Result<Quantity, &'static str> {
             Suffix::Ten(e) => e < -9,
             Suffix::Two(e) => e >= 50,
         };
-        return if slow { Err(NUMERIC) } else { Ok(Quantity::ZERO) };
+        return if slow {
+            Err(NUMERIC)
+        } else {
+            Ok(Quantity::ZERO)
+        };
     }
     let int = int.trim_start_matches('0');
     let mut digits: Vec<u8> = int.bytes().chain(frac.bytes()).map(|c| c - b'0').collect();
@@ -374,8 +374,7 @@ fn parse(s: &str) -> Result<Quantity, &'static str> {
             .ok_or(DIGITS)?;
     }
     let mut q = Quantity::new(coef, exp);
-    if matches!(suf, Suffix::Two(_)) && q.cmp(&Quantity::new(BINARY_CAP, 0)) == Ordering::Greater
-    {
+    if matches!(suf, Suffix::Two(_)) && q.cmp(&Quantity::new(BINARY_CAP, 0)) == Ordering::Greater {
         q = Quantity::new(BINARY_CAP, 0);
     }
     Ok(if negative { q.neg() } else { q })
@@ -446,12 +445,9 @@ fn operand(name: &str, args: &[Value<'_>]) -> Result<(Quantity, Quantity), Error
 }
 
 fn sum(name: &str, a: &Quantity, b: &Quantity) -> Result<Value<'static>, Error> {
-    a.checked_add(b).map(Value::object).ok_or_else(|| {
-        Error::new(
-            ErrorKind::Overflow,
-            format!("{name}: the result {DIGITS}"),
-        )
-    })
+    a.checked_add(b)
+        .map(Value::object)
+        .ok_or_else(|| Error::new(ErrorKind::Overflow, format!("{name}: the result {DIGITS}")))
 }
 
 fn add<'r>(_: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
@@ -544,7 +540,11 @@ mod tests {
             // A binary quantity is capped at 2^63 - 1, a decimal one is not.
             ("8Ei", i64::MAX as i128, 0),
             ("-16Ei", -(i64::MAX as i128), 0),
-            ("9999999999999999999999999999999999999G", 9_999_999_999_999_999_999_999_999_999_999_999_999, 9),
+            (
+                "9999999999999999999999999999999999999G",
+                9_999_999_999_999_999_999_999_999_999_999_999_999,
+                9,
+            ),
             ("1e100", 1, 100),
             // No digit at all is zero.
             ("-", 0, 0),
@@ -555,7 +555,10 @@ mod tests {
         ];
         for (s, coef, exp) in cases {
             assert_eq!(parsed(s), Quantity::new(*coef, *exp), "{s}");
-            assert!(matches!(global("isQuantity", &[Value::str(s)]), Ok(Value::Bool(true))));
+            assert!(matches!(
+                global("isQuantity", &[Value::str(s)]),
+                Ok(Value::Bool(true))
+            ));
         }
         let refused: &[(&str, &str)] = &[
             ("", FORMAT),
@@ -583,7 +586,10 @@ mod tests {
         ];
         for (s, why) in refused {
             assert_eq!(parse(s), Err(*why), "{s}");
-            assert!(matches!(global("isQuantity", &[Value::str(s)]), Ok(Value::Bool(false))));
+            assert!(matches!(
+                global("isQuantity", &[Value::str(s)]),
+                Ok(Value::Bool(false))
+            ));
             let e = global("quantity", &[Value::str(s)]).unwrap_err();
             assert_eq!(e.kind, ErrorKind::FunctionError);
             assert_eq!(e.message, *why);
@@ -626,7 +632,10 @@ mod tests {
         assert!(equals(&add(q("50k"), Value::Int(20)), &q("50020")));
         assert!(equals(&sub(q("50k"), q("20")), &q("49.98k")));
         assert!(equals(&sub(q("50k"), Value::Int(20000)), &q("30k")));
-        let chain = sub(sub(add(q("50k"), Value::Int(20)), q("100k")), Value::Int(-50000));
+        let chain = sub(
+            sub(add(q("50k"), Value::Int(20)), q("100k")),
+            Value::Int(-50000),
+        );
         assert_eq!(int(method("asInteger", &[chain])), 20);
         let neg = sub(add(q("50k"), Value::Int(20)), q("100k"));
         assert_eq!(int(method("asInteger", &[neg])), -49980);
@@ -636,7 +645,10 @@ mod tests {
         assert_eq!(int(method("compareTo", &[a, b])), -1);
         assert!(equals(&sub(q("1"), q("1")), &q("0")));
         assert!(equals(&add(q("0"), q("1.5")), &q("1500m")));
-        assert!(equals(&add(q("1.5"), Value::Int(i64::MIN)), &q("-9223372036854775806.5")));
+        assert!(equals(
+            &add(q("1.5"), Value::Int(i64::MIN)),
+            &q("-9223372036854775806.5")
+        ));
         // More than 128 bits: an overflow error.
         let e = method("add", &[q("1e100"), q("1")]).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Overflow);
@@ -681,7 +693,13 @@ mod tests {
     fn cost_is_charged_by_length() {
         let long = format!("1.{}Ei", "0".repeat(100_000));
         let mut small = Ctx::new(None, Meter::new(100));
-        let e = call_in(&mut small, "quantity", false, &[Value::string(long.as_str())]).unwrap_err();
+        let e = call_in(
+            &mut small,
+            "quantity",
+            false,
+            &[Value::string(long.as_str())],
+        )
+        .unwrap_err();
         assert_eq!(e.kind, ErrorKind::CostExceeded);
         // Within a budget it is read exactly.
         assert_eq!(parsed(&long), Quantity::new(1 << 60, 0));

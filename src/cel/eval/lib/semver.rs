@@ -294,7 +294,11 @@ fn normalize_and_parse(s: &str) -> Result<Semver, String> {
 }
 
 /// The version string and whether to normalize it, charged by its length.
-fn args<'a>(ctx: &mut Ctx<'_>, name: &str, args: &'a [Value<'_>]) -> Result<(&'a str, bool), Error> {
+fn args<'a>(
+    ctx: &mut Ctx<'_>,
+    name: &str,
+    args: &'a [Value<'_>],
+) -> Result<(&'a str, bool), Error> {
     let normalize = match args.get(1) {
         None => false,
         Some(Value::Bool(b)) => *b,
@@ -337,7 +341,7 @@ fn receiver<'a>(name: &str, args: &'a [Value<'_>]) -> Result<&'a Semver, Error> 
 }
 
 /// The receiver and the version it is compared with.
-fn pair<'a>(name: &str, args: &'a [Value<'_>]) -> Result<Ordering, Error> {
+fn pair(name: &str, args: &[Value<'_>]) -> Result<Ordering, Error> {
     let a = receiver(name, args)?;
     let b = args
         .get(1)
@@ -392,7 +396,10 @@ mod tests {
     }
 
     fn is(s: &str) -> bool {
-        matches!(global("isSemver", &[Value::string(s)]), Ok(Value::Bool(true)))
+        matches!(
+            global("isSemver", &[Value::string(s)]),
+            Ok(Value::Bool(true))
+        )
     }
 
     fn is_normalized(s: &str) -> bool {
@@ -460,10 +467,21 @@ mod tests {
 
     #[test]
     fn normalization() {
-        for good in ["v1.0.0", "01.01.01", "1", "1.1", "v01.01", "1.2.3-rc.1", "0", "v1.0.00"] {
+        for good in [
+            "v1.0.0",
+            "01.01.01",
+            "1",
+            "1.1",
+            "v01.01",
+            "1.2.3-rc.1",
+            "0",
+            "v1.0.00",
+        ] {
             assert!(is_normalized(good), "{good}");
         }
-        for bad in ["", " 1.0.0", "1.0.0 ", "1. 0.0", "1-rc", "1.1+b", "vv1.0.0", "v"] {
+        for bad in [
+            "", " 1.0.0", "1.0.0 ", "1. 0.0", "1-rc", "1.1+b", "vv1.0.0", "v",
+        ] {
             assert!(!is_normalized(bad), "{bad}");
         }
         let n = global("semver", &[Value::str("v01.01"), Value::Bool(true)]).unwrap();

@@ -468,9 +468,9 @@ impl fmt::Display for Url {
             out.push_str(&self.opaque);
         } else {
             if !self.scheme.is_empty() || !self.host.is_empty() || self.user.is_some() {
-                if (!self.host.is_empty() || !self.path.is_empty() || self.user.is_some())
-                    && !(self.omit_host && self.host.is_empty() && self.user.is_none())
-                {
+                // `scheme:/path` (no authority written) stays so.
+                let authority = !self.host.is_empty() || self.user.is_some();
+                if authority || (!self.path.is_empty() && !self.omit_host) {
                     out.push_str("//");
                 }
                 if let Some((name, password)) = &self.user {
@@ -725,7 +725,11 @@ mod tests {
         assert!(is("http://x/?a#%zz"));
         assert!(global("url", &[Value::str("http://x/?a#%zz")]).is_err());
         let e = global("url", &[Value::str("example.com")]).unwrap_err();
-        assert!(e.message.contains("invalid URI for request"), "{}", e.message);
+        assert!(
+            e.message.contains("invalid URI for request"),
+            "{}",
+            e.message
+        );
         let e = global("url", &[Value::Int(1)]).unwrap_err();
         assert_eq!(e.kind, ErrorKind::NoSuchOverload);
     }
@@ -743,7 +747,10 @@ mod tests {
         assert_eq!(get("getHostname", "https://example.com:80/"), "example.com");
         assert_eq!(get("getHostname", "https://127.0.0.1:80/"), "127.0.0.1");
         assert_eq!(get("getHostname", "https://[::1]:80/"), "::1");
-        assert_eq!(get("getHostname", "https://[fe80::1%25en0]:8/"), "fe80::1%en0");
+        assert_eq!(
+            get("getHostname", "https://[fe80::1%25en0]:8/"),
+            "fe80::1%en0"
+        );
         assert_eq!(get("getHostname", "/path"), "");
         assert_eq!(get("getPort", "https://example.com:80/"), "80");
         assert_eq!(get("getPort", "https://example.com/"), "");
@@ -792,7 +799,13 @@ mod tests {
         ));
         assert!(equals(
             &q("/p?a=1+2&b=%2F&c&=x&&d=%zz&e;f=1&g=h=i"),
-            &map(&[("a", &["1 2"]), ("b", &["/"]), ("c", &[""]), ("", &["x"]), ("g", &["h=i"])])
+            &map(&[
+                ("a", &["1 2"]),
+                ("b", &["/"]),
+                ("c", &[""]),
+                ("", &["x"]),
+                ("g", &["h=i"])
+            ])
         ));
         assert!(equals(&q("https://example.com/path?"), &map(&[])));
         assert!(equals(&q("https://example.com/path"), &map(&[])));
@@ -802,7 +815,10 @@ mod tests {
 
     #[test]
     fn equality_compares_the_written_form() {
-        assert!(equals(&u("https://example.com/a"), &u("HTTPS://example.com/a")));
+        assert!(equals(
+            &u("https://example.com/a"),
+            &u("HTTPS://example.com/a")
+        ));
         assert!(equals(&u("https://x/a%20b"), &u("https://x/a b")));
         assert!(!equals(&u("https://x/a"), &u("https://x/b")));
         assert!(!equals(&u("https://x/a?"), &u("https://x/a")));
