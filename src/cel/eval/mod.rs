@@ -38,31 +38,59 @@ use std::fmt;
 /// An evaluation error. Its message may quote request data: it is for the
 /// user's own tools (`check --explain`, `test`), never for logs; what is
 /// logged is the [`ErrorKind`] and the function name.
+///
+/// A pointer to its [`ErrorData`] (read through `Deref`: `e.kind`), so that
+/// the `Result` every evaluation step returns is no larger than a value.
 #[derive(Clone, PartialEq)]
-pub struct Error {
+pub struct Error(Box<ErrorData>);
+
+/// What an [`Error`] says.
+#[derive(Clone, PartialEq)]
+pub struct ErrorData {
     pub kind: ErrorKind,
     /// The function that failed (a name of the policy or of celgate).
     pub function: Option<Cow<'static, str>>,
     pub message: String,
 }
 
+impl From<ErrorData> for Error {
+    fn from(d: ErrorData) -> Self {
+        Error(Box::new(d))
+    }
+}
+
+impl std::ops::Deref for Error {
+    type Target = ErrorData;
+    fn deref(&self) -> &ErrorData {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Error {
+    fn deref_mut(&mut self) -> &mut ErrorData {
+        &mut self.0
+    }
+}
+
 impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error {
+        ErrorData {
             kind,
             function: None,
             message: message.into(),
         }
+        .into()
     }
 
     /// A function refused its arguments (`int("x")`, `jwt.Decode` of a bad
     /// token, ...).
     pub fn function(function: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
-        Error {
+        ErrorData {
             kind: ErrorKind::FunctionError,
             function: Some(function.into()),
             message: message.into(),
         }
+        .into()
     }
 
     /// No overload of `function` takes these arguments.

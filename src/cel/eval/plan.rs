@@ -1215,7 +1215,7 @@ pub fn eval_standalone(source: &str) -> Result<Value<'static>, String> {
         .map_err(|e| e.to_string())?;
     let program = compile(parsed.expression(), &|_| None).map_err(|e| e.0)?;
     let mut ctx = Ctx::new(None, Meter::new(super::ctx::DEFAULT_BUDGET));
-    let v = program.eval(&mut ctx).map_err(|e| e.message)?;
+    let v = program.eval(&mut ctx).map_err(|e| e.0.message)?;
     Ok(v.into_static())
 }
 

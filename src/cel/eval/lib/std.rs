@@ -16,7 +16,7 @@
 //!   truncated (`duration('3730s').getMinutes()` is 62).
 
 use crate::cel::eval::value::{format_duration, Bin};
-use crate::cel::eval::{Ctx, Error, ErrorKind, Function, Str, Value};
+use crate::cel::eval::{Ctx, Error, ErrorData, ErrorKind, Function, Str, Value};
 use chrono::{DateTime, Datelike, FixedOffset, NaiveDateTime, TimeDelta, Timelike, Utc};
 use regex::Regex;
 use std::cell::RefCell;
@@ -96,11 +96,12 @@ const MAX_UNIX_SECONDS: i64 = 253_402_300_799;
 /// An error of a result out of CEL's range of timestamps or durations, or
 /// of a conversion's target type.
 fn range_error(function: &'static str, message: impl Into<String>) -> Error {
-    Error {
+    ErrorData {
         kind: ErrorKind::Overflow,
         function: Some(function.into()),
         message: message.into(),
     }
+    .into()
 }
 
 fn checked_timestamp(function: &'static str, t: DateTime<Utc>) -> R<'static> {

@@ -8,7 +8,7 @@
 //! charge the size of the result before building it.
 
 use crate::cel::eval::value::{format_duration, Bin, Map};
-use crate::cel::eval::{Ctx, Error, ErrorKind, Function, Str, Value};
+use crate::cel::eval::{Ctx, Error, ErrorData, ErrorKind, Function, Str, Value};
 
 pub const FUNCTIONS: &[Function] = &[
     Function::method("charAt", 1, char_at),
@@ -38,11 +38,12 @@ pub const FUNCTIONS: &[Function] = &[
 const MAX_PRECISION: usize = 100;
 
 fn out_of_range(function: &'static str, index: i64) -> Error {
-    Error {
+    ErrorData {
         kind: ErrorKind::IndexOutOfBounds,
         function: Some(function.into()),
         message: format!("index out of range: {index}"),
     }
+    .into()
 }
 
 /// `s[a..b]` as a value: borrowed when `s` is, and the same string when the
@@ -236,11 +237,12 @@ fn substring<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Err
     };
     if let Some(end) = end {
         if start > end {
-            return Err(Error {
+            return Err(ErrorData {
                 kind: ErrorKind::IndexOutOfBounds,
                 function: Some("substring".into()),
                 message: format!("invalid substring range. start: {start}, end: {end}"),
-            });
+            }
+            .into());
         }
     }
     ctx.charge_bytes(s.len())?;
