@@ -315,7 +315,6 @@ impl FailureArgs {
             failure_header: self.failure_header.0.clone(),
             audit_header: self.audit_header.as_ref().and_then(|h| h.0.clone()),
             cost_budget: self.cost_budget,
-            ..EngineConfig::default()
         }
     }
 }
