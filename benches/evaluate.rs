@@ -1,7 +1,7 @@
 //! Evaluation micro-benchmarks: one decision against a compiled policy set,
 //! without the network. `cargo bench --bench evaluate`.
 
-use celgate::engine::{evaluate, EngineConfig, Evaluator};
+use celgate::engine::{evaluate, EngineConfig};
 use celgate::policy::PolicySet;
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
@@ -39,31 +39,16 @@ fn bench(c: &mut Criterion) {
             ":authority": "api.example.com", "x-request-id": "4b8f8a8e", "x-forwarded-proto": "https"
         }),
     );
-    // The `cel` crate's interpreter, which celgate's evaluator replaced,
-    // beside it on the same requests while both exist.
-    let legacy = EngineConfig {
-        evaluator: Evaluator::Legacy,
-        ..EngineConfig::default()
-    };
     assert!(evaluate(&six, &config, &allowed).allowed());
-    assert!(evaluate(&six, &legacy, &allowed).allowed());
     c.bench_function(
         "six policies, request passes all (allow + mutations)",
         |b| b.iter(|| evaluate(black_box(&six), &config, black_box(&allowed))),
-    );
-    c.bench_function(
-        "six policies, request passes all (allow + mutations), legacy interpreter",
-        |b| b.iter(|| evaluate(black_box(&six), &legacy, black_box(&allowed))),
     );
     let denied = request("/api/orders", serde_json::json!({"x-tenant": "acme"}));
     assert!(!evaluate(&six, &config, &denied).allowed());
     c.bench_function("six policies, missing key (early 401)", |b| {
         b.iter(|| evaluate(black_box(&six), &config, black_box(&denied)))
     });
-    c.bench_function(
-        "six policies, missing key (early 401), legacy interpreter",
-        |b| b.iter(|| evaluate(black_box(&six), &legacy, black_box(&denied))),
-    );
     let bundled = PolicySet::load(&[repo("policies")]).unwrap();
     let api = request(
         "/api/orders",
@@ -72,10 +57,6 @@ fn bench(c: &mut Criterion) {
     c.bench_function("bundled policies, api key allowed", |b| {
         b.iter(|| evaluate(black_box(&bundled), &config, black_box(&api)))
     });
-    c.bench_function(
-        "bundled policies, api key allowed, legacy interpreter",
-        |b| b.iter(|| evaluate(black_box(&bundled), &legacy, black_box(&api))),
-    );
     c.bench_function("compile the six bench policies", |b| {
         b.iter(|| PolicySet::load(black_box(&[repo("benches/policies")])).unwrap())
     });

@@ -2,15 +2,15 @@
 //!
 //! - **no mcp**: the six bench policies (which never call `mcp.Parse`) on a
 //!   request without a body, and on the same request carrying a 4 KiB
-//!   JSON-RPC body: the body must cost nothing (it is never parsed; asserted);
-//!   and the per-request scope every evaluation now enters, alone.
+//!   JSON-RPC body: the body must cost nothing (it is never parsed; asserted).
 //! - **parse once**: one `mcp.Parse` call per request, against five calls
 //!   spread over two policies (inline and through variables): the five share
 //!   one parse (asserted), so they cost one parse plus small change, not five.
 //!   `parse_body` alone shows what one parse costs.
 
-use celgate::cel::mcp;
+use celgate::cel::eval::lib::mcp::parse_body;
 use celgate::engine::{evaluate, EngineConfig};
+use celgate::mcp;
 use celgate::policy::{load::parse_documents, PolicySet};
 use criterion::{criterion_group, criterion_main, Criterion};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
@@ -119,11 +119,6 @@ fn bench(c: &mut Criterion) {
     g.bench_function("six policies, 4 KiB JSON-RPC body", |b| {
         b.iter(|| evaluate(black_box(&six), &config, black_box(&with_body)))
     });
-    // What every request now pays for the library: entering and leaving the
-    // per-request scope (two thread-local writes, an empty cache swapped).
-    g.bench_function("mcp::in_request around nothing", |b| {
-        b.iter(|| mcp::in_request(black_box(&with_body), || black_box(1)))
-    });
     g.finish();
 
     let one = compile(ONE_CALL);
@@ -142,7 +137,7 @@ fn bench(c: &mut Criterion) {
         });
         let body = tool_call(size).into_bytes();
         g.bench_function(format!("parse_body alone, {kib} KiB"), |b| {
-            b.iter(|| mcp::parse_body(black_box(&body)).unwrap())
+            b.iter(|| parse_body(black_box(&body)).unwrap())
         });
     }
     g.finish();

@@ -1,11 +1,11 @@
 //! A [`Decision`] as the Envoy `CheckResponse` protobuf, and as JSON.
 
-use crate::cel::convert::json_to_proto_struct;
-use crate::cel::envoy::{CheckResponse, HeaderOption, Outcome};
 use crate::engine::Decision;
+use crate::response::{CheckResponse, HeaderOption, Outcome};
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, QueryParameter};
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::envoy::service::auth::v3 as pb;
+use envoy_types::pb::google::protobuf as pbs;
 use envoy_types::pb::google::rpc::Status;
 use serde_json::{json, Value as Json};
 
@@ -23,6 +23,32 @@ fn header(h: &HeaderOption) -> HeaderValueOption {
         }),
         keep_empty_value: h.keep_empty_value,
         ..Default::default()
+    }
+}
+
+/// JSON as a protobuf `Value`.
+pub fn json_to_proto_value(v: &Json) -> pbs::Value {
+    use pbs::value::Kind as K;
+    let kind = match v {
+        Json::Null => K::NullValue(0),
+        Json::Bool(b) => K::BoolValue(*b),
+        Json::Number(n) => K::NumberValue(n.as_f64().unwrap_or(0.0)),
+        Json::String(s) => K::StringValue(s.clone()),
+        Json::Array(a) => K::ListValue(pbs::ListValue {
+            values: a.iter().map(json_to_proto_value).collect(),
+        }),
+        Json::Object(o) => K::StructValue(json_to_proto_struct(o)),
+    };
+    pbs::Value { kind: Some(kind) }
+}
+
+/// A JSON object as a protobuf `Struct`.
+pub fn json_to_proto_struct(o: &serde_json::Map<String, Json>) -> pbs::Struct {
+    pbs::Struct {
+        fields: o
+            .iter()
+            .map(|(k, v)| (k.clone(), json_to_proto_value(v)))
+            .collect(),
     }
 }
 

@@ -25,9 +25,9 @@
 //! file that a suite found in the same search uses as a case's request is
 //! read through the suite only.
 
-use crate::cel::envoy::{HeaderOption, Outcome};
 use crate::engine::{evaluate, Decision, EngineConfig};
 use crate::policy::{load, PolicySet};
+use crate::response::{HeaderOption, Outcome};
 use crate::suite::{self, TestDoc};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use serde::{Deserialize, Serialize};
@@ -784,7 +784,7 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cel::envoy::{CheckResponse, DeniedResponse, OkResponse};
+    use crate::response::{CheckResponse, DeniedResponse, OkResponse};
 
     fn decision(outcome: Outcome, policy: Option<&str>) -> Decision {
         Decision {

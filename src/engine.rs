@@ -16,21 +16,12 @@
 //! through a request that a later policy denies. Either way evaluation goes
 //! on with the next policy.
 
-use crate::cel::convert::to_json;
-use crate::cel::envoy::{CheckResponse, DeniedResponse, HeaderOption, OkResponse, Outcome};
 use crate::cel::eval;
-use crate::cel::view::Node;
 pub use crate::cel::ErrorKind;
-use crate::policy::{Expression, FailurePolicy, NamedProgram, Policy, PolicySet};
+use crate::policy::{Expression, FailurePolicy, Policy, PolicySet};
+use crate::response::{CheckResponse, DeniedResponse, HeaderOption, OkResponse, Outcome};
 use crate::telemetry::metrics::PolicyOutcome;
-use cel::common::traits::Indexer;
-use cel::common::types::{CelBool, CelString, Kind, Type, DYN_TYPE};
-use cel::common::value::{CowVal, Val};
-use cel::context::VariableResolver;
-use cel::{Context, ExecutionError, Value};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::OnceLock;
 
 /// How celgate answers a request it could not decide: the failure denial.
 #[derive(Debug, Clone)]
@@ -55,8 +46,6 @@ pub struct EngineConfig {
     /// (`--cost-budget`): past it, evaluation stops with an error that the
     /// policy's `failurePolicy` decides.
     pub cost_budget: u64,
-    /// The evaluator (celgate's own unless comparing).
-    pub evaluator: Evaluator,
 }
 
 /// The response header that carries the warnings of `validationActions:
@@ -77,7 +66,6 @@ impl Default for EngineConfig {
             failure_header: Some(DEFAULT_FAILURE_HEADER.to_owned()),
             audit_header: None,
             cost_budget: eval::ctx::DEFAULT_BUDGET,
-            evaluator: Evaluator::default(),
         }
     }
 }
@@ -158,7 +146,7 @@ pub fn failure_header_name(name: &str) -> Result<Option<String>, String> {
     if name.is_empty() {
         return Ok(None);
     }
-    if crate::cel::envoy::header_name_problem(name).is_some() {
+    if crate::response::header_name_problem(name).is_some() {
         return Err(format!(
             "{name:?} is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only)"
         ));
@@ -299,39 +287,9 @@ fn run(
     deadline: Option<std::time::Instant>,
     trace: Option<&mut Vec<PolicyTrace>>,
 ) -> Decision {
-    match config.evaluator {
-        Evaluator::Planned => {
-            let meter = eval::Meter::new(config.cost_budget).with_deadline(deadline);
-            let ctx = eval::Ctx::new(Some(request), meter);
-            run_policies(set, config, Eval::Planned(Box::new(ctx)), trace)
-        }
-        // The request is visible to `mcp.Parse` (partial-body header, parse
-        // cache) for exactly this evaluation, which runs on this thread.
-        Evaluator::Legacy => crate::cel::mcp::in_request(request, || {
-            run_policies(
-                set,
-                config,
-                Eval::Legacy(Node::CheckRequest(request)),
-                trace,
-            )
-        }),
-    }
-}
-
-/// Which evaluator runs the policies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Evaluator {
-    /// celgate's own ([`crate::cel::eval`]).
-    #[default]
-    Planned,
-    /// The `cel` crate's interpreter, kept while the two are compared.
-    Legacy,
-}
-
-/// The state of one request's evaluation.
-enum Eval<'r> {
-    Planned(Box<eval::Ctx<'r>>),
-    Legacy(Node<'r>),
+    let meter = eval::Meter::new(config.cost_budget).with_deadline(deadline);
+    let mut ctx = eval::Ctx::new(Some(request), meter);
+    run_policies(set, config, &mut ctx, trace)
 }
 
 /// Logs a policy's evaluation error at `$level` (a `tracing` macro name):
@@ -354,7 +312,7 @@ macro_rules! policy_error_event {
 fn run_policies<'r>(
     set: &'r PolicySet,
     config: &EngineConfig,
-    mut ev: Eval<'r>,
+    ctx: &mut eval::Ctx<'r>,
     mut trace: Option<&mut Vec<PolicyTrace>>,
 ) -> Decision {
     let metrics = crate::telemetry::metrics::global();
@@ -368,10 +326,7 @@ fn run_policies<'r>(
             policy: policy.name.clone(),
             ..Default::default()
         });
-        let result = match &mut ev {
-            Eval::Planned(ctx) => eval_planned(policy, ctx, t.as_mut()),
-            Eval::Legacy(object) => eval_policy(policy, *object, t.as_mut()),
-        };
+        let result = eval_planned(policy, ctx, t.as_mut());
         let actions = policy.actions;
         let entry = |status, validation, error: Option<&EvalError>, enforced| AuditEntry {
             policy: policy.name.clone(),
@@ -629,7 +584,7 @@ pub struct EvalError {
     /// [`ErrorKind::McpParse`] (a name in the policy, never request text).
     pub function: Option<String>,
     /// For [`ErrorKind::McpParse`], why the body was refused
-    /// (`partial_body`, `invalid_json`, ...: [`crate::cel::mcp::refusal_reason`]).
+    /// (`partial_body`, `invalid_json`, ...: [`crate::mcp::refusal_reason`]).
     pub reason: Option<&'static str>,
     /// The full message; may quote request data.
     message: String,
@@ -660,24 +615,6 @@ impl std::fmt::Debug for EvalError {
 pub const SERVER_ERROR_MAX: usize = 200;
 
 impl EvalError {
-    /// An error of a CEL evaluation of `expr`.
-    pub fn cel(expr: &Expression, e: &ExecutionError) -> EvalError {
-        let (kind, function) = ErrorKind::of(e);
-        let reason = match e {
-            ExecutionError::FunctionError { message, .. } if kind == ErrorKind::McpParse => {
-                Some(crate::cel::mcp::refusal_reason(message))
-            }
-            _ => None,
-        };
-        EvalError {
-            field: expr.field.clone(),
-            kind,
-            function: function.map(|f| truncate(f, 64).to_owned()),
-            reason,
-            message: e.to_string(),
-        }
-    }
-
     /// An error of celgate's evaluator evaluating `expr`.
     pub fn eval(expr: &Expression, e: &eval::Error) -> EvalError {
         let function = e.function.as_deref();
@@ -689,8 +626,7 @@ impl EvalError {
             field: expr.field.clone(),
             kind,
             function: function.map(|f| truncate(f, 64).to_owned()),
-            reason: (kind == ErrorKind::McpParse)
-                .then(|| crate::cel::mcp::refusal_reason(&e.message)),
+            reason: (kind == ErrorKind::McpParse).then(|| crate::mcp::refusal_reason(&e.message)),
             message: match function {
                 Some(f) if !e.message.starts_with(f) => format!("{f}: {}", e.message),
                 _ => e.message.clone(),
@@ -778,338 +714,12 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-fn eval_error(expr: &Expression, e: ExecutionError) -> EvalError {
-    EvalError::cel(expr, &e)
-}
-
 /// What one policy said, short of an error.
 enum PolicyResult {
     Decided(CheckResponse, usize),
     NoResult,
     Skipped,
     Exempted,
-}
-
-fn eval_policy(
-    policy: &Policy,
-    object: Node<'_>,
-    mut trace: Option<&mut PolicyTrace>,
-) -> Result<PolicyResult, EvalError> {
-    let act = Activation::new(object, &policy.variables);
-    let mut ctx = Context::with_env(crate::cel::env().clone());
-    ctx.set_variable_resolver(&act);
-
-    for ex in &policy.exceptions {
-        let mut applies = true;
-        for m in &ex.match_conditions {
-            match eval_bool(&ctx, &m.expr) {
-                Ok(true) => {}
-                Ok(false) => {
-                    applies = false;
-                    break;
-                }
-                Err(e) => {
-                    // A broken exception must not open a hole: the policy applies.
-                    tracing::warn!(
-                        exception = %ex.name,
-                        field = %e.field,
-                        error_kind = e.kind.as_str(),
-                        function = e.function.as_deref().unwrap_or(""),
-                    reason = e.reason.unwrap_or(""),
-                        "exception condition failed; the policy applies"
-                    );
-                    applies = false;
-                    break;
-                }
-            }
-        }
-        if applies {
-            if let Some(t) = trace.as_deref_mut() {
-                t.outcome = "exempted".into();
-                t.exception = Some(ex.name.clone());
-            }
-            return Ok(PolicyResult::Exempted);
-        }
-    }
-
-    let mut first_error = None;
-    for m in &policy.match_conditions {
-        let r = eval_bool(&ctx, &m.expr);
-        if let Some(t) = trace.as_deref_mut() {
-            t.match_conditions.push(ExprTrace {
-                name: m.name.clone(),
-                result: match &r {
-                    Ok(b) => serde_json::Value::Bool(*b),
-                    Err(e) => format!("error: {}", e.message()).into(),
-                },
-                evaluations: None,
-            });
-        }
-        match r {
-            Ok(true) => {}
-            Ok(false) => {
-                if let Some(t) = trace.as_deref_mut() {
-                    t.outcome = "skipped".into();
-                }
-                return Ok(PolicyResult::Skipped);
-            }
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    if let Some(e) = first_error {
-        return Err(e);
-    }
-
-    let result = eval_validations(policy, &ctx, trace.as_deref_mut());
-    if let Some(t) = trace {
-        act.record(t);
-        if t.outcome.is_empty() {
-            t.outcome = "no result".into();
-        }
-    }
-    Ok(match result? {
-        Some((response, index)) => PolicyResult::Decided(response, index),
-        None => PolicyResult::NoResult,
-    })
-}
-
-fn eval_validations(
-    policy: &Policy,
-    ctx: &Context<'_, '_>,
-    mut trace: Option<&mut PolicyTrace>,
-) -> Result<Option<(CheckResponse, usize)>, EvalError> {
-    for (i, v) in policy.validations.iter().enumerate() {
-        let r = Value::resolve_val(v.program.expression(), ctx).map_err(|e| eval_error(v, e));
-        let r = r.and_then(|val| {
-            if val.get_type().kind() == Kind::NullType {
-                Ok(None)
-            } else if let Some(resp) = val.downcast_ref::<CheckResponse>() {
-                Ok(Some(resp.clone()))
-            } else {
-                Err(EvalError::result_type(
-                    v,
-                    format!(
-                        "a validation must return envoy CheckResponse (….Response()) or null, not {}",
-                        val.get_type().name()
-                    ),
-                ))
-            }
-        });
-        if let Some(t) = trace.as_deref_mut() {
-            t.validations.push(ExprTrace {
-                name: format!("validations[{i}]"),
-                result: match &r {
-                    Ok(None) => serde_json::Value::Null,
-                    Ok(Some(resp)) => crate::decision::response_json(resp),
-                    Err(e) => format!("error: {}", e.message()).into(),
-                },
-                evaluations: None,
-            });
-        }
-        if let Some(resp) = r? {
-            return Ok(Some((resp, i)));
-        }
-    }
-    Ok(None)
-}
-
-fn eval_bool(ctx: &Context<'_, '_>, expr: &Expression) -> Result<bool, EvalError> {
-    let v = Value::resolve_val(expr.program.expression(), ctx).map_err(|e| eval_error(expr, e))?;
-    v.downcast_ref::<CelBool>()
-        .map(|b| *b.inner())
-        .ok_or_else(|| {
-            EvalError::result_type(
-                expr,
-                format!("must return bool, not {}", v.get_type().name()),
-            )
-        })
-}
-
-static VARIABLES_T: Type = Type::new_unspecified_type("celgate.Variables");
-
-type Cell<'r> = OnceLock<Result<Box<dyn Val + 'r>, ExecutionError>>;
-
-/// The names a policy's expressions see: `object` and the lazily evaluated,
-/// memoised `variables`. One per policy evaluation; dropped with it.
-struct Activation<'r> {
-    object: Node<'r>,
-    defs: &'r [NamedProgram],
-    cells: Vec<Cell<'r>>,
-    busy: Vec<AtomicBool>,
-    /// Evaluations of each variable, for the trace (memoisation keeps it ≤ 1).
-    runs: Vec<AtomicU32>,
-}
-
-impl std::fmt::Debug for Activation<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("variables")
-            .field("defined", &self.defs.len())
-            .finish()
-    }
-}
-
-impl<'r> Activation<'r> {
-    fn new(object: Node<'r>, defs: &'r [NamedProgram]) -> Self {
-        Activation {
-            object,
-            defs,
-            cells: defs.iter().map(|_| OnceLock::new()).collect(),
-            busy: defs.iter().map(|_| AtomicBool::new(false)).collect(),
-            runs: defs.iter().map(|_| AtomicU32::new(0)).collect(),
-        }
-    }
-
-    fn variable(&self, i: usize) -> Result<&(dyn Val + 'r), ExecutionError> {
-        let cell = &self.cells[i];
-        if cell.get().is_none() && self.busy[i].swap(true, Ordering::Relaxed) {
-            // Cycles are refused when policies load; this guards the invariant.
-            return Err(ExecutionError::function_error(
-                "variables",
-                format!("variable {} refers to itself", self.defs[i].name),
-            ));
-        }
-        let r = cell.get_or_init(|| {
-            self.runs[i].fetch_add(1, Ordering::Relaxed);
-            let mut ctx = Context::with_env(crate::cel::env().clone());
-            ctx.set_variable_resolver(self);
-            let v = Value::resolve_val(self.defs[i].expr.program.expression(), &ctx)
-                .map(CowVal::into_owned);
-            // SAFETY: the value was computed in a context whose only sources of
-            // borrowed data are (a) the request, borrowed for 'r by `object`,
-            // (b) the compiled programs, which the policy set owns and which
-            // outlive 'r, and (c) this activation, whose values are themselves
-            // bounded by 'r and only ever lent out, never moved (cells are set
-            // once and never replaced). `into_owned` copies anything borrowed
-            // from the evaluation's own scope. So everything the value can
-            // borrow lives for 'r, and only the compiler's view of the
-            // resolver borrow is shortened: extending it back to 'r is sound.
-            v.map(|b| unsafe { std::mem::transmute::<Box<dyn Val + '_>, Box<dyn Val + 'r>>(b) })
-        });
-        match r {
-            Ok(v) => Ok(v.as_ref()),
-            Err(e) => Err(e.clone()),
-        }
-    }
-
-    fn record(&self, t: &mut PolicyTrace) {
-        for (i, d) in self.defs.iter().enumerate() {
-            if let Some(r) = self.cells[i].get() {
-                t.variables.push(ExprTrace {
-                    name: d.name.clone(),
-                    result: match r {
-                        Ok(v) => to_json(v.as_ref())
-                            .unwrap_or_else(|_| format!("<{}>", v.get_type().name()).into()),
-                        Err(e) => format!("error: {e}").into(),
-                    },
-                    evaluations: Some(self.runs[i].load(Ordering::Relaxed)),
-                });
-            }
-        }
-    }
-}
-
-impl VariableResolver for Activation<'_> {
-    fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
-        match variable {
-            "object" => Some(CowVal::Borrowed(&self.object)),
-            "variables" => Some(CowVal::Borrowed(self)),
-            // The interpreter first asks for a select chain's whole dotted
-            // name (`object.attributes.request.http.path`); answering it here
-            // skips its prefix-by-prefix resolution, the costliest part of a
-            // field access. Anything not found falls back to that general path.
-            _ => {
-                if let Some(path) = variable.strip_prefix("object.") {
-                    let v: Box<dyn Val + 'b> = self.object.path(path)?;
-                    Some(CowVal::Owned(v))
-                } else if let Some(rest) = variable.strip_prefix("variables.") {
-                    let (name, path) = match rest.split_once('.') {
-                        Some((name, path)) => (name, Some(path)),
-                        None => (rest, None),
-                    };
-                    let i = self.defs.iter().position(|d| d.name == name)?;
-                    let v = self.variable(i).ok()?;
-                    match path {
-                        None => Some(CowVal::Borrowed(v)),
-                        // A variable holding part of the request: plain paths
-                        // below it read zero values for unset fields, as on `object`.
-                        Some(path) => {
-                            let v: Box<dyn Val + 'b> = Node::of(v)?.path(path)?;
-                            Some(CowVal::Owned(v))
-                        }
-                    }
-                } else if let Some(name) = variable.strip_prefix("mcp.") {
-                    // `mcp.ToolsCallMethod` and the other method names: the
-                    // cel crate declares no constants, so they are answered
-                    // here, borrowed from a static (no allocation).
-                    crate::cel::mcp::constant(name).map(|c| CowVal::Borrowed(c))
-                } else {
-                    None
-                }
-            }
-        }
-    }
-}
-
-impl<'r> Indexer for Activation<'r> {
-    fn get<'b, 'v>(&'b self, idx: &dyn Val) -> Result<CowVal<'b, 'v>, ExecutionError>
-    where
-        Self: 'v,
-    {
-        let name = idx
-            .downcast_ref::<CelString>()
-            .map(|s| s.inner())
-            .ok_or_else(|| ExecutionError::no_such_key("variables"))?;
-        let i = self
-            .defs
-            .iter()
-            .position(|d| d.name == name)
-            .ok_or_else(|| ExecutionError::no_such_key(name))?;
-        let v: &'b (dyn Val + 'r) = self.variable(i)?;
-        Ok(CowVal::Borrowed(v))
-    }
-
-    fn steal<'v>(self: Box<Self>, idx: &dyn Val) -> Result<Box<dyn Val + 'v>, ExecutionError>
-    where
-        Self: 'v,
-    {
-        self.get(idx).map(CowVal::into_owned)
-    }
-}
-
-impl<'r> Val for Activation<'r> {
-    fn get_type(&self) -> &Type {
-        &VARIABLES_T
-    }
-    fn cel_type() -> &'static Type {
-        &DYN_TYPE
-    }
-    fn as_indexer<'b, 'v>(&'b self) -> Option<&'b (dyn Indexer + 'v)>
-    where
-        Self: 'v,
-    {
-        Some(self)
-    }
-    fn clone_as_boxed<'v>(&self) -> Box<dyn Val + 'v>
-    where
-        Self: 'v,
-    {
-        Box::new(Activation {
-            object: self.object,
-            defs: self.defs,
-            cells: self.cells.clone(),
-            // A copy made while a variable is being computed (`[variables]`)
-            // must still see it as busy, or reading it through the copy
-            // would start it again, without end.
-            busy: self
-                .busy
-                .iter()
-                .map(|b| AtomicBool::new(b.load(Ordering::Relaxed)))
-                .collect(),
-            runs: self.defs.iter().map(|_| AtomicU32::new(0)).collect(),
-        })
-    }
 }
 
 /// A policy's evaluation on celgate's evaluator: exceptions, then

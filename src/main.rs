@@ -229,7 +229,7 @@ struct LoadLimits {
     /// Largest request body `mcp.Parse` accepts, in bytes; a longer one is an
     /// evaluation error (so `failurePolicy: Fail` denies it). The cost
     /// estimate takes it as the bound of the body.
-    #[arg(long, env = "CELGATE_MCP_MAX_BODY_BYTES", default_value_t = celgate::cel::mcp::DEFAULT_MAX_BODY_BYTES)]
+    #[arg(long, env = "CELGATE_MCP_MAX_BODY_BYTES", default_value_t = celgate::mcp::DEFAULT_MAX_BODY_BYTES)]
     mcp_max_body_bytes: usize,
     /// Largest estimated worst-case cost of one expression: an expression
     /// whose estimate is higher is refused when it loads.
@@ -239,7 +239,7 @@ struct LoadLimits {
 
 impl LoadLimits {
     fn apply(&self) {
-        celgate::cel::mcp::configure(self.mcp_max_body_bytes);
+        celgate::mcp::configure(self.mcp_max_body_bytes);
         celgate::cel::check::cost::configure(self.max_expression_cost);
     }
 }
@@ -315,7 +315,6 @@ impl FailureArgs {
             failure_header: self.failure_header.0.clone(),
             audit_header: self.audit_header.as_ref().and_then(|h| h.0.clone()),
             cost_budget: self.cost_budget,
-            ..EngineConfig::default()
         }
     }
 }

@@ -313,7 +313,7 @@ fn metadata(path: &str, v: &Value) -> R<Metadata> {
                 .as_object()
                 .ok_or_else(|| err(&format!("{p}.{k}"), "must be an object"))?;
             m.filter_metadata
-                .insert(k.clone(), crate::cel::convert::json_to_proto_struct(s));
+                .insert(k.clone(), crate::decision::json_to_proto_struct(s));
         }
     }
     o.finish()?;

@@ -17,9 +17,9 @@
 //! checked. docs/src/test-suites.md (the book's "Checking and testing
 //! policies") describes every field.
 
-use crate::cel::envoy::{HeaderOption, Outcome};
 use crate::engine::{evaluate, Decision, EngineConfig};
 use crate::policy::{load, PolicySet};
+use crate::response::{HeaderOption, Outcome};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -296,44 +296,23 @@ pub fn run_noting(
     notes: &mut Vec<String>,
 ) -> Result<Vec<CaseResult>, SuiteError> {
     let mut results = Vec::new();
-    for_each_case(
-        path,
-        doc,
-        notes,
-        crate::engine::Evaluator::default(),
-        |suite, case, decision, elapsed| {
-            results.push(CaseResult {
-                suite: suite.to_owned(),
-                file: path.to_path_buf(),
-                case: case.name.clone(),
-                failures: compare(&case.expect, &decision),
-                elapsed,
-            })
-        },
-    )?;
+    for_each_case(path, doc, notes, |suite, case, decision, elapsed| {
+        results.push(CaseResult {
+            suite: suite.to_owned(),
+            file: path.to_path_buf(),
+            case: case.name.clone(),
+            failures: compare(&case.expect, &decision),
+            elapsed,
+        })
+    })?;
     Ok(results)
 }
 
-/// Each case's decision by `evaluator`, without comparing it with what the
-/// case expects: for comparing evaluators.
-pub fn decisions(
-    path: &Path,
-    doc: &TestDoc,
-    evaluator: crate::engine::Evaluator,
-) -> Result<Vec<(String, Decision)>, SuiteError> {
-    let mut out = Vec::new();
-    for_each_case(path, doc, &mut Vec::new(), evaluator, |_, case, d, _| {
-        out.push((case.name.clone(), d))
-    })?;
-    Ok(out)
-}
-
-/// Loads the suite's policies and decides each case with `evaluator`.
+/// Loads the suite's policies and decides each case.
 fn for_each_case(
     path: &Path,
     doc: &TestDoc,
     notes: &mut Vec<String>,
-    evaluator: crate::engine::Evaluator,
     mut each: impl FnMut(&str, &Case, Decision, std::time::Duration),
 ) -> Result<(), SuiteError> {
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -380,7 +359,6 @@ fn for_each_case(
             None => defaults.audit_header,
         },
         cost_budget: doc.cost_budget.unwrap_or(defaults.cost_budget),
-        evaluator,
     };
     let suite = doc
         .metadata
@@ -392,7 +370,7 @@ fn for_each_case(
         let started = std::time::Instant::now();
         let decision = match doc.mcp_max_body_bytes {
             Some(limit) => {
-                crate::cel::mcp::with_max_body_bytes(limit, || evaluate(&set, &config, &request))
+                crate::mcp::with_max_body_bytes(limit, || evaluate(&set, &config, &request))
             }
             None => evaluate(&set, &config, &request),
         };
@@ -763,7 +741,7 @@ fn xml(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cel::envoy::{CheckResponse, DeniedResponse, OkResponse, QueryParam};
+    use crate::response::{CheckResponse, DeniedResponse, OkResponse, QueryParam};
     use serde_json::json;
 
     fn expect(fields: serde_json::Value) -> Result<Expect, String> {

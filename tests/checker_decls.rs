@@ -48,7 +48,7 @@ use celgate::cel::check::{self as checker, Scope, Ty};
 use celgate::cel::eval::ctx::DEFAULT_BUDGET;
 use celgate::cel::eval::{self, Ctx, Error, Meter, Value};
 use celgate::cel::ErrorKind;
-use celgate::engine::{self, EngineConfig, Evaluator};
+use celgate::engine::{self, EngineConfig};
 use celgate::policy::{load::parse_documents, PolicySet};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use grammar::{request, Gen, Tape, TOOLS_CALL};
@@ -827,10 +827,7 @@ fn checked_expressions_run_without_type_errors() {
             }
         };
         accepted.set(accepted.get() + 1);
-        let config = EngineConfig {
-            evaluator: Evaluator::Planned,
-            ..EngineConfig::default()
-        };
+        let config = EngineConfig::default();
         let d = engine::evaluate(&set, &config, request());
         if let Some(e) = &d.error {
             if !g.dynamic && is_missing_overload(e.kind) {

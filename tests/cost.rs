@@ -60,7 +60,7 @@ fn request(body: String) -> CheckRequest {
 
 fn load(dir: &Path) -> PolicySet {
     celgate::cel::check::cost::configure(u64::MAX);
-    celgate::cel::mcp::configure(1 << 20);
+    celgate::mcp::configure(1 << 20);
     PolicySet::load(&[dir.to_path_buf()]).expect("the policy loads with the estimate raised")
 }
 

@@ -17,7 +17,7 @@
 //!   most about 30 levels deep: much deeper nesting overflows the stack of
 //!   the CEL parser today, which is a separate issue (depth limits).
 //! * `jsonrpc_bodies_parse_or_refuse`: random and mutated JSON-RPC bodies →
-//!   `mcp.Parse` (`celgate::cel::mcp::parse_body`) answers Ok or an error,
+//!   `mcp.Parse` (`celgate::cel::eval::lib::mcp::parse_body`) answers Ok or an error,
 //!   and a body over the limit is always an error.
 //!
 //! Each target runs a few hundred cases in `cargo test`. `scripts/fuzz.sh
@@ -1225,7 +1225,8 @@ fn policy_documents_load_or_refuse() {
 
 #[test]
 fn jsonrpc_bodies_parse_or_refuse() {
-    use celgate::cel::mcp;
+    use celgate::cel::eval::lib::mcp::parse_body;
+    use celgate::mcp;
     let bodies = prop_oneof![
         4 => jsonrpc_body().prop_map(|b| (b, None)),
         1 => (jsonrpc_body(), 0usize..256).prop_map(|(b, limit)| (b, Some(limit))),
@@ -1233,7 +1234,7 @@ fn jsonrpc_bodies_parse_or_refuse() {
     let (parsed, refused) = (Counter::default(), Counter::default());
     fuzz("jsonrpc-bodies", 400, bodies, |(body, limit)| {
         let limit = limit.unwrap_or(mcp::DEFAULT_MAX_BODY_BYTES);
-        let result = mcp::with_max_body_bytes(limit, || mcp::parse_body(&body));
+        let result = mcp::with_max_body_bytes(limit, || parse_body(&body));
         if body.len() > limit {
             prop_assert!(result.is_err(), "a body over the limit parsed");
         }

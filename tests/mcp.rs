@@ -6,8 +6,8 @@
 //! engine evaluates a request synchronously on the caller's thread, so the
 //! counts below are exact even with other tests running in parallel.
 
-use celgate::cel::mcp;
 use celgate::engine::{evaluate, evaluate_traced, EngineConfig};
+use celgate::mcp;
 use celgate::policy::{load::parse_documents, PolicySet};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use std::path::Path;
@@ -234,7 +234,7 @@ fn the_partial_body_header_is_seen_by_the_body_only_form() {
         "{d:?}"
     );
     // Outside an evaluation there is no current request: the body parses.
-    assert!(mcp::parse_body(TOOL_CALL.as_bytes()).is_ok());
+    assert!(celgate::cel::eval::lib::mcp::parse_body(TOOL_CALL.as_bytes()).is_ok());
 }
 
 #[test]

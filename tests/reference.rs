@@ -364,7 +364,7 @@ fn request_page_lists_exactly_the_readable_fields() {
     assert!(declared.len() > 30, "only {} fields", declared.len());
     compare_fields(&path, &documented, &declared);
     // Fields dropped by the view are not documented as readable.
-    for (message, field) in celgate::cel::view::UNREAD_FIELDS {
+    for (message, field) in celgate::cel::eval::request::UNREAD_FIELDS {
         assert!(
             !documented.keys().any(|p| p.ends_with(&format!(".{field}"))),
             "{field} ({message}) is not read, yet documented"
@@ -529,10 +529,10 @@ fn cel_page_documents_every_function_with_its_signatures() {
 fn cel_page_documents_the_libraries_objects() {
     let (path, text) = page("cel.md");
     let mut declared = BTreeMap::new();
-    for (name, fields) in celgate::cel::envoy::OBJECTS
+    for (name, fields) in celgate::cel::eval::lib::envoy::OBJECTS
         .iter()
-        .chain(celgate::cel::jwt::OBJECTS)
-        .chain(celgate::cel::mcp::OBJECTS)
+        .chain(celgate::cel::eval::lib::jwt::OBJECTS)
+        .chain(celgate::cel::eval::lib::mcp::OBJECTS)
     {
         if !fields.is_empty() {
             walk_fields(name, name, 0, &mut declared);
@@ -572,7 +572,7 @@ fn cel_page_has_an_example_of_every_function() {
                 called.insert((*m).to_owned());
             }
         }
-        for (k, _) in celgate::cel::mcp::CONSTANTS {
+        for (k, _) in celgate::mcp::CONSTANTS {
             if ex.expr.contains(&format!("mcp.{k}")) {
                 called.insert(format!("mcp.{k}"));
             }
@@ -582,7 +582,7 @@ fn cel_page_has_an_example_of_every_function() {
         .into_keys()
         .chain(MACROS.iter().map(|m| (*m).to_owned()))
         .chain(
-            celgate::cel::mcp::CONSTANTS
+            celgate::mcp::CONSTANTS
                 .iter()
                 .map(|(k, _)| format!("mcp.{k}")),
         )

@@ -1,31 +1,24 @@
-//! The CEL environment policies are compiled against and evaluated in.
+//! CEL in celgate: the `cel` crate parses expressions ([`env`]), celgate
+//! checks them ([`check`]), plans and evaluates them ([`eval`]).
 //!
-//! One [`Env`] is built per process: the standard library, the strings, lists,
-//! math and encoders extensions, a sets library, a regex `matches` that caches
-//! compiled patterns, the `envoy` library, the `jwt`/`jwks` library and the
-//! `mcp` library. Every function is a plain `fn`, so the environment is shared
-//! read-only by every request (the `mcp` parse cache is per request, see
-//! [`mcp::in_request`]).
+//! One parsing environment is built per process: the standard macros, the
+//! macros of the `cel` crate's lists and math extensions (`sortBy`,
+//! `math.greatest`, `math.least`) and celgate's own ([`macros`]). It is
+//! only ever used to parse: evaluation is [`eval`]'s.
 
 pub mod check;
-pub mod convert;
-pub mod envoy;
 pub mod eval;
-pub mod jwt;
 pub mod limits;
 pub mod macros;
-pub mod mcp;
-mod regex_cache;
-pub use regex_cache::walk;
-mod sets;
-pub mod view;
 
+use cel::common::ast::{EntryExpr, Expr, LiteralValue};
 use cel::Env;
+use regex::Regex;
 use std::sync::{Arc, LazyLock};
 
 static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| Arc::new(build_env()));
 
-/// The shared environment every policy is compiled with and evaluated in.
+/// The shared environment every policy expression is parsed with.
 pub fn env() -> &'static Arc<Env> {
     &ENV
 }
@@ -34,44 +27,84 @@ fn build_env() -> Env {
     let mut env = Env::stdlib();
     // Registration only fails on a duplicate declaration, which is a bug in
     // this module caught by every test run, not a condition to recover from.
-    env.add_extension(cel::extensions::strings)
-        .expect("strings extension");
+    // These two extensions are here for the macros they add to parsing.
     env.add_extension(cel::extensions::lists)
         .expect("lists extension");
     env.add_extension(cel::extensions::math)
         .expect("math extension");
-    env.add_extension(cel::extensions::encoders)
-        .expect("encoders extension");
-    env.add_extension(sets::extension).expect("sets extension");
-    env.add_extension(regex_cache::extension)
-        .expect("regex extension");
-    env.add_extension(envoy::extension).expect("envoy library");
-    env.add_extension(jwt::extension).expect("jwt library");
-    env.add_extension(mcp::extension).expect("mcp library");
     for m in macros::all() {
         env.add_macro(m).expect("celgate's macros");
     }
     env
 }
 
-/// Compile-time check of a literal regular expression, so that a policy with
-/// a broken pattern is refused when it loads rather than failing per request.
-pub use regex_cache::check_literal_patterns;
+/// Every `matches` call whose pattern is a string literal, checked to
+/// compile: a policy with a broken pattern is refused when it loads rather
+/// than failing per request.
+pub fn check_literal_patterns(expr: &cel::IdedExpr) -> Result<(), String> {
+    let mut err = None;
+    walk(expr, &mut |e| {
+        if let Expr::Call(call) = &e.expr {
+            if call.func_name == "matches" {
+                if let Some(pattern) = call.args.last() {
+                    if let Expr::Literal(LiteralValue::String(s)) = &pattern.expr {
+                        if let Err(e) = Regex::new(s.inner()) {
+                            err.get_or_insert_with(|| {
+                                format!("invalid regex {:?}: {e}", s.inner())
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    });
+    err.map_or(Ok(()), Err)
+}
 
-/// The string a map or message is indexed with (`m["k"]`, `m.k`): the key of
-/// every map-like value this crate exposes (request view, JWT, MCP request).
-pub(crate) fn string_key(idx: &dyn cel::common::value::Val) -> Result<&str, cel::ExecutionError> {
-    idx.downcast_ref::<cel::common::types::CelString>()
-        .map(|s| s.inner())
-        .ok_or_else(|| cel::ExecutionError::UnexpectedType {
-            got: idx.get_type().name().to_owned(),
-            want: "string".to_owned(),
-        })
+/// Visits every sub-expression of `expr`.
+pub fn walk(expr: &cel::IdedExpr, f: &mut dyn FnMut(&cel::IdedExpr)) {
+    f(expr);
+    match &expr.expr {
+        Expr::Call(call) => {
+            if let Some(t) = &call.target {
+                walk(t, f);
+            }
+            for a in &call.args {
+                walk(a, f);
+            }
+        }
+        Expr::Comprehension(c) => {
+            for e in [
+                &c.iter_range,
+                &c.accu_init,
+                &c.loop_cond,
+                &c.loop_step,
+                &c.result,
+            ] {
+                walk(e, f);
+            }
+        }
+        Expr::List(l) => l.elements.iter().for_each(|e| walk(e, f)),
+        Expr::Map(m) => m.entries.iter().for_each(|e| walk_entry(&e.expr, f)),
+        Expr::Struct(s) => s.entries.iter().for_each(|e| walk_entry(&e.expr, f)),
+        Expr::Select(s) => walk(&s.operand, f),
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+    }
+}
+
+fn walk_entry(entry: &EntryExpr, f: &mut dyn FnMut(&cel::IdedExpr)) {
+    match entry {
+        EntryExpr::MapEntry(m) => {
+            walk(&m.key, f);
+            walk(&m.value, f);
+        }
+        EntryExpr::StructField(s) => walk(&s.value, f),
+    }
 }
 
 /// What went wrong in a CEL evaluation, as a fixed name that is safe to log:
-/// the CEL error messages themselves quote values (`No such key: <the key>`,
-/// `String("<the value>")`), which are often request data.
+/// the error messages themselves quote values (`no such key: "<the key>"`),
+/// which are often request data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
     /// A map or message lookup of a key that is not there.
@@ -126,46 +159,6 @@ impl ErrorKind {
             ErrorKind::Internal => "internal",
             ErrorKind::Server => "server",
         }
-    }
-
-    /// The kind of a CEL execution error, and for a function error the
-    /// function's name (from the policy or this crate, never from the request).
-    pub fn of(e: &cel::ExecutionError) -> (ErrorKind, Option<&str>) {
-        use cel::ExecutionError as E;
-        #[allow(deprecated)]
-        let kind = match e {
-            E::NoSuchKey(_) => ErrorKind::NoSuchKey,
-            E::NoSuchOverload(_) => ErrorKind::NoSuchOverload,
-            E::UndeclaredReference(_) => ErrorKind::UndeclaredReference,
-            E::InvalidArgumentCount { .. } | E::MissingArgumentOrTarget => {
-                ErrorKind::InvalidArgumentCount
-            }
-            E::FunctionError { function, .. } => {
-                let kind = if function == "mcp.Parse" {
-                    ErrorKind::McpParse
-                } else {
-                    ErrorKind::FunctionError
-                };
-                return (kind, Some(function.as_str()));
-            }
-            E::DivisionByZero(_) | E::RemainderByZero(_) => ErrorKind::DivisionByZero,
-            E::Overflow(..) => ErrorKind::Overflow,
-            E::IndexOutOfBounds(_) => ErrorKind::IndexOutOfBounds,
-            E::DuplicateKey(_) => ErrorKind::DuplicateKey,
-            E::InternalError(_) => ErrorKind::Internal,
-            E::UnsupportedTargetType { .. }
-            | E::NotSupportedAsMethod { .. }
-            | E::UnsupportedKeyType(_)
-            | E::UnexpectedType { .. }
-            | E::ValuesNotComparable(..)
-            | E::UnsupportedUnaryOperator(..)
-            | E::UnsupportedBinaryOperator(..)
-            | E::UnsupportedMapIndex(_)
-            | E::UnsupportedListIndex(_)
-            | E::UnsupportedIndex(..) => ErrorKind::TypeMismatch,
-            _ => ErrorKind::Internal,
-        };
-        (kind, None)
     }
 }
 

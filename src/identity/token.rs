@@ -34,10 +34,8 @@
 use super::jwks::{self, KeySet};
 use super::keys::Key;
 use super::{bump, runtime, COUNTERS};
-use crate::cel::convert::json_object_to_map;
 use crate::cel::eval::Value;
 use base64::Engine;
-use cel::common::types::CelMap;
 use jsonwebtoken::Algorithm;
 use sha2::{Digest, Sha256};
 use std::str::FromStr;
@@ -80,29 +78,23 @@ pub struct Decoded {
     pub valid: bool,
     /// Why not valid; `None` when valid.
     pub invalid: Option<Invalid>,
-    /// The claims when valid, else empty.
-    pub claims: Arc<CelMap<'static>>,
-    /// The header when it could be parsed, else empty.
-    pub header: Arc<CelMap<'static>>,
-    /// [`Decoded::claims`] as celgate's own evaluator reads it.
+    /// The claims when valid, else empty, as the evaluator reads them.
     pub claims_value: Value<'static>,
-    /// [`Decoded::header`] as celgate's own evaluator reads it.
+    /// The header when it could be parsed, else empty.
     pub header_value: Value<'static>,
 }
 
-/// A JSON object of a token (its header or claims) as both evaluators read
+/// A JSON object of a token (its header or claims) as the evaluator reads
 /// it, built once per verification and shared with the cache. Numbers are
 /// `double`, as cel-go reads JSON.
 #[derive(Debug, Clone)]
 pub struct Part {
-    pub cel: Arc<CelMap<'static>>,
     pub value: Value<'static>,
 }
 
 impl Part {
     fn of(o: &serde_json::Map<String, serde_json::Value>) -> Part {
         Part {
-            cel: Arc::new(json_object_to_map(o)),
             value: crate::cel::eval::lib::jwt::struct_value(o),
         }
     }
@@ -172,9 +164,7 @@ fn invalid(why: Invalid, header: Option<Part>) -> Decoded {
     Decoded {
         valid: false,
         invalid: Some(why),
-        claims: EMPTY.cel.clone(),
         claims_value: EMPTY.value.clone(),
-        header: header.cel,
         header_value: header.value,
     }
 }
@@ -183,9 +173,7 @@ fn valid(claims: &Part, header: &Part) -> Decoded {
     Decoded {
         valid: true,
         invalid: None,
-        claims: claims.cel.clone(),
         claims_value: claims.value.clone(),
-        header: header.cel.clone(),
         header_value: header.value.clone(),
     }
 }

@@ -6,7 +6,7 @@
 //! values, the body) are read as bytes, so a value that is not UTF-8 does not
 //! reject the whole message. Such a value is then carried where the
 //! `CheckRequest` has room for raw bytes, and policies see it as a CEL
-//! `bytes` value (see `cel::view`):
+//! `bytes` value (see `cel::eval::request`):
 //!
 //! - a `headers` map with a non-UTF-8 value becomes a `header_map` (all its
 //!   entries, the bad ones as `raw_value`), as Envoy's `encode_raw_headers`

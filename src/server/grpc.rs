@@ -201,7 +201,7 @@ fn join_callers_trace(
     else {
         return;
     };
-    if crate::cel::view::request_header(http, "traceparent").is_none() {
+    if crate::cel::eval::request::request_header(http, "traceparent").is_none() {
         return;
     }
     let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(http)));
@@ -233,14 +233,14 @@ struct HeaderExtractor<'a>(
 
 impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        match crate::cel::view::request_header(self.0, key)? {
+        match crate::cel::eval::request::request_header(self.0, key)? {
             std::borrow::Cow::Borrowed(v) => std::str::from_utf8(v).ok(),
             // Repeated in `header_map`: not a valid trace context anyway.
             std::borrow::Cow::Owned(_) => None,
         }
     }
     fn keys(&self) -> Vec<&str> {
-        crate::cel::view::request_header_names(self.0)
+        crate::cel::eval::request::request_header_names(self.0)
     }
 }
 

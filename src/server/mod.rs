@@ -57,7 +57,7 @@ pub struct ServeOptions {
 impl ServeOptions {
     pub fn max_request_bytes(&self) -> usize {
         self.max_request_bytes.unwrap_or_else(|| {
-            decode::default_max_request_bytes(crate::cel::mcp::DEFAULT_MAX_BODY_BYTES)
+            decode::default_max_request_bytes(crate::mcp::DEFAULT_MAX_BODY_BYTES)
         })
     }
 }

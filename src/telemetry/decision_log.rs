@@ -269,7 +269,7 @@ impl DecisionLog {
         let mut headers = serde_json::Map::new();
         if let Some(h) = http {
             for name in &self.headers {
-                if let Some(v) = crate::cel::view::request_header(h, name) {
+                if let Some(v) = crate::cel::eval::request::request_header(h, name) {
                     headers.insert(name.clone(), String::from_utf8_lossy(&v).into());
                 }
             }

@@ -68,13 +68,13 @@ impl Bound {
     pub fn total(self) -> Option<f64> {
         match self {
             Bound::HeaderList | Bound::HeaderJson => Some(HEADER_BYTES),
-            Bound::BodyJson => Some(crate::cel::mcp::max_body_bytes() as f64),
+            Bound::BodyJson => Some(crate::mcp::max_body_bytes() as f64),
             _ => None,
         }
     }
 
     pub fn sizes(self) -> (f64, f64) {
-        let body = crate::cel::mcp::max_body_bytes() as f64;
+        let body = crate::mcp::max_body_bytes() as f64;
         match self {
             Bound::Fixed => (1.0, 1.0),
             Bound::Header | Bound::HeaderJson => (HEADER_BYTES, HEADER_BYTES),

@@ -98,9 +98,9 @@ pub fn get() -> &'static Decls {
 pub fn tables() -> [(&'static str, &'static str); 8] {
     [
         ("std.decls", include_str!("std.decls")),
-        ("envoy", crate::cel::envoy::DECLS),
-        ("jwt", crate::cel::jwt::DECLS),
-        ("mcp", crate::cel::mcp::DECLS),
+        ("envoy", crate::cel::eval::lib::envoy::DECLS),
+        ("jwt", crate::cel::eval::lib::jwt::DECLS),
+        ("mcp", crate::cel::eval::lib::mcp::DECLS),
         ("net", crate::cel::eval::lib::net::DECLS),
         ("url", crate::cel::eval::lib::url::DECLS),
         ("quantity", crate::cel::eval::lib::quantity::DECLS),
@@ -133,17 +133,17 @@ fn build() -> Result<Decls, DeclError> {
         }
     }
     let mut objects = proto::objects().map_err(DeclError)?;
-    for (message, field) in crate::cel::view::UNREAD_FIELDS {
+    for (message, field) in crate::cel::eval::request::UNREAD_FIELDS {
         objects
             .get_mut(*message)
             .and_then(|o| o.fields.as_mut())
             .and_then(|fields| fields.remove(*field))
             .ok_or_else(|| DeclError(format!("view::UNREAD_FIELDS: no field {message}.{field}")))?;
     }
-    for (name, fields) in crate::cel::envoy::OBJECTS
+    for (name, fields) in crate::cel::eval::lib::envoy::OBJECTS
         .iter()
-        .chain(crate::cel::jwt::OBJECTS)
-        .chain(crate::cel::mcp::OBJECTS)
+        .chain(crate::cel::eval::lib::jwt::OBJECTS)
+        .chain(crate::cel::eval::lib::mcp::OBJECTS)
         .chain(crate::cel::eval::lib::net::OBJECTS)
         .chain(crate::cel::eval::lib::url::OBJECTS)
         .chain(crate::cel::eval::lib::quantity::OBJECTS)

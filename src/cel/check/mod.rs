@@ -304,14 +304,12 @@ impl Checker<'_> {
                     }
                 }
                 if root == "mcp" && !s.test {
-                    if crate::cel::mcp::is_constant(&s.field) {
-                        let len =
-                            crate::cel::mcp::constant(&s.field).map_or(1, |c| c.inner().len());
+                    if crate::mcp::is_constant(&s.field) {
+                        let len = crate::mcp::constant(&s.field).map_or(1, str::len);
                         return Info::sized(Ty::String, (len as f64, 1.0));
                     }
                     let at = self.find_word(at, &s.field);
-                    let known: Vec<&str> =
-                        crate::cel::mcp::CONSTANTS.iter().map(|(k, _)| *k).collect();
+                    let known: Vec<&str> = crate::mcp::CONSTANTS.iter().map(|(k, _)| *k).collect();
                     return self.error(
                         at,
                         format!(

@@ -14,9 +14,9 @@
 //! loop).
 
 use super::lib;
+use super::request::Node as ReqNode;
 use super::value::{compare, equals, orderable, Key, Map, OwnedMap, Type, Value};
 use super::{Ctx, Error, ErrorKind, Function, Meter};
-use crate::cel::view::Node as ReqNode;
 use cel::common::ast::{CallExpr, ComprehensionExpr, EntryExpr, Expr, IdedExpr, LiteralValue};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use std::sync::{Arc, LazyLock};
@@ -127,8 +127,28 @@ pub fn compile(
     expr: &IdedExpr,
     variable: &dyn Fn(&str) -> Option<usize>,
 ) -> Result<Program, PlanError> {
+    plan(expr, variable, true)
+}
+
+/// [`compile`] without constant folding: every call, operator and literal
+/// of `expr` runs when the program is evaluated. Folding must not change
+/// any result; tests compare the two plans of an expression to prove it.
+#[doc(hidden)]
+pub fn compile_unfolded(
+    expr: &IdedExpr,
+    variable: &dyn Fn(&str) -> Option<usize>,
+) -> Result<Program, PlanError> {
+    plan(expr, variable, false)
+}
+
+fn plan(
+    expr: &IdedExpr,
+    variable: &dyn Fn(&str) -> Option<usize>,
+    folds: bool,
+) -> Result<Program, PlanError> {
     let mut p = Planner {
         variable,
+        folds,
         scopes: Vec::new(),
         next_slot: 0,
         max_slots: 0,
@@ -142,6 +162,8 @@ pub fn compile(
 
 struct Planner<'a> {
     variable: &'a dyn Fn(&str) -> Option<usize>,
+    /// Whether constant sub-expressions are folded ([`fold`]).
+    folds: bool,
     /// Local names in scope, innermost last, with their slots.
     scopes: Vec<(String, usize)>,
     next_slot: usize,
@@ -193,6 +215,14 @@ fn type_constant(name: &str) -> Option<Type> {
 }
 
 impl Planner<'_> {
+    fn fold(&self, node: Node) -> Node {
+        if self.folds {
+            fold(node)
+        } else {
+            node
+        }
+    }
+
     fn local(&self, name: &str) -> Option<usize> {
         self.scopes
             .iter()
@@ -257,7 +287,7 @@ impl Planner<'_> {
                 let optional = (0..elems.len())
                     .map(|i| l.optional_indices.contains(&i))
                     .collect();
-                fold(Node::List(elems, optional))
+                self.fold(Node::List(elems, optional))
             }
             Expr::Map(m) => {
                 let mut entries = Vec::with_capacity(m.entries.len());
@@ -267,7 +297,7 @@ impl Planner<'_> {
                     };
                     entries.push((self.expr(&me.key)?, self.expr(&me.value)?, me.optional));
                 }
-                fold(Node::MapLit(entries))
+                self.fold(Node::MapLit(entries))
             }
             Expr::Struct(s) => {
                 return err(format!(
@@ -460,7 +490,7 @@ impl Planner<'_> {
                 }))
             }
         };
-        Ok(fold(node))
+        Ok(self.fold(node))
     }
 
     fn comprehension(&mut self, c: &ComprehensionExpr) -> Result<Node, PlanError> {

@@ -11,7 +11,7 @@
 //! and `double` by value, lists and maps element by element, and values of
 //! different kinds are unequal (never an error).
 
-use crate::cel::view::Node;
+use super::request::Node;
 use chrono::{DateTime, TimeDelta, Utc};
 use indexmap::IndexMap;
 use std::any::Any;
