@@ -157,12 +157,17 @@ pub fn call(name: &str, recv: Option<&Info>, args: &[Info], result: &Ty) -> (f64
         "lowerAscii" | "upperAscii" | "trim" | "reverse" | "substring" | "strings.quote"
         | "base64.encode" | "base64.decode" | "string" | "bytes" | "int" | "uint" | "double"
         | "bool" | "duration" | "timestamp" => (walk(all.first()), same),
-        "matches" => {
+        "matches" | "find" | "findAll" => {
             let (input, pattern) = (all.first(), all.get(1));
-            (
-                walk(input) * (1.0 + pattern.map_or(0.0, |p| p.size) / 16.0),
-                (1.0, 1.0),
-            )
+            let cost = walk(input) * (1.0 + pattern.map_or(0.0, |p| p.size) / 16.0);
+            // A match is a piece of the input; there are at most as many
+            // as the input has bytes, plus one.
+            let sizes = match name {
+                "find" => (same.0, 1.0),
+                "findAll" => (same.0 + 1.0, same.0),
+                _ => (1.0, 1.0),
+            };
+            (cost, sizes)
         }
         "split" => (walk(all.first()), (same.0, same.0)),
         "replace" => {

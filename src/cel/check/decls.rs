@@ -95,13 +95,14 @@ pub fn get() -> &'static Decls {
 }
 
 /// Every table, with where it comes from (for errors in the tables).
-pub fn tables() -> [(&'static str, &'static str); 5] {
+pub fn tables() -> [(&'static str, &'static str); 6] {
     [
         ("std.decls", include_str!("std.decls")),
         ("envoy", crate::cel::envoy::DECLS),
         ("jwt", crate::cel::jwt::DECLS),
         ("mcp", crate::cel::mcp::DECLS),
         ("net", crate::cel::eval::lib::net::DECLS),
+        ("regex", crate::cel::eval::lib::regex::DECLS),
     ]
 }
 

@@ -14,6 +14,7 @@ pub mod jwt;
 pub mod lists;
 pub mod mcp;
 pub mod net;
+pub mod regex;
 pub mod std;
 pub mod strings;
 
@@ -33,6 +34,7 @@ pub fn all_functions() -> impl Iterator<Item = &'static Function> {
         jwt::FUNCTIONS,
         mcp::FUNCTIONS,
         net::FUNCTIONS,
+        regex::FUNCTIONS,
     ]
     .into_iter()
     .flatten()
