@@ -151,8 +151,21 @@ pub fn call(name: &str, recv: Option<&Info>, args: &[Info], result: &Ty) -> (f64
         Ty::Bool | Ty::Int | Ty::Uint | Ty::Double | Ty::Null | Ty::Duration | Ty::Timestamp
     );
     let (cost, sizes) = match name {
+        // A list's `indexOf` compares each element (the Kubernetes lists
+        // library); a string's walks its bytes.
+        "indexOf" | "lastIndexOf" | "includes"
+            if first.is_some_and(|f| matches!(f.ty, Ty::List(_) | Ty::Dyn)) =>
+        {
+            let l = first.map_or(1.0, |f| f.count() + BYTE * f.total());
+            (l, (1.0, 1.0))
+        }
         "contains" | "startsWith" | "endsWith" | "indexOf" | "lastIndexOf" | "charAt" => {
             (walk(all.first()) + walk(all.get(1)), (1.0, 1.0))
+        }
+        // The Kubernetes lists library: a unit per element.
+        "isSorted" | "sum" | "min" | "max" => {
+            let n = first.map_or(1.0, Info::count);
+            (n, first.map_or((1.0, 1.0), |f| (f.elem, f.elem)))
         }
         "lowerAscii" | "upperAscii" | "trim" | "reverse" | "substring" | "strings.quote"
         | "base64.encode" | "base64.decode" | "string" | "bytes" | "int" | "uint" | "double"

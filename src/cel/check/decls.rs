@@ -95,7 +95,7 @@ pub fn get() -> &'static Decls {
 }
 
 /// Every table, with where it comes from (for errors in the tables).
-pub fn tables() -> [(&'static str, &'static str); 6] {
+pub fn tables() -> [(&'static str, &'static str); 7] {
     [
         ("std.decls", include_str!("std.decls")),
         ("envoy", crate::cel::envoy::DECLS),
@@ -103,6 +103,10 @@ pub fn tables() -> [(&'static str, &'static str); 6] {
         ("mcp", crate::cel::mcp::DECLS),
         ("net", crate::cel::eval::lib::net::DECLS),
         ("regex", crate::cel::eval::lib::regex::DECLS),
+        (
+            "kubernetes lists",
+            crate::cel::eval::lib::lists::KUBERNETES_DECLS,
+        ),
     ]
 }
 
