@@ -95,7 +95,7 @@ pub fn get() -> &'static Decls {
 }
 
 /// Every table, with where it comes from (for errors in the tables).
-pub fn tables() -> [(&'static str, &'static str); 7] {
+pub fn tables() -> [(&'static str, &'static str); 8] {
     [
         ("std.decls", include_str!("std.decls")),
         ("envoy", crate::cel::envoy::DECLS),
@@ -103,6 +103,7 @@ pub fn tables() -> [(&'static str, &'static str); 7] {
         ("mcp", crate::cel::mcp::DECLS),
         ("net", crate::cel::eval::lib::net::DECLS),
         ("regex", crate::cel::eval::lib::regex::DECLS),
+        ("format", crate::cel::eval::lib::format::DECLS),
         (
             "kubernetes lists",
             crate::cel::eval::lib::lists::KUBERNETES_DECLS,
@@ -147,6 +148,7 @@ fn build() -> Result<Decls, DeclError> {
         .chain(crate::cel::jwt::OBJECTS)
         .chain(crate::cel::mcp::OBJECTS)
         .chain(crate::cel::eval::lib::net::OBJECTS)
+        .chain(crate::cel::eval::lib::format::OBJECTS)
     {
         let fields = if fields.is_empty() {
             None

@@ -10,6 +10,7 @@
 //! string and on a list).
 
 pub mod envoy;
+pub mod format;
 pub mod jwt;
 pub mod lists;
 pub mod mcp;
@@ -35,6 +36,7 @@ pub fn all_functions() -> impl Iterator<Item = &'static Function> {
         mcp::FUNCTIONS,
         net::FUNCTIONS,
         regex::FUNCTIONS,
+        format::FUNCTIONS,
     ]
     .into_iter()
     .flatten()
