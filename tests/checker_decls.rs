@@ -306,6 +306,7 @@ fn sample(t: &Ty) -> String {
             "mcp.PromptGet" => format!("mcp.Parse('{PROMPTS_GET}').PromptGet"),
             "net.IP" => "ip('10.1.2.3')".into(),
             "net.CIDR" => "cidr('10.0.0.0/8')".into(),
+            "kubernetes.NamedFormat" => "format.dns1123Label()".into(),
             other => panic!("no sample value for the object type {other}: add one"),
         },
         Ty::Type(_) | Ty::Param(_) => panic!("no sample value for {t}: add one"),
@@ -342,6 +343,7 @@ const ARGUMENT_SAMPLES: &[(&str, usize, &str, &str)] = &[
     ("containsIP", 1, "string", "'10.1.2.3'"),
     ("containsCIDR", 1, "string", "'10.1.0.0/16'"),
     ("jwt.Decode", 0, "string", "'x.y.z'"),
+    ("json.unmarshal", 0, "string", "'{\"a\": [1, \"b\"]}'"),
     (
         "jwks.Fetch",
         0,

@@ -244,6 +244,14 @@ pub fn call(name: &str, recv: Option<&Info>, args: &[Info], result: &Ty) -> (f64
         "jwt.Decode" => (100.0 + walk(all.first()), same),
         "jwks.Fetch" => (100.0, (1.0, 1.0)),
         "mcp.Parse" => (walk(all.first()), same),
+        // A document's values are as large as its text.
+        "json.unmarshal" => (walk(all.first()), same),
+        // A unit per value, a tenth per byte; escaping may make the text
+        // up to six times as long as the strings it holds.
+        "json.marshal" => {
+            let (n, total) = first.map_or((1.0, 1.0), |f| (f.count(), f.total()));
+            (n + BYTE * total, (6.0 * total, 1.0))
+        }
         "lists.range" => (0.0, (1e6, 1.0)),
         // An address or a range: parsing reads a bounded prefix of the
         // string; the value's size is that of its text.

@@ -95,7 +95,7 @@ pub fn get() -> &'static Decls {
 }
 
 /// Every table, with where it comes from (for errors in the tables).
-pub fn tables() -> [(&'static str, &'static str); 8] {
+pub fn tables() -> [(&'static str, &'static str); 9] {
     [
         ("std.decls", include_str!("std.decls")),
         ("envoy", crate::cel::envoy::DECLS),
@@ -104,6 +104,7 @@ pub fn tables() -> [(&'static str, &'static str); 8] {
         ("net", crate::cel::eval::lib::net::DECLS),
         ("regex", crate::cel::eval::lib::regex::DECLS),
         ("format", crate::cel::eval::lib::format::DECLS),
+        ("json", crate::cel::eval::lib::json::DECLS),
         (
             "kubernetes lists",
             crate::cel::eval::lib::lists::KUBERNETES_DECLS,

@@ -50,6 +50,7 @@ pub const CHECK_RESPONSE: &str = "envoy.service.auth.v3.CheckResponse";
 /// Namespaces of functions and constants, which are not values.
 const NAMESPACES: &[&str] = &[
     "envoy", "jwt", "jwks", "mcp", "math", "optional", "base64", "sets", "strings", "lists", "net",
+    "format", "json",
 ];
 
 /// Checks `program` in `scope`: its type, size and cost, or every mistake.
@@ -672,6 +673,8 @@ fn example(namespace: &str) -> &'static str {
         "sets" => "sets.contains(a, b)",
         "strings" => "strings.quote(s)",
         "net" => "type(x) == net.IP",
+        "format" => "format.dns1123Label().validate(s)",
+        "json" => "json.unmarshal(s)",
         _ => "lists.range(n)",
     }
 }

@@ -189,7 +189,9 @@ fn validate<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Erro
     Ok(if reasons.is_empty() {
         Value::NONE
     } else {
-        Value::some(Value::list(reasons.into_iter().map(Value::string).collect()))
+        Value::some(Value::list(
+            reasons.into_iter().map(Value::string).collect(),
+        ))
     })
 }
 
@@ -244,9 +246,7 @@ fn is_label(s: &[u8], alpha_first: bool, key: bool) -> bool {
             c.is_ascii_lowercase() || c.is_ascii_digit()
         }
     };
-    let inner_ok = |c: &u8| {
-        end_ok(c) || *c == b'-' || (key && (*c == b'_' || *c == b'.'))
-    };
+    let inner_ok = |c: &u8| end_ok(c) || *c == b'-' || (key && (*c == b'_' || *c == b'.'));
     match (s.first(), s.last()) {
         (Some(first), Some(last)) => {
             (if alpha_first {
@@ -302,7 +302,11 @@ fn dns1035_label(s: &[u8]) -> Vec<String> {
         errs.push("must be no more than 63 characters".to_owned());
     }
     if !is_label(s, true, false) {
-        errs.push(regex_error(DNS1035_MSG, DNS1035_FMT, &["my-name", "abc-123"]));
+        errs.push(regex_error(
+            DNS1035_MSG,
+            DNS1035_FMT,
+            &["my-name", "abc-123"],
+        ));
     }
     errs
 }
@@ -689,8 +693,7 @@ fn unescape(s: &str, mode: Mode) -> Result<(), String> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            if i + 2 >= b.len() || !b[i + 1].is_ascii_hexdigit() || !b[i + 2].is_ascii_hexdigit()
-            {
+            if i + 2 >= b.len() || !b[i + 1].is_ascii_hexdigit() || !b[i + 2].is_ascii_hexdigit() {
                 return bad_escape(i);
             }
             let hex = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
@@ -835,7 +838,10 @@ mod tests {
         );
         let dns1035 = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
         assert_eq!(reasons("dns1035Label", "contains a space"), [dns1035]);
-        assert_eq!(reasons("dns1035LabelPrefix", "contains a space-"), [dns1035]);
+        assert_eq!(
+            reasons("dns1035LabelPrefix", "contains a space-"),
+            [dns1035]
+        );
         assert_eq!(
             reasons("qualifiedName", "contains a space"),
             ["name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"]
@@ -846,7 +852,10 @@ mod tests {
         );
         assert_eq!(reasons("byte", "aGVsbG8"), ["invalid base64"]);
         assert_eq!(reasons("date", "2020-01-32"), ["invalid date"]);
-        assert_eq!(reasons("datetime", "2020-01-32T00:00:00Z"), ["invalid datetime"]);
+        assert_eq!(
+            reasons("datetime", "2020-01-32T00:00:00Z"),
+            ["invalid datetime"]
+        );
         assert_eq!(reasons("uuid", "nope"), ["does not match the UUID format"]);
     }
 
@@ -871,7 +880,10 @@ mod tests {
         );
         // A prefix: its last two bytes stand for `a` ("ab-" is read "aa").
         assert!(valid("dns1123LabelPrefix", "ab-") && !valid("dns1123LabelPrefix", "-"));
-        assert_eq!(reasons("dns1123LabelPrefix", "a.b.-"), ["must not contain dots"]);
+        assert_eq!(
+            reasons("dns1123LabelPrefix", "a.b.-"),
+            ["must not contain dots"]
+        );
         assert!(valid("qualifiedName", "example.com/My_Name.x"));
         assert_eq!(
             reasons("qualifiedName", "/name"),
@@ -879,7 +891,10 @@ mod tests {
         );
         assert_eq!(
             reasons("qualifiedName", "Example.com/name")[0],
-            format!("prefix part {}", regex_error(SUBDOMAIN_MSG, SUBDOMAIN_FMT, &["example.com"]))
+            format!(
+                "prefix part {}",
+                regex_error(SUBDOMAIN_MSG, SUBDOMAIN_FMT, &["example.com"])
+            )
         );
         assert_eq!(
             reasons("qualifiedName", "a/b/c")[0],
@@ -908,7 +923,12 @@ mod tests {
         ] {
             assert!(valid("uuid", good), "{good}");
         }
-        for bad in ["123e4567-e89b-12d3-a456-42661417400", "123e4567--e89b-12d3-a456-426614174000", "g23e4567-e89b-12d3-a456-426614174000", "123e4567-e89b-12d3-a456-426614174000-"] {
+        for bad in [
+            "123e4567-e89b-12d3-a456-42661417400",
+            "123e4567--e89b-12d3-a456-426614174000",
+            "g23e4567-e89b-12d3-a456-426614174000",
+            "123e4567-e89b-12d3-a456-426614174000-",
+        ] {
             assert!(!valid("uuid", bad), "{bad}");
         }
         for good in ["aGVsbG8=", "aGk=", "aGVsbG8h", "+/+/"] {
@@ -920,7 +940,16 @@ mod tests {
         for good in ["2020-02-29", "2000-02-29", "0000-01-01", "2021-12-31"] {
             assert!(valid("date", good), "{good}");
         }
-        for bad in ["2021-02-29", "1900-02-29", "2021-13-01", "2021-00-10", "2021-01-00", "2021-1-01", "21-01-01", "2021-01-01x"] {
+        for bad in [
+            "2021-02-29",
+            "1900-02-29",
+            "2021-13-01",
+            "2021-00-10",
+            "2021-01-00",
+            "2021-1-01",
+            "21-01-01",
+            "2021-01-01x",
+        ] {
             assert!(!valid("date", bad), "{bad}");
         }
         for good in [
@@ -931,7 +960,15 @@ mod tests {
         ] {
             assert!(valid("datetime", good), "{good}");
         }
-        for bad in ["2021-01-01", "2021-01-01T24:00:00Z", "2021-01-01T12:60:00Z", "2021-01-01T12:00:00", "2021-01-01T12:00:00.Z", "2021-01-01 12:00:00Z", "x"] {
+        for bad in [
+            "2021-01-01",
+            "2021-01-01T24:00:00Z",
+            "2021-01-01T12:60:00Z",
+            "2021-01-01T12:00:00",
+            "2021-01-01T12:00:00.Z",
+            "2021-01-01 12:00:00Z",
+            "x",
+        ] {
             assert!(!valid("datetime", bad), "{bad}");
         }
     }
@@ -953,15 +990,39 @@ mod tests {
         }
         for (bad, why) in [
             ("", r#"parse "": empty url"#),
-            ("example.com", r#"parse "example.com": invalid URI for request"#),
+            (
+                "example.com",
+                r#"parse "example.com": invalid URI for request"#,
+            ),
             (":foo", r#"parse ":foo": missing protocol scheme"#),
-            ("http://a b.com/", r#"parse "http://a b.com/": invalid character " " in host name"#),
-            ("http://example.com:80x/", r#"parse "http://example.com:80x/": invalid port ":80x" after host"#),
-            ("http://example.com/%zz", r#"parse "http://example.com/%zz": invalid URL escape "%zz""#),
-            ("http://[::1/", r#"parse "http://[::1/": missing ']' in host"#),
-            ("http://a\nb/", r#"parse "http://a\nb/": net/url: invalid control character in URL"#),
-            ("http://us er@host/", r#"parse "http://us er@host/": net/url: invalid userinfo"#),
-            ("http://ex%41mple.com/", r#"parse "http://ex%41mple.com/": invalid URL escape "%41""#),
+            (
+                "http://a b.com/",
+                r#"parse "http://a b.com/": invalid character " " in host name"#,
+            ),
+            (
+                "http://example.com:80x/",
+                r#"parse "http://example.com:80x/": invalid port ":80x" after host"#,
+            ),
+            (
+                "http://example.com/%zz",
+                r#"parse "http://example.com/%zz": invalid URL escape "%zz""#,
+            ),
+            (
+                "http://[::1/",
+                r#"parse "http://[::1/": missing ']' in host"#,
+            ),
+            (
+                "http://a\nb/",
+                r#"parse "http://a\nb/": net/url: invalid control character in URL"#,
+            ),
+            (
+                "http://us er@host/",
+                r#"parse "http://us er@host/": net/url: invalid userinfo"#,
+            ),
+            (
+                "http://ex%41mple.com/",
+                r#"parse "http://ex%41mple.com/": invalid URL escape "%41""#,
+            ),
         ] {
             assert_eq!(reasons("uri", bad), [why], "{bad}");
         }
@@ -972,9 +1033,21 @@ mod tests {
         let long = "a".repeat(100_000);
         let f = format("dns1123Subdomain");
         let mut ctx = Ctx::new(None, Meter::new(1_000));
-        let e = call(&mut ctx, "validate", true, &[f.clone(), Value::string(&long)]).unwrap_err();
+        let e = call(
+            &mut ctx,
+            "validate",
+            true,
+            &[f.clone(), Value::string(&long)],
+        )
+        .unwrap_err();
         assert_eq!(e.kind, ErrorKind::CostExceeded);
         let mut ctx = Ctx::new(None, Meter::new(1_000));
-        assert!(call(&mut ctx, "validate", true, &[f, Value::string("ok.example")]).is_ok());
+        assert!(call(
+            &mut ctx,
+            "validate",
+            true,
+            &[f, Value::string("ok.example")]
+        )
+        .is_ok());
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod envoy;
 pub mod format;
+pub mod json;
 pub mod jwt;
 pub mod lists;
 pub mod mcp;
@@ -37,6 +38,7 @@ pub fn all_functions() -> impl Iterator<Item = &'static Function> {
         net::FUNCTIONS,
         regex::FUNCTIONS,
         format::FUNCTIONS,
+        json::FUNCTIONS,
     ]
     .into_iter()
     .flatten()
