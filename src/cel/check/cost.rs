@@ -246,6 +246,12 @@ pub fn call(name: &str, recv: Option<&Info>, args: &[Info], result: &Ty) -> (f64
         "mcp.Parse" => (walk(all.first()), same),
         // A document's values are as large as its text.
         "json.unmarshal" => (walk(all.first()), same),
+        // A format's validation walks the string once; it gives at most a
+        // few reasons, each a message of its own (`uri`'s quotes the input).
+        "validate" => {
+            let input = all.get(1).map_or(1.0, |a| a.size);
+            (walk(all.get(1)), (4.0, input + 400.0))
+        }
         // A unit per value, a tenth per byte; escaping may make the text
         // up to six times as long as the strings it holds.
         "json.marshal" => {

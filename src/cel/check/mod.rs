@@ -461,7 +461,7 @@ impl Checker<'_> {
         // of a list or a value holds no more than they did.
         let first = recv.as_ref().or(args.first());
         info.total = match name.as_str() {
-            "split" => first.map(|r| r.size),
+            "split" | "findAll" => first.map(|r| r.size),
             "_+_" => Some(recv.iter().chain(&args).map(Info::total).sum()),
             _ => first.and_then(|f| f.total),
         };
