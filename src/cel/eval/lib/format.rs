@@ -402,7 +402,7 @@ fn is_uuid(s: &[u8]) -> bool {
 /// Standard base64 with padding, at least one group of four.
 fn is_base64(s: &[u8]) -> bool {
     let alphabet = |c: &u8| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/';
-    if s.is_empty() || s.len() % 4 != 0 {
+    if s.is_empty() || !s.len().is_multiple_of(4) {
         return false;
     }
     let (body, last) = s.split_at(s.len() - 4);
@@ -433,7 +433,7 @@ fn is_date(s: &[u8]) -> bool {
     ) else {
         return false;
     };
-    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let leap = year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400));
     let days = match month {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
         4 | 6 | 9 | 11 => 30,
