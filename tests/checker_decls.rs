@@ -309,6 +309,7 @@ fn sample(t: &Ty) -> String {
             "kubernetes.URL" => "url('https://example.com:8443/a?x=1')".into(),
             "kubernetes.Quantity" => "quantity('1.5Gi')".into(),
             "kubernetes.Semver" => "semver('1.2.3-rc.1')".into(),
+            "kubernetes.NamedFormat" => "format.dns1123Label()".into(),
             other => panic!("no sample value for the object type {other}: add one"),
         },
         Ty::Type(_) | Ty::Param(_) => panic!("no sample value for {t}: add one"),
@@ -348,6 +349,7 @@ const ARGUMENT_SAMPLES: &[(&str, usize, &str, &str)] = &[
     ("url", 0, "string", "'https://example.com/a?x=1'"),
     ("quantity", 0, "string", "'250m'"),
     ("semver", 0, "string", "'1.2.3'"),
+    ("json.unmarshal", 0, "string", "'{\"a\": [1, \"b\"]}'"),
     (
         "jwks.Fetch",
         0,

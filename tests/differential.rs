@@ -96,7 +96,7 @@ impl Outcome {
                 eval::value::to_json(&v),
                 format!("{v:?}"),
             ),
-            Err(e) => Outcome::Error(e.kind, e.message),
+            Err(e) => Outcome::Error(e.kind, e.message.clone()),
         }
     }
 

@@ -182,7 +182,7 @@ fn eval_bound(expr: &str, bound: &[(&str, &str)]) -> Result<Value, String> {
         Ok(other) => Ok(Value::Other(format!("{other:?}"))),
         Err(e) => Err(match &e.function {
             Some(f) => format!("{f}: {}", e.message),
-            None => e.message,
+            None => e.message.clone(),
         }),
     }
 }

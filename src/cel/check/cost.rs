@@ -151,18 +151,36 @@ pub fn call(name: &str, recv: Option<&Info>, args: &[Info], result: &Ty) -> (f64
         Ty::Bool | Ty::Int | Ty::Uint | Ty::Double | Ty::Null | Ty::Duration | Ty::Timestamp
     );
     let (cost, sizes) = match name {
+        // A list's `indexOf` compares each element (the Kubernetes lists
+        // library); a string's walks its bytes.
+        "indexOf" | "lastIndexOf" | "includes"
+            if first.is_some_and(|f| matches!(f.ty, Ty::List(_) | Ty::Dyn)) =>
+        {
+            let l = first.map_or(1.0, |f| f.count() + BYTE * f.total());
+            (l, (1.0, 1.0))
+        }
         "contains" | "startsWith" | "endsWith" | "indexOf" | "lastIndexOf" | "charAt" => {
             (walk(all.first()) + walk(all.get(1)), (1.0, 1.0))
+        }
+        // The Kubernetes lists library: a unit per element.
+        "isSorted" | "sum" | "min" | "max" => {
+            let n = first.map_or(1.0, Info::count);
+            (n, first.map_or((1.0, 1.0), |f| (f.elem, f.elem)))
         }
         "lowerAscii" | "upperAscii" | "trim" | "reverse" | "substring" | "strings.quote"
         | "base64.encode" | "base64.decode" | "string" | "bytes" | "int" | "uint" | "double"
         | "bool" | "duration" | "timestamp" => (walk(all.first()), same),
-        "matches" => {
+        "matches" | "find" | "findAll" => {
             let (input, pattern) = (all.first(), all.get(1));
-            (
-                walk(input) * (1.0 + pattern.map_or(0.0, |p| p.size) / 16.0),
-                (1.0, 1.0),
-            )
+            let cost = walk(input) * (1.0 + pattern.map_or(0.0, |p| p.size) / 16.0);
+            // A match is a piece of the input; there are at most as many
+            // as the input has bytes, plus one.
+            let sizes = match name {
+                "find" => (same.0, 1.0),
+                "findAll" => (same.0 + 1.0, same.0),
+                _ => (1.0, 1.0),
+            };
+            (cost, sizes)
         }
         "split" => (walk(all.first()), (same.0, same.0)),
         "replace" => {
@@ -226,6 +244,20 @@ pub fn call(name: &str, recv: Option<&Info>, args: &[Info], result: &Ty) -> (f64
         "jwt.Decode" => (100.0 + walk(all.first()), same),
         "jwks.Fetch" => (100.0, (1.0, 1.0)),
         "mcp.Parse" => (walk(all.first()), same),
+        // A document's values are as large as its text.
+        "json.unmarshal" => (walk(all.first()), same),
+        // A format's validation walks the string once; it gives at most a
+        // few reasons, each a message of its own (`uri`'s quotes the input).
+        "validate" => {
+            let input = all.get(1).map_or(1.0, |a| a.size);
+            (walk(all.get(1)), (4.0, input + 400.0))
+        }
+        // A unit per value, a tenth per byte; escaping may make the text
+        // up to six times as long as the strings it holds.
+        "json.marshal" => {
+            let (n, total) = first.map_or((1.0, 1.0), |f| (f.count(), f.total()));
+            (n + BYTE * total, (6.0 * total, 1.0))
+        }
         "lists.range" => (0.0, (1e6, 1.0)),
         // An address or a range: parsing reads a bounded prefix of the
         // string; the value's size is that of its text.

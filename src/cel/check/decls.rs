@@ -95,7 +95,7 @@ pub fn get() -> &'static Decls {
 }
 
 /// Every table, with where it comes from (for errors in the tables).
-pub fn tables() -> [(&'static str, &'static str); 8] {
+pub fn tables() -> [(&'static str, &'static str); 12] {
     [
         ("std.decls", include_str!("std.decls")),
         ("envoy", crate::cel::eval::lib::envoy::DECLS),
@@ -105,6 +105,13 @@ pub fn tables() -> [(&'static str, &'static str); 8] {
         ("url", crate::cel::eval::lib::url::DECLS),
         ("quantity", crate::cel::eval::lib::quantity::DECLS),
         ("semver", crate::cel::eval::lib::semver::DECLS),
+        ("regex", crate::cel::eval::lib::regex::DECLS),
+        ("format", crate::cel::eval::lib::format::DECLS),
+        ("json", crate::cel::eval::lib::json::DECLS),
+        (
+            "kubernetes lists",
+            crate::cel::eval::lib::lists::KUBERNETES_DECLS,
+        ),
     ]
 }
 
@@ -148,6 +155,7 @@ fn build() -> Result<Decls, DeclError> {
         .chain(crate::cel::eval::lib::url::OBJECTS)
         .chain(crate::cel::eval::lib::quantity::OBJECTS)
         .chain(crate::cel::eval::lib::semver::OBJECTS)
+        .chain(crate::cel::eval::lib::format::OBJECTS)
     {
         let fields = if fields.is_empty() {
             None

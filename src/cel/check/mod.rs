@@ -61,6 +61,8 @@ const NAMESPACES: &[&str] = &[
     "lists",
     "net",
     "kubernetes",
+    "format",
+    "json",
 ];
 
 /// Checks `program` in `scope`: its type, size and cost, or every mistake.
@@ -469,7 +471,7 @@ impl Checker<'_> {
         // of a list or a value holds no more than they did.
         let first = recv.as_ref().or(args.first());
         info.total = match name.as_str() {
-            "split" => first.map(|r| r.size),
+            "split" | "findAll" => first.map(|r| r.size),
             "_+_" => Some(recv.iter().chain(&args).map(Info::total).sum()),
             _ => first.and_then(|f| f.total),
         };
@@ -682,6 +684,8 @@ fn example(namespace: &str) -> &'static str {
         "strings" => "strings.quote(s)",
         "net" => "type(x) == net.IP",
         "kubernetes" => "type(x) == kubernetes.Quantity",
+        "format" => "format.dns1123Label().validate(s)",
+        "json" => "json.unmarshal(s)",
         _ => "lists.range(n)",
     }
 }

@@ -483,6 +483,14 @@ impl Planner<'_> {
                 for a in &c.args {
                     args.push(self.expr(a)?);
                 }
+                // A literal pattern (`matches`, `find`, `findAll`) is
+                // compiled now, once; one that does not compile refuses
+                // the policy.
+                if let Some(Node::Const(Value::String(p))) = args.get(1) {
+                    if let Some(compiled) = lib::regex::literal(&name, p) {
+                        args[1] = Node::Const(compiled.map_err(PlanError)?);
+                    }
+                }
                 Node::Call(Box::new(CallPlan {
                     name: name.into(),
                     functions,

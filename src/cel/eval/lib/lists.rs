@@ -23,6 +23,13 @@ pub const FUNCTIONS: &[Function] = &[
     Function::method("sort", 0, sort),
     Function::method("@sortByAssociatedKeys", 1, sort_by_keys),
     Function::global("lists.range", 1, range),
+    Function::method("isSorted", 0, is_sorted),
+    Function::method("sum", 0, sum),
+    Function::method("min", 0, list_min),
+    Function::method("max", 0, list_max),
+    Function::method("indexOf", 1, index_of),
+    Function::method("lastIndexOf", 1, last_index_of),
+    Function::method("includes", 1, includes),
     Function::global("sets.contains", 2, sets_contains),
     Function::global("sets.equivalent", 2, sets_equivalent),
     Function::global("sets.intersects", 2, sets_intersects),
@@ -497,6 +504,419 @@ fn max<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
 
 fn min<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
     extremum(ctx, "math.@min", args, Ordering::Greater)
+}
+
+// ---------------------------------------------------------------------------
+// The Kubernetes lists library: `isSorted`, `sum`, `min`, `max`, `indexOf`,
+// `lastIndexOf`, `includes`.
+
+/// The declarations the type checker reads for the Kubernetes lists
+/// library (the others of this file are in `std.decls`).
+pub const KUBERNETES_DECLS: &str = "
+(list(int)).isSorted() -> bool
+(list(uint)).isSorted() -> bool
+(list(double)).isSorted() -> bool
+(list(bool)).isSorted() -> bool
+(list(duration)).isSorted() -> bool
+(list(timestamp)).isSorted() -> bool
+(list(string)).isSorted() -> bool
+(list(bytes)).isSorted() -> bool
+(list(int)).sum() -> int
+(list(uint)).sum() -> uint
+(list(double)).sum() -> double
+(list(duration)).sum() -> duration
+(list(int)).min() -> int
+(list(uint)).min() -> uint
+(list(double)).min() -> double
+(list(bool)).min() -> bool
+(list(duration)).min() -> duration
+(list(timestamp)).min() -> timestamp
+(list(string)).min() -> string
+(list(bytes)).min() -> bytes
+(list(int)).max() -> int
+(list(uint)).max() -> uint
+(list(double)).max() -> double
+(list(bool)).max() -> bool
+(list(duration)).max() -> duration
+(list(timestamp)).max() -> timestamp
+(list(string)).max() -> string
+(list(bytes)).max() -> bytes
+(list(A)).indexOf(A) -> int
+(list(A)).lastIndexOf(A) -> int
+(dyn).includes(dyn) -> bool
+";
+
+/// The list a method is called on, charged a unit per element before it
+/// is walked.
+fn walked<'a, 'r>(
+    ctx: &mut Ctx<'r>,
+    name: &str,
+    args: &'a [Value<'r>],
+) -> Result<&'a List<'r>, Error> {
+    match args.first() {
+        Some(Value::List(l)) => {
+            ctx.charge(l.len() as u64)?;
+            Ok(l)
+        }
+        _ => Err(Error::no_overload(name, args)),
+    }
+}
+
+/// Whether `v` is of a kind with an order (what `min`, `max` and
+/// `isSorted` take).
+fn ordered_kind(v: &Value<'_>) -> bool {
+    matches!(
+        v,
+        Value::Int(_)
+            | Value::Uint(_)
+            | Value::Double(_)
+            | Value::String(_)
+            | Value::Bytes(_)
+            | Value::Bool(_)
+            | Value::Timestamp(_)
+            | Value::Duration(_)
+    )
+}
+
+/// The order of two elements; an error when they cannot be ordered (a
+/// list mixing strings and numbers, a list of maps). A NaN orders with
+/// nothing: `None`.
+fn element_order(name: &str, a: &Value<'_>, b: &Value<'_>) -> Result<Option<Ordering>, Error> {
+    if !ordered_kind(a) || !crate::cel::eval::value::orderable(a, b) {
+        let bad = if ordered_kind(a) { b } else { a };
+        return Err(Error::new(
+            crate::cel::eval::ErrorKind::NoSuchOverload,
+            format!(
+                "no such overload: {name}() of a list of {} and {} elements",
+                a.type_name(),
+                bad.type_name()
+            ),
+        ));
+    }
+    Ok(compare(a, b))
+}
+
+/// `l.isSorted()`: whether no element is greater than the next one.
+fn is_sorted<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    let l = walked(ctx, "isSorted", args)?;
+    if let [only] = l.as_slice() {
+        if !ordered_kind(only) {
+            return Err(Error::no_overload("isSorted", std::slice::from_ref(only)));
+        }
+    }
+    for pair in l.windows(2) {
+        if element_order("isSorted", &pair[0], &pair[1])? == Some(Ordering::Greater) {
+            return Ok(Value::Bool(false));
+        }
+    }
+    Ok(Value::Bool(true))
+}
+
+/// `l.sum()`: the sum of a list of `int`, `uint`, `double` or `duration`
+/// (all of one type); `0` for an empty list. Overflow is an error.
+fn sum<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    let l = walked(ctx, "sum", args)?;
+    let Some(first) = l.first() else {
+        return Ok(Value::Int(0));
+    };
+    let mut acc = first.clone();
+    for next in &l[1..] {
+        acc = match (&acc, next) {
+            (Value::Int(a), Value::Int(b)) => a
+                .checked_add(*b)
+                .map(Value::Int)
+                .ok_or_else(|| Error::overflow("sum"))?,
+            (Value::Uint(a), Value::Uint(b)) => a
+                .checked_add(*b)
+                .map(Value::Uint)
+                .ok_or_else(|| Error::overflow("sum"))?,
+            (Value::Double(a), Value::Double(b)) => Value::Double(a + b),
+            (Value::Duration(a), Value::Duration(b)) => match a.checked_add(b) {
+                Some(d) if d.num_nanoseconds().is_some() => Value::Duration(d),
+                _ => {
+                    return Err(Error::new(
+                        crate::cel::eval::ErrorKind::Overflow,
+                        "sum: duration out of range",
+                    ))
+                }
+            },
+            _ => {
+                return Err(Error::new(
+                    crate::cel::eval::ErrorKind::NoSuchOverload,
+                    format!(
+                        "no such overload: sum() of a list of {} and {} elements",
+                        acc.type_name(),
+                        next.type_name()
+                    ),
+                ))
+            }
+        };
+    }
+    match acc {
+        Value::Int(_) | Value::Uint(_) | Value::Double(_) | Value::Duration(_) => Ok(acc),
+        other => Err(Error::new(
+            crate::cel::eval::ErrorKind::NoSuchOverload,
+            format!(
+                "no such overload: sum() of a list of {} elements",
+                other.type_name()
+            ),
+        )),
+    }
+}
+
+/// The least (`Ordering::Greater`: replace when the kept one is greater)
+/// or greatest element; the first of equal ones.
+fn extreme<'r>(
+    ctx: &mut Ctx<'r>,
+    name: &'static str,
+    args: &[Value<'r>],
+    replace_when: Ordering,
+) -> Result<Value<'r>, Error> {
+    let l = walked(ctx, name, args)?;
+    let Some(first) = l.first() else {
+        return Err(Error::function(
+            name,
+            format!("{name} called on empty list"),
+        ));
+    };
+    if !ordered_kind(first) {
+        return Err(Error::no_overload(name, std::slice::from_ref(first)));
+    }
+    let mut best = first;
+    for next in &l[1..] {
+        if element_order(name, best, next)? == Some(replace_when) {
+            best = next;
+        }
+    }
+    Ok(best.clone())
+}
+
+fn list_min<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    extreme(ctx, "min", args, Ordering::Greater)
+}
+
+fn list_max<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    extreme(ctx, "max", args, Ordering::Less)
+}
+
+/// `l.indexOf(x)`: the index of the first element equal to `x`, or -1.
+/// (`indexOf` of a string is the strings extension's.)
+fn index_of<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    let l = walked(ctx, "indexOf", args)?;
+    let x = &args[1];
+    Ok(Value::Int(
+        l.iter().position(|e| equals(e, x)).map_or(-1, |i| i as i64),
+    ))
+}
+
+/// `l.lastIndexOf(x)`: the index of the last element equal to `x`, or -1.
+fn last_index_of<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    let l = walked(ctx, "lastIndexOf", args)?;
+    let x = &args[1];
+    Ok(Value::Int(
+        l.iter()
+            .rposition(|e| equals(e, x))
+            .map_or(-1, |i| i as i64),
+    ))
+}
+
+/// `l.includes(x)`: whether an element of the list equals `x`; on a value
+/// that is not a list, whether it equals `x`.
+fn includes<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+    let [target, x] = args else {
+        return Err(Error::no_overload("includes", args));
+    };
+    Ok(Value::Bool(match target {
+        Value::List(l) => {
+            ctx.charge(l.len() as u64)?;
+            l.iter().any(|e| equals(e, x))
+        }
+        other => equals(other, x),
+    }))
+}
+
+#[cfg(test)]
+mod kubernetes_tests {
+    use crate::cel::eval::lib::call;
+    use crate::cel::eval::lib::test_method as method;
+    use crate::cel::eval::value::equals;
+    use crate::cel::eval::{Ctx, Error, ErrorKind, Meter, Value};
+    use chrono::{TimeDelta, TimeZone, Utc};
+
+    fn l(v: Vec<Value<'static>>) -> Value<'static> {
+        Value::list(v)
+    }
+    fn ints(v: &[i64]) -> Value<'static> {
+        l(v.iter().copied().map(Value::Int).collect())
+    }
+    fn strs(v: &[&str]) -> Value<'static> {
+        l(v.iter().map(|s| Value::string(*s)).collect())
+    }
+
+    #[track_caller]
+    fn is(got: Result<Value<'_>, Error>, want: Value<'_>) {
+        let got = got.unwrap_or_else(|e| panic!("error {}", e.message));
+        assert!(
+            equals(&got, &want) && got.type_name() == want.type_name(),
+            "{got:?} is not {want:?}"
+        );
+    }
+
+    #[test]
+    fn is_sorted() {
+        is(
+            method("isSorted", &[ints(&[1, 2, 2, 3])]),
+            Value::Bool(true),
+        );
+        is(method("isSorted", &[ints(&[1, 3, 2])]), Value::Bool(false));
+        is(method("isSorted", &[ints(&[])]), Value::Bool(true));
+        is(
+            method("isSorted", &[strs(&["a", "b", "c"])]),
+            Value::Bool(true),
+        );
+        is(method("isSorted", &[strs(&["b", "a"])]), Value::Bool(false));
+        let mixed = l(vec![Value::Int(1), Value::Uint(2), Value::Double(2.5)]);
+        is(method("isSorted", &[mixed]), Value::Bool(true));
+        let durations = l(vec![
+            Value::Duration(TimeDelta::seconds(1)),
+            Value::Duration(TimeDelta::seconds(2)),
+        ]);
+        is(method("isSorted", &[durations]), Value::Bool(true));
+        let e = method("isSorted", &[l(vec![Value::Int(1), Value::string("a")])]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NoSuchOverload);
+        let e = method("isSorted", &[l(vec![l(vec![])])]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NoSuchOverload);
+    }
+
+    #[test]
+    fn sum() {
+        is(method("sum", &[ints(&[1, 2, 3])]), Value::Int(6));
+        is(method("sum", &[ints(&[])]), Value::Int(0));
+        is(
+            method("sum", &[l(vec![Value::Uint(1), Value::Uint(2)])]),
+            Value::Uint(3),
+        );
+        is(
+            method("sum", &[l(vec![Value::Double(0.5), Value::Double(1.0)])]),
+            Value::Double(1.5),
+        );
+        is(
+            method(
+                "sum",
+                &[l(vec![
+                    Value::Duration(TimeDelta::seconds(1)),
+                    Value::Duration(TimeDelta::milliseconds(500)),
+                ])],
+            ),
+            Value::Duration(TimeDelta::milliseconds(1500)),
+        );
+        let e = method("sum", &[ints(&[i64::MAX, 1])]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Overflow);
+        let e = method("sum", &[l(vec![Value::Uint(u64::MAX), Value::Uint(1)])]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Overflow);
+        let e = method("sum", &[l(vec![Value::Int(1), Value::Double(1.0)])]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NoSuchOverload);
+        let e = method("sum", &[strs(&["a"])]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NoSuchOverload);
+    }
+
+    #[test]
+    fn min_and_max() {
+        is(method("min", &[ints(&[3, 1, 2])]), Value::Int(1));
+        is(method("max", &[ints(&[3, 1, 2])]), Value::Int(3));
+        is(method("min", &[strs(&["b", "a", "c"])]), Value::string("a"));
+        is(method("max", &[strs(&["b", "a", "c"])]), Value::string("c"));
+        is(
+            method("max", &[l(vec![Value::Bool(false), Value::Bool(true)])]),
+            Value::Bool(true),
+        );
+        let t = |s| Value::Timestamp(Utc.timestamp_opt(s, 0).unwrap());
+        is(method("min", &[l(vec![t(20), t(10), t(30)])]), t(10));
+        is(
+            method("max", &[l(vec![Value::bytes(*b"a"), Value::bytes(*b"b")])]),
+            Value::bytes(*b"b"),
+        );
+        // Numbers of different types compare by value; the first of equal
+        // ones is kept.
+        is(
+            method(
+                "min",
+                &[l(vec![Value::Uint(1), Value::Int(1), Value::Double(2.0)])],
+            ),
+            Value::Uint(1),
+        );
+        let e = method("min", &[ints(&[])]).unwrap_err();
+        assert_eq!(e.message, "min called on empty list");
+        let e = method("max", &[ints(&[])]).unwrap_err();
+        assert_eq!(e.message, "max called on empty list");
+        let e = method("max", &[l(vec![Value::string("a"), Value::Int(1)])]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NoSuchOverload);
+        let e = method("max", &[l(vec![Value::Null])]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NoSuchOverload);
+    }
+
+    #[test]
+    fn index_of_and_includes() {
+        let list = ints(&[1, 2, 3, 2]);
+        is(
+            method("indexOf", &[list.clone(), Value::Int(2)]),
+            Value::Int(1),
+        );
+        is(
+            method("lastIndexOf", &[list.clone(), Value::Int(2)]),
+            Value::Int(3),
+        );
+        is(
+            method("indexOf", &[list.clone(), Value::Int(9)]),
+            Value::Int(-1),
+        );
+        is(
+            method("lastIndexOf", &[list.clone(), Value::Int(9)]),
+            Value::Int(-1),
+        );
+        is(
+            method("indexOf", &[list.clone(), Value::Double(3.0)]),
+            Value::Int(2),
+        );
+        is(
+            method("indexOf", &[ints(&[]), Value::Int(1)]),
+            Value::Int(-1),
+        );
+        // A string's indexOf is still the strings extension's.
+        is(
+            method("indexOf", &[Value::string("abc"), Value::string("c")]),
+            Value::Int(2),
+        );
+        let e = method("indexOf", &[Value::Int(1), Value::Int(1)]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NoSuchOverload);
+        is(
+            method("includes", &[list.clone(), Value::Int(3)]),
+            Value::Bool(true),
+        );
+        is(
+            method("includes", &[list, Value::Int(7)]),
+            Value::Bool(false),
+        );
+        is(
+            method("includes", &[Value::Int(7), Value::Int(7)]),
+            Value::Bool(true),
+        );
+    }
+
+    #[test]
+    fn elements_are_charged_before_the_walk() {
+        let big = ints(&vec![1; 10_000]);
+        for name in ["isSorted", "sum", "min", "max"] {
+            let mut ctx = Ctx::new(None, Meter::new(1_000));
+            let e = call(&mut ctx, name, true, std::slice::from_ref(&big)).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::CostExceeded, "{name}");
+        }
+        for name in ["indexOf", "lastIndexOf", "includes"] {
+            let mut ctx = Ctx::new(None, Meter::new(1_000));
+            let e = call(&mut ctx, name, true, &[big.clone(), Value::Int(2)]).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::CostExceeded, "{name}");
+        }
+    }
 }
 
 #[cfg(test)]

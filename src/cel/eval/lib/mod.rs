@@ -10,12 +10,15 @@
 //! string and on a list).
 
 pub mod envoy;
+pub mod format;
+pub mod json;
 pub mod jwt;
 pub mod lists;
 pub mod mcp;
 pub mod net;
 pub mod quantity;
 pub mod semver;
+pub mod regex;
 pub mod std;
 pub mod strings;
 pub mod url;
@@ -39,6 +42,9 @@ pub fn all_functions() -> impl Iterator<Item = &'static Function> {
         url::FUNCTIONS,
         quantity::FUNCTIONS,
         semver::FUNCTIONS,
+        regex::FUNCTIONS,
+        format::FUNCTIONS,
+        json::FUNCTIONS,
     ]
     .into_iter()
     .flatten()
@@ -47,7 +53,7 @@ pub fn all_functions() -> impl Iterator<Item = &'static Function> {
 /// The libraries' value types an expression may name (`net.IP`,
 /// `kubernetes.URL`), by their full names.
 pub fn is_type_name(name: &str) -> bool {
-    [net::TYPES, url::TYPES, quantity::TYPES, semver::TYPES]
+    [net::TYPES, url::TYPES, quantity::TYPES, semver::TYPES, format::TYPES]
         .iter()
         .any(|t| t.contains(&name))
 }

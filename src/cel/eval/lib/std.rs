@@ -18,9 +18,6 @@
 use crate::cel::eval::value::{format_duration, Bin};
 use crate::cel::eval::{Ctx, Error, ErrorData, ErrorKind, Function, Str, Value};
 use chrono::{DateTime, Datelike, FixedOffset, NaiveDateTime, TimeDelta, Timelike, Utc};
-use regex::Regex;
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 type R<'r> = Result<Value<'r>, Error>;
@@ -675,39 +672,21 @@ fn ends_with<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> R<'r> {
     }
 }
 
-/// Patterns kept per thread before the cache is emptied; bounds memory when
-/// policies build patterns from request data.
-const MAX_CACHED_PATTERNS: usize = 512;
-
-thread_local! {
-    static PATTERNS: RefCell<HashMap<String, Regex>> = RefCell::new(HashMap::new());
-}
-
-/// `pattern` compiled (RE2 syntax), from this thread's cache when it was
-/// seen before.
-fn compiled(pattern: &str) -> Result<Regex, Error> {
-    PATTERNS.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        if let Some(re) = cache.get(pattern) {
-            return Ok(re.clone());
-        }
-        let re = Regex::new(pattern)
-            .map_err(|e| Error::function("matches", format!("invalid regex {pattern:?}: {e}")))?;
-        if cache.len() >= MAX_CACHED_PATTERNS {
-            cache.clear();
-        }
-        cache.insert(pattern.to_owned(), re.clone());
-        Ok(re)
-    })
-}
-
 /// Whether the pattern matches anywhere in the text (unanchored, as
-/// cel-go's `matches`).
+/// cel-go's `matches`). A literal pattern was compiled when the policy
+/// loaded; a computed one is compiled on first use and cached
+/// ([`super::regex`]).
 fn matches<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> R<'r> {
     match args {
-        [Value::String(text), Value::String(pattern)] => {
-            ctx.charge_bytes(text.len() + pattern.len())?;
-            let re = compiled(pattern)?;
+        [Value::String(text), pattern] => {
+            let invalid = |e: String| {
+                let shown = pattern.as_str().unwrap_or_default();
+                Error::function("matches", format!("invalid regex {shown:?}: {e}"))
+            };
+            let Some(re) = super::regex::argument(ctx, pattern, invalid)? else {
+                return Err(Error::no_overload("matches", args));
+            };
+            ctx.charge_bytes(text.len())?;
             Ok(Value::Bool(re.is_match(text)))
         }
         _ => Err(Error::no_overload("matches", args)),
@@ -1659,22 +1638,6 @@ mod tests {
         let e = err(method("matches", &[s("x"), s("(")]));
         assert_eq!(e.kind, ErrorKind::FunctionError);
         assert_eq!(e.function.as_deref(), Some("matches"));
-    }
-
-    #[test]
-    fn the_pattern_cache_is_bounded() {
-        for i in 0..(MAX_CACHED_PATTERNS + 10) {
-            let pattern = format!("x{i}");
-            let mut c = ctx();
-            let r = call_in(
-                &mut c,
-                "matches",
-                false,
-                &[Value::string(format!("ax{i}")), Value::string(pattern)],
-            );
-            assert!(matches!(r, Ok(Value::Bool(true))));
-        }
-        PATTERNS.with(|p| assert!(p.borrow().len() <= MAX_CACHED_PATTERNS));
     }
 
     #[test]
