@@ -810,9 +810,9 @@ fn eval_planned<'r>(
             .map_err(|e| EvalError::eval(v, &e))
             .and_then(|val| match val {
                 eval::Value::Null => Ok(None),
-                other => match eval::lib::envoy::check_response(&other) {
-                    Some(resp) => Ok(Some(resp.clone())),
-                    None => Err(EvalError::result_type(
+                other => match eval::lib::envoy::into_check_response(other) {
+                    Ok(resp) => Ok(Some(resp)),
+                    Err(other) => Err(EvalError::result_type(
                         v,
                         format!(
                             "a validation must return envoy CheckResponse (….Response()) or null, not {}",

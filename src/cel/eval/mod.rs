@@ -178,6 +178,13 @@ pub type Result<'r, T = Value<'r>> = std::result::Result<T, Error>;
 /// another library's function of the same name may be tried.
 pub type NativeFn = for<'r> fn(&mut Ctx<'r>, &[Value<'r>]) -> std::result::Result<Value<'r>, Error>;
 
+/// A library function that may take its arguments (`args` holds the
+/// receiver first), so that a builder changes the value its receiver
+/// holds instead of copying it ([`Value::object_mut`]). Bound where it is
+/// the only function a call may reach; [`Function::f`] serves elsewhere.
+pub type OwningFn =
+    for<'r> fn(&mut Ctx<'r>, &mut [Value<'r>]) -> std::result::Result<Value<'r>, Error>;
+
 /// One function of a library, as the planner binds calls to it.
 #[derive(Clone, Copy)]
 pub struct Function {
@@ -188,6 +195,8 @@ pub struct Function {
     /// Number of arguments, the receiver excluded; `None`: any.
     pub arity: Option<usize>,
     pub f: NativeFn,
+    /// The same function taking its arguments, where it has that form.
+    pub owning: Option<OwningFn>,
     /// Whether the result depends on its arguments alone (no request
     /// state, no clock, no I/O), so that a call on constants is folded
     /// when the policy loads.
@@ -201,6 +210,7 @@ impl Function {
             receiver: false,
             arity: Some(arity),
             f,
+            owning: None,
             pure: true,
         }
     }
@@ -211,8 +221,15 @@ impl Function {
             receiver: true,
             arity: Some(arity),
             f,
+            owning: None,
             pure: true,
         }
+    }
+
+    /// Also gives the form of the function that takes its arguments.
+    pub const fn owning(mut self, f: OwningFn) -> Self {
+        self.owning = Some(f);
+        self
     }
 
     /// Marks the function as reading more than its arguments.

@@ -14,7 +14,7 @@
 //! loop).
 
 use super::lib;
-use super::request::Node as ReqNode;
+use super::request::{Field, Node as ReqNode};
 use super::value::{compare, equals, orderable, Key, Map, OwnedMap, Type, Value};
 use super::{Ctx, Error, ErrorKind, Function, Meter};
 use cel::common::ast::{CallExpr, ComprehensionExpr, EntryExpr, Expr, IdedExpr, LiteralValue};
@@ -41,7 +41,7 @@ enum Node {
     /// `object`.
     Object,
     /// `object.a.b.c`: fields read from the request in one go.
-    ObjectPath(Box<[Box<str>]>),
+    ObjectPath(Box<[PathStep]>),
     /// `variables.<name>`.
     Var(usize),
     /// A comprehension or `cel.bind` variable.
@@ -72,6 +72,24 @@ enum Node {
     /// `cel.@mapInsert(map, key, value)` and `cel.@mapInsert(map, entries)`.
     MapInsert(Vec<Node>),
     Comprehension(Box<Loop>),
+}
+
+/// A step of an [`Node::ObjectPath`]: the field's name, resolved to a
+/// field of the request's messages where it names one (past a map, a
+/// step is a key).
+#[derive(Debug)]
+struct PathStep {
+    field: Option<Field>,
+    name: Box<str>,
+}
+
+impl PathStep {
+    fn new(name: Box<str>) -> Self {
+        PathStep {
+            field: Field::of(&name),
+            name,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -267,10 +285,10 @@ impl Planner<'_> {
                 } else {
                     match *operand {
                         // `object.a` then `.b`: one path.
-                        Node::Object => Node::ObjectPath(vec![field].into()),
+                        Node::Object => Node::ObjectPath(vec![PathStep::new(field)].into()),
                         Node::ObjectPath(p) => {
                             let mut p = p.into_vec();
-                            p.push(field);
+                            p.push(PathStep::new(field));
                             Node::ObjectPath(p.into())
                         }
                         other => Node::Select(Box::new(other), field),
@@ -885,9 +903,11 @@ impl Node {
                 ctx.charge(1)?;
                 let mut node = ReqNode::CheckRequest(ctx.request().unwrap_or(&EMPTY_REQUEST));
                 let last = path.len() - 1;
-                for (i, f) in path.iter().enumerate() {
-                    let v = super::request::field(node, f)
-                        .ok_or_else(|| Error::no_such_field(node.type_name(), f))?;
+                for (i, step) in path.iter().enumerate() {
+                    let v = step
+                        .field
+                        .and_then(|f| super::request::field_of(node, f))
+                        .ok_or_else(|| Error::no_such_field(node.type_name(), &step.name))?;
                     if i == last {
                         return Ok(v);
                     }
@@ -895,8 +915,8 @@ impl Node {
                         Value::Node(n) => node = n,
                         other => {
                             let mut v = other;
-                            for f in &path[i + 1..] {
-                                v = select(v, f)?;
+                            for step in &path[i + 1..] {
+                                v = select(v, &step.name)?;
                             }
                             return Ok(v);
                         }
@@ -1050,6 +1070,12 @@ fn eval_call<'r>(
         args.push(a.eval(ctx, locals)?);
     }
     ctx.charge(1)?;
+    if let [Function {
+        owning: Some(f), ..
+    }] = c.functions[..]
+    {
+        return f(ctx, &mut args);
+    }
     call(ctx, c, &args)
 }
 

@@ -34,9 +34,101 @@ default_of!(EMPTY_ADDRESS, Address);
 default_of!(EMPTY_SOCKET, SocketAddress);
 default_of!(EMPTY_HEADER_MAP, HeaderMap);
 
+/// The name of a field of the request's messages, resolved when a policy
+/// loads so that reading `object.attributes.request.http.path` compares no
+/// text. One name may be a field of several messages (`address`,
+/// `protocol`, `headers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Address,
+    Attributes,
+    Body,
+    Certificate,
+    ContextExtensions,
+    Destination,
+    FilterMetadata,
+    Fragment,
+    HeaderMap,
+    Headers,
+    Host,
+    Http,
+    Id,
+    Ipv4Compat,
+    Labels,
+    MetadataContext,
+    Method,
+    NamedPort,
+    Path,
+    PortValue,
+    Principal,
+    Protocol,
+    Query,
+    RawBody,
+    Request,
+    ResolverName,
+    RouteMetadataContext,
+    Scheme,
+    Service,
+    Size,
+    Sni,
+    SocketAddress,
+    Source,
+    Time,
+    TlsSession,
+}
+
+impl Field {
+    /// The field called `name`, if any message of the request has one.
+    pub fn of(name: &str) -> Option<Field> {
+        Some(match name {
+            "address" => Field::Address,
+            "attributes" => Field::Attributes,
+            "body" => Field::Body,
+            "certificate" => Field::Certificate,
+            "context_extensions" => Field::ContextExtensions,
+            "destination" => Field::Destination,
+            "filter_metadata" => Field::FilterMetadata,
+            "fragment" => Field::Fragment,
+            "header_map" => Field::HeaderMap,
+            "headers" => Field::Headers,
+            "host" => Field::Host,
+            "http" => Field::Http,
+            "id" => Field::Id,
+            "ipv4_compat" => Field::Ipv4Compat,
+            "labels" => Field::Labels,
+            "metadata_context" => Field::MetadataContext,
+            "method" => Field::Method,
+            "named_port" => Field::NamedPort,
+            "path" => Field::Path,
+            "port_value" => Field::PortValue,
+            "principal" => Field::Principal,
+            "protocol" => Field::Protocol,
+            "query" => Field::Query,
+            "raw_body" => Field::RawBody,
+            "request" => Field::Request,
+            "resolver_name" => Field::ResolverName,
+            "route_metadata_context" => Field::RouteMetadataContext,
+            "scheme" => Field::Scheme,
+            "service" => Field::Service,
+            "size" => Field::Size,
+            "sni" => Field::Sni,
+            "socket_address" => Field::SocketAddress,
+            "source" => Field::Source,
+            "time" => Field::Time,
+            "tls_session" => Field::TlsSession,
+            _ => return None,
+        })
+    }
+}
+
 /// The value of field `name` of `node`; `None` when the message has no
 /// such field (the checker refuses such a name when the policy loads).
 pub fn field<'r>(node: Node<'r>, name: &str) -> Option<Value<'r>> {
+    field_of(node, Field::of(name)?)
+}
+
+/// The value of `field` of `node`, as [`field`] reads it by name.
+pub fn field_of<'r>(node: Node<'r>, field: Field) -> Option<Value<'r>> {
     fn s(v: &str) -> Value<'_> {
         Value::String(Str::Borrowed(v))
     }
@@ -45,77 +137,79 @@ pub fn field<'r>(node: Node<'r>, name: &str) -> Option<Value<'r>> {
     }
     let n = Value::Node;
     Some(match node {
-        Node::CheckRequest(r) => match name {
-            "attributes" => n(Node::Attributes(
+        Node::CheckRequest(r) => match field {
+            Field::Attributes => n(Node::Attributes(
                 r.attributes.as_ref().unwrap_or(&EMPTY_ATTRIBUTES),
             )),
             _ => return None,
         },
-        Node::Attributes(a) => match name {
-            "source" => n(Node::Peer(a.source.as_ref().unwrap_or(&EMPTY_PEER))),
-            "destination" => n(Node::Peer(a.destination.as_ref().unwrap_or(&EMPTY_PEER))),
-            "request" => n(Node::Request(a.request.as_ref().unwrap_or(&EMPTY_REQUEST))),
-            "context_extensions" => strings(&a.context_extensions),
-            "metadata_context" => n(Node::Metadata(
+        Node::Attributes(a) => match field {
+            Field::Source => n(Node::Peer(a.source.as_ref().unwrap_or(&EMPTY_PEER))),
+            Field::Destination => n(Node::Peer(a.destination.as_ref().unwrap_or(&EMPTY_PEER))),
+            Field::Request => n(Node::Request(a.request.as_ref().unwrap_or(&EMPTY_REQUEST))),
+            Field::ContextExtensions => strings(&a.context_extensions),
+            Field::MetadataContext => n(Node::Metadata(
                 a.metadata_context.as_ref().unwrap_or(&EMPTY_METADATA),
             )),
-            "route_metadata_context" => n(Node::Metadata(
+            Field::RouteMetadataContext => n(Node::Metadata(
                 a.route_metadata_context.as_ref().unwrap_or(&EMPTY_METADATA),
             )),
-            "tls_session" => n(Node::Tls(a.tls_session.as_ref().unwrap_or(&EMPTY_TLS))),
+            Field::TlsSession => n(Node::Tls(a.tls_session.as_ref().unwrap_or(&EMPTY_TLS))),
             _ => return None,
         },
-        Node::Peer(p) => match name {
-            "address" => n(Node::Address(p.address.as_ref().unwrap_or(&EMPTY_ADDRESS))),
-            "service" => s(&p.service),
-            "labels" => strings(&p.labels),
-            "principal" => s(&p.principal),
-            "certificate" => s(&p.certificate),
+        Node::Peer(p) => match field {
+            Field::Address => n(Node::Address(p.address.as_ref().unwrap_or(&EMPTY_ADDRESS))),
+            Field::Service => s(&p.service),
+            Field::Labels => strings(&p.labels),
+            Field::Principal => s(&p.principal),
+            Field::Certificate => s(&p.certificate),
             _ => return None,
         },
-        Node::Request(r) => match name {
-            "time" => {
+        Node::Request(r) => match field {
+            Field::Time => {
                 let t = r.time.unwrap_or_default();
                 Value::Timestamp(
                     chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
                         .unwrap_or_default(),
                 )
             }
-            "http" => n(Node::Http(r.http.as_ref().unwrap_or(&EMPTY_HTTP))),
+            Field::Http => n(Node::Http(r.http.as_ref().unwrap_or(&EMPTY_HTTP))),
             _ => return None,
         },
-        Node::Http(h) => match name {
-            "id" => s(&h.id),
-            "method" => s(&h.method),
-            "headers" => match derived_headers(h) {
+        Node::Http(h) => match field {
+            Field::Id => s(&h.id),
+            Field::Method => s(&h.method),
+            Field::Headers => match derived_headers(h) {
                 Some(m) => Value::Map(Map::HeaderMap(m)),
                 None => strings(&h.headers),
             },
-            "header_map" => n(Node::HeaderMap(
+            Field::HeaderMap => n(Node::HeaderMap(
                 h.header_map.as_ref().unwrap_or(&EMPTY_HEADER_MAP),
             )),
-            "path" => s(&h.path),
-            "host" => s(&h.host),
-            "scheme" => s(&h.scheme),
-            "query" => s(&h.query),
-            "fragment" => s(&h.fragment),
-            "size" => Value::Int(h.size),
-            "protocol" => s(&h.protocol),
+            Field::Path => s(&h.path),
+            Field::Host => s(&h.host),
+            Field::Scheme => s(&h.scheme),
+            Field::Query => s(&h.query),
+            Field::Fragment => s(&h.fragment),
+            Field::Size => Value::Int(h.size),
+            Field::Protocol => s(&h.protocol),
             // `body` and `raw_body` read the same bytes whichever one Envoy
             // filled (`pack_as_bytes`): `body` is a string when they are
             // UTF-8 and `bytes` when not.
-            "body" if h.body.is_empty() => text_or_bytes(&h.raw_body),
-            "body" => s(&h.body),
-            "raw_body" if h.raw_body.is_empty() => Value::Bytes(Bin::Borrowed(h.body.as_bytes())),
-            "raw_body" => Value::Bytes(Bin::Borrowed(&h.raw_body)),
+            Field::Body if h.body.is_empty() => text_or_bytes(&h.raw_body),
+            Field::Body => s(&h.body),
+            Field::RawBody if h.raw_body.is_empty() => {
+                Value::Bytes(Bin::Borrowed(h.body.as_bytes()))
+            }
+            Field::RawBody => Value::Bytes(Bin::Borrowed(&h.raw_body)),
             _ => return None,
         },
-        Node::Tls(t) => match name {
-            "sni" => s(&t.sni),
+        Node::Tls(t) => match field {
+            Field::Sni => s(&t.sni),
             _ => return None,
         },
-        Node::Metadata(m) => match name {
-            "filter_metadata" => Value::map(
+        Node::Metadata(m) => match field {
+            Field::FilterMetadata => Value::map(
                 m.filter_metadata
                     .iter()
                     .map(|(k, v)| {
@@ -128,28 +222,30 @@ pub fn field<'r>(node: Node<'r>, name: &str) -> Option<Value<'r>> {
             ),
             _ => return None,
         },
-        Node::Address(a) => match (&a.address, name) {
-            (Some(address::Address::SocketAddress(sa)), "socket_address") => n(Node::Socket(sa)),
-            (None | Some(_), "socket_address") => n(Node::Socket(&EMPTY_SOCKET)),
+        Node::Address(a) => match (&a.address, field) {
+            (Some(address::Address::SocketAddress(sa)), Field::SocketAddress) => {
+                n(Node::Socket(sa))
+            }
+            (None | Some(_), Field::SocketAddress) => n(Node::Socket(&EMPTY_SOCKET)),
             _ => return None,
         },
-        Node::Socket(sa) => match name {
-            "address" => s(&sa.address),
-            "port_value" => Value::Uint(match sa.port_specifier {
+        Node::Socket(sa) => match field {
+            Field::Address => s(&sa.address),
+            Field::PortValue => Value::Uint(match sa.port_specifier {
                 Some(PortSpecifier::PortValue(p)) => u64::from(p),
                 _ => 0,
             }),
-            "named_port" => s(match &sa.port_specifier {
+            Field::NamedPort => s(match &sa.port_specifier {
                 Some(PortSpecifier::NamedPort(p)) => p,
                 _ => "",
             }),
-            "protocol" => Value::Int(i64::from(sa.protocol)),
-            "resolver_name" => s(&sa.resolver_name),
-            "ipv4_compat" => Value::Bool(sa.ipv4_compat),
+            Field::Protocol => Value::Int(i64::from(sa.protocol)),
+            Field::ResolverName => s(&sa.resolver_name),
+            Field::Ipv4Compat => Value::Bool(sa.ipv4_compat),
             _ => return None,
         },
-        Node::HeaderMap(hm) => match name {
-            "headers" => Value::list(
+        Node::HeaderMap(hm) => match field {
+            Field::Headers => Value::list(
                 hm.headers
                     .iter()
                     .map(|h| {

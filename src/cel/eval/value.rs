@@ -478,6 +478,23 @@ impl<'r> Value<'r> {
         }
     }
 
+    /// The library object of type `T` this value holds, to change: in
+    /// place when this value is its only holder (the result of the previous
+    /// step of a builder chain), else on a copy that this value then holds.
+    /// `None` when the value holds no `T`.
+    pub fn object_mut<T: Object + Clone>(&mut self) -> Option<&mut T> {
+        let Value::Object(o) = self else {
+            return None;
+        };
+        o.as_any().downcast_ref::<T>()?;
+        if Arc::get_mut(o).is_none() {
+            let copy = o.as_any().downcast_ref::<T>()?.clone();
+            *o = Arc::new(copy);
+        }
+        let o: &mut dyn Any = Arc::get_mut(o)?;
+        o.downcast_mut::<T>()
+    }
+
     /// Whether the value is its type's zero value (`optional.ofNonZeroValue`).
     pub fn is_zero(&self) -> bool {
         match self {

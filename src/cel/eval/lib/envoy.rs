@@ -50,6 +50,22 @@ pub fn check_response<'a>(v: &'a Value<'_>) -> Option<&'a CheckResponse> {
     v.downcast::<CheckResponse>()
 }
 
+/// The response a validation returned, taken out of its value (copied only
+/// when something else still holds it); `Err` gives back any other value.
+pub fn into_check_response(mut v: Value<'_>) -> Result<CheckResponse, Value<'_>> {
+    match v.object_mut::<CheckResponse>() {
+        Some(r) => Ok(std::mem::replace(
+            r,
+            CheckResponse {
+                outcome: Outcome::Ok(OkResponse::default()),
+                message: String::new(),
+                metadata: None,
+            },
+        )),
+        None => Err(v),
+    }
+}
+
 pub const FUNCTIONS: &[Function] = &[
     Function::global("envoy.Allowed", 0, allowed),
     Function::global("envoy.Denied", 1, denied),
@@ -57,18 +73,21 @@ pub const FUNCTIONS: &[Function] = &[
     Function::global("envoy.QueryParam", 2, query_param),
     Function::method("KeepEmptyValue", 0, keep_empty),
     Function::method("KeepEmptyValue", 1, keep_empty),
-    Function::method("WithHeader", 1, with_header),
-    Function::method("WithHeader", 2, with_header),
-    Function::method("WithoutHeader", 1, without_header),
-    Function::method("WithResponseHeader", 1, with_response_header),
-    Function::method("WithResponseHeader", 2, with_response_header),
-    Function::method("WithQueryParam", 1, with_query_param),
-    Function::method("WithQueryParam", 2, with_query_param),
-    Function::method("WithoutQueryParam", 1, without_query_param),
-    Function::method("WithBody", 1, with_body),
-    Function::method("Response", 0, response),
-    Function::method("WithMessage", 1, with_message),
-    Function::method("WithMetadata", 1, with_metadata),
+    Function::method("WithHeader", 1, with_header).owning(with_header_owning),
+    Function::method("WithHeader", 2, with_header).owning(with_header_owning),
+    Function::method("WithoutHeader", 1, without_header).owning(without_header_owning),
+    Function::method("WithResponseHeader", 1, with_response_header)
+        .owning(with_response_header_owning),
+    Function::method("WithResponseHeader", 2, with_response_header)
+        .owning(with_response_header_owning),
+    Function::method("WithQueryParam", 1, with_query_param).owning(with_query_param_owning),
+    Function::method("WithQueryParam", 2, with_query_param).owning(with_query_param_owning),
+    Function::method("WithoutQueryParam", 1, without_query_param)
+        .owning(without_query_param_owning),
+    Function::method("WithBody", 1, with_body).owning(with_body_owning),
+    Function::method("Response", 0, response).owning(response_owning),
+    Function::method("WithMessage", 1, with_message).owning(with_message_owning),
+    Function::method("WithMetadata", 1, with_metadata).owning(with_metadata_owning),
 ];
 
 fn allowed<'r>(_: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
@@ -164,78 +183,104 @@ fn header_arg(
     }
 }
 
-/// The builder receiver of a method: an allowed or a denied response.
-enum Builder<'a> {
-    Ok(&'a OkResponse),
-    Denied(&'a DeniedResponse),
+/// The builder methods in their by-reference form (constant folding, a
+/// call that may reach several functions): the arguments are copied
+/// (reference counts) and the owning form changes the copy.
+macro_rules! by_reference {
+    ($($name:ident => $owning:ident),* $(,)?) => {$(
+        fn $name<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+            let mut args: smallvec::SmallVec<[Value<'r>; 4]> = args.iter().cloned().collect();
+            $owning(ctx, &mut args)
+        }
+    )*};
+}
+by_reference! {
+    with_header => with_header_owning,
+    without_header => without_header_owning,
+    with_response_header => with_response_header_owning,
+    with_query_param => with_query_param_owning,
+    without_query_param => without_query_param_owning,
+    with_body => with_body_owning,
+    response => response_owning,
+    with_message => with_message_owning,
+    with_metadata => with_metadata_owning,
 }
 
-fn builder<'a>(v: Option<&'a Value<'_>>) -> Option<Builder<'a>> {
-    let v = v?;
-    if let Some(ok) = v.downcast::<OkResponse>() {
-        Some(Builder::Ok(ok))
-    } else {
-        v.downcast::<DeniedResponse>().map(Builder::Denied)
+/// The receiver, `args[0]`, once the method has changed what it holds.
+fn receiver<'r>(args: &mut [Value<'r>]) -> Value<'r> {
+    std::mem::replace(&mut args[0], Value::Null)
+}
+
+fn with_header_owning<'r>(ctx: &mut Ctx<'r>, args: &mut [Value<'r>]) -> Result<Value<'r>, Error> {
+    const F: &str = "WithHeader";
+    let is_builder = matches!(args.first(), Some(v)
+        if v.downcast::<OkResponse>().is_some() || v.downcast::<DeniedResponse>().is_some());
+    let h = match (
+        is_builder,
+        header_arg(ctx, F, args.get(1..).unwrap_or_default()),
+    ) {
+        (true, Some(h)) => h?,
+        _ => return Err(Error::no_overload(F, args)),
+    };
+    if let Some(ok) = args[0].object_mut::<OkResponse>() {
+        ok.headers.push(h);
+    } else if let Some(d) = args[0].object_mut::<DeniedResponse>() {
+        d.headers.push(h);
+    }
+    Ok(receiver(args))
+}
+
+/// Checks that the receiver is an allowed response.
+fn ok_receiver(f: &str, args: &[Value<'_>]) -> Result<(), Error> {
+    match args.first().and_then(Value::downcast::<OkResponse>) {
+        Some(_) => Ok(()),
+        None => Err(Error::no_overload(f, args)),
     }
 }
 
-fn with_header<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
-    const F: &str = "WithHeader";
-    let (Some(b), Some(h)) = (
-        builder(args.first()),
-        header_arg(ctx, F, args.get(1..).unwrap_or_default()),
-    ) else {
-        return Err(Error::no_overload(F, args));
-    };
-    let h = h?;
-    Ok(match b {
-        Builder::Ok(ok) => {
-            let mut ok = ok.clone();
-            ok.headers.push(h);
-            Value::object(ok)
-        }
-        Builder::Denied(d) => {
-            let mut d = d.clone();
-            d.headers.push(h);
-            Value::object(d)
-        }
-    })
+/// The allowed response the receiver holds, to change.
+fn ok_mut<'a>(args: &'a mut [Value<'_>]) -> &'a mut OkResponse {
+    args[0]
+        .object_mut::<OkResponse>()
+        .expect("the receiver was checked to be an allowed response")
 }
 
-/// The allowed-response receiver of a method, cloned for a change.
-fn ok_receiver(f: &str, args: &[Value<'_>]) -> Result<OkResponse, Error> {
-    args.first()
-        .and_then(Value::downcast::<OkResponse>)
-        .cloned()
-        .ok_or_else(|| Error::no_overload(f, args))
-}
-
-fn without_header<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+fn without_header_owning<'r>(
+    ctx: &mut Ctx<'r>,
+    args: &mut [Value<'r>],
+) -> Result<Value<'r>, Error> {
     const F: &str = "WithoutHeader";
-    let [_, Value::String(name)] = args else {
+    let [_, Value::String(name)] = &*args else {
         return Err(Error::no_overload(F, args));
     };
-    let mut ok = ok_receiver(F, args)?;
+    ok_receiver(F, args)?;
     ctx.charge_bytes(name.len())?;
     if let Some(p) = response::header_name_problem(name) {
         return Err(Error::function(F, p));
     }
-    ok.headers_to_remove.push(name.to_string());
-    Ok(Value::object(ok))
+    let name = name.to_string();
+    ok_mut(args).headers_to_remove.push(name);
+    Ok(receiver(args))
 }
 
-fn with_response_header<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+fn with_response_header_owning<'r>(
+    ctx: &mut Ctx<'r>,
+    args: &mut [Value<'r>],
+) -> Result<Value<'r>, Error> {
     const F: &str = "WithResponseHeader";
-    let mut ok = ok_receiver(F, args)?;
+    ok_receiver(F, args)?;
     let h = header_arg(ctx, F, args.get(1..).unwrap_or_default())
         .ok_or_else(|| Error::no_overload(F, args))??;
-    ok.response_headers_to_add.push(h);
-    Ok(Value::object(ok))
+    ok_mut(args).response_headers_to_add.push(h);
+    Ok(receiver(args))
 }
 
-fn with_query_param<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+fn with_query_param_owning<'r>(
+    ctx: &mut Ctx<'r>,
+    args: &mut [Value<'r>],
+) -> Result<Value<'r>, Error> {
     const F: &str = "WithQueryParam";
-    let mut ok = ok_receiver(F, args)?;
+    ok_receiver(F, args)?;
     let q = match args.get(1..).unwrap_or_default() {
         [Value::String(k), Value::String(v)] => new_query(ctx, F, k, v)?,
         // Not checked again, as before: `envoy.QueryParam` made it.
@@ -245,37 +290,48 @@ fn with_query_param<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'
             .ok_or_else(|| Error::no_overload(F, args))?,
         _ => return Err(Error::no_overload(F, args)),
     };
-    ok.query_parameters_to_set.push(q);
-    Ok(Value::object(ok))
+    ok_mut(args).query_parameters_to_set.push(q);
+    Ok(receiver(args))
 }
 
-fn without_query_param<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+fn without_query_param_owning<'r>(
+    ctx: &mut Ctx<'r>,
+    args: &mut [Value<'r>],
+) -> Result<Value<'r>, Error> {
     const F: &str = "WithoutQueryParam";
-    let [_, Value::String(name)] = args else {
+    let [_, Value::String(name)] = &*args else {
         return Err(Error::no_overload(F, args));
     };
-    let mut ok = ok_receiver(F, args)?;
+    ok_receiver(F, args)?;
     let q = new_query(ctx, F, name, "")?;
-    ok.query_parameters_to_remove.push(q.key);
-    Ok(Value::object(ok))
+    ok_mut(args).query_parameters_to_remove.push(q.key);
+    Ok(receiver(args))
 }
 
-fn with_body<'r>(_: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+fn with_body_owning<'r>(_: &mut Ctx<'r>, args: &mut [Value<'r>]) -> Result<Value<'r>, Error> {
     const F: &str = "WithBody";
-    match args {
-        [d, Value::String(body)] if d.downcast::<DeniedResponse>().is_some() => {
-            let mut d = d.downcast::<DeniedResponse>().cloned().unwrap_or_default();
-            d.body = body.to_string();
-            Ok(Value::object(d))
-        }
-        _ => Err(Error::no_overload(F, args)),
+    let [d, Value::String(body)] = args else {
+        return Err(Error::no_overload(F, args));
+    };
+    let body = body.to_string();
+    match d.object_mut::<DeniedResponse>() {
+        Some(d) => d.body = body,
+        None => return Err(Error::no_overload(F, args)),
     }
+    Ok(receiver(args))
 }
 
-fn response<'r>(_: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
-    let outcome = match (args.len(), builder(args.first())) {
-        (1, Some(Builder::Ok(ok))) => Outcome::Ok(ok.clone()),
-        (1, Some(Builder::Denied(d))) => Outcome::Denied(d.clone()),
+fn response_owning<'r>(_: &mut Ctx<'r>, args: &mut [Value<'r>]) -> Result<Value<'r>, Error> {
+    let outcome = match args {
+        [b] => {
+            if let Some(ok) = b.object_mut::<OkResponse>() {
+                Outcome::Ok(std::mem::take(ok))
+            } else if let Some(d) = b.object_mut::<DeniedResponse>() {
+                Outcome::Denied(std::mem::take(d))
+            } else {
+                return Err(Error::no_overload("Response", args));
+            }
+        }
         _ => return Err(Error::no_overload("Response", args)),
     };
     Ok(Value::object(CheckResponse {
@@ -285,35 +341,41 @@ fn response<'r>(_: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error>
     }))
 }
 
-fn response_receiver(f: &str, args: &[Value<'_>]) -> Result<CheckResponse, Error> {
-    args.first()
-        .and_then(Value::downcast::<CheckResponse>)
-        .cloned()
-        .ok_or_else(|| Error::no_overload(f, args))
+/// The response the receiver holds, to change; an error when it holds none.
+fn response_mut<'a>(f: &str, args: &'a mut [Value<'_>]) -> Result<&'a mut CheckResponse, Error> {
+    if args[0].downcast::<CheckResponse>().is_none() {
+        return Err(Error::no_overload(f, args));
+    }
+    Ok(args[0]
+        .object_mut::<CheckResponse>()
+        .expect("the receiver was checked to be a response"))
 }
 
-fn with_message<'r>(_: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+fn with_message_owning<'r>(_: &mut Ctx<'r>, args: &mut [Value<'r>]) -> Result<Value<'r>, Error> {
     const F: &str = "WithMessage";
-    let [_, Value::String(m)] = args else {
+    let [_, Value::String(m)] = &*args else {
         return Err(Error::no_overload(F, args));
     };
-    let mut r = response_receiver(F, args)?;
-    r.message = m.to_string();
-    Ok(Value::object(r))
+    let m = m.to_string();
+    response_mut(F, args)?.message = m;
+    Ok(receiver(args))
 }
 
-fn with_metadata<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
+fn with_metadata_owning<'r>(ctx: &mut Ctx<'r>, args: &mut [Value<'r>]) -> Result<Value<'r>, Error> {
     const F: &str = "WithMetadata";
-    let [_, meta] = args else {
+    let [r, meta] = &*args else {
         return Err(Error::no_overload(F, args));
     };
-    let mut r = response_receiver(F, args)?;
+    if r.downcast::<CheckResponse>().is_none() {
+        return Err(Error::no_overload(F, args));
+    }
     let json = legacy_json(ctx, meta).map_err(|e| match e {
         Refused::Cost(e) => e,
         Refused::Text(t) => Error::function(F, t),
     })?;
-    r.metadata = Some(response::metadata_object(json).map_err(|e| Error::function(F, e))?);
-    Ok(Value::object(r))
+    let metadata = response::metadata_object(json).map_err(|e| Error::function(F, e))?;
+    response_mut(F, args)?.metadata = Some(metadata);
+    Ok(receiver(args))
 }
 
 /// Why [`legacy_json`] gave no JSON.

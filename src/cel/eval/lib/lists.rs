@@ -54,6 +54,7 @@ pub const FUNCTIONS: &[Function] = &[
         receiver: false,
         arity: None,
         f: max,
+        owning: None,
         pure: true,
     },
     Function {
@@ -61,6 +62,7 @@ pub const FUNCTIONS: &[Function] = &[
         receiver: false,
         arity: None,
         f: min,
+        owning: None,
         pure: true,
     },
 ];
