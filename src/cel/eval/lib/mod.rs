@@ -17,8 +17,8 @@ pub mod lists;
 pub mod mcp;
 pub mod net;
 pub mod quantity;
-pub mod semver;
 pub mod regex;
+pub mod semver;
 pub mod std;
 pub mod strings;
 pub mod url;
@@ -53,9 +53,15 @@ pub fn all_functions() -> impl Iterator<Item = &'static Function> {
 /// The libraries' value types an expression may name (`net.IP`,
 /// `kubernetes.URL`), by their full names.
 pub fn is_type_name(name: &str) -> bool {
-    [net::TYPES, url::TYPES, quantity::TYPES, semver::TYPES, format::TYPES]
-        .iter()
-        .any(|t| t.contains(&name))
+    [
+        net::TYPES,
+        url::TYPES,
+        quantity::TYPES,
+        semver::TYPES,
+        format::TYPES,
+    ]
+    .iter()
+    .any(|t| t.contains(&name))
 }
 
 type Registry = HashMap<(&'static str, bool), Vec<&'static Function>>;
