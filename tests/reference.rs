@@ -6,7 +6,7 @@
 //!   rewrites it.
 //! * `request.md` lists exactly the fields of `object` a policy can read:
 //!   every field the type checker knows on the request's messages (the
-//!   vendored Envoy protos less `view::UNREAD_FIELDS`), walked from
+//!   vendored Envoy protos less `request::UNREAD_FIELDS`), walked from
 //!   `CheckRequest`, with its type. A field whose type is a message is
 //!   walked into (its own row is not listed); a list of messages is walked
 //!   into as `path[i]`; everything else (scalars, maps, lists of scalars,

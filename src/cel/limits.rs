@@ -2,8 +2,9 @@
 //! crash or hang the process through its size or nesting.
 //!
 //! Everything that walks an expression recurses over it: the `cel` crate's
-//! parser (ANTLR, several frames per bracket), its parse-tree visitor, its
-//! evaluator, dropping the tree, and celgate's own walks. Each is bounded by
+//! parser (ANTLR, several frames per bracket), its parse-tree visitor,
+//! dropping the tree, and celgate's own walks (the type checker, the planner
+//! and the evaluator, which recurses over the plan). Each is bounded by
 //! the depth of the expression, so the depth is bounded when a policy loads:
 //!
 //! 1. [`check_source`], before the text reaches the parser: its length, how
@@ -18,8 +19,9 @@
 //! The limits are chosen so that evaluation at the limit fits comfortably in
 //! the evaluation threads' stacks ([`EVAL_STACK_BYTES`]) and parsing at the
 //! limit in the loading threads' stacks ([`LOAD_STACK_BYTES`]), even in an
-//! unoptimised build (about 160 KiB per bracket to parse, 40 KiB per level to
-//! evaluate, measured on cel 0.15).
+//! unoptimised build (about 160 KiB per bracket to parse, measured on cel
+//! 0.15; 40 KiB per level to evaluate, measured on the `cel` crate's
+//! interpreter that celgate's evaluator replaced).
 
 use cel::common::ast::{EntryExpr, Expr, IdedExpr};
 

@@ -145,7 +145,11 @@ fn build() -> Result<Decls, DeclError> {
             .get_mut(*message)
             .and_then(|o| o.fields.as_mut())
             .and_then(|fields| fields.remove(*field))
-            .ok_or_else(|| DeclError(format!("view::UNREAD_FIELDS: no field {message}.{field}")))?;
+            .ok_or_else(|| {
+                DeclError(format!(
+                    "request::UNREAD_FIELDS: no field {message}.{field}"
+                ))
+            })?;
     }
     for (name, fields) in crate::cel::eval::lib::envoy::OBJECTS
         .iter()
