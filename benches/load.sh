@@ -53,7 +53,7 @@ CELGATE_ARGS=${CELGATE_ARGS:-}
 REQUEST_ARGS=${REQUEST_ARGS:-}
 EXPECT_ARGS=${EXPECT_ARGS:-}
 
-BIN=target/release
+BIN=${BIN:-target/release}
 CELGATE_BIN=${CELGATE_BIN:-$BIN/celgate}
 CHECK_PATH=/envoy.service.auth.v3.Authorization/Check
 

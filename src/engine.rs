@@ -289,7 +289,27 @@ fn run(
 ) -> Decision {
     let meter = eval::Meter::new(config.cost_budget).with_deadline(deadline);
     let mut ctx = eval::Ctx::new(Some(request), meter);
-    run_policies(set, config, &mut ctx, trace)
+    run_policies(set, config, &mut ctx, trace).expect("only an evaluation within a slice gives up")
+}
+
+/// As [`evaluate_within`], on a thread that must not block or be held long
+/// (an async worker): the evaluation runs within the first `units` of its
+/// cost budget and makes no blocking call. `None` when it needed more (or
+/// a call that blocks, such as a first `jwks.Fetch`): nothing of the
+/// attempt is kept (no metrics, no logs), and the caller evaluates the
+/// request again in full where it may take its time.
+pub fn evaluate_inline(
+    set: &PolicySet,
+    config: &EngineConfig,
+    request: &CheckRequest,
+    units: u64,
+    trace: bool,
+) -> Option<(Decision, Vec<PolicyTrace>)> {
+    let meter = eval::Meter::slice(units, config.cost_budget);
+    let mut ctx = eval::Ctx::new(Some(request), meter).without_blocking();
+    let mut traces = Vec::new();
+    let d = run_policies(set, config, &mut ctx, trace.then_some(&mut traces))?;
+    Some((d, traces))
 }
 
 /// Logs a policy's evaluation error at `$level` (a `tracing` macro name):
@@ -309,15 +329,26 @@ macro_rules! policy_error_event {
     };
 }
 
+/// The policies in turn; `None` when the evaluation gave up
+/// ([`eval::Meter::yielded`]), before anything of it was recorded.
 fn run_policies<'r>(
     set: &'r PolicySet,
     config: &EngineConfig,
     ctx: &mut eval::Ctx<'r>,
     mut trace: Option<&mut Vec<PolicyTrace>>,
-) -> Decision {
+) -> Option<Decision> {
     let metrics = crate::telemetry::metrics::global();
     let record = metrics.enabled();
     let mut clock = record.then(std::time::Instant::now);
+    // Each policy's time, recorded once the request is decided: an
+    // evaluation that gives up records nothing.
+    let mut timings: smallvec::SmallVec<[(&Policy, PolicyOutcome, std::time::Duration); 8]> =
+        smallvec::SmallVec::new();
+    let flush = |timings: &[(&Policy, PolicyOutcome, std::time::Duration)]| {
+        for (policy, outcome, took) in timings {
+            policy.metrics.evaluated(*outcome, *took);
+        }
+    };
     let mut evaluated = 0;
     let mut audit = Vec::new();
     for policy in &set.policies {
@@ -327,6 +358,9 @@ fn run_policies<'r>(
             ..Default::default()
         });
         let result = eval_planned(policy, ctx, t.as_mut());
+        if ctx.meter.yielded() {
+            return None;
+        }
         let actions = policy.actions;
         let entry = |status, validation, error: Option<&EvalError>, enforced| AuditEntry {
             policy: policy.name.clone(),
@@ -415,14 +449,15 @@ fn run_policies<'r>(
         // One clock read per policy: each one's end is the next one's start.
         if let Some(started) = clock {
             let now = std::time::Instant::now();
-            policy.metrics.evaluated(outcome, now - started);
+            timings.push((policy, outcome, now - started));
             clock = Some(now);
         }
         if let (Some(trace), Some(t)) = (trace.as_mut(), t) {
             trace.push(t);
         }
         if let Some(d) = decided {
-            return with_audit(config, d, audit);
+            flush(&timings);
+            return Some(with_audit(config, d, audit));
         }
     }
     let d = Decision {
@@ -437,7 +472,8 @@ fn run_policies<'r>(
         evaluated,
         audit: Vec::new(),
     };
-    with_audit(config, d, audit)
+    flush(&timings);
+    Some(with_audit(config, d, audit))
 }
 
 /// `d` with the audit entries and the headers they call for: the warnings
@@ -739,6 +775,10 @@ fn eval_planned<'r>(
                     applies = false;
                     break;
                 }
+                Err(_) if ctx.meter.yielded() => {
+                    // The attempt is abandoned (see `evaluate_inline`).
+                    return Ok(PolicyResult::NoResult);
+                }
                 Err(e) => {
                     // A broken exception must not open a hole: the policy applies.
                     tracing::warn!(
@@ -958,6 +998,83 @@ mod tests {
                 e.detailed()
             );
         }
+    }
+
+    fn set_of(policies: &[(&str, &str, &str)]) -> PolicySet {
+        let yaml: Vec<String> = policies
+            .iter()
+            .map(|(name, failure, validation)| {
+                format!(
+                    "apiVersion: policies.kyverno.io/v1\nkind: ValidatingPolicy\nmetadata: {{ name: {name} }}\nspec:\n  evaluation: {{ mode: Envoy }}\n  failurePolicy: {failure}\n  validations:\n  - expression: '{validation}'\n"
+                )
+            })
+            .collect();
+        let docs =
+            crate::policy::load::parse_documents("p.yaml".as_ref(), &yaml.join("---\n")).unwrap();
+        PolicySet::compile(docs).unwrap()
+    }
+
+    #[test]
+    fn an_inline_attempt_decides_what_the_full_evaluation_decides_or_gives_up() {
+        let request = crate::request_json::from_value(&serde_json::json!({"attributes": {
+            "request": {"http": {"path": "/", "headers": {"x-user": "alice"}}}}}))
+        .unwrap();
+        let config = EngineConfig::default();
+        // A walk of 5,000 steps, under `Ignore`: past a 2,000-unit slice the
+        // attempt must give up, not pass for an ignored error (which would
+        // let the allow of the next policy through).
+        let set = set_of(&[
+            (
+                "a-walk",
+                "Ignore",
+                "lists.range(5000).all(i, i >= 0) ? envoy.Denied(403).Response() : null",
+            ),
+            ("b-allow", "Fail", "envoy.Allowed().Response()"),
+        ]);
+        assert!(evaluate_inline(&set, &config, &request, 2_000, true).is_none());
+        let full = evaluate(&set, &config, &request);
+        assert_eq!(full.http_status(), 403);
+        assert_eq!(full.policy.as_deref(), Some("a-walk"));
+        // With a slice at least the budget, the attempt is the full evaluation.
+        let (d, _) = evaluate_inline(&set, &config, &request, config.cost_budget, false).unwrap();
+        assert_eq!(d.http_status(), 403);
+        // Within the slice: the same decision, error and trace as in full.
+        let set = set_of(&[
+            (
+                "a-header",
+                "Fail",
+                r#"object.attributes.request.http.headers["x-user"] == "bob" ? envoy.Denied(401).Response() : null"#,
+            ),
+            (
+                "b-broken",
+                "Fail",
+                r#"int(object.attributes.request.http.headers["x-user"]) == 1 ? null : null"#,
+            ),
+        ]);
+        let (inline, trace) = evaluate_inline(&set, &config, &request, 2_000, true).unwrap();
+        let (full, full_trace) = evaluate_traced(&set, &config, &request);
+        assert_eq!(format!("{inline:?}"), format!("{full:?}"));
+        assert_eq!(
+            serde_json::to_value(&trace).unwrap(),
+            serde_json::to_value(&full_trace).unwrap()
+        );
+        assert_eq!(
+            inline.error.map(|e| e.summary()),
+            Some("spec.validations[0].expression: function_error in int".into())
+        );
+    }
+
+    #[test]
+    fn an_inline_attempt_never_fetches_a_key_set() {
+        let request = crate::request_json::from_value(&serde_json::json!({"attributes": {
+            "request": {"http": {"path": "/"}}}}))
+        .unwrap();
+        let set = set_of(&[(
+            "jwks",
+            "Fail",
+            r#"jwks.Fetch("https://engine-inline-unfetched.test/jwks.json") == null ? null : null"#,
+        )]);
+        assert!(evaluate_inline(&set, &EngineConfig::default(), &request, 2_000, false).is_none());
     }
 
     #[test]

@@ -572,8 +572,16 @@ struct ServeArgs {
     /// Envoy (200 ms unless set; 0.5 s in the shipped configurations).
     #[arg(long, env = "CELGATE_DECISION_TIMEOUT_MS", default_value_t = celgate::server::limits::DEFAULT_DECISION_TIMEOUT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     decision_timeout_ms: u64,
+    /// Cost units (see --cost-budget) a decision may spend on the thread that
+    /// received its gRPC call. Most decisions need a few hundred: they are made
+    /// there at once. One that needs more, or a call that blocks (a JWKS fetch),
+    /// stops there and is made again from the start on the decision threads;
+    /// 0: every decision is made on the decision threads.
+    #[arg(long, env = "CELGATE_INLINE_BUDGET", default_value_t = celgate::server::limits::DEFAULT_INLINE_BUDGET, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    inline_budget: u64,
     /// Threads that evaluate policies; 0: one per available CPU. Evaluation
-    /// never runs on the threads that serve gRPC health and HTTP probes.
+    /// beyond --inline-budget never runs on the threads that serve gRPC health
+    /// and HTTP probes.
     #[arg(long, env = "CELGATE_DECISION_THREADS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1024))]
     decision_threads: u64,
     /// Requests that may wait for an evaluation thread. When that many are
@@ -1153,6 +1161,7 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
                 threads: args.decision_threads as usize,
                 max_pending: args.max_pending_decisions as usize,
                 timeout: std::time::Duration::from_millis(args.decision_timeout_ms),
+                inline_budget: args.inline_budget,
                 ..Default::default()
             },
             max_request_bytes: Some(args.max_request_bytes.map_or_else(

@@ -357,3 +357,82 @@ fn serve_refuses_a_zero_deadline_and_documents_the_flags() {
         assert!(help.contains(flag), "{flag} missing from serve --help");
     }
 }
+
+/// A decision that needs more than `--inline-budget` is abandoned on the
+/// thread that received it and made again on the decision threads: its
+/// answer is the full evaluation's, and it is counted once, policy by
+/// policy, as is one decided where it arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_past_the_inline_budget_is_made_once_on_the_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = |name: &str, validation: &str| {
+        format!(
+            "apiVersion: policies.kyverno.io/v1\nkind: ValidatingPolicy\nmetadata: {{ name: {name} }}\nspec:\n  evaluation: {{ mode: Envoy }}\n  failurePolicy: Ignore\n  validations:\n  - expression: '{validation}'\n"
+        )
+    };
+    std::fs::write(
+        dir.path().join("policies.yaml"),
+        [
+            policy("a-cheap", "null"),
+            // Past the 2,000 units of the default inline budget, and under
+            // `Ignore`: an abandoned attempt must not pass for an ignored
+            // error, which would let `c-allow` decide.
+            policy(
+                "b-walk",
+                r#"object.attributes.request.http.path == "/walk" && lists.range(5000).all(i, i >= 0) ? envoy.Denied(409).Response() : null"#,
+            ),
+            policy("c-allow", "envoy.Allowed().Response()"),
+        ]
+        .join("---\n"),
+    )
+    .unwrap();
+    let set = PolicySet::load(&[dir.path().to_path_buf()]).unwrap();
+    let state = State::with_options(set, EngineConfig::default(), ServeOptions::default());
+    let g = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let h = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (grpc, http) = (g.local_addr().unwrap(), h.local_addr().unwrap());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve_on(state, g, h, async {
+        let _ = stop_rx.await;
+    }));
+    let at = |path: &str| {
+        celgate::request_json::from_value(&serde_json::json!({"attributes": {"request": {"http": {"method": "GET", "path": path}}}}))
+            .unwrap()
+    };
+    for _ in 0..3 {
+        let (walk, _) = check(grpc, at("/walk")).await;
+        assert_eq!(denial(&walk).map(|d| d.0), Some(409), "{walk:?}");
+        let (cheap, _) = check(grpc, at("/")).await;
+        assert!(denial(&cheap).is_none(), "{cheap:?}");
+    }
+    let m = http_get(http, "/metrics", &[]).await.unwrap().text();
+    let count = |series: &str| metric(&m, series);
+    assert_eq!(
+        count(r#"authz_policy_evaluations_total{policy="a-cheap",decision="none"}"#),
+        6.0,
+        "{m}"
+    );
+    assert_eq!(
+        count(r#"authz_policy_evaluations_total{policy="b-walk",decision="deny"}"#),
+        3.0,
+        "{m}"
+    );
+    assert_eq!(
+        count(r#"authz_policy_evaluations_total{policy="c-allow",decision="allow"}"#),
+        3.0,
+        "{m}"
+    );
+    assert_eq!(
+        count(
+            r#"authz_decisions_total{mode="envoy",decision="deny",source="policy",policy="b-walk"}"#
+        ),
+        3.0,
+        "{m}"
+    );
+    let _ = stop_tx.send(());
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("server stops")
+        .unwrap()
+        .unwrap();
+}

@@ -160,17 +160,43 @@ pub fn fetch(url: &str) -> Result<Arc<KeySet>, IdentityError> {
             }
         }
     };
-    if let Some(set) = entry.set.load_full() {
-        if set.is_fresh() {
-            bump(&COUNTERS.jwks_cache_hits);
-        } else {
-            bump(&COUNTERS.jwks_stale_hits);
-            refresh_in_background(&entry);
-        }
+    if let Some(set) = from_cache(&entry) {
         return Ok(set);
     }
     drop(rt);
     blocking(|| first_fetch(&entry))
+}
+
+/// The key set of `url` as [`fetch`] would answer it without fetching: a
+/// cached set, fresh or stale (a stale one is refreshed in the background,
+/// as `fetch` does), within the allow-list. `None` when only a fetch can
+/// answer (a first use, a URL not allowed: `fetch` says why).
+pub fn cached(url: &str) -> Option<Arc<KeySet>> {
+    let parsed = JwksUrl::parse(url).ok()?;
+    let entry = lookup(&parsed.normalised())?;
+    if !entry.pinned {
+        let rt = RUNTIME.load();
+        if !matches!(
+            judge(&rt.allow, rt.cfg.allow_http, &parsed),
+            Verdict::Allowed
+        ) {
+            return None;
+        }
+    }
+    from_cache(&entry)
+}
+
+/// The cached set of `entry`, counted as a hit; a stale one is served and
+/// refreshed in the background.
+fn from_cache(entry: &Arc<Entry>) -> Option<Arc<KeySet>> {
+    let set = entry.set.load_full()?;
+    if set.is_fresh() {
+        bump(&COUNTERS.jwks_cache_hits);
+    } else {
+        bump(&COUNTERS.jwks_stale_hits);
+        refresh_in_background(entry);
+    }
+    Some(set)
 }
 
 /// Installs the JWKS document `body` as the key set of `url`, fresh for good

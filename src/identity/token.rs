@@ -267,6 +267,27 @@ fn json_object(bytes: &[u8]) -> Option<serde_json::Map<String, serde_json::Value
     }
 }
 
+/// Whether decoding `token` with `set` would look for a newer set: its
+/// header names a `kid` that `set` does not hold. A token too malformed to
+/// say is not (it fails before any key is looked at).
+pub fn kid_unknown_to(token: &str, set: &KeySet) -> bool {
+    if token.len() > MAX_TOKEN_LEN {
+        return false;
+    }
+    let Some(header) = token
+        .split('.')
+        .next()
+        .and_then(b64)
+        .and_then(|b| json_object(&b))
+    else {
+        return false;
+    };
+    match header.get("kid").and_then(|k| k.as_str()) {
+        Some(kid) => set.by_kid(kid).is_none(),
+        None => false,
+    }
+}
+
 /// The parsed header (first part) of a token, as [`verify`] parses it.
 fn header_of(token: &str) -> Option<Part> {
     let h = token.split('.').next()?;

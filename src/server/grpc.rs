@@ -57,18 +57,49 @@ impl AuthzService {
         deadline: Option<Instant>,
         answers: impl FnOnce() -> bool,
     ) -> (Decision, Vec<engine::PolicyTrace>) {
+        self.decide_with(answers, |set, config| {
+            Some(engine::evaluate_within(
+                set, config, request, deadline, trace,
+            ))
+        })
+        .expect("an evaluation in full always decides")
+    }
+
+    /// As [`AuthzService::decide_traced`], on the thread that received the
+    /// request, within the first `units` of the cost budget and without
+    /// blocking ([`engine::evaluate_inline`]); `None`, with nothing
+    /// counted, when the evaluation needs more.
+    pub fn decide_inline(
+        &self,
+        request: &CheckRequest,
+        trace: bool,
+        units: u64,
+    ) -> Option<(Decision, Vec<engine::PolicyTrace>)> {
+        self.decide_with(
+            || true,
+            |set, config| engine::evaluate_inline(set, config, request, units, trace),
+        )
+    }
+
+    /// Runs `evaluate` on the current policy set, catching a panic (the
+    /// failure denial), and counts the decision in metrics when `answers()`.
+    fn decide_with(
+        &self,
+        answers: impl FnOnce() -> bool,
+        evaluate: impl FnOnce(
+            &crate::policy::PolicySet,
+            &engine::EngineConfig,
+        ) -> Option<(Decision, Vec<engine::PolicyTrace>)>,
+    ) -> Option<(Decision, Vec<engine::PolicyTrace>)> {
         let started = Instant::now();
         let set = self.state.policies.load();
         let config = &self.state.config;
-        let mut traces = Vec::new();
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let (d, t) = engine::evaluate_within(&set, config, request, deadline, trace);
-            traces = t;
-            d
-        }));
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| evaluate(&set, config)));
         let metrics = metrics::global();
         match result {
-            Ok(d) => {
+            Ok(None) => None,
+            Ok(Some((d, traces))) => {
                 if answers() && metrics.enabled() {
                     let policy = d.policy.as_deref().and_then(|p| set.get(p));
                     let how = match (policy, &d.error) {
@@ -81,7 +112,7 @@ impl AuthzService {
                     };
                     metrics.decided(how, started.elapsed());
                 }
-                (d, traces)
+                Some((d, traces))
             }
             Err(_) => {
                 tracing::error!("policy evaluation panicked; request denied");
@@ -93,7 +124,7 @@ impl AuthzService {
                     FailureReason::Internal,
                     "internal error during evaluation".into(),
                 );
-                (d, Vec::new())
+                Some((d, Vec::new()))
             }
         }
     }

@@ -1,9 +1,14 @@
 //! Bounded work on the request path.
 //!
-//! Policy evaluation is synchronous CPU work. It runs on a fixed set of
-//! dedicated threads ([`DecisionPool`]), never on the async runtime's
-//! workers, so the gRPC health service, `/livez`, `/readyz` and `/metrics`
-//! (all async) keep answering however slow the policies are. Requests wait
+//! Policy evaluation is synchronous CPU work. A decision is first tried on
+//! the async worker that received the call, within a small slice of its
+//! cost budget and without blocking ([`engine::evaluate_inline`]): most
+//! decisions end there, with no hand-over between threads. One that needs
+//! more is abandoned (nothing of it recorded) and made again from the start
+//! on a fixed set of dedicated threads ([`DecisionPool`]), so the gRPC
+//! health service, `/livez`, `/readyz` and `/metrics` (all async) keep
+//! answering however slow the policies are: what runs on their threads is
+//! bounded by the slice. Requests wait
 //! for a thread in a bounded queue; when the queue is full, a request is
 //! answered at once with the overload denial ([`overload_decision`]). Each
 //! decision has a deadline; past it, the request gets the failure denial
@@ -20,7 +25,7 @@
 //! The deadline is also handed to the evaluation, whose cost meter reads
 //! the clock as it charges: an evaluation that overruns stops there (with a
 //! cost error, and its result is discarded), so it holds its thread no
-//! longer than the deadline. A blocking call already under way (an inline
+//! longer than the deadline. A blocking call already under way (a
 //! `jwks.Fetch`) finishes first.
 
 use super::grpc::AuthzService;
@@ -39,6 +44,10 @@ pub const DEFAULT_DECISION_TIMEOUT: Duration = Duration::from_millis(150);
 /// Default [`Limits::read_timeout`]: Envoy sends a Check in one go; a call
 /// whose message has not arrived after this long is not going to be useful.
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `--inline-budget`: some twenty times what a decision through
+/// half a dozen ordinary policies spends, a few tens of microseconds at
+/// most.
+pub const DEFAULT_INLINE_BUDGET: u64 = 2_000;
 /// Default `--max-pending-decisions`.
 pub const DEFAULT_MAX_PENDING: usize = 64;
 /// HTTP status of the overload denial.
@@ -78,6 +87,10 @@ pub struct Limits {
     /// started; a call still incomplete then gets the failure denial, so a
     /// client that sends headers and stalls cannot hold a stream for ever.
     pub read_timeout: Duration,
+    /// Cost units a decision may spend on the gRPC thread that received it
+    /// before it moves to the decision threads; 0: every decision is made
+    /// on the decision threads.
+    pub inline_budget: u64,
 }
 
 impl Default for Limits {
@@ -87,6 +100,7 @@ impl Default for Limits {
             max_pending: DEFAULT_MAX_PENDING,
             timeout: DEFAULT_DECISION_TIMEOUT,
             read_timeout: DEFAULT_READ_TIMEOUT,
+            inline_budget: DEFAULT_INLINE_BUDGET,
         }
     }
 }
@@ -201,6 +215,15 @@ pub async fn decide(
     let started = Instant::now();
     let state = service.state();
     let limits = &state.options.limits;
+    // Most decisions take a few microseconds: made here, they cost no
+    // hand-over to a decision thread and back. One that needs more than
+    // the inline budget, or a blocking call, is abandoned and made on the
+    // pool from the start.
+    if limits.inline_budget > 0 {
+        if let Some(result) = service.decide_inline(&request, trace, limits.inline_budget) {
+            return result;
+        }
+    }
     let pool = state.pool.get(limits);
     let slot = Arc::new(AtomicU8::new(PENDING));
     let (tx, mut rx) = tokio::sync::oneshot::channel();

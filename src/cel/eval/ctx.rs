@@ -28,6 +28,11 @@ pub struct Meter {
     deadline: Option<Instant>,
     /// Units left before the deadline is looked at again.
     until_clock: u64,
+    /// The budget is a first slice of the real one (see [`Meter::slice`]).
+    slice: bool,
+    /// The evaluation reached the end of its slice, or a call that would
+    /// block: its result stands for nothing and it is run again in full.
+    yielded: bool,
 }
 
 /// How often (in units) the deadline is read: a clock read is far dearer
@@ -41,7 +46,36 @@ impl Meter {
             budget,
             deadline: None,
             until_clock: CLOCK_EVERY,
+            slice: false,
+            yielded: false,
         }
+    }
+
+    /// A meter for a first attempt at an evaluation within `units` of
+    /// `budget`: past them the evaluation stops as if over budget and the
+    /// meter says it [yielded](Meter::yielded), so that the caller runs it
+    /// again in full elsewhere. With `units >= budget` it is the plain
+    /// meter of `budget`.
+    pub fn slice(units: u64, budget: u64) -> Self {
+        Meter {
+            slice: units < budget,
+            ..Meter::new(units.min(budget))
+        }
+    }
+
+    /// Whether the evaluation stopped short of its real budget (or at a
+    /// call that would block): nothing it decided counts.
+    pub fn yielded(&self) -> bool {
+        self.yielded
+    }
+
+    /// Stops the evaluation as one that needs more than its slice allows.
+    pub fn give_up(&mut self) -> Error {
+        self.yielded = true;
+        Error::new(
+            ErrorKind::CostExceeded,
+            "the evaluation continues where it may take longer",
+        )
     }
 
     /// Also stops the evaluation (as a cost error) once `deadline` passes.
@@ -63,6 +97,9 @@ impl Meter {
     pub fn charge(&mut self, units: u64) -> Result<(), Error> {
         self.used = self.used.saturating_add(units);
         if self.used > self.budget {
+            if self.slice {
+                return Err(self.give_up());
+            }
             return Err(Error::new(
                 ErrorKind::CostExceeded,
                 format!(
@@ -95,6 +132,13 @@ pub trait Host: Send + Sync {
     /// The JSON Web Key Set at `url` (`jwks.Fetch`), from the cache or
     /// fetched within the allow-list and limits the server configured.
     fn jwks(&self, url: &str) -> Result<std::sync::Arc<crate::identity::jwks::KeySet>, String>;
+
+    /// The key set at `url` if it can be had without blocking (cached);
+    /// `None` when answering would take a fetch.
+    fn jwks_cached(&self, url: &str) -> Option<std::sync::Arc<crate::identity::jwks::KeySet>> {
+        let _ = url;
+        None
+    }
 }
 
 /// celgate's process-wide JWKS cache.
@@ -103,6 +147,10 @@ pub struct DefaultHost;
 impl Host for DefaultHost {
     fn jwks(&self, url: &str) -> Result<std::sync::Arc<crate::identity::jwks::KeySet>, String> {
         crate::identity::jwks::fetch(url).map_err(|e| e.to_string())
+    }
+
+    fn jwks_cached(&self, url: &str) -> Option<std::sync::Arc<crate::identity::jwks::KeySet>> {
+        crate::identity::jwks::cached(url)
     }
 }
 
@@ -123,6 +171,7 @@ pub struct Ctx<'r> {
     cells: Vec<Cell<'r>>,
     runs: Vec<u32>,
     caches: HashMap<TypeId, Box<dyn Any + Send>>,
+    may_block: bool,
 }
 
 static DEFAULT_HOST: DefaultHost = DefaultHost;
@@ -139,7 +188,21 @@ impl<'r> Ctx<'r> {
             cells: Vec::new(),
             runs: Vec::new(),
             caches: HashMap::new(),
+            may_block: true,
         }
+    }
+
+    /// A context on a thread that must not block (an async worker): a call
+    /// that would ([`Host::jwks`] without a cached answer) gives up
+    /// ([`Meter::give_up`]) instead.
+    pub fn without_blocking(mut self) -> Self {
+        self.may_block = false;
+        self
+    }
+
+    /// Whether calls may block this thread.
+    pub fn may_block(&self) -> bool {
+        self.may_block
     }
 
     pub fn with_host(mut self, host: &'r dyn Host) -> Self {

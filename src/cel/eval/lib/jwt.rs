@@ -147,6 +147,11 @@ fn decode<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error>
         other => match other.downcast::<JwkSet>() {
             Some(set) => {
                 ctx.charge_bytes(token.len())?;
+                // A `kid` the set lacks makes the decoder fetch the set
+                // again: not on a thread that must not block.
+                if !ctx.may_block() && token::kid_unknown_to(token, &set.0) {
+                    return Err(ctx.meter.give_up());
+                }
                 token::decode(token, Keys::Set(&set.0))
             }
             None => return Err(Error::no_overload(F, args)),
@@ -160,6 +165,12 @@ fn fetch<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> 
     let [Value::String(url)] = args else {
         return Err(Error::no_overload(F, args));
     };
+    if !ctx.may_block() {
+        return match ctx.host().jwks_cached(url) {
+            Some(s) => Ok(Value::object(JwkSet(s))),
+            None => Err(ctx.meter.give_up()),
+        };
+    }
     ctx.host()
         .jwks(url)
         .map(|s| Value::object(JwkSet(s)))
@@ -312,6 +323,50 @@ mod tests {
         // Not a string or a key set: for another overload.
         let e = call(&mut c, "jwt.Decode", &[Value::string(token), Value::Int(1)]).unwrap_err();
         assert_eq!(e.kind, crate::cel::ErrorKind::NoSuchOverload);
+    }
+
+    #[test]
+    fn a_context_that_must_not_block_gives_up_where_a_fetch_would_be_needed() {
+        use base64::Engine;
+        let quiet = || Ctx::new(None, Meter::new(1_000_000)).without_blocking();
+        // Never fetched: only a fetch could answer.
+        let mut c = quiet();
+        let e = call(
+            &mut c,
+            "jwks.Fetch",
+            &[Value::str("https://evlibs-unfetched.test/jwks.json")],
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, crate::cel::ErrorKind::CostExceeded);
+        assert!(c.meter.yielded());
+
+        // Cached: answered, and a token whose `kid` the set holds decodes.
+        let url = "https://evlibs-jwt-quiet.test/jwks.json";
+        let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("jwks-s3cret");
+        let doc = json!({"keys": [{"kty": "oct", "k": k, "kid": "k1", "alg": "HS256"}]});
+        crate::identity::jwks::preload(url, doc.to_string().as_bytes()).unwrap();
+        let mut c = quiet();
+        let set = call(&mut c, "jwks.Fetch", &[Value::str(url)]).unwrap();
+        let token = hs256(&claims(), "jwks-s3cret");
+        let t = call(&mut c, "jwt.Decode", &[Value::string(token), set.clone()]).unwrap();
+        assert_eq!(field_json(&t, "Valid"), json!(true));
+        assert!(!c.meter.yielded());
+
+        // A `kid` the set lacks would send the decoder to fetch the set again.
+        let mut h = Header::new(jsonwebtoken::Algorithm::HS256);
+        h.kid = Some("rotated".into());
+        let token = encode(&h, &claims(), &EncodingKey::from_secret(b"jwks-s3cret")).unwrap();
+        let e = call(
+            &mut c,
+            "jwt.Decode",
+            &[Value::string(token.clone()), set.clone()],
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, crate::cel::ErrorKind::CostExceeded);
+        assert!(c.meter.yielded());
+        // Where blocking is allowed, the same token is simply not valid.
+        let t = call(&mut ctx(), "jwt.Decode", &[Value::string(token), set]).unwrap();
+        assert_eq!(field_json(&t, "Valid"), json!(false));
     }
 
     #[test]
