@@ -132,6 +132,41 @@ const TIMEOUT_SERIES: &str =
 const OVERLOAD_SERIES: &str =
     "authz_decisions_total{mode=\"envoy\",decision=\"deny\",source=\"overload\",policy=\"\"}";
 
+/// `serve_on` on two loopback ports, until [`Server::stop`].
+struct Server {
+    grpc: SocketAddr,
+    http: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), celgate::server::ServeError>>,
+}
+
+impl Server {
+    async fn start(state: std::sync::Arc<State>) -> Server {
+        let g = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let h = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (grpc, http) = (g.local_addr().unwrap(), h.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve_on(state, g, h, async {
+            let _ = stopped.await;
+        }));
+        Server {
+            grpc,
+            http,
+            stop,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("server stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
 /// Health, readiness, liveness and metrics, each answering within `within`.
 async fn probes_answer(grpc: SocketAddr, http: SocketAddr, within: Duration) {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
@@ -269,13 +304,8 @@ async fn a_full_queue_gets_the_overload_denial_at_once() {
         ..Default::default()
     };
     let state = State::with_options(set, unmetered(), options);
-    let g = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let h = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (grpc, http) = (g.local_addr().unwrap(), h.local_addr().unwrap());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_on(state, g, h, async {
-        let _ = stop_rx.await;
-    }));
+    let server = Server::start(state).await;
+    let (grpc, http) = (server.grpc, server.http);
     let before = http_get(http, "/metrics", &[]).await.unwrap().text();
 
     const SENT: usize = 6;
@@ -324,12 +354,7 @@ async fn a_full_queue_gets_the_overload_denial_at_once() {
         overloaded as f64,
         "{after}"
     );
-    let _ = stop_tx.send(());
-    tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .expect("server stops")
-        .unwrap()
-        .unwrap();
+    server.stop().await;
 }
 
 /// Nonsense limits are refused at start-up, naming the flag.
@@ -388,13 +413,8 @@ async fn a_decision_past_the_inline_budget_is_made_once_on_the_pool() {
     .unwrap();
     let set = PolicySet::load(&[dir.path().to_path_buf()]).unwrap();
     let state = State::with_options(set, EngineConfig::default(), ServeOptions::default());
-    let g = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let h = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (grpc, http) = (g.local_addr().unwrap(), h.local_addr().unwrap());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_on(state, g, h, async {
-        let _ = stop_rx.await;
-    }));
+    let server = Server::start(state).await;
+    let (grpc, http) = (server.grpc, server.http);
     let at = |path: &str| {
         celgate::request_json::from_value(&serde_json::json!({"attributes": {"request": {"http": {"method": "GET", "path": path}}}}))
             .unwrap()
@@ -429,10 +449,5 @@ async fn a_decision_past_the_inline_budget_is_made_once_on_the_pool() {
         3.0,
         "{m}"
     );
-    let _ = stop_tx.send(());
-    tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .expect("server stops")
-        .unwrap()
-        .unwrap();
+    server.stop().await;
 }
