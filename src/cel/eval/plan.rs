@@ -894,7 +894,7 @@ fn map_insert<'r>(
 impl Node {
     fn eval<'r>(&'r self, ctx: &mut Ctx<'r>, locals: &mut Locals<'r>) -> Result<Value<'r>, Error> {
         match self {
-            Node::Const(v) => Ok(v.clone()),
+            Node::Const(v) => Ok(v.reborrow()),
             Node::Local(s) => locals[*s].clone(),
             Node::Object => Ok(Value::Node(ReqNode::CheckRequest(
                 ctx.request().unwrap_or(&EMPTY_REQUEST),
@@ -1152,25 +1152,19 @@ fn call<'r>(ctx: &mut Ctx<'r>, c: &CallPlan, args: &[Value<'r>]) -> Result<Value
 
 impl Loop {
     fn eval<'r>(&'r self, ctx: &mut Ctx<'r>, locals: &mut Locals<'r>) -> Result<Value<'r>, Error> {
+        // A list written in the policy is walked in place: its strings are
+        // borrowed from the plan, not counted.
+        if let Node::Const(Value::List(items)) = &self.range {
+            let init = self.init.eval(ctx, locals)?;
+            locals[self.accu] = Ok(init);
+            self.each(ctx, locals, items.iter().map(Value::reborrow))?;
+            return self.result.eval(ctx, locals);
+        }
         let range = self.range.eval(ctx, locals)?;
         let init = self.init.eval(ctx, locals)?;
         locals[self.accu] = Ok(init);
         match range {
-            Value::List(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    if self.var2.is_some() {
-                        locals[self.var1] = Ok(Value::Int(i as i64));
-                    } else {
-                        locals[self.var1] = Ok(item.clone());
-                    }
-                    if let Some(v2) = self.var2 {
-                        locals[v2] = Ok(item.clone());
-                    }
-                    if !self.iterate(ctx, locals)? {
-                        break;
-                    }
-                }
-            }
+            Value::List(items) => self.each(ctx, locals, items.iter().cloned())?,
             Value::Map(m) => {
                 let entries: Vec<(Value<'r>, Value<'r>)> = match self.var2 {
                     Some(_) => m.entries(),
@@ -1194,6 +1188,29 @@ impl Loop {
             }
         }
         self.result.eval(ctx, locals)
+    }
+
+    /// The iterations over the elements of a list, until the loop
+    /// condition says stop.
+    fn each<'r>(
+        &'r self,
+        ctx: &mut Ctx<'r>,
+        locals: &mut Locals<'r>,
+        items: impl Iterator<Item = Value<'r>>,
+    ) -> Result<(), Error> {
+        for (i, item) in items.enumerate() {
+            match self.var2 {
+                Some(v2) => {
+                    locals[self.var1] = Ok(Value::Int(i as i64));
+                    locals[v2] = Ok(item);
+                }
+                None => locals[self.var1] = Ok(item),
+            }
+            if !self.iterate(ctx, locals)? {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// One iteration: false once the loop condition says stop.

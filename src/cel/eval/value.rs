@@ -478,6 +478,22 @@ impl<'r> Value<'r> {
         }
     }
 
+    /// A copy of this value that borrows its text from it: a string or
+    /// byte string of the plan (a literal, a folded constant) is read in
+    /// place for as long as the plan is borrowed, with no reference count
+    /// touched. Other values are cloned.
+    #[inline]
+    pub fn reborrow<'a>(&'a self) -> Value<'a>
+    where
+        'r: 'a,
+    {
+        match self {
+            Value::String(s) => Value::String(Str::Borrowed(s.as_str())),
+            Value::Bytes(b) => Value::Bytes(Bin::Borrowed(b.as_bytes())),
+            other => other.clone(),
+        }
+    }
+
     /// The library object of type `T` this value holds, to change: in
     /// place when this value is its only holder (the result of the previous
     /// step of a builder chain), else on a copy that this value then holds.
