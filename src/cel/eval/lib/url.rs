@@ -789,41 +789,43 @@ mod tests {
 
     #[test]
     fn parts() {
-        assert_eq!(get("getScheme", "/path"), "");
-        assert_eq!(get("getScheme", "HTTPS://example.com/"), "https");
-        assert_eq!(get("getHost", "https://example.com:80/"), "example.com:80");
-        assert_eq!(get("getHost", "https://example.com/"), "example.com");
-        assert_eq!(get("getHost", "https://[::1]:80/"), "[::1]:80");
-        assert_eq!(get("getHost", "https://[::1]/"), "[::1]");
-        assert_eq!(get("getHost", "/path"), "");
-        assert_eq!(get("getHost", "https://user@h%C3%A9.com/"), "hé.com");
-        assert_eq!(get("getHostname", "https://example.com:80/"), "example.com");
-        assert_eq!(get("getHostname", "https://127.0.0.1:80/"), "127.0.0.1");
-        assert_eq!(get("getHostname", "https://[::1]:80/"), "::1");
-        assert_eq!(
-            get("getHostname", "https://[fe80::1%25en0]:8/"),
-            "fe80::1%en0"
-        );
-        assert_eq!(get("getHostname", "/path"), "");
-        assert_eq!(get("getPort", "https://example.com:80/"), "80");
-        assert_eq!(get("getPort", "https://example.com/"), "");
-        assert_eq!(get("getPort", "https://example.com:/"), "");
-        assert_eq!(get("getPort", "https://[::1]:443/"), "443");
-        assert_eq!(get("getPort", "/path"), "");
-        assert_eq!(get("getEscapedPath", "https://example.com/path"), "/path");
-        assert_eq!(
-            get("getEscapedPath", "https://example.com/path with spaces/"),
-            "/path%20with%20spaces/"
-        );
-        assert_eq!(get("getEscapedPath", "https://example.com"), "");
-        assert_eq!(get("getEscapedPath", "https://x/a%2Fb"), "/a%2Fb");
-        assert_eq!(get("getEscapedPath", "https://x/a%41"), "/a%41");
-        assert_eq!(get("getEscapedPath", "/a/b#frag"), "/a/b");
-        assert_eq!(get("getEscapedPath", "*"), "*");
-        assert_eq!(get("getEscapedPath", "//example.com/p"), "/p");
-        assert_eq!(get("getHost", "//example.com/p"), "example.com");
-        assert_eq!(get("getScheme", "mailto:a@b"), "mailto");
-        assert_eq!(get("getEscapedPath", "mailto:a@b"), "");
+        for (getter, raw, want) in [
+            ("getScheme", "/path", ""),
+            ("getScheme", "HTTPS://example.com/", "https"),
+            ("getHost", "https://example.com:80/", "example.com:80"),
+            ("getHost", "https://example.com/", "example.com"),
+            ("getHost", "https://[::1]:80/", "[::1]:80"),
+            ("getHost", "https://[::1]/", "[::1]"),
+            ("getHost", "/path", ""),
+            ("getHost", "https://user@h%C3%A9.com/", "hé.com"),
+            ("getHostname", "https://example.com:80/", "example.com"),
+            ("getHostname", "https://127.0.0.1:80/", "127.0.0.1"),
+            ("getHostname", "https://[::1]:80/", "::1"),
+            ("getHostname", "https://[fe80::1%25en0]:8/", "fe80::1%en0"),
+            ("getHostname", "/path", ""),
+            ("getPort", "https://example.com:80/", "80"),
+            ("getPort", "https://example.com/", ""),
+            ("getPort", "https://example.com:/", ""),
+            ("getPort", "https://[::1]:443/", "443"),
+            ("getPort", "/path", ""),
+            ("getEscapedPath", "https://example.com/path", "/path"),
+            (
+                "getEscapedPath",
+                "https://example.com/path with spaces/",
+                "/path%20with%20spaces/",
+            ),
+            ("getEscapedPath", "https://example.com", ""),
+            ("getEscapedPath", "https://x/a%2Fb", "/a%2Fb"),
+            ("getEscapedPath", "https://x/a%41", "/a%41"),
+            ("getEscapedPath", "/a/b#frag", "/a/b"),
+            ("getEscapedPath", "*", "*"),
+            ("getEscapedPath", "//example.com/p", "/p"),
+            ("getHost", "//example.com/p", "example.com"),
+            ("getScheme", "mailto:a@b", "mailto"),
+            ("getEscapedPath", "mailto:a@b", ""),
+        ] {
+            assert_eq!(get(getter, raw), want, "{getter} of {raw}");
+        }
         let e = method("getHost", &[Value::str("http://x/")]).unwrap_err();
         assert_eq!(e.kind, ErrorKind::NoSuchOverload);
         let e = method("getHostname", &[u("http://%ff.com/")]).unwrap_err();
