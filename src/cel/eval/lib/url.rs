@@ -124,30 +124,21 @@ impl ParseError {
     }
 }
 
+/// RFC 3986's sub-delims, which Go's `net/url` lets stand in a host, in
+/// userinfo and in an already escaped path or fragment.
+fn sub_delim(c: u8) -> bool {
+    matches!(
+        c,
+        b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+    )
+}
+
 fn should_escape(c: u8, mode: Mode) -> bool {
     if c.is_ascii_alphanumeric() {
         return false;
     }
     if matches!(mode, Mode::Host | Mode::Zone)
-        && matches!(
-            c,
-            b'!' | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-                | b':'
-                | b'['
-                | b']'
-                | b'<'
-                | b'>'
-                | b'"'
-        )
+        && (sub_delim(c) || matches!(c, b':' | b'[' | b']' | b'<' | b'>' | b'"'))
     {
         return false;
     }
@@ -239,24 +230,7 @@ fn escape(s: &[u8], mode: Mode) -> String {
 /// Whether `s` is already a valid escaping for its part.
 fn valid_encoded(s: &str, mode: Mode) -> bool {
     s.bytes().all(|c| {
-        matches!(
-            c,
-            b'!' | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-                | b':'
-                | b'@'
-                | b'['
-                | b']'
-                | b'%'
-        ) || !should_escape(c, mode)
+        sub_delim(c) || matches!(c, b':' | b'@' | b'[' | b']' | b'%') || !should_escape(c, mode)
     })
 }
 
@@ -318,26 +292,8 @@ fn parse_host(host: &str, ipv6: Ipv6Literal) -> Result<Vec<u8>, ParseError> {
 fn valid_userinfo(s: &str) -> bool {
     s.bytes().all(|c| {
         c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'-' | b'.'
-                    | b'_'
-                    | b':'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b'%'
-                    | b'@'
-            )
+            || sub_delim(c)
+            || matches!(c, b'-' | b'.' | b'_' | b':' | b'~' | b'%' | b'@')
     })
 }
 
