@@ -420,23 +420,16 @@ impl Message {
 
         let mut section = None;
         let name = match method.as_str() {
-            "tools/call" => {
-                let name = required_string(&mut params, "name", "tools/call")?;
-                let arguments = object_or_empty(&mut params, "arguments", "tools/call")?;
+            "tools/call" | "prompts/get" => {
+                let name = required_string(&mut params, "name", &method)?;
+                let arguments = object_or_empty(&mut params, "arguments", &method)?;
+                let kind = if method == "tools/call" {
+                    SectionKind::ToolCall
+                } else {
+                    SectionKind::PromptGet
+                };
                 section = Some((
-                    SectionKind::ToolCall,
-                    vec![
-                        ("Name", Json::String(name.clone())),
-                        ("Arguments", Json::Object(arguments)),
-                    ],
-                ));
-                name
-            }
-            "prompts/get" => {
-                let name = required_string(&mut params, "name", "prompts/get")?;
-                let arguments = object_or_empty(&mut params, "arguments", "prompts/get")?;
-                section = Some((
-                    SectionKind::PromptGet,
+                    kind,
                     vec![
                         ("Name", Json::String(name.clone())),
                         ("Arguments", Json::Object(arguments)),

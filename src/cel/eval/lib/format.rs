@@ -13,6 +13,7 @@
 //! optional list of the reasons. Validation walks the string once (it is
 //! charged by its length) and compiles nothing.
 
+use super::url::Ipv6Literal;
 use crate::cel::eval::{Ctx, Error, Function, Object, Value};
 use std::any::Any;
 use std::fmt::{self, Write as _};
@@ -510,213 +511,14 @@ fn uri(s: &[u8]) -> Vec<String> {
     let Ok(text) = std::str::from_utf8(s) else {
         return vec!["invalid UTF-8".to_owned()];
     };
-    match parse_request_uri(text) {
-        Ok(()) => Vec::new(),
-        Err(why) => vec![format!("parse {}: {why}", go_quote(text))],
+    match super::url::parse_request_uri(text, Ipv6Literal::Unchecked) {
+        Ok(_) => Vec::new(),
+        Err(why) => vec![format!(
+            "parse {}: {}",
+            go_quote(text),
+            why.message(go_quote)
+        )],
     }
-}
-
-fn parse_request_uri(raw: &str) -> Result<(), String> {
-    if raw.bytes().any(|b| b < b' ' || b == 0x7f) {
-        return Err("net/url: invalid control character in URL".into());
-    }
-    if raw.is_empty() {
-        return Err("empty url".into());
-    }
-    if raw == "*" {
-        return Ok(());
-    }
-    let (scheme, rest) = split_scheme(raw)?;
-    let rest = if rest.ends_with('?') && rest.matches('?').count() == 1 {
-        &rest[..rest.len() - 1]
-    } else {
-        rest.split_once('?').map_or(rest, |(r, _)| r)
-    };
-    if !rest.starts_with('/') {
-        return if scheme.is_empty() {
-            Err("invalid URI for request".into())
-        } else {
-            Ok(()) // opaque
-        };
-    }
-    let mut path = rest;
-    if !scheme.is_empty() {
-        if let Some(after) = rest.strip_prefix("//") {
-            let (authority, p) = match after.find('/') {
-                Some(i) => after.split_at(i),
-                None => (after, ""),
-            };
-            parse_authority(authority)?;
-            path = p;
-        }
-    }
-    unescape(path, Mode::Path)
-}
-
-/// `scheme:rest`, or no scheme.
-fn split_scheme(raw: &str) -> Result<(&str, &str), String> {
-    for (i, c) in raw.bytes().enumerate() {
-        match c {
-            b'a'..=b'z' | b'A'..=b'Z' => {}
-            b'0'..=b'9' | b'+' | b'-' | b'.' if i > 0 => {}
-            b':' if i == 0 => return Err("missing protocol scheme".into()),
-            b':' => return Ok((&raw[..i], &raw[i + 1..])),
-            _ => return Ok(("", raw)),
-        }
-    }
-    Ok(("", raw))
-}
-
-fn parse_authority(authority: &str) -> Result<(), String> {
-    let (userinfo, host) = match authority.rfind('@') {
-        Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
-        None => (None, authority),
-    };
-    parse_host(host)?;
-    if let Some(u) = userinfo {
-        let valid = u.chars().all(|c| {
-            c.is_ascii_alphanumeric()
-                || matches!(
-                    c,
-                    '-' | '.'
-                        | '_'
-                        | ':'
-                        | '~'
-                        | '!'
-                        | '$'
-                        | '&'
-                        | '\''
-                        | '('
-                        | ')'
-                        | '*'
-                        | '+'
-                        | ','
-                        | ';'
-                        | '='
-                        | '%'
-                        | '@'
-                )
-        });
-        if !valid {
-            return Err("net/url: invalid userinfo".into());
-        }
-        match u.split_once(':') {
-            Some((name, password)) => {
-                unescape(name, Mode::User)?;
-                unescape(password, Mode::User)?;
-            }
-            None => unescape(u, Mode::User)?,
-        }
-    }
-    Ok(())
-}
-
-fn valid_optional_port(port: &str) -> bool {
-    match port.strip_prefix(':') {
-        _ if port.is_empty() => true,
-        Some(digits) => digits.bytes().all(|b| b.is_ascii_digit()),
-        None => false,
-    }
-}
-
-fn parse_host(host: &str) -> Result<(), String> {
-    if host.starts_with('[') {
-        let Some(i) = host.rfind(']') else {
-            return Err("missing ']' in host".into());
-        };
-        let port = &host[i + 1..];
-        if !valid_optional_port(port) {
-            return Err(format!("invalid port {} after host", go_quote(port)));
-        }
-        if let Some(zone) = host[..i].find("%25") {
-            unescape(&host[..zone], Mode::Host)?;
-            unescape(&host[zone..i], Mode::Zone)?;
-            return unescape(&host[i..], Mode::Host);
-        }
-    } else if let Some(i) = host.rfind(':') {
-        let port = &host[i..];
-        if !valid_optional_port(port) {
-            return Err(format!("invalid port {} after host", go_quote(port)));
-        }
-    }
-    unescape(host, Mode::Host)
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum Mode {
-    Path,
-    User,
-    Host,
-    Zone,
-}
-
-/// Whether Go's `net/url` would escape `c` in a host (or zone).
-fn host_escapes(c: u8) -> bool {
-    !(c.is_ascii_alphanumeric()
-        || matches!(
-            c,
-            b'!' | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-                | b':'
-                | b'['
-                | b']'
-                | b'<'
-                | b'>'
-                | b'"'
-                | b'-'
-                | b'_'
-                | b'.'
-                | b'~'
-        ))
-}
-
-/// The checks of Go's `unescape`: every `%` followed by two hex digits;
-/// in a host, escapes only of non-ASCII bytes (or `%25`) and no byte that
-/// needs escaping.
-fn unescape(s: &str, mode: Mode) -> Result<(), String> {
-    let b = s.as_bytes();
-    let bad_escape = |i: usize| {
-        let end = (i + 3).min(b.len());
-        Err(format!(
-            "invalid URL escape {}",
-            go_quote(&String::from_utf8_lossy(&b[i..end]))
-        ))
-    };
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            if i + 2 >= b.len() || !b[i + 1].is_ascii_hexdigit() || !b[i + 2].is_ascii_hexdigit() {
-                return bad_escape(i);
-            }
-            let hex = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
-            let v = hex(b[i + 1]) << 4 | hex(b[i + 2]);
-            let percent = &b[i..i + 3] == b"%25";
-            if mode == Mode::Host && hex(b[i + 1]) < 8 && !percent {
-                return bad_escape(i);
-            }
-            if mode == Mode::Zone && !percent && v != b' ' && host_escapes(v) {
-                return bad_escape(i);
-            }
-            i += 3;
-        } else {
-            if matches!(mode, Mode::Host | Mode::Zone) && b[i] < 0x80 && host_escapes(b[i]) {
-                return Err(format!(
-                    "invalid character {} in host name",
-                    go_quote(&(b[i] as char).to_string())
-                ));
-            }
-            i += 1;
-        }
-    }
-    Ok(())
 }
 
 /// `s` quoted as Go's `%q` writes it.

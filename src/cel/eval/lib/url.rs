@@ -86,30 +86,59 @@ enum Mode {
     Fragment,
 }
 
+/// Why Go's `net/url` refuses a URL. The parts it quotes are kept
+/// unquoted: the URL library and `format.uri` quote them in their own ways.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ParseError {
+    ControlCharacter,
+    Empty,
+    MissingScheme,
+    NotForRequest,
+    ColonInFirstSegment,
+    MissingBracket,
+    InvalidPort(String),
+    InvalidIpv6(String),
+    InvalidEscape(String),
+    InvalidHostCharacter(char),
+    InvalidUserinfo,
+}
+
+impl ParseError {
+    /// Go's message, with `quote` writing each quoted part.
+    pub(crate) fn message(&self, quote: impl Fn(&str) -> String) -> String {
+        match self {
+            Self::ControlCharacter => "net/url: invalid control character in URL".into(),
+            Self::Empty => "empty url".into(),
+            Self::MissingScheme => "missing protocol scheme".into(),
+            Self::NotForRequest => "invalid URI for request".into(),
+            Self::ColonInFirstSegment => "first path segment in URL cannot contain colon".into(),
+            Self::MissingBracket => "missing ']' in host".into(),
+            Self::InvalidPort(port) => format!("invalid port {} after host", quote(port)),
+            Self::InvalidIpv6(addr) => format!("invalid IPv6 host {}", quote(&shown(addr))),
+            Self::InvalidEscape(escape) => format!("invalid URL escape {}", quote(escape)),
+            Self::InvalidHostCharacter(c) => {
+                format!("invalid character {} in host name", quote(&c.to_string()))
+            }
+            Self::InvalidUserinfo => "net/url: invalid userinfo".into(),
+        }
+    }
+}
+
+/// RFC 3986's sub-delims, which Go's `net/url` lets stand in a host, in
+/// userinfo and in an already escaped path or fragment.
+fn sub_delim(c: u8) -> bool {
+    matches!(
+        c,
+        b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+    )
+}
+
 fn should_escape(c: u8, mode: Mode) -> bool {
     if c.is_ascii_alphanumeric() {
         return false;
     }
     if matches!(mode, Mode::Host | Mode::Zone)
-        && matches!(
-            c,
-            b'!' | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-                | b':'
-                | b'['
-                | b']'
-                | b'<'
-                | b'>'
-                | b'"'
-        )
+        && (sub_delim(c) || matches!(c, b':' | b'[' | b']' | b'<' | b'>' | b'"'))
     {
         return false;
     }
@@ -136,7 +165,7 @@ fn hex(c: u8) -> Option<u8> {
 
 /// Decodes `%XX` escapes (and `+` in a query component), refusing what Go
 /// refuses in each part.
-fn unescape(s: &str, mode: Mode) -> Result<Vec<u8>, String> {
+fn unescape(s: &str, mode: Mode) -> Result<Vec<u8>, ParseError> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -148,22 +177,21 @@ fn unescape(s: &str, mode: Mode) -> Result<Vec<u8>, String> {
                     b.get(i + 2).copied().and_then(hex),
                 ) else {
                     let end = (i + 3).min(b.len());
-                    return Err(format!(
-                        "invalid URL escape {:?}",
-                        String::from_utf8_lossy(&b[i..end])
+                    return Err(ParseError::InvalidEscape(
+                        String::from_utf8_lossy(&b[i..end]).into_owned(),
                     ));
                 };
                 let v = h << 4 | l;
                 let escape = &s[i..i + 3];
                 if mode == Mode::Host && h < 8 && escape != "%25" {
-                    return Err(format!("invalid URL escape {escape:?}"));
+                    return Err(ParseError::InvalidEscape(escape.to_owned()));
                 }
                 if mode == Mode::Zone
                     && escape != "%25"
                     && v != b' '
                     && should_escape(v, Mode::Host)
                 {
-                    return Err(format!("invalid URL escape {escape:?}"));
+                    return Err(ParseError::InvalidEscape(escape.to_owned()));
                 }
                 out.push(v);
                 i += 3;
@@ -174,10 +202,7 @@ fn unescape(s: &str, mode: Mode) -> Result<Vec<u8>, String> {
             }
             c => {
                 if matches!(mode, Mode::Host | Mode::Zone) && c < 0x80 && should_escape(c, mode) {
-                    return Err(format!(
-                        "invalid character {:?} in host name",
-                        (c as char).to_string()
-                    ));
+                    return Err(ParseError::InvalidHostCharacter(c as char));
                 }
                 out.push(c);
                 i += 1;
@@ -205,24 +230,7 @@ fn escape(s: &[u8], mode: Mode) -> String {
 /// Whether `s` is already a valid escaping for its part.
 fn valid_encoded(s: &str, mode: Mode) -> bool {
     s.bytes().all(|c| {
-        matches!(
-            c,
-            b'!' | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-                | b':'
-                | b'@'
-                | b'['
-                | b']'
-                | b'%'
-        ) || !should_escape(c, mode)
+        sub_delim(c) || matches!(c, b':' | b'@' | b'[' | b']' | b'%') || !should_escape(c, mode)
     })
 }
 
@@ -236,12 +244,12 @@ fn valid_optional_port(port: &str) -> bool {
 
 /// The scheme and the rest; a scheme is letters, then letters, digits,
 /// `+`, `-`, `.`, before a `:`.
-fn split_scheme(raw: &str) -> Result<(&str, &str), String> {
+fn split_scheme(raw: &str) -> Result<(&str, &str), ParseError> {
     for (i, c) in raw.bytes().enumerate() {
         match c {
             b'a'..=b'z' | b'A'..=b'Z' => {}
             b'0'..=b'9' | b'+' | b'-' | b'.' if i > 0 => {}
-            b':' if i == 0 => return Err("missing protocol scheme".into()),
+            b':' if i == 0 => return Err(ParseError::MissingScheme),
             b':' => return Ok((&raw[..i], &raw[i + 1..])),
             _ => return Ok(("", raw)),
         }
@@ -249,22 +257,22 @@ fn split_scheme(raw: &str) -> Result<(&str, &str), String> {
     Ok(("", raw))
 }
 
-fn parse_host(host: &str) -> Result<Vec<u8>, String> {
+fn parse_host(host: &str, ipv6: Ipv6Literal) -> Result<Vec<u8>, ParseError> {
     if host.starts_with('[') {
         let Some(i) = host.rfind(']') else {
-            return Err("missing ']' in host".into());
+            return Err(ParseError::MissingBracket);
         };
         let port = &host[i + 1..];
         if !valid_optional_port(port) {
-            return Err(format!("invalid port {port:?} after host"));
+            return Err(ParseError::InvalidPort(port.to_owned()));
         }
         let literal = &host[1..i];
         let (addr, zone) = match literal.find("%25") {
             Some(z) => (&literal[..z], Some(z + 1)),
             None => (literal, None),
         };
-        if addr.parse::<Ipv6Addr>().is_err() {
-            return Err(format!("invalid IPv6 host {:?}", shown(addr)));
+        if ipv6 == Ipv6Literal::Checked && addr.parse::<Ipv6Addr>().is_err() {
+            return Err(ParseError::InvalidIpv6(addr.to_owned()));
         }
         if let Some(z) = zone {
             let mut out = unescape(&host[..z], Mode::Host)?;
@@ -275,7 +283,7 @@ fn parse_host(host: &str) -> Result<Vec<u8>, String> {
     } else if let Some(i) = host.rfind(':') {
         let port = &host[i..];
         if !valid_optional_port(port) {
-            return Err(format!("invalid port {port:?} after host"));
+            return Err(ParseError::InvalidPort(port.to_owned()));
         }
     }
     unescape(host, Mode::Host)
@@ -284,43 +292,28 @@ fn parse_host(host: &str) -> Result<Vec<u8>, String> {
 fn valid_userinfo(s: &str) -> bool {
     s.bytes().all(|c| {
         c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'-' | b'.'
-                    | b'_'
-                    | b':'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b'%'
-                    | b'@'
-            )
+            || sub_delim(c)
+            || matches!(c, b'-' | b'.' | b'_' | b':' | b'~' | b'%' | b'@')
     })
 }
 
 type User = Option<(Vec<u8>, Option<Vec<u8>>)>;
 
-fn parse_authority(authority: &str) -> Result<(User, Vec<u8>), String> {
+fn parse_authority(authority: &str, ipv6: Ipv6Literal) -> Result<(User, Vec<u8>), ParseError> {
     let at = authority.rfind('@');
-    let host = parse_host(match at {
-        Some(i) => &authority[i + 1..],
-        None => authority,
-    })?;
+    let host = parse_host(
+        match at {
+            Some(i) => &authority[i + 1..],
+            None => authority,
+        },
+        ipv6,
+    )?;
     let Some(i) = at else {
         return Ok((None, host));
     };
     let info = &authority[..i];
     if !valid_userinfo(info) {
-        return Err("net/url: invalid userinfo".into());
+        return Err(ParseError::InvalidUserinfo);
     }
     let user = match info.split_once(':') {
         None => (unescape(info, Mode::UserPassword)?, None),
@@ -332,14 +325,27 @@ fn parse_authority(authority: &str) -> Result<(User, Vec<u8>), String> {
     Ok((Some(user), host))
 }
 
-/// Go's `url.parse`: `via_request` for `ParseRequestURI` (an absolute URI
-/// or an absolute path; a `#` is not a fragment mark).
-fn parse(raw: &str, via_request: bool) -> Result<Url, String> {
+/// Whether a bracketed host must be an IPv6 address (with an optional
+/// zone). `format.uri` reads the brackets without looking inside.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ipv6Literal {
+    Checked,
+    Unchecked,
+}
+
+/// Go's `url.ParseRequestURI`: an absolute URI or an absolute path; a `#`
+/// is not a fragment mark.
+pub(crate) fn parse_request_uri(raw: &str, ipv6: Ipv6Literal) -> Result<Url, ParseError> {
+    parse(raw, true, ipv6)
+}
+
+/// Go's `url.parse`: `via_request` for `ParseRequestURI`.
+fn parse(raw: &str, via_request: bool, ipv6: Ipv6Literal) -> Result<Url, ParseError> {
     if raw.bytes().any(|b| b < 0x20 || b == 0x7f) {
-        return Err("net/url: invalid control character in URL".into());
+        return Err(ParseError::ControlCharacter);
     }
     if raw.is_empty() && via_request {
-        return Err("empty url".into());
+        return Err(ParseError::Empty);
     }
     let mut u = Url::default();
     if raw == "*" {
@@ -363,11 +369,11 @@ fn parse(raw: &str, via_request: bool) -> Result<Url, String> {
             return Ok(u);
         }
         if via_request {
-            return Err("invalid URI for request".into());
+            return Err(ParseError::NotForRequest);
         }
         let segment = rest.split('/').next().unwrap_or("");
         if segment.contains(':') {
-            return Err("first path segment in URL cannot contain colon".into());
+            return Err(ParseError::ColonInFirstSegment);
         }
     }
     if (!u.scheme.is_empty() || !via_request && !rest.starts_with("///")) && rest.starts_with("//")
@@ -377,7 +383,7 @@ fn parse(raw: &str, via_request: bool) -> Result<Url, String> {
             Some(i) => (&authority[..i], &authority[i..]),
             None => (authority, ""),
         };
-        let (user, host) = parse_authority(authority)?;
+        let (user, host) = parse_authority(authority, ipv6)?;
         u.user = user;
         u.host = host;
         rest = path;
@@ -392,12 +398,12 @@ fn parse(raw: &str, via_request: bool) -> Result<Url, String> {
 }
 
 /// Go's `url.Parse`: a `#` starts the fragment.
-fn parse_reference(raw: &str) -> Result<Url, String> {
+fn parse_reference(raw: &str) -> Result<Url, ParseError> {
     let (main, fragment) = match raw.split_once('#') {
         Some((m, f)) => (m, Some(f)),
         None => (raw, None),
     };
-    let mut u = parse(main, false)?;
+    let mut u = parse(main, false, Ipv6Literal::Checked)?;
     if let Some(f) = fragment.filter(|f| !f.is_empty()) {
         u.fragment = unescape(f, Mode::Fragment)?;
         if escape(&u.fragment, Mode::Fragment) != f {
@@ -409,8 +415,8 @@ fn parse_reference(raw: &str) -> Result<Url, String> {
 
 /// `url(s)`: checked as Kubernetes does with `ParseRequestURI`, then read
 /// with `Parse` (which keeps a fragment apart).
-fn read(raw: &str) -> Result<Url, String> {
-    parse(raw, true)?;
+fn read(raw: &str) -> Result<Url, ParseError> {
+    parse_request_uri(raw, Ipv6Literal::Checked)?;
     parse_reference(raw)
 }
 
@@ -560,8 +566,9 @@ fn url<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
         Error::function(
             "url",
             format!(
-                "URL parse error during conversion from string: parse {:?}: {m}",
-                shown(s)
+                "URL parse error during conversion from string: parse {:?}: {}",
+                shown(s),
+                m.message(|part| format!("{part:?}"))
             ),
         )
     })
@@ -571,7 +578,9 @@ fn is_url<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error>
     let Some(s) = text(ctx, &args[0])? else {
         return Err(Error::no_overload("isURL", args));
     };
-    Ok(Value::Bool(parse(s, true).is_ok()))
+    Ok(Value::Bool(
+        parse_request_uri(s, Ipv6Literal::Checked).is_ok(),
+    ))
 }
 
 /// The URL a method is called on.
@@ -736,41 +745,43 @@ mod tests {
 
     #[test]
     fn parts() {
-        assert_eq!(get("getScheme", "/path"), "");
-        assert_eq!(get("getScheme", "HTTPS://example.com/"), "https");
-        assert_eq!(get("getHost", "https://example.com:80/"), "example.com:80");
-        assert_eq!(get("getHost", "https://example.com/"), "example.com");
-        assert_eq!(get("getHost", "https://[::1]:80/"), "[::1]:80");
-        assert_eq!(get("getHost", "https://[::1]/"), "[::1]");
-        assert_eq!(get("getHost", "/path"), "");
-        assert_eq!(get("getHost", "https://user@h%C3%A9.com/"), "hé.com");
-        assert_eq!(get("getHostname", "https://example.com:80/"), "example.com");
-        assert_eq!(get("getHostname", "https://127.0.0.1:80/"), "127.0.0.1");
-        assert_eq!(get("getHostname", "https://[::1]:80/"), "::1");
-        assert_eq!(
-            get("getHostname", "https://[fe80::1%25en0]:8/"),
-            "fe80::1%en0"
-        );
-        assert_eq!(get("getHostname", "/path"), "");
-        assert_eq!(get("getPort", "https://example.com:80/"), "80");
-        assert_eq!(get("getPort", "https://example.com/"), "");
-        assert_eq!(get("getPort", "https://example.com:/"), "");
-        assert_eq!(get("getPort", "https://[::1]:443/"), "443");
-        assert_eq!(get("getPort", "/path"), "");
-        assert_eq!(get("getEscapedPath", "https://example.com/path"), "/path");
-        assert_eq!(
-            get("getEscapedPath", "https://example.com/path with spaces/"),
-            "/path%20with%20spaces/"
-        );
-        assert_eq!(get("getEscapedPath", "https://example.com"), "");
-        assert_eq!(get("getEscapedPath", "https://x/a%2Fb"), "/a%2Fb");
-        assert_eq!(get("getEscapedPath", "https://x/a%41"), "/a%41");
-        assert_eq!(get("getEscapedPath", "/a/b#frag"), "/a/b");
-        assert_eq!(get("getEscapedPath", "*"), "*");
-        assert_eq!(get("getEscapedPath", "//example.com/p"), "/p");
-        assert_eq!(get("getHost", "//example.com/p"), "example.com");
-        assert_eq!(get("getScheme", "mailto:a@b"), "mailto");
-        assert_eq!(get("getEscapedPath", "mailto:a@b"), "");
+        for (getter, raw, want) in [
+            ("getScheme", "/path", ""),
+            ("getScheme", "HTTPS://example.com/", "https"),
+            ("getHost", "https://example.com:80/", "example.com:80"),
+            ("getHost", "https://example.com/", "example.com"),
+            ("getHost", "https://[::1]:80/", "[::1]:80"),
+            ("getHost", "https://[::1]/", "[::1]"),
+            ("getHost", "/path", ""),
+            ("getHost", "https://user@h%C3%A9.com/", "hé.com"),
+            ("getHostname", "https://example.com:80/", "example.com"),
+            ("getHostname", "https://127.0.0.1:80/", "127.0.0.1"),
+            ("getHostname", "https://[::1]:80/", "::1"),
+            ("getHostname", "https://[fe80::1%25en0]:8/", "fe80::1%en0"),
+            ("getHostname", "/path", ""),
+            ("getPort", "https://example.com:80/", "80"),
+            ("getPort", "https://example.com/", ""),
+            ("getPort", "https://example.com:/", ""),
+            ("getPort", "https://[::1]:443/", "443"),
+            ("getPort", "/path", ""),
+            ("getEscapedPath", "https://example.com/path", "/path"),
+            (
+                "getEscapedPath",
+                "https://example.com/path with spaces/",
+                "/path%20with%20spaces/",
+            ),
+            ("getEscapedPath", "https://example.com", ""),
+            ("getEscapedPath", "https://x/a%2Fb", "/a%2Fb"),
+            ("getEscapedPath", "https://x/a%41", "/a%41"),
+            ("getEscapedPath", "/a/b#frag", "/a/b"),
+            ("getEscapedPath", "*", "*"),
+            ("getEscapedPath", "//example.com/p", "/p"),
+            ("getHost", "//example.com/p", "example.com"),
+            ("getScheme", "mailto:a@b", "mailto"),
+            ("getEscapedPath", "mailto:a@b", ""),
+        ] {
+            assert_eq!(get(getter, raw), want, "{getter} of {raw}");
+        }
         let e = method("getHost", &[Value::str("http://x/")]).unwrap_err();
         assert_eq!(e.kind, ErrorKind::NoSuchOverload);
         let e = method("getHostname", &[u("http://%ff.com/")]).unwrap_err();
