@@ -329,6 +329,62 @@ macro_rules! policy_error_event {
     };
 }
 
+/// What an evaluation logs and counts, kept until the request is decided:
+/// an attempt that gives up ([`evaluate_inline`]) leaves no trace.
+#[derive(Default)]
+struct Records<'p> {
+    /// Each policy's outcome and time, for its metrics.
+    timings: smallvec::SmallVec<[(&'p Policy, PolicyOutcome, std::time::Duration); 8]>,
+    events: Vec<Event<'p>>,
+}
+
+/// A log line of an evaluation.
+enum Event<'p> {
+    Ignored(&'p Policy, EvalError),
+    NotEnforced(&'p Policy, EvalError),
+    Denied(&'p Policy, EvalError),
+    /// An exception's condition failed (named by the exception).
+    ExceptionFailed(&'p str, EvalError),
+}
+
+impl Records<'_> {
+    fn flush(self) {
+        for event in self.events {
+            match event {
+                Event::Ignored(policy, e) => policy_error_event!(
+                    debug,
+                    policy,
+                    e,
+                    "policy error ignored (failurePolicy: Ignore)"
+                ),
+                Event::NotEnforced(policy, e) => policy_error_event!(
+                    warn,
+                    policy,
+                    e,
+                    "policy error: recorded, not enforced (validationActions without Deny)"
+                ),
+                Event::Denied(policy, e) => policy_error_event!(
+                    warn,
+                    policy,
+                    e,
+                    "policy error: request denied (failurePolicy: Fail)"
+                ),
+                Event::ExceptionFailed(exception, e) => tracing::warn!(
+                    exception = %exception,
+                    field = %e.field,
+                    error_kind = e.kind.as_str(),
+                    function = e.function.as_deref().unwrap_or(""),
+                    reason = e.reason.unwrap_or(""),
+                    "exception condition failed; the policy applies"
+                ),
+            }
+        }
+        for (policy, outcome, took) in self.timings {
+            policy.metrics.evaluated(outcome, took);
+        }
+    }
+}
+
 /// The policies in turn; `None` when the evaluation gave up
 /// ([`eval::Meter::yielded`]), before anything of it was recorded.
 fn run_policies<'r>(
@@ -340,15 +396,7 @@ fn run_policies<'r>(
     let metrics = crate::telemetry::metrics::global();
     let record = metrics.enabled();
     let mut clock = record.then(std::time::Instant::now);
-    // Each policy's time, recorded once the request is decided: an
-    // evaluation that gives up records nothing.
-    let mut timings: smallvec::SmallVec<[(&Policy, PolicyOutcome, std::time::Duration); 8]> =
-        smallvec::SmallVec::new();
-    let flush = |timings: &[(&Policy, PolicyOutcome, std::time::Duration)]| {
-        for (policy, outcome, took) in timings {
-            policy.metrics.evaluated(*outcome, *took);
-        }
-    };
+    let mut records = Records::default();
     let mut evaluated = 0;
     let mut audit = Vec::new();
     for policy in &set.policies {
@@ -357,7 +405,7 @@ fn run_policies<'r>(
             policy: policy.name.clone(),
             ..Default::default()
         });
-        let result = eval_planned(policy, ctx, t.as_mut());
+        let result = eval_planned(policy, ctx, t.as_mut(), &mut records.events);
         if ctx.meter.yielded() {
             return None;
         }
@@ -409,33 +457,18 @@ fn run_policies<'r>(
             Ok(PolicyResult::Skipped) => (PolicyOutcome::Skipped, None),
             Ok(PolicyResult::Exempted) => (PolicyOutcome::Exempted, None),
             Err(e) if policy.failure_policy == FailurePolicy::Ignore => {
-                policy_error_event!(
-                    debug,
-                    policy,
-                    e,
-                    "policy error ignored (failurePolicy: Ignore)"
-                );
+                records.events.push(Event::Ignored(policy, e));
                 set_outcome(&mut t, "error (ignored)");
                 (PolicyOutcome::Error, None)
             }
             Err(e) if !actions.enforced() => {
-                policy_error_event!(
-                    warn,
-                    policy,
-                    e,
-                    "policy error: recorded, not enforced (validationActions without Deny)"
-                );
                 set_outcome(&mut t, "error (not enforced)");
                 audit.push(entry(config.failure_status, None, Some(&e), false));
+                records.events.push(Event::NotEnforced(policy, e));
                 (PolicyOutcome::AuditError, None)
             }
             Err(e) => {
-                policy_error_event!(
-                    warn,
-                    policy,
-                    e,
-                    "policy error: request denied (failurePolicy: Fail)"
-                );
+                records.events.push(Event::Denied(policy, e.clone()));
                 set_outcome(&mut t, "error (denied)");
                 if actions.audit {
                     audit.push(entry(config.failure_status, None, Some(&e), true));
@@ -449,14 +482,14 @@ fn run_policies<'r>(
         // One clock read per policy: each one's end is the next one's start.
         if let Some(started) = clock {
             let now = std::time::Instant::now();
-            timings.push((policy, outcome, now - started));
+            records.timings.push((policy, outcome, now - started));
             clock = Some(now);
         }
         if let (Some(trace), Some(t)) = (trace.as_mut(), t) {
             trace.push(t);
         }
         if let Some(d) = decided {
-            flush(&timings);
+            records.flush();
             return Some(with_audit(config, d, audit));
         }
     }
@@ -472,7 +505,7 @@ fn run_policies<'r>(
         evaluated,
         audit: Vec::new(),
     };
-    flush(&timings);
+    records.flush();
     Some(with_audit(config, d, audit))
 }
 
@@ -764,6 +797,7 @@ fn eval_planned<'r>(
     policy: &'r Policy,
     ctx: &mut eval::Ctx<'r>,
     mut trace: Option<&mut PolicyTrace>,
+    events: &mut Vec<Event<'r>>,
 ) -> Result<PolicyResult, EvalError> {
     for ex in &policy.exceptions {
         ctx.enter_policy(&[]);
@@ -781,14 +815,7 @@ fn eval_planned<'r>(
                 }
                 Err(e) => {
                     // A broken exception must not open a hole: the policy applies.
-                    tracing::warn!(
-                        exception = %ex.name,
-                        field = %e.field,
-                        error_kind = e.kind.as_str(),
-                        function = e.function.as_deref().unwrap_or(""),
-                        reason = e.reason.unwrap_or(""),
-                        "exception condition failed; the policy applies"
-                    );
+                    events.push(Event::ExceptionFailed(&ex.name, e));
                     applies = false;
                     break;
                 }
