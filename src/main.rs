@@ -574,8 +574,9 @@ struct ServeArgs {
     decision_timeout_ms: u64,
     /// Cost units (see --cost-budget) a decision may spend on the thread that
     /// received its gRPC call. Most decisions need a few hundred: they are made
-    /// there at once. One that needs more, or a call that blocks (a JWKS fetch),
-    /// stops there and is made again from the start on the decision threads;
+    /// there at once. One that needs more, or a call that blocks or takes long (a
+    /// JWKS fetch, a token signature to verify), stops there and is made again
+    /// from the start on the decision threads;
     /// 0: every decision is made on the decision threads.
     #[arg(long, env = "CELGATE_INLINE_BUDGET", default_value_t = celgate::server::limits::DEFAULT_INLINE_BUDGET, value_parser = clap::value_parser!(u64).range(0..=100_000))]
     inline_budget: u64,

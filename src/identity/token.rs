@@ -181,6 +181,18 @@ fn valid(claims: &Part, header: &Part) -> Decoded {
 /// Verifies `token` against `keys`. Never fails: a token that does not
 /// verify is [`Decoded::valid`] `== false`.
 pub fn decode(token: &str, keys: Keys<'_>) -> Decoded {
+    decode_with(token, keys, true).expect("a decode that may verify always answers")
+}
+
+/// As [`decode`], from the token caches alone: `None` when the token would
+/// have to be verified (a signature check costs up to a few hundred
+/// microseconds, and an unknown `kid` fetches the key set again), for a
+/// thread that must stay responsive.
+pub fn decode_cached(token: &str, keys: Keys<'_>) -> Option<Decoded> {
+    decode_with(token, keys, false)
+}
+
+fn decode_with(token: &str, keys: Keys<'_>, may_verify: bool) -> Option<Decoded> {
     let rt = runtime();
     let leeway = rt.cfg.leeway.as_secs_f64();
     let cache = rt.tokens.cache.as_ref();
@@ -207,7 +219,7 @@ pub fn decode(token: &str, keys: Keys<'_>) -> Decoded {
             };
             if key_ok && check_times(v.exp, v.nbf, leeway).is_ok() {
                 bump(&COUNTERS.token_cache_hits);
-                return valid(&v.claims, &v.header);
+                return Some(valid(&v.claims, &v.header));
             }
             // Expired, or its key is gone: verify afresh for the reason.
             cache.remove(id);
@@ -218,13 +230,16 @@ pub fn decode(token: &str, keys: Keys<'_>) -> Decoded {
             if r.generation == generation && Instant::now() < r.until {
                 bump(&COUNTERS.invalid_cache_hits);
                 let header = if r.has_header { header_of(token) } else { None };
-                return invalid(r.why, header);
+                return Some(invalid(r.why, header));
             }
             bad.remove(id);
         }
     }
+    if !may_verify {
+        return None;
+    }
     bump(&COUNTERS.token_cache_misses);
-    match verify(token, keys, leeway) {
+    Some(match verify(token, keys, leeway) {
         Ok(v) => {
             let d = valid(&v.claims, &v.header);
             if let (Some(cache), Some(id)) = (cache, id) {
@@ -249,7 +264,7 @@ pub fn decode(token: &str, keys: Keys<'_>) -> Decoded {
             }
             invalid(why, header)
         }
-    }
+    })
 }
 
 type Fail = (Invalid, Option<Part>);
@@ -264,27 +279,6 @@ fn json_object(bytes: &[u8]) -> Option<serde_json::Map<String, serde_json::Value
     match serde_json::from_slice(bytes).ok()? {
         serde_json::Value::Object(o) => Some(o),
         _ => None,
-    }
-}
-
-/// Whether decoding `token` with `set` would look for a newer set: its
-/// header names a `kid` that `set` does not hold. A token too malformed to
-/// say is not (it fails before any key is looked at).
-pub fn kid_unknown_to(token: &str, set: &KeySet) -> bool {
-    if token.len() > MAX_TOKEN_LEN {
-        return false;
-    }
-    let Some(header) = token
-        .split('.')
-        .next()
-        .and_then(b64)
-        .and_then(|b| json_object(&b))
-    else {
-        return false;
-    };
-    match header.get("kid").and_then(|k| k.as_str()) {
-        Some(kid) => set.by_kid(kid).is_none(),
-        None => false,
     }
 }
 

@@ -193,8 +193,9 @@ impl<'r> Ctx<'r> {
     }
 
     /// A context on a thread that must not block (an async worker): a call
-    /// that would ([`Host::jwks`] without a cached answer) gives up
-    /// ([`Meter::give_up`]) instead.
+    /// that would, or that would take long ([`Host::jwks`] without a cached
+    /// answer, a token signature to verify), gives up ([`Meter::give_up`])
+    /// instead.
     pub fn without_blocking(mut self) -> Self {
         self.may_block = false;
         self

@@ -142,22 +142,28 @@ fn decode<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error>
         Value::String(key) => {
             ctx.charge_bytes(token.len() + key.len())?;
             let key = keys::prepared(key).map_err(|e| Error::function(F, e.to_string()))?;
-            token::decode(token, Keys::One(&key))
+            decode_here(ctx, token, Keys::One(&key))?
         }
         other => match other.downcast::<JwkSet>() {
             Some(set) => {
                 ctx.charge_bytes(token.len())?;
-                // A `kid` the set lacks makes the decoder fetch the set
-                // again: not on a thread that must not block.
-                if !ctx.may_block() && token::kid_unknown_to(token, &set.0) {
-                    return Err(ctx.meter.give_up());
-                }
-                token::decode(token, Keys::Set(&set.0))
+                decode_here(ctx, token, Keys::Set(&set.0))?
             }
             None => return Err(Error::no_overload(F, args)),
         },
     };
     Ok(Value::object(Token::from(decoded)))
+}
+
+/// The token decoded on this thread: on one that must stay responsive
+/// ([`Ctx::may_block`] false), only from the token caches; a signature to
+/// check (or a key set to fetch again for an unknown `kid`) gives up, and
+/// the evaluation is made again where it may take its time.
+fn decode_here(ctx: &mut Ctx<'_>, token: &str, keys: Keys<'_>) -> Result<token::Decoded, Error> {
+    if ctx.may_block() {
+        return Ok(token::decode(token, keys));
+    }
+    token::decode_cached(token, keys).ok_or_else(|| ctx.meter.give_up())
 }
 
 fn fetch<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
@@ -340,17 +346,37 @@ mod tests {
         assert_eq!(e.kind, crate::cel::ErrorKind::CostExceeded);
         assert!(c.meter.yielded());
 
-        // Cached: answered, and a token whose `kid` the set holds decodes.
+        // A cached set is answered; a token not verified yet is a signature
+        // to check, which gives up; once verified (and cached) it decodes.
         let url = "https://evlibs-jwt-quiet.test/jwks.json";
         let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("jwks-s3cret");
         let doc = json!({"keys": [{"kty": "oct", "k": k, "kid": "k1", "alg": "HS256"}]});
         crate::identity::jwks::preload(url, doc.to_string().as_bytes()).unwrap();
         let mut c = quiet();
         let set = call(&mut c, "jwks.Fetch", &[Value::str(url)]).unwrap();
-        let token = hs256(&claims(), "jwks-s3cret");
+        assert!(!c.meter.yielded());
+        let mut fresh = claims();
+        fresh["jti"] = json!("quiet-context-token");
+        let token = hs256(&fresh, "jwks-s3cret");
+        let e = call(
+            &mut c,
+            "jwt.Decode",
+            &[Value::string(token.clone()), set.clone()],
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, crate::cel::ErrorKind::CostExceeded);
+        assert!(c.meter.yielded());
+        call(
+            &mut ctx(),
+            "jwt.Decode",
+            &[Value::string(token.clone()), set.clone()],
+        )
+        .unwrap();
+        let mut c = quiet();
         let t = call(&mut c, "jwt.Decode", &[Value::string(token), set.clone()]).unwrap();
         assert_eq!(field_json(&t, "Valid"), json!(true));
         assert!(!c.meter.yielded());
+        let mut c = quiet();
 
         // A `kid` the set lacks would send the decoder to fetch the set again.
         let mut h = Header::new(jsonwebtoken::Algorithm::HS256);
