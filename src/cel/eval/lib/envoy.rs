@@ -45,11 +45,6 @@ object!(CheckResponse, RESPONSE);
 object!(HeaderOption, HEADER);
 object!(QueryParam, QUERY);
 
-/// The response a validation returned, if it returned one (`.Response()`).
-pub fn check_response<'a>(v: &'a Value<'_>) -> Option<&'a CheckResponse> {
-    v.downcast::<CheckResponse>()
-}
-
 /// The response a validation returned, taken out of its value (copied only
 /// when something else still holds it); `Err` gives back any other value.
 pub fn into_check_response(mut v: Value<'_>) -> Result<CheckResponse, Value<'_>> {
@@ -544,7 +539,7 @@ mod tests {
             message: "fine".into(),
             metadata: None,
         };
-        assert_eq!(check_response(&r), Some(&want));
+        assert_eq!(r.downcast::<CheckResponse>(), Some(&want));
         assert_eq!(r.type_name(), RESPONSE);
     }
 
@@ -591,7 +586,7 @@ mod tests {
             message: String::new(),
             metadata: metadata.as_object().cloned(),
         };
-        assert_eq!(check_response(&r), Some(&want));
+        assert_eq!(r.downcast::<CheckResponse>(), Some(&want));
     }
 
     #[test]
@@ -697,7 +692,7 @@ mod tests {
         assert!(crate::cel::eval::value::equals(&b, &b2));
         assert!(!crate::cel::eval::value::equals(&a, &b));
         assert_eq!(a.downcast::<OkResponse>(), Some(&OkResponse::default()));
-        assert!(check_response(&a).is_none());
+        assert!(a.downcast::<CheckResponse>().is_none());
     }
 
     #[test]

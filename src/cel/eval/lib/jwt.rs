@@ -335,16 +335,18 @@ mod tests {
     fn a_context_that_must_not_block_gives_up_where_a_fetch_would_be_needed() {
         use base64::Engine;
         let quiet = || Ctx::new(None, Meter::new(1_000_000)).without_blocking();
+        // `f(args)` in a context that must not block: it gives up.
+        let gives_up = |f: &str, args: &[Value<'static>]| {
+            let mut c = quiet();
+            let e = call(&mut c, f, args).unwrap_err();
+            assert_eq!(e.kind, crate::cel::ErrorKind::CostExceeded, "{f}");
+            assert!(c.meter.yielded(), "{f}");
+        };
         // Never fetched: only a fetch could answer.
-        let mut c = quiet();
-        let e = call(
-            &mut c,
+        gives_up(
             "jwks.Fetch",
             &[Value::str("https://evlibs-unfetched.test/jwks.json")],
-        )
-        .unwrap_err();
-        assert_eq!(e.kind, crate::cel::ErrorKind::CostExceeded);
-        assert!(c.meter.yielded());
+        );
 
         // A cached set is answered; a token not verified yet is a signature
         // to check, which gives up; once verified (and cached) it decodes.
@@ -358,14 +360,7 @@ mod tests {
         let mut fresh = claims();
         fresh["jti"] = json!("quiet-context-token");
         let token = hs256(&fresh, "jwks-s3cret");
-        let e = call(
-            &mut c,
-            "jwt.Decode",
-            &[Value::string(token.clone()), set.clone()],
-        )
-        .unwrap_err();
-        assert_eq!(e.kind, crate::cel::ErrorKind::CostExceeded);
-        assert!(c.meter.yielded());
+        gives_up("jwt.Decode", &[Value::string(token.clone()), set.clone()]);
         call(
             &mut ctx(),
             "jwt.Decode",
@@ -376,20 +371,12 @@ mod tests {
         let t = call(&mut c, "jwt.Decode", &[Value::string(token), set.clone()]).unwrap();
         assert_eq!(field_json(&t, "Valid"), json!(true));
         assert!(!c.meter.yielded());
-        let mut c = quiet();
 
         // A `kid` the set lacks would send the decoder to fetch the set again.
         let mut h = Header::new(jsonwebtoken::Algorithm::HS256);
         h.kid = Some("rotated".into());
         let token = encode(&h, &claims(), &EncodingKey::from_secret(b"jwks-s3cret")).unwrap();
-        let e = call(
-            &mut c,
-            "jwt.Decode",
-            &[Value::string(token.clone()), set.clone()],
-        )
-        .unwrap_err();
-        assert_eq!(e.kind, crate::cel::ErrorKind::CostExceeded);
-        assert!(c.meter.yielded());
+        gives_up("jwt.Decode", &[Value::string(token.clone()), set.clone()]);
         // Where blocking is allowed, the same token is simply not valid.
         let t = call(&mut ctx(), "jwt.Decode", &[Value::string(token), set]).unwrap();
         assert_eq!(field_json(&t, "Valid"), json!(false));

@@ -491,13 +491,23 @@ fn extremum<'r>(
     if !items.iter().all(is_number) {
         return Err(Error::no_overload(name, items));
     }
+    best_of(items, replace_when, |a, b| Ok(compare_numbers(a, b))).cloned()
+}
+
+/// The element of `items` (not empty) that a later one replaces only when
+/// `order(best, next)` is `replace_when`: the first of equals.
+fn best_of<'a, 'r>(
+    items: &'a [Value<'r>],
+    replace_when: Ordering,
+    mut order: impl FnMut(&Value<'r>, &Value<'r>) -> Result<Option<Ordering>, Error>,
+) -> Result<&'a Value<'r>, Error> {
     let mut best = &items[0];
-    for v in &items[1..] {
-        if compare_numbers(best, v) == Some(replace_when) {
-            best = v;
+    for next in &items[1..] {
+        if order(best, next)? == Some(replace_when) {
+            best = next;
         }
     }
-    Ok(best.clone())
+    Ok(best)
 }
 
 fn max<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
@@ -684,13 +694,7 @@ fn extreme<'r>(
     if !ordered_kind(first) {
         return Err(Error::no_overload(name, std::slice::from_ref(first)));
     }
-    let mut best = first;
-    for next in &l[1..] {
-        if element_order(name, best, next)? == Some(replace_when) {
-            best = next;
-        }
-    }
-    Ok(best.clone())
+    best_of(l, replace_when, |a, b| element_order(name, a, b)).cloned()
 }
 
 fn list_min<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
