@@ -49,6 +49,22 @@ fn bench(c: &mut Criterion) {
     c.bench_function("six policies, missing key (early 401)", |b| {
         b.iter(|| evaluate(black_box(&six), &config, black_box(&denied)))
     });
+    // The same request through a seventh policy that checks the source address with
+    // `cidr().containsIP()` and a callback header with `url()`.
+    let seven = PolicySet::load(&[repo("benches/policies-net"), repo("benches/policies")]).unwrap();
+    let with_callback = request(
+        "/api/orders?limit=10",
+        serde_json::json!({
+            "x-api-key": "k-alice-7f3a9c", "x-tenant": "acme",
+            "user-agent": "Mozilla/5.0 (X11; Linux x86_64) bench", "accept": "application/json",
+            ":authority": "api.example.com", "x-request-id": "4b8f8a8e", "x-forwarded-proto": "https",
+            "x-callback-url": "https://hooks.example.com/orders/done?id=7"
+        }),
+    );
+    assert!(evaluate(&seven, &config, &with_callback).allowed());
+    c.bench_function("six policies + cidr/url policy, request passes all", |b| {
+        b.iter(|| evaluate(black_box(&seven), &config, black_box(&with_callback)))
+    });
     let bundled = PolicySet::load(&[repo("policies")]).unwrap();
     let api = request(
         "/api/orders",

@@ -199,8 +199,11 @@ struct WireHttp {
     id: String,
     #[prost(string, tag = "2")]
     method: String,
-    #[prost(map = "string, bytes", tag = "3")]
-    headers: HashMap<String, Vec<u8>>,
+    // A protobuf map is a repeated key/value message on the wire; read as a
+    // list, the entries go into one map sized for them (a map decoded entry
+    // by entry grows, and rehashes, several times per request).
+    #[prost(message, repeated, tag = "3")]
+    headers: Vec<WireHeaderEntry>,
     #[prost(message, optional, tag = "13")]
     header_map: Option<WireHeaderMap>,
     #[prost(string, tag = "4")]
@@ -221,6 +224,14 @@ struct WireHttp {
     body: Vec<u8>,
     #[prost(bytes = "vec", tag = "12")]
     raw_body: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct WireHeaderEntry {
+    #[prost(string, tag = "1")]
+    key: String,
+    #[prost(bytes = "vec", tag = "2")]
+    value: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -295,13 +306,21 @@ impl WireHttp {
                 .collect(),
         });
         let mut headers = HashMap::with_capacity(self.headers.len());
-        let mut raw = Vec::new();
-        for (k, v) in self.headers {
-            match String::from_utf8(v) {
+        let mut raw: Vec<(String, Vec<u8>)> = Vec::new();
+        // A key sent twice keeps its last value, as a decoded map would.
+        for WireHeaderEntry { key, value } in self.headers {
+            match String::from_utf8(value) {
                 Ok(v) => {
-                    headers.insert(k, v);
+                    if !raw.is_empty() {
+                        raw.retain(|(k, _)| *k != key);
+                    }
+                    headers.insert(key, v);
                 }
-                Err(e) => raw.push((k, e.into_bytes())),
+                Err(e) => {
+                    headers.remove(&key);
+                    raw.retain(|(k, _)| *k != key);
+                    raw.push((key, e.into_bytes()));
+                }
             }
         }
         if !raw.is_empty() {
@@ -496,6 +515,34 @@ mod tests {
         assert_eq!(m.headers.len(), 1);
         assert_eq!(m.headers[0].key, "x-bad");
         assert_eq!(m.headers[0].raw_value, b"\xff\xfe");
+    }
+
+    #[test]
+    fn a_header_sent_twice_keeps_its_last_value() {
+        let mut entries = with_http_field(3, &map_entry(b"x-a", b"first"));
+        entries.extend(with_http_field(3, &map_entry(b"x-b", b"kept")));
+        entries.extend(with_http_field(3, &map_entry(b"x-a", b"last")));
+        let strict = CheckRequest::decode(entries.as_slice()).unwrap();
+        let lenient = decode_check_request(&entries).unwrap();
+        assert_eq!(http_of(&lenient).headers, http_of(&strict).headers);
+        assert_eq!(http_of(&lenient).headers["x-a"], "last");
+        assert_eq!(http_of(&lenient).headers.len(), 2);
+
+        // A bad value replaced by a good one: no raw value is left.
+        let mut bad_then_good = with_http_field(3, &map_entry(b"x-a", b"\xff"));
+        bad_then_good.extend(with_http_field(3, &map_entry(b"x-a", b"ok")));
+        let h = http_of(&decode_check_request(&bad_then_good).unwrap()).clone();
+        assert_eq!(h.headers["x-a"], "ok");
+        assert!(h.header_map.is_none());
+
+        // A good value replaced by a bad one: only the raw value is left.
+        let mut good_then_bad = with_http_field(3, &map_entry(b"x-a", b"ok"));
+        good_then_bad.extend(with_http_field(3, &map_entry(b"x-a", b"\xff")));
+        let h = http_of(&decode_check_request(&good_then_bad).unwrap()).clone();
+        assert!(h.headers.is_empty());
+        let m = h.header_map.unwrap();
+        assert_eq!(m.headers.len(), 1);
+        assert_eq!(m.headers[0].raw_value, b"\xff");
     }
 
     #[test]
