@@ -77,23 +77,6 @@ pub fn export_requested() -> bool {
 /// for one, the OTLP exporter. The other commands never export: a container
 /// health check run every few seconds must not start an exporter each time.
 pub fn init(filter: &str, json: bool, may_export: bool) -> Result<Guard, TelemetryError> {
-    // Decision spans are for the exporter, never for the log lines.
-    let directives = format!("{filter},{DECISION_TARGET}=off");
-    let env_filter = tracing_subscriber::EnvFilter::try_new(&directives).map_err(|e| {
-        TelemetryError::Filter {
-            filter: filter.to_owned(),
-            message: e.to_string(),
-        }
-    })?;
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(CappedStderr { json })
-        .with_ansi(ansi);
-    let fmt = if json {
-        fmt.json().with_filter(env_filter).boxed()
-    } else {
-        fmt.with_filter(env_filter).boxed()
-    };
     let mut guard = Guard::default();
     let otel = if may_export && export_requested() {
         let provider = provider()?;
@@ -107,17 +90,48 @@ pub fn init(filter: &str, json: bool, may_export: bool) -> Result<Guard, Telemet
         Some(
             tracing_opentelemetry::layer()
                 .with_tracer(tracer)
-                .with_filter(targets),
+                .with_filter(targets)
+                .boxed(),
         )
     } else {
         None
     };
-    tracing_subscriber::registry()
-        .with(fmt)
-        .with(otel)
+    subscriber(filter, json, otel)?
         .try_init()
         .map_err(|e| TelemetryError::Install(e.to_string()))?;
     Ok(guard)
+}
+
+type BoxedLayer = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+
+/// The log layer, and the exporter's layer when there is one. Without an
+/// exporter no layer is there to take a decision span, so the span is
+/// disabled at its call site (a `None` layer in the stack would instead
+/// count as one that wants every span).
+fn subscriber(
+    filter: &str,
+    json: bool,
+    otel: Option<BoxedLayer>,
+) -> Result<impl tracing::Subscriber + Send + Sync, TelemetryError> {
+    // Decision spans are for the exporter, never for the log lines.
+    let directives = format!("{filter},{DECISION_TARGET}=off");
+    let env_filter = tracing_subscriber::EnvFilter::try_new(&directives).map_err(|e| {
+        TelemetryError::Filter {
+            filter: filter.to_owned(),
+            message: e.to_string(),
+        }
+    })?;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(CappedStderr { json })
+        .with_ansi(ansi);
+    let mut layers: Vec<BoxedLayer> = vec![if json {
+        fmt.json().with_filter(env_filter).boxed()
+    } else {
+        fmt.with_filter(env_filter).boxed()
+    }];
+    layers.extend(otel);
+    Ok(tracing_subscriber::registry().with(layers))
 }
 
 fn provider() -> Result<SdkTracerProvider, TelemetryError> {
@@ -289,6 +303,35 @@ fn shorten_strings(v: &mut serde_json::Value, max: usize) {
 #[cfg(test)]
 mod tests {
     use super::cap_line;
+
+    #[test]
+    fn without_an_exporter_decision_spans_are_disabled() {
+        let sub = super::subscriber("debug", false, None).unwrap();
+        tracing::subscriber::with_default(sub, || {
+            let span = tracing::info_span!(target: super::DECISION_TARGET, "ext_authz check");
+            assert!(span.is_disabled());
+            let other = tracing::info_span!("a log span");
+            assert!(
+                !other.is_disabled(),
+                "the log layer still takes its own spans"
+            );
+        });
+    }
+
+    #[test]
+    fn with_an_exporter_layer_decision_spans_are_recorded() {
+        use tracing_subscriber::Layer as _;
+        let targets = tracing_subscriber::filter::Targets::new()
+            .with_target(super::DECISION_TARGET, tracing::Level::TRACE);
+        let layer = tracing_subscriber::layer::Identity::new()
+            .with_filter(targets)
+            .boxed();
+        let sub = super::subscriber("info", false, Some(layer)).unwrap();
+        tracing::subscriber::with_default(sub, || {
+            let span = tracing::info_span!(target: super::DECISION_TARGET, "ext_authz check");
+            assert!(!span.is_disabled());
+        });
+    }
 
     #[test]
     fn short_lines_pass_unchanged() {
