@@ -69,18 +69,16 @@ fn write_policies(dir: &Path) {
                 r#"object.attributes.request.http.path == "/lookup""#,
                 r#"{"known": 1}[variables.k] == 1 ? null : envoy.Denied(401).Response()"#,
                 &format!("  variables:\n  - name: k\n    expression: '{key}'\n"),
-            ) + &format!(
-                r#"---
+            ) + r#"---
 apiVersion: policies.kyverno.io/v1
 kind: PolicyException
-metadata: {{ name: exempt-known }}
+metadata: { name: exempt-known }
 spec:
-  policyRefs: [{{ name: a-lookup }}]
+  policyRefs: [{ name: a-lookup }]
   matchConditions:
   - name: known
-    expression: 'object.attributes.request.http.path == "/lookup" && {{"other": true}}[variables.k]'
-"#
-            ),
+    expression: 'object.attributes.request.http.path == "/lookup" && {"other": true}[variables.k]'
+"#,
         ),
         // The key in an operator it has no overload for (the CEL message
         // quotes String("<the key>")).
