@@ -1,8 +1,9 @@
 //! Evaluation of a [`PolicySet`] against one `CheckRequest`.
 //!
-//! Policies run in name order. For each: exceptions (all conditions true →
-//! the policy says nothing), matchConditions (any false → skipped; a false
-//! wins over an error), then validations in order; the first non-null
+//! Policies run in name order. For each: its exceptions (one whose
+//! conditions all hold → the policy says nothing; an error in one is the
+//! policy's error; they read the policy's variables), matchConditions (any
+//! false → skipped; a false wins over an error), then validations in order; the first non-null
 //! validation is the policy's answer and the first policy with an answer
 //! decides. No answer at all is an allow. An evaluation error under
 //! `failurePolicy: Fail` is an explicit denial (never a gRPC error that Envoy
@@ -343,8 +344,6 @@ enum Event<'p> {
     Ignored(&'p Policy, EvalError),
     NotEnforced(&'p Policy, EvalError),
     Denied(&'p Policy, EvalError),
-    /// An exception's condition failed (named by the exception).
-    ExceptionFailed(&'p str, EvalError),
 }
 
 impl Records<'_> {
@@ -368,14 +367,6 @@ impl Records<'_> {
                     policy,
                     e,
                     "policy error: request denied (failurePolicy: Fail)"
-                ),
-                Event::ExceptionFailed(exception, e) => tracing::warn!(
-                    exception = %exception,
-                    field = %e.field,
-                    error_kind = e.kind.as_str(),
-                    function = e.function.as_deref().unwrap_or(""),
-                    reason = e.reason.unwrap_or(""),
-                    "exception condition failed; the policy applies"
                 ),
             }
         }
@@ -405,7 +396,7 @@ fn run_policies<'r>(
             policy: policy.name.clone(),
             ..Default::default()
         });
-        let result = eval_planned(policy, ctx, t.as_mut(), &mut records.events);
+        let result = eval_planned(policy, ctx, t.as_mut());
         if ctx.meter.yielded() {
             return None;
         }
@@ -703,6 +694,14 @@ impl EvalError {
         }
     }
 
+    /// The error of a condition of PolicyException `name`: its field is
+    /// the exception's (`PolicyException name: spec.matchConditions[0].expression`),
+    /// as it is logged, traced and written to the decision log.
+    pub fn in_exception(mut self, name: &str) -> EvalError {
+        self.field = format!("PolicyException {name}: {}", self.field);
+        self
+    }
+
     /// An expression that returned a value of the wrong type.
     pub fn result_type(expr: &Expression, message: String) -> EvalError {
         EvalError {
@@ -797,40 +796,15 @@ fn eval_planned<'r>(
     policy: &'r Policy,
     ctx: &mut eval::Ctx<'r>,
     mut trace: Option<&mut PolicyTrace>,
-    events: &mut Vec<Event<'r>>,
 ) -> Result<PolicyResult, EvalError> {
-    for ex in &policy.exceptions {
-        ctx.enter_policy(&[]);
-        let mut applies = true;
-        for (m, plan) in ex.match_conditions.iter().zip(&ex.plans) {
-            match planned_bool(ctx, &m.expr, plan) {
-                Ok(true) => {}
-                Ok(false) => {
-                    applies = false;
-                    break;
-                }
-                Err(_) if ctx.meter.yielded() => {
-                    // The attempt is abandoned (see `evaluate_inline`).
-                    return Ok(PolicyResult::NoResult);
-                }
-                Err(e) => {
-                    // A broken exception must not open a hole: the policy applies.
-                    events.push(Event::ExceptionFailed(&ex.name, e));
-                    applies = false;
-                    break;
-                }
-            }
-        }
-        if applies {
-            if let Some(t) = trace.as_deref_mut() {
-                t.outcome = "exempted".into();
-                t.exception = Some(ex.name.clone());
-            }
-            return Ok(PolicyResult::Exempted);
-        }
+    // The policy's variables, computed at most once for its exceptions and
+    // its own expressions together (each exception is planned with the
+    // policy's slots).
+    ctx.enter_policy(&policy.plans.variables);
+    if let Some(r) = eval_exceptions(policy, ctx, trace.as_deref_mut()) {
+        return r;
     }
 
-    ctx.enter_policy(&policy.plans.variables);
     let mut first_error = None;
     for (m, plan) in policy
         .match_conditions
@@ -931,6 +905,63 @@ fn eval_planned<'r>(
         Some((response, index)) => PolicyResult::Decided(response, index),
         None => PolicyResult::NoResult,
     })
+}
+
+/// A policy's exceptions, in name order, as Kyverno applies them:
+/// `Some(Ok(Exempted))` when one holds, `Some(Err(..))` when one fails,
+/// `None` when none applies and the policy is evaluated.
+///
+/// One exception's conditions combine as a policy's `matchConditions` (as
+/// in Kubernetes and cel-go): any condition false → it does not apply,
+/// whatever error another condition had; else an error → the error; else
+/// it applies. An error is the policy's, decided by its `failurePolicy`,
+/// whichever exception it came from: every exception is evaluated, and a
+/// failing one wins over one that holds, so that a broken exception is
+/// never hidden by another (nor the answer by their order).
+fn eval_exceptions<'r>(
+    policy: &'r Policy,
+    ctx: &mut eval::Ctx<'r>,
+    mut trace: Option<&mut PolicyTrace>,
+) -> Option<Result<PolicyResult, EvalError>> {
+    let mut exempted = None;
+    for ex in &policy.exceptions {
+        let exception = &ex.exception;
+        let mut error = None;
+        let mut holds = true;
+        for (m, plan) in exception.match_conditions.iter().zip(&ex.plans) {
+            match planned_bool(ctx, &m.expr, plan) {
+                Ok(true) => {}
+                Ok(false) => {
+                    holds = false;
+                    break;
+                }
+                Err(_) if ctx.meter.yielded() => {
+                    // The attempt is abandoned (see `evaluate_inline`).
+                    return Some(Ok(PolicyResult::NoResult));
+                }
+                Err(e) => {
+                    // A later false still wins: go on.
+                    error.get_or_insert(e);
+                }
+            }
+        }
+        if !holds {
+            continue;
+        }
+        if let Some(e) = error {
+            if let Some(t) = trace.as_deref_mut() {
+                t.exception = Some(exception.name.clone());
+            }
+            return Some(Err(e.in_exception(&exception.name)));
+        }
+        exempted.get_or_insert(&exception.name);
+    }
+    let name = exempted?;
+    if let Some(t) = trace {
+        t.outcome = "exempted".into();
+        t.exception = Some(name.clone());
+    }
+    Some(Ok(PolicyResult::Exempted))
 }
 
 fn planned_bool<'r>(

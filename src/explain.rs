@@ -55,6 +55,9 @@ pub fn render(set: &PolicySet, decision: &Decision, traces: &[PolicyTrace]) -> S
         if let Some(p) = set.get(&t.policy) {
             let _ = writeln!(out, "  from {}", p.location);
         }
+        if let (Some(x), true) = (&t.exception, t.outcome.starts_with("error")) {
+            let _ = writeln!(out, "  the error is in a condition of PolicyException {x}");
+        }
         lines(&mut out, "matchCondition", &t.match_conditions);
         lines(&mut out, "variable", &t.variables);
         lines(&mut out, "", &t.validations);

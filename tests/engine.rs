@@ -326,3 +326,101 @@ fn failure_header_names_are_checked_and_lower_cased() {
         assert!(name(bad).is_err(), "{bad:?}");
     }
 }
+
+/// An exception reading `user` and `greeting` of policy `lazy`.
+fn exception(name: &str, policies: &[&str], condition: &str) -> String {
+    let refs: Vec<String> = policies
+        .iter()
+        .map(|p| format!("{{ name: {p} }}"))
+        .collect();
+    format!(
+        "apiVersion: policies.kyverno.io/v1\nkind: PolicyException\nmetadata: {{ name: {name} }}\nspec:\n  policyRefs: [{}]\n  matchConditions:\n  - name: c\n    expression: '{condition}'\n",
+        refs.join(", ")
+    )
+}
+
+#[test]
+fn an_exception_shares_the_policy_variables_computed_once() {
+    let x = exception("not-bob", &["lazy"], r#"variables.greeting == "hello bob""#);
+    let set = compile(&[("x.yaml", &x), ("lazy.yaml", LAZY)]).unwrap();
+    let (d, trace) = evaluate_traced(&set, &EngineConfig::default(), &request("/"));
+    assert!(d.allowed(), "{d:?}");
+    let t = &trace[0];
+    assert_eq!(t.outcome, "decided");
+    // The exception computed `greeting` (and `user`); the validations
+    // reused both.
+    let evaluated: Vec<(&str, Option<u32>)> = t
+        .variables
+        .iter()
+        .map(|v| (v.name.as_str(), v.evaluations))
+        .collect();
+    assert_eq!(evaluated, vec![("user", Some(1)), ("greeting", Some(1))]);
+
+    let x = exception("ann", &["lazy"], r#"variables.greeting == "hello ann""#);
+    let set = compile(&[("x.yaml", &x), ("lazy.yaml", LAZY)]).unwrap();
+    let (d, trace) = evaluate_traced(&set, &EngineConfig::default(), &request("/"));
+    assert!(d.allowed() && d.policy.is_none(), "{d:?}");
+    assert_eq!(trace[0].outcome, "exempted");
+    assert_eq!(trace[0].exception.as_deref(), Some("ann"));
+
+    // An error in the condition: the policy's, naming the exception.
+    let x = exception("broken", &["lazy"], "variables.never");
+    let set = compile(&[("x.yaml", &x), ("lazy.yaml", LAZY)]).unwrap();
+    let (d, trace) = evaluate_traced(&set, &EngineConfig::default(), &request("/"));
+    assert!(!d.allowed(), "{d:?}");
+    assert_eq!(
+        d.error.as_ref().map(|e| e.summary()).as_deref(),
+        Some("PolicyException broken: spec.matchConditions[0].expression: division_by_zero")
+    );
+    assert_eq!(trace[0].outcome, "error (denied)");
+    assert_eq!(trace[0].exception.as_deref(), Some("broken"));
+}
+
+#[test]
+fn exceptions_and_policies_load_in_any_order_and_a_missing_policy_is_a_warning() {
+    let x = exception("x", &["lazy", "elsewhere"], r#"variables.user == "ann""#);
+    for files in [
+        [("x.yaml", x.as_str()), ("lazy.yaml", LAZY)],
+        [("lazy.yaml", LAZY), ("x.yaml", x.as_str())],
+    ] {
+        let set = compile(&files).unwrap();
+        let p = set.get("lazy").unwrap();
+        assert_eq!(p.exceptions.len(), 1);
+        assert_eq!(p.exceptions[0].exception.name, "x");
+        let warned: Vec<String> = set.warnings.iter().map(ToString::to_string).collect();
+        assert!(
+            warned
+                .iter()
+                .any(|w| w.contains(r#"names policy "elsewhere", which is not loaded"#)),
+            "{warned:?}"
+        );
+        let (d, _) = evaluate_traced(&set, &EngineConfig::default(), &request("/"));
+        assert!(d.allowed() && d.policy.is_none(), "{d:?}");
+    }
+    // Alone, its variables cannot be checked: it loads, and is checked
+    // when the policy comes.
+    compile(&[("x.yaml", &x)]).unwrap();
+    // `variables` other than by name is refused with or without the policy.
+    let misused = exception("m", &["lazy"], "[variables][0].user == 1");
+    for files in [
+        vec![("m.yaml", misused.as_str())],
+        vec![("m.yaml", misused.as_str()), ("lazy.yaml", LAZY)],
+    ] {
+        let all = load_errors(&files).join("\n");
+        assert!(
+            all.contains("variables_misused") || all.contains("`variables` can only"),
+            "{all}"
+        );
+    }
+}
+
+#[test]
+fn an_inline_attempt_gives_up_in_an_exception_rather_than_ignore_its_error() {
+    let guard = "apiVersion: policies.kyverno.io/v1\nkind: ValidatingPolicy\nmetadata: { name: a-guard }\nspec:\n  evaluation: { mode: Envoy }\n  failurePolicy: Ignore\n  variables:\n  - name: walk\n    expression: lists.range(5000).all(i, i >= 0)\n  validations:\n  - expression: envoy.Denied(403).Response()\n";
+    let x = exception("walks", &["a-guard"], "variables.walk");
+    let set = compile(&[("g.yaml", guard), ("x.yaml", &x)]).unwrap();
+    let config = EngineConfig::default();
+    assert!(celgate::engine::evaluate_inline(&set, &config, &request("/"), 2_000, false).is_none());
+    let (d, _) = evaluate_traced(&set, &config, &request("/"));
+    assert!(d.allowed() && d.policy.is_none(), "exempted: {d:?}");
+}

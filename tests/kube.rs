@@ -1409,3 +1409,61 @@ async fn objects_labelled_shadow_form_the_shadow_set_and_are_never_served() {
     .await;
     assert_eq!(names(&state.policies.load()), ["deny-admin"]);
 }
+
+/// A policy denying /admin with 403, its variable `user` read from x-user
+/// when `with_user`.
+fn deny_admin_with(with_user: bool) -> Value {
+    let mut p = deny("deny-admin", "/admin", 403);
+    if with_user {
+        p["spec"]["variables"] = json!([{"name": "user",
+            "expression": "object.attributes.request.http.headers[?'x-user'].orValue('')"}]);
+    }
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exception_that_no_longer_fits_its_policy_is_refused_alone() {
+    let (fake, client, _) = start_fake().await;
+    fake.apply("validatingpolicies", deny_admin_with(true));
+    fake.apply("validatingpolicies", deny("deny-other", "/other", 409));
+    // It reads the policy's variable (and the path: requests carry no x-user).
+    fake.apply(
+        "policyexceptions",
+        exception(
+            "by-user",
+            "deny-admin",
+            "variables.user == '' && object.attributes.request.http.path == '/admin/health'",
+        ),
+    );
+    let (state, _task) = watched(client, Vec::new(), &["team-a"]).await;
+    assert_eq!(status(&state, "/admin/health"), 200, "exempted");
+    assert_eq!(status(&state, "/admin"), 403);
+
+    // The policy drops the variable: the exception no longer compiles in
+    // its scope. It is refused and reported; the policy change, and every
+    // other object, still load.
+    fake.apply("validatingpolicies", deny_admin_with(false));
+    fake.apply("validatingpolicies", deny("deny-other", "/other", 410));
+    eventually("the other policy's change applies", || {
+        status(&state, "/other") == 410
+    })
+    .await;
+    assert_eq!(status(&state, "/admin/health"), 403, "no longer exempted");
+    assert!(state.policies.load().exceptions.is_empty());
+    let o = report_of(&state, "by-user").unwrap();
+    assert_eq!(o.state, ObjectState::Broken);
+    assert!(!o.serving_last_good_version);
+    assert_eq!(
+        o.errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        ["spec.matchConditions[0].expression: cel"]
+    );
+    assert!(state.reload.last_error().is_none());
+
+    // The variable is back: so is the exception.
+    fake.apply("validatingpolicies", deny_admin_with(true));
+    eventually("the exception applies again", || {
+        status(&state, "/admin/health") == 200
+    })
+    .await;
+    assert!(report_of(&state, "by-user").is_none());
+}

@@ -57,8 +57,10 @@ fn write_policies(dir: &Path) {
                 "",
             ),
         ),
-        // The key as a missing map key, through a variable; its exception's
-        // condition fails the same way (logged: the policy applies).
+        // The key as a missing map key, through a variable that its
+        // exception's condition reads first (exceptions run before the
+        // policy's matchConditions, hence the path): the exception's error
+        // is the policy's (failurePolicy: Fail).
         (
             "a-lookup.yaml",
             policy(
@@ -67,18 +69,16 @@ fn write_policies(dir: &Path) {
                 r#"object.attributes.request.http.path == "/lookup""#,
                 r#"{"known": 1}[variables.k] == 1 ? null : envoy.Denied(401).Response()"#,
                 &format!("  variables:\n  - name: k\n    expression: '{key}'\n"),
-            ) + &format!(
-                r#"---
+            ) + r#"---
 apiVersion: policies.kyverno.io/v1
 kind: PolicyException
-metadata: {{ name: exempt-known }}
+metadata: { name: exempt-known }
 spec:
-  policyRefs: [{{ name: a-lookup }}]
+  policyRefs: [{ name: a-lookup }]
   matchConditions:
   - name: known
-    expression: '{{"other": true}}[{key}]'
-"#
-            ),
+    expression: 'object.attributes.request.http.path == "/lookup" && {"other": true}[variables.k]'
+"#,
         ),
         // The key in an operator it has no overload for (the CEL message
         // quotes String("<the key>")).
@@ -452,10 +452,11 @@ async fn secrets_in_requests_policies_and_bodies_appear_in_no_log_span_or_endpoi
         6,
         "{stderr}"
     );
+    let x0 = "PolicyException exempt-known: spec.matchConditions[0].expression";
     assert!(
-        logs.iter()
-            .any(|l| l["fields"]["exception"] == "exempt-known"
-                && l["fields"]["error_kind"] == "no_such_key"),
+        logs.iter().any(|l| l["fields"]["message"] == denied
+            && l["fields"]["field"] == x0
+            && l["fields"]["error_kind"] == "no_such_key"),
         "{stderr}"
     );
     assert!(
@@ -484,7 +485,7 @@ async fn secrets_in_requests_policies_and_bodies_appear_in_no_log_span_or_endpoi
     assert_eq!(
         kinds,
         [
-            ("a-lookup", v0, "no_such_key"),
+            ("a-lookup", x0, "no_such_key"),
             ("b-add", v0, "no_such_overload"),
             ("c-int", v0, "function_error"),
             ("d-mcp", v0, "mcp_parse"),
@@ -504,7 +505,7 @@ async fn secrets_in_requests_policies_and_bodies_appear_in_no_log_span_or_endpoi
         .iter()
         .filter_map(|s| span_attr(s, "celgate.error"))
         .collect();
-    assert!(errors.contains(&format!("{v0}: no_such_key")), "{errors:?}");
+    assert!(errors.contains(&format!("{x0}: no_such_key")), "{errors:?}");
     for reason in ["invalid_id", "duplicate_key"] {
         assert!(
             errors.contains(&format!("{v0}: mcp_parse ({reason})")),

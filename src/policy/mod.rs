@@ -9,7 +9,7 @@ use crate::cel::{check_literal_patterns, env, limits};
 use cel::common::ast::Expr;
 use cel::Program;
 use model::{ExceptionSpec, Header, NamedExpression, PolicySpec, IGNORED_SPEC_FIELDS};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -457,8 +457,12 @@ pub struct Policy {
     pub validations: Vec<Expression>,
     /// The expressions planned for the evaluator, in the same order.
     pub plans: Plans,
-    /// Exceptions that name this policy.
-    pub exceptions: Vec<Arc<Exception>>,
+    /// What the type checker knows of each variable, for the conditions of
+    /// the exceptions that name this policy.
+    pub variable_types: HashMap<String, crate::cel::check::Info>,
+    /// Exceptions that name this policy, in name order, each compiled in
+    /// this policy's scope.
+    pub exceptions: Vec<Exemption>,
     /// Hash of the policy's document: a reload keeps `loaded_at` of a policy
     /// whose document did not change.
     pub digest: u64,
@@ -468,16 +472,30 @@ pub struct Policy {
     pub metrics: Arc<crate::telemetry::metrics::PolicyMetrics>,
 }
 
+/// A PolicyException as read: its conditions are parsed and checked on
+/// their own (`variables.x` as `dyn`); each policy it names compiles them
+/// again in its own scope ([`Exemption`]).
 #[derive(Debug)]
 pub struct Exception {
     pub name: String,
     pub location: Location,
+    /// The policies it names, each once, in the order written.
     pub policy_refs: Vec<String>,
     pub match_conditions: Vec<NamedProgram>,
-    /// The conditions planned for the evaluator, in the same order.
-    pub plans: Vec<crate::cel::eval::Program>,
     pub digest: u64,
     pub loaded_at: SystemTime,
+}
+
+/// An exception compiled in the scope of one policy it names: its
+/// conditions may read that policy's `variables`, type-checked against
+/// them, and are planned with the policy's variable slots, so that a
+/// variable is computed once per request for the exception and the policy
+/// together.
+#[derive(Debug)]
+pub struct Exemption {
+    pub exception: Arc<Exception>,
+    /// The conditions planned for the evaluator, in the exception's order.
+    pub plans: Vec<crate::cel::eval::Program>,
 }
 
 /// An immutable, fully compiled set of policies, ordered by name.
@@ -947,7 +965,7 @@ impl Compiler {
                 );
             }
         }
-        self.type_check(ctx, &match_conditions, &variables, &validations);
+        let variable_types = self.type_check(ctx, &match_conditions, &variables, &validations);
         if self.errors.len() > before {
             return;
         }
@@ -970,6 +988,7 @@ impl Compiler {
             variables,
             validations,
             plans,
+            variable_types,
             exceptions: Vec::new(),
             digest: ctx.digest,
             loaded_at: self.loaded_at(ctx),
@@ -1014,10 +1033,14 @@ impl Compiler {
             );
         }
         let before = self.errors.len();
-        let mut refs = Vec::new();
+        let mut refs: Vec<String> = Vec::new();
         for (i, r) in spec.policy_refs.iter().enumerate() {
             match (&r.name, r.kind.as_deref()) {
-                (Some(n), None | Some("ValidatingPolicy")) if !n.is_empty() => refs.push(n.clone()),
+                (Some(n), None | Some("ValidatingPolicy")) if !n.is_empty() => {
+                    if !refs.contains(n) {
+                        refs.push(n.clone());
+                    }
+                }
                 (Some(_), Some(k)) => self.warn_at(
                     ctx,
                     format!("spec.policyRefs[{i}].kind"),
@@ -1033,19 +1056,19 @@ impl Compiler {
                 .push(ctx.invalid("spec.policyRefs", "must name at least one ValidatingPolicy"));
         }
         let match_conditions = self.named(ctx, "spec.matchConditions", spec.match_conditions);
-        for m in &match_conditions {
-            if references_root(&m.expr.program, "variables") {
-                self.errors.push(ctx.cel(
-                    &m.expr.field,
-                    &m.expr.source,
-                    "exception conditions cannot use variables",
-                ));
-            }
-        }
         if match_conditions.is_empty() {
             self.errors.push(ctx.invalid("spec.matchConditions", "must have at least one condition (an exception without one would exempt every request)"));
         }
+        // What does not depend on the policy: `variables` read by name
+        // only, and the conditions checked with every variable as `dyn`.
+        // Each policy the exception names checks them again in its own
+        // scope once the set is complete (`Compiler::exemption`).
         for m in &match_conditions {
+            if variables_misused(&m.expr.program) {
+                self.errors
+                    .push(ctx.cel(&m.expr.field, &m.expr.source, VARIABLES_MISUSED));
+                continue;
+            }
             self.check_expression(
                 ctx,
                 &m.expr,
@@ -1056,19 +1079,66 @@ impl Compiler {
         if self.errors.len() > before {
             return;
         }
-        let plans = self.plan_all(ctx, match_conditions.iter().map(|m| &m.expr), &|_| None);
-        if self.errors.len() > before {
-            return;
-        }
         self.exceptions.push(Exception {
             name: ctx.name.to_owned(),
             location: ctx.location.clone(),
             policy_refs: refs,
             match_conditions,
-            plans,
             digest: ctx.digest,
             loaded_at: self.loaded_at(ctx),
         });
+    }
+
+    /// Compiles `exception`'s conditions in the scope of `policy`: every
+    /// `variables.x` must be one of the policy's variables, the conditions
+    /// are type-checked against their types and planned with their slots.
+    /// A mistake is the exception's, and names the policy.
+    fn exemption(&mut self, exception: &Arc<Exception>, policy: &Policy) -> Option<Exemption> {
+        let ctx = Ctx {
+            digest: exception.digest,
+            location: &exception.location,
+            kind: "PolicyException",
+            name: &exception.name,
+        };
+        let before = self.errors.len();
+        let names: Vec<&str> = policy.variables.iter().map(|v| v.name.as_str()).collect();
+        let scope = crate::cel::check::Scope {
+            variables: Some(policy.variable_types.clone()),
+        };
+        // The policy loaded, so its variables have no cycle.
+        let depths = variable_depths(&policy.variables).unwrap_or_default();
+        for m in &exception.match_conditions {
+            let known = self.errors.len();
+            self.check_variables(&ctx, &m.expr, &names);
+            if self.errors.len() > known {
+                continue;
+            }
+            if !depths.is_empty() {
+                let d = through_variables(&m.expr.program, &policy.variables, &depths);
+                self.check_depth(&ctx, &m.expr, &policy.variables, &depths, d);
+            }
+            self.check_expression(&ctx, &m.expr, &scope, Want::Bool("an exception condition"));
+        }
+        let plans = if self.errors.len() > before {
+            Vec::new()
+        } else {
+            let var_slot = |name: &str| policy.variables.iter().position(|v| v.name == name);
+            self.plan_all(
+                &ctx,
+                exception.match_conditions.iter().map(|m| &m.expr),
+                &var_slot,
+            )
+        };
+        if self.errors.len() > before {
+            for e in &mut self.errors[before..] {
+                in_scope_of(e, &policy.name);
+            }
+            return None;
+        }
+        Some(Exemption {
+            exception: exception.clone(),
+            plans,
+        })
     }
 
     fn named(
@@ -1159,14 +1229,14 @@ impl Compiler {
     /// [`crate::cel::check`]): each variable once the variables it reads are
     /// typed (a cycle is reported by the cycle check), then the conditions,
     /// which must be bools, and the validations, which must return a
-    /// response or null.
+    /// response or null. Returns what is known of each variable.
     fn type_check(
         &mut self,
         ctx: &Ctx<'_>,
         conditions: &[NamedProgram],
         variables: &[NamedProgram],
         validations: &[Expression],
-    ) {
+    ) -> HashMap<String, crate::cel::check::Info> {
         use crate::cel::check::{Info, Scope, Ty};
         let mut scope = Scope {
             variables: Some(HashMap::new()),
@@ -1203,6 +1273,7 @@ impl Compiler {
         for v in validations {
             self.check_expression(ctx, v, &scope, Want::Response);
         }
+        scope.variables.unwrap_or_default()
     }
 
     /// Checks one expression: its mistakes, its result's type and its
@@ -1332,35 +1403,41 @@ impl Compiler {
         let dup_exceptions = duplicates("PolicyException", exceptions);
         self.errors
             .extend(dup_policies.into_iter().chain(dup_exceptions));
+        self.policies.sort_by(|a, b| a.name.cmp(&b.name));
+        self.exceptions.sort_by(|a, b| a.name.cmp(&b.name));
+        let exceptions: Vec<Arc<Exception>> = std::mem::take(&mut self.exceptions)
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        // Exceptions and policies may come in any order, from any source:
+        // each exception compiles in the scope of each policy it names once
+        // all are read. One that names a policy not loaded is only warned
+        // of (the policy may come later, or be skipped for its mode).
+        let mut policies = std::mem::take(&mut self.policies);
+        let mut missing = Vec::new();
+        for e in &exceptions {
+            for r in &e.policy_refs {
+                match policies.binary_search_by(|p| p.name.as_str().cmp(r)) {
+                    Ok(i) => {
+                        if let Some(x) = self.exemption(e, &policies[i]) {
+                            policies[i].exceptions.push(x);
+                        }
+                    }
+                    Err(_) => missing.push((e, r)),
+                }
+            }
+        }
+        self.policies = policies;
         if !self.errors.is_empty() {
             return (Err(LoadErrors(self.errors)), self.warnings);
         }
-        self.policies.sort_by(|a, b| a.name.cmp(&b.name));
-        self.exceptions.sort_by(|a, b| a.name.cmp(&b.name));
-        let exceptions: Vec<Arc<Exception>> = self.exceptions.into_iter().map(Arc::new).collect();
-        let mut by_policy: BTreeMap<&str, Vec<Arc<Exception>>> = BTreeMap::new();
-        for e in &exceptions {
-            for r in &e.policy_refs {
-                by_policy.entry(r.as_str()).or_default().push(e.clone());
-            }
-        }
-        for (policy, list) in by_policy {
-            match self
-                .policies
-                .binary_search_by(|p| p.name.as_str().cmp(policy))
-            {
-                Ok(i) => self.policies[i].exceptions = list,
-                Err(_) => {
-                    for e in list {
-                        self.warnings.push(Warning {
-                            location: e.location.clone(),
-                            policy: Some(e.name.clone()),
-                            field: Some("spec.policyRefs".into()),
-                            message: format!("names policy {policy:?}, which is not loaded"),
-                        });
-                    }
-                }
-            }
+        for (e, policy) in missing {
+            self.warnings.push(Warning {
+                location: e.location.clone(),
+                policy: Some(e.name.clone()),
+                field: Some("spec.policyRefs".into()),
+                message: format!("names policy {policy:?}, which is not loaded"),
+            });
         }
         let warnings = self.warnings.clone();
         let set = PolicySet {
@@ -1370,6 +1447,15 @@ impl Compiler {
             loaded_at: SystemTime::now(),
         };
         (Ok(set), warnings)
+    }
+}
+
+/// Marks a mistake found compiling an exception's conditions in the scope
+/// of `policy`: the same condition may compile for one policy it names and
+/// not for another.
+fn in_scope_of(e: &mut LoadError, policy: &str) {
+    if let LoadError::Cel { message, .. } | LoadError::Invalid { message, .. } = e {
+        *message = format!("in the scope of ValidatingPolicy {policy:?}: {message}");
     }
 }
 

@@ -98,7 +98,7 @@ async fn policies(AxState(state): AxState<Arc<State>>) -> Json<serde_json::Value
                 },
                 "validationActions": p.actions.names(),
                 "validations": p.validations.len(),
-                "exceptions": p.exceptions.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+                "exceptions": p.exceptions.iter().map(|e| e.exception.name.as_str()).collect::<Vec<_>>(),
             })
         })
         .collect();

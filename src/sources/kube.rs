@@ -284,6 +284,11 @@ struct Entry {
     since: SystemTime,
     /// The file that already defines this object's name, if one does.
     clash: Option<String>,
+    /// For a PolicyException that compiles on its own: what fails when its
+    /// conditions compile in the scope of the policies it names (a
+    /// variable the policy lacks, a type it does not fit), found in the
+    /// last build of the set; empty when nothing does.
+    conflict: Vec<ObjectError>,
     /// Whether the WARN for an ignored exception was logged.
     ignored_logged: bool,
 }
@@ -292,7 +297,10 @@ impl Entry {
     fn state(&self, kind: &str, allowed: &ExceptionNamespaces) -> ObjectState {
         if kind == "PolicyException" && !allowed.allows(self.namespace.as_deref()) {
             ObjectState::Ignored
-        } else if self.clash.is_some() || matches!(self.check, Check::Broken(_)) {
+        } else if self.clash.is_some()
+            || !self.conflict.is_empty()
+            || matches!(self.check, Check::Broken(_))
+        {
             ObjectState::Broken
         } else {
             ObjectState::Ok
@@ -341,6 +349,7 @@ impl Store {
                         check: Check::Pending,
                         since: SystemTime::now(),
                         clash: None,
+                        conflict: Vec::new(),
                         ignored_logged: false,
                     },
                 );
@@ -434,14 +443,15 @@ impl Store {
     }
 
     /// The documents that serve: the last good version of every object that
-    /// is not ignored and whose name no file policy holds (`with_clashing`
-    /// adds those, to find out whether they still clash).
+    /// is not ignored, whose name no file policy holds and that compiles
+    /// with the others (`with_clashing` adds those, to find out whether they
+    /// still clash or conflict).
     fn documents(&self, with_clashing: bool) -> Vec<Document> {
         let allowed = &self.exception_namespaces;
         self.objects
             .iter()
             .filter(|((kind, _), e)| e.state(kind, allowed) != ObjectState::Ignored)
-            .filter(|(_, e)| with_clashing || e.clash.is_none())
+            .filter(|(_, e)| with_clashing || (e.clash.is_none() && e.conflict.is_empty()))
             .filter_map(|((kind, key), e)| {
                 Some(Document {
                     path: object_path(kind, key),
@@ -474,6 +484,29 @@ impl Store {
         }
     }
 
+    /// Sets which exceptions do not compile in the scope of a policy they
+    /// name (object → its errors).
+    fn set_conflicts(&mut self, conflicts: &BTreeMap<(String, String), Vec<ObjectError>>) {
+        for (id, e) in &mut self.objects {
+            let now = conflicts.get(id).cloned().unwrap_or_default();
+            if now != e.conflict {
+                if now.is_empty() {
+                    tracing::info!(kind = %id.0, name = %id.1, "Kubernetes object compiles with the policies it names again");
+                } else {
+                    let list: Vec<String> = now.iter().map(ToString::to_string).collect();
+                    tracing::warn!(
+                        kind = %id.0,
+                        name = %id.1,
+                        errors = %list.join("; "),
+                        "Kubernetes object refused: its conditions do not compile in the scope of a policy it names; the other objects are not affected (`celgate validate` on the objects' YAML shows the detail)"
+                    );
+                }
+                e.conflict = now;
+                e.since = SystemTime::now();
+            }
+        }
+    }
+
     pub fn report(&self) -> Option<KubeReport> {
         if !self.listed {
             return None;
@@ -497,6 +530,9 @@ impl Store {
                 (Check::Broken(errs), ObjectState::Broken) => errs.clone(),
                 _ => Vec::new(),
             };
+            if state == ObjectState::Broken {
+                errors.extend(e.conflict.iter().cloned());
+            }
             if let (Some(file), ObjectState::Broken) = (&e.clash, state) {
                 errors.push(ObjectError {
                     field: Some("metadata.name".into()),
@@ -511,6 +547,7 @@ impl Store {
                 state,
                 serving_last_good_version: state == ObjectState::Broken
                     && e.clash.is_none()
+                    && e.conflict.is_empty()
                     && e.good.is_some(),
                 since: e.since,
                 errors,
@@ -594,13 +631,36 @@ pub(super) fn clashes(errors: &[LoadError]) -> BTreeMap<(String, String), String
     out
 }
 
-/// Marks the clashing objects and returns the documents without them.
+/// The Kubernetes PolicyExceptions a failed build refuses because their
+/// conditions, which compile on their own, do not compile in the scope of a
+/// policy they name (object → its errors). An exception left out exempts
+/// nothing: the policies apply in full.
+pub(super) fn conflicts(errors: &[LoadError]) -> BTreeMap<(String, String), Vec<ObjectError>> {
+    let mut out: BTreeMap<_, Vec<ObjectError>> = BTreeMap::new();
+    for e in errors {
+        if let LoadError::Cel { location, kind, .. } | LoadError::Invalid { location, kind, .. } = e
+        {
+            if *kind != "PolicyException" {
+                continue;
+            }
+            if let Some(obj) = object_of(&location.path) {
+                out.entry(obj).or_default().push(ObjectError::from(e));
+            }
+        }
+    }
+    out
+}
+
+/// Marks the clashing and conflicting objects and returns the documents
+/// without them.
 pub(super) fn refuse_clashing(
     store: &std::sync::Mutex<Store>,
     clashes: &BTreeMap<(String, String), String>,
+    conflicts: &BTreeMap<(String, String), Vec<ObjectError>>,
 ) -> Vec<Document> {
     let mut s = store.lock().unwrap_or_else(|e| e.into_inner());
     s.set_clashes(clashes);
+    s.set_conflicts(conflicts);
     s.documents(false)
 }
 

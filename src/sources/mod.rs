@@ -225,7 +225,9 @@ impl Sources {
 
     /// Builds the set from the files, all together (any error refuses the
     /// change), and from each Kubernetes object on its own: broken, clashing
-    /// and ignored objects are left out and reported instead.
+    /// and ignored objects are left out and reported instead, and so are
+    /// PolicyExceptions whose conditions do not compile in the scope of a
+    /// policy they name.
     fn build(
         &self,
         status: &ReloadStatus,
@@ -233,12 +235,12 @@ impl Sources {
     ) -> (Result<PolicySet, LoadErrors>, Vec<Warning>) {
         let docs = kube::prepare(&self.kube, self.shadow);
         let (mut result, mut warnings) = PolicySet::reload(&self.paths, docs, Some(previous));
-        let clashes = match &result {
-            Err(e) => kube::clashes(&e.0),
+        let (clashes, conflicts) = match &result {
+            Err(e) => (kube::clashes(&e.0), kube::conflicts(&e.0)),
             Ok(_) => Default::default(),
         };
-        let docs = kube::refuse_clashing(&self.kube, &clashes);
-        if !clashes.is_empty() {
+        let docs = kube::refuse_clashing(&self.kube, &clashes, &conflicts);
+        if !clashes.is_empty() || !conflicts.is_empty() {
             (result, warnings) = PolicySet::reload(&self.paths, docs, Some(previous));
         }
         let report = self.store().report();

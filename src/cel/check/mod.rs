@@ -39,8 +39,10 @@ pub struct CheckError {
 #[derive(Default)]
 pub struct Scope {
     /// `variables.<name>`: what is known of each declared variable; `None`
-    /// for `variables` not being available at all (matchConditions,
-    /// exceptions).
+    /// where no policy's variables are known (matchConditions, which the
+    /// policy compiler refuses to let read them, and an exception's
+    /// conditions before they are checked against each policy they name):
+    /// every `variables.<name>` is then `dyn`.
     pub variables: Option<HashMap<String, Info>>,
 }
 
