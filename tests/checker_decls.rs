@@ -69,7 +69,8 @@ const JWKS_URL: &str = "https://issuer.example.com/.well-known/jwks.json";
 const PROMPTS_GET: &str = r#"{"jsonrpc":"2.0","id":2,"method":"prompts/get","params":{"name":"p","arguments":{"s":"x"}}}"#;
 /// A `resources/read` with arguments, and an `elicitation/create`.
 const RESOURCES_READ: &str = r#"{"jsonrpc":"2.0","id":3,"method":"resources/read","params":{"uri":"u","arguments":{"i":"7"}}}"#;
-const ELICITATION: &str = r#"{"jsonrpc":"2.0","id":4,"method":"elicitation/create","params":{"message":"m"}}"#;
+const ELICITATION: &str =
+    r#"{"jsonrpc":"2.0","id":4,"method":"elicitation/create","params":{"message":"m"}}"#;
 
 fn setup() {
     static DONE: OnceLock<()> = OnceLock::new();
