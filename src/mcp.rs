@@ -11,9 +11,13 @@
 //! anything that is not a JSON-RPC 2.0 message (`jsonrpc` not `"2.0"`, no
 //! `method` and not a response, an `id` that is not a string or an integer,
 //! `params` that is not an object), and the authorization-relevant parameters
-//! of a method missing or mistyped (`tools/call` without a string `name` or
-//! with non-object `arguments`, `prompts/get` without a `name`,
+//! of a method missing or mistyped (`tools/call` without a string `name`,
+//! `prompts/get` without a `name` or with non-object `arguments`,
 //! `resources/read` without a `uri`). The messages never quote the body.
+//!
+//! **Not refused**: a `tools/call` whose `arguments` is not an object (an
+//! array, a string, ...) has no arguments (`{}`), as the MCP servers that
+//! take any JSON there read it.
 
 use crate::response::{DeniedResponse, HeaderOption};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
@@ -287,11 +291,12 @@ pub enum SectionKind {
     Initialize,
     Paginated,
     SetLogLevel,
+    Elicitation,
 }
 
 impl SectionKind {
     /// The request's field that holds the section, and the section's type.
-    pub const ALL: [(SectionKind, &'static str, &'static str); 6] = [
+    pub const ALL: [(SectionKind, &'static str, &'static str); 7] = [
         (SectionKind::ToolCall, "ToolCall", "mcp.ToolCall"),
         (
             SectionKind::ResourceRead,
@@ -302,6 +307,7 @@ impl SectionKind {
         (SectionKind::Initialize, "Initialize", "mcp.Initialize"),
         (SectionKind::Paginated, "Paginated", "mcp.Paginated"),
         (SectionKind::SetLogLevel, "SetLogLevel", "mcp.SetLogLevel"),
+        (SectionKind::Elicitation, "Elicitation", "mcp.Elicitation"),
     ];
 }
 
@@ -422,11 +428,19 @@ impl Message {
         let name = match method.as_str() {
             "tools/call" | "prompts/get" => {
                 let name = required_string(&mut params, "name", &method)?;
-                let arguments = object_or_empty(&mut params, "arguments", &method)?;
                 let kind = if method == "tools/call" {
                     SectionKind::ToolCall
                 } else {
                     SectionKind::PromptGet
+                };
+                let arguments = if kind == SectionKind::ToolCall {
+                    // Any JSON is taken there; only an object holds arguments.
+                    match params.remove("arguments") {
+                        Some(Json::Object(m)) => m,
+                        _ => serde_json::Map::new(),
+                    }
+                } else {
+                    object_or_empty(&mut params, "arguments", &method)?
                 };
                 section = Some((
                     kind,
@@ -439,9 +453,13 @@ impl Message {
             }
             "resources/read" => {
                 let uri = required_string(&mut params, "uri", "resources/read")?;
+                let arguments = object_or_empty(&mut params, "arguments", "resources/read")?;
                 section = Some((
                     SectionKind::ResourceRead,
-                    vec![("URI", Json::String(uri.clone()))],
+                    vec![
+                        ("URI", Json::String(uri.clone())),
+                        ("Arguments", Json::Object(arguments)),
+                    ],
                 ));
                 uri
             }
@@ -475,6 +493,25 @@ impl Message {
                 section = Some((
                     SectionKind::SetLogLevel,
                     vec![("Level", Json::String(level))],
+                ));
+                String::new()
+            }
+            "elicitation/create" => {
+                const M: &str = "elicitation/create";
+                let mode = optional_string(&mut params, "mode", M)?;
+                let message = optional_string(&mut params, "message", M)?;
+                let schema = object_or_empty(&mut params, "requestedSchema", M)?;
+                let url = optional_string(&mut params, "url", M)?;
+                let elicitation_id = optional_string(&mut params, "elicitationId", M)?;
+                section = Some((
+                    SectionKind::Elicitation,
+                    vec![
+                        ("Mode", Json::String(mode)),
+                        ("Message", Json::String(message)),
+                        ("RequestedSchema", Json::Object(schema)),
+                        ("URL", Json::String(url)),
+                        ("ElicitationID", Json::String(elicitation_id)),
+                    ],
                 ));
                 String::new()
             }
@@ -651,8 +688,20 @@ mod tests {
                 "params.name is required",
             ),
             (
-                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":[1]}}"#,
+                r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"x","arguments":[1]}}"#,
                 "params.arguments must be an object",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"u","arguments":"a"}}"#,
+                "params.arguments must be an object",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"elicitation/create","params":{"message":1}}"#,
+                "params.message must be a string",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"elicitation/create","params":{"message":"m","requestedSchema":"s"}}"#,
+                "params.requestedSchema must be an object",
             ),
             (
                 r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":3}}"#,
@@ -713,6 +762,40 @@ mod tests {
             assert!(!e.contains("SECRET"), "quotes the body: {e}");
             assert!(e.len() < 300, "{} bytes: {e}", e.len());
         }
+    }
+
+    #[test]
+    fn tool_call_arguments_that_are_not_an_object_are_none() {
+        for args in ["[1]", "\"a\"", "7", "true", "null"] {
+            let body = format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"x","arguments":{args}}}}}"#
+            );
+            let m = parse(&body).expect(&body);
+            let (kind, fields) = m.section.expect("a section");
+            assert_eq!(kind, SectionKind::ToolCall);
+            assert_eq!(fields[1], ("Arguments", serde_json::json!({})), "{body}");
+        }
+    }
+
+    #[test]
+    fn elicitation_and_resource_arguments() {
+        let m = parse(
+            r#"{"jsonrpc":"2.0","id":1,"method":"elicitation/create","params":{"message":"Your name?","requestedSchema":{"type":"object"}}}"#,
+        )
+        .unwrap();
+        let (kind, fields) = m.section.unwrap();
+        assert_eq!(kind, SectionKind::Elicitation);
+        assert_eq!(
+            Json::Object(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()),
+            serde_json::json!({"Mode": "", "Message": "Your name?",
+                "RequestedSchema": {"type": "object"}, "URL": "", "ElicitationID": ""})
+        );
+        let m = parse(
+            r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"u","arguments":{"a":1}}}"#,
+        )
+        .unwrap();
+        let (_, fields) = m.section.unwrap();
+        assert_eq!(fields[1], ("Arguments", serde_json::json!({"a": 1})));
     }
 
     #[test]

@@ -67,6 +67,10 @@ const JWKS_URL: &str = "https://issuer.example.com/.well-known/jwks.json";
 /// A `tools/call` whose arguments hold one value of each kind the argument
 /// getters read.
 const PROMPTS_GET: &str = r#"{"jsonrpc":"2.0","id":2,"method":"prompts/get","params":{"name":"p","arguments":{"s":"x"}}}"#;
+/// A `resources/read` with arguments, and an `elicitation/create`.
+const RESOURCES_READ: &str = r#"{"jsonrpc":"2.0","id":3,"method":"resources/read","params":{"uri":"u","arguments":{"i":"7"}}}"#;
+const ELICITATION: &str =
+    r#"{"jsonrpc":"2.0","id":4,"method":"elicitation/create","params":{"message":"m"}}"#;
 
 fn setup() {
     static DONE: OnceLock<()> = OnceLock::new();
@@ -304,6 +308,8 @@ fn sample(t: &Ty) -> String {
             "mcp.MCPRequest" => format!("mcp.Parse('{TOOLS_CALL}')"),
             "mcp.ToolCall" => format!("mcp.Parse('{TOOLS_CALL}').ToolCall"),
             "mcp.PromptGet" => format!("mcp.Parse('{PROMPTS_GET}').PromptGet"),
+            "mcp.ResourceRead" => format!("mcp.Parse('{RESOURCES_READ}').ResourceRead"),
+            "mcp.Elicitation" => format!("mcp.Parse('{ELICITATION}').Elicitation"),
             "net.IP" => "ip('10.1.2.3')".into(),
             "net.CIDR" => "cidr('10.0.0.0/8')".into(),
             "kubernetes.URL" => "url('https://example.com:8443/a?x=1')".into(),

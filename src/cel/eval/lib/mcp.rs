@@ -20,12 +20,20 @@
 //!
 //! **Result.** An `mcp.MCPRequest` object with `Method`, `ID`, `Kind`,
 //! `Name` and one section per method (`ToolCall`, `ResourceRead`,
-//! `PromptGet`, `Initialize`, `Paginated`, `SetLogLevel`), each an object
-//! of its own type. A section the message does not have is an object of
-//! type `null_type` that has no fields: `has(req.ToolCall.Name)` is false,
-//! `req.ToolCall.?Name` is empty, `req.ToolCall.Name` is an error.
+//! `PromptGet`, `Initialize`, `Paginated`, `SetLogLevel`, `Elicitation`),
+//! each an object of its own type. A section the message does not have is
+//! an object of type `null_type` that has no fields: `has(req.ToolCall.Name)`
+//! is false, `req.ToolCall.?Name` is empty, `req.ToolCall.Name` is an error.
 //! JSON numbers in arguments are `int` when integral, `uint` beyond `int`,
 //! else `double`.
+//!
+//! **Argument getters convert** as Kyverno's (and mcp-go's) do, so that a
+//! policy reads the value an MCP server reads: `"500"` is the int `500`,
+//! `42.7` the int `42` (truncated toward zero), `"true"` and non-zero
+//! numbers are `true`; a slice getter drops the elements it cannot convert.
+//! Where Go's conversion would turn a huge number into a small one, the
+//! getters saturate instead (`1e30` is the largest `int`), and a NaN is an
+//! evaluation error rather than a value every comparison is false against.
 
 use crate::cel::eval::lib::envoy::{legacy_json, Refused};
 use crate::cel::eval::value::{from_json, to_json, Bin};
@@ -100,11 +108,17 @@ impl Request {
         }
     }
 
-    /// The arguments the getters read: `tools/call`'s, else `prompts/get`'s.
+    /// The arguments the getters read: a tool call's, else a resource
+    /// read's, else a prompt's (a message has at most one of them).
     fn arguments(&self) -> Option<&Value<'static>> {
         self.section
             .as_ref()
-            .filter(|s| matches!(s.kind, SectionKind::ToolCall | SectionKind::PromptGet))
+            .filter(|s| {
+                matches!(
+                    s.kind,
+                    SectionKind::ToolCall | SectionKind::ResourceRead | SectionKind::PromptGet
+                )
+            })
             .and_then(|s| s.get("Arguments"))
     }
 
@@ -409,14 +423,22 @@ fn arguments<'a>(receiver: &'a Value<'_>) -> Result<Option<&'a Map<'static>>, ()
     })
 }
 
+/// How a getter reads one value: `Ok(Some(v))` converted, `Ok(None)` not
+/// convertible (the default for a scalar getter, dropped from a list),
+/// `Err` refused (a NaN: see [`Reading`]).
+type Convert =
+    fn(&mut Ctx<'_>, &'static str, &Value<'static>) -> Result<Option<Value<'static>>, Error>;
+
 /// `receiver.Get…Argument(key, default)`: the argument converted by
-/// `convert` (each element of a list for a slice getter, charged one unit
-/// per element), or `default` when it is missing or of another type.
+/// `convert`, or `default` when it is missing or not convertible. A slice
+/// getter takes a list only (anything else gives the default) and converts
+/// each element, dropping those that are not convertible (charged one unit
+/// per element, plus the bytes of the strings it reads).
 fn getter<'r>(
     ctx: &mut Ctx<'r>,
-    name: &str,
+    name: &'static str,
     args: &[Value<'r>],
-    convert: fn(&Value<'static>) -> Option<Value<'static>>,
+    convert: Convert,
     slice: bool,
 ) -> Result<Value<'r>, Error> {
     let [receiver, Value::String(key), default] = args else {
@@ -428,58 +450,337 @@ fn getter<'r>(
     };
     let found = if slice {
         match &v {
-            // Any other element makes the whole argument "of another
-            // type" (the default), never a shorter list.
             Value::List(l) => {
                 ctx.charge(l.len() as u64)?;
-                l.iter()
-                    .map(convert)
-                    .collect::<Option<Vec<_>>>()
-                    .map(Value::list)
+                let mut out = Vec::with_capacity(l.len());
+                for e in l.iter() {
+                    if let Some(c) = convert(ctx, name, e)? {
+                        out.push(c);
+                    }
+                }
+                Some(Value::list(out))
             }
             _ => None,
         }
     } else {
-        convert(&v)
+        convert(ctx, name, &v)?
     };
     Ok(found.unwrap_or_else(|| default.clone()))
 }
 
-fn as_int(v: &Value<'_>) -> Option<i64> {
-    match v {
-        Value::Int(i) => Some(*i),
-        Value::Uint(u) => i64::try_from(*u).ok(),
-        // JSON has one number type: 3.0 is the integer 3.
-        Value::Double(d) => {
-            (d.fract() == 0.0 && *d >= i64::MIN as f64 && *d < i64::MAX as f64).then_some(*d as i64)
+/// What a numeric string says: an integer that fits `int` exactly, else a
+/// double (a fraction, an exponent, an integer beyond `int`, an infinity or
+/// NaN).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Reading {
+    Int(i64),
+    Float(f64),
+}
+
+/// Reads `s` as a number, or `None` when it is not one. Accepted, after
+/// ASCII whitespace is trimmed and an optional sign: a decimal integer or
+/// decimal number (`42`, `4.2`, `.5`, `5.`, `1e30`), `0x` / `0o` / `0b`
+/// integers, hexadecimal numbers with a binary exponent (`0x1.8p3`),
+/// `inf` / `infinity` / `nan` in any case, and `_` between two digits.
+/// This takes every string Go's `strconv.Atoi` and `strconv.ParseFloat`
+/// take (what Kyverno and mcp-go servers convert) and the other common
+/// spellings lenient servers read as numbers, so a policy reads the number
+/// a server would.
+fn read_number(s: &str) -> Option<Reading> {
+    let t = s.trim_matches(|c: char| c.is_ascii_whitespace());
+    let owned;
+    let t = if t.contains('_') {
+        let b = t.as_bytes();
+        let ok = b.iter().enumerate().all(|(i, &c)| {
+            c != b'_'
+                || (i > 0
+                    && i + 1 < b.len()
+                    && b[i - 1].is_ascii_alphanumeric()
+                    && b[i + 1].is_ascii_alphanumeric())
+        });
+        if !ok {
+            return None;
+        }
+        owned = t.replace('_', "");
+        owned.as_str()
+    } else {
+        t
+    };
+    let (negative, body) = match t.as_bytes().first()? {
+        b'-' => (true, &t[1..]),
+        b'+' => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let sign = |f: f64| if negative { -f } else { f };
+    if body.eq_ignore_ascii_case("inf") || body.eq_ignore_ascii_case("infinity") {
+        return Some(Reading::Float(sign(f64::INFINITY)));
+    }
+    if body.eq_ignore_ascii_case("nan") {
+        return Some(Reading::Float(f64::NAN));
+    }
+    let b = body.as_bytes();
+    if b.len() > 2 && b[0] == b'0' {
+        let radix = match b[1] {
+            b'x' | b'X' => 16,
+            b'o' | b'O' => 8,
+            b'b' | b'B' => 2,
+            _ => 0,
+        };
+        if radix == 16 && body[2..].contains(['.', 'p', 'P']) {
+            return hex_float(&body[2..]).map(|f| Reading::Float(sign(f)));
+        }
+        if radix != 0 {
+            return radix_integer(&body[2..], radix, negative);
+        }
+    }
+    decimal(body, negative)
+}
+
+/// An integer's magnitude in `radix`, as a [`Reading`] with its sign.
+fn radix_integer(digits: &str, radix: u32, negative: bool) -> Option<Reading> {
+    if digits.is_empty() {
+        return None;
+    }
+    let mut exact: Option<u128> = Some(0);
+    let mut approx = 0f64;
+    for c in digits.chars() {
+        let d = c.to_digit(radix)?;
+        exact = exact
+            .and_then(|v| v.checked_mul(u128::from(radix)))
+            .and_then(|v| v.checked_add(u128::from(d)));
+        approx = approx * f64::from(radix) + f64::from(d);
+    }
+    let signed = exact
+        .and_then(|m| i128::try_from(m).ok())
+        .map(|m| if negative { -m } else { m });
+    Some(match signed.and_then(|v| i64::try_from(v).ok()) {
+        Some(i) => Reading::Int(i),
+        None => Reading::Float(if negative { -approx } else { approx }),
+    })
+}
+
+/// A decimal integer or number (no sign: `negative` is it).
+fn decimal(body: &str, negative: bool) -> Option<Reading> {
+    let b = body.as_bytes();
+    let digits = |from: usize| b[from..].iter().take_while(|c| c.is_ascii_digit()).count();
+    let int_len = digits(0);
+    let mut i = int_len;
+    let mut frac_len = 0;
+    if b.get(i) == Some(&b'.') {
+        frac_len = digits(i + 1);
+        i += 1 + frac_len;
+    }
+    if int_len + frac_len == 0 {
+        return None;
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        let exp_len = digits(i);
+        if exp_len == 0 {
+            return None;
+        }
+        i += exp_len;
+    }
+    if i != b.len() {
+        return None;
+    }
+    let text = if negative {
+        format!("-{body}")
+    } else {
+        body.to_owned()
+    };
+    if i == int_len {
+        if let Ok(v) = text.parse::<i64>() {
+            return Some(Reading::Int(v));
+        }
+    }
+    text.parse::<f64>().ok().map(Reading::Float)
+}
+
+/// A hexadecimal mantissa with an optional `.` and `p` exponent (after
+/// `0x`), rounded to the nearest double.
+fn hex_float(s: &str) -> Option<f64> {
+    let (mantissa, exp) = match s.find(['p', 'P']) {
+        Some(at) => (&s[..at], Some(&s[at + 1..])),
+        None => (s, None),
+    };
+    let (int_part, frac_part) = match mantissa.split_once('.') {
+        Some((a, b)) => (a, b),
+        None => (mantissa, ""),
+    };
+    if int_part.len() + frac_part.len() == 0 {
+        return None;
+    }
+    // Up to 15 significant hex digits (60 bits) are kept exactly; any
+    // further non-zero digit sets a sticky low bit, which rounds as the
+    // exact value would (the bits kept are more than a double holds).
+    let mut m: u64 = 0;
+    let mut kept = 0u32;
+    let mut scale: i64 = 0;
+    let mut sticky = false;
+    for (c, fractional) in int_part
+        .chars()
+        .map(|c| (c, false))
+        .chain(frac_part.chars().map(|c| (c, true)))
+    {
+        let d = c.to_digit(16)?;
+        if m == 0 && d == 0 {
+            if fractional {
+                scale -= 4;
+            }
+            continue;
+        }
+        if kept < 15 {
+            m = m << 4 | u64::from(d);
+            kept += 1;
+            if fractional {
+                scale -= 4;
+            }
+        } else {
+            sticky |= d != 0;
+            if !fractional {
+                scale += 4;
+            }
+        }
+    }
+    if sticky {
+        m |= 1;
+    }
+    let e: i64 = match exp {
+        None => 0,
+        Some(e) => {
+            let (neg, digits) = match e.as_bytes().first()? {
+                b'-' => (true, &e[1..]),
+                b'+' => (false, &e[1..]),
+                _ => (false, e),
+            };
+            if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
+                return None;
+            }
+            // Saturated: any exponent past ±100000 is 0 or infinity alike.
+            let v = digits.parse::<i64>().unwrap_or(i64::MAX).min(100_000);
+            if neg {
+                -v
+            } else {
+                v
+            }
+        }
+    };
+    let mut exp2 = (e + scale).clamp(-200_000, 200_000);
+    let mut x = m as f64;
+    while exp2 > 1000 && x.is_finite() && x != 0.0 {
+        x *= 2f64.powi(1000);
+        exp2 -= 1000;
+    }
+    while exp2 < -1000 && x != 0.0 {
+        x *= 2f64.powi(-1000);
+        exp2 += 1000;
+    }
+    Some(x * 2f64.powi(exp2 as i32))
+}
+
+/// A double as an `int`: truncated toward zero, saturated at the ends of
+/// the range (so `1e30` is the largest `int`, never a small or negative
+/// number).
+fn saturating_int(d: f64) -> i64 {
+    // `as` truncates toward zero and saturates; NaN is refused before.
+    d as i64
+}
+
+fn nan_refused(name: &'static str) -> Error {
+    Error::function(
+        name,
+        "the argument is NaN, which no limit can be checked against",
+    )
+}
+
+fn string_of(
+    _: &mut Ctx<'_>,
+    _: &'static str,
+    v: &Value<'static>,
+) -> Result<Option<Value<'static>>, Error> {
+    Ok(matches!(v, Value::String(_)).then(|| v.clone()))
+}
+
+/// A JSON number or a numeric string, as a [`Reading`]; `None` for
+/// anything else.
+fn reading_of(ctx: &mut Ctx<'_>, v: &Value<'_>) -> Result<Option<Reading>, Error> {
+    Ok(match v {
+        Value::Int(i) => Some(Reading::Int(*i)),
+        Value::Uint(u) => Some(match i64::try_from(*u) {
+            Ok(i) => Reading::Int(i),
+            Err(_) => Reading::Float(*u as f64),
+        }),
+        Value::Double(d) => Some(Reading::Float(*d)),
+        Value::String(s) => {
+            ctx.charge_bytes(s.len())?;
+            read_number(s)
         }
         _ => None,
+    })
+}
+
+fn int_of(
+    ctx: &mut Ctx<'_>,
+    name: &'static str,
+    v: &Value<'static>,
+) -> Result<Option<Value<'static>>, Error> {
+    match reading_of(ctx, v)? {
+        Some(Reading::Int(i)) => Ok(Some(Value::Int(i))),
+        Some(Reading::Float(d)) if d.is_nan() => Err(nan_refused(name)),
+        Some(Reading::Float(d)) => Ok(Some(Value::Int(saturating_int(d)))),
+        None => Ok(None),
     }
 }
 
-fn as_float(v: &Value<'_>) -> Option<f64> {
-    match v {
-        Value::Double(d) => Some(*d),
-        Value::Int(i) => Some(*i as f64),
-        Value::Uint(u) => Some(*u as f64),
+fn float_of(
+    ctx: &mut Ctx<'_>,
+    name: &'static str,
+    v: &Value<'static>,
+) -> Result<Option<Value<'static>>, Error> {
+    match reading_of(ctx, v)? {
+        Some(Reading::Int(i)) => Ok(Some(Value::Double(i as f64))),
+        Some(Reading::Float(d)) if d.is_nan() => Err(nan_refused(name)),
+        Some(Reading::Float(d)) => Ok(Some(Value::Double(d))),
+        None => Ok(None),
+    }
+}
+
+/// The words read as booleans, whatever their case (after trimming ASCII
+/// whitespace): Go's `strconv.ParseBool` set and the `yes`/`no`, `y`/`n`,
+/// `on`/`off` that lenient servers also take.
+fn bool_word(s: &str) -> Option<bool> {
+    let t = s.trim_matches(|c: char| c.is_ascii_whitespace());
+    const TRUE: [&str; 6] = ["true", "t", "1", "yes", "y", "on"];
+    const FALSE: [&str; 6] = ["false", "f", "0", "no", "n", "off"];
+    if TRUE.iter().any(|w| t.eq_ignore_ascii_case(w)) {
+        Some(true)
+    } else if FALSE.iter().any(|w| t.eq_ignore_ascii_case(w)) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+fn bool_of(
+    ctx: &mut Ctx<'_>,
+    _: &'static str,
+    v: &Value<'static>,
+) -> Result<Option<Value<'static>>, Error> {
+    Ok(match v {
+        Value::Bool(b) => Some(Value::Bool(*b)),
+        Value::Int(i) => Some(Value::Bool(*i != 0)),
+        Value::Uint(u) => Some(Value::Bool(*u != 0)),
+        Value::Double(d) => Some(Value::Bool(*d != 0.0)),
+        Value::String(s) => {
+            ctx.charge_bytes(s.len())?;
+            bool_word(s).map(Value::Bool)
+        }
         _ => None,
-    }
-}
-
-fn string_of(v: &Value<'static>) -> Option<Value<'static>> {
-    matches!(v, Value::String(_)).then(|| v.clone())
-}
-
-fn int_of(v: &Value<'static>) -> Option<Value<'static>> {
-    as_int(v).map(Value::Int)
-}
-
-fn float_of(v: &Value<'static>) -> Option<Value<'static>> {
-    as_float(v).map(Value::Double)
-}
-
-fn bool_of(v: &Value<'static>) -> Option<Value<'static>> {
-    matches!(v, Value::Bool(_)).then(|| v.clone())
+    })
 }
 
 fn get_string<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
@@ -530,34 +831,42 @@ mcp.ErrorBody(dyn, int, string) -> string
 (mcp.MCPRequest).ErrorBody(int, string) -> string
 (mcp.MCPRequest).GetStringArgument(string, string) -> string
 (mcp.ToolCall).GetStringArgument(string, string) -> string
+(mcp.ResourceRead).GetStringArgument(string, string) -> string
 (mcp.PromptGet).GetStringArgument(string, string) -> string
 (null).GetStringArgument(string, string) -> string
 (mcp.MCPRequest).GetIntArgument(string, int) -> int
 (mcp.ToolCall).GetIntArgument(string, int) -> int
+(mcp.ResourceRead).GetIntArgument(string, int) -> int
 (mcp.PromptGet).GetIntArgument(string, int) -> int
 (null).GetIntArgument(string, int) -> int
 (mcp.MCPRequest).GetFloatArgument(string, double) -> double
 (mcp.ToolCall).GetFloatArgument(string, double) -> double
+(mcp.ResourceRead).GetFloatArgument(string, double) -> double
 (mcp.PromptGet).GetFloatArgument(string, double) -> double
 (null).GetFloatArgument(string, double) -> double
 (mcp.MCPRequest).GetBoolArgument(string, bool) -> bool
 (mcp.ToolCall).GetBoolArgument(string, bool) -> bool
+(mcp.ResourceRead).GetBoolArgument(string, bool) -> bool
 (mcp.PromptGet).GetBoolArgument(string, bool) -> bool
 (null).GetBoolArgument(string, bool) -> bool
 (mcp.MCPRequest).GetStringSliceArgument(string, list(string)) -> list(string)
 (mcp.ToolCall).GetStringSliceArgument(string, list(string)) -> list(string)
+(mcp.ResourceRead).GetStringSliceArgument(string, list(string)) -> list(string)
 (mcp.PromptGet).GetStringSliceArgument(string, list(string)) -> list(string)
 (null).GetStringSliceArgument(string, list(string)) -> list(string)
 (mcp.MCPRequest).GetIntSliceArgument(string, list(int)) -> list(int)
 (mcp.ToolCall).GetIntSliceArgument(string, list(int)) -> list(int)
+(mcp.ResourceRead).GetIntSliceArgument(string, list(int)) -> list(int)
 (mcp.PromptGet).GetIntSliceArgument(string, list(int)) -> list(int)
 (null).GetIntSliceArgument(string, list(int)) -> list(int)
 (mcp.MCPRequest).GetFloatSliceArgument(string, list(double)) -> list(double)
 (mcp.ToolCall).GetFloatSliceArgument(string, list(double)) -> list(double)
+(mcp.ResourceRead).GetFloatSliceArgument(string, list(double)) -> list(double)
 (mcp.PromptGet).GetFloatSliceArgument(string, list(double)) -> list(double)
 (null).GetFloatSliceArgument(string, list(double)) -> list(double)
 (mcp.MCPRequest).GetBoolSliceArgument(string, list(bool)) -> list(bool)
 (mcp.ToolCall).GetBoolSliceArgument(string, list(bool)) -> list(bool)
+(mcp.ResourceRead).GetBoolSliceArgument(string, list(bool)) -> list(bool)
 (mcp.PromptGet).GetBoolSliceArgument(string, list(bool)) -> list(bool)
 (null).GetBoolSliceArgument(string, list(bool)) -> list(bool)
 ";
@@ -578,6 +887,7 @@ pub const OBJECTS: &[crate::cel::check::decls::ObjectDecl] = {
             ("Initialize", "dyn", BodyJson),
             ("Paginated", "dyn", BodyJson),
             ("SetLogLevel", "dyn", BodyJson),
+            ("Elicitation", "dyn", BodyJson),
         ],
     )]
 };
@@ -618,21 +928,23 @@ mod tests {
         r#"{"jsonrpc":"2.0","id":"s-1","result":{"action":"accept"}}"#,
         r#"{"jsonrpc":"2.0","id":null,"error":{"code":-1,"message":"x"}}"#,
         r#"{"jsonrpc":"2.0","id":9,"method":"ping"}"#,
+        r#"{"jsonrpc":"2.0","id":10,"method":"elicitation/create","params":{"mode":"form","message":"Your name?","requestedSchema":{"type":"object","properties":{"name":{"type":"string"}}}}}"#,
     ];
 
     /// Each of [`BODIES`] parsed, as JSON.
     const PARSED: &[&str] = &[
-        r#"{"ID":7,"Initialize":null,"Kind":"request","Method":"tools/call","Name":"git_push","Paginated":null,"PromptGet":null,"ResourceRead":null,"SetLogLevel":null,"ToolCall":{"Arguments":{"big":18446744073709551615,"f":2.0,"n":3,"ns":[1,2.5],"on":true,"repo":"a/b","tags":["x","y"]},"Name":"git_push"}}"#,
-        r#"{"ID":"p","Initialize":null,"Kind":"request","Method":"prompts/get","Name":"greet","Paginated":null,"PromptGet":{"Arguments":{"n":"3","who":"bob"},"Name":"greet"},"ResourceRead":null,"SetLogLevel":null,"ToolCall":null}"#,
-        r#"{"ID":1,"Initialize":null,"Kind":"request","Method":"resources/read","Name":"file:///a","Paginated":null,"PromptGet":null,"ResourceRead":{"URI":"file:///a"},"SetLogLevel":null,"ToolCall":null}"#,
-        r#"{"ID":2,"Initialize":null,"Kind":"request","Method":"resources/subscribe","Name":"file:///b","Paginated":null,"PromptGet":null,"ResourceRead":null,"SetLogLevel":null,"ToolCall":null}"#,
-        r#"{"ID":3,"Initialize":{"Capabilities":{"roots":{}},"ClientInfo":{"name":"c","version":"1"},"ProtocolVersion":"2025-06-18"},"Kind":"request","Method":"initialize","Name":"","Paginated":null,"PromptGet":null,"ResourceRead":null,"SetLogLevel":null,"ToolCall":null}"#,
-        r#"{"ID":4,"Initialize":null,"Kind":"request","Method":"tools/list","Name":"","Paginated":{"Cursor":"c1"},"PromptGet":null,"ResourceRead":null,"SetLogLevel":null,"ToolCall":null}"#,
-        r#"{"ID":5,"Initialize":null,"Kind":"request","Method":"logging/setLevel","Name":"","Paginated":null,"PromptGet":null,"ResourceRead":null,"SetLogLevel":{"Level":"debug"},"ToolCall":null}"#,
-        r#"{"ID":null,"Initialize":null,"Kind":"notification","Method":"notifications/initialized","Name":"","Paginated":null,"PromptGet":null,"ResourceRead":null,"SetLogLevel":null,"ToolCall":null}"#,
-        r#"{"ID":"s-1","Initialize":null,"Kind":"response","Method":"","Name":"","Paginated":null,"PromptGet":null,"ResourceRead":null,"SetLogLevel":null,"ToolCall":null}"#,
-        r#"{"ID":null,"Initialize":null,"Kind":"response","Method":"","Name":"","Paginated":null,"PromptGet":null,"ResourceRead":null,"SetLogLevel":null,"ToolCall":null}"#,
-        r#"{"ID":9,"Initialize":null,"Kind":"request","Method":"ping","Name":"","Paginated":null,"PromptGet":null,"ResourceRead":null,"SetLogLevel":null,"ToolCall":null}"#,
+        r#"{"Elicitation":null,"ID":7,"Initialize":null,"Kind":"request","Method":"tools/call","Name":"git_push","Paginated":null,"PromptGet":null,"ResourceRead":null,"SetLogLevel":null,"ToolCall":{"Arguments":{"big":18446744073709551615,"f":2.0,"n":3,"ns":[1,2.5],"on":true,"repo":"a/b","tags":["x","y"]},"Name":"git_push"}}"#,
+        r#"{"Elicitation":null,"ID":"p","Initialize":null,"Kind":"request","Method":"prompts/get","Name":"greet","Paginated":null,"PromptGet":{"Arguments":{"n":"3","who":"bob"},"Name":"greet"},"ResourceRead":null,"SetLogLevel":null,"ToolCall":null}"#,
+        r#"{"Elicitation":null,"ID":1,"Initialize":null,"Kind":"request","Method":"resources/read","Name":"file:///a","Paginated":null,"PromptGet":null,"ResourceRead":{"Arguments":{},"URI":"file:///a"},"SetLogLevel":null,"ToolCall":null}"#,
+        r#"{"Elicitation":null,"ID":2,"Initialize":null,"Kind":"request","Method":"resources/subscribe","Name":"file:///b","Paginated":null,"PromptGet":null,"ResourceRead":null,"SetLogLevel":null,"ToolCall":null}"#,
+        r#"{"Elicitation":null,"ID":3,"Initialize":{"Capabilities":{"roots":{}},"ClientInfo":{"name":"c","version":"1"},"ProtocolVersion":"2025-06-18"},"Kind":"request","Method":"initialize","Name":"","Paginated":null,"PromptGet":null,"ResourceRead":null,"SetLogLevel":null,"ToolCall":null}"#,
+        r#"{"Elicitation":null,"ID":4,"Initialize":null,"Kind":"request","Method":"tools/list","Name":"","Paginated":{"Cursor":"c1"},"PromptGet":null,"ResourceRead":null,"SetLogLevel":null,"ToolCall":null}"#,
+        r#"{"Elicitation":null,"ID":5,"Initialize":null,"Kind":"request","Method":"logging/setLevel","Name":"","Paginated":null,"PromptGet":null,"ResourceRead":null,"SetLogLevel":{"Level":"debug"},"ToolCall":null}"#,
+        r#"{"Elicitation":null,"ID":null,"Initialize":null,"Kind":"notification","Method":"notifications/initialized","Name":"","Paginated":null,"PromptGet":null,"ResourceRead":null,"SetLogLevel":null,"ToolCall":null}"#,
+        r#"{"Elicitation":null,"ID":"s-1","Initialize":null,"Kind":"response","Method":"","Name":"","Paginated":null,"PromptGet":null,"ResourceRead":null,"SetLogLevel":null,"ToolCall":null}"#,
+        r#"{"Elicitation":null,"ID":null,"Initialize":null,"Kind":"response","Method":"","Name":"","Paginated":null,"PromptGet":null,"ResourceRead":null,"SetLogLevel":null,"ToolCall":null}"#,
+        r#"{"Elicitation":null,"ID":9,"Initialize":null,"Kind":"request","Method":"ping","Name":"","Paginated":null,"PromptGet":null,"ResourceRead":null,"SetLogLevel":null,"ToolCall":null}"#,
+        r#"{"Elicitation":{"ElicitationID":"","Message":"Your name?","Mode":"form","RequestedSchema":{"properties":{"name":{"type":"string"}},"type":"object"},"URL":""},"ID":10,"Initialize":null,"Kind":"request","Method":"elicitation/create","Name":"","Paginated":null,"PromptGet":null,"ResourceRead":null,"SetLogLevel":null,"ToolCall":null}"#,
     ];
 
     /// The type of a field whose value is `j` in [`PARSED`]: a section is
@@ -657,6 +969,7 @@ mod tests {
         "Initialize",
         "Paginated",
         "SetLogLevel",
+        "Elicitation",
     ];
 
     #[test]
@@ -900,22 +1213,22 @@ mod tests {
                 r#""d""#,
                 "3",
                 "2",
-                "-1",
+                "9223372036854775807",
                 "-1",
                 "3.0",
                 "1.8446744073709552e+19",
                 "2.0",
                 "true",
-                "false",
+                "true",
                 r#"["x","y"]"#,
                 "[]",
-                "[0]",
+                "[1,2]",
                 "[1.0,2.5]",
-                "[]",
+                "[true]",
                 r#""d""#,
             ],
             [
-                r#""d""#, r#""bob""#, r#""3""#, "-1", "-1", "-1", "-1", "0.5", "0.5", "0.5",
+                r#""d""#, r#""bob""#, r#""3""#, "3", "-1", "-1", "-1", "3.0", "0.5", "0.5",
                 "false", "false", "[]", "[]", "[0]", "[]", "[]", r#""d""#,
             ],
             [
@@ -1085,5 +1398,458 @@ mod tests {
         let e = parse_body_str(r#"{"jsonrpc":"2.0","id":null,"error":{"code":-1,"message":"x"}}"#)
             .unwrap();
         assert_eq!(e.kind(), MessageKind::Response);
+    }
+
+    #[test]
+    fn numeric_strings() {
+        use Reading::{Float, Int};
+        let cases: &[(&str, Option<Reading>)] = &[
+            ("42", Some(Int(42))),
+            ("+42", Some(Int(42))),
+            ("-42", Some(Int(-42))),
+            ("007", Some(Int(7))),
+            (" 500\n", Some(Int(500))),
+            ("1_000", Some(Int(1000))),
+            ("9223372036854775807", Some(Int(i64::MAX))),
+            ("-9223372036854775808", Some(Int(i64::MIN))),
+            ("9223372036854775808", Some(Float(9.223_372_036_854_776e18))),
+            ("42.7", Some(Float(42.7))),
+            (".5", Some(Float(0.5))),
+            ("5.", Some(Float(5.0))),
+            ("1e30", Some(Float(1e30))),
+            ("-1E-3", Some(Float(-0.001))),
+            ("1e400", Some(Float(f64::INFINITY))),
+            ("-Infinity", Some(Float(f64::NEG_INFINITY))),
+            ("inf", Some(Float(f64::INFINITY))),
+            ("0x1F4", Some(Int(500))),
+            ("-0x10", Some(Int(-16))),
+            ("0o17", Some(Int(15))),
+            ("0b101", Some(Int(5))),
+            ("0x_ff", Some(Int(255))),
+            ("0xffffffffffffffffffff", Some(Float(1.2089258196146292e24))),
+            ("0x1p-2", Some(Float(0.25))),
+            ("0x1.8p1", Some(Float(3.0))),
+            ("0x.8", Some(Float(0.5))),
+            ("0x1p100000000", Some(Float(f64::INFINITY))),
+            ("0x1.fffffffffffff8p0", Some(Float(2.0))),
+            ("", None),
+            ("  ", None),
+            ("abc", None),
+            ("12abc", None),
+            ("1__0", None),
+            ("_1", None),
+            ("1_", None),
+            ("1e", None),
+            ("1e+", None),
+            (".", None),
+            ("-", None),
+            ("0x", None),
+            ("0xg", None),
+            ("0b2", None),
+            ("0x1p", None),
+            ("--1", None),
+            ("1.2.3", None),
+            ("１２", None),
+        ];
+        for (s, want) in cases {
+            assert_eq!(read_number(s), *want, "{s:?}");
+        }
+        assert!(matches!(read_number("NaN"), Some(Float(f)) if f.is_nan()));
+        assert!(matches!(read_number("-nan"), Some(Float(f)) if f.is_nan()));
+    }
+
+    /// `receiver.name(key, default)` on the arguments `args` of a
+    /// tools/call.
+    fn get(name: &str, args: &str, key: &str, default: Value<'static>) -> Result<Json, Error> {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{args}}}}}"#
+        );
+        let mut c = ctx();
+        let r = call(&mut c, "mcp.Parse", false, &[Value::string(body)]).unwrap();
+        call(&mut c, name, true, &[r, Value::str(key), default]).map(|v| json_of(&v))
+    }
+
+    #[test]
+    fn scalar_getters_convert() {
+        let int = |args: &str| get("GetIntArgument", args, "x", Value::Int(-1)).unwrap();
+        let float = |args: &str| get("GetFloatArgument", args, "x", Value::Double(-1.0)).unwrap();
+        let boolean = |args: &str| get("GetBoolArgument", args, "x", Value::Bool(false)).unwrap();
+        let string = |args: &str| get("GetStringArgument", args, "x", Value::str("d")).unwrap();
+        let cases: &[(&str, Json, Json, Json, Json)] = &[
+            // arguments, int, double, bool, string
+            (
+                r#"{"x":42}"#,
+                json!(42),
+                json!(42.0),
+                json!(true),
+                json!("d"),
+            ),
+            (
+                r#"{"x":"500"}"#,
+                json!(500),
+                json!(500.0),
+                json!(false),
+                json!("500"),
+            ),
+            (
+                r#"{"x":42.7}"#,
+                json!(42),
+                json!(42.7),
+                json!(true),
+                json!("d"),
+            ),
+            (
+                r#"{"x":-42.7}"#,
+                json!(-42),
+                json!(-42.7),
+                json!(true),
+                json!("d"),
+            ),
+            (
+                r#"{"x":"42.7"}"#,
+                json!(42),
+                json!(42.7),
+                json!(false),
+                json!("42.7"),
+            ),
+            (r#"{"x":0}"#, json!(0), json!(0.0), json!(false), json!("d")),
+            (
+                r#"{"x":0.0}"#,
+                json!(0),
+                json!(0.0),
+                json!(false),
+                json!("d"),
+            ),
+            (
+                r#"{"x":1e30}"#,
+                json!(i64::MAX),
+                json!(1e30),
+                json!(true),
+                json!("d"),
+            ),
+            (
+                r#"{"x":-1e30}"#,
+                json!(i64::MIN),
+                json!(-1e30),
+                json!(true),
+                json!("d"),
+            ),
+            (
+                r#"{"x":"1e30"}"#,
+                json!(i64::MAX),
+                json!(1e30),
+                json!(false),
+                json!("1e30"),
+            ),
+            (
+                r#"{"x":18446744073709551615}"#,
+                json!(i64::MAX),
+                json!(1.8446744073709552e19),
+                json!(true),
+                json!("d"),
+            ),
+            (
+                r#"{"x":"99999999999999999999"}"#,
+                json!(i64::MAX),
+                json!(1e20),
+                json!(false),
+                json!("99999999999999999999"),
+            ),
+            (
+                r#"{"x":"Infinity"}"#,
+                json!(i64::MAX),
+                json!(-1.0),
+                json!(false),
+                json!("Infinity"),
+            ),
+            (
+                r#"{"x":"-inf"}"#,
+                json!(i64::MIN),
+                json!(-1.0),
+                json!(false),
+                json!("-inf"),
+            ),
+            (
+                r#"{"x":"0x1F4"}"#,
+                json!(500),
+                json!(500.0),
+                json!(false),
+                json!("0x1F4"),
+            ),
+            (
+                r#"{"x":"true"}"#,
+                json!(-1),
+                json!(-1.0),
+                json!(true),
+                json!("true"),
+            ),
+            (
+                r#"{"x":"FALSE"}"#,
+                json!(-1),
+                json!(-1.0),
+                json!(false),
+                json!("FALSE"),
+            ),
+            (
+                r#"{"x":" yes "}"#,
+                json!(-1),
+                json!(-1.0),
+                json!(true),
+                json!(" yes "),
+            ),
+            (
+                r#"{"x":"1"}"#,
+                json!(1),
+                json!(1.0),
+                json!(true),
+                json!("1"),
+            ),
+            (
+                r#"{"x":"0"}"#,
+                json!(0),
+                json!(0.0),
+                json!(false),
+                json!("0"),
+            ),
+            (
+                r#"{"x":"2"}"#,
+                json!(2),
+                json!(2.0),
+                json!(false),
+                json!("2"),
+            ),
+            (
+                r#"{"x":"abc"}"#,
+                json!(-1),
+                json!(-1.0),
+                json!(false),
+                json!("abc"),
+            ),
+            (
+                r#"{"x":true}"#,
+                json!(-1),
+                json!(-1.0),
+                json!(true),
+                json!("d"),
+            ),
+            (
+                r#"{"x":null}"#,
+                json!(-1),
+                json!(-1.0),
+                json!(false),
+                json!("d"),
+            ),
+            (
+                r#"{"x":[1]}"#,
+                json!(-1),
+                json!(-1.0),
+                json!(false),
+                json!("d"),
+            ),
+            (
+                r#"{"x":{"a":1}}"#,
+                json!(-1),
+                json!(-1.0),
+                json!(false),
+                json!("d"),
+            ),
+            (
+                r#"{"y":1}"#,
+                json!(-1),
+                json!(-1.0),
+                json!(false),
+                json!("d"),
+            ),
+            // Not an object: no arguments.
+            ("[1]", json!(-1), json!(-1.0), json!(false), json!("d")),
+            (r#""x""#, json!(-1), json!(-1.0), json!(false), json!("d")),
+        ];
+        for (args, i, f, b, st) in cases {
+            assert_eq!(&int(args), i, "GetIntArgument {args}");
+            assert_eq!(&boolean(args), b, "GetBoolArgument {args}");
+            assert_eq!(&string(args), st, "GetStringArgument {args}");
+            if args.contains("nfinity") || args.contains("inf") {
+                // An infinite double has no JSON: checked below.
+                continue;
+            }
+            assert_eq!(&float(args), f, "GetFloatArgument {args}");
+        }
+    }
+
+    #[test]
+    fn infinities_read_as_infinite_doubles() {
+        let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"a":"Infinity","b":"-1e400","c":["inf"]}}}"#;
+        let mut c = ctx();
+        let r = call(&mut c, "mcp.Parse", false, &[Value::str(body)]).unwrap();
+        let f = |c: &mut Ctx<'static>, name: &str, key: &'static str, d: Value<'static>| {
+            call(c, name, true, &[r.clone(), Value::str(key), d]).unwrap()
+        };
+        assert!(
+            matches!(f(&mut c, "GetFloatArgument", "a", Value::Double(0.0)), Value::Double(d) if d == f64::INFINITY)
+        );
+        assert!(
+            matches!(f(&mut c, "GetFloatArgument", "b", Value::Double(0.0)), Value::Double(d) if d == f64::NEG_INFINITY)
+        );
+        let Value::List(l) = f(&mut c, "GetFloatSliceArgument", "c", Value::list(vec![])) else {
+            panic!("a list")
+        };
+        assert!(matches!(l[0], Value::Double(d) if d == f64::INFINITY));
+    }
+
+    #[test]
+    fn nan_is_an_error_for_every_numeric_getter() {
+        for (name, default) in [
+            ("GetIntArgument", Value::Int(0)),
+            ("GetFloatArgument", Value::Double(0.0)),
+            ("GetIntSliceArgument", Value::list(vec![])),
+            ("GetFloatSliceArgument", Value::list(vec![])),
+        ] {
+            let args = if name.contains("Slice") {
+                r#"{"x":[1,"NaN"]}"#
+            } else {
+                r#"{"x":"nan"}"#
+            };
+            let e = get(name, args, "x", default).unwrap_err();
+            assert_eq!(e.kind, crate::cel::ErrorKind::FunctionError, "{name}");
+            assert_eq!(e.function.as_deref(), Some(name));
+            assert!(e.message.contains("NaN"), "{}", e.message);
+        }
+        // Not a number for the others: the default, or dropped.
+        assert_eq!(
+            get("GetBoolArgument", r#"{"x":"NaN"}"#, "x", Value::Bool(true)).unwrap(),
+            json!(true)
+        );
+        assert_eq!(
+            get(
+                "GetBoolSliceArgument",
+                r#"{"x":["NaN",1]}"#,
+                "x",
+                Value::list(vec![])
+            )
+            .unwrap(),
+            json!([true])
+        );
+        assert_eq!(
+            get("GetStringArgument", r#"{"x":"NaN"}"#, "x", Value::str("")).unwrap(),
+            json!("NaN")
+        );
+    }
+
+    #[test]
+    fn slice_getters_convert_and_drop() {
+        let mixed = r#"{"x":["a","42",7,2.9,-2.9,true,false,"true","no",null,[1],{"k":1},"1e30",1e30,"0x10","",0]}"#;
+        let cases: &[(&str, Json)] = &[
+            (
+                "GetStringSliceArgument",
+                json!(["a", "42", "true", "no", "1e30", "0x10", ""]),
+            ),
+            (
+                "GetIntSliceArgument",
+                json!([42, 7, 2, -2, i64::MAX, i64::MAX, 16, 0]),
+            ),
+            (
+                "GetFloatSliceArgument",
+                json!([42.0, 7.0, 2.9, -2.9, 1e30, 1e30, 16.0, 0.0]),
+            ),
+            (
+                "GetBoolSliceArgument",
+                json!([true, true, true, true, false, true, false, true, false]),
+            ),
+        ];
+        for (name, want) in cases {
+            let got = get(name, mixed, "x", Value::list(vec![Value::Null])).unwrap();
+            assert_eq!(&got, want, "{name}");
+            // Nothing convertible: an empty list, not the default.
+            let got = get(name, r#"{"x":[null,{}]}"#, "x", Value::list(vec![])).unwrap();
+            assert_eq!(got, json!([]), "{name}");
+            // Not a list: the default.
+            for args in [r#"{"x":"42"}"#, r#"{"x":1}"#, r#"{}"#, "[[1]]"] {
+                let got = get(name, args, "x", Value::list(vec![Value::str("d")])).unwrap();
+                assert_eq!(got, json!(["d"]), "{name} {args}");
+            }
+        }
+    }
+
+    #[test]
+    fn getters_read_tool_resource_and_prompt_arguments() {
+        let bodies = [
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"n":"5"}}}"#,
+                "ToolCall",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"u","arguments":{"n":"5"}}}"#,
+                "ResourceRead",
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"p","arguments":{"n":"5"}}}"#,
+                "PromptGet",
+            ),
+        ];
+        for (body, section) in bodies {
+            let mut c = ctx();
+            let r = call(&mut c, "mcp.Parse", false, &[Value::str(body)]).unwrap();
+            let s = request(&r).unwrap().field(section).unwrap();
+            for receiver in [r.clone(), s] {
+                let got = call(
+                    &mut c,
+                    "GetIntArgument",
+                    true,
+                    &[receiver, Value::str("n"), Value::Int(0)],
+                )
+                .unwrap();
+                assert!(matches!(got, Value::Int(5)), "{section}");
+            }
+        }
+        // A resource read without arguments reads the defaults.
+        let v = crate::cel::eval::plan::eval_standalone(
+            r#"mcp.Parse('{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"u"}}').ResourceRead.GetIntArgument("n", 9)"#,
+        )
+        .unwrap();
+        assert!(matches!(v, Value::Int(9)));
+    }
+
+    #[test]
+    fn the_string_bypass_of_an_int_limit_is_read_as_the_number() {
+        // `limit <= 100` must see 500 however it is written.
+        for limit in [
+            r#""500""#,
+            "500",
+            "500.0",
+            r#""500.9""#,
+            r#"" 500 ""#,
+            r#""5e2""#,
+            r#""0x1F4""#,
+            "1e30",
+            r#""1e30""#,
+            "18446744073709551615",
+        ] {
+            let got = get(
+                "GetIntArgument",
+                &format!(r#"{{"limit":{limit}}}"#),
+                "limit",
+                Value::Int(10),
+            )
+            .unwrap();
+            assert!(got.as_i64().unwrap() >= 500, "{limit}: {got}");
+        }
+    }
+
+    #[test]
+    fn a_small_budget_stops_a_big_slice() {
+        let items = vec![format!("\"{}\"", "7".repeat(1000)); 900].join(",");
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{{"x":[{items}]}}}}}}"#
+        );
+        let r = call(&mut ctx(), "mcp.Parse", false, &[Value::string(body)]).unwrap();
+        let mut c = Ctx::new(None, Meter::new(10_000));
+        let e = call(
+            &mut c,
+            "GetIntSliceArgument",
+            true,
+            &[r, Value::str("x"), Value::list(vec![])],
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, crate::cel::ErrorKind::CostExceeded);
     }
 }
