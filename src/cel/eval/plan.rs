@@ -1373,3 +1373,60 @@ fn _assert_send_sync() {
     fn is<T: Send + Sync>() {}
     is::<Program>();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planned(text: &str) -> Result<Program, PlanError> {
+        let p = crate::cel::env().compile(text).unwrap();
+        compile(p.expression(), &|_| None)
+    }
+
+    #[test]
+    fn a_constant_message_literal_is_built_when_the_policy_loads() {
+        let p = planned(
+            "envoy.service.auth.v3.CheckResponse{status: google.rpc.Status{code: 7}, \
+             denied_response: envoy.service.auth.v3.DeniedHttpResponse{body: 'no'}}",
+        )
+        .unwrap();
+        let r = p.constant().expect("folded");
+        assert_eq!(r.type_name(), "envoy.service.auth.v3.CheckResponse");
+        // One that reads the request is built per request, around the
+        // constant parts.
+        let p = planned(
+            "envoy.service.auth.v3.CheckResponse{status: google.rpc.Status{code: 7}, \
+             denied_response: envoy.service.auth.v3.DeniedHttpResponse{body: object.attributes.request.http.path}}",
+        )
+        .unwrap();
+        assert!(p.constant().is_none());
+        let Node::Message(m) = &p.root else {
+            panic!("{:?}", p.root)
+        };
+        assert!(matches!(m.fields[0].1, Node::Const(_)));
+        // Unfolded, the same literal is built when it runs.
+        let text = "envoy.service.auth.v3.CheckResponse{}";
+        let ast = crate::cel::env().compile(text).unwrap();
+        let p = compile_unfolded(ast.expression(), &|_| None).unwrap();
+        assert!(p.constant().is_none());
+        let mut ctx = Ctx::new(None, Meter::new(1000));
+        assert_eq!(
+            p.eval(&mut ctx).unwrap().type_name(),
+            "envoy.service.auth.v3.CheckResponse"
+        );
+    }
+
+    #[test]
+    fn a_constant_literal_that_cannot_be_built_refuses_the_policy() {
+        let e = planned("envoy.service.auth.v3.CheckResponse{status: google.rpc.Status{code: 2}}")
+            .unwrap_err();
+        assert_eq!(
+            e.0,
+            "envoy.service.auth.v3.CheckResponse.status: code 2 cannot be sent: celgate allows with 0 (OK) and denies with 7 (PERMISSION_DENIED)"
+        );
+        assert!(matches!(
+            planned("envoy.type.v3.StatusCode.Forbidden").unwrap().constant(),
+            Some(Value::Int(403))
+        ));
+    }
+}
