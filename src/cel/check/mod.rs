@@ -273,10 +273,7 @@ impl Checker<'_> {
             if !types::assignable(&want, &t, &mut types::Subst::new()) {
                 self.error(
                     value_at,
-                    format!(
-                        "field {:?} of {} takes {want}, not {t}",
-                        f.field, m.name
-                    ),
+                    format!("field {:?} of {} takes {want}, not {t}", f.field, m.name),
                 );
             }
         }
@@ -388,9 +385,7 @@ impl Checker<'_> {
                     }
                 }
                 // An enum constant of the protos is an int, as in cel-go.
-                if !root_is_local
-                    && proto::enum_constant(&format!("{q}.{}", s.field)).is_some()
-                {
+                if !root_is_local && proto::enum_constant(&format!("{q}.{}", s.field)).is_some() {
                     return Info::new(Ty::Int);
                 }
             }

@@ -99,7 +99,9 @@ pub fn enum_constant(name: &str) -> Option<i64> {
         }
         out
     });
-    CONSTANTS.get(name.strip_prefix('.').unwrap_or(name)).copied()
+    CONSTANTS
+        .get(name.strip_prefix('.').unwrap_or(name))
+        .copied()
 }
 
 fn collect<'a>(
@@ -199,7 +201,10 @@ mod tests {
 
     #[test]
     fn enum_constants_are_ints() {
-        assert_eq!(enum_constant("envoy.type.v3.StatusCode.Forbidden"), Some(403));
+        assert_eq!(
+            enum_constant("envoy.type.v3.StatusCode.Forbidden"),
+            Some(403)
+        );
         assert_eq!(
             enum_constant(
                 "envoy.config.core.v3.HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD"

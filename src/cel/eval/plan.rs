@@ -1425,7 +1425,9 @@ mod tests {
             "envoy.service.auth.v3.CheckResponse.status: code 2 cannot be sent: celgate allows with 0 (OK) and denies with 7 (PERMISSION_DENIED)"
         );
         assert!(matches!(
-            planned("envoy.type.v3.StatusCode.Forbidden").unwrap().constant(),
+            planned("envoy.type.v3.StatusCode.Forbidden")
+                .unwrap()
+                .constant(),
             Some(Value::Int(403))
         ));
     }

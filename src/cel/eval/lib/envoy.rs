@@ -488,8 +488,9 @@ pub const OBJECTS: &[crate::cel::check::decls::ObjectDecl] = &[
     ("envoy.service.auth.v3.CheckResponse", &[]),
     ("envoy.config.core.v3.HeaderValueOption", &[]),
     ("envoy.config.core.v3.QueryParameter", &[]),
-    // Built only by message literals (`super::messages`).
-    ("envoy.config.core.v3.HeaderValue", &[]),
+    // Built only by message literals (`super::messages`). A literal
+    // `envoy.config.core.v3.HeaderValue` keeps the fields of the proto: the
+    // request's `header_map` holds them too.
     ("envoy.type.v3.HttpStatus", &[]),
     ("google.rpc.Status", &[]),
 ];

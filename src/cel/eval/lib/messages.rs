@@ -232,7 +232,35 @@ macro_rules! object {
         }
     };
 }
-object!(HeaderValue, HEADER_VALUE);
+
+/// Read like the request's `header_map` entries, which are of this type.
+impl Object for HeaderValue {
+    fn type_name(&self) -> &str {
+        HEADER_VALUE
+    }
+    fn field(&self, name: &str) -> Option<Value<'static>> {
+        match name {
+            "key" => Some(Value::string(self.key.as_str())),
+            "value" => Some(Value::string(self.value.as_str())),
+            "raw_value" => Some(Value::bytes(Vec::new())),
+            _ => None,
+        }
+    }
+    fn has(&self, name: &str) -> Option<bool> {
+        match name {
+            "key" => Some(!self.key.is_empty()),
+            "value" => Some(!self.value.is_empty()),
+            "raw_value" => Some(false),
+            _ => None,
+        }
+    }
+    fn equals(&self, other: &dyn Object) -> bool {
+        other.as_any().downcast_ref::<HeaderValue>() == Some(self)
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
 object!(HttpStatus, HTTP_STATUS);
 object!(RpcStatus, RPC_STATUS);
 
@@ -576,11 +604,25 @@ mod tests {
         let hs = make(HTTP_STATUS, vec![("code", Value::Int(0))]).unwrap();
         let d = make(DENIED_HTTP_RESPONSE, vec![("status", hs)]).unwrap();
         assert_eq!(d.downcast::<DeniedResponse>().unwrap().status, 403);
-        let r = make(CHECK_RESPONSE, vec![("status", status), ("denied_response", d)]).unwrap();
+        let r = make(
+            CHECK_RESPONSE,
+            vec![("status", status), ("denied_response", d)],
+        )
+        .unwrap();
         assert_eq!(r.downcast::<CheckResponse>(), Some(&want));
         // No status at all: Envoy reads OK.
         let r = make(CHECK_RESPONSE, vec![]).unwrap();
         assert!(r.downcast::<CheckResponse>().unwrap().allowed());
+    }
+
+    #[test]
+    fn a_header_value_reads_like_the_requests() {
+        let hv = make(HEADER_VALUE, vec![("key", s("x-a")), ("value", s("1"))]).unwrap();
+        let Value::Object(o) = &hv else { panic!() };
+        assert_eq!(o.field("key").unwrap().as_str(), Some("x-a"));
+        assert_eq!(o.field("value").unwrap().as_str(), Some("1"));
+        assert_eq!(o.has("raw_value"), Some(false));
+        assert!(o.field("nope").is_none());
     }
 
     #[test]
