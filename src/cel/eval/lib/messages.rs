@@ -643,7 +643,8 @@ mod tests {
 
     #[test]
     fn refusals_name_the_field() {
-        let cases: Vec<(&str, Vec<(&str, Value<'static>)>, &str)> = vec![
+        type Case = (&'static str, Vec<(&'static str, Value<'static>)>, &'static str);
+        let cases: Vec<Case> = vec![
             (
                 HEADER_VALUE_OPTION,
                 vec![],
