@@ -643,7 +643,11 @@ mod tests {
 
     #[test]
     fn refusals_name_the_field() {
-        type Case = (&'static str, Vec<(&'static str, Value<'static>)>, &'static str);
+        type Case = (
+            &'static str,
+            Vec<(&'static str, Value<'static>)>,
+            &'static str,
+        );
         let cases: Vec<Case> = vec![
             (
                 HEADER_VALUE_OPTION,
