@@ -22,6 +22,7 @@ fn header(h: &HeaderOption) -> HeaderValueOption {
             ..Default::default()
         }),
         keep_empty_value: h.keep_empty_value,
+        append_action: h.append_action,
         ..Default::default()
     }
 }
@@ -101,6 +102,13 @@ fn headers_json(hs: &[HeaderOption]) -> Json {
                 let mut o = json!({"key": h.key, "value": h.value});
                 if h.keep_empty_value {
                     o["keepEmptyValue"] = Json::Bool(true);
+                }
+                if h.append_action != 0 {
+                    // The protobuf JSON mapping writes an enum by its name.
+                    o["appendAction"] = usize::try_from(h.append_action)
+                        .ok()
+                        .and_then(|i| crate::response::HEADER_APPEND_ACTIONS.get(i))
+                        .map_or_else(|| json!(h.append_action), |n| json!(n));
                 }
                 o
             })

@@ -15,7 +15,20 @@ pub struct HeaderOption {
     pub key: String,
     pub value: String,
     pub keep_empty_value: bool,
+    /// `HeaderValueOption.append_action` (a [`HEADER_APPEND_ACTIONS`]
+    /// value): 0, append to an existing header or add, unless a
+    /// `HeaderValueOption{...}` message sets another.
+    pub append_action: i32,
 }
+
+/// The values of Envoy's `HeaderValueOption.HeaderAppendAction`, in order
+/// (the enum's numbers are the indices).
+pub const HEADER_APPEND_ACTIONS: [&str; 4] = [
+    "APPEND_IF_EXISTS_OR_ADD",
+    "ADD_IF_ABSENT",
+    "OVERWRITE_IF_EXISTS_OR_ADD",
+    "OVERWRITE_IF_EXISTS",
+];
 
 impl HeaderOption {
     /// A header celgate itself sets (not checked: the caller's name is known good).
@@ -24,6 +37,7 @@ impl HeaderOption {
             key: key.into(),
             value: value.into(),
             keep_empty_value: false,
+            append_action: 0,
         }
     }
 }
@@ -154,6 +168,7 @@ pub fn header_option(
         key,
         value,
         keep_empty_value,
+        append_action: 0,
     })
 }
 

@@ -424,3 +424,71 @@ fn an_inline_attempt_gives_up_in_an_exception_rather_than_ignore_its_error() {
     let (d, _) = evaluate_traced(&set, &config, &request("/"));
     assert!(d.allowed() && d.policy.is_none(), "exempted: {d:?}");
 }
+
+/// A response written as a message literal and the same response written
+/// with the builders give Envoy the identical `CheckResponse`, byte for byte.
+#[test]
+fn message_literals_and_builders_send_the_same_response() {
+    const HVO: &str = "envoy.config.core.v3.HeaderValueOption";
+    const HV: &str = "envoy.config.core.v3.HeaderValue";
+    let header = |k: &str, v: &str| format!(r#"{HVO}{{header: {HV}{{key: "{k}", value: {v}}}}}"#);
+    let pairs = [
+        (
+            format!(
+                r#"envoy.service.auth.v3.CheckResponse{{status: google.rpc.Status{{code: 0}}, ok_response: envoy.service.auth.v3.OkHttpResponse{{headers: [{}], headers_to_remove: ["x-b"], response_headers_to_add: [{HVO}{{header: {HV}{{key: "x-r", value: ""}}, keep_empty_value: true}}], query_parameters_to_set: [envoy.config.core.v3.QueryParameter{{key: "k", value: "v"}}], query_parameters_to_remove: ["p"]}}}}"#,
+                header("x-a", r#""b""#)
+            ),
+            r#"envoy.Allowed().WithHeader("x-a", "b").WithoutHeader("x-b").WithResponseHeader(envoy.Header("x-r", "").KeepEmptyValue()).WithQueryParam("k", "v").WithoutQueryParam("p").Response()"#.to_owned(),
+        ),
+        (
+            format!(
+                r#"envoy.service.auth.v3.CheckResponse{{status: google.rpc.Status{{code: 7, message: "m"}}, denied_response: envoy.service.auth.v3.DeniedHttpResponse{{status: envoy.type.v3.HttpStatus{{code: 403}}, body: "no", headers: [{}]}}}}"#,
+                header("x-a", r#""b""#)
+            ),
+            r#"envoy.Denied(403).WithHeader("x-a", "b").WithBody("no").Response().WithMessage("m")"#.to_owned(),
+        ),
+        (
+            "envoy.service.auth.v3.CheckResponse{status: google.rpc.Status{code: 7}}".to_owned(),
+            "envoy.Denied(403).Response()".to_owned(),
+        ),
+        (
+            "envoy.service.auth.v3.CheckResponse{status: google.rpc.Status{code: 7}, denied_response: envoy.service.auth.v3.DeniedHttpResponse{status: envoy.type.v3.HttpStatus{code: envoy.type.v3.StatusCode.Unauthorized}}}".to_owned(),
+            "envoy.Denied(401).Response()".to_owned(),
+        ),
+        (
+            "envoy.service.auth.v3.CheckResponse{}".to_owned(),
+            "envoy.Allowed().Response()".to_owned(),
+        ),
+        (
+            r#"envoy.service.auth.v3.CheckResponse{dynamic_metadata: {"a": {"b": [1, "x"]}, "c": true}}"#.to_owned(),
+            r#"envoy.Allowed().Response().WithMetadata({"a": {"b": [1, "x"]}, "c": true})"#.to_owned(),
+        ),
+        (
+            format!(
+                "envoy.service.auth.v3.CheckResponse{{ok_response: envoy.service.auth.v3.OkHttpResponse{{headers: [{}]}}}}",
+                header("x-user", r#"object.attributes.request.http.headers["x-user"]"#)
+            ),
+            r#"envoy.Allowed().WithHeader("x-user", object.attributes.request.http.headers["x-user"]).Response()"#.to_owned(),
+        ),
+    ];
+    let policy = |expr: &str| {
+        format!(
+            "apiVersion: policies.kyverno.io/v1\nkind: ValidatingPolicy\nmetadata: {{ name: p }}\nspec:\n  evaluation: {{ mode: Envoy }}\n  validations:\n  - expression: {}\n",
+            serde_json::to_string(expr).unwrap()
+        )
+    };
+    let wire = |expr: &str| {
+        let set = compile(&[("p.yaml", &policy(expr))]).unwrap_or_else(|e| panic!("{expr}: {e:?}"));
+        let (d, _) = evaluate_traced(&set, &EngineConfig::default(), &request("/"));
+        assert!(d.error.is_none(), "{expr}");
+        prost::Message::encode_to_vec(&celgate::decision::to_check_response(&d))
+    };
+    for (message, builders) in &pairs {
+        let (m, b) = (wire(message), wire(builders));
+        assert!(!m.is_empty());
+        assert_eq!(m, b, "{message}\n  against\n{builders}");
+    }
+    // The request's header reached the response.
+    let last = wire(&pairs[6].0);
+    assert!(last.windows(3).any(|w| w == b"ann"));
+}

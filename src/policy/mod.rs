@@ -1677,6 +1677,8 @@ fn always_responds(e: &Expr) -> bool {
             }
             _ => false,
         },
+        Expr::Struct(s) => crate::cel::eval::lib::messages::lookup(&s.type_name)
+            .is_some_and(|m| m.name == crate::cel::eval::lib::messages::CHECK_RESPONSE),
         _ => false,
     }
 }

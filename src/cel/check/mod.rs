@@ -20,7 +20,7 @@ pub mod proto;
 pub mod types;
 
 use cel::common::ast::{
-    CallExpr, ComprehensionExpr, EntryExpr, Expr, IdedExpr, LiteralValue, SelectExpr,
+    CallExpr, ComprehensionExpr, EntryExpr, Expr, IdedExpr, LiteralValue, SelectExpr, StructExpr,
 };
 use cel::Program;
 pub use cost::Info;
@@ -199,16 +199,120 @@ impl Checker<'_> {
                 info.elem = elem_size;
                 info
             }
-            Expr::Struct(s) => self.error(
-                at,
-                format!(
-                    "building messages (`{}{{...}}`) is not supported: build responses with envoy.Allowed() and envoy.Denied()",
-                    s.type_name
-                ),
-            ),
+            Expr::Struct(s) => self.message(e, s, at),
             Expr::Comprehension(c) => self.comprehension(c, at),
             Expr::Unspecified => Info::new(Ty::Dyn),
         }
+    }
+
+    /// A message literal: one of the messages of an Envoy `CheckResponse`
+    /// ([`crate::cel::eval::lib::messages`]), each field known, sent to
+    /// Envoy, set once and given a value of its type. A literal that is
+    /// constant is built now, and one that cannot be built (a denial status
+    /// of 200, a header name with a space) is an error here.
+    fn message(&mut self, e: &IdedExpr, s: &StructExpr, at: usize) -> Info {
+        use crate::cel::eval::lib::messages;
+        let Some(m) = messages::lookup(&s.type_name) else {
+            let known: Vec<&str> = messages::MESSAGES.iter().map(|m| m.name).collect();
+            let hint = match did_you_mean(&s.type_name, &known) {
+                h if h.is_empty() => format!(": a literal builds one of {}", known.join(", ")),
+                h => h,
+            };
+            let at = self.name_before(at, &s.type_name);
+            return self.error(at, format!("unknown message type `{}`{hint}", s.type_name));
+        };
+        let before = self.errors.len();
+        let mut info = Info::new(Ty::object(m.name));
+        let mut seen: Vec<usize> = Vec::new();
+        for entry in &s.entries {
+            let EntryExpr::StructField(f) = &entry.expr else {
+                continue;
+            };
+            let field_at = match self.program.source_info().offset_for(entry.id) {
+                Some((o, _)) => self.name_before(o as usize, &f.field),
+                None => self.find_word(at, &f.field),
+            };
+            let value = self.expr(&f.value, at);
+            info.cost += value.cost;
+            let Some((index, decl)) = m.field(&f.field) else {
+                let known: Vec<&str> = m.fields.iter().map(|f| f.name).collect();
+                self.error(
+                    field_at,
+                    format!(
+                        "no field {:?} on {}{}",
+                        f.field,
+                        m.name,
+                        did_you_mean(&f.field, &known)
+                    ),
+                );
+                continue;
+            };
+            if let Some(why) = decl.unsent {
+                self.error(
+                    field_at,
+                    format!(
+                        "field {:?} of {} is not sent to Envoy by celgate: {why}",
+                        f.field, m.name
+                    ),
+                );
+                continue;
+            }
+            if seen.contains(&index) {
+                self.error(
+                    field_at,
+                    format!("field {:?} of {} is set twice", f.field, m.name),
+                );
+                continue;
+            }
+            seen.push(index);
+            let value_at = self.offset(&f.value, at);
+            let t = if f.optional {
+                self.optional_value(value.ty, value_at, "an optional field `?f: v`")
+            } else {
+                value.ty
+            };
+            let want = types::parse(decl.ty).unwrap_or(Ty::Dyn);
+            if !types::assignable(&want, &t, &mut types::Subst::new()) {
+                self.error(
+                    value_at,
+                    format!("field {:?} of {} takes {want}, not {t}", f.field, m.name),
+                );
+            }
+        }
+        // A constant literal is built now: what cannot be built is refused
+        // where it is written (the planner would refuse it too, with no
+        // position).
+        if self.errors.len() == before && self.closed(e) {
+            if let Err(problem) = crate::cel::eval::plan::compile(e, &|_| Some(0)) {
+                let at = self.name_before(at, &s.type_name);
+                return self.error(at, problem.0);
+            }
+        }
+        info
+    }
+
+    /// The offset of `name` when it ends just before `at` (a message's name
+    /// before its `{`, a field's before its `:`), else `at`.
+    fn name_before(&self, at: usize, name: &str) -> usize {
+        let src = self.source();
+        match src.get(..at).map(str::trim_end) {
+            Some(before) if before.ends_with(name) => before.len() - name.len(),
+            _ => at,
+        }
+    }
+
+    /// Whether `e` reads none of the comprehension variables in scope, so
+    /// that it can be planned on its own.
+    fn closed(&self, e: &IdedExpr) -> bool {
+        let mut closed = true;
+        crate::cel::walk(e, &mut |x| {
+            if let Expr::Ident(n) = &x.expr {
+                if self.local(n).is_some() {
+                    closed = false;
+                }
+            }
+        });
+        closed
     }
 
     /// The value inside `t`, which `what` (an optional element or entry)
@@ -276,10 +380,15 @@ impl Checker<'_> {
                     "google.protobuf.Duration" => Some(Ty::Duration),
                     _ => None,
                 };
+                let root_is_local = self.local(q.split('.').next().unwrap_or("")).is_some();
                 if let Some(t) = t {
-                    if self.local(q.split('.').next().unwrap_or("")).is_none() {
+                    if !root_is_local {
                         return Info::new(Ty::Type(Box::new(t)));
                     }
+                }
+                // An enum constant of the protos is an int, as in cel-go.
+                if !root_is_local && proto::enum_constant(&format!("{q}.{}", s.field)).is_some() {
+                    return Info::new(Ty::Int);
                 }
             }
         }

@@ -10,6 +10,7 @@ use prost::Message;
 use prost_types::field_descriptor_proto::{Label, Type as PType};
 use prost_types::{DescriptorProto, FileDescriptorSet};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::LazyLock;
 
 /// The type of `object`.
 pub const CHECK_REQUEST: &str = "envoy.service.auth.v3.CheckRequest";
@@ -54,6 +55,53 @@ pub fn objects() -> Result<HashMap<String, Object>, String> {
         return Err(format!("{CHECK_REQUEST} is not in the vendored protos"));
     }
     Ok(out)
+}
+
+/// The value of an enum constant of the vendored protos by its full name
+/// (`envoy.type.v3.StatusCode.Forbidden` is 403), as cel-go reads one: an
+/// `int`.
+pub fn enum_constant(name: &str) -> Option<i64> {
+    static CONSTANTS: LazyLock<HashMap<String, i64>> = LazyLock::new(|| {
+        let mut out = HashMap::new();
+        // The descriptor is part of the program; `objects` reports it
+        // unreadable, here it only has no constants.
+        let Ok(set) = FileDescriptorSet::decode(DESCRIPTOR) else {
+            return out;
+        };
+        fn message(scope: &str, m: &DescriptorProto, out: &mut HashMap<String, i64>) {
+            let name = format!("{scope}.{}", m.name());
+            for e in &m.enum_type {
+                enumeration(&name, e, out);
+            }
+            for nested in &m.nested_type {
+                message(&name, nested, out);
+            }
+        }
+        fn enumeration(
+            scope: &str,
+            e: &prost_types::EnumDescriptorProto,
+            out: &mut HashMap<String, i64>,
+        ) {
+            for v in &e.value {
+                out.insert(
+                    format!("{scope}.{}.{}", e.name(), v.name()),
+                    i64::from(v.number()),
+                );
+            }
+        }
+        for file in &set.file {
+            for e in &file.enum_type {
+                enumeration(file.package(), e, &mut out);
+            }
+            for m in &file.message_type {
+                message(file.package(), m, &mut out);
+            }
+        }
+        out
+    });
+    CONSTANTS
+        .get(name.strip_prefix('.').unwrap_or(name))
+        .copied()
 }
 
 fn collect<'a>(
@@ -149,5 +197,22 @@ mod tests {
             .as_ref()
             .unwrap();
         assert_eq!(r["time"].ty, Ty::Timestamp);
+    }
+
+    #[test]
+    fn enum_constants_are_ints() {
+        assert_eq!(
+            enum_constant("envoy.type.v3.StatusCode.Forbidden"),
+            Some(403)
+        );
+        assert_eq!(
+            enum_constant(
+                "envoy.config.core.v3.HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD"
+            ),
+            Some(2)
+        );
+        assert_eq!(enum_constant(".envoy.type.v3.StatusCode.OK"), Some(200));
+        assert_eq!(enum_constant("envoy.type.v3.StatusCode.Nope"), None);
+        assert_eq!(enum_constant("envoy.type.v3.StatusCode"), None);
     }
 }

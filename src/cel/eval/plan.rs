@@ -71,7 +71,17 @@ enum Node {
     MapLit(Vec<(Node, Node, bool)>),
     /// `cel.@mapInsert(map, key, value)` and `cel.@mapInsert(map, entries)`.
     MapInsert(Vec<Node>),
+    /// A message literal (`envoy.service.auth.v3.CheckResponse{...}`).
+    Message(Box<MessagePlan>),
     Comprehension(Box<Loop>),
+}
+
+/// A message literal: the message and its fields, each the index of its
+/// declaration, its value, and whether it is an optional entry (`?f: v`).
+#[derive(Debug)]
+struct MessagePlan {
+    message: &'static lib::messages::MessageDecl,
+    fields: Vec<(usize, Node, bool)>,
 }
 
 /// A step of an [`Node::ObjectPath`]: the field's name, resolved to a
@@ -317,15 +327,45 @@ impl Planner<'_> {
                 }
                 self.fold(Node::MapLit(entries))
             }
-            Expr::Struct(s) => {
-                return err(format!(
-                    "building messages (`{}{{...}}`) is not supported",
-                    s.type_name
-                ))
-            }
+            Expr::Struct(s) => return self.message(s),
             Expr::Comprehension(c) => self.comprehension(c)?,
             Expr::Unspecified => return err("an incomplete expression"),
         })
+    }
+
+    /// A message literal; one whose fields are all constants is built now,
+    /// and one that cannot be built refuses the policy.
+    fn message(&mut self, s: &cel::common::ast::StructExpr) -> Result<Node, PlanError> {
+        let Some(message) = lib::messages::lookup(&s.type_name) else {
+            return err(format!("unknown message type `{}`", s.type_name));
+        };
+        let mut fields = Vec::with_capacity(s.entries.len());
+        for entry in &s.entries {
+            let EntryExpr::StructField(f) = &entry.expr else {
+                return err("a map entry in a message literal");
+            };
+            let Some((index, _)) = message.field(&f.field) else {
+                return err(format!("no field {:?} on {}", f.field, message.name));
+            };
+            fields.push((index, self.expr(&f.value)?, f.optional));
+        }
+        let node = Node::Message(Box::new(MessagePlan { message, fields }));
+        let constant = |n: &Node| match n {
+            Node::Message(m) => m.fields.iter().all(|(_, v, _)| matches!(v, Node::Const(_))),
+            _ => false,
+        };
+        if !self.folds || !constant(&node) {
+            return Ok(node);
+        }
+        let program = Program {
+            root: node,
+            slots: 0,
+        };
+        let mut ctx = Ctx::new(None, Meter::new(1_000_000));
+        match program.eval(&mut ctx) {
+            Ok(v) => Ok(Node::Const(v.into_static())),
+            Err(e) => Err(PlanError(e.message.clone())),
+        }
     }
 
     fn ident(&mut self, name: &str) -> Result<Node, PlanError> {
@@ -346,6 +386,13 @@ impl Planner<'_> {
         let Expr::Select(s) = &e.expr else {
             return Ok(None);
         };
+        if let Some(q) = qualified(e) {
+            if self.local(q.split('.').next().unwrap_or("")).is_none() {
+                if let Some(i) = crate::cel::check::proto::enum_constant(&q) {
+                    return Ok(Some(Node::Const(Value::Int(i))));
+                }
+            }
+        }
         let Expr::Ident(root) = &s.operand.expr else {
             if let Some(q) = qualified(e) {
                 if self.local(q.split('.').next().unwrap_or("")).is_none() {
@@ -894,6 +941,27 @@ fn map_insert<'r>(
 impl Node {
     fn eval<'r>(&'r self, ctx: &mut Ctx<'r>, locals: &mut Locals<'r>) -> Result<Value<'r>, Error> {
         match self {
+            Node::Message(m) => {
+                let mut fields = Vec::with_capacity(m.fields.len());
+                for (index, node, optional) in &m.fields {
+                    let v = match (node.eval(ctx, locals)?, optional) {
+                        // Unset: a message field set to null, an empty optional.
+                        (Value::Null, _) if m.message.fields[*index].is_message() => continue,
+                        (Value::Optional(None), true) => continue,
+                        (Value::Optional(Some(v)), true) => Value::clone(&v),
+                        (other, true) => {
+                            return Err(Error::type_mismatch(format!(
+                                "an optional field `?f: v` takes an optional value, not {}",
+                                other.type_name()
+                            )))
+                        }
+                        (v, false) => v,
+                    };
+                    fields.push((*index, v));
+                }
+                ctx.charge(1)?;
+                lib::messages::build(ctx, m.message, fields)
+            }
             Node::Const(v) => Ok(v.reborrow()),
             Node::Local(s) => locals[*s].clone(),
             Node::Object => Ok(Value::Node(ReqNode::CheckRequest(
@@ -1304,4 +1372,63 @@ pub fn eval_standalone(source: &str) -> Result<Value<'static>, String> {
 fn _assert_send_sync() {
     fn is<T: Send + Sync>() {}
     is::<Program>();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planned(text: &str) -> Result<Program, PlanError> {
+        let p = crate::cel::env().compile(text).unwrap();
+        compile(p.expression(), &|_| None)
+    }
+
+    #[test]
+    fn a_constant_message_literal_is_built_when_the_policy_loads() {
+        let p = planned(
+            "envoy.service.auth.v3.CheckResponse{status: google.rpc.Status{code: 7}, \
+             denied_response: envoy.service.auth.v3.DeniedHttpResponse{body: 'no'}}",
+        )
+        .unwrap();
+        let r = p.constant().expect("folded");
+        assert_eq!(r.type_name(), "envoy.service.auth.v3.CheckResponse");
+        // One that reads the request is built per request, around the
+        // constant parts.
+        let p = planned(
+            "envoy.service.auth.v3.CheckResponse{status: google.rpc.Status{code: 7}, \
+             denied_response: envoy.service.auth.v3.DeniedHttpResponse{body: object.attributes.request.http.path}}",
+        )
+        .unwrap();
+        assert!(p.constant().is_none());
+        let Node::Message(m) = &p.root else {
+            panic!("{:?}", p.root)
+        };
+        assert!(matches!(m.fields[0].1, Node::Const(_)));
+        // Unfolded, the same literal is built when it runs.
+        let text = "envoy.service.auth.v3.CheckResponse{}";
+        let ast = crate::cel::env().compile(text).unwrap();
+        let p = compile_unfolded(ast.expression(), &|_| None).unwrap();
+        assert!(p.constant().is_none());
+        let mut ctx = Ctx::new(None, Meter::new(1000));
+        assert_eq!(
+            p.eval(&mut ctx).unwrap().type_name(),
+            "envoy.service.auth.v3.CheckResponse"
+        );
+    }
+
+    #[test]
+    fn a_constant_literal_that_cannot_be_built_refuses_the_policy() {
+        let e = planned("envoy.service.auth.v3.CheckResponse{status: google.rpc.Status{code: 2}}")
+            .unwrap_err();
+        assert_eq!(
+            e.0,
+            "envoy.service.auth.v3.CheckResponse.status: code 2 cannot be sent: celgate allows with 0 (OK) and denies with 7 (PERMISSION_DENIED)"
+        );
+        assert!(matches!(
+            planned("envoy.type.v3.StatusCode.Forbidden")
+                .unwrap()
+                .constant(),
+            Some(Value::Int(403))
+        ));
+    }
 }

@@ -172,7 +172,12 @@ fn header_arg(
         // keeps this safe whatever made the value.
         [h] => {
             let h = h.downcast::<HeaderOption>()?;
-            Some(new_header(ctx, f, &h.key, &h.value, h.keep_empty_value))
+            Some(
+                new_header(ctx, f, &h.key, &h.value, h.keep_empty_value).map(|n| HeaderOption {
+                    append_action: h.append_action,
+                    ..n
+                }),
+            )
         }
         _ => None,
     }
@@ -476,13 +481,18 @@ envoy.QueryParam(string, string) -> envoy.config.core.v3.QueryParameter
 ";
 
 /// The library's values have no fields an expression can read: they are
-/// built and passed on.
+/// built (by the functions or by message literals) and passed on.
 pub const OBJECTS: &[crate::cel::check::decls::ObjectDecl] = &[
     ("envoy.service.auth.v3.OkHttpResponse", &[]),
     ("envoy.service.auth.v3.DeniedHttpResponse", &[]),
     ("envoy.service.auth.v3.CheckResponse", &[]),
     ("envoy.config.core.v3.HeaderValueOption", &[]),
     ("envoy.config.core.v3.QueryParameter", &[]),
+    // Built only by message literals (`super::messages`). A literal
+    // `envoy.config.core.v3.HeaderValue` keeps the fields of the proto: the
+    // request's `header_map` holds them too.
+    ("envoy.type.v3.HttpStatus", &[]),
+    ("google.rpc.Status", &[]),
 ];
 
 #[cfg(test)]
@@ -523,6 +533,7 @@ mod tests {
             key: key.into(),
             value: value.into(),
             keep_empty_value,
+            append_action: 0,
         };
         let query = |key: &str, value: &str| QueryParam {
             key: key.into(),

@@ -15,6 +15,7 @@ pub mod json;
 pub mod jwt;
 pub mod lists;
 pub mod mcp;
+pub mod messages;
 pub mod net;
 pub mod quantity;
 pub mod regex;
