@@ -40,7 +40,12 @@ impl Server {
     }
 
     fn requests(&self, path: &str) -> Vec<Seen> {
-        self.seen.lock().unwrap().get(path).cloned().unwrap_or_default()
+        self.seen
+            .lock()
+            .unwrap()
+            .get(path)
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -50,19 +55,34 @@ fn route(path: &str) -> (u16, &'static str, String, Duration) {
     let name = p.rsplit('/').next().unwrap_or("");
     let last = |prefix: &str| p.starts_with(prefix);
     if last("/ok/cached") {
-        return (200, "Cache-Control: max-age=60\r\n", format!(r#"{{"path":"{name}","n":1}}"#), Duration::ZERO);
+        return (
+            200,
+            "Cache-Control: max-age=60\r\n",
+            format!(r#"{{"path":"{name}","n":1}}"#),
+            Duration::ZERO,
+        );
     }
     if last("/ok/uncached") {
         return (200, "", r#"{"fresh":true}"#.into(), Duration::ZERO);
     }
     if last("/ok/slow-shared") {
-        return (200, "", r#"{"shared":true}"#.into(), Duration::from_millis(300));
+        return (
+            200,
+            "",
+            r#"{"shared":true}"#.into(),
+            Duration::from_millis(300),
+        );
     }
     if last("/ok/slow") {
         return (200, "", "{}".into(), Duration::from_secs(3));
     }
     if last("/ok/big") {
-        return (200, "", format!(r#"{{"x":"{}"}}"#, "a".repeat(8_000)), Duration::ZERO);
+        return (
+            200,
+            "",
+            format!(r#"{{"x":"{}"}}"#, "a".repeat(8_000)),
+            Duration::ZERO,
+        );
     }
     if last("/ok/array") {
         return (200, "", "[1,2]".into(), Duration::ZERO);
@@ -74,7 +94,12 @@ fn route(path: &str) -> (u16, &'static str, String, Duration) {
         return (404, "", r#"{"error":"no"}"#.into(), Duration::ZERO);
     }
     if last("/ok/redirect") {
-        return (302, "Location: /ok/uncached\r\n", String::new(), Duration::ZERO);
+        return (
+            302,
+            "Location: /ok/uncached\r\n",
+            String::new(),
+            Duration::ZERO,
+        );
     }
     if last("/ok/echo") {
         return (200, "", r#"{"echoed":true}"#.into(), Duration::ZERO);
@@ -223,7 +248,10 @@ fn an_allowed_url_is_fetched_once_and_cached_by_max_age() {
         "cached",
         "Fail",
         &format!("http.Get(\"{url}\")"),
-        &expect("path", "\"one\" && variables.data.n == 1.0 && variables.data.statusCode == 200"),
+        &expect(
+            "path",
+            "\"one\" && variables.data.n == 1.0 && variables.data.statusCode == 200",
+        ),
     ))
     .unwrap();
     for _ in 0..5 {
@@ -276,7 +304,13 @@ fn a_literal_url_not_allowed_is_refused_at_load() {
     // Misuse is refused by the checker.
     let e = load(&policy("typed", "Fail", "http.Get(1)", "null")).unwrap_err();
     assert!(e.contains("http.Get"), "{e}");
-    let e = load(&policy("typed2", "Fail", "http.Get(\"x\", {\"a\": 1})", "null")).unwrap_err();
+    let e = load(&policy(
+        "typed2",
+        "Fail",
+        "http.Get(\"x\", {\"a\": 1})",
+        "null",
+    ))
+    .unwrap_err();
     assert!(e.contains("http.Get"), "{e}");
     assert_eq!(s.hits("/secret/data"), 0);
 }

@@ -371,9 +371,7 @@ fn store(k: &[u8; 32], slot: &Arc<Slot>, kept: Option<(Arc<Response>, Duration)>
             .map(|(vk, _)| *vk);
         let Some(v) = victim else { break };
         if let Some(s) = reg.map.remove(&v) {
-            reg.bytes = reg
-                .bytes
-                .saturating_sub(s.size.swap(0, Ordering::Relaxed));
+            reg.bytes = reg.bytes.saturating_sub(s.size.swap(0, Ordering::Relaxed));
             *lock(&s.fresh) = None;
             bump(&COUNTERS.evictions);
         }
@@ -397,10 +395,43 @@ fn cache_ttl(cfg: &HttpConfig, cache_control: Option<&str>) -> Duration {
 
 // ---------------------------------------------------------------- calls
 
+static PRELOADED: LazyLock<std::sync::RwLock<HashMap<String, Arc<Response>>>> =
+    LazyLock::new(Default::default);
+
+/// Installs `body` (JSON) as the answer of `url`, with status 200, for
+/// every call of that URL (any method, headers and client), never
+/// requested and never expiring: for test suites, whose policies name a
+/// service that must not be asked. A preloaded URL needs no allow-list
+/// entry.
+pub fn preload(url: &str, body: &[u8]) -> Result<(), String> {
+    let parsed = JwksUrl::parse(url).map_err(|p| p.to_string())?;
+    let value = answer(body, 200)?;
+    PRELOADED.write().unwrap_or_else(|p| p.into_inner()).insert(
+        parsed.normalised(),
+        Arc::new(Response {
+            value,
+            bytes: body.len(),
+        }),
+    );
+    Ok(())
+}
+
+fn preloaded(url: &str) -> Option<Arc<Response>> {
+    let reg = PRELOADED.read().unwrap_or_else(|p| p.into_inner());
+    if reg.is_empty() {
+        return None;
+    }
+    let url = JwksUrl::parse(url).ok()?.normalised();
+    reg.get(&url).cloned()
+}
+
 /// The answer of a `GET` if the cache has a fresh one, without blocking;
 /// `None` when only a request can answer (or the URL is refused: [`call`]
 /// says why).
 pub fn cached(call: &Call<'_>) -> Option<Arc<Response>> {
+    if let Some(r) = preloaded(call.url) {
+        return Some(r);
+    }
     if call.method != Method::Get {
         return None;
     }
@@ -418,6 +449,9 @@ pub fn cached(call: &Call<'_>) -> Option<Arc<Response>> {
 /// Makes `call` (a `GET` from the cache when it can), blocking this
 /// thread for the request.
 pub fn call(call: &Call<'_>) -> Result<Arc<Response>, HttpError> {
+    if let Some(r) = preloaded(call.url) {
+        return Ok(r);
+    }
     let rt = RUNTIME.load_full();
     let url = admit(&rt, call.url)?;
     check_headers(&call.headers)?;
@@ -569,14 +603,15 @@ fn send(
                         req = req.header("content-type", "application/json");
                     }
                     let body = call.body.as_deref().unwrap_or(b"null");
-                    req.config().timeout_global(Some(timeout)).build().send(body)
+                    req.config()
+                        .timeout_global(Some(timeout))
+                        .build()
+                        .send(body)
                 }
             };
             let mut resp = result.map_err(|e| fail(e.to_string()))?;
             let status = resp.status().as_u16();
-            if rt.cfg.follow_redirects
-                && matches!(status, 301 | 302 | 303 | 307 | 308)
-            {
+            if rt.cfg.follow_redirects && matches!(status, 301 | 302 | 303 | 307 | 308) {
                 if hop == MAX_REDIRECTS {
                     return Err(fail(format!("more than {MAX_REDIRECTS} redirects")));
                 }
@@ -586,9 +621,8 @@ fn send(
                     .and_then(|v| v.to_str().ok())
                     .ok_or_else(|| fail(format!("HTTP status {status} without a Location")))?;
                 let next = resolve(&url, location)?;
-                let next = admit(rt, &next.normalised()).map_err(|e| {
-                    fail(format!("redirected to a URL that is not allowed: {e}"))
-                })?;
+                let next = admit(rt, &next.normalised())
+                    .map_err(|e| fail(format!("redirected to a URL that is not allowed: {e}")))?;
                 if status == 303 || (method == Method::Post && matches!(status, 301 | 302)) {
                     method = Method::Get;
                 }
@@ -635,7 +669,11 @@ fn send(
     if r.is_err() {
         bump(&COUNTERS.errors);
         tracing::debug!(
-            method = if call.method == Method::Get { "GET" } else { "POST" },
+            method = if call.method == Method::Get {
+                "GET"
+            } else {
+                "POST"
+            },
             "http library call failed"
         );
     }
@@ -739,7 +777,10 @@ mod tests {
         assert_eq!(cache_ttl(&c, Some("no-store, max-age=60")), Duration::ZERO);
         assert_eq!(cache_ttl(&c, Some("max-age=1")), Duration::from_secs(10));
         assert_eq!(cache_ttl(&c, Some("max-age=50")), Duration::from_secs(50));
-        assert_eq!(cache_ttl(&c, Some("max-age=5000")), Duration::from_secs(100));
+        assert_eq!(
+            cache_ttl(&c, Some("max-age=5000")),
+            Duration::from_secs(100)
+        );
     }
 
     #[test]
@@ -749,7 +790,10 @@ mod tests {
         assert_eq!(j, serde_json::json!({"a": 1.0, "statusCode": 200}));
         let v = answer(b"[1, true]", 201).unwrap();
         let j = crate::cel::eval::value::to_json(&v).unwrap();
-        assert_eq!(j, serde_json::json!({"body": [1.0, true], "statusCode": 201}));
+        assert_eq!(
+            j,
+            serde_json::json!({"body": [1.0, true], "statusCode": 201})
+        );
         let v = answer(b" ", 204).unwrap();
         let j = crate::cel::eval::value::to_json(&v).unwrap();
         assert_eq!(j, serde_json::json!({"body": null, "statusCode": 204}));
@@ -759,7 +803,12 @@ mod tests {
     #[test]
     fn headers_are_checked() {
         assert!(check_headers(&[("x-api-key", "v"), ("Content-Type", "a/b")]).is_ok());
-        for bad in [("Host", "x"), ("bad name", "x"), ("", "x"), ("x", "a\r\nb: c")] {
+        for bad in [
+            ("Host", "x"),
+            ("bad name", "x"),
+            ("", "x"),
+            ("x", "a\r\nb: c"),
+        ] {
             assert!(check_headers(&[bad]).is_err(), "{bad:?}");
         }
     }

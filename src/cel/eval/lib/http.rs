@@ -138,12 +138,17 @@ fn new_client<'r>(ctx: &mut Ctx<'r>, pem: &str) -> Result<Value<'r>, Error> {
 /// request's).
 fn headers(name: &'static str, v: &Value<'_>) -> Result<Vec<(String, String)>, Error> {
     let Value::Map(m) = v else {
-        return Err(Error::function(name, "the headers are not a map(string, string)"));
+        return Err(Error::function(
+            name,
+            "the headers are not a map(string, string)",
+        ));
     };
     m.entries()
         .into_iter()
         .map(|(k, v)| match (k, v) {
-            (Value::String(k), Value::String(v)) => Ok((k.as_str().to_owned(), v.as_str().to_owned())),
+            (Value::String(k), Value::String(v)) => {
+                Ok((k.as_str().to_owned(), v.as_str().to_owned()))
+            }
             _ => Err(Error::function(
                 name,
                 "the headers are not a map(string, string)",
@@ -170,19 +175,27 @@ fn request<'r>(
         Some(h) => headers(name, h)?,
         None => Vec::new(),
     };
-    let headers: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let headers: Vec<(&str, &str)> = owned
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let body = match body {
         None => None,
         Some(b) => {
             let json = crate::cel::eval::value::to_json(b)
                 .ok_or_else(|| Error::function(name, "the body cannot be sent as JSON"))?;
-            let text = serde_json::to_vec(&json)
-                .map_err(|e| Error::function(name, format!("the body cannot be sent as JSON: {e}")))?;
+            let text = serde_json::to_vec(&json).map_err(|e| {
+                Error::function(name, format!("the body cannot be sent as JSON: {e}"))
+            })?;
             ctx.charge_bytes(text.len())?;
             Some(text)
         }
     };
-    let sent: usize = url.len() + headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+    let sent: usize = url.len()
+        + headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>();
     ctx.charge_bytes(sent)?;
     let call = Call {
         method,
@@ -193,7 +206,9 @@ fn request<'r>(
         deadline: ctx.meter.deadline(),
     };
     let response = if ctx.may_block() {
-        ctx.host().http(&call).map_err(|e| Error::function(name, e))?
+        ctx.host()
+            .http(&call)
+            .map_err(|e| Error::function(name, e))?
     } else {
         match ctx.host().http_cached(&call) {
             Some(r) => r,
@@ -264,7 +279,10 @@ mod tests {
                 .body
                 .as_deref()
                 .map(|b| String::from_utf8_lossy(b).into_owned());
-            let line = format!("{:?} {} {:?} {:?}", call.method, call.url, call.headers, body);
+            let line = format!(
+                "{:?} {} {:?} {:?}",
+                call.method, call.url, call.headers, body
+            );
             self.seen.lock().unwrap().push(line.clone());
             if call.url.contains("fail") {
                 return Err("refused".into());
@@ -318,7 +336,10 @@ mod tests {
             &[Value::str("https://a.test/p"), Value::Int(7), headers()],
         )
         .unwrap();
-        assert_eq!(text(&v), "Post https://a.test/p [(\"x-k\", \"v\")] Some(\"7\")");
+        assert_eq!(
+            text(&v),
+            "Post https://a.test/p [(\"x-k\", \"v\")] Some(\"7\")"
+        );
         let client = call(&mut c, "http.Client", false, &[Value::str("")]).unwrap();
         assert_eq!(client.type_name(), "http.Context");
         let v = call(
@@ -329,7 +350,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(text(&v), "Get https://a.test/y [(\"x-k\", \"v\")] None");
-        let e = call(&mut c, "http.Get", false, &[Value::str("https://fail.test/")]).unwrap_err();
+        let e = call(
+            &mut c,
+            "http.Get",
+            false,
+            &[Value::str("https://fail.test/")],
+        )
+        .unwrap_err();
         assert_eq!(e.function.as_deref(), Some("http.Get"));
         assert_eq!(e.message, "refused");
         // Wrong argument types are for other overloads.
@@ -365,8 +392,13 @@ mod tests {
     #[test]
     fn the_default_host_refuses_what_is_not_allowed() {
         let mut c = Ctx::new(None, Meter::new(1_000_000));
-        let e = call(&mut c, "http.Get", false, &[Value::str("https://a.test/x?k=SECRET")])
-            .unwrap_err();
+        let e = call(
+            &mut c,
+            "http.Get",
+            false,
+            &[Value::str("https://a.test/x?k=SECRET")],
+        )
+        .unwrap_err();
         assert_eq!(
             e.message,
             "https://a.test is not allowed (--http-allowed-urls)"
@@ -404,8 +436,13 @@ mod tests {
         // A big body is refused before it is sent.
         let mut c = Ctx::new(None, Meter::new(100)).with_host(&host);
         let big = Value::string("x".repeat(10_000));
-        let e = call(&mut c, "http.Post", false, &[Value::str("https://a.test/p"), big])
-            .unwrap_err();
+        let e = call(
+            &mut c,
+            "http.Post",
+            false,
+            &[Value::str("https://a.test/p"), big],
+        )
+        .unwrap_err();
         assert_eq!(e.kind, crate::cel::ErrorKind::CostExceeded);
         assert_eq!(host.seen.lock().unwrap().len(), 1);
     }
