@@ -380,7 +380,10 @@ fn oversize_non_json_and_non_2xx_answers_are_errors() {
         let d = evaluate(&set, &EngineConfig::default(), &request("/"));
         assert!(!d.allowed(), "{path}");
         let shown = d.error.as_ref().map(|e| e.message().to_owned());
-        assert!(shown.as_deref().unwrap_or("").contains(why), "{path}: {shown:?}");
+        assert!(
+            shown.as_deref().unwrap_or("").contains(why),
+            "{path}: {shown:?}"
+        );
     }
     // A body that is not an object comes under `body`.
     let set = load(&policy(

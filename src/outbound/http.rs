@@ -280,12 +280,15 @@ struct Cached {
     expires: Instant,
 }
 
+/// A request's result and when it came.
+type Outcome = (Instant, Result<Arc<Response>, HttpError>);
+
 /// The cache state of one key.
 struct Slot {
     fresh: Mutex<Option<Cached>>,
     /// Held for the request: single flight. Holds the last result and
     /// when it came, for those who waited for it.
-    flight: Mutex<Option<(Instant, Result<Arc<Response>, HttpError>)>>,
+    flight: Mutex<Option<Outcome>>,
     last_used: AtomicU64,
     /// Bytes counted for the cached answer (0 when none).
     size: AtomicU64,
