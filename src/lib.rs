@@ -6,6 +6,7 @@ pub mod explain;
 pub mod identity;
 pub mod manual;
 pub mod mcp;
+pub mod outbound;
 pub mod policy;
 pub mod request_json;
 pub mod response;

@@ -681,6 +681,8 @@ struct ServeArgs {
     shadow: ShadowArgs,
     #[command(flatten)]
     identity: IdentityArgs,
+    #[command(flatten)]
+    http: HttpArgs,
 }
 
 /// A second policy set evaluated beside the served one, never enforced.
@@ -794,6 +796,65 @@ struct IdentityArgs {
     /// How long an invalid token is remembered, in seconds.
     #[arg(long, env = "CELGATE_JWT_INVALID_CACHE_TTL_S", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     jwt_invalid_cache_ttl_s: u64,
+}
+
+/// Settings of the `http` library (`http.Get`, `http.Post`).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "External data (http)")]
+struct HttpArgs {
+    /// URLs `http.Get` and `http.Post` may request: hosts (`data.example.com`,
+    /// `host:port`; https only) or URL prefixes (`https://data.example.com/v1`,
+    /// matched on normalised URLs at path-segment boundaries; an `http://`
+    /// prefix allows plain http to it). Default: none, so a policy that uses
+    /// the library needs this. A literal URL not allowed refuses the policy at
+    /// load; a computed one is an evaluation error (failurePolicy decides).
+    #[arg(long, env = "CELGATE_HTTP_ALLOWED_URLS", value_delimiter = ',')]
+    http_allowed_urls: Vec<String>,
+    /// Limit on DNS + connect + TLS of a call, in milliseconds.
+    #[arg(long, env = "CELGATE_HTTP_CONNECT_TIMEOUT_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    http_connect_timeout_ms: u64,
+    /// Limit on a whole call, in milliseconds (the decision's deadline, when
+    /// sooner, ends it first).
+    #[arg(long, env = "CELGATE_HTTP_TIMEOUT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    http_timeout_ms: u64,
+    /// Largest response body read, in bytes; a larger one is an error.
+    #[arg(long, env = "CELGATE_HTTP_MAX_RESPONSE_BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..=(64 << 20)))]
+    http_max_response_bytes: u64,
+    /// Follow redirects (at most 5, each to a URL --http-allowed-urls
+    /// admits). Off by default: a redirect is an error.
+    #[arg(long, env = "CELGATE_HTTP_FOLLOW_REDIRECTS")]
+    http_follow_redirects: bool,
+    /// Lower bound on a GET answer's Cache-Control max-age, in seconds.
+    #[arg(long, env = "CELGATE_HTTP_CACHE_MIN_TTL_S", default_value_t = 0)]
+    http_cache_min_ttl_s: u64,
+    /// Upper bound on a GET answer's Cache-Control max-age, in seconds.
+    #[arg(long, env = "CELGATE_HTTP_CACHE_MAX_TTL_S", default_value_t = 300)]
+    http_cache_max_ttl_s: u64,
+    /// Memory for cached GET answers, in bytes (0: no cache).
+    #[arg(long, env = "CELGATE_HTTP_CACHE_MAX_BYTES", default_value_t = 16 << 20)]
+    http_cache_max_bytes: u64,
+}
+
+impl HttpArgs {
+    fn config(&self) -> celgate::outbound::http::HttpConfig {
+        use std::time::Duration;
+        celgate::outbound::http::HttpConfig {
+            allowed_urls: self
+                .http_allowed_urls
+                .iter()
+                .map(|u| u.trim().to_owned())
+                .filter(|u| !u.is_empty())
+                .collect(),
+            check_literals: true,
+            connect_timeout: Duration::from_millis(self.http_connect_timeout_ms),
+            timeout: Duration::from_millis(self.http_timeout_ms),
+            max_response_bytes: self.http_max_response_bytes,
+            follow_redirects: self.http_follow_redirects,
+            cache_min_ttl: Duration::from_secs(self.http_cache_min_ttl_s),
+            cache_max_ttl: Duration::from_secs(self.http_cache_max_ttl_s),
+            cache_max_bytes: self.http_cache_max_bytes,
+        }
+    }
 }
 
 impl IdentityArgs {
@@ -967,6 +1028,10 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
         .cloned()
         .collect();
     args.policies.limits.apply();
+    // Before the policies load: their literal http URLs are checked then.
+    let http = args.http.config();
+    http.check().context("refusing to start")?;
+    celgate::outbound::http::configure(http);
     // Redacted like a refused reload: server logs never carry an
     // expression's text (`celgate validate` shows it).
     // With --allow-empty, a path that does not exist yet is loaded when it

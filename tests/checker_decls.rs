@@ -64,6 +64,9 @@ use std::sync::OnceLock;
 /// The JWKS URL preloaded for `jwks.Fetch`, so that nothing is fetched.
 const JWKS_URL: &str = "https://issuer.example.com/.well-known/jwks.json";
 
+/// The URL preloaded for the `http` library, so that nothing is requested.
+const HTTP_URL: &str = "https://data.example.com/v1";
+
 /// A `tools/call` whose arguments hold one value of each kind the argument
 /// getters read.
 const PROMPTS_GET: &str = r#"{"jsonrpc":"2.0","id":2,"method":"prompts/get","params":{"name":"p","arguments":{"s":"x"}}}"#;
@@ -78,6 +81,7 @@ fn setup() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let jwks = std::fs::read(root.join("examples/identity/keys/jwks.json")).unwrap();
         celgate::identity::jwks::preload(JWKS_URL, &jwks).unwrap();
+        celgate::outbound::http::preload(HTTP_URL, br#"{"a": 1}"#).unwrap();
     });
 }
 
@@ -305,6 +309,7 @@ fn sample(t: &Ty) -> String {
             "envoy.config.core.v3.QueryParameter" => "envoy.QueryParam('a', 'b')".into(),
             "jwt.Token" => "jwt.Decode('x.y.z', 'secret')".into(),
             "jwks.Set" => format!("jwks.Fetch('{JWKS_URL}')"),
+            "http.Context" => "http.Client('')".into(),
             "mcp.MCPRequest" => format!("mcp.Parse('{TOOLS_CALL}')"),
             "mcp.ToolCall" => format!("mcp.Parse('{TOOLS_CALL}').ToolCall"),
             "mcp.PromptGet" => format!("mcp.Parse('{PROMPTS_GET}').PromptGet"),
@@ -355,6 +360,18 @@ const ARGUMENT_SAMPLES: &[(&str, usize, &str, &str)] = &[
     ("url", 0, "string", "'https://example.com/a?x=1'"),
     ("quantity", 0, "string", "'250m'"),
     ("semver", 0, "string", "'1.2.3'"),
+    ("http.Get", 0, "string", "'https://data.example.com/v1'"),
+    ("http.get", 0, "string", "'https://data.example.com/v1'"),
+    ("http.Post", 0, "string", "'https://data.example.com/v1'"),
+    ("http.post", 0, "string", "'https://data.example.com/v1'"),
+    ("Get", 1, "string", "'https://data.example.com/v1'"),
+    ("get", 1, "string", "'https://data.example.com/v1'"),
+    ("Post", 1, "string", "'https://data.example.com/v1'"),
+    ("post", 1, "string", "'https://data.example.com/v1'"),
+    ("http.Client", 0, "string", "''"),
+    ("http.client", 0, "string", "''"),
+    ("Client", 1, "string", "''"),
+    ("client", 1, "string", "''"),
     ("json.unmarshal", 0, "string", "'{\"a\": [1, \"b\"]}'"),
     (
         "jwks.Fetch",

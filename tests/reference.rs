@@ -614,6 +614,19 @@ fn setup() {
     DONE.get_or_init(|| {
         let jwks = std::fs::read(root().join("examples/identity/keys/jwks.json")).unwrap();
         celgate::identity::jwks::preload(JWKS_URL, &jwks).unwrap();
+        // The `http` examples' services, answered without a request.
+        celgate::outbound::http::preload(
+            "https://entitlements.example.com/v1/users/alice",
+            br#"{"plan": "pro", "features": ["reports", "export"]}"#,
+        )
+        .unwrap();
+        celgate::outbound::http::preload(
+            "https://flags.example.com/v1/evaluate",
+            br#"{"enabled": true}"#,
+        )
+        .unwrap();
+        celgate::outbound::http::preload("https://flags.example.com/v1/list", br#"["a", "b"]"#)
+            .unwrap();
     });
 }
 

@@ -27,9 +27,8 @@
 //!   policy that builds the URL from request data cannot grow memory.
 //!
 //! Evaluation is synchronous, and may run on a tokio worker thread: an
-//! inline fetch then runs inside [`tokio::task::block_in_place`] so the
-//! worker's other tasks move to another thread meanwhile. Without a runtime
-//! (CLI, tests), or on a current-thread runtime, it simply blocks.
+//! inline fetch then runs through [`crate::outbound::blocking`], which lets
+//! the worker's other tasks move to another thread meanwhile.
 //!
 //! [`JwtConfig::jwks_min_refresh_interval`]: super::JwtConfig::jwks_min_refresh_interval
 //! [`JwtConfig::jwks_min_ttl`, `jwks_max_ttl`]: super::JwtConfig::jwks_min_ttl
@@ -42,6 +41,7 @@
 use super::keys::{fingerprint, Key};
 use super::url::{judge, redact_raw, JwksUrl, Verdict};
 use super::{bump, IdentityError, JwksUrlStats, JwtConfig, Runtime, COUNTERS, RUNTIME};
+use crate::outbound::{blocking, freshness, Freshness};
 use arc_swap::ArcSwapOption;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -484,31 +484,16 @@ pub fn parse(body: &[u8]) -> Result<Vec<Arc<Key>>, String> {
     Ok(keys)
 }
 
-/// Cache lifetime from a `Cache-Control` header, bounded by the settings.
+/// Cache lifetime from a `Cache-Control` header, bounded by the settings
+/// (`no-cache` and `no-store` get the lower bound).
 fn ttl(cfg: &JwtConfig, cache_control: Option<&str>) -> Duration {
-    let mut ttl = cfg.jwks_default_ttl;
-    for d in cache_control.unwrap_or("").split(',') {
-        let d = d.trim().to_ascii_lowercase();
-        if let Some(v) = d.strip_prefix("max-age=") {
-            if let Ok(s) = v.trim_matches('"').parse::<u64>() {
-                ttl = Duration::from_secs(s);
-            }
-        } else if d == "no-cache" || d == "no-store" {
-            ttl = Duration::ZERO;
-            break;
-        }
-    }
+    let ttl = match freshness(cache_control) {
+        Freshness::Unspecified => cfg.jwks_default_ttl,
+        Freshness::MaxAge(d) => d,
+        Freshness::NoStore => Duration::ZERO,
+    };
     ttl.max(cfg.jwks_min_ttl)
         .min(cfg.jwks_max_ttl.max(cfg.jwks_min_ttl))
-}
-
-/// Runs `f`, which blocks, without stalling a tokio worker thread.
-fn blocking<R>(f: impl FnOnce() -> R) -> R {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
-        _ => f(),
-    }
 }
 
 pub(crate) fn url_stats() -> Vec<JwksUrlStats> {

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
-use ureq::tls::{Certificate, RootCerts, TlsConfig};
+use ureq::tls::{Certificate, RootCerts};
 
 /// A CA bundle, checked.
 #[derive(Debug)]
@@ -242,15 +242,17 @@ pub(crate) fn agent(cfg: &JwtConfig) -> ureq::Agent {
                 .chain(b.certs.iter().cloned()),
         ),
     };
-    ureq::Agent::config_builder()
-        .timeout_connect(Some(cfg.connect_timeout))
-        .timeout_global(Some(cfg.timeout))
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .user_agent("celgate")
-        .tls_config(TlsConfig::builder().root_certs(roots).build())
-        .build()
-        .into()
+    crate::outbound::agent(cfg.connect_timeout, cfg.timeout, roots)
+}
+
+/// The certificates of a checked bundle, as roots to trust on their own.
+pub(crate) fn bundle_roots(b: &CaBundle) -> RootCerts {
+    RootCerts::from(b.certs.iter().cloned())
+}
+
+/// The SHA-256 of a bundle's PEM text.
+pub(crate) fn bundle_digest(b: &CaBundle) -> [u8; 32] {
+    b.digest
 }
 
 #[cfg(test)]

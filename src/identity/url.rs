@@ -1,5 +1,6 @@
-//! JWKS URLs: parsed, normalised, matched against the allow-list, and
-//! redacted for logs and metrics.
+//! URLs of outbound requests (`jwks.Fetch`, the `http` library): parsed,
+//! normalised, matched against an allow-list, and redacted for logs and
+//! metrics.
 //!
 //! A URL is normalised before it is checked, cached or fetched, so the URL
 //! that passed the allow-list is exactly the one requested: scheme and host
@@ -94,6 +95,11 @@ impl JwksUrl {
         self.https
     }
 
+    /// The normalised path (starts with `/`).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
     fn scheme(&self) -> &'static str {
         if self.https {
             "https"
@@ -102,7 +108,8 @@ impl JwksUrl {
         }
     }
 
-    fn origin(&self) -> String {
+    /// `scheme://host[:port]`, the port only when not the scheme's default.
+    pub fn origin(&self) -> String {
         let default = if self.https { 443 } else { 80 };
         if self.port == default {
             format!("{}://{}", self.scheme(), self.host)

@@ -243,6 +243,13 @@ pub fn call(name: &str, recv: Option<&Info>, args: &[Info], result: &Ty) -> (f64
         }
         "jwt.Decode" => (100.0 + walk(all.first()), same),
         "jwks.Fetch" => (100.0, (1.0, 1.0)),
+        // An answer is read whole (charged by its size) and is as large as
+        // the response limit allows; what is sent is walked once.
+        "http.Get" | "http.get" | "http.Post" | "http.post" | "Get" | "get" | "Post" | "post" => {
+            let body = crate::outbound::http::config().max_response_bytes as f64;
+            let sent: f64 = all.iter().map(|i| BYTE * i.size).sum();
+            (100.0 + sent + BYTE * body, (body, body))
+        }
         "mcp.Parse" => (walk(all.first()), same),
         // A document's values are as large as its text.
         "json.unmarshal" => (walk(all.first()), same),

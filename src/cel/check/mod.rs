@@ -54,6 +54,7 @@ const NAMESPACES: &[&str] = &[
     "envoy",
     "jwt",
     "jwks",
+    "http",
     "mcp",
     "math",
     "optional",
@@ -574,6 +575,7 @@ impl Checker<'_> {
         let args: Vec<Info> = c.args.iter().map(|a| self.expr(a, at)).collect();
         let children: f64 = recv.iter().chain(&args).map(|i| i.cost).sum();
         let mut info = self.resolve(&name, recv.as_ref(), &args, name_at);
+        self.outbound_url(&name, recv.as_ref(), c, at);
         let (cost, sizes) = cost::call(&name, recv.as_ref(), &args, &info.ty);
         info.cost = cost;
         info.size = sizes.0;
@@ -599,6 +601,26 @@ impl Checker<'_> {
         }
         info.cost += children;
         info
+    }
+
+    /// A literal URL of the `http` library that the server's allow-list
+    /// refuses is an error of the policy, found before any request runs.
+    fn outbound_url(&mut self, name: &str, recv: Option<&Info>, c: &CallExpr, at: usize) {
+        use crate::cel::eval::lib::http;
+        let method = recv.is_some();
+        if !http::takes_url(name, method)
+            || recv.is_some_and(|r| !matches!(&r.ty, Ty::Object(t) if &**t == "http.Context"))
+        {
+            return;
+        }
+        let Some(arg) = c.args.first() else { return };
+        let Expr::Literal(LiteralValue::String(url)) = &arg.expr else {
+            return;
+        };
+        if let Err(e) = crate::outbound::http::check_literal(url.inner()) {
+            let arg_at = self.offset(arg, at);
+            self.error(arg_at, format!("`{}`: {e}", display_name(name)));
+        }
     }
 
     /// The overload a call takes, and its result.
@@ -787,6 +809,7 @@ fn example(namespace: &str) -> &'static str {
         "envoy" => "envoy.Allowed()",
         "jwt" => "jwt.Decode(token, key)",
         "jwks" => "jwks.Fetch(url)",
+        "http" => "http.Get(url)",
         "mcp" => "mcp.Parse(body)",
         "math" => "math.abs(x)",
         "optional" => "optional.of(x)",

@@ -84,6 +84,11 @@ impl Meter {
         self
     }
 
+    /// When the evaluation must have ended, if it has a deadline.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
     pub fn used(&self) -> u64 {
         self.used
     }
@@ -139,9 +144,26 @@ pub trait Host: Send + Sync {
         let _ = url;
         None
     }
+
+    /// A call of the `http` library, made within the allow-list and limits
+    /// the server configured. The default refuses: a host that offers
+    /// outbound requests says so.
+    fn http(&self, call: &HttpCall<'_>) -> Result<std::sync::Arc<HttpResponse>, String> {
+        let _ = call;
+        Err("the http library is not available here".into())
+    }
+
+    /// The answer of `call` if it can be had without blocking (a cached
+    /// `GET`); `None` when answering would take a request.
+    fn http_cached(&self, call: &HttpCall<'_>) -> Option<std::sync::Arc<HttpResponse>> {
+        let _ = call;
+        None
+    }
 }
 
-/// celgate's process-wide JWKS cache.
+pub use crate::outbound::http::{Call as HttpCall, Response as HttpResponse};
+
+/// celgate's process-wide JWKS cache and `http` library.
 pub struct DefaultHost;
 
 impl Host for DefaultHost {
@@ -151,6 +173,14 @@ impl Host for DefaultHost {
 
     fn jwks_cached(&self, url: &str) -> Option<std::sync::Arc<crate::identity::jwks::KeySet>> {
         crate::identity::jwks::cached(url)
+    }
+
+    fn http(&self, call: &HttpCall<'_>) -> Result<std::sync::Arc<HttpResponse>, String> {
+        crate::outbound::http::call(call).map_err(|e| e.to_string())
+    }
+
+    fn http_cached(&self, call: &HttpCall<'_>) -> Option<std::sync::Arc<HttpResponse>> {
+        crate::outbound::http::cached(call)
     }
 }
 

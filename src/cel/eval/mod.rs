@@ -28,7 +28,7 @@ pub mod request;
 pub mod value;
 
 pub use crate::cel::ErrorKind;
-pub use ctx::{Ctx, Host, Meter};
+pub use ctx::{Ctx, Host, HttpCall, HttpResponse, Meter};
 pub use plan::{compile, Program};
 pub use value::{Key, Map, Object, Str, Type, Value};
 

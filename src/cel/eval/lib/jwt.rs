@@ -116,7 +116,9 @@ pub(crate) fn struct_value(o: &serde_json::Map<String, Json>) -> Value<'static> 
     )
 }
 
-fn json(j: &Json) -> Value<'static> {
+/// A JSON value as CEL reads it, numbers as `double` (as cel-go reads
+/// JSON).
+pub(crate) fn json(j: &Json) -> Value<'static> {
     match j {
         Json::Null => Value::Null,
         Json::Bool(b) => Value::Bool(*b),

@@ -11,6 +11,7 @@
 
 pub mod envoy;
 pub mod format;
+pub mod http;
 pub mod json;
 pub mod jwt;
 pub mod lists;
@@ -38,6 +39,7 @@ pub fn all_functions() -> impl Iterator<Item = &'static Function> {
         lists::FUNCTIONS,
         envoy::FUNCTIONS,
         jwt::FUNCTIONS,
+        http::FUNCTIONS,
         mcp::FUNCTIONS,
         net::FUNCTIONS,
         url::FUNCTIONS,
