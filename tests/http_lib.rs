@@ -279,6 +279,14 @@ fn an_allowed_url_is_fetched_once_and_cached_by_max_age() {
     }
     assert_eq!(s.hits("/ok/uncached") - before, 3);
     assert!(http::stats().cache_hits >= 4);
+    // The same counters on /metrics.
+    let metrics = celgate::telemetry::extra_metrics();
+    let hits = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("celgate_http_cache_hits_total "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("celgate_http_cache_hits_total on /metrics");
+    assert!(hits >= 4, "{metrics}");
 }
 
 #[test]

@@ -9,6 +9,7 @@ pub mod report;
 pub fn extra_metrics() -> String {
     let (written, dropped) = decision_log::counts();
     let mut out = identity_metrics();
+    out += &http_metrics();
     out += &format!(
         "# HELP celgate_decision_log_written_total Decision log lines written.\n\
          # TYPE celgate_decision_log_written_total counter\n\
@@ -17,6 +18,57 @@ pub fn extra_metrics() -> String {
          # TYPE celgate_decision_log_dropped_total counter\n\
          celgate_decision_log_dropped_total {dropped}\n"
     );
+    out
+}
+
+/// Series of the `http` library's calls and cache.
+fn http_metrics() -> String {
+    use std::fmt::Write as _;
+    let s = crate::outbound::http::stats();
+    let mut out = String::new();
+    for (name, kind, help, v) in [
+        (
+            "celgate_http_requests_total",
+            "counter",
+            "Requests made by the http library (a call with redirects counts once).",
+            s.requests,
+        ),
+        (
+            "celgate_http_request_errors_total",
+            "counter",
+            "Requests of the http library that gave no answer.",
+            s.errors,
+        ),
+        (
+            "celgate_http_cache_hits_total",
+            "counter",
+            "http.Get calls answered from the cache.",
+            s.cache_hits,
+        ),
+        (
+            "celgate_http_shared_total",
+            "counter",
+            "http.Get calls that shared the same request of another call.",
+            s.shared,
+        ),
+        (
+            "celgate_http_cache_evictions_total",
+            "counter",
+            "Cached http.Get answers dropped to make room (--http-cache-max-bytes).",
+            s.evictions,
+        ),
+        (
+            "celgate_http_cache_bytes",
+            "gauge",
+            "Bytes of http.Get answers cached.",
+            s.cache_bytes,
+        ),
+    ] {
+        let _ = write!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+        );
+    }
     out
 }
 

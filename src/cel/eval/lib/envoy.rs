@@ -16,7 +16,6 @@ use crate::response::{
     self, CheckResponse, DeniedResponse, HeaderOption, OkResponse, Outcome, QueryParam,
 };
 use serde_json::Value as Json;
-use std::any::Any;
 
 const OK: &str = "envoy.service.auth.v3.OkHttpResponse";
 const DENIED: &str = "envoy.service.auth.v3.DeniedHttpResponse";
@@ -24,26 +23,11 @@ const RESPONSE: &str = "envoy.service.auth.v3.CheckResponse";
 const HEADER: &str = "envoy.config.core.v3.HeaderValueOption";
 const QUERY: &str = "envoy.config.core.v3.QueryParameter";
 
-macro_rules! object {
-    ($ty:ty, $name:expr) => {
-        impl Object for $ty {
-            fn type_name(&self) -> &str {
-                $name
-            }
-            fn equals(&self, other: &dyn Object) -> bool {
-                other.as_any().downcast_ref::<$ty>() == Some(self)
-            }
-            fn as_any(&self) -> &dyn Any {
-                self
-            }
-        }
-    };
-}
-object!(OkResponse, OK);
-object!(DeniedResponse, DENIED);
-object!(CheckResponse, RESPONSE);
-object!(HeaderOption, HEADER);
-object!(QueryParam, QUERY);
+response_object!(OkResponse, OK);
+response_object!(DeniedResponse, DENIED);
+response_object!(CheckResponse, RESPONSE);
+response_object!(HeaderOption, HEADER);
+response_object!(QueryParam, QUERY);
 
 /// The response a validation returned, taken out of its value (copied only
 /// when something else still holds it); `Err` gives back any other value.

@@ -217,22 +217,6 @@ pub struct RpcStatus {
     pub message: String,
 }
 
-macro_rules! object {
-    ($ty:ty, $name:expr) => {
-        impl Object for $ty {
-            fn type_name(&self) -> &str {
-                $name
-            }
-            fn equals(&self, other: &dyn Object) -> bool {
-                other.as_any().downcast_ref::<$ty>() == Some(self)
-            }
-            fn as_any(&self) -> &dyn Any {
-                self
-            }
-        }
-    };
-}
-
 /// Read like the request's `header_map` entries, which are of this type.
 impl Object for HeaderValue {
     fn type_name(&self) -> &str {
@@ -261,8 +245,8 @@ impl Object for HeaderValue {
         self
     }
 }
-object!(HttpStatus, HTTP_STATUS);
-object!(RpcStatus, RPC_STATUS);
+response_object!(HttpStatus, HTTP_STATUS);
+response_object!(RpcStatus, RPC_STATUS);
 
 /// gRPC `OK`: the request is allowed.
 const GRPC_OK: i64 = crate::decision::GRPC_OK as i64;

@@ -9,6 +9,25 @@
 //! take, so that several libraries may define the same name (`reverse` on a
 //! string and on a list).
 
+/// [`Object`](super::Object) for a value that is one message of a response,
+/// named by its message type and compared by `PartialEq` (the libraries that
+/// build responses: `envoy` and its message literals).
+macro_rules! response_object {
+    ($ty:ty, $name:expr) => {
+        impl $crate::cel::eval::Object for $ty {
+            fn type_name(&self) -> &str {
+                $name
+            }
+            fn equals(&self, other: &dyn $crate::cel::eval::Object) -> bool {
+                other.as_any().downcast_ref::<$ty>() == Some(self)
+            }
+            fn as_any(&self) -> &dyn ::std::any::Any {
+                self
+            }
+        }
+    };
+}
+
 pub mod envoy;
 pub mod format;
 pub mod http;
