@@ -11,7 +11,7 @@
 //! query values without CR, LF or NUL) and their messages are that module's.
 
 use crate::cel::eval::value::Bin;
-use crate::cel::eval::{Ctx, Error, Function, Map, Object, Value};
+use crate::cel::eval::{Ctx, Error, Function, Map, Value};
 use crate::response::{
     self, CheckResponse, DeniedResponse, HeaderOption, OkResponse, Outcome, QueryParam,
 };
