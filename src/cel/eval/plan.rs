@@ -938,31 +938,40 @@ fn map_insert<'r>(
     Ok(Value::map(owned))
 }
 
+/// A message literal built per request (a constant one is built at load):
+/// out of line, so that the hot arms of [`Node::eval`] stay small.
+#[inline(never)]
+fn eval_message<'r>(
+    m: &'r MessagePlan,
+    ctx: &mut Ctx<'r>,
+    locals: &mut Locals<'r>,
+) -> Result<Value<'r>, Error> {
+    let mut fields = Vec::with_capacity(m.fields.len());
+    for (index, node, optional) in &m.fields {
+        let v = match (node.eval(ctx, locals)?, optional) {
+            // Unset: a message field set to null, an empty optional.
+            (Value::Null, _) if m.message.fields[*index].is_message() => continue,
+            (Value::Optional(None), true) => continue,
+            (Value::Optional(Some(v)), true) => Value::clone(&v),
+            (other, true) => {
+                return Err(Error::type_mismatch(format!(
+                    "an optional field `?f: v` takes an optional value, not {}",
+                    other.type_name()
+                )))
+            }
+            (v, false) => v,
+        };
+        fields.push((*index, v));
+    }
+    ctx.charge(1)?;
+    lib::messages::build(ctx, m.message, fields)
+}
+
 impl Node {
     fn eval<'r>(&'r self, ctx: &mut Ctx<'r>, locals: &mut Locals<'r>) -> Result<Value<'r>, Error> {
         match self {
-            Node::Message(m) => {
-                let mut fields = Vec::with_capacity(m.fields.len());
-                for (index, node, optional) in &m.fields {
-                    let v = match (node.eval(ctx, locals)?, optional) {
-                        // Unset: a message field set to null, an empty optional.
-                        (Value::Null, _) if m.message.fields[*index].is_message() => continue,
-                        (Value::Optional(None), true) => continue,
-                        (Value::Optional(Some(v)), true) => Value::clone(&v),
-                        (other, true) => {
-                            return Err(Error::type_mismatch(format!(
-                                "an optional field `?f: v` takes an optional value, not {}",
-                                other.type_name()
-                            )))
-                        }
-                        (v, false) => v,
-                    };
-                    fields.push((*index, v));
-                }
-                ctx.charge(1)?;
-                lib::messages::build(ctx, m.message, fields)
-            }
             Node::Const(v) => Ok(v.reborrow()),
+            Node::Message(m) => eval_message(m, ctx, locals),
             Node::Local(s) => locals[*s].clone(),
             Node::Object => Ok(Value::Node(ReqNode::CheckRequest(
                 ctx.request().unwrap_or(&EMPTY_REQUEST),
