@@ -39,17 +39,21 @@ spec:
   - expression: envoy.Allowed().WithHeader("x-greeting", variables.greeting).WithHeader("x-user", variables.user).Response()
 "#;
 
+/// Each variable of a policy's trace with how many times it was evaluated.
+fn evaluations(t: &celgate::engine::PolicyTrace) -> Vec<(&str, Option<u32>)> {
+    t.variables
+        .iter()
+        .map(|v| (v.name.as_str(), v.evaluations))
+        .collect()
+}
+
 #[test]
 fn variables_are_lazy_and_evaluated_once() {
     let set = compile(&[("lazy.yaml", LAZY)]).unwrap();
     let (d, trace) = evaluate_traced(&set, &EngineConfig::default(), &request("/"));
     assert!(d.allowed(), "{d:?}");
     let t = &trace[0];
-    let evaluated: Vec<(&str, Option<u32>)> = t
-        .variables
-        .iter()
-        .map(|v| (v.name.as_str(), v.evaluations))
-        .collect();
+    let evaluated = evaluations(t);
     // `user` is referenced four times, `greeting` once; `never` (which would
     // fail) is not referenced and so never runs.
     assert_eq!(evaluated, vec![("user", Some(1)), ("greeting", Some(1))]);
@@ -349,11 +353,7 @@ fn an_exception_shares_the_policy_variables_computed_once() {
     assert_eq!(t.outcome, "decided");
     // The exception computed `greeting` (and `user`); the validations
     // reused both.
-    let evaluated: Vec<(&str, Option<u32>)> = t
-        .variables
-        .iter()
-        .map(|v| (v.name.as_str(), v.evaluations))
-        .collect();
+    let evaluated = evaluations(t);
     assert_eq!(evaluated, vec![("user", Some(1)), ("greeting", Some(1))]);
 
     let x = exception("ann", &["lazy"], r#"variables.greeting == "hello ann""#);

@@ -939,10 +939,7 @@ impl Compiler {
             };
             if let Some(expr) = self.expression(ctx, field, src) {
                 self.check_variables(ctx, &expr, &var_names);
-                if !var_depths.is_empty() {
-                    let d = through_variables(&expr.program, &variables, &var_depths);
-                    self.check_depth(ctx, &expr, &variables, &var_depths, d);
-                }
+                self.check_depth_through(ctx, &expr, &variables, &var_depths);
                 validations.push(expr);
             }
         }
@@ -969,7 +966,7 @@ impl Compiler {
         if self.errors.len() > before {
             return;
         }
-        let var_slot = |name: &str| variables.iter().position(|v| v.name == name);
+        let var_slot = |name: &str| variable_slot(&variables, name);
         let plans = Plans {
             match_conditions: self
                 .plan_all(ctx, match_conditions.iter().map(|m| &m.expr), &|_| None),
@@ -1113,16 +1110,13 @@ impl Compiler {
             if self.errors.len() > known {
                 continue;
             }
-            if !depths.is_empty() {
-                let d = through_variables(&m.expr.program, &policy.variables, &depths);
-                self.check_depth(&ctx, &m.expr, &policy.variables, &depths, d);
-            }
+            self.check_depth_through(&ctx, &m.expr, &policy.variables, &depths);
             self.check_expression(&ctx, &m.expr, &scope, Want::Bool("an exception condition"));
         }
         let plans = if self.errors.len() > before {
             Vec::new()
         } else {
-            let var_slot = |name: &str| policy.variables.iter().position(|v| v.name == name);
+            let var_slot = |name: &str| variable_slot(&policy.variables, name);
             self.plan_all(
                 &ctx,
                 exception.match_conditions.iter().map(|m| &m.expr),
@@ -1371,6 +1365,22 @@ impl Compiler {
     /// An expression `depth` levels deep counting the variables it reads is
     /// refused past the limit, where the limit is crossed (not again for
     /// every expression that reads one already refused).
+    /// [`check_depth`](Self::check_depth) of an expression that may read
+    /// `vars` (whose depths are `depths`; none when they are in a cycle,
+    /// which is refused on its own).
+    fn check_depth_through(
+        &mut self,
+        ctx: &Ctx<'_>,
+        expr: &Expression,
+        vars: &[NamedProgram],
+        depths: &[usize],
+    ) {
+        if !depths.is_empty() {
+            let d = through_variables(&expr.program, vars, depths);
+            self.check_depth(ctx, expr, vars, depths, d);
+        }
+    }
+
     fn check_depth(
         &mut self,
         ctx: &Ctx<'_>,
@@ -1726,6 +1736,11 @@ pub fn variables_misused(program: &Program) -> bool {
         _ => {}
     });
     all > named
+}
+
+/// The slot of variable `name` in a policy's plans: its place in `vars`.
+fn variable_slot(vars: &[NamedProgram], name: &str) -> Option<usize> {
+    vars.iter().position(|v| v.name == name)
 }
 
 /// The depth of an expression counting the variables it reads: its own

@@ -350,22 +350,12 @@ impl Planner<'_> {
             fields.push((index, self.expr(&f.value)?, f.optional));
         }
         let node = Node::Message(Box::new(MessagePlan { message, fields }));
-        let constant = |n: &Node| match n {
-            Node::Message(m) => m.fields.iter().all(|(_, v, _)| matches!(v, Node::Const(_))),
-            _ => false,
-        };
-        if !self.folds || !constant(&node) {
+        if !self.folds {
             return Ok(node);
         }
-        let program = Program {
-            root: node,
-            slots: 0,
-        };
-        let mut ctx = Ctx::new(None, Meter::new(1_000_000));
-        match program.eval(&mut ctx) {
-            Ok(v) => Ok(Node::Const(v.into_static())),
-            Err(e) => Err(PlanError(e.message.clone())),
-        }
+        // A constant literal that cannot be built is refused here, where
+        // other constant expressions are left to fail when they run.
+        try_fold(node).map_err(|(_, e)| PlanError(e.message.clone()))
     }
 
     fn ident(&mut self, name: &str) -> Result<Node, PlanError> {
@@ -631,10 +621,15 @@ impl Planner<'_> {
 }
 
 /// Folds a node whose operands are all constants into its value, when
-/// computing it needs nothing of a request: a pure function's call, a list
-/// or map literal. An error is left to happen at run time, where the
+/// computing it needs nothing of a request: a pure function's call, a list,
+/// map or message literal. An error is left to happen at run time, where the
 /// policy's `failurePolicy` decides it.
 fn fold(node: Node) -> Node {
+    try_fold(node).unwrap_or_else(|(node, _)| node)
+}
+
+/// [`fold`], giving back the node and the error when its evaluation fails.
+fn try_fold(node: Node) -> Result<Node, (Node, Error)> {
     let foldable = match &node {
         Node::Call(c) => {
             c.functions.iter().all(|f| f.pure) && c.args.iter().all(|a| matches!(a, Node::Const(_)))
@@ -647,10 +642,11 @@ fn fold(node: Node) -> Node {
             matches!(**a, Node::Const(_)) && matches!(**b, Node::Const(_))
         }
         Node::Not(a) => matches!(**a, Node::Const(_)),
+        Node::Message(m) => m.fields.iter().all(|(_, v, _)| matches!(v, Node::Const(_))),
         _ => false,
     };
     if !foldable {
-        return node;
+        return Ok(node);
     }
     let program = Program {
         root: node,
@@ -658,8 +654,8 @@ fn fold(node: Node) -> Node {
     };
     let mut ctx = Ctx::new(None, Meter::new(1_000_000));
     match program.eval(&mut ctx) {
-        Ok(v) => Node::Const(v.into_static()),
-        Err(_) => program.root,
+        Ok(v) => Ok(Node::Const(v.into_static())),
+        Err(e) => Err((program.root, e)),
     }
 }
 

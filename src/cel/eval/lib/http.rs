@@ -75,8 +75,9 @@ const GET: &str = "http.Get";
 const POST: &str = "http.Post";
 const CLIENT: &str = "http.Client";
 
-/// The client of a method call's receiver; `None` when it is not one.
-fn receiver<'a>(args: &'a [Value<'_>]) -> Option<(&'a HttpClient, &'a [Value<'a>])> {
+/// The client of a method call's receiver and the other arguments; `None`
+/// when the receiver is not a client.
+fn receiver<'a, 'r>(args: &'a [Value<'r>]) -> Option<(&'a HttpClient, &'a [Value<'r>])> {
     let (first, rest) = args.split_first()?;
     Some((first.downcast::<HttpClient>()?, rest))
 }
@@ -90,21 +91,15 @@ fn post<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
 }
 
 fn get_with<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
-    match args.split_first() {
-        Some((c, rest)) => match c.downcast::<HttpClient>() {
-            Some(c) => request(ctx, GET, Method::Get, c.0.as_deref(), rest),
-            None => Err(Error::no_overload("Get", args)),
-        },
+    match receiver(args) {
+        Some((c, rest)) => request(ctx, GET, Method::Get, c.0.as_deref(), rest),
         None => Err(Error::no_overload("Get", args)),
     }
 }
 
 fn post_with<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
-    match args.split_first() {
-        Some((c, rest)) => match c.downcast::<HttpClient>() {
-            Some(c) => request(ctx, POST, Method::Post, c.0.as_deref(), rest),
-            None => Err(Error::no_overload("Post", args)),
-        },
+    match receiver(args) {
+        Some((c, rest)) => request(ctx, POST, Method::Post, c.0.as_deref(), rest),
         None => Err(Error::no_overload("Post", args)),
     }
 }
