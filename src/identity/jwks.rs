@@ -41,7 +41,7 @@
 use super::keys::{fingerprint, Key};
 use super::url::{judge, redact_raw, JwksUrl, Verdict};
 use super::{bump, IdentityError, JwksUrlStats, JwtConfig, Runtime, COUNTERS, RUNTIME};
-use crate::outbound::{blocking, freshness, Freshness};
+use crate::outbound::{blocking, freshness, lock, Freshness};
 use arc_swap::ArcSwapOption;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -279,10 +279,6 @@ pub(crate) fn refresh_for_kid(set: &KeySet, kid: &str) -> Option<Arc<KeySet>> {
         let set = do_fetch(&entry, &rt, true).ok()?;
         set.by_kid(kid).is_some().then_some(set)
     })
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The registered entry of a normalised URL, marked used.

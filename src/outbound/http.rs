@@ -33,6 +33,7 @@ use crate::cel::eval::value::{Key, OwnedMap};
 use crate::cel::eval::{Str, Value};
 use crate::identity::tls::{bundle_digest, bundle_roots, CaBundle};
 use crate::identity::url::{judge, AllowEntry, JwksUrl, Verdict};
+use crate::outbound::lock;
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -219,10 +220,6 @@ pub fn configure(cfg: HttpConfig) {
 /// The settings in force.
 pub fn config() -> HttpConfig {
     RUNTIME.load().cfg.clone()
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The URL, parsed, if the allow-list admits it.

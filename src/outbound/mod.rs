@@ -29,6 +29,12 @@ pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// Locks `m`; a lock whose holder panicked is taken over, its data used as
+/// they are (a panic must not take the caches of every later call with it).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// What a `Cache-Control` header says about keeping a response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Freshness {
