@@ -140,23 +140,19 @@ fn now_ms() -> u64 {
 /// fetch fails.
 pub fn fetch(url: &str) -> Result<Arc<KeySet>, IdentityError> {
     let rt = RUNTIME.load();
-    let parsed = JwksUrl::parse(url).map_err(|p| IdentityError::BadUrl {
-        url: redact_raw(url),
-        reason: p.0,
-    })?;
-    let key = parsed.normalised();
-    let entry = match lookup(&key) {
+    let url = rt.urls.resolve(&rt, url)?;
+    let entry = match lookup(&url.key) {
         // A preloaded set is never fetched: no scheme or allow-list question.
         Some(e) if e.pinned => e,
         found => {
-            match judge(&rt.allow, rt.cfg.allow_http, &parsed) {
+            match url.verdict {
                 Verdict::Allowed => {}
-                Verdict::PlainHttp => return Err(IdentityError::HttpNotAllowed(parsed.redacted())),
-                Verdict::NotListed => return Err(IdentityError::UrlNotAllowed(parsed.redacted())),
+                Verdict::PlainHttp => return Err(IdentityError::HttpNotAllowed(url.label.clone())),
+                Verdict::NotListed => return Err(IdentityError::UrlNotAllowed(url.label.clone())),
             }
             match found {
                 Some(e) => e,
-                None => entry(&key, &parsed.redacted(), rt.cfg.max_jwks_urls, false),
+                None => entry(&url.key, &url.label, rt.cfg.max_jwks_urls, false),
             }
         }
     };
@@ -172,18 +168,53 @@ pub fn fetch(url: &str) -> Result<Arc<KeySet>, IdentityError> {
 /// as `fetch` does), within the allow-list. `None` when only a fetch can
 /// answer (a first use, a URL not allowed: `fetch` says why).
 pub fn cached(url: &str) -> Option<Arc<KeySet>> {
-    let parsed = JwksUrl::parse(url).ok()?;
-    let entry = lookup(&parsed.normalised())?;
-    if !entry.pinned {
-        let rt = RUNTIME.load();
-        if !matches!(
-            judge(&rt.allow, rt.cfg.allow_http, &parsed),
-            Verdict::Allowed
-        ) {
-            return None;
-        }
+    let rt = RUNTIME.load();
+    let url = rt.urls.resolve(&rt, url).ok()?;
+    let entry = lookup(&url.key)?;
+    if !entry.pinned && url.verdict != Verdict::Allowed {
+        return None;
     }
     from_cache(&entry)
+}
+
+/// A key set URL as a policy writes it, parsed and judged against the
+/// allow-list once per settings ([`Runtime`]), not once per request.
+pub(crate) struct ResolvedUrl {
+    /// [`JwksUrl::normalised`]: the registry's key.
+    key: String,
+    /// [`JwksUrl::redacted`]: for errors and labels.
+    label: String,
+    verdict: Verdict,
+}
+
+/// The URLs resolved under one [`Runtime`] (so a change of the allow-list
+/// starts afresh). Bounded: a URL computed from requests cannot make it
+/// grow; past the bound a URL is parsed on every use, as before.
+#[derive(Default)]
+pub(crate) struct UrlMemo(RwLock<HashMap<Box<str>, Arc<ResolvedUrl>>>);
+
+impl UrlMemo {
+    const MAX: usize = 256;
+
+    fn resolve(&self, rt: &Runtime, url: &str) -> Result<Arc<ResolvedUrl>, IdentityError> {
+        if let Some(r) = self.0.read().unwrap_or_else(|p| p.into_inner()).get(url) {
+            return Ok(r.clone());
+        }
+        let parsed = JwksUrl::parse(url).map_err(|p| IdentityError::BadUrl {
+            url: redact_raw(url),
+            reason: p.0,
+        })?;
+        let r = Arc::new(ResolvedUrl {
+            key: parsed.normalised(),
+            label: parsed.redacted(),
+            verdict: judge(&rt.allow, rt.cfg.allow_http, &parsed),
+        });
+        let mut memo = self.0.write().unwrap_or_else(|p| p.into_inner());
+        if memo.len() < Self::MAX {
+            memo.insert(url.into(), r.clone());
+        }
+        Ok(r)
+    }
 }
 
 /// The cached set of `entry`, counted as a hit; a stale one is served and
@@ -587,6 +618,49 @@ mod tests {
         assert!(!shown.contains("SECRET"), "{shown}");
         let stats = url_stats();
         assert!(stats.iter().all(|s| !s.url.contains("SECRET")));
+    }
+
+    #[test]
+    fn a_url_is_judged_once_per_settings_and_the_memo_stays_bounded() {
+        let with_allow = |allow: &[&str]| {
+            Runtime::new(JwtConfig {
+                allowed_jwks_urls: allow.iter().map(|s| s.to_string()).collect(),
+                ..JwtConfig::default()
+            })
+        };
+        let url = "https://issuer.example/keys?tenant=SECRET";
+        let listed = with_allow(&["https://issuer.example/"]);
+        let first = listed.urls.resolve(&listed, url).unwrap();
+        assert_eq!(first.verdict, Verdict::Allowed);
+        assert_eq!(first.key, "https://issuer.example/keys?tenant=SECRET");
+        assert_eq!(first.label, "https://issuer.example/keys");
+        assert!(Arc::ptr_eq(
+            &first,
+            &listed.urls.resolve(&listed, url).unwrap()
+        ));
+        // New settings judge afresh: the old verdict is not carried over.
+        let other = with_allow(&["https://other.example/"]);
+        assert_eq!(
+            other.urls.resolve(&other, url).unwrap().verdict,
+            Verdict::NotListed
+        );
+        let open = with_allow(&[]);
+        let plain = open.urls.resolve(&open, "http://issuer.example/keys");
+        assert_eq!(plain.unwrap().verdict, Verdict::PlainHttp);
+        assert!(matches!(
+            listed.urls.resolve(&listed, "not a url"),
+            Err(IdentityError::BadUrl { .. })
+        ));
+        // URLs computed from requests cannot grow it past its bound, and are
+        // still judged past it.
+        for i in 0..UrlMemo::MAX + 50 {
+            let u = format!("https://issuer.example/k{i}");
+            assert_eq!(
+                listed.urls.resolve(&listed, &u).unwrap().verdict,
+                Verdict::Allowed
+            );
+        }
+        assert_eq!(listed.urls.0.read().unwrap().len(), UrlMemo::MAX);
     }
 
     #[test]

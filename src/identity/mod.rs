@@ -120,6 +120,8 @@ pub(crate) struct Runtime {
     pub tokens: token::TokenCache,
     pub invalid: token::InvalidCache,
     pub keys: keys::KeyCache,
+    /// Key set URLs as written, parsed and judged once.
+    pub urls: jwks::UrlMemo,
 }
 
 impl Runtime {
@@ -146,6 +148,7 @@ impl Runtime {
             tokens: token::TokenCache::new(cfg.token_cache_size),
             invalid: token::InvalidCache::new(cfg.invalid_cache_size),
             keys: keys::KeyCache::new(cfg.key_cache_size),
+            urls: jwks::UrlMemo::default(),
             cfg,
         }
     }

@@ -160,12 +160,68 @@ fn decode<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error>
 /// The token decoded on this thread: on one that must stay responsive
 /// ([`Ctx::may_block`] false), only from the token caches; a signature to
 /// check (or a key set to fetch again for an unknown `kid`) gives up, and
-/// the evaluation is made again where it may take its time.
+/// the evaluation is made again where it may take its time. A token decoded
+/// earlier in the same request with the same keys (policies of one API
+/// often each decode the bearer token) is answered from the request's own
+/// memo, without hashing it again for the process-wide caches.
 fn decode_here(ctx: &mut Ctx<'_>, token: &str, keys: Keys<'_>) -> Result<token::Decoded, Error> {
-    if ctx.may_block() {
-        return Ok(token::decode(token, keys));
+    let source = Source::of(keys);
+    if let Some(d) = ctx.cache::<Decodes>().find(token, &source) {
+        return Ok(d);
     }
-    token::decode_cached(token, keys).ok_or_else(|| ctx.meter.give_up())
+    let decoded = if ctx.may_block() {
+        token::decode(token, keys)
+    } else {
+        token::decode_cached(token, keys).ok_or_else(|| ctx.meter.give_up())?
+    };
+    ctx.cache::<Decodes>().remember(token, source, &decoded);
+    Ok(decoded)
+}
+
+/// What a token was checked against, as the request's memo tells keys
+/// apart: a key by its fingerprint, a key set by identity (held, so that
+/// its address cannot be reused within the request).
+enum Source {
+    Key([u8; 32]),
+    Set(Arc<KeySet>),
+}
+
+impl Source {
+    fn of(keys: Keys<'_>) -> Source {
+        match keys {
+            Keys::One(k) => Source::Key(k.fingerprint),
+            Keys::Set(s) => Source::Set(s.clone()),
+        }
+    }
+
+    fn same(&self, other: &Source) -> bool {
+        match (self, other) {
+            (Source::Key(a), Source::Key(b)) => a == b,
+            (Source::Set(a), Source::Set(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+/// The tokens decoded in one request (a few at most are remembered).
+#[derive(Default)]
+struct Decodes(Vec<(Box<str>, Source, token::Decoded)>);
+
+impl Decodes {
+    const MAX: usize = 4;
+
+    fn find(&self, token: &str, source: &Source) -> Option<token::Decoded> {
+        self.0
+            .iter()
+            .find(|(t, s, _)| &**t == token && s.same(source))
+            .map(|(_, _, d)| d.clone())
+    }
+
+    fn remember(&mut self, token: &str, source: Source, decoded: &token::Decoded) {
+        if self.0.len() < Self::MAX {
+            self.0.push((token.into(), source, decoded.clone()));
+        }
+    }
 }
 
 fn fetch<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
@@ -308,6 +364,46 @@ mod tests {
         .unwrap();
         assert!(crate::cel::eval::value::equals(&t, &again));
         assert!(!crate::cel::eval::value::equals(&t, &bad));
+    }
+
+    #[test]
+    fn a_token_decoded_twice_in_a_request_is_answered_by_its_keys_only() {
+        use base64::Engine;
+        let set_doc = |secret: &str| {
+            let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+            json!({"keys": [{"kty": "oct", "k": k, "kid": "k1", "alg": "HS256"}]}).to_string()
+        };
+        let (good, other) = (
+            "https://evlibs-memo-good.test/jwks.json",
+            "https://evlibs-memo-other.test/jwks.json",
+        );
+        crate::identity::jwks::preload(good, set_doc("memo-s3cret").as_bytes()).unwrap();
+        crate::identity::jwks::preload(other, set_doc("memo-other").as_bytes()).unwrap();
+        let token = hs256(&claims(), "memo-s3cret");
+        let mut c = ctx();
+        let decode = |c: &mut Ctx<'static>, url: &str, key: Option<&str>| {
+            let keys = match key {
+                Some(k) => Value::string(k.to_owned()),
+                None => call(c, "jwks.Fetch", &[Value::string(url.to_owned())]).unwrap(),
+            };
+            let t = call(c, "jwt.Decode", &[Value::string(token.clone()), keys]).unwrap();
+            field_json(&t, "Valid")
+        };
+        // Verified against its set; against another set, or a secret that is
+        // not its key, in the same request: not valid, memo or not.
+        for _ in 0..2 {
+            assert_eq!(decode(&mut c, good, None), json!(true));
+            assert_eq!(decode(&mut c, other, None), json!(false));
+            assert_eq!(decode(&mut c, "", Some("memo-other")), json!(false));
+            assert_eq!(decode(&mut c, "", Some("memo-s3cret")), json!(true));
+        }
+        assert_eq!(
+            c.cache::<Decodes>().0.len(),
+            4,
+            "one entry per token and keys"
+        );
+        // A request of its own starts with nothing remembered.
+        assert!(ctx().cache::<Decodes>().0.is_empty());
     }
 
     #[test]

@@ -646,7 +646,9 @@ fn contains<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> R<'r> {
     match args {
         [Value::String(s), Value::String(sub)] => {
             ctx.charge_bytes(s.len() + sub.len())?;
-            Ok(Value::Bool(s.contains(sub.as_str())))
+            Ok(Value::Bool(
+                memchr::memmem::find(s.as_bytes(), sub.as_bytes()).is_some(),
+            ))
         }
         _ => Err(Error::no_overload("contains", args)),
     }

@@ -104,10 +104,12 @@ fn index_of<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Erro
     };
     ctx.charge_bytes(s.len() + needle.len())?;
     let start = byte_offset(s, offset).ok_or_else(|| out_of_range("indexOf", offset))?;
-    Ok(Value::Int(match s[start..].find(needle.as_str()) {
-        Some(p) => offset + count_chars(&s[start..start + p]),
-        None => -1,
-    }))
+    Ok(Value::Int(
+        match memchr::memmem::find(s[start..].as_bytes(), needle.as_bytes()) {
+            Some(p) => offset + count_chars(&s[start..start + p]),
+            None => -1,
+        },
+    ))
 }
 
 fn last_index_of<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
@@ -214,7 +216,9 @@ fn split<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> 
         }
     } else {
         let mut start = 0;
-        for (b, _) in s.match_indices(sep.as_str()) {
+        // memchr's substring search: `str::match_indices` walks a short
+        // separator (a space splitting a bearer token) byte by byte.
+        for b in memchr::memmem::find_iter(s.as_bytes(), sep.as_bytes()) {
             if ranges.len() + 1 == max {
                 break;
             }
@@ -876,6 +880,12 @@ mod tests {
         );
         assert!(strings(method("split", &[s(""), s("")])).is_empty());
         assert_eq!(strings(method("split", &[s(""), s(",")])), [""]);
+        // Matches do not overlap, as Go's `strings.Split`: "aaa" by "aa".
+        assert_eq!(strings(method("split", &[s("aaa"), s("aa")])), ["", "a"]);
+        assert_eq!(
+            strings(method("split", &[s("a::b:::c"), s("::")])),
+            ["a", "b", ":c"]
+        );
     }
 
     #[test]
