@@ -111,13 +111,31 @@ pub fn denial(code: i64) -> Result<DeniedResponse, String> {
     })
 }
 
+/// The bytes of an HTTP token (RFC 9110 `tchar`), as a table: every header
+/// name a policy sends is checked, on every request.
+const TCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric();
+        b += 1;
+    }
+    let extra = b"!#$%&'*+-.^_`|~";
+    let mut i = 0;
+    while i < extra.len() {
+        t[extra[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
+
 /// Why a header name cannot be sent, if it cannot. Never quotes the name.
 pub fn header_name_problem(name: &str) -> Option<String> {
     if name.is_empty() {
         return Some("the header name is empty".into());
     }
-    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    name.bytes().position(|b| !tchar(b)).map(|i| {
+    name.bytes().position(|b| !TCHAR[b as usize]).map(|i| {
         format!(
             "the header name is not an HTTP token ({} at byte {i})",
             byte_kind(name.as_bytes()[i])
@@ -225,6 +243,16 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_header_name_is_made_of_the_token_bytes_of_rfc_9110() {
+        let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        for b in 0..=255u8 {
+            let name = [b'x', b];
+            let ok = std::str::from_utf8(&name).is_ok_and(|n| header_name_problem(n).is_none());
+            assert_eq!(ok, tchar(b), "byte {b}");
+        }
+    }
 
     #[test]
     fn header_problems_never_quote_the_value() {

@@ -899,7 +899,7 @@ fn map_insert<'r>(
     let mut owned = match m {
         Map::Owned(o) => std::mem::take(Arc::make_mut(o)),
         other => {
-            let mut o = OwnedMap::new();
+            let mut o = OwnedMap::default();
             for (k, v) in other.entries() {
                 if let Some(k) = Key::of(&k) {
                     o.insert(k, v);
@@ -974,9 +974,24 @@ impl Node {
             ))),
             Node::ObjectPath(path) => {
                 ctx.charge(1)?;
-                let mut node = ReqNode::CheckRequest(ctx.request().unwrap_or(&EMPTY_REQUEST));
+                let request = ctx.request().unwrap_or(&EMPTY_REQUEST);
+                // `object.attributes.request.http...` (most paths) starts
+                // at the HTTP request in one step.
+                let (mut node, skip) = match &path[..] {
+                    [a, r, h, ..]
+                        if a.field == Some(Field::Attributes)
+                            && r.field == Some(Field::Request)
+                            && h.field == Some(Field::Http) =>
+                    {
+                        (ReqNode::Http(super::request::http_of(request)), 3)
+                    }
+                    _ => (ReqNode::CheckRequest(request), 0),
+                };
+                if skip == path.len() {
+                    return Ok(Value::Node(node));
+                }
                 let last = path.len() - 1;
-                for (i, step) in path.iter().enumerate() {
+                for (i, step) in path.iter().enumerate().skip(skip) {
                     let v = step
                         .field
                         .and_then(|f| super::request::field_of(node, f))
@@ -1187,7 +1202,7 @@ fn eval_map<'r>(
     ctx: &mut Ctx<'r>,
     locals: &mut Locals<'r>,
 ) -> Result<Value<'r>, Error> {
-    let mut out = OwnedMap::with_capacity(entries.len());
+    let mut out = OwnedMap::with_capacity_and_hasher(entries.len(), Default::default());
     for (k, v, opt) in entries {
         let kv = k.eval(ctx, locals)?;
         let key = Key::of(&kv).ok_or_else(|| {

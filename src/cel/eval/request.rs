@@ -128,6 +128,20 @@ pub fn field<'r>(node: Node<'r>, name: &str) -> Option<Value<'r>> {
 }
 
 /// The value of `field` of `node`, as [`field`] reads it by name.
+/// `request.attributes.request.http`, unset messages read as empty: the
+/// start of most paths a policy reads, taken in one step.
+pub(crate) fn http_of(r: &CheckRequest) -> &HttpRequest {
+    r.attributes
+        .as_ref()
+        .unwrap_or(&EMPTY_ATTRIBUTES)
+        .request
+        .as_ref()
+        .unwrap_or(&EMPTY_REQUEST)
+        .http
+        .as_ref()
+        .unwrap_or(&EMPTY_HTTP)
+}
+
 pub fn field_of<'r>(node: Node<'r>, field: Field) -> Option<Value<'r>> {
     fn s(v: &str) -> Value<'_> {
         Value::String(Str::Borrowed(v))
@@ -249,7 +263,8 @@ pub fn field_of<'r>(node: Node<'r>, field: Field) -> Option<Value<'r>> {
                 hm.headers
                     .iter()
                     .map(|h| {
-                        let mut m = super::value::OwnedMap::with_capacity(2);
+                        let mut m =
+                            super::value::OwnedMap::with_capacity_and_hasher(2, Default::default());
                         m.insert(
                             super::Key::String(Str::Borrowed("key")),
                             Value::String(Str::Borrowed(h.key.as_str())),

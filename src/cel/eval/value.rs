@@ -194,8 +194,9 @@ impl Hash for Key<'_> {
 }
 
 /// A map built during evaluation (a literal, JSON, a library's result), in
-/// insertion order.
-pub type OwnedMap<'r> = IndexMap<Key<'r>, Value<'r>>;
+/// insertion order. Hashed with aHash, randomly keyed per process (keys may
+/// come from requests), at a fraction of SipHash's cost for short keys.
+pub type OwnedMap<'r> = IndexMap<Key<'r>, Value<'r>, ahash::RandomState>;
 
 /// A CEL map.
 #[derive(Clone)]
@@ -843,7 +844,7 @@ mod tests {
 
     #[test]
     fn map_keys_unify_int_and_uint() {
-        let mut m = OwnedMap::new();
+        let mut m = OwnedMap::default();
         m.insert(Key::of(&Value::Int(1)).unwrap(), Value::str("a"));
         let m = Map::new(m);
         assert!(m.get(&Value::Uint(1)).is_some());

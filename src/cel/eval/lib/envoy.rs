@@ -546,7 +546,7 @@ mod tests {
         let d = call(&mut c, "WithHeader", true, &[d, s("x-why"), s("no")]).unwrap();
         let d = call(&mut c, "WithBody", true, &[d, s("admins only")]).unwrap();
         let r = call(&mut c, "Response", true, &[d]).unwrap();
-        let mut meta = crate::cel::eval::value::OwnedMap::new();
+        let mut meta = crate::cel::eval::value::OwnedMap::default();
         for (k, v) in [
             ("s", s("x")),
             ("i", Value::Int(-3)),
@@ -562,7 +562,7 @@ mod tests {
         ] {
             meta.insert(crate::cel::eval::Key::String(Str::Borrowed(k)), v);
         }
-        let mut inner = crate::cel::eval::value::OwnedMap::new();
+        let mut inner = crate::cel::eval::value::OwnedMap::default();
         inner.insert(crate::cel::eval::Key::Int(1), Value::Bool(false));
         meta.insert(
             crate::cel::eval::Key::String(Str::Borrowed("m")),
@@ -663,7 +663,7 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.message, "expects a map with string keys, got list");
-        let mut m = crate::cel::eval::value::OwnedMap::new();
+        let mut m = crate::cel::eval::value::OwnedMap::default();
         m.insert(
             crate::cel::eval::Key::String(Str::Borrowed("d")),
             Value::Duration(chrono::TimeDelta::seconds(1)),

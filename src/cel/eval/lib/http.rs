@@ -310,7 +310,7 @@ mod tests {
 
     fn headers() -> Value<'static> {
         use crate::cel::eval::value::OwnedMap;
-        let mut m = OwnedMap::new();
+        let mut m = OwnedMap::default();
         m.insert(
             crate::cel::eval::Key::String(crate::cel::eval::Str::Owned(Arc::from("x-k"))),
             Value::str("v"),
@@ -360,7 +360,7 @@ mod tests {
         let e = call(&mut c, "Get", true, &[Value::str("x"), Value::str("y")]).unwrap_err();
         assert_eq!(e.kind, crate::cel::ErrorKind::NoSuchOverload);
         // Headers must be strings.
-        let mut m = crate::cel::eval::value::OwnedMap::new();
+        let mut m = crate::cel::eval::value::OwnedMap::default();
         m.insert(
             crate::cel::eval::Key::String(crate::cel::eval::Str::Owned(Arc::from("n"))),
             Value::Int(1),

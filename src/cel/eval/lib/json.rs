@@ -124,7 +124,7 @@ impl<'de> Visitor<'de> for Seed {
         Ok(Value::list(out))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value<'static>, A::Error> {
-        let mut out = OwnedMap::new();
+        let mut out = OwnedMap::default();
         while let Some(key) = map.next_key::<String>()? {
             let key = Key::String(Str::Owned(Arc::from(key)));
             if out.contains_key(&key) {
@@ -395,7 +395,7 @@ mod tests {
 
     #[test]
     fn values_write_as_go_writes_them() {
-        let mut m = OwnedMap::new();
+        let mut m = OwnedMap::default();
         m.insert(Key::String("b".into()), Value::Int(1));
         m.insert(Key::String("a".into()), Value::string("<&>"));
         assert_eq!(write(Value::map(m)), r#"{"a":"\u003c\u0026\u003e","b":1}"#);
@@ -430,7 +430,7 @@ mod tests {
 
     #[test]
     fn values_without_a_json_form_are_errors() {
-        let mut m = OwnedMap::new();
+        let mut m = OwnedMap::default();
         m.insert(Key::Int(1), Value::Int(1));
         for v in [
             Value::Double(f64::NAN),

@@ -646,9 +646,7 @@ fn contains<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> R<'r> {
     match args {
         [Value::String(s), Value::String(sub)] => {
             ctx.charge_bytes(s.len() + sub.len())?;
-            Ok(Value::Bool(
-                memchr::memmem::find(s.as_bytes(), sub.as_bytes()).is_some(),
-            ))
+            Ok(Value::Bool(super::strings::find(s, sub).is_some()))
         }
         _ => Err(Error::no_overload("contains", args)),
     }
@@ -1073,7 +1071,7 @@ mod tests {
             method("size", &[Value::list(vec![Value::Null, Value::Null])]),
             Value::Int(2),
         );
-        let mut m = OwnedMap::new();
+        let mut m = OwnedMap::default();
         m.insert(Key::Int(1), Value::Null);
         assert_value(call("size", &[Value::map(m)]), Value::Int(1));
         assert_eq!(
@@ -1661,7 +1659,7 @@ mod tests {
             Value::Int(0),
             s(""),
             Value::list(vec![]),
-            Value::map(OwnedMap::new()),
+            Value::map(OwnedMap::default()),
             Value::Double(0.0),
             dur("0"),
         ] {

@@ -104,12 +104,10 @@ fn index_of<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Erro
     };
     ctx.charge_bytes(s.len() + needle.len())?;
     let start = byte_offset(s, offset).ok_or_else(|| out_of_range("indexOf", offset))?;
-    Ok(Value::Int(
-        match memchr::memmem::find(s[start..].as_bytes(), needle.as_bytes()) {
-            Some(p) => offset + count_chars(&s[start..start + p]),
-            None => -1,
-        },
-    ))
+    Ok(Value::Int(match find(&s[start..], needle) {
+        Some(p) => offset + count_chars(&s[start..start + p]),
+        None => -1,
+    }))
 }
 
 fn last_index_of<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
@@ -191,6 +189,40 @@ fn replace<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error
     Ok(Value::string(s.replacen(from.as_str(), to, n)))
 }
 
+/// Where `needle` first occurs in `hay`. `str::find` walks a long string
+/// byte by byte through its generic searcher; memchr's searches use the
+/// CPU's vector instructions, but a substring searcher costs a setup that
+/// only a longer string pays back.
+pub(crate) fn find(hay: &str, needle: &str) -> Option<usize> {
+    match needle.as_bytes() {
+        [b] => memchr::memchr(*b, hay.as_bytes()),
+        _ if hay.len() < 64 => hay.find(needle),
+        n => memchr::memmem::find(hay.as_bytes(), n),
+    }
+}
+
+/// The parts of a string `len` bytes long between the matches (not
+/// overlapping, as Go's `strings.Split` finds them) of a separator
+/// `sep_len` bytes long, at most `max` parts, the last holding the rest.
+fn parts_between(
+    len: usize,
+    sep_len: usize,
+    max: usize,
+    matches: impl Iterator<Item = usize>,
+) -> Vec<(usize, usize)> {
+    let mut ranges = Vec::new();
+    let mut start = 0;
+    for b in matches {
+        if ranges.len() + 1 == max {
+            break;
+        }
+        ranges.push((start, b));
+        start = b + sep_len;
+    }
+    ranges.push((start, len));
+    ranges
+}
+
 fn split<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
     let (s, sep, limit) = match args {
         [Value::String(s), Value::String(p)] => (s, p, -1),
@@ -215,17 +247,15 @@ fn split<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> 
             ranges.push((b, b + c.len_utf8()));
         }
     } else {
-        let mut start = 0;
-        // memchr's substring search: `str::match_indices` walks a short
-        // separator (a space splitting a bearer token) byte by byte.
-        for b in memchr::memmem::find_iter(s.as_bytes(), sep.as_bytes()) {
-            if ranges.len() + 1 == max {
-                break;
-            }
-            ranges.push((start, b));
-            start = b + sep.len();
-        }
-        ranges.push((start, s.len()));
+        ranges = match sep.as_bytes() {
+            [b] => parts_between(s.len(), 1, max, memchr::memchr_iter(*b, s.as_bytes())),
+            n => parts_between(
+                s.len(),
+                n.len(),
+                max,
+                memchr::memmem::find_iter(s.as_bytes(), n),
+            ),
+        };
     }
     ctx.charge(ranges.len() as u64)?;
     Ok(Value::list(
@@ -1073,7 +1103,7 @@ mod tests {
             )),
             "6347s"
         );
-        let mut m = crate::cel::eval::value::OwnedMap::new();
+        let mut m = crate::cel::eval::value::OwnedMap::default();
         m.insert(crate::cel::eval::Key::String("strKey".into()), s("x"));
         m.insert(
             crate::cel::eval::Key::Int(6),
