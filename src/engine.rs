@@ -767,8 +767,7 @@ fn run_http_policies<'r>(
                 if actions.audit {
                     audit.push(entry(config.failure_status, None, Some(&e), true));
                 }
-                let mut d =
-                    HttpDecision::failed(FailureReason::Evaluation, Some(&policy.name), e);
+                let mut d = HttpDecision::failed(FailureReason::Evaluation, Some(&policy.name), e);
                 d.evaluated = evaluated;
                 decided = Some(d);
                 PolicyOutcome::Error

@@ -1137,7 +1137,8 @@ impl Node {
 /// `object.a.b` in HTTP mode, where `object` is a library's value.
 #[inline(never)]
 fn http_path<'r>(object: Value<'r>, path: &[PathStep]) -> Result<Value<'r>, Error> {
-    path.iter().try_fold(object, |v, step| select(v, &step.name))
+    path.iter()
+        .try_fold(object, |v, step| select(v, &step.name))
 }
 
 /// A call: its arguments, then the function. Out of line, as are the other

@@ -87,7 +87,9 @@ impl MultiMap {
 
     /// The values of `name` (exactly that key); none when absent.
     pub fn get(&self, name: &str) -> Option<Value<'static>> {
-        self.0.get(&Key::String(Str::Owned(Arc::from(name)))).cloned()
+        self.0
+            .get(&Key::String(Str::Owned(Arc::from(name))))
+            .cloned()
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -121,10 +123,14 @@ impl MultiMap {
     /// list(string))`; the error says what is not.
     pub fn from_value(ctx: &mut Ctx<'_>, v: &Value<'_>) -> Result<Self, String> {
         let Value::Map(m) = v else {
-            return Err(format!("must be a map(string, list(string)), not {}", v.type_name()));
+            return Err(format!(
+                "must be a map(string, list(string)), not {}",
+                v.type_name()
+            ));
         };
         let entries = m.entries();
-        ctx.charge(entries.len() as u64).map_err(|e| e.message.clone())?;
+        ctx.charge(entries.len() as u64)
+            .map_err(|e| e.message.clone())?;
         let mut out = OwnedMap::new();
         for (k, v) in entries {
             let Value::String(k) = k else {
@@ -137,7 +143,8 @@ impl MultiMap {
                     v.type_name()
                 ));
             };
-            ctx.charge(items.len() as u64).map_err(|e| e.message.clone())?;
+            ctx.charge(items.len() as u64)
+                .map_err(|e| e.message.clone())?;
             let mut list = Vec::with_capacity(items.len());
             for item in items.iter() {
                 match item {
@@ -498,8 +505,7 @@ fn attributes<'a>(f: &str, args: &'a [Value<'_>]) -> Result<(&'a Attributes, &'a
 fn header<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
     let (a, name) = attributes("Header", args)?;
     ctx.charge_bytes(name.len())?;
-    Ok(a
-        .header_values(name)
+    Ok(a.header_values(name)
         .unwrap_or_else(|| Value::list(Vec::new())))
 }
 
@@ -559,7 +565,10 @@ pub const OBJECTS: &[crate::cel::check::decls::ObjectDecl] = {
         ),
         (
             CHECK_RESPONSE,
-            &[("ok", RESPONSE_OK, Fixed), ("denied", RESPONSE_DENIED, Fixed)],
+            &[
+                ("ok", RESPONSE_OK, Fixed),
+                ("denied", RESPONSE_DENIED, Fixed),
+            ],
         ),
         (RESPONSE_OK, &[]),
         (RESPONSE_DENIED, &[("reason", "string", Header)]),
@@ -581,7 +590,8 @@ pub fn build<'r>(
     name: &'static str,
     fields: Vec<(&'static str, Value<'r>)>,
 ) -> Result<Value<'r>, Error> {
-    let refused = |field: &str, why: String| Error::function(name, format!("{name}.{field}: {why}"));
+    let refused =
+        |field: &str, why: String| Error::function(name, format!("{name}.{field}: {why}"));
     let string = |field: &str, v: &Value<'_>| match v {
         Value::String(s) => Ok(Arc::<str>::from(s.as_str())),
         other => Err(refused(
@@ -610,18 +620,28 @@ pub fn build<'r>(
                     "scheme" => a.scheme = string(f, &v)?,
                     "path" => a.path = string(f, &v)?,
                     "fragment" => a.fragment = string(f, &v)?,
-                    "header" => a.header = MultiMap::from_value(ctx, &v).map_err(|e| refused(f, e))?,
-                    "query" => a.query = MultiMap::from_value(ctx, &v).map_err(|e| refused(f, e))?,
+                    "header" => {
+                        a.header = MultiMap::from_value(ctx, &v).map_err(|e| refused(f, e))?
+                    }
+                    "query" => {
+                        a.query = MultiMap::from_value(ctx, &v).map_err(|e| refused(f, e))?
+                    }
                     "contentLength" => match v {
                         Value::Int(n) => a.content_length = n,
                         other => {
-                            return Err(refused(f, format!("takes an int, not {}", other.type_name())))
+                            return Err(refused(
+                                f,
+                                format!("takes an int, not {}", other.type_name()),
+                            ))
                         }
                     },
                     "body" => match &v {
                         Value::Bytes(b) => a.body = Arc::from(b.as_bytes()),
                         other => {
-                            return Err(refused(f, format!("takes bytes, not {}", other.type_name())))
+                            return Err(refused(
+                                f,
+                                format!("takes bytes, not {}", other.type_name()),
+                            ))
                         }
                     },
                     other => return Err(refused(other, "is no field".into())),
@@ -642,10 +662,7 @@ pub fn build<'r>(
                 }
             }
             if r.ok.is_some() == r.denied.is_some() {
-                return Err(refused(
-                    "ok",
-                    "set exactly one of ok and denied".into(),
-                ));
+                return Err(refused("ok", "set exactly one of ok and denied".into()));
             }
             Value::object(r)
         }
@@ -796,7 +813,10 @@ mod tests {
         let r = build(
             &mut ctx,
             SERVER_RESPONSE,
-            vec![("status", Value::Int(401)), ("body", Value::bytes(b"no".to_vec()))],
+            vec![
+                ("status", Value::Int(401)),
+                ("body", Value::bytes(b"no".to_vec())),
+            ],
         )
         .unwrap();
         let r = into_server_response(r).unwrap();

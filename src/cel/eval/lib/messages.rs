@@ -223,7 +223,10 @@ pub const HTTP_MESSAGES: &[MessageDecl] = {
         MessageDecl {
             kind: Kind::HttpMode,
             name: h::CHECK_RESPONSE,
-            fields: &[sent("ok", h::RESPONSE_OK), sent("denied", h::RESPONSE_DENIED)],
+            fields: &[
+                sent("ok", h::RESPONSE_OK),
+                sent("denied", h::RESPONSE_DENIED),
+            ],
         },
         MessageDecl {
             kind: Kind::HttpMode,
