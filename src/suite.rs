@@ -466,11 +466,18 @@ fn for_each_case(
                     case.name
                 )));
             }
-            let (parts, body) = r.parts().map_err(|e| invalid(format!("case {:?}: {e}", case.name)))?;
+            let (parts, body) = r
+                .parts()
+                .map_err(|e| invalid(format!("case {:?}: {e}", case.name)))?;
             let started = std::time::Instant::now();
             let answer =
                 crate::httpmode::answer_detailed(&set, &config, mode, &parts, &body, false);
-            each(&suite, case, compare_http(&case.expect, &answer), started.elapsed());
+            each(
+                &suite,
+                case,
+                compare_http(&case.expect, &answer),
+                started.elapsed(),
+            );
             continue;
         }
         let request = case_request(dir, case).map_err(invalid)?;
@@ -481,7 +488,12 @@ fn for_each_case(
             }
             None => evaluate(&set, &config, &request),
         };
-        each(&suite, case, compare(&case.expect, &decision), started.elapsed());
+        each(
+            &suite,
+            case,
+            compare(&case.expect, &decision),
+            started.elapsed(),
+        );
     }
     Ok(())
 }
@@ -500,7 +512,11 @@ pub fn compare_http(e: &Expect, a: &crate::httpmode::HttpAnswer) -> Vec<String> 
     let d = &a.decision;
     check("allowed", e.allowed.to_string(), d.allowed().to_string());
     if let Some(s) = e.status {
-        check("status", s.to_string(), a.response.status().as_u16().to_string());
+        check(
+            "status",
+            s.to_string(),
+            a.response.status().as_u16().to_string(),
+        );
     }
     if let Some(b) = &e.body {
         let body = String::from_utf8_lossy(a.response.body()).into_owned();

@@ -37,8 +37,12 @@ pub struct Problem {
 
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
-    /// Policies that loaded, by name (only when there were no errors).
+    /// Policies that loaded, by name (only when there were no errors):
+    /// the Envoy-mode ones.
     pub policies: Vec<String>,
+    /// The HTTP-mode policies that loaded (`spec.evaluation.mode: HTTP`).
+    #[serde(rename = "httpPolicies", skip_serializing_if = "Vec::is_empty")]
+    pub http_policies: Vec<String>,
     pub errors: usize,
     pub warnings: usize,
     pub problems: Vec<Problem>,
@@ -79,6 +83,7 @@ pub fn validate(paths: &[PathBuf], allow_empty: bool) -> Report {
     let empty = match result {
         Ok(set) => {
             report.policies = set.policies.iter().map(|p| p.name.clone()).collect();
+            report.http_policies = set.http_policies.iter().map(|p| p.name.clone()).collect();
             report.policies.is_empty()
         }
         Err(errors) => {
@@ -456,12 +461,17 @@ pub fn render_text(r: &Report) -> String {
     if r.ok() {
         let _ = writeln!(
             out,
-            "ok: {} {} valid, {} warning(s)",
-            r.policies.len(),
-            if r.policies.len() == 1 {
+            "ok: {} {} valid{}, {} warning(s)",
+            r.policies.len() + r.http_policies.len(),
+            if r.policies.len() + r.http_policies.len() == 1 {
                 "policy"
             } else {
                 "policies"
+            },
+            if r.http_policies.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} in HTTP mode)", r.http_policies.len())
             },
             r.warnings
         );
