@@ -383,7 +383,7 @@ impl Object for ResponseDenied {
         (name == "reason").then(|| Value::string(self.reason.as_str()))
     }
     fn has(&self, name: &str) -> Option<bool> {
-        (name == "reason").then(|| !self.reason.is_empty())
+        (name == "reason").then_some(!self.reason.is_empty())
     }
     fn equals(&self, other: &dyn Object) -> bool {
         other.as_any().downcast_ref::<ResponseDenied>() == Some(self)
