@@ -343,8 +343,9 @@ impl Object for CheckResponse {
     }
     fn field(&self, name: &str) -> Option<Value<'static>> {
         match name {
-            "ok" => Some(self.ok.map_or(Value::Null, Value::object)),
-            "denied" => Some(self.denied.clone().map_or(Value::Null, Value::object)),
+            // An unset half reads as its empty message (`has()` tells).
+            "ok" => Some(Value::object(ResponseOk)),
+            "denied" => Some(Value::object(self.denied.clone().unwrap_or_default())),
             _ => None,
         }
     }
