@@ -74,7 +74,7 @@ impl Report {
 }
 
 /// Loads and compiles everything under `paths` and reports every problem.
-/// A set that loads but holds no Envoy-mode ValidatingPolicy is an error, as
+/// A set that loads but holds no ValidatingPolicy of either mode is an error, as
 /// `serve` refuses to start with it, unless `allow_empty` (then a warning).
 pub fn validate(paths: &[PathBuf], allow_empty: bool) -> Report {
     let mut files = Lines::default();
@@ -84,7 +84,9 @@ pub fn validate(paths: &[PathBuf], allow_empty: bool) -> Report {
         Ok(set) => {
             report.policies = set.policies.iter().map(|p| p.name.clone()).collect();
             report.http_policies = set.http_policies.iter().map(|p| p.name.clone()).collect();
-            report.policies.is_empty()
+            // A set of HTTP-mode policies only decides the HTTP server's
+            // requests: not empty.
+            report.policies.is_empty() && report.http_policies.is_empty()
         }
         Err(errors) => {
             for e in &errors.0 {
