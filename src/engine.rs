@@ -18,6 +18,7 @@
 //! on with the next policy.
 
 use crate::cel::eval;
+use crate::cel::eval::lib::httpauthz;
 pub use crate::cel::ErrorKind;
 use crate::policy::{Expression, FailurePolicy, Policy, PolicySet};
 use crate::response::{CheckResponse, DeniedResponse, HeaderOption, OkResponse, Outcome};
@@ -396,7 +397,7 @@ fn run_policies<'r>(
             policy: policy.name.clone(),
             ..Default::default()
         });
-        let result = eval_planned(policy, ctx, t.as_mut());
+        let result = eval_planned::<CheckResponse>(policy, ctx, t.as_mut());
         if ctx.meter.yielded() {
             return None;
         }
@@ -618,6 +619,209 @@ pub fn failure_decision_for(
 /// `retriable-status-codes`) and clients treat as "try again, maybe elsewhere".
 pub const OVERLOAD_STATUS: i32 = 503;
 
+/// The answer for one request of the HTTP authorization server
+/// ([`evaluate_http`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpDecision {
+    /// The deciding policy's `http.CheckResponse`, or an allow when no
+    /// policy answered (what the output expression reads).
+    pub response: httpauthz::CheckResponse,
+    /// Set when celgate denies on its own (a `failurePolicy: Fail` policy
+    /// could not be evaluated, or the server could not read or rewrite the
+    /// request): the failure denial of [`EngineConfig`], which no output
+    /// expression shapes.
+    pub failure: Option<FailureReason>,
+    pub policy: Option<String>,
+    pub validation: Option<usize>,
+    pub error: Option<EvalError>,
+    pub evaluated: usize,
+    /// As [`Decision::audit`]; a denial's status is the default one, 403.
+    pub audit: Vec<AuditEntry>,
+}
+
+impl HttpDecision {
+    /// Whether the request is allowed.
+    pub fn allowed(&self) -> bool {
+        self.failure.is_none() && self.response.is_allowed()
+    }
+
+    /// The failure denial for `reason`, for a request the server could not
+    /// decide; `error` is celgate's own description, for the logs only.
+    pub fn failed(reason: FailureReason, policy: Option<&str>, error: EvalError) -> Self {
+        HttpDecision {
+            response: httpauthz::CheckResponse::default(),
+            failure: Some(reason),
+            policy: policy.map(str::to_owned),
+            validation: None,
+            error: Some(error),
+            evaluated: 0,
+            audit: Vec::new(),
+        }
+    }
+}
+
+/// The status of an HTTP-mode denial the output expression has not shaped.
+pub const HTTP_DENIED_STATUS: i32 = 403;
+
+/// Evaluates the HTTP-mode policies of `set` ([`PolicySet::http_policies`])
+/// against `request`, with the semantics of Envoy mode: name order,
+/// exceptions, matchConditions, lazy variables, the first non-null
+/// validation answering, the first policy with an answer deciding, no
+/// answer an allow; an error under `failurePolicy: Fail` is the failure
+/// denial, under `Ignore` nothing; `validationActions` without `Deny`
+/// record instead of enforcing. Stops at `deadline` as
+/// [`evaluate_within`] does.
+pub fn evaluate_http(
+    set: &PolicySet,
+    config: &EngineConfig,
+    request: &httpauthz::CheckRequest,
+    deadline: Option<std::time::Instant>,
+    trace: bool,
+) -> (HttpDecision, Vec<PolicyTrace>) {
+    let meter = eval::Meter::new(config.cost_budget).with_deadline(deadline);
+    let mut ctx = eval::Ctx::for_http(eval::Value::object(request.clone()), meter);
+    let mut traces = Vec::new();
+    let d = run_http_policies(set, config, &mut ctx, trace.then_some(&mut traces));
+    (d, traces)
+}
+
+/// The HTTP-mode policies in turn (the loop of [`run_policies`] for
+/// HTTP mode's answers).
+fn run_http_policies<'r>(
+    set: &'r PolicySet,
+    config: &EngineConfig,
+    ctx: &mut eval::Ctx<'r>,
+    mut trace: Option<&mut Vec<PolicyTrace>>,
+) -> HttpDecision {
+    let record = crate::telemetry::metrics::global().enabled();
+    let mut clock = record.then(std::time::Instant::now);
+    let mut records = Records::default();
+    let mut evaluated = 0;
+    let mut audit = Vec::new();
+    let mut decided = None;
+    for policy in &set.http_policies {
+        evaluated += 1;
+        let mut t = trace.as_ref().map(|_| PolicyTrace {
+            policy: policy.name.clone(),
+            ..Default::default()
+        });
+        let result = eval_planned::<httpauthz::CheckResponse>(policy, ctx, t.as_mut());
+        let actions = policy.actions;
+        let entry = |status, validation, error: Option<&EvalError>, enforced| AuditEntry {
+            policy: policy.name.clone(),
+            status,
+            validation,
+            error: error.map(EvalError::summary),
+            enforced,
+            warned: actions.warn,
+        };
+        let outcome = match result {
+            Ok(PolicyResult::Decided(response, index)) if !actions.enforced() => {
+                if response.is_allowed() {
+                    set_outcome(&mut t, "allow (not enforced)");
+                    PolicyOutcome::Allow
+                } else {
+                    set_outcome(&mut t, "would deny (not enforced)");
+                    audit.push(entry(HTTP_DENIED_STATUS, Some(index), None, false));
+                    PolicyOutcome::AuditDeny
+                }
+            }
+            Ok(PolicyResult::Decided(response, index)) => {
+                set_outcome(&mut t, "decided");
+                let outcome = if response.is_allowed() {
+                    PolicyOutcome::Allow
+                } else {
+                    if actions.audit {
+                        audit.push(entry(HTTP_DENIED_STATUS, Some(index), None, true));
+                    }
+                    PolicyOutcome::Deny
+                };
+                decided = Some(HttpDecision {
+                    response,
+                    failure: None,
+                    policy: Some(policy.name.clone()),
+                    validation: Some(index),
+                    error: None,
+                    evaluated,
+                    audit: Vec::new(),
+                });
+                outcome
+            }
+            Ok(PolicyResult::NoResult) => PolicyOutcome::NoResult,
+            Ok(PolicyResult::Skipped) => PolicyOutcome::Skipped,
+            Ok(PolicyResult::Exempted) => PolicyOutcome::Exempted,
+            Err(e) if policy.failure_policy == FailurePolicy::Ignore => {
+                records.events.push(Event::Ignored(policy, e));
+                set_outcome(&mut t, "error (ignored)");
+                PolicyOutcome::Error
+            }
+            Err(e) if !actions.enforced() => {
+                set_outcome(&mut t, "error (not enforced)");
+                audit.push(entry(config.failure_status, None, Some(&e), false));
+                records.events.push(Event::NotEnforced(policy, e));
+                PolicyOutcome::AuditError
+            }
+            Err(e) => {
+                records.events.push(Event::Denied(policy, e.clone()));
+                set_outcome(&mut t, "error (denied)");
+                if actions.audit {
+                    audit.push(entry(config.failure_status, None, Some(&e), true));
+                }
+                let mut d = HttpDecision::failed(FailureReason::Evaluation, Some(&policy.name), e);
+                d.evaluated = evaluated;
+                decided = Some(d);
+                PolicyOutcome::Error
+            }
+        };
+        if let Some(started) = clock {
+            let now = std::time::Instant::now();
+            records.timings.push((policy, outcome, now - started));
+            clock = Some(now);
+        }
+        if let (Some(trace), Some(t)) = (trace.as_mut(), t) {
+            trace.push(t);
+        }
+        if decided.is_some() {
+            break;
+        }
+    }
+    records.flush();
+    let mut d = decided.unwrap_or_else(|| HttpDecision {
+        response: httpauthz::CheckResponse::allowed(),
+        failure: None,
+        policy: None,
+        validation: None,
+        error: None,
+        evaluated,
+        audit: Vec::new(),
+    });
+    d.audit = audit;
+    d
+}
+
+/// The headers the audit entries of a decision call for on the answer the
+/// client gets: the warnings of `Warn` policies ([`WARNING_HEADER`]) and,
+/// with [`EngineConfig::audit_header`], the policies that would have denied.
+pub fn audit_headers(config: &EngineConfig, audit: &[AuditEntry]) -> Vec<HeaderOption> {
+    let mut d = Decision {
+        response: CheckResponse {
+            outcome: Outcome::Ok(OkResponse::default()),
+            message: String::new(),
+            metadata: None,
+        },
+        policy: None,
+        validation: None,
+        error: None,
+        evaluated: 0,
+        audit: Vec::new(),
+    };
+    d = with_audit(config, d, audit.to_vec());
+    match d.response.outcome {
+        Outcome::Ok(ok) => ok.response_headers_to_add,
+        Outcome::Denied(den) => den.headers,
+    }
+}
+
 fn set_outcome(t: &mut Option<PolicyTrace>, outcome: &str) {
     if let Some(t) = t {
         t.outcome = outcome.to_owned();
@@ -783,20 +987,58 @@ fn truncate(s: &str, max: usize) -> &str {
 }
 
 /// What one policy said, short of an error.
-enum PolicyResult {
-    Decided(CheckResponse, usize),
+enum PolicyResult<A> {
+    Decided(A, usize),
     NoResult,
     Skipped,
     Exempted,
 }
 
+/// What a validation answers in one evaluation mode: Envoy mode's
+/// `CheckResponse`, HTTP mode's `http.CheckResponse`.
+trait Answer: Sized {
+    /// The value as this mode's response; otherwise what a validation must
+    /// return instead.
+    fn take(v: eval::Value<'_>) -> Result<Self, String>;
+    /// For traces.
+    fn json(&self) -> serde_json::Value;
+}
+
+impl Answer for CheckResponse {
+    fn take(v: eval::Value<'_>) -> Result<Self, String> {
+        eval::lib::envoy::into_check_response(v).map_err(|other| {
+            format!(
+                "a validation must return envoy CheckResponse (….Response()) or null, not {}",
+                other.type_name()
+            )
+        })
+    }
+    fn json(&self) -> serde_json::Value {
+        crate::decision::response_json(self)
+    }
+}
+
+impl Answer for httpauthz::CheckResponse {
+    fn take(v: eval::Value<'_>) -> Result<Self, String> {
+        httpauthz::into_check_response(v).map_err(|other| {
+            format!(
+                "a validation must return http.CheckResponse (….Response()) or null, not {}",
+                other.type_name()
+            )
+        })
+    }
+    fn json(&self) -> serde_json::Value {
+        eval::Object::to_json(self).unwrap_or_default()
+    }
+}
+
 /// A policy's evaluation on celgate's evaluator: exceptions, then
 /// matchConditions, then validations, reading variables lazily from `ctx`.
-fn eval_planned<'r>(
+fn eval_planned<'r, A: Answer>(
     policy: &'r Policy,
     ctx: &mut eval::Ctx<'r>,
     mut trace: Option<&mut PolicyTrace>,
-) -> Result<PolicyResult, EvalError> {
+) -> Result<PolicyResult<A>, EvalError> {
     // The policy's variables, computed at most once for its exceptions and
     // its own expressions together (each exception is planned with the
     // policy's slots).
@@ -851,23 +1093,16 @@ fn eval_planned<'r>(
             .map_err(|e| EvalError::eval(v, &e))
             .and_then(|val| match val {
                 eval::Value::Null => Ok(None),
-                other => match eval::lib::envoy::into_check_response(other) {
-                    Ok(resp) => Ok(Some(resp)),
-                    Err(other) => Err(EvalError::result_type(
-                        v,
-                        format!(
-                            "a validation must return envoy CheckResponse (….Response()) or null, not {}",
-                            other.type_name()
-                        ),
-                    )),
-                },
+                other => A::take(other)
+                    .map(Some)
+                    .map_err(|m| EvalError::result_type(v, m)),
             });
         if let Some(t) = trace.as_deref_mut() {
             t.validations.push(ExprTrace {
                 name: format!("validations[{i}]"),
                 result: match &r {
                     Ok(None) => serde_json::Value::Null,
-                    Ok(Some(resp)) => crate::decision::response_json(resp),
+                    Ok(Some(resp)) => resp.json(),
                     Err(e) => format!("error: {}", e.message()).into(),
                 },
                 evaluations: None,
@@ -918,11 +1153,11 @@ fn eval_planned<'r>(
 /// whichever exception it came from: every exception is evaluated, and a
 /// failing one wins over one that holds, so that a broken exception is
 /// never hidden by another (nor the answer by their order).
-fn eval_exceptions<'r>(
+fn eval_exceptions<'r, A>(
     policy: &'r Policy,
     ctx: &mut eval::Ctx<'r>,
     mut trace: Option<&mut PolicyTrace>,
-) -> Option<Result<PolicyResult, EvalError>> {
+) -> Option<Result<PolicyResult<A>, EvalError>> {
     let mut exempted = None;
     for ex in &policy.exceptions {
         let exception = &ex.exception;

@@ -3,6 +3,7 @@ pub mod decision;
 pub mod diff;
 pub mod engine;
 pub mod explain;
+pub mod httpmode;
 pub mod identity;
 pub mod manual;
 pub mod mcp;

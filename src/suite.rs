@@ -68,7 +68,76 @@ pub struct TestDoc {
     /// `serve`).
     #[serde(default, rename = "costBudget")]
     pub cost_budget: Option<u64>,
+    /// The HTTP authorization server's options for the suite's
+    /// `httpRequest` cases (its `--http-*` flags).
+    #[serde(default)]
+    pub http: HttpSuiteOptions,
     pub cases: Vec<Case>,
+}
+
+/// The HTTP authorization server's options, as a suite gives them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpSuiteOptions {
+    #[serde(default)]
+    pub nested_request: bool,
+    #[serde(default)]
+    pub input_expression: Option<String>,
+    #[serde(default)]
+    pub output_expression: Option<String>,
+}
+
+/// A request to the HTTP authorization server (a case of HTTP-mode
+/// policies): what an HTTP client sends.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCaseRequest {
+    /// Default `GET`.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// The request target: path and query (`/get?foo=bar`); default `/`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The `Host` header.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Each a value or a list of values.
+    #[serde(default)]
+    pub headers: BTreeMap<String, OneOrMany>,
+    #[serde(default)]
+    pub body: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl HttpCaseRequest {
+    /// The request as the server receives it.
+    pub fn parts(&self) -> Result<(http::request::Parts, Vec<u8>), String> {
+        let mut b = http::Request::builder()
+            .method(self.method.as_deref().unwrap_or("GET"))
+            .uri(self.path.as_deref().unwrap_or("/"));
+        if let Some(h) = &self.host {
+            b = b.header(http::header::HOST, h);
+        }
+        for (name, values) in &self.headers {
+            match values {
+                OneOrMany::One(v) => b = b.header(name, v),
+                OneOrMany::Many(vs) => {
+                    for v in vs {
+                        b = b.header(name, v);
+                    }
+                }
+            }
+        }
+        let r = b.body(()).map_err(|e| format!("httpRequest: {e}"))?;
+        let body = self.body.clone().unwrap_or_default().into_bytes();
+        Ok((r.into_parts().0, body))
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -80,7 +149,12 @@ pub struct TestMeta {
 #[serde(deny_unknown_fields)]
 pub struct Case {
     pub name: String,
+    /// An Envoy `CheckRequest` (inline or a file), for Envoy-mode policies.
+    #[serde(default)]
     pub request: serde_json::Value,
+    /// A request to the HTTP authorization server, for HTTP-mode policies.
+    #[serde(default, rename = "httpRequest")]
+    pub http_request: Option<HttpCaseRequest>,
     /// A JWT minted when the case runs and put into the request.
     #[serde(default)]
     pub token: Option<crate::suite_token::TokenSpec>,
@@ -296,12 +370,12 @@ pub fn run_noting(
     notes: &mut Vec<String>,
 ) -> Result<Vec<CaseResult>, SuiteError> {
     let mut results = Vec::new();
-    for_each_case(path, doc, notes, |suite, case, decision, elapsed| {
+    for_each_case(path, doc, notes, |suite, case, failures, elapsed| {
         results.push(CaseResult {
             suite: suite.to_owned(),
             file: path.to_path_buf(),
             case: case.name.clone(),
-            failures: compare(&case.expect, &decision),
+            failures,
             elapsed,
         })
     })?;
@@ -313,7 +387,7 @@ fn for_each_case(
     path: &Path,
     doc: &TestDoc,
     notes: &mut Vec<String>,
-    mut each: impl FnMut(&str, &Case, Decision, std::time::Duration),
+    mut each: impl FnMut(&str, &Case, Vec<String>, std::time::Duration),
 ) -> Result<(), SuiteError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let invalid = |message: String| SuiteError::Invalid {
@@ -334,7 +408,14 @@ fn for_each_case(
         path: path.to_path_buf(),
         errors,
     })?;
-    if set.policies.is_empty() {
+    let http_cases = doc.cases.iter().any(|c| c.http_request.is_some());
+    let envoy_cases = doc.cases.iter().any(|c| c.http_request.is_none());
+    if http_cases && set.http_policies.is_empty() && !doc.allow_empty {
+        return Err(invalid(
+            "the suite has httpRequest cases but its policies hold no HTTP-mode ValidatingPolicy, so every request would be allowed (`allowEmpty: true` accepts that)".into(),
+        ));
+    }
+    if envoy_cases && set.policies.is_empty() {
         let what = crate::policy::no_envoy_policy(&policy_paths);
         if !doc.allow_empty {
             return Err(invalid(format!(
@@ -365,7 +446,40 @@ fn for_each_case(
         .name
         .clone()
         .unwrap_or_else(|| path.display().to_string());
+    let http_mode = if http_cases {
+        Some(
+            crate::httpmode::HttpMode::compile(&crate::httpmode::HttpModeOptions {
+                nested_request: doc.http.nested_request,
+                input_expression: doc.http.input_expression.clone(),
+                output_expression: doc.http.output_expression.clone(),
+            })
+            .map_err(|e| invalid(format!("http: {e}")))?,
+        )
+    } else {
+        None
+    };
     for case in &doc.cases {
+        if let (Some(r), Some(mode)) = (&case.http_request, &http_mode) {
+            if !case.request.is_null() || case.token.is_some() {
+                return Err(invalid(format!(
+                    "case {:?}: an httpRequest case has no request or token",
+                    case.name
+                )));
+            }
+            let (parts, body) = r
+                .parts()
+                .map_err(|e| invalid(format!("case {:?}: {e}", case.name)))?;
+            let started = std::time::Instant::now();
+            let answer =
+                crate::httpmode::answer_detailed(&set, &config, mode, &parts, &body, false);
+            each(
+                &suite,
+                case,
+                compare_http(&case.expect, &answer),
+                started.elapsed(),
+            );
+            continue;
+        }
         let request = case_request(dir, case).map_err(invalid)?;
         let started = std::time::Instant::now();
         let decision = match doc.mcp_max_body_bytes {
@@ -374,9 +488,103 @@ fn for_each_case(
             }
             None => evaluate(&set, &config, &request),
         };
-        each(&suite, case, decision, started.elapsed());
+        each(
+            &suite,
+            case,
+            compare(&case.expect, &decision),
+            started.elapsed(),
+        );
     }
     Ok(())
+}
+
+/// As [`compare`], for an answer of the HTTP authorization server:
+/// `status`, `body` and `headers` are the response's (headers by lower-case
+/// name, several values joined with `, `); the fields of Envoy's response
+/// alone are refused.
+pub fn compare_http(e: &Expect, a: &crate::httpmode::HttpAnswer) -> Vec<String> {
+    let mut f = Vec::new();
+    let mut check = |what: &str, expected: String, got: String| {
+        if expected != got {
+            f.push(format!("{what}: expected {expected}, got {got}"));
+        }
+    };
+    let d = &a.decision;
+    check("allowed", e.allowed.to_string(), d.allowed().to_string());
+    if let Some(s) = e.status {
+        check(
+            "status",
+            s.to_string(),
+            a.response.status().as_u16().to_string(),
+        );
+    }
+    if let Some(b) = &e.body {
+        let body = String::from_utf8_lossy(a.response.body()).into_owned();
+        check("body", format!("{b:?}"), format!("{body:?}"));
+    }
+    if let Some(h) = &e.headers {
+        let mut got: BTreeMap<String, String> = BTreeMap::new();
+        for (k, v) in a.response.headers() {
+            let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            got.entry(k.as_str().to_owned())
+                .and_modify(|x| {
+                    x.push_str(", ");
+                    x.push_str(&v);
+                })
+                .or_insert(v);
+        }
+        check("headers", format!("{h:?}"), format!("{got:?}"));
+    }
+    if let Some(p) = &e.policy {
+        let want = match p {
+            serde_json::Value::Null => String::new(),
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        check(
+            "policy",
+            format!("{want:?}"),
+            format!("{:?}", d.policy.clone().unwrap_or_default()),
+        );
+    }
+    if let Some(err) = e.error {
+        check("error", err.to_string(), d.error.is_some().to_string());
+    }
+    if let Some(want) = &e.audit {
+        let got: Vec<&str> = d.audit.iter().map(|a| a.policy.as_str()).collect();
+        check("audit", format!("{want:?}"), format!("{got:?}"));
+    }
+    if let Some(want) = &e.warnings {
+        let got: Vec<&str> = d
+            .audit
+            .iter()
+            .filter(|a| a.warned)
+            .map(|a| a.policy.as_str())
+            .collect();
+        check("warnings", format!("{want:?}"), format!("{got:?}"));
+    }
+    if let Some(sub) = &e.error_contains {
+        let got = d.error.as_ref().map(|e| e.detailed()).unwrap_or_default();
+        if !got.contains(sub.as_str()) {
+            f.push(format!("error: expected to contain {sub:?}, got {got:?}"));
+        }
+    }
+    let envoy_only = [
+        ("removedHeaders", e.removed_headers.is_some()),
+        ("responseHeaders", e.response_headers.is_some()),
+        ("queryParams", e.query_params.is_some()),
+        ("removedQueryParams", e.removed_query_params.is_some()),
+        ("message", e.message.is_some()),
+        ("metadata", e.metadata.is_some()),
+    ];
+    for (field, given) in envoy_only {
+        if given {
+            f.push(format!(
+                "{field}: not part of an HTTP-mode answer (expect status, body and headers)"
+            ));
+        }
+    }
+    f
 }
 
 /// The request of `case` (of a suite in `dir`), its token minted and set.

@@ -37,8 +37,12 @@ pub struct Problem {
 
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
-    /// Policies that loaded, by name (only when there were no errors).
+    /// Policies that loaded, by name (only when there were no errors):
+    /// the Envoy-mode ones.
     pub policies: Vec<String>,
+    /// The HTTP-mode policies that loaded (`spec.evaluation.mode: HTTP`).
+    #[serde(rename = "httpPolicies", skip_serializing_if = "Vec::is_empty")]
+    pub http_policies: Vec<String>,
     pub errors: usize,
     pub warnings: usize,
     pub problems: Vec<Problem>,
@@ -70,7 +74,7 @@ impl Report {
 }
 
 /// Loads and compiles everything under `paths` and reports every problem.
-/// A set that loads but holds no Envoy-mode ValidatingPolicy is an error, as
+/// A set that loads but holds no ValidatingPolicy of either mode is an error, as
 /// `serve` refuses to start with it, unless `allow_empty` (then a warning).
 pub fn validate(paths: &[PathBuf], allow_empty: bool) -> Report {
     let mut files = Lines::default();
@@ -79,7 +83,10 @@ pub fn validate(paths: &[PathBuf], allow_empty: bool) -> Report {
     let empty = match result {
         Ok(set) => {
             report.policies = set.policies.iter().map(|p| p.name.clone()).collect();
-            report.policies.is_empty()
+            report.http_policies = set.http_policies.iter().map(|p| p.name.clone()).collect();
+            // A set of HTTP-mode policies only decides the HTTP server's
+            // requests: not empty.
+            report.policies.is_empty() && report.http_policies.is_empty()
         }
         Err(errors) => {
             for e in &errors.0 {
@@ -456,12 +463,17 @@ pub fn render_text(r: &Report) -> String {
     if r.ok() {
         let _ = writeln!(
             out,
-            "ok: {} {} valid, {} warning(s)",
-            r.policies.len(),
-            if r.policies.len() == 1 {
+            "ok: {} {} valid{}, {} warning(s)",
+            r.policies.len() + r.http_policies.len(),
+            if r.policies.len() + r.http_policies.len() == 1 {
                 "policy"
             } else {
                 "policies"
+            },
+            if r.http_policies.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} in HTTP mode)", r.http_policies.len())
             },
             r.warnings
         );

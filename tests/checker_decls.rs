@@ -132,7 +132,16 @@ fn checked_type(expr: &str) -> Result<Ty, String> {
     let program = celgate::cel::env()
         .compile(expr)
         .map_err(|e| e.to_string())?;
+    // HTTP mode's functions are checked in HTTP mode (Envoy mode refuses
+    // them, and the other way round).
     checker::check(&program, &Scope::default())
+        .or_else(|_| {
+            let http = Scope {
+                mode: checker::Mode::Http,
+                ..Default::default()
+            };
+            checker::check(&program, &http)
+        })
         .map(|info| info.ty)
         .map_err(|errors| {
             errors
@@ -310,6 +319,12 @@ fn sample(t: &Ty) -> String {
             "jwt.Token" => "jwt.Decode('x.y.z', 'secret')".into(),
             "jwks.Set" => format!("jwks.Fetch('{JWKS_URL}')"),
             "http.Context" => "http.Client('')".into(),
+            "http.CheckRequestAttributes" => {
+                "http.CheckRequestAttributes{method: 'GET', header: {'X-A': ['b']}}".into()
+            }
+            "http.CheckResponseOk" => "http.Allowed()".into(),
+            "http.CheckResponseDenied" => "http.Denied('no')".into(),
+            "http.CheckResponse" => "http.Allowed().Response()".into(),
             "mcp.MCPRequest" => format!("mcp.Parse('{TOOLS_CALL}')"),
             "mcp.ToolCall" => format!("mcp.Parse('{TOOLS_CALL}').ToolCall"),
             "mcp.PromptGet" => format!("mcp.Parse('{PROMPTS_GET}').PromptGet"),

@@ -9,8 +9,8 @@
 //! ValidatingPolicies`, `apiVersion: policy.kyverno.io/v1`), or a kind of
 //! `policies.kyverno.io` that Kyverno does not define, is an error. Known
 //! kinds of other tools, Kyverno's other policy kinds and the other
-//! evaluation modes (`Kubernetes`, `JSON`, `HTTP`) are skipped with a
-//! warning, as before.
+//! evaluation modes (`Kubernetes`, `JSON`) are skipped with a warning, as
+//! before. celgate serves two modes: `Envoy` and `HTTP`.
 
 use super::edit_distance;
 use super::model::{API_VERSIONS, POLICY_GROUP};
@@ -33,11 +33,12 @@ pub const OTHER_KYVERNO_KINDS: [&str; 10] = [
     "ValidatingPolicyBinding",
 ];
 
-/// The evaluation mode celgate serves.
+/// The evaluation modes celgate serves.
 pub const ENVOY: &str = "Envoy";
+pub const HTTP: &str = "HTTP";
 
 /// Kyverno's other evaluation modes: not ours, skipped.
-pub const OTHER_MODES: [&str; 3] = ["Kubernetes", "JSON", "HTTP"];
+pub const OTHER_MODES: [&str; 2] = ["Kubernetes", "JSON"];
 
 /// Whether `value` is `target` or a near miss of it: equal ignoring ASCII
 /// case, or within a few edits (2, or a fifth of the target's length for
@@ -161,7 +162,7 @@ pub fn classify(api_version: Option<&str>, kind: Option<&str>, doc: &Value) -> V
     // Another group, or none, but a kind of ours declaring Envoy mode: meant
     // for celgate with the wrong (or no) apiVersion.
     if let (Some(k), Some(mode)) = (our_kind(kind), declared_mode(doc)) {
-        if near(mode, ENVOY) {
+        if near(mode, ENVOY) || near(mode, HTTP) {
             let message = if api.is_empty() {
                 format!("is missing: an Envoy-mode {k} needs {}", expected_api())
             } else {
@@ -184,6 +185,7 @@ pub fn classify(api_version: Option<&str>, kind: Option<&str>, doc: &Value) -> V
 #[derive(Debug, PartialEq, Eq)]
 pub enum Mode {
     Envoy,
+    Http,
     /// Another tool's mode (or none): skip, with this description.
     Other(String),
     /// A near miss of `Envoy`: an error with this message.
@@ -193,15 +195,19 @@ pub enum Mode {
 pub fn mode(mode: Option<&str>) -> Mode {
     match mode {
         Some(ENVOY) => Mode::Envoy,
+        Some(HTTP) => Mode::Http,
         None => Mode::Other("unset (Kubernetes admission)".to_owned()),
         Some(m) if OTHER_MODES.contains(&m) => Mode::Other(format!("{m:?}")),
-        Some(m) if near(m, ENVOY) => Mode::Misspelt(format!(
-            "{m:?} is not an evaluation mode: did you mean {ENVOY}? (modes are case-sensitive; as written, the document would be skipped)"
-        )),
+        Some(m) if near(m, ENVOY) || near(m, HTTP) => {
+            let meant = if near(m, ENVOY) { ENVOY } else { HTTP };
+            Mode::Misspelt(format!(
+                "{m:?} is not an evaluation mode: did you mean {meant}? (modes are case-sensitive; as written, the document would be skipped)"
+            ))
+        }
         Some(m) => match closest(m, OTHER_MODES) {
             Some(k) => Mode::Other(format!("{m:?} (not a known mode: did you mean {k}?)")),
             None => Mode::Other(format!(
-                "{m:?} (not a known mode: {ENVOY}, {})",
+                "{m:?} (not a known mode: {ENVOY}, {HTTP}, {})",
                 OTHER_MODES.join(", ")
             )),
         },
@@ -347,11 +353,17 @@ mod tests {
         ] {
             assert!(matches!(mode(Some(m)), Mode::Misspelt(_)), "{m:?}");
         }
+        assert_eq!(mode(Some("HTTP")), Mode::Http);
+        for m in ["http", "Http", "HTPP", " HTTP"] {
+            assert!(
+                matches!(mode(Some(m)), Mode::Misspelt(ref e) if e.contains("did you mean HTTP")),
+                "{m:?}"
+            );
+        }
         for m in [
             None,
             Some("Kubernetes"),
             Some("JSON"),
-            Some("HTTP"),
             Some("kubernetes"),
             Some("Gateway"),
         ] {
@@ -360,9 +372,9 @@ mod tests {
         assert!(
             matches!(mode(Some("kubernetes")), Mode::Other(m) if m.contains("did you mean Kubernetes"))
         );
-        // The other modes are not near misses of Envoy.
+        // The other modes are not near misses of ours.
         for m in OTHER_MODES {
-            assert!(!near(m, ENVOY), "{m}");
+            assert!(!near(m, ENVOY) && !near(m, HTTP), "{m}");
         }
     }
 }

@@ -420,6 +420,36 @@ impl ValidationActions {
     }
 }
 
+/// The evaluation mode of a ValidatingPolicy (`spec.evaluation.mode`) or a
+/// PolicyException (`spec.evaluationMode`): which server decides with it
+/// and what its `object` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EvaluationMode {
+    /// Envoy's ext_authz: `object` is the Envoy `CheckRequest`.
+    #[default]
+    Envoy,
+    /// The HTTP authorization server: `object` is an `http.CheckRequest`.
+    Http,
+}
+
+impl EvaluationMode {
+    /// As the documents write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvaluationMode::Envoy => kinds::ENVOY,
+            EvaluationMode::Http => kinds::HTTP,
+        }
+    }
+
+    /// The environment the checker checks its expressions in.
+    pub fn check_mode(self) -> crate::cel::check::Mode {
+        match self {
+            EvaluationMode::Envoy => crate::cel::check::Mode::Envoy,
+            EvaluationMode::Http => crate::cel::check::Mode::Http,
+        }
+    }
+}
+
 /// A compiled CEL expression with the field it came from, for messages.
 #[derive(Debug)]
 pub struct Expression {
@@ -449,6 +479,9 @@ pub struct Plans {
 pub struct Policy {
     pub name: String,
     pub location: Location,
+    /// Envoy-mode policies are in [`PolicySet::policies`], HTTP-mode ones in
+    /// [`PolicySet::http_policies`].
+    pub mode: EvaluationMode,
     pub failure_policy: FailurePolicy,
     /// `spec.validationActions` ([`ValidationActions::DENY`] when absent).
     pub actions: ValidationActions,
@@ -479,6 +512,9 @@ pub struct Policy {
 pub struct Exception {
     pub name: String,
     pub location: Location,
+    /// `spec.evaluationMode` (Envoy when absent): the exception applies to
+    /// the policies of this mode only, as in Kyverno.
+    pub mode: EvaluationMode,
     /// The policies it names, each once, in the order written.
     pub policy_refs: Vec<String>,
     pub match_conditions: Vec<NamedProgram>,
@@ -501,7 +537,12 @@ pub struct Exemption {
 /// An immutable, fully compiled set of policies, ordered by name.
 #[derive(Debug)]
 pub struct PolicySet {
+    /// The Envoy-mode policies, which decide ext_authz requests.
     pub policies: Vec<Policy>,
+    /// The HTTP-mode policies (`spec.evaluation.mode: HTTP`), which decide
+    /// the requests of the HTTP authorization server, ordered by name.
+    /// Names are unique across both lists.
+    pub http_policies: Vec<Policy>,
     pub exceptions: Vec<Arc<Exception>>,
     pub warnings: Vec<Warning>,
     pub loaded_at: SystemTime,
@@ -511,6 +552,7 @@ impl PolicySet {
     pub fn empty() -> Self {
         PolicySet {
             policies: Vec::new(),
+            http_policies: Vec::new(),
             exceptions: Vec::new(),
             warnings: Vec::new(),
             loaded_at: SystemTime::now(),
@@ -605,7 +647,7 @@ impl PolicySet {
             }
         }
         if let Some(p) = previous {
-            for x in &p.policies {
+            for x in p.policies.iter().chain(&p.http_policies) {
                 c.previous.insert(
                     ("ValidatingPolicy", x.name.clone()),
                     (x.digest, x.loaded_at),
@@ -624,6 +666,7 @@ impl PolicySet {
         let p = |s: &PolicySet| -> Vec<(String, u64)> {
             s.policies
                 .iter()
+                .chain(&s.http_policies)
                 .map(|x| (x.name.clone(), x.digest))
                 .collect()
         };
@@ -641,7 +684,7 @@ impl PolicySet {
     /// evaluated beside the served one (the shadow set), whose evaluations
     /// must not count as the served policies'.
     pub fn detach_metrics(&mut self) {
-        for p in &mut self.policies {
+        for p in self.policies.iter_mut().chain(&mut self.http_policies) {
             p.metrics = Arc::new(Default::default());
             crate::telemetry::metrics::release_unused(&p.name);
         }
@@ -652,6 +695,19 @@ impl PolicySet {
             .binary_search_by(|p| p.name.as_str().cmp(name))
             .ok()
             .map(|i| &self.policies[i])
+    }
+
+    /// The HTTP-mode policy `name`.
+    pub fn get_http(&self, name: &str) -> Option<&Policy> {
+        self.http_policies
+            .binary_search_by(|p| p.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.http_policies[i])
+    }
+
+    /// Every policy, Envoy mode's then HTTP mode's, each list in name order.
+    pub fn all_policies(&self) -> impl Iterator<Item = &Policy> {
+        self.policies.iter().chain(&self.http_policies)
     }
 }
 
@@ -827,8 +883,9 @@ impl Compiler {
 
     fn policy(&mut self, ctx: &Ctx<'_>, spec: PolicySpec) {
         let mode = spec.evaluation.as_ref().and_then(|e| e.mode.as_deref());
-        match kinds::mode(mode) {
-            kinds::Mode::Envoy => {}
+        let mode = match kinds::mode(mode) {
+            kinds::Mode::Envoy => EvaluationMode::Envoy,
+            kinds::Mode::Http => EvaluationMode::Http,
             kinds::Mode::Misspelt(message) => {
                 self.errors
                     .push(ctx.invalid("spec.evaluation.mode", message));
@@ -842,13 +899,13 @@ impl Compiler {
                 self.warn(
                     ctx.location,
                     format!(
-                        "skipped: ValidatingPolicy {:?} has spec.evaluation.mode {described}; only Envoy-mode policies are served",
+                        "skipped: ValidatingPolicy {:?} has spec.evaluation.mode {described}; only Envoy-mode and HTTP-mode policies are served",
                         ctx.name,
                     ),
                 );
                 return;
             }
-        }
+        };
         for key in spec.other.keys() {
             if !IGNORED_SPEC_FIELDS.contains(&key.as_str()) {
                 let known: Vec<&str> = READ_SPEC_FIELDS
@@ -962,7 +1019,8 @@ impl Compiler {
                 );
             }
         }
-        let variable_types = self.type_check(ctx, &match_conditions, &variables, &validations);
+        let variable_types =
+            self.type_check(ctx, mode, &match_conditions, &variables, &validations);
         if self.errors.len() > before {
             return;
         }
@@ -979,6 +1037,7 @@ impl Compiler {
         self.policies.push(Policy {
             name: ctx.name.to_owned(),
             location: ctx.location.clone(),
+            mode,
             failure_policy,
             actions,
             match_conditions,
@@ -994,9 +1053,11 @@ impl Compiler {
     }
 
     fn exception(&mut self, ctx: &Ctx<'_>, spec: ExceptionSpec) {
-        if let Some(mode) = spec.evaluation_mode.as_deref() {
-            match kinds::mode(Some(mode)) {
+        let mut mode = EvaluationMode::Envoy;
+        if let Some(declared) = spec.evaluation_mode.as_deref() {
+            match kinds::mode(Some(declared)) {
                 kinds::Mode::Envoy => {}
+                kinds::Mode::Http => mode = EvaluationMode::Http,
                 kinds::Mode::Misspelt(message) => {
                     self.errors
                         .push(ctx.invalid("spec.evaluationMode", message));
@@ -1069,7 +1130,10 @@ impl Compiler {
             self.check_expression(
                 ctx,
                 &m.expr,
-                &crate::cel::check::Scope::default(),
+                &crate::cel::check::Scope {
+                    mode: mode.check_mode(),
+                    ..Default::default()
+                },
                 Want::Bool("an exception condition"),
             );
         }
@@ -1079,6 +1143,7 @@ impl Compiler {
         self.exceptions.push(Exception {
             name: ctx.name.to_owned(),
             location: ctx.location.clone(),
+            mode,
             policy_refs: refs,
             match_conditions,
             digest: ctx.digest,
@@ -1100,6 +1165,7 @@ impl Compiler {
         let before = self.errors.len();
         let names: Vec<&str> = policy.variables.iter().map(|v| v.name.as_str()).collect();
         let scope = crate::cel::check::Scope {
+            mode: policy.mode.check_mode(),
             variables: Some(policy.variable_types.clone()),
         };
         // The policy loaded, so its variables have no cycle.
@@ -1227,12 +1293,14 @@ impl Compiler {
     fn type_check(
         &mut self,
         ctx: &Ctx<'_>,
+        mode: EvaluationMode,
         conditions: &[NamedProgram],
         variables: &[NamedProgram],
         validations: &[Expression],
     ) -> HashMap<String, crate::cel::check::Info> {
         use crate::cel::check::{Info, Scope, Ty};
         let mut scope = Scope {
+            mode: mode.check_mode(),
             variables: Some(HashMap::new()),
         };
         let declared = |n: &String| variables.iter().any(|v| &v.name == n);
@@ -1260,7 +1328,10 @@ impl Compiler {
                 break;
             }
         }
-        let no_variables = Scope::default();
+        let no_variables = Scope {
+            mode: mode.check_mode(),
+            ..Default::default()
+        };
         for m in conditions {
             self.check_expression(ctx, &m.expr, &no_variables, Want::Bool("a match condition"));
         }
@@ -1288,9 +1359,8 @@ impl Compiler {
                     Want::Bool(what) => {
                         check::result_error(&info.ty, true).map(|m| format!("{what} {m}"))
                     }
-                    Want::Response => {
-                        check::result_error(&info.ty, false).map(|m| format!("a validation {m}"))
-                    }
+                    Want::Response => check::result_error_in(scope.mode, &info.ty, false)
+                        .map(|m| format!("a validation {m}")),
                 };
                 if let Some(m) = wrong {
                     self.errors.push(ctx.checked(
@@ -1425,9 +1495,15 @@ impl Compiler {
         // of (the policy may come later, or be skipped for its mode).
         let mut policies = std::mem::take(&mut self.policies);
         let mut missing = Vec::new();
+        let mut other_mode = Vec::new();
         for e in &exceptions {
             for r in &e.policy_refs {
                 match policies.binary_search_by(|p| p.name.as_str().cmp(r)) {
+                    // An exception applies to the policies of its own
+                    // evaluation mode only.
+                    Ok(i) if policies[i].mode != e.mode => {
+                        other_mode.push((e, r, policies[i].mode));
+                    }
                     Ok(i) => {
                         if let Some(x) = self.exemption(e, &policies[i]) {
                             policies[i].exceptions.push(x);
@@ -1437,7 +1513,24 @@ impl Compiler {
                 }
             }
         }
-        self.policies = policies;
+        for (e, policy, mode) in other_mode {
+            self.warnings.push(Warning {
+                location: e.location.clone(),
+                policy: Some(e.name.clone()),
+                field: Some("spec.policyRefs".into()),
+                message: format!(
+                    "names policy {policy:?}, which is in {} mode: an exception of evaluationMode {} does not apply to it (set spec.evaluationMode: {})",
+                    mode.as_str(),
+                    e.mode.as_str(),
+                    mode.as_str()
+                ),
+            });
+        }
+        let (http, envoy): (Vec<Policy>, Vec<Policy>) = policies
+            .into_iter()
+            .partition(|p| p.mode == EvaluationMode::Http);
+        self.policies = envoy;
+        let http_policies = http;
         if !self.errors.is_empty() {
             return (Err(LoadErrors(self.errors)), self.warnings);
         }
@@ -1452,6 +1545,7 @@ impl Compiler {
         let warnings = self.warnings.clone();
         let set = PolicySet {
             policies: self.policies,
+            http_policies,
             exceptions,
             warnings: self.warnings,
             loaded_at: SystemTime::now(),
@@ -1687,8 +1781,10 @@ fn always_responds(e: &Expr) -> bool {
             }
             _ => false,
         },
-        Expr::Struct(s) => crate::cel::eval::lib::messages::lookup(&s.type_name)
-            .is_some_and(|m| m.name == crate::cel::eval::lib::messages::CHECK_RESPONSE),
+        Expr::Struct(s) => crate::cel::eval::lib::messages::lookup(&s.type_name).is_some_and(|m| {
+            m.name == crate::cel::eval::lib::messages::CHECK_RESPONSE
+                || m.name == crate::cel::eval::lib::httpauthz::CHECK_RESPONSE
+        }),
         _ => false,
     }
 }

@@ -82,11 +82,11 @@ async fn readyz(AxState(state): AxState<Arc<State>>) -> (StatusCode, Json<serde_
 async fn policies(AxState(state): AxState<Arc<State>>) -> Json<serde_json::Value> {
     let set = state.policies.load();
     let policies: Vec<_> = set
-        .policies
-        .iter()
+        .all_policies()
         .map(|p| {
             json!({
                 "name": p.name,
+                "mode": p.mode.as_str(),
                 "source": p.location.source(),
                 "file": p.location.path.display().to_string(),
                 "document": p.location.document,
@@ -113,6 +113,7 @@ async fn policies(AxState(state): AxState<Arc<State>>) -> Json<serde_json::Value
                 "document": e.location.document,
                 "line": e.location.line,
                 "loadedAt": rfc3339::format(e.loaded_at),
+                "mode": e.mode.as_str(),
                 "policies": e.policy_refs,
             })
         })

@@ -134,13 +134,34 @@ impl PolicyOutcome {
     }
 }
 
+/// Which server decided: the `mode` label of `authz_decisions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Envoy's ext_authz (gRPC).
+    Envoy = 0,
+    /// The HTTP authorization server (HTTP-mode policies).
+    Http = 1,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 2] = [Mode::Envoy, Mode::Http];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Envoy => "envoy",
+            Mode::Http => "http",
+        }
+    }
+}
+
 /// Series of one policy.
 #[derive(Debug, Default)]
 pub struct PolicyMetrics {
     evaluations: [AtomicU64; PolicyOutcome::ALL.len()],
     duration: Histogram,
-    /// Requests this policy decided: allowed, denied, denied on error.
-    decided: [AtomicU64; 3],
+    /// Requests this policy decided, by [`Mode`]: allowed, denied, denied
+    /// on error.
+    decided: [[AtomicU64; 3]; 2],
 }
 
 impl PolicyMetrics {
@@ -175,6 +196,9 @@ pub enum DecidedBy<'a> {
     /// The request could not be read (malformed, too large, not UTF-8
     /// where it must be): denied before any policy ran.
     Unreadable,
+    /// The HTTP server's input or output expression failed: the failure
+    /// denial (`source="expression"`, HTTP mode only).
+    Expression,
 }
 
 /// Every series celgate exports.
@@ -182,11 +206,16 @@ pub enum DecidedBy<'a> {
 pub struct Metrics {
     enabled: AtomicBool,
     policies: RwLock<BTreeMap<String, Arc<PolicyMetrics>>>,
-    default_allow: AtomicU64,
-    internal_errors: AtomicU64,
-    timeouts: AtomicU64,
-    overloads: AtomicU64,
-    unreadable: AtomicU64,
+    /// Each by [`Mode`].
+    default_allow: [AtomicU64; 2],
+    internal_errors: [AtomicU64; 2],
+    timeouts: [AtomicU64; 2],
+    overloads: [AtomicU64; 2],
+    unreadable: [AtomicU64; 2],
+    expression_errors: [AtomicU64; 2],
+    /// The `mode="http"` series are shown once the HTTP authorization
+    /// server is on ([`Metrics::set_http_enabled`]) or has decided.
+    http_on: AtomicBool,
     decision_duration: Histogram,
     /// Kubernetes objects by state (ok, broken, ignored), once `--kube` has
     /// listed them.
@@ -333,7 +362,7 @@ pub fn release_unused(name: &str) {
     if map.get(name).is_some_and(|p| {
         Arc::strong_count(p) == 1
             && p.duration.count() == 0
-            && p.decided.iter().all(|c| c.load(Relaxed) == 0)
+            && p.decided.iter().flatten().all(|c| c.load(Relaxed) == 0)
     }) {
         map.remove(name);
     }
@@ -450,31 +479,68 @@ impl Metrics {
         }
     }
 
+    /// Counts one decision of Envoy mode's ext_authz server.
     pub fn decided(&self, how: DecidedBy<'_>, took: Duration) {
+        self.decided_in(Mode::Envoy, how, took)
+    }
+
+    /// Shows the `mode="http"` series (the HTTP authorization server is on).
+    pub fn set_http_enabled(&self, on: bool) {
+        self.http_on.store(on, Relaxed);
+    }
+
+    /// Counts one decision of the server of `mode`. The duration histogram
+    /// is shared by both modes.
+    pub fn decided_in(&self, mode: Mode, how: DecidedBy<'_>, took: Duration) {
+        let m = mode as usize;
+        if mode == Mode::Http && !self.http_on.load(Relaxed) {
+            self.http_on.store(true, Relaxed);
+        }
         match how {
             DecidedBy::Policy { policy, allowed } => {
-                policy.decided[usize::from(!allowed)].fetch_add(1, Relaxed);
+                policy.decided[m][usize::from(!allowed)].fetch_add(1, Relaxed);
             }
             DecidedBy::Error(p) => {
-                p.decided[2].fetch_add(1, Relaxed);
+                p.decided[m][2].fetch_add(1, Relaxed);
             }
             DecidedBy::Default => {
-                self.default_allow.fetch_add(1, Relaxed);
+                self.default_allow[m].fetch_add(1, Relaxed);
             }
             DecidedBy::Internal => {
-                self.internal_errors.fetch_add(1, Relaxed);
+                self.internal_errors[m].fetch_add(1, Relaxed);
             }
             DecidedBy::Timeout => {
-                self.timeouts.fetch_add(1, Relaxed);
+                self.timeouts[m].fetch_add(1, Relaxed);
             }
             DecidedBy::Overload => {
-                self.overloads.fetch_add(1, Relaxed);
+                self.overloads[m].fetch_add(1, Relaxed);
             }
             DecidedBy::Unreadable => {
-                self.unreadable.fetch_add(1, Relaxed);
+                self.unreadable[m].fetch_add(1, Relaxed);
+            }
+            DecidedBy::Expression => {
+                self.expression_errors[m].fetch_add(1, Relaxed);
             }
         }
         self.decision_duration.observe(took);
+    }
+
+    /// `authz_decisions_total{mode=..., decision, source, policy=""}` of a
+    /// counter that no policy decided.
+    pub fn decisions(&self, mode: Mode, how: DecidedBy<'_>) -> u64 {
+        let m = mode as usize;
+        match how {
+            DecidedBy::Policy { policy, allowed } => {
+                policy.decided[m][usize::from(!allowed)].load(Relaxed)
+            }
+            DecidedBy::Error(p) => p.decided[m][2].load(Relaxed),
+            DecidedBy::Default => self.default_allow[m].load(Relaxed),
+            DecidedBy::Internal => self.internal_errors[m].load(Relaxed),
+            DecidedBy::Timeout => self.timeouts[m].load(Relaxed),
+            DecidedBy::Overload => self.overloads[m].load(Relaxed),
+            DecidedBy::Unreadable => self.unreadable[m].load(Relaxed),
+            DecidedBy::Expression => self.expression_errors[m].load(Relaxed),
+        }
     }
 
     /// The text exposition of every series; `extra` is appended (gauges and
@@ -488,44 +554,59 @@ impl Metrics {
             .clone();
         out.push_str("# HELP authz_decisions_total Decisions, by result and by what decided: a policy (source=\"policy\"), no policy (source=\"default\", allowed), an evaluation error under failurePolicy Fail (source=\"error\", denied), an internal error (source=\"internal\", denied), the decision deadline (source=\"timeout\", denied), a full decision queue (source=\"overload\", denied) or a request that could not be read (source=\"unreadable\", denied).\n");
         out.push_str("# TYPE authz_decisions_total counter\n");
-        for (name, p) in &policies {
-            let name = escape(name);
-            for (i, (decision, source)) in
-                [("allow", "policy"), ("deny", "policy"), ("deny", "error")]
-                    .iter()
-                    .enumerate()
-            {
-                let v = p.decided[i].load(Relaxed);
-                if v > 0 {
-                    let _ = writeln!(
-                        out,
-                        "authz_decisions_total{{mode=\"envoy\",decision=\"{decision}\",source=\"{source}\",policy=\"{name}\"}} {v}"
-                    );
+        let modes: &[Mode] = if self.http_on.load(Relaxed) {
+            &Mode::ALL
+        } else {
+            &[Mode::Envoy]
+        };
+        for &mode in modes {
+            let (m, label) = (mode as usize, mode.as_str());
+            for (name, p) in &policies {
+                let name = escape(name);
+                for (i, (decision, source)) in
+                    [("allow", "policy"), ("deny", "policy"), ("deny", "error")]
+                        .iter()
+                        .enumerate()
+                {
+                    let v = p.decided[m][i].load(Relaxed);
+                    if v > 0 {
+                        let _ = writeln!(
+                            out,
+                            "authz_decisions_total{{mode=\"{label}\",decision=\"{decision}\",source=\"{source}\",policy=\"{name}\"}} {v}"
+                        );
+                    }
                 }
             }
-        }
-        let _ = writeln!(
-            out,
-            "authz_decisions_total{{mode=\"envoy\",decision=\"allow\",source=\"default\",policy=\"\"}} {}",
-            self.default_allow.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "authz_decisions_total{{mode=\"envoy\",decision=\"deny\",source=\"internal\",policy=\"\"}} {}",
-            self.internal_errors.load(Relaxed)
-        );
-        for (source, n) in [("timeout", &self.timeouts), ("overload", &self.overloads)] {
             let _ = writeln!(
                 out,
-                "authz_decisions_total{{mode=\"envoy\",decision=\"deny\",source=\"{source}\",policy=\"\"}} {}",
-                n.load(Relaxed)
+                "authz_decisions_total{{mode=\"{label}\",decision=\"allow\",source=\"default\",policy=\"\"}} {}",
+                self.default_allow[m].load(Relaxed)
             );
+            let _ = writeln!(
+                out,
+                "authz_decisions_total{{mode=\"{label}\",decision=\"deny\",source=\"internal\",policy=\"\"}} {}",
+                self.internal_errors[m].load(Relaxed)
+            );
+            for (source, n) in [("timeout", &self.timeouts), ("overload", &self.overloads)] {
+                let _ = writeln!(
+                    out,
+                    "authz_decisions_total{{mode=\"{label}\",decision=\"deny\",source=\"{source}\",policy=\"\"}} {}",
+                    n[m].load(Relaxed)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "authz_decisions_total{{mode=\"{label}\",decision=\"deny\",source=\"unreadable\",policy=\"\"}} {}",
+                self.unreadable[m].load(Relaxed)
+            );
+            if mode == Mode::Http {
+                let _ = writeln!(
+                    out,
+                    "authz_decisions_total{{mode=\"{label}\",decision=\"deny\",source=\"expression\",policy=\"\"}} {}",
+                    self.expression_errors[m].load(Relaxed)
+                );
+            }
         }
-        let _ = writeln!(
-            out,
-            "authz_decisions_total{{mode=\"envoy\",decision=\"deny\",source=\"unreadable\",policy=\"\"}} {}",
-            self.unreadable.load(Relaxed)
-        );
         out.push_str(
             "# HELP authz_decision_duration_seconds Time to decide one request (all policies).\n",
         );

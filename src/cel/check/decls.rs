@@ -95,12 +95,13 @@ pub fn get() -> &'static Decls {
 }
 
 /// Every table, with where it comes from (for errors in the tables).
-pub fn tables() -> [(&'static str, &'static str); 13] {
+pub fn tables() -> [(&'static str, &'static str); 14] {
     [
         ("std.decls", include_str!("std.decls")),
         ("envoy", crate::cel::eval::lib::envoy::DECLS),
         ("jwt", crate::cel::eval::lib::jwt::DECLS),
         ("http", crate::cel::eval::lib::http::DECLS),
+        ("httpauthz", crate::cel::eval::lib::httpauthz::DECLS),
         ("mcp", crate::cel::eval::lib::mcp::DECLS),
         ("net", crate::cel::eval::lib::net::DECLS),
         ("url", crate::cel::eval::lib::url::DECLS),
@@ -156,6 +157,7 @@ fn build() -> Result<Decls, DeclError> {
         .iter()
         .chain(crate::cel::eval::lib::jwt::OBJECTS)
         .chain(crate::cel::eval::lib::http::OBJECTS)
+        .chain(crate::cel::eval::lib::httpauthz::OBJECTS)
         .chain(crate::cel::eval::lib::mcp::OBJECTS)
         .chain(crate::cel::eval::lib::net::OBJECTS)
         .chain(crate::cel::eval::lib::url::OBJECTS)

@@ -35,9 +35,89 @@ pub struct CheckError {
     pub message: String,
 }
 
+/// Which environment an expression is checked in: what `object` is and
+/// which functions and message literals it may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// An Envoy-mode policy: `object` is the Envoy `CheckRequest`, the
+    /// answer an `envoy.*` response.
+    #[default]
+    Envoy,
+    /// An HTTP-mode policy, or the HTTP server's input expression: `object`
+    /// is an `http.CheckRequest`, the answer an `http.CheckResponse`.
+    Http,
+    /// The HTTP server's output expression: `object` is the
+    /// `http.CheckResponse`, the answer an `httpserver.HttpResponse`.
+    HttpOutput,
+}
+
+impl Mode {
+    fn is_http(self) -> bool {
+        matches!(self, Mode::Http | Mode::HttpOutput)
+    }
+
+    /// Why a call of `name` (a global function) is refused in this mode.
+    fn refuses_function(self, name: &str) -> Option<String> {
+        use crate::cel::eval::lib::httpauthz::HTTP_MODE_FUNCTIONS;
+        if self.is_http() && name.starts_with("envoy.") {
+            return Some(format!(
+                "`{name}` is a function of Envoy-mode policies; an HTTP-mode policy answers with http.Allowed().Response() or http.Denied(reason).Response()"
+            ));
+        }
+        if self == Mode::Envoy && HTTP_MODE_FUNCTIONS.contains(&name) {
+            return Some(format!(
+                "`{name}` is a function of HTTP-mode policies (spec.evaluation.mode: HTTP); an Envoy-mode policy answers with envoy.Allowed() or envoy.Denied(status) and .Response()"
+            ));
+        }
+        None
+    }
+
+    /// Why a literal of message `name` is refused in this mode.
+    fn refuses_message(self, name: &str) -> Option<String> {
+        use crate::cel::eval::lib::httpauthz::SERVER_RESPONSE;
+        let http = name.starts_with("http.") || name.starts_with("httpserver.");
+        if self == Mode::Envoy && http {
+            return Some(format!(
+                "{name} is a message of HTTP mode (spec.evaluation.mode: HTTP), not of Envoy-mode policies"
+            ));
+        }
+        if self.is_http() && !http {
+            return Some(format!(
+                "{name} is a message of Envoy-mode policies, not of HTTP mode"
+            ));
+        }
+        if name == SERVER_RESPONSE && self != Mode::HttpOutput {
+            return Some(format!(
+                "{name} is built by the HTTP server's output expression only"
+            ));
+        }
+        None
+    }
+
+    /// The type of `object`.
+    pub fn object_type(self) -> &'static str {
+        use crate::cel::eval::lib::httpauthz;
+        match self {
+            Mode::Envoy => proto::CHECK_REQUEST,
+            Mode::Http => httpauthz::CHECK_REQUEST,
+            Mode::HttpOutput => httpauthz::CHECK_RESPONSE,
+        }
+    }
+
+    /// The response a validation returns in this mode.
+    pub fn response_type(self) -> &'static str {
+        match self {
+            Mode::Envoy => CHECK_RESPONSE,
+            _ => crate::cel::eval::lib::httpauthz::CHECK_RESPONSE,
+        }
+    }
+}
+
 /// Names a policy's expressions may read besides `object`.
 #[derive(Default)]
 pub struct Scope {
+    /// The environment (Envoy mode unless said otherwise).
+    pub mode: Mode,
     /// `variables.<name>`: what is known of each declared variable; `None`
     /// where no policy's variables are known (matchConditions, which the
     /// policy compiler refuses to let read them, and an exception's
@@ -214,7 +294,12 @@ impl Checker<'_> {
     fn message(&mut self, e: &IdedExpr, s: &StructExpr, at: usize) -> Info {
         use crate::cel::eval::lib::messages;
         let Some(m) = messages::lookup(&s.type_name) else {
-            let known: Vec<&str> = messages::MESSAGES.iter().map(|m| m.name).collect();
+            let known: Vec<&str> = messages::MESSAGES
+                .iter()
+                .chain(messages::HTTP_MESSAGES)
+                .map(|m| m.name)
+                .filter(|n| self.scope.mode.refuses_message(n).is_none())
+                .collect();
             let hint = match did_you_mean(&s.type_name, &known) {
                 h if h.is_empty() => format!(": a literal builds one of {}", known.join(", ")),
                 h => h,
@@ -222,6 +307,10 @@ impl Checker<'_> {
             let at = self.name_before(at, &s.type_name);
             return self.error(at, format!("unknown message type `{}`{hint}", s.type_name));
         };
+        if let Some(why) = self.scope.mode.refuses_message(m.name) {
+            let at = self.name_before(at, &s.type_name);
+            return self.error(at, why);
+        }
         let before = self.errors.len();
         let mut info = Info::new(Ty::object(m.name));
         let mut seen: Vec<usize> = Vec::new();
@@ -336,7 +425,7 @@ impl Checker<'_> {
             return i;
         }
         match name {
-            "object" => Info::new(Ty::object(proto::CHECK_REQUEST)),
+            "object" => Info::new(Ty::object(self.scope.mode.object_type())),
             "variables" => {
                 // Only `variables.<name>` is allowed; the policy compiler
                 // reports any other use.
@@ -563,6 +652,11 @@ impl Checker<'_> {
                 return info;
             }
             _ => {}
+        }
+        if target.is_none() {
+            if let Some(why) = self.scope.mode.refuses_function(&name) {
+                return self.error(name_at, why);
+            }
         }
         let recv = target.map(|t| self.expr(t, at));
         if !self.decls.functions.contains_key(&name) {
@@ -853,8 +947,25 @@ pub fn did_you_mean(name: &str, known: &[&str]) -> String {
 
 /// What a validation or condition must return, checked against `t`.
 pub fn result_error(t: &Ty, want_bool: bool) -> Option<String> {
+    result_error_in(Mode::Envoy, t, want_bool)
+}
+
+/// As [`result_error`], for an expression of `mode`: an HTTP-mode
+/// validation returns an `http.CheckResponse` or null.
+pub fn result_error_in(mode: Mode, t: &Ty, want_bool: bool) -> Option<String> {
     if want_bool {
         return (!matches!(t, Ty::Bool | Ty::Dyn)).then(|| format!("must be a bool, not {t}"));
+    }
+    if mode != Mode::Envoy {
+        let want = mode.response_type();
+        return match t {
+            Ty::Dyn | Ty::Null => None,
+            Ty::Object(n) if &**n == want => None,
+            Ty::Object(n) if n.starts_with("http.CheckResponse") => Some(format!(
+                "must return {want} or null, not {t}: add .Response()"
+            )),
+            _ => Some(format!("must return {want} or null, not {t}")),
+        };
     }
     match t {
         Ty::Dyn | Ty::Null => None,
@@ -883,6 +994,7 @@ mod tests {
                     .map(|(n, t)| (n.to_owned(), Info::new(t)))
                     .collect(),
             ),
+            ..Default::default()
         }
     }
 

@@ -195,6 +195,9 @@ enum Cell<'r> {
 /// The evaluation context of one request.
 pub struct Ctx<'r> {
     request: Option<&'r CheckRequest>,
+    /// In HTTP mode, `object`: the `http.CheckRequest` (or, for the
+    /// server's output expression, the `http.CheckResponse`).
+    http_object: Option<Value<'r>>,
     pub meter: Meter,
     host: &'r dyn Host,
     vars: &'r [Program],
@@ -212,6 +215,7 @@ impl<'r> Ctx<'r> {
     pub fn new(request: Option<&'r CheckRequest>, meter: Meter) -> Self {
         Ctx {
             request,
+            http_object: None,
             meter,
             host: &DEFAULT_HOST,
             vars: &[],
@@ -220,6 +224,21 @@ impl<'r> Ctx<'r> {
             caches: HashMap::new(),
             may_block: true,
         }
+    }
+
+    /// A context whose `object` is `object`, a value of HTTP mode
+    /// ([`super::lib::httpauthz`]): the request, or the response the
+    /// server's output expression shapes.
+    pub fn for_http(object: Value<'r>, meter: Meter) -> Self {
+        let mut ctx = Ctx::new(None, meter);
+        ctx.http_object = Some(object);
+        ctx
+    }
+
+    /// `object` in HTTP mode; `None` in Envoy mode.
+    #[inline]
+    pub fn http_object(&self) -> Option<&Value<'r>> {
+        self.http_object.as_ref()
     }
 
     /// A context on a thread that must not block (an async worker): a call

@@ -969,11 +969,17 @@ impl Node {
             Node::Const(v) => Ok(v.reborrow()),
             Node::Message(m) => eval_message(m, ctx, locals),
             Node::Local(s) => locals[*s].clone(),
-            Node::Object => Ok(Value::Node(ReqNode::CheckRequest(
-                ctx.request().unwrap_or(&EMPTY_REQUEST),
-            ))),
+            Node::Object => match ctx.http_object() {
+                Some(o) => Ok(o.clone()),
+                None => Ok(Value::Node(ReqNode::CheckRequest(
+                    ctx.request().unwrap_or(&EMPTY_REQUEST),
+                ))),
+            },
             Node::ObjectPath(path) => {
                 ctx.charge(1)?;
+                if let Some(o) = ctx.http_object() {
+                    return http_path(o.clone(), path);
+                }
                 let request = ctx.request().unwrap_or(&EMPTY_REQUEST);
                 // `object.attributes.request.http...` (most paths) starts
                 // at the HTTP request in one step.
@@ -1141,6 +1147,13 @@ impl Node {
             Node::Comprehension(l) => l.eval(ctx, locals),
         }
     }
+}
+
+/// `object.a.b` in HTTP mode, where `object` is a library's value.
+#[inline(never)]
+fn http_path<'r>(object: Value<'r>, path: &[PathStep]) -> Result<Value<'r>, Error> {
+    path.iter()
+        .try_fold(object, |v, step| select(v, &step.name))
 }
 
 /// A call: its arguments, then the function. Out of line, as are the other

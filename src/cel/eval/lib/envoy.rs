@@ -313,7 +313,10 @@ fn response_owning<'r>(_: &mut Ctx<'r>, args: &mut [Value<'r>]) -> Result<Value<
             } else if let Some(d) = b.object_mut::<DeniedResponse>() {
                 Outcome::Denied(std::mem::take(d))
             } else {
-                return Err(Error::no_overload("Response", args));
+                // HTTP mode's `http.Allowed()`/`http.Denied(r)`: one
+                // `Response` method serves both, so that the envoy one keeps
+                // its owning form.
+                return super::httpauthz::response(args);
             }
         }
         _ => return Err(Error::no_overload("Response", args)),

@@ -44,6 +44,8 @@ pub enum Kind {
     QueryParameter,
     HttpStatus,
     RpcStatus,
+    /// A message of HTTP mode ([`super::httpauthz`]), built there.
+    HttpMode,
 }
 
 /// A field of a message: its proto name, its type as CEL sees it (in the
@@ -190,10 +192,71 @@ pub const MESSAGES: &[MessageDecl] = &[
     },
 ];
 
+/// HTTP mode's messages ([`super::httpauthz`]): the request (which the
+/// server's input expression may rewrite), the response, and the output
+/// expression's `httpserver.HttpResponse`.
+pub const HTTP_MESSAGES: &[MessageDecl] = {
+    use super::httpauthz as h;
+    const MULTI: &str = "map(string, list(string))";
+    &[
+        MessageDecl {
+            kind: Kind::HttpMode,
+            name: h::CHECK_REQUEST,
+            fields: &[sent("attributes", h::ATTRIBUTES)],
+        },
+        MessageDecl {
+            kind: Kind::HttpMode,
+            name: h::ATTRIBUTES,
+            fields: &[
+                sent("method", "string"),
+                sent("header", MULTI),
+                sent("host", "string"),
+                sent("protocol", "string"),
+                sent("contentLength", "int"),
+                sent("body", "bytes"),
+                sent("scheme", "string"),
+                sent("path", "string"),
+                sent("query", MULTI),
+                sent("fragment", "string"),
+            ],
+        },
+        MessageDecl {
+            kind: Kind::HttpMode,
+            name: h::CHECK_RESPONSE,
+            fields: &[
+                sent("ok", h::RESPONSE_OK),
+                sent("denied", h::RESPONSE_DENIED),
+            ],
+        },
+        MessageDecl {
+            kind: Kind::HttpMode,
+            name: h::RESPONSE_OK,
+            fields: &[],
+        },
+        MessageDecl {
+            kind: Kind::HttpMode,
+            name: h::RESPONSE_DENIED,
+            fields: &[sent("reason", "string")],
+        },
+        MessageDecl {
+            kind: Kind::HttpMode,
+            name: h::SERVER_RESPONSE,
+            fields: &[
+                sent("status", "int"),
+                sent("header", MULTI),
+                sent("body", "bytes"),
+            ],
+        },
+    ]
+};
+
 /// The message a literal names (a leading `.` allowed, as in cel-go).
 pub fn lookup(name: &str) -> Option<&'static MessageDecl> {
     let name = name.strip_prefix('.').unwrap_or(name);
-    MESSAGES.iter().find(|m| m.name == name)
+    MESSAGES
+        .iter()
+        .chain(HTTP_MESSAGES)
+        .find(|m| m.name == name)
 }
 
 /// `envoy.config.core.v3.HeaderValue{...}`, to be a `HeaderValueOption`'s
@@ -263,8 +326,16 @@ pub fn build<'r>(
     m: &'static MessageDecl,
     fields: Vec<(usize, Value<'r>)>,
 ) -> Result<Value<'r>, Error> {
+    if m.kind == Kind::HttpMode {
+        let named = fields
+            .into_iter()
+            .filter_map(|(i, v)| m.fields.get(i).map(|f| (f.name, v)))
+            .collect();
+        return super::httpauthz::build(ctx, m.name, named);
+    }
     let mut f = Fields { ctx, m, fields };
     Ok(match m.kind {
+        Kind::HttpMode => unreachable!("built above"),
         Kind::HeaderValue => {
             f.refuse_unsent()?;
             Value::object(HeaderValue {

@@ -31,6 +31,7 @@ macro_rules! response_object {
 pub mod envoy;
 pub mod format;
 pub mod http;
+pub mod httpauthz;
 pub mod json;
 pub mod jwt;
 pub mod lists;
@@ -59,6 +60,7 @@ pub fn all_functions() -> impl Iterator<Item = &'static Function> {
         envoy::FUNCTIONS,
         jwt::FUNCTIONS,
         http::FUNCTIONS,
+        httpauthz::FUNCTIONS,
         mcp::FUNCTIONS,
         net::FUNCTIONS,
         url::FUNCTIONS,
