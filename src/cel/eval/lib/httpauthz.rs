@@ -49,7 +49,7 @@ pub struct MultiMap(Arc<OwnedMap<'static>>);
 
 impl Default for MultiMap {
     fn default() -> Self {
-        MultiMap(Arc::new(OwnedMap::new()))
+        MultiMap(Arc::new(OwnedMap::default()))
     }
 }
 
@@ -69,7 +69,7 @@ impl PartialEq for MultiMap {
 impl MultiMap {
     /// The map of `pairs`, the values of a name repeated kept in order.
     pub fn from_pairs(pairs: impl IntoIterator<Item = (String, String)>) -> Self {
-        let mut m = OwnedMap::new();
+        let mut m = OwnedMap::default();
         let mut lists: indexmap::IndexMap<String, Vec<Value<'static>>> = indexmap::IndexMap::new();
         for (k, v) in pairs {
             lists.entry(k).or_default().push(Value::string(v));
@@ -131,7 +131,7 @@ impl MultiMap {
         let entries = m.entries();
         ctx.charge(entries.len() as u64)
             .map_err(|e| e.message.clone())?;
-        let mut out = OwnedMap::new();
+        let mut out = OwnedMap::default();
         for (k, v) in entries {
             let Value::String(k) = k else {
                 return Err(format!("keys must be strings, not {}", k.type_name()));
