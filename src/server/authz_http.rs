@@ -84,6 +84,8 @@ pub enum Refused {
     Host,
     #[error("the forwarded protocol is neither http nor https")]
     Proto,
+    #[error("forwarded headers disagree (X-Forwarded-* and X-Original-*) or repeat")]
+    Conflict,
     #[error("forward-auth request from a peer outside --trusted-proxies")]
     UntrustedPeer,
 }
@@ -100,6 +102,7 @@ impl Refused {
             Refused::MissingUri | Refused::Uri => "bad uri",
             Refused::Host => "bad host",
             Refused::Proto => "bad proto",
+            Refused::Conflict => "conflicting forwarded headers",
             Refused::UntrustedPeer => "untrusted peer",
         }
     }
@@ -397,14 +400,21 @@ fn header_map(headers: &HeaderMap, skip: &[&str]) -> Result<HashMap<String, Stri
     Ok(out)
 }
 
-/// The host: `Host`, else the URI's authority (HTTP/2).
-fn request_host(req_headers: &HeaderMap, uri: &axum::http::Uri) -> String {
-    req_headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| uri.authority().map(|a| a.as_str().to_owned()))
-        .unwrap_or_default()
+/// The host: `Host`, else the URI's authority (HTTP/2). More than one
+/// `Host` refuses the request.
+fn request_host(req_headers: &HeaderMap, uri: &axum::http::Uri) -> Result<String, Refused> {
+    let mut hosts = req_headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Refused::Host);
+    }
+    match host {
+        Some(v) => v.to_str().map(str::to_owned).map_err(|_| Refused::Host),
+        None => Ok(uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or_default()),
+    }
 }
 
 /// A forwarded scheme, when the peer is trusted: `http` or `https` only.
@@ -508,7 +518,7 @@ async fn envoy_request(
     if !valid_method(&method) {
         return Err(Refused::Method);
     }
-    let host = request_host(&parts.headers, &parts.uri);
+    let host = request_host(&parts.headers, &parts.uri)?;
     let scheme = forwarded_scheme(trusted, &parts.headers, false)?;
     let mut headers = header_map(&parts.headers, &["content-length"])?;
     let raw_body = read_body(state, body, &parts.headers).await?;
@@ -545,6 +555,34 @@ async fn envoy_request(
     Ok(check_request(http, source))
 }
 
+/// The value of a forwarded attribute, given by header `a` or its alias
+/// `b`. A proxy sets (replaces) the one it knows and passes the client's
+/// other headers on, so a value in the other name may come from the client:
+/// both present with different values, or either repeated, refuses the
+/// request rather than guess which one the proxy set.
+fn forwarded(h: &HeaderMap, a: &str, b: &str) -> Result<Option<String>, Refused> {
+    let mut found: Option<&[u8]> = None;
+    for name in [a, b] {
+        let mut values = h.get_all(name).iter();
+        let Some(v) = values.next() else { continue };
+        if values.next().is_some() {
+            return Err(Refused::Conflict);
+        }
+        let v = v.as_bytes();
+        match found {
+            Some(old) if old != v => return Err(Refused::Conflict),
+            _ => found = Some(v),
+        }
+    }
+    found
+        .map(|v| {
+            std::str::from_utf8(v)
+                .map(|s| s.trim().to_owned())
+                .map_err(|_| Refused::HeaderEncoding)
+        })
+        .transpose()
+}
+
 /// A forward-auth subrequest: only from a trusted peer; the original request
 /// is the forwarded method, URI, host and scheme with the subrequest's other
 /// headers.
@@ -559,29 +597,21 @@ async fn forward_request(
     }
     let (parts, body) = req.into_parts();
     let h = &parts.headers;
-    let text = |name: &str| -> Result<Option<String>, Refused> {
-        h.get(name)
-            .map(|v| v.to_str().map(|s| s.trim().to_owned()))
-            .transpose()
-            .map_err(|_| Refused::HeaderEncoding)
-    };
-    let method = match text("x-forwarded-method")?.or(text("x-original-method")?) {
+    let method = match forwarded(h, "x-forwarded-method", "x-original-method")? {
         Some(m) => m,
         None => parts.method.as_str().to_owned(),
     };
     if !valid_method(&method) {
         return Err(Refused::Method);
     }
-    let path = text("x-forwarded-uri")?
-        .or(text("x-original-uri")?)
-        .ok_or(Refused::MissingUri)?;
+    let path = forwarded(h, "x-forwarded-uri", "x-original-uri")?.ok_or(Refused::MissingUri)?;
     if !valid_target(&path) {
         return Err(Refused::Uri);
     }
-    let host = match text("x-forwarded-host")? {
+    let host = match forwarded(h, "x-forwarded-host", "x-forwarded-host")? {
         // Proxies in a chain may append: the first is the client's.
         Some(v) => v.split(',').next().unwrap_or("").trim().to_owned(),
-        None => request_host(h, &parts.uri),
+        None => request_host(h, &parts.uri)?,
     };
     if !valid_host(&host) {
         return Err(Refused::Host);
