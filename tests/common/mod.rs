@@ -1041,3 +1041,39 @@ pub async fn http_request_from(
             )
         })?
 }
+
+/// Where a proxy binary is: `$<env>`, else `<name>` on `PATH` (or in `/usr/sbin`, where Debian
+/// puts nginx). Panics (never skips) with installation instructions when none is found.
+pub fn locate_tool(name: &str, env: &str, install: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "{env} is set to {} but no such file exists",
+            p.display()
+        );
+        return p;
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin")]) {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!(
+        "{name} not found: this end-to-end test needs a real {name} and does not skip.\n\
+         Install it ({install}; scripts/test.sh does), set {env}=/path/to/{name}, or put \
+         `{name}` on PATH."
+    );
+}
+
+/// The nginx binary: `$CELGATE_NGINX`, else `nginx` on `PATH`.
+pub fn locate_nginx() -> PathBuf {
+    locate_tool("nginx", "CELGATE_NGINX", "apt-get install -y nginx")
+}
+
+/// The Caddy binary: `$CELGATE_CADDY`, else `caddy` on `PATH`.
+pub fn locate_caddy() -> PathBuf {
+    locate_tool("caddy", "CELGATE_CADDY", "apt-get install -y caddy")
+}
