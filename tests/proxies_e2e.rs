@@ -346,3 +346,51 @@ async fn caddy_forward_auth_end_to_end() {
     let s = Stack::start(Proxy::Caddy).await;
     scenario(&s).await;
 }
+
+/// The shipped examples: their suites pass, and nginx and Caddy accept their
+/// configs (Envoy's is validated with every shipped Envoy config, in
+/// tests/container.rs).
+#[test]
+fn examples_suites_pass_and_proxy_configs_validate() {
+    for example in ["envoy-http", "nginx", "caddy"] {
+        let out = Command::new(celgate_bin())
+            .arg("test")
+            .arg(repo_root().join("examples").join(example))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "celgate test examples/{example}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(locate_nginx())
+        .arg("-t")
+        .arg("-p")
+        .arg(dir.path())
+        .args(["-e", "stderr", "-c"])
+        .arg(repo_root().join("examples/nginx/nginx.conf"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "nginx -t examples/nginx/nginx.conf:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(locate_caddy())
+        .args(["validate", "--adapter", "caddyfile", "--config"])
+        .arg(repo_root().join("examples/caddy/Caddyfile"))
+        .env("HOME", dir.path())
+        .env("XDG_DATA_HOME", dir.path().join("data"))
+        .env("XDG_CONFIG_HOME", dir.path().join("config"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "caddy validate examples/caddy/Caddyfile:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
