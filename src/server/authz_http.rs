@@ -648,8 +648,21 @@ async fn forward_request(
     Ok(check_request(http, source))
 }
 
+/// Headers that frame the HTTP answer itself: the server writes them, a
+/// policy's value for them is left out (it could only garble the answer).
+const FRAMING_HEADERS: [&str; 5] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+];
+
 fn push_header(out: &mut HeaderMap, h: &HeaderOption) -> Result<(), ()> {
     let name = HeaderName::from_bytes(h.key.as_bytes()).map_err(|_| ())?;
+    if FRAMING_HEADERS.contains(&name.as_str()) {
+        return Ok(());
+    }
     let value = HeaderValue::from_str(&h.value).map_err(|_| ())?;
     out.append(name, value);
     Ok(())
