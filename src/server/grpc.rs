@@ -169,6 +169,7 @@ impl AuthzService {
         let traced = !span.is_disabled();
         if traced {
             join_callers_trace(&span, metadata, &request);
+            span.record("celgate.protocol", protocol.as_str());
         }
         let started = Instant::now();
         let (decision, traces) = super::limits::decide(
@@ -217,6 +218,7 @@ impl AuthzService {
         let request = CheckRequest::default();
         if !span.is_disabled() {
             join_callers_trace(&span, metadata, &request);
+            span.record("celgate.protocol", protocol.as_str());
             record_span(&span, &request, d, &[]);
         }
         let m = metrics::global();
@@ -257,6 +259,7 @@ fn check_span() -> tracing::Span {
         "celgate.policies_evaluated" = Empty,
         "celgate.error" = Empty,
         "celgate.audit" = Empty,
+        "celgate.protocol" = Empty,
         "http.request.method" = Empty,
         "url.path" = Empty,
     )
