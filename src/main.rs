@@ -474,6 +474,27 @@ struct ServeArgs {
     /// has been doing: `celgate report`).
     #[arg(long, env = "CELGATE_HTTP_ADDR", default_value = "127.0.0.1:9192")]
     http_addr: SocketAddr,
+    /// Also answer authorization requests over plain HTTP on this address
+    /// (off unless set), with the same policies: /envoy/... for Envoy's
+    /// ext_authz http_service (path_prefix: /envoy), /forward-auth for nginx
+    /// auth_request, Caddy forward_auth and Traefik ForwardAuth. Plaintext,
+    /// HTTP/1.1 and h2c; keep it on a private interface.
+    #[arg(long, env = "CELGATE_AUTHZ_HTTP_ADDR", value_name = "ADDR")]
+    authz_http_addr: Option<SocketAddr>,
+    /// Peers of --authz-http-addr whose forwarded headers are believed
+    /// (comma-separated addresses or CIDR ranges; '' trusts none). A
+    /// /forward-auth request from any other address gets the failure denial
+    /// whatever its X-Forwarded-* headers say; on /envoy/..., X-Forwarded-For
+    /// (the source address) and X-Forwarded-Proto (the scheme) are taken
+    /// from trusted peers only.
+    #[arg(
+        long,
+        env = "CELGATE_TRUSTED_PROXIES",
+        value_name = "CIDR",
+        value_delimiter = ',',
+        default_value = "127.0.0.0/8,::1/128"
+    )]
+    trusted_proxies: Vec<String>,
     /// Serve gRPC over TLS with this certificate chain (PEM, leaf first).
     /// Needs --tls-key. The HTTP listener has its own flags
     /// (--http-tls-cert). The files are watched: a changed certificate, key
@@ -1028,6 +1049,8 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
         .cloned()
         .collect();
     args.policies.limits.apply();
+    let trusted_proxies = celgate::server::authz_http::TrustedProxies::parse(&args.trusted_proxies)
+        .context("--trusted-proxies")?;
     // Before the policies load: their literal http URLs are checked then.
     let http = args.http.config();
     http.check().context("refusing to start")?;
@@ -1241,6 +1264,7 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
             tls,
             http_tls,
             shadow,
+            trusted_proxies,
         },
     );
     let exception_namespaces = match &args.exception_namespaces {
@@ -1393,10 +1417,11 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
     if !shadow_missing.is_empty() {
         celgate::sources::rebuild(&state, &shadow_sources);
     }
-    rt.block_on(server::serve(
+    rt.block_on(server::serve_all(
         state,
         args.grpc_addr,
         args.http_addr,
+        args.authz_http_addr,
         server::signal(),
     ))?;
     celgate::telemetry::decision_log::drain(std::time::Duration::from_secs(2));

@@ -128,6 +128,7 @@ async fn spans_join_the_callers_trace_with_decision_attributes_and_no_secrets() 
         .await
         .unwrap();
     let span = collector.first_span(Duration::from_secs(10)).await;
+    assert_eq!(attr(&span, "celgate.protocol").as_deref(), Some("grpc"));
     assert_eq!(hex(&span.trace_id), trace_id, "joined the caller's trace");
     assert_eq!(
         hex(&span.parent_span_id),
@@ -793,4 +794,47 @@ fn healthcheck_command_reports_readiness_for_container_health_checks() {
         err.contains("/readyz") && err.contains(&http.to_string()),
         "{err}"
     );
+}
+
+/// A decision asked over the HTTP authorization listener has the same span,
+/// joined to the trace context of the original request's headers, and says
+/// which protocol asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_authorization_spans_name_their_protocol() {
+    let (collector, otlp) = Collector::start().await;
+    let authz = free_port();
+    let server = tokio::task::spawn_blocking(move || {
+        Server::start(
+            &["--authz-http-addr", &format!("127.0.0.1:{authz}")],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}")),
+                ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4737";
+    let r = common::http_get(
+        loopback(authz),
+        "/forward-auth",
+        &[
+            ("x-forwarded-uri", "/api/orders"),
+            ("traceparent", &format!("00-{trace_id}-00f067aa0ba902b7-01")),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 401, "{:?}", r.text());
+    tokio::task::spawn_blocking(move || server.stop())
+        .await
+        .unwrap();
+    let span = collector.first_span(Duration::from_secs(10)).await;
+    assert_eq!(hex(&span.trace_id), trace_id, "joined the request's trace");
+    assert_eq!(
+        attr(&span, "celgate.protocol").as_deref(),
+        Some("forward_auth")
+    );
+    assert_eq!(attr(&span, "url.path").as_deref(), Some("/api/orders"));
+    assert_eq!(attr(&span, "decision").as_deref(), Some("deny"));
 }

@@ -4,7 +4,7 @@ use super::decode::{self, Unreadable};
 use super::State;
 use crate::decision::to_check_response;
 use crate::engine::{self, Decision, FailureReason};
-use crate::telemetry::metrics::{self, DecidedBy};
+use crate::telemetry::metrics::{self, DecidedBy, Protocol};
 use crate::telemetry::otel::DECISION_TARGET;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
@@ -137,11 +137,39 @@ impl Authorization for AuthzService {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
-        let request = Arc::new(request);
+        let (decision, shadow) = self
+            .decide_request(Arc::new(request), Some(&metadata), Protocol::Grpc)
+            .await;
+        let mut response = Response::new(to_check_response(&decision));
+        // Handed to the shadow threads once the reply has gone out (see
+        // `CheckService`); a caller of this method directly drops it.
+        if let Some(job) = shadow {
+            response
+                .extensions_mut()
+                .insert(ShadowHandOver(Arc::new(Mutex::new(Some(job)))));
+        }
+        Ok(response)
+    }
+}
+
+impl AuthzService {
+    /// One decision on a request read off any listener, with everything
+    /// around it: the span (a child of the caller's trace context, from
+    /// `metadata` or the request's headers), the decision itself (inline or
+    /// on the decision threads, within the deadline), the decision log, the
+    /// per-listener count, and the shadow comparison to hand over once the
+    /// answer is sent.
+    pub(crate) async fn decide_request(
+        &self,
+        request: Arc<CheckRequest>,
+        metadata: Option<&tonic::metadata::MetadataMap>,
+        protocol: Protocol,
+    ) -> (Decision, Option<super::shadow::ShadowJob>) {
         let span = check_span();
         let traced = !span.is_disabled();
         if traced {
-            join_callers_trace(&span, &metadata, &request);
+            join_callers_trace(&span, metadata, &request);
+            span.record("celgate.protocol", protocol.as_str());
         }
         let started = Instant::now();
         let (decision, traces) = super::limits::decide(
@@ -158,21 +186,50 @@ impl Authorization for AuthzService {
             Some(log) => log.record(&request, &decision, took),
             None => None,
         };
+        let m = metrics::global();
+        if m.enabled() {
+            m.answered(protocol, decision.allowed());
+        }
         tracing::debug!(
             allowed = decision.allowed(),
             status = decision.http_status(),
             policy = decision.policy.as_deref().unwrap_or(""),
+            protocol = protocol.as_str(),
             "decision"
         );
-        let mut response = Response::new(to_check_response(&decision));
-        // Handed to the shadow threads once the reply has gone out (see
-        // `CheckService`); a caller of this method directly drops it.
-        if let Some(job) = super::shadow::sample(&self.state, &request, &decision, logged) {
-            response
-                .extensions_mut()
-                .insert(ShadowHandOver(Arc::new(Mutex::new(Some(job)))));
+        let shadow = super::shadow::sample(&self.state, &request, &decision, logged);
+        (decision, shadow)
+    }
+
+    /// Records `d`, the denial of a request refused before any policy ran
+    /// (it could not be read, or its forwarded attributes cannot be
+    /// trusted), like any decision: span, decision log, metrics (as
+    /// unreadable) and a WARN line naming the kind of problem, never the
+    /// request's bytes.
+    pub(crate) fn record_refusal(
+        &self,
+        metadata: Option<&tonic::metadata::MetadataMap>,
+        d: &Decision,
+        protocol: Protocol,
+        kind: &'static str,
+        why: &dyn std::fmt::Display,
+    ) {
+        let span = check_span();
+        let request = CheckRequest::default();
+        if !span.is_disabled() {
+            join_callers_trace(&span, metadata, &request);
+            span.record("celgate.protocol", protocol.as_str());
+            record_span(&span, &request, d, &[]);
         }
-        Ok(response)
+        let m = metrics::global();
+        m.decided(DecidedBy::Unreadable, std::time::Duration::ZERO);
+        if m.enabled() {
+            m.answered(protocol, false);
+        }
+        if let Some(log) = &self.state.options.decision_log {
+            log.record(&request, d, std::time::Duration::ZERO);
+        }
+        tracing::warn!(kind, protocol = protocol.as_str(), "request denied: {why}");
     }
 }
 
@@ -202,6 +259,7 @@ fn check_span() -> tracing::Span {
         "celgate.policies_evaluated" = Empty,
         "celgate.error" = Empty,
         "celgate.audit" = Empty,
+        "celgate.protocol" = Empty,
         "http.request.method" = Empty,
         "url.path" = Empty,
     )
@@ -213,11 +271,11 @@ fn check_span() -> tracing::Span {
 /// (the client's own context, when Envoy does not trace).
 fn join_callers_trace(
     span: &tracing::Span,
-    metadata: &tonic::metadata::MetadataMap,
+    metadata: Option<&tonic::metadata::MetadataMap>,
     request: &CheckRequest,
 ) {
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    if metadata.contains_key("traceparent") {
+    if let Some(metadata) = metadata.filter(|m| m.contains_key("traceparent")) {
         let cx = opentelemetry::global::get_text_map_propagator(|p| {
             p.extract(&MetadataExtractor(metadata))
         });
@@ -464,24 +522,12 @@ impl AuthzService {
         metadata: &tonic::metadata::MetadataMap,
         why: &Unreadable,
     ) -> CheckResponse {
-        let span = check_span();
-        let request = CheckRequest::default();
-        if !span.is_disabled() {
-            join_callers_trace(&span, metadata, &request);
-        }
         let d = engine::failure_decision(
             &self.state.config,
             FailureReason::Unreadable,
             format!("request unreadable: {why}"),
         );
-        metrics::global().decided(DecidedBy::Unreadable, std::time::Duration::ZERO);
-        if !span.is_disabled() {
-            record_span(&span, &request, &d, &[]);
-        }
-        if let Some(log) = &self.state.options.decision_log {
-            log.record(&request, &d, std::time::Duration::ZERO);
-        }
-        tracing::warn!(kind = why.kind(), "request denied: {why}");
+        self.record_refusal(Some(metadata), &d, Protocol::Grpc, why.kind(), why);
         to_check_response(&d)
     }
 }

@@ -1,5 +1,8 @@
-//! The servers: Envoy's `Authorization` service over gRPC, probes over HTTP.
+//! The servers: Envoy's `Authorization` service over gRPC, probes over HTTP,
+//! and (with `--authz-http-addr`) authorization over HTTP for Envoy's
+//! `http_service` and forward-auth proxies.
 
+pub mod authz_http;
 pub mod decode;
 pub mod grpc;
 pub mod http;
@@ -52,6 +55,9 @@ pub struct ServeOptions {
     pub http_tls: Option<Arc<tls::ServerTls>>,
     /// The shadow policy set compared with the live answers, if any.
     pub shadow: Option<shadow::Shadow>,
+    /// Peers whose forwarded headers (`X-Forwarded-*`, `X-Original-*`) the
+    /// HTTP authorization listener believes (`--trusted-proxies`).
+    pub trusted_proxies: authz_http::TrustedProxies,
 }
 
 impl ServeOptions {
@@ -118,6 +124,49 @@ pub async fn serve(
     serve_on(state, grpc_listener, http_listener, shutdown).await
 }
 
+/// As [`serve`], with the HTTP authorization listener on `authz_http_addr`
+/// when given.
+pub async fn serve_all(
+    state: Arc<State>,
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    authz_http_addr: Option<SocketAddr>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let bind = |what, addr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { what, addr, source })
+    };
+    let grpc = bind("gRPC", grpc_addr).await?;
+    let http = bind("HTTP", http_addr).await?;
+    let authz_http = match authz_http_addr {
+        Some(addr) => Some(bind("authorization HTTP", addr).await?),
+        None => None,
+    };
+    serve_listeners(
+        state,
+        Listeners {
+            grpc,
+            http,
+            authz_http,
+        },
+        shutdown,
+    )
+    .await
+}
+
+/// The listeners [`serve_listeners`] serves on, already bound.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Envoy's gRPC `Check`.
+    pub grpc: tokio::net::TcpListener,
+    /// Probes, metrics, policies, report.
+    pub http: tokio::net::TcpListener,
+    /// Authorization over HTTP ([`authz_http`]), if served.
+    pub authz_http: Option<tokio::net::TcpListener>,
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn signal() {
     let ctrl_c = async {
@@ -156,6 +205,34 @@ pub async fn serve_on(
     http_listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    serve_listeners(
+        state,
+        Listeners {
+            grpc: grpc_listener,
+            http: http_listener,
+            authz_http: None,
+        },
+        shutdown,
+    )
+    .await
+}
+
+/// As [`serve_on`], with the HTTP authorization listener when
+/// `listeners.authz_http` is set.
+pub async fn serve_listeners(
+    state: Arc<State>,
+    listeners: Listeners,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let Listeners {
+        grpc: grpc_listener,
+        http: http_listener,
+        authz_http,
+    } = listeners;
+    let authz_http_addr = match &authz_http {
+        Some(l) => Some(l.local_addr().map_err(ServeError::Http)?),
+        None => None,
+    };
     let (grpc_addr, http_addr) = (
         grpc_listener.local_addr().map_err(ServeError::Http)?,
         http_listener.local_addr().map_err(ServeError::Http)?,
@@ -163,6 +240,7 @@ pub async fn serve_on(
     tracing::info!(
         grpc = %grpc_listener.local_addr().unwrap_or(grpc_addr),
         http = %http_listener.local_addr().unwrap_or(http_addr),
+        authz_http = authz_http_addr.map(|a| a.to_string()).unwrap_or_default(),
         policies = state.policies.load().policies.len(),
         grpc_tls = state.options.tls.is_some(),
         http_tls = state.options.http_tls.is_some(),
@@ -196,10 +274,24 @@ pub async fn serve_on(
     let http = http::serve(state.clone(), http_listener, async move {
         let _ = rx_http.wait_for(|p| *p == Phase::Stop).await;
     });
+    let mut rx_authz = rx.clone();
+    let authz_state = state.clone();
+    let authz = async move {
+        match authz_http {
+            Some(listener) => {
+                authz_http::serve(authz_state, listener, None, async move {
+                    let _ = rx_authz.wait_for(|p| *p == Phase::Stop).await;
+                })
+                .await
+            }
+            None => Ok(()),
+        }
+    };
     let grpc = grpc::serve(state, grpc_listener, rx);
-    let (g, h) = tokio::join!(grpc, http);
+    let (g, h, a) = tokio::join!(grpc, http, authz);
     ticker.abort();
     g?;
     h.map_err(ServeError::Http)?;
+    a.map_err(ServeError::Http)?;
     Ok(())
 }

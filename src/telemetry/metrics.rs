@@ -201,10 +201,34 @@ pub enum DecidedBy<'a> {
     Expression,
 }
 
+/// The protocol a request was asked over: Envoy's gRPC `Check`, Envoy's
+/// HTTP authorization service (`/envoy/...` on `--authz-http-addr`), or a
+/// forward-auth subrequest (`/forward-auth`: nginx, Caddy, Traefik).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    EnvoyHttp,
+    ForwardAuth,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 3] = [Protocol::Grpc, Protocol::EnvoyHttp, Protocol::ForwardAuth];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::EnvoyHttp => "envoy_http",
+            Protocol::ForwardAuth => "forward_auth",
+        }
+    }
+}
+
 /// Every series celgate exports.
 #[derive(Debug, Default)]
 pub struct Metrics {
     enabled: AtomicBool,
+    /// Answers by protocol, allowed then denied.
+    answers: [[AtomicU64; 2]; 3],
     policies: RwLock<BTreeMap<String, Arc<PolicyMetrics>>>,
     /// Each by [`Mode`].
     default_allow: [AtomicU64; 2],
@@ -479,6 +503,19 @@ impl Metrics {
         }
     }
 
+    /// Counts one answer given over `protocol` (every request answered,
+    /// refusals before evaluation included).
+    #[inline]
+    pub fn answered(&self, protocol: Protocol, allowed: bool) {
+        self.answers[protocol as usize][usize::from(!allowed)].fetch_add(1, Relaxed);
+    }
+
+    /// Answers given over `protocol` so far: (allowed, denied).
+    pub fn answers(&self, protocol: Protocol) -> (u64, u64) {
+        let a = &self.answers[protocol as usize];
+        (a[0].load(Relaxed), a[1].load(Relaxed))
+    }
+
     /// Counts one decision of Envoy mode's ext_authz server.
     pub fn decided(&self, how: DecidedBy<'_>, took: Duration) {
         self.decided_in(Mode::Envoy, how, took)
@@ -604,6 +641,18 @@ impl Metrics {
                     out,
                     "authz_decisions_total{{mode=\"{label}\",decision=\"deny\",source=\"expression\",policy=\"\"}} {}",
                     self.expression_errors[m].load(Relaxed)
+                );
+            }
+        }
+        out.push_str("# HELP celgate_authz_requests_total Requests answered, by the protocol they came over (grpc: Envoy's gRPC ext_authz; envoy_http: Envoy's HTTP authorization service; forward_auth: nginx auth_request, Caddy forward_auth, Traefik ForwardAuth) and answer (refusals before evaluation count as deny).\n");
+        out.push_str("# TYPE celgate_authz_requests_total counter\n");
+        for p in Protocol::ALL {
+            let (allowed, denied) = self.answers(p);
+            for (decision, n) in [("allow", allowed), ("deny", denied)] {
+                let _ = writeln!(
+                    out,
+                    "celgate_authz_requests_total{{protocol=\"{}\",decision=\"{decision}\"}} {n}",
+                    p.as_str()
                 );
             }
         }

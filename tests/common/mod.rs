@@ -991,3 +991,89 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// As [`http_request`], from the local address `source` (e.g. `127.0.0.2`: any `127.x.y.z` is
+/// a loopback address on Linux, which lets a test be a client a server does not trust) and with
+/// the raw `head` lines given as they are (no `host` added).
+pub async fn http_request_from(
+    source: std::net::IpAddr,
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> std::io::Result<HttpResponse> {
+    let fut = async {
+        let socket = if source.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(SocketAddr::new(source, 0))?;
+        let mut stream = socket.connect(addr).await?;
+        let mut req = format!("{method} {target} HTTP/1.1\r\nconnection: close\r\n");
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            req.push_str(&format!("host: {addr}\r\n"));
+        }
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if let Some(b) = body {
+            req.push_str(&format!("content-length: {}\r\n", b.len()));
+        }
+        req.push_str("\r\n");
+        let mut bytes = req.into_bytes();
+        if let Some(b) = body {
+            bytes.extend_from_slice(b);
+        }
+        stream.write_all(&bytes).await?;
+        stream.flush().await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        parse_response(&raw)
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{method} {target} to {addr}: no complete response within 10 s"),
+            )
+        })?
+}
+
+/// Where a proxy binary is: `$<env>`, else `<name>` on `PATH` (or in `/usr/sbin`, where Debian
+/// puts nginx). Panics (never skips) with installation instructions when none is found.
+pub fn locate_tool(name: &str, env: &str, install: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "{env} is set to {} but no such file exists",
+            p.display()
+        );
+        return p;
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin")]) {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!(
+        "{name} not found: this end-to-end test needs a real {name} and does not skip.\n\
+         Install it ({install}; scripts/test.sh does), set {env}=/path/to/{name}, or put \
+         `{name}` on PATH."
+    );
+}
+
+/// The nginx binary: `$CELGATE_NGINX`, else `nginx` on `PATH`.
+pub fn locate_nginx() -> PathBuf {
+    locate_tool("nginx", "CELGATE_NGINX", "apt-get install -y nginx")
+}
+
+/// The Caddy binary: `$CELGATE_CADDY`, else `caddy` on `PATH`.
+pub fn locate_caddy() -> PathBuf {
+    locate_tool("caddy", "CELGATE_CADDY", "apt-get install -y caddy")
+}
