@@ -30,13 +30,13 @@ use std::sync::Arc;
 /// The options of the HTTP authorization server, as its flags give them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HttpModeOptions {
-    /// `--http-nested-request`: the request to authorize is the HTTP/1.x
+    /// `--nested-request`: the request to authorize is the HTTP/1.x
     /// request written in the body of the one received.
     pub nested_request: bool,
-    /// `--http-input-expression`: CEL turning the `http.CheckRequest` built
+    /// `--input-expression`: CEL turning the `http.CheckRequest` built
     /// from the request (`object`) into the one the policies decide.
     pub input_expression: Option<String>,
-    /// `--http-output-expression`: CEL turning the policies' answer (an
+    /// `--output-expression`: CEL turning the policies' answer (an
     /// `http.CheckResponse`, `object`) into the `httpserver.HttpResponse`
     /// sent back.
     pub output_expression: Option<String>,
@@ -45,14 +45,15 @@ pub struct HttpModeOptions {
 /// An expression of the options that does not compile, naming its flag.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HttpModeError {
-    #[error("--http-input-expression: {0}")]
+    #[error("--input-expression: {0}")]
     Input(String),
-    #[error("--http-output-expression: {0}")]
+    #[error("--output-expression: {0}")]
     Output(String),
 }
 
-/// [`HttpModeOptions`] compiled once, at startup.
-#[derive(Debug)]
+/// [`HttpModeOptions`] compiled once, at startup (the default: Kyverno's
+/// defaults, no expressions).
+#[derive(Debug, Default)]
 pub struct HttpMode {
     nested_request: bool,
     input: Option<eval::Program>,
@@ -236,7 +237,7 @@ fn parse_query(q: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The HTTP/1.x request written in `body` (`--http-nested-request`): its
+/// The HTTP/1.x request written in `body` (`--nested-request`): its
 /// head and, when it has a `content-length`, that many bytes of body.
 pub fn nested_request(body: &[u8]) -> Result<(http::request::Parts, &[u8]), String> {
     let mut headers = [httparse::EMPTY_HEADER; 128];
@@ -353,7 +354,7 @@ fn decide(
 ) -> (HttpAnswer, How) {
     let failed = |reason, how, error: String| {
         let decision = HttpDecision::failed(reason, None, EvalError::server(error));
-        let response = failure_response(config, reason, &decision);
+        let response = failure_response(config, reason, &decision.audit);
         (
             HttpAnswer {
                 response,
@@ -380,7 +381,7 @@ fn decide(
     };
     let (decision, traces) = engine::evaluate_http(set, config, &request, None, trace);
     if let Some(reason) = decision.failure {
-        let response = failure_response(config, reason, &decision);
+        let response = failure_response(config, reason, &decision.audit);
         return (
             HttpAnswer {
                 response,
@@ -516,10 +517,16 @@ fn add_headers(headers: &mut http::HeaderMap, extra: &[crate::response::HeaderOp
 
 /// The failure denial of `config` for `reason`, as Envoy mode sends it:
 /// its status, body and marker header.
+/// The failure denial for `reason`, as the server sends it when it cannot
+/// decide at all (a full decision queue, the decision deadline).
+pub fn refusal(config: &EngineConfig, reason: FailureReason) -> http::Response<Bytes> {
+    failure_response(config, reason, &[])
+}
+
 fn failure_response(
     config: &EngineConfig,
     reason: FailureReason,
-    decision: &HttpDecision,
+    audit: &[engine::AuditEntry],
 ) -> http::Response<Bytes> {
     let status = match reason {
         FailureReason::Overload => engine::OVERLOAD_STATUS,
@@ -536,7 +543,7 @@ fn failure_response(
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(TEXT));
     }
     add_headers(headers, &config.failure_headers(reason));
-    add_headers(headers, &engine::audit_headers(config, &decision.audit));
+    add_headers(headers, &engine::audit_headers(config, audit));
     response
 }
 
@@ -790,7 +797,7 @@ mod tests {
                     input_expression: Some("object.attributes".into()),
                     ..Default::default()
                 },
-                "--http-input-expression",
+                "--input-expression",
                 "must return http.CheckRequest",
             ),
             (
@@ -798,7 +805,7 @@ mod tests {
                     output_expression: Some("http.Allowed().Response()".into()),
                     ..Default::default()
                 },
-                "--http-output-expression",
+                "--output-expression",
                 "must return httpserver.HttpResponse",
             ),
             (
@@ -806,7 +813,7 @@ mod tests {
                     input_expression: Some("envoy.Allowed()".into()),
                     ..Default::default()
                 },
-                "--http-input-expression",
+                "--input-expression",
                 "Envoy-mode",
             ),
             (
@@ -814,7 +821,7 @@ mod tests {
                     input_expression: Some("object.attributs".into()),
                     ..Default::default()
                 },
-                "--http-input-expression",
+                "--input-expression",
                 "no field",
             ),
             (
@@ -822,7 +829,7 @@ mod tests {
                     output_expression: Some("(".into()),
                     ..Default::default()
                 },
-                "--http-output-expression",
+                "--output-expression",
                 "",
             ),
         ] {

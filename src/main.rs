@@ -91,10 +91,10 @@ enum Command {
         long_about = "Parse and compile every policy and exception under the given paths and report \
             every problem, not only the first: file, line (where it can be found), policy name, \
             field path (e.g. spec.validations[2].expression) and message.\n\n\
-            Warnings name documents that will be skipped (non-Envoy evaluation modes, other kinds), \
+            Warnings name documents that will be skipped (evaluation modes other than Envoy and HTTP, other kinds), \
             fields celgate ignores, and mistakes visible without running a request, such as a \
             validation that always returns a response and so hides the validations after it. \
-            Policies that hold no Envoy-mode ValidatingPolicy are an error, as `serve` refuses \
+            Policies that hold no Envoy-mode or HTTP-mode ValidatingPolicy are an error, as `serve` refuses \
             them, unless --allow-empty.\n\n\
             Exit status: 0 when everything compiles (warnings allowed), 1 on any error."
     )]
@@ -209,7 +209,7 @@ struct PolicyArgs {
         value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from)
     )]
     policies: Vec<PathBuf>,
-    /// Accept policies that hold no Envoy-mode ValidatingPolicy (every request
+    /// Accept policies that hold no Envoy-mode or HTTP-mode ValidatingPolicy (every request
     /// is then allowed). Without it such a set is refused, since an empty
     /// directory, a misnamed file or a wrong mount would otherwise allow
     /// everything: `serve` does not start (nor take a reload that would leave
@@ -475,10 +475,12 @@ struct ServeArgs {
     #[arg(long, env = "CELGATE_HTTP_ADDR", default_value = "127.0.0.1:9192")]
     http_addr: SocketAddr,
     /// Also answer authorization requests over plain HTTP on this address
-    /// (off unless set), with the same policies: /envoy/... for Envoy's
-    /// ext_authz http_service (path_prefix: /envoy), /forward-auth for nginx
-    /// auth_request, Caddy forward_auth and Traefik ForwardAuth. Plaintext,
-    /// HTTP/1.1 and h2c; keep it on a private interface.
+    /// (off unless set): /envoy/... for Envoy's ext_authz http_service
+    /// (path_prefix: /envoy) and /forward-auth for nginx auth_request, Caddy
+    /// forward_auth and Traefik ForwardAuth, with the Envoy-mode policies;
+    /// every other path as the Kyverno Authz Server's HTTP server, with the
+    /// HTTP-mode policies. Plaintext, HTTP/1.1 and h2c; keep it on a private
+    /// interface.
     #[arg(long, env = "CELGATE_AUTHZ_HTTP_ADDR", value_name = "ADDR")]
     authz_http_addr: Option<SocketAddr>,
     /// Peers of --authz-http-addr whose forwarded headers are believed
@@ -495,6 +497,23 @@ struct ServeArgs {
         default_value = "127.0.0.0/8,::1/128"
     )]
     trusted_proxies: Vec<String>,
+    /// HTTP-mode requests to --authz-http-addr carry the request to
+    /// authorize in their body, as an HTTP/1.x request (method line,
+    /// headers, body), as the Kyverno Authz Server's --nested-request.
+    #[arg(long, env = "CELGATE_NESTED_REQUEST")]
+    nested_request: bool,
+    /// CEL turning the http.CheckRequest an HTTP-mode request gives
+    /// (`object`) into the one the policies decide (for example from
+    /// ingress-nginx's x-original-url and x-original-method headers), as the
+    /// Kyverno Authz Server's --input-expression. Checked at startup.
+    #[arg(long, env = "CELGATE_INPUT_EXPRESSION", value_name = "CEL")]
+    input_expression: Option<String>,
+    /// CEL turning the HTTP-mode policies' answer (an http.CheckResponse,
+    /// `object`) into the httpserver.HttpResponse sent back, as the Kyverno
+    /// Authz Server's --output-expression. Default: 200 with an empty body
+    /// to allow, 403 with the reason as text to deny. Checked at startup.
+    #[arg(long, env = "CELGATE_OUTPUT_EXPRESSION", value_name = "CEL")]
+    output_expression: Option<String>,
     /// Serve gRPC over TLS with this certificate chain (PEM, leaf first).
     /// Needs --tls-key. The HTTP listener has its own flags
     /// (--http-tls-cert). The files are watched: a changed certificate, key
@@ -1049,6 +1068,11 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
         .cloned()
         .collect();
     args.policies.limits.apply();
+    let http_mode = celgate::httpmode::HttpMode::compile(&celgate::httpmode::HttpModeOptions {
+        nested_request: args.nested_request,
+        input_expression: args.input_expression.clone(),
+        output_expression: args.output_expression.clone(),
+    })?;
     let trusted_proxies = celgate::server::authz_http::TrustedProxies::parse(&args.trusted_proxies)
         .context("--trusted-proxies")?;
     // Before the policies load: their literal http URLs are checked then.
@@ -1075,11 +1099,11 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
     for w in &set.warnings {
         tracing::warn!("{w}");
     }
-    for p in &set.policies {
+    for p in set.all_policies() {
         tracing::info!(policy = %p.name, file = %p.location.path.display(), "policy loaded");
     }
     // With --kube the cluster's objects count too: checked after the sync.
-    if set.policies.is_empty() && !args.kube {
+    if set.is_empty() && !args.kube {
         if !args.policies.allow_empty {
             anyhow::bail!(
                 "refusing to start: {}: {}",
@@ -1088,7 +1112,7 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
             );
         }
         tracing::warn!(
-            "{}: no Envoy-mode ValidatingPolicy, every request is allowed (accepted: --allow-empty)",
+            "{}: no Envoy-mode or HTTP-mode ValidatingPolicy, every request is allowed (accepted: --allow-empty)",
             list_paths(&paths)
         );
     }
@@ -1265,6 +1289,7 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
             http_tls,
             shadow,
             trusted_proxies,
+            http_mode: Some(std::sync::Arc::new(http_mode)),
         },
     );
     let exception_namespaces = match &args.exception_namespaces {
@@ -1313,7 +1338,7 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
             )
             .await
         })?;
-        if state.policies.load().policies.is_empty() {
+        if state.policies.load().is_empty() {
             if !args.policies.allow_empty {
                 anyhow::bail!(
                     "refusing to start: {} and Kubernetes: {}",
@@ -1322,7 +1347,7 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
                 );
             }
             tracing::warn!(
-                "{} and Kubernetes: no Envoy-mode ValidatingPolicy, every request is allowed \
+                "{} and Kubernetes: no Envoy-mode or HTTP-mode ValidatingPolicy, every request is allowed \
                  (accepted: --allow-empty)",
                 list_paths(&sources.paths)
             );

@@ -709,6 +709,11 @@ impl PolicySet {
     pub fn all_policies(&self) -> impl Iterator<Item = &Policy> {
         self.policies.iter().chain(&self.http_policies)
     }
+
+    /// No policy of either served mode: every request would be allowed.
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty() && self.http_policies.is_empty()
+    }
 }
 
 #[derive(Default)]

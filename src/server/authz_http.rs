@@ -109,7 +109,7 @@ impl Refused {
 
     /// The status of the refusal: the failure status for an untrusted peer
     /// (an ordinary denial), a 4xx naming the problem otherwise.
-    fn status(&self, config: &engine::EngineConfig) -> i32 {
+    pub(super) fn status(&self, config: &engine::EngineConfig) -> i32 {
         match self {
             Refused::TooLarge { .. } => 413,
             Refused::Slow => 408,
@@ -346,7 +346,11 @@ async fn answer(state: Arc<State>, req: Request, protocol: Protocol) -> Response
 }
 
 /// The body, at most `--max-request-bytes`, within the read timeout.
-async fn read_body(state: &State, body: Body, headers: &HeaderMap) -> Result<Vec<u8>, Refused> {
+pub(super) async fn read_body(
+    state: &State,
+    body: Body,
+    headers: &HeaderMap,
+) -> Result<Vec<u8>, Refused> {
     let limit = state.options.max_request_bytes();
     let declared = headers
         .get(header::CONTENT_LENGTH)

@@ -322,6 +322,39 @@ pub async fn decide(
     }
 }
 
+/// Runs `job` on the decision threads as [`decide`] runs an evaluation:
+/// admitted within the queue's bound (else [`FailureReason::Overload`]) and
+/// answered by the decision deadline (else [`FailureReason::Timeout`]; the
+/// job itself is bounded by its evaluation's cost budget). For the HTTP-mode
+/// answers, whose evaluation is not a `CheckRequest`'s.
+pub async fn on_pool<T: Send + 'static>(
+    state: &super::State,
+    job: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, FailureReason> {
+    let limits = &state.options.limits;
+    let pool = state.pool.get(limits);
+    let deadline = tokio::time::Instant::now() + limits.timeout;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        if !tx.is_closed() {
+            let _ = tx.send(job());
+        }
+    });
+    if pool.admitted.fetch_add(1, Ordering::AcqRel) >= pool.capacity {
+        pool.admitted.fetch_sub(1, Ordering::AcqRel);
+        return Err(FailureReason::Overload);
+    }
+    if pool.workers.try_send(job).is_err() {
+        pool.admitted.fetch_sub(1, Ordering::AcqRel);
+        return Err(FailureReason::Internal);
+    }
+    match tokio::time::timeout_at(deadline, rx).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(_)) => Err(FailureReason::Internal),
+        Err(_) => Err(FailureReason::Timeout),
+    }
+}
+
 fn count(how: DecidedBy<'_>, started: Instant) {
     let m = metrics::global();
     if m.enabled() {

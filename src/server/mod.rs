@@ -6,6 +6,7 @@ pub mod authz_http;
 pub mod decode;
 pub mod grpc;
 pub mod http;
+pub mod kyverno_http;
 pub mod limits;
 pub mod shadow;
 pub mod tls;
@@ -58,6 +59,10 @@ pub struct ServeOptions {
     /// Peers whose forwarded headers (`X-Forwarded-*`, `X-Original-*`) the
     /// HTTP authorization listener believes (`--trusted-proxies`).
     pub trusted_proxies: authz_http::TrustedProxies,
+    /// How the authorization listener answers HTTP-mode requests
+    /// (`--nested-request`, `--input-expression`, `--output-expression`);
+    /// `None`: Kyverno's defaults.
+    pub http_mode: Option<Arc<crate::httpmode::HttpMode>>,
 }
 
 impl ServeOptions {
@@ -279,7 +284,11 @@ pub async fn serve_listeners(
     let authz = async move {
         match authz_http {
             Some(listener) => {
-                authz_http::serve(authz_state, listener, None, async move {
+                // The HTTP-mode series show from the start.
+                crate::telemetry::metrics::global().set_http_enabled(true);
+                let mode = authz_state.options.http_mode.clone().unwrap_or_default();
+                let kyverno = kyverno_http::router(authz_state.clone(), mode);
+                authz_http::serve(authz_state, listener, Some(kyverno), async move {
                     let _ = rx_authz.wait_for(|p| *p == Phase::Stop).await;
                 })
                 .await

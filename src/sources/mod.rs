@@ -297,7 +297,7 @@ pub fn rebuild_if(
         }
     };
     if let Ok(set) = &result {
-        if set.policies.is_empty() && !sources.allow_empty {
+        if set.is_empty() && !sources.allow_empty {
             tracing::error!(
                 set = set_name,
                 exceptions = set.exceptions.len(),
@@ -351,7 +351,7 @@ pub fn rebuild_if(
 }
 
 /// Why a set without policies is refused, at start-up and on reload.
-pub const EMPTY_SET: &str = "the sources hold no Envoy-mode ValidatingPolicy, so every request would be allowed; refused (start with --allow-empty, CELGATE_ALLOW_EMPTY=true, to serve an empty set on purpose)";
+pub const EMPTY_SET: &str = "the sources hold no Envoy-mode or HTTP-mode ValidatingPolicy, so every request would be allowed; refused (start with --allow-empty, CELGATE_ALLOW_EMPTY=true, to serve an empty set on purpose)";
 
 /// Records a refused reload that is not a load error of the documents.
 fn refuse(status: &ReloadStatus, error: String) -> ReloadOutcome {
