@@ -297,6 +297,12 @@ struct FailureArgs {
     /// failurePolicy decides: Fail denies.
     #[arg(long, env = "CELGATE_COST_BUDGET", value_name = "UNITS", default_value_t = celgate::cel::eval::ctx::DEFAULT_BUDGET, value_parser = clap::value_parser!(u64).range(1..))]
     cost_budget: u64,
+    /// Evaluate every policy's matchConditions on every request instead of
+    /// only those of the policies the selection index does not rule out
+    /// (built from the matchConditions when the policies load). The decision
+    /// is the same; this is for comparison and troubleshooting.
+    #[arg(long, env = "CELGATE_NO_POLICY_INDEX", help_heading = "Evaluation")]
+    no_policy_index: bool,
 }
 
 /// A checked `--failure-header`: `None` for no header.
@@ -315,6 +321,7 @@ impl FailureArgs {
             failure_header: self.failure_header.0.clone(),
             audit_header: self.audit_header.as_ref().and_then(|h| h.0.clone()),
             cost_budget: self.cost_budget,
+            policy_index: !self.no_policy_index,
         }
     }
 }

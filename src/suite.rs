@@ -359,6 +359,7 @@ fn for_each_case(
             None => defaults.audit_header,
         },
         cost_budget: doc.cost_budget.unwrap_or(defaults.cost_budget),
+        policy_index: defaults.policy_index,
     };
     let suite = doc
         .metadata

@@ -1,6 +1,7 @@
 //! Policies: loading documents, compiling every CEL expression once, and the
 //! immutable [`PolicySet`] the engine evaluates.
 
+pub mod index;
 pub mod kinds;
 pub mod load;
 pub mod model;
@@ -505,6 +506,9 @@ pub struct PolicySet {
     pub exceptions: Vec<Arc<Exception>>,
     pub warnings: Vec<Warning>,
     pub loaded_at: SystemTime,
+    /// Which policies a request can concern, from their matchConditions
+    /// ([`index::PolicyIndex`]), in the order of `policies`.
+    pub index: index::PolicyIndex,
 }
 
 impl PolicySet {
@@ -514,6 +518,7 @@ impl PolicySet {
             exceptions: Vec::new(),
             warnings: Vec::new(),
             loaded_at: SystemTime::now(),
+            index: index::PolicyIndex::default(),
         }
     }
 
@@ -1450,11 +1455,18 @@ impl Compiler {
             });
         }
         let warnings = self.warnings.clone();
+        let index = index::PolicyIndex::build(self.policies.iter().map(|p| {
+            (
+                p.match_conditions.iter().map(|m| m.expr.program.expression()),
+                !p.exceptions.is_empty(),
+            )
+        }));
         let set = PolicySet {
             policies: self.policies,
             exceptions,
             warnings: self.warnings,
             loaded_at: SystemTime::now(),
+            index,
         };
         (Ok(set), warnings)
     }
