@@ -333,6 +333,11 @@ struct ValidateArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = ValidateOutput::Text)]
     output: ValidateOutput,
+    /// Also warn of each policy whose matchConditions the policy index cannot
+    /// read (none compares a request attribute with string literals), so
+    /// that they are evaluated on every request.
+    #[arg(long)]
+    warn_unindexed: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -957,6 +962,7 @@ fn main() -> ExitCode {
             Ok(commands::validate(
                 &args.policies.policies,
                 args.policies.allow_empty,
+                args.warn_unindexed,
                 matches!(args.output, ValidateOutput::Json),
             ))
         }

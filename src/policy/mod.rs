@@ -652,6 +652,15 @@ impl PolicySet {
         }
     }
 
+    /// How the selection index picks policy `name`.
+    pub fn selection(&self, name: &str) -> Option<&index::Selection> {
+        let i = self
+            .policies
+            .binary_search_by(|p| p.name.as_str().cmp(name))
+            .ok()?;
+        self.index.selection(i)
+    }
+
     pub fn get(&self, name: &str) -> Option<&Policy> {
         self.policies
             .binary_search_by(|p| p.name.as_str().cmp(name))

@@ -84,7 +84,8 @@ async fn policies(AxState(state): AxState<Arc<State>>) -> Json<serde_json::Value
     let policies: Vec<_> = set
         .policies
         .iter()
-        .map(|p| {
+        .enumerate()
+        .map(|(i, p)| {
             json!({
                 "name": p.name,
                 "source": p.location.source(),
@@ -99,6 +100,8 @@ async fn policies(AxState(state): AxState<Arc<State>>) -> Json<serde_json::Value
                 "validationActions": p.actions.names(),
                 "validations": p.validations.len(),
                 "exceptions": p.exceptions.iter().map(|e| e.exception.name.as_str()).collect::<Vec<_>>(),
+                // The attribute and how many literals, never the literals.
+                "selection": set.index.selection(i).map(|s| s.to_json()),
             })
         })
         .collect();
