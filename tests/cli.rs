@@ -328,6 +328,55 @@ fn check_explain_shows_what_audit_policies_would_have_denied() {
 }
 
 #[test]
+fn check_explain_names_the_policies_the_index_ruled_out() {
+    let request = r#"{"attributes": {"request": {"http": {"host": "zzz", "method": "GET", "path": "/"}}}}"#;
+    let args = [
+        "check",
+        "--policies",
+        "tests/cases/index/policies.yaml",
+        "--request",
+        "-",
+        "--explain",
+    ];
+    let o = celgate(&args, Some(request));
+    assert_eq!(o.code, 0, "allowed: {}{}", o.stdout, o.stderr);
+    for line in [
+        "a-host: skipped by the policy index, not evaluated (a matchCondition is false: indexed on request.http.host: 1 value)",
+        "d-path-prefix: skipped by the policy index, not evaluated (a matchCondition is false: indexed on request.http.path: 1 prefix)",
+        "the policy index ruled out 7 of them without evaluating their matchConditions",
+        "decision: allowed by policy z-allow, spec.validations[0]",
+    ] {
+        assert!(o.stderr.contains(line), "{line:?} not in:\n{}", o.stderr);
+    }
+    // Without the index: the same answer, every condition evaluated.
+    let mut off = args.to_vec();
+    off.push("--no-policy-index");
+    let linear = celgate(&off, Some(request));
+    assert_eq!((linear.code, &linear.stdout), (o.code, &o.stdout));
+    assert!(!linear.stderr.contains("policy index"), "{}", linear.stderr);
+    assert!(linear.stderr.contains("a-host: skipped (a matchCondition is false)"));
+}
+
+#[test]
+fn validate_warns_of_unindexed_policies_when_asked() {
+    let args = ["validate", "--policies", "tests/cases/index/policies.yaml"];
+    let o = celgate(&args, None);
+    assert_eq!(o.code, 0, "{}", o.stdout);
+    assert!(!o.stdout.contains("policy index"), "{}", o.stdout);
+    let o = celgate(&[&args[..], &["--warn-unindexed"]].concat(), None);
+    assert_eq!(o.code, 0, "{}", o.stdout);
+    let warned: Vec<&str> = o
+        .stdout
+        .lines()
+        .filter(|l| l.contains("the policy index reads none of these conditions"))
+        .collect();
+    // The seven near misses; neither the indexed policies nor z-allow,
+    // which has no matchConditions.
+    assert_eq!(warned.len(), 7, "{}", o.stdout);
+    assert!(warned.iter().all(|l| l.contains("policy n")), "{}", o.stdout);
+}
+
+#[test]
 fn validate_warnings_alone_exit_0() {
     let o = celgate(&["validate", "--policies", "tests/cli/warnings"], None);
     assert_eq!(o.code, 0, "{}", o.stdout);
