@@ -406,9 +406,7 @@ fn run_policies<'r>(
     // exceptions evaluated; once the cost budget is spent, every policy is
     // visited, as every expression then fails.
     let request = ctx.request().filter(|_| config.policy_index);
-    let mut walk = set
-        .index
-        .walk(set.policies.len(), request, trace.is_some());
+    let mut walk = set.index.walk(set.policies.len(), request, trace.is_some());
     while let Some((i, ruled_out)) = walk.next(ctx.meter.used() > ctx.meter.budget()) {
         let policy = &set.policies[i];
         let looked_at = !ruled_out || !policy.exceptions.is_empty();

@@ -329,7 +329,8 @@ fn check_explain_shows_what_audit_policies_would_have_denied() {
 
 #[test]
 fn check_explain_names_the_policies_the_index_ruled_out() {
-    let request = r#"{"attributes": {"request": {"http": {"host": "zzz", "method": "GET", "path": "/"}}}}"#;
+    let request =
+        r#"{"attributes": {"request": {"http": {"host": "zzz", "method": "GET", "path": "/"}}}}"#;
     let args = [
         "check",
         "--policies",
@@ -354,7 +355,9 @@ fn check_explain_names_the_policies_the_index_ruled_out() {
     let linear = celgate(&off, Some(request));
     assert_eq!((linear.code, &linear.stdout), (o.code, &o.stdout));
     assert!(!linear.stderr.contains("policy index"), "{}", linear.stderr);
-    assert!(linear.stderr.contains("a-host: skipped (a matchCondition is false)"));
+    assert!(linear
+        .stderr
+        .contains("a-host: skipped (a matchCondition is false)"));
 }
 
 #[test]
@@ -373,7 +376,11 @@ fn validate_warns_of_unindexed_policies_when_asked() {
     // The seven near misses; neither the indexed policies nor z-allow,
     // which has no matchConditions.
     assert_eq!(warned.len(), 7, "{}", o.stdout);
-    assert!(warned.iter().all(|l| l.contains("policy n")), "{}", o.stdout);
+    assert!(
+        warned.iter().all(|l| l.contains("policy n")),
+        "{}",
+        o.stdout
+    );
 }
 
 #[test]

@@ -478,7 +478,10 @@ async fn audit_policies_are_counted_logged_traced_and_never_enforced() {
         tokio::task::spawn_blocking(move || get_blocking(loopback(http), "/policies").unwrap())
             .await
             .unwrap();
-    assert!(!listed.contains("/boom"), "no literal of a matchCondition: {listed}");
+    assert!(
+        !listed.contains("/boom"),
+        "no literal of a matchCondition: {listed}"
+    );
     let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
     assert_eq!(
         listed["policies"][2]["selection"],

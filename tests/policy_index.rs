@@ -47,12 +47,18 @@ fn condition(t: &mut Tape<'_>) -> String {
         2 => format!(r#""{}" == {}"#, t.one(&["h0", "h1"]), host()),
         3 => format!(r#"{} in ["h0", "{}"]"#, host(), t.one(&["h1", "h2"])),
         4 => format!(r#"{HTTP}.method == "{}""#, t.one(&["GET", "POST"])),
-        5 => format!(r#"{HTTP}.headers["x-tenant"] == "{}""#, t.one(&["t0", "t1"])),
+        5 => format!(
+            r#"{HTTP}.headers["x-tenant"] == "{}""#,
+            t.one(&["t0", "t1"])
+        ),
         6 => format!(
             r#"{HTTP}.headers[?"x-tenant"].orValue("{}") == "t0""#,
             t.one(&["", "t0"])
         ),
-        7 => format!(r#"{HTTP}.path.startsWith("{}")"#, t.one(&["/api/", "/a", "/"])),
+        7 => format!(
+            r#"{HTTP}.path.startsWith("{}")"#,
+            t.one(&["/api/", "/a", "/"])
+        ),
         8 => format!(
             r#"object.attributes.context_extensions["k"] == "{}""#,
             t.one(&["v", "w"])
@@ -261,7 +267,10 @@ fn the_index_decides_as_the_linear_evaluation() {
                 // The trace lists every policy, the ruled-out ones as such,
                 // and decides the same.
                 let (traced, trace) = engine::evaluate_traced(&set, &on, &r);
-                prop_assert_eq!(comparable(traced), comparable(engine::evaluate(&set, &on, &r)));
+                prop_assert_eq!(
+                    comparable(traced),
+                    comparable(engine::evaluate(&set, &on, &r))
+                );
                 let ruled_out = set.index.ruled_out(&set, &r);
                 for tr in &trace {
                     if tr.outcome == "skipped by index" {

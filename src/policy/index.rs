@@ -279,9 +279,10 @@ fn map_field(e: &IdedExpr) -> Option<MapField> {
 fn attribute(e: &IdedExpr) -> Option<Attribute> {
     match &e.expr {
         Expr::Select(_) => match object_path(e)?.as_slice() {
-            ["attributes", "request", "http", name] => {
-                HTTP_FIELDS.iter().find(|f| *f == name).map(|f| Attribute::Http(f))
-            }
+            ["attributes", "request", "http", name] => HTTP_FIELDS
+                .iter()
+                .find(|f| *f == name)
+                .map(|f| Attribute::Http(f)),
             _ => None,
         },
         Expr::Call(c) => match (c.func_name.as_str(), c.target.as_deref(), c.args.as_slice()) {
@@ -294,7 +295,11 @@ fn attribute(e: &IdedExpr) -> Option<Attribute> {
                 let Expr::Call(opt) = &t.expr else {
                     return None;
                 };
-                match (opt.func_name.as_str(), opt.target.as_deref(), opt.args.as_slice()) {
+                match (
+                    opt.func_name.as_str(),
+                    opt.target.as_deref(),
+                    opt.args.as_slice(),
+                ) {
                     ("_[?_]", None, [m, k]) => Some(Attribute::Map {
                         map: map_field(m)?,
                         key: string_literal(k)?.to_owned(),
@@ -415,9 +420,9 @@ impl PolicyIndex {
             .and_then(|r| node(r, Field::Http));
         for (attribute, postings) in &self.attributes {
             let value = match attribute {
-                Attribute::Http(name) => Field::of(name)
-                    .zip(http)
-                    .and_then(|(f, h)| field_of(h, f)),
+                Attribute::Http(name) => {
+                    Field::of(name).zip(http).and_then(|(f, h)| field_of(h, f))
+                }
                 Attribute::Map { map, key, default } => {
                     let (parent, field) = match map {
                         MapField::Headers => (http, Field::Headers),
@@ -677,7 +682,11 @@ mod tests {
             r#""a" == "a""#.into(),
             r#"cel.bind(h, object.attributes.request.http.host, h == "a")"#.into(),
         ] {
-            assert_eq!(selection(&[&condition]), Selection::Unindexed, "{condition}");
+            assert_eq!(
+                selection(&[&condition]),
+                Selection::Unindexed,
+                "{condition}"
+            );
         }
         assert_eq!(selection(&[]), Selection::Unconditional);
     }
@@ -784,7 +793,14 @@ mod tests {
         let all: Vec<_> = std::iter::from_fn(|| w.next(false)).collect();
         assert_eq!(
             all,
-            vec![(0, true), (1, true), (2, true), (3, false), (4, true), (5, true)]
+            vec![
+                (0, true),
+                (1, true),
+                (2, true),
+                (3, false),
+                (4, true),
+                (5, true)
+            ]
         );
         let mut w = index.walk(6, None, false);
         assert_eq!(std::iter::from_fn(|| w.next(false)).count(), 6);

@@ -1466,7 +1466,9 @@ impl Compiler {
         let warnings = self.warnings.clone();
         let index = index::PolicyIndex::build(self.policies.iter().map(|p| {
             (
-                p.match_conditions.iter().map(|m| m.expr.program.expression()),
+                p.match_conditions
+                    .iter()
+                    .map(|m| m.expr.program.expression()),
                 !p.exceptions.is_empty(),
             )
         }));
