@@ -211,8 +211,13 @@ pub fn diff(o: &DiffOptions<'_>) -> ExitCode {
 }
 
 /// `celgate validate`.
-pub fn validate(policies: &[PathBuf], allow_empty: bool, json: bool) -> ExitCode {
-    let r = report::validate(policies, allow_empty);
+pub fn validate(
+    policies: &[PathBuf],
+    allow_empty: bool,
+    warn_unindexed: bool,
+    json: bool,
+) -> ExitCode {
+    let r = report::validate_with(policies, allow_empty, warn_unindexed);
     let text = if json {
         match serde_json::to_string_pretty(&r) {
             Ok(s) => s + "\n",

@@ -48,6 +48,11 @@ pub struct EngineConfig {
     /// (`--cost-budget`): past it, evaluation stops with an error that the
     /// policy's `failurePolicy` decides.
     pub cost_budget: u64,
+    /// Whether the set's selection index ([`crate::policy::index`]) picks
+    /// the policies a request can concern (`--no-policy-index`: off). The
+    /// decision is the same either way; off, every policy's exceptions and
+    /// matchConditions are evaluated.
+    pub policy_index: bool,
 }
 
 /// The response header that carries the warnings of `validationActions:
@@ -68,6 +73,7 @@ impl Default for EngineConfig {
             failure_header: Some(DEFAULT_FAILURE_HEADER.to_owned()),
             audit_header: None,
             cost_budget: eval::ctx::DEFAULT_BUDGET,
+            policy_index: true,
         }
     }
 }
@@ -183,7 +189,11 @@ pub struct Decision {
     /// `Display` is the safe summary (field and kind); the message, which may
     /// quote request data, only through [`EvalError::detailed`].
     pub error: Option<EvalError>,
-    /// Policies that were looked at (exceptions and match conditions included).
+    /// Policies that were looked at: whose matchConditions (and then exceptions)
+    /// were evaluated, up to the deciding one. Those the selection index
+    /// ruled out without evaluating anything are not counted, so with the
+    /// index this is usually far less than without it (the one field in
+    /// which the two differ).
     pub evaluated: usize,
     /// Denials recorded under `validationActions` (`Audit`, `Warn`), in
     /// evaluation order: those of policies that are not enforced, and the
@@ -231,8 +241,9 @@ impl Decision {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct PolicyTrace {
     pub policy: String,
-    /// `decided`, `no result`, `skipped`, `exempted`, `error (ignored)`,
-    /// `error (denied)`; for a policy that is not enforced, `would deny (not
+    /// `decided`, `no result`, `skipped`, `skipped by index` (ruled out by
+    /// the selection index, its matchConditions not evaluated), `exempted`,
+    /// `error (ignored)`, `error (denied)`; for a policy that is not enforced, `would deny (not
     /// enforced)`, `allow (not enforced)` and `error (not enforced)`.
     pub outcome: String,
     pub exception: Option<String>,
@@ -391,13 +402,20 @@ fn run_policies<'r>(
     let mut records = Records::default();
     let mut evaluated = 0;
     let mut audit = Vec::new();
-    for policy in &set.policies {
-        evaluated += 1;
+    // The policies the selection index does not rule out, in name order
+    // (with `trace`, every policy, the ruled-out ones marked); once the cost
+    // budget is spent, every policy is visited, as every expression then
+    // fails.
+    let request = ctx.request().filter(|_| config.policy_index);
+    let mut walk = set.index.walk(set.policies.len(), request, trace.is_some());
+    while let Some((i, ruled_out)) = walk.next(ctx.meter.used() > ctx.meter.budget()) {
+        let policy = &set.policies[i];
+        evaluated += usize::from(!ruled_out);
         let mut t = trace.as_ref().map(|_| PolicyTrace {
             policy: policy.name.clone(),
             ..Default::default()
         });
-        let result = eval_planned::<CheckResponse>(policy, ctx, t.as_mut());
+        let result = eval_planned::<CheckResponse>(policy, ruled_out, ctx, t.as_mut());
         if ctx.meter.yielded() {
             return None;
         }
@@ -472,7 +490,7 @@ fn run_policies<'r>(
             }
         };
         // One clock read per policy: each one's end is the next one's start.
-        if let Some(started) = clock {
+        if let Some(started) = clock.filter(|_| !ruled_out) {
             let now = std::time::Instant::now();
             records.timings.push((policy, outcome, now - started));
             clock = Some(now);
@@ -665,7 +683,7 @@ pub const HTTP_DENIED_STATUS: i32 = 403;
 
 /// Evaluates the HTTP-mode policies of `set` ([`PolicySet::http_policies`])
 /// against `request`, with the semantics of Envoy mode: name order,
-/// exceptions, matchConditions, lazy variables, the first non-null
+/// matchConditions, exceptions, lazy variables, the first non-null
 /// validation answering, the first policy with an answer deciding, no
 /// answer an allow; an error under `failurePolicy: Fail` is the failure
 /// denial, under `Ignore` nothing; `validationActions` without `Deny`
@@ -705,7 +723,7 @@ fn run_http_policies<'r>(
             policy: policy.name.clone(),
             ..Default::default()
         });
-        let result = eval_planned::<httpauthz::CheckResponse>(policy, ctx, t.as_mut());
+        let result = eval_planned::<httpauthz::CheckResponse>(policy, false, ctx, t.as_mut());
         let actions = policy.actions;
         let entry = |status, validation, error: Option<&EvalError>, enforced| AuditEntry {
             policy: policy.name.clone(),
@@ -1032,21 +1050,26 @@ impl Answer for httpauthz::CheckResponse {
     }
 }
 
-/// A policy's evaluation on celgate's evaluator: exceptions, then
-/// matchConditions, then validations, reading variables lazily from `ctx`.
+/// A policy's evaluation on celgate's evaluator, in Kyverno's order:
+/// matchConditions, then exceptions, then validations, reading variables
+/// lazily from `ctx`. `ruled_out`: the selection index found a
+/// matchCondition false, so the policy is skipped unevaluated.
 fn eval_planned<'r, A: Answer>(
     policy: &'r Policy,
+    ruled_out: bool,
     ctx: &mut eval::Ctx<'r>,
     mut trace: Option<&mut PolicyTrace>,
 ) -> Result<PolicyResult<A>, EvalError> {
-    // The policy's variables, computed at most once for its exceptions and
-    // its own expressions together (each exception is planned with the
+    if ruled_out {
+        if let Some(t) = trace {
+            t.outcome = "skipped by index".into();
+        }
+        return Ok(PolicyResult::Skipped);
+    }
+    // The policy's variables, computed at most once for its own expressions
+    // and its exceptions together (each exception is planned with the
     // policy's slots).
     ctx.enter_policy(&policy.plans.variables);
-    if let Some(r) = eval_exceptions(policy, ctx, trace.as_deref_mut()) {
-        return r;
-    }
-
     let mut first_error = None;
     for (m, plan) in policy
         .match_conditions
@@ -1079,6 +1102,9 @@ fn eval_planned<'r, A: Answer>(
     }
     if let Some(e) = first_error {
         return Err(e);
+    }
+    if let Some(r) = eval_exceptions(policy, ctx, trace.as_deref_mut()) {
+        return r;
     }
 
     let mut result = Ok(None);

@@ -30,6 +30,12 @@ pub fn render(set: &PolicySet, decision: &Decision, traces: &[PolicyTrace]) -> S
     for t in traces {
         let outcome = match t.outcome.as_str() {
             "skipped" => "skipped (a matchCondition is false)".to_owned(),
+            "skipped by index" => format!(
+                "skipped by the policy index, not evaluated (a matchCondition is false: indexed on {})",
+                set.selection(&t.policy)
+                    .map(|s| s.describe())
+                    .unwrap_or_else(|| "?".to_owned())
+            ),
             "exempted" => format!(
                 "exempted by PolicyException {}",
                 t.exception.as_deref().unwrap_or("?")
@@ -61,6 +67,16 @@ pub fn render(set: &PolicySet, decision: &Decision, traces: &[PolicyTrace]) -> S
         lines(&mut out, "matchCondition", &t.match_conditions);
         lines(&mut out, "variable", &t.variables);
         lines(&mut out, "", &t.validations);
+    }
+    let ruled_out = traces
+        .iter()
+        .filter(|t| t.outcome == "skipped by index")
+        .count();
+    if ruled_out > 0 {
+        let _ = writeln!(
+            out,
+            "the policy index ruled out {ruled_out} of them without evaluating their matchConditions"
+        );
     }
     let not_reached: Vec<&str> = set
         .policies

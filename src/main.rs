@@ -297,6 +297,12 @@ struct FailureArgs {
     /// failurePolicy decides: Fail denies.
     #[arg(long, env = "CELGATE_COST_BUDGET", value_name = "UNITS", default_value_t = celgate::cel::eval::ctx::DEFAULT_BUDGET, value_parser = clap::value_parser!(u64).range(1..))]
     cost_budget: u64,
+    /// Evaluate every policy's matchConditions on every request instead of
+    /// only those of the policies the selection index does not rule out
+    /// (built from the matchConditions when the policies load). The decision
+    /// is the same; this is for comparison and troubleshooting.
+    #[arg(long, env = "CELGATE_NO_POLICY_INDEX", help_heading = "Evaluation")]
+    no_policy_index: bool,
 }
 
 /// A checked `--failure-header`: `None` for no header.
@@ -315,6 +321,7 @@ impl FailureArgs {
             failure_header: self.failure_header.0.clone(),
             audit_header: self.audit_header.as_ref().and_then(|h| h.0.clone()),
             cost_budget: self.cost_budget,
+            policy_index: !self.no_policy_index,
         }
     }
 }
@@ -326,6 +333,11 @@ struct ValidateArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = ValidateOutput::Text)]
     output: ValidateOutput,
+    /// Also warn of each policy whose matchConditions the policy index cannot
+    /// read (none compares a request attribute with string literals), so
+    /// that they are evaluated on every request.
+    #[arg(long)]
+    warn_unindexed: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -990,6 +1002,7 @@ fn main() -> ExitCode {
             Ok(commands::validate(
                 &args.policies.policies,
                 args.policies.allow_empty,
+                args.warn_unindexed,
                 matches!(args.output, ValidateOutput::Json),
             ))
         }
@@ -1103,7 +1116,8 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
         tracing::info!(policy = %p.name, file = %p.location.path.display(), "policy loaded");
     }
     // With --kube the cluster's objects count too: checked after the sync.
-    if set.is_empty() && !args.kube {
+    let http_served = args.authz_http_addr.is_some();
+    if set.decides_nothing(http_served) && !args.kube {
         if !args.policies.allow_empty {
             anyhow::bail!(
                 "refusing to start: {}: {}",
@@ -1112,8 +1126,14 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
             );
         }
         tracing::warn!(
-            "{}: no Envoy-mode or HTTP-mode ValidatingPolicy, every request is allowed (accepted: --allow-empty)",
+            "{}: no Envoy-mode ValidatingPolicy, every request is allowed (accepted: --allow-empty)",
             list_paths(&paths)
+        );
+    }
+    if !http_served && !set.http_policies.is_empty() {
+        tracing::warn!(
+            policies = set.http_policies.len(),
+            "HTTP-mode policies are loaded but decide nothing: they answer on the authorization listener, which --authz-http-addr turns on"
         );
     }
     celgate::telemetry::metrics::global().set_enabled(!args.no_metrics);
@@ -1318,7 +1338,12 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
         exception_namespaces.clone(),
         shadow_allow_empty,
     );
-    let sources = Sources::configured(paths, exception_namespaces, args.policies.allow_empty);
+    let sources = Sources::serving(
+        paths,
+        exception_namespaces,
+        args.policies.allow_empty,
+        http_served,
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -1338,7 +1363,7 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
             )
             .await
         })?;
-        if state.policies.load().is_empty() {
+        if state.policies.load().decides_nothing(http_served) {
             if !args.policies.allow_empty {
                 anyhow::bail!(
                     "refusing to start: {} and Kubernetes: {}",
@@ -1347,7 +1372,7 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
                 );
             }
             tracing::warn!(
-                "{} and Kubernetes: no Envoy-mode or HTTP-mode ValidatingPolicy, every request is allowed \
+                "{} and Kubernetes: no Envoy-mode ValidatingPolicy, every request is allowed \
                  (accepted: --allow-empty)",
                 list_paths(&sources.paths)
             );

@@ -208,6 +208,39 @@ pub struct Expect {
     /// `Warn`), in evaluation order; `[]`: none.
     #[serde(default, deserialize_with = "null_is_empty")]
     pub warnings: Option<Vec<String>>,
+    /// The policies the policy index rules out for the request without
+    /// evaluating their matchConditions, in name order; `[]`: none.
+    #[serde(default, deserialize_with = "null_is_empty")]
+    pub skipped_by_index: Option<Vec<String>>,
+}
+
+/// What the policy index did with a case's request.
+#[derive(Debug, Default)]
+pub struct IndexOutcome {
+    /// The policies it ruled out, in name order.
+    pub ruled_out: Vec<String>,
+    /// How the decision differs from the evaluation without the index (a
+    /// fault of celgate's, never of the policies).
+    pub differs: Option<String>,
+}
+
+/// The failures of `expect.skippedByIndex` and of the index's decision.
+pub fn compare_index(e: &Expect, index: &IndexOutcome) -> Vec<String> {
+    let mut f = Vec::new();
+    if let Some(expected) = &e.skipped_by_index {
+        if expected != &index.ruled_out {
+            f.push(format!(
+                "skippedByIndex: expected {expected:?}, got {:?}",
+                index.ruled_out
+            ));
+        }
+    }
+    if let Some(d) = &index.differs {
+        f.push(format!(
+            "the policy index changed the decision (a celgate bug): {d}"
+        ));
+    }
+    f
 }
 
 fn some_value<'de, D: serde::Deserializer<'de>>(
@@ -440,6 +473,7 @@ fn for_each_case(
             None => defaults.audit_header,
         },
         cost_budget: doc.cost_budget.unwrap_or(defaults.cost_budget),
+        policy_index: defaults.policy_index,
     };
     let suite = doc
         .metadata
@@ -481,19 +515,44 @@ fn for_each_case(
             continue;
         }
         let request = case_request(dir, case).map_err(invalid)?;
-        let started = std::time::Instant::now();
-        let decision = match doc.mcp_max_body_bytes {
+        let decide = |config: &EngineConfig| match doc.mcp_max_body_bytes {
             Some(limit) => {
-                crate::mcp::with_max_body_bytes(limit, || evaluate(&set, &config, &request))
+                crate::mcp::with_max_body_bytes(limit, || evaluate(&set, config, &request))
             }
-            None => evaluate(&set, &config, &request),
+            None => evaluate(&set, config, &request),
         };
-        each(
-            &suite,
-            case,
-            compare(&case.expect, &decision),
-            started.elapsed(),
-        );
+        let started = std::time::Instant::now();
+        let decision = decide(&config);
+        let elapsed = started.elapsed();
+        // Every case where the index rules a policy out is also decided
+        // without it: the two must agree in all but the count of policies
+        // evaluated.
+        let mut index = IndexOutcome {
+            ruled_out: set
+                .index
+                .ruled_out(&set, &request)
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            differs: None,
+        };
+        if !index.ruled_out.is_empty() {
+            let linear = decide(&EngineConfig {
+                policy_index: false,
+                ..config.clone()
+            });
+            let same = |d: &Decision| {
+                let mut d = d.clone();
+                d.evaluated = 0;
+                (d.error.as_ref().map(|e| e.detailed()), d)
+            };
+            if same(&decision) != same(&linear) {
+                index.differs = Some(format!("with it {decision:?}, without it {linear:?}"));
+            }
+        }
+        let mut failures = compare(&case.expect, &decision);
+        failures.extend(compare_index(&case.expect, &index));
+        each(&suite, case, failures, elapsed);
     }
     Ok(())
 }

@@ -77,13 +77,23 @@ impl Report {
 /// A set that loads but holds no ValidatingPolicy of either mode is an error, as
 /// `serve` refuses to start with it, unless `allow_empty` (then a warning).
 pub fn validate(paths: &[PathBuf], allow_empty: bool) -> Report {
+    validate_with(paths, allow_empty, false)
+}
+
+/// As [`validate`]; with `warn_unindexed`, also a warning for each policy
+/// whose matchConditions the selection index cannot read, which are so
+/// evaluated on every request ([`crate::policy::index`]).
+pub fn validate_with(paths: &[PathBuf], allow_empty: bool, warn_unindexed: bool) -> Report {
     let mut files = Lines::default();
     let mut report = Report::default();
-    let (result, warnings) = PolicySet::load_report(paths);
+    let (result, mut warnings) = PolicySet::load_report(paths);
     let empty = match result {
         Ok(set) => {
             report.policies = set.policies.iter().map(|p| p.name.clone()).collect();
             report.http_policies = set.http_policies.iter().map(|p| p.name.clone()).collect();
+            if warn_unindexed {
+                warnings.extend(unindexed(&set));
+            }
             // A set of HTTP-mode policies only decides the HTTP server's
             // requests: not empty.
             report.policies.is_empty() && report.http_policies.is_empty()
@@ -134,6 +144,30 @@ pub fn validate(paths: &[PathBuf], allow_empty: bool) -> Report {
         .count();
     report.warnings = report.problems.len() - report.errors;
     report
+}
+
+/// A warning for each policy that has matchConditions of which the
+/// selection index reads none.
+fn unindexed(set: &PolicySet) -> Vec<Warning> {
+    set.policies
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| {
+            matches!(
+                set.index.selection(*i),
+                Some(crate::policy::index::Selection::Unindexed)
+            )
+        })
+        .map(|(_, p)| Warning {
+            location: p.location.clone(),
+            policy: Some(p.name.clone()),
+            field: Some("spec.matchConditions".into()),
+            message: "the policy index reads none of these conditions, so they are \
+                      evaluated on every request (it reads a request attribute compared with \
+                      string literals, e.g. object.attributes.request.http.host == \"x\")"
+                .into(),
+        })
+        .collect()
 }
 
 fn warning(files: &mut Lines, w: &Warning) -> Problem {

@@ -2,11 +2,14 @@
 //! real socket: Envoy's `http_service` protocol under `/envoy`, forward auth
 //! under `/forward-auth`, what each builds from the request, what each
 //! answers, and the refusals (malformed forwarded attributes, oversize,
-//! untrusted peers), which are never an allow.
+//! untrusted peers), which are never an allow; and Kyverno's HTTP mode at
+//! the listener's root, which answers only while HTTP-mode policies are
+//! loaded.
 
 mod common;
 
 use celgate::engine::EngineConfig;
+use celgate::httpmode::{HttpMode, HttpModeOptions};
 use celgate::policy::PolicySet;
 use celgate::server::authz_http::TrustedProxies;
 use celgate::server::{serve_listeners, Listeners, ServeOptions, State};
@@ -27,14 +30,24 @@ struct Server {
 
 impl Server {
     async fn start() -> Server {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/authz_http");
-        let set = PolicySet::load(&[dir.join("policies.yaml")]).expect("test policies load");
+        Server::start_with(&[], None).await
+    }
+
+    /// The Envoy-mode test policies and the files of `more` (from the
+    /// repository's root), answering HTTP mode with `http_mode`.
+    async fn start_with(more: &[&str], http_mode: Option<HttpModeOptions>) -> Server {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let mut paths = vec![root.join("tests/authz_http/policies.yaml")];
+        paths.extend(more.iter().map(|p| root.join(p)));
+        let set = PolicySet::load(&paths).expect("test policies load");
         let state = State::with_options(
             set,
             EngineConfig::default(),
             ServeOptions {
                 trusted_proxies: TrustedProxies::parse(&["127.0.0.1/32"]).unwrap(),
                 max_request_bytes: Some(MAX_BODY),
+                http_mode: http_mode
+                    .map(|o| std::sync::Arc::new(HttpMode::compile(&o).expect("options compile"))),
                 ..Default::default()
             },
         );
@@ -475,6 +488,81 @@ async fn oversize_and_metrics() {
         text.contains("celgate_authz_requests_total{protocol=\"envoy_http\",decision=\"deny\"}"),
         "{text}"
     );
+    s.stop().await;
+}
+
+/// Kyverno's HTTP authorization protocol at the listener's root, as its
+/// server answers: an allow is a 200 with an empty body, a denial a 403
+/// with the reason as `text/plain`; the other protocols keep their paths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kyverno_http_mode_at_the_root() {
+    let s = Server::start_with(&["tests/cases/httpmode/policies.yaml"], None).await;
+    let r = s.get("/headers", &[("foo", "bar")]).await;
+    assert_status(&r, 200, "allowed");
+    assert!(r.body.is_empty(), "an allow has no body: {:?}", r.text());
+    let r = s.get("/headers", &[]).await;
+    assert_status(&r, 403, "denied");
+    assert_eq!(r.text(), "not allowed");
+    assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+    let r = s.send("POST", "/body", &[], Some(b"hello")).await;
+    assert_status(&r, 200, "the body read");
+    let r = s.get("/query?foo=bar&sp=a+b", &[]).await;
+    assert_status(&r, 200, "query parameters");
+    // A failing policy under Fail: the failure denial, not an allow.
+    let r = s.get("/fail", &[("x-n", "nope")]).await;
+    assert_status(&r, 403, "an error under Fail");
+    assert_eq!(r.header("x-celgate-failure"), Some("evaluation"));
+    // A body over --max-request-bytes is refused, never decided.
+    let big = vec![b'a'; MAX_BODY + 1];
+    let r = s.send("POST", "/body", &[], Some(&big)).await;
+    assert_status(&r, 413, "oversize");
+    // Envoy's protocol keeps its prefix, on the Envoy-mode policies.
+    let r = s.get("/envoy/api/orders", &[]).await;
+    assert_status(&r, 401, "Envoy mode under /envoy");
+    s.stop().await;
+
+    // The ingress-nginx tutorial's options: the original request from
+    // x-original-url and x-original-method, 401 for an unauthenticated one.
+    let options = HttpModeOptions {
+        nested_request: false,
+        input_expression: Some(
+            r#"http.CheckRequest{attributes: http.CheckRequestAttributes{
+                method: object.attributes.Header("x-original-method")[0],
+                header: object.attributes.header,
+                host: url(object.attributes.Header("x-original-url")[0]).getHostname(),
+                scheme: url(object.attributes.Header("x-original-url")[0]).getScheme(),
+                path: url(object.attributes.Header("x-original-url")[0]).getEscapedPath(),
+                query: url(object.attributes.Header("x-original-url")[0]).getQuery()}}"#
+                .into(),
+        ),
+        output_expression: Some(
+            r#"has(object.ok) ? httpserver.HttpResponse{status: 200}
+               : object.denied.reason == "Unauthorized"
+                 ? httpserver.HttpResponse{status: 401, body: bytes(object.denied.reason)}
+                 : httpserver.HttpResponse{status: 403, body: bytes(object.denied.reason)}"#
+                .into(),
+        ),
+    };
+    let s = Server::start_with(&["tests/cases/httpmode-nginx/policy.yaml"], Some(options)).await;
+    let original = [
+        ("x-original-method", "GET"),
+        ("x-original-url", "http://myapp.com/anything/api/v1"),
+    ];
+    let r = s.get("/", &original).await;
+    assert_status(&r, 401, "no token");
+    assert_eq!(r.text(), "Unauthorized");
+    let mut guest = original.to_vec();
+    guest.push(("authorization", "Bearer guest"));
+    let r = s.get("/", &guest).await;
+    assert_status(&r, 200, "a guest reads");
+    guest[0] = ("x-original-method", "DELETE");
+    let r = s.get("/", &guest).await;
+    assert_status(&r, 403, "a guest may not delete");
+    assert_eq!(r.text(), "Forbidden");
+    // Without the headers the input expression fails: the failure denial.
+    let r = s.get("/", &[]).await;
+    assert_status(&r, 403, "no original request");
+    assert!(r.header("x-celgate-failure").is_some(), "{:?}", r.headers);
     s.stop().await;
 }
 

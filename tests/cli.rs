@@ -328,6 +328,62 @@ fn check_explain_shows_what_audit_policies_would_have_denied() {
 }
 
 #[test]
+fn check_explain_names_the_policies_the_index_ruled_out() {
+    let request =
+        r#"{"attributes": {"request": {"http": {"host": "zzz", "method": "GET", "path": "/"}}}}"#;
+    let args = [
+        "check",
+        "--policies",
+        "tests/cases/index/policies.yaml",
+        "--request",
+        "-",
+        "--explain",
+    ];
+    let o = celgate(&args, Some(request));
+    assert_eq!(o.code, 0, "allowed: {}{}", o.stdout, o.stderr);
+    for line in [
+        "a-host: skipped by the policy index, not evaluated (a matchCondition is false: indexed on request.http.host: 1 value)",
+        "d-path-prefix: skipped by the policy index, not evaluated (a matchCondition is false: indexed on request.http.path: 1 prefix)",
+        "the policy index ruled out 7 of them without evaluating their matchConditions",
+        "decision: allowed by policy z-allow, spec.validations[0]",
+    ] {
+        assert!(o.stderr.contains(line), "{line:?} not in:\n{}", o.stderr);
+    }
+    // Without the index: the same answer, every condition evaluated.
+    let mut off = args.to_vec();
+    off.push("--no-policy-index");
+    let linear = celgate(&off, Some(request));
+    assert_eq!((linear.code, &linear.stdout), (o.code, &o.stdout));
+    assert!(!linear.stderr.contains("policy index"), "{}", linear.stderr);
+    assert!(linear
+        .stderr
+        .contains("a-host: skipped (a matchCondition is false)"));
+}
+
+#[test]
+fn validate_warns_of_unindexed_policies_when_asked() {
+    let args = ["validate", "--policies", "tests/cases/index/policies.yaml"];
+    let o = celgate(&args, None);
+    assert_eq!(o.code, 0, "{}", o.stdout);
+    assert!(!o.stdout.contains("policy index"), "{}", o.stdout);
+    let o = celgate(&[&args[..], &["--warn-unindexed"]].concat(), None);
+    assert_eq!(o.code, 0, "{}", o.stdout);
+    let warned: Vec<&str> = o
+        .stdout
+        .lines()
+        .filter(|l| l.contains("the policy index reads none of these conditions"))
+        .collect();
+    // The seven near misses; neither the indexed policies nor z-allow,
+    // which has no matchConditions.
+    assert_eq!(warned.len(), 7, "{}", o.stdout);
+    assert!(
+        warned.iter().all(|l| l.contains("policy n")),
+        "{}",
+        o.stdout
+    );
+}
+
+#[test]
 fn validate_warnings_alone_exit_0() {
     let o = celgate(&["validate", "--policies", "tests/cli/warnings"], None);
     assert_eq!(o.code, 0, "{}", o.stdout);
@@ -933,6 +989,15 @@ fn serve_refuses_to_start_with_no_envoy_policy() {
             admission.path().to_str().unwrap(),
         ),
         ("no policy paths at all", ""),
+        // HTTP-mode policies decide nothing without the authorization
+        // listener: every gRPC Check would be allowed.
+        (
+            "only an HTTP-mode policy, without --authz-http-addr",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/cases/httpmode-nginx/policy.yaml"
+            ),
+        ),
     ];
     for (what, dir) in cases {
         let (mut server, _) = spawn_serve(&["--policies", dir], &[], logs.path());
@@ -945,6 +1010,27 @@ fn serve_refuses_to_start_with_no_envoy_policy() {
             "{what}: {out}"
         );
     }
+}
+
+#[test]
+fn serve_takes_http_mode_policies_alone_when_it_answers_them() {
+    let logs = tempfile::tempdir().unwrap();
+    let policy = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/cases/httpmode-nginx/policy.yaml"
+    );
+    let (mut server, http) = spawn_serve(
+        &["--policies", policy, "--authz-http-addr", "127.0.0.1:0"],
+        &[],
+        logs.path(),
+    );
+    let r = ready(&mut server, http);
+    assert_eq!(
+        (&r["policies"], &r["httpPolicies"]),
+        (&0.into(), &1.into()),
+        "{r}"
+    );
+    server.stop();
 }
 
 #[test]

@@ -479,7 +479,19 @@ async fn audit_policies_are_counted_logged_traced_and_never_enforced() {
         tokio::task::spawn_blocking(move || get_blocking(loopback(http), "/policies").unwrap())
             .await
             .unwrap();
+    assert!(
+        !listed.contains("/boom"),
+        "no literal of a matchCondition: {listed}"
+    );
     let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(
+        listed["policies"][2]["selection"],
+        serde_json::json!({"indexed": true, "attribute": "request.http.path", "values": 1, "prefixes": 0})
+    );
+    assert_eq!(
+        listed["policies"][0]["selection"],
+        serde_json::json!({"indexed": false, "reason": "no matchConditions"})
+    );
     let actions: Vec<(String, serde_json::Value)> = listed["policies"]
         .as_array()
         .unwrap()

@@ -1,6 +1,7 @@
 //! Policies: loading documents, compiling every CEL expression once, and the
 //! immutable [`PolicySet`] the engine evaluates.
 
+pub mod index;
 pub mod kinds;
 pub mod load;
 pub mod model;
@@ -546,6 +547,9 @@ pub struct PolicySet {
     pub exceptions: Vec<Arc<Exception>>,
     pub warnings: Vec<Warning>,
     pub loaded_at: SystemTime,
+    /// Which policies a request can concern, from their matchConditions
+    /// ([`index::PolicyIndex`]), in the order of `policies`.
+    pub index: index::PolicyIndex,
 }
 
 impl PolicySet {
@@ -556,6 +560,7 @@ impl PolicySet {
             exceptions: Vec::new(),
             warnings: Vec::new(),
             loaded_at: SystemTime::now(),
+            index: index::PolicyIndex::default(),
         }
     }
 
@@ -690,6 +695,15 @@ impl PolicySet {
         }
     }
 
+    /// How the selection index picks policy `name`.
+    pub fn selection(&self, name: &str) -> Option<&index::Selection> {
+        let i = self
+            .policies
+            .binary_search_by(|p| p.name.as_str().cmp(name))
+            .ok()?;
+        self.index.selection(i)
+    }
+
     pub fn get(&self, name: &str) -> Option<&Policy> {
         self.policies
             .binary_search_by(|p| p.name.as_str().cmp(name))
@@ -713,6 +727,14 @@ impl PolicySet {
     /// No policy of either served mode: every request would be allowed.
     pub fn is_empty(&self) -> bool {
         self.policies.is_empty() && self.http_policies.is_empty()
+    }
+
+    /// Whether a server decides nothing with this set: no Envoy-mode
+    /// policy, and no HTTP-mode one that it answers (`http_served`: the
+    /// authorization listener is on). HTTP-mode policies alone on a server
+    /// without that listener would leave every gRPC Check allowed.
+    pub fn decides_nothing(&self, http_served: bool) -> bool {
+        self.policies.is_empty() && (!http_served || self.http_policies.is_empty())
     }
 }
 
@@ -1548,12 +1570,18 @@ impl Compiler {
             });
         }
         let warnings = self.warnings.clone();
+        let index = index::PolicyIndex::build(self.policies.iter().map(|p| {
+            p.match_conditions
+                .iter()
+                .map(|m| m.expr.program.expression())
+        }));
         let set = PolicySet {
             policies: self.policies,
             http_policies,
             exceptions,
             warnings: self.warnings,
             loaded_at: SystemTime::now(),
+            index,
         };
         (Ok(set), warnings)
     }

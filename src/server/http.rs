@@ -45,6 +45,7 @@ async fn readyz(AxState(state): AxState<Arc<State>>) -> (StatusCode, Json<serde_
         Json(json!({
             "status": if stopping { "shutting down" } else { "ready" },
             "policies": set.policies.len(),
+            "httpPolicies": set.http_policies.len(),
             "exceptions": set.exceptions.len(),
             "loadedAt": rfc3339::format(set.loaded_at),
             "reloads": {
@@ -82,8 +83,10 @@ async fn readyz(AxState(state): AxState<Arc<State>>) -> (StatusCode, Json<serde_
 async fn policies(AxState(state): AxState<Arc<State>>) -> Json<serde_json::Value> {
     let set = state.policies.load();
     let policies: Vec<_> = set
+        // Envoy-mode policies first: their positions are the index's.
         .all_policies()
-        .map(|p| {
+        .enumerate()
+        .map(|(i, p)| {
             json!({
                 "name": p.name,
                 "mode": p.mode.as_str(),
@@ -99,6 +102,9 @@ async fn policies(AxState(state): AxState<Arc<State>>) -> Json<serde_json::Value
                 "validationActions": p.actions.names(),
                 "validations": p.validations.len(),
                 "exceptions": p.exceptions.iter().map(|e| e.exception.name.as_str()).collect::<Vec<_>>(),
+                // The attribute and how many literals, never the literals
+                // (HTTP-mode policies are not indexed: null).
+                "selection": set.index.selection(i).map(|s| s.to_json()),
             })
         })
         .collect();

@@ -121,6 +121,9 @@ pub struct Sources {
     /// Whether these sources feed the shadow set (`--shadow-policies`)
     /// rather than the served one.
     pub shadow: bool,
+    /// Whether HTTP-mode policies decide anything here (the authorization
+    /// listener is on): otherwise a set of only those is an empty one.
+    pub http_served: bool,
 }
 
 impl Sources {
@@ -154,6 +157,25 @@ impl Sources {
         allow_empty: bool,
     ) -> Arc<Sources> {
         Self::create(paths, exception_namespaces, allow_empty, false)
+    }
+
+    /// As [`Sources::configured`], for a server whose authorization
+    /// listener answers HTTP-mode policies (`http_served`) or not.
+    pub fn serving(
+        paths: Vec<PathBuf>,
+        exception_namespaces: kube::ExceptionNamespaces,
+        allow_empty: bool,
+        http_served: bool,
+    ) -> Arc<Sources> {
+        let mut s = Arc::into_inner(Self::create(
+            paths,
+            exception_namespaces,
+            allow_empty,
+            false,
+        ))
+        .expect("a new Sources has one owner");
+        s.http_served = http_served;
+        Arc::new(s)
     }
 
     /// The sources of the shadow set: its files, and (with the Kubernetes
@@ -297,7 +319,7 @@ pub fn rebuild_if(
         }
     };
     if let Ok(set) = &result {
-        if set.is_empty() && !sources.allow_empty {
+        if set.decides_nothing(sources.http_served) && !sources.allow_empty {
             tracing::error!(
                 set = set_name,
                 exceptions = set.exceptions.len(),
@@ -351,7 +373,7 @@ pub fn rebuild_if(
 }
 
 /// Why a set without policies is refused, at start-up and on reload.
-pub const EMPTY_SET: &str = "the sources hold no Envoy-mode or HTTP-mode ValidatingPolicy, so every request would be allowed; refused (start with --allow-empty, CELGATE_ALLOW_EMPTY=true, to serve an empty set on purpose)";
+pub const EMPTY_SET: &str = "the sources hold no Envoy-mode ValidatingPolicy (nor an HTTP-mode one answered on --authz-http-addr), so every request would be allowed; refused (start with --allow-empty, CELGATE_ALLOW_EMPTY=true, to serve an empty set on purpose)";
 
 /// Records a refused reload that is not a load error of the documents.
 fn refuse(status: &ReloadStatus, error: String) -> ReloadOutcome {
