@@ -35,10 +35,15 @@
 //!   ``- `expression` → response `{json}` `` (a validation's response, as
 //!   `celgate check` prints it);
 //! * the sample request: the first ```` ```json norun ```` block after a line
-//!   `<!-- sample request -->`.
+//!   `<!-- sample request -->`;
+//! * HTTP mode: the examples after a line `<!-- http mode -->` and before
+//!   the next `## ` heading are loaded as HTTP-mode policies and evaluated
+//!   on the HTTP request written in the first ```` ```http norun ```` block
+//!   after `<!-- http sample request -->`.
 
 use celgate::cel::check::decls::{self, Overload};
 use celgate::cel::check::Ty;
+use celgate::cel::eval::lib::httpauthz::CheckRequest as HttpCheckRequest;
 use celgate::engine::{self, EngineConfig};
 use celgate::policy::{load::parse_documents, PolicySet};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
@@ -203,12 +208,20 @@ struct Example {
     line: usize,
     expr: String,
     expect: Expect,
+    /// An HTTP-mode example (`<!-- http mode -->`).
+    http: bool,
 }
 
 /// The page's ``- `expression` → ...`` list items.
 fn examples(text: &str) -> Vec<Example> {
     let mut out = Vec::new();
+    let mut http = false;
     for (i, line) in text.lines().enumerate() {
+        if line.trim() == "<!-- http mode -->" {
+            http = true;
+        } else if line.starts_with("## ") {
+            http = false;
+        }
         let Some(rest) = line.trim().strip_prefix("- `") else {
             continue;
         };
@@ -244,6 +257,7 @@ fn examples(text: &str) -> Vec<Example> {
             line: i + 1,
             expr: expr.to_owned(),
             expect,
+            http,
         });
     }
     out
@@ -260,6 +274,30 @@ fn sample_request(text: &str) -> CheckRequest {
         .expect("a ```json norun block");
     let (json, _) = block.split_once("```").expect("the block ends");
     celgate::request_json::parse(json).unwrap_or_else(|e| panic!("the sample request: {e}"))
+}
+
+/// An HTTP sample request for the checker's own test.
+const HTTP_SAMPLE: &str = "<!-- http sample request -->\n\n```http norun\nPUT /x HTTP/1.1\nHost: a.example\nFoo: bar\n```\n";
+
+/// The HTTP request under `<!-- http sample request -->`, as the HTTP
+/// authorization server would build it; the default when there is none.
+fn http_sample_request(text: &str) -> HttpCheckRequest {
+    let Some((_, after)) = text.split_once("<!-- http sample request -->") else {
+        return celgate::httpmode::check_request(&http::Request::new(()).into_parts().0, b"");
+    };
+    let (_, block) = after
+        .split_once("```http norun\n")
+        .expect("a ```http norun block");
+    let (raw, _) = block.split_once("```").expect("the block ends");
+    // The block's lines as an HTTP/1.1 message: CRLF, the body after the
+    // blank line (its trailing newline is the block's, not the body's).
+    let (head, body) = raw.split_once("\n\n").unwrap_or((raw, ""));
+    let mut wire = head.replace('\n', "\r\n");
+    wire.push_str("\r\n\r\n");
+    wire.push_str(body.strip_suffix('\n').unwrap_or(body));
+    let (parts, body) = celgate::httpmode::nested_request(wire.as_bytes())
+        .unwrap_or_else(|e| panic!("the HTTP sample request: {e}"));
+    celgate::httpmode::check_request(&parts, body)
 }
 
 /// CEL's names for the checker's types.
@@ -630,9 +668,9 @@ fn setup() {
     });
 }
 
-fn policy(variable: Option<&str>, validation: &str) -> String {
+fn policy(http: bool, variable: Option<&str>, validation: &str) -> String {
     let mut spec = json!({
-        "evaluation": {"mode": "Envoy"},
+        "evaluation": {"mode": if http { "HTTP" } else { "Envoy" }},
         "validations": [{"expression": validation}],
     });
     if let Some(v) = variable {
@@ -656,7 +694,7 @@ fn compile(doc: &str) -> Result<PolicySet, String> {
 /// sample request; returns how many ran.
 fn run_examples(path: &Path, text: &str) -> usize {
     let list = examples(text);
-    let problems = example_problems(&list, &sample_request(text));
+    let problems = example_problems(&list, &sample_request(text), &http_sample_request(text));
     assert!(
         problems.is_empty(),
         "{}: {} of {} examples:\n{}",
@@ -669,23 +707,35 @@ fn run_examples(path: &Path, text: &str) -> usize {
 }
 
 /// What is wrong with each example that does not give what it says.
-fn example_problems(list: &[Example], request: &CheckRequest) -> Vec<String> {
+fn example_problems(
+    list: &[Example],
+    request: &CheckRequest,
+    http_request: &HttpCheckRequest,
+) -> Vec<String> {
     setup();
     let config = EngineConfig::default();
     let mut problems = Vec::new();
     for ex in list {
         let at = format!("line {}: `{}`", ex.line, ex.expr);
+        let deny = if ex.http {
+            r#"http.Denied("example").Response()"#
+        } else {
+            "envoy.Denied(418).Response()"
+        };
         let doc = match &ex.expect {
             Expect::Value(v) => policy(
+                ex.http,
                 Some(&ex.expr),
                 &format!(
-                    "type(variables.got) == type({v}) && variables.got == ({v}) ? null : envoy.Denied(418).Response()"
+                    "type(variables.got) == type({v}) && variables.got == ({v}) ? null : {deny}"
                 ),
             ),
-            Expect::Error | Expect::Refused => {
-                policy(Some(&ex.expr), "size([variables.got]) == 1 ? null : null")
-            }
-            Expect::Response(_) => policy(None, &ex.expr),
+            Expect::Error | Expect::Refused => policy(
+                ex.http,
+                Some(&ex.expr),
+                "size([variables.got]) == 1 ? null : null",
+            ),
+            Expect::Response(_) => policy(ex.http, None, &ex.expr),
         };
         let set = match (compile(&doc), &ex.expect) {
             (Err(_), Expect::Refused) => continue,
@@ -699,7 +749,16 @@ fn example_problems(list: &[Example], request: &CheckRequest) -> Vec<String> {
             }
             (Ok(set), _) => set,
         };
-        let (d, traces) = engine::evaluate_traced(&set, &config, request);
+        // Allowed or not, the error, the response as JSON, and the traces.
+        let (allowed, error, response, traces) = if ex.http {
+            let (h, traces) = engine::evaluate_http(&set, &config, http_request, None, true);
+            let json = celgate::cel::eval::Object::to_json(&h.response).unwrap_or_default();
+            (h.allowed(), h.error, json, traces)
+        } else {
+            let (d, traces) = engine::evaluate_traced(&set, &config, request);
+            let json = celgate::decision::response_json(&d.response);
+            (d.allowed(), d.error, json, traces)
+        };
         let got = traces
             .first()
             .and_then(|t| t.variables.first())
@@ -707,23 +766,22 @@ fn example_problems(list: &[Example], request: &CheckRequest) -> Vec<String> {
             .unwrap_or_default();
         match &ex.expect {
             Expect::Value(v) => {
-                if let Some(e) = &d.error {
+                if let Some(e) = &error {
                     problems.push(format!("{at}: fails: {}", e.detailed()));
-                } else if !d.allowed() {
+                } else if !allowed {
                     problems.push(format!("{at}: gives {got}, not {v}"));
                 }
             }
             Expect::Error => {
-                if d.error.is_none() {
+                if error.is_none() {
                     problems.push(format!("{at}: gives {got}, but the page says error"));
                 }
             }
             Expect::Response(want) => {
-                let have = celgate::decision::response_json(&d.response);
-                if let Some(e) = &d.error {
+                if let Some(e) = &error {
                     problems.push(format!("{at}: fails: {}", e.detailed()));
-                } else if &have != want {
-                    problems.push(format!("{at}: responds\n    {have}"));
+                } else if &response != want {
+                    problems.push(format!("{at}: responds\n    {response}"));
                 }
             }
             Expect::Refused => unreachable!(),
@@ -758,15 +816,43 @@ fn wrong_examples_are_reported() {
         r#"{"attributes": {"request": {"http": {"method": "POST"}}}}"#,
     )
     .unwrap();
+    let http_request = http_sample_request(HTTP_SAMPLE);
     for ex in &list {
-        let problems = example_problems(std::slice::from_ref(ex), &request);
+        let problems = example_problems(std::slice::from_ref(ex), &request, &http_request);
         assert_eq!(problems.len(), 1, "`{}` is not reported", ex.expr);
     }
+    // In HTTP mode too.
+    let wrong = examples(&format!(
+        "<!-- http mode -->\n{HTTP_SAMPLE}\n\
+         - `object.attributes.method` → `\"GET\"`\n\
+         - `object.attributes.Header(\"foo\")` → `[]`\n\
+         - `http.Denied(\"no\").Response()` → response `{{\"denied\":{{\"reason\":\"yes\"}}}}`\n\
+         - `envoy.Allowed().Response()` → response `{{}}`\n"
+    ));
+    assert_eq!(wrong.len(), 4);
+    assert!(wrong.iter().all(|e| e.http));
+    for ex in &wrong {
+        let problems = example_problems(std::slice::from_ref(ex), &request, &http_request);
+        assert_eq!(problems.len(), 1, "`{}` is not reported", ex.expr);
+    }
+    let right = examples(
+        "<!-- http mode -->\n\
+         - `object.attributes.method` → `\"PUT\"`\n\
+         - `object.attributes.Header(\"FOO\")` → `[\"bar\"]`\n\
+         - `http.Denied(\"no\").Response()` → response `{\"denied\":{\"reason\":\"no\"}}`\n",
+    );
+    assert_eq!(
+        example_problems(&right, &request, &http_request),
+        Vec::<String>::new()
+    );
     // And right ones are not.
     let right = examples(
         "- `1 + 2` → `3`\n- `1 / 0` → error\n- `1 + \"a\"` → refused\n\
          - `object.attributes.request.http.method` → `\"POST\"`\n",
     );
     assert_eq!(right.len(), 4);
-    assert_eq!(example_problems(&right, &request), Vec::<String>::new());
+    assert_eq!(
+        example_problems(&right, &request, &http_request),
+        Vec::<String>::new()
+    );
 }
