@@ -63,7 +63,7 @@ generate() {
       print "  - name: key"
       print "    expression: object.attributes.request.http.headers[?\"x-api-key\"].orValue(\"\")"
       print "  validations:"
-      print "  - expression: variables.key == \"\" ? envoy.Denied(401).Response() : null"
+      print "  - expression: \047variables.key == \"\" ? envoy.Denied(401).Response() : null\047"
       print "  - expression: envoy.Allowed().WithHeader(\"x-tenant\", \"" t "\").Response()"
     }
   }' >"$dir/tenants.yaml"

@@ -648,3 +648,91 @@ fn a_file_written_in_two_parts_is_loaded_whole() {
     assert_eq!(seen, [418, 403], "answers seen meanwhile");
     assert_eq!(errors(&state), 0, "{}", last_error(&state));
 }
+
+/// A reload compiles only the documents that changed: the others share the
+/// compiled form of the set they replace (matched by their content), keep
+/// their `loaded_at` and their warnings (at their place now), and the whole
+/// set is still checked together.
+#[test]
+fn a_reload_reuses_what_did_not_change_and_checks_the_set_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(format!("{name}.yaml"));
+    std::fs::write(p("a"), policy("a", 401)).unwrap();
+    // An unknown spec field: a warning, which a reuse must say again.
+    std::fs::write(
+        p("b"),
+        policy("b", 402).replace("  validations:", "  mystery: 1\n  validations:"),
+    )
+    .unwrap();
+    std::fs::write(p("c"), policy("c", 403)).unwrap();
+    let paths = vec![dir.path().to_path_buf()];
+    let first = PolicySet::load(&paths).unwrap();
+    assert_eq!(first.reused, 0);
+    let warned = |s: &PolicySet| -> Vec<String> {
+        s.warnings
+            .iter()
+            .filter(|w| w.policy.as_deref() == Some("b"))
+            .map(ToString::to_string)
+            .collect()
+    };
+    assert_eq!(warned(&first).len(), 1, "{:?}", first.warnings);
+
+    std::thread::sleep(Duration::from_millis(5));
+    // `a` changes; `b` becomes the second document of its file, after a
+    // new policy `d`, but is the same document; `c` is untouched.
+    std::fs::write(p("a"), policy("a", 404)).unwrap();
+    let b_text = std::fs::read_to_string(p("b")).unwrap();
+    std::fs::write(p("b"), format!("{}---\n{b_text}", policy("d", 406))).unwrap();
+    let (second, _) = PolicySet::reload(&paths, Vec::new(), Some(&first));
+    let second = second.unwrap();
+    assert_eq!(second.reused, 2);
+    let get = |s: &PolicySet, n: &str| {
+        let p = s.get(n).unwrap();
+        (p.compiled.clone(), p.loaded_at, p.location.clone())
+    };
+    let (a1, a1_at, _) = get(&first, "a");
+    let (a2, a2_at, _) = get(&second, "a");
+    assert!(!Arc::ptr_eq(&a1, &a2), "a changed: compiled again");
+    assert!(a2_at > a1_at);
+    for n in ["b", "c"] {
+        let (x1, at1, _) = get(&first, n);
+        let (x2, at2, _) = get(&second, n);
+        assert!(Arc::ptr_eq(&x1, &x2), "{n} did not change: reused");
+        assert_eq!(at1, at2, "{n} keeps when it was loaded");
+    }
+    let (b1, b2) = (get(&first, "b").2, get(&second, "b").2);
+    assert_eq!((b1.document, b2.document), (1, 2), "b's place now");
+    let w = warned(&second);
+    assert_eq!(w.len(), 1, "the reused policy's warning is said again");
+    assert!(
+        w[0].contains(&b2.to_string()) && !w[0].contains(&b1.to_string()),
+        "at its place now ({b2}): {w:?}"
+    );
+    // The new version decides (a is first in name order).
+    assert_eq!(
+        evaluate(&second, &EngineConfig::default(), &request()).http_status(),
+        404
+    );
+
+    // The set is still checked together: a new document that clashes with
+    // a reused one (the same name) refuses the reload.
+    std::fs::write(dir.path().join("dup.yaml"), policy("c", 405)).unwrap();
+    let (third, _) = PolicySet::reload(&paths, Vec::new(), Some(&second));
+    let errors = third.expect_err("a duplicate name is refused").to_string();
+    assert!(errors.contains("\"c\"") || errors.contains(" c"), "{errors}");
+    std::fs::remove_file(dir.path().join("dup.yaml")).unwrap();
+
+    // An exception arriving later compiles against a reused policy's
+    // variables.
+    std::fs::write(
+        dir.path().join("x.yaml"),
+        "apiVersion: policies.kyverno.io/v1\nkind: PolicyException\nmetadata: { name: x }\n\
+         spec:\n  policyRefs: [{ name: c }]\n  matchConditions:\n  - name: always\n    expression: 'true'\n",
+    )
+    .unwrap();
+    let (fourth, _) = PolicySet::reload(&paths, Vec::new(), Some(&second));
+    let fourth = fourth.unwrap();
+    assert_eq!(fourth.reused, 4);
+    assert_eq!(fourth.get("c").unwrap().exceptions.len(), 1);
+    assert!(second.get("c").unwrap().exceptions.is_empty());
+}

@@ -10,6 +10,7 @@ use crate::cel::{check_literal_patterns, env, limits};
 use cel::common::ast::Expr;
 use cel::Program;
 use model::{ExceptionSpec, Header, NamedExpression, PolicySpec, IGNORED_SPEC_FIELDS};
+use sha2::Digest as _;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -480,6 +481,27 @@ pub struct Plans {
 pub struct Policy {
     pub name: String,
     pub location: Location,
+    /// What its document compiles to, shared by every set that holds the
+    /// same document: a reload reuses it for a document that did not
+    /// change. Its fields read as the policy's (`policy.validations`).
+    pub compiled: Arc<Compiled>,
+    /// Exceptions that name this policy, in name order, each compiled in
+    /// this policy's scope.
+    pub exceptions: Vec<Exemption>,
+    /// Hash of the policy's document: a reload keeps `loaded_at` of a policy
+    /// whose document did not change.
+    pub digest: u64,
+    /// When this version of the policy was first loaded.
+    pub loaded_at: SystemTime,
+    /// Its metric series (shared by every version of the policy).
+    pub metrics: Arc<crate::telemetry::metrics::PolicyMetrics>,
+}
+
+/// What a ValidatingPolicy document compiles to, whatever its place: the
+/// same text compiles to the same, so a reload takes it from the set it
+/// replaces rather than parse, check and plan it again.
+#[derive(Debug)]
+pub struct Compiled {
     /// Envoy-mode policies are in [`PolicySet::policies`], HTTP-mode ones in
     /// [`PolicySet::http_policies`].
     pub mode: EvaluationMode,
@@ -494,16 +516,18 @@ pub struct Policy {
     /// What the type checker knows of each variable, for the conditions of
     /// the exceptions that name this policy.
     pub variable_types: HashMap<String, crate::cel::check::Info>,
-    /// Exceptions that name this policy, in name order, each compiled in
-    /// this policy's scope.
-    pub exceptions: Vec<Exemption>,
-    /// Hash of the policy's document: a reload keeps `loaded_at` of a policy
-    /// whose document did not change.
-    pub digest: u64,
-    /// When this version of the policy was first loaded.
-    pub loaded_at: SystemTime,
-    /// Its metric series (shared by every version of the policy).
-    pub metrics: Arc<crate::telemetry::metrics::PolicyMetrics>,
+    /// The warnings its document gave (field, message), said again, at the
+    /// document's place then, when it is reused.
+    warnings: Vec<(Option<String>, String)>,
+    /// SHA-256 of the document's canonical JSON: what a reuse matches.
+    content: [u8; 32],
+}
+
+impl std::ops::Deref for Policy {
+    type Target = Compiled;
+    fn deref(&self) -> &Compiled {
+        &self.compiled
+    }
 }
 
 /// A PolicyException as read: its conditions are parsed and checked on
@@ -550,6 +574,9 @@ pub struct PolicySet {
     /// Which policies a request can concern, from their matchConditions
     /// ([`index::PolicyIndex`]), in the order of `policies`.
     pub index: index::PolicyIndex,
+    /// How many policies were not compiled again: their documents were the
+    /// same as in the set this one replaced, whose compiled form they share.
+    pub reused: usize,
 }
 
 impl PolicySet {
@@ -561,6 +588,7 @@ impl PolicySet {
             warnings: Vec::new(),
             loaded_at: SystemTime::now(),
             index: index::PolicyIndex::default(),
+            reused: 0,
         }
     }
 
@@ -626,13 +654,48 @@ impl PolicySet {
         docs: Vec<load::Document>,
         previous: Option<&PolicySet>,
     ) -> (Result<PolicySet, LoadErrors>, Vec<Warning>) {
-        let mut c = Compiler::default();
+        // The compiled policies of the set being replaced, for the
+        // documents that did not change (matched by their content's hash).
+        let reuse: Arc<HashMap<String, Arc<Compiled>>> = Arc::new(
+            previous
+                .map(|p| {
+                    p.policies
+                        .iter()
+                        .chain(&p.http_policies)
+                        .map(|x| (x.name.clone(), x.compiled.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        );
+        // When each unchanged document was first loaded, which it keeps.
+        let mut loaded = HashMap::new();
+        if let Some(p) = previous {
+            for x in p.policies.iter().chain(&p.http_policies) {
+                loaded.insert(
+                    ("ValidatingPolicy", x.name.clone()),
+                    (x.digest, x.loaded_at),
+                );
+            }
+            for x in &p.exceptions {
+                loaded.insert(("PolicyException", x.name.clone()), (x.digest, x.loaded_at));
+            }
+        }
+        let loaded = Arc::new(loaded);
+        let mut c = Compiler {
+            previous: loaded.clone(),
+            reuse: reuse.clone(),
+            ..Compiler::default()
+        };
         // Compiling CEL is the costly part of a load: spread the documents
         // over the cores, then merge in document order.
         let chunks = chunked(docs);
         if chunks.len() > 1 {
             let parts = par_map(&chunks, 2, |chunk| {
-                let mut part = Compiler::default();
+                let mut part = Compiler {
+                    previous: loaded.clone(),
+                    reuse: reuse.clone(),
+                    ..Compiler::default()
+                };
                 for d in chunk.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
                     part.document(d);
                 }
@@ -643,24 +706,13 @@ impl PolicySet {
                 c.exceptions.extend(part.exceptions);
                 c.warnings.extend(part.warnings);
                 c.errors.extend(part.errors);
+                c.reused += part.reused;
             }
         } else {
             for chunk in chunks {
                 for d in chunk.into_inner().unwrap_or_else(|e| e.into_inner()) {
                     c.document(d);
                 }
-            }
-        }
-        if let Some(p) = previous {
-            for x in p.policies.iter().chain(&p.http_policies) {
-                c.previous.insert(
-                    ("ValidatingPolicy", x.name.clone()),
-                    (x.digest, x.loaded_at),
-                );
-            }
-            for x in &p.exceptions {
-                c.previous
-                    .insert(("PolicyException", x.name.clone()), (x.digest, x.loaded_at));
             }
         }
         c.finish()
@@ -741,7 +793,12 @@ impl PolicySet {
 #[derive(Default)]
 struct Compiler {
     /// (kind, name) → (digest, loaded_at) of the set being replaced.
-    previous: HashMap<(&'static str, String), (u64, SystemTime)>,
+    previous: Arc<HashMap<(&'static str, String), (u64, SystemTime)>>,
+    /// The compiled policies of the set being replaced, by name, for the
+    /// documents that did not change.
+    reuse: Arc<HashMap<String, Arc<Compiled>>>,
+    /// How many documents were taken from `reuse`.
+    reused: usize,
     policies: Vec<Policy>,
     exceptions: Vec<Exception>,
     warnings: Vec<Warning>,
@@ -889,15 +946,22 @@ impl Compiler {
             .get("spec")
             .cloned()
             .unwrap_or(serde_json::Value::Null);
+        let canonical = doc.value.to_string();
         let ctx = Ctx {
-            digest: digest(&doc.value),
+            digest: digest(&canonical),
             location: &location,
             kind: kind_name,
             name: &name,
         };
         if kind == "ValidatingPolicy" {
+            let content: [u8; 32] = sha2::Sha256::digest(canonical.as_bytes()).into();
+            if let Some(c) = self.reuse.get(&name).filter(|c| c.content == content) {
+                let c = c.clone();
+                self.reuse_policy(&ctx, c);
+                return;
+            }
             match serde_json::from_value::<PolicySpec>(spec) {
-                Ok(spec) => self.policy(&ctx, spec),
+                Ok(spec) => self.policy(&ctx, spec, content),
                 Err(e) => self.errors.push(ctx.invalid("spec", e.to_string())),
             }
         } else {
@@ -908,7 +972,31 @@ impl Compiler {
         }
     }
 
-    fn policy(&mut self, ctx: &Ctx<'_>, spec: PolicySpec) {
+    /// A policy whose document is the same as in the set being replaced:
+    /// its compiled form again, its warnings said again at its place now.
+    fn reuse_policy(&mut self, ctx: &Ctx<'_>, compiled: Arc<Compiled>) {
+        for (field, message) in &compiled.warnings {
+            self.warnings.push(Warning {
+                location: ctx.location.clone(),
+                policy: Some(ctx.name.to_owned()),
+                field: field.clone(),
+                message: message.clone(),
+            });
+        }
+        self.reused += 1;
+        self.policies.push(Policy {
+            name: ctx.name.to_owned(),
+            location: ctx.location.clone(),
+            compiled,
+            exceptions: Vec::new(),
+            digest: ctx.digest,
+            loaded_at: self.loaded_at(ctx),
+            metrics: crate::telemetry::metrics::policy(ctx.name),
+        });
+    }
+
+    fn policy(&mut self, ctx: &Ctx<'_>, spec: PolicySpec, content: [u8; 32]) {
+        let warned = self.warnings.len();
         let mode = spec.evaluation.as_ref().and_then(|e| e.mode.as_deref());
         let mode = match kinds::mode(mode) {
             kinds::Mode::Envoy => EvaluationMode::Envoy,
@@ -1061,17 +1149,25 @@ impl Compiler {
         if self.errors.len() > before {
             return;
         }
+        let warnings = self.warnings[warned..]
+            .iter()
+            .map(|w| (w.field.clone(), w.message.clone()))
+            .collect();
         self.policies.push(Policy {
             name: ctx.name.to_owned(),
             location: ctx.location.clone(),
-            mode,
-            failure_policy,
-            actions,
-            match_conditions,
-            variables,
-            validations,
-            plans,
-            variable_types,
+            compiled: Arc::new(Compiled {
+                mode,
+                failure_policy,
+                actions,
+                match_conditions,
+                variables,
+                validations,
+                plans,
+                variable_types,
+                warnings,
+                content,
+            }),
             exceptions: Vec::new(),
             digest: ctx.digest,
             loaded_at: self.loaded_at(ctx),
@@ -1582,6 +1678,7 @@ impl Compiler {
             warnings: self.warnings,
             loaded_at: SystemTime::now(),
             index,
+            reused: self.reused,
         };
         (Ok(set), warnings)
     }
@@ -1746,11 +1843,11 @@ fn par_map<T: Sync, R: Send>(items: &[T], min: usize, f: impl Fn(&T) -> R + Sync
     })
 }
 
-/// A stable hash of a document (its canonical JSON text).
-fn digest(v: &serde_json::Value) -> u64 {
+/// A stable hash of a document's canonical JSON text.
+fn digest(canonical: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    v.to_string().hash(&mut h);
+    canonical.hash(&mut h);
     h.finish()
 }
 

@@ -347,7 +347,8 @@ pub fn rebuild_if(
             for w in &new_warnings {
                 tracing::warn!("{w}");
             }
-            let (policies, exceptions) = (set.policies.len(), set.exceptions.len());
+            let (policies, exceptions, reused) =
+                (set.policies.len(), set.exceptions.len(), set.reused);
             if sources.shadow {
                 set.detach_metrics();
             }
@@ -357,6 +358,7 @@ pub fn rebuild_if(
                 set = set_name,
                 policies,
                 exceptions,
+                reused,
                 elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
                 "policy set reloaded"
             );
