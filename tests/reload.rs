@@ -719,7 +719,10 @@ fn a_reload_reuses_what_did_not_change_and_checks_the_set_together() {
     std::fs::write(dir.path().join("dup.yaml"), policy("c", 405)).unwrap();
     let (third, _) = PolicySet::reload(&paths, Vec::new(), Some(&second));
     let errors = third.expect_err("a duplicate name is refused").to_string();
-    assert!(errors.contains("\"c\"") || errors.contains(" c"), "{errors}");
+    assert!(
+        errors.contains("\"c\"") || errors.contains(" c"),
+        "{errors}"
+    );
     std::fs::remove_file(dir.path().join("dup.yaml")).unwrap();
 
     // An exception arriving later compiles against a reused policy's
@@ -735,4 +738,52 @@ fn a_reload_reuses_what_did_not_change_and_checks_the_set_together() {
     assert_eq!(fourth.reused, 4);
     assert_eq!(fourth.get("c").unwrap().exceptions.len(), 1);
     assert!(second.get("c").unwrap().exceptions.is_empty());
+}
+
+/// Tenants' policies that differ only in literals share what they have in
+/// common: one parse and one plan of each expression text (with the same
+/// variable slots), not one per policy.
+#[test]
+fn identical_expressions_share_one_parse_and_one_plan() {
+    let tenant = |t: &str| {
+        format!(
+            "apiVersion: policies.kyverno.io/v1\nkind: ValidatingPolicy\nmetadata: {{ name: {t} }}\nspec:\n  \
+             evaluation: {{ mode: Envoy }}\n  matchConditions:\n  - name: host\n    \
+             expression: object.attributes.request.http.host == \"{t}.example.com\"\n  variables:\n  \
+             - name: key\n    expression: object.attributes.request.http.headers[?\"x-api-key\"].orValue(\"\")\n  \
+             validations:\n  - expression: 'variables.key == \"\" ? envoy.Denied(401).Response() : null'\n  \
+             - expression: envoy.Allowed().WithHeader(\"x-tenant\", \"{t}\").Response()\n"
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for t in ["t1", "t2", "t3"] {
+        std::fs::write(dir.path().join(format!("{t}.yaml")), tenant(t)).unwrap();
+    }
+    let set = PolicySet::load(&[dir.path().to_path_buf()]).unwrap();
+    let (a, b) = (set.get("t1").unwrap(), set.get("t3").unwrap());
+    // The variable and the first validation are the same text: shared.
+    assert!(Arc::ptr_eq(
+        &a.variables[0].expr.program,
+        &b.variables[0].expr.program
+    ));
+    assert!(a.plans.variables[0].shares_plan_with(&b.plans.variables[0]));
+    assert!(a.plans.validations[0].shares_plan_with(&b.plans.validations[0]));
+    // The condition and the second validation differ: each its own.
+    assert!(!Arc::ptr_eq(
+        &a.match_conditions[0].expr.program,
+        &b.match_conditions[0].expr.program
+    ));
+    assert!(!a.plans.validations[1].shares_plan_with(&b.plans.validations[1]));
+    // And each still decides for its own tenant.
+    for t in ["t1", "t2", "t3"] {
+        let r = celgate::request_json::from_value(
+            &serde_json::json!({"attributes": {"request": {"http": {
+            "host": format!("{t}.example.com"), "headers": {"x-api-key": "k"}}}}}),
+        )
+        .unwrap();
+        let d = evaluate(&set, &EngineConfig::default(), &r);
+        assert_eq!(d.policy.as_deref(), Some(t));
+        let json = celgate::decision::response_json(&d.response).to_string();
+        assert!(json.contains(&format!("\"value\":\"{t}\"")), "{json}");
+    }
 }

@@ -458,7 +458,8 @@ pub struct Expression {
     /// e.g. `spec.validations[2].expression`
     pub field: String,
     pub source: String,
-    pub program: Program,
+    /// Shared by the expressions of a load with the same text.
+    pub program: Arc<Program>,
 }
 
 #[derive(Debug)]
@@ -799,6 +800,12 @@ struct Compiler {
     reuse: Arc<HashMap<String, Arc<Compiled>>>,
     /// How many documents were taken from `reuse`.
     reused: usize,
+    /// Expressions parsed so far, by text: the same text parses to the
+    /// same program, which the policies holding it share.
+    parsed: HashMap<String, Arc<Program>>,
+    /// Expressions planned so far, by text and the slots of the variables
+    /// they read: the same plan, shared.
+    planned: HashMap<(String, Vec<Option<usize>>), crate::cel::eval::Program>,
     policies: Vec<Policy>,
     exceptions: Vec<Exception>,
     warnings: Vec<Warning>,
@@ -1369,8 +1376,20 @@ impl Compiler {
     ) -> Vec<crate::cel::eval::Program> {
         let mut out = Vec::new();
         for e in exprs {
+            let slots = variable_refs(&e.program)
+                .iter()
+                .map(|r| variable(r))
+                .collect();
+            let key = (e.source.clone(), slots);
+            if let Some(p) = self.planned.get(&key) {
+                out.push(p.clone());
+                continue;
+            }
             match crate::cel::eval::compile(e.program.expression(), variable) {
-                Ok(p) => out.push(p),
+                Ok(p) => {
+                    self.planned.insert(key, p.clone());
+                    out.push(p);
+                }
                 Err(err) => self.errors.push(ctx.cel(&e.field, &e.source, err.0)),
             }
         }
@@ -1378,6 +1397,14 @@ impl Compiler {
     }
 
     fn expression(&mut self, ctx: &Ctx<'_>, field: String, source: String) -> Option<Expression> {
+        if let Some(program) = self.parsed.get(&source) {
+            // The same text passed every check below already.
+            return Some(Expression {
+                field,
+                program: program.clone(),
+                source,
+            });
+        }
         // The text's shape is checked before the parser sees it: the parser
         // itself recurses once per bracket.
         if let Err(e) = limits::check_source(&source) {
@@ -1401,6 +1428,8 @@ impl Compiler {
             self.errors.push(ctx.cel(&field, &source, e));
             return None;
         }
+        let program = Arc::new(program);
+        self.parsed.insert(source.clone(), program.clone());
         Some(Expression {
             field,
             source,

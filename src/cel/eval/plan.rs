@@ -21,9 +21,14 @@ use cel::common::ast::{CallExpr, ComprehensionExpr, EntryExpr, Expr, IdedExpr, L
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use std::sync::{Arc, LazyLock};
 
-/// A compiled expression.
+/// A compiled expression. Cloning it shares the plan: policies that
+/// hold the same expression (many tenants' policies differ only in a
+/// literal or two) hold one plan of it.
+#[derive(Debug, Clone)]
+pub struct Program(Arc<Planned>);
+
 #[derive(Debug)]
-pub struct Program {
+struct Planned {
     root: Node,
     /// Comprehension and `cel.bind` variables.
     slots: usize,
@@ -182,10 +187,10 @@ fn plan(
         max_slots: 0,
     };
     let root = p.expr(expr)?;
-    Ok(Program {
+    Ok(Program(Arc::new(Planned {
         root,
         slots: p.max_slots,
-    })
+    })))
 }
 
 struct Planner<'a> {
@@ -648,7 +653,7 @@ fn try_fold(node: Node) -> Result<Node, (Node, Error)> {
     if !foldable {
         return Ok(node);
     }
-    let program = Program {
+    let program = Planned {
         root: node,
         slots: 0,
     };
@@ -663,19 +668,30 @@ static EMPTY_REQUEST: LazyLock<CheckRequest> = LazyLock::new(CheckRequest::defau
 
 type Locals<'r> = Vec<Result<Value<'r>, Error>>;
 
-impl Program {
-    /// Evaluates the expression in `ctx`.
-    pub fn eval<'r>(&'r self, ctx: &mut Ctx<'r>) -> Result<Value<'r>, Error> {
+impl Planned {
+    fn eval<'r>(&'r self, ctx: &mut Ctx<'r>) -> Result<Value<'r>, Error> {
         let mut locals: Locals<'r> = Vec::new();
         if self.slots > 0 {
             locals.resize(self.slots, Ok(Value::Null));
         }
         self.root.eval(ctx, &mut locals)
     }
+}
+
+impl Program {
+    /// Evaluates the expression in `ctx`.
+    pub fn eval<'r>(&'r self, ctx: &mut Ctx<'r>) -> Result<Value<'r>, Error> {
+        self.0.eval(ctx)
+    }
+
+    /// Whether `other` is this very plan (shared, not merely equal).
+    pub fn shares_plan_with(&self, other: &Program) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 
     /// The value, when the expression is a constant.
     pub fn constant(&self) -> Option<&Value<'static>> {
-        match &self.root {
+        match &self.0.root {
             Node::Const(v) => Some(v),
             _ => None,
         }
@@ -1433,8 +1449,8 @@ mod tests {
         )
         .unwrap();
         assert!(p.constant().is_none());
-        let Node::Message(m) = &p.root else {
-            panic!("{:?}", p.root)
+        let Node::Message(m) = &p.0.root else {
+            panic!("{:?}", p.0.root)
         };
         assert!(matches!(m.fields[0].1, Node::Const(_)));
         // Unfolded, the same literal is built when it runs.
