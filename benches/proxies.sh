@@ -5,11 +5,13 @@
 #   Envoy  ext_authz http_service (examples/envoy-http/envoy.yaml)  vs  Envoy, no ext_authz
 #   nginx  auth_request           (examples/nginx/nginx.conf)       vs  nginx, no auth_request
 #   Caddy  forward_auth           (examples/caddy/Caddyfile)        vs  Caddy, no forward_auth
+#   nginx  auth_request to Kyverno's HTTP mode (examples/kyverno-http/nginx.conf, its input and
+#          output expressions and policy)                            vs  nginx, no auth_request
 #
 # The configs with authorization are the shipped examples with their ports changed, so what is
 # measured is what users paste. The upstream is an nginx answering 200 "ok" itself. The request
 # is GET /api/orders with a known API key: allowed by the shipped policies (policies/), with
-# x-user added upstream. Before measuring, that request and a denied one are sent through each
+# x-user added upstream (Kyverno's HTTP mode: allowed by examples/kyverno-http/policy.yaml). Before measuring, that request and a denied one are sent through each
 # proxy and the answers asserted (h2load only counts statuses).
 #
 # h2load (HTTP/1.1, -t 1) drives the two variants of one proxy ALTERNATELY (bare, with celgate,
@@ -18,7 +20,7 @@
 #
 # Usage:   bash benches/proxies.sh
 # Env:
-#   PROXIES="envoy nginx caddy"   which proxies
+#   PROXIES="envoy nginx caddy kyverno"   which proxies
 #   ROUNDS=3 DURATION=5 WARMUP=1  alternating pairs, seconds per h2load run, warm-up seconds
 #   CONNS=16                      h2load -c (HTTP/1.1: one request in flight per connection)
 #   BASE_PORT=19400               the ports used are BASE_PORT .. BASE_PORT+12
@@ -33,7 +35,7 @@ cd "$ROOT"
 # shellcheck source=scripts/bench-lib.sh
 source scripts/bench-lib.sh
 
-PROXIES=${PROXIES:-envoy nginx caddy}
+PROXIES=${PROXIES:-envoy nginx caddy kyverno}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-1}
@@ -53,9 +55,9 @@ command -v curl >/dev/null || die "curl not found"
 for p in $PROXIES; do
   case $p in
     envoy) [[ -x $ENVOY ]] || die "Envoy not found at $ENVOY (scripts/test.sh installs it)" ;;
-    nginx) ;;
+    nginx | kyverno) ;;
     caddy) command -v "$CADDY" >/dev/null || die "caddy not found (apt-get install caddy)" ;;
-    *) die "unknown proxy $p (envoy, nginx, caddy)" ;;
+    *) die "unknown proxy $p (envoy, nginx, caddy, kyverno)" ;;
   esac
 done
 # nginx is the upstream of every proxy.
@@ -63,13 +65,14 @@ command -v "$NGINX" >/dev/null || [[ -x $NGINX ]] || die "nginx not found (apt-g
 
 port() { echo $((BASE_PORT + $1)); }
 UPSTREAM=$(port 0) GRPC=$(port 1) HTTP=$(port 2) AUTHZ=$(port 3)
-declare -A AUTH_PORT=([envoy]=$(port 4) [nginx]=$(port 5) [caddy]=$(port 6))
-declare -A BARE_PORT=([envoy]=$(port 7) [nginx]=$(port 8) [caddy]=$(port 9))
+declare -A AUTH_PORT=([envoy]=$(port 4) [nginx]=$(port 5) [caddy]=$(port 6) [kyverno]=$(port 12))
+# Kyverno's HTTP mode is measured against the same bare nginx as forward auth.
+declare -A BARE_PORT=([envoy]=$(port 7) [nginx]=$(port 8) [caddy]=$(port 9) [kyverno]=$(port 8))
 ADMIN_AUTH=$(port 10) ADMIN_BARE=$(port 11)
 
 bench_workdir celgate-proxies
 addrs=()
-for i in $(seq 0 11); do addrs+=("127.0.0.1:$(port "$i")"); done
+for i in $(seq 0 12); do addrs+=("127.0.0.1:$(port "$i")"); done
 bench_ports_free "${addrs[@]}"
 
 if [[ -z ${NO_BUILD:-} ]]; then
@@ -110,8 +113,12 @@ http {
 EOF
 start upstream "$NGINX" -p "$WORK/upstream" -e stderr -c "$WORK/upstream/nginx.conf"
 
+# One celgate for every proxy: the shipped Envoy-mode policies, and the Kyverno example's HTTP-mode
+# policy with its input and output expressions (which only the listener's root uses).
 # shellcheck disable=SC2086
-start celgate "$CELGATE_BIN" serve --policies policies --grpc-addr "127.0.0.1:$GRPC" \
+start celgate "$CELGATE_BIN" serve --policies policies --policies examples/kyverno-http/policy.yaml \
+  --input-expression "$(cat examples/kyverno-http/input.cel)" \
+  --output-expression "$(cat examples/kyverno-http/output.cel)" --grpc-addr "127.0.0.1:$GRPC" \
   --http-addr "127.0.0.1:$HTTP" --authz-http-addr "127.0.0.1:$AUTHZ" --no-watch $CELGATE_ARGS
 wait_status "http://127.0.0.1:$HTTP/readyz" 200
 wait_status "http://127.0.0.1:$UPSTREAM/" 200
@@ -151,7 +158,16 @@ EOF
   start envoy-bare "$ENVOY" -c "$WORK/envoy-bare.yaml" --concurrency 1 --base-id $((BASE_PORT + 2)) -l warning
 }
 
-start_nginx() {
+start_kyverno() {
+  mkdir -p "$WORK/kyverno-auth"
+  example examples/kyverno-http/nginx.conf "${AUTH_PORT[kyverno]}" 0 |
+    sed -e 's/worker_processes auto;/worker_processes 1;/' >"$WORK/kyverno-auth/nginx.conf"
+  start kyverno-auth "$NGINX" -p "$WORK/kyverno-auth" -e stderr -c "$WORK/kyverno-auth/nginx.conf"
+  # The bare nginx is forward auth's, started once for both.
+  start_nginx bare
+}
+
+start_nginx() { # [bare]: only the bare one
   mkdir -p "$WORK/nginx-auth" "$WORK/nginx-bare"
   example examples/nginx/nginx.conf "${AUTH_PORT[nginx]}" 0 |
     sed -e 's/worker_processes auto;/worker_processes 1;/' >"$WORK/nginx-auth/nginx.conf"
@@ -169,8 +185,12 @@ http {
   server { listen 127.0.0.1:${BARE_PORT[nginx]}; location / { proxy_pass http://app; } }
 }
 EOF
-  start nginx-auth "$NGINX" -p "$WORK/nginx-auth" -e stderr -c "$WORK/nginx-auth/nginx.conf"
-  start nginx-bare "$NGINX" -p "$WORK/nginx-bare" -e stderr -c "$WORK/nginx-bare/nginx.conf"
+  [[ ${1:-} == bare ]] ||
+    start nginx-auth "$NGINX" -p "$WORK/nginx-auth" -e stderr -c "$WORK/nginx-auth/nginx.conf"
+  if [[ -z ${NGINX_BARE_STARTED:-} ]]; then
+    NGINX_BARE_STARTED=1
+    start nginx-bare "$NGINX" -p "$WORK/nginx-bare" -e stderr -c "$WORK/nginx-bare/nginx.conf"
+  fi
 }
 
 start_caddy() {
@@ -191,7 +211,12 @@ for p in $PROXIES; do
   body=$(curl -s -H "$KEY" "http://127.0.0.1:${AUTH_PORT[$p]}/api/orders")
   [[ $body == ok ]] || die "$p: the allowed request did not reach the upstream: $body"
   denied=$(curl -s -w ' %{http_code}' "http://127.0.0.1:${AUTH_PORT[$p]}/api/orders")
-  [[ $denied == "missing api key"*" 401" ]] || die "$p: expected celgate's 401, got: $denied"
+  if [[ $p == kyverno ]]; then
+    # auth_request answers celgate's 401 with nginx's own page.
+    [[ $denied == *" 401" ]] || die "$p: expected celgate's 401, got: $denied"
+  else
+    [[ $denied == "missing api key"*" 401" ]] || die "$p: expected celgate's 401, got: $denied"
+  fi
 done
 
 rps() { # URL SECONDS: req/s of an h2load run; dies on any failed or non-2xx request

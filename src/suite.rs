@@ -85,6 +85,34 @@ pub struct HttpSuiteOptions {
     pub input_expression: Option<String>,
     #[serde(default)]
     pub output_expression: Option<String>,
+    /// The input expression read from this file (relative to the suite),
+    /// as `--input-expression "$(cat FILE)"` gives it.
+    #[serde(default)]
+    pub input_expression_file: Option<PathBuf>,
+    /// The output expression read from this file.
+    #[serde(default)]
+    pub output_expression_file: Option<PathBuf>,
+}
+
+impl HttpSuiteOptions {
+    /// The expression given inline or in its file (never both).
+    fn expression(
+        dir: &Path,
+        what: &str,
+        inline: &Option<String>,
+        file: &Option<PathBuf>,
+    ) -> Result<Option<String>, String> {
+        match (inline, file) {
+            (Some(_), Some(_)) => Err(format!(
+                "http: {what}Expression and {what}ExpressionFile are both given"
+            )),
+            (Some(e), None) => Ok(Some(e.clone())),
+            (None, Some(f)) => std::fs::read_to_string(dir.join(f))
+                .map(Some)
+                .map_err(|e| format!("http: {what}ExpressionFile {}: {e}", f.display())),
+            (None, None) => Ok(None),
+        }
+    }
 }
 
 /// A request to the HTTP authorization server (a case of HTTP-mode
@@ -484,8 +512,20 @@ fn for_each_case(
         Some(
             crate::httpmode::HttpMode::compile(&crate::httpmode::HttpModeOptions {
                 nested_request: doc.http.nested_request,
-                input_expression: doc.http.input_expression.clone(),
-                output_expression: doc.http.output_expression.clone(),
+                input_expression: HttpSuiteOptions::expression(
+                    dir,
+                    "input",
+                    &doc.http.input_expression,
+                    &doc.http.input_expression_file,
+                )
+                .map_err(&invalid)?,
+                output_expression: HttpSuiteOptions::expression(
+                    dir,
+                    "output",
+                    &doc.http.output_expression,
+                    &doc.http.output_expression_file,
+                )
+                .map_err(&invalid)?,
             })
             .map_err(|e| invalid(format!("http: {e}")))?,
         )
@@ -1010,6 +1050,27 @@ mod tests {
     use super::*;
     use crate::response::{CheckResponse, DeniedResponse, OkResponse, QueryParam};
     use serde_json::json;
+
+    #[test]
+    fn an_expression_is_given_inline_or_in_a_file_never_both() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("in.cel"), "object").unwrap();
+        let file = Some(PathBuf::from("in.cel"));
+        let inline = Some("object".to_owned());
+        let read = |i: &Option<String>, f: &Option<PathBuf>| {
+            HttpSuiteOptions::expression(dir.path(), "input", i, f)
+        };
+        assert_eq!(read(&None, &file), Ok(Some("object".to_owned())));
+        assert_eq!(read(&inline, &None), Ok(Some("object".to_owned())));
+        assert_eq!(read(&None, &None), Ok(None));
+        assert!(read(&inline, &file)
+            .unwrap_err()
+            .contains("inputExpression and inputExpressionFile are both given"));
+        let missing = Some(PathBuf::from("nope.cel"));
+        assert!(read(&None, &missing)
+            .unwrap_err()
+            .starts_with("http: inputExpressionFile nope.cel:"));
+    }
 
     fn expect(fields: serde_json::Value) -> Result<Expect, String> {
         let mut v = json!({ "allowed": true });

@@ -523,25 +523,12 @@ async fn kyverno_http_mode_at_the_root() {
 
     // The ingress-nginx tutorial's options: the original request from
     // x-original-url and x-original-method, 401 for an unauthenticated one.
+    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/kyverno-http");
+    let read = |f: &str| std::fs::read_to_string(example.join(f)).unwrap();
     let options = HttpModeOptions {
         nested_request: false,
-        input_expression: Some(
-            r#"http.CheckRequest{attributes: http.CheckRequestAttributes{
-                method: object.attributes.Header("x-original-method")[0],
-                header: object.attributes.header,
-                host: url(object.attributes.Header("x-original-url")[0]).getHostname(),
-                scheme: url(object.attributes.Header("x-original-url")[0]).getScheme(),
-                path: url(object.attributes.Header("x-original-url")[0]).getEscapedPath(),
-                query: url(object.attributes.Header("x-original-url")[0]).getQuery()}}"#
-                .into(),
-        ),
-        output_expression: Some(
-            r#"has(object.ok) ? httpserver.HttpResponse{status: 200}
-               : object.denied.reason == "Unauthorized"
-                 ? httpserver.HttpResponse{status: 401, body: bytes(object.denied.reason)}
-                 : httpserver.HttpResponse{status: 403, body: bytes(object.denied.reason)}"#
-                .into(),
-        ),
+        input_expression: Some(read("input.cel")),
+        output_expression: Some(read("output.cel")),
     };
     let s = Server::start_with(&["tests/cases/httpmode-nginx/policy.yaml"], Some(options)).await;
     let original = [

@@ -5,6 +5,7 @@
 //! test client (127.0.0.2) ──▶ Envoy (ext_authz http_service) ──/envoy/...──▶ celgate
 //!                          ──▶ nginx (auth_request)           ──/forward-auth─▶ celgate
 //!                          ──▶ Caddy (forward_auth)           ──/forward-auth─▶ celgate
+//!                          ──▶ nginx (auth_request)           ──/ (Kyverno HTTP mode)─▶ celgate
 //!                                  │
 //!                                  └──(if allowed, with the allow's headers)──▶ echo upstream
 //! ```
@@ -12,7 +13,9 @@
 //! celgate trusts 127.0.0.1 (the proxies) only; the client connects from
 //! 127.0.0.2, so its own `X-Forwarded-*` headers are those of an untrusted
 //! address and must not change any decision. The policies are
-//! tests/authz_http/policies.yaml; the proxy configs tests/e2e-http/.
+//! tests/authz_http/policies.yaml (Kyverno's HTTP mode: those of
+//! examples/kyverno-http, with its input and output expressions); the proxy
+//! configs tests/e2e-http/.
 //!
 //! Needs the binaries: Envoy as in tests/envoy_e2e.rs, nginx
 //! (`$CELGATE_NGINX` or on PATH) and Caddy (`$CELGATE_CADDY` or on PATH);
@@ -37,6 +40,8 @@ enum Proxy {
     Envoy,
     Nginx,
     Caddy,
+    /// nginx asking Kyverno's HTTP mode at celgate's root.
+    NginxKyverno,
 }
 
 struct Stack {
@@ -65,7 +70,7 @@ impl Stack {
     async fn start(kind: Proxy) -> Stack {
         let bin = match kind {
             Proxy::Envoy => locate_envoy(),
-            Proxy::Nginx => locate_nginx(),
+            Proxy::Nginx | Proxy::NginxKyverno => locate_nginx(),
             Proxy::Caddy => locate_caddy(),
         };
         let upstream = EchoUpstream::start().await;
@@ -74,10 +79,17 @@ impl Stack {
         let (admin, listen, grpc, http, authz) = (p[0], p[1], p[2], p[3], p[4]);
 
         let mut cmd = Command::new(celgate_bin());
-        cmd.arg("serve")
-            .arg("--policies")
-            .arg(repo_root().join("tests/authz_http/policies.yaml"))
-            .args(["--grpc-addr", &loopback(grpc).to_string()])
+        cmd.arg("serve").arg("--policies");
+        if kind == Proxy::NginxKyverno {
+            let example = repo_root().join("examples/kyverno-http");
+            let read = |f: &str| std::fs::read_to_string(example.join(f)).unwrap();
+            cmd.arg(example.join("policy.yaml"))
+                .args(["--input-expression", &read("input.cel")])
+                .args(["--output-expression", &read("output.cel")]);
+        } else {
+            cmd.arg(repo_root().join("tests/authz_http/policies.yaml"));
+        }
+        cmd.args(["--grpc-addr", &loopback(grpc).to_string()])
             .args(["--http-addr", &loopback(http).to_string()])
             .args(["--authz-http-addr", &loopback(authz).to_string()])
             .args(["--trusted-proxies", "127.0.0.1/32"])
@@ -88,6 +100,7 @@ impl Stack {
         let template = match kind {
             Proxy::Envoy => "envoy.yaml.tmpl",
             Proxy::Nginx => "nginx.conf.tmpl",
+            Proxy::NginxKyverno => "nginx-kyverno.conf.tmpl",
             Proxy::Caddy => "Caddyfile.tmpl",
         };
         let config = std::fs::read_to_string(repo_root().join("tests/e2e-http").join(template))
@@ -108,7 +121,7 @@ impl Stack {
                     .args(["--base-id", &envoy_base_id().to_string()])
                     .args(["--concurrency", "1", "-l", "warning"]);
             }
-            Proxy::Nginx => {
+            Proxy::Nginx | Proxy::NginxKyverno => {
                 cmd.arg("-p")
                     .arg(dir.path())
                     .arg("-c")
@@ -347,12 +360,47 @@ async fn caddy_forward_auth_end_to_end() {
     scenario(&s).await;
 }
 
+/// Kyverno's HTTP mode behind nginx, as its ingress-nginx tutorial sets it
+/// up: the example's policy, input and output expressions, nginx sending
+/// the original request in X-Original-Url and X-Original-Method.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_kyverno_http_mode_end_to_end() {
+    let s = Stack::start(Proxy::NginxKyverno).await;
+    let alice = ("x-api-key", "demo-key-alice");
+    let seen = s.allowed("GET", "/api/orders?page=2", &[alice], None).await;
+    assert_eq!(seen["path"], "/api/orders?page=2");
+    s.allowed("GET", "/hello", &[], None).await;
+    s.allowed(
+        "POST",
+        "/api/orders",
+        &[("x-api-key", "demo-key-bob")],
+        None,
+    )
+    .await;
+    // No key: the output expression's 401 (nginx answers it with its page).
+    s.denied(401, "/api/orders", &[]).await;
+    // A client's own X-Original-* never describe the request: nginx sets them.
+    s.denied(
+        401,
+        "/api/orders",
+        &[
+            ("x-original-url", "http://app.example/hello"),
+            ("x-original-method", "GET"),
+        ],
+    )
+    .await;
+    let before = s.upstream.count();
+    let r = s.send("DELETE", "/api/orders", &[alice], None).await;
+    assert_eq!(r.status, 403, "alice may not delete: {r:?}");
+    assert_eq!(s.upstream.count(), before, "a denial reached the upstream");
+}
+
 /// The shipped examples: their suites pass, and nginx and Caddy accept their
 /// configs (Envoy's is validated with every shipped Envoy config, in
 /// tests/container.rs).
 #[test]
 fn examples_suites_pass_and_proxy_configs_validate() {
-    for example in ["envoy-http", "nginx", "caddy"] {
+    for example in ["envoy-http", "nginx", "caddy", "kyverno-http"] {
         let out = Command::new(celgate_bin())
             .arg("test")
             .arg(repo_root().join("examples").join(example))
@@ -366,19 +414,24 @@ fn examples_suites_pass_and_proxy_configs_validate() {
         );
     }
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(locate_nginx())
-        .arg("-t")
-        .arg("-p")
-        .arg(dir.path())
-        .args(["-e", "stderr", "-c"])
-        .arg(repo_root().join("examples/nginx/nginx.conf"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "nginx -t examples/nginx/nginx.conf:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for conf in [
+        "examples/nginx/nginx.conf",
+        "examples/kyverno-http/nginx.conf",
+    ] {
+        let out = Command::new(locate_nginx())
+            .arg("-t")
+            .arg("-p")
+            .arg(dir.path())
+            .args(["-e", "stderr", "-c"])
+            .arg(repo_root().join(conf))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "nginx -t {conf}:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let out = Command::new(locate_caddy())
         .args(["validate", "--adapter", "caddyfile", "--config"])
         .arg(repo_root().join("examples/caddy/Caddyfile"))
