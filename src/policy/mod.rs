@@ -791,10 +791,12 @@ impl PolicySet {
     }
 }
 
+/// (kind, name) → (digest, loaded_at) of the set being replaced.
+type LoadedAt = HashMap<(&'static str, String), (u64, SystemTime)>;
+
 #[derive(Default)]
 struct Compiler {
-    /// (kind, name) → (digest, loaded_at) of the set being replaced.
-    previous: Arc<HashMap<(&'static str, String), (u64, SystemTime)>>,
+    previous: Arc<LoadedAt>,
     /// The compiled policies of the set being replaced, by name, for the
     /// documents that did not change.
     reuse: Arc<HashMap<String, Arc<Compiled>>>,
