@@ -787,3 +787,72 @@ fn identical_expressions_share_one_parse_and_one_plan() {
         assert!(json.contains(&format!("\"value\":\"{t}\"")), "{json}");
     }
 }
+
+/// An unchanged file is not read again: its policies are taken over from
+/// the set being replaced. A file written just before it was read, or whose
+/// size, times or identity changed, is read again.
+#[test]
+fn a_reload_does_not_read_the_files_that_did_not_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(format!("{name}.yaml"));
+    for (n, s) in [("a", 401), ("b", 402), ("c", 403)] {
+        std::fs::write(p(n), policy(n, s)).unwrap();
+    }
+    // Written long ago, as far as the reload can tell.
+    let old = std::time::SystemTime::now() - Duration::from_secs(60);
+    for n in ["a", "b", "c"] {
+        std::fs::File::options()
+            .write(true)
+            .open(p(n))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    // Modified "in the future": always within the racy window, so always
+    // read again (what a file written just before a reload gets).
+    let racy = |path: &Path| {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() + Duration::from_secs(60))
+            .unwrap();
+    };
+    let paths = vec![dir.path().to_path_buf()];
+    let first = PolicySet::load(&paths).unwrap();
+    let b_before = std::fs::metadata(p("b")).unwrap();
+    std::fs::write(p("a"), policy("a", 404)).unwrap();
+    racy(&p("a"));
+    let (second, _) = PolicySet::reload(&paths, Vec::new(), Some(&first));
+    let second = second.unwrap();
+    assert_eq!((second.files_read, second.reused), (1, 2), "only a is read");
+    assert_eq!(
+        evaluate(&second, &EngineConfig::default(), &request()).http_status(),
+        404
+    );
+    // b's bytes overwritten with garbage of the same length, its
+    // modification time put back: the change time, which every write moves,
+    // still tells, so it is read again and refused.
+    let garbage = "x: [".repeat(b_before.len() as usize / 4 + 1)[..b_before.len() as usize].to_owned();
+    std::fs::write(p("b"), &garbage).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(p("b"))
+        .unwrap()
+        .set_modified(b_before.modified().unwrap())
+        .unwrap();
+    let (third, _) = PolicySet::reload(&paths, Vec::new(), Some(&second));
+    assert!(third.is_err(), "a rewritten file is read again");
+    // Its policy back: read, compiled the same, reused.
+    std::fs::write(p("b"), policy("b", 402)).unwrap();
+    racy(&p("b"));
+    let (fourth, _) = PolicySet::reload(&paths, Vec::new(), Some(&second));
+    let fourth = fourth.unwrap();
+    // a (within the racy window) and b (changed) read; c taken over.
+    assert_eq!((fourth.files_read, fourth.reused), (2, 3));
+    // Within the racy window: read again every time, and still reused by
+    // content.
+    let (fifth, _) = PolicySet::reload(&paths, Vec::new(), Some(&fourth));
+    let fifth = fifth.unwrap();
+    assert_eq!((fifth.files_read, fifth.reused), (2, 3));
+}

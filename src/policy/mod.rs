@@ -578,6 +578,70 @@ pub struct PolicySet {
     /// How many policies were not compiled again: their documents were the
     /// same as in the set this one replaced, whose compiled form they share.
     pub reused: usize,
+    /// What this set knows of each policy file it was read from, so that the
+    /// next reload takes an unchanged file's policies over without reading it.
+    files: HashMap<PathBuf, FileState>,
+    /// How many policy files the load that built this set read (those it
+    /// took over unchanged are not read).
+    pub files_read: usize,
+}
+
+/// A policy file as a load read it.
+#[derive(Debug, Clone)]
+struct FileState {
+    stamp: FileStamp,
+    /// When the load started reading it.
+    read_at: SystemTime,
+    /// The ValidatingPolicies its documents compiled to, by name, when every
+    /// document of the file is one; `None`: the file is read again.
+    policies: Option<Vec<String>>,
+}
+
+/// What says a file changed: its size, times and identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: SystemTime,
+    changed_ns: i128,
+    inode: (u64, u64),
+}
+
+/// A file modified this close before it was read may have changed again
+/// within its time stamp's granularity: it is read again, whatever its
+/// stamp says.
+const RACY: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl FileStamp {
+    #[cfg(unix)]
+    fn of(path: &Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            len: m.len(),
+            modified: m.modified().ok()?,
+            changed_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+            inode: (m.dev(), m.ino()),
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn of(_: &Path) -> Option<FileStamp> {
+        None
+    }
+}
+
+impl FileState {
+    /// Whether a file now stamped `now` is this one, unchanged: the same
+    /// stamp, written well before it was read, all of it policies.
+    fn unchanged(&self, now: &FileStamp) -> bool {
+        self.policies.is_some()
+            && self.stamp == *now
+            && self
+                .stamp
+                .modified
+                .checked_add(RACY)
+                .is_some_and(|t| t <= self.read_at)
+    }
 }
 
 impl PolicySet {
@@ -590,6 +654,8 @@ impl PolicySet {
             loaded_at: SystemTime::now(),
             index: index::PolicyIndex::default(),
             reused: 0,
+            files: HashMap::new(),
+            files_read: 0,
         }
     }
 
@@ -616,18 +682,80 @@ impl PolicySet {
             Ok(f) => f,
             Err(e) => return (Err(LoadErrors(vec![e])), Vec::new()),
         };
+        enum Read<'p> {
+            Docs(Vec<load::Document>, Option<FileState>),
+            /// Unchanged since `previous`: its policies are taken over.
+            Unchanged(FileState, Vec<&'p Policy>),
+            Failed(LoadError),
+        }
+        let read = par_map(&files, 32, |f| {
+            let read_at = SystemTime::now();
+            let stamp = FileStamp::of(f);
+            if let (Some(prev), Some(now), Some(set)) = (
+                previous.and_then(|p| p.files.get(f)),
+                &stamp,
+                previous,
+            ) {
+                if prev.unchanged(now) {
+                    let taken: Option<Vec<&Policy>> = prev
+                        .policies
+                        .iter()
+                        .flatten()
+                        .map(|n| {
+                            set.get(n)
+                                .or_else(|| set.get_http(n))
+                                .filter(|p| &p.location.path == f)
+                        })
+                        .collect();
+                    if let Some(taken) = taken {
+                        return Read::Unchanged(prev.clone(), taken);
+                    }
+                }
+            }
+            match load::read_documents(f) {
+                Ok(d) => {
+                    let state = stamp.map(|stamp| FileState {
+                        stamp,
+                        read_at,
+                        policies: None,
+                    });
+                    Read::Docs(d, state)
+                }
+                Err(e) => Read::Failed(e),
+            }
+        });
         let mut docs = Vec::new();
         let mut errors = Vec::new();
-        for r in par_map(&files, 32, |f| load::read_documents(f)) {
+        let mut taken = Vec::new();
+        // Each file's state for the next reload, and how many documents it
+        // held (its policies are known once the set is compiled).
+        let mut states: Vec<(PathBuf, FileState, usize)> = Vec::new();
+        let mut files_read = 0;
+        for (f, r) in files.into_iter().zip(read) {
             match r {
-                Ok(d) => docs.extend(d),
-                Err(e) => errors.push(e),
+                Read::Docs(d, state) => {
+                    files_read += 1;
+                    if let Some(state) = state {
+                        states.push((f, state, d.len()));
+                    }
+                    docs.extend(d);
+                }
+                Read::Unchanged(state, policies) => {
+                    let n = policies.len();
+                    taken.extend(policies);
+                    states.push((f, state, n));
+                }
+                Read::Failed(e) => errors.push(e),
             }
         }
         docs.extend(extra);
-        let (result, warnings) = Self::compile_report(docs, previous);
+        let (result, warnings) = Self::compile_report(docs, taken, previous);
         let result = match result {
-            Ok(set) if errors.is_empty() => Ok(set),
+            Ok(mut set) if errors.is_empty() => {
+                set.note_files(states);
+                set.files_read = files_read;
+                Ok(set)
+            }
             Ok(_) => Err(LoadErrors(errors)),
             Err(LoadErrors(more)) => {
                 errors.extend(more);
@@ -637,22 +765,46 @@ impl PolicySet {
         (result, warnings)
     }
 
-    /// Compiles documents already read (from files or another source).
-    pub fn compile(docs: Vec<load::Document>) -> Result<PolicySet, LoadErrors> {
-        Self::compile_report(docs, None).0
+    /// Records what the files of `states` compiled to: a file each of whose
+    /// documents is a policy of this set can be taken over unread next time.
+    fn note_files(&mut self, states: Vec<(PathBuf, FileState, usize)>) {
+        let mut by_file: HashMap<&Path, Vec<String>> = HashMap::new();
+        for p in self.policies.iter().chain(&self.http_policies) {
+            by_file
+                .entry(p.location.path.as_path())
+                .or_default()
+                .push(p.name.clone());
+        }
+        let mut files = HashMap::with_capacity(states.len());
+        for (path, mut state, documents) in states {
+            state.policies = by_file
+                .remove(path.as_path())
+                .filter(|names| names.len() == documents);
+            files.insert(path, state);
+        }
+        self.files = files;
     }
 
+    /// Compiles documents already read (from files or another source).
+    pub fn compile(docs: Vec<load::Document>) -> Result<PolicySet, LoadErrors> {
+        Self::compile_report(docs, Vec::new(), None).0
+    }
+
+    /// `taken`: policies of `previous` whose files did not change, taken
+    /// over as they are (exceptions are attached again).
     fn compile_report(
         docs: Vec<load::Document>,
+        taken: Vec<&Policy>,
         previous: Option<&PolicySet>,
     ) -> (Result<PolicySet, LoadErrors>, Vec<Warning>) {
         // Parsing recurses over the expression: it runs on threads whose
         // stack fits an expression at the limits, whatever thread loads.
-        limits::on_load_stack(|| Self::compile_on_this_thread(docs, previous))
+        limits::on_load_stack(|| Self::compile_on_this_thread(docs, taken, previous))
     }
 
     fn compile_on_this_thread(
         docs: Vec<load::Document>,
+        taken: Vec<&Policy>,
         previous: Option<&PolicySet>,
     ) -> (Result<PolicySet, LoadErrors>, Vec<Warning>) {
         // The compiled policies of the set being replaced, for the
@@ -715,6 +867,9 @@ impl PolicySet {
                     c.document(d);
                 }
             }
+        }
+        for p in taken {
+            c.take_over(p);
         }
         c.finish()
     }
@@ -1002,6 +1157,18 @@ impl Compiler {
             loaded_at: self.loaded_at(ctx),
             metrics: crate::telemetry::metrics::policy(ctx.name),
         });
+    }
+
+    /// A policy of the set being replaced whose file did not change: taken
+    /// over unread, at its place, with when it was loaded.
+    fn take_over(&mut self, p: &Policy) {
+        let ctx = Ctx {
+            digest: p.digest,
+            location: &p.location,
+            kind: "ValidatingPolicy",
+            name: &p.name,
+        };
+        self.reuse_policy(&ctx, p.compiled.clone());
     }
 
     fn policy(&mut self, ctx: &Ctx<'_>, spec: PolicySpec, content: [u8; 32]) {
@@ -1710,6 +1877,8 @@ impl Compiler {
             loaded_at: SystemTime::now(),
             index,
             reused: self.reused,
+            files: HashMap::new(),
+            files_read: 0,
         };
         (Ok(set), warnings)
     }

@@ -347,8 +347,12 @@ pub fn rebuild_if(
             for w in &new_warnings {
                 tracing::warn!("{w}");
             }
-            let (policies, exceptions, reused) =
-                (set.policies.len(), set.exceptions.len(), set.reused);
+            let (policies, exceptions, reused, files_read) = (
+                set.policies.len(),
+                set.exceptions.len(),
+                set.reused,
+                set.files_read,
+            );
             if sources.shadow {
                 set.detach_metrics();
             }
@@ -359,6 +363,7 @@ pub fn rebuild_if(
                 policies,
                 exceptions,
                 reused,
+                files_read,
                 elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
                 "policy set reloaded"
             );
