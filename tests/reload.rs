@@ -833,7 +833,8 @@ fn a_reload_does_not_read_the_files_that_did_not_change() {
     // b's bytes overwritten with garbage of the same length, its
     // modification time put back: the change time, which every write moves,
     // still tells, so it is read again and refused.
-    let garbage = "x: [".repeat(b_before.len() as usize / 4 + 1)[..b_before.len() as usize].to_owned();
+    let garbage =
+        "x: [".repeat(b_before.len() as usize / 4 + 1)[..b_before.len() as usize].to_owned();
     std::fs::write(p("b"), &garbage).unwrap();
     std::fs::File::options()
         .write(true)

@@ -691,11 +691,9 @@ impl PolicySet {
         let read = par_map(&files, 32, |f| {
             let read_at = SystemTime::now();
             let stamp = FileStamp::of(f);
-            if let (Some(prev), Some(now), Some(set)) = (
-                previous.and_then(|p| p.files.get(f)),
-                &stamp,
-                previous,
-            ) {
+            if let (Some(prev), Some(now), Some(set)) =
+                (previous.and_then(|p| p.files.get(f)), &stamp, previous)
+            {
                 if prev.unchanged(now) {
                     let taken: Option<Vec<&Policy>> = prev
                         .policies
