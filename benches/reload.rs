@@ -1,7 +1,9 @@
 //! Reload of a large policy set, end to end: from a file change on disk to
 //! the new set serving (watcher, quiet period, full rebuild, swap).
 //!
-//! `cargo bench --bench reload` (env: POLICIES=1000, ROUNDS=15, QUIET_MS=50)
+//! `cargo bench --bench reload` (env: POLICIES=1000, ROUNDS=15, QUIET_MS=50).
+//! Also the reload of one changed file in process, without the watcher's
+//! quiet and settle periods.
 
 use celgate::engine::{evaluate, EngineConfig};
 use celgate::policy::PolicySet;
@@ -56,7 +58,21 @@ fn main() {
         loads.push(t.elapsed());
         assert_eq!(set.policies.len(), n);
     }
-    let set = PolicySet::load(&paths).unwrap();
+    // One file changed, reloaded in process against the set it replaces
+    // (no watcher, no quiet or settle period): the work a reload does.
+    let mut set = PolicySet::load(&paths).unwrap();
+    let mut one = Vec::new();
+    for r in 0..5u32 {
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(dir.path().join("p00001.yaml"), policy(1, 402 + r % 2)).unwrap();
+        let t = Instant::now();
+        let next = PolicySet::reload(&paths, Vec::new(), Some(&set))
+            .0
+            .expect("reloads");
+        one.push(t.elapsed());
+        assert_eq!(next.policies.len(), n);
+        set = next;
+    }
     let state = State::new(set, EngineConfig::default());
     let _w = celgate::sources::files::watch(
         state.clone(),
@@ -92,6 +108,7 @@ fn main() {
         (v[v.len() / 2], v[v.len() * 9 / 10], v[v.len() - 1])
     };
     let (lm, _, lmax) = stats(&mut loads);
+    let (om, _, omax) = stats(&mut one);
     let (m, p90, max) = stats(&mut e2e);
     println!("policies: {n}, quiet period: {} ms", quiet.as_millis());
     println!(
@@ -99,6 +116,12 @@ fn main() {
         lm.as_secs_f64() * 1e3,
         lmax.as_secs_f64() * 1e3,
         loads.len()
+    );
+    println!(
+        "reload of one changed file, in process: median {:.1} ms, max {:.1} ms ({} runs)",
+        om.as_secs_f64() * 1e3,
+        omax.as_secs_f64() * 1e3,
+        one.len()
     );
     println!(
         "file change -> new set serving: median {:.1} ms, p90 {:.1} ms, max {:.1} ms ({rounds} rounds)",

@@ -850,3 +850,102 @@ async fn http_authorization_spans_name_their_protocol() {
     assert_eq!(attr(&span, "url.path").as_deref(), Some("/api/orders"));
     assert_eq!(attr(&span, "decision").as_deref(), Some("deny"));
 }
+
+/// Kyverno's HTTP mode is observed as every other protocol: its decisions
+/// have the decision span (joined to the request's trace, naming the
+/// protocol), a decision log line (the request as received, without its
+/// credentials) and their protocol's count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kyverno_http_mode_decisions_are_traced_logged_and_counted() {
+    let (collector, otlp) = Collector::start().await;
+    let authz = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("decisions.jsonl");
+    let log_arg = log.display().to_string();
+    let example = repo("examples/kyverno-http");
+    let read = |f: &str| std::fs::read_to_string(example.join(f)).unwrap();
+    let (input, output) = (read("input.cel"), read("output.cel"));
+    let policy = example.join("policy.yaml");
+    let server = tokio::task::spawn_blocking(move || {
+        Server::start_with(
+            &policy,
+            &[
+                "--authz-http-addr",
+                &format!("127.0.0.1:{authz}"),
+                "--input-expression",
+                &input,
+                "--output-expression",
+                &output,
+                "--decision-log",
+                &log_arg,
+            ],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}")),
+                ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4737";
+    let original = [
+        ("x-original-method", "GET"),
+        ("x-original-url", "http://app.example/api/orders"),
+    ];
+    let mut allowed = original.to_vec();
+    allowed.push(("x-api-key", "demo-key-alice"));
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    allowed.push(("traceparent", &traceparent));
+    let r = common::http_get(loopback(authz), "/check", &allowed)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.text());
+    let r = common::http_get(loopback(authz), "/check", &original)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401, "{:?}", r.text());
+    let metrics = common::http_get(loopback(server.http), "/metrics", &[])
+        .await
+        .unwrap()
+        .text();
+    for (decision, n) in [("allow", 1.0), ("deny", 1.0)] {
+        let series = format!(
+            "celgate_authz_requests_total{{protocol=\"kyverno_http\",decision=\"{decision}\"}}"
+        );
+        assert_eq!(metric(&metrics, &series), Some(n), "{series}");
+    }
+    tokio::task::spawn_blocking(move || server.stop())
+        .await
+        .unwrap();
+    let span = collector.first_span(Duration::from_secs(10)).await;
+    assert_eq!(hex(&span.trace_id), trace_id, "joined the request's trace");
+    assert_eq!(
+        attr(&span, "celgate.protocol").as_deref(),
+        Some("kyverno_http")
+    );
+    assert_eq!(attr(&span, "decision").as_deref(), Some("allow"));
+    assert_eq!(attr(&span, "celgate.policy").as_deref(), Some("api-keys"));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(
+        (
+            &lines[0]["decision"],
+            &lines[0]["status"],
+            &lines[0]["policy"]
+        ),
+        (&"allow".into(), &200.into(), &"api-keys".into())
+    );
+    assert_eq!(
+        (
+            &lines[1]["decision"],
+            &lines[1]["status"],
+            &lines[1]["path"]
+        ),
+        (&"deny".into(), &401.into(), &"/check".into())
+    );
+    assert!(!text.contains("demo-key-alice"), "{text}");
+}

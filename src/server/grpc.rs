@@ -246,7 +246,7 @@ impl ShadowHandOver {
 
 /// The span of one `Check`, read or not: its attributes are filled in once
 /// the decision is made ([`record_span`]).
-fn check_span() -> tracing::Span {
+pub(super) fn check_span() -> tracing::Span {
     tracing::info_span!(
         target: DECISION_TARGET,
         "ext_authz check",
@@ -269,7 +269,7 @@ fn check_span() -> tracing::Span {
 /// `tracestate`): first the gRPC metadata, where a tracing Envoy puts the
 /// context of its ext_authz client span, then the checked request's headers
 /// (the client's own context, when Envoy does not trace).
-fn join_callers_trace(
+pub(super) fn join_callers_trace(
     span: &tracing::Span,
     metadata: Option<&tonic::metadata::MetadataMap>,
     request: &CheckRequest,
@@ -335,7 +335,7 @@ impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
 
 /// The decision's attributes. Never a header value, a token or an error
 /// message (which may quote request data): the failing field only.
-fn record_span(
+pub(super) fn record_span(
     span: &tracing::Span,
     request: &CheckRequest,
     d: &Decision,

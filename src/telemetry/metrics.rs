@@ -209,16 +209,24 @@ pub enum Protocol {
     Grpc,
     EnvoyHttp,
     ForwardAuth,
+    /// Kyverno's HTTP authorization protocol (HTTP-mode policies).
+    KyvernoHttp,
 }
 
 impl Protocol {
-    pub const ALL: [Protocol; 3] = [Protocol::Grpc, Protocol::EnvoyHttp, Protocol::ForwardAuth];
+    pub const ALL: [Protocol; 4] = [
+        Protocol::Grpc,
+        Protocol::EnvoyHttp,
+        Protocol::ForwardAuth,
+        Protocol::KyvernoHttp,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Grpc => "grpc",
             Protocol::EnvoyHttp => "envoy_http",
             Protocol::ForwardAuth => "forward_auth",
+            Protocol::KyvernoHttp => "kyverno_http",
         }
     }
 }
@@ -228,7 +236,7 @@ impl Protocol {
 pub struct Metrics {
     enabled: AtomicBool,
     /// Answers by protocol, allowed then denied.
-    answers: [[AtomicU64; 2]; 3],
+    answers: [[AtomicU64; 2]; 4],
     policies: RwLock<BTreeMap<String, Arc<PolicyMetrics>>>,
     /// Each by [`Mode`].
     default_allow: [AtomicU64; 2],
@@ -644,7 +652,7 @@ impl Metrics {
                 );
             }
         }
-        out.push_str("# HELP celgate_authz_requests_total Requests answered, by the protocol they came over (grpc: Envoy's gRPC ext_authz; envoy_http: Envoy's HTTP authorization service; forward_auth: nginx auth_request, Caddy forward_auth, Traefik ForwardAuth) and answer (refusals before evaluation count as deny).\n");
+        out.push_str("# HELP celgate_authz_requests_total Requests answered, by the protocol they came over (grpc: Envoy's gRPC ext_authz; envoy_http: Envoy's HTTP authorization service; forward_auth: nginx auth_request, Caddy forward_auth, Traefik ForwardAuth; kyverno_http: Kyverno's HTTP authorization protocol, HTTP-mode policies) and answer (refusals before evaluation count as deny).\n");
         out.push_str("# TYPE celgate_authz_requests_total counter\n");
         for p in Protocol::ALL {
             let (allowed, denied) = self.answers(p);
