@@ -53,6 +53,17 @@ fn load_policies(
     allow_empty: bool,
     side: &str,
 ) -> Result<PolicySet, ExitCode> {
+    load_policies_for(policies, allow_empty, side, false)
+}
+
+/// As [`load_policies`]; `http`: the set must hold HTTP-mode policies
+/// rather than Envoy-mode ones.
+fn load_policies_for(
+    policies: &[PathBuf],
+    allow_empty: bool,
+    side: &str,
+    http: bool,
+) -> Result<PolicySet, ExitCode> {
     let set = match PolicySet::load(policies) {
         Ok(set) => set,
         Err(e) => {
@@ -61,8 +72,16 @@ fn load_policies(
         }
     };
     // As `serve`: a set that would allow everything is refused unless asked for.
-    if set.policies.is_empty() {
-        let what = celgate::policy::no_envoy_policy(policies);
+    let none = if http {
+        set.http_policies.is_empty()
+    } else {
+        set.policies.is_empty()
+    };
+    if none {
+        let mut what = celgate::policy::no_envoy_policy(policies);
+        if http {
+            what = what.replacen("Envoy-mode", "HTTP-mode", 1);
+        }
         if !allow_empty {
             say!(
                 "celgate: {side}{what}; refused, as `serve` refuses to start with none \
@@ -75,33 +94,69 @@ fn load_policies(
     Ok(set)
 }
 
+/// What `celgate check` decides: an Envoy `CheckRequest` (JSON), or an HTTP
+/// request for the HTTP-mode policies with the HTTP server's options.
+pub enum CheckInput<'a> {
+    Envoy(&'a Path),
+    Http(&'a Path, celgate::httpmode::HttpModeOptions),
+}
+
+/// The bytes of `request` (`-`: standard input), or the exit status after
+/// saying why they cannot be read.
+fn read_input(request: &Path) -> Result<Vec<u8>, ExitCode> {
+    if request == Path::new("-") {
+        let mut s = Vec::new();
+        if let Err(e) = std::io::stdin().read_to_end(&mut s) {
+            say!("celgate: reading the request from standard input: {e}");
+            return Err(ExitCode::from(USAGE));
+        }
+        Ok(s)
+    } else {
+        std::fs::read(request).map_err(|e| {
+            say!("celgate: {}: {e}", request.display());
+            ExitCode::from(USAGE)
+        })
+    }
+}
+
+/// The exit status of a decision: 0 allowed, 3 denied, 4 denied on an error.
+fn decision_status(allowed: bool, error: bool) -> ExitCode {
+    if allowed {
+        ExitCode::SUCCESS
+    } else if error {
+        ExitCode::from(DENIED_BY_ERROR)
+    } else {
+        ExitCode::from(DENIED)
+    }
+}
+
 /// `celgate check`.
 pub fn check(
     policies: &[PathBuf],
     allow_empty: bool,
-    request: &Path,
+    input: CheckInput<'_>,
     explain: bool,
     config: EngineConfig,
 ) -> anyhow::Result<ExitCode> {
+    let request = match input {
+        CheckInput::Envoy(r) => r,
+        CheckInput::Http(r, options) => {
+            return check_http(policies, allow_empty, r, &options, explain, config)
+        }
+    };
     let set = match load_policies(policies, allow_empty, "") {
         Ok(set) => set,
         Err(code) => return Ok(code),
     };
-    let text = if request == Path::new("-") {
-        let mut s = String::new();
-        if let Err(e) = std::io::stdin().read_to_string(&mut s) {
-            say!("celgate: reading the request from standard input: {e}");
-            return Ok(ExitCode::from(USAGE));
-        }
-        s
-    } else {
-        match std::fs::read_to_string(request) {
+    let text = match read_input(request) {
+        Ok(b) => match String::from_utf8(b) {
             Ok(s) => s,
-            Err(e) => {
-                say!("celgate: {}: {e}", request.display());
+            Err(_) => {
+                say!("celgate: {}: not UTF-8", request.display());
                 return Ok(ExitCode::from(USAGE));
             }
-        }
+        },
+        Err(code) => return Ok(code),
     };
     let req = match request_json::parse(&text) {
         Ok(r) => r,
@@ -116,13 +171,95 @@ pub fn check(
     if explain {
         say!("{}", explain::render(&set, &d, &traces).trim_end());
     }
-    Ok(if d.allowed() {
-        ExitCode::SUCCESS
-    } else if d.error.is_some() {
-        ExitCode::from(DENIED_BY_ERROR)
-    } else {
-        ExitCode::from(DENIED)
-    })
+    Ok(decision_status(d.allowed(), d.error.is_some()))
+}
+
+/// `celgate check --http-request`: the HTTP-mode policies' answer to an
+/// HTTP request, printed as HTTP (status line, headers, body).
+fn check_http(
+    policies: &[PathBuf],
+    allow_empty: bool,
+    request: &Path,
+    options: &celgate::httpmode::HttpModeOptions,
+    explain: bool,
+    config: EngineConfig,
+) -> anyhow::Result<ExitCode> {
+    let mode = match celgate::httpmode::HttpMode::compile(options) {
+        Ok(m) => m,
+        Err(e) => {
+            say!("celgate: {e}");
+            return Ok(ExitCode::from(USAGE));
+        }
+    };
+    let set = match load_policies_for(policies, allow_empty, "", true) {
+        Ok(set) => set,
+        Err(code) => return Ok(code),
+    };
+    let bytes = match read_input(request) {
+        Ok(b) => b,
+        Err(code) => return Ok(code),
+    };
+    let wire = crlf_head(&bytes);
+    let (parts, body) = match celgate::httpmode::nested_request(&wire) {
+        Ok(r) => r,
+        Err(e) => {
+            say!(
+                "celgate: {}: not an HTTP/1.1 request: {e}",
+                request.display()
+            );
+            return Ok(ExitCode::from(USAGE));
+        }
+    };
+    let a = celgate::httpmode::answer_detailed(&set, &config, &mode, &parts, body, explain);
+    let r = &a.response;
+    let mut out = format!(
+        "HTTP/1.1 {} {}\n",
+        r.status().as_u16(),
+        r.status().canonical_reason().unwrap_or("")
+    );
+    for (name, value) in r.headers() {
+        out.push_str(&format!(
+            "{name}: {}\n",
+            String::from_utf8_lossy(value.as_bytes())
+        ));
+    }
+    out.push('\n');
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(r.body());
+    if !r.body().is_empty() && !r.body().ends_with(b"\n") {
+        bytes.push(b'\n');
+    }
+    print(&bytes)?;
+    if explain {
+        let d = a.decision.as_decision(i32::from(r.status().as_u16()));
+        say!("{}", explain::render(&set, &d, &a.trace).trim_end());
+    }
+    Ok(decision_status(
+        a.decision.allowed(),
+        a.decision.error.is_some(),
+    ))
+}
+
+/// A request written with LF line ends, as HTTP's CRLF: the head only (the
+/// body is kept as it is). A request already in CRLF is unchanged.
+fn crlf_head(bytes: &[u8]) -> Vec<u8> {
+    if bytes.windows(4).any(|w| w == b"\r\n\r\n") {
+        return bytes.to_vec();
+    }
+    let (head, body) = match bytes.windows(2).position(|w| w == b"\n\n") {
+        Some(i) => (&bytes[..i], &bytes[i + 2..]),
+        None => (bytes.strip_suffix(b"\n").unwrap_or(bytes), &b""[..]),
+    };
+    let mut out = Vec::with_capacity(bytes.len() + 64);
+    for (i, line) in head.split(|b| *b == b'\n').enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
+    }
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(body);
+    out
 }
 
 /// What `celgate diff` compares and how it reports.

@@ -663,6 +663,32 @@ impl HttpDecision {
         self.failure.is_none() && self.response.is_allowed()
     }
 
+    /// This decision in the terms of an Envoy-mode one, for what reads
+    /// those (spans, the decision log, `--explain`): allowed, or denied
+    /// with the `status` the client got.
+    pub fn as_decision(&self, status: i32) -> Decision {
+        let outcome = if self.allowed() {
+            Outcome::Ok(crate::response::OkResponse::default())
+        } else {
+            Outcome::Denied(crate::response::DeniedResponse {
+                status,
+                ..Default::default()
+            })
+        };
+        Decision {
+            response: CheckResponse {
+                outcome,
+                message: String::new(),
+                metadata: None,
+            },
+            policy: self.policy.clone(),
+            validation: self.validation,
+            error: self.error.clone(),
+            evaluated: self.evaluated,
+            audit: self.audit.clone(),
+        }
+    }
+
     /// The failure denial for `reason`, for a request the server could not
     /// decide; `error` is celgate's own description, for the logs only.
     pub fn failed(reason: FailureReason, policy: Option<&str>, error: EvalError) -> Self {

@@ -81,9 +81,13 @@ enum Command {
             lowerCamelCase and the original proto field names are accepted, e.g.\n\n  \
             {\"attributes\": {\"request\": {\"http\": {\"method\": \"GET\", \"path\": \"/admin\", \
             \"headers\": {\"x-api-key\": \"demo-key-alice\"}}}}}\n\n\
+            With --http-request instead, an HTTP request is decided by the HTTP-mode policies \
+            (spec.evaluation.mode: HTTP), as the authorization listener decides it with the same \
+            --nested-request, --input-expression and --output-expression, and the answer is \
+            printed as HTTP.\n\n\
             Exit status: 0 allowed, 3 denied by a policy, 4 denied because a failurePolicy: Fail \
-            policy could not be evaluated, 1 when the policies do not load or hold no Envoy-mode \
-            policy (see --allow-empty), 2 when the request cannot be read."
+            policy could not be evaluated, 1 when the policies do not load or hold no policy of \
+            the mode asked (see --allow-empty), 2 when the request cannot be read."
     )]
     Check(CheckArgs),
     /// Parse and compile policies; report every problem with file, line, policy and field.
@@ -249,8 +253,21 @@ struct CheckArgs {
     #[command(flatten)]
     policies: PolicyArgs,
     /// The CheckRequest as JSON: a file, or `-` for standard input.
+    #[arg(
+        long,
+        value_name = "FILE|-",
+        required_unless_present = "http_request",
+        conflicts_with = "http_request"
+    )]
+    request: Option<PathBuf>,
+    /// Instead of --request, a request for the HTTP-mode policies, as the
+    /// authorization listener receives it: an HTTP/1.1 request as written
+    /// on the wire (request line, headers, a blank line, the body; lines may
+    /// end in LF), a file or `-`. The answer is printed as HTTP.
     #[arg(long, value_name = "FILE|-")]
-    request: PathBuf,
+    http_request: Option<PathBuf>,
+    #[command(flatten)]
+    http_mode: HttpModeArgs,
     /// Also explain the decision on standard error: policies skipped by
     /// matchConditions, each validation's result, the variables that were
     /// evaluated and their values, and which policy decided.
@@ -472,6 +489,39 @@ enum ReportFormat {
     Json,
 }
 
+/// How Kyverno's HTTP mode reads a request and writes its answer.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Kyverno HTTP mode")]
+struct HttpModeArgs {
+    /// HTTP-mode requests carry the request to authorize in their body, as
+    /// an HTTP/1.x request (method line, headers, body), as the Kyverno
+    /// Authz Server's --nested-request.
+    #[arg(long, env = "CELGATE_NESTED_REQUEST")]
+    nested_request: bool,
+    /// CEL turning the http.CheckRequest an HTTP-mode request gives
+    /// (`object`) into the one the policies decide (for example from
+    /// ingress-nginx's x-original-url and x-original-method headers), as the
+    /// Kyverno Authz Server's --input-expression. Checked at startup.
+    #[arg(long, env = "CELGATE_INPUT_EXPRESSION", value_name = "CEL")]
+    input_expression: Option<String>,
+    /// CEL turning the HTTP-mode policies' answer (an http.CheckResponse,
+    /// `object`) into the httpserver.HttpResponse sent back, as the Kyverno
+    /// Authz Server's --output-expression. Default: 200 with an empty body
+    /// to allow, 403 with the reason as text to deny. Checked at startup.
+    #[arg(long, env = "CELGATE_OUTPUT_EXPRESSION", value_name = "CEL")]
+    output_expression: Option<String>,
+}
+
+impl HttpModeArgs {
+    fn options(&self) -> celgate::httpmode::HttpModeOptions {
+        celgate::httpmode::HttpModeOptions {
+            nested_request: self.nested_request,
+            input_expression: self.input_expression.clone(),
+            output_expression: self.output_expression.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("any_tls").args(["tls_cert", "http_tls_cert"]).multiple(true)))]
 struct ServeArgs {
@@ -509,23 +559,8 @@ struct ServeArgs {
         default_value = "127.0.0.0/8,::1/128"
     )]
     trusted_proxies: Vec<String>,
-    /// HTTP-mode requests to --authz-http-addr carry the request to
-    /// authorize in their body, as an HTTP/1.x request (method line,
-    /// headers, body), as the Kyverno Authz Server's --nested-request.
-    #[arg(long, env = "CELGATE_NESTED_REQUEST")]
-    nested_request: bool,
-    /// CEL turning the http.CheckRequest an HTTP-mode request gives
-    /// (`object`) into the one the policies decide (for example from
-    /// ingress-nginx's x-original-url and x-original-method headers), as the
-    /// Kyverno Authz Server's --input-expression. Checked at startup.
-    #[arg(long, env = "CELGATE_INPUT_EXPRESSION", value_name = "CEL")]
-    input_expression: Option<String>,
-    /// CEL turning the HTTP-mode policies' answer (an http.CheckResponse,
-    /// `object`) into the httpserver.HttpResponse sent back, as the Kyverno
-    /// Authz Server's --output-expression. Default: 200 with an empty body
-    /// to allow, 403 with the reason as text to deny. Checked at startup.
-    #[arg(long, env = "CELGATE_OUTPUT_EXPRESSION", value_name = "CEL")]
-    output_expression: Option<String>,
+    #[command(flatten)]
+    http_mode: HttpModeArgs,
     /// Serve gRPC over TLS with this certificate chain (PEM, leaf first).
     /// Needs --tls-key. The HTTP listener has its own flags
     /// (--http-tls-cert). The files are watched: a changed certificate, key
@@ -989,10 +1024,15 @@ fn main() -> ExitCode {
         }
         Command::Check(args) => {
             args.policies.limits.apply();
+            let input = match (&args.request, &args.http_request) {
+                (Some(r), _) => commands::CheckInput::Envoy(r),
+                (None, Some(r)) => commands::CheckInput::Http(r, args.http_mode.options()),
+                (None, None) => unreachable!("clap requires one of --request, --http-request"),
+            };
             commands::check(
                 &args.policies.policies,
                 args.policies.allow_empty,
-                &args.request,
+                input,
                 args.explain,
                 args.failure.config(),
             )
@@ -1081,11 +1121,7 @@ fn serve(args: ServeArgs, tracing_on: bool) -> anyhow::Result<()> {
         .cloned()
         .collect();
     args.policies.limits.apply();
-    let http_mode = celgate::httpmode::HttpMode::compile(&celgate::httpmode::HttpModeOptions {
-        nested_request: args.nested_request,
-        input_expression: args.input_expression.clone(),
-        output_expression: args.output_expression.clone(),
-    })?;
+    let http_mode = celgate::httpmode::HttpMode::compile(&args.http_mode.options())?;
     let trusted_proxies = celgate::server::authz_http::TrustedProxies::parse(&args.trusted_proxies)
         .context("--trusted-proxies")?;
     // Before the policies load: their literal http URLs are checked then.

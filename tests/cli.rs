@@ -79,6 +79,78 @@ fn check_allowed_prints_the_response_and_exits_0() {
     insta::assert_snapshot!(o.stdout);
 }
 
+/// `check --http-request`: an HTTP request (LF line ends accepted) for the
+/// HTTP-mode policies, with the HTTP server's options; the answer printed
+/// as HTTP, the exit status as for --request.
+#[test]
+fn check_decides_an_http_request_for_the_http_mode_policies() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/kyverno-http");
+    let read = |f: &str| std::fs::read_to_string(example.join(f)).unwrap();
+    let (input, output) = (read("input.cel"), read("output.cel"));
+    let args = |explain: bool| {
+        let mut a = vec![
+            "check",
+            "--policies",
+            "examples/kyverno-http/policy.yaml",
+            "--http-request",
+            "-",
+            "--input-expression",
+            input.as_str(),
+            "--output-expression",
+            output.as_str(),
+        ];
+        if explain {
+            a.push("--explain");
+        }
+        a
+    };
+    let alice = "GET / HTTP/1.1\nHost: celgate\nX-Original-Method: GET\n\
+                 X-Original-Url: http://app.example/api/orders\nX-Api-Key: demo-key-alice\n\n";
+    let o = celgate(&args(false), Some(alice));
+    assert_eq!(
+        (o.code, o.stdout.as_str()),
+        (0, "HTTP/1.1 200 OK\n\n"),
+        "{}",
+        o.stderr
+    );
+    let nobody = "GET / HTTP/1.1\r\nHost: celgate\r\nX-Original-Method: GET\r\n\
+                  X-Original-Url: http://app.example/api/orders\r\n\r\n";
+    let o = celgate(&args(true), Some(nobody));
+    assert_eq!(o.code, 3, "{}", o.stderr);
+    assert!(
+        o.stdout.starts_with("HTTP/1.1 401 Unauthorized\n"),
+        "{}",
+        o.stdout
+    );
+    assert!(o.stdout.ends_with("\n\nUnauthorized\n"), "{}", o.stdout);
+    assert!(
+        o.stderr.contains("api-keys"),
+        "--explain names the policy: {}",
+        o.stderr
+    );
+    // Without the original request the input expression fails: exit 4.
+    let o = celgate(&args(false), Some("GET / HTTP/1.1\nHost: celgate\n\n"));
+    assert_eq!(o.code, 4, "{} {}", o.stdout, o.stderr);
+    // Not a request; and the Envoy-mode policies alone, which decide nothing here.
+    let o = celgate(&args(false), Some("hello"));
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    let o = celgate(
+        &["check", "--policies", "policies", "--http-request", "-"],
+        Some("GET / HTTP/1.1\nHost: a\n\n"),
+    );
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("no HTTP-mode ValidatingPolicy"),
+        "{}",
+        o.stderr
+    );
+    // One of --request and --http-request, never both.
+    let o = celgate(&["check", "--policies", "policies"], None);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    let o = celgate(&["check", "--request", "-", "--http-request", "-"], None);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+}
+
 #[test]
 fn check_denied_exits_3_and_explains() {
     let o = celgate(

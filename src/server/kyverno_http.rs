@@ -15,9 +15,8 @@
 use super::authz_http::read_body;
 use super::grpc::{check_span, join_callers_trace, record_span};
 use super::{limits, State};
-use crate::engine::{Decision, FailureReason};
+use crate::engine::{Decision, EvalError, FailureReason, HttpDecision};
 use crate::httpmode::{self, HttpMode};
-use crate::response::{CheckResponse, DeniedResponse, OkResponse, Outcome};
 use crate::telemetry::metrics::{self, DecidedBy, Mode, Protocol};
 use axum::body::Body;
 use axum::extract::{Request, State as AxState};
@@ -70,14 +69,12 @@ async fn answer(
                     .ok()
                     .and_then(|s| http::StatusCode::from_u16(s).ok())
                     .unwrap_or(http::StatusCode::BAD_REQUEST);
-                let d = as_decision(
-                    &crate::engine::HttpDecision::failed(
-                        FailureReason::Unreadable,
-                        None,
-                        crate::engine::EvalError::server(format!("request refused: {why}")),
-                    ),
-                    status,
-                );
+                let d = HttpDecision::failed(
+                    FailureReason::Unreadable,
+                    None,
+                    EvalError::server(format!("request refused: {why}")),
+                )
+                .as_decision(status);
                 record(&state, &span, &seen, &d, &[], started);
                 tracing::warn!(
                     kind = why.kind(),
@@ -97,7 +94,7 @@ async fn answer(
         match decided {
             Ok(a) => {
                 let status = i32::from(a.response.status().as_u16());
-                let d = as_decision(&a.decision, status);
+                let d = a.decision.as_decision(status);
                 record(&state, &span, &seen, &d, &a.trace, started);
                 into_axum(a.response)
             }
@@ -111,14 +108,9 @@ async fn answer(
                     started,
                 );
                 let r = httpmode::refusal(&state.config, reason);
-                let d = as_decision(
-                    &crate::engine::HttpDecision::failed(
-                        reason,
-                        None,
-                        crate::engine::EvalError::server(format!("{reason:?}")),
-                    ),
-                    i32::from(r.status().as_u16()),
-                );
+                let d =
+                    HttpDecision::failed(reason, None, EvalError::server(format!("{reason:?}")))
+                        .as_decision(i32::from(r.status().as_u16()));
                 record(&state, &span, &seen, &d, &[], started);
                 into_axum(r)
             }
@@ -160,31 +152,6 @@ fn record(
     let m = metrics::global();
     if m.enabled() {
         m.answered(Protocol::KyvernoHttp, d.allowed());
-    }
-}
-
-/// An HTTP-mode decision as the span and the decision log read a decision:
-/// allowed, or denied with the `status` the client got.
-fn as_decision(h: &crate::engine::HttpDecision, status: i32) -> Decision {
-    let outcome = if h.allowed() {
-        Outcome::Ok(OkResponse::default())
-    } else {
-        Outcome::Denied(DeniedResponse {
-            status,
-            ..Default::default()
-        })
-    };
-    Decision {
-        response: CheckResponse {
-            outcome,
-            message: String::new(),
-            metadata: None,
-        },
-        policy: h.policy.clone(),
-        validation: h.validation,
-        error: h.error.clone(),
-        evaluated: h.evaluated,
-        audit: h.audit.clone(),
     }
 }
 
