@@ -634,40 +634,7 @@ pub fn compare_http(e: &Expect, a: &crate::httpmode::HttpAnswer) -> Vec<String> 
         }
         check("headers", format!("{h:?}"), format!("{got:?}"));
     }
-    if let Some(p) = &e.policy {
-        let want = match p {
-            serde_json::Value::Null => String::new(),
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        check(
-            "policy",
-            format!("{want:?}"),
-            format!("{:?}", d.policy.clone().unwrap_or_default()),
-        );
-    }
-    if let Some(err) = e.error {
-        check("error", err.to_string(), d.error.is_some().to_string());
-    }
-    if let Some(want) = &e.audit {
-        let got: Vec<&str> = d.audit.iter().map(|a| a.policy.as_str()).collect();
-        check("audit", format!("{want:?}"), format!("{got:?}"));
-    }
-    if let Some(want) = &e.warnings {
-        let got: Vec<&str> = d
-            .audit
-            .iter()
-            .filter(|a| a.warned)
-            .map(|a| a.policy.as_str())
-            .collect();
-        check("warnings", format!("{want:?}"), format!("{got:?}"));
-    }
-    if let Some(sub) = &e.error_contains {
-        let got = d.error.as_ref().map(|e| e.detailed()).unwrap_or_default();
-        if !got.contains(sub.as_str()) {
-            f.push(format!("error: expected to contain {sub:?}, got {got:?}"));
-        }
-    }
+    compare_outcome(e, &d.policy, d.error.as_ref(), &d.audit, &mut f);
     let envoy_only = [
         ("removedHeaders", e.removed_headers.is_some()),
         ("responseHeaders", e.response_headers.is_some()),
@@ -684,6 +651,55 @@ pub fn compare_http(e: &Expect, a: &crate::httpmode::HttpAnswer) -> Vec<String> 
         }
     }
     f
+}
+
+/// The checks of `expect` both modes share: the deciding policy, the
+/// error, and the denials `validationActions` recorded.
+fn compare_outcome(
+    e: &Expect,
+    policy: &Option<String>,
+    error: Option<&crate::engine::EvalError>,
+    audit: &[crate::engine::AuditEntry],
+    f: &mut Vec<String>,
+) {
+    let mut check = |what: &str, expected: String, got: String| {
+        if expected != got {
+            f.push(format!("{what}: expected {expected}, got {got}"));
+        }
+    };
+    if let Some(p) = &e.policy {
+        let want = match p {
+            serde_json::Value::Null => String::new(),
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        check(
+            "policy",
+            format!("{want:?}"),
+            format!("{:?}", policy.clone().unwrap_or_default()),
+        );
+    }
+    if let Some(err) = e.error {
+        check("error", err.to_string(), error.is_some().to_string());
+    }
+    if let Some(want) = &e.audit {
+        let got: Vec<&str> = audit.iter().map(|a| a.policy.as_str()).collect();
+        check("audit", format!("{want:?}"), format!("{got:?}"));
+    }
+    if let Some(want) = &e.warnings {
+        let got: Vec<&str> = audit
+            .iter()
+            .filter(|a| a.warned)
+            .map(|a| a.policy.as_str())
+            .collect();
+        check("warnings", format!("{want:?}"), format!("{got:?}"));
+    }
+    if let Some(sub) = &e.error_contains {
+        let got = error.map(|e| e.detailed()).unwrap_or_default();
+        if !got.contains(sub.as_str()) {
+            f.push(format!("error: expected to contain {sub:?}, got {got:?}"));
+        }
+    }
 }
 
 /// The request of `case` (of a suite in `dir`), its token minted and set.
@@ -791,40 +807,7 @@ pub fn compare(e: &Expect, d: &Decision) -> Vec<String> {
             serde_json::Value::Object(got).to_string(),
         );
     }
-    if let Some(p) = &e.policy {
-        let want = match p {
-            serde_json::Value::Null => String::new(),
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        check(
-            "policy",
-            format!("{want:?}"),
-            format!("{:?}", d.policy.clone().unwrap_or_default()),
-        );
-    }
-    if let Some(err) = e.error {
-        check("error", err.to_string(), d.error.is_some().to_string());
-    }
-    if let Some(want) = &e.audit {
-        let got: Vec<&str> = d.audit.iter().map(|a| a.policy.as_str()).collect();
-        check("audit", format!("{want:?}"), format!("{got:?}"));
-    }
-    if let Some(want) = &e.warnings {
-        let got: Vec<&str> = d
-            .audit
-            .iter()
-            .filter(|a| a.warned)
-            .map(|a| a.policy.as_str())
-            .collect();
-        check("warnings", format!("{want:?}"), format!("{got:?}"));
-    }
-    if let Some(sub) = &e.error_contains {
-        let got = d.error.as_ref().map(|e| e.detailed()).unwrap_or_default();
-        if !got.contains(sub.as_str()) {
-            f.push(format!("error: expected to contain {sub:?}, got {got:?}"));
-        }
-    }
+    compare_outcome(e, &d.policy, d.error.as_ref(), &d.audit, &mut f);
     f
 }
 

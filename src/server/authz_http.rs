@@ -462,6 +462,45 @@ fn source_peer(ip: Option<IpAddr>) -> Option<Peer> {
     })
 }
 
+/// The `CheckRequest` of an original request's attributes: its headers
+/// with the pseudo-headers Envoy adds (`:authority`, `:method`, `:path`,
+/// `:scheme` when known) and the body's length, as Envoy would send them.
+fn assemble(
+    method: String,
+    path: String,
+    host: String,
+    scheme: Option<String>,
+    mut headers: HashMap<String, String>,
+    raw_body: Vec<u8>,
+    source: Option<Peer>,
+) -> CheckRequest {
+    headers.insert(":authority".into(), host.clone());
+    headers.insert(":method".into(), method.clone());
+    headers.insert(":path".into(), path.clone());
+    if let Some(s) = &scheme {
+        headers.insert(":scheme".into(), s.clone());
+    }
+    if !raw_body.is_empty() {
+        headers.insert("content-length".into(), raw_body.len().to_string());
+    }
+    let http = HttpRequest {
+        id: headers.get("x-request-id").cloned().unwrap_or_default(),
+        method,
+        path,
+        host,
+        scheme: scheme.unwrap_or_default(),
+        size: if raw_body.is_empty() {
+            -1
+        } else {
+            raw_body.len() as i64
+        },
+        headers,
+        raw_body,
+        ..Default::default()
+    };
+    check_request(http, source)
+}
+
 /// The `CheckRequest` of one request's attributes.
 fn check_request(http: HttpRequest, source: Option<Peer>) -> CheckRequest {
     CheckRequest {
@@ -524,7 +563,7 @@ async fn envoy_request(
     }
     let host = request_host(&parts.headers, &parts.uri)?;
     let scheme = forwarded_scheme(trusted, &parts.headers, false)?;
-    let mut headers = header_map(&parts.headers, &["content-length"])?;
+    let headers = header_map(&parts.headers, &["content-length"])?;
     let raw_body = read_body(state, body, &parts.headers).await?;
     let source = source_peer(
         state
@@ -532,31 +571,9 @@ async fn envoy_request(
             .trusted_proxies
             .client_address(peer, &parts.headers),
     );
-    headers.insert(":authority".into(), host.clone());
-    headers.insert(":method".into(), method.clone());
-    headers.insert(":path".into(), path.clone());
-    if let Some(s) = &scheme {
-        headers.insert(":scheme".into(), s.clone());
-    }
-    if !raw_body.is_empty() {
-        headers.insert("content-length".into(), raw_body.len().to_string());
-    }
-    let http = HttpRequest {
-        id: headers.get("x-request-id").cloned().unwrap_or_default(),
-        method,
-        path,
-        host,
-        scheme: scheme.unwrap_or_default(),
-        size: if raw_body.is_empty() {
-            -1
-        } else {
-            raw_body.len() as i64
-        },
-        headers,
-        raw_body,
-        ..Default::default()
-    };
-    Ok(check_request(http, source))
+    Ok(assemble(
+        method, path, host, scheme, headers, raw_body, source,
+    ))
 }
 
 /// The value of a forwarded attribute, given by header `a` or its alias
@@ -625,31 +642,9 @@ async fn forward_request(
     let raw_body = read_body(state, body, h).await?;
     let source = source_peer(state.options.trusted_proxies.client_address(peer, h));
     headers.insert("host".into(), host.clone());
-    headers.insert(":authority".into(), host.clone());
-    headers.insert(":method".into(), method.clone());
-    headers.insert(":path".into(), path.clone());
-    if let Some(s) = &scheme {
-        headers.insert(":scheme".into(), s.clone());
-    }
-    if !raw_body.is_empty() {
-        headers.insert("content-length".into(), raw_body.len().to_string());
-    }
-    let http = HttpRequest {
-        id: headers.get("x-request-id").cloned().unwrap_or_default(),
-        method,
-        path,
-        host,
-        scheme: scheme.unwrap_or_default(),
-        size: if raw_body.is_empty() {
-            -1
-        } else {
-            raw_body.len() as i64
-        },
-        headers,
-        raw_body,
-        ..Default::default()
-    };
-    Ok(check_request(http, source))
+    Ok(assemble(
+        method, path, host, scheme, headers, raw_body, source,
+    ))
 }
 
 /// Headers that frame the HTTP answer itself: the server writes them, a
