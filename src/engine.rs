@@ -419,76 +419,23 @@ fn run_policies<'r>(
         if ctx.meter.yielded() {
             return None;
         }
-        let actions = policy.actions;
-        let entry = |status, validation, error: Option<&EvalError>, enforced| AuditEntry {
-            policy: policy.name.clone(),
-            status,
-            validation,
-            error: error.map(EvalError::summary),
-            enforced,
-            warned: actions.warn,
-        };
-        let (outcome, decided) = match result {
-            Ok(PolicyResult::Decided(response, index)) if !actions.enforced() => {
-                match &response.outcome {
-                    Outcome::Ok(_) => {
-                        set_outcome(&mut t, "allow (not enforced)");
-                        (PolicyOutcome::Allow, None)
-                    }
-                    Outcome::Denied(den) => {
-                        set_outcome(&mut t, "would deny (not enforced)");
-                        audit.push(entry(den.status, Some(index), None, false));
-                        (PolicyOutcome::AuditDeny, None)
-                    }
-                }
-            }
-            Ok(PolicyResult::Decided(response, index)) => {
-                set_outcome(&mut t, "decided");
-                let outcome = match &response.outcome {
-                    Outcome::Ok(_) => PolicyOutcome::Allow,
-                    Outcome::Denied(den) => {
-                        if actions.audit {
-                            audit.push(entry(den.status, Some(index), None, true));
-                        }
-                        PolicyOutcome::Deny
-                    }
-                };
-                let d = Decision {
-                    response,
-                    policy: Some(policy.name.clone()),
-                    validation: Some(index),
-                    error: None,
-                    evaluated,
-                    audit: Vec::new(),
-                };
-                (outcome, Some(d))
-            }
-            Ok(PolicyResult::NoResult) => (PolicyOutcome::NoResult, None),
-            Ok(PolicyResult::Skipped) => (PolicyOutcome::Skipped, None),
-            Ok(PolicyResult::Exempted) => (PolicyOutcome::Exempted, None),
-            Err(e) if policy.failure_policy == FailurePolicy::Ignore => {
-                records.events.push(Event::Ignored(policy, e));
-                set_outcome(&mut t, "error (ignored)");
-                (PolicyOutcome::Error, None)
-            }
-            Err(e) if !actions.enforced() => {
-                set_outcome(&mut t, "error (not enforced)");
-                audit.push(entry(config.failure_status, None, Some(&e), false));
-                records.events.push(Event::NotEnforced(policy, e));
-                (PolicyOutcome::AuditError, None)
-            }
-            Err(e) => {
-                records.events.push(Event::Denied(policy, e.clone()));
-                set_outcome(&mut t, "error (denied)");
-                if actions.audit {
-                    audit.push(entry(config.failure_status, None, Some(&e), true));
-                }
+        let (outcome, verdict) = settle(policy, result, config, &mut audit, &mut records, &mut t);
+        let decided = verdict.map(|v| match v {
+            Verdict::Decided(response, index) => Decision {
+                response,
+                policy: Some(policy.name.clone()),
+                validation: Some(index),
+                error: None,
+                evaluated,
+                audit: Vec::new(),
+            },
+            Verdict::Failed(e) => {
                 let mut d =
                     failure_decision_for(config, FailureReason::Evaluation, Some(&policy.name), e);
                 d.evaluated = evaluated;
-                (PolicyOutcome::Error, Some(d))
+                d
             }
-        };
+        });
         // One clock read per policy: each one's end is the next one's start.
         if let Some(started) = clock.filter(|_| !ruled_out) {
             let now = std::time::Instant::now();
@@ -750,73 +697,23 @@ fn run_http_policies<'r>(
             ..Default::default()
         });
         let result = eval_planned::<httpauthz::CheckResponse>(policy, false, ctx, t.as_mut());
-        let actions = policy.actions;
-        let entry = |status, validation, error: Option<&EvalError>, enforced| AuditEntry {
-            policy: policy.name.clone(),
-            status,
-            validation,
-            error: error.map(EvalError::summary),
-            enforced,
-            warned: actions.warn,
-        };
-        let outcome = match result {
-            Ok(PolicyResult::Decided(response, index)) if !actions.enforced() => {
-                if response.is_allowed() {
-                    set_outcome(&mut t, "allow (not enforced)");
-                    PolicyOutcome::Allow
-                } else {
-                    set_outcome(&mut t, "would deny (not enforced)");
-                    audit.push(entry(HTTP_DENIED_STATUS, Some(index), None, false));
-                    PolicyOutcome::AuditDeny
-                }
-            }
-            Ok(PolicyResult::Decided(response, index)) => {
-                set_outcome(&mut t, "decided");
-                let outcome = if response.is_allowed() {
-                    PolicyOutcome::Allow
-                } else {
-                    if actions.audit {
-                        audit.push(entry(HTTP_DENIED_STATUS, Some(index), None, true));
-                    }
-                    PolicyOutcome::Deny
-                };
-                decided = Some(HttpDecision {
-                    response,
-                    failure: None,
-                    policy: Some(policy.name.clone()),
-                    validation: Some(index),
-                    error: None,
-                    evaluated,
-                    audit: Vec::new(),
-                });
-                outcome
-            }
-            Ok(PolicyResult::NoResult) => PolicyOutcome::NoResult,
-            Ok(PolicyResult::Skipped) => PolicyOutcome::Skipped,
-            Ok(PolicyResult::Exempted) => PolicyOutcome::Exempted,
-            Err(e) if policy.failure_policy == FailurePolicy::Ignore => {
-                records.events.push(Event::Ignored(policy, e));
-                set_outcome(&mut t, "error (ignored)");
-                PolicyOutcome::Error
-            }
-            Err(e) if !actions.enforced() => {
-                set_outcome(&mut t, "error (not enforced)");
-                audit.push(entry(config.failure_status, None, Some(&e), false));
-                records.events.push(Event::NotEnforced(policy, e));
-                PolicyOutcome::AuditError
-            }
-            Err(e) => {
-                records.events.push(Event::Denied(policy, e.clone()));
-                set_outcome(&mut t, "error (denied)");
-                if actions.audit {
-                    audit.push(entry(config.failure_status, None, Some(&e), true));
-                }
+        let (outcome, verdict) = settle(policy, result, config, &mut audit, &mut records, &mut t);
+        decided = verdict.map(|v| match v {
+            Verdict::Decided(response, index) => HttpDecision {
+                response,
+                failure: None,
+                policy: Some(policy.name.clone()),
+                validation: Some(index),
+                error: None,
+                evaluated,
+                audit: Vec::new(),
+            },
+            Verdict::Failed(e) => {
                 let mut d = HttpDecision::failed(FailureReason::Evaluation, Some(&policy.name), e);
                 d.evaluated = evaluated;
-                decided = Some(d);
-                PolicyOutcome::Error
+                d
             }
-        };
+        });
         if let Some(started) = clock {
             let now = std::time::Instant::now();
             records.timings.push((policy, outcome, now - started));
@@ -863,6 +760,86 @@ pub fn audit_headers(config: &EngineConfig, audit: &[AuditEntry]) -> Vec<HeaderO
     match d.response.outcome {
         Outcome::Ok(ok) => ok.response_headers_to_add,
         Outcome::Denied(den) => den.headers,
+    }
+}
+
+/// What decides a request, from one policy: its answer (and the validation
+/// that gave it), or the error that denies under `failurePolicy: Fail`.
+enum Verdict<A> {
+    Decided(A, usize),
+    Failed(EvalError),
+}
+
+/// One policy's result as both modes read it: its outcome for the metrics
+/// and the trace, the denial `validationActions` records in `audit`, the
+/// log event of an error, and the verdict when the policy decides (an
+/// enforced answer, or an enforced error under `Fail`).
+fn settle<'r, A: Answer>(
+    policy: &'r Policy,
+    result: Result<PolicyResult<A>, EvalError>,
+    config: &EngineConfig,
+    audit: &mut Vec<AuditEntry>,
+    records: &mut Records<'r>,
+    t: &mut Option<PolicyTrace>,
+) -> (PolicyOutcome, Option<Verdict<A>>) {
+    let actions = policy.actions;
+    let entry = |status, validation, error: Option<&EvalError>, enforced| AuditEntry {
+        policy: policy.name.clone(),
+        status,
+        validation,
+        error: error.map(EvalError::summary),
+        enforced,
+        warned: actions.warn,
+    };
+    match result {
+        Ok(PolicyResult::Decided(response, index)) if !actions.enforced() => {
+            match response.denial_status() {
+                None => {
+                    set_outcome(t, "allow (not enforced)");
+                    (PolicyOutcome::Allow, None)
+                }
+                Some(status) => {
+                    set_outcome(t, "would deny (not enforced)");
+                    audit.push(entry(status, Some(index), None, false));
+                    (PolicyOutcome::AuditDeny, None)
+                }
+            }
+        }
+        Ok(PolicyResult::Decided(response, index)) => {
+            set_outcome(t, "decided");
+            let outcome = match response.denial_status() {
+                None => PolicyOutcome::Allow,
+                Some(status) => {
+                    if actions.audit {
+                        audit.push(entry(status, Some(index), None, true));
+                    }
+                    PolicyOutcome::Deny
+                }
+            };
+            (outcome, Some(Verdict::Decided(response, index)))
+        }
+        Ok(PolicyResult::NoResult) => (PolicyOutcome::NoResult, None),
+        Ok(PolicyResult::Skipped) => (PolicyOutcome::Skipped, None),
+        Ok(PolicyResult::Exempted) => (PolicyOutcome::Exempted, None),
+        Err(e) if policy.failure_policy == FailurePolicy::Ignore => {
+            records.events.push(Event::Ignored(policy, e));
+            set_outcome(t, "error (ignored)");
+            (PolicyOutcome::Error, None)
+        }
+        Err(e) if !actions.enforced() => {
+            set_outcome(t, "error (not enforced)");
+            audit.push(entry(config.failure_status, None, Some(&e), false));
+            records.events.push(Event::NotEnforced(policy, e));
+            (PolicyOutcome::AuditError, None)
+        }
+        Err(e) => {
+            records.events.push(Event::Denied(policy, e.clone()));
+            set_outcome(t, "error (denied)");
+            if actions.audit {
+                audit.push(entry(config.failure_status, None, Some(&e), true));
+            }
+            (PolicyOutcome::Error, Some(Verdict::Failed(e)))
+        }
     }
 }
 
@@ -1046,6 +1023,8 @@ trait Answer: Sized {
     fn take(v: eval::Value<'_>) -> Result<Self, String>;
     /// For traces.
     fn json(&self) -> serde_json::Value;
+    /// The HTTP status of a denial; `None` for an allow.
+    fn denial_status(&self) -> Option<i32>;
 }
 
 impl Answer for CheckResponse {
@@ -1060,6 +1039,12 @@ impl Answer for CheckResponse {
     fn json(&self) -> serde_json::Value {
         crate::decision::response_json(self)
     }
+    fn denial_status(&self) -> Option<i32> {
+        match &self.outcome {
+            Outcome::Ok(_) => None,
+            Outcome::Denied(den) => Some(den.status),
+        }
+    }
 }
 
 impl Answer for httpauthz::CheckResponse {
@@ -1073,6 +1058,9 @@ impl Answer for httpauthz::CheckResponse {
     }
     fn json(&self) -> serde_json::Value {
         eval::Object::to_json(self).unwrap_or_default()
+    }
+    fn denial_status(&self) -> Option<i32> {
+        (!self.is_allowed()).then_some(HTTP_DENIED_STATUS)
     }
 }
 
