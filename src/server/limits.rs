@@ -196,6 +196,29 @@ impl Pool {
             admitted,
         }
     }
+
+    /// Admits `job` within the queue's bound and hands it to the threads:
+    /// [`FailureReason::Overload`] when the bound is reached,
+    /// [`FailureReason::Internal`] when the threads are gone (which cannot
+    /// happen while the pool lives).
+    fn submit(&self, job: Job) -> Result<(), FailureReason> {
+        if self.admitted.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.admitted.fetch_sub(1, Ordering::AcqRel);
+            return Err(FailureReason::Overload);
+        }
+        match self.workers.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.admitted.fetch_sub(1, Ordering::AcqRel);
+                Err(match e {
+                    // Cannot happen: the channel has room for every
+                    // admitted request.
+                    TrySendError::Full(_) => FailureReason::Overload,
+                    TrySendError::Disconnected(_) => FailureReason::Internal,
+                })
+            }
+        }
+    }
 }
 
 /// Who answers a request: the evaluation (if it ends in time) or the
@@ -264,19 +287,10 @@ pub async fn decide(
         });
         (overload_decision(&state.config), Vec::new())
     };
-    if pool.admitted.fetch_add(1, Ordering::AcqRel) >= pool.capacity {
-        pool.admitted.fetch_sub(1, Ordering::AcqRel);
-        return overloaded();
-    }
-    let sent = pool.workers.try_send(job);
-    if sent.is_err() {
-        pool.admitted.fetch_sub(1, Ordering::AcqRel);
-    }
-    match sent {
+    match pool.submit(job) {
         Ok(()) => {}
-        // Cannot happen (the channel has room for every admitted request).
-        Err(TrySendError::Full(_)) => return overloaded(),
-        Err(TrySendError::Disconnected(_)) => {
+        Err(FailureReason::Overload) => return overloaded(),
+        Err(_) => {
             // Cannot happen while the pool lives; fail closed all the same.
             count(DecidedBy::Internal, started);
             tracing::error!("the decision pool is gone; request denied");
@@ -340,14 +354,7 @@ pub async fn on_pool<T: Send + 'static>(
             let _ = tx.send(job());
         }
     });
-    if pool.admitted.fetch_add(1, Ordering::AcqRel) >= pool.capacity {
-        pool.admitted.fetch_sub(1, Ordering::AcqRel);
-        return Err(FailureReason::Overload);
-    }
-    if pool.workers.try_send(job).is_err() {
-        pool.admitted.fetch_sub(1, Ordering::AcqRel);
-        return Err(FailureReason::Internal);
-    }
+    pool.submit(job)?;
     match tokio::time::timeout_at(deadline, rx).await {
         Ok(Ok(answer)) => Ok(answer),
         Ok(Err(_)) => Err(FailureReason::Internal),
