@@ -196,32 +196,10 @@ pub fn check_request(parts: &http::request::Parts, body: &[u8]) -> CheckRequest 
     }
 }
 
-/// `%XX` decoded (and, in a query, `+` as a space); `None` for a bad escape
-/// or bytes that are not UTF-8.
+/// `%XX` decoded (and, in a query, `+` as a space) as Go decodes them;
+/// `None` for a bad escape or bytes that are not UTF-8.
 fn percent_decode(s: &str, query: bool) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let hex = |c: u8| (c as char).to_digit(16);
-                let hi = hex(*b.get(i + 1)?)?;
-                let lo = hex(*b.get(i + 2)?)?;
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            b'+' if query => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
+    String::from_utf8(crate::cel::eval::lib::url::unescape_component(s, query)?).ok()
 }
 
 /// The query's parameters as Go's `url.ParseQuery` reads them: pairs split

@@ -163,6 +163,21 @@ fn hex(c: u8) -> Option<u8> {
     (c as char).to_digit(16).map(|d| d as u8)
 }
 
+/// `%XX` escapes of a path (`query`: of a query component, where `+` is a
+/// space) decoded as Go's `url.PathUnescape` and `url.QueryUnescape` do;
+/// `None` for a bad escape.
+pub(crate) fn unescape_component(s: &str, query: bool) -> Option<Vec<u8>> {
+    unescape(
+        s,
+        if query {
+            Mode::QueryComponent
+        } else {
+            Mode::Path
+        },
+    )
+    .ok()
+}
+
 /// Decodes `%XX` escapes (and `+` in a query component), refusing what Go
 /// refuses in each part.
 fn unescape(s: &str, mode: Mode) -> Result<Vec<u8>, ParseError> {
