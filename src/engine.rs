@@ -224,6 +224,23 @@ pub struct AuditEntry {
 }
 
 impl Decision {
+    /// The allow of a request no policy answered, after `evaluated`
+    /// policies were looked at.
+    fn no_answer(evaluated: usize) -> Decision {
+        Decision {
+            response: CheckResponse {
+                outcome: Outcome::Ok(OkResponse::default()),
+                message: String::new(),
+                metadata: None,
+            },
+            policy: None,
+            validation: None,
+            error: None,
+            evaluated,
+            audit: Vec::new(),
+        }
+    }
+
     pub fn allowed(&self) -> bool {
         self.response.allowed()
     }
@@ -450,18 +467,7 @@ fn run_policies<'r>(
             return Some(with_audit(config, d, audit));
         }
     }
-    let d = Decision {
-        response: CheckResponse {
-            outcome: Outcome::Ok(OkResponse::default()),
-            message: String::new(),
-            metadata: None,
-        },
-        policy: None,
-        validation: None,
-        error: None,
-        evaluated,
-        audit: Vec::new(),
-    };
+    let d = Decision::no_answer(evaluated);
     records.flush();
     Some(with_audit(config, d, audit))
 }
@@ -744,19 +750,7 @@ fn run_http_policies<'r>(
 /// client gets: the warnings of `Warn` policies ([`WARNING_HEADER`]) and,
 /// with [`EngineConfig::audit_header`], the policies that would have denied.
 pub fn audit_headers(config: &EngineConfig, audit: &[AuditEntry]) -> Vec<HeaderOption> {
-    let mut d = Decision {
-        response: CheckResponse {
-            outcome: Outcome::Ok(OkResponse::default()),
-            message: String::new(),
-            metadata: None,
-        },
-        policy: None,
-        validation: None,
-        error: None,
-        evaluated: 0,
-        audit: Vec::new(),
-    };
-    d = with_audit(config, d, audit.to_vec());
+    let d = with_audit(config, Decision::no_answer(0), audit.to_vec());
     match d.response.outcome {
         Outcome::Ok(ok) => ok.response_headers_to_add,
         Outcome::Denied(den) => den.headers,
