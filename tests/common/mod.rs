@@ -304,8 +304,8 @@ impl HttpResponse {
 }
 
 /// Sends one HTTP/1.1 request (`Connection: close`) and reads the whole response.
-/// `target` is the request-target (path and query). A `Content-Length` is added when `body` is
-/// given.
+/// `target` is the request-target (path and query). A `Host` is added unless `headers` has
+/// one, a `Content-Length` when `body` is given.
 pub async fn http_request(
     addr: SocketAddr,
     method: &str,
@@ -313,35 +313,7 @@ pub async fn http_request(
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> std::io::Result<HttpResponse> {
-    let fut = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        let mut req =
-            format!("{method} {target} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        if let Some(b) = body {
-            req.push_str(&format!("content-length: {}\r\n", b.len()));
-        }
-        req.push_str("\r\n");
-        let mut bytes = req.into_bytes();
-        if let Some(b) = body {
-            bytes.extend_from_slice(b);
-        }
-        stream.write_all(&bytes).await?;
-        stream.flush().await?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await?;
-        parse_response(&raw)
-    };
-    tokio::time::timeout(Duration::from_secs(10), fut)
-        .await
-        .map_err(|_| {
-            std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("{method} {target} to {addr}: no complete response within 10 s"),
-            )
-        })?
+    exchange(None, addr, method, target, headers, body).await
 }
 
 /// `GET` helper.
@@ -993,8 +965,7 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// As [`http_request`], from the local address `source` (e.g. `127.0.0.2`: any `127.x.y.z` is
-/// a loopback address on Linux, which lets a test be a client a server does not trust) and with
-/// the raw `head` lines given as they are (no `host` added).
+/// a loopback address on Linux, which lets a test be a client a server does not trust).
 pub async fn http_request_from(
     source: std::net::IpAddr,
     addr: SocketAddr,
@@ -1003,14 +974,31 @@ pub async fn http_request_from(
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> std::io::Result<HttpResponse> {
+    exchange(Some(source), addr, method, target, headers, body).await
+}
+
+/// One request and its whole response, within 10 s, from `source` when given.
+async fn exchange(
+    source: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> std::io::Result<HttpResponse> {
     let fut = async {
-        let socket = if source.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()?
-        } else {
-            tokio::net::TcpSocket::new_v6()?
+        let mut stream = match source {
+            Some(source) => {
+                let socket = if source.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                socket.bind(SocketAddr::new(source, 0))?;
+                socket.connect(addr).await?
+            }
+            None => tokio::net::TcpStream::connect(addr).await?,
         };
-        socket.bind(SocketAddr::new(source, 0))?;
-        let mut stream = socket.connect(addr).await?;
         let mut req = format!("{method} {target} HTTP/1.1\r\nconnection: close\r\n");
         if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
             req.push_str(&format!("host: {addr}\r\n"));
