@@ -20,6 +20,17 @@ pub struct Document {
 /// directory with a `..data` link is read through it, see [`walk`]). The
 /// order is stable: sorted by path within each directory.
 pub fn policy_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
+    Ok(policy_files_with_metadata(paths)?
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect())
+}
+
+/// As [`policy_files`], each with the metadata the walk read (links
+/// followed): what a reload and the watcher's settle check compare.
+pub fn policy_files_with_metadata(
+    paths: &[PathBuf],
+) -> Result<Vec<(PathBuf, std::fs::Metadata)>, LoadError> {
     let mut out = Vec::new();
     for p in paths {
         let meta = std::fs::metadata(p).map_err(|e| LoadError::Io {
@@ -29,13 +40,15 @@ pub fn policy_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
         if meta.is_dir() {
             walk(p, &mut out)?;
         } else {
-            out.push(p.clone());
+            out.push((p.clone(), meta));
         }
     }
     Ok(out)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
+type Found = Vec<(PathBuf, std::fs::Metadata)>;
+
+fn walk(dir: &Path, out: &mut Found) -> Result<(), LoadError> {
     // A Kubernetes ConfigMap/Secret mount: the visible entries are links
     // into `..data`, itself a link the kubelet swaps to a new versioned
     // folder in one rename. Resolving `..data` once and reading that folder
@@ -51,7 +64,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
     walk_entries(dir, out)
 }
 
-fn walk_entries(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
+fn walk_entries(dir: &Path, out: &mut Found) -> Result<(), LoadError> {
     let entries = visible_entries(dir).map_err(|e| LoadError::Io {
         path: dir.to_path_buf(),
         message: e.to_string(),
@@ -65,7 +78,7 @@ fn walk_entries(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
         if meta.is_dir() {
             walk(&path, out)?;
         } else if is_policy_file(&path) {
-            out.push(path);
+            out.push((path, meta));
         }
     }
     Ok(())

@@ -590,7 +590,7 @@ pub struct PolicySet {
 #[derive(Debug, Clone)]
 struct FileState {
     stamp: FileStamp,
-    /// When the load started reading it.
+    /// When the load that read it started (before it looked at the file).
     read_at: SystemTime,
     /// The ValidatingPolicies its documents compiled to, by name, when every
     /// document of the file is one; `None`: the file is read again.
@@ -613,9 +613,8 @@ const RACY: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl FileStamp {
     #[cfg(unix)]
-    fn of(path: &Path) -> Option<FileStamp> {
+    fn of(m: &std::fs::Metadata) -> Option<FileStamp> {
         use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(path).ok()?;
         Some(FileStamp {
             len: m.len(),
             modified: m.modified().ok()?,
@@ -625,7 +624,7 @@ impl FileStamp {
     }
 
     #[cfg(not(unix))]
-    fn of(_: &Path) -> Option<FileStamp> {
+    fn of(_: &std::fs::Metadata) -> Option<FileStamp> {
         None
     }
 }
@@ -678,7 +677,10 @@ impl PolicySet {
         extra: Vec<load::Document>,
         previous: Option<&PolicySet>,
     ) -> (Result<PolicySet, LoadErrors>, Vec<Warning>) {
-        let files = match load::policy_files(paths) {
+        // Before any file is looked at: what a file's time stamp is judged
+        // against next time.
+        let read_at = SystemTime::now();
+        let files = match load::policy_files_with_metadata(paths) {
             Ok(f) => f,
             Err(e) => return (Err(LoadErrors(vec![e])), Vec::new()),
         };
@@ -688,9 +690,8 @@ impl PolicySet {
             Unchanged(FileState, Vec<&'p Policy>),
             Failed(LoadError),
         }
-        let read = par_map(&files, 32, |f| {
-            let read_at = SystemTime::now();
-            let stamp = FileStamp::of(f);
+        let read = par_map(&files, 32, |(f, meta)| {
+            let stamp = FileStamp::of(meta);
             if let (Some(prev), Some(now), Some(set)) =
                 (previous.and_then(|p| p.files.get(f)), &stamp, previous)
             {
@@ -729,7 +730,7 @@ impl PolicySet {
         // held (its policies are known once the set is compiled).
         let mut states: Vec<(PathBuf, FileState, usize)> = Vec::new();
         let mut files_read = 0;
-        for (f, r) in files.into_iter().zip(read) {
+        for ((f, _), r) in files.into_iter().zip(read) {
             match r {
                 Read::Docs(d, state) => {
                     files_read += 1;

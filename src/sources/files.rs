@@ -353,14 +353,13 @@ pub fn watch_paths(
 /// Size and modification time of every file a load would read (or the
 /// error that would keep it from loading).
 fn snapshot(paths: &[PathBuf]) -> Result<Vec<(PathBuf, u64, Option<SystemTime>)>, String> {
-    let files = crate::policy::load::policy_files(paths).map_err(|e| e.to_string())?;
+    let files =
+        crate::policy::load::policy_files_with_metadata(paths).map_err(|e| e.to_string())?;
     Ok(files
         .into_iter()
-        .map(|f| {
-            let m = std::fs::metadata(&f).ok();
-            let len = m.as_ref().map_or(u64::MAX, std::fs::Metadata::len);
-            let mtime = m.and_then(|m| m.modified().ok());
-            (f, len, mtime)
+        .map(|(f, m)| {
+            let mtime = m.modified().ok();
+            (f, m.len(), mtime)
         })
         .collect())
 }
