@@ -362,11 +362,17 @@ impl PolicyIndex {
     where
         C: IntoIterator<Item = &'a IdedExpr>,
     {
+        Self::from_selections(policies.into_iter().map(select))
+    }
+
+    /// The index of policies given by their selections ([`select`]), in the
+    /// set's order: a policy's selection depends on its matchConditions
+    /// alone, so a reload takes an unchanged policy's over.
+    pub fn from_selections(selections: impl IntoIterator<Item = Selection>) -> PolicyIndex {
         let mut index = PolicyIndex::default();
         let mut by_attribute: HashMap<Attribute, Postings> = HashMap::new();
-        for (i, conditions) in policies.into_iter().enumerate() {
+        for (i, selection) in selections.into_iter().enumerate() {
             let i = u32::try_from(i).expect("fewer than 2^32 policies");
-            let selection = select(conditions);
             match &selection {
                 Selection::Indexed(c) => {
                     let p = by_attribute.entry(c.attribute.clone()).or_default();

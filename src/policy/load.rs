@@ -20,35 +20,61 @@ pub struct Document {
 /// directory with a `..data` link is read through it, see [`walk`]). The
 /// order is stable: sorted by path within each directory.
 pub fn policy_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
-    Ok(policy_files_with_metadata(paths)?
-        .into_iter()
-        .map(|(p, _)| p)
-        .collect())
+    let mut out = Vec::new();
+    list(paths, false, &mut out)?;
+    Ok(out.into_iter().map(|(p, _)| p).collect())
 }
 
 /// As [`policy_files`], each with the metadata the walk read (links
 /// followed): what a reload and the watcher's settle check compare.
-pub fn policy_files_with_metadata(
-    paths: &[PathBuf],
-) -> Result<Vec<(PathBuf, std::fs::Metadata)>, LoadError> {
+pub fn policy_files_with_metadata(paths: &[PathBuf]) -> Walked {
     let mut out = Vec::new();
+    list(paths, true, &mut out)?;
+    Ok(out
+        .into_iter()
+        .filter_map(|(p, m)| m.map(|m| (p, m)))
+        .collect())
+}
+
+/// The policy files under `paths`, each with its metadata when `stat` (or
+/// when it was looked at anyway: a path given as a file, a link followed).
+fn list(paths: &[PathBuf], stat: bool, out: &mut Found) -> Result<(), LoadError> {
     for p in paths {
         let meta = std::fs::metadata(p).map_err(|e| LoadError::Io {
             path: p.clone(),
             message: e.to_string(),
         })?;
         if meta.is_dir() {
-            walk(p, &mut out)?;
+            walk(p, stat, out)?;
         } else {
-            out.push((p.clone(), meta));
+            out.push((p.clone(), Some(meta)));
         }
     }
-    Ok(out)
+    Ok(())
 }
 
-type Found = Vec<(PathBuf, std::fs::Metadata)>;
+/// Whether two looks at a file saw it the same: its size, modification
+/// time and (on Unix) change time and identity.
+pub fn same_stamp(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        if (a.dev(), a.ino(), a.ctime(), a.ctime_nsec())
+            != (b.dev(), b.ino(), b.ctime(), b.ctime_nsec())
+        {
+            return false;
+        }
+    }
+    a.len() == b.len() && a.modified().ok() == b.modified().ok()
+}
 
-fn walk(dir: &Path, out: &mut Found) -> Result<(), LoadError> {
+type Found = Vec<(PathBuf, Option<std::fs::Metadata>)>;
+
+/// The policy files under some paths with their metadata, in load order, or
+/// why they cannot be listed.
+pub type Walked = Result<Vec<(PathBuf, std::fs::Metadata)>, LoadError>;
+
+fn walk(dir: &Path, stat: bool, out: &mut Found) -> Result<(), LoadError> {
     // A Kubernetes ConfigMap/Secret mount: the visible entries are links
     // into `..data`, itself a link the kubelet swaps to a new versioned
     // folder in one rename. Resolving `..data` once and reading that folder
@@ -57,45 +83,71 @@ fn walk(dir: &Path, out: &mut Found) -> Result<(), LoadError> {
     if std::fs::symlink_metadata(&data).is_ok_and(|m| m.file_type().is_symlink()) {
         if let Ok(version) = std::fs::canonicalize(&data) {
             if version.is_dir() {
-                return walk_entries(&version, out);
+                return walk_entries(&version, stat, out);
             }
         }
     }
-    walk_entries(dir, out)
+    walk_entries(dir, stat, out)
 }
 
-fn walk_entries(dir: &Path, out: &mut Found) -> Result<(), LoadError> {
-    let entries = visible_entries(dir).map_err(|e| LoadError::Io {
-        path: dir.to_path_buf(),
+fn walk_entries(dir: &Path, stat: bool, out: &mut Found) -> Result<(), LoadError> {
+    let unreadable = |path: &Path, e: std::io::Error| LoadError::Io {
+        path: path.to_path_buf(),
         message: e.to_string(),
-    })?;
-    for (_, path) in entries {
-        // Follow symlinks: ConfigMap mounts link each key to `..data/key`.
-        let meta = std::fs::metadata(&path).map_err(|err| LoadError::Io {
-            path: path.clone(),
-            message: err.to_string(),
-        })?;
+    };
+    for (_, entry) in sorted_visible(dir).map_err(|e| unreadable(dir, e))? {
+        let path = entry.path();
+        let kind = entry.file_type().map_err(|e| unreadable(&path, e))?;
+        if kind.is_dir() {
+            walk(&path, stat, out)?;
+            continue;
+        }
+        let meta = if kind.is_symlink() {
+            // Follow symlinks: ConfigMap mounts link each key to `..data/key`.
+            std::fs::metadata(&path)
+        } else if !is_policy_file(&path) {
+            continue;
+        } else if stat {
+            // Looked at through the open directory: its path is not
+            // resolved again from the root.
+            entry.metadata()
+        } else {
+            out.push((path, None));
+            continue;
+        };
+        let meta = meta.map_err(|e| unreadable(&path, e))?;
         if meta.is_dir() {
-            walk(&path, out)?;
+            walk(&path, stat, out)?;
         } else if is_policy_file(&path) {
-            out.push((path, meta));
+            out.push((path, Some(meta)));
         }
     }
     Ok(())
 }
 
-/// The entries of `dir` every directory walk visits: sorted by file name, so
-/// a walk's order does not depend on the file system, and without hidden
-/// entries (a name starting with `.`), each with its (lossy) name and path.
+/// The entries of `dir` without hidden ones (a name starting with `.`),
+/// sorted by file name, so that a walk's order does not depend on the file
+/// system.
+fn sorted_visible(dir: &Path) -> std::io::Result<Vec<(std::ffi::OsString, std::fs::DirEntry)>> {
+    let mut entries = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let name = e.file_name();
+        if !name.as_encoded_bytes().starts_with(b".") {
+            entries.push((name, e));
+        }
+    }
+    // Names are unique within a directory.
+    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(entries)
+}
+
+/// The entries of `dir` every directory walk visits ([`sorted_visible`]),
+/// each with its (lossy) name and path.
 pub(crate) fn visible_entries(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
-    let mut entries = std::fs::read_dir(dir)?.collect::<Result<Vec<_>, _>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    Ok(entries
+    Ok(sorted_visible(dir)?
         .into_iter()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            (!name.starts_with('.')).then(|| (name, e.path()))
-        })
+        .map(|(name, e)| (name.to_string_lossy().into_owned(), e.path()))
         .collect())
 }
 

@@ -514,6 +514,8 @@ pub struct Compiled {
     pub validations: Vec<Expression>,
     /// The expressions planned for the evaluator, in the same order.
     pub plans: Plans,
+    /// How the selection index picks it, from its matchConditions.
+    pub selection: index::Selection,
     /// What the type checker knows of each variable, for the conditions of
     /// the exceptions that name this policy.
     pub variable_types: HashMap<String, crate::cel::check::Info>,
@@ -580,10 +582,20 @@ pub struct PolicySet {
     pub reused: usize,
     /// What this set knows of each policy file it was read from, so that the
     /// next reload takes an unchanged file's policies over without reading it.
-    files: HashMap<PathBuf, FileState>,
+    files: ahash::AHashMap<PathBuf, FileState>,
     /// How many policy files the load that built this set read (those it
     /// took over unchanged are not read).
     pub files_read: usize,
+}
+
+/// What [`PolicySet::reload_walked`] built, and from which files.
+#[derive(Debug)]
+pub struct Reload {
+    pub result: Result<PolicySet, LoadErrors>,
+    pub warnings: Vec<Warning>,
+    /// The files it read (or failed to), with the metadata the walk saw;
+    /// the others' policies were taken over unread.
+    pub read: Vec<(PathBuf, std::fs::Metadata)>,
 }
 
 /// A policy file as a load read it.
@@ -592,9 +604,29 @@ struct FileState {
     stamp: FileStamp,
     /// When the load that read it started (before it looked at the file).
     read_at: SystemTime,
-    /// The ValidatingPolicies its documents compiled to, by name, when every
-    /// document of the file is one; `None`: the file is read again.
-    policies: Option<Vec<String>>,
+    /// The ValidatingPolicies its documents compiled to, by their place in
+    /// the set that read it, when every document of the file is one;
+    /// `None`: the file is read again.
+    policies: Option<Vec<PolicyAt>>,
+}
+
+/// Where a policy is in its set: in `http_policies` or `policies`, at
+/// `index`.
+#[derive(Debug, Clone, Copy)]
+struct PolicyAt {
+    http: bool,
+    index: u32,
+}
+
+impl PolicySet {
+    fn at(&self, at: PolicyAt) -> Option<&Policy> {
+        let list = if at.http {
+            &self.http_policies
+        } else {
+            &self.policies
+        };
+        list.get(at.index as usize)
+    }
 }
 
 /// What says a file changed: its size, times and identity.
@@ -653,7 +685,7 @@ impl PolicySet {
             loaded_at: SystemTime::now(),
             index: index::PolicyIndex::default(),
             reused: 0,
-            files: HashMap::new(),
+            files: Default::default(),
             files_read: 0,
         }
     }
@@ -680,9 +712,29 @@ impl PolicySet {
         // Before any file is looked at: what a file's time stamp is judged
         // against next time.
         let read_at = SystemTime::now();
-        let files = match load::policy_files_with_metadata(paths) {
+        let walked = load::policy_files_with_metadata(paths);
+        let r = Self::reload_walked(walked, read_at, extra, previous);
+        (r.result, r.warnings)
+    }
+
+    /// As [`PolicySet::reload`], with the files already listed
+    /// ([`load::policy_files_with_metadata`]) by a walk that started at
+    /// `read_at`.
+    pub fn reload_walked(
+        walked: load::Walked,
+        read_at: SystemTime,
+        extra: Vec<load::Document>,
+        previous: Option<&PolicySet>,
+    ) -> Reload {
+        let files = match walked {
             Ok(f) => f,
-            Err(e) => return (Err(LoadErrors(vec![e])), Vec::new()),
+            Err(e) => {
+                return Reload {
+                    result: Err(LoadErrors(vec![e])),
+                    warnings: Vec::new(),
+                    read: Vec::new(),
+                }
+            }
         };
         enum Read<'p> {
             Docs(Vec<load::Document>, Option<FileState>),
@@ -700,11 +752,7 @@ impl PolicySet {
                         .policies
                         .iter()
                         .flatten()
-                        .map(|n| {
-                            set.get(n)
-                                .or_else(|| set.get_http(n))
-                                .filter(|p| &p.location.path == f)
-                        })
+                        .map(|&at| set.at(at).filter(|p| &p.location.path == f))
                         .collect();
                     if let Some(taken) = taken {
                         return Read::Unchanged(prev.clone(), taken);
@@ -729,11 +777,13 @@ impl PolicySet {
         // Each file's state for the next reload, and how many documents it
         // held (its policies are known once the set is compiled).
         let mut states: Vec<(PathBuf, FileState, usize)> = Vec::new();
-        let mut files_read = 0;
-        for ((f, _), r) in files.into_iter().zip(read) {
+        let mut files_read = Vec::new();
+        for ((f, meta), r) in files.into_iter().zip(read) {
+            if !matches!(r, Read::Unchanged(..)) {
+                files_read.push((f.clone(), meta));
+            }
             match r {
                 Read::Docs(d, state) => {
-                    files_read += 1;
                     if let Some(state) = state {
                         states.push((f, state, d.len()));
                     }
@@ -752,7 +802,7 @@ impl PolicySet {
         let result = match result {
             Ok(mut set) if errors.is_empty() => {
                 set.note_files(states);
-                set.files_read = files_read;
+                set.files_read = files_read.len();
                 Ok(set)
             }
             Ok(_) => Err(LoadErrors(errors)),
@@ -761,27 +811,44 @@ impl PolicySet {
                 Err(LoadErrors(errors))
             }
         };
-        (result, warnings)
+        Reload {
+            result,
+            warnings,
+            read: files_read,
+        }
     }
 
     /// Records what the files of `states` compiled to: a file each of whose
     /// documents is a policy of this set can be taken over unread next time.
     fn note_files(&mut self, states: Vec<(PathBuf, FileState, usize)>) {
-        let mut by_file: HashMap<&Path, Vec<String>> = HashMap::new();
-        for p in self.policies.iter().chain(&self.http_policies) {
-            by_file
-                .entry(p.location.path.as_path())
-                .or_default()
-                .push(p.name.clone());
+        let mut files: ahash::AHashMap<PathBuf, (FileState, usize)> = states
+            .into_iter()
+            .map(|(path, mut state, documents)| {
+                state.policies = None;
+                (path, (state, documents))
+            })
+            .collect();
+        fn places(http: bool, list: &[Policy]) -> impl Iterator<Item = (&PathBuf, PolicyAt)> {
+            list.iter().enumerate().map(move |(i, p)| {
+                let index = u32::try_from(i).expect("fewer than 2^32 policies");
+                (&p.location.path, PolicyAt { http, index })
+            })
         }
-        let mut files = HashMap::with_capacity(states.len());
-        for (path, mut state, documents) in states {
-            state.policies = by_file
-                .remove(path.as_path())
-                .filter(|names| names.len() == documents);
-            files.insert(path, state);
+        let all = places(false, &self.policies).chain(places(true, &self.http_policies));
+        for (path, at) in all {
+            if let Some((state, _)) = files.get_mut(path) {
+                state.policies.get_or_insert_with(Vec::new).push(at);
+            }
         }
-        self.files = files;
+        self.files = files
+            .into_iter()
+            .map(|(path, (mut state, documents))| {
+                if state.policies.as_ref().map(Vec::len) != Some(documents) {
+                    state.policies = None;
+                }
+                (path, state)
+            })
+            .collect();
     }
 
     /// Compiles documents already read (from files or another source).
@@ -806,36 +873,8 @@ impl PolicySet {
         taken: Vec<&Policy>,
         previous: Option<&PolicySet>,
     ) -> (Result<PolicySet, LoadErrors>, Vec<Warning>) {
-        // The compiled policies of the set being replaced, for the
-        // documents that did not change (matched by their content's hash).
-        let reuse: Arc<HashMap<String, Arc<Compiled>>> = Arc::new(
-            previous
-                .map(|p| {
-                    p.policies
-                        .iter()
-                        .chain(&p.http_policies)
-                        .map(|x| (x.name.clone(), x.compiled.clone()))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        );
-        // When each unchanged document was first loaded, which it keeps.
-        let mut loaded = HashMap::new();
-        if let Some(p) = previous {
-            for x in p.policies.iter().chain(&p.http_policies) {
-                loaded.insert(
-                    ("ValidatingPolicy", x.name.clone()),
-                    (x.digest, x.loaded_at),
-                );
-            }
-            for x in &p.exceptions {
-                loaded.insert(("PolicyException", x.name.clone()), (x.digest, x.loaded_at));
-            }
-        }
-        let loaded = Arc::new(loaded);
         let mut c = Compiler {
-            previous: loaded.clone(),
-            reuse: reuse.clone(),
+            previous,
             ..Compiler::default()
         };
         // Compiling CEL is the costly part of a load: spread the documents
@@ -844,8 +883,7 @@ impl PolicySet {
         if chunks.len() > 1 {
             let parts = par_map(&chunks, 2, |chunk| {
                 let mut part = Compiler {
-                    previous: loaded.clone(),
-                    reuse: reuse.clone(),
+                    previous,
                     ..Compiler::default()
                 };
                 for d in chunk.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
@@ -875,20 +913,23 @@ impl PolicySet {
 
     /// Whether `other` holds exactly the same documents (names and digests).
     pub fn same_documents(&self, other: &PolicySet) -> bool {
-        let p = |s: &PolicySet| -> Vec<(String, u64)> {
-            s.policies
+        fn policy(p: &Policy) -> (&str, u64) {
+            (&p.name, p.digest)
+        }
+        fn exception(e: &Arc<Exception>) -> (&str, u64) {
+            (&e.name, e.digest)
+        }
+        let policies = |s: &PolicySet| s.policies.len() + s.http_policies.len();
+        policies(self) == policies(other)
+            && self
+                .all_policies()
+                .map(policy)
+                .eq(other.all_policies().map(policy))
+            && self
+                .exceptions
                 .iter()
-                .chain(&s.http_policies)
-                .map(|x| (x.name.clone(), x.digest))
-                .collect()
-        };
-        let e = |s: &PolicySet| -> Vec<(String, u64)> {
-            s.exceptions
-                .iter()
-                .map(|x| (x.name.clone(), x.digest))
-                .collect()
-        };
-        p(self) == p(other) && e(self) == e(other)
+                .map(exception)
+                .eq(other.exceptions.iter().map(exception))
     }
 
     /// Gives every policy series of its own that `/metrics` does not show,
@@ -926,6 +967,19 @@ impl PolicySet {
             .map(|i| &self.http_policies[i])
     }
 
+    /// The policy `name`, of either mode.
+    pub fn any_policy(&self, name: &str) -> Option<&Policy> {
+        self.get(name).or_else(|| self.get_http(name))
+    }
+
+    /// The PolicyException `name`.
+    pub fn exception(&self, name: &str) -> Option<&Exception> {
+        self.exceptions
+            .binary_search_by(|e| e.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &*self.exceptions[i])
+    }
+
     /// Every policy, Envoy mode's then HTTP mode's, each list in name order.
     pub fn all_policies(&self) -> impl Iterator<Item = &Policy> {
         self.policies.iter().chain(&self.http_policies)
@@ -945,16 +999,13 @@ impl PolicySet {
     }
 }
 
-/// (kind, name) → (digest, loaded_at) of the set being replaced.
-type LoadedAt = HashMap<(&'static str, String), (u64, SystemTime)>;
-
 #[derive(Default)]
-struct Compiler {
-    previous: Arc<LoadedAt>,
-    /// The compiled policies of the set being replaced, by name, for the
-    /// documents that did not change.
-    reuse: Arc<HashMap<String, Arc<Compiled>>>,
-    /// How many documents were taken from `reuse`.
+struct Compiler<'p> {
+    /// The set being replaced: an unchanged document keeps its `loaded_at`,
+    /// and an unchanged policy its compiled form (matched by name and the
+    /// hash of its content).
+    previous: Option<&'p PolicySet>,
+    /// How many documents were taken from `previous`.
     reused: usize,
     /// Expressions parsed so far, by text: the same text parses to the
     /// same program, which the policies holding it share.
@@ -1022,10 +1073,17 @@ impl Ctx<'_> {
     }
 }
 
-impl Compiler {
+impl Compiler<'_> {
     fn loaded_at(&self, ctx: &Ctx<'_>) -> SystemTime {
-        match self.previous.get(&(ctx.kind, ctx.name.to_owned())) {
-            Some((d, t)) if *d == ctx.digest => *t,
+        let before = self.previous.and_then(|p| {
+            if ctx.kind == "PolicyException" {
+                p.exception(ctx.name).map(|e| (e.digest, e.loaded_at))
+            } else {
+                p.any_policy(ctx.name).map(|x| (x.digest, x.loaded_at))
+            }
+        });
+        match before {
+            Some((d, t)) if d == ctx.digest => t,
             _ => SystemTime::now(),
         }
     }
@@ -1118,9 +1176,10 @@ impl Compiler {
         };
         if kind == "ValidatingPolicy" {
             let content: [u8; 32] = sha2::Sha256::digest(canonical.as_bytes()).into();
-            if let Some(c) = self.reuse.get(&name).filter(|c| c.content == content) {
+            let before = self.previous.and_then(|p| p.any_policy(&name));
+            if let Some(c) = before.map(|p| &p.compiled).filter(|c| c.content == content) {
                 let c = c.clone();
-                self.reuse_policy(&ctx, c);
+                self.reuse_policy(&ctx, c, None);
                 return;
             }
             match serde_json::from_value::<PolicySpec>(spec) {
@@ -1137,7 +1196,14 @@ impl Compiler {
 
     /// A policy whose document is the same as in the set being replaced:
     /// its compiled form again, its warnings said again at its place now.
-    fn reuse_policy(&mut self, ctx: &Ctx<'_>, compiled: Arc<Compiled>) {
+    /// `before`: the policy's `loaded_at` and metrics when the caller has
+    /// them at hand.
+    fn reuse_policy(
+        &mut self,
+        ctx: &Ctx<'_>,
+        compiled: Arc<Compiled>,
+        before: Option<(SystemTime, Arc<crate::telemetry::metrics::PolicyMetrics>)>,
+    ) {
         for (field, message) in &compiled.warnings {
             self.warnings.push(Warning {
                 location: ctx.location.clone(),
@@ -1147,14 +1213,20 @@ impl Compiler {
             });
         }
         self.reused += 1;
+        let (loaded_at, metrics) = before.unwrap_or_else(|| {
+            (
+                self.loaded_at(ctx),
+                crate::telemetry::metrics::policy(ctx.name),
+            )
+        });
         self.policies.push(Policy {
             name: ctx.name.to_owned(),
             location: ctx.location.clone(),
             compiled,
             exceptions: Vec::new(),
             digest: ctx.digest,
-            loaded_at: self.loaded_at(ctx),
-            metrics: crate::telemetry::metrics::policy(ctx.name),
+            loaded_at,
+            metrics,
         });
     }
 
@@ -1167,7 +1239,11 @@ impl Compiler {
             kind: "ValidatingPolicy",
             name: &p.name,
         };
-        self.reuse_policy(&ctx, p.compiled.clone());
+        self.reuse_policy(
+            &ctx,
+            p.compiled.clone(),
+            Some((p.loaded_at, p.metrics.clone())),
+        );
     }
 
     fn policy(&mut self, ctx: &Ctx<'_>, spec: PolicySpec, content: [u8; 32]) {
@@ -1328,10 +1404,12 @@ impl Compiler {
             .iter()
             .map(|w| (w.field.clone(), w.message.clone()))
             .collect();
+        let selection = index::select(match_conditions.iter().map(|m| m.expr.program.expression()));
         self.policies.push(Policy {
             name: ctx.name.to_owned(),
             location: ctx.location.clone(),
             compiled: Arc::new(Compiled {
+                selection,
                 mode,
                 failure_policy,
                 actions,
@@ -1863,11 +1941,8 @@ impl Compiler {
             });
         }
         let warnings = self.warnings.clone();
-        let index = index::PolicyIndex::build(self.policies.iter().map(|p| {
-            p.match_conditions
-                .iter()
-                .map(|m| m.expr.program.expression())
-        }));
+        let index =
+            index::PolicyIndex::from_selections(self.policies.iter().map(|p| p.selection.clone()));
         let set = PolicySet {
             policies: self.policies,
             http_policies,
@@ -1876,7 +1951,7 @@ impl Compiler {
             loaded_at: SystemTime::now(),
             index,
             reused: self.reused,
-            files: HashMap::new(),
+            files: Default::default(),
             files_read: 0,
         };
         (Ok(set), warnings)

@@ -19,10 +19,11 @@
 //! directory), works the same on every platform, and bounds the delay to
 //! about a second.
 //!
-//! A reload is published only if the files held still: their sizes and
-//! modification times are noted before they are read and compared once a
-//! settle interval has passed (the build runs meanwhile); if they changed,
-//! the reload starts again, so a file still being written is not loaded
+//! A reload is published only if the files held still: the walk that lists
+//! them notes their sizes and modification times, and once a settle
+//! interval has passed (the build runs meanwhile) the same files must be
+//! listed and each file the build read must be as noted; otherwise the
+//! reload starts again, so a file still being written is not loaded
 //! half-written.
 //!
 //! The watching itself ([`watch_paths`]) knows nothing of policies: the TLS
@@ -30,6 +31,7 @@
 //! ([`crate::server::tls::watch`]).
 
 use super::{rebuild, rebuild_if, ReloadOutcome, Sources};
+use crate::policy::load::{policy_files, policy_files_with_metadata, Walked};
 use crate::server::State;
 use notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{new_debouncer, DebounceEventResult};
@@ -350,25 +352,15 @@ pub fn watch_paths(
     })
 }
 
-/// Size and modification time of every file a load would read (or the
-/// error that would keep it from loading).
-fn snapshot(paths: &[PathBuf]) -> Result<Vec<(PathBuf, u64, Option<SystemTime>)>, String> {
-    let files =
-        crate::policy::load::policy_files_with_metadata(paths).map_err(|e| e.to_string())?;
-    Ok(files
-        .into_iter()
-        .map(|(f, m)| {
-            let mtime = m.modified().ok();
-            (f, m.len(), mtime)
-        })
-        .collect())
-}
-
-/// Rebuilds once the files keep their sizes and modification times for
-/// `settle`. The build runs inside that interval: the files are noted, read
-/// and compiled, and the result is published (or its failure reported) only
-/// if they are still as noted once `settle` has passed; otherwise it starts
-/// again. So waiting costs at most `settle` beyond the build, and what is
+/// Rebuilds once the files it reads keep their sizes and modification
+/// times for `settle`. The build runs inside that interval: the files are
+/// listed (their stamps noted), read and compiled, and the result is
+/// published (or its failure reported) only if, once `settle` has passed,
+/// the same files are there and each file the build read is still as noted;
+/// otherwise it starts again. A file the build did not read (unchanged
+/// since the last reload, its policies taken over as compiled) cannot be
+/// caught half-written; if it changes meanwhile, its change is the next
+/// reload. So waiting costs at most `settle` beyond the build, and what is
 /// published was read from files that held still throughout. After
 /// [`MAX_SETTLE`] of constant change the files are loaded as they are.
 fn settled_rebuild(state: &State, sources: &Sources, settle: Duration) -> ReloadOutcome {
@@ -384,12 +376,15 @@ fn settled_rebuild(state: &State, sources: &Sources, settle: Duration) -> Reload
             return rebuild(state, sources);
         }
         let noted_at = Instant::now();
-        let noted = snapshot(&sources.paths);
-        let outcome = rebuild_if(state, sources, || {
+        let read_at = SystemTime::now();
+        // The build reads the files this walk lists: one walk serves both.
+        let walked = policy_files_with_metadata(&sources.paths);
+        let listed = names(&walked);
+        let outcome = rebuild_if(state, sources, Some((walked, read_at)), |read| {
             if let Some(left) = settle.checked_sub(noted_at.elapsed()) {
                 std::thread::sleep(left);
             }
-            snapshot(&sources.paths) == noted
+            held_still(&sources.paths, &listed, read)
         });
         if outcome != ReloadOutcome::Superseded {
             return outcome;
@@ -398,9 +393,84 @@ fn settled_rebuild(state: &State, sources: &Sources, settle: Duration) -> Reload
     }
 }
 
+/// The files a walk listed, or why it could not.
+fn names(walked: &Walked) -> Result<Vec<PathBuf>, String> {
+    match walked {
+        Ok(files) => Ok(files.iter().map(|(f, _)| f.clone()).collect()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Whether the paths still hold the files `listed`, and each file of `read`
+/// still has the metadata noted with it.
+fn held_still(
+    paths: &[PathBuf],
+    listed: &Result<Vec<PathBuf>, String>,
+    read: &[(PathBuf, std::fs::Metadata)],
+) -> bool {
+    let now = match listed {
+        // Listing names needs no look at each file.
+        Ok(_) => policy_files(paths).map_err(|e| e.to_string()),
+        Err(_) => names(&policy_files_with_metadata(paths)),
+    };
+    now == *listed
+        && read.iter().all(|(f, noted)| {
+            std::fs::metadata(f).is_ok_and(|m| crate::policy::load::same_stamp(&m, noted))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_settle_check_sees_new_files_and_changes_to_files_it_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |n: &str| dir.path().join(n);
+        std::fs::write(file("a.yaml"), "a: 1\n").unwrap();
+        std::fs::write(file("b.yaml"), "b: 1\n").unwrap();
+        let paths = vec![dir.path().to_path_buf()];
+        let walked = policy_files_with_metadata(&paths);
+        let listed = names(&walked);
+        let files = walked.unwrap();
+        let read = |n: &str| {
+            files
+                .iter()
+                .filter(|(f, _)| f.ends_with(n))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        assert!(held_still(&paths, &listed, &read("a.yaml")));
+        // Not a policy file: not listed, not compared.
+        std::fs::write(file("notes.txt"), "x").unwrap();
+        assert!(held_still(&paths, &listed, &read("a.yaml")));
+        // A file the build did not read changes: that is the next reload.
+        std::fs::write(file("b.yaml"), "b: 22\n").unwrap();
+        assert!(held_still(&paths, &listed, &read("a.yaml")));
+        // A file it read changes.
+        std::fs::write(file("a.yaml"), "a: 22\n").unwrap();
+        assert!(!held_still(&paths, &listed, &read("a.yaml")));
+        // A file it read is replaced by a rename (same size).
+        let walked = policy_files_with_metadata(&paths);
+        let (listed, files) = (names(&walked), walked.unwrap());
+        let noted: Vec<_> = files
+            .iter()
+            .filter(|(f, _)| f.ends_with("a.yaml"))
+            .cloned()
+            .collect();
+        std::fs::write(file(".tmp"), "a: 33\n").unwrap();
+        std::fs::rename(file(".tmp"), file("a.yaml")).unwrap();
+        assert!(!held_still(&paths, &listed, &noted));
+        // A policy file appears, or one goes.
+        let walked = policy_files_with_metadata(&paths);
+        let listed = names(&walked);
+        std::fs::write(file("c.yml"), "c: 1\n").unwrap();
+        assert!(!held_still(&paths, &listed, &[]));
+        let walked = policy_files_with_metadata(&paths);
+        let listed = names(&walked);
+        std::fs::remove_file(file("b.yaml")).unwrap();
+        assert!(!held_still(&paths, &listed, &[]));
+    }
 
     #[test]
     fn files_are_watched_through_their_directory_once() {

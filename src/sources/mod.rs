@@ -7,7 +7,8 @@
 pub mod files;
 pub mod kube;
 
-use crate::policy::{LoadErrors, PolicySet, Warning};
+use crate::policy::load::{policy_files_with_metadata, Walked};
+use crate::policy::{LoadErrors, PolicySet, Reload};
 use crate::server::State;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -250,43 +251,54 @@ impl Sources {
     /// and ignored objects are left out and reported instead, and so are
     /// PolicyExceptions whose conditions do not compile in the scope of a
     /// policy they name.
+    ///
+    /// `walked`: the files as a walk that started at the given time listed
+    /// them (else they are listed now).
     fn build(
         &self,
         status: &ReloadStatus,
         previous: &PolicySet,
-    ) -> (Result<PolicySet, LoadErrors>, Vec<Warning>) {
+        walked: Option<(Walked, SystemTime)>,
+    ) -> Reload {
+        let (walked, read_at) = walked.unwrap_or_else(|| {
+            let read_at = SystemTime::now();
+            (policy_files_with_metadata(&self.paths), read_at)
+        });
         let docs = kube::prepare(&self.kube, self.shadow);
-        let (mut result, mut warnings) = PolicySet::reload(&self.paths, docs, Some(previous));
-        let (clashes, conflicts) = match &result {
+        let mut built = PolicySet::reload_walked(walked.clone(), read_at, docs, Some(previous));
+        let (clashes, conflicts) = match &built.result {
             Err(e) => (kube::clashes(&e.0), kube::conflicts(&e.0)),
             Ok(_) => Default::default(),
         };
         let docs = kube::refuse_clashing(&self.kube, &clashes, &conflicts);
         if !clashes.is_empty() || !conflicts.is_empty() {
-            (result, warnings) = PolicySet::reload(&self.paths, docs, Some(previous));
+            built = PolicySet::reload_walked(walked, read_at, docs, Some(previous));
         }
         let report = self.store().report();
         if let (Some(r), false) = (&report, self.shadow) {
             crate::telemetry::metrics::global().set_kube_objects(r.ok, r.broken, r.ignored);
         }
         status.set_kube(report);
-        (result, warnings)
+        built
     }
 }
 
 /// Rebuilds the set from every source and publishes it when it loads and
 /// differs from the one serving.
 pub fn rebuild(state: &State, sources: &Sources) -> ReloadOutcome {
-    rebuild_if(state, sources, || true)
+    rebuild_if(state, sources, None, |_| true)
 }
 
 /// As [`rebuild`], but once the new set is built (or has failed), publishes
-/// or reports nothing unless `unchanged()` says the sources held still
-/// while they were read.
+/// or reports nothing unless `unchanged(read)` says the sources held still
+/// while they were read (`read`: the files the build read, with the
+/// metadata their walk saw). `walked`: the policy files as listed by a walk
+/// that started at the given time (else they are listed now).
 pub fn rebuild_if(
     state: &State,
     sources: &Sources,
-    unchanged: impl FnOnce() -> bool,
+    walked: Option<(Walked, SystemTime)>,
+    unchanged: impl FnOnce(&[(PathBuf, std::fs::Metadata)]) -> bool,
 ) -> ReloadOutcome {
     let _one = sources.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
     let Some((target, status)) = sources.target(state) else {
@@ -299,13 +311,14 @@ pub fn rebuild_if(
     // failure unseen: it is a refused reload like any other.
     let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         debug_hooks::before_rebuild(sources);
-        sources.build(status, &previous)
+        sources.build(status, &previous, walked)
     }));
-    if !unchanged() {
+    let read = built.as_ref().map_or(&[][..], |b| &b.read);
+    if !unchanged(read) {
         return ReloadOutcome::Superseded;
     }
     let (result, warnings) = match built {
-        Ok(r) => r,
+        Ok(r) => (r.result, r.warnings),
         Err(panic) => {
             tracing::error!(
                 set = set_name,
