@@ -17,40 +17,47 @@ pub struct Document {
 /// Every policy file under `paths`: files as given, directories recursively
 /// (`.yaml`, `.yml`, `.json`), skipping entries whose name starts with `.`
 /// (Kubernetes ConfigMap mounts keep their versions in such folders; a
-/// directory with a `..data` link is read through it, see [`walk`]). The
+/// directory with a `..data` link is read through it, see `Walk::walk`). The
 /// order is stable: sorted by path within each directory.
 pub fn policy_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
-    let mut out = Vec::new();
-    list(paths, false, &mut out)?;
-    Ok(out.into_iter().map(|(p, _)| p).collect())
+    let mut walk = Walk::default();
+    walk.list(paths)?;
+    Ok(walk.files.into_iter().map(|(p, _)| p).collect())
 }
 
 /// As [`policy_files`], each with the metadata the walk read (links
 /// followed): what a reload and the watcher's settle check compare.
 pub fn policy_files_with_metadata(paths: &[PathBuf]) -> Walked {
-    let mut out = Vec::new();
-    list(paths, true, &mut out)?;
-    Ok(out
-        .into_iter()
-        .filter_map(|(p, m)| m.map(|m| (p, m)))
-        .collect())
+    policy_files_and_folders(paths).map(|(files, _)| files)
 }
 
-/// The policy files under `paths`, each with its metadata when `stat` (or
-/// when it was looked at anyway: a path given as a file, a link followed).
-fn list(paths: &[PathBuf], stat: bool, out: &mut Found) -> Result<(), LoadError> {
-    for p in paths {
-        let meta = std::fs::metadata(p).map_err(|e| LoadError::Io {
-            path: p.clone(),
-            message: e.to_string(),
-        })?;
-        if meta.is_dir() {
-            walk(p, stat, out)?;
-        } else {
-            out.push((p.clone(), Some(meta)));
-        }
-    }
-    Ok(())
+/// As [`policy_files_with_metadata`], with each folder the walk read and its
+/// metadata, taken before it was read: while a folder keeps its stamp, no
+/// entry of it was added, removed or renamed.
+pub fn policy_files_and_folders(paths: &[PathBuf]) -> Result<(Listed, Listed), LoadError> {
+    let mut walk = Walk {
+        stat: true,
+        ..Walk::default()
+    };
+    walk.list(paths)?;
+    let files = walk
+        .files
+        .into_iter()
+        .filter_map(|(p, m)| m.map(|m| (p, m)));
+    Ok((files.collect(), walk.folders))
+}
+
+/// Paths with their metadata.
+pub type Listed = Vec<(PathBuf, std::fs::Metadata)>;
+
+#[derive(Default)]
+struct Walk {
+    /// Whether each policy file is looked at (else only links are).
+    stat: bool,
+    /// Each policy file, with its metadata when `stat` or when it was
+    /// looked at anyway (a path given as a file, a link followed).
+    files: Vec<(PathBuf, Option<std::fs::Metadata>)>,
+    folders: Listed,
 }
 
 /// Whether two looks at a file saw it the same: its size, modification
@@ -68,61 +75,88 @@ pub fn same_stamp(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
     a.len() == b.len() && a.modified().ok() == b.modified().ok()
 }
 
-type Found = Vec<(PathBuf, Option<std::fs::Metadata>)>;
-
 /// The policy files under some paths with their metadata, in load order, or
 /// why they cannot be listed.
-pub type Walked = Result<Vec<(PathBuf, std::fs::Metadata)>, LoadError>;
+pub type Walked = Result<Listed, LoadError>;
 
-fn walk(dir: &Path, stat: bool, out: &mut Found) -> Result<(), LoadError> {
-    // A Kubernetes ConfigMap/Secret mount: the visible entries are links
-    // into `..data`, itself a link the kubelet swaps to a new versioned
-    // folder in one rename. Resolving `..data` once and reading that folder
-    // means one load sees one version, never half of each.
-    let data = dir.join("..data");
-    if std::fs::symlink_metadata(&data).is_ok_and(|m| m.file_type().is_symlink()) {
-        if let Ok(version) = std::fs::canonicalize(&data) {
-            if version.is_dir() {
-                return walk_entries(&version, stat, out);
+impl Walk {
+    fn list(&mut self, paths: &[PathBuf]) -> Result<(), LoadError> {
+        for p in paths {
+            let meta = std::fs::metadata(p).map_err(|e| LoadError::Io {
+                path: p.clone(),
+                message: e.to_string(),
+            })?;
+            if meta.is_dir() {
+                self.walk(p)?;
+            } else {
+                self.files.push((p.clone(), Some(meta)));
             }
         }
+        Ok(())
     }
-    walk_entries(dir, stat, out)
-}
 
-fn walk_entries(dir: &Path, stat: bool, out: &mut Found) -> Result<(), LoadError> {
-    let unreadable = |path: &Path, e: std::io::Error| LoadError::Io {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    };
-    for (_, entry) in sorted_visible(dir).map_err(|e| unreadable(dir, e))? {
-        let path = entry.path();
-        let kind = entry.file_type().map_err(|e| unreadable(&path, e))?;
-        if kind.is_dir() {
-            walk(&path, stat, out)?;
-            continue;
+    fn walk(&mut self, dir: &Path) -> Result<(), LoadError> {
+        self.note_folder(dir)?;
+        // A Kubernetes ConfigMap/Secret mount: the visible entries are links
+        // into `..data`, itself a link the kubelet swaps to a new versioned
+        // folder in one rename. Resolving `..data` once and reading that folder
+        // means one load sees one version, never half of each.
+        let data = dir.join("..data");
+        if std::fs::symlink_metadata(&data).is_ok_and(|m| m.file_type().is_symlink()) {
+            if let Ok(version) = std::fs::canonicalize(&data) {
+                if version.is_dir() {
+                    self.note_folder(&version)?;
+                    return self.walk_entries(&version);
+                }
+            }
         }
-        let meta = if kind.is_symlink() {
-            // Follow symlinks: ConfigMap mounts link each key to `..data/key`.
-            std::fs::metadata(&path)
-        } else if !is_policy_file(&path) {
-            continue;
-        } else if stat {
-            // Looked at through the open directory: its path is not
-            // resolved again from the root.
-            entry.metadata()
-        } else {
-            out.push((path, None));
-            continue;
-        };
-        let meta = meta.map_err(|e| unreadable(&path, e))?;
-        if meta.is_dir() {
-            walk(&path, stat, out)?;
-        } else if is_policy_file(&path) {
-            out.push((path, Some(meta)));
-        }
+        self.walk_entries(dir)
     }
-    Ok(())
+
+    /// Notes `dir`'s stamp before its entries are read.
+    fn note_folder(&mut self, dir: &Path) -> Result<(), LoadError> {
+        let stamp = std::fs::metadata(dir).map_err(|e| LoadError::Io {
+            path: dir.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        self.folders.push((dir.to_path_buf(), stamp));
+        Ok(())
+    }
+
+    fn walk_entries(&mut self, dir: &Path) -> Result<(), LoadError> {
+        let unreadable = |path: &Path, e: std::io::Error| LoadError::Io {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        for (_, entry) in sorted_visible(dir).map_err(|e| unreadable(dir, e))? {
+            let path = entry.path();
+            let kind = entry.file_type().map_err(|e| unreadable(&path, e))?;
+            if kind.is_dir() {
+                self.walk(&path)?;
+                continue;
+            }
+            let meta = if kind.is_symlink() {
+                // Follow symlinks: ConfigMap mounts link each key to `..data/key`.
+                std::fs::metadata(&path)
+            } else if !is_policy_file(&path) {
+                continue;
+            } else if self.stat {
+                // Looked at through the open directory: its path is not
+                // resolved again from the root.
+                entry.metadata()
+            } else {
+                self.files.push((path, None));
+                continue;
+            };
+            let meta = meta.map_err(|e| unreadable(&path, e))?;
+            if meta.is_dir() {
+                self.walk(&path)?;
+            } else if is_policy_file(&path) {
+                self.files.push((path, Some(meta)));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The entries of `dir` without hidden ones (a name starting with `.`),

@@ -31,7 +31,9 @@
 //! ([`crate::server::tls::watch`]).
 
 use super::{rebuild, rebuild_if, ReloadOutcome, Sources};
-use crate::policy::load::{policy_files, policy_files_with_metadata, Walked};
+use crate::policy::load::{
+    policy_files, policy_files_and_folders, policy_files_with_metadata, Listed, Walked,
+};
 use crate::server::State;
 use notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{new_debouncer, DebounceEventResult};
@@ -376,15 +378,22 @@ fn settled_rebuild(state: &State, sources: &Sources, settle: Duration) -> Reload
             return rebuild(state, sources);
         }
         let noted_at = Instant::now();
-        let read_at = SystemTime::now();
+        let listed_at = SystemTime::now();
         // The build reads the files this walk lists: one walk serves both.
-        let walked = policy_files_with_metadata(&sources.paths);
-        let listed = names(&walked);
-        let outcome = rebuild_if(state, sources, Some((walked, read_at)), |read| {
+        let (walked, folders) = match policy_files_and_folders(&sources.paths) {
+            Ok((files, folders)) => (Ok(files), folders),
+            Err(e) => (Err(e), Vec::new()),
+        };
+        let noted = Noted {
+            files: names(&walked),
+            folders,
+            at: listed_at,
+        };
+        let outcome = rebuild_if(state, sources, Some((walked, listed_at)), |read| {
             if let Some(left) = settle.checked_sub(noted_at.elapsed()) {
                 std::thread::sleep(left);
             }
-            held_still(&sources.paths, &listed, read)
+            held_still(&sources.paths, &noted, read)
         });
         if outcome != ReloadOutcome::Superseded {
             return outcome;
@@ -401,27 +410,115 @@ fn names(walked: &Walked) -> Result<Vec<PathBuf>, String> {
     }
 }
 
-/// Whether the paths still hold the files `listed`, and each file of `read`
+/// What the listing before a build saw.
+struct Noted {
+    /// The policy files, or why they could not be listed.
+    files: Result<Vec<PathBuf>, String>,
+    /// Each folder walked, with its stamp from before it was read.
+    folders: Listed,
+    /// When the listing started.
+    at: SystemTime,
+}
+
+/// A folder modified this close before it was listed may have changed again
+/// within its time stamp's granularity: its entries are listed again.
+const RACY: Duration = Duration::from_secs(2);
+
+/// Whether the paths still hold the files `noted`, and each file of `read`
 /// still has the metadata noted with it.
-fn held_still(
-    paths: &[PathBuf],
-    listed: &Result<Vec<PathBuf>, String>,
-    read: &[(PathBuf, std::fs::Metadata)],
-) -> bool {
-    let now = match listed {
+fn held_still(paths: &[PathBuf], noted: &Noted, read: &[(PathBuf, std::fs::Metadata)]) -> bool {
+    let same_files = match &noted.files {
+        // No entry was added, removed or renamed in a folder that keeps a
+        // stamp from well before the listing.
+        Ok(_) if folders_held_still(&noted.folders, noted.at) => true,
         // Listing names needs no look at each file.
-        Ok(_) => policy_files(paths).map_err(|e| e.to_string()),
-        Err(_) => names(&policy_files_with_metadata(paths)),
+        Ok(_) => policy_files(paths).map_err(|e| e.to_string()) == noted.files,
+        Err(_) => names(&policy_files_with_metadata(paths)) == noted.files,
     };
-    now == *listed
+    same_files
         && read.iter().all(|(f, noted)| {
             std::fs::metadata(f).is_ok_and(|m| crate::policy::load::same_stamp(&m, noted))
         })
 }
 
+fn folders_held_still(folders: &Listed, listed_at: SystemTime) -> bool {
+    folders.iter().all(|(dir, noted)| {
+        let settled = noted
+            .modified()
+            .ok()
+            .and_then(|t| t.checked_add(RACY))
+            .is_some_and(|t| t <= listed_at);
+        settled && std::fs::metadata(dir).is_ok_and(|m| crate::policy::load::same_stamp(&m, noted))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn note(paths: &[PathBuf]) -> Noted {
+        let at = SystemTime::now();
+        let (files, folders) = policy_files_and_folders(paths).unwrap();
+        Noted {
+            files: Ok(files.into_iter().map(|(f, _)| f).collect()),
+            folders,
+            at,
+        }
+    }
+
+    /// Gives `dir` a modification time an hour old.
+    fn backdate(dir: &Path) {
+        let f = std::fs::File::open(dir).unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(3600))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_folder_that_kept_an_old_stamp_is_not_listed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(root.join("a.yaml"), "a: 1\n").unwrap();
+        let paths = vec![root.to_path_buf()];
+        // Just modified: its entries may change within the stamp's
+        // granularity, so they are listed again.
+        let noted = note(&paths);
+        assert!(!folders_held_still(&noted.folders, noted.at));
+        assert!(held_still(&paths, &noted, &[]));
+        backdate(root);
+        let noted = note(&paths);
+        assert!(folders_held_still(&noted.folders, noted.at));
+        // A file changed in place does not change its folder.
+        std::fs::write(root.join("a.yaml"), "a: 22\n").unwrap();
+        assert!(folders_held_still(&noted.folders, noted.at));
+        assert!(held_still(&paths, &noted, &[]));
+        // A new entry does.
+        std::fs::write(root.join("b.yaml"), "b: 1\n").unwrap();
+        assert!(!folders_held_still(&noted.folders, noted.at));
+        assert!(!held_still(&paths, &noted, &[]));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_mount_whose_version_is_swapped_has_not_held_still() {
+        // The layout of a Kubernetes ConfigMap volume.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for v in ["..v1", "..v2"] {
+            std::fs::create_dir(root.join(v)).unwrap();
+            std::fs::write(root.join(v).join("p.yaml"), format!("v: {v}\n")).unwrap();
+        }
+        std::os::unix::fs::symlink("..v1", root.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/p.yaml", root.join("p.yaml")).unwrap();
+        backdate(&root.join("..v1"));
+        backdate(root);
+        let paths = vec![root.to_path_buf()];
+        let noted = note(&paths);
+        assert!(folders_held_still(&noted.folders, noted.at));
+        std::os::unix::fs::symlink("..v2", root.join("..data_tmp")).unwrap();
+        std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+        assert!(!folders_held_still(&noted.folders, noted.at));
+        assert!(!held_still(&paths, &noted, &[]));
+    }
 
     #[test]
     fn the_settle_check_sees_new_files_and_changes_to_files_it_read() {
@@ -430,9 +527,8 @@ mod tests {
         std::fs::write(file("a.yaml"), "a: 1\n").unwrap();
         std::fs::write(file("b.yaml"), "b: 1\n").unwrap();
         let paths = vec![dir.path().to_path_buf()];
-        let walked = policy_files_with_metadata(&paths);
-        let listed = names(&walked);
-        let files = walked.unwrap();
+        let listed = note(&paths);
+        let files = policy_files_with_metadata(&paths).unwrap();
         let read = |n: &str| {
             files
                 .iter()
@@ -451,8 +547,8 @@ mod tests {
         std::fs::write(file("a.yaml"), "a: 22\n").unwrap();
         assert!(!held_still(&paths, &listed, &read("a.yaml")));
         // A file it read is replaced by a rename (same size).
-        let walked = policy_files_with_metadata(&paths);
-        let (listed, files) = (names(&walked), walked.unwrap());
+        let listed = note(&paths);
+        let files = policy_files_with_metadata(&paths).unwrap();
         let noted: Vec<_> = files
             .iter()
             .filter(|(f, _)| f.ends_with("a.yaml"))
@@ -462,12 +558,10 @@ mod tests {
         std::fs::rename(file(".tmp"), file("a.yaml")).unwrap();
         assert!(!held_still(&paths, &listed, &noted));
         // A policy file appears, or one goes.
-        let walked = policy_files_with_metadata(&paths);
-        let listed = names(&walked);
+        let listed = note(&paths);
         std::fs::write(file("c.yml"), "c: 1\n").unwrap();
         assert!(!held_still(&paths, &listed, &[]));
-        let walked = policy_files_with_metadata(&paths);
-        let listed = names(&walked);
+        let listed = note(&paths);
         std::fs::remove_file(file("b.yaml")).unwrap();
         assert!(!held_still(&paths, &listed, &[]));
     }
