@@ -44,6 +44,7 @@ use cel::IdedExpr;
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::sync::Arc;
 
 /// The string fields of `object.attributes.request.http` a constraint may
 /// read: never absent (an unset field reads as `""`), always a `string`.
@@ -349,7 +350,7 @@ struct Postings {
 #[derive(Debug, Default)]
 pub struct PolicyIndex {
     /// Each policy's selection, in the set's order.
-    selections: Vec<Selection>,
+    selections: Vec<Arc<Selection>>,
     attributes: Vec<(Attribute, Postings)>,
     /// Policies that are candidates for every request, in order.
     always: Vec<u32>,
@@ -362,18 +363,18 @@ impl PolicyIndex {
     where
         C: IntoIterator<Item = &'a IdedExpr>,
     {
-        Self::from_selections(policies.into_iter().map(select))
+        Self::from_selections(policies.into_iter().map(|c| Arc::new(select(c))))
     }
 
     /// The index of policies given by their selections ([`select`]), in the
     /// set's order: a policy's selection depends on its matchConditions
     /// alone, so a reload takes an unchanged policy's over.
-    pub fn from_selections(selections: impl IntoIterator<Item = Selection>) -> PolicyIndex {
+    pub fn from_selections(selections: impl IntoIterator<Item = Arc<Selection>>) -> PolicyIndex {
         let mut index = PolicyIndex::default();
         let mut by_attribute: HashMap<Attribute, Postings> = HashMap::new();
         for (i, selection) in selections.into_iter().enumerate() {
             let i = u32::try_from(i).expect("fewer than 2^32 policies");
-            match &selection {
+            match &*selection {
                 Selection::Indexed(c) => {
                     let p = by_attribute.entry(c.attribute.clone()).or_default();
                     for v in &c.exact {
@@ -400,7 +401,7 @@ impl PolicyIndex {
 
     /// How policy `i` of the set is selected.
     pub fn selection(&self, i: usize) -> Option<&Selection> {
-        self.selections.get(i)
+        self.selections.get(i).map(|s| &**s)
     }
 
     /// Whether any policy is indexed (else every request is a linear walk).

@@ -515,7 +515,7 @@ pub struct Compiled {
     /// The expressions planned for the evaluator, in the same order.
     pub plans: Plans,
     /// How the selection index picks it, from its matchConditions.
-    pub selection: index::Selection,
+    pub selection: Arc<index::Selection>,
     /// What the type checker knows of each variable, for the conditions of
     /// the exceptions that name this policy.
     pub variable_types: HashMap<String, crate::cel::check::Info>,
@@ -1404,7 +1404,9 @@ impl Compiler<'_> {
             .iter()
             .map(|w| (w.field.clone(), w.message.clone()))
             .collect();
-        let selection = index::select(match_conditions.iter().map(|m| m.expr.program.expression()));
+        let selection = Arc::new(index::select(
+            match_conditions.iter().map(|m| m.expr.program.expression()),
+        ));
         self.policies.push(Policy {
             name: ctx.name.to_owned(),
             location: ctx.location.clone(),
