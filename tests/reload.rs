@@ -64,7 +64,8 @@ fn start_with(
 }
 
 fn errors(state: &State) -> u64 {
-    state.reload.errors_total.load(Ordering::Relaxed)
+    // Acquire: the error it counts is recorded before the count.
+    state.reload.errors_total.load(Ordering::Acquire)
 }
 
 fn last_error(state: &State) -> String {
@@ -227,7 +228,8 @@ async fn broken_changes_keep_the_last_good_set_and_show_in_readyz() {
     // Broken YAML: refused, counted, visible, still ready, old set serves.
     write(&file, "apiVersion: [unclosed\n");
     eventually("the broken YAML is refused", || {
-        state.reload.errors_total.load(Ordering::Relaxed) == 1
+        // Acquire: the error it counts is recorded before the count.
+        state.reload.errors_total.load(Ordering::Acquire) == 1
     });
     assert_eq!(status(&state), 401);
     let (code, ready) = get("/readyz").await.unwrap();
@@ -239,7 +241,8 @@ async fn broken_changes_keep_the_last_good_set_and_show_in_readyz() {
     // Broken CEL: refused with the policy, field and CEL error named.
     write(&file, &policy("p", 402).replace("Response()", "Response("));
     eventually("the broken CEL is refused", || {
-        state.reload.errors_total.load(Ordering::Relaxed) == 2
+        // Acquire: the error it counts is recorded before the count.
+        state.reload.errors_total.load(Ordering::Acquire) == 2
     });
     assert_eq!(status(&state), 401);
     let (_, ready) = get("/readyz").await.unwrap();

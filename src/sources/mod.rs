@@ -383,10 +383,11 @@ pub fn rebuild_if(
             ReloadOutcome::Applied
         }
         Err(errors) => {
-            status.errors_total.fetch_add(1, Ordering::Relaxed);
             let failure = ReloadFailure::new(&errors);
             failure.log(set_name);
+            // The error first: whoever sees the count sees the error.
             status.set_error(Some(failure));
+            status.errors_total.fetch_add(1, Ordering::Release);
             ReloadOutcome::Failed
         }
     }
@@ -397,11 +398,11 @@ pub const EMPTY_SET: &str = "the sources hold no Envoy-mode ValidatingPolicy (no
 
 /// Records a refused reload that is not a load error of the documents.
 fn refuse(status: &ReloadStatus, error: String) -> ReloadOutcome {
-    status.errors_total.fetch_add(1, Ordering::Relaxed);
     status.set_error(Some(ReloadFailure {
         at: SystemTime::now(),
         errors: vec![error],
     }));
+    status.errors_total.fetch_add(1, Ordering::Release);
     ReloadOutcome::Failed
 }
 
