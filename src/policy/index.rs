@@ -337,8 +337,8 @@ pub fn select<'a>(conditions: impl IntoIterator<Item = &'a IdedExpr>) -> Selecti
 /// Policies (by their place in the set) under one attribute.
 #[derive(Debug, Default)]
 struct Postings {
-    exact: HashMap<Box<str>, Vec<u32>>,
-    prefixes: HashMap<Box<str>, Vec<u32>>,
+    exact: ahash::AHashMap<Box<str>, Vec<u32>>,
+    prefixes: ahash::AHashMap<Box<str>, Vec<u32>>,
     /// The distinct lengths of `prefixes`, in bytes.
     prefix_lengths: Vec<usize>,
     /// Every policy indexed here: the candidates when the attribute is

@@ -211,6 +211,17 @@ pub enum Map<'r> {
     HeaderMap(&'r envoy_types::pb::envoy::config::core::v3::HeaderMap),
 }
 
+/// The value of `key` in a request's string map (headers, context
+/// extensions): a small map is searched by comparing keys, cheaper than
+/// hashing the key with the map's SipHash.
+fn strings_get<'m>(m: &'m HashMap<String, String>, key: &str) -> Option<&'m String> {
+    if m.len() <= 16 {
+        m.iter().find(|(k, _)| k.as_str() == key).map(|(_, v)| v)
+    } else {
+        m.get(key)
+    }
+}
+
 impl<'r> Map<'r> {
     pub fn new(m: OwnedMap<'r>) -> Self {
         Map::Owned(Arc::new(m))
@@ -238,7 +249,9 @@ impl<'r> Map<'r> {
                 m.get(&k).cloned()
             }
             Map::Strings(m) => match key {
-                Value::String(s) => m.get(s.as_str()).map(|v| Value::String(Str::Borrowed(v))),
+                Value::String(s) => {
+                    strings_get(m, s.as_str()).map(|v| Value::String(Str::Borrowed(v)))
+                }
                 _ => None,
             },
             Map::HeaderMap(m) => match key {
@@ -252,7 +265,9 @@ impl<'r> Map<'r> {
     pub fn contains_key(&self, key: &Value<'_>) -> bool {
         match self {
             Map::Owned(m) => Key::lookup(key).is_some_and(|k| m.contains_key(&k)),
-            Map::Strings(m) => matches!(key, Value::String(s) if m.contains_key(s.as_str())),
+            Map::Strings(m) => {
+                matches!(key, Value::String(s) if strings_get(m, s.as_str()).is_some())
+            }
             Map::HeaderMap(_) => self.get(key).is_some(),
         }
     }
@@ -818,6 +833,26 @@ pub fn format_duration(d: TimeDelta) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_string_map_is_searched_alike_small_or_large() {
+        for n in [0usize, 1, 5, 16, 17, 40] {
+            let m: HashMap<String, String> =
+                (0..n).map(|i| (format!("k{i}"), format!("v{i}"))).collect();
+            let map = Map::Strings(&m);
+            for i in 0..n + 2 {
+                let key = Value::String(Str::Owned(format!("k{i}").into()));
+                let want = m.get(&format!("k{i}")).cloned();
+                let got = map.get(&key).map(|v| match v {
+                    Value::String(s) => s.as_str().to_owned(),
+                    other => panic!("{other:?}"),
+                });
+                assert_eq!(got, want, "{n} entries, key k{i}");
+                assert_eq!(map.contains_key(&key), want.is_some());
+            }
+            assert!(map.get(&Value::Int(1)).is_none());
+        }
+    }
 
     #[test]
     fn numbers_compare_exactly_across_types() {

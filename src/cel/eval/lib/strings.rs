@@ -194,10 +194,17 @@ fn replace<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error
 /// CPU's vector instructions, but a substring searcher costs a setup that
 /// only a longer string pays back.
 pub(crate) fn find(hay: &str, needle: &str) -> Option<usize> {
+    let h = hay.as_bytes();
     match needle.as_bytes() {
-        [b] => memchr::memchr(*b, hay.as_bytes()),
-        _ if hay.len() < 64 => hay.find(needle),
-        n => memchr::memmem::find(hay.as_bytes(), n),
+        [] => Some(0),
+        [b] => memchr::memchr(*b, h),
+        n if n.len() > h.len() => None,
+        // A short haystack: each place of the first byte compared, cheaper
+        // than setting up a searcher (at most 64 places).
+        n if h.len() < 64 => {
+            memchr::memchr_iter(n[0], &h[..=h.len() - n.len()]).find(|&i| h[i..].starts_with(n))
+        }
+        n => memchr::memmem::find(h, n),
     }
 }
 
@@ -709,6 +716,26 @@ fn hex(ctx: &mut Ctx<'_>, v: &Value<'_>, upper: bool, out: &mut Vec<u8>) -> Resu
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn find_agrees_with_the_standard_search_at_every_length() {
+        let needles = ["", "a", "ab", "aab", "bb", "é", "éa", "x64", "abcabd", "ü€"];
+        let alphabet = ['a', 'b', 'é', '€', 'ü'];
+        for len in 0..80usize {
+            // A haystack of `len` characters, repetitive so that partial
+            // matches abound, with a needle's worth of text near the end.
+            let mut hay: String = (0..len)
+                .map(|i| alphabet[(i * 7 + i / 3) % alphabet.len()])
+                .collect();
+            for (k, n) in needles.iter().enumerate() {
+                assert_eq!(super::find(&hay, n), hay.find(n), "{hay:?} {n:?}");
+                if k == len % needles.len() {
+                    hay.push_str(n);
+                    assert_eq!(super::find(&hay, n), hay.find(n), "{hay:?} {n:?}");
+                }
+            }
+        }
+    }
+
     use crate::cel::eval::lib::call as call_in;
     use crate::cel::eval::lib::test_global as global;
     use crate::cel::eval::lib::test_method as method;
