@@ -2,6 +2,7 @@
 
 use super::LoadError;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 /// One document of one file.
 #[derive(Debug)]
@@ -60,19 +61,52 @@ struct Walk {
     folders: Listed,
 }
 
-/// Whether two looks at a file saw it the same: its size, modification
-/// time and (on Unix) change time and identity.
-pub fn same_stamp(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt as _;
-        if (a.dev(), a.ino(), a.ctime(), a.ctime_nsec())
-            != (b.dev(), b.ino(), b.ctime(), b.ctime_nsec())
-        {
-            return false;
+/// What says a file or folder changed: its size, modification time and
+/// (on Unix) change time and identity. Two looks that give the same stamp
+/// saw it the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    changed: (i64, i64),
+    identity: (u64, u64),
+}
+
+/// Something modified this close before it was looked at may have changed
+/// again within its time stamp's granularity: its stamp cannot tell.
+pub const RACY: Duration = Duration::from_secs(2);
+
+impl Stamp {
+    pub fn of(m: &std::fs::Metadata) -> Stamp {
+        #[cfg(unix)]
+        let (changed, identity) = {
+            use std::os::unix::fs::MetadataExt as _;
+            ((m.ctime(), m.ctime_nsec()), (m.dev(), m.ino()))
+        };
+        #[cfg(not(unix))]
+        let (changed, identity) = ((0, 0), (0, 0));
+        Stamp {
+            len: m.len(),
+            modified: m.modified().ok(),
+            changed,
+            identity,
         }
     }
-    a.len() == b.len() && a.modified().ok() == b.modified().ok()
+
+    /// Whether it was last modified well before `at` ([`RACY`]), so that a
+    /// later change shows in its stamp.
+    pub fn settled_by(&self, at: SystemTime) -> bool {
+        self.modified
+            .and_then(|t| t.checked_add(RACY))
+            .is_some_and(|t| t <= at)
+    }
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> LoadError {
+    LoadError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
 }
 
 /// The policy files under some paths with their metadata, in load order, or
@@ -82,10 +116,7 @@ pub type Walked = Result<Listed, LoadError>;
 impl Walk {
     fn list(&mut self, paths: &[PathBuf]) -> Result<(), LoadError> {
         for p in paths {
-            let meta = std::fs::metadata(p).map_err(|e| LoadError::Io {
-                path: p.clone(),
-                message: e.to_string(),
-            })?;
+            let meta = std::fs::metadata(p).map_err(|e| io_error(p, e))?;
             if meta.is_dir() {
                 self.walk(p)?;
             } else {
@@ -115,44 +146,34 @@ impl Walk {
 
     /// Notes `dir`'s stamp before its entries are read.
     fn note_folder(&mut self, dir: &Path) -> Result<(), LoadError> {
-        let stamp = std::fs::metadata(dir).map_err(|e| LoadError::Io {
-            path: dir.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let stamp = std::fs::metadata(dir).map_err(|e| io_error(dir, e))?;
         self.folders.push((dir.to_path_buf(), stamp));
         Ok(())
     }
 
     fn walk_entries(&mut self, dir: &Path) -> Result<(), LoadError> {
-        let unreadable = |path: &Path, e: std::io::Error| LoadError::Io {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        };
-        for (_, entry) in sorted_visible(dir).map_err(|e| unreadable(dir, e))? {
+        for (_, entry) in sorted_visible(dir).map_err(|e| io_error(dir, e))? {
             let path = entry.path();
-            let kind = entry.file_type().map_err(|e| unreadable(&path, e))?;
-            if kind.is_dir() {
-                self.walk(&path)?;
-                continue;
-            }
-            let meta = if kind.is_symlink() {
+            let kind = entry.file_type().map_err(|e| io_error(&path, e))?;
+            if kind.is_symlink() {
                 // Follow symlinks: ConfigMap mounts link each key to `..data/key`.
-                std::fs::metadata(&path)
-            } else if !is_policy_file(&path) {
-                continue;
-            } else if self.stat {
-                // Looked at through the open directory: its path is not
-                // resolved again from the root.
-                entry.metadata()
-            } else {
-                self.files.push((path, None));
-                continue;
-            };
-            let meta = meta.map_err(|e| unreadable(&path, e))?;
-            if meta.is_dir() {
+                let meta = std::fs::metadata(&path).map_err(|e| io_error(&path, e))?;
+                if meta.is_dir() {
+                    self.walk(&path)?;
+                } else if is_policy_file(&path) {
+                    self.files.push((path, Some(meta)));
+                }
+            } else if kind.is_dir() {
                 self.walk(&path)?;
             } else if is_policy_file(&path) {
-                self.files.push((path, Some(meta)));
+                // Looked at through the open directory: its path is not
+                // resolved again from the root.
+                let meta = if self.stat {
+                    Some(entry.metadata().map_err(|e| io_error(&path, e))?)
+                } else {
+                    None
+                };
+                self.files.push((path, meta));
             }
         }
         Ok(())

@@ -601,7 +601,7 @@ pub struct Reload {
 /// A policy file as a load read it.
 #[derive(Debug, Clone)]
 struct FileState {
-    stamp: FileStamp,
+    stamp: load::Stamp,
     /// When the load that read it started (before it looked at the file).
     read_at: SystemTime,
     /// The ValidatingPolicies its documents compiled to, by their place in
@@ -629,49 +629,11 @@ impl PolicySet {
     }
 }
 
-/// What says a file changed: its size, times and identity.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct FileStamp {
-    len: u64,
-    modified: SystemTime,
-    changed_ns: i128,
-    inode: (u64, u64),
-}
-
-/// A file modified this close before it was read may have changed again
-/// within its time stamp's granularity: it is read again, whatever its
-/// stamp says.
-const RACY: std::time::Duration = std::time::Duration::from_secs(2);
-
-impl FileStamp {
-    #[cfg(unix)]
-    fn of(m: &std::fs::Metadata) -> Option<FileStamp> {
-        use std::os::unix::fs::MetadataExt;
-        Some(FileStamp {
-            len: m.len(),
-            modified: m.modified().ok()?,
-            changed_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
-            inode: (m.dev(), m.ino()),
-        })
-    }
-
-    #[cfg(not(unix))]
-    fn of(_: &std::fs::Metadata) -> Option<FileStamp> {
-        None
-    }
-}
-
 impl FileState {
     /// Whether a file now stamped `now` is this one, unchanged: the same
     /// stamp, written well before it was read, all of it policies.
-    fn unchanged(&self, now: &FileStamp) -> bool {
-        self.policies.is_some()
-            && self.stamp == *now
-            && self
-                .stamp
-                .modified
-                .checked_add(RACY)
-                .is_some_and(|t| t <= self.read_at)
+    fn unchanged(&self, now: &load::Stamp) -> bool {
+        self.policies.is_some() && self.stamp == *now && self.stamp.settled_by(self.read_at)
     }
 }
 
@@ -743,7 +705,9 @@ impl PolicySet {
             Failed(LoadError),
         }
         let read = par_map(&files, 32, |(f, meta)| {
-            let stamp = FileStamp::of(meta);
+            // Size and modification time alone do not tell a file changed
+            // (only Unix gives its change time and identity): read it again.
+            let stamp = cfg!(unix).then(|| load::Stamp::of(meta));
             if let (Some(prev), Some(now), Some(set)) =
                 (previous.and_then(|p| p.files.get(f)), &stamp, previous)
             {

@@ -32,7 +32,7 @@
 
 use super::{rebuild, rebuild_if, ReloadOutcome, Sources};
 use crate::policy::load::{
-    policy_files, policy_files_and_folders, policy_files_with_metadata, Listed, Walked,
+    policy_files, policy_files_and_folders, policy_files_with_metadata, Listed, Stamp, Walked,
 };
 use crate::server::State;
 use notify::{EventKind, RecursiveMode};
@@ -378,18 +378,9 @@ fn settled_rebuild(state: &State, sources: &Sources, settle: Duration) -> Reload
             return rebuild(state, sources);
         }
         let noted_at = Instant::now();
-        let listed_at = SystemTime::now();
         // The build reads the files this walk lists: one walk serves both.
-        let (walked, folders) = match policy_files_and_folders(&sources.paths) {
-            Ok((files, folders)) => (Ok(files), folders),
-            Err(e) => (Err(e), Vec::new()),
-        };
-        let noted = Noted {
-            files: names(&walked),
-            folders,
-            at: listed_at,
-        };
-        let outcome = rebuild_if(state, sources, Some((walked, listed_at)), |read| {
+        let (walked, noted) = Noted::list(&sources.paths);
+        let outcome = rebuild_if(state, sources, Some((walked, noted.at)), |read| {
             if let Some(left) = settle.checked_sub(noted_at.elapsed()) {
                 std::thread::sleep(left);
             }
@@ -420,9 +411,24 @@ struct Noted {
     at: SystemTime,
 }
 
-/// A folder modified this close before it was listed may have changed again
-/// within its time stamp's granularity: its entries are listed again.
-const RACY: Duration = Duration::from_secs(2);
+impl Noted {
+    /// Lists the policy files under `paths`: what a build reads, and what
+    /// the settle check compares with afterwards.
+    fn list(paths: &[PathBuf]) -> (Walked, Noted) {
+        let at = SystemTime::now();
+        let (walked, folders) = match policy_files_and_folders(paths) {
+            Ok((files, folders)) => (Ok(files), folders),
+            Err(e) => (Err(e), Vec::new()),
+        };
+        let files = names(&walked);
+        (walked, Noted { files, folders, at })
+    }
+}
+
+/// Whether `path` still has the stamp `noted`.
+fn as_noted(path: &Path, noted: &std::fs::Metadata) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| Stamp::of(&m) == Stamp::of(noted))
+}
 
 /// Whether the paths still hold the files `noted`, and each file of `read`
 /// still has the metadata noted with it.
@@ -435,21 +441,15 @@ fn held_still(paths: &[PathBuf], noted: &Noted, read: &[(PathBuf, std::fs::Metad
         Ok(_) => policy_files(paths).map_err(|e| e.to_string()) == noted.files,
         Err(_) => names(&policy_files_with_metadata(paths)) == noted.files,
     };
-    same_files
-        && read.iter().all(|(f, noted)| {
-            std::fs::metadata(f).is_ok_and(|m| crate::policy::load::same_stamp(&m, noted))
-        })
+    same_files && read.iter().all(|(f, seen)| as_noted(f, seen))
 }
 
+/// Whether no folder had an entry added, removed or renamed: each kept a
+/// stamp from well before the listing ([`crate::policy::load::RACY`]).
 fn folders_held_still(folders: &Listed, listed_at: SystemTime) -> bool {
-    folders.iter().all(|(dir, noted)| {
-        let settled = noted
-            .modified()
-            .ok()
-            .and_then(|t| t.checked_add(RACY))
-            .is_some_and(|t| t <= listed_at);
-        settled && std::fs::metadata(dir).is_ok_and(|m| crate::policy::load::same_stamp(&m, noted))
-    })
+    folders
+        .iter()
+        .all(|(dir, noted)| Stamp::of(noted).settled_by(listed_at) && as_noted(dir, noted))
 }
 
 #[cfg(test)]
@@ -457,13 +457,9 @@ mod tests {
     use super::*;
 
     fn note(paths: &[PathBuf]) -> Noted {
-        let at = SystemTime::now();
-        let (files, folders) = policy_files_and_folders(paths).unwrap();
-        Noted {
-            files: Ok(files.into_iter().map(|(f, _)| f).collect()),
-            folders,
-            at,
-        }
+        let (walked, noted) = Noted::list(paths);
+        walked.unwrap();
+        noted
     }
 
     /// Gives `dir` a modification time an hour old.
