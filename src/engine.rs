@@ -428,18 +428,21 @@ fn run_policies<'r>(
     while let Some((i, ruled_out)) = walk.next(ctx.meter.used() > ctx.meter.budget()) {
         let policy = &set.policies[i];
         evaluated += usize::from(!ruled_out);
-        let mut t = trace.as_ref().map(|_| PolicyTrace {
-            policy: policy.name.clone(),
-            ..Default::default()
+        // Boxed: it is moved along with each policy, traced or not.
+        let mut t = trace.as_ref().map(|_| {
+            Box::new(PolicyTrace {
+                policy: policy.name.clone(),
+                ..Default::default()
+            })
         });
-        let result = eval_planned::<CheckResponse>(policy, ruled_out, ctx, t.as_mut());
+        let result = eval_planned::<CheckResponse>(policy, ruled_out, ctx, t.as_deref_mut());
         if ctx.meter.yielded() {
             return None;
         }
         let (outcome, verdict) = settle(policy, result, config, &mut audit, &mut records, &mut t);
         let decided = verdict.map(|v| match v {
             Verdict::Decided(response, index) => Decision {
-                response,
+                response: *response,
                 policy: Some(policy.name.clone()),
                 validation: Some(index),
                 error: None,
@@ -460,7 +463,7 @@ fn run_policies<'r>(
             clock = Some(now);
         }
         if let (Some(trace), Some(t)) = (trace.as_mut(), t) {
-            trace.push(t);
+            trace.push(*t);
         }
         if let Some(d) = decided {
             records.flush();
@@ -698,15 +701,18 @@ fn run_http_policies<'r>(
     let mut decided = None;
     for policy in &set.http_policies {
         evaluated += 1;
-        let mut t = trace.as_ref().map(|_| PolicyTrace {
-            policy: policy.name.clone(),
-            ..Default::default()
+        // Boxed: it is moved along with each policy, traced or not.
+        let mut t = trace.as_ref().map(|_| {
+            Box::new(PolicyTrace {
+                policy: policy.name.clone(),
+                ..Default::default()
+            })
         });
-        let result = eval_planned::<httpauthz::CheckResponse>(policy, false, ctx, t.as_mut());
+        let result = eval_planned::<httpauthz::CheckResponse>(policy, false, ctx, t.as_deref_mut());
         let (outcome, verdict) = settle(policy, result, config, &mut audit, &mut records, &mut t);
         decided = verdict.map(|v| match v {
             Verdict::Decided(response, index) => HttpDecision {
-                response,
+                response: *response,
                 failure: None,
                 policy: Some(policy.name.clone()),
                 validation: Some(index),
@@ -726,7 +732,7 @@ fn run_http_policies<'r>(
             clock = Some(now);
         }
         if let (Some(trace), Some(t)) = (trace.as_mut(), t) {
-            trace.push(t);
+            trace.push(*t);
         }
         if decided.is_some() {
             break;
@@ -760,7 +766,7 @@ pub fn audit_headers(config: &EngineConfig, audit: &[AuditEntry]) -> Vec<HeaderO
 /// What decides a request, from one policy: its answer (and the validation
 /// that gave it), or the error that denies under `failurePolicy: Fail`.
 enum Verdict<A> {
-    Decided(A, usize),
+    Decided(Box<A>, usize),
     Failed(EvalError),
 }
 
@@ -774,7 +780,7 @@ fn settle<'r, A: Answer>(
     config: &EngineConfig,
     audit: &mut Vec<AuditEntry>,
     records: &mut Records<'r>,
-    t: &mut Option<PolicyTrace>,
+    t: &mut Option<Box<PolicyTrace>>,
 ) -> (PolicyOutcome, Option<Verdict<A>>) {
     let actions = policy.actions;
     let entry = |status, validation, error: Option<&EvalError>, enforced| AuditEntry {
@@ -837,7 +843,7 @@ fn settle<'r, A: Answer>(
     }
 }
 
-fn set_outcome(t: &mut Option<PolicyTrace>, outcome: &str) {
+fn set_outcome(t: &mut Option<Box<PolicyTrace>>, outcome: &str) {
     if let Some(t) = t {
         t.outcome = outcome.to_owned();
     }
@@ -852,9 +858,16 @@ fn set_outcome(t: &mut Option<PolicyTrace>, outcome: &str) {
 /// adds the CEL message, which may quote request values (`No such key:
 /// <the key>`), for `celgate check --explain` and `celgate test` on the
 /// user's own machine.
+///
+/// A pointer to its [`EvalErrorData`] (read through `Deref`: `e.kind`), so
+/// that the results a policy's evaluation passes along are small.
 #[derive(Clone, PartialEq, thiserror::Error)]
 #[error("{}", self.summary())]
-pub struct EvalError {
+pub struct EvalError(Box<EvalErrorData>);
+
+/// What an [`EvalError`] says.
+#[derive(Clone, PartialEq)]
+pub struct EvalErrorData {
     /// The expression, e.g. `spec.validations[1].expression`; empty for an
     /// error of the server's own ([`ErrorKind::Server`]).
     pub field: String,
@@ -867,6 +880,25 @@ pub struct EvalError {
     pub reason: Option<&'static str>,
     /// The full message; may quote request data.
     message: String,
+}
+
+impl std::ops::Deref for EvalError {
+    type Target = EvalErrorData;
+    fn deref(&self) -> &EvalErrorData {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for EvalError {
+    fn deref_mut(&mut self) -> &mut EvalErrorData {
+        &mut self.0
+    }
+}
+
+impl From<EvalErrorData> for EvalError {
+    fn from(d: EvalErrorData) -> Self {
+        EvalError(Box::new(d))
+    }
 }
 
 /// Without the message (its length only), so that `{:?}` of a decision is
@@ -901,7 +933,7 @@ impl EvalError {
             (ErrorKind::FunctionError, Some("mcp.Parse")) => ErrorKind::McpParse,
             (k, _) => k,
         };
-        EvalError {
+        EvalErrorData {
             field: expr.field.clone(),
             kind,
             function: function.map(|f| truncate(f, 64).to_owned()),
@@ -911,6 +943,7 @@ impl EvalError {
                 _ => e.message.clone(),
             },
         }
+        .into()
     }
 
     /// The error of a condition of PolicyException `name`: its field is
@@ -923,25 +956,27 @@ impl EvalError {
 
     /// An expression that returned a value of the wrong type.
     pub fn result_type(expr: &Expression, message: String) -> EvalError {
-        EvalError {
+        EvalErrorData {
             field: expr.field.clone(),
             kind: ErrorKind::ResultType,
             function: None,
             reason: None,
             message,
         }
+        .into()
     }
 
     /// A request the server could not decide for a reason of its own.
     /// `description` is celgate's own text, never request data.
     pub fn server(description: String) -> EvalError {
-        EvalError {
+        EvalErrorData {
             field: String::new(),
             kind: ErrorKind::Server,
             function: None,
             reason: None,
             message: truncate(&description, SERVER_ERROR_MAX).to_owned(),
         }
+        .into()
     }
 
     /// The full message, which may quote request data: for the user's own
@@ -1001,9 +1036,11 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// What one policy said, short of an error.
+/// What one policy said, short of an error. The answer is boxed: most
+/// policies of a request say nothing, and what they return is moved
+/// through several calls.
 enum PolicyResult<A> {
-    Decided(A, usize),
+    Decided(Box<A>, usize),
     NoResult,
     Skipped,
     Exempted,
@@ -1171,7 +1208,7 @@ fn eval_planned<'r, A: Answer>(
         }
     }
     Ok(match result? {
-        Some((response, index)) => PolicyResult::Decided(response, index),
+        Some((response, index)) => PolicyResult::Decided(Box::new(response), index),
         None => PolicyResult::NoResult,
     })
 }

@@ -411,8 +411,8 @@ impl PolicyIndex {
 
     /// The policies that `request` may concern, in order: those the index
     /// does not rule out.
-    pub fn candidates(&self, request: &CheckRequest) -> Vec<u32> {
-        let mut out: Vec<u32> = self.always.clone();
+    pub fn candidates(&self, request: &CheckRequest) -> Candidates {
+        let mut out = Candidates::from_slice(&self.always);
         let root = Node::CheckRequest(request);
         let attrs = node(root, Field::Attributes);
         let http = attrs
@@ -458,7 +458,7 @@ impl PolicyIndex {
     /// policy, the ruled-out ones marked.
     pub fn walk(&self, n: usize, request: Option<&CheckRequest>, all: bool) -> Walk {
         let linear = Walk {
-            steps: Vec::new(),
+            steps: Steps::new(),
             pos: 0,
             next: 0,
             n,
@@ -472,10 +472,7 @@ impl PolicyIndex {
         }
         let candidates = self.candidates(request);
         let steps = if all {
-            let mut steps = vec![(0u32, true); n];
-            for (i, s) in steps.iter_mut().enumerate() {
-                s.0 = i as u32;
-            }
+            let mut steps: Steps = (0..n as u32).map(|i| (i, true)).collect();
             for &c in &candidates {
                 steps[c as usize].1 = false;
             }
@@ -520,7 +517,7 @@ fn node(parent: Node<'_>, field: Field) -> Option<Node<'_>> {
 }
 
 impl Postings {
-    fn matching(&self, value: &str, out: &mut Vec<u32>) {
+    fn matching(&self, value: &str, out: &mut Candidates) {
         if let Some(p) = self.exact.get(value) {
             out.extend_from_slice(p);
         }
@@ -540,11 +537,17 @@ impl Postings {
     }
 }
 
+/// The policies a request may concern ([`PolicyIndex::candidates`]): on
+/// the stack when they are few, as they are for most requests.
+pub type Candidates = smallvec::SmallVec<[u32; 16]>;
+
+type Steps = smallvec::SmallVec<[(u32, bool); 16]>;
+
 /// The engine's walk over a set for one request ([`PolicyIndex::walk`]).
 #[derive(Debug)]
 pub struct Walk {
     /// (policy, ruled out) in order.
-    steps: Vec<(u32, bool)>,
+    steps: Steps,
     pos: usize,
     /// The first policy not yet visited.
     next: usize,
@@ -729,16 +732,16 @@ mod tests {
         ]);
         let r = request(serde_json::json!({"attributes": {"request": {"http": {
             "host": "b", "path": "/api/v1/x", "headers": {"x-t": "t2"}}}}}));
-        assert_eq!(index.candidates(&r), vec![1, 2, 3, 6, 7, 8]);
+        assert_eq!(index.candidates(&r).as_slice(), [1, 2, 3, 6, 7, 8]);
         let r = request(serde_json::json!({"attributes": {
             "contextExtensions": {"k": "v"},
             "request": {"http": {"host": "a", "path": "/api/", "headers": {"x-t": "t1"}}}}}));
-        assert_eq!(index.candidates(&r), vec![0, 1, 2, 4, 5, 6, 7, 8]);
+        assert_eq!(index.candidates(&r).as_slice(), [0, 1, 2, 4, 5, 6, 7, 8]);
         // No request at all: attributes read as empty; absent map entries
         // keep their policies.
         assert_eq!(
-            index.candidates(&CheckRequest::default()),
-            vec![4, 5, 6, 7, 8]
+            index.candidates(&CheckRequest::default()).as_slice(),
+            [4, 5, 6, 7, 8]
         );
     }
 
@@ -751,7 +754,7 @@ mod tests {
         let r = request(serde_json::json!({"attributes": {"request": {"http": {
             "headerMap": {"headers": [{"key": "x-t", "rawValue": "/w=="}]}}}}}));
         // x-t is bytes (not UTF-8): false; x-u is absent: an error.
-        assert_eq!(index.candidates(&r), vec![1]);
+        assert_eq!(index.candidates(&r).as_slice(), [1]);
     }
 
     #[test]

@@ -26,8 +26,9 @@ pub struct Meter {
     used: u64,
     budget: u64,
     deadline: Option<Instant>,
-    /// Units left before the deadline is looked at again.
-    until_clock: u64,
+    /// Past this many units used, [`Meter::charge`] looks further: the
+    /// budget, or with a deadline the next point to read the clock at.
+    check_at: u64,
     /// The budget is a first slice of the real one (see [`Meter::slice`]).
     slice: bool,
     /// The evaluation reached the end of its slice, or a call that would
@@ -45,7 +46,7 @@ impl Meter {
             used: 0,
             budget,
             deadline: None,
-            until_clock: CLOCK_EVERY,
+            check_at: budget,
             slice: false,
             yielded: false,
         }
@@ -81,7 +82,17 @@ impl Meter {
     /// Also stops the evaluation (as a cost error) once `deadline` passes.
     pub fn with_deadline(mut self, deadline: Option<Instant>) -> Self {
         self.deadline = deadline;
+        self.check_at = self.next_check();
         self
+    }
+
+    /// Where [`Meter::charge`] looks next: the budget, or sooner to read
+    /// the clock when there is a deadline.
+    fn next_check(&self) -> u64 {
+        match self.deadline {
+            Some(_) => self.budget.min(self.used.saturating_add(CLOCK_EVERY)),
+            None => self.budget,
+        }
     }
 
     /// When the evaluation must have ended, if it has a deadline.
@@ -97,10 +108,21 @@ impl Meter {
         self.budget
     }
 
-    /// Charges `units`; an error once the budget is spent.
-    #[inline]
+    /// Charges `units`; an error once the budget is spent. The common case
+    /// (nothing to look at yet) is an addition and a comparison, inlined
+    /// where it is charged; the rest is out of line.
+    #[inline(always)]
     pub fn charge(&mut self, units: u64) -> Result<(), Error> {
         self.used = self.used.saturating_add(units);
+        if self.used > self.check_at {
+            return self.charge_slow();
+        }
+        Ok(())
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn charge_slow(&mut self) -> Result<(), Error> {
         if self.used > self.budget {
             if self.slice {
                 return Err(self.give_up());
@@ -113,19 +135,13 @@ impl Meter {
                 ),
             ));
         }
-        if self.deadline.is_some() {
-            if units >= self.until_clock {
-                self.until_clock = CLOCK_EVERY;
-                if self.deadline.is_some_and(|d| Instant::now() >= d) {
-                    return Err(Error::new(
-                        ErrorKind::CostExceeded,
-                        "the request's evaluation ran past its deadline",
-                    ));
-                }
-            } else {
-                self.until_clock -= units;
-            }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(Error::new(
+                ErrorKind::CostExceeded,
+                "the request's evaluation ran past its deadline",
+            ));
         }
+        self.check_at = self.next_check();
         Ok(())
     }
 }
@@ -201,8 +217,11 @@ pub struct Ctx<'r> {
     pub meter: Meter,
     host: &'r dyn Host,
     vars: &'r [Program],
-    cells: Vec<Cell<'r>>,
-    runs: Vec<u32>,
+    /// Each variable's state and how many times it was evaluated (for
+    /// traces). A `Vec` (one allocation per request, reused by each
+    /// policy) rather than an inline array, which would make `Ctx`
+    /// invariant over `'r`.
+    cells: Vec<(Cell<'r>, u32)>,
     caches: HashMap<TypeId, Box<dyn Any + Send>>,
     may_block: bool,
 }
@@ -220,7 +239,6 @@ impl<'r> Ctx<'r> {
             host: &DEFAULT_HOST,
             vars: &[],
             cells: Vec::new(),
-            runs: Vec::new(),
             caches: HashMap::new(),
             may_block: true,
         }
@@ -269,7 +287,7 @@ impl<'r> Ctx<'r> {
     }
 
     /// Charges the meter.
-    #[inline]
+    #[inline(always)]
     pub fn charge(&mut self, units: u64) -> Result<(), Error> {
         self.meter.charge(units)
     }
@@ -293,9 +311,9 @@ impl<'r> Ctx<'r> {
     pub fn enter_policy(&mut self, vars: &'r [Program]) {
         self.vars = vars;
         self.cells.clear();
-        self.cells.resize(vars.len(), Cell::Empty);
-        self.runs.clear();
-        self.runs.resize(vars.len(), 0);
+        for _ in vars {
+            self.cells.push((Cell::Empty, 0));
+        }
     }
 
     /// The value of variable `slot` of the current policy, computed on
@@ -303,20 +321,20 @@ impl<'r> Ctx<'r> {
     /// error too).
     pub fn variable(&mut self, slot: usize) -> Result<Value<'r>, Error> {
         match self.cells.get(slot) {
-            Some(Cell::Done(r)) => return r.clone(),
-            Some(Cell::Busy) => {
+            Some((Cell::Done(r), _)) => return r.clone(),
+            Some((Cell::Busy, _)) => {
                 // Cycles are refused when policies load; this keeps the
                 // invariant from turning into a stack overflow.
                 return Err(Error::internal("a variable refers to itself"));
             }
-            Some(Cell::Empty) => {}
+            Some((Cell::Empty, _)) => {}
             None => return Err(Error::internal("no such variable slot")),
         }
-        self.cells[slot] = Cell::Busy;
-        self.runs[slot] += 1;
+        self.cells[slot].0 = Cell::Busy;
+        self.cells[slot].1 += 1;
         let vars = self.vars;
         let r = vars[slot].eval(self);
-        self.cells[slot] = Cell::Done(r.clone());
+        self.cells[slot].0 = Cell::Done(r.clone());
         r
     }
 
@@ -325,10 +343,66 @@ impl<'r> Ctx<'r> {
         self.cells
             .iter()
             .enumerate()
-            .filter_map(|(i, c)| match c {
-                Cell::Done(r) => Some((i, self.runs[i], r.clone())),
+            .filter_map(|(i, (c, runs))| match c {
+                Cell::Done(r) => Some((i, *runs, r.clone())),
                 _ => None,
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_is_spent_exactly_and_not_a_unit_more() {
+        let mut m = Meter::new(10);
+        assert!(m.charge(4).is_ok());
+        assert!(m.charge(6).is_ok(), "up to the budget is within it");
+        let e = m.charge(1).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::CostExceeded);
+        assert!(!m.yielded());
+        // Saturates rather than wraps.
+        let mut m = Meter::new(u64::MAX);
+        assert!(m.charge(u64::MAX).is_ok());
+        assert!(m.charge(u64::MAX).is_ok());
+    }
+
+    #[test]
+    fn a_slice_gives_up_where_its_units_end() {
+        let mut m = Meter::slice(5, 100);
+        assert!(m.charge(5).is_ok());
+        assert!(m.charge(1).is_err());
+        assert!(m.yielded(), "past its slice the evaluation yields");
+        // A slice as large as the budget is the plain meter.
+        let mut m = Meter::slice(100, 10);
+        assert!(m.charge(11).is_err());
+        assert!(!m.yielded());
+    }
+
+    #[test]
+    fn a_passed_deadline_stops_within_a_clock_period_of_units() {
+        let past = Instant::now() - std::time::Duration::from_millis(1);
+        let mut m = Meter::new(u64::MAX).with_deadline(Some(past));
+        let mut charged = 0;
+        let e = loop {
+            match m.charge(1) {
+                Ok(()) => charged += 1,
+                Err(e) => break e,
+            }
+            assert!(charged <= CLOCK_EVERY, "the clock was not read");
+        };
+        assert_eq!(e.kind, ErrorKind::CostExceeded);
+        assert!(e.message.contains("deadline"), "{}", e.message);
+        // A deadline in the future stops nothing, and the budget still
+        // counts beside it.
+        let later = Instant::now() + std::time::Duration::from_secs(3600);
+        let mut m = Meter::new(3 * CLOCK_EVERY).with_deadline(Some(later));
+        for _ in 0..3 * CLOCK_EVERY {
+            assert!(m.charge(1).is_ok());
+        }
+        let e = m.charge(1).unwrap_err();
+        assert!(e.message.contains("budget"), "{}", e.message);
     }
 }

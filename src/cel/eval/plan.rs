@@ -657,22 +657,27 @@ fn try_fold(node: Node) -> Result<Node, (Node, Error)> {
         root: node,
         slots: 0,
     };
-    let mut ctx = Ctx::new(None, Meter::new(1_000_000));
-    match program.eval(&mut ctx) {
-        Ok(v) => Ok(Node::Const(v.into_static())),
+    let result = {
+        let mut ctx = Ctx::new(None, Meter::new(1_000_000));
+        program.eval(&mut ctx).map(Value::into_static)
+    };
+    match result {
+        Ok(v) => Ok(Node::Const(v)),
         Err(e) => Err((program.root, e)),
     }
 }
 
 static EMPTY_REQUEST: LazyLock<CheckRequest> = LazyLock::new(CheckRequest::default);
 
-type Locals<'r> = Vec<Result<Value<'r>, Error>>;
+/// Comprehension and `cel.bind` variables: on the stack for the few that
+/// most expressions have.
+type Locals<'r> = smallvec::SmallVec<[Result<Value<'r>, Error>; 4]>;
 
 impl Planned {
     fn eval<'r>(&'r self, ctx: &mut Ctx<'r>) -> Result<Value<'r>, Error> {
-        let mut locals: Locals<'r> = Vec::new();
-        if self.slots > 0 {
-            locals.resize(self.slots, Ok(Value::Null));
+        let mut locals: Locals<'r> = Locals::new();
+        for _ in 0..self.slots {
+            locals.push(Ok(Value::Null));
         }
         self.root.eval(ctx, &mut locals)
     }
@@ -701,6 +706,7 @@ impl Program {
 /// `a && b` (`decisive` false) or `a || b` (`decisive` true), as CEL
 /// evaluates them: the decisive value on either side wins, even over an
 /// error on the other; otherwise an error on either side is the result.
+#[inline(never)]
 fn logic<'r>(
     op: &str,
     a: &'r Node,
@@ -709,11 +715,11 @@ fn logic<'r>(
     ctx: &mut Ctx<'r>,
     locals: &mut Locals<'r>,
 ) -> Result<Value<'r>, Error> {
-    let left = as_bool(op, a.eval(ctx, locals));
+    let left = as_bool(op, a.value(ctx, locals));
     if matches!(left, Ok(l) if l == decisive) {
         return Ok(Value::Bool(decisive));
     }
-    let right = as_bool(op, b.eval(ctx, locals));
+    let right = as_bool(op, b.value(ctx, locals));
     match (left, right) {
         (_, Ok(r)) if r == decisive => Ok(Value::Bool(decisive)),
         (Err(e), _) | (_, Err(e)) => Err(e),
@@ -747,6 +753,7 @@ fn list_index(i: &Value<'_>) -> Result<i64, Error> {
     }
 }
 
+#[inline(never)]
 fn select<'r>(v: Value<'r>, field: &str) -> Result<Value<'r>, Error> {
     match v {
         Value::Map(m) => m
@@ -771,11 +778,13 @@ fn select<'r>(v: Value<'r>, field: &str) -> Result<Value<'r>, Error> {
 
 /// `v.?field`: none when the field or key is absent; an error for a value
 /// that has no fields.
+#[inline(never)]
 fn opt_select<'r>(v: Value<'r>, field: &str) -> Result<Value<'r>, Error> {
     opt_select_raw(v, field).map(|o| o.map_or(Value::Optional(None), Value::some))
 }
 
 /// As [`opt_select`], the value itself when present.
+#[inline(never)]
 fn opt_select_raw<'r>(v: Value<'r>, field: &str) -> Result<Option<Value<'r>>, Error> {
     match v {
         Value::Map(m) => Ok(m.get(&Value::str(field))),
@@ -798,6 +807,7 @@ fn opt_select_raw<'r>(v: Value<'r>, field: &str) -> Result<Option<Value<'r>>, Er
     }
 }
 
+#[inline(never)]
 fn has<'r>(v: Value<'r>, field: &str) -> Result<bool, Error> {
     match v {
         // On an optional, whether its value has the field.
@@ -840,6 +850,7 @@ fn not_indexable(v: &Value<'_>) -> Error {
     Error::type_mismatch(format!("{} cannot be indexed", v.type_name()))
 }
 
+#[inline(never)]
 fn index<'r>(v: Value<'r>, i: &Value<'r>) -> Result<Value<'r>, Error> {
     match v {
         Value::List(l) => {
@@ -868,11 +879,13 @@ fn index<'r>(v: Value<'r>, i: &Value<'r>) -> Result<Value<'r>, Error> {
 }
 
 /// `v[?i]`: none when the index is out of range or the key absent.
+#[inline(never)]
 fn opt_index<'r>(v: Value<'r>, i: &Value<'r>) -> Result<Value<'r>, Error> {
     opt_index_raw(v, i).map(|o| o.map_or(Value::Optional(None), Value::some))
 }
 
 /// As [`opt_index`], the value itself when present.
+#[inline(never)]
 fn opt_index_raw<'r>(v: Value<'r>, i: &Value<'r>) -> Result<Option<Value<'r>>, Error> {
     match v {
         Value::List(l) => {
@@ -893,6 +906,7 @@ fn opt_index_raw<'r>(v: Value<'r>, i: &Value<'r>) -> Result<Option<Value<'r>>, E
     }
 }
 
+#[inline(never)]
 fn contains<'r>(ctx: &mut Ctx<'r>, x: &Value<'r>, c: Value<'r>) -> Result<bool, Error> {
     match c {
         Value::List(l) => {
@@ -904,6 +918,7 @@ fn contains<'r>(ctx: &mut Ctx<'r>, x: &Value<'r>, c: Value<'r>) -> Result<bool, 
     }
 }
 
+#[inline(never)]
 fn map_insert<'r>(
     ctx: &mut Ctx<'r>,
     mut map: Value<'r>,
@@ -960,7 +975,7 @@ fn eval_message<'r>(
 ) -> Result<Value<'r>, Error> {
     let mut fields = Vec::with_capacity(m.fields.len());
     for (index, node, optional) in &m.fields {
-        let v = match (node.eval(ctx, locals)?, optional) {
+        let v = match (node.value(ctx, locals)?, optional) {
             // Unset: a message field set to null, an empty optional.
             (Value::Null, _) if m.message.fields[*index].is_message() => continue,
             (Value::Optional(None), true) => continue,
@@ -980,6 +995,18 @@ fn eval_message<'r>(
 }
 
 impl Node {
+    /// The node's value: a constant or a local read in place, anything
+    /// else through [`Node::eval`]. Most operands are constants or locals,
+    /// and this saves each of them a call of the tree walk.
+    #[inline(always)]
+    fn value<'r>(&'r self, ctx: &mut Ctx<'r>, locals: &mut Locals<'r>) -> Result<Value<'r>, Error> {
+        match self {
+            Node::Const(v) => Ok(v.reborrow()),
+            Node::Local(s) => locals[*s].clone(),
+            _ => self.eval(ctx, locals),
+        }
+    }
+
     fn eval<'r>(&'r self, ctx: &mut Ctx<'r>, locals: &mut Locals<'r>) -> Result<Value<'r>, Error> {
         match self {
             Node::Const(v) => Ok(v.reborrow()),
@@ -993,159 +1020,103 @@ impl Node {
             },
             Node::ObjectPath(path) => {
                 ctx.charge(1)?;
-                if let Some(o) = ctx.http_object() {
-                    return http_path(o.clone(), path);
-                }
-                let request = ctx.request().unwrap_or(&EMPTY_REQUEST);
-                // `object.attributes.request.http...` (most paths) starts
-                // at the HTTP request in one step.
-                let (mut node, skip) = match &path[..] {
-                    [a, r, h, ..]
-                        if a.field == Some(Field::Attributes)
-                            && r.field == Some(Field::Request)
-                            && h.field == Some(Field::Http) =>
-                    {
-                        (ReqNode::Http(super::request::http_of(request)), 3)
-                    }
-                    _ => (ReqNode::CheckRequest(request), 0),
-                };
-                if skip == path.len() {
-                    return Ok(Value::Node(node));
-                }
-                let last = path.len() - 1;
-                for (i, step) in path.iter().enumerate().skip(skip) {
-                    let v = step
-                        .field
-                        .and_then(|f| super::request::field_of(node, f))
-                        .ok_or_else(|| Error::no_such_field(node.type_name(), &step.name))?;
-                    if i == last {
-                        return Ok(v);
-                    }
-                    match v {
-                        Value::Node(n) => node = n,
-                        other => {
-                            let mut v = other;
-                            for step in &path[i + 1..] {
-                                v = select(v, &step.name)?;
-                            }
-                            return Ok(v);
-                        }
-                    }
-                }
-                Err(Error::internal("an empty field path"))
+                object_path(ctx, path)
             }
             Node::Var(slot) => {
                 ctx.charge(1)?;
                 ctx.variable(*slot)
             }
             Node::Select(operand, field) => {
-                let v = operand.eval(ctx, locals)?;
+                let v = operand.value(ctx, locals)?;
                 ctx.charge(1)?;
                 select(v, field)
             }
             Node::Has(operand, field) => {
-                let v = operand.eval(ctx, locals)?;
+                let v = operand.value(ctx, locals)?;
                 ctx.charge(1)?;
                 has(v, field).map(Value::Bool)
             }
             Node::OptSelect(operand, field) => {
-                let v = operand.eval(ctx, locals)?;
+                let v = operand.value(ctx, locals)?;
                 ctx.charge(1)?;
                 opt_select(v, field)
             }
             Node::Index(a, i) => {
-                let v = a.eval(ctx, locals)?;
-                let i = i.eval(ctx, locals)?;
+                let v = a.value(ctx, locals)?;
+                let i = i.value(ctx, locals)?;
                 ctx.charge(1)?;
                 index(v, &i)
             }
             Node::OptIndex(a, i) => {
-                let v = a.eval(ctx, locals)?;
-                let i = i.eval(ctx, locals)?;
+                let v = a.value(ctx, locals)?;
+                let i = i.value(ctx, locals)?;
                 ctx.charge(1)?;
                 opt_index(v, &i)
             }
             Node::And(a, b) => logic("_&&_", a, b, false, ctx, locals),
             Node::Or(a, b) => logic("_||_", a, b, true, ctx, locals),
-            Node::Not(a) => as_bool("!_", a.eval(ctx, locals)).map(|b| Value::Bool(!b)),
+            Node::Not(a) => as_bool("!_", a.value(ctx, locals)).map(|b| Value::Bool(!b)),
             Node::NotStrictlyFalse(a) => Ok(Value::Bool(!matches!(
-                a.eval(ctx, locals),
+                a.value(ctx, locals),
                 Ok(Value::Bool(false))
             ))),
-            Node::Cond(c, t, f) => match c.eval(ctx, locals)? {
-                Value::Bool(true) => t.eval(ctx, locals),
-                Value::Bool(false) => f.eval(ctx, locals),
+            Node::Cond(c, t, f) => match c.value(ctx, locals)? {
+                Value::Bool(true) => t.value(ctx, locals),
+                Value::Bool(false) => f.value(ctx, locals),
                 other => Err(no_bool("_?_:_", &other)),
             },
             Node::Eq(a, b) => {
-                let x = a.eval(ctx, locals)?;
-                let y = b.eval(ctx, locals)?;
+                let x = a.value(ctx, locals)?;
+                let y = b.value(ctx, locals)?;
                 ctx.charge(1)?;
                 Ok(Value::Bool(equals(&x, &y)))
             }
             Node::Ne(a, b) => {
-                let x = a.eval(ctx, locals)?;
-                let y = b.eval(ctx, locals)?;
+                let x = a.value(ctx, locals)?;
+                let y = b.value(ctx, locals)?;
                 ctx.charge(1)?;
                 Ok(Value::Bool(!equals(&x, &y)))
             }
             Node::Cmp(a, b, rel) => {
-                let x = a.eval(ctx, locals)?;
-                let y = b.eval(ctx, locals)?;
+                let x = a.value(ctx, locals)?;
+                let y = b.value(ctx, locals)?;
                 ctx.charge(1)?;
-                if !orderable(&x, &y) {
-                    let op = match rel {
-                        Rel::Lt => "_<_",
-                        Rel::Le => "_<=_",
-                        Rel::Gt => "_>_",
-                        Rel::Ge => "_>=_",
-                    };
-                    return Err(Error::no_overload(op, &[x, y]));
-                }
-                use std::cmp::Ordering::*;
-                Ok(Value::Bool(match (compare(&x, &y), rel) {
-                    // NaN is unordered: every comparison with it is false.
-                    (None, _) => false,
-                    (Some(o), Rel::Lt) => o == Less,
-                    (Some(o), Rel::Le) => o != Greater,
-                    (Some(o), Rel::Gt) => o == Greater,
-                    (Some(o), Rel::Ge) => o != Less,
-                }))
+                ordering(x, y, *rel)
             }
             Node::In(a, b) => {
-                let x = a.eval(ctx, locals)?;
-                let c = b.eval(ctx, locals)?;
+                let x = a.value(ctx, locals)?;
+                let c = b.value(ctx, locals)?;
                 ctx.charge(1)?;
                 contains(ctx, &x, c).map(Value::Bool)
             }
-            Node::OptOr(a, b) => match a.eval(ctx, locals)? {
+            Node::OptOr(a, b) => match a.value(ctx, locals)? {
                 Value::Optional(Some(v)) => Ok(Value::Optional(Some(v))),
-                Value::Optional(None) => match b.eval(ctx, locals)? {
+                Value::Optional(None) => match b.value(ctx, locals)? {
                     v @ Value::Optional(_) => Ok(v),
                     other => Err(Error::no_overload("or", &[Value::Optional(None), other])),
                 },
                 other => Err(Error::no_overload("or", &[other])),
             },
             Node::IndexOr(a, k, d) => {
-                let v = a.eval(ctx, locals)?;
-                let k = k.eval(ctx, locals)?;
+                let v = a.value(ctx, locals)?;
+                let k = k.value(ctx, locals)?;
                 ctx.charge(1)?;
                 match opt_index_raw(v, &k)? {
                     Some(v) => Ok(v),
-                    None => d.eval(ctx, locals),
+                    None => d.value(ctx, locals),
                 }
             }
             Node::SelectOr(a, f, d) => {
-                let v = a.eval(ctx, locals)?;
+                let v = a.value(ctx, locals)?;
                 ctx.charge(1)?;
                 match opt_select_raw(v, f)? {
                     Some(v) => Ok(v),
-                    None => d.eval(ctx, locals),
+                    None => d.value(ctx, locals),
                 }
             }
-            Node::OptOrValue(a, b) => match a.eval(ctx, locals)? {
+            Node::OptOrValue(a, b) => match a.value(ctx, locals)? {
                 Value::Optional(Some(v)) => Ok(Value::clone(&v)),
-                Value::Optional(None) => b.eval(ctx, locals),
+                Value::Optional(None) => b.value(ctx, locals),
                 other => Err(Error::no_overload("orValue", &[other])),
             },
             Node::Call(c) => eval_call(c, ctx, locals),
@@ -1154,7 +1125,7 @@ impl Node {
             Node::MapInsert(args) => {
                 let mut vals = Vec::with_capacity(args.len());
                 for a in args {
-                    vals.push(a.eval(ctx, locals)?);
+                    vals.push(a.value(ctx, locals)?);
                 }
                 ctx.charge(1)?;
                 let map = vals.remove(0);
@@ -1163,6 +1134,75 @@ impl Node {
             Node::Comprehension(l) => l.eval(ctx, locals),
         }
     }
+}
+
+/// `object.a.b.c`: the fields read from the request in one go. Out of
+/// line, so that the frame of [`Node::eval`] stays small.
+#[inline(never)]
+fn object_path<'r>(ctx: &Ctx<'r>, path: &'r [PathStep]) -> Result<Value<'r>, Error> {
+    if let Some(o) = ctx.http_object() {
+        return http_path(o.clone(), path);
+    }
+    let request = ctx.request().unwrap_or(&EMPTY_REQUEST);
+    // `object.attributes.request.http...` (most paths) starts
+    // at the HTTP request in one step.
+    let (mut node, skip) = match path {
+        [a, r, h, ..]
+            if a.field == Some(Field::Attributes)
+                && r.field == Some(Field::Request)
+                && h.field == Some(Field::Http) =>
+        {
+            (ReqNode::Http(super::request::http_of(request)), 3)
+        }
+        _ => (ReqNode::CheckRequest(request), 0),
+    };
+    if skip == path.len() {
+        return Ok(Value::Node(node));
+    }
+    let last = path.len() - 1;
+    for (i, step) in path.iter().enumerate().skip(skip) {
+        let v = step
+            .field
+            .and_then(|f| super::request::field_of(node, f))
+            .ok_or_else(|| Error::no_such_field(node.type_name(), &step.name))?;
+        if i == last {
+            return Ok(v);
+        }
+        match v {
+            Value::Node(n) => node = n,
+            other => {
+                let mut v = other;
+                for step in &path[i + 1..] {
+                    v = select(v, &step.name)?;
+                }
+                return Ok(v);
+            }
+        }
+    }
+    Err(Error::internal("an empty field path"))
+}
+
+/// `x < y` and the other orderings. Out of line, as [`object_path`].
+#[inline(never)]
+fn ordering<'r>(x: Value<'r>, y: Value<'r>, rel: Rel) -> Result<Value<'r>, Error> {
+    if !orderable(&x, &y) {
+        let op = match rel {
+            Rel::Lt => "_<_",
+            Rel::Le => "_<=_",
+            Rel::Gt => "_>_",
+            Rel::Ge => "_>=_",
+        };
+        return Err(Error::no_overload(op, &[x, y]));
+    }
+    use std::cmp::Ordering::*;
+    Ok(Value::Bool(match (compare(&x, &y), rel) {
+        // NaN is unordered: every comparison with it is false.
+        (None, _) => false,
+        (Some(o), Rel::Lt) => o == Less,
+        (Some(o), Rel::Le) => o != Greater,
+        (Some(o), Rel::Gt) => o == Greater,
+        (Some(o), Rel::Ge) => o != Less,
+    }))
 }
 
 /// `object.a.b` in HTTP mode, where `object` is a library's value.
@@ -1184,7 +1224,7 @@ fn eval_call<'r>(
     // Most calls take at most four values: no allocation for them.
     let mut args: smallvec::SmallVec<[Value<'r>; 4]> = smallvec::SmallVec::new();
     for a in &c.args {
-        args.push(a.eval(ctx, locals)?);
+        args.push(a.value(ctx, locals)?);
     }
     ctx.charge(1)?;
     if let [Function {
@@ -1205,7 +1245,7 @@ fn eval_list<'r>(
 ) -> Result<Value<'r>, Error> {
     let mut out = Vec::with_capacity(elems.len());
     for (e, opt) in elems.iter().zip(optional) {
-        let v = e.eval(ctx, locals)?;
+        let v = e.value(ctx, locals)?;
         if *opt {
             match v {
                 Value::Optional(Some(v)) => out.push(Value::clone(&v)),
@@ -1233,11 +1273,11 @@ fn eval_map<'r>(
 ) -> Result<Value<'r>, Error> {
     let mut out = OwnedMap::with_capacity_and_hasher(entries.len(), Default::default());
     for (k, v, opt) in entries {
-        let kv = k.eval(ctx, locals)?;
+        let kv = k.value(ctx, locals)?;
         let key = Key::of(&kv).ok_or_else(|| {
             Error::type_mismatch(format!("a map key cannot be a {}", kv.type_name()))
         })?;
-        let vv = v.eval(ctx, locals)?;
+        let vv = v.value(ctx, locals)?;
         let vv = if *opt {
             match vv {
                 Value::Optional(Some(v)) => Value::clone(&v),
@@ -1272,13 +1312,13 @@ impl Loop {
         // A list written in the policy is walked in place: its strings are
         // borrowed from the plan, not counted.
         if let Node::Const(Value::List(items)) = &self.range {
-            let init = self.init.eval(ctx, locals)?;
+            let init = self.init.value(ctx, locals)?;
             locals[self.accu] = Ok(init);
             self.each(ctx, locals, items.iter().map(Value::reborrow))?;
-            return self.result.eval(ctx, locals);
+            return self.result.value(ctx, locals);
         }
-        let range = self.range.eval(ctx, locals)?;
-        let init = self.init.eval(ctx, locals)?;
+        let range = self.range.value(ctx, locals)?;
+        let init = self.init.value(ctx, locals)?;
         locals[self.accu] = Ok(init);
         match range {
             Value::List(items) => self.each(ctx, locals, items.iter().cloned())?,
@@ -1304,7 +1344,7 @@ impl Loop {
                 )))
             }
         }
-        self.result.eval(ctx, locals)
+        self.result.value(ctx, locals)
     }
 
     /// The iterations over the elements of a list, until the loop
@@ -1333,23 +1373,23 @@ impl Loop {
     /// One iteration: false once the loop condition says stop.
     fn iterate<'r>(&'r self, ctx: &mut Ctx<'r>, locals: &mut Locals<'r>) -> Result<bool, Error> {
         ctx.charge(1)?;
-        match self.cond.eval(ctx, locals) {
+        match self.cond.value(ctx, locals) {
             Ok(Value::Bool(false)) => return Ok(false),
             Ok(Value::Bool(true)) => {}
             Ok(other) => return Err(no_bool("loop condition", &other)),
             Err(e) => return Err(e),
         }
         let next = match &self.step {
-            Step::Any(n) => n.eval(ctx, locals),
+            Step::Any(n) => n.value(ctx, locals),
             Step::Append(elems) => self.append(ctx, locals, elems),
-            Step::AppendIf(test, elems) => match test.eval(ctx, locals) {
+            Step::AppendIf(test, elems) => match test.value(ctx, locals) {
                 Ok(Value::Bool(true)) => self.append(ctx, locals, elems),
                 Ok(Value::Bool(false)) => return Ok(true),
                 Ok(other) => Err(no_bool("_?_:_", &other)),
                 Err(e) => Err(e),
             },
             Step::Insert(args) => self.insert(ctx, locals, args),
-            Step::InsertIf(test, args) => match test.eval(ctx, locals) {
+            Step::InsertIf(test, args) => match test.value(ctx, locals) {
                 Ok(Value::Bool(true)) => self.insert(ctx, locals, args),
                 Ok(Value::Bool(false)) => return Ok(true),
                 Ok(other) => Err(no_bool("_?_:_", &other)),
@@ -1368,7 +1408,7 @@ impl Loop {
     ) -> Result<Value<'r>, Error> {
         let mut vals = Vec::with_capacity(elems.len());
         for e in elems {
-            vals.push(e.eval(ctx, locals)?);
+            vals.push(e.value(ctx, locals)?);
         }
         ctx.charge(1)?;
         match std::mem::replace(&mut locals[self.accu], Ok(Value::Null)) {
@@ -1397,7 +1437,7 @@ impl Loop {
     ) -> Result<Value<'r>, Error> {
         let mut vals = Vec::with_capacity(args.len() - 1);
         for a in &args[1..] {
-            vals.push(a.eval(ctx, locals)?);
+            vals.push(a.value(ctx, locals)?);
         }
         ctx.charge(1)?;
         let map = std::mem::replace(&mut locals[self.accu], Ok(Value::Null))?;

@@ -384,6 +384,7 @@ impl Type {
 
 /// A CEL value.
 #[derive(Clone)]
+#[repr(u64)]
 pub enum Value<'r> {
     Null,
     Bool(bool),
@@ -410,8 +411,10 @@ impl<'r> Value<'r> {
         Value::String(Str::Borrowed(s))
     }
 
-    pub fn string(s: impl Into<String>) -> Self {
-        Value::String(Str::Owned(Arc::from(s.into())))
+    /// A built string: one allocation, the text copied into it (a
+    /// `String` given is dropped, never converted in place).
+    pub fn string(s: impl AsRef<str>) -> Self {
+        Value::String(Str::Owned(Arc::from(s.as_ref())))
     }
 
     pub fn bytes(b: impl Into<Vec<u8>>) -> Self {

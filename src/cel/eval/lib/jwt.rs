@@ -383,8 +383,8 @@ mod tests {
         let mut c = ctx();
         let decode = |c: &mut Ctx<'static>, url: &str, key: Option<&str>| {
             let keys = match key {
-                Some(k) => Value::string(k.to_owned()),
-                None => call(c, "jwks.Fetch", &[Value::string(url.to_owned())]).unwrap(),
+                Some(k) => Value::string(k),
+                None => call(c, "jwks.Fetch", &[Value::string(url)]).unwrap(),
             };
             let t = call(c, "jwt.Decode", &[Value::string(token.clone()), keys]).unwrap();
             field_json(&t, "Valid")

@@ -137,7 +137,7 @@ fn lower_ascii<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, E
     if !s.bytes().any(|b| b.is_ascii_uppercase()) {
         return Ok(Value::String(s.clone()));
     }
-    Ok(Value::string(s.to_ascii_lowercase()))
+    Ok(ascii_mapped(s, <[u8]>::make_ascii_lowercase))
 }
 
 fn upper_ascii<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
@@ -148,7 +148,16 @@ fn upper_ascii<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, E
     if !s.bytes().any(|b| b.is_ascii_lowercase()) {
         return Ok(Value::String(s.clone()));
     }
-    Ok(Value::string(s.to_ascii_uppercase()))
+    Ok(ascii_mapped(s, <[u8]>::make_ascii_uppercase))
+}
+
+/// `s` with its ASCII letters changed by `map`, built on the stack when
+/// short and copied once into the value.
+fn ascii_mapped(s: &str, map: fn(&mut [u8])) -> Value<'static> {
+    let mut buf: smallvec::SmallVec<[u8; 128]> = smallvec::SmallVec::from_slice(s.as_bytes());
+    map(&mut buf);
+    // Changing ASCII letters keeps UTF-8 valid.
+    Value::string(std::str::from_utf8(&buf).expect("ASCII case mapping keeps UTF-8 valid"))
 }
 
 /// Trims Unicode white space (the `White_Space` property, as Go's
