@@ -261,18 +261,29 @@ pub async fn decide(
             }
             let begun = Instant::now();
             // Past the deadline the caller has its answer: the evaluation
-            // stops there too (a cost error), freeing this thread.
+            // stops there too (a cost error), freeing this thread. An
+            // evaluation that ends past the deadline, stopped there or
+            // merely late, never answers: the answer is the timeout's,
+            // whichever side gives it first.
             let result = service.decide_traced_if(&request, trace, Some(deadline_std), || {
-                slot.compare_exchange(PENDING, EVALUATED, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
+                Instant::now() < deadline_std
+                    && slot
+                        .compare_exchange(PENDING, EVALUATED, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
             });
-            if slot.load(Ordering::Acquire) == TIMED_OUT {
+            if slot.load(Ordering::Acquire) == EVALUATED {
+                let _ = tx.send(result);
+            } else if slot
+                .compare_exchange(PENDING, TIMED_OUT, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                let _ = tx.send(timed_out(service.state(), started));
+            } else {
                 tracing::debug!(
                     took_ms = begun.elapsed().as_millis() as u64,
                     "an evaluation that overran its deadline ended; its result is discarded"
                 );
             }
-            let _ = tx.send(result);
         })
     };
     let overloaded = || {
@@ -311,22 +322,10 @@ pub async fn decide(
                 .compare_exchange(PENDING, TIMED_OUT, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
-                count(DecidedBy::Timeout, started);
-                TIMEOUT_LOG.write(|suppressed| {
-                    tracing::warn!(
-                        timeout_ms = limits.timeout.as_millis() as u64,
-                        suppressed,
-                        "decision deadline exceeded: request denied with the failure status"
-                    )
-                });
-                let d = engine::failure_decision(
-                    &state.config,
-                    FailureReason::Timeout,
-                    TIMEOUT_REASON.to_owned(),
-                );
-                (d, Vec::new())
+                timed_out(state, started)
             } else {
-                // The evaluation won the race by a hair: its answer is on the way.
+                // The decision thread settled it by a hair (its decision,
+                // or the timeout past the deadline): its answer is on the way.
                 match rx.await {
                     Ok(result) => result,
                     Err(_) => (internal_decision(state), Vec::new()),
@@ -360,6 +359,25 @@ pub async fn on_pool<T: Send + 'static>(
         Ok(Err(_)) => Err(FailureReason::Internal),
         Err(_) => Err(FailureReason::Timeout),
     }
+}
+
+/// The failure denial of a request not decided by its deadline, counted
+/// and logged (at most a line a second).
+fn timed_out(state: &super::State, started: Instant) -> (Decision, Vec<PolicyTrace>) {
+    count(DecidedBy::Timeout, started);
+    TIMEOUT_LOG.write(|suppressed| {
+        tracing::warn!(
+            timeout_ms = state.options.limits.timeout.as_millis() as u64,
+            suppressed,
+            "decision deadline exceeded: request denied with the failure status"
+        )
+    });
+    let d = engine::failure_decision(
+        &state.config,
+        FailureReason::Timeout,
+        TIMEOUT_REASON.to_owned(),
+    );
+    (d, Vec::new())
 }
 
 fn count(how: DecidedBy<'_>, started: Instant) {
