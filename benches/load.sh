@@ -6,6 +6,9 @@
 # celgate / floor, measured side by side in one run (see ../shared/MEASURING.md): never quote a
 # lone absolute req/s figure.
 #
+# Each run also reads the server's CPU time (user + system, from /proc) and reports it per
+# request, beside the req/s: where a request's time goes, not only how many fit.
+#
 # Before any measuring, every request is sent once with examples/check_once.rs and the answer is
 # asserted (h2load only counts HTTP 200s; it never reads grpc-status), and again after the runs.
 #
@@ -180,9 +183,20 @@ check_decisions before
 # ---------------------------------------------------------------------------------------------
 # Load.
 
-# h2load against $1 (host:port) with file $2 for $3 seconds; prints req/s.
+# CPU time (user + system) the process $1 has used, in microseconds.
+cpu_us() {
+  local ticks
+  ticks=$(awk '{ print $14 + $15 }' "/proc/$1/stat") || die "cannot read /proc/$1/stat"
+  echo $((ticks * 1000000 / CLK_TCK))
+}
+CLK_TCK=$(getconf CLK_TCK)
+
+# h2load against $1 (host:port) with file $2 for $3 seconds; prints req/s. With a process id
+# $4, prints "req/s cpu" instead, cpu being that process's CPU time per request in
+# microseconds over the run (what the server spent, whatever h2load got of the machine).
 h2() {
-  local addr=$1 file=$2 secs=$3 out rps
+  local addr=$1 file=$2 secs=$3 pid=${4:-} out rps cpu0=""
+  [[ -n $pid ]] && cpu0=$(cpu_us "$pid")
   out=$(h2load -D "$secs" -c "$CONNS" -m "$STREAMS" -t 1 -d "$file" \
     -H 'content-type: application/grpc' -H 'te: trailers' \
     "http://$addr$CHECK_PATH" 2>&1) || { echo "$out" >&2; die "h2load failed against $addr"; }
@@ -197,6 +211,13 @@ h2() {
   if [[ ${failed:-x} != 0 || ${errored:-x} != 0 || $non2xx != "0 0 0" ]]; then
     echo "$out" >&2
     die "h2load against $addr: failed=$failed errored=$errored non-2xx(3xx 4xx 5xx)=$non2xx"
+  fi
+  if [[ -n $pid ]]; then
+    local done cpu1
+    cpu1=$(cpu_us "$pid")
+    done=$(sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p' <<<"$out")
+    [[ ${done:-0} -gt 0 ]] || { echo "$out" >&2; die "no request succeeded against $addr"; }
+    rps="$rps $(awk -v c=$((cpu1 - cpu0)) -v n="$done" 'BEGIN { printf "%.2f", c / n }')"
   fi
   echo "$rps"
 }
@@ -216,12 +237,16 @@ RESULTS=$WORK/results.tsv
 echo "== measuring: $ROUNDS round(s) x ${DURATION}s, h2load -c $CONNS -m $STREAMS -t 1, alternating floor/celgate" >&2
 for round in $(seq 1 "$ROUNDS"); do
   for r in $REQUESTS; do
-    f=$(h2 "$FLOOR_ADDR" "$WORK/$r.bin" "$DURATION")
-    c=$(h2 "$GRPC_ADDR" "$WORK/$r.bin" "$DURATION")
+    fr=$(h2 "$FLOOR_ADDR" "$WORK/$r.bin" "$DURATION" "$FLOOR_PID")
+    cr=$(h2 "$GRPC_ADDR" "$WORK/$r.bin" "$DURATION" "$CELGATE_PID")
+    read -r f fcpu <<<"$fr"
+    read -r c ccpu <<<"$cr"
     ratio=$(awk -v c="$c" -v f="$f" 'BEGIN { printf "%.4f", c / f }')
-    printf '%s\t%s\t%s\t%s\t%s\n' "$r" "$round" "$f" "$c" "$ratio" >>"$RESULTS"
-    printf '  round %d %-8s floor %10.0f req/s   celgate %10.0f req/s   ratio %s\n' \
-      "$round" "$r" "$f" "$c" "$ratio" >&2
+    cratio=$(awk -v c="$ccpu" -v f="$fcpu" 'BEGIN { printf "%.4f", f / c }')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$round" "$f" "$c" "$ratio" \
+      "$fcpu" "$ccpu" "$cratio" >>"$RESULTS"
+    printf '  round %d %-8s floor %10.0f req/s   celgate %10.0f req/s   ratio %s   (CPU/request %s / %s us)\n' \
+      "$round" "$r" "$f" "$c" "$ratio" "$fcpu" "$ccpu" >&2
   done
 done
 
@@ -242,9 +267,10 @@ echo "machine: $(nproc) cpus, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cp
 echo "policies: $POLICIES ($(find "$POLICIES" -type f \( -name '*.yaml' -o -name '*.yml' -o -name '*.json' \) | wc -l) files)"
 echo "h2load -D $DURATION -c $CONNS -m $STREAMS -t 1; $ROUNDS alternating round(s)"
 echo
-printf '%-8s %5s %14s %14s %8s\n' request round "floor req/s" "celgate req/s" ratio
-while IFS=$'\t' read -r r round f c ratio; do
-  printf '%-8s %5s %14.0f %14.0f %8s\n' "$r" "$round" "$f" "$c" "$ratio"
+printf '%-8s %5s %14s %14s %8s %12s %12s %9s\n' request round "floor req/s" "celgate req/s" ratio \
+  "floor us/req" "celgate us/req" "cpu f/c"
+while IFS=$'\t' read -r r round f c ratio fcpu ccpu cratio; do
+  printf '%-8s %5s %14.0f %14.0f %8s %12s %12s %9s\n' "$r" "$round" "$f" "$c" "$ratio" "$fcpu" "$ccpu" "$cratio"
 done <"$RESULTS"
 echo
 printf '%-8s %14s %14s %18s\n' request "median floor" "median celgate" "median ratio c/f"
@@ -253,6 +279,17 @@ for r in $REQUESTS; do
   mc=$(awk -F'\t' -v r="$r" '$1 == r { print $4 }' "$RESULTS" | median)
   mr=$(awk -F'\t' -v r="$r" '$1 == r { print $5 }' "$RESULTS" | median)
   printf '%-8s %14.0f %14.0f %18s\n' "$r" "$mf" "$mc" "$mr"
+done
+echo
+echo "CPU time of each server per request (user + system, /proc/<pid>/stat over each run), in"
+echo "microseconds; f/c is floor over celgate. What each server spent per request, whatever share"
+echo "of the cores h2load took; on a shared host it moves with the host's load as req/s does"
+printf '%-8s %-8s %12s %14s %9s\n' cpu/req request "median floor" "median celgate" "f/c"
+for r in $REQUESTS; do
+  mf=$(awk -F'\t' -v r="$r" '$1 == r { print $6 }' "$RESULTS" | median)
+  mc=$(awk -F'\t' -v r="$r" '$1 == r { print $7 }' "$RESULTS" | median)
+  mr=$(awk -F'\t' -v r="$r" '$1 == r { print $8 }' "$RESULTS" | median)
+  printf '%-8s %-8s %12.1f %14.1f %9s\n' cpu/req "$r" "$mf" "$mc" "$mr"
 done
 echo
 echo "celgate RSS after load: ${RSS_KB} kB (peak ${HWM_KB} kB)"
