@@ -1141,9 +1141,10 @@ impl Compiler<'_> {
         if kind == "ValidatingPolicy" {
             let content: [u8; 32] = sha2::Sha256::digest(canonical.as_bytes()).into();
             let before = self.previous.and_then(|p| p.any_policy(&name));
-            if let Some(c) = before.map(|p| &p.compiled).filter(|c| c.content == content) {
-                let c = c.clone();
-                self.reuse_policy(&ctx, c, None);
+            if let Some(before) = before.filter(|p| p.compiled.content == content) {
+                // The same canonical text: the same digest, so it keeps when
+                // it was loaded.
+                self.reuse_policy(&ctx, before);
                 return;
             }
             match serde_json::from_value::<PolicySpec>(spec) {
@@ -1158,16 +1159,11 @@ impl Compiler<'_> {
         }
     }
 
-    /// A policy whose document is the same as in the set being replaced:
-    /// its compiled form again, its warnings said again at its place now.
-    /// `before`: the policy's `loaded_at` and metrics when the caller has
-    /// them at hand.
-    fn reuse_policy(
-        &mut self,
-        ctx: &Ctx<'_>,
-        compiled: Arc<Compiled>,
-        before: Option<(SystemTime, Arc<crate::telemetry::metrics::PolicyMetrics>)>,
-    ) {
+    /// A policy whose document is the same as `before`'s, its namesake in
+    /// the set being replaced: its compiled form, `loaded_at` and metrics
+    /// again, its warnings said again at its place now.
+    fn reuse_policy(&mut self, ctx: &Ctx<'_>, before: &Policy) {
+        let compiled = before.compiled.clone();
         for (field, message) in &compiled.warnings {
             self.warnings.push(Warning {
                 location: ctx.location.clone(),
@@ -1177,20 +1173,14 @@ impl Compiler<'_> {
             });
         }
         self.reused += 1;
-        let (loaded_at, metrics) = before.unwrap_or_else(|| {
-            (
-                self.loaded_at(ctx),
-                crate::telemetry::metrics::policy(ctx.name),
-            )
-        });
         self.policies.push(Policy {
             name: ctx.name.to_owned(),
             location: ctx.location.clone(),
             compiled,
             exceptions: Vec::new(),
             digest: ctx.digest,
-            loaded_at,
-            metrics,
+            loaded_at: before.loaded_at,
+            metrics: before.metrics.clone(),
         });
     }
 
@@ -1203,11 +1193,7 @@ impl Compiler<'_> {
             kind: "ValidatingPolicy",
             name: &p.name,
         };
-        self.reuse_policy(
-            &ctx,
-            p.compiled.clone(),
-            Some((p.loaded_at, p.metrics.clone())),
-        );
+        self.reuse_policy(&ctx, p);
     }
 
     fn policy(&mut self, ctx: &Ctx<'_>, spec: PolicySpec, content: [u8; 32]) {
