@@ -882,24 +882,7 @@ pub struct EvalErrorData {
     message: String,
 }
 
-impl std::ops::Deref for EvalError {
-    type Target = EvalErrorData;
-    fn deref(&self) -> &EvalErrorData {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for EvalError {
-    fn deref_mut(&mut self) -> &mut EvalErrorData {
-        &mut self.0
-    }
-}
-
-impl From<EvalErrorData> for EvalError {
-    fn from(d: EvalErrorData) -> Self {
-        EvalError(Box::new(d))
-    }
-}
+crate::cel::boxed_error!(EvalError, EvalErrorData);
 
 /// Without the message (its length only), so that `{:?}` of a decision is
 /// as safe to log as its `Display`.

@@ -6,6 +6,33 @@
 //! `math.greatest`, `math.least`) and celgate's own ([`macros`]). It is
 //! only ever used to parse: evaluation is [`eval`]'s.
 
+/// `Deref`, `DerefMut` and `From` for an error type that is a pointer to
+/// its data (`struct $outer(Box<$data>)`), so that every `Result` holding
+/// it is no larger than its value, and its fields read as `e.kind`.
+macro_rules! boxed_error {
+    ($outer:ident, $data:ident) => {
+        impl From<$data> for $outer {
+            fn from(d: $data) -> Self {
+                $outer(Box::new(d))
+            }
+        }
+
+        impl std::ops::Deref for $outer {
+            type Target = $data;
+            fn deref(&self) -> &$data {
+                &self.0
+            }
+        }
+
+        impl std::ops::DerefMut for $outer {
+            fn deref_mut(&mut self) -> &mut $data {
+                &mut self.0
+            }
+        }
+    };
+}
+pub(crate) use boxed_error;
+
 pub mod check;
 pub mod eval;
 pub mod limits;

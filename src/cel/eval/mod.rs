@@ -53,24 +53,7 @@ pub struct ErrorData {
     pub message: String,
 }
 
-impl From<ErrorData> for Error {
-    fn from(d: ErrorData) -> Self {
-        Error(Box::new(d))
-    }
-}
-
-impl std::ops::Deref for Error {
-    type Target = ErrorData;
-    fn deref(&self) -> &ErrorData {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Error {
-    fn deref_mut(&mut self) -> &mut ErrorData {
-        &mut self.0
-    }
-}
+crate::cel::boxed_error!(Error, ErrorData);
 
 impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
