@@ -11,7 +11,6 @@ use super::plan::Program;
 use super::{Error, ErrorKind, Value};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use std::any::{Any, TypeId};
-use std::collections::HashMap;
 use std::time::Instant;
 
 /// Default run-time cost budget of one request, in units (see [`Meter`]).
@@ -222,7 +221,9 @@ pub struct Ctx<'r> {
     /// policy) rather than an inline array, which would make `Ctx`
     /// invariant over `'r`.
     cells: Vec<(Cell<'r>, u32)>,
-    caches: HashMap<TypeId, Box<dyn Any + Send>>,
+    /// The libraries' caches, by type: a few at most, found by a scan
+    /// (no hashing of the key on every use).
+    caches: Vec<(TypeId, Box<dyn Any + Send>)>,
     may_block: bool,
 }
 
@@ -239,7 +240,7 @@ impl<'r> Ctx<'r> {
             host: &DEFAULT_HOST,
             vars: &[],
             cells: Vec::new(),
-            caches: HashMap::new(),
+            caches: Vec::new(),
             may_block: true,
         }
     }
@@ -300,9 +301,16 @@ impl<'r> Ctx<'r> {
 
     /// A library's per-request cache of type `T`, created empty on first use.
     pub fn cache<T: Default + Send + 'static>(&mut self) -> &mut T {
-        self.caches
-            .entry(TypeId::of::<T>())
-            .or_insert_with(|| Box::new(T::default()))
+        let id = TypeId::of::<T>();
+        let i = match self.caches.iter().position(|(t, _)| *t == id) {
+            Some(i) => i,
+            None => {
+                self.caches.push((id, Box::new(T::default())));
+                self.caches.len() - 1
+            }
+        };
+        self.caches[i]
+            .1
             .downcast_mut::<T>()
             .expect("cache entries are keyed by their type")
     }

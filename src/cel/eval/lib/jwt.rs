@@ -229,16 +229,42 @@ fn fetch<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> 
     let [Value::String(url)] = args else {
         return Err(Error::no_overload(F, args));
     };
-    if !ctx.may_block() {
-        return match ctx.host().jwks_cached(url) {
-            Some(s) => Ok(Value::object(JwkSet(s))),
-            None => Err(ctx.meter.give_up()),
-        };
+    if let Some(s) = ctx.cache::<Fetched>().find(url) {
+        return Ok(Value::object(JwkSet(s)));
     }
-    ctx.host()
-        .jwks(url)
-        .map(|s| Value::object(JwkSet(s)))
-        .map_err(|e| Error::function(F, e))
+    let set = if ctx.may_block() {
+        ctx.host().jwks(url).map_err(|e| Error::function(F, e))?
+    } else {
+        ctx.host()
+            .jwks_cached(url)
+            .ok_or_else(|| ctx.meter.give_up())?
+    };
+    ctx.cache::<Fetched>().remember(url, &set);
+    Ok(Value::object(JwkSet(set)))
+}
+
+/// The key sets fetched in one request, by URL as the policy wrote it (a
+/// few at most are remembered): policies of one API often each fetch their
+/// issuer's set, and the request then reads it from the process-wide cache
+/// once, and uses the same set throughout.
+#[derive(Default)]
+struct Fetched(Vec<(Box<str>, Arc<KeySet>)>);
+
+impl Fetched {
+    const MAX: usize = 4;
+
+    fn find(&self, url: &str) -> Option<Arc<KeySet>> {
+        self.0
+            .iter()
+            .find(|(u, _)| &**u == url)
+            .map(|(_, s)| s.clone())
+    }
+
+    fn remember(&mut self, url: &str, set: &Arc<KeySet>) {
+        if self.0.len() < Self::MAX {
+            self.0.push((url.into(), set.clone()));
+        }
+    }
 }
 
 /// The library's overloads, for the type checker.
