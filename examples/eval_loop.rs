@@ -10,6 +10,14 @@
 //! valgrind --tool=callgrind target/release/examples/eval_loop 40000
 //! ```
 //! (instructions per evaluation = (I refs at 40000 - I refs at 20000) / 20000)
+//!
+//! With `THRASH_KB=K` (K > 0), the data caches are made cold before each
+//! evaluation (one byte written in every 64-byte line of a K-kibibyte
+//! buffer, as a request's network and HTTP/2 work evicts what the last
+//! evaluation touched), each evaluation alone is timed, and the mean is
+//! printed: how much of its time is the memory it reads.
+//! `for kb in 0 1024 4096; do THRASH_KB=$kb target/release/examples/eval_loop 50000; done`
+//! (`THRASH_KB=0` times the evaluations without thrashing).
 
 use celgate::engine::{evaluate, EngineConfig};
 use celgate::policy::PolicySet;
@@ -43,9 +51,29 @@ fn main() {
         }
     }))
     .expect("the request parses");
-    let allowed = (0..n)
-        .filter(|_| evaluate(black_box(&six), &config, black_box(&request)).allowed())
-        .count();
-    assert_eq!(allowed, n, "every evaluation allows the request");
-    println!("{n} evaluations");
+    let Some(kb) = std::env::var("THRASH_KB").ok() else {
+        let allowed = (0..n)
+            .filter(|_| evaluate(black_box(&six), &config, black_box(&request)).allowed())
+            .count();
+        assert_eq!(allowed, n, "every evaluation allows the request");
+        println!("{n} evaluations");
+        return;
+    };
+    let kb: usize = kb.parse().expect("THRASH_KB is a number of KiB");
+    let mut buf = vec![0u8; kb * 1024];
+    let mut spent = std::time::Duration::ZERO;
+    for i in 0..n {
+        for j in (0..buf.len()).step_by(64) {
+            buf[j] = buf[j].wrapping_add(i as u8);
+        }
+        black_box(&buf);
+        let t = std::time::Instant::now();
+        let allowed = evaluate(black_box(&six), &config, black_box(&request)).allowed();
+        spent += t.elapsed();
+        assert!(allowed, "every evaluation allows the request");
+    }
+    println!(
+        "{n} evaluations, THRASH_KB={kb}: {} ns each",
+        spent.as_nanos() / n as u128
+    );
 }
