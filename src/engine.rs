@@ -361,11 +361,13 @@ macro_rules! policy_error_event {
 
 /// What an evaluation logs and counts, kept until the request is decided:
 /// an attempt that gives up ([`evaluate_inline`]) leaves no trace.
-#[derive(Default)]
 struct Records<'p> {
     /// Each policy's outcome and time, for its metrics.
     timings: smallvec::SmallVec<[(&'p Policy, PolicyOutcome, std::time::Duration); 8]>,
     events: Vec<Event<'p>>,
+    /// With metrics on, where the next policy's time starts: one clock
+    /// read per policy, each one's end the next one's start.
+    clock: Option<std::time::Instant>,
 }
 
 /// A log line of an evaluation.
@@ -375,7 +377,25 @@ enum Event<'p> {
     Denied(&'p Policy, EvalError),
 }
 
-impl Records<'_> {
+impl<'p> Records<'p> {
+    fn new() -> Self {
+        let record = crate::telemetry::metrics::global().enabled();
+        Records {
+            timings: smallvec::SmallVec::new(),
+            events: Vec::new(),
+            clock: record.then(std::time::Instant::now),
+        }
+    }
+
+    /// The time since the last policy's (or the start), as `policy`'s.
+    fn time(&mut self, policy: &'p Policy, outcome: PolicyOutcome) {
+        if let Some(started) = self.clock {
+            let now = std::time::Instant::now();
+            self.timings.push((policy, outcome, now - started));
+            self.clock = Some(now);
+        }
+    }
+
     fn flush(self) {
         for event in self.events {
             match event {
@@ -413,10 +433,7 @@ fn run_policies<'r>(
     ctx: &mut eval::Ctx<'r>,
     mut trace: Option<&mut Vec<PolicyTrace>>,
 ) -> Option<Decision> {
-    let metrics = crate::telemetry::metrics::global();
-    let record = metrics.enabled();
-    let mut clock = record.then(std::time::Instant::now);
-    let mut records = Records::default();
+    let mut records = Records::new();
     let mut evaluated = 0;
     let mut audit = Vec::new();
     // The policies the selection index does not rule out, in name order
@@ -428,18 +445,15 @@ fn run_policies<'r>(
     while let Some((i, ruled_out)) = walk.next(ctx.meter.used() > ctx.meter.budget()) {
         let policy = &set.policies[i];
         evaluated += usize::from(!ruled_out);
-        // Boxed: it is moved along with each policy, traced or not.
-        let mut t = trace.as_ref().map(|_| {
-            Box::new(PolicyTrace {
-                policy: policy.name.clone(),
-                ..Default::default()
-            })
-        });
-        let result = eval_planned::<CheckResponse>(policy, ruled_out, ctx, t.as_deref_mut());
-        if ctx.meter.yielded() {
-            return None;
-        }
-        let (outcome, verdict) = settle(policy, result, config, &mut audit, &mut records, &mut t);
+        let verdict = visit::<CheckResponse>(
+            policy,
+            ruled_out,
+            config,
+            ctx,
+            &mut trace,
+            &mut audit,
+            &mut records,
+        )?;
         let decided = verdict.map(|v| match v {
             Verdict::Decided(response, index) => Decision {
                 response: *response,
@@ -456,15 +470,6 @@ fn run_policies<'r>(
                 d
             }
         });
-        // One clock read per policy: each one's end is the next one's start.
-        if let Some(started) = clock.filter(|_| !ruled_out) {
-            let now = std::time::Instant::now();
-            records.timings.push((policy, outcome, now - started));
-            clock = Some(now);
-        }
-        if let (Some(trace), Some(t)) = (trace.as_mut(), t) {
-            trace.push(*t);
-        }
         if let Some(d) = decided {
             records.flush();
             return Some(with_audit(config, d, audit));
@@ -693,23 +698,28 @@ fn run_http_policies<'r>(
     ctx: &mut eval::Ctx<'r>,
     mut trace: Option<&mut Vec<PolicyTrace>>,
 ) -> HttpDecision {
-    let record = crate::telemetry::metrics::global().enabled();
-    let mut clock = record.then(std::time::Instant::now);
-    let mut records = Records::default();
+    let mut records = Records::new();
     let mut evaluated = 0;
     let mut audit = Vec::new();
     let mut decided = None;
     for policy in &set.http_policies {
         evaluated += 1;
-        // Boxed: it is moved along with each policy, traced or not.
-        let mut t = trace.as_ref().map(|_| {
-            Box::new(PolicyTrace {
-                policy: policy.name.clone(),
-                ..Default::default()
-            })
+        let visited = visit::<httpauthz::CheckResponse>(
+            policy,
+            false,
+            config,
+            ctx,
+            &mut trace,
+            &mut audit,
+            &mut records,
+        );
+        // HTTP mode's meter is never a slice, so its evaluation never gives
+        // up; were it to, the request is denied, never passed.
+        let verdict = visited.unwrap_or_else(|| {
+            Some(Verdict::Failed(EvalError::server(
+                "an HTTP-mode evaluation gave up".to_owned(),
+            )))
         });
-        let result = eval_planned::<httpauthz::CheckResponse>(policy, false, ctx, t.as_deref_mut());
-        let (outcome, verdict) = settle(policy, result, config, &mut audit, &mut records, &mut t);
         decided = verdict.map(|v| match v {
             Verdict::Decided(response, index) => HttpDecision {
                 response: *response,
@@ -726,14 +736,6 @@ fn run_http_policies<'r>(
                 d
             }
         });
-        if let Some(started) = clock {
-            let now = std::time::Instant::now();
-            records.timings.push((policy, outcome, now - started));
-            clock = Some(now);
-        }
-        if let (Some(trace), Some(t)) = (trace.as_mut(), t) {
-            trace.push(*t);
-        }
         if decided.is_some() {
             break;
         }
@@ -761,6 +763,40 @@ pub fn audit_headers(config: &EngineConfig, audit: &[AuditEntry]) -> Vec<HeaderO
         Outcome::Ok(ok) => ok.response_headers_to_add,
         Outcome::Denied(den) => den.headers,
     }
+}
+
+/// One policy's turn in a loop over the set: its evaluation (traced when
+/// `trace` is there), [`settle`]d, and timed unless the index ruled it out.
+/// `None` when the evaluation gave up ([`eval::Meter::yielded`]), before
+/// anything of it was recorded.
+fn visit<'r, A: Answer>(
+    policy: &'r Policy,
+    ruled_out: bool,
+    config: &EngineConfig,
+    ctx: &mut eval::Ctx<'r>,
+    trace: &mut Option<&mut Vec<PolicyTrace>>,
+    audit: &mut Vec<AuditEntry>,
+    records: &mut Records<'r>,
+) -> Option<Option<Verdict<A>>> {
+    // Boxed: it is moved along with each policy, traced or not.
+    let mut t = trace.as_ref().map(|_| {
+        Box::new(PolicyTrace {
+            policy: policy.name.clone(),
+            ..Default::default()
+        })
+    });
+    let result = eval_planned::<A>(policy, ruled_out, ctx, t.as_deref_mut());
+    if ctx.meter.yielded() {
+        return None;
+    }
+    let (outcome, verdict) = settle(policy, result, config, audit, records, &mut t);
+    if !ruled_out {
+        records.time(policy, outcome);
+    }
+    if let (Some(trace), Some(t)) = (trace.as_mut(), t) {
+        trace.push(*t);
+    }
+    Some(verdict)
 }
 
 /// What decides a request, from one policy: its answer (and the validation
