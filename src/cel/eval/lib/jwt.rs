@@ -193,8 +193,11 @@ impl Source {
             Keys::Set(s) => Source::Set(s.clone()),
         }
     }
+}
 
-    fn same(&self, other: &Source) -> bool {
+/// The same key by fingerprint, the same key set by identity.
+impl PartialEq for Source {
+    fn eq(&self, other: &Source) -> bool {
         match (self, other) {
             (Source::Key(a), Source::Key(b)) => a == b,
             (Source::Set(a), Source::Set(b)) => Arc::ptr_eq(a, b),
@@ -203,33 +206,50 @@ impl Source {
     }
 }
 
-/// The tokens decoded in one request (a few at most are remembered).
-#[derive(Default)]
-struct Decodes(Vec<(Box<str>, Source, token::Decoded)>);
+/// What a request worked out once, by a string the policy gave (a token, a
+/// URL) and what else tells entries apart: a [`Ctx::cache`], of a few
+/// entries at most (past those, the work is done again).
+struct Memo<K, V>(Vec<(Box<str>, K, V)>);
 
-impl Decodes {
+impl<K, V> Default for Memo<K, V> {
+    fn default() -> Self {
+        Memo(Vec::new())
+    }
+}
+
+impl<K: PartialEq, V: Clone> Memo<K, V> {
     const MAX: usize = 4;
 
-    fn find(&self, token: &str, source: &Source) -> Option<token::Decoded> {
+    fn find(&self, s: &str, k: &K) -> Option<V> {
         self.0
             .iter()
-            .find(|(t, s, _)| &**t == token && s.same(source))
-            .map(|(_, _, d)| d.clone())
+            .find(|(s2, k2, _)| &**s2 == s && k2 == k)
+            .map(|(_, _, v)| v.clone())
     }
 
-    fn remember(&mut self, token: &str, source: Source, decoded: &token::Decoded) {
+    fn remember(&mut self, s: &str, k: K, v: &V) {
         if self.0.len() < Self::MAX {
-            self.0.push((token.into(), source, decoded.clone()));
+            self.0.push((s.into(), k, v.clone()));
         }
     }
 }
+
+/// The tokens decoded in one request, by token and what it was checked
+/// against.
+type Decodes = Memo<Source, token::Decoded>;
+
+/// The key sets fetched in one request, by URL as the policy wrote it:
+/// policies of one API often each fetch their issuer's set, and the request
+/// then reads it from the process-wide cache once, and uses the same set
+/// throughout.
+type Fetched = Memo<(), Arc<KeySet>>;
 
 fn fetch<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
     const F: &str = "jwks.Fetch";
     let [Value::String(url)] = args else {
         return Err(Error::no_overload(F, args));
     };
-    if let Some(s) = ctx.cache::<Fetched>().find(url) {
+    if let Some(s) = ctx.cache::<Fetched>().find(url, &()) {
         return Ok(Value::object(JwkSet(s)));
     }
     let set = if ctx.may_block() {
@@ -239,32 +259,8 @@ fn fetch<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> 
             .jwks_cached(url)
             .ok_or_else(|| ctx.meter.give_up())?
     };
-    ctx.cache::<Fetched>().remember(url, &set);
+    ctx.cache::<Fetched>().remember(url, (), &set);
     Ok(Value::object(JwkSet(set)))
-}
-
-/// The key sets fetched in one request, by URL as the policy wrote it (a
-/// few at most are remembered): policies of one API often each fetch their
-/// issuer's set, and the request then reads it from the process-wide cache
-/// once, and uses the same set throughout.
-#[derive(Default)]
-struct Fetched(Vec<(Box<str>, Arc<KeySet>)>);
-
-impl Fetched {
-    const MAX: usize = 4;
-
-    fn find(&self, url: &str) -> Option<Arc<KeySet>> {
-        self.0
-            .iter()
-            .find(|(u, _)| &**u == url)
-            .map(|(_, s)| s.clone())
-    }
-
-    fn remember(&mut self, url: &str, set: &Arc<KeySet>) {
-        if self.0.len() < Self::MAX {
-            self.0.push((url.into(), set.clone()));
-        }
-    }
 }
 
 /// The library's overloads, for the type checker.
