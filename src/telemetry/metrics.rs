@@ -5,12 +5,74 @@
 //! holds (looked up by name once, when a set is compiled), so recording is a
 //! few atomic adds with no map lookup or lock. The names of kyverno-authz are
 //! kept where the meaning is the same, so dashboards carry over.
+//!
+//! The series written per request are kept per thread ([`PerThread`]): each
+//! thread adds to counters on cache lines of its own, and `/metrics` sums
+//! them. Shared counters would have every request on one core take the
+//! lines the other cores just wrote.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, LazyLock, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, LazyLock, OnceLock, RwLock};
 use std::time::Duration;
+
+/// How many threads record into counters of their own; threads beyond
+/// that share slots (still exact, only no longer apart).
+const SLOTS: usize = 16;
+
+/// This thread's slot: threads take them in turn, the first time they
+/// record.
+#[inline]
+fn slot() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: usize = NEXT.fetch_add(1, Relaxed) % SLOTS;
+    }
+    SLOT.with(|s| *s)
+}
+
+/// A value on cache lines of its own (128 bytes: adjacent-line prefetch
+/// pairs lines).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Lines<T>(T);
+
+/// Counters kept per thread: a thread records into its own copy (allocated
+/// the first time it records), a reader sums the copies. A series nobody
+/// records into costs one pointer per slot.
+#[derive(Debug)]
+pub struct PerThread<T> {
+    slots: [OnceLock<Box<Lines<T>>>; SLOTS],
+}
+
+impl<T> Default for PerThread<T> {
+    fn default() -> Self {
+        PerThread {
+            slots: std::array::from_fn(|_| OnceLock::new()),
+        }
+    }
+}
+
+impl<T: Default> PerThread<T> {
+    /// The calling thread's copy.
+    #[inline]
+    pub fn mine(&self) -> &T {
+        &self.slots[slot()].get_or_init(Box::default).0
+    }
+}
+
+impl<T> PerThread<T> {
+    /// Every copy recorded into so far.
+    pub fn each(&self) -> impl Iterator<Item = &T> {
+        self.slots.iter().filter_map(OnceLock::get).map(|l| &l.0)
+    }
+
+    /// The sum over every copy of what `read` reads.
+    pub fn sum(&self, read: impl Fn(&T) -> &AtomicU64) -> u64 {
+        self.each().map(|c| read(c).load(Relaxed)).sum()
+    }
+}
 
 /// Upper bounds (seconds) of the latency buckets: 5 µs to 1 s.
 pub const BUCKETS: [f64; 17] = [
@@ -54,6 +116,20 @@ impl Histogram {
 
     pub fn count(&self) -> u64 {
         self.counts.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
+    /// One histogram holding what all of `parts` observed.
+    fn merged<'a>(parts: impl Iterator<Item = &'a Histogram>) -> Histogram {
+        let total = Histogram::default();
+        for h in parts {
+            for (t, c) in total.counts.iter().zip(&h.counts) {
+                t.fetch_add(c.load(Relaxed), Relaxed);
+            }
+            total
+                .sum_nanos
+                .fetch_add(h.sum_nanos.load(Relaxed), Relaxed);
+        }
+        total
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
@@ -157,6 +233,12 @@ impl Mode {
 /// Series of one policy.
 #[derive(Debug, Default)]
 pub struct PolicyMetrics {
+    counts: PerThread<PolicyCounts>,
+}
+
+/// One thread's counts of one policy.
+#[derive(Debug, Default)]
+struct PolicyCounts {
     evaluations: [AtomicU64; PolicyOutcome::ALL.len()],
     duration: Histogram,
     /// Requests this policy decided, by [`Mode`]: allowed, denied, denied
@@ -167,12 +249,27 @@ pub struct PolicyMetrics {
 impl PolicyMetrics {
     #[inline]
     pub fn evaluated(&self, outcome: PolicyOutcome, took: Duration) {
-        self.evaluations[outcome as usize].fetch_add(1, Relaxed);
-        self.duration.observe(took);
+        let c = self.counts.mine();
+        c.evaluations[outcome as usize].fetch_add(1, Relaxed);
+        c.duration.observe(took);
     }
 
     pub fn evaluations(&self, outcome: PolicyOutcome) -> u64 {
-        self.evaluations[outcome as usize].load(Relaxed)
+        self.counts.sum(|c| &c.evaluations[outcome as usize])
+    }
+
+    /// Requests decided by this policy in `mode`: allowed (0), denied (1),
+    /// denied on error (2).
+    fn decided(&self, mode: usize, how: usize) -> u64 {
+        self.counts.sum(|c| &c.decided[mode][how])
+    }
+
+    fn count_decided(&self, mode: usize, how: usize) {
+        self.counts.mine().decided[mode][how].fetch_add(1, Relaxed);
+    }
+
+    fn duration(&self) -> Histogram {
+        Histogram::merged(self.counts.each().map(|c| &c.duration))
     }
 }
 
@@ -235,20 +332,12 @@ impl Protocol {
 #[derive(Debug, Default)]
 pub struct Metrics {
     enabled: AtomicBool,
-    /// Answers by protocol, allowed then denied.
-    answers: [[AtomicU64; 2]; 4],
+    /// The series every request writes.
+    requests: PerThread<RequestCounts>,
     policies: RwLock<BTreeMap<String, Arc<PolicyMetrics>>>,
-    /// Each by [`Mode`].
-    default_allow: [AtomicU64; 2],
-    internal_errors: [AtomicU64; 2],
-    timeouts: [AtomicU64; 2],
-    overloads: [AtomicU64; 2],
-    unreadable: [AtomicU64; 2],
-    expression_errors: [AtomicU64; 2],
     /// The `mode="http"` series are shown once the HTTP authorization
     /// server is on ([`Metrics::set_http_enabled`]) or has decided.
     http_on: AtomicBool,
-    decision_duration: Histogram,
     /// Kubernetes objects by state (ok, broken, ignored), once `--kube` has
     /// listed them.
     kube_objects: [AtomicU64; 3],
@@ -256,6 +345,21 @@ pub struct Metrics {
     /// The shadow policy set's comparisons (rendered once a shadow set is
     /// configured).
     shadow: ShadowMetrics,
+}
+
+/// One thread's counts of the series every request writes.
+#[derive(Debug, Default)]
+struct RequestCounts {
+    /// Answers by protocol, allowed then denied.
+    answers: [[AtomicU64; 2]; 4],
+    /// Each by [`Mode`].
+    default_allow: [AtomicU64; 2],
+    internal_errors: [AtomicU64; 2],
+    timeouts: [AtomicU64; 2],
+    overloads: [AtomicU64; 2],
+    unreadable: [AtomicU64; 2],
+    expression_errors: [AtomicU64; 2],
+    decision_duration: Histogram,
 }
 
 /// What happened to one request handed to the shadow policy set.
@@ -391,11 +495,10 @@ pub fn release_unused(name: &str) {
     let m = global();
     let mut map = m.policies.write().unwrap_or_else(|e| e.into_inner());
     // Under the write lock nobody can take another handle meanwhile.
-    if map.get(name).is_some_and(|p| {
-        Arc::strong_count(p) == 1
-            && p.duration.count() == 0
-            && p.decided.iter().flatten().all(|c| c.load(Relaxed) == 0)
-    }) {
+    if map
+        .get(name)
+        .is_some_and(|p| Arc::strong_count(p) == 1 && p.counts.each().next().is_none())
+    {
         map.remove(name);
     }
 }
@@ -515,13 +618,17 @@ impl Metrics {
     /// refusals before evaluation included).
     #[inline]
     pub fn answered(&self, protocol: Protocol, allowed: bool) {
-        self.answers[protocol as usize][usize::from(!allowed)].fetch_add(1, Relaxed);
+        self.requests.mine().answers[protocol as usize][usize::from(!allowed)]
+            .fetch_add(1, Relaxed);
     }
 
     /// Answers given over `protocol` so far: (allowed, denied).
     pub fn answers(&self, protocol: Protocol) -> (u64, u64) {
-        let a = &self.answers[protocol as usize];
-        (a[0].load(Relaxed), a[1].load(Relaxed))
+        let p = protocol as usize;
+        (
+            self.requests.sum(|c| &c.answers[p][0]),
+            self.requests.sum(|c| &c.answers[p][1]),
+        )
     }
 
     /// Counts one decision of Envoy mode's ext_authz server.
@@ -541,33 +648,32 @@ impl Metrics {
         if mode == Mode::Http && !self.http_on.load(Relaxed) {
             self.http_on.store(true, Relaxed);
         }
+        let c = self.requests.mine();
         match how {
             DecidedBy::Policy { policy, allowed } => {
-                policy.decided[m][usize::from(!allowed)].fetch_add(1, Relaxed);
+                policy.count_decided(m, usize::from(!allowed));
             }
-            DecidedBy::Error(p) => {
-                p.decided[m][2].fetch_add(1, Relaxed);
-            }
+            DecidedBy::Error(p) => p.count_decided(m, 2),
             DecidedBy::Default => {
-                self.default_allow[m].fetch_add(1, Relaxed);
+                c.default_allow[m].fetch_add(1, Relaxed);
             }
             DecidedBy::Internal => {
-                self.internal_errors[m].fetch_add(1, Relaxed);
+                c.internal_errors[m].fetch_add(1, Relaxed);
             }
             DecidedBy::Timeout => {
-                self.timeouts[m].fetch_add(1, Relaxed);
+                c.timeouts[m].fetch_add(1, Relaxed);
             }
             DecidedBy::Overload => {
-                self.overloads[m].fetch_add(1, Relaxed);
+                c.overloads[m].fetch_add(1, Relaxed);
             }
             DecidedBy::Unreadable => {
-                self.unreadable[m].fetch_add(1, Relaxed);
+                c.unreadable[m].fetch_add(1, Relaxed);
             }
             DecidedBy::Expression => {
-                self.expression_errors[m].fetch_add(1, Relaxed);
+                c.expression_errors[m].fetch_add(1, Relaxed);
             }
         }
-        self.decision_duration.observe(took);
+        c.decision_duration.observe(took);
     }
 
     /// `authz_decisions_total{mode=..., decision, source, policy=""}` of a
@@ -575,16 +681,14 @@ impl Metrics {
     pub fn decisions(&self, mode: Mode, how: DecidedBy<'_>) -> u64 {
         let m = mode as usize;
         match how {
-            DecidedBy::Policy { policy, allowed } => {
-                policy.decided[m][usize::from(!allowed)].load(Relaxed)
-            }
-            DecidedBy::Error(p) => p.decided[m][2].load(Relaxed),
-            DecidedBy::Default => self.default_allow[m].load(Relaxed),
-            DecidedBy::Internal => self.internal_errors[m].load(Relaxed),
-            DecidedBy::Timeout => self.timeouts[m].load(Relaxed),
-            DecidedBy::Overload => self.overloads[m].load(Relaxed),
-            DecidedBy::Unreadable => self.unreadable[m].load(Relaxed),
-            DecidedBy::Expression => self.expression_errors[m].load(Relaxed),
+            DecidedBy::Policy { policy, allowed } => policy.decided(m, usize::from(!allowed)),
+            DecidedBy::Error(p) => p.decided(m, 2),
+            DecidedBy::Default => self.requests.sum(|c| &c.default_allow[m]),
+            DecidedBy::Internal => self.requests.sum(|c| &c.internal_errors[m]),
+            DecidedBy::Timeout => self.requests.sum(|c| &c.timeouts[m]),
+            DecidedBy::Overload => self.requests.sum(|c| &c.overloads[m]),
+            DecidedBy::Unreadable => self.requests.sum(|c| &c.unreadable[m]),
+            DecidedBy::Expression => self.requests.sum(|c| &c.expression_errors[m]),
         }
     }
 
@@ -613,7 +717,7 @@ impl Metrics {
                         .iter()
                         .enumerate()
                 {
-                    let v = p.decided[m][i].load(Relaxed);
+                    let v = p.decided(m, i);
                     if v > 0 {
                         let _ = writeln!(
                             out,
@@ -625,30 +729,29 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "authz_decisions_total{{mode=\"{label}\",decision=\"allow\",source=\"default\",policy=\"\"}} {}",
-                self.default_allow[m].load(Relaxed)
+                self.decisions(mode, DecidedBy::Default)
             );
             let _ = writeln!(
                 out,
                 "authz_decisions_total{{mode=\"{label}\",decision=\"deny\",source=\"internal\",policy=\"\"}} {}",
-                self.internal_errors[m].load(Relaxed)
+                self.decisions(mode, DecidedBy::Internal)
             );
-            for (source, n) in [("timeout", &self.timeouts), ("overload", &self.overloads)] {
+            for (source, how) in [
+                ("timeout", DecidedBy::Timeout),
+                ("overload", DecidedBy::Overload),
+                ("unreadable", DecidedBy::Unreadable),
+            ] {
                 let _ = writeln!(
                     out,
                     "authz_decisions_total{{mode=\"{label}\",decision=\"deny\",source=\"{source}\",policy=\"\"}} {}",
-                    n[m].load(Relaxed)
+                    self.decisions(mode, how)
                 );
             }
-            let _ = writeln!(
-                out,
-                "authz_decisions_total{{mode=\"{label}\",decision=\"deny\",source=\"unreadable\",policy=\"\"}} {}",
-                self.unreadable[m].load(Relaxed)
-            );
             if mode == Mode::Http {
                 let _ = writeln!(
                     out,
                     "authz_decisions_total{{mode=\"{label}\",decision=\"deny\",source=\"expression\",policy=\"\"}} {}",
-                    self.expression_errors[m].load(Relaxed)
+                    self.decisions(mode, DecidedBy::Expression)
                 );
             }
         }
@@ -668,8 +771,11 @@ impl Metrics {
             "# HELP authz_decision_duration_seconds Time to decide one request (all policies).\n",
         );
         out.push_str("# TYPE authz_decision_duration_seconds histogram\n");
-        self.decision_duration
-            .render(&mut out, "authz_decision_duration_seconds", "");
+        Histogram::merged(self.requests.each().map(|c| &c.decision_duration)).render(
+            &mut out,
+            "authz_decision_duration_seconds",
+            "",
+        );
         out.push_str("# HELP authz_policy_evaluations_total Policy evaluations, by policy and outcome (allow, deny, none, skipped, exempted, error; audit_deny and audit_error: a denial or a failure under failurePolicy Fail of a policy whose validationActions do not hold Deny, recorded and not enforced).\n");
         out.push_str("# TYPE authz_policy_evaluations_total counter\n");
         for (name, p) in &policies {
@@ -687,7 +793,7 @@ impl Metrics {
         out.push_str("# TYPE authz_policy_evaluation_duration_seconds histogram\n");
         for (name, p) in &policies {
             let labels = format!("policy=\"{}\"", escape(name));
-            p.duration.render(
+            p.duration().render(
                 &mut out,
                 "authz_policy_evaluation_duration_seconds",
                 &labels,
@@ -731,6 +837,48 @@ mod tests {
         assert!(out.contains("x_bucket{p=\"a\",le=\"+Inf\"} 3\n"), "{out}");
         assert!(out.contains("x_count{p=\"a\"} 3\n"), "{out}");
         assert_eq!(h.count(), 3);
+    }
+
+    #[test]
+    fn counts_from_many_threads_sum_exactly() {
+        // More threads than slots, so some share one: nothing may be lost
+        // either way.
+        let p = PolicyMetrics::default();
+        let threads = SLOTS + 4;
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let p = &p;
+                s.spawn(move || {
+                    for i in 0..1000 {
+                        let outcome = if i % 4 == 0 {
+                            PolicyOutcome::Deny
+                        } else {
+                            PolicyOutcome::Allow
+                        };
+                        p.evaluated(outcome, Duration::from_micros(3 + t as u64));
+                        p.count_decided(0, usize::from(outcome == PolicyOutcome::Deny));
+                    }
+                });
+            }
+        });
+        let n = threads as u64 * 1000;
+        assert_eq!(p.evaluations(PolicyOutcome::Allow), n * 3 / 4);
+        assert_eq!(p.evaluations(PolicyOutcome::Deny), n / 4);
+        assert_eq!(p.decided(0, 0) + p.decided(0, 1), n);
+        let d = p.duration();
+        assert_eq!(d.count(), n);
+        let micros: u64 = (0..threads as u64).map(|t| (3 + t) * 1000).sum();
+        assert_eq!(d.sum_nanos.load(Relaxed), micros * 1000);
+        assert!(p.counts.each().count() <= SLOTS);
+    }
+
+    #[test]
+    fn a_series_nobody_recorded_holds_no_counts() {
+        let p = PolicyMetrics::default();
+        assert_eq!(p.counts.each().count(), 0);
+        assert_eq!(p.duration().count(), 0);
+        p.evaluated(PolicyOutcome::Skipped, Duration::ZERO);
+        assert_eq!(p.counts.each().count(), 1, "one slot, this thread's");
     }
 
     #[test]
