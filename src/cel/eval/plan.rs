@@ -135,6 +135,11 @@ struct Loop {
     accu: usize,
     init: Node,
     cond: Node,
+    /// `Some(v)` when `cond` is the quantifier macros' own
+    /// (`@not_strictly_false(!accu)` for `exists`: `Some(true)`,
+    /// `@not_strictly_false(accu)` for `all`: `Some(false)`): the loop
+    /// stops once the accumulator is `v`, read without evaluating `cond`.
+    stop_at: Option<bool>,
     step: Step,
     result: Node,
 }
@@ -152,6 +157,10 @@ enum Step {
     Insert(Vec<Node>),
     /// `cond ? cel.@mapInsert(accu, ...) : accu`.
     InsertIf(Node, Vec<Node>),
+    /// `accu || test` (`Logic(true, test)`) or `accu && test`
+    /// (`Logic(false, test)`): the quantifier macros' step, with the
+    /// accumulator read in place.
+    Logic(bool, Node),
 }
 
 /// Compiles `expr`. `variable` gives the slot of each `variables.<name>`
@@ -568,6 +577,15 @@ impl Planner<'_> {
         let var1 = self.bind(&c.iter_var);
         let var2 = c.iter_var2.as_deref().map(|v| self.bind(v));
         let cond = self.expr(&c.loop_cond)?;
+        let is_accu = |n: &Node| matches!(n, Node::Local(s) if *s == accu);
+        let stop_at = match &cond {
+            Node::NotStrictlyFalse(a) => match &**a {
+                Node::Not(a) if is_accu(a) => Some(true),
+                a if is_accu(a) => Some(false),
+                _ => None,
+            },
+            _ => None,
+        };
         let step = self.step(&c.loop_step, accu)?;
         self.unbind(if var2.is_some() { 2 } else { 1 });
         let result = self.expr(&c.result)?;
@@ -579,6 +597,7 @@ impl Planner<'_> {
             accu,
             init,
             cond,
+            stop_at,
             step,
             result,
         })))
@@ -620,6 +639,8 @@ impl Planner<'_> {
                 Node::MapInsert(args) if is_accu(&args[0]) => Step::InsertIf(*test, args),
                 then => Step::Any(Node::Cond(test, Box::new(then), otherwise)),
             },
+            Node::Or(a, test) if is_accu(&a) => Step::Logic(true, *test),
+            Node::And(a, test) if is_accu(&a) => Step::Logic(false, *test),
             other => Step::Any(other),
         })
     }
@@ -1373,13 +1394,41 @@ impl Loop {
     /// One iteration: false once the loop condition says stop.
     fn iterate<'r>(&'r self, ctx: &mut Ctx<'r>, locals: &mut Locals<'r>) -> Result<bool, Error> {
         ctx.charge(1)?;
-        match self.cond.value(ctx, locals) {
-            Ok(Value::Bool(false)) => return Ok(false),
-            Ok(Value::Bool(true)) => {}
-            Ok(other) => return Err(no_bool("loop condition", &other)),
-            Err(e) => return Err(e),
+        match self.stop_at {
+            // What `cond` would say: false only when the accumulator holds
+            // the value that decides the quantifier.
+            Some(v) => {
+                if matches!(locals[self.accu], Ok(Value::Bool(b)) if b == v) {
+                    return Ok(false);
+                }
+            }
+            None => match self.cond.value(ctx, locals) {
+                Ok(Value::Bool(false)) => return Ok(false),
+                Ok(Value::Bool(true)) => {}
+                Ok(other) => return Err(no_bool("loop condition", &other)),
+                Err(e) => return Err(e),
+            },
         }
         let next = match &self.step {
+            Step::Logic(decisive, test) => {
+                // `logic` with the accumulator as its left operand, not
+                // copied out of its slot.
+                let op = if *decisive { "_||_" } else { "_&&_" };
+                let left = match &locals[self.accu] {
+                    Ok(Value::Bool(b)) => Ok(*b),
+                    Ok(other) => Err(no_bool(op, other)),
+                    Err(e) => Err(e.clone()),
+                };
+                if matches!(left, Ok(l) if l == *decisive) {
+                    Ok(Value::Bool(*decisive))
+                } else {
+                    match (left, as_bool(op, test.value(ctx, locals))) {
+                        (_, Ok(r)) if r == *decisive => Ok(Value::Bool(*decisive)),
+                        (Err(e), _) | (_, Err(e)) => Err(e),
+                        _ => Ok(Value::Bool(!*decisive)),
+                    }
+                }
+            }
             Step::Any(n) => n.value(ctx, locals),
             Step::Append(elems) => self.append(ctx, locals, elems),
             Step::AppendIf(test, elems) => match test.value(ctx, locals) {
@@ -1503,6 +1552,78 @@ mod tests {
             p.eval(&mut ctx).unwrap().type_name(),
             "envoy.service.auth.v3.CheckResponse"
         );
+    }
+
+    /// Evaluated as planned, nothing folded (the ranges below are literals).
+    fn run_unfolded(text: &str) -> Result<Value<'static>, Error> {
+        let ast = crate::cel::env().compile(text).unwrap();
+        let p = compile_unfolded(ast.expression(), &|_| None).unwrap();
+        let p: &'static Program = Box::leak(Box::new(p));
+        let mut ctx = Ctx::new(None, Meter::new(10_000));
+        p.eval(&mut ctx)
+    }
+
+    fn quantifier(root: &Node) -> Option<(Option<bool>, &Step)> {
+        match root {
+            Node::Comprehension(l) => Some((l.stop_at, &l.step)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn exists_and_all_read_their_accumulator_in_place_with_the_macros_semantics() {
+        // The macros' loops are recognised (else this test would not test
+        // the short path)...
+        for (text, decisive) in [
+            ("[1, 2].exists(x, x == 2)", true),
+            ("[1, 2].all(x, x > 0)", false),
+            ("{'a': 1}.exists(k, v, v == 1)", true),
+            ("[1, 2].all(i, v, v > i)", false),
+        ] {
+            let ast = crate::cel::env().compile(text).unwrap();
+            let p = compile_unfolded(ast.expression(), &|_| None).unwrap();
+            let Some((stop_at, Step::Logic(d, _))) = quantifier(&p.0.root) else {
+                panic!("{text}: {:?}", p.0.root)
+            };
+            assert_eq!((stop_at, *d), (Some(decisive), decisive), "{text}");
+        }
+        // ... and decide as `||` and `&&` over the elements would: the
+        // deciding value wins over an error anywhere, else the first error
+        // is the answer.
+        let bool_of = |text: &str| match run_unfolded(text) {
+            Ok(Value::Bool(b)) => b,
+            other => panic!("{text}: {other:?}"),
+        };
+        let error_of = |text: &str| match run_unfolded(text) {
+            Err(e) => e.to_string(),
+            other => panic!("{text}: {other:?}"),
+        };
+        assert!(bool_of("[1, 2, 3].exists(x, x == 2)"));
+        assert!(!bool_of("[1, 2, 3].exists(x, x == 5)"));
+        assert!(!bool_of("[].exists(x, x == 5)"));
+        assert!(
+            bool_of("[1, 0, 2].exists(x, 4 / x == 2)"),
+            "true absorbs the error"
+        );
+        assert!(
+            bool_of("[1, 2, 0].exists(x, 4 / x == 4)"),
+            "stops at the first true"
+        );
+        assert!(error_of("[0, 1].exists(x, 4 / x == 3)").contains("division by zero"));
+        let first = error_of("[0, 1, 2].exists(x, [1][x - 1] == 7 || 4 / x == 9)");
+        assert!(
+            first.contains("index") || first.contains("bounds"),
+            "{first}"
+        );
+        assert!(bool_of("[1, 2].all(x, x > 0)"));
+        assert!(bool_of("[].all(x, x > 0)"));
+        assert!(
+            !bool_of("[1, 0, -1].all(x, 4 / x > 0)"),
+            "false absorbs the error"
+        );
+        assert!(error_of("[1, 0].all(x, 4 / x > 0)").contains("division by zero"));
+        assert!(bool_of("{'a': 1, 'b': 2}.exists(k, v, v == 2 && k == 'b')"));
+        assert!(!bool_of("[3, 1].all(i, v, v > i + 1)"));
     }
 
     #[test]
