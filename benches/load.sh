@@ -30,6 +30,13 @@
 #                EXPECT_ARGS (e.g. EXPECT_ARGS='--expect-denied 403'); use with your own POLICIES.
 #   FLOOR_ADDR=127.0.0.1:9291  GRPC_ADDR=127.0.0.1:9391  HTTP_ADDR=127.0.0.1:9392
 #   CELGATE_ARGS=""        extra arguments for `celgate serve`
+#   BASELINE_BIN=          a second celgate binary (e.g. built from an earlier commit in its own
+#                          target directory) run beside the first and measured in the same
+#                          rounds (floor, celgate, baseline; reversed every other round): the
+#                          report adds its req/s and CPU per request and the median of
+#                          celgate/baseline, the comparison of two builds on the same noise
+#   BASELINE_ARGS=""       extra arguments for the baseline's `celgate serve`
+#   BASELINE_GRPC_ADDR=127.0.0.1:9491  BASELINE_HTTP_ADDR=127.0.0.1:9492
 #   NO_BUILD=1             skip `cargo build`
 #   CELGATE_BIN=target/release/celgate
 #
@@ -53,6 +60,10 @@ FLOOR_ADDR=${FLOOR_ADDR:-127.0.0.1:9291}
 GRPC_ADDR=${GRPC_ADDR:-127.0.0.1:9391}
 HTTP_ADDR=${HTTP_ADDR:-127.0.0.1:9392}
 CELGATE_ARGS=${CELGATE_ARGS:-}
+BASELINE_BIN=${BASELINE_BIN:-}
+BASELINE_ARGS=${BASELINE_ARGS:-}
+BASELINE_GRPC_ADDR=${BASELINE_GRPC_ADDR:-127.0.0.1:9491}
+BASELINE_HTTP_ADDR=${BASELINE_HTTP_ADDR:-127.0.0.1:9492}
 REQUEST_ARGS=${REQUEST_ARGS:-}
 EXPECT_ARGS=${EXPECT_ARGS:-}
 
@@ -121,12 +132,13 @@ if [[ -z ${NO_BUILD:-} ]]; then
   echo "== cargo build --release --examples --bins" >&2
   cargo build --release --examples --bins >&2
 fi
-for b in "$CELGATE_BIN" "$BIN/examples/floor" "$BIN/examples/make_request" "$BIN/examples/check_once"; do
+for b in "$CELGATE_BIN" "$BIN/examples/floor" "$BIN/examples/make_request" "$BIN/examples/check_once" $BASELINE_BIN; do
   [[ -x $b ]] || die "$b was not built"
 done
 
 bench_workdir celgate-load
 bench_ports_free "$FLOOR_ADDR" "$GRPC_ADDR" "$HTTP_ADDR"
+[[ -z $BASELINE_BIN ]] || bench_ports_free "$BASELINE_GRPC_ADDR" "$BASELINE_HTTP_ADDR"
 
 echo "== starting floor on $FLOOR_ADDR" >&2
 "$BIN/examples/floor" --addr "$FLOOR_ADDR" >"$WORK/floor.log" 2>&1 &
@@ -139,18 +151,32 @@ echo "== starting celgate serve --policies $POLICIES on $GRPC_ADDR (http $HTTP_A
   $CELGATE_ARGS >"$WORK/celgate.log" 2>&1 &
 CELGATE_PID=$!
 BENCH_PIDS+=("$CELGATE_PID")
+BASELINE_PID=""
+if [[ -n $BASELINE_BIN ]]; then
+  echo "== starting the baseline $BASELINE_BIN on $BASELINE_GRPC_ADDR (http $BASELINE_HTTP_ADDR)" >&2
+  # shellcheck disable=SC2086
+  "$BASELINE_BIN" serve --policies "$POLICIES" --grpc-addr "$BASELINE_GRPC_ADDR" \
+    --http-addr "$BASELINE_HTTP_ADDR" $BASELINE_ARGS >"$WORK/baseline.log" 2>&1 &
+  BASELINE_PID=$!
+  BENCH_PIDS+=("$BASELINE_PID")
+fi
 
-ready=""
-for _ in $(seq 1 300); do
-  kill -0 "$CELGATE_PID" 2>/dev/null || { cat "$WORK/celgate.log" >&2; die "celgate exited during start-up"; }
-  kill -0 "$FLOOR_PID" 2>/dev/null || { cat "$WORK/floor.log" >&2; die "floor exited during start-up"; }
-  if curl -sf "http://$HTTP_ADDR/readyz" >/dev/null 2>&1 && port_in_use "$FLOOR_ADDR" && port_in_use "$GRPC_ADDR"; then
-    ready=1
-    break
-  fi
-  sleep 0.1
-done
-[[ -n $ready ]] || { tail -n 50 "$WORK/celgate.log" >&2; die "celgate not ready after 30s (GET http://$HTTP_ADDR/readyz)"; }
+# ready_at HTTP_ADDR GRPC_ADDR PID LOG NAME: waits for a celgate to answer /readyz.
+ready_at() {
+  local _
+  for _ in $(seq 1 300); do
+    kill -0 "$3" 2>/dev/null || { cat "$4" >&2; die "$5 exited during start-up"; }
+    kill -0 "$FLOOR_PID" 2>/dev/null || { cat "$WORK/floor.log" >&2; die "floor exited during start-up"; }
+    if curl -sf "http://$1/readyz" >/dev/null 2>&1 && port_in_use "$FLOOR_ADDR" && port_in_use "$2"; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  tail -n 50 "$4" >&2
+  die "$5 not ready after 30s (GET http://$1/readyz)"
+}
+ready_at "$HTTP_ADDR" "$GRPC_ADDR" "$CELGATE_PID" "$WORK/celgate.log" celgate
+[[ -z $BASELINE_PID ]] || ready_at "$BASELINE_HTTP_ADDR" "$BASELINE_GRPC_ADDR" "$BASELINE_PID" "$WORK/baseline.log" baseline
 
 # ---------------------------------------------------------------------------------------------
 # Requests and the decision check.
@@ -172,6 +198,11 @@ check_decisions() { # $1: when ("before" / "after")
       echo "$out" >&2
       tail -n 20 "$WORK/celgate.log" >&2
       die "celgate's answer to '$r' is not the decision to be measured ($1 the runs)"
+    fi
+    if [[ -n $BASELINE_PID ]] && ! out=$("$BIN/examples/check_once" --addr "$BASELINE_GRPC_ADDR" --file "$WORK/$r.bin" "${exp[@]}" 2>&1); then
+      echo "$out" >&2
+      tail -n 20 "$WORK/baseline.log" >&2
+      die "the baseline's answer to '$r' is not the decision to be measured ($1 the runs)"
     fi
     printf '  %-8s %-6s celgate: %s\n' "$r" "$1" "$(head -n1 <<<"$out")" >&2
   done
@@ -229,6 +260,7 @@ if [[ $WARMUP != 0 ]]; then
   for r in $REQUESTS; do
     h2 "$FLOOR_ADDR" "$WORK/$r.bin" "$WARMUP" >/dev/null
     h2 "$GRPC_ADDR" "$WORK/$r.bin" "$WARMUP" >/dev/null
+    [[ -z $BASELINE_PID ]] || h2 "$BASELINE_GRPC_ADDR" "$WORK/$r.bin" "$WARMUP" >/dev/null
   done
 fi
 
@@ -237,16 +269,31 @@ RESULTS=$WORK/results.tsv
 echo "== measuring: $ROUNDS round(s) x ${DURATION}s, h2load -c $CONNS -m $STREAMS -t 1, alternating floor/celgate" >&2
 for round in $(seq 1 "$ROUNDS"); do
   for r in $REQUESTS; do
-    fr=$(h2 "$FLOOR_ADDR" "$WORK/$r.bin" "$DURATION" "$FLOOR_PID")
-    cr=$(h2 "$GRPC_ADDR" "$WORK/$r.bin" "$DURATION" "$CELGATE_PID")
+    if [[ -z $BASELINE_PID ]]; then
+      fr=$(h2 "$FLOOR_ADDR" "$WORK/$r.bin" "$DURATION" "$FLOOR_PID")
+      cr=$(h2 "$GRPC_ADDR" "$WORK/$r.bin" "$DURATION" "$CELGATE_PID")
+      br="0 0"
+    elif ((round % 2)); then
+      fr=$(h2 "$FLOOR_ADDR" "$WORK/$r.bin" "$DURATION" "$FLOOR_PID")
+      cr=$(h2 "$GRPC_ADDR" "$WORK/$r.bin" "$DURATION" "$CELGATE_PID")
+      br=$(h2 "$BASELINE_GRPC_ADDR" "$WORK/$r.bin" "$DURATION" "$BASELINE_PID")
+    else
+      br=$(h2 "$BASELINE_GRPC_ADDR" "$WORK/$r.bin" "$DURATION" "$BASELINE_PID")
+      cr=$(h2 "$GRPC_ADDR" "$WORK/$r.bin" "$DURATION" "$CELGATE_PID")
+      fr=$(h2 "$FLOOR_ADDR" "$WORK/$r.bin" "$DURATION" "$FLOOR_PID")
+    fi
     read -r f fcpu <<<"$fr"
     read -r c ccpu <<<"$cr"
+    read -r b bcpu <<<"$br"
     ratio=$(awk -v c="$c" -v f="$f" 'BEGIN { printf "%.4f", c / f }')
     cratio=$(awk -v c="$ccpu" -v f="$fcpu" 'BEGIN { printf "%.4f", f / c }')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$round" "$f" "$c" "$ratio" \
-      "$fcpu" "$ccpu" "$cratio" >>"$RESULTS"
+    bratio=$(awk -v c="$c" -v b="$b" 'BEGIN { if (b > 0) printf "%.4f", c / b; else print "-" }')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$round" "$f" "$c" "$ratio" \
+      "$fcpu" "$ccpu" "$cratio" "$b" "$bcpu" "$bratio" >>"$RESULTS"
     printf '  round %d %-8s floor %10.0f req/s   celgate %10.0f req/s   ratio %s   (CPU/request %s / %s us)\n' \
       "$round" "$r" "$f" "$c" "$ratio" "$fcpu" "$ccpu" >&2
+    [[ -z $BASELINE_PID ]] || printf '  round %d %-8s baseline %10.0f req/s   celgate/baseline %s   (CPU/request %s us)\n' \
+      "$round" "$r" "$b" "$bratio" "$bcpu" >&2
   done
 done
 
@@ -269,7 +316,7 @@ echo "h2load -D $DURATION -c $CONNS -m $STREAMS -t 1; $ROUNDS alternating round(
 echo
 printf '%-8s %5s %14s %14s %8s %12s %12s %9s\n' request round "floor req/s" "celgate req/s" ratio \
   "floor us/req" "celgate us/req" "cpu f/c"
-while IFS=$'\t' read -r r round f c ratio fcpu ccpu cratio; do
+while IFS=$'\t' read -r r round f c ratio fcpu ccpu cratio _; do
   printf '%-8s %5s %14.0f %14.0f %8s %12s %12s %9s\n' "$r" "$round" "$f" "$c" "$ratio" "$fcpu" "$ccpu" "$cratio"
 done <"$RESULTS"
 echo
@@ -291,5 +338,22 @@ for r in $REQUESTS; do
   mr=$(awk -F'\t' -v r="$r" '$1 == r { print $8 }' "$RESULTS" | median)
   printf '%-8s %-8s %12.1f %14.1f %9s\n' cpu/req "$r" "$mf" "$mc" "$mr"
 done
+if [[ -n $BASELINE_PID ]]; then
+  echo
+  echo "baseline: $BASELINE_BIN $BASELINE_ARGS (same rounds; c/b is celgate over baseline, per round)"
+  printf '%-8s %5s %14s %14s %8s %12s %12s\n' request round "baseline req/s" "celgate req/s" c/b \
+    "base us/req" "celgate us/req"
+  while IFS=$'\t' read -r r round _ c _ _ ccpu _ b bcpu bratio; do
+    printf '%-8s %5s %14.0f %14.0f %8s %12s %12s\n' "$r" "$round" "$b" "$c" "$bratio" "$bcpu" "$ccpu"
+  done <"$RESULTS"
+  printf '%-8s %16s %16s %14s %16s\n' request "median c/b" "c/b range" "median b/floor" "median cpu b-c"
+  for r in $REQUESTS; do
+    mr=$(awk -F'\t' -v r="$r" '$1 == r { print $11 }' "$RESULTS" | median)
+    range=$(awk -F'\t' -v r="$r" '$1 == r { print $11 }' "$RESULTS" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%s-%s", lo, hi }')
+    mbf=$(awk -F'\t' -v r="$r" '$1 == r { printf "%.4f\n", $9 / $3 }' "$RESULTS" | median)
+    mdc=$(awk -F'\t' -v r="$r" '$1 == r { printf "%.2f\n", $10 - $7 }' "$RESULTS" | median)
+    printf '%-8s %16s %16s %14s %16s\n' "$r" "$mr" "$range" "$mbf" "$mdc"
+  done
+fi
 echo
 echo "celgate RSS after load: ${RSS_KB} kB (peak ${HWM_KB} kB)"
