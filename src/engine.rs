@@ -396,8 +396,10 @@ impl<'p> Records<'p> {
         }
     }
 
-    fn flush(self) {
-        for event in self.events {
+    /// Logs the events and records the timings (taken, not moved: the
+    /// records hold a few hundred bytes inline).
+    fn flush(&mut self) {
+        for event in self.events.drain(..) {
             match event {
                 Event::Ignored(policy, e) => policy_error_event!(
                     debug,
@@ -419,7 +421,7 @@ impl<'p> Records<'p> {
                 ),
             }
         }
-        for (policy, outcome, took) in self.timings {
+        for (policy, outcome, took) in self.timings.drain(..) {
             policy.metrics.evaluated(outcome, took);
         }
     }
@@ -470,23 +472,25 @@ fn run_policies<'r>(
                 d
             }
         });
-        if let Some(d) = decided {
+        if let Some(mut d) = decided {
             records.flush();
-            return Some(with_audit(config, d, audit));
+            with_audit(config, &mut d, audit);
+            return Some(d);
         }
     }
-    let d = Decision::no_answer(evaluated);
+    let mut d = Decision::no_answer(evaluated);
     records.flush();
-    Some(with_audit(config, d, audit))
+    with_audit(config, &mut d, audit);
+    Some(d)
 }
 
-/// `d` with the audit entries and the headers they call for: the warnings
+/// Gives `d` the audit entries and the headers they call for: the warnings
 /// of `Warn` policies ([`WARNING_HEADER`]) and, with
 /// [`EngineConfig::audit_header`], the names of the policies that would have
 /// denied, on the response the client gets (allowed or denied).
-fn with_audit(config: &EngineConfig, mut d: Decision, audit: Vec<AuditEntry>) -> Decision {
+fn with_audit(config: &EngineConfig, d: &mut Decision, audit: Vec<AuditEntry>) {
     if audit.is_empty() {
-        return d;
+        return;
     }
     let mut added = Vec::new();
     let warnings: Vec<String> = audit
@@ -522,7 +526,6 @@ fn with_audit(config: &EngineConfig, mut d: Decision, audit: Vec<AuditEntry>) ->
         Outcome::Denied(den) => den.headers.extend(added),
     }
     d.audit = audit;
-    d
 }
 
 /// A policy name as it may appear in a header value: visible ASCII, with
@@ -758,7 +761,8 @@ fn run_http_policies<'r>(
 /// client gets: the warnings of `Warn` policies ([`WARNING_HEADER`]) and,
 /// with [`EngineConfig::audit_header`], the policies that would have denied.
 pub fn audit_headers(config: &EngineConfig, audit: &[AuditEntry]) -> Vec<HeaderOption> {
-    let d = with_audit(config, Decision::no_answer(0), audit.to_vec());
+    let mut d = Decision::no_answer(0);
+    with_audit(config, &mut d, audit.to_vec());
     match d.response.outcome {
         Outcome::Ok(ok) => ok.response_headers_to_add,
         Outcome::Denied(den) => den.headers,
