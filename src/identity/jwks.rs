@@ -128,6 +128,11 @@ static REGISTRY: LazyLock<RwLock<HashMap<String, Arc<Entry>>>> = LazyLock::new(D
 /// Orders uses of registry entries.
 static TICK: AtomicU64 = AtomicU64::new(0);
 
+/// A new stamp from [`TICK`], later than every one given before.
+fn next_tick() -> u64 {
+    TICK.fetch_add(1, Ordering::Relaxed) + 1
+}
+
 fn now_ms() -> u64 {
     START.elapsed().as_millis() as u64
 }
@@ -222,7 +227,7 @@ impl UrlMemo {
 fn from_cache(entry: &Arc<Entry>) -> Option<Arc<KeySet>> {
     let set = entry.set.load_full()?;
     if set.is_fresh() {
-        bump(&COUNTERS.jwks_cache_hits);
+        bump(&COUNTERS.hits.mine().jwks_cache);
     } else {
         bump(&COUNTERS.jwks_stale_hits);
         refresh_in_background(entry);
@@ -316,8 +321,12 @@ pub(crate) fn refresh_for_kid(set: &KeySet, kid: &str) -> Option<Arc<KeySet>> {
 fn lookup(url: &str) -> Option<Arc<Entry>> {
     let reg = REGISTRY.read().unwrap_or_else(|p| p.into_inner());
     let e = reg.get(url)?;
-    e.last_used
-        .store(TICK.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+    // Stamped again only when another entry was stamped since: the URL
+    // every request reads is not written to, nor is the shared tick, on
+    // each of them (two cores would pass those lines back and forth).
+    if e.last_used.load(Ordering::Relaxed) != TICK.load(Ordering::Relaxed) {
+        e.last_used.store(next_tick(), Ordering::Relaxed);
+    }
     Some(e.clone())
 }
 
@@ -359,7 +368,7 @@ fn new_entry(url: &str, label: &str, pinned: bool) -> Entry {
         url: url.to_owned(),
         label: label.to_owned(),
         pinned,
-        last_used: AtomicU64::new(TICK.fetch_add(1, Ordering::Relaxed)),
+        last_used: AtomicU64::new(next_tick()),
         set: ArcSwapOption::empty(),
         fetch: Mutex::new(FetchState::default()),
         refreshing: AtomicBool::new(false),
@@ -586,9 +595,7 @@ mod tests {
         add(&mut reg, "a", false);
         add(&mut reg, "b", false);
         // `a` is used again: `b` is now the least recently used
-        reg["a"]
-            .last_used
-            .store(TICK.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        reg["a"].last_used.store(next_tick(), Ordering::Relaxed);
         add(&mut reg, "c", false);
         let mut names: Vec<&str> = reg.keys().map(String::as_str).collect();
         names.sort();
@@ -605,6 +612,27 @@ mod tests {
             pinned_only.insert(n.clone(), Arc::new(new_entry(&n, &n, true)));
         }
         assert_eq!(pinned_only.len(), 5);
+    }
+
+    #[test]
+    fn a_lookup_makes_its_entry_the_most_recently_used() {
+        // Through the registry, as requests use it; the URLs are this
+        // test's own and are removed at the end.
+        let (x, y) = ("https://lru-x.invalid/jwks", "https://lru-y.invalid/jwks");
+        entry(x, x, usize::MAX, false);
+        entry(y, y, usize::MAX, false);
+        let stamp = |url| lookup(url).unwrap().last_used.load(Ordering::Relaxed);
+        let x_at = stamp(x);
+        let y_at = stamp(y);
+        assert!(y_at > x_at, "y used after x");
+        // x is not re-stamped on every use, only once another entry was:
+        // it must still come out the newest.
+        let x_again = stamp(x);
+        assert!(x_again > y_at, "x used again after y");
+        assert!(stamp(x) >= x_again);
+        let mut reg = REGISTRY.write().unwrap();
+        reg.remove(x);
+        reg.remove(y);
     }
 
     #[test]

@@ -268,17 +268,25 @@ pub struct JwksUrlStats {
 pub(crate) struct Counters {
     pub jwks_fetches: AtomicU64,
     pub jwks_fetch_errors: AtomicU64,
-    pub jwks_cache_hits: AtomicU64,
+    /// What nearly every request with a token counts, kept per thread.
+    pub hits: crate::telemetry::metrics::PerThread<Hits>,
     pub jwks_stale_hits: AtomicU64,
     pub jwks_kid_refreshes_refused: AtomicU64,
-    pub token_cache_hits: AtomicU64,
     pub token_cache_misses: AtomicU64,
-    pub invalid_cache_hits: AtomicU64,
     pub signature_verifications: AtomicU64,
     pub jwks_evictions: AtomicU64,
     pub ca_bundle_loads: AtomicU64,
     pub ca_bundle_errors: AtomicU64,
     pub ca_bundle_certificates: AtomicU64,
+}
+
+/// Cache hits: key sets answered from cache, tokens answered from the
+/// verified and from the invalid token caches.
+#[derive(Default)]
+pub(crate) struct Hits {
+    pub jwks_cache: AtomicU64,
+    pub token_cache: AtomicU64,
+    pub invalid_cache: AtomicU64,
 }
 
 pub(crate) static COUNTERS: LazyLock<Counters> = LazyLock::new(Counters::default);
@@ -294,12 +302,12 @@ pub fn stats() -> JwtStats {
     JwtStats {
         jwks_fetches: get(&c.jwks_fetches),
         jwks_fetch_errors: get(&c.jwks_fetch_errors),
-        jwks_cache_hits: get(&c.jwks_cache_hits),
+        jwks_cache_hits: c.hits.sum(|h| &h.jwks_cache),
         jwks_stale_hits: get(&c.jwks_stale_hits),
         jwks_kid_refreshes_refused: get(&c.jwks_kid_refreshes_refused),
-        token_cache_hits: get(&c.token_cache_hits),
+        token_cache_hits: c.hits.sum(|h| &h.token_cache),
         token_cache_misses: get(&c.token_cache_misses),
-        invalid_cache_hits: get(&c.invalid_cache_hits),
+        invalid_cache_hits: c.hits.sum(|h| &h.invalid_cache),
         signature_verifications: get(&c.signature_verifications),
         jwks_evictions: get(&c.jwks_evictions),
         jwks_urls: jwks::registered_urls() as u64,

@@ -218,7 +218,7 @@ fn decode_with(token: &str, keys: Keys<'_>, may_verify: bool) -> Option<Decoded>
                 Keys::Set(s) => s.holds(&v.key),
             };
             if key_ok && check_times(v.exp, v.nbf, leeway).is_ok() {
-                bump(&COUNTERS.token_cache_hits);
+                bump(&COUNTERS.hits.mine().token_cache);
                 return Some(valid(&v.claims, &v.header));
             }
             // Expired, or its key is gone: verify afresh for the reason.
@@ -228,7 +228,7 @@ fn decode_with(token: &str, keys: Keys<'_>, may_verify: bool) -> Option<Decoded>
     if let (Some(bad), Some(id)) = (bad, &id) {
         if let Some(r) = bad.get(id) {
             if r.generation == generation && Instant::now() < r.until {
-                bump(&COUNTERS.invalid_cache_hits);
+                bump(&COUNTERS.hits.mine().invalid_cache);
                 let header = if r.has_header { header_of(token) } else { None };
                 return Some(invalid(r.why, header));
             }
