@@ -617,10 +617,11 @@ mod tests {
     #[test]
     fn a_lookup_makes_its_entry_the_most_recently_used() {
         // Through the registry, as requests use it; the URLs are this
-        // test's own and are removed at the end.
+        // test's own, pinned so that no other test's registration evicts
+        // them meanwhile, and removed at the end.
         let (x, y) = ("https://lru-x.invalid/jwks", "https://lru-y.invalid/jwks");
-        entry(x, x, usize::MAX, false);
-        entry(y, y, usize::MAX, false);
+        entry(x, x, usize::MAX, true);
+        entry(y, y, usize::MAX, true);
         let stamp = |url| lookup(url).unwrap().last_used.load(Ordering::Relaxed);
         let x_at = stamp(x);
         let y_at = stamp(y);
