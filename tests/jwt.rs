@@ -245,6 +245,10 @@ struct Reply {
 /// [`Reply`] and counts requests; `stop` closes the port.
 struct Issuer {
     port: u16,
+    /// This issuer's number in the process: part of its URL, so that no
+    /// two issuers share one even when the system hands a closed one's
+    /// port to a new one (the key-set cache is the process's, keyed by URL).
+    id: usize,
     reply: Arc<Mutex<Reply>>,
     requests: Arc<AtomicUsize>,
     stopped: Arc<AtomicBool>,
@@ -300,8 +304,10 @@ impl Issuer {
                 }
             }
         });
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
         Issuer {
             port,
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
             reply,
             requests,
             stopped,
@@ -309,7 +315,10 @@ impl Issuer {
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/.well-known/jwks.json", self.port)
+        format!(
+            "http://127.0.0.1:{}/{}/.well-known/jwks.json",
+            self.port, self.id
+        )
     }
 
     fn requests(&self) -> usize {
