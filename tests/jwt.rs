@@ -1336,6 +1336,8 @@ const TLS_KEY: &str = include_str!("keys/tls/server.key");
 /// (tests/keys/tls). Counts requests that got past the TLS handshake.
 struct TlsIssuer {
     port: u16,
+    /// As [`Issuer`]'s: part of every URL of this issuer.
+    id: usize,
     requests: Arc<AtomicUsize>,
     stopped: Arc<AtomicBool>,
 }
@@ -1395,15 +1397,17 @@ impl TlsIssuer {
                 });
             }
         });
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
         TlsIssuer {
             port,
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
             requests,
             stopped,
         }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("https://127.0.0.1:{}{path}", self.port)
+        format!("https://127.0.0.1:{}/{}{path}", self.port, self.id)
     }
 
     fn requests(&self) -> usize {
