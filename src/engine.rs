@@ -444,6 +444,7 @@ fn run_policies<'r>(
     // fails.
     let request = ctx.request().filter(|_| config.policy_index);
     let mut walk = set.index.walk(set.policies.len(), request, trace.is_some());
+    let mut decision = None;
     while let Some((i, ruled_out)) = walk.next(ctx.meter.used() > ctx.meter.budget()) {
         let policy = &set.policies[i];
         evaluated += usize::from(!ruled_out);
@@ -456,7 +457,7 @@ fn run_policies<'r>(
             &mut audit,
             &mut records,
         )?;
-        let decided = verdict.map(|v| match v {
+        decision = verdict.map(|v| match v {
             Verdict::Decided(response, index) => Decision {
                 response: *response,
                 policy: Some(policy.name.clone()),
@@ -472,13 +473,11 @@ fn run_policies<'r>(
                 d
             }
         });
-        if let Some(mut d) = decided {
-            records.flush();
-            with_audit(config, &mut d, audit);
-            return Some(d);
+        if decision.is_some() {
+            break;
         }
     }
-    let mut d = Decision::no_answer(evaluated);
+    let mut d = decision.unwrap_or_else(|| Decision::no_answer(evaluated));
     records.flush();
     with_audit(config, &mut d, audit);
     Some(d)
