@@ -55,6 +55,8 @@ enum Node {
     Has(Box<Node>, Box<str>),
     OptSelect(Box<Node>, Box<str>),
     Index(Box<Node>, Box<Node>),
+    /// `s.split(sep)[k]`: the `split` call, and the index.
+    SplitIndex(Box<CallPlan>, Box<Node>),
     OptIndex(Box<Node>, Box<Node>),
     And(Box<Node>, Box<Node>),
     Or(Box<Node>, Box<Node>),
@@ -501,7 +503,17 @@ impl Planner<'_> {
                     }
                 }
                 let (a, b) = two(self)?;
-                Node::Index(a, b)
+                match *a {
+                    // `s.split(sep)[k]`: the part read without building the
+                    // list (the bearer token of `authorization`, a path
+                    // segment).
+                    Node::Call(c)
+                        if &*c.name == "split" && c.args.len() == 2 && c.functions.len() == 1 =>
+                    {
+                        Node::SplitIndex(c, b)
+                    }
+                    a => Node::Index(Box::new(a), b),
+                }
             }
             ("_[?_]", None) => {
                 let (a, b) = two(self)?;
@@ -1068,6 +1080,7 @@ impl Node {
                 ctx.charge(1)?;
                 index(v, &i)
             }
+            Node::SplitIndex(c, i) => split_index(c, i, ctx, locals),
             Node::OptIndex(a, i) => {
                 let v = a.value(ctx, locals)?;
                 let i = i.value(ctx, locals)?;
@@ -1255,6 +1268,50 @@ fn eval_call<'r>(
         return f(ctx, &mut args);
     }
     call(ctx, c, &args)
+}
+
+/// `s.split(sep)[k]` as [`Node::Index`] over the [`eval_call`] of `split`
+/// would evaluate it, charges and errors in the same order, without the
+/// list when `s` and `sep` are strings and `sep` is not empty.
+#[inline(never)]
+fn split_index<'r>(
+    c: &'r CallPlan,
+    i: &'r Node,
+    ctx: &mut Ctx<'r>,
+    locals: &mut Locals<'r>,
+) -> Result<Value<'r>, Error> {
+    let s = c.args[0].value(ctx, locals)?;
+    let sep = c.args[1].value(ctx, locals)?;
+    let (Value::String(text), Value::String(sep_str)) = (&s, &sep) else {
+        return generic_split_index(c, i, s, sep, ctx, locals);
+    };
+    if sep_str.is_empty() {
+        return generic_split_index(c, i, s, sep, ctx, locals);
+    }
+    ctx.charge(1)?;
+    let parts = lib::strings::split_count(ctx, text, sep_str)?;
+    let k = i.value(ctx, locals)?;
+    ctx.charge(1)?;
+    let k = list_index(&k)?;
+    usize::try_from(k)
+        .ok()
+        .and_then(|k| lib::strings::split_nth(text, sep_str, k))
+        .ok_or_else(|| Error::index_out_of_bounds(k, parts))
+}
+
+fn generic_split_index<'r>(
+    c: &'r CallPlan,
+    i: &'r Node,
+    s: Value<'r>,
+    sep: Value<'r>,
+    ctx: &mut Ctx<'r>,
+    locals: &mut Locals<'r>,
+) -> Result<Value<'r>, Error> {
+    ctx.charge(1)?;
+    let list = call(ctx, c, &[s, sep])?;
+    let k = i.value(ctx, locals)?;
+    ctx.charge(1)?;
+    index(list, &k)
 }
 
 #[inline(never)]
@@ -1561,6 +1618,70 @@ mod tests {
         let p: &'static Program = Box::leak(Box::new(p));
         let mut ctx = Ctx::new(None, Meter::new(10_000));
         p.eval(&mut ctx)
+    }
+
+    /// Evaluated as planned, folded, with the cost it spent.
+    fn run_costed(text: &str) -> (Result<Value<'static>, Error>, u64) {
+        let p: &'static Program = Box::leak(Box::new(planned(text).unwrap()));
+        let mut ctx = Ctx::new(None, Meter::new(10_000));
+        let r = p.eval(&mut ctx);
+        (r, ctx.meter.used())
+    }
+
+    #[test]
+    fn a_split_part_is_read_as_from_the_list_split_builds() {
+        // `s` is a loop variable, so nothing is folded: `s.split(sep)[k]`
+        // is the fused read; `[s.split(sep)][0][k]` indexes the list.
+        let texts = ["a-b-c", "", "-", "a--b", "-a-", "aaa", "o©o©o", "x"];
+        let seps = ["-", "aa", "©", ""];
+        let ks = [
+            "0",
+            "1",
+            "2",
+            "3",
+            "-1",
+            "1u",
+            "1.0",
+            "1.5",
+            "'x'",
+            "9223372036854775807",
+        ];
+        let mut fused_seen = 0;
+        for text in texts {
+            for sep in seps {
+                for k in ks {
+                    let fused = format!("['{text}'].map(s, s.split('{sep}')[{k}])");
+                    let listed = format!("['{text}'].map(s, [s.split('{sep}')][0][{k}])");
+                    let loop_body = |t: &str| match &planned(t).unwrap().0.root {
+                        Node::Comprehension(l) => match &l.step {
+                            Step::Append(e) => matches!(e[0], Node::SplitIndex(..)),
+                            _ => false,
+                        },
+                        _ => false,
+                    };
+                    assert!(!loop_body(&listed), "{listed}");
+                    fused_seen += usize::from(loop_body(&fused));
+                    let (a, cost_a) = run_costed(&fused);
+                    let (b, cost_b) = run_costed(&listed);
+                    match (&a, &b) {
+                        (Ok(x), Ok(y)) => assert_eq!(format!("{x:?}"), format!("{y:?}"), "{fused}"),
+                        (Err(x), Err(y)) => assert_eq!(x.to_string(), y.to_string(), "{fused}"),
+                        _ => panic!("{fused}: {a:?} against {b:?}"),
+                    }
+                    // The list's own element and index charges aside, the
+                    // same cost: the fused read is never cheaper to the meter.
+                    assert!(
+                        cost_a + 2 >= cost_b && cost_a <= cost_b,
+                        "{fused}: {cost_a} / {cost_b}"
+                    );
+                }
+            }
+        }
+        assert!(fused_seen > 0, "the fused form was never planned");
+        // A non-string receiver or separator fails as `split` fails.
+        let (a, _) = run_costed("[1].map(s, dyn(s).split('-')[0])");
+        let (b, _) = run_costed("[1].map(s, [dyn(s).split('-')][0][0])");
+        assert_eq!(a.unwrap_err().to_string(), b.unwrap_err().to_string());
     }
 
     fn quantifier(root: &Node) -> Option<(Option<bool>, &Step)> {

@@ -239,6 +239,45 @@ fn parts_between(
     ranges
 }
 
+/// `s.split(sep)[k]` read without building the list (the planner fuses
+/// the two when `sep` is not empty): the part count, charged as `split`
+/// charges it, then [`split_nth`] picks the part.
+pub(crate) fn split_count(ctx: &mut Ctx<'_>, s: &str, sep: &str) -> Result<usize, Error> {
+    debug_assert!(!sep.is_empty());
+    ctx.charge_bytes(s.len() + sep.len())?;
+    let parts = match sep.as_bytes() {
+        [b] => memchr::memchr_iter(*b, s.as_bytes()).count(),
+        n => memchr::memmem::find_iter(s.as_bytes(), n).count(),
+    } + 1;
+    ctx.charge(parts as u64)?;
+    Ok(parts)
+}
+
+/// Part `k` of `s.split(sep)` (`sep` not empty); `None` past the last.
+pub(crate) fn split_nth<'r>(s: &Str<'r>, sep: &str, k: usize) -> Option<Value<'r>> {
+    let (h, n) = (s.as_bytes(), sep.as_bytes());
+    let mut start = 0;
+    let mut found = 0;
+    let mut each = |m: usize| -> Option<(usize, usize)> {
+        if found == k {
+            return Some((start, m));
+        }
+        found += 1;
+        start = m + n.len();
+        None
+    };
+    let hit = match n {
+        [b] => memchr::memchr_iter(*b, h).find_map(&mut each),
+        _ => memchr::memmem::find_iter(h, n).find_map(&mut each),
+    };
+    let (a, b) = match hit {
+        Some(r) => r,
+        None if found == k => (start, h.len()),
+        None => return None,
+    };
+    Some(sub(s, a, b))
+}
+
 fn split<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> {
     let (s, sep, limit) = match args {
         [Value::String(s), Value::String(p)] => (s, p, -1),
