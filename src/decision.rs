@@ -1,6 +1,5 @@
-//! A [`Decision`] as the Envoy `CheckResponse` protobuf, and as JSON.
+//! A decision's response as the Envoy `CheckResponse` protobuf, and as JSON.
 
-use crate::engine::Decision;
 use crate::response::{CheckResponse, HeaderOption, Outcome};
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, QueryParameter};
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
@@ -14,11 +13,11 @@ pub const GRPC_OK: i32 = 0;
 /// gRPC status code of a denied request.
 pub const GRPC_PERMISSION_DENIED: i32 = 7;
 
-fn header(h: &HeaderOption) -> HeaderValueOption {
+fn header(h: HeaderOption) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(HeaderValue {
-            key: h.key.clone(),
-            value: h.value.clone(),
+            key: h.key,
+            value: h.value,
             ..Default::default()
         }),
         keep_empty_value: h.keep_empty_value,
@@ -53,25 +52,29 @@ pub fn json_to_proto_struct(o: &serde_json::Map<String, Json>) -> pbs::Struct {
     }
 }
 
-/// The protobuf response Envoy receives.
-pub fn to_check_response(d: &Decision) -> pb::CheckResponse {
-    let r = &d.response;
-    let (code, http) = match &r.outcome {
+/// The protobuf response Envoy receives: `r`'s strings moved into it, not
+/// copied (the decision has been logged and counted by then).
+pub fn to_check_response(r: CheckResponse) -> pb::CheckResponse {
+    let (code, http) = match r.outcome {
         Outcome::Ok(ok) => (
             GRPC_OK,
             pb::check_response::HttpResponse::OkResponse(pb::OkHttpResponse {
-                headers: ok.headers.iter().map(header).collect(),
-                headers_to_remove: ok.headers_to_remove.clone(),
-                response_headers_to_add: ok.response_headers_to_add.iter().map(header).collect(),
+                headers: ok.headers.into_iter().map(header).collect(),
+                headers_to_remove: ok.headers_to_remove,
+                response_headers_to_add: ok
+                    .response_headers_to_add
+                    .into_iter()
+                    .map(header)
+                    .collect(),
                 query_parameters_to_set: ok
                     .query_parameters_to_set
-                    .iter()
+                    .into_iter()
                     .map(|q| QueryParameter {
-                        key: q.key.clone(),
-                        value: q.value.clone(),
+                        key: q.key,
+                        value: q.value,
                     })
                     .collect(),
-                query_parameters_to_remove: ok.query_parameters_to_remove.clone(),
+                query_parameters_to_remove: ok.query_parameters_to_remove,
                 ..Default::default()
             }),
         ),
@@ -79,15 +82,15 @@ pub fn to_check_response(d: &Decision) -> pb::CheckResponse {
             GRPC_PERMISSION_DENIED,
             pb::check_response::HttpResponse::DeniedResponse(pb::DeniedHttpResponse {
                 status: Some(HttpStatus { code: den.status }),
-                headers: den.headers.iter().map(header).collect(),
-                body: den.body.clone(),
+                headers: den.headers.into_iter().map(header).collect(),
+                body: den.body,
             }),
         ),
     };
     pb::CheckResponse {
         status: Some(Status {
             code,
-            message: r.message.clone(),
+            message: r.message,
             details: Vec::new(),
         }),
         dynamic_metadata: r.metadata.as_ref().map(json_to_proto_struct),

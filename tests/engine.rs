@@ -208,7 +208,7 @@ fn secret_request(path: &str) -> envoy_types::pb::envoy::service::auth::v3::Chec
 /// What the client of the denied request receives: status, headers, body.
 fn client_view(d: &celgate::engine::Decision) -> (i32, Vec<(String, String)>, String) {
     use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-    let r = celgate::decision::to_check_response(d);
+    let r = celgate::decision::to_check_response(d.response.clone());
     let Some(HttpResponse::DeniedResponse(den)) = r.http_response else {
         panic!("not a denial: {r:?}");
     };
@@ -481,7 +481,7 @@ fn message_literals_and_builders_send_the_same_response() {
         let set = compile(&[("p.yaml", &policy(expr))]).unwrap_or_else(|e| panic!("{expr}: {e:?}"));
         let (d, _) = evaluate_traced(&set, &EngineConfig::default(), &request("/"));
         assert!(d.error.is_none(), "{expr}");
-        prost::Message::encode_to_vec(&celgate::decision::to_check_response(&d))
+        prost::Message::encode_to_vec(&celgate::decision::to_check_response(d.response))
     };
     // Read back from the wire: a map (the metadata) is encoded in no
     // particular order, so the bytes may differ where the messages do not.

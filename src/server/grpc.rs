@@ -140,7 +140,7 @@ impl Authorization for AuthzService {
         let (decision, shadow) = self
             .decide_request(Arc::new(request), Some(&metadata), Protocol::Grpc)
             .await;
-        let mut response = Response::new(to_check_response(&decision));
+        let mut response = Response::new(to_check_response(decision.response));
         // Handed to the shadow threads once the reply has gone out (see
         // `CheckService`); a caller of this method directly drops it.
         if let Some(job) = shadow {
@@ -484,7 +484,7 @@ impl AuthzService {
                     FailureReason::Unreadable,
                     "request not received".into(),
                 );
-                return (to_check_response(&d), None);
+                return (to_check_response(d.response), None);
             }
             Err(why) => return (self.unreadable(&metadata, &why), None),
         };
@@ -509,7 +509,7 @@ impl AuthzService {
                     FailureReason::Internal,
                     "internal error while answering".into(),
                 );
-                (to_check_response(&d), None)
+                (to_check_response(d.response), None)
             }
         }
     }
@@ -528,7 +528,7 @@ impl AuthzService {
             format!("request unreadable: {why}"),
         );
         self.record_refusal(Some(metadata), &d, Protocol::Grpc, why.kind(), why);
-        to_check_response(&d)
+        to_check_response(d.response)
     }
 }
 
