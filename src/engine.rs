@@ -20,6 +20,7 @@
 use crate::cel::eval;
 use crate::cel::eval::lib::httpauthz;
 pub use crate::cel::ErrorKind;
+use crate::policy::index::Mark;
 use crate::policy::{Expression, FailurePolicy, Policy, PolicySet};
 use crate::response::{CheckResponse, DeniedResponse, HeaderOption, OkResponse, Outcome};
 use crate::telemetry::metrics::PolicyOutcome;
@@ -445,12 +446,13 @@ fn run_policies<'r>(
     let request = ctx.request().filter(|_| config.policy_index);
     let mut walk = set.index.walk(set.policies.len(), request, trace.is_some());
     let mut decision = None;
-    while let Some((i, ruled_out)) = walk.next(ctx.meter.used() > ctx.meter.budget()) {
+    while let Some((i, mark)) = walk.next(ctx.meter.used() > ctx.meter.budget()) {
         let policy = &set.policies[i];
+        let ruled_out = mark == Mark::RuledOut;
         evaluated += usize::from(!ruled_out);
         let verdict = visit::<CheckResponse>(
             policy,
-            ruled_out,
+            mark,
             config,
             ctx,
             &mut trace,
@@ -708,7 +710,7 @@ fn run_http_policies<'r>(
         evaluated += 1;
         let visited = visit::<httpauthz::CheckResponse>(
             policy,
-            false,
+            Mark::Candidate,
             config,
             ctx,
             &mut trace,
@@ -774,7 +776,7 @@ pub fn audit_headers(config: &EngineConfig, audit: &[AuditEntry]) -> Vec<HeaderO
 /// anything of it was recorded.
 fn visit<'r, A: Answer>(
     policy: &'r Policy,
-    ruled_out: bool,
+    mark: Mark,
     config: &EngineConfig,
     ctx: &mut eval::Ctx<'r>,
     trace: &mut Option<&mut Vec<PolicyTrace>>,
@@ -788,7 +790,8 @@ fn visit<'r, A: Answer>(
             ..Default::default()
         })
     });
-    let result = eval_planned::<A>(policy, ruled_out, ctx, t.as_deref_mut());
+    let ruled_out = mark == Mark::RuledOut;
+    let result = eval_planned::<A>(policy, mark, ctx, t.as_deref_mut());
     if ctx.meter.yielded() {
         return None;
     }
@@ -1123,11 +1126,11 @@ impl Answer for httpauthz::CheckResponse {
 /// matchCondition false, so the policy is skipped unevaluated.
 fn eval_planned<'r, A: Answer>(
     policy: &'r Policy,
-    ruled_out: bool,
+    mark: Mark,
     ctx: &mut eval::Ctx<'r>,
     mut trace: Option<&mut PolicyTrace>,
 ) -> Result<PolicyResult<A>, EvalError> {
-    if ruled_out {
+    if mark == Mark::RuledOut {
         if let Some(t) = trace {
             t.outcome = "skipped by index".into();
         }
@@ -1138,11 +1141,21 @@ fn eval_planned<'r, A: Answer>(
     // policy's slots).
     ctx.enter_policy(&policy.plans.variables);
     let mut first_error = None;
-    for (m, plan) in policy
+    // A condition the index found true for this request is not evaluated
+    // again (never when traced: the walk then proves nothing).
+    let proven = match mark {
+        Mark::Proven(j) => Some(j as usize),
+        _ => None,
+    };
+    for (j, (m, plan)) in policy
         .match_conditions
         .iter()
         .zip(&policy.plans.match_conditions)
+        .enumerate()
     {
+        if proven == Some(j) {
+            continue;
+        }
         let r = planned_bool(ctx, &m.expr, plan);
         if let Some(t) = trace.as_deref_mut() {
             t.match_conditions.push(ExprTrace {

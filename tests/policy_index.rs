@@ -10,7 +10,9 @@
 //! none, one or several policies; headers absent, text or bytes) with the
 //! index and without (`EngineConfig::policy_index`): the decisions must be
 //! equal in everything but `evaluated` (the policies looked at), which the
-//! index lowers by design.
+//! index lowers by design. The conditions the index proves true, and which
+//! the engine therefore does not evaluate, are counted so that the
+//! generator is known to reach them.
 //!
 //! The cases are the same every run; `PROPTEST_CASES` runs more,
 //! `PROPTEST_RNG_SEED` others.
@@ -243,6 +245,7 @@ fn the_index_decides_as_the_linear_evaluation() {
         ..on.clone()
     };
     let pruned = std::cell::Cell::new(0usize);
+    let proven = std::cell::Cell::new(0usize);
     let decided_by_policy = std::cell::Cell::new(0usize);
     let tape = prop::collection::vec(any::<u32>(), 64..400);
     runner
@@ -256,6 +259,15 @@ fn the_index_decides_as_the_linear_evaluation() {
                 let without = engine::evaluate(&set, &off, &r);
                 assert!(with.evaluated <= without.evaluated);
                 pruned.set(pruned.get() + set.index.ruled_out(&set, &r).len());
+                // Candidates whose indexed condition the index found true,
+                // which the engine does not evaluate again.
+                let mut walk = set.index.walk(set.policies.len(), Some(&r), false);
+                proven.set(
+                    proven.get()
+                        + std::iter::from_fn(|| walk.next(false))
+                            .filter(|(_, m)| matches!(m, celgate::policy::index::Mark::Proven(_)))
+                            .count(),
+                );
                 decided_by_policy.set(decided_by_policy.get() + usize::from(with.policy.is_some()));
                 prop_assert_eq!(
                     comparable(with),
@@ -284,6 +296,11 @@ fn the_index_decides_as_the_linear_evaluation() {
     // The generator exercises what it is for.
     let (pruned, decided) = (pruned.get(), decided_by_policy.get());
     assert!(pruned > cases as usize, "{pruned} policies ruled out");
+    assert!(
+        proven.get() > cases as usize,
+        "{} conditions proven",
+        proven.get()
+    );
     assert!(decided > cases as usize, "{decided} decided by a policy");
 }
 

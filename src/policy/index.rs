@@ -31,6 +31,13 @@
 //! * `m["name"]` of a name that is absent is an error, not false: a request
 //!   without it keeps every policy indexed on it a candidate.
 //!
+//! A candidate whose indexed condition is the whole of its constraint (a
+//! matchCondition of one of the shapes above, not a conjunct of one) and
+//! whose attribute matched is *proven*: that condition is true for the
+//! request, read through the same accessors and equality, and the engine
+//! evaluates the policy's other conditions only ([`Mark::Proven`]). A
+//! traced walk proves nothing, so the trace shows every condition.
+//!
 //! Policies with no such condition are always candidates. The engine
 //! evaluates the candidates in name order as it would every policy (a
 //! ruled-out policy's exceptions are not evaluated, as they would not be:
@@ -102,6 +109,11 @@ pub struct Constraint {
     pub attribute: Attribute,
     pub exact: BTreeSet<String>,
     pub prefixes: BTreeSet<String>,
+    /// The matchCondition (by its place in the policy) that this
+    /// constraint is the whole of, not a conjunct: a request whose
+    /// attribute matches makes that condition true, and the engine need
+    /// not evaluate it.
+    pub whole: Option<u32>,
 }
 
 impl Constraint {
@@ -208,6 +220,7 @@ fn atom(e: &IdedExpr) -> Option<Constraint> {
         attribute,
         exact: exact.into_iter().map(str::to_owned).collect(),
         prefixes: prefix.into_iter().map(str::to_owned).collect(),
+        whole: None,
     };
     match (c.func_name.as_str(), c.target.as_deref(), c.args.as_slice()) {
         ("_==_", None, [a, b]) => match (string_literal(a), string_literal(b)) {
@@ -319,9 +332,13 @@ fn attribute(e: &IdedExpr) -> Option<Attribute> {
 pub fn select<'a>(conditions: impl IntoIterator<Item = &'a IdedExpr>) -> Selection {
     let mut any = false;
     let mut best: Option<Constraint> = None;
-    for c in conditions {
+    for (j, c) in conditions.into_iter().enumerate() {
         any = true;
-        for k in constraints(c) {
+        // A condition that is one atom (not a conjunction) is the whole
+        // of its constraint.
+        let whole = atom(c).is_some().then(|| u32::try_from(j).ok()).flatten();
+        for mut k in constraints(c) {
+            k.whole = whole;
             if best.as_ref().is_none_or(|b| k.cost() < b.cost()) {
                 best = Some(k);
             }
@@ -412,6 +429,12 @@ impl PolicyIndex {
     /// The policies that `request` may concern, in order: those the index
     /// does not rule out.
     pub fn candidates(&self, request: &CheckRequest) -> Candidates {
+        self.collect(request, None)
+    }
+
+    /// [`Self::candidates`]; with `proven`, also those whose attribute
+    /// matched their constraint (unsorted, a policy possibly twice).
+    fn collect(&self, request: &CheckRequest, mut proven: Option<&mut Candidates>) -> Candidates {
         let mut out = Candidates::from_slice(&self.always);
         let root = Node::CheckRequest(request);
         let attrs = node(root, Field::Attributes);
@@ -433,14 +456,24 @@ impl PolicyIndex {
                         _ => None,
                     };
                     if let (None, Some(d)) = (&found, default) {
+                        let from = out.len();
                         postings.matching(d, &mut out);
+                        if let Some(p) = proven.as_deref_mut() {
+                            p.extend_from_slice(&out[from..]);
+                        }
                         continue;
                     }
                     found
                 }
             };
             match value {
-                Some(Value::String(s)) => postings.matching(&s, &mut out),
+                Some(Value::String(s)) => {
+                    let from = out.len();
+                    postings.matching(&s, &mut out);
+                    if let Some(p) = proven.as_deref_mut() {
+                        p.extend_from_slice(&out[from..]);
+                    }
+                }
                 // Another kind (bytes) equals no string literal.
                 Some(_) => {}
                 // Absent, or unreadable: the condition is an error, or the
@@ -470,15 +503,28 @@ impl PolicyIndex {
         if !self.is_useful() || self.selections.len() != n {
             return linear;
         }
-        let candidates = self.candidates(request);
         let steps = if all {
-            let mut steps: Steps = (0..n as u32).map(|i| (i, true)).collect();
+            // Traced: every condition evaluated, so the trace shows each.
+            let candidates = self.candidates(request);
+            let mut steps: Steps = (0..n as u32).map(|i| (i, Mark::RuledOut)).collect();
             for &c in &candidates {
-                steps[c as usize].1 = false;
+                steps[c as usize].1 = Mark::Candidate;
             }
             steps
         } else {
-            candidates.into_iter().map(|c| (c, false)).collect()
+            let mut proven = Candidates::new();
+            let candidates = self.collect(request, Some(&mut proven));
+            proven.sort_unstable();
+            candidates
+                .into_iter()
+                .map(|c| {
+                    let whole = match self.selections.get(c as usize).map(|s| &**s) {
+                        Some(Selection::Indexed(k)) if proven.binary_search(&c).is_ok() => k.whole,
+                        _ => None,
+                    };
+                    (c, whole.map_or(Mark::Candidate, Mark::Proven))
+                })
+                .collect()
         };
         Walk {
             steps,
@@ -541,12 +587,25 @@ impl Postings {
 /// the stack when they are few, as they are for most requests.
 pub type Candidates = smallvec::SmallVec<[u32; 16]>;
 
-type Steps = smallvec::SmallVec<[(u32, bool); 16]>;
+type Steps = smallvec::SmallVec<[(u32, Mark); 16]>;
+
+/// What the index says of a policy the engine visits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    /// Not ruled out: evaluated as without the index.
+    Candidate,
+    /// Ruled out: one of its matchConditions is false for this request.
+    RuledOut,
+    /// A candidate whose matchCondition at this place is true for this
+    /// request (its attribute matched a constraint that is the whole
+    /// condition): the engine evaluates the others only.
+    Proven(u32),
+}
 
 /// The engine's walk over a set for one request ([`PolicyIndex::walk`]).
 #[derive(Debug)]
 pub struct Walk {
-    /// (policy, ruled out) in order.
+    /// (policy, what the index says of it) in order.
     steps: Steps,
     pos: usize,
     /// The first policy not yet visited.
@@ -557,11 +616,11 @@ pub struct Walk {
 }
 
 impl Walk {
-    /// The next policy to visit and whether the index ruled it out.
-    /// `linear`: visit every policy from here on, none ruled out (the
-    /// request's cost budget is spent: every expression of every policy
-    /// fails, as in an evaluation without the index).
-    pub fn next(&mut self, linear: bool) -> Option<(usize, bool)> {
+    /// The next policy to visit and what the index says of it.
+    /// `linear`: visit every policy from here on, none ruled out nor
+    /// proven (the request's cost budget is spent: every expression of
+    /// every policy fails, as in an evaluation without the index).
+    pub fn next(&mut self, linear: bool) -> Option<(usize, Mark)> {
         self.linear |= linear;
         if self.linear {
             let i = self.next;
@@ -569,15 +628,15 @@ impl Walk {
                 return None;
             }
             self.next += 1;
-            return Some((i, false));
+            return Some((i, Mark::Candidate));
         }
-        while let Some(&(i, ruled_out)) = self.steps.get(self.pos) {
+        while let Some(&(i, mark)) = self.steps.get(self.pos) {
             self.pos += 1;
             if (i as usize) < self.next {
                 continue;
             }
             self.next = i as usize + 1;
-            return Some((i as usize, ruled_out));
+            return Some((i as usize, mark));
         }
         None
     }
@@ -759,34 +818,80 @@ mod tests {
 
     #[test]
     fn a_walk_visits_the_candidates_and_goes_linear_on_demand() {
+        use Mark::{Candidate, Proven, RuledOut};
         let programs: Vec<cel::Program> = (0..6)
             .map(|i| parse(&format!(r#"object.attributes.request.http.host == "h{i}""#)))
             .collect();
         let index = PolicyIndex::build(programs.iter().map(|p| std::iter::once(p.expression())));
         let r = request(serde_json::json!({"attributes": {"request": {"http": {"host": "h3"}}}}));
         let mut w = index.walk(6, Some(&r), false);
-        assert_eq!(w.next(false), Some((3, false)));
+        assert_eq!(w.next(false), Some((3, Proven(0))));
         assert_eq!(w.next(false), None);
         let r1 = request(serde_json::json!({"attributes": {"request": {"http": {"host": "h1"}}}}));
         let mut w = index.walk(6, Some(&r1), false);
-        assert_eq!(w.next(false), Some((1, false)));
-        assert_eq!(w.next(true), Some((2, false)));
-        assert_eq!(w.next(false), Some((3, false)));
-        assert_eq!(w.next(false), Some((4, false)));
+        assert_eq!(w.next(false), Some((1, Proven(0))));
+        // Linear: nothing ruled out, nothing proven.
+        assert_eq!(w.next(true), Some((2, Candidate)));
+        assert_eq!(w.next(false), Some((3, Candidate)));
+        assert_eq!(w.next(false), Some((4, Candidate)));
+        // Traced: every policy, nothing proven (the trace shows each
+        // condition's result).
         let mut w = index.walk(6, Some(&r), true);
         let all: Vec<_> = std::iter::from_fn(|| w.next(false)).collect();
         assert_eq!(
             all,
             vec![
-                (0, true),
-                (1, true),
-                (2, true),
-                (3, false),
-                (4, true),
-                (5, true)
+                (0, RuledOut),
+                (1, RuledOut),
+                (2, RuledOut),
+                (3, Candidate),
+                (4, RuledOut),
+                (5, RuledOut)
             ]
         );
         let mut w = index.walk(6, None, false);
         assert_eq!(std::iter::from_fn(|| w.next(false)).count(), 6);
+    }
+
+    #[test]
+    fn a_condition_is_proven_only_when_it_is_the_whole_of_a_matched_constraint() {
+        use Mark::{Candidate, Proven};
+        let (_p, index) = index(&[
+            // 0: the indexed condition is the second one.
+            &[
+                r#"variables.anything"#,
+                r#"object.attributes.request.http.path.startsWith("/api/")"#,
+            ],
+            // 1: a conjunct of the condition, not its whole.
+            &[r#"object.attributes.request.http.host == "a" && variables.x"#],
+            // 2: a disjunction on one attribute is a whole.
+            &[
+                r#"object.attributes.request.http.host == "a" || object.attributes.request.http.host == "b""#,
+            ],
+            // 3: absent map entry without a default: a candidate, unproven.
+            &[r#"object.attributes.request.http.headers["x-absent"] == "v""#],
+            // 4: absent map entry whose default matches: proven.
+            &[r#"object.attributes.request.http.headers[?"x-absent"].orValue("v") == "v""#],
+            // 5: no indexable condition.
+            &[r#"variables.anything"#],
+            // 6: no condition.
+            &[],
+        ]);
+        let r = request(serde_json::json!({"attributes": {"request": {"http": {
+            "host": "a", "path": "/api/x"}}}}));
+        let mut w = index.walk(7, Some(&r), false);
+        let all: Vec<_> = std::iter::from_fn(|| w.next(false)).collect();
+        assert_eq!(
+            all,
+            vec![
+                (0, Proven(1)),
+                (1, Candidate),
+                (2, Proven(0)),
+                (3, Candidate),
+                (4, Proven(0)),
+                (5, Candidate),
+                (6, Candidate)
+            ]
+        );
     }
 }
