@@ -371,6 +371,9 @@ pub struct PolicyIndex {
     attributes: Vec<(Attribute, Postings)>,
     /// Policies that are candidates for every request, in order.
     always: Vec<u32>,
+    /// Each policy's [`Constraint::whole`] (`u32::MAX`: none), read
+    /// without reaching into its selection.
+    wholes: Vec<u32>,
 }
 
 impl PolicyIndex {
@@ -391,6 +394,10 @@ impl PolicyIndex {
         let mut by_attribute: HashMap<Attribute, Postings> = HashMap::new();
         for (i, selection) in selections.into_iter().enumerate() {
             let i = u32::try_from(i).expect("fewer than 2^32 policies");
+            index.wholes.push(match &*selection {
+                Selection::Indexed(Constraint { whole: Some(j), .. }) => *j,
+                _ => u32::MAX,
+            });
             match &*selection {
                 Selection::Indexed(c) => {
                     let p = by_attribute.entry(c.attribute.clone()).or_default();
@@ -514,17 +521,19 @@ impl PolicyIndex {
         } else {
             let mut proven = Candidates::new();
             let candidates = self.collect(request, Some(&mut proven));
-            proven.sort_unstable();
-            candidates
+            let mut steps: Steps = candidates
                 .into_iter()
-                .map(|c| {
-                    let whole = match self.selections.get(c as usize).map(|s| &**s) {
-                        Some(Selection::Indexed(k)) if proven.binary_search(&c).is_ok() => k.whole,
-                        _ => None,
-                    };
-                    (c, whole.map_or(Mark::Candidate, Mark::Proven))
-                })
-                .collect()
+                .map(|c| (c, Mark::Candidate))
+                .collect();
+            for p in proven {
+                let whole = self.wholes[p as usize];
+                if whole != u32::MAX {
+                    if let Ok(at) = steps.binary_search_by_key(&p, |s| s.0) {
+                        steps[at].1 = Mark::Proven(whole);
+                    }
+                }
+            }
+            steps
         };
         Walk {
             steps,
