@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use futures_util::FutureExt as _;
 use prost::Message as _;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 use tonic::codegen::{http, Bytes};
 use tonic::{Request, Response, Status};
@@ -137,18 +137,13 @@ impl Authorization for AuthzService {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
-        let (decision, shadow) = self
+        // The server's own path (`CheckService`) hands the shadow comparison
+        // over once the reply has gone out; a caller of this method has no
+        // reply to wait for, and the comparison is dropped.
+        let (decision, _shadow) = self
             .decide_request(Arc::new(request), Some(&metadata), Protocol::Grpc)
             .await;
-        let mut response = Response::new(to_check_response(decision.response));
-        // Handed to the shadow threads once the reply has gone out (see
-        // `CheckService`); a caller of this method directly drops it.
-        if let Some(job) = shadow {
-            response
-                .extensions_mut()
-                .insert(ShadowHandOver(Arc::new(Mutex::new(Some(job)))));
-        }
-        Ok(response)
+        Ok(Response::new(to_check_response(decision.response)))
     }
 }
 
@@ -230,17 +225,6 @@ impl AuthzService {
             log.record(&request, d, std::time::Duration::ZERO);
         }
         tracing::warn!(kind, protocol = protocol.as_str(), "request denied: {why}");
-    }
-}
-
-/// The shadow comparison of one answer, carried in the response's
-/// extensions (which must be `Clone`) until the reply is sent.
-#[derive(Clone)]
-struct ShadowHandOver(Arc<Mutex<Option<super::shadow::ShadowJob>>>);
-
-impl ShadowHandOver {
-    fn take(&self) -> Option<super::shadow::ShadowJob> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 
@@ -488,20 +472,21 @@ impl AuthzService {
             }
             Err(why) => return (self.unreadable(&metadata, &why), None),
         };
-        let call = Request::from_parts(metadata, tonic::Extensions::default(), request);
+        // Straight into its `Arc`, the decision's shared form: the request
+        // (about a kilobyte) is not moved through a tonic `Request` and the
+        // trait's boxed future on the way.
+        let request = Arc::new(request);
         let started = Instant::now();
-        match std::panic::AssertUnwindSafe(Authorization::check(self, call))
-            .catch_unwind()
-            .await
+        match std::panic::AssertUnwindSafe(self.decide_request(
+            request,
+            Some(&metadata),
+            Protocol::Grpc,
+        ))
+        .catch_unwind()
+        .await
         {
-            Ok(Ok(response)) => {
-                let (_, message, extensions) = response.into_parts();
-                let job = extensions
-                    .get::<ShadowHandOver>()
-                    .and_then(ShadowHandOver::take);
-                (message, job)
-            }
-            Ok(Err(_)) | Err(_) => {
+            Ok((decision, job)) => (to_check_response(decision.response), job),
+            Err(_) => {
                 tracing::error!("the check failed outside policy evaluation; request denied");
                 metrics::global().decided(DecidedBy::Internal, started.elapsed());
                 let d = engine::failure_decision(
