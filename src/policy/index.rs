@@ -371,9 +371,6 @@ pub struct PolicyIndex {
     attributes: Vec<(Attribute, Postings)>,
     /// Policies that are candidates for every request, in order.
     always: Vec<u32>,
-    /// Each policy's [`Constraint::whole`] (`u32::MAX`: none), read
-    /// without reaching into its selection.
-    wholes: Vec<u32>,
 }
 
 impl PolicyIndex {
@@ -394,10 +391,6 @@ impl PolicyIndex {
         let mut by_attribute: HashMap<Attribute, Postings> = HashMap::new();
         for (i, selection) in selections.into_iter().enumerate() {
             let i = u32::try_from(i).expect("fewer than 2^32 policies");
-            index.wholes.push(match &*selection {
-                Selection::Indexed(Constraint { whole: Some(j), .. }) => *j,
-                _ => u32::MAX,
-            });
             match &*selection {
                 Selection::Indexed(c) => {
                     let p = by_attribute.entry(c.attribute.clone()).or_default();
@@ -443,6 +436,14 @@ impl PolicyIndex {
     /// matched their constraint (unsorted, a policy possibly twice).
     fn collect(&self, request: &CheckRequest, mut proven: Option<&mut Candidates>) -> Candidates {
         let mut out = Candidates::from_slice(&self.always);
+        // The policies whose constraint `value` matches, noted as proven.
+        let mut matching = |postings: &Postings, value: &str, out: &mut Candidates| {
+            let from = out.len();
+            postings.matching(value, out);
+            if let Some(p) = proven.as_deref_mut() {
+                p.extend_from_slice(&out[from..]);
+            }
+        };
         let root = Node::CheckRequest(request);
         let attrs = node(root, Field::Attributes);
         let http = attrs
@@ -463,24 +464,14 @@ impl PolicyIndex {
                         _ => None,
                     };
                     if let (None, Some(d)) = (&found, default) {
-                        let from = out.len();
-                        postings.matching(d, &mut out);
-                        if let Some(p) = proven.as_deref_mut() {
-                            p.extend_from_slice(&out[from..]);
-                        }
+                        matching(postings, d, &mut out);
                         continue;
                     }
                     found
                 }
             };
             match value {
-                Some(Value::String(s)) => {
-                    let from = out.len();
-                    postings.matching(&s, &mut out);
-                    if let Some(p) = proven.as_deref_mut() {
-                        p.extend_from_slice(&out[from..]);
-                    }
-                }
+                Some(Value::String(s)) => matching(postings, &s, &mut out),
                 // Another kind (bytes) equals no string literal.
                 Some(_) => {}
                 // Absent, or unreadable: the condition is an error, or the
@@ -526,11 +517,13 @@ impl PolicyIndex {
                 .map(|c| (c, Mark::Candidate))
                 .collect();
             for p in proven {
-                let whole = self.wholes[p as usize];
-                if whole != u32::MAX {
-                    if let Ok(at) = steps.binary_search_by_key(&p, |s| s.0) {
-                        steps[at].1 = Mark::Proven(whole);
-                    }
+                let Selection::Indexed(Constraint { whole: Some(j), .. }) =
+                    *self.selections[p as usize]
+                else {
+                    continue;
+                };
+                if let Ok(at) = steps.binary_search_by_key(&p, |s| s.0) {
+                    steps[at].1 = Mark::Proven(j);
                 }
             }
             steps
