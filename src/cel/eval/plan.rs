@@ -749,6 +749,19 @@ fn logic<'r>(
     locals: &mut Locals<'r>,
 ) -> Result<Value<'r>, Error> {
     let left = as_bool(op, a.value(ctx, locals));
+    logic_after(op, left, b, decisive, ctx, locals)
+}
+
+/// [`logic`] once its left operand is known: `b` is evaluated only when
+/// `left` does not decide.
+fn logic_after<'r>(
+    op: &str,
+    left: Result<bool, Error>,
+    b: &'r Node,
+    decisive: bool,
+    ctx: &mut Ctx<'r>,
+    locals: &mut Locals<'r>,
+) -> Result<Value<'r>, Error> {
     if matches!(left, Ok(l) if l == decisive) {
         return Ok(Value::Bool(decisive));
     }
@@ -1476,15 +1489,7 @@ impl Loop {
                     Ok(other) => Err(no_bool(op, other)),
                     Err(e) => Err(e.clone()),
                 };
-                if matches!(left, Ok(l) if l == *decisive) {
-                    Ok(Value::Bool(*decisive))
-                } else {
-                    match (left, as_bool(op, test.value(ctx, locals))) {
-                        (_, Ok(r)) if r == *decisive => Ok(Value::Bool(*decisive)),
-                        (Err(e), _) | (_, Err(e)) => Err(e),
-                        _ => Ok(Value::Bool(!*decisive)),
-                    }
-                }
+                logic_after(op, left, test, *decisive, ctx, locals)
             }
             Step::Any(n) => n.value(ctx, locals),
             Step::Append(elems) => self.append(ctx, locals, elems),
