@@ -1295,12 +1295,10 @@ fn split_index<'r>(
 ) -> Result<Value<'r>, Error> {
     let s = c.args[0].value(ctx, locals)?;
     let sep = c.args[1].value(ctx, locals)?;
-    let (Value::String(text), Value::String(sep_str)) = (&s, &sep) else {
-        return generic_split_index(c, i, s, sep, ctx, locals);
+    let (text, sep_str) = match (&s, &sep) {
+        (Value::String(t), Value::String(p)) if !p.is_empty() => (t, p),
+        _ => return generic_split_index(c, i, s, sep, ctx, locals),
     };
-    if sep_str.is_empty() {
-        return generic_split_index(c, i, s, sep, ctx, locals);
-    }
     ctx.charge(1)?;
     let parts = lib::strings::split_count(ctx, text, sep_str)?;
     let k = i.value(ctx, locals)?;

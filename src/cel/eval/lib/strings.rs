@@ -217,6 +217,45 @@ pub(crate) fn find(hay: &str, needle: &str) -> Option<usize> {
     }
 }
 
+/// Where a non-empty separator occurs in a string, not overlapping, as
+/// Go's `strings.Split` finds it: what `split` and the fused
+/// `s.split(sep)[k]` both cut at. A short-lived local: the substring
+/// searcher's size is held on the stack rather than boxed, which would
+/// cost an allocation per call.
+#[allow(clippy::large_enum_variant)]
+enum Separators<'a> {
+    Byte(memchr::Memchr<'a>),
+    Bytes(memchr::memmem::FindIter<'a, 'a>),
+}
+
+impl<'a> Separators<'a> {
+    fn of(hay: &'a str, sep: &'a str) -> Self {
+        match sep.as_bytes() {
+            [b] => Separators::Byte(memchr::memchr_iter(*b, hay.as_bytes())),
+            n => Separators::Bytes(memchr::memmem::find_iter(hay.as_bytes(), n)),
+        }
+    }
+}
+
+impl Iterator for Separators<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        match self {
+            Separators::Byte(m) => m.next(),
+            Separators::Bytes(m) => m.next(),
+        }
+    }
+
+    /// memchr's own count of one byte is vectorised.
+    fn count(self) -> usize {
+        match self {
+            Separators::Byte(m) => m.count(),
+            Separators::Bytes(m) => m.count(),
+        }
+    }
+}
+
 /// The parts of a string `len` bytes long between the matches (not
 /// overlapping, as Go's `strings.Split` finds them) of a separator
 /// `sep_len` bytes long, at most `max` parts, the last holding the rest.
@@ -245,34 +284,26 @@ fn parts_between(
 pub(crate) fn split_count(ctx: &mut Ctx<'_>, s: &str, sep: &str) -> Result<usize, Error> {
     debug_assert!(!sep.is_empty());
     ctx.charge_bytes(s.len() + sep.len())?;
-    let parts = match sep.as_bytes() {
-        [b] => memchr::memchr_iter(*b, s.as_bytes()).count(),
-        n => memchr::memmem::find_iter(s.as_bytes(), n).count(),
-    } + 1;
+    let parts = Separators::of(s, sep).count() + 1;
     ctx.charge(parts as u64)?;
     Ok(parts)
 }
 
 /// Part `k` of `s.split(sep)` (`sep` not empty); `None` past the last.
 pub(crate) fn split_nth<'r>(s: &Str<'r>, sep: &str, k: usize) -> Option<Value<'r>> {
-    let (h, n) = (s.as_bytes(), sep.as_bytes());
     let mut start = 0;
     let mut found = 0;
-    let mut each = |m: usize| -> Option<(usize, usize)> {
+    let hit = Separators::of(s, sep).find_map(|m| {
         if found == k {
             return Some((start, m));
         }
         found += 1;
-        start = m + n.len();
+        start = m + sep.len();
         None
-    };
-    let hit = match n {
-        [b] => memchr::memchr_iter(*b, h).find_map(&mut each),
-        _ => memchr::memmem::find_iter(h, n).find_map(&mut each),
-    };
+    });
     let (a, b) = match hit {
         Some(r) => r,
-        None if found == k => (start, h.len()),
+        None if found == k => (start, s.len()),
         None => return None,
     };
     Some(sub(s, a, b))
@@ -302,15 +333,7 @@ fn split<'r>(ctx: &mut Ctx<'r>, args: &[Value<'r>]) -> Result<Value<'r>, Error> 
             ranges.push((b, b + c.len_utf8()));
         }
     } else {
-        ranges = match sep.as_bytes() {
-            [b] => parts_between(s.len(), 1, max, memchr::memchr_iter(*b, s.as_bytes())),
-            n => parts_between(
-                s.len(),
-                n.len(),
-                max,
-                memchr::memmem::find_iter(s.as_bytes(), n),
-            ),
-        };
+        ranges = parts_between(s.len(), sep.len(), max, Separators::of(s, sep));
     }
     ctx.charge(ranges.len() as u64)?;
     Ok(Value::list(
