@@ -400,6 +400,18 @@ impl<'p> Records<'p> {
     /// Logs the events and records the timings (taken, not moved: the
     /// records hold a few hundred bytes inline).
     fn flush(&mut self) {
+        if !self.events.is_empty() {
+            self.log_events();
+        }
+        for (policy, outcome, took) in self.timings.drain(..) {
+            policy.metrics.evaluated(outcome, took);
+        }
+    }
+
+    /// Out of line: most requests have no error to log.
+    #[cold]
+    #[inline(never)]
+    fn log_events(&mut self) {
         for event in self.events.drain(..) {
             match event {
                 Event::Ignored(policy, e) => policy_error_event!(
@@ -421,9 +433,6 @@ impl<'p> Records<'p> {
                     "policy error: request denied (failurePolicy: Fail)"
                 ),
             }
-        }
-        for (policy, outcome, took) in self.timings.drain(..) {
-            policy.metrics.evaluated(outcome, took);
         }
     }
 }
@@ -490,9 +499,15 @@ fn run_policies<'r>(
 /// [`EngineConfig::audit_header`], the names of the policies that would have
 /// denied, on the response the client gets (allowed or denied).
 fn with_audit(config: &EngineConfig, d: &mut Decision, audit: Vec<AuditEntry>) {
-    if audit.is_empty() {
-        return;
+    if !audit.is_empty() {
+        add_audit(config, d, audit);
     }
+}
+
+/// [`with_audit`] with entries, out of line: most requests have none.
+#[cold]
+#[inline(never)]
+fn add_audit(config: &EngineConfig, d: &mut Decision, audit: Vec<AuditEntry>) {
     let mut added = Vec::new();
     let warnings: Vec<String> = audit
         .iter()
@@ -549,6 +564,7 @@ fn header_safe(name: &str) -> String {
 /// is celgate's own fixed description, never text taken from the request:
 /// it is logged, traced and written to the decision log as it is (cut to
 /// [`SERVER_ERROR_MAX`] bytes); the client sees only `reason`.
+#[cold]
 pub fn failure_decision(config: &EngineConfig, reason: FailureReason, error: String) -> Decision {
     failure_decision_for(config, reason, None, EvalError::server(error))
 }
@@ -556,6 +572,7 @@ pub fn failure_decision(config: &EngineConfig, reason: FailureReason, error: Str
 /// The failure denial: `config`'s status (503 for [`FailureReason::Overload`]),
 /// body and marker header. `policy` names the policy that failed to
 /// evaluate; `error` says why, for the logs only.
+#[cold]
 pub fn failure_decision_for(
     config: &EngineConfig,
     reason: FailureReason,
@@ -825,11 +842,11 @@ fn settle<'r, A: Answer>(
     t: &mut Option<Box<PolicyTrace>>,
 ) -> (PolicyOutcome, Option<Verdict<A>>) {
     let actions = policy.actions;
-    let entry = |status, validation, error: Option<&EvalError>, enforced| AuditEntry {
+    let entry = |status, validation, enforced| AuditEntry {
         policy: policy.name.clone(),
         status,
-        validation,
-        error: error.map(EvalError::summary),
+        validation: Some(validation),
+        error: None,
         enforced,
         warned: actions.warn,
     };
@@ -842,7 +859,7 @@ fn settle<'r, A: Answer>(
                 }
                 Some(status) => {
                     set_outcome(t, "would deny (not enforced)");
-                    audit.push(entry(status, Some(index), None, false));
+                    audit.push(entry(status, index, false));
                     (PolicyOutcome::AuditDeny, None)
                 }
             }
@@ -853,7 +870,7 @@ fn settle<'r, A: Answer>(
                 None => PolicyOutcome::Allow,
                 Some(status) => {
                     if actions.audit {
-                        audit.push(entry(status, Some(index), None, true));
+                        audit.push(entry(status, index, true));
                     }
                     PolicyOutcome::Deny
                 }
@@ -863,22 +880,48 @@ fn settle<'r, A: Answer>(
         Ok(PolicyResult::NoResult) => (PolicyOutcome::NoResult, None),
         Ok(PolicyResult::Skipped) => (PolicyOutcome::Skipped, None),
         Ok(PolicyResult::Exempted) => (PolicyOutcome::Exempted, None),
-        Err(e) if policy.failure_policy == FailurePolicy::Ignore => {
+        Err(e) => settle_error(policy, e, config, audit, records, t),
+    }
+}
+
+/// [`settle`] for a policy whose evaluation failed, out of line: the rare
+/// case.
+#[cold]
+#[inline(never)]
+fn settle_error<'r, A: Answer>(
+    policy: &'r Policy,
+    e: EvalError,
+    config: &EngineConfig,
+    audit: &mut Vec<AuditEntry>,
+    records: &mut Records<'r>,
+    t: &mut Option<Box<PolicyTrace>>,
+) -> (PolicyOutcome, Option<Verdict<A>>) {
+    let actions = policy.actions;
+    let entry = |status, error: &EvalError, enforced| AuditEntry {
+        policy: policy.name.clone(),
+        status,
+        validation: None,
+        error: Some(error.summary()),
+        enforced,
+        warned: actions.warn,
+    };
+    match e {
+        e if policy.failure_policy == FailurePolicy::Ignore => {
             records.events.push(Event::Ignored(policy, e));
             set_outcome(t, "error (ignored)");
             (PolicyOutcome::Error, None)
         }
-        Err(e) if !actions.enforced() => {
+        e if !actions.enforced() => {
             set_outcome(t, "error (not enforced)");
-            audit.push(entry(config.failure_status, None, Some(&e), false));
+            audit.push(entry(config.failure_status, &e, false));
             records.events.push(Event::NotEnforced(policy, e));
             (PolicyOutcome::AuditError, None)
         }
-        Err(e) => {
+        e => {
             records.events.push(Event::Denied(policy, e.clone()));
             set_outcome(t, "error (denied)");
             if actions.audit {
-                audit.push(entry(config.failure_status, None, Some(&e), true));
+                audit.push(entry(config.failure_status, &e, true));
             }
             (PolicyOutcome::Error, Some(Verdict::Failed(e)))
         }
@@ -952,6 +995,7 @@ pub const SERVER_ERROR_MAX: usize = 200;
 
 impl EvalError {
     /// An error of celgate's evaluator evaluating `expr`.
+    #[cold]
     pub fn eval(expr: &Expression, e: &eval::Error) -> EvalError {
         let function = e.function.as_deref();
         let kind = match (e.kind, function) {
@@ -980,6 +1024,7 @@ impl EvalError {
     }
 
     /// An expression that returned a value of the wrong type.
+    #[cold]
     pub fn result_type(expr: &Expression, message: String) -> EvalError {
         EvalErrorData {
             field: expr.field.clone(),
@@ -993,6 +1038,7 @@ impl EvalError {
 
     /// A request the server could not decide for a reason of its own.
     /// `description` is celgate's own text, never request data.
+    #[cold]
     pub fn server(description: String) -> EvalError {
         EvalErrorData {
             field: String::new(),

@@ -12,6 +12,7 @@
 macro_rules! boxed_error {
     ($outer:ident, $data:ident) => {
         impl From<$data> for $outer {
+            #[cold]
             fn from(d: $data) -> Self {
                 $outer(Box::new(d))
             }

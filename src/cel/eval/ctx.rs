@@ -70,6 +70,7 @@ impl Meter {
     }
 
     /// Stops the evaluation as one that needs more than its slice allows.
+    #[cold]
     pub fn give_up(&mut self) -> Error {
         self.yielded = true;
         Error::new(

@@ -56,6 +56,7 @@ pub struct ErrorData {
 crate::cel::boxed_error!(Error, ErrorData);
 
 impl Error {
+    #[cold]
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         ErrorData {
             kind,
@@ -67,6 +68,7 @@ impl Error {
 
     /// A function refused its arguments (`int("x")`, `jwt.Decode` of a bad
     /// token, ...).
+    #[cold]
     pub fn function(function: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
         ErrorData {
             kind: ErrorKind::FunctionError,
@@ -77,6 +79,7 @@ impl Error {
     }
 
     /// No overload of `function` takes these arguments.
+    #[cold]
     pub fn no_overload(function: &str, args: &[Value<'_>]) -> Self {
         let types: Vec<&str> = args.iter().map(Value::type_name).collect();
         Error::new(
@@ -85,6 +88,7 @@ impl Error {
         )
     }
 
+    #[cold]
     pub fn no_such_key(key: &Value<'_>) -> Self {
         let shown = match key {
             Value::String(s) => format!("{:?}", s.as_str()),
@@ -96,6 +100,7 @@ impl Error {
         Error::new(ErrorKind::NoSuchKey, format!("no such key: {shown}"))
     }
 
+    #[cold]
     pub fn no_such_field(type_name: &str, field: &str) -> Self {
         Error::new(
             ErrorKind::NoSuchKey,
@@ -103,22 +108,27 @@ impl Error {
         )
     }
 
+    #[cold]
     pub fn type_mismatch(message: impl Into<String>) -> Self {
         Error::new(ErrorKind::TypeMismatch, message)
     }
 
+    #[cold]
     pub fn overflow(op: &str) -> Self {
         Error::new(ErrorKind::Overflow, format!("{op}: integer overflow"))
     }
 
+    #[cold]
     pub fn division_by_zero() -> Self {
         Error::new(ErrorKind::DivisionByZero, "division by zero")
     }
 
+    #[cold]
     pub fn modulus_by_zero() -> Self {
         Error::new(ErrorKind::DivisionByZero, "modulus by zero")
     }
 
+    #[cold]
     pub fn index_out_of_bounds(index: i64, len: usize) -> Self {
         Error::new(
             ErrorKind::IndexOutOfBounds,
@@ -126,6 +136,7 @@ impl Error {
         )
     }
 
+    #[cold]
     pub fn internal(message: impl Into<String>) -> Self {
         Error::new(ErrorKind::Internal, message)
     }
