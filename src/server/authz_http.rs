@@ -308,7 +308,7 @@ async fn answer(state: Arc<State>, req: Request, protocol: Protocol) -> Response
         match read {
             Ok(check) => {
                 let (d, shadow) = service
-                    .decide_request(Arc::new(check), None, protocol)
+                    .decide_request(Arc::new(check), None, protocol, std::time::Instant::now())
                     .await;
                 let reply = reply(&state, &d, protocol);
                 if let Some(job) = shadow {

@@ -57,7 +57,7 @@ impl AuthzService {
         deadline: Option<Instant>,
         answers: impl FnOnce() -> bool,
     ) -> (Decision, Vec<engine::PolicyTrace>) {
-        self.decide_with(answers, |set, config| {
+        self.decide_with(Instant::now(), answers, |set, config| {
             Some(engine::evaluate_within(
                 set, config, request, deadline, trace,
             ))
@@ -68,30 +68,34 @@ impl AuthzService {
     /// As [`AuthzService::decide_traced`], on the thread that received the
     /// request, within the first `units` of the cost budget and without
     /// blocking ([`engine::evaluate_inline`]); `None`, with nothing
-    /// counted, when the evaluation needs more.
+    /// counted, when the evaluation needs more. `started` is when the
+    /// request was received: the decision's duration counts from there.
     pub fn decide_inline(
         &self,
         request: &CheckRequest,
         trace: bool,
         units: u64,
+        started: Instant,
     ) -> Option<(Decision, Vec<engine::PolicyTrace>)> {
         self.decide_with(
+            started,
             || true,
             |set, config| engine::evaluate_inline(set, config, request, units, trace),
         )
     }
 
     /// Runs `evaluate` on the current policy set, catching a panic (the
-    /// failure denial), and counts the decision in metrics when `answers()`.
+    /// failure denial), and counts the decision, timed from `started`, in
+    /// metrics when `answers()`.
     fn decide_with(
         &self,
+        started: Instant,
         answers: impl FnOnce() -> bool,
         evaluate: impl FnOnce(
             &crate::policy::PolicySet,
             &engine::EngineConfig,
         ) -> Option<(Decision, Vec<engine::PolicyTrace>)>,
     ) -> Option<(Decision, Vec<engine::PolicyTrace>)> {
-        let started = Instant::now();
         let set = self.state.policies.load();
         let config = &self.state.config;
         let result =
@@ -141,7 +145,12 @@ impl Authorization for AuthzService {
         // over once the reply has gone out; a caller of this method has no
         // reply to wait for, and the comparison is dropped.
         let (decision, _shadow) = self
-            .decide_request(Arc::new(request), Some(&metadata), Protocol::Grpc)
+            .decide_request(
+                Arc::new(request),
+                Some(&metadata),
+                Protocol::Grpc,
+                Instant::now(),
+            )
             .await;
         Ok(Response::new(to_check_response(decision.response)))
     }
@@ -153,12 +162,14 @@ impl AuthzService {
     /// `metadata` or the request's headers), the decision itself (inline or
     /// on the decision threads, within the deadline), the decision log, the
     /// per-listener count, and the shadow comparison to hand over once the
-    /// answer is sent.
+    /// answer is sent. `started` is when the request was read: the
+    /// decision's deadline and duration count from there.
     pub(crate) async fn decide_request(
         &self,
         request: Arc<CheckRequest>,
         metadata: Option<&tonic::metadata::MetadataMap>,
         protocol: Protocol,
+        started: Instant,
     ) -> (Decision, Option<super::shadow::ShadowJob>) {
         let span = check_span();
         let traced = !span.is_disabled();
@@ -166,11 +177,11 @@ impl AuthzService {
             join_callers_trace(&span, metadata, &request);
             span.record("celgate.protocol", protocol.as_str());
         }
-        let started = Instant::now();
         let (decision, traces) = super::limits::decide(
             self,
             request.clone(),
             traced && self.state.options.trace_policies,
+            started,
         )
         .await;
         let took = started.elapsed();
@@ -448,12 +459,23 @@ impl AuthzService {
     ) -> (CheckResponse, Option<super::shadow::ShadowJob>) {
         let (parts, body) = req.into_parts();
         let limit = self.state.options.max_request_bytes();
-        let read = tokio::time::timeout(
-            self.state.options.limits.read_timeout,
-            decode::read_message(body, limit),
-        )
-        .await
-        .unwrap_or(Err(Unreadable::Slow))
+        // A request's message has almost always arrived with its headers:
+        // it is read without arming the read timeout (a timer costs a
+        // clock read and a reference on the runtime shared by every
+        // thread); only one still on its way gets the timeout.
+        let mut reading = std::pin::pin!(decode::read_message(body, limit));
+        let first = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::future::Future::poll(reading.as_mut(), cx))
+        })
+        .await;
+        let read = match first {
+            std::task::Poll::Ready(read) => read,
+            std::task::Poll::Pending => {
+                tokio::time::timeout(self.state.options.limits.read_timeout, reading)
+                    .await
+                    .unwrap_or(Err(Unreadable::Slow))
+            }
+        }
         .and_then(|bytes| decode::decode_check_request(&bytes));
         let metadata = tonic::metadata::MetadataMap::from_headers(parts.headers);
         let request = match read {
@@ -481,6 +503,7 @@ impl AuthzService {
             request,
             Some(&metadata),
             Protocol::Grpc,
+            started,
         ))
         .catch_unwind()
         .await

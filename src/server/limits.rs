@@ -234,8 +234,8 @@ pub async fn decide(
     service: &AuthzService,
     request: Arc<CheckRequest>,
     trace: bool,
+    started: Instant,
 ) -> (Decision, Vec<PolicyTrace>) {
-    let started = Instant::now();
     let state = service.state();
     let limits = &state.options.limits;
     // Most decisions take a few microseconds: made here, they cost no
@@ -243,7 +243,8 @@ pub async fn decide(
     // the inline budget, or a blocking call, is abandoned and made on the
     // pool from the start.
     if limits.inline_budget > 0 {
-        if let Some(result) = service.decide_inline(&request, trace, limits.inline_budget) {
+        if let Some(result) = service.decide_inline(&request, trace, limits.inline_budget, started)
+        {
             return result;
         }
     }
