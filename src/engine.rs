@@ -842,14 +842,7 @@ fn settle<'r, A: Answer>(
     t: &mut Option<Box<PolicyTrace>>,
 ) -> (PolicyOutcome, Option<Verdict<A>>) {
     let actions = policy.actions;
-    let entry = |status, validation, enforced| AuditEntry {
-        policy: policy.name.clone(),
-        status,
-        validation: Some(validation),
-        error: None,
-        enforced,
-        warned: actions.warn,
-    };
+    let entry = |status, index, enforced| audit_entry(policy, status, Some(index), None, enforced);
     match result {
         Ok(PolicyResult::Decided(response, index)) if !actions.enforced() => {
             match response.denial_status() {
@@ -896,35 +889,46 @@ fn settle_error<'r, A: Answer>(
     records: &mut Records<'r>,
     t: &mut Option<Box<PolicyTrace>>,
 ) -> (PolicyOutcome, Option<Verdict<A>>) {
-    let actions = policy.actions;
-    let entry = |status, error: &EvalError, enforced| AuditEntry {
-        policy: policy.name.clone(),
-        status,
-        validation: None,
-        error: Some(error.summary()),
-        enforced,
-        warned: actions.warn,
-    };
+    let status = config.failure_status;
     match e {
         e if policy.failure_policy == FailurePolicy::Ignore => {
             records.events.push(Event::Ignored(policy, e));
             set_outcome(t, "error (ignored)");
             (PolicyOutcome::Error, None)
         }
-        e if !actions.enforced() => {
+        e if !policy.actions.enforced() => {
             set_outcome(t, "error (not enforced)");
-            audit.push(entry(config.failure_status, &e, false));
+            audit.push(audit_entry(policy, status, None, Some(&e), false));
             records.events.push(Event::NotEnforced(policy, e));
             (PolicyOutcome::AuditError, None)
         }
         e => {
             records.events.push(Event::Denied(policy, e.clone()));
             set_outcome(t, "error (denied)");
-            if actions.audit {
-                audit.push(entry(config.failure_status, &e, true));
+            if policy.actions.audit {
+                audit.push(audit_entry(policy, status, None, Some(&e), true));
             }
             (PolicyOutcome::Error, Some(Verdict::Failed(e)))
         }
+    }
+}
+
+/// What `validationActions: [Audit]` (or a policy not enforced) records of
+/// `policy`'s denial: a validation's, or its error's.
+fn audit_entry(
+    policy: &Policy,
+    status: i32,
+    validation: Option<usize>,
+    error: Option<&EvalError>,
+    enforced: bool,
+) -> AuditEntry {
+    AuditEntry {
+        policy: policy.name.clone(),
+        status,
+        validation,
+        error: error.map(EvalError::summary),
+        enforced,
+        warned: policy.actions.warn,
     }
 }
 
