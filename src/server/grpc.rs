@@ -464,11 +464,7 @@ impl AuthzService {
         // clock read and a reference on the runtime shared by every
         // thread); only one still on its way gets the timeout.
         let mut reading = std::pin::pin!(decode::read_message(body, limit));
-        let first = std::future::poll_fn(|cx| {
-            std::task::Poll::Ready(std::future::Future::poll(reading.as_mut(), cx))
-        })
-        .await;
-        let read = match first {
+        let read = match futures_util::poll!(reading.as_mut()) {
             std::task::Poll::Ready(read) => read,
             std::task::Poll::Pending => {
                 tokio::time::timeout(self.state.options.limits.read_timeout, reading)
