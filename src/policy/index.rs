@@ -335,10 +335,15 @@ pub fn select<'a>(conditions: impl IntoIterator<Item = &'a IdedExpr>) -> Selecti
     for (j, c) in conditions.into_iter().enumerate() {
         any = true;
         // A condition that is one atom (not a conjunction) is the whole
-        // of its constraint.
-        let whole = atom(c).is_some().then(|| u32::try_from(j).ok()).flatten();
-        for mut k in constraints(c) {
-            k.whole = whole;
+        // of its constraint; a conjunction's constraints are parts of it.
+        let found = match atom(c) {
+            Some(mut k) => {
+                k.whole = u32::try_from(j).ok();
+                vec![k]
+            }
+            None => constraints(c),
+        };
+        for k in found {
             if best.as_ref().is_none_or(|b| k.cost() < b.cost()) {
                 best = Some(k);
             }
