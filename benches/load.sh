@@ -37,8 +37,14 @@
 #                          celgate/baseline, the comparison of two builds on the same noise
 #   BASELINE_ARGS=""       extra arguments for the baseline's `celgate serve`
 #   BASELINE_GRPC_ADDR=127.0.0.1:9491  BASELINE_HTTP_ADDR=127.0.0.1:9492
-#   NO_BUILD=1             skip `cargo build`
-#   CELGATE_BIN=target/release/celgate
+#   NO_BUILD=1             skip the build
+#   PGO=1                  measure profile-guided builds of celgate AND the floor, made by
+#                          scripts/pgo-build.sh (trained on the repository's suites and bundled
+#                          policies, not on benches/policies) in target/pgo/use: the build the
+#                          container image ships. Without it: plain `cargo build --release`.
+#   BIN=target/release     where the floor and the helper examples are (target/pgo/use/release
+#                          with PGO=1)
+#   CELGATE_BIN=$BIN/celgate
 #
 # The default REQUESTS expectations hold for benches/policies only; with other POLICIES use
 # REQUESTS=custom and say what answer you expect.
@@ -67,7 +73,12 @@ BASELINE_HTTP_ADDR=${BASELINE_HTTP_ADDR:-127.0.0.1:9492}
 REQUEST_ARGS=${REQUEST_ARGS:-}
 EXPECT_ARGS=${EXPECT_ARGS:-}
 
-BIN=${BIN:-target/release}
+PGO=${PGO:-}
+if [[ -n $PGO ]]; then
+  BIN=${BIN:-target/pgo/use/release}
+else
+  BIN=${BIN:-target/release}
+fi
 CELGATE_BIN=${CELGATE_BIN:-$BIN/celgate}
 CHECK_PATH=/envoy.service.auth.v3.Authorization/Check
 
@@ -128,7 +139,12 @@ done
 # ---------------------------------------------------------------------------------------------
 # Build, processes, cleanup.
 
-if [[ -z ${NO_BUILD:-} ]]; then
+if [[ -n ${NO_BUILD:-} ]]; then
+  :
+elif [[ -n $PGO ]]; then
+  echo "== scripts/pgo-build.sh (about 40 minutes on two cores)" >&2
+  scripts/pgo-build.sh
+else
   echo "== cargo build --release --examples --bins" >&2
   cargo build --release --examples --bins >&2
 fi

