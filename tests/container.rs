@@ -279,9 +279,52 @@ fn dockerfile_builds_with_a_pinned_toolchain_and_runs_non_root_without_a_shell()
         "rust:{version} is older than rust-version {}",
         manifest.rust_version
     );
-    assert!(get(build, "RUN")
+    // Two builds: profile-guided by default (scripts/pgo-build.sh), plain with PGO=0.
+    let runs = get(build, "RUN");
+    assert!(
+        get(build, "ARG").iter().any(|a| a == "PGO=1"),
+        "the profile-guided build is the default"
+    );
+    assert!(runs.iter().any(
+        |r| r.contains("cargo build --release --locked --bin celgate")
+            && r.contains("install -D -m 0755 target/release/celgate /out/celgate")
+    ));
+    assert!(runs.iter().any(|r| r.contains("scripts/pgo-build.sh")
+        && r.contains("install -D -m 0755 target/pgo/use/release/celgate /out/celgate")));
+    let script = read("scripts/pgo-build.sh");
+    assert!(script.contains("--bin celgate") && script.contains("--target-dir \"$PGO_DIR/use\""));
+    // llvm-profdata reads only its own LLVM's profiles: the Debian package's
+    // major version must be the LLVM of the image's rustc. This machine's
+    // rustc says which that is when it is the image's release.
+    let llvm = runs
         .iter()
-        .any(|r| r.contains("cargo build --release --locked --bin celgate")));
+        .flat_map(|r| r.split_whitespace())
+        .find_map(|w| w.strip_prefix("llvm-")?.parse::<u32>().ok())
+        .expect("the PGO build installs an llvm-N package");
+    let rustc = std::process::Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .expect("rustc -vV");
+    let rustc = String::from_utf8_lossy(&rustc.stdout).into_owned();
+    let field = |k: &str| {
+        rustc
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("rustc -vV has {k}"))
+            .to_string()
+    };
+    if field("release:").starts_with(&format!("{version}.")) {
+        let major: u32 = field("LLVM version:")
+            .split('.')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .expect("LLVM major version");
+        assert_eq!(
+            llvm, major,
+            "llvm-{llvm} for rustc {version}'s LLVM {major}"
+        );
+    }
 
     // The runtime: distroless (no shell), pinned, non-root by number.
     let base = &get(run, "FROM")[0];
