@@ -22,16 +22,17 @@ source scripts/bench-lib.sh
 die() { echo "load-jwt.sh: $*" >&2; exit 1; }
 
 JWKS_PORT=${JWKS_PORT:-8099}
-if [[ -n ${PGO:-} ]]; then
-  BIN=${BIN:-target/pgo/use/release}
-else
-  BIN=${BIN:-target/release}
-fi
-export BIN
+PGO=${PGO:-0}
+case $PGO in
+  1) BIN=${BIN:-${PGO_DIR:-target/pgo}/use/release} ;;
+  0) BIN=${BIN:-target/release} ;;
+  *) die "PGO must be 0 or 1" ;;
+esac
+export BIN PGO
 
 if [[ -n ${NO_BUILD:-} ]]; then
   :
-elif [[ -n ${PGO:-} ]]; then
+elif [[ $PGO == 1 ]]; then
   scripts/pgo-build.sh
 else
   cargo build --release --examples --bins >&2

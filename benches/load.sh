@@ -41,8 +41,9 @@
 #   PGO=1                  measure profile-guided builds of celgate AND the floor, made by
 #                          scripts/pgo-build.sh (trained on the repository's suites and bundled
 #                          policies, not on benches/policies) in target/pgo/use: the build the
-#                          container image ships. Without it: plain `cargo build --release`.
-#   BIN=target/release     where the floor and the helper examples are (target/pgo/use/release
+#                          container image ships (PGO_DIR as that script reads it). PGO=0 (the
+#                          default): plain `cargo build --release`.
+#   BIN=target/release     where the floor and the helper examples are ($PGO_DIR/use/release
 #                          with PGO=1)
 #   CELGATE_BIN=$BIN/celgate
 #
@@ -73,16 +74,16 @@ BASELINE_HTTP_ADDR=${BASELINE_HTTP_ADDR:-127.0.0.1:9492}
 REQUEST_ARGS=${REQUEST_ARGS:-}
 EXPECT_ARGS=${EXPECT_ARGS:-}
 
-PGO=${PGO:-}
-if [[ -n $PGO ]]; then
-  BIN=${BIN:-target/pgo/use/release}
-else
-  BIN=${BIN:-target/release}
-fi
+die() { echo "load.sh: $*" >&2; exit 1; }
+
+PGO=${PGO:-0}
+case $PGO in
+  1) BIN=${BIN:-${PGO_DIR:-target/pgo}/use/release} ;;
+  0) BIN=${BIN:-target/release} ;;
+  *) die "PGO must be 0 or 1" ;;
+esac
 CELGATE_BIN=${CELGATE_BIN:-$BIN/celgate}
 CHECK_PATH=/envoy.service.auth.v3.Authorization/Check
-
-die() { echo "load.sh: $*" >&2; exit 1; }
 
 command -v h2load >/dev/null || die "h2load not found (apt-get install nghttp2-client)"
 command -v curl >/dev/null || die "curl not found"
@@ -141,7 +142,7 @@ done
 
 if [[ -n ${NO_BUILD:-} ]]; then
   :
-elif [[ -n $PGO ]]; then
+elif [[ $PGO == 1 ]]; then
   echo "== scripts/pgo-build.sh (about 40 minutes on two cores)" >&2
   scripts/pgo-build.sh
 else

@@ -5,9 +5,10 @@
 # the code they never run. On a two-core machine this takes about 40 minutes (two release
 # builds); the result is a binary that answers the same, faster (BENCHMARKS.md, "PGO").
 #
-# The training workload is the repository's own, and not the benchmark's requests:
-#   - every test suite (`celgate test tests/cases policies examples`), several times over:
-#     every library, the test runner's minted tokens, Envoy and HTTP mode;
+# The training workload is the repository's own, and not the benchmarks' policies or requests:
+#   - every test suite (`celgate test` on tests/cases, policies/ and examples/) but the identity
+#     example's, several times over: every library, the test runner's minted tokens, Envoy and
+#     HTTP mode;
 #   - `celgate serve` with the bundled policies/ under gRPC load (h2load), allowed and denied
 #     requests, and the same requests over the plain-HTTP authorization listener
 #     (--authz-http-addr: /envoy/... over HTTP/1.1, /forward-auth);
@@ -15,7 +16,8 @@
 #     tokens verified against a JWKS served on loopback, MCP bodies parsed, scopes checked;
 #   - the no-op `floor` server of benches/load.sh under the same gRPC load, so that
 #     `PGO=1 bash benches/load.sh` compares a PGO build with a PGO floor.
-# benches/policies (the load bench's policy set) is deliberately not used.
+# benches/policies (benches/load.sh's policy set) and examples/identity (benches/load-jwt.sh's)
+# are deliberately left out, so that what the benchmarks measure is not what the profile saw.
 #
 # Usage:   scripts/pgo-build.sh
 # Output:  $PGO_DIR/use/release/celgate, and the examples benches/load.sh needs (floor,
@@ -27,7 +29,7 @@
 #   TRAIN_SECONDS=3        seconds of h2load per training request
 #   SUITE_ROUNDS=5         passes over every test suite
 #   LLVM_PROFDATA=         the llvm-profdata to use (default: found from rustc's LLVM version)
-#   CONNS=16 STREAMS=16    h2load -c / -m during training
+#   TRAIN_CONNS=16 TRAIN_STREAMS=16   h2load -c / -m during training
 #   TRAIN_ONLY=DIR         only run the training, with the binaries already in DIR (celgate and
 #                          examples/{floor,make_request,check_once,mint_token}): no build, no
 #                          profile. tests/pgo_training.rs runs it so, on the debug build, to keep
@@ -35,21 +37,27 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+die() { echo "pgo-build.sh: $*" >&2; exit 1; }
+
+# Paths given relative to where the script was started from.
+TRAIN_ONLY=${TRAIN_ONLY:-}
+if [[ -n $TRAIN_ONLY ]]; then
+  TRAIN_ONLY=$(cd "$TRAIN_ONLY" 2>/dev/null && pwd) || die "TRAIN_ONLY: no directory ${TRAIN_ONLY}"
+fi
+PGO_DIR=${PGO_DIR:-$ROOT/target/pgo}
+mkdir -p "$PGO_DIR"
+PGO_DIR=$(cd "$PGO_DIR" && pwd)
+
 cd "$ROOT"
 # shellcheck source=scripts/bench-lib.sh
 source scripts/bench-lib.sh
 
-die() { echo "pgo-build.sh: $*" >&2; exit 1; }
-
-PGO_DIR=${PGO_DIR:-$ROOT/target/pgo}
-mkdir -p "$PGO_DIR"
-PGO_DIR=$(cd "$PGO_DIR" && pwd)
 RAW=$PGO_DIR/raw
 PROFILE=$PGO_DIR/celgate.profdata
 TRAIN_SECONDS=${TRAIN_SECONDS:-3}
 SUITE_ROUNDS=${SUITE_ROUNDS:-5}
-CONNS=${CONNS:-16}
-STREAMS=${STREAMS:-16}
+CONNS=${TRAIN_CONNS:-16}
+STREAMS=${TRAIN_STREAMS:-16}
 TARGETS=(--bin celgate --example floor --example make_request --example check_once --example mint_token)
 
 [[ $TRAIN_SECONDS =~ ^[1-9][0-9]*$ ]] || die "TRAIN_SECONDS must be a positive integer"
@@ -69,16 +77,16 @@ find_profdata() {
   fi
   sysroot=$(rustc --print sysroot)
   host=$(rustc -vV | sed -n 's/^host: //p')
+  local version
   for candidate in "llvm-profdata-$major" "$sysroot/lib/rustlib/$host/bin/llvm-profdata" llvm-profdata; do
-    if command -v "$candidate" >/dev/null \
-      && "$candidate" --version 2>/dev/null | grep -q "LLVM version $major\."; then
+    if command -v "$candidate" >/dev/null && version=$("$candidate" --version 2>/dev/null) \
+      && [[ $version == *"LLVM version $major."* ]]; then
       echo "$candidate"
       return
     fi
   done
   die "no llvm-profdata for LLVM $major (rustc's): install llvm-$major (Debian) or the rustup component llvm-tools, or set LLVM_PROFDATA"
 }
-TRAIN_ONLY=${TRAIN_ONLY:-}
 
 # ---------------------------------------------------------------------------------------------
 # 1. The instrumented build: every run of its binaries writes a raw profile into $RAW.
@@ -90,10 +98,11 @@ if [[ -n $TRAIN_ONLY ]]; then
   done
 else
   PROFDATA=$(find_profdata)
-  rm -rf "$RAW"
   echo "== instrumented build ($PGO_DIR/gen)" >&2
   RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$RAW" \
     cargo build --release --locked "${TARGETS[@]}" --target-dir "$PGO_DIR/gen" >&2
+  # Build scripts run during the build are instrumented too: only the training's profiles count.
+  rm -rf "$RAW"
   GEN=$PGO_DIR/gen/release
 fi
 
@@ -102,9 +111,14 @@ fi
 
 bench_workdir celgate-pgo
 
+# Every suite folder but examples/identity (the JWT load bench's policies).
+SUITES=(tests/cases policies)
+for d in examples/*/; do
+  [[ $d == examples/identity/ ]] || SUITES+=("${d%/}")
+done
 echo "== training: every test suite, $SUITE_ROUNDS times" >&2
 for _ in $(seq 1 "$SUITE_ROUNDS"); do
-  "$GEN/celgate" test tests/cases policies examples >"$WORK/suites.log" 2>&1 \
+  "$GEN/celgate" test "${SUITES[@]}" >"$WORK/suites.log" 2>&1 \
     || { tail -n 30 "$WORK/suites.log" >&2; die "the test suites failed under the instrumented build"; }
 done
 
@@ -148,6 +162,8 @@ ready() { # ADDR PID LOG
 ready "$HTTP" "$CELGATE_PID" "$WORK/celgate.log"
 ready "$MCP_HTTP" "$MCP_PID" "$WORK/mcp.log"
 for _ in $(seq 1 100); do port_in_use "$FLOOR" && port_in_use "127.0.0.1:$JWKS_PORT" && break; sleep 0.1; done
+port_in_use "$FLOOR" || { tail -n 30 "$WORK/floor.log" >&2; die "the floor did not start"; }
+port_in_use "127.0.0.1:$JWKS_PORT" || { tail -n 30 "$WORK/jwks.log" >&2; die "the JWKS server did not start"; }
 
 # request NAME EXPECT... -- MAKE_REQUEST_ARGS...: writes $WORK/NAME.bin and checks the answer
 # celgate on $ADDR gives it (a training run that decides wrongly would train the wrong path).
@@ -198,12 +214,21 @@ http_load() { # h2load ARGS...: HTTP/1.1 load, answers not counted
     || { cat "$WORK/h2load.log" >&2; die "h2load failed against $AUTHZ"; }
   answered "$AUTHZ"
 }
-[[ $(curl -s -o /dev/null -w '%{http_code}' -H 'x-api-key: demo-key-bob' "http://$AUTHZ/envoy/api/orders") == 200 ]] \
-  || die "the HTTP authorization listener did not allow /envoy/api/orders with a known key"
+# http_status WANT CURL_ARGS...: dies unless the listener answers CURL_ARGS with status WANT.
+http_status() {
+  local want=$1 got
+  shift
+  got=$(curl -s -o /dev/null -w '%{http_code}' "$@") || true
+  [[ $got == "$want" ]] || die "the HTTP authorization listener answered $got, not $want, to: $*"
+}
+FORWARDED=(-H 'x-forwarded-method: GET' -H 'x-forwarded-uri: /api/orders' -H 'x-forwarded-host: api.example.com'
+  -H 'x-forwarded-proto: https' -H 'x-api-key: demo-key-bob')
+http_status 200 -H 'x-api-key: demo-key-bob' "http://$AUTHZ/envoy/api/orders"
+http_status 404 "http://$AUTHZ/envoy/admin"
+http_status 200 "${FORWARDED[@]}" "http://$AUTHZ/forward-auth"
 http_load -H 'x-api-key: demo-key-bob' "http://$AUTHZ/envoy/api/orders"
 http_load "http://$AUTHZ/envoy/admin"
-http_load -H 'x-forwarded-method: GET' -H 'x-forwarded-uri: /api/orders' -H 'x-forwarded-host: api.example.com' \
-  -H 'x-forwarded-proto: https' -H 'x-api-key: demo-key-bob' "http://$AUTHZ/forward-auth"
+http_load "${FORWARDED[@]}" "http://$AUTHZ/forward-auth"
 
 echo "== training: the OAuth MCP gateway over gRPC (ES256 tokens, JWKS on loopback)" >&2
 ADDR=$MCP_GRPC
@@ -232,12 +257,24 @@ request mcp-no-token --expect-denied 401 -- --method POST --path /mcp --host mcp
 for r in mcp-init mcp-search mcp-issue mcp-scope mcp-no-token; do grpc_load "$MCP_GRPC" "$r"; done
 
 # The profiles are written when the processes exit normally: celgate on SIGTERM, the floor on
-# SIGINT (Ctrl-C).
-kill -INT "$FLOOR_PID"
-kill -TERM "$CELGATE_PID" "$MCP_PID"
+# SIGINT (Ctrl-C). Each gets 30 s; the cleanup on exit stops whatever is left.
+kill -INT "$FLOOR_PID" || die "the floor exited during the training (see $WORK)"
+kill -TERM "$CELGATE_PID" "$MCP_PID" || die "a celgate exited during the training (see $WORK)"
+exited() { # PID: gone, or a zombie not yet waited for
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+  stat=${stat##*) }
+  [[ ${stat%% *} == Z ]]
+}
 for pid in "$FLOOR_PID" "$CELGATE_PID" "$MCP_PID"; do
+  for _ in $(seq 1 300); do exited "$pid" && break; sleep 0.1; done
+  exited "$pid" || die "a training server did not exit within 30 s of its signal (see $WORK)"
   wait "$pid" || die "a training server did not exit cleanly (see $WORK)"
 done
+for pid in "${BENCH_PIDS[@]}"; do
+  case $pid in "$FLOOR_PID" | "$CELGATE_PID" | "$MCP_PID") ;; *) kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true ;; esac
+done
+BENCH_PIDS=()
 
 if [[ -n $TRAIN_ONLY ]]; then
   echo "== training done" >&2

@@ -200,7 +200,7 @@ fn compose_runs_the_demo_topology_that_local_demo_runs() {
     // image's tag.
     assert_eq!(celgate["build"]["context"], ".");
     assert_eq!(celgate["build"]["args"]["PGO"], "0");
-    assert_ne!(celgate["image"], "celgate:0.1.0");
+    assert_eq!(celgate["image"], "celgate:0.1.0-demo");
     let args: Vec<&str> = celgate["command"]
         .as_array()
         .unwrap()
