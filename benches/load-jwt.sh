@@ -22,38 +22,15 @@ source scripts/bench-lib.sh
 die() { echo "load-jwt.sh: $*" >&2; exit 1; }
 
 JWKS_PORT=${JWKS_PORT:-8099}
-PGO=${PGO:-0}
-case $PGO in
-  1) BIN=${BIN:-${PGO_DIR:-target/pgo}/use/release} ;;
-  0) BIN=${BIN:-target/release} ;;
-  *) die "PGO must be 0 or 1" ;;
-esac
+bench_bin
 export BIN PGO
-
-if [[ -n ${NO_BUILD:-} ]]; then
-  :
-elif [[ $PGO == 1 ]]; then
-  scripts/pgo-build.sh
-else
-  cargo build --release --examples --bins >&2
-fi
+bench_build
 [[ -x $BIN/examples/mint_token ]] || die "$BIN/examples/mint_token was not built"
 
 bench_workdir celgate-load-jwt
-bench_ports_free "127.0.0.1:$JWKS_PORT"
-
-ISSUER_JWKS=https://issuer.example.com/.well-known/jwks.json
-mkdir -p "$WORK/keys/.well-known" "$WORK/policies"
-cp examples/identity/keys/jwks.json "$WORK/keys/.well-known/jwks.json"
-for f in examples/identity/policies/*.yaml; do
-  sed "s|$ISSUER_JWKS|http://127.0.0.1:$JWKS_PORT/.well-known/jwks.json|g" "$f" >"$WORK/policies/$(basename "$f")"
-done
-[[ $(grep -l "127.0.0.1:$JWKS_PORT" "$WORK"/policies/*.yaml | wc -l) -eq 2 ]] \
-  || die "examples/identity/policies no longer name $ISSUER_JWKS in both policies"
-(cd "$WORK/keys" && exec python3 -m http.server "$JWKS_PORT" --bind 127.0.0.1) >"$WORK/jwks.log" 2>&1 &
-BENCH_PIDS+=("$!")
-for _ in $(seq 1 100); do port_in_use "127.0.0.1:$JWKS_PORT" && break; sleep 0.1; done
-port_in_use "127.0.0.1:$JWKS_PORT" || die "the JWKS server did not start"
+# Both policies fetch the issuer's JWKS.
+bench_jwks_loopback examples/identity/keys/jwks.json https://issuer.example.com/.well-known/jwks.json \
+  "$JWKS_PORT" examples/identity/policies "$WORK/policies" 2
 
 TOKEN=$("$BIN/examples/mint_token" <<'EOF'
 {key: examples/identity/keys/issuer.pem, kid: issuer-1, expiresIn: 2h, claims: {iss: "https://issuer.example.com/", aud: orders-api, sub: alice, roles: [reader]}}

@@ -76,12 +76,7 @@ EXPECT_ARGS=${EXPECT_ARGS:-}
 
 die() { echo "load.sh: $*" >&2; exit 1; }
 
-PGO=${PGO:-0}
-case $PGO in
-  1) BIN=${BIN:-${PGO_DIR:-target/pgo}/use/release} ;;
-  0) BIN=${BIN:-target/release} ;;
-  *) die "PGO must be 0 or 1" ;;
-esac
+bench_bin
 CELGATE_BIN=${CELGATE_BIN:-$BIN/celgate}
 CHECK_PATH=/envoy.service.auth.v3.Authorization/Check
 
@@ -140,15 +135,7 @@ done
 # ---------------------------------------------------------------------------------------------
 # Build, processes, cleanup.
 
-if [[ -n ${NO_BUILD:-} ]]; then
-  :
-elif [[ $PGO == 1 ]]; then
-  echo "== scripts/pgo-build.sh (about 40 minutes on two cores)" >&2
-  scripts/pgo-build.sh
-else
-  echo "== cargo build --release --examples --bins" >&2
-  cargo build --release --examples --bins >&2
-fi
+bench_build
 for b in "$CELGATE_BIN" "$BIN/examples/floor" "$BIN/examples/make_request" "$BIN/examples/check_once" $BASELINE_BIN; do
   [[ -x $b ]] || die "$b was not built"
 done
